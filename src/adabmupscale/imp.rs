@@ -1,0 +1,513 @@
+use std::sync::{Arc, LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+
+use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "adabmupscale",
+        gst::DebugColorFlags::empty(),
+        Some("AdaBM adaptive-bit EDSR super-resolution"),
+    )
+});
+
+/// Largest output width or height accepted in caps (a 16K frame).
+const MAX_OUTPUT_DIM: i32 = 16384;
+
+const DEFAULT_SCALE: u32 = 0;
+const DEFAULT_ADAPTIVE: bool = true;
+const DEFAULT_BASE_BITS: u32 = 0;
+const DEFAULT_THRESHOLD: f64 = -1.0;
+const DEFAULT_POST_STATS: bool = false;
+const DEFAULT_TILE_SIZE: u32 = 0;
+const DEFAULT_N_THREADS: u32 = 0;
+
+const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
+    (gst_video::VideoFormat::Rgb, PixelLayout::Rgb),
+    (gst_video::VideoFormat::Bgr, PixelLayout::Bgr),
+    (gst_video::VideoFormat::Rgbx, PixelLayout::Rgbx),
+    (gst_video::VideoFormat::Bgrx, PixelLayout::Bgrx),
+    (gst_video::VideoFormat::Xrgb, PixelLayout::Xrgb),
+    (gst_video::VideoFormat::Xbgr, PixelLayout::Xbgr),
+    (gst_video::VideoFormat::Rgba, PixelLayout::Rgba),
+    (gst_video::VideoFormat::Bgra, PixelLayout::Bgra),
+    (gst_video::VideoFormat::Argb, PixelLayout::Argb),
+    (gst_video::VideoFormat::Abgr, PixelLayout::Abgr),
+];
+
+#[derive(Clone, Debug)]
+struct Settings {
+    model_location: Option<String>,
+    scale: u32,
+    adaptive: bool,
+    base_bits: u32,
+    image_lower: f64,
+    image_upper: f64,
+    post_stats: bool,
+    tile_size: u32,
+    n_threads: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model_location: None,
+            scale: DEFAULT_SCALE,
+            adaptive: DEFAULT_ADAPTIVE,
+            base_bits: DEFAULT_BASE_BITS,
+            image_lower: DEFAULT_THRESHOLD,
+            image_upper: DEFAULT_THRESHOLD,
+            post_stats: DEFAULT_POST_STATS,
+            tile_size: DEFAULT_TILE_SIZE,
+            n_threads: DEFAULT_N_THREADS,
+        }
+    }
+}
+
+impl Settings {
+    /// The per-frame knobs, as engine options.
+    fn options(&self) -> Options {
+        let threshold = |v: f64| (v >= 0.0).then_some(v as f32);
+        Options {
+            adaptive: self.adaptive,
+            base_bits: (self.base_bits > 0).then_some(self.base_bits as u8),
+            image_lower: threshold(self.image_lower),
+            image_upper: threshold(self.image_upper),
+            tile_size: self.tile_size as usize,
+        }
+    }
+}
+
+struct State {
+    engine: Arc<Engine>,
+    /// Negotiated input/output, once caps are set.
+    caps: Option<(gst_video::VideoInfo, gst_video::VideoInfo, PixelLayout)>,
+    frames: u64,
+    warned_thresholds: bool,
+}
+
+#[derive(Default)]
+pub struct AdabmUpscale {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for AdabmUpscale {
+    const NAME: &'static str = "GstAdabmUpscale";
+    type Type = super::AdabmUpscale;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for AdabmUpscale {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("model-location")
+                    .nick("Model location")
+                    .blurb("Path of an adabm model file (.safetensors); unset: the built-in default model")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("scale")
+                    .nick("Scale")
+                    .blurb("Upscaling factor 2, 3 or 4; 0: the model's own. Must match a model file's scale")
+                    .minimum(0)
+                    .maximum(4)
+                    .default_value(DEFAULT_SCALE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("adaptive")
+                    .nick("Adaptive")
+                    .blurb("Image-level bit adaptation (b_I from frame complexity); off: b_I = 0")
+                    .default_value(DEFAULT_ADAPTIVE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("base-bits")
+                    .nick("Base bits")
+                    .blurb("Base activation bit-width b_base of adaptive layers; 0: the model's")
+                    .minimum(0)
+                    .maximum(8)
+                    .default_value(DEFAULT_BASE_BITS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("image-lower")
+                    .nick("Image lower threshold")
+                    .blurb("Complexity below which a frame gets one bit less (l_i2b); negative: the model's")
+                    .minimum(-1.0)
+                    .maximum(1e6)
+                    .default_value(DEFAULT_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("image-upper")
+                    .nick("Image upper threshold")
+                    .blurb("Complexity above which a frame gets one bit more (u_i2b); negative: the model's")
+                    .minimum(-1.0)
+                    .maximum(1e6)
+                    .default_value(DEFAULT_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("post-stats")
+                    .nick("Post stats")
+                    .blurb("Post an element message 'adabm-stats' per frame (complexity, b_I, FAB, bits, time)")
+                    .default_value(DEFAULT_POST_STATS)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-size")
+                    .nick("Tile size")
+                    .blurb("Process frames in overlapping tiles of this many LR pixels (16 or more); 0: automatic, bounded memory")
+                    .minimum(0)
+                    .maximum(MAX_OUTPUT_DIM as u32)
+                    .default_value(DEFAULT_TILE_SIZE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("n-threads")
+                    .nick("Threads")
+                    .blurb("Worker threads; 0: one per CPU")
+                    .minimum(0)
+                    .maximum(1024)
+                    .default_value(DEFAULT_N_THREADS)
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "model-location" => s.model_location = value.get().expect("type checked upstream"),
+            "scale" => {
+                let v: u32 = value.get().expect("type checked upstream");
+                if v == 1 {
+                    gst::warning!(CAT, imp = self, "scale 1 is not a super-resolution factor; using the model's scale");
+                    s.scale = 0;
+                } else {
+                    s.scale = v;
+                }
+            }
+            "adaptive" => s.adaptive = value.get().expect("type checked upstream"),
+            "base-bits" => s.base_bits = value.get().expect("type checked upstream"),
+            "image-lower" => s.image_lower = value.get().expect("type checked upstream"),
+            "image-upper" => s.image_upper = value.get().expect("type checked upstream"),
+            "post-stats" => s.post_stats = value.get().expect("type checked upstream"),
+            "tile-size" => {
+                let v: u32 = value.get().expect("type checked upstream");
+                if v != 0 && (v as usize) < engine::MIN_TILE {
+                    gst::warning!(CAT, imp = self, "tile-size {v} is below {}; using {}", engine::MIN_TILE, engine::MIN_TILE);
+                    s.tile_size = engine::MIN_TILE as u32;
+                } else {
+                    s.tile_size = v;
+                }
+            }
+            "n-threads" => s.n_threads = value.get().expect("type checked upstream"),
+            other => unreachable!("unknown property {other}"),
+        }
+        if let Some(st) = self.state.lock().unwrap().as_mut()
+            && matches!(pspec.name(), "image-lower" | "image-upper")
+        {
+            st.warned_thresholds = false;
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "model-location" => s.model_location.to_value(),
+            "scale" => s.scale.to_value(),
+            "adaptive" => s.adaptive.to_value(),
+            "base-bits" => s.base_bits.to_value(),
+            "image-lower" => s.image_lower.to_value(),
+            "image-upper" => s.image_upper.to_value(),
+            "post-stats" => s.post_stats.to_value(),
+            "tile-size" => s.tile_size.to_value(),
+            "n-threads" => s.n_threads.to_value(),
+            other => unreachable!("unknown property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for AdabmUpscale {}
+
+impl ElementImpl for AdabmUpscale {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "AdaBM super-resolution",
+                "Filter/Effect/Converter/Video/Scaler",
+                "Upscales video with an EDSR network whose activation bit-widths adapt to each frame and layer (AdaBM)",
+                "adabm developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst_video::VideoCapsBuilder::new()
+                .format_list(FORMATS.iter().map(|(f, _)| *f))
+                .build();
+            vec![
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps)
+                    .expect("valid src template"),
+                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps)
+                    .expect("valid sink template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+/// Loads the model named by the settings and checks it against the `scale` property.
+fn load_engine(s: &Settings) -> Result<Engine, gst::ErrorMessage> {
+    let Some(path) = s.model_location.as_deref() else {
+        return Err(gst::error_msg!(
+            gst::LibraryError::Settings,
+            [
+                "No model: this build has no built-in default model. Set model-location=FILE.safetensors \
+                 (make one with `adabm-model random --scale 2 --out FILE` or convert a checkpoint; see README)"
+            ]
+        ));
+    };
+    let model = Model::load(path).map_err(|e| {
+        gst::error_msg!(
+            gst::ResourceError::OpenRead,
+            ["Cannot use model '{}': {}", path, e]
+        )
+    })?;
+    if s.scale != 0 && s.scale != model.config.scale {
+        return Err(gst::error_msg!(
+            gst::LibraryError::Settings,
+            [
+                "scale={} but model '{}' upscales x{}: set scale=0 (the model's) or use an x{} model",
+                s.scale,
+                path,
+                model.config.scale,
+                s.scale
+            ]
+        ));
+    }
+    Engine::new(&model, s.n_threads as usize)
+        .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]))
+}
+
+/// Maps a width/height caps value by `f` (fixed values) or `range` (ranges).
+fn map_dim(
+    v: &glib::SendValue,
+    f: impl Fn(i32) -> Option<i32>,
+    range: impl Fn(i32, i32) -> Option<(i32, i32, i32)>,
+) -> Option<glib::SendValue> {
+    if let Ok(i) = v.get::<i32>() {
+        return f(i).map(|x| x.to_send_value());
+    }
+    if let Ok(r) = v.get::<gst::IntRange<i32>>() {
+        let (a, b, step) = range(r.min(), r.max())?;
+        return Some(match a.cmp(&b) {
+            std::cmp::Ordering::Less => gst::IntRange::with_step(a, b, step).to_send_value(),
+            std::cmp::Ordering::Equal => a.to_send_value(),
+            std::cmp::Ordering::Greater => return None,
+        });
+    }
+    None
+}
+
+impl AdabmUpscale {
+    fn scale(&self) -> i32 {
+        if let Some(st) = self.state.lock().unwrap().as_ref() {
+            return st.engine.scale() as i32;
+        }
+        match self.settings.lock().unwrap().scale {
+            0 => 2,
+            s => s as i32,
+        }
+    }
+
+    fn post_stats(&self, frame: u64, pts: Option<gst::ClockTime>, st: &engine::Stats) {
+        let bits: Vec<String> = st.layer_bits.iter().map(|b| b.to_string()).collect();
+        let mut b = gst::Structure::builder("adabm-stats")
+            .field("frame", frame)
+            .field("complexity", st.complexity as f64)
+            .field("image-bits", st.image_bits)
+            .field("fab", st.fab as f64)
+            .field("layer-bits", bits.join(","))
+            .field("tiles", st.tiles as u32)
+            .field("processing-ms", st.millis);
+        if let Some(pts) = pts {
+            b = b.field("pts", pts.nseconds());
+        }
+        let msg = gst::message::Element::builder(b.build()).src(&*self.obj()).build();
+        let _ = self.obj().post_message(msg);
+    }
+}
+
+impl BaseTransformImpl for AdabmUpscale {
+    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::NeverInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let engine = load_engine(&settings)?;
+        gst::info!(CAT, imp = self, "model loaded: x{}, {:?}", engine.scale(), engine.network().quant.as_ref().map(|q| q.mode));
+        *self.state.lock().unwrap() = Some(State {
+            engine: Arc::new(engine),
+            caps: None,
+            frames: 0,
+            warned_thresholds: false,
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = None;
+        Ok(())
+    }
+
+    fn transform_caps(
+        &self,
+        direction: gst::PadDirection,
+        caps: &gst::Caps,
+        filter: Option<&gst::Caps>,
+    ) -> Option<gst::Caps> {
+        let s = self.scale();
+        let mut out = gst::Caps::new_empty();
+        {
+            let out = out.get_mut().expect("new caps are writable");
+            for (st, features) in caps.iter_with_features() {
+                let mut st = st.to_owned();
+                let mut ok = true;
+                for dim in ["width", "height"] {
+                    let Some(v) = st.value(dim).ok().cloned() else {
+                        continue;
+                    };
+                    let mapped = if direction == gst::PadDirection::Sink {
+                        map_dim(
+                            &v,
+                            |x| x.checked_mul(s).filter(|&y| y <= MAX_OUTPUT_DIM),
+                            |a, b| Some((a.checked_mul(s)?, b.saturating_mul(s).min(MAX_OUTPUT_DIM / s * s), s)),
+                        )
+                    } else {
+                        map_dim(
+                            &v,
+                            |x| (x % s == 0).then_some(x / s),
+                            |a, b| Some(((a + s - 1) / s, b / s, 1)),
+                        )
+                    };
+                    match mapped {
+                        Some(m) => st.set_value(dim, m),
+                        None => ok = false,
+                    }
+                }
+                if ok {
+                    out.append_structure_full(st, Some(features.to_owned()));
+                }
+            }
+        }
+        gst::debug!(CAT, imp = self, "transformed {caps:?} ({direction:?}) to {out:?}");
+        match filter {
+            Some(f) => Some(f.intersect_with_mode(&out, gst::CapsIntersectMode::First)),
+            None => Some(out),
+        }
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let in_info = gst_video::VideoInfo::from_caps(incaps)
+            .map_err(|_| gst::loggable_error!(CAT, "invalid input caps {incaps}"))?;
+        let out_info = gst_video::VideoInfo::from_caps(outcaps)
+            .map_err(|_| gst::loggable_error!(CAT, "invalid output caps {outcaps}"))?;
+        let layout = FORMATS
+            .iter()
+            .find(|(f, _)| *f == in_info.format())
+            .map(|(_, l)| *l)
+            .ok_or_else(|| gst::loggable_error!(CAT, "unsupported format {:?}", in_info.format()))?;
+        let mut guard = self.state.lock().unwrap();
+        let st = guard
+            .as_mut()
+            .ok_or_else(|| gst::loggable_error!(CAT, "caps set before the element was started"))?;
+        let s = st.engine.scale() as u32;
+        if out_info.format() != in_info.format()
+            || out_info.width() != in_info.width() * s
+            || out_info.height() != in_info.height() * s
+        {
+            return Err(gst::loggable_error!(
+                CAT,
+                "output caps {outcaps} are not input caps {incaps} scaled x{s}"
+            ));
+        }
+        gst::info!(CAT, imp = self, "{}x{} -> {}x{} {:?}", in_info.width(), in_info.height(), out_info.width(), out_info.height(), layout);
+        st.caps = Some((in_info, out_info, layout));
+        Ok(())
+    }
+
+    fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {
+        gst_video::VideoInfo::from_caps(caps).ok().map(|info| info.size())
+    }
+
+    fn transform(
+        &self,
+        inbuf: &gst::Buffer,
+        outbuf: &mut gst::BufferRef,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let settings = self.settings.lock().unwrap().clone();
+        let (engine, in_info, out_info, layout, frame_no, warn) = {
+            let mut guard = self.state.lock().unwrap();
+            let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+            let Some((in_info, out_info, layout)) = st.caps.clone() else {
+                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["No caps were negotiated before the first buffer"]);
+                return Err(gst::FlowError::NotNegotiated);
+            };
+            st.frames += 1;
+            let opts = settings.options();
+            let q = st.engine.network().quant.as_ref();
+            let lower = opts.image_lower.or(q.map(|q| q.image_lower));
+            let upper = opts.image_upper.or(q.map(|q| q.image_upper));
+            let warn = !st.warned_thresholds && matches!((lower, upper), (Some(l), Some(u)) if l > u);
+            st.warned_thresholds |= warn;
+            (st.engine.clone(), in_info, out_info, layout, st.frames - 1, warn)
+        };
+        if warn {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ["image-lower ({}) is above image-upper ({}): frames between them get both -1 and +1 tests; b_I = -1 wins", settings.image_lower, settings.image_upper]
+            );
+        }
+        let in_frame = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info).map_err(|_| {
+            gst::element_imp_error!(self, gst::CoreError::Failed, ["Failed to map the input buffer"]);
+            gst::FlowError::Error
+        })?;
+        let mut out_frame = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info).map_err(|_| {
+            gst::element_imp_error!(self, gst::CoreError::Failed, ["Failed to map the output buffer"]);
+            gst::FlowError::Error
+        })?;
+        let src = FrameRef {
+            data: in_frame.plane_data(0).map_err(|_| gst::FlowError::Error)?,
+            stride: in_frame.plane_stride()[0] as usize,
+            width: in_info.width() as usize,
+            height: in_info.height() as usize,
+            layout,
+        };
+        let stride = out_frame.plane_stride()[0] as usize;
+        let mut dst = FrameMut {
+            data: out_frame.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?,
+            stride,
+            width: out_info.width() as usize,
+            height: out_info.height() as usize,
+            layout,
+        };
+        let stats = engine.process_frame(&src, &mut dst, &settings.options()).map_err(|e| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ["Upscaling failed: {}", e]);
+            gst::FlowError::Error
+        })?;
+        gst::trace!(CAT, imp = self, "frame {frame_no}: {stats:?}");
+        if settings.post_stats {
+            self.post_stats(frame_no, inbuf.pts(), &stats);
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+}

@@ -1,0 +1,95 @@
+//! Image complexity: average gradient density of the LR input (method page, "Image → bit").
+//!
+//! Y = 0.299 R + 0.587 G + 0.114 B on I/255; Sobel 3x3 kernels divided by 8; replicate padding;
+//! c = 1000 · mean over pixels and both directions of |G|.
+
+/// Gradient density of an interleaved RGB image of 0–255 values (`h * w * 3`).
+pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
+    assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
+    if w == 0 || h == 0 {
+        return 0.0;
+    }
+    let y: Vec<f32> = rgb
+        .chunks_exact(3)
+        .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0)
+        .collect();
+    let at = |yy: isize, xx: isize| {
+        let yy = yy.clamp(0, h as isize - 1) as usize;
+        let xx = xx.clamp(0, w as isize - 1) as usize;
+        y[yy * w + xx]
+    };
+    let mut sum = 0.0f64;
+    for r in 0..h as isize {
+        let mut row = 0.0f32;
+        for c in 0..w as isize {
+            let gx = (at(r - 1, c + 1) - at(r - 1, c - 1))
+                + 2.0 * (at(r, c + 1) - at(r, c - 1))
+                + (at(r + 1, c + 1) - at(r + 1, c - 1));
+            let gy = (at(r + 1, c - 1) - at(r - 1, c - 1))
+                + 2.0 * (at(r + 1, c) - at(r - 1, c))
+                + (at(r + 1, c + 1) - at(r - 1, c + 1));
+            row += gx.abs() / 8.0 + gy.abs() / 8.0;
+        }
+        sum += row as f64;
+    }
+    (1000.0 * sum / (2.0 * (w * h) as f64)) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gray(w: usize, h: usize, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+        let mut v = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            for x in 0..w {
+                let g = f(x, y);
+                v.extend_from_slice(&[g, g, g]);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn constant_is_zero() {
+        assert_eq!(gradient_density(&gray(7, 5, |_, _| 123.0), 7, 5), 0.0);
+        assert_eq!(gradient_density(&gray(1, 1, |_, _| 9.0), 1, 1), 0.0);
+    }
+
+    #[test]
+    fn horizontal_ramp() {
+        // Y rises by d = 25.5/255 = 0.1 per column. Interior columns: |Gx| = 4·2d/8 = d;
+        // the two border columns (replicate): d/2. Gy = 0.
+        // c = 1000 · H · ((W-2)·d + d) / (2·W·H) = 1000 · d · (W-1) / (2W).
+        let (w, h) = (10, 4);
+        let c = gradient_density(&gray(w, h, |x, _| 25.5 * x as f32), w, h);
+        let want = 1000.0 * 0.1 * (w as f32 - 1.0) / (2.0 * w as f32);
+        assert!((c - want).abs() < 1e-3, "{c} vs {want}");
+    }
+
+    #[test]
+    fn vertical_step_edge() {
+        // Rows 0..3 are 0, rows 3..6 are 255: the two rows next to the step see
+        // |Gy| = (1 + 2 + 1)·1/8 = 0.5 at every column; everything else is 0.
+        // c = 1000 · (2 rows · W · 0.5) / (2·W·H) = 1000 · 0.5 / H.
+        let (w, h) = (8, 6);
+        let c = gradient_density(&gray(w, h, |_, y| if y < 3 { 0.0 } else { 255.0 }), w, h);
+        let want = 1000.0 * 0.5 / h as f32;
+        assert!((c - want).abs() < 1e-3, "{c} vs {want}");
+    }
+
+    #[test]
+    fn luma_weights() {
+        // A pure-red step counts 0.299 of a white one.
+        let (w, h) = (6, 6);
+        let mut red = vec![0.0; w * h * 3];
+        for y in 3..h {
+            for x in 0..w {
+                red[(y * w + x) * 3] = 255.0;
+            }
+        }
+        let c = gradient_density(&red, w, h);
+        let want = 0.299 * 1000.0 * 0.5 / h as f32;
+        assert!((c - want).abs() < 1e-3, "{c} vs {want}");
+    }
+}

@@ -1,0 +1,213 @@
+//! The GStreamer-free engine: model files, the f32 reference engine (floating point and AdaBM
+//! fake quantization), image complexity and frame packing.
+
+pub mod complexity;
+pub mod conv;
+pub mod edsr;
+pub mod error;
+pub mod frame;
+pub mod model;
+pub mod quant;
+pub mod random;
+mod tile;
+
+use std::time::Instant;
+
+use gemm::Parallelism;
+
+pub use edsr::{BitPlan, Network};
+pub use error::{Error, Result};
+pub use frame::{FrameMut, FrameRef, Image, PixelLayout};
+pub use model::{ComplexityMetric, EdsrConfig, LayerQuant, Model, QuantConfig, QuantMode};
+pub use tile::Tile;
+
+use conv::FeatureMap;
+
+/// Default working-memory budget of one tile, in bytes (see [`tile::estimate_bytes`]).
+pub const DEFAULT_TILE_BUDGET: usize = 512 << 20;
+/// Smallest accepted explicit tile size (LR pixels).
+pub const MIN_TILE: usize = 16;
+
+/// Per-frame run options (the element's cheap, live-changeable knobs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    /// Image-level adaptation (b_I); off means b_I = 0 for every frame.
+    pub adaptive: bool,
+    /// Base activation bits; None: the model's.
+    pub base_bits: Option<u8>,
+    /// l_i2b; None: the model's.
+    pub image_lower: Option<f32>,
+    /// u_i2b; None: the model's.
+    pub image_upper: Option<f32>,
+    /// Tile size in LR pixels; 0: automatic (whole frame when it fits the memory budget).
+    pub tile_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            adaptive: true,
+            base_bits: None,
+            image_lower: None,
+            image_upper: None,
+            tile_size: 0,
+        }
+    }
+}
+
+/// What the engine did for one frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    /// Image complexity c(I) (gradient density).
+    pub complexity: f32,
+    /// b_I.
+    pub image_bits: i32,
+    /// Activation bits of each adaptive layer, in layer order (empty for a float model).
+    pub layer_bits: Vec<u8>,
+    /// Feature average bit-width over the adaptive layers (0 for a float model).
+    pub fab: f32,
+    /// Number of tiles the frame was processed in.
+    pub tiles: usize,
+    /// Wall time of the frame, in milliseconds.
+    pub millis: f64,
+}
+
+/// The reference engine: one model, one thread pool.
+pub struct Engine {
+    net: Network,
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl Engine {
+    /// `threads` = 0 picks the number of CPUs.
+    pub fn new(model: &Model, threads: usize) -> Result<Self> {
+        model.validate()?;
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("adabm-{i}"))
+            .build()
+            .map_err(|e| Error::Setting(format!("cannot start {threads} worker threads: {e}")))?;
+        Ok(Self {
+            net: Network::new(model),
+            pool,
+            threads,
+        })
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    pub fn scale(&self) -> usize {
+        self.net.config.scale as usize
+    }
+
+    /// Bits per layer and stats skeleton for an image of complexity `c`.
+    pub fn bit_plan(&self, c: f32, opts: &Options) -> Result<(BitPlan, i32)> {
+        let Some(q) = &self.net.quant else {
+            return Ok((self.net.plan(0, 0), 0));
+        };
+        let base = opts.base_bits.unwrap_or(q.a_bits);
+        if !(1..=8).contains(&base) {
+            return Err(Error::Setting(format!("base bits must be in 1..=8, found {base}")));
+        }
+        let lower = opts.image_lower.unwrap_or(q.image_lower);
+        let upper = opts.image_upper.unwrap_or(q.image_upper);
+        let b_i = if opts.adaptive {
+            quant::image_bit(c, lower, upper)
+        } else {
+            0
+        };
+        Ok((self.net.plan(base, b_i), b_i))
+    }
+
+    /// Upscales an RGB image. Returns the HR image (unrounded f32) and the frame's stats.
+    pub fn upscale(&self, img: &Image, opts: &Options) -> Result<(Image, Stats)> {
+        let t0 = Instant::now();
+        let (w, h) = (img.width, img.height);
+        if w == 0 || h == 0 || img.data.len() != w * h * 3 {
+            return Err(Error::Input(format!(
+                "image is {w}x{h} with {} values: expected at least 1x1 and 3 values per pixel",
+                img.data.len()
+            )));
+        }
+        if opts.tile_size != 0 && opts.tile_size < MIN_TILE {
+            return Err(Error::Setting(format!(
+                "tile size must be 0 (automatic) or at least {MIN_TILE}, found {}",
+                opts.tile_size
+            )));
+        }
+        let c = complexity::gradient_density(&img.data, w, h);
+        let (plan, b_i) = self.bit_plan(c, opts)?;
+        let tiles = tile::plan(&self.net, w, h, opts.tile_size, DEFAULT_TILE_BUDGET);
+        let s = self.scale();
+        let mut out = Image::new(w * s, h * s);
+        self.pool.install(|| {
+            for t in &tiles {
+                let hr = self.run_tile(img, t, &plan);
+                t.paste(&hr, s, &mut out);
+            }
+        });
+        let layer_bits: Vec<u8> = self.net.adaptive_layers().map(|k| plan.bits[k]).collect();
+        let fab = if layer_bits.is_empty() {
+            0.0
+        } else {
+            layer_bits.iter().map(|&b| b as f32).sum::<f32>() / layer_bits.len() as f32
+        };
+        Ok((
+            out,
+            Stats {
+                complexity: c,
+                image_bits: b_i,
+                layer_bits,
+                fab,
+                tiles: tiles.len(),
+                millis: t0.elapsed().as_secs_f64() * 1e3,
+            },
+        ))
+    }
+
+    /// Runs the network on the extended region of one tile; returns its HR output in 0–255.
+    fn run_tile(&self, img: &Image, t: &Tile, plan: &BitPlan) -> FeatureMap {
+        let cfg = &self.net.config;
+        let k = cfg.rgb_range / 255.0;
+        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+        let mut x = FeatureMap::zeros(t.eh, t.ew, 3);
+        for y in 0..t.eh {
+            let src = &img.data[((t.ey + y) * img.width + t.ex) * 3..][..t.ew * 3];
+            for (d, (s, c)) in x.row_mut(y).iter_mut().zip(src.iter().zip((0..3).cycle())) {
+                *d = s * k - mean[c];
+            }
+        }
+        let mut hr = self.net.forward(&x, plan, Parallelism::Rayon(self.threads), None);
+        let inv = 255.0 / cfg.rgb_range;
+        for y in 0..hr.h {
+            for (d, c) in hr.row_mut(y).iter_mut().zip((0..3).cycle()) {
+                *d = (*d + mean[c]) * inv;
+            }
+        }
+        hr
+    }
+
+    /// Upscales a packed frame into a packed frame of the same layout and `scale` times the size.
+    pub fn process_frame(&self, src: &FrameRef, dst: &mut FrameMut, opts: &Options) -> Result<Stats> {
+        let s = self.scale();
+        if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
+            return Err(Error::Input(format!(
+                "output frame {}x{} {:?} does not match input {}x{} {:?} at x{s}",
+                dst.width, dst.height, dst.layout, src.width, src.height, src.layout
+            )));
+        }
+        let (img, alpha) = frame::unpack(src)?;
+        let (hr, stats) = self.upscale(&img, opts)?;
+        let alpha = alpha.map(|a| frame::upscale_plane_bilinear(&a, src.width, src.height, s));
+        frame::pack(&hr, alpha.as_deref(), dst)?;
+        Ok(stats)
+    }
+}

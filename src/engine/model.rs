@@ -1,0 +1,501 @@
+//! The model file: safetensors with the EDSR/AdaBM module tree as tensor names and the whole
+//! configuration in the metadata. Specified in `docs/model-format.md`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+
+/// The model-file format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest accepted network sizes (a file claiming more is rejected before allocation).
+pub const MAX_FEATS: usize = 1024;
+pub const MAX_RESBLOCKS: usize = 256;
+
+/// EDSR architecture.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EdsrConfig {
+    pub scale: u32,
+    pub n_resblocks: usize,
+    pub n_feats: usize,
+    pub res_scale: f32,
+    pub rgb_range: f32,
+    pub rgb_mean: [f32; 3],
+}
+
+impl EdsrConfig {
+    /// EDSR-baseline (16 blocks, 64 features) at `scale`.
+    pub fn baseline(scale: u32) -> Self {
+        Self {
+            scale,
+            n_resblocks: 16,
+            n_feats: 64,
+            res_scale: 1.0,
+            rgb_range: 255.0,
+            rgb_mean: [0.4488, 0.4371, 0.4040],
+        }
+    }
+}
+
+/// Which layers are quantized (method page, "Which layers").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantMode {
+    /// Residual-block convs adaptive; head, last body conv, upsampler and tail in float.
+    #[serde(rename = "non-fq")]
+    NonFq,
+    /// Residual-block convs and the last body conv adaptive; head, upsampler and tail at 8/8.
+    #[serde(rename = "fq")]
+    Fq,
+}
+
+/// How image complexity is measured for b_I.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ComplexityMetric {
+    /// Average Sobel gradient density of the luma (the reference's metric).
+    #[serde(rename = "gradient")]
+    Gradient,
+}
+
+/// Quantizer parameters of one layer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LayerQuant {
+    /// Activation lower bound.
+    pub l: f32,
+    /// Activation upper bound.
+    pub u: f32,
+    /// Weight clip.
+    pub u_w: f32,
+    /// Layer bit factor m_k (b_L = round(clamp(m_k, -1, 1))); 0 for fixed 8-bit layers.
+    pub m: f32,
+}
+
+/// Quantization settings; absent for a floating-point model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuantConfig {
+    pub mode: QuantMode,
+    /// Weight bits of adaptive layers.
+    pub w_bits: u8,
+    /// Base activation bits b_base of adaptive layers.
+    pub a_bits: u8,
+    pub complexity: ComplexityMetric,
+    /// l_i2b: below it an image gets b_I = -1.
+    pub image_lower: f32,
+    /// u_i2b: above it an image gets b_I = +1.
+    pub image_upper: f32,
+    /// Per quantized layer, keyed by module name (`body.3.conv1`).
+    pub layers: BTreeMap<String, LayerQuant>,
+}
+
+/// What a layer does in the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Head,
+    BlockConv1(usize),
+    BlockConv2(usize),
+    BodyLast,
+    /// Upsampler conv of stage `k`, followed by PixelShuffle(r).
+    Up { stage: usize, r: usize },
+    Tail,
+}
+
+/// How a layer is quantized under a mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    Float,
+    /// Activation bits adapt per image and layer; weights at `w_bits`.
+    Adaptive,
+    /// 8-bit weights and activations.
+    Fixed8,
+}
+
+/// One conv layer of the architecture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerSpec {
+    pub name: String,
+    pub role: Role,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+/// The conv layers of an EDSR configuration, in execution order.
+pub fn layer_specs(cfg: &EdsrConfig) -> Vec<LayerSpec> {
+    let f = cfg.n_feats;
+    let spec = |name: String, role, cin, cout| LayerSpec {
+        name,
+        role,
+        cin,
+        cout,
+    };
+    let mut v = vec![spec("head.0".into(), Role::Head, 3, f)];
+    for i in 0..cfg.n_resblocks {
+        v.push(spec(format!("body.{i}.conv1"), Role::BlockConv1(i), f, f));
+        v.push(spec(format!("body.{i}.conv2"), Role::BlockConv2(i), f, f));
+    }
+    v.push(spec(
+        format!("body.{}", cfg.n_resblocks),
+        Role::BodyLast,
+        f,
+        f,
+    ));
+    let stages: &[usize] = match cfg.scale {
+        2 => &[2],
+        3 => &[3],
+        4 => &[2, 2],
+        _ => &[],
+    };
+    for (k, &r) in stages.iter().enumerate() {
+        v.push(spec(
+            format!("tail.0.{}", 2 * k),
+            Role::Up { stage: k, r },
+            f,
+            r * r * f,
+        ));
+    }
+    v.push(spec("tail.1".into(), Role::Tail, f, 3));
+    v
+}
+
+/// The quantization kind of a layer role under `mode` (None: floating-point model).
+pub fn layer_kind(mode: Option<QuantMode>, role: Role) -> LayerKind {
+    match (mode, role) {
+        (None, _) => LayerKind::Float,
+        (Some(_), Role::BlockConv1(_) | Role::BlockConv2(_)) => LayerKind::Adaptive,
+        (Some(QuantMode::Fq), Role::BodyLast) => LayerKind::Adaptive,
+        (Some(QuantMode::Fq), _) => LayerKind::Fixed8,
+        (Some(QuantMode::NonFq), _) => LayerKind::Float,
+    }
+}
+
+/// Weights of one conv, PyTorch layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvParams {
+    pub spec: LayerSpec,
+    /// `[cout][cin][3][3]`.
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// A validated model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub config: EdsrConfig,
+    pub quant: Option<QuantConfig>,
+    /// In the order of [`layer_specs`].
+    pub convs: Vec<ConvParams>,
+}
+
+fn field(field: &str, expected: impl Into<String>, found: impl ToString) -> Error {
+    Error::Field {
+        field: field.into(),
+        expected: expected.into(),
+        found: found.to_string(),
+    }
+}
+
+fn check_finite(name: &str, v: f32) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(field(name, "a finite number", v))
+    }
+}
+
+impl EdsrConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.scale, 2..=4) {
+            return Err(field("config.scale", "2, 3 or 4", self.scale));
+        }
+        if self.n_feats == 0 || self.n_feats > MAX_FEATS {
+            return Err(field("config.n_feats", format!("1..={MAX_FEATS}"), self.n_feats));
+        }
+        if self.n_resblocks > MAX_RESBLOCKS {
+            return Err(field(
+                "config.n_resblocks",
+                format!("0..={MAX_RESBLOCKS}"),
+                self.n_resblocks,
+            ));
+        }
+        check_finite("config.res_scale", self.res_scale)?;
+        if !(self.rgb_range.is_finite() && self.rgb_range > 0.0) {
+            return Err(field("config.rgb_range", "a positive number", self.rgb_range));
+        }
+        for (i, m) in self.rgb_mean.iter().enumerate() {
+            check_finite(&format!("config.rgb_mean[{i}]"), *m)?;
+        }
+        Ok(())
+    }
+}
+
+impl QuantConfig {
+    pub fn validate(&self, cfg: &EdsrConfig) -> Result<()> {
+        for (name, b) in [("quant.w_bits", self.w_bits), ("quant.a_bits", self.a_bits)] {
+            if !(1..=8).contains(&b) {
+                return Err(field(name, "bits in 1..=8", b));
+            }
+        }
+        check_finite("quant.image_lower", self.image_lower)?;
+        check_finite("quant.image_upper", self.image_upper)?;
+        if self.image_lower > self.image_upper {
+            return Err(field(
+                "quant.image_lower",
+                format!("<= image_upper ({})", self.image_upper),
+                self.image_lower,
+            ));
+        }
+        let specs = layer_specs(cfg);
+        for s in &specs {
+            let quantized = layer_kind(Some(self.mode), s.role) != LayerKind::Float;
+            match (quantized, self.layers.get(&s.name)) {
+                (true, None) => {
+                    return Err(Error::Quant {
+                        layer: s.name.clone(),
+                        msg: "missing quantizer parameters (l, u, u_w, m)".into(),
+                    });
+                }
+                (false, Some(_)) => {
+                    return Err(Error::Quant {
+                        layer: s.name.clone(),
+                        msg: format!("has quantizer parameters but is floating point in {:?} mode", self.mode),
+                    });
+                }
+                (true, Some(q)) => validate_layer_quant(&s.name, q)?,
+                (false, None) => {}
+            }
+        }
+        if let Some(name) = self.layers.keys().find(|n| !specs.iter().any(|s| &s.name == *n)) {
+            return Err(Error::Quant {
+                layer: name.clone(),
+                msg: "no such layer in this configuration".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn validate_layer_quant(layer: &str, q: &LayerQuant) -> Result<()> {
+    let err = |msg: String| Error::Quant {
+        layer: layer.into(),
+        msg,
+    };
+    for (n, v) in [("l", q.l), ("u", q.u), ("u_w", q.u_w), ("m", q.m)] {
+        if !v.is_finite() {
+            return Err(err(format!("{n} must be finite, found {v}")));
+        }
+    }
+    if q.l >= q.u {
+        return Err(err(format!("expected l < u, found l = {} and u = {}", q.l, q.u)));
+    }
+    if q.u_w <= 0.0 {
+        return Err(err(format!("expected u_w > 0, found {}", q.u_w)));
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format_version: String,
+    config: String,
+    quant: Option<String>,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+impl Model {
+    /// Builds and validates a model from parts.
+    pub fn new(config: EdsrConfig, quant: Option<QuantConfig>, convs: Vec<ConvParams>) -> Result<Self> {
+        let m = Self {
+            config,
+            quant,
+            convs,
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Validates configuration, quantizer parameters and every tensor.
+    pub fn validate(&self) -> Result<()> {
+        self.config.validate()?;
+        if let Some(q) = &self.quant {
+            q.validate(&self.config)?;
+        }
+        let specs = layer_specs(&self.config);
+        if specs.len() != self.convs.len() {
+            return Err(Error::Input(format!(
+                "expected {} conv layers, found {}",
+                specs.len(),
+                self.convs.len()
+            )));
+        }
+        for (s, c) in specs.iter().zip(&self.convs) {
+            if &c.spec != s {
+                return Err(Error::Input(format!("layer {:?} where {:?} was expected", c.spec, s)));
+            }
+            check_values(&format!("{}.weight", s.name), &c.weight, s.cout * s.cin * 9)?;
+            check_values(&format!("{}.bias", s.name), &c.bias, s.cout)?;
+        }
+        Ok(())
+    }
+
+    /// Loads and validates a model file.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Parses and validates a model from the bytes of a model file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.is_empty() {
+            return Err(Error::Empty);
+        }
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+            Error::Format(format!("{e} (is the file truncated or not a safetensors file?)"))
+        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| Error::Format(e.to_string()))?;
+        let md: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
+        let get = |k: &str| md.get(k).ok_or_else(|| Error::Metadata(format!("missing key `{k}`")));
+        let version = get("format_version")?;
+        if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+            return Err(field("format_version", FORMAT_VERSION.to_string(), version));
+        }
+        let config: EdsrConfig = serde_json::from_str(get("config")?)
+            .map_err(|e| Error::Metadata(format!("`config`: {e}")))?;
+        config.validate()?;
+        let quant: Option<QuantConfig> = match md.get("quant") {
+            None => None,
+            Some(s) => Some(
+                serde_json::from_str(s).map_err(|e| Error::Metadata(format!("`quant`: {e}")))?,
+            ),
+        };
+        if let Some(q) = &quant {
+            q.validate(&config)?;
+        }
+        let specs = layer_specs(&config);
+        let mut expected: Vec<String> = Vec::new();
+        for s in &specs {
+            expected.push(format!("{}.weight", s.name));
+            expected.push(format!("{}.bias", s.name));
+        }
+        let mut names: Vec<&str> = st.names();
+        names.sort();
+        if let Some(n) = names.iter().find(|n| !expected.iter().any(|e| e == *n)) {
+            return Err(Error::UnexpectedTensor(n.to_string()));
+        }
+        let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| Error::MissingTensor(name.to_string()))?;
+            if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
+                return Err(Error::Tensor {
+                    name: name.into(),
+                    expected: format!("{shape:?} F32"),
+                    found: format!("{:?} {:?}", t.shape(), t.dtype()),
+                });
+            }
+            let v: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            check_values(name, &v, shape.iter().product())?;
+            Ok(v)
+        };
+        let mut convs = Vec::with_capacity(specs.len());
+        for s in specs {
+            let weight = read(&format!("{}.weight", s.name), &[s.cout, s.cin, 3, 3])?;
+            let bias = read(&format!("{}.bias", s.name), &[s.cout])?;
+            convs.push(ConvParams { spec: s, weight, bias });
+        }
+        Self::new(config, quant, convs)
+    }
+
+    /// Serialises to the bytes of a model file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let header = Header {
+            format_version: FORMAT_VERSION.to_string(),
+            config: serde_json::to_string(&self.config).map_err(|e| Error::Metadata(e.to_string()))?,
+            quant: match &self.quant {
+                Some(q) => Some(serde_json::to_string(q).map_err(|e| Error::Metadata(e.to_string()))?),
+                None => None,
+            },
+        };
+        let mut md = HashMap::new();
+        md.insert("format_version".to_string(), header.format_version);
+        md.insert("config".to_string(), header.config);
+        if let Some(q) = header.quant {
+            md.insert("quant".to_string(), q);
+        }
+        let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for c in &self.convs {
+            let s = &c.spec;
+            data.push((format!("{}.weight", s.name), vec![s.cout, s.cin, 3, 3], f32_bytes(&c.weight)));
+            data.push((format!("{}.bias", s.name), vec![s.cout], f32_bytes(&c.bias)));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(n, shape, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| Error::Format(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize(views, Some(md)).map_err(|e| Error::Format(e.to_string()))
+    }
+
+    /// Writes a model file.
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_bytes()?).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Number of parameters (weights and biases).
+    pub fn n_params(&self) -> usize {
+        self.convs.iter().map(|c| c.weight.len() + c.bias.len()).sum()
+    }
+
+    /// Multiply-accumulates per LR input pixel.
+    pub fn macs_per_lr_pixel(&self) -> f64 {
+        self.convs
+            .iter()
+            .map(|c| {
+                let area = match c.spec.role {
+                    Role::Tail => (self.config.scale * self.config.scale) as f64,
+                    Role::Up { stage: 1, .. } => 4.0,
+                    _ => 1.0,
+                };
+                area * (c.spec.cin * c.spec.cout * 9) as f64
+            })
+            .sum()
+    }
+}
+
+fn check_values(name: &str, v: &[f32], len: usize) -> Result<()> {
+    if v.len() != len {
+        return Err(Error::Tensor {
+            name: name.into(),
+            expected: format!("{len} values"),
+            found: format!("{} values", v.len()),
+        });
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::Tensor {
+            name: name.into(),
+            expected: "finite values".into(),
+            found: format!("{} at flat index {i}", v[i]),
+        });
+    }
+    Ok(())
+}

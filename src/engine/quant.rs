@@ -1,0 +1,101 @@
+//! AdaBM quantizers (method page, "Quantizers"), in floating point ("fake quant").
+//!
+//! Rounding is half-to-even, as `torch.round` in the reference implementation.
+
+/// Number of steps of a `bits`-bit grid: `2^bits - 1`.
+#[inline]
+pub fn levels(bits: u8) -> f32 {
+    ((1u32 << bits) - 1) as f32
+}
+
+/// Activation code `q = round((clamp(x, l, u) - l) / (u - l) * (2^b - 1))`.
+#[inline]
+pub fn act_code(x: f32, l: f32, u: f32, n: f32) -> f32 {
+    ((x.clamp(l, u) - l) / (u - l) * n).round_ties_even()
+}
+
+/// Activation fake-quant: `x̂ = q / (2^b - 1) * (u - l) + l`.
+#[inline]
+pub fn act_fake_quant(x: f32, l: f32, u: f32, n: f32) -> f32 {
+    act_code(x, l, u, n) / n * (u - l) + l
+}
+
+/// Weight code `k = round((clamp(w, -u_w, u_w) + u_w) / (2 u_w) * (2^b_w - 1))`.
+#[inline]
+pub fn weight_code(w: f32, u_w: f32, n: f32) -> f32 {
+    ((w.clamp(-u_w, u_w) + u_w) / (2.0 * u_w) * n).round_ties_even()
+}
+
+/// Weight fake-quant: `ŵ = k / (2^b_w - 1) * 2 u_w - u_w`.
+#[inline]
+pub fn weight_fake_quant(w: f32, u_w: f32, n: f32) -> f32 {
+    weight_code(w, u_w, n) / n * 2.0 * u_w - u_w
+}
+
+/// Image-level bit offset: -1 below `lower`, +1 above `upper`, else 0.
+#[inline]
+pub fn image_bit(c: f32, lower: f32, upper: f32) -> i32 {
+    if c < lower {
+        -1
+    } else if c > upper {
+        1
+    } else {
+        0
+    }
+}
+
+/// Layer-level bit offset from the stored factor m_k: `round(clamp(m_k, -1, 1))`.
+#[inline]
+pub fn layer_bit(m: f32) -> i32 {
+    m.clamp(-1.0, 1.0).round_ties_even() as i32
+}
+
+/// `b_base + b_I + b_L`, kept inside 1..=8.
+#[inline]
+pub fn adaptive_bits(base: u8, b_i: i32, b_l: i32) -> u8 {
+    (base as i32 + b_i + b_l).clamp(1, 8) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_grid_by_hand() {
+        // 2 bits over [0, 3]: grid 0, 1, 2, 3.
+        let n = levels(2);
+        assert_eq!(n, 3.0);
+        assert_eq!(act_fake_quant(-5.0, 0.0, 3.0, n), 0.0);
+        assert_eq!(act_fake_quant(1.2, 0.0, 3.0, n), 1.0);
+        assert_eq!(act_fake_quant(2.6, 0.0, 3.0, n), 3.0);
+        assert_eq!(act_fake_quant(9.0, 0.0, 3.0, n), 3.0);
+        // Half-to-even: 0.5 -> 0, 1.5 -> 2.
+        assert_eq!(act_code(0.5, 0.0, 3.0, n), 0.0);
+        assert_eq!(act_code(1.5, 0.0, 3.0, n), 2.0);
+        // Zero is not on a grid that does not contain it.
+        assert_eq!(act_fake_quant(0.0, -1.0, 2.0, levels(1)), -1.0);
+    }
+
+    #[test]
+    fn weight_grid_has_no_zero() {
+        // 4 bits over [-1.5, 1.5]: 16 levels, step 0.2, -1.5 .. 1.5, zero is not a level.
+        let n = levels(4);
+        let z = weight_fake_quant(0.0, 1.5, n);
+        assert!((z.abs() - 0.1).abs() < 1e-6, "{z}");
+        assert_eq!(weight_fake_quant(7.0, 1.5, n), 1.5);
+        assert_eq!(weight_fake_quant(-7.0, 1.5, n), -1.5);
+    }
+
+    #[test]
+    fn bit_offsets() {
+        assert_eq!(image_bit(1.0, 2.0, 3.0), -1);
+        assert_eq!(image_bit(2.5, 2.0, 3.0), 0);
+        assert_eq!(image_bit(3.5, 2.0, 3.0), 1);
+        assert_eq!(layer_bit(-0.7), -1);
+        assert_eq!(layer_bit(0.4), 0);
+        assert_eq!(layer_bit(3.0), 1);
+        assert_eq!(adaptive_bits(4, 1, 1), 6);
+        assert_eq!(adaptive_bits(1, -1, -1), 1);
+        assert_eq!(adaptive_bits(8, 1, 0), 8);
+    }
+}

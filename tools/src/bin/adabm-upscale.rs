@@ -1,0 +1,34 @@
+//! adabm-upscale: upscale PNG images with a model file through the reference engine.
+//!
+//!   adabm-upscale --model M.safetensors [--tile N] [--threads N] [--base-bits B]
+//!                 [--no-adaptive] IN.png OUT.png
+
+use std::path::Path;
+
+use adabm_tools::{Args, read_png, write_png};
+use anyhow::{Context, Result};
+use gstadabm::engine::{Engine, Model, Options};
+
+fn main() -> Result<()> {
+    let args = Args::parse(&["no-adaptive"])?;
+    args.reject_unknown(&["model", "tile", "threads", "base-bits", "no-adaptive"])?;
+    let [input, output] = args.positional.as_slice() else {
+        anyhow::bail!("usage: adabm-upscale --model FILE [--tile N] [--threads N] [--base-bits B] [--no-adaptive] IN.png OUT.png");
+    };
+    let model = Model::load(args.get("model").context("--model FILE is required")?)?;
+    let engine = Engine::new(&model, args.num("threads", 0)?)?;
+    let opts = Options {
+        adaptive: !args.flag("no-adaptive"),
+        base_bits: args.get("base-bits").map(str::parse).transpose()?,
+        tile_size: args.num("tile", 0)?,
+        ..Options::default()
+    };
+    let img = read_png(Path::new(input))?;
+    let (hr, st) = engine.upscale(&img, &opts)?;
+    write_png(Path::new(output), &hr)?;
+    println!(
+        "{input} {}x{} -> {output} {}x{}: complexity {:.3}, b_I {:+}, FAB {:.3}, {} tile(s), {:.1} ms",
+        img.width, img.height, hr.width, hr.height, st.complexity, st.image_bits, st.fab, st.tiles, st.millis
+    );
+    Ok(())
+}

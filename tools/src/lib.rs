@@ -1,0 +1,96 @@
+//! Shared helpers of the adabm tools: argument parsing and PNG input/output.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use gstadabm::engine::Image;
+
+/// Minimal `--key value` / `--flag` argument parser with helpful errors.
+pub struct Args {
+    pairs: Vec<(String, Option<String>)>,
+    pub positional: Vec<String>,
+}
+
+impl Args {
+    pub fn parse(flags: &[&str]) -> Result<Self> {
+        Self::from_iter(std::env::args().skip(1), flags)
+    }
+
+    pub fn from_iter(it: impl IntoIterator<Item = String>, flags: &[&str]) -> Result<Self> {
+        let mut pairs = Vec::new();
+        let mut positional = Vec::new();
+        let mut it = it.into_iter();
+        while let Some(a) = it.next() {
+            if let Some(k) = a.strip_prefix("--") {
+                if flags.contains(&k) {
+                    pairs.push((k.to_string(), None));
+                } else {
+                    let v = it.next().with_context(|| format!("--{k} needs a value"))?;
+                    pairs.push((k.to_string(), Some(v)));
+                }
+            } else {
+                positional.push(a);
+            }
+        }
+        Ok(Self { pairs, positional })
+    }
+
+    pub fn flag(&self, k: &str) -> bool {
+        self.pairs.iter().any(|(n, v)| n == k && v.is_none())
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.pairs.iter().rev().find(|(n, _)| n == k).and_then(|(_, v)| v.as_deref())
+    }
+
+    pub fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| anyhow::anyhow!("--{k} {v}: {e}")),
+        }
+    }
+
+    /// Fails on any key not in `known` (flags and options alike).
+    pub fn reject_unknown(&self, known: &[&str]) -> Result<()> {
+        for (k, _) in &self.pairs {
+            if !known.contains(&k.as_str()) {
+                bail!("unknown option --{k} (known: {})", known.join(", --"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads an 8-bit PNG (gray, gray+alpha, RGB or RGBA) as an RGB image.
+pub fn read_png(path: &Path) -> Result<Image> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = dec.read_info().with_context(|| format!("decode {}", path.display()))?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).with_context(|| format!("decode {}", path.display()))?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let px = &buf[..info.buffer_size()];
+    let rgb: Vec<u8> = match info.color_type {
+        png::ColorType::Grayscale => px.iter().flat_map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => px.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::Rgb => px.to_vec(),
+        png::ColorType::Rgba => px.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Indexed => bail!("{}: indexed PNG was not expanded", path.display()),
+    };
+    Ok(Image::from_rgb8(w, h, &rgb))
+}
+
+/// Writes an RGB image as an 8-bit PNG (rounded, clamped).
+pub fn write_png(path: &Path, img: &Image) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), img.width as u32, img.height as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header()?;
+    w.write_image_data(&img.to_rgb8())?;
+    Ok(())
+}
