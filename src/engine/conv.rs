@@ -2,11 +2,15 @@
 //!
 //! A [`FeatureMap`] of `h x w x c` is stored with a one-pixel zero border, `(h+2) x (w+2) x c`.
 //! Seen as a matrix of `(h+2)(w+2)` rows and `c` columns, the input of tap `(dy, dx)` for every
-//! output position is the same matrix shifted by `dy*(w+2) + dx` rows. A 3x3 convolution is
-//! therefore nine GEMMs over contiguous row ranges, accumulated in place: no im2col buffer.
+//! output position is the same matrix shifted by `dy*(w+2) + dx` rows: the nine shifted rows are
+//! gathered per block of output rows into a small im2col buffer and multiplied in one GEMM.
 //! The outputs that land on the border columns are garbage and are zeroed afterwards.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// im2col values per row block of [`conv3x3_rows`] (512 KiB of f32).
+const BLOCK_VALUES: usize = 128 * 1024;
 
 /// A zero-padded NHWC feature map.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,41 +135,61 @@ pub fn conv3x3_rows(
     let (cin, cout) = (cw.cin, cw.cout);
     assert_eq!(out.len(), m * cout, "conv output length");
     let p0 = (y0 + 1) * wp + 1;
-    for row in out.chunks_exact_mut(cout) {
-        row.copy_from_slice(&cw.bias);
+    // Blocks of output rows: each block gathers its 3x3 neighbourhoods into a small im2col
+    // buffer (it stays in L2) and runs one GEMM with K = 9 * cin. Blocks run in parallel.
+    let block = (BLOCK_VALUES / (9 * cin)).clamp(8, 512);
+    let k = 9 * cin;
+    let run = |(b, out): (usize, &mut [f32])| {
+        let pb = p0 + b * block;
+        let mb = out.len() / cout;
+        SCRATCH.with_borrow_mut(|cols| {
+            cols.resize(mb * k, 0.0);
+            for (r, dst) in cols.chunks_exact_mut(k).enumerate() {
+                for t in 0..9 {
+                    let (dy, dx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
+                    // In bounds: positions read lie in y0*wp ..= (y1+2)*wp - 1.
+                    let q = ((pb + r) as isize + dy * wp as isize + dx) as usize;
+                    dst[t * cin..(t + 1) * cin].copy_from_slice(&src.data[q * cin..(q + 1) * cin]);
+                }
+            }
+            for row in out.chunks_exact_mut(cout) {
+                row.copy_from_slice(&cw.bias);
+            }
+            // SAFETY: `out` is mb x cout row-major, `cols` is mb x k row-major and `cw.w` is
+            // k x cout row-major (asserted lengths); no two of them alias.
+            unsafe {
+                gemm::gemm(
+                    mb,
+                    cout,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    cout as isize,
+                    true,
+                    cols.as_ptr(),
+                    1,
+                    k as isize,
+                    cw.w.as_ptr(),
+                    1,
+                    cout as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
+    };
+    match par {
+        Parallelism::None => out.chunks_mut(block * cout).enumerate().for_each(run),
+        _ => out.par_chunks_mut(block * cout).enumerate().for_each(run),
     }
-    for t in 0..9 {
-        let (dy, dx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
-        let start = (p0 as isize + dy * wp as isize + dx) as usize;
-        // Bounds: the last position read is start + m - 1 <= (y1 + 2) * wp - 1, inside the map.
-        let lhs = &src.data[start * cin..(start + m) * cin];
-        let rhs = &cw.w[t * cin * cout..(t + 1) * cin * cout];
-        // SAFETY: `out` is m x cout row-major (asserted above), `lhs` is m x cin row-major and
-        // `rhs` is cin x cout row-major, all in bounds as sliced; no two of them alias.
-        unsafe {
-            gemm::gemm(
-                m,
-                cout,
-                cin,
-                out.as_mut_ptr(),
-                1,
-                cout as isize,
-                true,
-                lhs.as_ptr(),
-                1,
-                cin as isize,
-                rhs.as_ptr(),
-                1,
-                cout as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Full 3x3 convolution (zero padding, stride 1) of `src` into a new map of `cout` channels.

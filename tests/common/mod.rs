@@ -1,0 +1,61 @@
+//! Helpers shared by the integration tests: small models made in code.
+#![allow(dead_code)]
+
+use gstadabm::engine::model::{ConvParams, layer_specs};
+use gstadabm::engine::random::{quantize_on_synthetic, random_model};
+use gstadabm::engine::{EdsrConfig, Model, QuantMode};
+
+/// A small EDSR (feats, blocks) at `scale`.
+pub fn small_config(scale: u32, n_feats: usize, n_resblocks: usize) -> EdsrConfig {
+    EdsrConfig {
+        n_feats,
+        n_resblocks,
+        ..EdsrConfig::baseline(scale)
+    }
+}
+
+pub fn small_fp(scale: u32, seed: u64) -> Model {
+    random_model(small_config(scale, 8, 2), seed).unwrap()
+}
+
+pub fn small_quant(scale: u32, mode: QuantMode, seed: u64) -> Model {
+    quantize_on_synthetic(&small_fp(scale, seed), mode, 4, 4, seed).unwrap()
+}
+
+/// A model whose output is nearest-neighbour pixel replication, through the full EDSR graph:
+/// the head copies the three input channels, every residual block and the last body conv
+/// have zero weights, each upsampler conv copies channel c into the r² shuffle slots of c,
+/// and the tail copies channels 0..3 back out.
+pub fn replication_model(scale: u32, n_feats: usize, n_resblocks: usize, rgb_mean: [f32; 3]) -> Model {
+    let mut cfg = small_config(scale, n_feats, n_resblocks);
+    cfg.rgb_mean = rgb_mean;
+    let convs = layer_specs(&cfg)
+        .into_iter()
+        .map(|spec| {
+            let (cin, cout) = (spec.cin, spec.cout);
+            let mut weight = vec![0.0; cout * cin * 9];
+            let centre = |o: usize, i: usize| (o * cin + i) * 9 + 4;
+            match spec.role {
+                gstadabm::engine::model::Role::Head | gstadabm::engine::model::Role::Tail => {
+                    for c in 0..3 {
+                        weight[centre(c, c)] = 1.0;
+                    }
+                }
+                gstadabm::engine::model::Role::Up { r, .. } => {
+                    for c in 0..3 {
+                        for s in 0..r * r {
+                            weight[centre(c * r * r + s, c)] = 1.0;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            ConvParams {
+                spec,
+                weight,
+                bias: vec![0.0; cout],
+            }
+        })
+        .collect();
+    Model::new(cfg, None, convs).unwrap()
+}

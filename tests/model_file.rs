@@ -1,0 +1,212 @@
+//! The model file: round trip, and one clear error per kind of damage.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use gstadabm::engine::{Model, QuantMode};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+/// Rebuilds a model file, letting `edit` change each tensor (name, shape, bytes) and the
+/// metadata; `None` from `edit` drops the tensor.
+fn rewrite(
+    bytes: &[u8],
+    edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(String, Vec<usize>, Vec<u8>)>,
+    meta: impl Fn(&mut HashMap<String, String>),
+) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let (_, md) = SafeTensors::read_metadata(bytes).unwrap();
+    let mut md = md.metadata().clone().unwrap();
+    meta(&mut md);
+    let mut kept = Vec::new();
+    for (name, t) in st.tensors() {
+        if let Some(e) = edit(&name, t.shape().to_vec(), t.data().to_vec()) {
+            kept.push(e);
+        }
+    }
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize(views, Some(md)).unwrap()
+}
+
+fn keep(n: &str, s: Vec<usize>, d: Vec<u8>) -> Option<(String, Vec<usize>, Vec<u8>)> {
+    Some((n.to_string(), s, d))
+}
+
+fn err(bytes: &[u8]) -> String {
+    Model::from_bytes(bytes).unwrap_err().to_string()
+}
+
+fn quant_bytes() -> Vec<u8> {
+    small_quant(2, QuantMode::Fq, 1).to_bytes().unwrap()
+}
+
+#[test]
+fn round_trip_is_lossless() {
+    for m in [small_fp(3, 1), small_quant(4, QuantMode::NonFq, 2), small_quant(2, QuantMode::Fq, 3)] {
+        let back = Model::from_bytes(&m.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let m = small_fp(2, 9);
+    m.save(&path).unwrap();
+    assert_eq!(Model::load(&path).unwrap(), m);
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = Model::load("/nonexistent/dir/model.safetensors").unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/dir/model.safetensors"), "{e}");
+}
+
+#[test]
+fn empty_file() {
+    assert!(err(&[]).contains("empty"));
+}
+
+#[test]
+fn truncated_file() {
+    let b = quant_bytes();
+    for cut in [4, 100, b.len() / 2, b.len() - 1] {
+        let e = err(&b[..cut]);
+        assert!(e.contains("not a valid safetensors") && e.contains("truncated"), "cut {cut}: {e}");
+    }
+}
+
+#[test]
+fn garbage_file() {
+    let e = err(b"this is not a model at all, just some text that goes on");
+    assert!(e.contains("not a valid safetensors"), "{e}");
+}
+
+#[test]
+fn wrong_shape_names_tensor_expected_and_found() {
+    let b = rewrite(
+        &quant_bytes(),
+        |n, s, d| {
+            if n == "body.1.conv1.weight" {
+                Some((n.into(), vec![8, 4, 3, 3], d[..d.len() / 2].to_vec()))
+            } else {
+                keep(n, s, d)
+            }
+        },
+        |_| {},
+    );
+    let e = err(&b);
+    assert!(e.contains("body.1.conv1.weight") && e.contains("[8, 8, 3, 3]") && e.contains("[8, 4, 3, 3]"), "{e}");
+}
+
+#[test]
+fn missing_tensor() {
+    let b = rewrite(&quant_bytes(), |n, s, d| (n != "tail.1.bias").then(|| (n.into(), s, d)), |_| {});
+    let e = err(&b);
+    assert!(e.contains("tail.1.bias") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn unexpected_tensor() {
+    let b = rewrite(
+        &quant_bytes(),
+        |n, s, d| {
+            if n == "tail.1.bias" {
+                Some(("body.99.conv1.bias".into(), s, d))
+            } else {
+                keep(n, s, d)
+            }
+        },
+        |_| {},
+    );
+    assert!(err(&b).contains("body.99.conv1.bias"));
+}
+
+#[test]
+fn nan_weight() {
+    let b = rewrite(
+        &quant_bytes(),
+        |n, s, mut d| {
+            if n == "head.0.weight" {
+                d[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            keep(n, s, d)
+        },
+        |_| {},
+    );
+    let e = err(&b);
+    assert!(e.contains("head.0.weight") && e.contains("finite") && e.contains("index 2"), "{e}");
+}
+
+fn edit_quant(f: impl Fn(&mut serde_json::Value)) -> String {
+    err(&rewrite(&quant_bytes(), keep, |md| {
+        let mut q: serde_json::Value = serde_json::from_str(&md["quant"]).unwrap();
+        f(&mut q);
+        md.insert("quant".into(), q.to_string());
+    }))
+}
+
+#[test]
+fn l_not_below_u() {
+    let e = edit_quant(|q| {
+        q["layers"]["body.0.conv2"]["l"] = 5.0.into();
+        q["layers"]["body.0.conv2"]["u"] = 5.0.into();
+    });
+    assert!(e.contains("body.0.conv2") && e.contains("l < u"), "{e}");
+}
+
+#[test]
+fn bits_out_of_range() {
+    let e = edit_quant(|q| q["a_bits"] = 9.into());
+    assert!(e.contains("a_bits") && e.contains("1..=8") && e.contains('9'), "{e}");
+    let e = edit_quant(|q| q["w_bits"] = 0.into());
+    assert!(e.contains("w_bits"), "{e}");
+}
+
+#[test]
+fn missing_layer_quantizer() {
+    let e = edit_quant(|q| {
+        q["layers"].as_object_mut().unwrap().remove("head.0");
+    });
+    assert!(e.contains("head.0") && e.contains("missing quantizer"), "{e}");
+}
+
+#[test]
+fn unknown_mode_and_version() {
+    let e = edit_quant(|q| q["mode"] = "int3".into());
+    assert!(e.contains("quant") && e.contains("int3"), "{e}");
+    let e = err(&rewrite(&quant_bytes(), keep, |md| {
+        md.insert("format_version".into(), "7".into());
+    }));
+    assert!(e.contains("format_version") && e.contains('7'), "{e}");
+    let e = err(&rewrite(&quant_bytes(), keep, |md| {
+        md.remove("config");
+    }));
+    assert!(e.contains("config"), "{e}");
+}
+
+#[test]
+fn config_must_match_tensors() {
+    let e = err(&rewrite(&quant_bytes(), keep, |md| {
+        let mut c: serde_json::Value = serde_json::from_str(&md["config"]).unwrap();
+        c["n_feats"] = 16.into();
+        md.insert("config".into(), c.to_string());
+    }));
+    assert!(e.contains("expected [16, 3, 3, 3]") || e.contains("[16"), "{e}");
+    let e = err(&rewrite(&quant_bytes(), keep, |md| {
+        let mut c: serde_json::Value = serde_json::from_str(&md["config"]).unwrap();
+        c["scale"] = 5.into();
+        md.insert("config".into(), c.to_string());
+    }));
+    assert!(e.contains("config.scale") && e.contains("2, 3 or 4"), "{e}");
+}
+
+#[test]
+fn float_model_has_no_quantizers_and_runs_unquantized() {
+    let m = small_fp(2, 4);
+    let b = m.to_bytes().unwrap();
+    let (_, md) = SafeTensors::read_metadata(&b).unwrap();
+    assert!(!md.metadata().as_ref().unwrap().contains_key("quant"));
+    assert!(Model::from_bytes(&b).unwrap().quant.is_none());
+}
