@@ -1,0 +1,321 @@
+//! The element through gst_check::Harness and small pipelines: caps in every format, odd and
+//! 1x1 sizes, padded strides, renegotiation, live properties, stats and errors on the bus.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Once;
+
+use common::*;
+use gst::prelude::*;
+use gst_check::Harness;
+use gstadabm::engine::{Engine, FrameMut, FrameRef, Options, PixelLayout, QuantMode};
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstadabm::plugin_register_static().unwrap();
+    });
+}
+
+fn model_file(dir: &tempfile::TempDir, model: &gstadabm::engine::Model, name: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    model.save(&p).unwrap();
+    p
+}
+
+const FORMATS: [(&str, PixelLayout); 10] = [
+    ("RGB", PixelLayout::Rgb),
+    ("BGR", PixelLayout::Bgr),
+    ("RGBx", PixelLayout::Rgbx),
+    ("BGRx", PixelLayout::Bgrx),
+    ("xRGB", PixelLayout::Xrgb),
+    ("xBGR", PixelLayout::Xbgr),
+    ("RGBA", PixelLayout::Rgba),
+    ("BGRA", PixelLayout::Bgra),
+    ("ARGB", PixelLayout::Argb),
+    ("ABGR", PixelLayout::Abgr),
+];
+
+fn harness(model: &std::path::Path) -> Harness {
+    let el = gst::ElementFactory::make("adabmupscale")
+        .property("model-location", model.to_str().unwrap())
+        .build()
+        .unwrap();
+    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    h.play();
+    h
+}
+
+/// Pushes one frame of `fmt` at w x h and returns (output caps, output bytes, input bytes, strides).
+fn push_frame(h: &mut Harness, fmt: &str, w: u32, hh: u32, seed: u8) -> (gst_video::VideoInfo, Vec<u8>, gst_video::VideoInfo, Vec<u8>) {
+    let caps = format!("video/x-raw,format={fmt},width={w},height={hh},framerate=25/1");
+    h.set_src_caps_str(&caps);
+    let info = gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().unwrap()).unwrap();
+    let data: Vec<u8> = (0..info.size()).map(|i| ((i * 31 + seed as usize * 7) % 251) as u8).collect();
+    let out = h.push_and_pull(gst::Buffer::from_slice(data.clone())).unwrap();
+    let out_caps = h.sinkpad().unwrap().current_caps().unwrap();
+    let out_info = gst_video::VideoInfo::from_caps(&out_caps).unwrap();
+    (out_info, out.map_readable().unwrap().to_vec(), info, data)
+}
+
+/// The engine's output for the same packed input, as the element must produce it.
+fn expected(model: &gstadabm::engine::Model, layout: PixelLayout, inp: &gst_video::VideoInfo, data: &[u8], out: &gst_video::VideoInfo) -> Vec<u8> {
+    let engine = Engine::new(model, 1).unwrap();
+    let mut buf = vec![0u8; out.size()];
+    let src = FrameRef { data, stride: inp.stride()[0] as usize, width: inp.width() as usize, height: inp.height() as usize, layout };
+    let mut dst = FrameMut { data: &mut buf, stride: out.stride()[0] as usize, width: out.width() as usize, height: out.height() as usize, layout };
+    engine.process_frame(&src, &mut dst, &Options::default()).unwrap();
+    buf
+}
+
+/// The bytes of the visible pixels, row by row (row padding is undefined).
+fn visible(bytes: &[u8], info: &gst_video::VideoInfo) -> Vec<u8> {
+    let (stride, row) = (info.stride()[0] as usize, info.width() as usize * info.comp_pstride(0) as usize);
+    (0..info.height() as usize).flat_map(|y| bytes[y * stride..y * stride + row].to_vec()).collect()
+}
+
+#[test]
+fn every_format_upscales_and_matches_the_engine() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_quant(2, QuantMode::Fq, 1);
+    let path = model_file(&dir, &model, "x2.safetensors");
+    for (fmt, layout) in FORMATS {
+        let mut h = harness(&path);
+        let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 7, 5, 1);
+        assert_eq!((out_info.width(), out_info.height()), (14, 10), "{fmt}");
+        assert_eq!(out_info.format(), in_info.format(), "{fmt}");
+        assert_eq!(out_info.fps(), gst::Fraction::new(25, 1));
+        let want = expected(&model, layout, &in_info, &data, &out_info);
+        assert_eq!(visible(&out, &out_info), visible(&want, &out_info), "{fmt}");
+    }
+}
+
+#[test]
+fn odd_sizes_one_pixel_and_padded_strides() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_fp(3, 2);
+    let path = model_file(&dir, &model, "x3.safetensors");
+    for (w, hh) in [(1, 1), (1, 7), (9, 1), (13, 11)] {
+        let mut h = harness(&path);
+        // RGB rows are padded to 4 bytes by GStreamer: 13 px x 3 = 39 -> stride 40.
+        let (out_info, out, in_info, data) = push_frame(&mut h, "RGB", w, hh, 3);
+        assert_eq!((out_info.width(), out_info.height()), (3 * w, 3 * hh));
+        if w == 13 {
+            assert_eq!(in_info.stride()[0], 40);
+            assert_eq!(out_info.stride()[0], 120);
+        }
+        let want = expected(&model, PixelLayout::Rgb, &in_info, &data, &out_info);
+        assert_eq!(visible(&out, &out_info), visible(&want, &out_info), "{w}x{hh}");
+    }
+}
+
+#[test]
+fn renegotiates_mid_stream() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_fp(2, 3), "x2.safetensors");
+    let mut h = harness(&path);
+    let (a, ..) = push_frame(&mut h, "RGBx", 8, 6, 1);
+    let (b, ..) = push_frame(&mut h, "BGR", 5, 3, 2);
+    let (c, ..) = push_frame(&mut h, "RGBA", 4, 4, 3);
+    assert_eq!((a.width(), a.height(), a.format()), (16, 12, gst_video::VideoFormat::Rgbx));
+    assert_eq!((b.width(), b.height(), b.format()), (10, 6, gst_video::VideoFormat::Bgr));
+    assert_eq!((c.width(), c.height(), c.format()), (8, 8, gst_video::VideoFormat::Rgba));
+}
+
+#[test]
+fn caps_keep_framerate_and_par_and_refuse_other_formats() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_fp(2, 3), "x2.safetensors");
+    let h = harness(&path);
+    let el = h.element().unwrap();
+    let sink = el.static_pad("sink").unwrap();
+    let src = el.static_pad("src").unwrap();
+    let q = src.query_caps(None);
+    assert!(!q.is_empty());
+    let caps: gst::Caps = "video/x-raw,format=RGB,width=10,height=6,framerate=30000/1001,pixel-aspect-ratio=4/3".parse().unwrap();
+    let mut query = gst::query::AcceptCaps::new(&caps);
+    assert!(sink.query(&mut query));
+    assert!(query.result());
+    let nv12: gst::Caps = "video/x-raw,format=NV12,width=10,height=6".parse().unwrap();
+    let mut query = gst::query::AcceptCaps::new(&nv12);
+    sink.query(&mut query);
+    assert!(!query.result(), "NV12 must be refused");
+    // Transform caps through the element: framerate and PAR are kept, size doubled.
+    let peer_caps = el.static_pad("sink").unwrap().query_caps(Some(&"video/x-raw,format=RGB,width=20,height=12".parse().unwrap()));
+    assert!(!peer_caps.is_empty());
+    let mut h2 = harness(&path);
+    let size = gst_video::VideoInfo::from_caps(&caps).unwrap().size();
+    h2.set_src_caps(caps);
+    let out = h2.push_and_pull(gst::Buffer::from_slice(vec![0u8; size])).unwrap();
+    assert_eq!(out.size(), 20 * 3 * 12);
+    let oc = h2.sinkpad().unwrap().current_caps().unwrap();
+    let s = oc.structure(0).unwrap();
+    assert_eq!(s.get::<gst::Fraction>("framerate").unwrap(), gst::Fraction::new(30000, 1001));
+    assert_eq!(s.get::<gst::Fraction>("pixel-aspect-ratio").unwrap(), gst::Fraction::new(4, 3));
+}
+
+/// Runs `desc` to EOS or error; returns (error text, element messages).
+fn run_pipeline(desc: &str) -> (Option<String>, Vec<gst::Structure>) {
+    init();
+    let p = match gst::parse::launch(desc) {
+        Ok(p) => p.downcast::<gst::Pipeline>().unwrap(),
+        Err(e) => return (Some(e.to_string()), Vec::new()),
+    };
+    let bus = p.bus().unwrap();
+    let _ = p.set_state(gst::State::Playing);
+    let mut msgs = Vec::new();
+    let mut error = None;
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                error = Some(format!("{} ({})", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default()));
+                break;
+            }
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure().filter(|s| s.name() == "adabm-stats") {
+                    msgs.push(s.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    p.set_state(gst::State::Null).unwrap();
+    (error, msgs)
+}
+
+#[test]
+fn posts_stats_per_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_quant(2, QuantMode::Fq, 5);
+    let path = model_file(&dir, &model, "q.safetensors");
+    let (err, msgs) = run_pipeline(&format!(
+        "videotestsrc num-buffers=4 pattern=ball ! video/x-raw,format=BGRx,width=24,height=16 ! adabmupscale post-stats=true model-location={} ! fakesink",
+        path.display()
+    ));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(msgs.len(), 4);
+    for (i, s) in msgs.iter().enumerate() {
+        assert_eq!(s.get::<u64>("frame").unwrap(), i as u64);
+        assert!(s.get::<f64>("complexity").unwrap() >= 0.0);
+        let fab = s.get::<f64>("fab").unwrap();
+        let bits: Vec<f64> = s.get::<String>("layer-bits").unwrap().split(',').map(|b| b.parse().unwrap()).collect();
+        assert_eq!(bits.len(), 5);
+        assert!((bits.iter().sum::<f64>() / 5.0 - fab).abs() < 1e-6);
+        assert!(s.get::<f64>("processing-ms").unwrap() > 0.0);
+        assert!([-1, 0, 1].contains(&s.get::<i32>("image-bits").unwrap()));
+    }
+}
+
+#[test]
+fn thresholds_change_while_playing() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
+    let mut h = harness(&path);
+    let el = h.element().unwrap();
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    el.set_property("post-stats", true);
+    let bits = |h: &mut Harness, bus: &gst::Bus| {
+        push_frame(h, "RGB", 12, 10, 1);
+        let m = bus.pop_filtered(&[gst::MessageType::Element]).unwrap();
+        m.structure().unwrap().get::<i32>("image-bits").unwrap()
+    };
+    el.set_property("image-lower", 1e5f64);
+    el.set_property("image-upper", 1e5f64 + 1.0);
+    assert_eq!(bits(&mut h, &bus), -1);
+    el.set_property("image-lower", 0.0f64);
+    el.set_property("image-upper", 0.0f64);
+    assert_eq!(bits(&mut h, &bus), 1);
+    el.set_property("adaptive", false);
+    assert_eq!(bits(&mut h, &bus), 0);
+}
+
+fn expect_error(model_bytes: &[u8], needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.safetensors");
+    std::fs::write(&path, model_bytes).unwrap();
+    let (err, _) = run_pipeline(&format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale model-location={} ! fakesink",
+        path.display()
+    ));
+    let err = err.unwrap_or_default();
+    assert!(err.contains("bad.safetensors") && err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+#[test]
+fn bad_model_files_reach_the_bus() {
+    let good = small_quant(2, QuantMode::Fq, 1).to_bytes().unwrap();
+    expect_error(&[], "empty");
+    expect_error(&good[..good.len() / 3], "truncated");
+    let mut nan = small_fp(2, 1);
+    nan.convs[0].weight[0] = f32::NAN;
+    // Model::to_bytes does not validate, so a NaN reaches the file and the loader must catch it.
+    expect_error(&nan.to_bytes().unwrap(), "head.0.weight");
+    let mut lu = small_quant(2, QuantMode::Fq, 1);
+    let q = lu.quant.as_mut().unwrap().layers.get_mut("body.1.conv2").unwrap();
+    q.u = q.l;
+    expect_error(&lu.to_bytes().unwrap(), "l < u");
+}
+
+#[test]
+fn missing_model_and_scale_mismatch_are_clear_errors() {
+    let (err, _) = run_pipeline("videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale ! fakesink");
+    assert!(err.unwrap_or_default().contains("model-location"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_fp(4, 1), "x4.safetensors");
+    let (err, _) = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale scale=2 model-location={} ! fakesink",
+        path.display()
+    ));
+    assert!(err.unwrap_or_default().contains("x4"));
+    let (err, _) = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=NV12,width=8,height=8 ! adabmupscale model-location={} ! fakesink",
+        path.display()
+    ));
+    // NV12 is not among the element's formats: the pipeline cannot link or negotiate.
+    assert!(err.is_some(), "NV12 input must be refused");
+}
+
+#[test]
+fn huge_frames_are_refused_at_negotiation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_fp(2, 1), "x2.safetensors");
+    let (err, _) = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=9000,height=8 ! adabmupscale model-location={} ! fakesink",
+        path.display()
+    ));
+    assert!(err.is_some(), "a 9000-wide x2 output (18000 > 16384) must not negotiate");
+}
+
+#[test]
+fn gst_launch_exits_non_zero_on_a_bad_model() {
+    // The plugin .so next to the test binary's deps folder (target/<profile>/).
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    if !dir.join("libgstadabm.so").exists() || std::process::Command::new("gst-launch-1.0").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: gst-launch-1.0 or {}/libgstadabm.so not found", dir.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("truncated.safetensors");
+    std::fs::write(&bad, &small_fp(2, 1).to_bytes().unwrap()[..1000]).unwrap();
+    let out = std::process::Command::new("gst-launch-1.0")
+        .env("GST_PLUGIN_PATH", &dir)
+        .args(["videotestsrc", "num-buffers=2", "!", "video/x-raw,format=RGB,width=8,height=8", "!", "adabmupscale"])
+        .arg(format!("model-location={}", bad.display()))
+        .args(["!", "fakesink"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "gst-launch must fail: {text}");
+    assert!(text.contains("truncated.safetensors") && text.contains("not a valid safetensors"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
