@@ -40,7 +40,10 @@ fn main() {
     x.clear_border_columns();
     let wts: Vec<f32> = (0..64 * 64 * 9).map(|_| rng.symmetric(0.05)).collect();
     let cw = ConvWeights::from_oihw(64, 64, &wts, &[0.0; 64]);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     let conv_ms = pool.install(|| {
         median(
             (0..10)
@@ -53,7 +56,10 @@ fn main() {
         )
     });
     let gmac = (w * h * 64 * 64 * 9) as f64 / 1e9;
-    println!("conv3x3 64->64 {w}x{h}: {conv_ms:.2} ms, {:.1} GMAC/s", gmac / conv_ms * 1e3);
+    println!(
+        "conv3x3 64->64 {w}x{h}: {conv_ms:.2} ms, {:.1} GMAC/s",
+        gmac / conv_ms * 1e3
+    );
 
     let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
     let macs = fp.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
@@ -61,7 +67,11 @@ fn main() {
     let mut rows = Vec::new();
     let fq = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
     let nonfq = quantize_on_synthetic(&fp, QuantMode::NonFq, 4, 4, 1).unwrap();
-    for (name, model) in [("fp32", &fp), ("fake-quant fq w4a4", &fq), ("fake-quant non-fq w4a4", &nonfq)] {
+    for (name, model) in [
+        ("fp32", &fp),
+        ("fake-quant fq w4a4", &fq),
+        ("fake-quant non-fq w4a4", &nonfq),
+    ] {
         let engine = Engine::new(model, threads).unwrap();
         let _ = engine.upscale(&img, &Options::default()).unwrap();
         let times: Vec<f64> = (0..frames)

@@ -49,31 +49,66 @@ fn harness(model: &std::path::Path) -> Harness {
 }
 
 /// Pushes one frame of `fmt` at w x h and returns (output caps, output bytes, input bytes, strides).
-fn push_frame(h: &mut Harness, fmt: &str, w: u32, hh: u32, seed: u8) -> (gst_video::VideoInfo, Vec<u8>, gst_video::VideoInfo, Vec<u8>) {
+fn push_frame(
+    h: &mut Harness,
+    fmt: &str,
+    w: u32,
+    hh: u32,
+    seed: u8,
+) -> (gst_video::VideoInfo, Vec<u8>, gst_video::VideoInfo, Vec<u8>) {
     let caps = format!("video/x-raw,format={fmt},width={w},height={hh},framerate=25/1");
     h.set_src_caps_str(&caps);
     let info = gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().unwrap()).unwrap();
-    let data: Vec<u8> = (0..info.size()).map(|i| ((i * 31 + seed as usize * 7) % 251) as u8).collect();
-    let out = h.push_and_pull(gst::Buffer::from_slice(data.clone())).unwrap();
+    let data: Vec<u8> = (0..info.size())
+        .map(|i| ((i * 31 + seed as usize * 7) % 251) as u8)
+        .collect();
+    let out = h
+        .push_and_pull(gst::Buffer::from_slice(data.clone()))
+        .unwrap();
     let out_caps = h.sinkpad().unwrap().current_caps().unwrap();
     let out_info = gst_video::VideoInfo::from_caps(&out_caps).unwrap();
     (out_info, out.map_readable().unwrap().to_vec(), info, data)
 }
 
 /// The engine's output for the same packed input, as the element must produce it.
-fn expected(model: &gstadabm::engine::Model, layout: PixelLayout, inp: &gst_video::VideoInfo, data: &[u8], out: &gst_video::VideoInfo) -> Vec<u8> {
+fn expected(
+    model: &gstadabm::engine::Model,
+    layout: PixelLayout,
+    inp: &gst_video::VideoInfo,
+    data: &[u8],
+    out: &gst_video::VideoInfo,
+) -> Vec<u8> {
     let engine = Engine::new(model, 1).unwrap();
     let mut buf = vec![0u8; out.size()];
-    let src = FrameRef { data, stride: inp.stride()[0] as usize, width: inp.width() as usize, height: inp.height() as usize, layout };
-    let mut dst = FrameMut { data: &mut buf, stride: out.stride()[0] as usize, width: out.width() as usize, height: out.height() as usize, layout };
-    engine.process_frame(&src, &mut dst, &Options::default()).unwrap();
+    let src = FrameRef {
+        data,
+        stride: inp.stride()[0] as usize,
+        width: inp.width() as usize,
+        height: inp.height() as usize,
+        layout,
+    };
+    let mut dst = FrameMut {
+        data: &mut buf,
+        stride: out.stride()[0] as usize,
+        width: out.width() as usize,
+        height: out.height() as usize,
+        layout,
+    };
+    engine
+        .process_frame(&src, &mut dst, &Options::default())
+        .unwrap();
     buf
 }
 
 /// The bytes of the visible pixels, row by row (row padding is undefined).
 fn visible(bytes: &[u8], info: &gst_video::VideoInfo) -> Vec<u8> {
-    let (stride, row) = (info.stride()[0] as usize, info.width() as usize * info.comp_pstride(0) as usize);
-    (0..info.height() as usize).flat_map(|y| bytes[y * stride..y * stride + row].to_vec()).collect()
+    let (stride, row) = (
+        info.stride()[0] as usize,
+        info.width() as usize * info.comp_pstride(0) as usize,
+    );
+    (0..info.height() as usize)
+        .flat_map(|y| bytes[y * stride..y * stride + row].to_vec())
+        .collect()
 }
 
 #[test]
@@ -109,7 +144,11 @@ fn odd_sizes_one_pixel_and_padded_strides() {
             assert_eq!(out_info.stride()[0], 120);
         }
         let want = expected(&model, PixelLayout::Rgb, &in_info, &data, &out_info);
-        assert_eq!(visible(&out, &out_info), visible(&want, &out_info), "{w}x{hh}");
+        assert_eq!(
+            visible(&out, &out_info),
+            visible(&want, &out_info),
+            "{w}x{hh}"
+        );
     }
 }
 
@@ -122,9 +161,18 @@ fn renegotiates_mid_stream() {
     let (a, ..) = push_frame(&mut h, "RGBx", 8, 6, 1);
     let (b, ..) = push_frame(&mut h, "BGR", 5, 3, 2);
     let (c, ..) = push_frame(&mut h, "RGBA", 4, 4, 3);
-    assert_eq!((a.width(), a.height(), a.format()), (16, 12, gst_video::VideoFormat::Rgbx));
-    assert_eq!((b.width(), b.height(), b.format()), (10, 6, gst_video::VideoFormat::Bgr));
-    assert_eq!((c.width(), c.height(), c.format()), (8, 8, gst_video::VideoFormat::Rgba));
+    assert_eq!(
+        (a.width(), a.height(), a.format()),
+        (16, 12, gst_video::VideoFormat::Rgbx)
+    );
+    assert_eq!(
+        (b.width(), b.height(), b.format()),
+        (10, 6, gst_video::VideoFormat::Bgr)
+    );
+    assert_eq!(
+        (c.width(), c.height(), c.format()),
+        (8, 8, gst_video::VideoFormat::Rgba)
+    );
 }
 
 #[test]
@@ -138,7 +186,10 @@ fn caps_keep_framerate_and_par_and_refuse_other_formats() {
     let src = el.static_pad("src").unwrap();
     let q = src.query_caps(None);
     assert!(!q.is_empty());
-    let caps: gst::Caps = "video/x-raw,format=RGB,width=10,height=6,framerate=30000/1001,pixel-aspect-ratio=4/3".parse().unwrap();
+    let caps: gst::Caps =
+        "video/x-raw,format=RGB,width=10,height=6,framerate=30000/1001,pixel-aspect-ratio=4/3"
+            .parse()
+            .unwrap();
     let mut query = gst::query::AcceptCaps::new(&caps);
     assert!(sink.query(&mut query));
     assert!(query.result());
@@ -147,17 +198,27 @@ fn caps_keep_framerate_and_par_and_refuse_other_formats() {
     sink.query(&mut query);
     assert!(!query.result(), "NV12 must be refused");
     // Transform caps through the element: framerate and PAR are kept, size doubled.
-    let peer_caps = el.static_pad("sink").unwrap().query_caps(Some(&"video/x-raw,format=RGB,width=20,height=12".parse().unwrap()));
+    let peer_caps = el.static_pad("sink").unwrap().query_caps(Some(
+        &"video/x-raw,format=RGB,width=20,height=12".parse().unwrap(),
+    ));
     assert!(!peer_caps.is_empty());
     let mut h2 = harness(&path);
     let size = gst_video::VideoInfo::from_caps(&caps).unwrap().size();
     h2.set_src_caps(caps);
-    let out = h2.push_and_pull(gst::Buffer::from_slice(vec![0u8; size])).unwrap();
+    let out = h2
+        .push_and_pull(gst::Buffer::from_slice(vec![0u8; size]))
+        .unwrap();
     assert_eq!(out.size(), 20 * 3 * 12);
     let oc = h2.sinkpad().unwrap().current_caps().unwrap();
     let s = oc.structure(0).unwrap();
-    assert_eq!(s.get::<gst::Fraction>("framerate").unwrap(), gst::Fraction::new(30000, 1001));
-    assert_eq!(s.get::<gst::Fraction>("pixel-aspect-ratio").unwrap(), gst::Fraction::new(4, 3));
+    assert_eq!(
+        s.get::<gst::Fraction>("framerate").unwrap(),
+        gst::Fraction::new(30000, 1001)
+    );
+    assert_eq!(
+        s.get::<gst::Fraction>("pixel-aspect-ratio").unwrap(),
+        gst::Fraction::new(4, 3)
+    );
 }
 
 /// Runs `desc` to EOS or error; returns (error text, element messages).
@@ -175,7 +236,11 @@ fn run_pipeline(desc: &str) -> (Option<String>, Vec<gst::Structure>) {
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {
-                error = Some(format!("{} ({})", e.error(), e.debug().map(|d| d.to_string()).unwrap_or_default()));
+                error = Some(format!(
+                    "{} ({})",
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default()
+                ));
                 break;
             }
             gst::MessageView::Element(e) => {
@@ -205,7 +270,12 @@ fn posts_stats_per_frame() {
         assert_eq!(s.get::<u64>("frame").unwrap(), i as u64);
         assert!(s.get::<f64>("complexity").unwrap() >= 0.0);
         let fab = s.get::<f64>("fab").unwrap();
-        let bits: Vec<f64> = s.get::<String>("layer-bits").unwrap().split(',').map(|b| b.parse().unwrap()).collect();
+        let bits: Vec<f64> = s
+            .get::<String>("layer-bits")
+            .unwrap()
+            .split(',')
+            .map(|b| b.parse().unwrap())
+            .collect();
         assert_eq!(bits.len(), 5);
         assert!((bits.iter().sum::<f64>() / 5.0 - fab).abs() < 1e-6);
         assert!(s.get::<f64>("processing-ms").unwrap() > 0.0);
@@ -247,7 +317,10 @@ fn expect_error(model_bytes: &[u8], needle: &str) {
         path.display()
     ));
     let err = err.unwrap_or_default();
-    assert!(err.contains("bad.safetensors") && err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(
+        err.contains("bad.safetensors") && err.contains(needle),
+        "expected '{needle}' in: {err}"
+    );
 }
 
 #[test]
@@ -260,14 +333,22 @@ fn bad_model_files_reach_the_bus() {
     // Model::to_bytes does not validate, so a NaN reaches the file and the loader must catch it.
     expect_error(&nan.to_bytes().unwrap(), "head.0.weight");
     let mut lu = small_quant(2, QuantMode::Fq, 1);
-    let q = lu.quant.as_mut().unwrap().layers.get_mut("body.1.conv2").unwrap();
+    let q = lu
+        .quant
+        .as_mut()
+        .unwrap()
+        .layers
+        .get_mut("body.1.conv2")
+        .unwrap();
     q.u = q.l;
     expect_error(&lu.to_bytes().unwrap(), "l < u");
 }
 
 #[test]
 fn missing_model_and_scale_mismatch_are_clear_errors() {
-    let (err, _) = run_pipeline("videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale ! fakesink");
+    let (err, _) = run_pipeline(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale ! fakesink",
+    );
     assert!(err.unwrap_or_default().contains("model-location"));
     let dir = tempfile::tempdir().unwrap();
     let path = model_file(&dir, &small_fp(4, 1), "x4.safetensors");
@@ -292,7 +373,10 @@ fn huge_frames_are_refused_at_negotiation() {
         "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=9000,height=8 ! adabmupscale model-location={} ! fakesink",
         path.display()
     ));
-    assert!(err.is_some(), "a 9000-wide x2 output (18000 > 16384) must not negotiate");
+    assert!(
+        err.is_some(),
+        "a 9000-wide x2 output (18000 > 16384) must not negotiate"
+    );
 }
 
 #[test]
@@ -300,8 +384,16 @@ fn gst_launch_exits_non_zero_on_a_bad_model() {
     // The plugin .so next to the test binary's deps folder (target/<profile>/).
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    if !dir.join("libgstadabm.so").exists() || std::process::Command::new("gst-launch-1.0").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: gst-launch-1.0 or {}/libgstadabm.so not found", dir.display());
+    if !dir.join("libgstadabm.so").exists()
+        || std::process::Command::new("gst-launch-1.0")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!(
+            "SKIPPED: gst-launch-1.0 or {}/libgstadabm.so not found",
+            dir.display()
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -309,13 +401,24 @@ fn gst_launch_exits_non_zero_on_a_bad_model() {
     std::fs::write(&bad, &small_fp(2, 1).to_bytes().unwrap()[..1000]).unwrap();
     let out = std::process::Command::new("gst-launch-1.0")
         .env("GST_PLUGIN_PATH", &dir)
-        .args(["videotestsrc", "num-buffers=2", "!", "video/x-raw,format=RGB,width=8,height=8", "!", "adabmupscale"])
+        .args([
+            "videotestsrc",
+            "num-buffers=2",
+            "!",
+            "video/x-raw,format=RGB,width=8,height=8",
+            "!",
+            "adabmupscale",
+        ])
         .arg(format!("model-location={}", bad.display()))
         .args(["!", "fakesink"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "gst-launch must fail: {text}");
-    assert!(text.contains("truncated.safetensors") && text.contains("not a valid safetensors"), "{text}");
+    assert!(
+        text.contains("truncated.safetensors") && text.contains("not a valid safetensors"),
+        "{text}"
+    );
     assert!(!text.contains("panicked"), "{text}");
 }

@@ -27,7 +27,10 @@ fn hand_built_model_replicates_pixels_at_every_scale() {
                 for c in 0..3 {
                     let want = img.data[((y / s) * 9 + x / s) * 3 + c];
                     let got = out.data[(y * 9 * s + x) * 3 + c];
-                    assert!((got - want).abs() < 1e-3, "x{scale} ({x},{y},{c}): {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-3,
+                        "x{scale} ({x},{y},{c}): {got} vs {want}"
+                    );
                 }
             }
         }
@@ -40,7 +43,8 @@ fn quantized_residual_blocks_with_zero_res_scale_still_replicate() {
     // nonzero because zero is not on the weight grid) output is discarded exactly.
     let mut fp = replication_model(2, 6, 2, [0.0; 3]);
     fp.config.res_scale = 0.0;
-    let q = gstadabm::engine::random::quantize_on_synthetic(&fp, QuantMode::NonFq, 4, 4, 1).unwrap();
+    let q =
+        gstadabm::engine::random::quantize_on_synthetic(&fp, QuantMode::NonFq, 4, 4, 1).unwrap();
     let img = test_image(5, 4, 2);
     let (out, stats) = run(&q, &img, &Options::default());
     assert_eq!(stats.layer_bits.len(), 4);
@@ -59,16 +63,28 @@ fn naive_forward(model: &Model, img: &Image, bits: &[u8]) -> Vec<f32> {
     let conv = |k: usize, x: &[f32], cin: usize, hh: usize, ww: usize| -> Vec<f32> {
         let c = &model.convs[k];
         let kind = layer_kind(mode, c.spec.role);
-        let lq = model.quant.as_ref().and_then(|q| q.layers.get(&c.spec.name));
+        let lq = model
+            .quant
+            .as_ref()
+            .and_then(|q| q.layers.get(&c.spec.name));
         let (xq, wq): (Vec<f32>, Vec<f32>) = match (kind, lq) {
             (LayerKind::Float, _) | (_, None) => (x.to_vec(), c.weight.clone()),
             (_, Some(q)) => {
-                let wb = if kind == LayerKind::Fixed8 { 8 } else { model.quant.as_ref().unwrap().w_bits };
+                let wb = if kind == LayerKind::Fixed8 {
+                    8
+                } else {
+                    model.quant.as_ref().unwrap().w_bits
+                };
                 let n = quant::levels(bits[k]);
                 let nw = quant::levels(wb);
                 (
-                    x.iter().map(|&v| quant::act_fake_quant(v, q.l, q.u, n)).collect(),
-                    c.weight.iter().map(|&v| quant::weight_fake_quant(v, q.u_w, nw)).collect(),
+                    x.iter()
+                        .map(|&v| quant::act_fake_quant(v, q.l, q.u, n))
+                        .collect(),
+                    c.weight
+                        .iter()
+                        .map(|&v| quant::weight_fake_quant(v, q.u_w, nw))
+                        .collect(),
                 )
             }
         };
@@ -81,7 +97,8 @@ fn naive_forward(model: &Model, img: &Image, bits: &[u8]) -> Vec<f32> {
                     for i in 0..cin {
                         for ky in 0..3 {
                             for kx in 0..3 {
-                                let (sy, sx) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                                let (sy, sx) =
+                                    (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
                                 if sy < 0 || sx < 0 || sy >= hh as isize || sx >= ww as isize {
                                     continue; // zero padding after quantization
                                 }
@@ -107,12 +124,21 @@ fn naive_forward(model: &Model, img: &Image, bits: &[u8]) -> Vec<f32> {
     let mut res = head.clone();
     let mut k = 1;
     for _ in 0..cfg.n_resblocks {
-        let t: Vec<f32> = conv(k, &res, f, h, w).into_iter().map(|v| v.max(0.0)).collect();
+        let t: Vec<f32> = conv(k, &res, f, h, w)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
         let t = conv(k + 1, &t, f, h, w);
-        res.iter_mut().zip(t).for_each(|(r, v)| *r += cfg.res_scale * v);
+        res.iter_mut()
+            .zip(t)
+            .for_each(|(r, v)| *r += cfg.res_scale * v);
         k += 2;
     }
-    let mut x: Vec<f32> = conv(k, &res, f, h, w).iter().zip(&head).map(|(a, b)| a + b).collect();
+    let mut x: Vec<f32> = conv(k, &res, f, h, w)
+        .iter()
+        .zip(&head)
+        .map(|(a, b)| a + b)
+        .collect();
     k += 1;
     let (mut hh, mut ww) = (h, w);
     while let Role::Up { r, .. } = model.convs[k].spec.role {
@@ -147,7 +173,10 @@ fn naive_forward(model: &Model, img: &Image, bits: &[u8]) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -161,11 +190,17 @@ fn engine_matches_naive_implementation_of_the_method() {
         ] {
             let engine = Engine::new(&model, 2).unwrap();
             let (out, stats) = engine.upscale(&img, &Options::default()).unwrap();
-            let (plan, b_i) = engine.bit_plan(stats.complexity, &Options::default()).unwrap();
+            let (plan, b_i) = engine
+                .bit_plan(stats.complexity, &Options::default())
+                .unwrap();
             assert_eq!(b_i, stats.image_bits);
             let want = naive_forward(&model, &img, &plan.bits);
             let d = max_abs_diff(&out.data, &want);
-            assert!(d < 2e-3, "x{scale} {:?}: max |engine - naive| = {d}", model.quant.as_ref().map(|q| q.mode));
+            assert!(
+                d < 2e-3,
+                "x{scale} {:?}: max |engine - naive| = {d}",
+                model.quant.as_ref().map(|q| q.mode)
+            );
         }
     }
 }
@@ -175,9 +210,20 @@ fn tiled_and_untiled_agree() {
     // Bound: floating point within 1e-3 (summation order only); fake-quant: identical 8-bit
     // output on at least 99.9% of values and never more than one level apart.
     let img = test_image(75, 53, 9);
-    for model in [small_fp(2, 5), small_quant(2, QuantMode::Fq, 5), small_quant(4, QuantMode::NonFq, 5)] {
+    for model in [
+        small_fp(2, 5),
+        small_quant(2, QuantMode::Fq, 5),
+        small_quant(4, QuantMode::NonFq, 5),
+    ] {
         let whole = run(&model, &img, &Options::default());
-        let tiled = run(&model, &img, &Options { tile_size: 16, ..Options::default() });
+        let tiled = run(
+            &model,
+            &img,
+            &Options {
+                tile_size: 16,
+                ..Options::default()
+            },
+        );
         assert_eq!(whole.1.tiles, 1);
         assert!(tiled.1.tiles >= 12, "{} tiles", tiled.1.tiles);
         assert_eq!(whole.1.layer_bits, tiled.1.layer_bits);
@@ -187,12 +233,20 @@ fn tiled_and_untiled_agree() {
         }
         let off = a.iter().zip(&b).filter(|(x, y)| x != y).count();
         let worst = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
-        assert!(off * 1000 <= a.len() && worst <= 1, "{off} of {} differ, worst {worst}", a.len());
+        assert!(
+            off * 1000 <= a.len() && worst <= 1,
+            "{off} of {} differ, worst {worst}",
+            a.len()
+        );
     }
 }
 
 fn mse(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 #[test]
@@ -203,14 +257,21 @@ fn quantization_error_falls_as_bits_rise() {
     let (reference, _) = run(&fp, &img, &Options::default());
     let errs: Vec<f64> = (2u8..=8)
         .map(|b| {
-            let opts = Options { adaptive: false, base_bits: Some(b), ..Options::default() };
+            let opts = Options {
+                adaptive: false,
+                base_bits: Some(b),
+                ..Options::default()
+            };
             mse(&run(&q, &img, &opts).0.data, &reference.data)
         })
         .collect();
     for pair in errs.windows(2) {
         assert!(pair[1] < pair[0], "error must fall with bits: {errs:?}");
     }
-    assert!(errs[6] * 50.0 < errs[0], "8 bits should be far better than 2: {errs:?}");
+    assert!(
+        errs[6] * 50.0 < errs[0],
+        "8 bits should be far better than 2: {errs:?}"
+    );
 }
 
 #[test]
@@ -219,11 +280,36 @@ fn image_bits_follow_the_thresholds() {
     let img = test_image(16, 12, 3);
     let c = run(&q, &img, &Options::default()).1.complexity;
     let base = |o: Options| run(&q, &img, &o).1;
-    let low = base(Options { image_lower: Some(c + 1.0), image_upper: Some(c + 2.0), ..Options::default() });
-    let mid = base(Options { image_lower: Some(c - 1.0), image_upper: Some(c + 1.0), ..Options::default() });
-    let high = base(Options { image_lower: Some(c - 2.0), image_upper: Some(c - 1.0), ..Options::default() });
-    let off = base(Options { adaptive: false, image_lower: Some(c + 1.0), image_upper: Some(c + 2.0), ..Options::default() });
-    assert_eq!((low.image_bits, mid.image_bits, high.image_bits, off.image_bits), (-1, 0, 1, 0));
+    let low = base(Options {
+        image_lower: Some(c + 1.0),
+        image_upper: Some(c + 2.0),
+        ..Options::default()
+    });
+    let mid = base(Options {
+        image_lower: Some(c - 1.0),
+        image_upper: Some(c + 1.0),
+        ..Options::default()
+    });
+    let high = base(Options {
+        image_lower: Some(c - 2.0),
+        image_upper: Some(c - 1.0),
+        ..Options::default()
+    });
+    let off = base(Options {
+        adaptive: false,
+        image_lower: Some(c + 1.0),
+        image_upper: Some(c + 2.0),
+        ..Options::default()
+    });
+    assert_eq!(
+        (
+            low.image_bits,
+            mid.image_bits,
+            high.image_bits,
+            off.image_bits
+        ),
+        (-1, 0, 1, 0)
+    );
     for k in 0..mid.layer_bits.len() {
         assert_eq!(low.layer_bits[k] + 1, mid.layer_bits[k]);
         assert_eq!(high.layer_bits[k], mid.layer_bits[k] + 1);
@@ -247,7 +333,11 @@ fn layer_bits_are_as_stored() {
         quant.layers.get_mut(name).unwrap().m = m;
     }
     let img = test_image(10, 8, 1);
-    let opts = Options { adaptive: false, base_bits: Some(5), ..Options::default() };
+    let opts = Options {
+        adaptive: false,
+        base_bits: Some(5),
+        ..Options::default()
+    };
     let (_, st) = run(&q, &img, &opts);
     assert_eq!(st.layer_bits, vec![4, 5, 6, 6, 5]);
     assert!((st.fab - 26.0 / 5.0).abs() < 1e-6);
@@ -256,12 +346,28 @@ fn layer_bits_are_as_stored() {
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let engine = Engine::new(&small_fp(2, 1), 1).unwrap();
-    let empty = Image { width: 0, height: 3, data: vec![] };
+    let empty = Image {
+        width: 0,
+        height: 3,
+        data: vec![],
+    };
     assert!(engine.upscale(&empty, &Options::default()).is_err());
-    let short = Image { width: 4, height: 4, data: vec![0.0; 10] };
+    let short = Image {
+        width: 4,
+        height: 4,
+        data: vec![0.0; 10],
+    };
     assert!(engine.upscale(&short, &Options::default()).is_err());
     let img = test_image(4, 4, 1);
-    let err = engine.upscale(&img, &Options { tile_size: 3, ..Options::default() }).unwrap_err();
+    let err = engine
+        .upscale(
+            &img,
+            &Options {
+                tile_size: 3,
+                ..Options::default()
+            },
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("tile size"), "{err}");
     let one = test_image(1, 1, 1);
     let (out, _) = engine.upscale(&one, &Options::default()).unwrap();

@@ -27,7 +27,12 @@ fn rewrite(
     }
     let views: Vec<(String, TensorView)> = kept
         .iter()
-        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, Some(md)).unwrap()
 }
@@ -46,7 +51,11 @@ fn quant_bytes() -> Vec<u8> {
 
 #[test]
 fn round_trip_is_lossless() {
-    for m in [small_fp(3, 1), small_quant(4, QuantMode::NonFq, 2), small_quant(2, QuantMode::Fq, 3)] {
+    for m in [
+        small_fp(3, 1),
+        small_quant(4, QuantMode::NonFq, 2),
+        small_quant(2, QuantMode::Fq, 3),
+    ] {
         let back = Model::from_bytes(&m.to_bytes().unwrap()).unwrap();
         assert_eq!(back, m);
     }
@@ -59,7 +68,9 @@ fn round_trip_is_lossless() {
 
 #[test]
 fn missing_file_names_the_path() {
-    let e = Model::load("/nonexistent/dir/model.safetensors").unwrap_err().to_string();
+    let e = Model::load("/nonexistent/dir/model.safetensors")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/dir/model.safetensors"), "{e}");
 }
 
@@ -73,7 +84,10 @@ fn truncated_file() {
     let b = quant_bytes();
     for cut in [4, 100, b.len() / 2, b.len() - 1] {
         let e = err(&b[..cut]);
-        assert!(e.contains("not a valid safetensors") && e.contains("truncated"), "cut {cut}: {e}");
+        assert!(
+            e.contains("not a valid safetensors") && e.contains("truncated"),
+            "cut {cut}: {e}"
+        );
     }
 }
 
@@ -97,12 +111,21 @@ fn wrong_shape_names_tensor_expected_and_found() {
         |_| {},
     );
     let e = err(&b);
-    assert!(e.contains("body.1.conv1.weight") && e.contains("[8, 8, 3, 3]") && e.contains("[8, 4, 3, 3]"), "{e}");
+    assert!(
+        e.contains("body.1.conv1.weight")
+            && e.contains("[8, 8, 3, 3]")
+            && e.contains("[8, 4, 3, 3]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_tensor() {
-    let b = rewrite(&quant_bytes(), |n, s, d| (n != "tail.1.bias").then(|| (n.into(), s, d)), |_| {});
+    let b = rewrite(
+        &quant_bytes(),
+        |n, s, d| (n != "tail.1.bias").then(|| (n.into(), s, d)),
+        |_| {},
+    );
     let e = err(&b);
     assert!(e.contains("tail.1.bias") && e.contains("missing"), "{e}");
 }
@@ -136,7 +159,10 @@ fn nan_weight() {
         |_| {},
     );
     let e = err(&b);
-    assert!(e.contains("head.0.weight") && e.contains("finite") && e.contains("index 2"), "{e}");
+    assert!(
+        e.contains("head.0.weight") && e.contains("finite") && e.contains("index 2"),
+        "{e}"
+    );
 }
 
 fn edit_quant(f: impl Fn(&mut serde_json::Value)) -> String {
@@ -159,7 +185,10 @@ fn l_not_below_u() {
 #[test]
 fn bits_out_of_range() {
     let e = edit_quant(|q| q["a_bits"] = 9.into());
-    assert!(e.contains("a_bits") && e.contains("1..=8") && e.contains('9'), "{e}");
+    assert!(
+        e.contains("a_bits") && e.contains("1..=8") && e.contains('9'),
+        "{e}"
+    );
     let e = edit_quant(|q| q["w_bits"] = 0.into());
     assert!(e.contains("w_bits"), "{e}");
 }
@@ -169,7 +198,10 @@ fn missing_layer_quantizer() {
     let e = edit_quant(|q| {
         q["layers"].as_object_mut().unwrap().remove("head.0");
     });
-    assert!(e.contains("head.0") && e.contains("missing quantizer"), "{e}");
+    assert!(
+        e.contains("head.0") && e.contains("missing quantizer"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -193,7 +225,10 @@ fn config_must_match_tensors() {
         c["n_feats"] = 16.into();
         md.insert("config".into(), c.to_string());
     }));
-    assert!(e.contains("expected [16, 3, 3, 3]") || e.contains("[16"), "{e}");
+    assert!(
+        e.contains("expected [16, 3, 3, 3]") || e.contains("[16"),
+        "{e}"
+    );
     let e = err(&rewrite(&quant_bytes(), keep, |md| {
         let mut c: serde_json::Value = serde_json::from_str(&md["config"]).unwrap();
         c["scale"] = 5.into();

@@ -8,8 +8,13 @@ use gst::prelude::*;
 use gstadabm::engine::QuantMode;
 
 fn run(desc: &str) -> Vec<gst::Sample> {
-    let p = gst::parse::launch(desc).unwrap().downcast::<gst::Pipeline>().unwrap();
-    let sink = p.by_name("out").map(|s| s.downcast::<gst_app::AppSink>().unwrap());
+    let p = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = p
+        .by_name("out")
+        .map(|s| s.downcast::<gst_app::AppSink>().unwrap());
     p.set_state(gst::State::Playing).unwrap();
     let mut samples = Vec::new();
     let bus = p.bus().unwrap();
@@ -19,7 +24,10 @@ fn run(desc: &str) -> Vec<gst::Sample> {
                 samples.push(sample);
             }
         }
-        if let Some(msg) = bus.timed_pop_filtered(gst::ClockTime::from_mseconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+        if let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(10),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        ) {
             if let gst::MessageView::Error(e) = msg.view() {
                 panic!("{desc}: {} {:?}", e.error(), e.debug());
             }
@@ -41,7 +49,9 @@ fn decode_upscale_encode_mp4() {
     gstadabm::plugin_register_static().unwrap();
     for f in ["x264enc", "mp4mux", "qtdemux", "decodebin", "avdec_h264"] {
         if gst::ElementFactory::find(f).is_none() {
-            eprintln!("SKIPPED: GStreamer element {f} is missing (install gstreamer1.0-plugins-ugly/-good and gstreamer1.0-libav)");
+            eprintln!(
+                "SKIPPED: GStreamer element {f} is missing (install gstreamer1.0-plugins-ugly/-good and gstreamer1.0-libav)"
+            );
             return;
         }
     }

@@ -185,7 +185,11 @@ impl ObjectImpl for AdabmUpscale {
             "scale" => {
                 let v: u32 = value.get().expect("type checked upstream");
                 if v == 1 {
-                    gst::warning!(CAT, imp = self, "scale 1 is not a super-resolution factor; using the model's scale");
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "scale 1 is not a super-resolution factor; using the model's scale"
+                    );
                     s.scale = 0;
                 } else {
                     s.scale = v;
@@ -199,7 +203,13 @@ impl ObjectImpl for AdabmUpscale {
             "tile-size" => {
                 let v: u32 = value.get().expect("type checked upstream");
                 if v != 0 && (v as usize) < engine::MIN_TILE {
-                    gst::warning!(CAT, imp = self, "tile-size {v} is below {}; using {}", engine::MIN_TILE, engine::MIN_TILE);
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "tile-size {v} is below {}; using {}",
+                        engine::MIN_TILE,
+                        engine::MIN_TILE
+                    );
                     s.tile_size = engine::MIN_TILE as u32;
                 } else {
                     s.tile_size = v;
@@ -253,10 +263,20 @@ impl ElementImpl for AdabmUpscale {
                 .format_list(FORMATS.iter().map(|(f, _)| *f))
                 .build();
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps)
-                    .expect("valid src template"),
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps)
-                    .expect("valid sink template"),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("valid src template"),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("valid sink template"),
             ]
         });
         TEMPLATES.as_ref()
@@ -340,20 +360,29 @@ impl AdabmUpscale {
         if let Some(pts) = pts {
             b = b.field("pts", pts.nseconds());
         }
-        let msg = gst::message::Element::builder(b.build()).src(&*self.obj()).build();
+        let msg = gst::message::Element::builder(b.build())
+            .src(&*self.obj())
+            .build();
         let _ = self.obj().post_message(msg);
     }
 }
 
 impl BaseTransformImpl for AdabmUpscale {
-    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::NeverInPlace;
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::NeverInPlace;
     const PASSTHROUGH_ON_SAME_CAPS: bool = false;
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
         let engine = load_engine(&settings)?;
-        gst::info!(CAT, imp = self, "model loaded: x{}, {:?}", engine.scale(), engine.network().quant.as_ref().map(|q| q.mode));
+        gst::info!(
+            CAT,
+            imp = self,
+            "model loaded: x{}, {:?}",
+            engine.scale(),
+            engine.network().quant.as_ref().map(|q| q.mode)
+        );
         *self.state.lock().unwrap() = Some(State {
             engine: Arc::new(engine),
             caps: None,
@@ -389,7 +418,13 @@ impl BaseTransformImpl for AdabmUpscale {
                         map_dim(
                             &v,
                             |x| x.checked_mul(s).filter(|&y| y <= MAX_OUTPUT_DIM),
-                            |a, b| Some((a.checked_mul(s)?, b.saturating_mul(s).min(MAX_OUTPUT_DIM / s * s), s)),
+                            |a, b| {
+                                Some((
+                                    a.checked_mul(s)?,
+                                    b.saturating_mul(s).min(MAX_OUTPUT_DIM / s * s),
+                                    s,
+                                ))
+                            },
                         )
                     } else {
                         map_dim(
@@ -408,7 +443,11 @@ impl BaseTransformImpl for AdabmUpscale {
                 }
             }
         }
-        gst::debug!(CAT, imp = self, "transformed {caps:?} ({direction:?}) to {out:?}");
+        gst::debug!(
+            CAT,
+            imp = self,
+            "transformed {caps:?} ({direction:?}) to {out:?}"
+        );
         match filter {
             Some(f) => Some(f.intersect_with_mode(&out, gst::CapsIntersectMode::First)),
             None => Some(out),
@@ -424,7 +463,9 @@ impl BaseTransformImpl for AdabmUpscale {
             .iter()
             .find(|(f, _)| *f == in_info.format())
             .map(|(_, l)| *l)
-            .ok_or_else(|| gst::loggable_error!(CAT, "unsupported format {:?}", in_info.format()))?;
+            .ok_or_else(|| {
+                gst::loggable_error!(CAT, "unsupported format {:?}", in_info.format())
+            })?;
         let mut guard = self.state.lock().unwrap();
         let st = guard
             .as_mut()
@@ -439,13 +480,24 @@ impl BaseTransformImpl for AdabmUpscale {
                 "output caps {outcaps} are not input caps {incaps} scaled x{s}"
             ));
         }
-        gst::info!(CAT, imp = self, "{}x{} -> {}x{} {:?}", in_info.width(), in_info.height(), out_info.width(), out_info.height(), layout);
+        gst::info!(
+            CAT,
+            imp = self,
+            "{}x{} -> {}x{} {:?}",
+            in_info.width(),
+            in_info.height(),
+            out_info.width(),
+            out_info.height(),
+            layout
+        );
         st.caps = Some((in_info, out_info, layout));
         Ok(())
     }
 
     fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {
-        gst_video::VideoInfo::from_caps(caps).ok().map(|info| info.size())
+        gst_video::VideoInfo::from_caps(caps)
+            .ok()
+            .map(|info| info.size())
     }
 
     fn transform(
@@ -458,7 +510,11 @@ impl BaseTransformImpl for AdabmUpscale {
             let mut guard = self.state.lock().unwrap();
             let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let Some((in_info, out_info, layout)) = st.caps.clone() else {
-                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["No caps were negotiated before the first buffer"]);
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ["No caps were negotiated before the first buffer"]
+                );
                 return Err(gst::FlowError::NotNegotiated);
             };
             st.frames += 1;
@@ -466,23 +522,45 @@ impl BaseTransformImpl for AdabmUpscale {
             let q = st.engine.network().quant.as_ref();
             let lower = opts.image_lower.or(q.map(|q| q.image_lower));
             let upper = opts.image_upper.or(q.map(|q| q.image_upper));
-            let warn = !st.warned_thresholds && matches!((lower, upper), (Some(l), Some(u)) if l > u);
+            let warn =
+                !st.warned_thresholds && matches!((lower, upper), (Some(l), Some(u)) if l > u);
             st.warned_thresholds |= warn;
-            (st.engine.clone(), in_info, out_info, layout, st.frames - 1, warn)
+            (
+                st.engine.clone(),
+                in_info,
+                out_info,
+                layout,
+                st.frames - 1,
+                warn,
+            )
         };
         if warn {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
-                ["image-lower ({}) is above image-upper ({}): frames between them get both -1 and +1 tests; b_I = -1 wins", settings.image_lower, settings.image_upper]
+                [
+                    "image-lower ({}) is above image-upper ({}): frames between them get both -1 and +1 tests; b_I = -1 wins",
+                    settings.image_lower,
+                    settings.image_upper
+                ]
             );
         }
-        let in_frame = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info).map_err(|_| {
-            gst::element_imp_error!(self, gst::CoreError::Failed, ["Failed to map the input buffer"]);
-            gst::FlowError::Error
-        })?;
-        let mut out_frame = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info).map_err(|_| {
-            gst::element_imp_error!(self, gst::CoreError::Failed, ["Failed to map the output buffer"]);
+        let in_frame = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info)
+            .map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Failed,
+                    ["Failed to map the input buffer"]
+                );
+                gst::FlowError::Error
+            })?;
+        let mut out_frame = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info)
+            .map_err(|_| {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Failed,
+                ["Failed to map the output buffer"]
+            );
             gst::FlowError::Error
         })?;
         let src = FrameRef {
@@ -494,16 +572,24 @@ impl BaseTransformImpl for AdabmUpscale {
         };
         let stride = out_frame.plane_stride()[0] as usize;
         let mut dst = FrameMut {
-            data: out_frame.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?,
+            data: out_frame
+                .plane_data_mut(0)
+                .map_err(|_| gst::FlowError::Error)?,
             stride,
             width: out_info.width() as usize,
             height: out_info.height() as usize,
             layout,
         };
-        let stats = engine.process_frame(&src, &mut dst, &settings.options()).map_err(|e| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ["Upscaling failed: {}", e]);
-            gst::FlowError::Error
-        })?;
+        let stats = engine
+            .process_frame(&src, &mut dst, &settings.options())
+            .map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ["Upscaling failed: {}", e]
+                );
+                gst::FlowError::Error
+            })?;
         gst::trace!(CAT, imp = self, "frame {frame_no}: {stats:?}");
         if settings.post_stats {
             self.post_stats(frame_no, inbuf.pts(), &stats);

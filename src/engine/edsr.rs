@@ -3,7 +3,9 @@
 use gemm::Parallelism;
 
 use super::conv::{self, ConvWeights, FeatureMap};
-use super::model::{EdsrConfig, LayerKind, LayerQuant, LayerSpec, Model, QuantConfig, Role, layer_kind};
+use super::model::{
+    EdsrConfig, LayerKind, LayerQuant, LayerSpec, Model, QuantConfig, Role, layer_kind,
+};
 use super::quant;
 
 /// One prepared conv layer.
@@ -44,7 +46,11 @@ impl Network {
             .iter()
             .map(|c| {
                 let kind = layer_kind(mode, c.spec.role);
-                let lq = model.quant.as_ref().and_then(|q| q.layers.get(&c.spec.name)).copied();
+                let lq = model
+                    .quant
+                    .as_ref()
+                    .and_then(|q| q.layers.get(&c.spec.name))
+                    .copied();
                 let w_bits = match kind {
                     LayerKind::Float => None,
                     LayerKind::Adaptive => model.quant.as_ref().map(|q| q.w_bits),
@@ -53,7 +59,10 @@ impl Network {
                 let weight: Vec<f32> = match (w_bits, lq) {
                     (Some(b), Some(q)) => {
                         let n = quant::levels(b);
-                        c.weight.iter().map(|&w| quant::weight_fake_quant(w, q.u_w, n)).collect()
+                        c.weight
+                            .iter()
+                            .map(|&w| quant::weight_fake_quant(w, q.u_w, n))
+                            .collect()
                     }
                     _ => c.weight.clone(),
                 };
@@ -105,7 +114,14 @@ impl Network {
     }
 
     /// Runs layer `k` on `x`: quantizes the input at the planned bits, then convolves.
-    fn conv(&self, k: usize, x: &FeatureMap, plan: &BitPlan, par: Parallelism, obs: &mut Option<Observer>) -> FeatureMap {
+    fn conv(
+        &self,
+        k: usize,
+        x: &FeatureMap,
+        plan: &BitPlan,
+        par: Parallelism,
+        obs: &mut Option<Observer>,
+    ) -> FeatureMap {
         if let Some(o) = obs.as_mut() {
             o(k, x);
         }
@@ -131,7 +147,13 @@ impl Network {
 
     /// Forward pass on an input of 3 channels in model units (after `sub_mean`). Returns the
     /// HR output before `add_mean`.
-    pub fn forward(&self, input: &FeatureMap, plan: &BitPlan, par: Parallelism, mut obs: Option<Observer>) -> FeatureMap {
+    pub fn forward(
+        &self,
+        input: &FeatureMap,
+        plan: &BitPlan,
+        par: Parallelism,
+        mut obs: Option<Observer>,
+    ) -> FeatureMap {
         assert_eq!(plan.bits.len(), self.layers.len(), "bit plan length");
         let res_scale = self.config.res_scale;
         let head = self.conv(0, input, plan, par, &mut obs);
@@ -162,7 +184,15 @@ impl Network {
 
     /// Upsampler stage: conv to r²F channels and PixelShuffle(r), in row chunks so that the
     /// r²F-channel map never exists whole.
-    fn upsample(&self, k: usize, x: &FeatureMap, r: usize, plan: &BitPlan, par: Parallelism, obs: &mut Option<Observer>) -> FeatureMap {
+    fn upsample(
+        &self,
+        k: usize,
+        x: &FeatureMap,
+        r: usize,
+        plan: &BitPlan,
+        par: Parallelism,
+        obs: &mut Option<Observer>,
+    ) -> FeatureMap {
         if let Some(o) = obs.as_mut() {
             o(k, x);
         }

@@ -84,9 +84,18 @@ pub struct FrameMut<'a> {
     pub layout: PixelLayout,
 }
 
-fn check_geometry(what: &str, len: usize, stride: usize, w: usize, h: usize, bpp: usize) -> Result<()> {
+fn check_geometry(
+    what: &str,
+    len: usize,
+    stride: usize,
+    w: usize,
+    h: usize,
+    bpp: usize,
+) -> Result<()> {
     if w == 0 || h == 0 {
-        return Err(Error::Input(format!("{what} frame is {w}x{h}: expected at least 1x1")));
+        return Err(Error::Input(format!(
+            "{what} frame is {w}x{h}: expected at least 1x1"
+        )));
     }
     if stride < w * bpp {
         return Err(Error::Input(format!(
@@ -146,7 +155,10 @@ pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {
     check_geometry("input", f.data.len(), f.stride, f.width, f.height, bpp)?;
     let [r, g, b] = f.layout.rgb_offsets();
     let mut img = Image::new(f.width, f.height);
-    let mut alpha = f.layout.has_alpha().then(|| Vec::with_capacity(f.width * f.height));
+    let mut alpha = f
+        .layout
+        .has_alpha()
+        .then(|| Vec::with_capacity(f.width * f.height));
     let a_off = f.layout.fourth_offset().unwrap_or(0);
     for y in 0..f.height {
         let row = &f.data[y * f.stride..y * f.stride + f.width * bpp];
@@ -178,7 +190,11 @@ pub fn pack(img: &Image, alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<()> {
     for y in 0..f.height {
         let row = &mut f.data[y * f.stride..y * f.stride + f.width * bpp];
         let src = &img.data[y * f.width * 3..(y + 1) * f.width * 3];
-        for (x, (px, s)) in row.chunks_exact_mut(bpp).zip(src.chunks_exact(3)).enumerate() {
+        for (x, (px, s)) in row
+            .chunks_exact_mut(bpp)
+            .zip(src.chunks_exact(3))
+            .enumerate()
+        {
             px[r] = to_u8(s[0]);
             px[g] = to_u8(s[1]);
             px[b] = to_u8(s[2]);
@@ -223,11 +239,23 @@ mod tests {
             let bpp = layout.bytes_per_pixel();
             let stride = w * bpp + 7;
             let data: Vec<u8> = (0..stride * h).map(|i| (i * 37 % 251) as u8).collect();
-            let f = FrameRef { data: &data, stride, width: w, height: h, layout };
+            let f = FrameRef {
+                data: &data,
+                stride,
+                width: w,
+                height: h,
+                layout,
+            };
             let (img, alpha) = unpack(&f).unwrap();
             assert_eq!(alpha.is_some(), layout.has_alpha());
             let mut out = vec![0u8; stride * h];
-            let mut fm = FrameMut { data: &mut out, stride, width: w, height: h, layout };
+            let mut fm = FrameMut {
+                data: &mut out,
+                stride,
+                width: w,
+                height: h,
+                layout,
+            };
             pack(&img, alpha.as_deref(), &mut fm).unwrap();
             for y in 0..h {
                 for x in 0..w {
@@ -247,8 +275,19 @@ mod tests {
     #[test]
     fn short_buffer_is_an_error() {
         let data = vec![0u8; 10];
-        let f = FrameRef { data: &data, stride: 12, width: 4, height: 2, layout: PixelLayout::Rgb };
-        assert!(unpack(&f).unwrap_err().to_string().contains("expected at least 24"));
+        let f = FrameRef {
+            data: &data,
+            stride: 12,
+            width: 4,
+            height: 2,
+            layout: PixelLayout::Rgb,
+        };
+        assert!(
+            unpack(&f)
+                .unwrap_err()
+                .to_string()
+                .contains("expected at least 24")
+        );
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl Engine {
         };
         let base = opts.base_bits.unwrap_or(q.a_bits);
         if !(1..=8).contains(&base) {
-            return Err(Error::Setting(format!("base bits must be in 1..=8, found {base}")));
+            return Err(Error::Setting(format!(
+                "base bits must be in 1..=8, found {base}"
+            )));
         }
         let lower = opts.image_lower.unwrap_or(q.image_lower);
         let upper = opts.image_upper.unwrap_or(q.image_upper);
@@ -185,7 +187,9 @@ impl Engine {
                 *d = s * k - mean[c];
             }
         }
-        let mut hr = self.net.forward(&x, plan, Parallelism::Rayon(self.threads), None);
+        let mut hr = self
+            .net
+            .forward(&x, plan, Parallelism::Rayon(self.threads), None);
         let inv = 255.0 / cfg.rgb_range;
         for y in 0..hr.h {
             for (d, c) in hr.row_mut(y).iter_mut().zip((0..3).cycle()) {
@@ -196,7 +200,12 @@ impl Engine {
     }
 
     /// Upscales a packed frame into a packed frame of the same layout and `scale` times the size.
-    pub fn process_frame(&self, src: &FrameRef, dst: &mut FrameMut, opts: &Options) -> Result<Stats> {
+    pub fn process_frame(
+        &self,
+        src: &FrameRef,
+        dst: &mut FrameMut,
+        opts: &Options,
+    ) -> Result<Stats> {
         let s = self.scale();
         if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
             return Err(Error::Input(format!(

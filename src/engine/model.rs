@@ -98,7 +98,10 @@ pub enum Role {
     BlockConv2(usize),
     BodyLast,
     /// Upsampler conv of stage `k`, followed by PixelShuffle(r).
-    Up { stage: usize, r: usize },
+    Up {
+        stage: usize,
+        r: usize,
+    },
     Tail,
 }
 
@@ -210,7 +213,11 @@ impl EdsrConfig {
             return Err(field("config.scale", "2, 3 or 4", self.scale));
         }
         if self.n_feats == 0 || self.n_feats > MAX_FEATS {
-            return Err(field("config.n_feats", format!("1..={MAX_FEATS}"), self.n_feats));
+            return Err(field(
+                "config.n_feats",
+                format!("1..={MAX_FEATS}"),
+                self.n_feats,
+            ));
         }
         if self.n_resblocks > MAX_RESBLOCKS {
             return Err(field(
@@ -221,7 +228,11 @@ impl EdsrConfig {
         }
         check_finite("config.res_scale", self.res_scale)?;
         if !(self.rgb_range.is_finite() && self.rgb_range > 0.0) {
-            return Err(field("config.rgb_range", "a positive number", self.rgb_range));
+            return Err(field(
+                "config.rgb_range",
+                "a positive number",
+                self.rgb_range,
+            ));
         }
         for (i, m) in self.rgb_mean.iter().enumerate() {
             check_finite(&format!("config.rgb_mean[{i}]"), *m)?;
@@ -259,14 +270,21 @@ impl QuantConfig {
                 (false, Some(_)) => {
                     return Err(Error::Quant {
                         layer: s.name.clone(),
-                        msg: format!("has quantizer parameters but is floating point in {:?} mode", self.mode),
+                        msg: format!(
+                            "has quantizer parameters but is floating point in {:?} mode",
+                            self.mode
+                        ),
                     });
                 }
                 (true, Some(q)) => validate_layer_quant(&s.name, q)?,
                 (false, None) => {}
             }
         }
-        if let Some(name) = self.layers.keys().find(|n| !specs.iter().any(|s| &s.name == *n)) {
+        if let Some(name) = self
+            .layers
+            .keys()
+            .find(|n| !specs.iter().any(|s| &s.name == *n))
+        {
             return Err(Error::Quant {
                 layer: name.clone(),
                 msg: "no such layer in this configuration".into(),
@@ -287,19 +305,15 @@ fn validate_layer_quant(layer: &str, q: &LayerQuant) -> Result<()> {
         }
     }
     if q.l >= q.u {
-        return Err(err(format!("expected l < u, found l = {} and u = {}", q.l, q.u)));
+        return Err(err(format!(
+            "expected l < u, found l = {} and u = {}",
+            q.l, q.u
+        )));
     }
     if q.u_w <= 0.0 {
         return Err(err(format!("expected u_w > 0, found {}", q.u_w)));
     }
     Ok(())
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    format_version: String,
-    config: String,
-    quant: Option<String>,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -308,7 +322,11 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 
 impl Model {
     /// Builds and validates a model from parts.
-    pub fn new(config: EdsrConfig, quant: Option<QuantConfig>, convs: Vec<ConvParams>) -> Result<Self> {
+    pub fn new(
+        config: EdsrConfig,
+        quant: Option<QuantConfig>,
+        convs: Vec<ConvParams>,
+    ) -> Result<Self> {
         let m = Self {
             config,
             quant,
@@ -334,7 +352,10 @@ impl Model {
         }
         for (s, c) in specs.iter().zip(&self.convs) {
             if &c.spec != s {
-                return Err(Error::Input(format!("layer {:?} where {:?} was expected", c.spec, s)));
+                return Err(Error::Input(format!(
+                    "layer {:?} where {:?} was expected",
+                    c.spec, s
+                )));
             }
             check_values(&format!("{}.weight", s.name), &c.weight, s.cout * s.cin * 9)?;
             check_values(&format!("{}.bias", s.name), &c.bias, s.cout)?;
@@ -358,12 +379,17 @@ impl Model {
             return Err(Error::Empty);
         }
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
-            Error::Format(format!("{e} (is the file truncated or not a safetensors file?)"))
+            Error::Format(format!(
+                "{e} (is the file truncated or not a safetensors file?)"
+            ))
         })?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| Error::Format(e.to_string()))?;
         let md: HashMap<String, String> = meta.metadata().clone().unwrap_or_default();
-        let get = |k: &str| md.get(k).ok_or_else(|| Error::Metadata(format!("missing key `{k}`")));
+        let get = |k: &str| {
+            md.get(k)
+                .ok_or_else(|| Error::Metadata(format!("missing key `{k}`")))
+        };
         let version = get("format_version")?;
         if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
             return Err(field("format_version", FORMAT_VERSION.to_string(), version));
@@ -414,31 +440,35 @@ impl Model {
         for s in specs {
             let weight = read(&format!("{}.weight", s.name), &[s.cout, s.cin, 3, 3])?;
             let bias = read(&format!("{}.bias", s.name), &[s.cout])?;
-            convs.push(ConvParams { spec: s, weight, bias });
+            convs.push(ConvParams {
+                spec: s,
+                weight,
+                bias,
+            });
         }
         Self::new(config, quant, convs)
     }
 
     /// Serialises to the bytes of a model file.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let header = Header {
-            format_version: FORMAT_VERSION.to_string(),
-            config: serde_json::to_string(&self.config).map_err(|e| Error::Metadata(e.to_string()))?,
-            quant: match &self.quant {
-                Some(q) => Some(serde_json::to_string(q).map_err(|e| Error::Metadata(e.to_string()))?),
-                None => None,
-            },
-        };
+        let json = |e: serde_json::Error| Error::Metadata(e.to_string());
         let mut md = HashMap::new();
-        md.insert("format_version".to_string(), header.format_version);
-        md.insert("config".to_string(), header.config);
-        if let Some(q) = header.quant {
-            md.insert("quant".to_string(), q);
+        md.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+        md.insert(
+            "config".to_string(),
+            serde_json::to_string(&self.config).map_err(json)?,
+        );
+        if let Some(q) = &self.quant {
+            md.insert("quant".to_string(), serde_json::to_string(q).map_err(json)?);
         }
         let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for c in &self.convs {
             let s = &c.spec;
-            data.push((format!("{}.weight", s.name), vec![s.cout, s.cin, 3, 3], f32_bytes(&c.weight)));
+            data.push((
+                format!("{}.weight", s.name),
+                vec![s.cout, s.cin, 3, 3],
+                f32_bytes(&c.weight),
+            ));
             data.push((format!("{}.bias", s.name), vec![s.cout], f32_bytes(&c.bias)));
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = data
@@ -463,7 +493,10 @@ impl Model {
 
     /// Number of parameters (weights and biases).
     pub fn n_params(&self) -> usize {
-        self.convs.iter().map(|c| c.weight.len() + c.bias.len()).sum()
+        self.convs
+            .iter()
+            .map(|c| c.weight.len() + c.bias.len())
+            .sum()
     }
 
     /// Multiply-accumulates per LR input pixel.

@@ -15,8 +15,8 @@ use super::edsr::Network;
 use super::error::Result;
 use super::frame::Image;
 use super::model::{
-    ComplexityMetric, ConvParams, EdsrConfig, LayerKind, LayerQuant, Model, QuantConfig, QuantMode, Role,
-    layer_kind, layer_specs,
+    ComplexityMetric, ConvParams, EdsrConfig, LayerKind, LayerQuant, Model, QuantConfig, QuantMode,
+    Role, layer_kind, layer_specs,
 };
 
 /// SplitMix64: small, seeded, good enough for weights and test images.
@@ -61,7 +61,9 @@ pub fn random_model(config: EdsrConfig, seed: u64) -> Result<Model> {
                 _ => 1.0,
             };
             let a = gain * (6.0 / fan_in).sqrt();
-            let weight = (0..spec.cout * spec.cin * 9).map(|_| rng.symmetric(a)).collect();
+            let weight = (0..spec.cout * spec.cin * 9)
+                .map(|_| rng.symmetric(a))
+                .collect();
             let bias = (0..spec.cout).map(|_| rng.symmetric(0.01)).collect();
             ConvParams { spec, weight, bias }
         })
@@ -72,13 +74,21 @@ pub fn random_model(config: EdsrConfig, seed: u64) -> Result<Model> {
 /// A synthetic natural-looking test image: smooth gradients, a few edges and some texture.
 pub fn test_image(width: usize, height: usize, seed: u64) -> Image {
     let mut rng = Rng::new(seed);
-    let f = [rng.uniform() * 0.2 + 0.02, rng.uniform() * 0.3 + 0.05, rng.uniform() * 0.5];
+    let f = [
+        rng.uniform() * 0.2 + 0.02,
+        rng.uniform() * 0.3 + 0.05,
+        rng.uniform() * 0.5,
+    ];
     let mut img = Image::new(width, height);
     for y in 0..height {
         for x in 0..width {
             let (xf, yf) = (x as f32, y as f32);
             let base = 128.0 + 80.0 * (xf * f[0]).sin() * (yf * f[1]).cos();
-            let edge = if (x / 7 + y / 5) % 3 == 0 { 40.0 } else { -20.0 };
+            let edge = if (x / 7 + y / 5) % 3 == 0 {
+                40.0
+            } else {
+                -20.0
+            };
             for c in 0..3 {
                 let noise = rng.symmetric(20.0 * f[2]);
                 let v = base + edge + noise + 15.0 * c as f32;
@@ -98,7 +108,13 @@ fn percentile(values: &[f32], p: f32) -> f32 {
 }
 
 /// Quantizes a floating-point model with ranges measured on synthetic images (see module doc).
-pub fn quantize_on_synthetic(fp: &Model, mode: QuantMode, w_bits: u8, a_bits: u8, seed: u64) -> Result<Model> {
+pub fn quantize_on_synthetic(
+    fp: &Model,
+    mode: QuantMode,
+    w_bits: u8,
+    a_bits: u8,
+    seed: u64,
+) -> Result<Model> {
     let net = Network::new(fp);
     let n = net.layers.len();
     let mut lo = vec![f32::INFINITY; n];
@@ -147,8 +163,16 @@ pub fn quantize_on_synthetic(fp: &Model, mode: QuantMode, w_bits: u8, a_bits: u8
         } else {
             0.0
         };
-        let u_w = c.weight.iter().fold(0.0f32, |a, w| a.max(w.abs())).max(1e-8);
-        let (l, u) = if hi[k] > lo[k] { (lo[k], hi[k]) } else { (lo[k], lo[k] + 1.0) };
+        let u_w = c
+            .weight
+            .iter()
+            .fold(0.0f32, |a, w| a.max(w.abs()))
+            .max(1e-8);
+        let (l, u) = if hi[k] > lo[k] {
+            (lo[k], hi[k])
+        } else {
+            (lo[k], lo[k] + 1.0)
+        };
         layers.insert(c.spec.name.clone(), LayerQuant { l, u, u_w, m });
     }
     let quant = QuantConfig {

@@ -26,7 +26,12 @@ pub fn small_quant(scale: u32, mode: QuantMode, seed: u64) -> Model {
 /// the head copies the three input channels, every residual block and the last body conv
 /// have zero weights, each upsampler conv copies channel c into the r² shuffle slots of c,
 /// and the tail copies channels 0..3 back out.
-pub fn replication_model(scale: u32, n_feats: usize, n_resblocks: usize, rgb_mean: [f32; 3]) -> Model {
+pub fn replication_model(
+    scale: u32,
+    n_feats: usize,
+    n_resblocks: usize,
+    rgb_mean: [f32; 3],
+) -> Model {
     let mut cfg = small_config(scale, n_feats, n_resblocks);
     cfg.rgb_mean = rgb_mean;
     let convs = layer_specs(&cfg)

@@ -40,7 +40,11 @@ impl Args {
     }
 
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.pairs.iter().rev().find(|(n, _)| n == k).and_then(|(_, v)| v.as_deref())
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     pub fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T>
@@ -69,16 +73,26 @@ pub fn read_png(path: &Path) -> Result<Image> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = dec.read_info().with_context(|| format!("decode {}", path.display()))?;
+    let mut reader = dec
+        .read_info()
+        .with_context(|| format!("decode {}", path.display()))?;
     let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).with_context(|| format!("decode {}", path.display()))?;
+    let info = reader
+        .next_frame(&mut buf)
+        .with_context(|| format!("decode {}", path.display()))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let px = &buf[..info.buffer_size()];
     let rgb: Vec<u8> = match info.color_type {
         png::ColorType::Grayscale => px.iter().flat_map(|&g| [g, g, g]).collect(),
-        png::ColorType::GrayscaleAlpha => px.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
+        png::ColorType::GrayscaleAlpha => px
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
         png::ColorType::Rgb => px.to_vec(),
-        png::ColorType::Rgba => px.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Rgba => px
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         png::ColorType::Indexed => bail!("{}: indexed PNG was not expanded", path.display()),
     };
     Ok(Image::from_rgb8(w, h, &rgb))
@@ -87,7 +101,11 @@ pub fn read_png(path: &Path) -> Result<Image> {
 /// Writes an RGB image as an 8-bit PNG (rounded, clamped).
 pub fn write_png(path: &Path, img: &Image) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), img.width as u32, img.height as u32);
+    let mut enc = png::Encoder::new(
+        std::io::BufWriter::new(file),
+        img.width as u32,
+        img.height as u32,
+    );
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut w = enc.write_header()?;

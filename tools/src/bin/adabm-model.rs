@@ -4,8 +4,8 @@
 //!                      [--w-bits 4] [--a-bits 4] [--seed 1] --out model.safetensors
 //!   adabm-model info model.safetensors
 
-use anyhow::{Context, Result, bail};
 use adabm_tools::Args;
+use anyhow::{Context, Result, bail};
 use gstadabm::engine::{EdsrConfig, Model, QuantMode, random};
 
 fn main() -> Result<()> {
@@ -13,12 +13,23 @@ fn main() -> Result<()> {
     match args.positional.first().map(String::as_str) {
         Some("random") => make_random(&args),
         Some("info") => info(&args),
-        _ => bail!("usage: adabm-model random --scale S [--resblocks N] [--feats F] [--quant fq|non-fq] [--w-bits B] [--a-bits B] [--seed N] --out FILE\n       adabm-model info FILE"),
+        _ => bail!(
+            "usage: adabm-model random --scale S [--resblocks N] [--feats F] [--quant fq|non-fq] [--w-bits B] [--a-bits B] [--seed N] --out FILE\n       adabm-model info FILE"
+        ),
     }
 }
 
 fn make_random(args: &Args) -> Result<()> {
-    args.reject_unknown(&["scale", "resblocks", "feats", "quant", "w-bits", "a-bits", "seed", "out"])?;
+    args.reject_unknown(&[
+        "scale",
+        "resblocks",
+        "feats",
+        "quant",
+        "w-bits",
+        "a-bits",
+        "seed",
+        "out",
+    ])?;
     let mut cfg = EdsrConfig::baseline(args.num("scale", 2)?);
     cfg.n_resblocks = args.num("resblocks", 16)?;
     cfg.n_feats = args.num("feats", 64)?;
@@ -31,7 +42,13 @@ fn make_random(args: &Args) -> Result<()> {
             "non-fq" => QuantMode::NonFq,
             other => bail!("--quant: expected fq or non-fq, found {other}"),
         };
-        model = random::quantize_on_synthetic(&model, mode, args.num("w-bits", 4)?, args.num("a-bits", 4)?, seed)?;
+        model = random::quantize_on_synthetic(
+            &model,
+            mode,
+            args.num("w-bits", 4)?,
+            args.num("a-bits", 4)?,
+            seed,
+        )?;
     }
     model.save(out)?;
     println!("wrote {out}: {} parameters", model.n_params());
@@ -39,17 +56,32 @@ fn make_random(args: &Args) -> Result<()> {
 }
 
 fn info(args: &Args) -> Result<()> {
-    let path = args.positional.get(1).context("usage: adabm-model info FILE")?;
+    let path = args
+        .positional
+        .get(1)
+        .context("usage: adabm-model info FILE")?;
     let m = Model::load(path)?;
     let c = &m.config;
     println!("{path}");
-    println!("  EDSR x{}  resblocks {}  feats {}  res_scale {}", c.scale, c.n_resblocks, c.n_feats, c.res_scale);
-    println!("  parameters {}  MACs per LR pixel {:.3} M", m.n_params(), m.macs_per_lr_pixel() / 1e6);
+    println!(
+        "  EDSR x{}  resblocks {}  feats {}  res_scale {}",
+        c.scale, c.n_resblocks, c.n_feats, c.res_scale
+    );
+    println!(
+        "  parameters {}  MACs per LR pixel {:.3} M",
+        m.n_params(),
+        m.macs_per_lr_pixel() / 1e6
+    );
     match &m.quant {
         None => println!("  floating point"),
         Some(q) => println!(
             "  {:?} w{}a{}  image thresholds {:.3} / {:.3}  {} quantized layers",
-            q.mode, q.w_bits, q.a_bits, q.image_lower, q.image_upper, q.layers.len()
+            q.mode,
+            q.w_bits,
+            q.a_bits,
+            q.image_lower,
+            q.image_upper,
+            q.layers.len()
         ),
     }
     Ok(())

@@ -13,7 +13,9 @@ fn main() -> Result<()> {
     let args = Args::parse(&["no-adaptive"])?;
     args.reject_unknown(&["model", "tile", "threads", "base-bits", "no-adaptive"])?;
     let [input, output] = args.positional.as_slice() else {
-        anyhow::bail!("usage: adabm-upscale --model FILE [--tile N] [--threads N] [--base-bits B] [--no-adaptive] IN.png OUT.png");
+        anyhow::bail!(
+            "usage: adabm-upscale --model FILE [--tile N] [--threads N] [--base-bits B] [--no-adaptive] IN.png OUT.png"
+        );
     };
     let model = Model::load(args.get("model").context("--model FILE is required")?)?;
     let engine = Engine::new(&model, args.num("threads", 0)?)?;
@@ -28,7 +30,15 @@ fn main() -> Result<()> {
     write_png(Path::new(output), &hr)?;
     println!(
         "{input} {}x{} -> {output} {}x{}: complexity {:.3}, b_I {:+}, FAB {:.3}, {} tile(s), {:.1} ms",
-        img.width, img.height, hr.width, hr.height, st.complexity, st.image_bits, st.fab, st.tiles, st.millis
+        img.width,
+        img.height,
+        hr.width,
+        hr.height,
+        st.complexity,
+        st.image_bits,
+        st.fab,
+        st.tiles,
+        st.millis
     );
     Ok(())
 }
