@@ -342,6 +342,27 @@ fn bad_model_files_reach_the_bus() {
         .unwrap();
     q.u = q.l;
     expect_error(&lu.to_bytes().unwrap(), "l < u");
+    let missing = rewrite(
+        &good,
+        |n, s, d| (n != "body.0.conv2.bias").then(|| (n.into(), s, d)),
+        |_| {},
+    );
+    expect_error(&missing, "body.0.conv2.bias");
+    let wrong_shape = rewrite(
+        &good,
+        |n, s, d| {
+            if n == "tail.1.weight" {
+                Some((n.into(), vec![3, 4, 3, 3], d[..d.len() / 2].to_vec()))
+            } else {
+                keep(n, s, d)
+            }
+        },
+        |_| {},
+    );
+    expect_error(
+        &wrong_shape,
+        "expected [3, 8, 3, 3] F32, found [3, 4, 3, 3] F32",
+    );
 }
 
 #[test]

@@ -2,44 +2,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use gstadabm::engine::{Model, QuantMode};
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
-
-/// Rebuilds a model file, letting `edit` change each tensor (name, shape, bytes) and the
-/// metadata; `None` from `edit` drops the tensor.
-fn rewrite(
-    bytes: &[u8],
-    edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(String, Vec<usize>, Vec<u8>)>,
-    meta: impl Fn(&mut HashMap<String, String>),
-) -> Vec<u8> {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let (_, md) = SafeTensors::read_metadata(bytes).unwrap();
-    let mut md = md.metadata().clone().unwrap();
-    meta(&mut md);
-    let mut kept = Vec::new();
-    for (name, t) in st.tensors() {
-        if let Some(e) = edit(&name, t.shape().to_vec(), t.data().to_vec()) {
-            kept.push(e);
-        }
-    }
-    let views: Vec<(String, TensorView)> = kept
-        .iter()
-        .map(|(n, s, d)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, Some(md)).unwrap()
-}
-
-fn keep(n: &str, s: Vec<usize>, d: Vec<u8>) -> Option<(String, Vec<usize>, Vec<u8>)> {
-    Some((n.to_string(), s, d))
-}
+use safetensors::SafeTensors;
 
 fn err(bytes: &[u8]) -> String {
     Model::from_bytes(bytes).unwrap_err().to_string()

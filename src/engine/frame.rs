@@ -295,6 +295,6 @@ mod tests {
         let up = upscale_plane_bilinear(&[7; 6], 3, 2, 2);
         assert!(up.iter().all(|&v| v == 7));
         let up = upscale_plane_bilinear(&[0, 255], 2, 1, 2);
-        assert_eq!(up, vec![0, 64, 191, 255]);
+        assert_eq!(up, vec![0, 64, 191, 255, 0, 64, 191, 255]);
     }
 }

@@ -1,9 +1,12 @@
 //! Helpers shared by the integration tests: small models made in code.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+
 use gstadabm::engine::model::{ConvParams, layer_specs};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model};
 use gstadabm::engine::{EdsrConfig, Model, QuantMode};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 /// A small EDSR (feats, blocks) at `scale`.
 pub fn small_config(scale: u32, n_feats: usize, n_resblocks: usize) -> EdsrConfig {
@@ -63,4 +66,37 @@ pub fn replication_model(
         })
         .collect();
     Model::new(cfg, None, convs).unwrap()
+}
+
+/// Rebuilds a model file, letting `edit` change each tensor (name, shape, bytes) and the
+/// metadata; `None` from `edit` drops the tensor.
+pub fn rewrite(
+    bytes: &[u8],
+    edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(String, Vec<usize>, Vec<u8>)>,
+    meta: impl Fn(&mut HashMap<String, String>),
+) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let (_, md) = SafeTensors::read_metadata(bytes).unwrap();
+    let mut md = md.metadata().clone().unwrap();
+    meta(&mut md);
+    let mut kept = Vec::new();
+    for (name, t) in st.tensors() {
+        if let Some(e) = edit(&name, t.shape().to_vec(), t.data().to_vec()) {
+            kept.push(e);
+        }
+    }
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, Some(md)).unwrap()
+}
+
+pub fn keep(n: &str, s: Vec<usize>, d: Vec<u8>) -> Option<(String, Vec<usize>, Vec<u8>)> {
+    Some((n.to_string(), s, d))
 }
