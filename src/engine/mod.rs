@@ -9,6 +9,7 @@ pub mod frame;
 pub mod model;
 pub mod quant;
 pub mod random;
+pub mod resize;
 mod tile;
 
 use std::time::Instant;
