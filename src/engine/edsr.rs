@@ -3,6 +3,7 @@
 use gemm::Parallelism;
 
 use super::conv::{self, ConvWeights, FeatureMap};
+use super::frame::Image;
 use super::model::{
     EdsrConfig, LayerKind, LayerQuant, LayerSpec, Model, QuantConfig, Role, layer_kind,
 };
@@ -80,6 +81,21 @@ impl Network {
             quant: model.quant.clone(),
             layers,
         }
+    }
+
+    /// `sub_mean`: the `w x h` region at `(x0, y0)` of a 0–255 RGB image, in model units.
+    pub fn input_map(&self, img: &Image, x0: usize, y0: usize, w: usize, h: usize) -> FeatureMap {
+        let cfg = &self.config;
+        let k = cfg.rgb_range / 255.0;
+        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+        let mut x = FeatureMap::zeros(h, w, 3);
+        for y in 0..h {
+            let src = &img.data[((y0 + y) * img.width + x0) * 3..][..w * 3];
+            for (d, (s, c)) in x.row_mut(y).iter_mut().zip(src.iter().zip((0..3).cycle())) {
+                *d = s * k - mean[c];
+            }
+        }
+        x
     }
 
     /// Indices of the adaptive layers (the ones counted in the average bit-width).

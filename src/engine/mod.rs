@@ -180,15 +180,8 @@ impl Engine {
     /// Runs the network on the extended region of one tile; returns its HR output in 0–255.
     fn run_tile(&self, img: &Image, t: &Tile, plan: &BitPlan) -> FeatureMap {
         let cfg = &self.net.config;
-        let k = cfg.rgb_range / 255.0;
         let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
-        let mut x = FeatureMap::zeros(t.eh, t.ew, 3);
-        for y in 0..t.eh {
-            let src = &img.data[((t.ey + y) * img.width + t.ex) * 3..][..t.ew * 3];
-            for (d, (s, c)) in x.row_mut(y).iter_mut().zip(src.iter().zip((0..3).cycle())) {
-                *d = s * k - mean[c];
-            }
-        }
+        let x = self.net.input_map(img, t.ex, t.ey, t.ew, t.eh);
         let mut hr = self
             .net
             .forward(&x, plan, Parallelism::Rayon(self.threads), None);

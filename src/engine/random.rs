@@ -124,15 +124,7 @@ pub fn quantize_on_synthetic(
     for i in 0..4 {
         let img = test_image(40, 32, seed.wrapping_add(i));
         complexities.push(gradient_density(&img.data, img.width, img.height));
-        let mut x = FeatureMap::zeros(img.height, img.width, 3);
-        let mean = fp.config.rgb_mean.map(|m| m * fp.config.rgb_range);
-        for y in 0..img.height {
-            let k = fp.config.rgb_range / 255.0;
-            let src = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
-            for (j, (d, s)) in x.row_mut(y).iter_mut().zip(src).enumerate() {
-                *d = s * k - mean[j % 3];
-            }
-        }
+        let x = net.input_map(&img, 0, 0, img.width, img.height);
         let mut obs = |k: usize, m: &FeatureMap| {
             let vals: Vec<f32> = (0..m.h).flat_map(|y| m.row(y).to_vec()).collect();
             let mean = vals.iter().sum::<f32>() / vals.len() as f32;
