@@ -506,6 +506,7 @@ impl BaseTransformImpl for AdabmUpscale {
         outbuf: &mut gst::BufferRef,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let settings = self.settings.lock().unwrap().clone();
+        let opts = settings.options();
         let (engine, in_info, out_info, layout, frame_no, warn) = {
             let mut guard = self.state.lock().unwrap();
             let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
@@ -518,12 +519,8 @@ impl BaseTransformImpl for AdabmUpscale {
                 return Err(gst::FlowError::NotNegotiated);
             };
             st.frames += 1;
-            let opts = settings.options();
-            let q = st.engine.network().quant.as_ref();
-            let lower = opts.image_lower.or(q.map(|q| q.image_lower));
-            let upper = opts.image_upper.or(q.map(|q| q.image_upper));
-            let warn =
-                !st.warned_thresholds && matches!((lower, upper), (Some(l), Some(u)) if l > u);
+            let warn = !st.warned_thresholds
+                && matches!(st.engine.thresholds(&opts), Some((l, u)) if l > u);
             st.warned_thresholds |= warn;
             (
                 st.engine.clone(),
@@ -580,16 +577,10 @@ impl BaseTransformImpl for AdabmUpscale {
             height: out_info.height() as usize,
             layout,
         };
-        let stats = engine
-            .process_frame(&src, &mut dst, &settings.options())
-            .map_err(|e| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Failed,
-                    ["Upscaling failed: {}", e]
-                );
-                gst::FlowError::Error
-            })?;
+        let stats = engine.process_frame(&src, &mut dst, &opts).map_err(|e| {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ["Upscaling failed: {}", e]);
+            gst::FlowError::Error
+        })?;
         gst::trace!(CAT, imp = self, "frame {frame_no}: {stats:?}");
         if settings.post_stats {
             self.post_stats(frame_no, inbuf.pts(), &stats);

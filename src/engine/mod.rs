@@ -110,6 +110,15 @@ impl Engine {
         self.net.config.scale as usize
     }
 
+    /// The image thresholds (l_i2b, u_i2b) in force under `opts`; None for a float model.
+    pub fn thresholds(&self, opts: &Options) -> Option<(f32, f32)> {
+        let q = self.net.quant.as_ref()?;
+        Some((
+            opts.image_lower.unwrap_or(q.image_lower),
+            opts.image_upper.unwrap_or(q.image_upper),
+        ))
+    }
+
     /// Bits per layer and stats skeleton for an image of complexity `c`.
     pub fn bit_plan(&self, c: f32, opts: &Options) -> Result<(BitPlan, i32)> {
         let Some(q) = &self.net.quant else {
@@ -121,8 +130,9 @@ impl Engine {
                 "base bits must be in 1..=8, found {base}"
             )));
         }
-        let lower = opts.image_lower.unwrap_or(q.image_lower);
-        let upper = opts.image_upper.unwrap_or(q.image_upper);
+        let (lower, upper) = self
+            .thresholds(opts)
+            .unwrap_or((q.image_lower, q.image_upper));
         let b_i = if opts.adaptive {
             quant::image_bit(c, lower, upper)
         } else {
