@@ -108,6 +108,20 @@ impl ConvWeights {
             bias: bias.to_vec(),
         }
     }
+
+    /// Back to PyTorch layout `[cout][cin][3][3]` (the inverse of [`ConvWeights::from_oihw`]).
+    pub fn to_oihw(&self) -> Vec<f32> {
+        let (cin, cout) = (self.cin, self.cout);
+        let mut v = vec![0.0; cout * cin * 9];
+        for o in 0..cout {
+            for i in 0..cin {
+                for t in 0..9 {
+                    v[(o * cin + i) * 9 + t] = self.w[(t * cin + i) * cout + o];
+                }
+            }
+        }
+        v
+    }
 }
 
 /// Number of padded-grid positions computed for interior rows `y0..y1` (see [`conv3x3_rows`]).

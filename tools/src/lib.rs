@@ -1,5 +1,11 @@
 //! Shared helpers of the adabm tools: argument parsing and PNG input/output.
 
+pub mod convert;
+pub mod data;
+pub mod eval;
+pub mod nn;
+pub mod torch;
+
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -66,6 +72,26 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// Reads a PNG, BMP or JPEG file as an RGB image (PNG with our decoder, the others with the
+/// `image` crate).
+pub fn read_image(path: &Path) -> Result<Image> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if ext == "png" {
+        return read_png(path);
+    }
+    let img = image::open(path)
+        .with_context(|| format!("decode {}", path.display()))?
+        .to_rgb8();
+    Ok(Image::from_rgb8(
+        img.width() as usize,
+        img.height() as usize,
+        img.as_raw(),
+    ))
 }
 
 /// Reads an 8-bit PNG (gray, gray+alpha, RGB or RGBA) as an RGB image.

@@ -1,0 +1,210 @@
+//! adabm-convert: PyTorch zip checkpoints and reference-named safetensors ↔ our model file.
+//! The Python cross-checks (stdlib only) skip with a message when python3 is absent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use adabm_tools::convert::{self, ImportOptions, Naming};
+use adabm_tools::torch::{self, Tensor};
+use gstadabm::engine::{EdsrConfig, QuantMode, random};
+
+fn small(scale: u32) -> EdsrConfig {
+    EdsrConfig {
+        scale,
+        n_resblocks: 2,
+        n_feats: 8,
+        ..EdsrConfig::baseline(scale)
+    }
+}
+
+fn bits(w: u8, a: u8) -> ImportOptions {
+    ImportOptions {
+        w_bits: Some(w),
+        a_bits: Some(a),
+        ..ImportOptions::default()
+    }
+}
+
+#[test]
+fn float_models_round_trip_through_pytorch_zip() {
+    for scale in [2, 3, 4] {
+        let m = random::random_model(small(scale), scale as u64).unwrap();
+        let pt = torch::write_state_dict(&convert::export(&m, Naming::Edsr));
+        let back = torch::read_state_dict(&pt).unwrap();
+        assert!(back.iter().any(|(n, _)| n == "body.1.body.2.weight"));
+        let (m2, naming) = convert::import(back, &ImportOptions::default()).unwrap();
+        assert_eq!(naming, Naming::Edsr);
+        assert_eq!(m2, m, "x{scale}");
+    }
+}
+
+#[test]
+fn adabm_models_round_trip_in_both_modes() {
+    for mode in [QuantMode::Fq, QuantMode::NonFq] {
+        let fp = random::random_model(small(4), 7).unwrap();
+        let q = random::quantize_on_synthetic(&fp, mode, 4, 4, 7).unwrap();
+        let tensors = convert::export(&q, Naming::AdaBm);
+        assert!(
+            tensors
+                .iter()
+                .any(|(n, _)| n == "body.0.conv1.measure_layer")
+        );
+        assert!(tensors.iter().any(|(n, _)| n == "measure_u"));
+        assert_eq!(
+            tensors.iter().any(|(n, _)| n == "head.0.lower_a"),
+            mode == QuantMode::Fq
+        );
+        let pt = torch::write_state_dict(&tensors);
+        let (m2, naming) =
+            convert::import(torch::read_state_dict(&pt).unwrap(), &bits(4, 4)).unwrap();
+        assert_eq!(naming, Naming::AdaBm);
+        assert_eq!(m2, q, "{mode:?}");
+        // Reference-named safetensors too.
+        let st = convert::to_safetensors(&tensors).unwrap();
+        let (m3, _) =
+            convert::import(convert::from_safetensors(&st).unwrap(), &bits(4, 4)).unwrap();
+        assert_eq!(m3, q);
+        // The bit-widths are not in the checkpoint: asking for them is the error.
+        let err = convert::import(
+            torch::read_state_dict(&pt).unwrap(),
+            &ImportOptions::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("--w-bits"), "{err:#}");
+    }
+}
+
+#[test]
+fn prefixed_keys_and_training_wrappers_are_accepted() {
+    let m = random::random_model(small(2), 3).unwrap();
+    let prefixed: Vec<(String, Tensor)> = convert::export(&m, Naming::Edsr)
+        .into_iter()
+        .map(|(n, t)| (format!("model.{n}"), t))
+        .collect();
+    let (m2, _) = convert::import(prefixed, &ImportOptions::default()).unwrap();
+    assert_eq!(m2, m);
+}
+
+#[test]
+fn broken_checkpoints_give_clear_errors() {
+    let m = random::random_model(small(2), 3).unwrap();
+    let good = convert::export(&m, Naming::Edsr);
+    let pt = torch::write_state_dict(&good);
+    let err = |r: anyhow::Result<Vec<(String, Tensor)>>| format!("{:#}", r.unwrap_err());
+    assert!(err(torch::read_state_dict(&pt[..pt.len() / 2])).contains("truncated"));
+    assert!(err(torch::read_state_dict(b"")).contains("not a zip"));
+    assert!(err(torch::read_state_dict(&[0x80, 2, b'K', 1, b'.'])).contains("legacy"));
+    let mut corrupt = pt.clone();
+    let pkl = corrupt.windows(2).position(|w| w == [0x80, 2]).unwrap();
+    corrupt[pkl + 2] = 0xff; // an opcode we do not know
+    assert!(err(torch::read_state_dict(&corrupt)).contains("opcode"));
+
+    let without = |name: &str| -> Vec<(String, Tensor)> {
+        good.iter().filter(|(n, _)| n != name).cloned().collect()
+    };
+    let e =
+        convert::import(without("body.1.body.2.weight"), &ImportOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("body.1.body.2.weight"), "{e:#}");
+    let mut wrong = good.clone();
+    let k = wrong
+        .iter()
+        .position(|(n, _)| n == "body.0.body.0.weight")
+        .unwrap();
+    wrong[k].1.shape = vec![8, 8, 1, 9];
+    let e = convert::import(wrong, &ImportOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("expected [8, 8, 3, 3]"), "{e:#}");
+    let e = convert::import(Vec::new(), &ImportOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("head.0.weight"), "{e:#}");
+}
+
+fn python() -> Option<()> {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED: python3 not found (the stdlib cross-check needs it)");
+    }
+    ok.then_some(())
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_save.py")
+}
+
+fn run_py(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(script())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Checkpoints written by Python's own pickle (protocols 2 and 4) through the same globals and
+/// persistent ids as torch.save import with the values the script wrote.
+#[test]
+fn reads_checkpoints_pickled_by_python() {
+    if python().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (proto, scale, naming) in [("2", "2", "edsr"), ("4", "4", "adabm"), ("4", "3", "edsr")] {
+        let path = dir.path().join(format!("p{proto}x{scale}.pt"));
+        let p = path.to_str().unwrap();
+        run_py(&["write", p, proto, scale, "2", "8", naming]);
+        let (m, n) = convert::import(
+            torch::read_state_dict(&std::fs::read(&path).unwrap()).unwrap(),
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(n == Naming::Edsr, naming == "edsr");
+        assert_eq!(m.config.scale.to_string(), scale);
+        assert_eq!((m.config.n_resblocks, m.config.n_feats), (2, 8));
+        assert!((m.config.rgb_mean[0] - 0.4488).abs() < 1e-6);
+        for c in &m.convs {
+            let name = format!(
+                "{}.weight",
+                convert::reference_name(&c.spec.name, c.spec.role, n)
+            );
+            for (i, &v) in c.weight.iter().enumerate() {
+                let want = (((name.len() * 7 + i * 13) % 101) as f32 - 50.0) / 64.0;
+                assert_eq!(v, want, "{name}[{i}]");
+            }
+        }
+    }
+}
+
+/// Python's zipfile (CRCs) and pickle read what we write, with every tensor's storage intact.
+#[test]
+fn python_reads_what_we_write() {
+    if python().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fp = random::random_model(small(4), 5).unwrap();
+    let q = random::quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 5).unwrap();
+    let tensors = convert::export(&q, Naming::AdaBm);
+    let path: &Path = &dir.path().join("ours.pt");
+    std::fs::write(path, torch::write_state_dict(&tensors)).unwrap();
+    let listing = run_py(&["read", path.to_str().unwrap()]);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), tensors.len());
+    for ((name, t), line) in tensors.iter().zip(lines) {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f[0], name);
+        let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+        assert_eq!(f[1], shape.join("x"));
+        let sum: f64 = t.data.iter().map(|&v| v as f64).sum();
+        let py: f64 = f[2].parse().unwrap();
+        assert!(
+            (sum - py).abs() <= 1e-5 * sum.abs().max(1.0),
+            "{name}: {sum} vs {py}"
+        );
+    }
+}
