@@ -1,0 +1,96 @@
+//! adabm-eval on a benchmark folder made here: table, JSON, bicubic baseline, patch mode.
+
+use std::process::Command;
+
+use adabm_tools::write_png;
+use gstadabm::engine::QuantMode;
+use gstadabm::engine::model::EdsrConfig;
+use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
+
+fn run(args: &[&str]) -> (String, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_adabm-eval"))
+        .args(args)
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    (String::from_utf8(o.stdout).unwrap(), doc)
+}
+
+#[test]
+fn tables_json_patch_mode_and_bicubic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = tmp.path().join("Syn");
+    std::fs::create_dir_all(set.join("HR")).unwrap();
+    // 65x47: not divisible by 2, so the HR is mod-cropped and the LR made here.
+    write_png(&set.join("HR/a.png"), &test_image(65, 47, 1)).unwrap();
+    write_png(&set.join("HR/b.png"), &test_image(40, 64, 2)).unwrap();
+    let cfg = EdsrConfig {
+        n_resblocks: 2,
+        n_feats: 8,
+        ..EdsrConfig::baseline(2)
+    };
+    let fp = random_model(cfg, 3).unwrap();
+    let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 3).unwrap();
+    let mpath = tmp.path().join("q.safetensors");
+    q.save(&mpath).unwrap();
+    let sets = set.to_str().unwrap();
+    let m = mpath.to_str().unwrap();
+
+    let (table, doc) = run(&["--model", m, "--bicubic", "--sets", sets, "--per-image"]);
+    assert!(
+        table.contains("Syn") && table.contains("bicubic"),
+        "{table}"
+    );
+    let s = &doc["sets"][0];
+    let imgs = s["model"]["images"].as_array().unwrap();
+    assert_eq!(imgs.len(), 2);
+    let mean = imgs
+        .iter()
+        .map(|i| i["psnr"].as_f64().unwrap())
+        .sum::<f64>()
+        / 2.0;
+    assert!((s["model"]["mean"]["psnr"].as_f64().unwrap() - mean).abs() < 1e-9);
+    let fab = s["model"]["mean"]["fab"].as_f64().unwrap();
+    assert!((3.0..=5.0).contains(&fab), "w4a4 FAB {fab}");
+    let bic = s["bicubic"]["mean"]["psnr"].as_f64().unwrap();
+    assert!(bic > 20.0 && bic < 60.0, "bicubic {bic}");
+    assert_eq!(doc["n_params"].as_u64().unwrap() as usize, q.n_params());
+
+    // Patch mode: with patches larger than the image it is the whole-image result; with small
+    // patches each patch is its own input (zero padding at its borders), so PSNR changes.
+    let (_, big) = run(&["--model", m, "--sets", sets, "--patch", "96"]);
+    assert_eq!(big["sets"][0]["model"]["mean"], s["model"]["mean"]);
+    let (_, small) = run(&["--model", m, "--sets", sets, "--patch", "8"]);
+    assert_ne!(
+        small["sets"][0]["model"]["mean"]["psnr"],
+        s["model"]["mean"]["psnr"]
+    );
+    assert_eq!(small["patch"], 8);
+
+    // Without adaptation every layer runs at the base bits.
+    let (_, fixed) = run(&[
+        "--model",
+        m,
+        "--sets",
+        sets,
+        "--no-adaptive",
+        "--base-bits",
+        "6",
+    ]);
+    let f = fixed["sets"][0]["model"]["mean"]["fab"].as_f64().unwrap();
+    assert!((5.0..=7.0).contains(&f), "FAB {f}");
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let o = Command::new(env!("CARGO_BIN_EXE_adabm-eval"))
+        .args(["--bicubic", "--sets", "/nonexistent/set"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+}
