@@ -19,7 +19,7 @@ fn data(dir: &Path) {
 }
 
 fn train(dir: &Path, out: &str, extra: &[&str]) -> std::process::Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_adabm-train"))
+    Command::new(env!("CARGO_BIN_EXE_adabm-train"))
         .args(["--out", dir.join(out).to_str().unwrap()])
         .args(["--data", dir.join("train").to_str().unwrap()])
         .args(["--val", dir.join("val").to_str().unwrap()])
@@ -43,8 +43,7 @@ fn train(dir: &Path, out: &str, extra: &[&str]) -> std::process::Output {
         ])
         .args(extra)
         .output()
-        .unwrap();
-    o
+        .unwrap()
 }
 
 fn ok(o: std::process::Output) -> String {
