@@ -1,5 +1,6 @@
 //! Shared helpers of the adabm tools: argument parsing and PNG input/output.
 
+pub mod calib;
 pub mod convert;
 pub mod data;
 pub mod eval;

@@ -1,0 +1,283 @@
+//! AdaBM calibration (method page, "Calibration"): forward passes of the floating-point network
+//! over random LR crops measure, per quantized layer, the input range (batch min/max, EMA
+//! across batches), the weight clip (MSE search) and the sensitivity (std of the input); over
+//! the crops, the image-complexity thresholds (batch percentiles, EMA).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use gemm::Parallelism;
+use gstadabm::engine::complexity::gradient_density;
+use gstadabm::engine::conv::FeatureMap;
+use gstadabm::engine::model::{LayerKind, layer_kind};
+use gstadabm::engine::quant;
+use gstadabm::engine::random::Rng;
+use gstadabm::engine::{
+    ComplexityMetric, Image, LayerQuant, Model, Network, QuantConfig, QuantMode,
+};
+
+use crate::data::Pair;
+
+/// Calibration settings; the defaults are the reference's.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub mode: QuantMode,
+    pub w_bits: u8,
+    pub a_bits: u8,
+    /// Number of random crops.
+    pub crops: usize,
+    /// LR crop size.
+    pub patch: usize,
+    pub batch: usize,
+    /// EMA factor of ranges and thresholds across batches.
+    pub ema_beta: f32,
+    /// Image thresholds at this percentile and 100 minus it.
+    pub img_percentile: f32,
+    /// b_L thresholds at this percentile and 100 minus it.
+    pub layer_percentile: f32,
+    /// No b_L (every m_k = 0): the fixed-bit baseline.
+    pub fixed: bool,
+    pub seed: u64,
+}
+
+impl Settings {
+    /// The reference's defaults at `scale`: 100 crops of 384/scale LR pixels, batch 16.
+    pub fn reference(scale: u32) -> Self {
+        Self {
+            mode: QuantMode::Fq,
+            w_bits: 4,
+            a_bits: 4,
+            crops: 100,
+            patch: 384 / scale as usize,
+            batch: 16,
+            ema_beta: 0.9,
+            img_percentile: 10.0,
+            layer_percentile: 30.0,
+            fixed: false,
+            seed: 1,
+        }
+    }
+}
+
+/// torch.quantile with linear interpolation.
+pub fn percentile(values: &[f32], p: f32) -> f32 {
+    let mut v = values.to_vec();
+    v.sort_by(f32::total_cmp);
+    let pos = p / 100.0 * (v.len() - 1) as f32;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f32)
+}
+
+/// Random LR crops with random flips, as the reference samples its calibration patches.
+pub fn sample_crops(pairs: &[Pair], n: usize, patch: usize, seed: u64) -> Result<Vec<Image>> {
+    let usable: Vec<&Pair> = pairs
+        .iter()
+        .filter(|p| p.w >= patch && p.h >= patch)
+        .collect();
+    if usable.is_empty() {
+        bail!("no image is at least {patch}x{patch} LR pixels (use a smaller --patch)");
+    }
+    let mut rng = Rng::new(seed);
+    Ok((0..n)
+        .map(|_| {
+            let p = usable[rng.below(usable.len())];
+            let x0 = rng.below(p.w - patch + 1);
+            let y0 = rng.below(p.h - patch + 1);
+            let (hf, vf) = (rng.below(2) == 1, rng.below(2) == 1);
+            let mut img = Image::new(patch, patch);
+            for y in 0..patch {
+                for x in 0..patch {
+                    let sy = if vf { patch - 1 - y } else { y };
+                    let sx = if hf { patch - 1 - x } else { x };
+                    let s = ((y0 + sy) * p.w + x0 + sx) * 3;
+                    let d = (y * patch + x) * 3;
+                    for c in 0..3 {
+                        img.data[d + c] = p.lr[s + c] as f32;
+                    }
+                }
+            }
+            img
+        })
+        .collect())
+}
+
+/// Weight clip with the lowest quantization MSE among `max(w)·(1 − 0.01 i)`, i = 0…49 (the
+/// reference starts from the signed maximum).
+pub fn weight_clip(w: &[f32], bits: u8) -> f32 {
+    let start = w
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+        .max(1e-8);
+    let n = quant::levels(bits);
+    let mut best = (f64::INFINITY, start);
+    for i in 0..50 {
+        let u = start * (1.0 - 0.01 * i as f32);
+        let mse: f64 = w
+            .iter()
+            .map(|&v| {
+                let d = (v - quant::weight_fake_quant(v, u, n)) as f64;
+                d * d
+            })
+            .sum();
+        if mse < best.0 {
+            best = (mse, u);
+        }
+    }
+    best.1
+}
+
+/// What calibration measured, besides the model.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Sensitivity s_k of every layer (NaN for float layers).
+    pub sensitivity: Vec<f32>,
+    pub complexities: Vec<f32>,
+}
+
+/// Calibrates `fp` on `crops`.
+pub fn calibrate(fp: &Model, crops: &[Image], s: &Settings) -> Result<(Model, Report)> {
+    if fp.quant.is_some() {
+        bail!("calibration needs a floating-point model; this one is already quantized");
+    }
+    if crops.is_empty() || s.batch == 0 {
+        bail!("no calibration crops");
+    }
+    let net = Network::new(fp);
+    let n = net.layers.len();
+    let kinds: Vec<LayerKind> = fp
+        .convs
+        .iter()
+        .map(|c| layer_kind(Some(s.mode), c.spec.role))
+        .collect();
+    let (mut lo, mut hi) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let mut std_sum = vec![0.0f64; n];
+    let mut batches = 0usize;
+    let (mut img_lo, mut img_hi) = (0.0f32, 0.0f32);
+    let mut complexities = Vec::new();
+    for (b, chunk) in crops.chunks(s.batch).enumerate() {
+        let (mut blo, mut bhi) = (vec![f32::INFINITY; n], vec![f32::NEG_INFINITY; n]);
+        let mut bstd = vec![0.0f64; n];
+        let mut cs = Vec::new();
+        for img in chunk {
+            cs.push(gradient_density(&img.data, img.width, img.height));
+            let x = net.input_map(img, 0, 0, img.width, img.height);
+            let mut obs = |k: usize, m: &FeatureMap| {
+                if kinds[k] == LayerKind::Float {
+                    return;
+                }
+                let (mut sum, mut sq, mut cnt) = (0.0f64, 0.0f64, 0usize);
+                for y in 0..m.h {
+                    for &v in m.row(y) {
+                        blo[k] = blo[k].min(v);
+                        bhi[k] = bhi[k].max(v);
+                        sum += v as f64;
+                        sq += v as f64 * v as f64;
+                        cnt += 1;
+                    }
+                }
+                // torch.std: unbiased, over C, H, W of one sample.
+                let mean = sum / cnt as f64;
+                let var = (sq - cnt as f64 * mean * mean).max(0.0) / (cnt.max(2) - 1) as f64;
+                bstd[k] += var.sqrt() / chunk.len() as f64;
+            };
+            net.forward(&x, &net.plan(0, 0), Parallelism::Rayon(0), Some(&mut obs));
+        }
+        let (pl, pu) = (
+            percentile(&cs, s.img_percentile),
+            percentile(&cs, 100.0 - s.img_percentile),
+        );
+        let beta = s.ema_beta;
+        if b == 0 {
+            (lo, hi) = (blo, bhi);
+            (img_lo, img_hi) = (pl, pu);
+        } else {
+            for k in 0..n {
+                lo[k] = beta * lo[k] + (1.0 - beta) * blo[k];
+                hi[k] = beta * hi[k] + (1.0 - beta) * bhi[k];
+            }
+            img_lo = beta * img_lo + (1.0 - beta) * pl;
+            img_hi = beta * img_hi + (1.0 - beta) * pu;
+        }
+        for k in 0..n {
+            std_sum[k] += bstd[k];
+        }
+        batches += 1;
+        complexities.extend(cs);
+    }
+    let sensitivity: Vec<f32> = (0..n)
+        .map(|k| {
+            if kinds[k] == LayerKind::Float {
+                f32::NAN
+            } else {
+                (std_sum[k] / batches as f64) as f32
+            }
+        })
+        .collect();
+    let adaptive: Vec<f32> = (0..n)
+        .filter(|&k| kinds[k] == LayerKind::Adaptive)
+        .map(|k| sensitivity[k])
+        .collect();
+    let (l_l2b, u_l2b) = (
+        percentile(&adaptive, s.layer_percentile),
+        percentile(&adaptive, 100.0 - s.layer_percentile),
+    );
+    let mut layers = BTreeMap::new();
+    for (k, c) in fp.convs.iter().enumerate() {
+        let (bits, m) = match kinds[k] {
+            LayerKind::Float => continue,
+            LayerKind::Fixed8 => (8, 0.0),
+            LayerKind::Adaptive => {
+                let sk = sensitivity[k];
+                let m = if s.fixed {
+                    0.0
+                } else if sk < l_l2b {
+                    -1.0
+                } else if sk > u_l2b {
+                    1.0
+                } else {
+                    0.0
+                };
+                (s.w_bits, m)
+            }
+        };
+        // A constant input (l = u) cannot be quantized on [l, u]: widen it by one unit.
+        let (l, u) = if hi[k] > lo[k] {
+            (lo[k], hi[k])
+        } else {
+            (lo[k], lo[k] + 1.0)
+        };
+        layers.insert(
+            c.spec.name.clone(),
+            LayerQuant {
+                l,
+                u,
+                u_w: weight_clip(&c.weight, bits),
+                m,
+            },
+        );
+    }
+    let (image_lower, image_upper) = if img_hi > img_lo {
+        (img_lo, img_hi)
+    } else {
+        (img_lo, img_lo + 1e-3)
+    };
+    let q = QuantConfig {
+        mode: s.mode,
+        w_bits: s.w_bits,
+        a_bits: s.a_bits,
+        complexity: ComplexityMetric::Gradient,
+        image_lower,
+        image_upper,
+        layers,
+    };
+    let model = Model::new(fp.config.clone(), Some(q), fp.convs.clone())
+        .map_err(|e| anyhow::anyhow!("calibrated model is invalid: {e}"))?;
+    Ok((
+        model,
+        Report {
+            sensitivity,
+            complexities,
+        },
+    ))
+}

@@ -1,0 +1,143 @@
+//! Calibration against an independent recomputation of the method page's statistics.
+
+use adabm_tools::calib::{self, Settings, percentile};
+use gemm::Parallelism;
+use gstadabm::engine::complexity::gradient_density;
+use gstadabm::engine::conv::FeatureMap;
+use gstadabm::engine::model::{EdsrConfig, LayerKind, layer_kind};
+use gstadabm::engine::quant;
+use gstadabm::engine::random::{random_model, test_image};
+use gstadabm::engine::{Image, Network, QuantMode};
+
+fn crops() -> Vec<Image> {
+    (0..6)
+        .map(|i| test_image(20 + i, 18, 40 + i as u64))
+        .collect()
+}
+
+#[test]
+fn ranges_thresholds_and_layer_bits_follow_the_method() {
+    let cfg = EdsrConfig {
+        n_resblocks: 4,
+        n_feats: 8,
+        ..EdsrConfig::baseline(2)
+    };
+    let fp = random_model(cfg, 9).unwrap();
+    let crops = crops();
+    for mode in [QuantMode::Fq, QuantMode::NonFq] {
+        let s = Settings {
+            mode,
+            batch: 4,
+            ..Settings::reference(2)
+        };
+        let (q, report) = calib::calibrate(&fp, &crops, &s).unwrap();
+        let qc = q.quant.as_ref().unwrap();
+        // Recompute: per batch min / max of every layer input, EMA 0.9 over the two batches.
+        let net = Network::new(&fp);
+        let n = net.layers.len();
+        let mut ranges: Vec<Vec<(f32, f32)>> = Vec::new();
+        for chunk in crops.chunks(4) {
+            let mut r = vec![(f32::INFINITY, f32::NEG_INFINITY); n];
+            for img in chunk {
+                let x = net.input_map(img, 0, 0, img.width, img.height);
+                let mut obs = |k: usize, m: &FeatureMap| {
+                    for y in 0..m.h {
+                        for &v in m.row(y) {
+                            r[k].0 = r[k].0.min(v);
+                            r[k].1 = r[k].1.max(v);
+                        }
+                    }
+                };
+                net.forward(&x, &net.plan(0, 0), Parallelism::None, Some(&mut obs));
+            }
+            ranges.push(r);
+        }
+        for (k, c) in fp.convs.iter().enumerate() {
+            let kind = layer_kind(Some(mode), c.spec.role);
+            let Some(lq) = qc.layers.get(&c.spec.name) else {
+                assert_eq!(kind, LayerKind::Float, "{}", c.spec.name);
+                continue;
+            };
+            let l = 0.9 * ranges[0][k].0 + 0.1 * ranges[1][k].0;
+            let u = 0.9 * ranges[0][k].1 + 0.1 * ranges[1][k].1;
+            assert!(
+                (lq.l - l).abs() < 1e-3 * (1.0 + l.abs()),
+                "{} l {} vs {l}",
+                c.spec.name,
+                lq.l
+            );
+            assert!(
+                (lq.u - u).abs() < 1e-3 * (1.0 + u.abs()),
+                "{} u {} vs {u}",
+                c.spec.name,
+                lq.u
+            );
+            // The clip is one of the 50 candidates and no worse than the unclipped maximum.
+            let bits = if kind == LayerKind::Fixed8 { 8 } else { 4 };
+            let mse = |u_w: f32| -> f64 {
+                let lv = quant::levels(bits);
+                c.weight
+                    .iter()
+                    .map(|&w| ((w - quant::weight_fake_quant(w, u_w, lv)) as f64).powi(2))
+                    .sum()
+            };
+            let wmax = c.weight.iter().copied().fold(f32::MIN, f32::max);
+            assert!(lq.u_w <= wmax && lq.u_w >= 0.5 * wmax);
+            assert!(mse(lq.u_w) <= mse(wmax));
+        }
+        // b_L: -1 below the 30th percentile of sensitivities, +1 above the 70th.
+        let sens: Vec<f32> = report
+            .sensitivity
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        let adaptive: Vec<(String, f32)> = fp
+            .convs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| layer_kind(Some(mode), c.spec.role) == LayerKind::Adaptive)
+            .map(|(k, c)| (c.spec.name.clone(), report.sensitivity[k]))
+            .collect();
+        let a: Vec<f32> = adaptive.iter().map(|x| x.1).collect();
+        let (p30, p70) = (percentile(&a, 30.0), percentile(&a, 70.0));
+        for (name, sk) in &adaptive {
+            let want = if *sk < p30 {
+                -1.0
+            } else if *sk > p70 {
+                1.0
+            } else {
+                0.0
+            };
+            assert_eq!(qc.layers[name].m, want, "{name}");
+        }
+        assert!(sens.iter().all(|&v| v > 0.0));
+        // Image thresholds: EMA of the batch 10th / 90th percentiles of the complexities.
+        let c: Vec<f32> = crops
+            .iter()
+            .map(|i| gradient_density(&i.data, i.width, i.height))
+            .collect();
+        let lo = 0.9 * percentile(&c[..4], 10.0) + 0.1 * percentile(&c[4..], 10.0);
+        let hi = 0.9 * percentile(&c[..4], 90.0) + 0.1 * percentile(&c[4..], 90.0);
+        assert!((qc.image_lower - lo).abs() < 1e-3 && (qc.image_upper - hi).abs() < 1e-3);
+    }
+    // --fixed: no layer adaptation.
+    let s = Settings {
+        fixed: true,
+        batch: 4,
+        ..Settings::reference(2)
+    };
+    let (q, _) = calib::calibrate(&fp, &crops, &s).unwrap();
+    assert!(q.quant.unwrap().layers.values().all(|l| l.m == 0.0));
+    // A quantized model cannot be calibrated again.
+    let (q, _) = calib::calibrate(
+        &fp,
+        &crops,
+        &Settings {
+            batch: 4,
+            ..Settings::reference(2)
+        },
+    )
+    .unwrap();
+    assert!(calib::calibrate(&q, &crops, &Settings::reference(2)).is_err());
+}
