@@ -501,6 +501,11 @@ impl Model {
 
     /// Multiply-accumulates per LR input pixel.
     pub fn macs_per_lr_pixel(&self) -> f64 {
+        self.layer_macs_per_lr_pixel().iter().sum()
+    }
+
+    /// Multiply-accumulates per LR input pixel of each conv, in layer order.
+    pub fn layer_macs_per_lr_pixel(&self) -> Vec<f64> {
         self.convs
             .iter()
             .map(|c| {
@@ -510,6 +515,26 @@ impl Model {
                     _ => 1.0,
                 };
                 area * (c.spec.cin * c.spec.cout * 9) as f64
+            })
+            .collect()
+    }
+
+    /// BitOPs per LR pixel (Σ MACs · b_w · b_a) when the adaptive layers run at
+    /// `adaptive_bits` (in layer order): fixed 8-bit layers count 8·8, floating-point
+    /// layers 32·32.
+    pub fn bitops_per_lr_pixel(&self, adaptive_bits: &[u8]) -> f64 {
+        let mode = self.quant.as_ref().map(|q| q.mode);
+        let w_bits = self.quant.as_ref().map_or(32, |q| q.w_bits) as f64;
+        let mut a = adaptive_bits.iter();
+        self.layer_macs_per_lr_pixel()
+            .iter()
+            .zip(&self.convs)
+            .map(|(macs, c)| {
+                macs * match layer_kind(mode, c.spec.role) {
+                    LayerKind::Float => 1024.0,
+                    LayerKind::Fixed8 => 64.0,
+                    LayerKind::Adaptive => w_bits * *a.next().unwrap_or(&32) as f64,
+                }
             })
             .sum()
     }

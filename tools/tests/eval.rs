@@ -83,6 +83,18 @@ fn tables_json_patch_mode_and_bicubic() {
     ]);
     let f = fixed["sets"][0]["model"]["mean"]["fab"].as_f64().unwrap();
     assert!((5.0..=7.0).contains(&f), "FAB {f}");
+    // BitOPs: every adaptive layer at 6 bits; the image a.png is 32x23 LR pixels.
+    let a = &fixed["sets"][0]["model"]["images"][0];
+    assert_eq!(a["name"], "a");
+    let n_adaptive = q.convs.len() - 3; // head, upsampler and tail are fixed 8-bit in fq mode
+    let want = q.bitops_per_lr_pixel(&vec![6; n_adaptive]) * (32.0 * 23.0);
+    assert!((a["bitops"].as_f64().unwrap() - want).abs() < 1e-6 * want);
+    let b4 = s["model"]["mean"]["bitops"].as_f64().unwrap();
+    assert!(
+        b4 < fixed["sets"][0]["model"]["mean"]["bitops"]
+            .as_f64()
+            .unwrap()
+    );
 }
 
 #[test]

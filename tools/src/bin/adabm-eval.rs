@@ -84,8 +84,8 @@ fn main() -> Result<()> {
         .transpose()?;
     let mut out_sets = Vec::new();
     println!(
-        "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>7}",
-        "set", "images", "PSNR", "SSIM", "FAB", "bicubic", "SSIM"
+        "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>9} {:>7}",
+        "set", "images", "PSNR", "SSIM", "FAB", "GBitOPs", "bicubic", "SSIM"
     );
     for dir in &sets {
         if !dir.is_dir() {
@@ -96,17 +96,17 @@ fn main() -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let pairs = data::load_benchmark(dir, scale)?;
-        let ours: Option<Vec<Score>> = match &engine {
-            Some(e) => Some(
+        let ours: Option<Vec<Score>> = match (&engine, &model) {
+            (Some(e), Some(m)) => Some(
                 pairs
                     .iter()
                     .map(|p| {
-                        let (sr, fab) = eval::upscale(e, p, &opts, patch)?;
-                        Ok(eval::score(p, &sr, fab))
+                        let (sr, fab, bitops) = eval::upscale(e, m, p, &opts, patch)?;
+                        Ok(eval::score(p, &sr, fab, bitops))
                     })
                     .collect::<Result<_>>()?,
             ),
-            None => None,
+            _ => None,
         };
         let bic = bicubic.then(|| eval::evaluate_bicubic(&pairs));
         if a.flag("per-image") {
@@ -127,12 +127,14 @@ fn main() -> Result<()> {
         let om = ours.as_deref().map(eval::mean);
         let bm = bic.as_deref().map(eval::mean);
         println!(
-            "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>7}",
+            "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>9} {:>7}",
             set,
             pairs.len(),
             om.as_ref().map_or("-".into(), |s| format!("{:.3}", s.psnr)),
             om.as_ref().map_or("-".into(), |s| format!("{:.4}", s.ssim)),
             om.as_ref().map_or("-".into(), |s| format!("{:.2}", s.fab)),
+            om.as_ref()
+                .map_or("-".into(), |s| format!("{:.1}", s.bitops / 1e9)),
             bm.as_ref().map_or("-".into(), |s| format!("{:.3}", s.psnr)),
             bm.as_ref().map_or("-".into(), |s| format!("{:.4}", s.ssim)),
         );
