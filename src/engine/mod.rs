@@ -6,6 +6,7 @@ pub mod conv;
 pub mod edsr;
 pub mod error;
 pub mod frame;
+pub mod intconv;
 pub mod metrics;
 pub mod model;
 pub mod quant;
