@@ -163,7 +163,7 @@ pub fn conv3x3_int_scalar(x: &CodeMap, a: ActQuant, wt: &IntWeights) -> FeatureM
             let sq = sums(x, wt, y, xx, &mut sqk);
             let n = ((y1 - y0 + 1) * (x1 - x0 + 1)) as i32 * x.c as i32;
             let o0 = out.idx(y, xx);
-            for o in 0..wt.cout {
+            for (o, &s) in sqk.iter().enumerate() {
                 let mut sk = 0i32;
                 for ty in y0..=y1 {
                     for tx in x0..=x1 {
@@ -171,7 +171,7 @@ pub fn conv3x3_int_scalar(x: &CodeMap, a: ActQuant, wt: &IntWeights) -> FeatureM
                     }
                 }
                 out.data[o0 + o] = wt.bias[o]
-                    + da * (dw * sqk[o] as f32 - wt.u_w * sq as f32)
+                    + da * (dw * s as f32 - wt.u_w * sq as f32)
                     + a.l * (dw * sk as f32 - wt.u_w * n as f32);
             }
         }
