@@ -5,6 +5,7 @@ pub mod convert;
 pub mod data;
 pub mod eval;
 pub mod nn;
+pub mod qgrad;
 pub mod torch;
 
 use std::path::Path;
