@@ -1,0 +1,157 @@
+//! The converter and calibrator command lines, end to end on files made here.
+
+use std::path::Path;
+use std::process::Command;
+
+use adabm_tools::write_png;
+use gstadabm::engine::Model;
+use gstadabm::engine::random::test_image;
+
+fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let o = Command::new(bin).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn convert_fixture_import_export_round_trip() {
+    let bin = env!("CARGO_BIN_EXE_adabm-convert");
+    let d = tempfile::tempdir().unwrap();
+    let fx = d.path().join("edsr.pt");
+    let (ok, out) = run(
+        bin,
+        &["fixture", p(&fx), "--naming", "edsr", "--scale", "3"],
+    );
+    assert!(ok, "{out}");
+    let ours = d.path().join("ours.safetensors");
+    let (ok, out) = run(bin, &["import", p(&fx), p(&ours)]);
+    assert!(ok && out.contains("x3 EDSR"), "{out}");
+    let back = d.path().join("back.pt");
+    let (ok, out) = run(bin, &["export", p(&ours), p(&back)]);
+    assert!(ok, "{out}");
+    let again = d.path().join("again.safetensors");
+    assert!(run(bin, &["import", p(&back), p(&again)]).0);
+    assert_eq!(Model::load(&ours).unwrap(), Model::load(&again).unwrap());
+    // Reference-named safetensors too.
+    let st = d.path().join("ref.safetensors");
+    assert!(run(bin, &["export", p(&ours), p(&st)]).0);
+    let again2 = d.path().join("again2.safetensors");
+    assert!(run(bin, &["import", p(&st), p(&again2)]).0);
+    assert_eq!(Model::load(&ours).unwrap(), Model::load(&again2).unwrap());
+
+    // AdaBM checkpoint without bit-widths: the error says what to pass.
+    let q = d.path().join("q.pt");
+    assert!(
+        run(
+            bin,
+            &["fixture", p(&q), "--naming", "adabm", "--quant", "non-fq"]
+        )
+        .0
+    );
+    let (ok, out) = run(bin, &["import", p(&q), p(&ours)]);
+    assert!(!ok && out.contains("--w-bits"), "{out}");
+    let (ok, out) = run(
+        bin,
+        &["import", p(&q), p(&ours), "--w-bits", "4", "--a-bits", "4"],
+    );
+    assert!(ok && out.contains("NonFq w4a4"), "{out}");
+    // A truncated checkpoint is refused with a reason.
+    let bytes = std::fs::read(&fx).unwrap();
+    std::fs::write(&fx, &bytes[..bytes.len() / 3]).unwrap();
+    let (ok, out) = run(bin, &["import", p(&fx), p(&ours)]);
+    assert!(!ok && out.contains("truncated"), "{out}");
+}
+
+#[test]
+fn calibrate_cli_writes_a_quantized_model_and_report() {
+    let d = tempfile::tempdir().unwrap();
+    let imgs = d.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..3 {
+        write_png(&imgs.join(format!("{i}.png")), &test_image(80, 64, i)).unwrap();
+    }
+    let fp = d.path().join("fp.safetensors");
+    let (ok, out) = run(
+        env!("CARGO_BIN_EXE_adabm-model"),
+        &[
+            "random",
+            "--scale",
+            "2",
+            "--resblocks",
+            "2",
+            "--feats",
+            "8",
+            "--out",
+            p(&fp),
+        ],
+    );
+    assert!(ok, "{out}");
+    let bin = env!("CARGO_BIN_EXE_adabm-calibrate");
+    let q = d.path().join("q.safetensors");
+    let rep = d.path().join("r.json");
+    let args = [
+        "--model",
+        p(&fp),
+        "--out",
+        p(&q),
+        "--data",
+        p(&imgs),
+        "--crops",
+        "8",
+        "--batch",
+        "4",
+        "--patch",
+        "16",
+        "--w-bits",
+        "8",
+        "--a-bits",
+        "6",
+        "--report",
+        p(&rep),
+    ];
+    let (ok, out) = run(bin, &args);
+    assert!(ok && out.contains("w8a6"), "{out}");
+    let m = Model::load(&q).unwrap();
+    let qc = m.quant.unwrap();
+    assert_eq!((qc.w_bits, qc.a_bits), (8, 6));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["complexities"].as_array().unwrap().len(), 8);
+    // Nonsense is refused.
+    let (ok, out) = run(
+        bin,
+        &[
+            "--model",
+            p(&fp),
+            "--out",
+            p(&q),
+            "--data",
+            p(&imgs),
+            "--a-bits",
+            "9",
+        ],
+    );
+    assert!(!ok && out.contains("--a-bits"), "{out}");
+    let (ok, out) = run(
+        bin,
+        &[
+            "--model",
+            p(&q),
+            "--out",
+            p(&q),
+            "--data",
+            p(&imgs),
+            "--patch",
+            "16",
+        ],
+    );
+    assert!(!ok && out.contains("already quantized"), "{out}");
+}
