@@ -2,12 +2,9 @@
 //!
 //!   cargo run --release --example embed -- [MODEL.safetensors] [FRAMES]
 //!
-//! Without a model file a small random fake-quant x2 model is made on the fly (the output is
-//! then not a meaningful upscale, but every part of the pipeline runs).
+//! Without a model file the built-in x2 AdaBM w4a4 model runs (`precision=w4a4`).
 
 use gst::prelude::*;
-use gstadabm::engine::random::{quantize_on_synthetic, random_model};
-use gstadabm::engine::{EdsrConfig, QuantMode};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     gst::init()?;
@@ -15,24 +12,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     gstadabm::plugin_register_static()?;
 
     let mut args = std::env::args().skip(1);
-    let tmp = std::env::temp_dir().join("adabm-embed-example.safetensors");
     let model = match args.next() {
-        Some(path) => path,
-        None => {
-            let cfg = EdsrConfig {
-                n_resblocks: 4,
-                n_feats: 32,
-                ..EdsrConfig::baseline(2)
-            };
-            quantize_on_synthetic(&random_model(cfg, 1)?, QuantMode::Fq, 4, 4, 1)?.save(&tmp)?;
-            tmp.display().to_string()
-        }
+        Some(path) => format!("model-location={path}"),
+        None => "precision=w4a4".to_string(),
     };
     let frames: u32 = args.next().map(|f| f.parse()).transpose()?.unwrap_or(10);
 
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=RGB,width=160,height=90 ! \
-         adabmupscale name=sr post-stats=true model-location={model} ! fakesink"
+         adabmupscale name=sr post-stats=true {model} ! fakesink"
     ))?
     .downcast::<gst::Pipeline>()
     .map_err(|_| "not a pipeline")?;

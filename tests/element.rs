@@ -367,10 +367,15 @@ fn bad_model_files_reach_the_bus() {
 
 #[test]
 fn missing_model_and_scale_mismatch_are_clear_errors() {
+    // No built-in x3 model: the error says so and names the way out.
     let (err, _) = run_pipeline(
-        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale ! fakesink",
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale scale=3 ! fakesink",
     );
-    assert!(err.unwrap_or_default().contains("model-location"));
+    let err = err.unwrap_or_default();
+    assert!(
+        err.contains("no built-in x3") && err.contains("model-location"),
+        "{err}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = model_file(&dir, &small_fp(4, 1), "x4.safetensors");
     let (err, _) = run_pipeline(&format!(
@@ -442,4 +447,44 @@ fn gst_launch_exits_non_zero_on_a_bad_model() {
         "{text}"
     );
     assert!(!text.contains("panicked"), "{text}");
+}
+
+/// Without a model file the element runs the built-in models: x2 by default, x4 on request,
+/// at each precision, with exactly the engine's output for the embedded model.
+#[test]
+fn builtin_models_run_without_a_file() {
+    init();
+    for precision in ["fp32", "w8a6", "w4a4"] {
+        for (scale, want) in [(0u32, 2u32), (2, 2), (4, 4)] {
+            let el = gst::ElementFactory::make("adabmupscale")
+                .property("scale", scale)
+                .property_from_str("precision", precision)
+                .build()
+                .unwrap();
+            let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+            h.play();
+            // 20 pixels: rows without stride padding, so whole buffers compare.
+            let (out_info, out, in_info, data) = push_frame(&mut h, "RGB", 20, 11, 3);
+            assert_eq!(
+                (out_info.width(), out_info.height()),
+                (20 * want, 11 * want)
+            );
+            let model = gstadabm::engine::builtin::find(scale, precision)
+                .unwrap()
+                .load()
+                .unwrap();
+            assert_eq!(model.config.scale, want);
+            assert_eq!(model.quant.is_some(), precision != "fp32");
+            assert!(
+                out == expected(&model, PixelLayout::Rgb, &in_info, &data, &out_info),
+                "scale={scale} precision={precision}: output differs from the engine's"
+            );
+        }
+    }
+    // Nonsense is refused when the pipeline is parsed, naming the property.
+    let (err, _) = run_pipeline(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale precision=w3a3 ! fakesink",
+    );
+    let err = err.unwrap_or_default();
+    assert!(err.contains("precision"), "{err}");
 }

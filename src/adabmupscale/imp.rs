@@ -40,9 +40,33 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
     (gst_video::VideoFormat::Abgr, PixelLayout::Abgr),
 ];
 
+/// Which built-in model runs when no model file is set.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstAdabmPrecision")]
+pub enum Precision {
+    #[enum_value(name = "Floating point (f32)", nick = "fp32")]
+    Fp32 = 0,
+    #[enum_value(name = "AdaBM, 8-bit weights, 6-bit base activations", nick = "w8a6")]
+    W8a6 = 1,
+    #[enum_value(name = "AdaBM, 4-bit weights, 4-bit base activations", nick = "w4a4")]
+    W4a4 = 2,
+}
+
+impl Precision {
+    fn nick(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::W8a6 => "w8a6",
+            Self::W4a4 => "w4a4",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Settings {
     model_location: Option<String>,
+    precision: Precision,
     scale: u32,
     adaptive: bool,
     base_bits: u32,
@@ -57,6 +81,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             model_location: None,
+            precision: Precision::Fp32,
             scale: DEFAULT_SCALE,
             adaptive: DEFAULT_ADAPTIVE,
             base_bits: DEFAULT_BASE_BITS,
@@ -113,9 +138,14 @@ impl ObjectImpl for AdabmUpscale {
                     .blurb("Path of an adabm model file (.safetensors); unset: the built-in default model")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("precision", Precision::Fp32)
+                    .nick("Precision")
+                    .blurb("Built-in model to run when model-location is unset: fp32, or AdaBM w8a6 / w4a4 (ignored with a model file)")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("scale")
                     .nick("Scale")
-                    .blurb("Upscaling factor 2, 3 or 4; 0: the model's own. Must match a model file's scale")
+                    .blurb("Upscaling factor 2, 3 or 4; 0: the model's own (x2 for the built-in models). Must match a model file's scale; without a model file, 2 and 4 pick the built-in x2 and x4 models")
                     .minimum(0)
                     .maximum(4)
                     .default_value(DEFAULT_SCALE)
@@ -182,6 +212,7 @@ impl ObjectImpl for AdabmUpscale {
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {
             "model-location" => s.model_location = value.get().expect("type checked upstream"),
+            "precision" => s.precision = value.get().expect("type checked upstream"),
             "scale" => {
                 let v: u32 = value.get().expect("type checked upstream");
                 if v == 1 {
@@ -229,6 +260,7 @@ impl ObjectImpl for AdabmUpscale {
         let s = self.settings.lock().unwrap();
         match pspec.name() {
             "model-location" => s.model_location.to_value(),
+            "precision" => s.precision.to_value(),
             "scale" => s.scale.to_value(),
             "adaptive" => s.adaptive.to_value(),
             "base-bits" => s.base_bits.to_value(),
@@ -286,13 +318,16 @@ impl ElementImpl for AdabmUpscale {
 /// Loads the model named by the settings and checks it against the `scale` property.
 fn load_engine(s: &Settings) -> Result<Engine, gst::ErrorMessage> {
     let Some(path) = s.model_location.as_deref() else {
-        return Err(gst::error_msg!(
-            gst::LibraryError::Settings,
-            [
-                "No model: this build has no built-in default model. Set model-location=FILE.safetensors \
-                 (make one with `adabm-model random --scale 2 --out FILE` or convert a checkpoint; see README)"
-            ]
-        ));
+        let builtin = engine::builtin::find(s.scale, s.precision.nick())
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{}", e]))?;
+        let model = builtin.load().map_err(|e| {
+            gst::error_msg!(
+                gst::LibraryError::Init,
+                ["Built-in model {} is corrupt: {}", builtin.name, e]
+            )
+        })?;
+        return Engine::new(&model, s.n_threads as usize)
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]));
     };
     let model = Model::load(path).map_err(|e| {
         gst::error_msg!(

@@ -1,6 +1,7 @@
 //! The GStreamer-free engine: model files, the f32 reference engine (floating point and AdaBM
 //! fake quantization), image complexity and frame packing.
 
+pub mod builtin;
 pub mod complexity;
 pub mod conv;
 pub mod edsr;
