@@ -315,38 +315,42 @@ impl ElementImpl for AdabmUpscale {
     }
 }
 
-/// Loads the model named by the settings and checks it against the `scale` property.
+/// Loads the model the settings name (a file, checked against the `scale` property, or the
+/// built-in one for `scale` and `precision`) and starts an engine on it.
 fn load_engine(s: &Settings) -> Result<Engine, gst::ErrorMessage> {
-    let Some(path) = s.model_location.as_deref() else {
-        let builtin = engine::builtin::find(s.scale, s.precision.nick())
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{}", e]))?;
-        let model = builtin.load().map_err(|e| {
-            gst::error_msg!(
-                gst::LibraryError::Init,
-                ["Built-in model {} is corrupt: {}", builtin.name, e]
-            )
-        })?;
-        return Engine::new(&model, s.n_threads as usize)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]));
+    let model = match s.model_location.as_deref() {
+        None => {
+            let builtin = engine::builtin::find(s.scale, s.precision.nick())
+                .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{}", e]))?;
+            builtin.load().map_err(|e| {
+                gst::error_msg!(
+                    gst::LibraryError::Init,
+                    ["Built-in model {} is corrupt: {}", builtin.name, e]
+                )
+            })?
+        }
+        Some(path) => {
+            let model = Model::load(path).map_err(|e| {
+                gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    ["Cannot use model '{}': {}", path, e]
+                )
+            })?;
+            if s.scale != 0 && s.scale != model.config.scale {
+                return Err(gst::error_msg!(
+                    gst::LibraryError::Settings,
+                    [
+                        "scale={} but model '{}' upscales x{}: set scale=0 (the model's) or use an x{} model",
+                        s.scale,
+                        path,
+                        model.config.scale,
+                        s.scale
+                    ]
+                ));
+            }
+            model
+        }
     };
-    let model = Model::load(path).map_err(|e| {
-        gst::error_msg!(
-            gst::ResourceError::OpenRead,
-            ["Cannot use model '{}': {}", path, e]
-        )
-    })?;
-    if s.scale != 0 && s.scale != model.config.scale {
-        return Err(gst::error_msg!(
-            gst::LibraryError::Settings,
-            [
-                "scale={} but model '{}' upscales x{}: set scale=0 (the model's) or use an x{} model",
-                s.scale,
-                path,
-                model.config.scale,
-                s.scale
-            ]
-        ));
-    }
     Engine::new(&model, s.n_threads as usize)
         .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]))
 }

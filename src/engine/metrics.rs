@@ -76,6 +76,16 @@ pub fn ssim_plane(a: &[f64], b: &[f64], w: usize, h: usize) -> f64 {
     total / ((w - 2 * R) * (h - 2 * R)) as f64
 }
 
+/// Percentile `p` (0–100) with linear interpolation between order statistics, as
+/// `torch.quantile` and NumPy's default.
+pub fn percentile(values: &[f32], p: f32) -> f32 {
+    let mut v = values.to_vec();
+    v.sort_by(f32::total_cmp);
+    let pos = p / 100.0 * (v.len() - 1) as f32;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -316,8 +316,17 @@ fn validate_layer_quant(layer: &str, q: &LayerQuant) -> Result<()> {
     Ok(())
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
+/// Little-endian bytes of f32 values (safetensors F32 data).
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// f32 values of little-endian bytes (safetensors F32 data); a trailing partial value is
+/// ignored.
+pub fn f32_from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 impl Model {
@@ -428,11 +437,7 @@ impl Model {
                     found: format!("{:?} {:?}", t.shape(), t.dtype()),
                 });
             }
-            let v: Vec<f32> = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let v = f32_from_bytes(t.data());
             check_values(name, &v, shape.iter().product())?;
             Ok(v)
         };

@@ -14,6 +14,7 @@ use super::conv::FeatureMap;
 use super::edsr::Network;
 use super::error::Result;
 use super::frame::Image;
+use super::metrics::percentile;
 use super::model::{
     ComplexityMetric, ConvParams, EdsrConfig, LayerKind, LayerQuant, Model, QuantConfig, QuantMode,
     Role, layer_kind, layer_specs,
@@ -111,14 +112,6 @@ pub fn test_image(width: usize, height: usize, seed: u64) -> Image {
         }
     }
     img
-}
-
-fn percentile(values: &[f32], p: f32) -> f32 {
-    let mut v = values.to_vec();
-    v.sort_by(f32::total_cmp);
-    let pos = p / 100.0 * (v.len() - 1) as f32;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f32)
 }
 
 /// Quantizes a floating-point model with ranges measured on synthetic images (see module doc).

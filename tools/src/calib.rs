@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 use gemm::Parallelism;
 use gstadabm::engine::complexity::gradient_density;
 use gstadabm::engine::conv::FeatureMap;
+use gstadabm::engine::metrics::percentile;
 use gstadabm::engine::model::{LayerKind, layer_kind};
 use gstadabm::engine::quant;
 use gstadabm::engine::random::Rng;
@@ -57,15 +58,6 @@ impl Settings {
             seed: 1,
         }
     }
-}
-
-/// torch.quantile with linear interpolation.
-pub fn percentile(values: &[f32], p: f32) -> f32 {
-    let mut v = values.to_vec();
-    v.sort_by(f32::total_cmp);
-    let pos = p / 100.0 * (v.len() - 1) as f32;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f32)
 }
 
 /// Random LR crops with random flips, as the reference samples its calibration patches.

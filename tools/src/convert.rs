@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result, bail};
-use gstadabm::engine::model::{ConvParams, LayerKind, Role, layer_kind, layer_specs};
+use gstadabm::engine::model::{
+    ConvParams, LayerKind, Role, f32_bytes, f32_from_bytes, layer_kind, layer_specs,
+};
 use gstadabm::engine::{ComplexityMetric, EdsrConfig, LayerQuant, Model, QuantConfig, QuantMode};
 
 use crate::torch::Tensor;
@@ -264,13 +266,7 @@ pub fn export(model: &Model, naming: Naming) -> Vec<(String, Tensor)> {
 pub fn to_safetensors(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, t)| {
-            (
-                n.clone(),
-                t.shape.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
+        .map(|(n, t)| (n.clone(), t.shape.clone(), f32_bytes(&t.data)))
         .collect();
     let views = bytes
         .iter()
@@ -290,10 +286,7 @@ pub fn from_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     for (name, view) in st.tensors() {
         let b = view.data();
         let data: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
+            safetensors::Dtype::F32 => f32_from_bytes(b),
             safetensors::Dtype::BF16 => b
                 .chunks_exact(2)
                 .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))

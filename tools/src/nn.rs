@@ -198,50 +198,41 @@ pub fn relu_backward(dy: &mut FeatureMap, out: &FeatureMap) {
     });
 }
 
-/// PyTorch `PixelShuffle(r)` of a stack of `c*r*r` channels into `s.scaled(r)`, `c` channels.
-pub fn pixel_shuffle(x: &FeatureMap, s: &Stack, r: usize) -> FeatureMap {
-    let c = x.c / (r * r);
+/// Calls `f(lr, hr)` for every value PixelShuffle(r) moves: `lr` indexes the `c*r*r`-channel
+/// stack `s`, `hr` the `c`-channel stack `s.scaled(r)` (both [`Stack::zeros`] layouts). Input
+/// channel `ch*r*r + a*r + b` of LR pixel `(y, x)` goes to channel `ch` of HR pixel
+/// `(r*y + a, r*x + b)`.
+fn for_each_shuffled(s: &Stack, r: usize, c: usize, mut f: impl FnMut(usize, usize)) {
     let hs = s.scaled(r);
-    let mut out = hs.zeros(c);
-    let c = out.c;
+    let (lw, hw) = (s.w + 2, hs.w + 2);
     for i in 0..s.n {
         for y in 0..s.h {
-            for xx in 0..s.w {
-                let src = x.idx(s.row(i, y), xx);
+            for x in 0..s.w {
+                let lr = ((s.row(i, y) + 1) * lw + x + 1) * c * r * r;
                 for a in 0..r {
                     for b in 0..r {
-                        let d = out.idx(hs.row(i, r * y + a), r * xx + b);
+                        let hr = ((hs.row(i, r * y + a) + 1) * hw + r * x + b + 1) * c;
                         for ch in 0..c {
-                            out.data[d + ch] = x.data[src + ch * r * r + a * r + b];
+                            f(lr + ch * r * r + a * r + b, hr + ch);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// PyTorch `PixelShuffle(r)` of a stack of `c*r*r` channels into `s.scaled(r)`, `c` channels.
+pub fn pixel_shuffle(x: &FeatureMap, s: &Stack, r: usize) -> FeatureMap {
+    let mut out = s.scaled(r).zeros(x.c / (r * r));
+    for_each_shuffled(s, r, out.c, |lr, hr| out.data[hr] = x.data[lr]);
     out
 }
 
 /// Backward of [`pixel_shuffle`]: the inverse permutation.
 pub fn pixel_unshuffle(dy: &FeatureMap, s: &Stack, r: usize) -> FeatureMap {
     let mut out = s.zeros(dy.c * r * r);
-    let hs = s.scaled(r);
-    let c = dy.c;
-    for i in 0..s.n {
-        for y in 0..s.h {
-            for xx in 0..s.w {
-                let d = out.idx(s.row(i, y), xx);
-                for a in 0..r {
-                    for b in 0..r {
-                        let src = dy.idx(hs.row(i, r * y + a), r * xx + b);
-                        for ch in 0..c {
-                            out.data[d + ch * r * r + a * r + b] = dy.data[src + ch];
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_shuffled(s, r, dy.c, |lr, hr| out.data[lr] = dy.data[hr]);
     out
 }
 

@@ -1,9 +1,10 @@
 //! Calibration against an independent recomputation of the method page's statistics.
 
-use adabm_tools::calib::{self, Settings, percentile};
+use adabm_tools::calib::{self, Settings};
 use gemm::Parallelism;
 use gstadabm::engine::complexity::gradient_density;
 use gstadabm::engine::conv::FeatureMap;
+use gstadabm::engine::metrics::percentile;
 use gstadabm::engine::model::{EdsrConfig, LayerKind, layer_kind};
 use gstadabm::engine::quant;
 use gstadabm::engine::random::{random_model, test_image};

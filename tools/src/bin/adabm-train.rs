@@ -15,6 +15,7 @@ use adabm_tools::eval;
 use adabm_tools::nn::{self, Adam, Edsr, Stack};
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::conv::FeatureMap;
+use gstadabm::engine::model::{f32_bytes, f32_from_bytes};
 use gstadabm::engine::random::Rng;
 use gstadabm::engine::{EdsrConfig, Model};
 use serde_json::json;
@@ -195,16 +196,6 @@ fn sample_batch(pairs: &[Pair], rng: &mut Rng, s: &Settings) -> (FeatureMap, Fea
     (x, t, st)
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn f32_vec(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 struct State {
     iter: u64,
     rng: Rng,
@@ -258,7 +249,7 @@ fn load_checkpoint(dir: &Path, net: &mut Edsr, adam: &mut Adam) -> Result<State>
     let state: serde_json::Value = serde_json::from_str(md.get("state").context("no state")?)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     let get = |n: String, len: usize| -> Result<Vec<f32>> {
-        let v = f32_vec(
+        let v = f32_from_bytes(
             st.tensor(&n)
                 .with_context(|| format!("checkpoint lacks {n}"))?
                 .data(),
