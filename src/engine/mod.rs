@@ -8,6 +8,7 @@ pub mod edsr;
 pub mod error;
 pub mod frame;
 pub mod intconv;
+pub mod intnet;
 pub mod metrics;
 pub mod model;
 pub mod quant;
