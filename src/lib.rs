@@ -6,6 +6,7 @@
 //!   `--no-default-features`.
 //! - `adabmupscale` (feature `element`, on by default): the GStreamer element.
 
+pub mod cuda;
 pub mod engine;
 
 #[cfg(feature = "element")]

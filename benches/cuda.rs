@@ -1,0 +1,168 @@
+//! CUDA engine benchmark: EDSR-baseline-size networks (random weights, AdaBM-quantized) and the
+//! built-in models, frames per second with the frames resident on the GPU (compute only) and
+//! end to end (pinned upload, compute, download), effective int8 TOPS and the share of the
+//! device's dense int8 tensor peak. Optionally exports each network's weights for
+//! bench/torch_fp16.py (PyTorch fp16 on the same device, same weights).
+//!
+//!   cargo bench --bench cuda -- [--iters 20] [--export DIR] [--peak-tops 1979] [--only LABEL]
+
+use std::time::Instant;
+
+use gstadabm::cuda::{self, CudaEngine};
+use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
+use gstadabm::engine::{EdsrConfig, Model, Options, QuantMode, builtin};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Writes `name.json` (architecture) and `name.bin` (f32 LE: each conv's OIHW weight, then
+/// its bias, in layer order) for the PyTorch baseline.
+fn export(dir: &str, name: &str, m: &Model) {
+    let cfg = &m.config;
+    let convs: Vec<String> = m
+        .convs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"name\":\"{}\",\"cin\":{},\"cout\":{}}}",
+                c.spec.name, c.spec.cin, c.spec.cout
+            )
+        })
+        .collect();
+    let json = format!(
+        "{{\"scale\":{},\"n_resblocks\":{},\"n_feats\":{},\"res_scale\":{},\"rgb_range\":{},\"rgb_mean\":[{},{},{}],\"convs\":[{}]}}",
+        cfg.scale,
+        cfg.n_resblocks,
+        cfg.n_feats,
+        cfg.res_scale,
+        cfg.rgb_range,
+        cfg.rgb_mean[0],
+        cfg.rgb_mean[1],
+        cfg.rgb_mean[2],
+        convs.join(",")
+    );
+    let mut bin = Vec::new();
+    for c in &m.convs {
+        for v in c.weight.iter().chain(&c.bias) {
+            bin.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::create_dir_all(dir).expect("export dir");
+    std::fs::write(format!("{dir}/{name}.json"), json).expect("write json");
+    std::fs::write(format!("{dir}/{name}.bin"), bin).expect("write bin");
+}
+
+fn main() {
+    let iters: usize = arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let peak: f64 = arg("--peak-tops")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1979.0);
+    let export_dir = arg("--export");
+    let (name, cc) = match cuda::probe(0) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("no CUDA device: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "device: {name} (sm_{}{}), int8 dense peak assumed {peak} TOPS",
+        cc.0, cc.1
+    );
+    println!(
+        "| network | input → output | batch | compute fps | ms/frame | TOPS (2·MAC) | % of peak | end-to-end fps | FAB |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+
+    let mut cases: Vec<(String, Model, usize, usize, usize)> = Vec::new();
+    for (scale, w, h, batches) in [
+        (2u32, 1920usize, 1080usize, vec![1usize]),
+        (4, 480, 270, vec![1, 8]),
+    ] {
+        let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
+        for (wb, ab) in [(4u8, 4u8), (8, 6)] {
+            let m = quantize_on_synthetic(&fp, QuantMode::Fq, wb, ab, 2).unwrap();
+            let label = format!("EDSR-baseline x{scale} w{wb}a{ab}");
+            if let Some(d) = export_dir.as_ref().filter(|_| wb == 4) {
+                export(d, &format!("edsr-baseline-x{scale}"), &m);
+            }
+            for &b in &batches {
+                cases.push((label.clone(), m.clone(), w, h, b));
+            }
+        }
+    }
+    for b in builtin::MODELS.iter().filter(|m| m.name.contains("-w")) {
+        let m = b.load().unwrap();
+        let (w, h) = if m.config.scale == 2 {
+            (1920, 1080)
+        } else {
+            (960, 540)
+        };
+        cases.push((format!("built-in {}", b.name), m, w, h, 1));
+    }
+
+    let only = arg("--only");
+    for (label, model, w, h, batch) in cases {
+        if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+            continue;
+        }
+        let mut eng = CudaEngine::new(&model, 0).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let s = eng.scale();
+        let frames: Vec<Vec<u8>> = (0..batch)
+            .map(|i| {
+                test_image(w, h, i as u64)
+                    .data
+                    .iter()
+                    .map(|&v| v as u8)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let opts = Options::default();
+        // End to end first (also compiles and warms up).
+        let mut e2e = Vec::new();
+        let mut fab = 0.0;
+        for i in 0..iters.div_ceil(2) + 2 {
+            let t = Instant::now();
+            let out = eng.upscale_batch(&refs, w, h, &opts).unwrap();
+            if i >= 2 {
+                e2e.push(t.elapsed().as_secs_f64());
+            }
+            fab = out[0].1.fab;
+        }
+        eng.upload(&refs, w, h).unwrap();
+        for _ in 0..3 {
+            eng.run_resident(&opts).unwrap();
+        }
+        let mut times = Vec::new();
+        for _ in 0..iters {
+            let t = Instant::now();
+            eng.run_resident(&opts).unwrap();
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let t = median(times) / batch as f64;
+        let te = median(e2e) / batch as f64;
+        let macs = model.macs_per_lr_pixel() * (w * h) as f64;
+        let tops = 2.0 * macs / t / 1e12;
+        println!(
+            "| {label} | {w}x{h} → {}x{} | {batch} | {:.1} | {:.2} | {:.0} | {:.1}% | {:.1} | {fab:.2} |",
+            w * s,
+            h * s,
+            1.0 / t,
+            t * 1e3,
+            tops,
+            100.0 * tops / peak,
+            1.0 / te
+        );
+    }
+}

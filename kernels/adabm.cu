@@ -1,0 +1,439 @@
+// adabm CUDA kernels: the integer EDSR of src/engine/intnet.rs on NVIDIA GPUs.
+//
+// Compiled at run time by NVRTC (no headers needed) with --fmad=false: every floating-point
+// expression below is written in the operation order of the Rust reference, so that with
+// IEEE rounding and no fused multiply-add the GPU reproduces the CPU integer engine bit for
+// bit. Layouts, launch geometry and rounding rules: kernels/README.md.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define TILE 16        // output tile of the tensor-core conv: TILE x TILE pixels
+#define HALO (TILE + 2)
+#define MMA_THREADS 256
+
+// Input quantizer of one layer for one frame (see intnet.rs): code(x) and Δa.
+struct Quant {
+    float l, u, n, da;
+};
+
+// What the host knows of a layer: bounds, kind (0 float, 1 adaptive, 2 fixed 8-bit), b_L.
+struct LayerInfo {
+    float l, u;
+    int kind, b_l;
+};
+
+// code(x; l, u, N) = round_half_even((clamp(x, l, u) - l) / (u - l) * N)
+__device__ __forceinline__ u32 act_code(float x, Quant q) {
+    float c = x < q.l ? q.l : (x > q.u ? q.u : x);
+    return (u32)rintf((c - q.l) / (q.u - q.l) * q.n);
+}
+
+// Rust's `v.round_ties_even().clamp(0.0, 255.0) as u8`.
+__device__ __forceinline__ u8 to_u8(float v) {
+    float r = rintf(v);
+    r = r > 0.0f ? r : 0.0f;  // also maps NaN to 0
+    return (u8)(r < 255.0f ? r : 255.0f);
+}
+
+__device__ __forceinline__ u32 dp4a_u(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("dp4a.u32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Border class of intnet.rs: bit 0 when the -1 tap is outside, bit 1 when the +1 tap is.
+__device__ __forceinline__ int border_bits(int v, int len) {
+    return (v == 0 ? 1 : 0) | (v + 1 == len ? 2 : 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Image complexity (gradient density, complexity.rs): one thread per row, sequential f32 sum
+// in column order, exactly as the CPU.
+
+__device__ __forceinline__ float luma(const u8* img, int w, int h, int y, int x) {
+    y = y < 0 ? 0 : (y >= h ? h - 1 : y);
+    x = x < 0 ? 0 : (x >= w ? w - 1 : x);
+    const u8* p = img + ((size_t)y * w + x) * 3;
+    return (0.299f * (float)p[0] + 0.587f * (float)p[1] + 0.114f * (float)p[2]) / 255.0f;
+}
+
+extern "C" __global__ void complexity_rows(const u8* rgb, float* rowsum, int h, int w) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    int f = blockIdx.y;
+    if (r >= h) return;
+    const u8* img = rgb + (size_t)f * h * w * 3;
+    float row = 0.0f;
+    for (int c = 0; c < w; c++) {
+        float gx = (luma(img, w, h, r - 1, c + 1) - luma(img, w, h, r - 1, c - 1)) +
+                   2.0f * (luma(img, w, h, r, c + 1) - luma(img, w, h, r, c - 1)) +
+                   (luma(img, w, h, r + 1, c + 1) - luma(img, w, h, r + 1, c - 1));
+        float gy = (luma(img, w, h, r + 1, c - 1) - luma(img, w, h, r - 1, c - 1)) +
+                   2.0f * (luma(img, w, h, r + 1, c) - luma(img, w, h, r - 1, c)) +
+                   (luma(img, w, h, r + 1, c + 1) - luma(img, w, h, r - 1, c + 1));
+        row = row + (fabsf(gx) / 8.0f + fabsf(gy) / 8.0f);
+    }
+    rowsum[(size_t)f * h + r] = row;
+}
+
+// One thread per frame: complexity, b_I, the bits of every layer and their quantizers.
+// stats[f] = (c, b_I); bits[f * L + k].
+extern "C" __global__ void plan_bits(const float* rowsum, const LayerInfo* layers, Quant* plan,
+                                     float* stats, u8* bits, int frames, int h, int w, int L,
+                                     int base, float lower, float upper, int adaptive) {
+    int f = blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= frames) return;
+    double sum = 0.0;
+    for (int r = 0; r < h; r++) sum += (double)rowsum[(size_t)f * h + r];
+    float c = (float)(1000.0 * sum / (2.0 * (double)((long long)w * h)));
+    int b_i = 0;
+    if (adaptive) b_i = c < lower ? -1 : (c > upper ? 1 : 0);
+    stats[2 * f] = c;
+    stats[2 * f + 1] = (float)b_i;
+    for (int k = 0; k < L; k++) {
+        LayerInfo li = layers[k];
+        int b = 0;
+        if (li.kind == 1) {
+            b = base + b_i + li.b_l;
+            b = b < 1 ? 1 : (b > 8 ? 8 : b);
+        } else if (li.kind == 2) {
+            b = 8;
+        }
+        Quant q;
+        q.l = li.l;
+        q.u = li.u;
+        q.n = (float)((1 << b) - 1);
+        q.da = (li.u - li.l) / q.n;
+        plan[f * L + k] = q;
+        bits[f * L + k] = (u8)b;
+    }
+}
+
+// RGB bytes -> head input codes (4 channels per pixel, the 4th 0), zero-padded map.
+// x = s * (rgb_range/255) - rgb_range * mean_c, quantized with the head's quantizer.
+extern "C" __global__ void input_codes(const u8* rgb, u8* codes, const Quant* plan, int h, int w,
+                                       int hp, int wp, int L, float k, float m0, float m1,
+                                       float m2) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int f = blockIdx.y;
+    if (i >= h * w) return;
+    int y = i / w, x = i - (i / w) * w;
+    Quant q = plan[f * L];
+    const u8* s = rgb + ((size_t)f * h * w + i) * 3;
+    u32 c0 = act_code((float)s[0] * k - m0, q);
+    u32 c1 = act_code((float)s[1] * k - m1, q);
+    u32 c2 = act_code((float)s[2] * k - m2, q);
+    ((u32*)codes)[((size_t)f * hp + y + 1) * wp + x + 1] = c0 | (c1 << 8) | (c2 << 16);
+}
+
+// ---------------------------------------------------------------------------------------
+// Direct integer conv for the thin layers (head: 4 input channels, tail: 3 outputs): one
+// thread per output pixel, dp4a on unsigned codes, S = 2·Σqk − M·Σq.
+
+struct DirectArgs {
+    const u8* in;      // codes, [F][hp_in][wp_in][CINW*4]
+    const u32* wts;    // unsigned weight codes k, [COUT][9][CINW] packed 4 per word
+    const float* bias; // [COUT]
+    const int* ktab;   // [16][COUT]
+    const Quant* plan; // [F][L]
+    float* head;       // HEAD: [F][h][w][COUT] f32 (global skip)
+    float* res;        // HEAD: [F][h][w][COUT] f32 (residual stream)
+    u8* out;           // HEAD: codes for the next layer, [F][hp_out][wp_out][COUT]
+    u8* rgb;           // TAIL: [F][h][w][3] bytes
+    float* rgbf;       // TAIL: [F][h][w][3] f32 before rounding, or null
+    int h, w, hp_in, wp_in, hp_out, wp_out;
+    int m, layer, next, L;
+    float hw, mean0, mean1, mean2, inv;
+};
+
+template <int CINW, int COUT, bool TAIL>
+__device__ __forceinline__ void conv_direct(const DirectArgs& a) {
+    __shared__ u32 sw[COUT * 9 * CINW];
+    for (int i = threadIdx.x; i < COUT * 9 * CINW; i += blockDim.x) sw[i] = a.wts[i];
+    __syncthreads();
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int f = blockIdx.y;
+    if (i >= a.h * a.w) return;
+    int y = i / a.w, x = i - (i / a.w) * a.w;
+    u32 acc[COUT];
+#pragma unroll
+    for (int o = 0; o < COUT; o++) acc[o] = 0;
+    u32 sq = 0;
+#pragma unroll
+    for (int t = 0; t < 9; t++) {
+        const u32* p = (const u32*)(a.in + (((size_t)f * a.hp_in + y + t / 3) * a.wp_in + x + t % 3) *
+                                               (CINW * 4));
+#pragma unroll
+        for (int j = 0; j < CINW; j++) {
+            u32 q = p[j];
+            sq = dp4a_u(q, 0x01010101u, sq);
+#pragma unroll
+            for (int o = 0; o < COUT; o++) acc[o] = dp4a_u(q, sw[(o * 9 + t) * CINW + j], acc[o]);
+        }
+    }
+    Quant qi = a.plan[f * a.L + a.layer];
+    int cls = border_bits(y, a.h) * 4 + border_bits(x, a.w);
+    size_t px = (size_t)f * a.h * a.w + i;
+    if (TAIL) {
+        float mean[3] = {a.mean0, a.mean1, a.mean2};
+#pragma unroll
+        for (int o = 0; o < COUT; o++) {
+            int s = 2 * (int)acc[o] - a.m * (int)sq;
+            float v = a.bias[o] + a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * COUT + o]);
+            float r = (v + mean[o]) * a.inv;
+            a.rgb[px * 3 + o] = to_u8(r);
+            if (a.rgbf) a.rgbf[px * 3 + o] = r;
+        }
+    } else {
+        Quant qn = a.plan[f * a.L + a.next];
+        u32* dst = (u32*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * COUT);
+#pragma unroll
+        for (int o4 = 0; o4 < COUT / 4; o4++) {
+            u32 word = 0;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int o = o4 * 4 + j;
+                int s = 2 * (int)acc[o] - a.m * (int)sq;
+                float v =
+                    a.bias[o] + a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * COUT + o]);
+                a.head[px * COUT + o] = v;
+                a.res[px * COUT + o] = v;
+                word |= act_code(v, qn) << (8 * j);
+            }
+            dst[o4] = word;
+        }
+    }
+}
+
+#define DIRECT_HEAD(C)                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) conv_head_c##C(DirectArgs a) {       \
+        conv_direct<1, C, false>(a);                                                       \
+    }
+#define DIRECT_TAIL(C)                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) conv_tail_c##C(DirectArgs a) {       \
+        conv_direct<C / 4, 3, true>(a);                                                    \
+    }
+DIRECT_HEAD(32)
+DIRECT_HEAD(64)
+DIRECT_TAIL(32)
+DIRECT_TAIL(64)
+
+// ---------------------------------------------------------------------------------------
+// Tensor-core implicit-GEMM conv3x3 (mma.sync m16n8k32, u8 activations, u8 or s8 weights).
+//
+// A block of 256 threads (8 warps) owns a 16x16 output tile of one frame and a slice of
+// NS = min(64, cout) output channels; it keeps the slice's weights in shared memory and loops
+// over tiles (persistent). Warp w computes tile rows 2w and 2w+1 (two m16 fragments, one
+// image row of 16 pixels each) against every n8 fragment of the slice. K runs over the 9 taps
+// x CIN channels of the 18x18 code halo in shared memory.
+//
+// SIGNED (weight bits <= 7): weights are centred codes k~ = 2k - M in s8 and S = Σ q·k~.
+// Unsigned (8-bit weights): codes k in u8, and S = 2·Σqk − M·Σq where each thread sums the
+// activation bytes of its A fragments with dp4a and the 4 threads of a row group add up.
+
+enum { EPI_RELU = 1, EPI_RES = 2, EPI_SKIP = 3, EPI_SHUF = 4 };
+
+struct MmaArgs {
+    const u8* in;      // codes [F][hp][wp][CIN], hp = 16·tiles_y + 2, wp = 16·tiles_x + 2
+    const u8* wts;     // [slices][9][NR][CIN + 16] bytes (smem image, padding included)
+    const float* bias; // [cout]
+    const int* ktab;   // [16][cout]
+    const Quant* plan; // [F][L]
+    float* res;        // EPI_RES: residual stream [F][h][w][cout]
+    const float* head; // EPI_SKIP: head output [F][h][w][cout]
+    u8* out;           // codes for the next layer [F][hp_out][wp_out][cout or cout/r²]
+    int h, w, hp, wp, tiles_x, tiles_y, frames;
+    int hp_out, wp_out, cout, m, layer, next, L, r;
+    float hw, res_scale;
+};
+
+__device__ __forceinline__ void mma_u8u8(int* d, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.u8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_u8s8(int* d, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int CIN, int NS, bool SIGNED>
+struct MmaShape {
+    static const int NR = NS;      // weight rows in smem
+    static const int NT = NR / 8;  // n8 fragments per warp
+    static const int WROW = CIN + 16;             // bytes per weight row (bank padding)
+    static const int NC = CIN / 16;               // 16-byte chunks per halo pixel
+    static const int WBYTES = 9 * NR * WROW;
+    static const int HBYTES = HALO * HALO * CIN;
+    static const int SMEM = WBYTES + HBYTES;
+};
+
+// Swizzled 16-byte chunk of halo pixel hp: 8 consecutive pixels read in one fragment load
+// hit 8 distinct groups of 4 banks.
+template <int CIN>
+__device__ __forceinline__ int swz(int hp, int chunk) {
+    return chunk ^ ((hp / (128 / CIN)) & (CIN / 16 - 1));
+}
+
+template <int CIN, int NS, int MODE, bool SIGNED>
+__device__ __forceinline__ void conv_mma(const MmaArgs& a) {
+    typedef MmaShape<CIN, NS, SIGNED> S;
+    extern __shared__ __align__(16) u8 smem[];
+    u8* sw = smem;
+    u8* halo = smem + S::WBYTES;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, l4 = lane & 3;
+    const int slice = blockIdx.y;
+
+    {  // the slice's weights, once
+        const uint4* src = (const uint4*)(a.wts + (size_t)slice * S::WBYTES);
+        uint4* dst = (uint4*)sw;
+        for (int i = tid; i < S::WBYTES / 16; i += MMA_THREADS) dst[i] = src[i];
+    }
+
+    const int ntiles = a.frames * a.tiles_y * a.tiles_x;
+    for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        const int f = tile / (a.tiles_y * a.tiles_x);
+        const int rem = tile - f * a.tiles_y * a.tiles_x;
+        const int ty = rem / a.tiles_x, tx = rem - (rem / a.tiles_x) * a.tiles_x;
+        __syncthreads();  // previous tile's halo no longer read (and weights stored)
+        for (int i = tid; i < HALO * HALO * S::NC; i += MMA_THREADS) {
+            int hp = i / S::NC, c = i - hp * S::NC;
+            int hy = hp / HALO, hx = hp - hy * HALO;
+            const uint4* src = (const uint4*)(a.in + (((size_t)f * a.hp + ty * TILE + hy) * a.wp +
+                                                      tx * TILE + hx) * CIN) + c;
+            ((uint4*)halo)[hp * S::NC + swz<CIN>(hp, c)] = *src;
+        }
+        __syncthreads();
+
+        int acc[2][S::NT][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < S::NT; nt++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[mt][nt][j] = 0;
+
+        u32 sqp[2][2] = {{0, 0}, {0, 0}};  // unsigned: partial Σq of rows g and g+8
+        const u32* h32 = (const u32*)halo;
+#pragma unroll 1
+        for (int t = 0; t < 9; t++) {
+            const int dy = t / 3, dx = t - (t / 3) * 3;
+#pragma unroll
+            for (int kk = 0; kk < CIN / 32; kk++) {
+                u32 A[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    int hp0 = (warp * 2 + mt + dy) * HALO + g + dx, hp1 = hp0 + 8;
+                    A[mt][0] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk)) * 4 + l4];
+                    A[mt][1] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk)) * 4 + l4];
+                    A[mt][2] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk + 1)) * 4 + l4];
+                    A[mt][3] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk + 1)) * 4 + l4];
+                    if (!SIGNED) {
+                        sqp[mt][0] = dp4a_u(A[mt][0], 0x01010101u, sqp[mt][0]);
+                        sqp[mt][0] = dp4a_u(A[mt][2], 0x01010101u, sqp[mt][0]);
+                        sqp[mt][1] = dp4a_u(A[mt][1], 0x01010101u, sqp[mt][1]);
+                        sqp[mt][1] = dp4a_u(A[mt][3], 0x01010101u, sqp[mt][1]);
+                    }
+                }
+#pragma unroll
+                for (int nt = 0; nt < S::NT; nt++) {
+                    const u8* wrow = sw + (t * S::NR + nt * 8 + g) * S::WROW + kk * 32 + l4 * 4;
+                    u32 b0 = *(const u32*)wrow, b1 = *(const u32*)(wrow + 16);
+                    if (SIGNED) {
+                        mma_u8s8(acc[0][nt], A[0], b0, b1);
+                        mma_u8s8(acc[1][nt], A[1], b0, b1);
+                    } else {
+                        mma_u8u8(acc[0][nt], A[0], b0, b1);
+                        mma_u8u8(acc[1][nt], A[1], b0, b1);
+                    }
+                }
+            }
+        }
+
+        // Epilogue.
+        const Quant qi = a.plan[f * a.L + a.layer];
+        const Quant qn = a.plan[f * a.L + a.next];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            const int y = ty * TILE + warp * 2 + mt;
+            int sq[2] = {0, 0};
+            if (!SIGNED) {  // the 4 threads of a row group hold a quarter of the channels each
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    u32 v = sqp[mt][hh];
+                    v += __shfl_xor_sync(0xffffffffu, v, 1);
+                    v += __shfl_xor_sync(0xffffffffu, v, 2);
+                    sq[hh] = (int)v;
+                }
+            }
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int x = tx * TILE + g + half * 8;
+                if (y >= a.h || x >= a.w) continue;
+                const int cls = border_bits(y, a.h) * 4 + border_bits(x, a.w);
+                const size_t px = ((size_t)f * a.h + y) * a.w + x;
+#pragma unroll
+                for (int nt = 0; nt < NS / 8; nt++) {
+                    const int n0 = slice * NS + nt * 8 + l4 * 2;
+                    u32 code2 = 0;
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        const int n = n0 + j;
+                        int s = acc[mt][nt][half * 2 + j];
+                        if (!SIGNED) s = 2 * s - a.m * sq[half];
+                        float v = a.bias[n] +
+                                  a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * a.cout + n]);
+                        u32 c;
+                        if (MODE == EPI_RELU) {
+                            c = act_code(v > 0.0f ? v : 0.0f, qn);
+                        } else if (MODE == EPI_RES) {
+                            float r = a.res[px * a.cout + n] + a.res_scale * v;
+                            a.res[px * a.cout + n] = r;
+                            c = act_code(r, qn);
+                        } else if (MODE == EPI_SKIP) {
+                            c = act_code(v + a.head[px * a.cout + n], qn);
+                        } else {  // EPI_SHUF: channel n -> (c, i, j) of PixelShuffle(r)
+                            const int rr = a.r * a.r;
+                            const int ch = n / rr, i = (n - ch * rr) / a.r, jj = n - ch * rr - i * a.r;
+                            const int Y = y * a.r + i, X = x * a.r + jj;
+                            a.out[(((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) + ch] =
+                                (u8)act_code(v, qn);
+                            c = 0;
+                        }
+                        code2 |= c << (8 * j);
+                    }
+                    if (MODE != EPI_SHUF) {
+                        *(u16*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * a.cout +
+                                n0) = (u16)code2;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#define MMA_KERNEL(CIN, MODE, SIGNED)                                                        \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, (SIGNED || CIN < 64) ? 2 : 1)  \
+        conv_mma_c##CIN##_e##MODE##_s##SIGNED(MmaArgs a) {                                   \
+        conv_mma<CIN, (CIN < 64 ? CIN : 64), MODE, (SIGNED != 0)>(a);                        \
+    }
+// Upsampler convs (EPI_SHUF) are fixed 8-bit layers: no signed variant.
+#define MMA_KERNELS(CIN)     \
+    MMA_KERNEL(CIN, 1, 0)    \
+    MMA_KERNEL(CIN, 1, 1)    \
+    MMA_KERNEL(CIN, 2, 0)    \
+    MMA_KERNEL(CIN, 2, 1)    \
+    MMA_KERNEL(CIN, 3, 0)    \
+    MMA_KERNEL(CIN, 3, 1)    \
+    MMA_KERNEL(CIN, 4, 0)
+MMA_KERNELS(32)
+MMA_KERNELS(64)

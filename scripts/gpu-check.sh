@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# On a GPU machine, from binaries built by scripts/gpu-build.sh (carried in gpu-bin/):
+#   1. CUDA parity tests (bit-exact against the CPU integer reference), ADABM_REQUIRE_GPU=1;
+#   2. compute-sanitizer memcheck on the mixed-batch parity test;
+#   3. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models);
+#   4. PyTorch fp16 on the same weights and device.
+# Results go to $OUT (default ./gpu-out): device.txt, parity.txt, sanitizer.txt, bench.md,
+# torch.md, summary.txt.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+BIN=${BIN:-gpu-bin}
+mkdir -p "$OUT"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+export XDG_CACHE_HOME=/tmp/adabm-cache   # NVRTC cubin cache shared by the runs below
+export ADABM_REQUIRE_GPU=1
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+: > "$OUT/summary.txt"
+{ nvidia-smi -L; nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv; } > "$OUT/device.txt" 2>&1
+summary "device: $(head -1 "$OUT/device.txt")"
+
+start=$(date +%s)
+timeout "${PARITY_TIMEOUT:-240}" "$BIN/cuda-tests" --test-threads=1 --nocapture > "$OUT/parity.txt" 2>&1
+summary "parity rc=$? ($(( $(date +%s) - start )) s): $(grep -E '^test result' "$OUT/parity.txt" | tail -1)"
+
+if [ "${SANITIZER:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
+    start=$(date +%s)
+    timeout "${SANITIZER_TIMEOUT:-120}" compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "$BIN/cuda-tests" parity_mixed_bits_in_one_batch --test-threads=1 > "$OUT/sanitizer.txt" 2>&1
+    summary "sanitizer rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.txt" | tail -1)"
+fi
+
+start=$(date +%s)
+timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" --export /tmp/adabm-weights > "$OUT/bench.md" 2>&1
+summary "bench rc=$? ($(( $(date +%s) - start )) s)"
+
+start=$(date +%s)
+timeout "${TORCH_TIMEOUT:-150}" python3 bench/torch_fp16.py /tmp/adabm-weights --iters "${ITERS:-20}" > "$OUT/torch.md" 2>&1
+summary "torch rc=$? ($(( $(date +%s) - start )) s)"
+
+# Optional Nsight Compute profile (NCU=1): duration and speed-of-light of every kernel of one
+# EDSR-baseline x2 1080p frame, then the detailed sections of one body conv.
+if [ "${NCU:-0}" = 1 ] && command -v ncu > /dev/null; then
+    start=$(date +%s)
+    timeout "${NCU_TIMEOUT:-150}" ncu --section SpeedOfLight -c 40 \
+        "$BIN/cuda-bench" --only "x2 w4a4" --iters 1 > "$OUT/ncu-frame.txt" 2>&1
+    summary "ncu frame rc=$? ($(( $(date +%s) - start )) s)"
+    start=$(date +%s)
+    timeout "${NCU_TIMEOUT:-150}" ncu -k regex:conv_mma_c64_e2 -c 1 --section SpeedOfLight \
+        --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis --section LaunchStats --section SchedulerStats \
+        "$BIN/cuda-bench" --only "x2 w4a4" --iters 1 > "$OUT/ncu-conv.txt" 2>&1
+    summary "ncu conv rc=$? ($(( $(date +%s) - start )) s)"
+fi

@@ -1,0 +1,764 @@
+//! The CUDA engine: device weights, persistent buffers, the launch sequence of one batch.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PinnedHostSlice, PushKernelArg, sys,
+};
+
+use super::{CudaError, Result, compiled_for};
+use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
+use crate::engine::model::{LayerKind, Role};
+use crate::engine::{Model, Options, quant};
+
+const TILE: usize = 16;
+const HALO: usize = TILE + 2;
+const MMA_THREADS: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Quant {
+    l: f32,
+    u: f32,
+    n: f32,
+    da: f32,
+}
+unsafe impl DeviceRepr for Quant {}
+unsafe impl cudarc::driver::ValidAsZeroBits for Quant {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct LayerInfo {
+    l: f32,
+    u: f32,
+    kind: i32,
+    b_l: i32,
+}
+unsafe impl DeviceRepr for LayerInfo {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct DirectArgs {
+    input: u64,
+    wts: u64,
+    bias: u64,
+    ktab: u64,
+    plan: u64,
+    head: u64,
+    res: u64,
+    out: u64,
+    rgb: u64,
+    rgbf: u64,
+    h: i32,
+    w: i32,
+    hp_in: i32,
+    wp_in: i32,
+    hp_out: i32,
+    wp_out: i32,
+    m: i32,
+    layer: i32,
+    next: i32,
+    l_count: i32,
+    hw: f32,
+    mean: [f32; 3],
+    inv: f32,
+}
+unsafe impl DeviceRepr for DirectArgs {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct MmaArgs {
+    input: u64,
+    wts: u64,
+    bias: u64,
+    ktab: u64,
+    plan: u64,
+    res: u64,
+    head: u64,
+    out: u64,
+    h: i32,
+    w: i32,
+    hp: i32,
+    wp: i32,
+    tiles_x: i32,
+    tiles_y: i32,
+    frames: i32,
+    hp_out: i32,
+    wp_out: i32,
+    cout: i32,
+    m: i32,
+    layer: i32,
+    next: i32,
+    l_count: i32,
+    r: i32,
+    hw: f32,
+    res_scale: f32,
+}
+unsafe impl DeviceRepr for MmaArgs {}
+
+/// One conv on the device.
+struct DevConv {
+    cout: usize,
+    m: i32,
+    hw: f32,
+    /// Signed centred weights (weight bits ≤ 7) on the tensor-core path.
+    signed: bool,
+    wts: CudaSlice<u8>,
+    bias: CudaSlice<f32>,
+    ktab: CudaSlice<i32>,
+    /// Tensor-core path: slice width and dynamic shared memory.
+    ns: usize,
+    smem: u32,
+}
+
+/// Stats of one frame computed on the device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameStats {
+    pub complexity: f32,
+    pub image_bits: i32,
+    /// Activation bits of the adaptive layers, in layer order.
+    pub layer_bits: Vec<u8>,
+    pub fab: f32,
+}
+
+/// HR frames with their stats, and (when asked for) the unrounded f32 outputs.
+pub type Batch = (Vec<(Vec<u8>, FrameStats)>, Vec<Vec<f32>>);
+
+/// Padded geometry of a code map: `hp x wp` pixels, tiles of 16.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    h: usize,
+    w: usize,
+    hp: usize,
+    wp: usize,
+    tiles_y: usize,
+    tiles_x: usize,
+}
+
+impl Geom {
+    fn new(h: usize, w: usize) -> Self {
+        let (ty, tx) = (h.div_ceil(TILE), w.div_ceil(TILE));
+        Self {
+            h,
+            w,
+            hp: ty * TILE + 2,
+            wp: tx * TILE + 2,
+            tiles_y: ty,
+            tiles_x: tx,
+        }
+    }
+    fn pixels(&self) -> usize {
+        self.hp * self.wp
+    }
+}
+
+/// Buffers of one batch shape, kept between batches.
+struct Buffers {
+    frames: usize,
+    lr: Geom,
+    /// Geometry after each upsampler stage.
+    hr: Vec<Geom>,
+    rgb_in: CudaSlice<u8>,
+    rowsum: CudaSlice<f32>,
+    plan: CudaSlice<Quant>,
+    stats: CudaSlice<f32>,
+    bits: CudaSlice<u8>,
+    input: CudaSlice<u8>,
+    codes_a: CudaSlice<u8>,
+    codes_b: CudaSlice<u8>,
+    head: CudaSlice<f32>,
+    res: CudaSlice<f32>,
+    hr_codes: Vec<CudaSlice<u8>>,
+    rgb_out: CudaSlice<u8>,
+    rgbf: Option<CudaSlice<f32>>,
+    host_in: PinnedHostSlice<u8>,
+    host_out: PinnedHostSlice<u8>,
+}
+
+/// The integer EDSR on one CUDA device.
+pub struct CudaEngine {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    net: IntNetwork,
+    convs: Vec<DevConv>,
+    layer_info: CudaSlice<LayerInfo>,
+    f_complexity: CudaFunction,
+    f_plan: CudaFunction,
+    f_input: CudaFunction,
+    f_head: CudaFunction,
+    f_tail: CudaFunction,
+    /// `[mode-1][signed]` tensor-core kernels.
+    f_mma: Vec<[CudaFunction; 2]>,
+    sms: u32,
+    bufs: Option<Buffers>,
+    name: String,
+}
+
+fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (p, _sync) = s.device_ptr(stream);
+    p
+}
+
+impl CudaEngine {
+    /// Prepares `model` on CUDA device `device`. Only fully quantized (fq) models with 32 or
+    /// 64 features run here; others get [`CudaError::Unsupported`].
+    pub fn new(model: &Model, device: usize) -> Result<Self> {
+        model
+            .validate()
+            .map_err(|e| CudaError::Input(e.to_string()))?;
+        let net = IntNetwork::new(model).ok_or_else(|| {
+            CudaError::Unsupported(
+                "a floating-point model; the CUDA engine runs quantized (fq) models".into(),
+            )
+        })?;
+        if !net.all_integer() {
+            return Err(CudaError::Unsupported(
+                "a non-fq model (floating-point head, upsampler and tail); quantize it with \
+                 --mode fq to run it on CUDA"
+                    .into(),
+            ));
+        }
+        let f = net.net.config.n_feats;
+        if f != 32 && f != 64 {
+            return Err(CudaError::Unsupported(format!(
+                "{f} features; the kernels are built for 32 or 64"
+            )));
+        }
+        let (name, (major, minor)) = super::probe(device)?;
+        let ctx = CudaContext::new(device)?;
+        // One stream per engine: ordering is the stream's, no per-buffer events needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        let compiled = compiled_for(&format!("sm_{major}{minor}"))?;
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(
+            compiled.cubin.as_ref().clone(),
+        ))?;
+        let load = |n: &str| module.load_function(n);
+        let mut f_mma = Vec::new();
+        for e in 1..=4 {
+            // Upsampler convs (e4) are fixed 8-bit: only the unsigned kernel exists.
+            let signed = if e == 4 { 0 } else { 1 };
+            f_mma.push([
+                load(&format!("conv_mma_c{f}_e{e}_s0"))?,
+                load(&format!("conv_mma_c{f}_e{e}_s{signed}"))?,
+            ]);
+        }
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+            as u32;
+
+        let mut convs = Vec::new();
+        let mut infos = Vec::new();
+        for (k, layer) in net.layers.iter().enumerate() {
+            let IntLayer::Int(c) = layer else {
+                unreachable!("checked all_integer")
+            };
+            let spec = &net.net.layers[k];
+            let q = spec.quant.expect("quantized layer has bounds");
+            infos.push(LayerInfo {
+                l: q.l,
+                u: q.u,
+                kind: match spec.kind {
+                    LayerKind::Float => 0,
+                    LayerKind::Adaptive => 1,
+                    LayerKind::Fixed8 => 2,
+                },
+                b_l: spec.b_l,
+            });
+            convs.push(upload_conv(&stream, c, spec.spec.role)?);
+        }
+        let layer_info = stream.clone_htod(&infos)?;
+        let engine = Self {
+            f_complexity: load("complexity_rows")?,
+            f_plan: load("plan_bits")?,
+            f_input: load("input_codes")?,
+            f_head: load(&format!("conv_head_c{f}"))?,
+            f_tail: load(&format!("conv_tail_c{f}"))?,
+            f_mma,
+            ctx,
+            stream,
+            _module: module,
+            net,
+            convs,
+            layer_info,
+            sms,
+            bufs: None,
+            name,
+        };
+        let max_smem = engine.convs.iter().map(|c| c.smem).max().unwrap_or(0);
+        for pair in &engine.f_mma {
+            for func in pair {
+                func.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    max_smem as i32,
+                )?;
+            }
+        }
+        engine.ctx.bind_to_thread()?;
+        Ok(engine)
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn scale(&self) -> usize {
+        self.net.net.config.scale as usize
+    }
+
+    fn ensure_buffers(&mut self, frames: usize, h: usize, w: usize, want_f32: bool) -> Result<()> {
+        if let Some(b) = &self.bufs
+            && b.frames == frames
+            && b.lr.h == h
+            && b.lr.w == w
+            && b.rgbf.is_some() == want_f32
+        {
+            return Ok(());
+        }
+        self.bufs = None; // free the old ones first
+        let s = &self.stream;
+        let c = self.net.net.config.n_feats;
+        let l_count = self.convs.len();
+        let lr = Geom::new(h, w);
+        let mut hr = Vec::new();
+        let mut scale = 1;
+        for layer in &self.net.net.layers {
+            if let Role::Up { r, .. } = layer.spec.role {
+                scale *= r;
+                hr.push(Geom::new(h * scale, w * scale));
+            }
+        }
+        let s_total = self.scale();
+        let out_px = frames * h * s_total * w * s_total;
+        let f = frames;
+        let bytes = |n: usize| -> Result<CudaSlice<u8>> { Ok(s.alloc_zeros::<u8>(n)?) };
+        let floats = |n: usize| -> Result<CudaSlice<f32>> { Ok(s.alloc_zeros::<f32>(n)?) };
+        let mut hr_codes = Vec::new();
+        for g in &hr {
+            hr_codes.push(bytes(f * g.pixels() * c)?);
+        }
+        self.bufs = Some(Buffers {
+            frames,
+            lr,
+            rgb_in: bytes(f * h * w * 3)?,
+            rowsum: floats(f * h)?,
+            plan: s.alloc_zeros::<Quant>(f * l_count)?,
+            stats: floats(2 * f)?,
+            bits: bytes(f * l_count)?,
+            input: bytes(f * lr.pixels() * 4)?,
+            codes_a: bytes(f * lr.pixels() * c)?,
+            codes_b: bytes(f * lr.pixels() * c)?,
+            head: floats(f * h * w * c)?,
+            res: floats(f * h * w * c)?,
+            hr,
+            hr_codes,
+            rgb_out: bytes(out_px * 3)?,
+            rgbf: if want_f32 {
+                Some(floats(out_px * 3)?)
+            } else {
+                None
+            },
+            // SAFETY: written before read.
+            host_in: unsafe { self.ctx.alloc_pinned_with_flags::<u8>(f * h * w * 3, 0)? },
+            host_out: unsafe { self.ctx.alloc_pinned_with_flags::<u8>(out_px * 3, 0)? },
+        });
+        Ok(())
+    }
+
+    /// Upscales a batch of packed RGB frames (`w x h x 3` bytes each); each frame gets its own
+    /// complexity and bit-widths. Returns the HR frames (packed RGB) and their stats.
+    pub fn upscale_batch(
+        &mut self,
+        frames: &[&[u8]],
+        w: usize,
+        h: usize,
+        opts: &Options,
+    ) -> Result<Vec<(Vec<u8>, FrameStats)>> {
+        self.run(frames, w, h, opts, false).map(|(v, _)| v)
+    }
+
+    /// [`Self::upscale_batch`] that also returns the unrounded f32 output of every frame
+    /// (`W x H x 3`, 0–255 scale), for parity checks against the CPU integer engine.
+    pub fn upscale_batch_f32(
+        &mut self,
+        frames: &[&[u8]],
+        w: usize,
+        h: usize,
+        opts: &Options,
+    ) -> Result<Batch> {
+        self.run(frames, w, h, opts, true)
+    }
+
+    /// Queues the whole network for a batch already in device memory (`rgb_in`), without
+    /// transfers: what the throughput benchmark times.
+    pub fn run_resident(&mut self, opts: &Options) -> Result<()> {
+        self.enqueue(opts)?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Prepares buffers for `frames` frames of `w x h` and uploads them once
+    /// (for [`Self::run_resident`]).
+    pub fn upload(&mut self, frames: &[&[u8]], w: usize, h: usize) -> Result<()> {
+        self.check_input(frames, w, h)?;
+        self.ensure_buffers(frames.len(), h, w, false)?;
+        let b = self.bufs.as_mut().expect("buffers");
+        let host = b.host_in.as_mut_slice()?;
+        for (i, fr) in frames.iter().enumerate() {
+            host[i * w * h * 3..][..w * h * 3].copy_from_slice(fr);
+        }
+        self.stream.memcpy_htod(&b.host_in, &mut b.rgb_in)?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn check_input(&self, frames: &[&[u8]], w: usize, h: usize) -> Result<()> {
+        if frames.is_empty() || w == 0 || h == 0 {
+            return Err(CudaError::Input(format!(
+                "{} frame(s) of {w}x{h}: expected at least one frame of at least 1x1",
+                frames.len()
+            )));
+        }
+        if let Some(bad) = frames.iter().position(|f| f.len() != w * h * 3) {
+            return Err(CudaError::Input(format!(
+                "frame {bad} has {} bytes, expected {w}x{h}x3 = {}",
+                frames[bad].len(),
+                w * h * 3
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        frames: &[&[u8]],
+        w: usize,
+        h: usize,
+        opts: &Options,
+        want_f32: bool,
+    ) -> Result<Batch> {
+        self.check_input(frames, w, h)?;
+        self.ensure_buffers(frames.len(), h, w, want_f32)?;
+        {
+            let b = self.bufs.as_mut().expect("buffers");
+            let host = b.host_in.as_mut_slice()?;
+            for (i, fr) in frames.iter().enumerate() {
+                host[i * w * h * 3..][..w * h * 3].copy_from_slice(fr);
+            }
+            self.stream.memcpy_htod(&b.host_in, &mut b.rgb_in)?;
+        }
+        self.enqueue(opts)?;
+        let s = self.scale();
+        let b = self.bufs.as_mut().expect("buffers");
+        self.stream.memcpy_dtoh(&b.rgb_out, &mut b.host_out)?;
+        let stats = self.stream.clone_dtoh(&b.stats)?;
+        let bits = self.stream.clone_dtoh(&b.bits)?;
+        let rgbf = match &b.rgbf {
+            Some(d) => Some(self.stream.clone_dtoh(d)?),
+            None => None,
+        };
+        self.stream.synchronize()?;
+        let n = w * s * h * s * 3;
+        let host = b.host_out.as_slice()?;
+        let l_count = self.convs.len();
+        let adaptive: Vec<usize> = self.net.net.adaptive_layers().collect();
+        let mut out = Vec::new();
+        for i in 0..frames.len() {
+            let layer_bits: Vec<u8> = adaptive.iter().map(|&k| bits[i * l_count + k]).collect();
+            let fab = if layer_bits.is_empty() {
+                0.0
+            } else {
+                layer_bits.iter().map(|&b| b as f32).sum::<f32>() / layer_bits.len() as f32
+            };
+            out.push((
+                host[i * n..(i + 1) * n].to_vec(),
+                FrameStats {
+                    complexity: stats[2 * i],
+                    image_bits: stats[2 * i + 1] as i32,
+                    layer_bits,
+                    fab,
+                },
+            ));
+        }
+        let f32s = rgbf
+            .map(|v| v.chunks(n).map(|c| c.to_vec()).collect())
+            .unwrap_or_default();
+        Ok((out, f32s))
+    }
+
+    /// Queues complexity, bit plan and every layer for the batch in `rgb_in`.
+    fn enqueue(&mut self, opts: &Options) -> Result<()> {
+        let q = self.net.net.quant.clone().expect("quantized model");
+        let base = opts.base_bits.unwrap_or(q.a_bits);
+        if !(1..=8).contains(&base) {
+            return Err(CudaError::Input(format!(
+                "base bits must be in 1..=8, found {base}"
+            )));
+        }
+        let lower = opts.image_lower.unwrap_or(q.image_lower);
+        let upper = opts.image_upper.unwrap_or(q.image_upper);
+        let cfg = self.net.net.config.clone();
+        let st = &self.stream;
+        let b = self.bufs.as_ref().expect("buffers");
+        let (f, h, w) = (b.frames, b.lr.h as i32, b.lr.w as i32);
+        let l_count = self.convs.len() as i32;
+        let grid = |n: usize, t: usize| (n.div_ceil(t) as u32, f as u32, 1);
+        unsafe {
+            st.launch_builder(&self.f_complexity)
+                .arg(&b.rgb_in)
+                .arg(&b.rowsum)
+                .arg(&h)
+                .arg(&w)
+                .launch(LaunchConfig {
+                    grid_dim: grid(b.lr.h, 128),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+            let (frames, base, adaptive) = (f as i32, base as i32, opts.adaptive as i32);
+            st.launch_builder(&self.f_plan)
+                .arg(&b.rowsum)
+                .arg(&self.layer_info)
+                .arg(&b.plan)
+                .arg(&b.stats)
+                .arg(&b.bits)
+                .arg(&frames)
+                .arg(&h)
+                .arg(&w)
+                .arg(&l_count)
+                .arg(&base)
+                .arg(&lower)
+                .arg(&upper)
+                .arg(&adaptive)
+                .launch(LaunchConfig {
+                    grid_dim: ((f as u32).div_ceil(32), 1, 1),
+                    block_dim: (32, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+            let k = cfg.rgb_range / 255.0;
+            let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+            let (hp, wp) = (b.lr.hp as i32, b.lr.wp as i32);
+            st.launch_builder(&self.f_input)
+                .arg(&b.rgb_in)
+                .arg(&b.input)
+                .arg(&b.plan)
+                .arg(&h)
+                .arg(&w)
+                .arg(&hp)
+                .arg(&wp)
+                .arg(&l_count)
+                .arg(&k)
+                .arg(&mean[0])
+                .arg(&mean[1])
+                .arg(&mean[2])
+                .launch(LaunchConfig {
+                    grid_dim: grid(b.lr.h * b.lr.w, 256),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+        }
+        // Head: direct conv, writes head, res and the first block's codes.
+        let head = &self.convs[0];
+        let args = DirectArgs {
+            input: ptr(&b.input, st),
+            wts: ptr(&head.wts, st),
+            bias: ptr(&head.bias, st),
+            ktab: ptr(&head.ktab, st),
+            plan: ptr(&b.plan, st),
+            head: ptr(&b.head, st),
+            res: ptr(&b.res, st),
+            out: ptr(&b.codes_a, st),
+            h,
+            w,
+            hp_in: b.lr.hp as i32,
+            wp_in: b.lr.wp as i32,
+            hp_out: b.lr.hp as i32,
+            wp_out: b.lr.wp as i32,
+            m: head.m,
+            layer: 0,
+            next: 1,
+            l_count,
+            hw: head.hw,
+            ..Default::default()
+        };
+        self.direct(&self.f_head, &args, b.lr.h * b.lr.w)?;
+
+        let mut k = 1;
+        for _ in 0..cfg.n_resblocks {
+            self.mma(k, 1, &b.codes_a, &b.codes_b, b.lr, b.lr, b, 1)?;
+            self.mma(k + 1, 2, &b.codes_b, &b.codes_a, b.lr, b.lr, b, 1)?;
+            k += 2;
+        }
+        self.mma(k, 3, &b.codes_a, &b.codes_b, b.lr, b.lr, b, 1)?;
+        k += 1;
+        let mut src = (&b.codes_b, b.lr);
+        for (stage, g) in b.hr.iter().enumerate() {
+            let Role::Up { r, .. } = self.net.net.layers[k].spec.role else {
+                unreachable!("upsampler layers follow the body")
+            };
+            self.mma(k, 4, src.0, &b.hr_codes[stage], src.1, *g, b, r)?;
+            src = (&b.hr_codes[stage], *g);
+            k += 1;
+        }
+        let tail = &self.convs[k];
+        let g = src.1;
+        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+        let args = DirectArgs {
+            input: ptr(src.0, st),
+            wts: ptr(&tail.wts, st),
+            bias: ptr(&tail.bias, st),
+            ktab: ptr(&tail.ktab, st),
+            plan: ptr(&b.plan, st),
+            rgb: ptr(&b.rgb_out, st),
+            rgbf: b.rgbf.as_ref().map_or(0, |d| ptr(d, st)),
+            h: g.h as i32,
+            w: g.w as i32,
+            hp_in: g.hp as i32,
+            wp_in: g.wp as i32,
+            m: tail.m,
+            layer: k as i32,
+            next: k as i32,
+            l_count,
+            hw: tail.hw,
+            mean,
+            inv: 255.0 / cfg.rgb_range,
+            ..Default::default()
+        };
+        self.direct(&self.f_tail, &args, g.h * g.w)?;
+        Ok(())
+    }
+
+    fn direct(&self, func: &CudaFunction, args: &DirectArgs, pixels: usize) -> Result<()> {
+        let f = self.bufs.as_ref().expect("buffers").frames as u32;
+        unsafe {
+            self.stream
+                .launch_builder(func)
+                .arg(args)
+                .launch(LaunchConfig {
+                    grid_dim: (pixels.div_ceil(128) as u32, f, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Tensor-core conv of layer `k` with epilogue `mode` from `input` (geometry `gi`) into
+    /// `out` (geometry `go`).
+    #[allow(clippy::too_many_arguments)]
+    fn mma(
+        &self,
+        k: usize,
+        mode: usize,
+        input: &CudaSlice<u8>,
+        out: &CudaSlice<u8>,
+        gi: Geom,
+        go: Geom,
+        b: &Buffers,
+        r: usize,
+    ) -> Result<()> {
+        let st = &self.stream;
+        let c = &self.convs[k];
+        debug_assert!(!(mode == 4 && c.signed), "upsampler convs are 8-bit");
+        let func = &self.f_mma[mode - 1][c.signed as usize];
+        let args = MmaArgs {
+            input: ptr(input, st),
+            wts: ptr(&c.wts, st),
+            bias: ptr(&c.bias, st),
+            ktab: ptr(&c.ktab, st),
+            plan: ptr(&b.plan, st),
+            res: ptr(&b.res, st),
+            head: ptr(&b.head, st),
+            out: ptr(out, st),
+            h: gi.h as i32,
+            w: gi.w as i32,
+            hp: gi.hp as i32,
+            wp: gi.wp as i32,
+            tiles_x: gi.tiles_x as i32,
+            tiles_y: gi.tiles_y as i32,
+            frames: b.frames as i32,
+            hp_out: go.hp as i32,
+            wp_out: go.wp as i32,
+            cout: c.cout as i32,
+            m: c.m,
+            layer: k as i32,
+            next: k as i32 + 1,
+            l_count: self.convs.len() as i32,
+            r: r as i32,
+            hw: c.hw,
+            res_scale: self.net.net.config.res_scale,
+        };
+        let tiles = b.frames * gi.tiles_x * gi.tiles_y;
+        let per_sm = func
+            .occupancy_max_active_blocks_per_multiprocessor(MMA_THREADS, c.smem as usize, None)?
+            .max(1);
+        let blocks = tiles.min((self.sms * per_sm) as usize) as u32;
+        unsafe {
+            st.launch_builder(func).arg(&args).launch(LaunchConfig {
+                grid_dim: (blocks, (c.cout / c.ns) as u32, 1),
+                block_dim: (MMA_THREADS, 1, 1),
+                shared_mem_bytes: c.smem,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Lays out one conv's weights for its kernel and uploads them.
+fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevConv> {
+    let (cin, cout) = (c.cin, c.cout);
+    let direct = matches!(role, Role::Head | Role::Tail);
+    let signed = !direct && c.m <= 127;
+    let (wts, ns, smem) = if direct {
+        // [cout][9][cinw] words of 4 unsigned codes; the head's 3 channels padded to 4.
+        let cinw = cin.div_ceil(4);
+        let mut v = vec![0u8; cout * 9 * cinw * 4];
+        for o in 0..cout {
+            for t in 0..9 {
+                for i in 0..cin {
+                    v[(o * 9 + t) * cinw * 4 + i] = c.codes[(t * cin + i) * cout + o];
+                }
+            }
+        }
+        (v, cout, 0)
+    } else {
+        let ns = cin.min(64);
+        let nr = ns;
+        let wrow = cin + 16;
+        let wbytes = 9 * nr * wrow;
+        let mut v = vec![0u8; (cout / ns) * wbytes];
+        for s in 0..cout / ns {
+            for t in 0..9 {
+                for row in 0..nr {
+                    for i in 0..cin {
+                        let d = s * wbytes + (t * nr + row) * wrow + i;
+                        let j = (t * cin + i) * cout + s * ns + row;
+                        v[d] = if signed {
+                            c.centred[j] as i8 as u8
+                        } else {
+                            c.codes[j]
+                        };
+                    }
+                }
+            }
+        }
+        (v, ns, (wbytes + HALO * HALO * cin) as u32)
+    };
+    if !direct && cin % 32 != 0 {
+        return Err(CudaError::Unsupported(format!("{cin} input channels")));
+    }
+    debug_assert!(quant::levels(8) as i32 == 255);
+    Ok(DevConv {
+        cout,
+        m: c.m,
+        hw: c.hw,
+        signed,
+        wts: stream.clone_htod(&wts)?,
+        bias: stream.clone_htod(&c.bias)?,
+        ktab: stream.clone_htod(&c.ktab)?,
+        ns,
+        smem,
+    })
+}

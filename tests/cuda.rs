@@ -1,0 +1,334 @@
+//! CUDA backend tests.
+//!
+//! - Kernel compilation needs only NVRTC (CI installs it from pip wheels): every kernel
+//!   compiles for sm_80, sm_89 and sm_90 without register spills.
+//! - Parity needs a GPU: the CUDA engine's output equals the CPU integer reference
+//!   (`engine::intnet`) bit for bit — the f32 values before rounding and the bytes after —
+//!   with the same complexity, b_I and layer bits, frame by frame in mixed batches.
+//!
+//! Without NVRTC or a GPU the tests say so on stderr and pass, unless `ADABM_REQUIRE_NVRTC=1`
+//! / `ADABM_REQUIRE_GPU=1` (CI sets the first, scripts/gpu-check.sh the second).
+
+use gstadabm::cuda::{self, CudaEngine};
+use gstadabm::engine::intnet::IntNetwork;
+use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
+
+use gstadabm::engine::{EdsrConfig, Engine, Image, Model, Options, QuantMode, builtin, complexity};
+
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+#[test]
+fn kernels_compile_for_every_arch_without_spills() {
+    if !cuda::nvrtc_present() {
+        assert!(
+            !required("ADABM_REQUIRE_NVRTC"),
+            "ADABM_REQUIRE_NVRTC=1 but libnvrtc.so.13 is not on the library path"
+        );
+        eprintln!("SKIP kernels_compile_for_every_arch_without_spills: libnvrtc.so.13 not found");
+        return;
+    }
+    for arch in ["sm_80", "sm_89", "sm_90"] {
+        let c = cuda::compile(arch, true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            c.cubin.len() > 1000,
+            "{arch}: cubin of {} bytes",
+            c.cubin.len()
+        );
+        let usage = cuda::parse_ptxas_log(&c.log);
+        for name in cuda::kernel_names() {
+            let k = usage.iter().find(|u| u.name == name).unwrap_or_else(|| {
+                panic!("{arch}: kernel {name} not in the ptxas report:\n{}", c.log)
+            });
+            assert!(
+                k.spill_stores == 0 && k.spill_loads == 0,
+                "{arch}: {name} spills ({} bytes stores, {} loads, {} registers)",
+                k.spill_stores,
+                k.spill_loads,
+                k.registers
+            );
+            assert!(
+                k.registers > 0 && k.registers <= 255,
+                "{arch}: {name}: {k:?}"
+            );
+        }
+        eprintln!(
+            "{arch}: {} kernels, max {} registers",
+            usage.len(),
+            usage.iter().map(|u| u.registers).max().unwrap_or(0)
+        );
+    }
+}
+
+#[test]
+fn ptxas_report_is_parsed() {
+    let log = "ptxas info    : Compiling entry function 'conv_x' for 'sm_90'\n\
+               ptxas info    : Function properties for conv_x\n\
+               \x20   16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n\
+               ptxas info    : Used 128 registers, used 1 barriers\n";
+    let u = cuda::parse_ptxas_log(log);
+    assert_eq!(u.len(), 1);
+    assert_eq!(
+        (
+            u[0].name.as_str(),
+            u[0].registers,
+            u[0].spill_stores,
+            u[0].spill_loads
+        ),
+        ("conv_x", 128, 8, 4)
+    );
+}
+
+/// A CUDA device, or None after saying why on stderr.
+fn gpu(test: &str) -> Option<usize> {
+    match cuda::probe(0) {
+        Ok((name, cc)) => {
+            eprintln!("{test}: {name} (sm_{}{})", cc.0, cc.1);
+            Some(0)
+        }
+        Err(e) => {
+            assert!(
+                !required("ADABM_REQUIRE_GPU"),
+                "ADABM_REQUIRE_GPU=1 but {e}"
+            );
+            eprintln!("SKIP {test}: {e}");
+            None
+        }
+    }
+}
+
+fn rgb8(img: &Image) -> Vec<u8> {
+    img.data.iter().map(|&v| v as u8).collect()
+}
+
+/// A test image with the integer values a video frame has (what the GPU gets as bytes).
+fn frame(w: usize, h: usize, seed: u64) -> Image {
+    let mut img = test_image(w, h, seed);
+    img.data.iter_mut().for_each(|v| *v = v.round());
+    img
+}
+
+/// Checks one batch against the CPU integer reference, frame by frame.
+fn check_batch(model: &Model, eng: &mut CudaEngine, imgs: &[Image], opts: &Options, what: &str) {
+    let (w, h) = (imgs[0].width, imgs[0].height);
+    let bytes: Vec<Vec<u8>> = imgs.iter().map(rgb8).collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+    assert!(
+        imgs.iter().all(|m| m.data.iter().all(|v| v.fract() == 0.0)),
+        "frames are bytes"
+    );
+    let (out, f32s) = eng
+        .upscale_batch_f32(&refs, w, h, opts)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let cpu = Engine::new(model, 0).unwrap();
+    let int = IntNetwork::new(model).unwrap();
+    for (i, img) in imgs.iter().enumerate() {
+        let c = complexity::gradient_density(&img.data, w, h);
+        let (plan, b_i) = cpu.bit_plan(c, opts).unwrap();
+        let want = int.upscale(img, &plan);
+        let (rgb, stats) = &out[i];
+        assert_eq!(
+            stats.complexity.to_bits(),
+            c.to_bits(),
+            "{what} frame {i}: complexity {} vs {c}",
+            stats.complexity
+        );
+        assert_eq!(stats.image_bits, b_i, "{what} frame {i}: b_I");
+        let bits: Vec<u8> = cpu
+            .network()
+            .adaptive_layers()
+            .map(|k| plan.bits[k])
+            .collect();
+        assert_eq!(stats.layer_bits, bits, "{what} frame {i}: layer bits");
+        let got = &f32s[i];
+        assert_eq!(got.len(), want.data.len(), "{what} frame {i}: output size");
+        let diff = got
+            .iter()
+            .zip(&want.data)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        if diff > 0 {
+            let (j, (a, b)) = got
+                .iter()
+                .zip(&want.data)
+                .enumerate()
+                .find(|(_, (a, b))| a.to_bits() != b.to_bits())
+                .unwrap();
+            panic!(
+                "{what} frame {i}: {diff} of {} f32 outputs differ; first at {j}: {a} vs {b}",
+                got.len()
+            );
+        }
+        let want8: Vec<u8> = want
+            .data
+            .iter()
+            .map(|&v| gstadabm::engine::frame::to_u8(v))
+            .collect();
+        assert!(rgb == &want8, "{what} frame {i}: bytes differ");
+    }
+    eprintln!("{what}: {} frame(s) {w}x{h} identical", imgs.len());
+}
+
+fn random_fq(feats: usize, blocks: usize, scale: u32, w_bits: u8, a_bits: u8, seed: u64) -> Model {
+    let cfg = EdsrConfig {
+        scale,
+        n_resblocks: blocks,
+        n_feats: feats,
+        ..EdsrConfig::baseline(scale)
+    };
+    let fp = random_model(cfg, seed).unwrap();
+    quantize_on_synthetic(&fp, QuantMode::Fq, w_bits, a_bits, seed + 1).unwrap()
+}
+
+/// Every kernel path (32/64 features, signed/unsigned weights, x2/x3/x4 shuffles) on odd
+/// sizes: 1x1, sizes that end inside a tile, several tiles.
+#[test]
+fn parity_random_models_odd_sizes() {
+    let Some(dev) = gpu("parity_random_models_odd_sizes") else {
+        return;
+    };
+    for (feats, blocks, scale, wb, ab) in [
+        (64, 4, 2, 8, 6),
+        (64, 4, 2, 4, 4),
+        (32, 3, 4, 4, 4),
+        (32, 2, 3, 8, 8),
+        (64, 2, 4, 6, 3),
+    ] {
+        let model = random_fq(feats, blocks, scale, wb, ab, feats as u64 + scale as u64);
+        let mut eng = CudaEngine::new(&model, dev).unwrap();
+        for (w, h) in [(1, 1), (17, 5), (33, 18), (5, 40)] {
+            let img = frame(w, h, (w * h) as u64);
+            check_batch(
+                &model,
+                &mut eng,
+                &[img],
+                &Options::default(),
+                &format!("F{feats} x{scale} w{wb}a{ab} {w}x{h}"),
+            );
+        }
+    }
+}
+
+/// One batch whose frames get different image bits (flat, normal, busy), so each frame in the
+/// same launch runs its own bit-widths; plus the live knobs (base bits, thresholds, adaptive).
+#[test]
+fn parity_mixed_bits_in_one_batch() {
+    let Some(dev) = gpu("parity_mixed_bits_in_one_batch") else {
+        return;
+    };
+    let model = random_fq(64, 4, 2, 4, 4, 77);
+    let q = model.quant.clone().unwrap();
+    let mut eng = CudaEngine::new(&model, dev).unwrap();
+    let (w, h) = (37, 21);
+    let mut flat = Image::new(w, h);
+    flat.data.iter_mut().for_each(|v| *v = 90.0);
+    let mut busy = test_image(w, h, 5);
+    for (i, v) in busy.data.iter_mut().enumerate() {
+        *v = if (i / 3 + i / (3 * w)) % 2 == 0 {
+            250.0
+        } else {
+            5.0
+        };
+    }
+    let imgs = [flat, test_image(w, h, 6), busy];
+    let cs: Vec<f32> = imgs
+        .iter()
+        .map(|m| complexity::gradient_density(&m.data, w, h))
+        .collect();
+    // Thresholds between the three complexities: b_I = -1, 0, +1 in one batch.
+    let opts = Options {
+        image_lower: Some((cs[0] + cs[1]) / 2.0),
+        image_upper: Some((cs[1] + cs[2]) / 2.0),
+        ..Options::default()
+    };
+    assert!(cs[0] < cs[1] && cs[1] < cs[2], "{cs:?}");
+    check_batch(&model, &mut eng, &imgs, &opts, "mixed b_I");
+    check_batch(
+        &model,
+        &mut eng,
+        &imgs,
+        &Options {
+            base_bits: Some(6),
+            ..opts
+        },
+        "base bits 6",
+    );
+    check_batch(
+        &model,
+        &mut eng,
+        &imgs,
+        &Options {
+            adaptive: false,
+            ..opts
+        },
+        "adaptive off",
+    );
+    check_batch(
+        &model,
+        &mut eng,
+        &imgs,
+        &Options {
+            image_lower: Some(q.image_lower),
+            image_upper: Some(q.image_upper),
+            ..opts
+        },
+        "model thresholds",
+    );
+}
+
+/// The built-in quantized models (trained weights, rgb_range 255) end to end.
+#[test]
+fn parity_builtin_models() {
+    let Some(dev) = gpu("parity_builtin_models") else {
+        return;
+    };
+    for b in builtin::MODELS.iter().filter(|m| m.name.contains("-w")) {
+        let model = b.load().unwrap();
+        let mut eng = CudaEngine::new(&model, dev).unwrap();
+        let imgs = [frame(48, 30, 1), frame(48, 30, 2)];
+        check_batch(&model, &mut eng, &imgs, &Options::default(), b.name);
+    }
+}
+
+#[test]
+fn unsupported_models_are_refused_with_a_reason() {
+    let fp = builtin::find(2, "fp32").unwrap().load().unwrap();
+    let err = CudaEngine::new(&fp, 0)
+        .err()
+        .expect("float model refused")
+        .to_string();
+    assert!(err.contains("floating-point model"), "{err}");
+    let cfg = EdsrConfig {
+        n_resblocks: 1,
+        n_feats: 16,
+        ..EdsrConfig::baseline(2)
+    };
+    let m = quantize_on_synthetic(&random_model(cfg, 1).unwrap(), QuantMode::Fq, 4, 4, 2).unwrap();
+    let err = CudaEngine::new(&m, 0)
+        .err()
+        .expect("16 features refused")
+        .to_string();
+    assert!(err.contains("16 features"), "{err}");
+    let m = quantize_on_synthetic(
+        &random_model(
+            EdsrConfig {
+                n_resblocks: 1,
+                n_feats: 32,
+                ..EdsrConfig::baseline(2)
+            },
+            1,
+        )
+        .unwrap(),
+        QuantMode::NonFq,
+        4,
+        4,
+        2,
+    )
+    .unwrap();
+    let err = CudaEngine::new(&m, 0)
+        .err()
+        .expect("non-fq refused")
+        .to_string();
+    assert!(err.contains("non-fq"), "{err}");
+}
