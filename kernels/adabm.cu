@@ -15,8 +15,9 @@ typedef unsigned long long u64;
 #define MMA_THREADS 256
 
 // Input quantizer of one layer for one frame (see intnet.rs): code(x) and Δa.
+// s = N / (u - l).
 struct Quant {
-    float l, u, n, da;
+    float l, u, s, da;
 };
 
 // What the host knows of a layer: bounds, kind (0 float, 1 adaptive, 2 fixed 8-bit), b_L.
@@ -25,10 +26,10 @@ struct LayerInfo {
     int kind, b_l;
 };
 
-// code(x; l, u, N) = round_half_even((clamp(x, l, u) - l) / (u - l) * N)
+// code(x; l, u, N) = round_half_even((clamp(x, l, u) - l) * (N / (u - l)))
 __device__ __forceinline__ u32 act_code(float x, Quant q) {
     float c = x < q.l ? q.l : (x > q.u ? q.u : x);
-    return (u32)rintf((c - q.l) / (q.u - q.l) * q.n);
+    return (u32)rintf((c - q.l) * q.s);
 }
 
 // Rust's `v.round_ties_even().clamp(0.0, 255.0) as u8`.
@@ -50,8 +51,8 @@ __device__ __forceinline__ int border_bits(int v, int len) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Image complexity (gradient density, complexity.rs): one thread per row, sequential f32 sum
-// in column order, exactly as the CPU.
+// Image complexity (gradient density, complexity.rs): one thread per pixel; the per-pixel
+// terms are summed in 2^-24 fixed point (exact in any order) into csum[f] with atomics.
 
 __device__ __forceinline__ float luma(const u8* img, int w, int h, int y, int x) {
     y = y < 0 ? 0 : (y >= h ? h - 1 : y);
@@ -60,34 +61,35 @@ __device__ __forceinline__ float luma(const u8* img, int w, int h, int y, int x)
     return (0.299f * (float)p[0] + 0.587f * (float)p[1] + 0.114f * (float)p[2]) / 255.0f;
 }
 
-extern "C" __global__ void complexity_rows(const u8* rgb, float* rowsum, int h, int w) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
+extern "C" __global__ void complexity(const u8* rgb, u64* csum, int h, int w) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
     int f = blockIdx.y;
-    if (r >= h) return;
-    const u8* img = rgb + (size_t)f * h * w * 3;
-    float row = 0.0f;
-    for (int c = 0; c < w; c++) {
+    u64 v = 0;
+    if (i < h * w) {
+        const u8* img = rgb + (size_t)f * h * w * 3;
+        int r = i / w, c = i - (i / w) * w;
         float gx = (luma(img, w, h, r - 1, c + 1) - luma(img, w, h, r - 1, c - 1)) +
                    2.0f * (luma(img, w, h, r, c + 1) - luma(img, w, h, r, c - 1)) +
                    (luma(img, w, h, r + 1, c + 1) - luma(img, w, h, r + 1, c - 1));
         float gy = (luma(img, w, h, r + 1, c - 1) - luma(img, w, h, r - 1, c - 1)) +
                    2.0f * (luma(img, w, h, r + 1, c) - luma(img, w, h, r - 1, c)) +
                    (luma(img, w, h, r + 1, c + 1) - luma(img, w, h, r - 1, c + 1));
-        row = row + (fabsf(gx) / 8.0f + fabsf(gy) / 8.0f);
+        float t = fabsf(gx) / 8.0f + fabsf(gy) / 8.0f;
+        v = (u64)rintf(t * 16777216.0f);
     }
-    rowsum[(size_t)f * h + r] = row;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0 && v) atomicAdd(csum + f, v);
 }
 
 // One thread per frame: complexity, b_I, the bits of every layer and their quantizers.
 // stats[f] = (c, b_I); bits[f * L + k].
-extern "C" __global__ void plan_bits(const float* rowsum, const LayerInfo* layers, Quant* plan,
+extern "C" __global__ void plan_bits(const u64* csum, const LayerInfo* layers, Quant* plan,
                                      float* stats, u8* bits, int frames, int h, int w, int L,
                                      int base, float lower, float upper, int adaptive) {
     int f = blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= frames) return;
-    double sum = 0.0;
-    for (int r = 0; r < h; r++) sum += (double)rowsum[(size_t)f * h + r];
-    float c = (float)(1000.0 * sum / (2.0 * (double)((long long)w * h)));
+    float c = (float)(1000.0 * (double)csum[f] / 16777216.0 / (2.0 * (double)((long long)w * h)));
     int b_i = 0;
     if (adaptive) b_i = c < lower ? -1 : (c > upper ? 1 : 0);
     stats[2 * f] = c;
@@ -101,11 +103,12 @@ extern "C" __global__ void plan_bits(const float* rowsum, const LayerInfo* layer
         } else if (li.kind == 2) {
             b = 8;
         }
+        float n = (float)((1 << b) - 1);
         Quant q;
         q.l = li.l;
         q.u = li.u;
-        q.n = (float)((1 << b) - 1);
-        q.da = (li.u - li.l) / q.n;
+        q.s = n / (li.u - li.l);
+        q.da = (li.u - li.l) / n;
         plan[f * L + k] = q;
         bits[f * L + k] = (u8)b;
     }
@@ -129,11 +132,13 @@ extern "C" __global__ void input_codes(const u8* rgb, u8* codes, const Quant* pl
 }
 
 // ---------------------------------------------------------------------------------------
-// Direct integer conv for the thin layers (head: 4 input channels, tail: 3 outputs): one
-// thread per output pixel, dp4a on unsigned codes, S = 2·Σqk − M·Σq.
+// Direct integer convs for the thin layers, unsigned codes with dp4a, S = 2·Σqk − M·Σq.
+// Head (4 input channels): one thread per (pixel, 4 output channels), float4 / u32 stores.
+// Tail (3 outputs): four threads per pixel, each a quarter of the input channels (one 16- or
+// 8-byte load per tap), summed across the four lanes.
 
 struct DirectArgs {
-    const u8* in;      // codes, [F][hp_in][wp_in][CINW*4]
+    const u8* in;      // codes, [F][hp_in][wp_in][cin padded to 4]
     const u32* wts;    // unsigned weight codes k, [COUT][9][CINW] packed 4 per word
     const float* bias; // [COUT]
     const int* ktab;   // [16][COUT]
@@ -148,72 +153,113 @@ struct DirectArgs {
     float hw, mean0, mean1, mean2, inv;
 };
 
-template <int CINW, int COUT, bool TAIL>
-__device__ __forceinline__ void conv_direct(const DirectArgs& a) {
-    __shared__ u32 sw[COUT * 9 * CINW];
-    for (int i = threadIdx.x; i < COUT * 9 * CINW; i += blockDim.x) sw[i] = a.wts[i];
+template <int COUT>
+__device__ __forceinline__ void conv_head(const DirectArgs& a) {
+    __shared__ u32 sw[COUT * 9];
+    for (int i = threadIdx.x; i < COUT * 9; i += blockDim.x) sw[i] = a.wts[i];
+    __syncthreads();
+    const int groups = COUT / 4;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int f = blockIdx.y;
+    int p = i / groups, o4 = i - (i / groups) * groups;
+    if (p >= a.h * a.w) return;
+    int y = p / a.w, x = p - (p / a.w) * a.w;
+    u32 acc[4] = {0, 0, 0, 0}, sq = 0;
+#pragma unroll
+    for (int t = 0; t < 9; t++) {
+        u32 q = *(const u32*)(a.in + (((size_t)f * a.hp_in + y + t / 3) * a.wp_in + x + t % 3) * 4);
+        sq = dp4a_u(q, 0x01010101u, sq);
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[j] = dp4a_u(q, sw[(o4 * 4 + j) * 9 + t], acc[j]);
+    }
+    Quant qi = a.plan[f * a.L + a.layer], qn = a.plan[f * a.L + a.next];
+    int cls = border_bits(y, a.h) * 4 + border_bits(x, a.w);
+    float v[4];
+    u32 word = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int o = o4 * 4 + j;
+        int s = 2 * (int)acc[j] - a.m * (int)sq;
+        v[j] = a.bias[o] + a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * COUT + o]);
+        word |= act_code(v[j], qn) << (8 * j);
+    }
+    size_t px = (size_t)f * a.h * a.w + p;
+    float4 v4;
+    v4.x = v[0];
+    v4.y = v[1];
+    v4.z = v[2];
+    v4.w = v[3];
+    ((float4*)a.head)[px * groups + o4] = v4;
+    ((float4*)a.res)[px * groups + o4] = v4;
+    ((u32*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * COUT))[o4] = word;
+}
+
+template <int CIN>
+__device__ __forceinline__ void conv_tail(const DirectArgs& a) {
+    const int CINW = CIN / 4, PART = CINW / 4;  // words per pixel and per lane
+    __shared__ u32 sw[3 * 9 * CINW];
+    for (int i = threadIdx.x; i < 3 * 9 * CINW; i += blockDim.x) sw[i] = a.wts[i];
     __syncthreads();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int f = blockIdx.y;
-    if (i >= a.h * a.w) return;
-    int y = i / a.w, x = i - (i / a.w) * a.w;
-    u32 acc[COUT];
+    int p = i >> 2, part = i & 3;
+    bool valid = p < a.h * a.w;
+    int y = valid ? p / a.w : 0, x = valid ? p - (p / a.w) * a.w : 0;
+    u32 acc[3] = {0, 0, 0}, sq = 0;
+    if (valid) {
 #pragma unroll
-    for (int o = 0; o < COUT; o++) acc[o] = 0;
-    u32 sq = 0;
+        for (int t = 0; t < 9; t++) {
+            const u32* src = (const u32*)(a.in + (((size_t)f * a.hp_in + y + t / 3) * a.wp_in + x + t % 3) * CIN) +
+                             part * PART;
+            u32 q[PART];
+            if (PART == 4) {
+                uint4 v = *(const uint4*)src;
+                q[0] = v.x;
+                q[1 % PART] = v.y;
+                q[2 % PART] = v.z;
+                q[3 % PART] = v.w;
+            } else {
+                uint2 v = *(const uint2*)src;
+                q[0] = v.x;
+                q[1 % PART] = v.y;
+            }
 #pragma unroll
-    for (int t = 0; t < 9; t++) {
-        const u32* p = (const u32*)(a.in + (((size_t)f * a.hp_in + y + t / 3) * a.wp_in + x + t % 3) *
-                                               (CINW * 4));
+            for (int j = 0; j < PART; j++) {
+                sq = dp4a_u(q[j], 0x01010101u, sq);
 #pragma unroll
-        for (int j = 0; j < CINW; j++) {
-            u32 q = p[j];
-            sq = dp4a_u(q, 0x01010101u, sq);
-#pragma unroll
-            for (int o = 0; o < COUT; o++) acc[o] = dp4a_u(q, sw[(o * 9 + t) * CINW + j], acc[o]);
+                for (int o = 0; o < 3; o++)
+                    acc[o] = dp4a_u(q[j], sw[(o * 9 + t) * CINW + part * PART + j], acc[o]);
+            }
         }
     }
+#pragma unroll
+    for (int d = 1; d < 4; d <<= 1) {
+        sq += __shfl_xor_sync(0xffffffffu, sq, d);
+#pragma unroll
+        for (int o = 0; o < 3; o++) acc[o] += __shfl_xor_sync(0xffffffffu, acc[o], d);
+    }
+    if (!valid || part != 0) return;
     Quant qi = a.plan[f * a.L + a.layer];
     int cls = border_bits(y, a.h) * 4 + border_bits(x, a.w);
-    size_t px = (size_t)f * a.h * a.w + i;
-    if (TAIL) {
-        float mean[3] = {a.mean0, a.mean1, a.mean2};
+    size_t px = (size_t)f * a.h * a.w + p;
+    float mean[3] = {a.mean0, a.mean1, a.mean2};
 #pragma unroll
-        for (int o = 0; o < COUT; o++) {
-            int s = 2 * (int)acc[o] - a.m * (int)sq;
-            float v = a.bias[o] + a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * COUT + o]);
-            float r = (v + mean[o]) * a.inv;
-            a.rgb[px * 3 + o] = to_u8(r);
-            if (a.rgbf) a.rgbf[px * 3 + o] = r;
-        }
-    } else {
-        Quant qn = a.plan[f * a.L + a.next];
-        u32* dst = (u32*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * COUT);
-#pragma unroll
-        for (int o4 = 0; o4 < COUT / 4; o4++) {
-            u32 word = 0;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                int o = o4 * 4 + j;
-                int s = 2 * (int)acc[o] - a.m * (int)sq;
-                float v =
-                    a.bias[o] + a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * COUT + o]);
-                a.head[px * COUT + o] = v;
-                a.res[px * COUT + o] = v;
-                word |= act_code(v, qn) << (8 * j);
-            }
-            dst[o4] = word;
-        }
+    for (int o = 0; o < 3; o++) {
+        int s = 2 * (int)acc[o] - a.m * (int)sq;
+        float v = a.bias[o] + a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * 3 + o]);
+        float r = (v + mean[o]) * a.inv;
+        a.rgb[px * 3 + o] = to_u8(r);
+        if (a.rgbf) a.rgbf[px * 3 + o] = r;
     }
 }
 
 #define DIRECT_HEAD(C)                                                                     \
     extern "C" __global__ void __launch_bounds__(128) conv_head_c##C(DirectArgs a) {       \
-        conv_direct<1, C, false>(a);                                                       \
+        conv_head<C>(a);                                                                   \
     }
 #define DIRECT_TAIL(C)                                                                     \
     extern "C" __global__ void __launch_bounds__(128) conv_tail_c##C(DirectArgs a) {       \
-        conv_direct<C / 4, 3, true>(a);                                                    \
+        conv_tail<C>(a);                                                                   \
     }
 DIRECT_HEAD(32)
 DIRECT_HEAD(64)
@@ -267,13 +313,14 @@ __device__ __forceinline__ void mma_u8s8(int* d, const u32* a, u32 b0, u32 b1) {
 
 template <int CIN, int NS, bool SIGNED>
 struct MmaShape {
-    static const int NR = NS;      // weight rows in smem
-    static const int NT = NR / 8;  // n8 fragments per warp
-    static const int WROW = CIN + 16;             // bytes per weight row (bank padding)
-    static const int NC = CIN / 16;               // 16-byte chunks per halo pixel
+    static const int NR = NS;            // weight rows in smem
+    static const int NT = NR / 8;        // n8 fragments per warp
+    static const int WROW = CIN + 16;    // bytes per weight row (bank padding)
+    static const int NC = CIN / 16;      // 16-byte chunks per halo pixel
     static const int WBYTES = 9 * NR * WROW;
+    static const int EBYTES = 17 * NS * 4;  // epilogue constants: K table and bias
     static const int HBYTES = HALO * HALO * CIN;
-    static const int SMEM = WBYTES + HBYTES;
+    static const int SMEM = WBYTES + EBYTES + 2 * HBYTES;  // two halo buffers
 };
 
 // Swizzled 16-byte chunk of halo pixel hp: 8 consecutive pixels read in one fragment load
@@ -283,36 +330,65 @@ __device__ __forceinline__ int swz(int hp, int chunk) {
     return chunk ^ ((hp / (128 / CIN)) & (CIN / 16 - 1));
 }
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    u32 s;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+                 : "=r"(s)
+                 : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+}
+
+// Queues the asynchronous copy of one tile's 18x18 code halo into `halo`.
+template <int CIN>
+__device__ __forceinline__ void load_halo(const MmaArgs& a, int tile, u8* halo) {
+    const int NC = CIN / 16;
+    const int f = tile / (a.tiles_y * a.tiles_x);
+    const int rem = tile - f * a.tiles_y * a.tiles_x;
+    const int ty = rem / a.tiles_x, tx = rem - (rem / a.tiles_x) * a.tiles_x;
+    for (int i = threadIdx.x; i < HALO * HALO * NC; i += MMA_THREADS) {
+        int hp = i / NC, c = i - hp * NC;
+        int hy = hp / HALO, hx = hp - hy * HALO;
+        const uint4* src =
+            (const uint4*)(a.in + (((size_t)f * a.hp + ty * TILE + hy) * a.wp + tx * TILE + hx) * CIN) + c;
+        cp_async16(halo + (hp * NC + swz<CIN>(hp, c)) * 16, src);
+    }
+    asm volatile("cp.async.commit_group;");
+}
+
 template <int CIN, int NS, int MODE, bool SIGNED>
 __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
     typedef MmaShape<CIN, NS, SIGNED> S;
     extern __shared__ __align__(16) u8 smem[];
     u8* sw = smem;
-    u8* halo = smem + S::WBYTES;
+    int* ktab = (int*)(smem + S::WBYTES);  // [16][NS] of this slice
+    float* bias = (float*)(ktab + 16 * NS);
+    u8* halos = smem + S::WBYTES + S::EBYTES;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, l4 = lane & 3;
     const int slice = blockIdx.y;
+    const int ntiles = a.frames * a.tiles_y * a.tiles_x;
+    if ((int)blockIdx.x < ntiles) load_halo<CIN>(a, blockIdx.x, halos);
 
-    {  // the slice's weights, once
+    {  // the slice's weights and epilogue constants, once
         const uint4* src = (const uint4*)(a.wts + (size_t)slice * S::WBYTES);
         uint4* dst = (uint4*)sw;
         for (int i = tid; i < S::WBYTES / 16; i += MMA_THREADS) dst[i] = src[i];
+        for (int i = tid; i < 16 * NS; i += MMA_THREADS)
+            ktab[i] = a.ktab[(i / NS) * a.cout + slice * NS + i % NS];
+        for (int i = tid; i < NS; i += MMA_THREADS) bias[i] = a.bias[slice * NS + i];
     }
 
-    const int ntiles = a.frames * a.tiles_y * a.tiles_x;
+    int buf = 0;
     for (int tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
         const int f = tile / (a.tiles_y * a.tiles_x);
         const int rem = tile - f * a.tiles_y * a.tiles_x;
         const int ty = rem / a.tiles_x, tx = rem - (rem / a.tiles_x) * a.tiles_x;
-        __syncthreads();  // previous tile's halo no longer read (and weights stored)
-        for (int i = tid; i < HALO * HALO * S::NC; i += MMA_THREADS) {
-            int hp = i / S::NC, c = i - hp * S::NC;
-            int hy = hp / HALO, hx = hp - hy * HALO;
-            const uint4* src = (const uint4*)(a.in + (((size_t)f * a.hp + ty * TILE + hy) * a.wp +
-                                                      tx * TILE + hx) * CIN) + c;
-            ((uint4*)halo)[hp * S::NC + swz<CIN>(hp, c)] = *src;
-        }
-        __syncthreads();
+        asm volatile("cp.async.wait_group 0;");
+        __syncthreads();  // this tile's halo is in; every warp is done with the other buffer
+        if (tile + (int)gridDim.x < ntiles)
+            load_halo<CIN>(a, tile + gridDim.x, halos + (buf ^ 1) * S::HBYTES);
+        const u8* halo = halos + buf * S::HBYTES;
+        buf ^= 1;
 
         int acc[2][S::NT][4];
 #pragma unroll
@@ -379,41 +455,49 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
             for (int half = 0; half < 2; half++) {
                 const int x = tx * TILE + g + half * 8;
                 if (y >= a.h || x >= a.w) continue;
-                const int cls = border_bits(y, a.h) * 4 + border_bits(x, a.w);
+                const int* kt = ktab + (border_bits(y, a.h) * 4 + border_bits(x, a.w)) * NS;
                 const size_t px = ((size_t)f * a.h + y) * a.w + x;
 #pragma unroll
                 for (int nt = 0; nt < NS / 8; nt++) {
-                    const int n0 = slice * NS + nt * 8 + l4 * 2;
-                    u32 code2 = 0;
+                    const int nl = nt * 8 + l4 * 2;  // channel within the slice
+                    const int n0 = slice * NS + nl;
+                    float v[2];
 #pragma unroll
                     for (int j = 0; j < 2; j++) {
-                        const int n = n0 + j;
                         int s = acc[mt][nt][half * 2 + j];
                         if (!SIGNED) s = 2 * s - a.m * sq[half];
-                        float v = a.bias[n] +
-                                  a.hw * (qi.da * (float)s + qi.l * (float)a.ktab[cls * a.cout + n]);
-                        u32 c;
-                        if (MODE == EPI_RELU) {
-                            c = act_code(v > 0.0f ? v : 0.0f, qn);
-                        } else if (MODE == EPI_RES) {
-                            float r = a.res[px * a.cout + n] + a.res_scale * v;
-                            a.res[px * a.cout + n] = r;
-                            c = act_code(r, qn);
-                        } else if (MODE == EPI_SKIP) {
-                            c = act_code(v + a.head[px * a.cout + n], qn);
-                        } else {  // EPI_SHUF: channel n -> (c, i, j) of PixelShuffle(r)
-                            const int rr = a.r * a.r;
+                        v[j] = bias[nl + j] + a.hw * (qi.da * (float)s + qi.l * (float)kt[nl + j]);
+                    }
+                    if (MODE == EPI_SHUF) {  // channel n -> (c, i, j) of PixelShuffle(r)
+                        const int rr = a.r * a.r;
+#pragma unroll
+                        for (int j = 0; j < 2; j++) {
+                            const int n = n0 + j;
                             const int ch = n / rr, i = (n - ch * rr) / a.r, jj = n - ch * rr - i * a.r;
                             const int Y = y * a.r + i, X = x * a.r + jj;
                             a.out[(((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) + ch] =
-                                (u8)act_code(v, qn);
-                            c = 0;
+                                (u8)act_code(v[j], qn);
                         }
-                        code2 |= c << (8 * j);
-                    }
-                    if (MODE != EPI_SHUF) {
-                        *(u16*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * a.cout +
-                                n0) = (u16)code2;
+                    } else {
+                        u32 c0, c1;
+                        if (MODE == EPI_RELU) {
+                            c0 = act_code(v[0] > 0.0f ? v[0] : 0.0f, qn);
+                            c1 = act_code(v[1] > 0.0f ? v[1] : 0.0f, qn);
+                        } else if (MODE == EPI_RES) {
+                            float2* rp = (float2*)(a.res + px * a.cout + n0);
+                            float2 r = *rp;
+                            r.x = r.x + a.res_scale * v[0];
+                            r.y = r.y + a.res_scale * v[1];
+                            *rp = r;
+                            c0 = act_code(r.x, qn);
+                            c1 = act_code(r.y, qn);
+                        } else {  // EPI_SKIP
+                            float2 hd = *(const float2*)(a.head + px * a.cout + n0);
+                            c0 = act_code(v[0] + hd.x, qn);
+                            c1 = act_code(v[1] + hd.y, qn);
+                        }
+                        *(u16*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * a.cout + n0) =
+                            (u16)(c0 | (c1 << 8));
                     }
                 }
             }

@@ -21,7 +21,7 @@ const MMA_THREADS: u32 = 256;
 struct Quant {
     l: f32,
     u: f32,
-    n: f32,
+    s: f32,
     da: f32,
 }
 unsafe impl DeviceRepr for Quant {}
@@ -160,7 +160,7 @@ struct Buffers {
     /// Geometry after each upsampler stage.
     hr: Vec<Geom>,
     rgb_in: CudaSlice<u8>,
-    rowsum: CudaSlice<f32>,
+    csum: CudaSlice<u64>,
     plan: CudaSlice<Quant>,
     stats: CudaSlice<f32>,
     bits: CudaSlice<u8>,
@@ -271,7 +271,7 @@ impl CudaEngine {
         }
         let layer_info = stream.clone_htod(&infos)?;
         let engine = Self {
-            f_complexity: load("complexity_rows")?,
+            f_complexity: load("complexity")?,
             f_plan: load("plan_bits")?,
             f_input: load("input_codes")?,
             f_head: load(&format!("conv_head_c{f}"))?,
@@ -344,7 +344,7 @@ impl CudaEngine {
             frames,
             lr,
             rgb_in: bytes(f * h * w * 3)?,
-            rowsum: floats(f * h)?,
+            csum: s.alloc_zeros::<u64>(f)?,
             plan: s.alloc_zeros::<Quant>(f * l_count)?,
             stats: floats(2 * f)?,
             bits: bytes(f * l_count)?,
@@ -502,6 +502,10 @@ impl CudaEngine {
         let upper = opts.image_upper.unwrap_or(q.image_upper);
         let cfg = self.net.net.config.clone();
         let st = &self.stream;
+        {
+            let b = self.bufs.as_mut().expect("buffers");
+            st.memset_zeros(&mut b.csum)?;
+        }
         let b = self.bufs.as_ref().expect("buffers");
         let (f, h, w) = (b.frames, b.lr.h as i32, b.lr.w as i32);
         let l_count = self.convs.len() as i32;
@@ -509,17 +513,17 @@ impl CudaEngine {
         unsafe {
             st.launch_builder(&self.f_complexity)
                 .arg(&b.rgb_in)
-                .arg(&b.rowsum)
+                .arg(&b.csum)
                 .arg(&h)
                 .arg(&w)
                 .launch(LaunchConfig {
-                    grid_dim: grid(b.lr.h, 128),
-                    block_dim: (128, 1, 1),
+                    grid_dim: grid(b.lr.h * b.lr.w, 256),
+                    block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 })?;
             let (frames, base, adaptive) = (f as i32, base as i32, opts.adaptive as i32);
             st.launch_builder(&self.f_plan)
-                .arg(&b.rowsum)
+                .arg(&b.csum)
                 .arg(&self.layer_info)
                 .arg(&b.plan)
                 .arg(&b.stats)
@@ -583,7 +587,8 @@ impl CudaEngine {
             hw: head.hw,
             ..Default::default()
         };
-        self.direct(&self.f_head, &args, b.lr.h * b.lr.w)?;
+        // One thread per pixel and 4 output channels.
+        self.direct(&self.f_head, &args, b.lr.h * b.lr.w * head.cout / 4)?;
 
         let mut k = 1;
         for _ in 0..cfg.n_resblocks {
@@ -626,18 +631,19 @@ impl CudaEngine {
             inv: 255.0 / cfg.rgb_range,
             ..Default::default()
         };
-        self.direct(&self.f_tail, &args, g.h * g.w)?;
+        // Four threads per pixel.
+        self.direct(&self.f_tail, &args, g.h * g.w * 4)?;
         Ok(())
     }
 
-    fn direct(&self, func: &CudaFunction, args: &DirectArgs, pixels: usize) -> Result<()> {
+    fn direct(&self, func: &CudaFunction, args: &DirectArgs, threads: usize) -> Result<()> {
         let f = self.bufs.as_ref().expect("buffers").frames as u32;
         unsafe {
             self.stream
                 .launch_builder(func)
                 .arg(args)
                 .launch(LaunchConfig {
-                    grid_dim: (pixels.div_ceil(128) as u32, f, 1),
+                    grid_dim: (threads.div_ceil(128) as u32, f, 1),
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: 0,
                 })?;
@@ -744,7 +750,8 @@ fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevC
                 }
             }
         }
-        (v, ns, (wbytes + HALO * HALO * cin) as u32)
+        // Weights, the epilogue's K table and bias, two halo buffers (kernels/adabm.cu MmaShape).
+        (v, ns, (wbytes + 17 * ns * 4 + 2 * HALO * HALO * cin) as u32)
     };
     if !direct && cin % 32 != 0 {
         return Err(CudaError::Unsupported(format!("{cin} input channels")));

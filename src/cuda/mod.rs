@@ -240,7 +240,7 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelUsage> {
 
 /// Names of the kernels the engine launches (every one must be in the compiled image).
 pub fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = ["complexity_rows", "plan_bits", "input_codes"]
+    let mut v: Vec<String> = ["complexity", "plan_bits", "input_codes"]
         .iter()
         .map(|s| s.to_string())
         .collect();

@@ -2,6 +2,13 @@
 //!
 //! Y = 0.299 R + 0.587 G + 0.114 B on I/255; Sobel 3x3 kernels divided by 8; replicate padding;
 //! c = 1000 · mean over pixels and both directions of |G|.
+//!
+//! The per-pixel terms `|Gx|/8 + |Gy|/8` (at most 1) are summed in 2^-24 fixed point: an
+//! exact integer sum whatever the order, so the GPU's parallel reduction gives the same `c` to
+//! the bit (the fixed-point rounding moves `c` by less than 1e-7 relative).
+
+/// Fixed-point scale of the per-pixel terms.
+pub const FIXED_ONE: f32 = 16_777_216.0;
 
 /// Gradient density of an interleaved RGB image of 0–255 values (`h * w * 3`).
 pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
@@ -18,9 +25,8 @@ pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
         let xx = xx.clamp(0, w as isize - 1) as usize;
         y[yy * w + xx]
     };
-    let mut sum = 0.0f64;
+    let mut sum = 0u64;
     for r in 0..h as isize {
-        let mut row = 0.0f32;
         for c in 0..w as isize {
             let gx = (at(r - 1, c + 1) - at(r - 1, c - 1))
                 + 2.0 * (at(r, c + 1) - at(r, c - 1))
@@ -28,11 +34,16 @@ pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
             let gy = (at(r + 1, c - 1) - at(r - 1, c - 1))
                 + 2.0 * (at(r + 1, c) - at(r - 1, c))
                 + (at(r + 1, c + 1) - at(r - 1, c + 1));
-            row += gx.abs() / 8.0 + gy.abs() / 8.0;
+            let t = gx.abs() / 8.0 + gy.abs() / 8.0;
+            sum += (t * FIXED_ONE).round_ties_even() as u64;
         }
-        sum += row as f64;
     }
-    (1000.0 * sum / (2.0 * (w * h) as f64)) as f32
+    density_from_fixed(sum, w, h)
+}
+
+/// `c` from the fixed-point sum of the per-pixel terms.
+pub fn density_from_fixed(sum: u64, w: usize, h: usize) -> f32 {
+    (1000.0 * sum as f64 / FIXED_ONE as f64 / (2.0 * (w * h) as f64)) as f32
 }
 
 #[cfg(test)]

@@ -26,6 +26,18 @@ impl ActQuant {
     pub fn step(&self) -> f32 {
         (self.u - self.l) / self.n
     }
+
+    /// `N / (u − l)`: codes are `round((clamp(x, l, u) − l) · N/(u − l))` in the integer
+    /// engines (one multiply instead of a division per value).
+    pub fn inv_step(&self) -> f32 {
+        self.n / (self.u - self.l)
+    }
+
+    /// The code of `x`: `round_half_even((clamp(x, l, u) − l) · (N / (u − l)))`.
+    #[inline]
+    pub fn code(&self, x: f32) -> u8 {
+        ((x.clamp(self.l, self.u) - self.l) * self.inv_step()).round_ties_even() as u8
+    }
 }
 
 /// Activation codes of a map, zero-padded like [`FeatureMap`] (border codes are 0 and stand
@@ -39,13 +51,13 @@ pub struct CodeMap {
 }
 
 impl CodeMap {
-    /// Quantizes the interior of `x` (half-to-even rounding, as the fake-quant reference).
+    /// Quantizes the interior of `x` with [`ActQuant::code`].
     pub fn quantize(x: &FeatureMap, q: ActQuant) -> Self {
         let mut codes = vec![0u8; x.data.len()];
         for y in 0..x.h {
             let i = x.idx(y, 0);
             for (d, &v) in codes[i..i + x.w * x.c].iter_mut().zip(x.row(y)) {
-                *d = quant::act_code(v, q.l, q.u, q.n) as u8;
+                *d = q.code(v);
             }
         }
         Self {

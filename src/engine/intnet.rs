@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! v   = bias + h_w·(Δa·f32(S) + l·f32(K))
-//! code(x; l, u, N) = round_half_even((clamp(x, l, u) − l) / (u − l) · N)      Δa = (u − l)/N
+//! code(x; l, u, N) = round_half_even((clamp(x, l, u) − l) · (N/(u − l)))      Δa = (u − l)/N
 //! conv1:      t = max(v, 0)                      → code for conv2
 //! conv2:      res = res + res_scale·v            → code for the next block
 //! body last:  x = v + head                       → code for the upsampler
