@@ -320,7 +320,8 @@ struct MmaShape {
     static const int WBYTES = 9 * NR * WROW;
     static const int EBYTES = 17 * NS * 4;  // epilogue constants: K table and bias
     static const int HBYTES = HALO * HALO * CIN;
-    static const int SMEM = WBYTES + EBYTES + 2 * HBYTES;  // two halo buffers
+    static const int SBYTES = 8 * 32 * NS;  // EPI_SHUF staging, 32·NS bytes per warp
+    static const int SMEM = WBYTES + EBYTES + 2 * HBYTES + SBYTES;  // two halo buffers
 };
 
 // Swizzled 16-byte chunk of halo pixel hp: 8 consecutive pixels read in one fragment load
@@ -438,6 +439,10 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
         // Epilogue.
         const Quant qi = a.plan[f * a.L + a.layer];
         const Quant qn = a.plan[f * a.L + a.next];
+        // EPI_SHUF with r² dividing the slice: stage the warp's HR codes in shared memory and
+        // store whole pixels (16 or 8 bytes) instead of scattered bytes.
+        const bool staged = MODE == EPI_SHUF && NS % (a.r * a.r) == 0;
+        u8* stage = halos + 2 * S::HBYTES + warp * 32 * NS;
 #pragma unroll
         for (int mt = 0; mt < 2; mt++) {
             const int y = ty * TILE + warp * 2 + mt;
@@ -474,9 +479,15 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                         for (int j = 0; j < 2; j++) {
                             const int n = n0 + j;
                             const int ch = n / rr, i = (n - ch * rr) / a.r, jj = n - ch * rr - i * a.r;
-                            const int Y = y * a.r + i, X = x * a.r + jj;
-                            a.out[(((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) + ch] =
-                                (u8)act_code(v[j], qn);
+                            const u8 code = (u8)act_code(v[j], qn);
+                            if (staged) {  // this warp's HR rows, [row][x][slice channel]
+                                const int hr = (mt * a.r + i) * (TILE * a.r) + (g + half * 8) * a.r + jj;
+                                stage[hr * (NS / rr) + (nl + j) / rr] = code;
+                            } else {
+                                const int Y = y * a.r + i, X = x * a.r + jj;
+                                a.out[(((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) +
+                                      ch] = code;
+                            }
                         }
                     } else {
                         u32 c0, c1;
@@ -501,6 +512,26 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                     }
                 }
             }
+        }
+        if (MODE == EPI_SHUF && staged) {
+            __syncwarp();
+            const int rr = a.r * a.r, cps = NS / rr, wpx = TILE * a.r;
+            for (int idx = lane; idx < 2 * a.r * wpx; idx += 32) {
+                const int hr_row = idx / wpx, hr_x = idx - (idx / wpx) * wpx;
+                if (ty * TILE + warp * 2 + hr_row / a.r >= a.h || tx * TILE + hr_x / a.r >= a.w) continue;
+                const int Y = (ty * TILE + warp * 2) * a.r + hr_row, X = tx * TILE * a.r + hr_x;
+                u8* dst = a.out + (((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) +
+                          slice * cps;
+                const u8* src = stage + idx * cps;
+                if (cps == 16) {
+                    *(uint4*)dst = *(const uint4*)src;
+                } else if (cps == 8) {
+                    *(uint2*)dst = *(const uint2*)src;
+                } else {
+                    for (int c = 0; c < cps; c++) dst[c] = src[c];
+                }
+            }
+            __syncwarp();
         }
     }
 }
