@@ -462,6 +462,15 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                 if (y >= a.h || x >= a.w) continue;
                 const int* kt = ktab + (border_bits(y, a.h) * 4 + border_bits(x, a.w)) * NS;
                 const size_t px = ((size_t)f * a.h + y) * a.w + x;
+                // Residual / skip operands of this pixel, loaded before any store: the byte
+                // stores below may alias them as far as the compiler knows, which would
+                // otherwise serialise every load behind the previous store.
+                float2 pre[NS / 8];
+                if (MODE == EPI_RES || MODE == EPI_SKIP) {
+                    const float* base = (MODE == EPI_RES ? a.res : a.head) + px * a.cout + slice * NS + l4 * 2;
+#pragma unroll
+                    for (int nt = 0; nt < NS / 8; nt++) pre[nt] = *(const float2*)(base + nt * 8);
+                }
 #pragma unroll
                 for (int nt = 0; nt < NS / 8; nt++) {
                     const int nl = nt * 8 + l4 * 2;  // channel within the slice
@@ -495,17 +504,15 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                             c0 = act_code(v[0] > 0.0f ? v[0] : 0.0f, qn);
                             c1 = act_code(v[1] > 0.0f ? v[1] : 0.0f, qn);
                         } else if (MODE == EPI_RES) {
-                            float2* rp = (float2*)(a.res + px * a.cout + n0);
-                            float2 r = *rp;
+                            float2 r = pre[nt];
                             r.x = r.x + a.res_scale * v[0];
                             r.y = r.y + a.res_scale * v[1];
-                            *rp = r;
+                            *(float2*)(a.res + px * a.cout + n0) = r;
                             c0 = act_code(r.x, qn);
                             c1 = act_code(r.y, qn);
                         } else {  // EPI_SKIP
-                            float2 hd = *(const float2*)(a.head + px * a.cout + n0);
-                            c0 = act_code(v[0] + hd.x, qn);
-                            c1 = act_code(v[1] + hd.y, qn);
+                            c0 = act_code(v[0] + pre[nt].x, qn);
+                            c1 = act_code(v[1] + pre[nt].y, qn);
                         }
                         *(u16*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * a.cout + n0) =
                             (u16)(c0 | (c1 << 8));
@@ -537,7 +544,7 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
 }
 
 #define MMA_KERNEL(CIN, MODE, SIGNED)                                                        \
-    extern "C" __global__ void __launch_bounds__(MMA_THREADS, (SIGNED || CIN < 64) ? 2 : 1)  \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2)                               \
         conv_mma_c##CIN##_e##MODE##_s##SIGNED(MmaArgs a) {                                   \
         conv_mma<CIN, (CIN < 64 ? CIN : 64), MODE, (SIGNED != 0)>(a);                        \
     }

@@ -10,4 +10,23 @@ t=$(cargo test --release --locked --no-default-features --test cuda --no-run --m
 b=$(cargo bench --locked --no-default-features --bench cuda --no-run --message-format=json 2>/dev/null | exe)
 cp "$t" gpu-bin/cuda-tests
 cp "$b" gpu-bin/cuda-bench
-ls -la gpu-bin
+
+# The element tests, with the GStreamer libraries and the two plugins they use, plus this
+# machine's glibc and loader: gpu-check.sh runs them through gpu-bin/gst/ld-linux so that
+# the GPU machine's own (maybe older) glibc does not matter.
+e=$(cargo test --release --locked --test element --no-run --message-format=json 2>/dev/null | exe)
+rm -rf gpu-bin/gst && mkdir -p gpu-bin/gst/plugins
+cp "$e" gpu-bin/element-tests
+plugins=(/usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstcoreelements.so
+         /usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstvideotestsrc.so)
+cp "${plugins[@]}" gpu-bin/gst/plugins/
+for f in "$e" "${plugins[@]}"; do ldd "$f" | awk '/=>/ {print $3}'; done | sort -u | while read -r l; do
+    [ -n "$l" ] && cp -L "$l" gpu-bin/gst/
+done
+# glibc's own pieces, so that nothing from the host's (other) glibc gets mixed in when the
+# host's libcuda is loaded.
+for l in libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 librt.so.1; do
+    cp -L "/lib/x86_64-linux-gnu/$l" gpu-bin/gst/
+done
+cp -L /lib64/ld-linux-x86-64.so.2 gpu-bin/gst/
+ls -la gpu-bin; du -sh gpu-bin

@@ -4,8 +4,9 @@
 #   2. compute-sanitizer memcheck on the mixed-batch parity test;
 #   3. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models);
 #   4. PyTorch fp16 on the same weights and device.
-# Results go to $OUT (default ./gpu-out): device.txt, parity.txt, sanitizer.txt, bench.md,
-# torch.md, summary.txt.
+#   5. the element tests that need a GPU (backend=cuda), with GStreamer carried along.
+# Results go to $OUT (default ./gpu-out): device.txt, parity.txt, sanitizer.txt, element.txt,
+# bench.md, torch.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -32,8 +33,20 @@ if [ "${SANITIZER:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
     summary "sanitizer rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.txt" | tail -1)"
     start=$(date +%s)
     timeout "${SANITIZER_TIMEOUT:-120}" compute-sanitizer --tool racecheck --error-exitcode 9 \
-        "$BIN/cuda-tests" parity_builtin_models --test-threads=1 > "$OUT/racecheck.txt" 2>&1
-    summary "racecheck rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.txt" | tail -1)"
+        "$BIN/cuda-tests" parity_builtin_models --test-threads=1 >> "$OUT/sanitizer.txt" 2>&1
+    summary "racecheck rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'RACECHECK SUMMARY' "$OUT/sanitizer.txt" | tail -1)"
+fi
+
+# The element on the GPU (GStreamer carried in gpu-bin/gst, run through its own loader).
+if [ -x "$BIN/element-tests" ]; then
+    start=$(date +%s)
+    G="$PWD/$BIN/gst"
+    GST_PLUGIN_SYSTEM_PATH="$G/plugins" GST_PLUGIN_PATH="$G/plugins" GST_REGISTRY="/tmp/adabm-registry.bin" \
+        GST_REGISTRY_FORK=no timeout "${ELEMENT_TIMEOUT:-120}" \
+        "$G/ld-linux-x86-64.so.2" --library-path "$G:${LD_LIBRARY_PATH:-}" "$BIN/element-tests" \
+        backend_selection_and_fallback cuda_backend_matches_the_integer_reference \
+        --test-threads=1 --nocapture > "$OUT/element.txt" 2>&1
+    summary "element rc=$? ($(( $(date +%s) - start )) s): $(grep -E '^test result' "$OUT/element.txt" | tail -1)"
 fi
 
 start=$(date +%s)
@@ -51,6 +64,7 @@ if [ "${NCU:-0}" = 1 ] && command -v ncu > /dev/null; then
     timeout "${NCU_TIMEOUT:-150}" ncu --section SpeedOfLight -c 40 \
         "$BIN/cuda-bench" --only "x2 w4a4" --iters 1 > "$OUT/ncu-frame.txt" 2>&1
     summary "ncu frame rc=$? ($(( $(date +%s) - start )) s)"
+    [ "${NCU_CONV:-1}" = 1 ] || exit 0
     start=$(date +%s)
     timeout "${NCU_TIMEOUT:-150}" ncu -k regex:conv_mma_c64_e2 -c 1 --section SpeedOfLight \
         --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \

@@ -41,6 +41,7 @@ const FORMATS: [(&str, PixelLayout); 10] = [
 fn harness(model: &std::path::Path) -> Harness {
     let el = gst::ElementFactory::make("adabmupscale")
         .property("model-location", model.to_str().unwrap())
+        .property_from_str("backend", "cpu")
         .build()
         .unwrap();
     let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
@@ -459,6 +460,7 @@ fn builtin_models_run_without_a_file() {
             let el = gst::ElementFactory::make("adabmupscale")
                 .property("scale", scale)
                 .property_from_str("precision", precision)
+                .property_from_str("backend", "cpu")
                 .build()
                 .unwrap();
             let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
@@ -487,4 +489,110 @@ fn builtin_models_run_without_a_file() {
     );
     let err = err.unwrap_or_default();
     assert!(err.contains("precision"), "{err}");
+}
+
+/// `backend`: auto picks CUDA only where it is usable (never on a machine without an NVIDIA
+/// driver), and always runs a float model on the CPU; `cuda` without a usable GPU is an error
+/// on the bus that says why; nonsense is refused at parse time.
+#[test]
+fn backend_selection_and_fallback() {
+    init();
+    let gpu = gstadabm::cuda::probe(0).is_ok();
+    // The backend in use once a frame went through.
+    let active = |precision: &str, backend: &str| -> String {
+        let el = gst::ElementFactory::make("adabmupscale")
+            .property_from_str("precision", precision)
+            .property_from_str("backend", backend)
+            .build()
+            .unwrap();
+        let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+        h.play();
+        let caps = "video/x-raw,format=RGB,width=20,height=11,framerate=25/1";
+        h.set_src_caps_str(caps);
+        let info = gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().unwrap()).unwrap();
+        h.push_and_pull(gst::Buffer::from_slice(vec![7u8; info.size()]))
+            .unwrap();
+        el.property::<Option<String>>("active-backend").unwrap()
+    };
+    assert_eq!(active("fp32", "auto"), "cpu", "float models run on the CPU");
+    assert_eq!(active("w4a4", "cpu"), "cpu");
+    let cuda_pipeline = "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=20,height=11 ! adabmupscale precision=w4a4 backend=cuda ! fakesink";
+    if gpu {
+        assert!(active("w4a4", "auto").starts_with("cuda:"));
+        assert!(active("w4a4", "cuda").starts_with("cuda:"));
+        assert_eq!(run_pipeline(cuda_pipeline).0, None);
+    } else {
+        assert_eq!(active("w4a4", "auto"), "cpu");
+        let err = run_pipeline(cuda_pipeline)
+            .0
+            .expect("backend=cuda without a GPU must fail");
+        assert!(
+            err.contains("backend=cuda") && err.contains("CUDA"),
+            "{err}"
+        );
+    }
+    let (err, _) = run_pipeline(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=8,height=8 ! adabmupscale backend=opencl ! fakesink",
+    );
+    assert!(err.unwrap_or_default().contains("backend"));
+}
+
+/// With a GPU: `backend=cuda` gives exactly the integer reference's output (the semantics the
+/// CPU integer engine shares), alpha upscaled as on the CPU, for every built-in quantized model.
+#[test]
+fn cuda_backend_matches_the_integer_reference() {
+    init();
+    if let Err(e) = gstadabm::cuda::probe(0) {
+        assert!(
+            std::env::var("ADABM_REQUIRE_GPU").map_or(true, |v| v != "1"),
+            "ADABM_REQUIRE_GPU=1 but {e}"
+        );
+        eprintln!("SKIP cuda_backend_matches_the_integer_reference: {e}");
+        return;
+    }
+    for (scale, precision) in [(2u32, "w4a4"), (2, "w8a6"), (4, "w4a4"), (4, "w8a6")] {
+        let el = gst::ElementFactory::make("adabmupscale")
+            .property("scale", scale)
+            .property_from_str("precision", precision)
+            .property_from_str("backend", "cuda")
+            .build()
+            .unwrap();
+        let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+        h.play();
+        let (out_info, out, in_info, data) = push_frame(&mut h, "RGBA", 21, 13, 5);
+        let model = gstadabm::engine::builtin::find(scale, precision)
+            .unwrap()
+            .load()
+            .unwrap();
+        let src = FrameRef {
+            data: &data,
+            stride: in_info.stride()[0] as usize,
+            width: 21,
+            height: 13,
+            layout: PixelLayout::Rgba,
+        };
+        let (img, alpha) = gstadabm::engine::frame::unpack(&src).unwrap();
+        let cpu = Engine::new(&model, 1).unwrap();
+        let c = gstadabm::engine::complexity::gradient_density(&img.data, 21, 13);
+        let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
+        let hr = gstadabm::engine::intnet::IntNetwork::new(&model)
+            .unwrap()
+            .upscale(&img, &plan);
+        let mut want = vec![0u8; out_info.size()];
+        let mut dst = FrameMut {
+            data: &mut want,
+            stride: out_info.stride()[0] as usize,
+            width: out_info.width() as usize,
+            height: out_info.height() as usize,
+            layout: PixelLayout::Rgba,
+        };
+        let s = scale as usize;
+        let alpha = gstadabm::engine::frame::upscale_plane_bilinear(&alpha.unwrap(), 21, 13, s);
+        gstadabm::engine::frame::pack(&hr, Some(&alpha), &mut dst).unwrap();
+        assert!(
+            visible(&out, &out_info) == visible(&want, &out_info),
+            "x{scale} {precision}: CUDA element output differs from the integer reference"
+        );
+        eprintln!("x{scale} {precision}: element on CUDA == integer reference");
+    }
 }

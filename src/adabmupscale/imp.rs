@@ -6,6 +6,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
+use crate::cuda::{CudaEngine, CudaError};
 use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -63,6 +64,22 @@ impl Precision {
     }
 }
 
+/// Where the network runs.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstAdabmBackend")]
+pub enum Backend {
+    #[enum_value(
+        name = "CUDA when a usable NVIDIA GPU and a quantized (fq) model are there, else the CPU",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "CPU", nick = "cpu")]
+    Cpu = 1,
+    #[enum_value(name = "CUDA (error when unusable)", nick = "cuda")]
+    Cuda = 2,
+}
+
 #[derive(Clone, Debug)]
 struct Settings {
     model_location: Option<String>,
@@ -75,6 +92,8 @@ struct Settings {
     post_stats: bool,
     tile_size: u32,
     n_threads: u32,
+    backend: Backend,
+    device_id: u32,
 }
 
 impl Default for Settings {
@@ -90,6 +109,8 @@ impl Default for Settings {
             post_stats: DEFAULT_POST_STATS,
             tile_size: DEFAULT_TILE_SIZE,
             n_threads: DEFAULT_N_THREADS,
+            backend: Backend::Auto,
+            device_id: 0,
         }
     }
 }
@@ -110,6 +131,8 @@ impl Settings {
 
 struct State {
     engine: Arc<Engine>,
+    /// The CUDA engine when the backend is CUDA (one frame at a time through it).
+    cuda: Option<Arc<Mutex<CudaEngine>>>,
     /// Negotiated input/output, once caps are set.
     caps: Option<(gst_video::VideoInfo, gst_video::VideoInfo, PixelLayout)>,
     frames: u64,
@@ -203,6 +226,24 @@ impl ObjectImpl for AdabmUpscale {
                     .default_value(DEFAULT_N_THREADS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("backend", Backend::Auto)
+                    .nick("Backend")
+                    .blurb("auto: CUDA when an NVIDIA GPU, its driver and NVRTC are usable and the model is quantized (fq), else the CPU with a warning; cpu; cuda: fail when CUDA is unusable")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("device-id")
+                    .nick("Device id")
+                    .blurb("CUDA device ordinal")
+                    .minimum(0)
+                    .maximum(1023)
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("active-backend")
+                    .nick("Active backend")
+                    .blurb("Where frames run once started: \"cpu\" or \"cuda:<device name>\"")
+                    .read_only()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -247,6 +288,8 @@ impl ObjectImpl for AdabmUpscale {
                 }
             }
             "n-threads" => s.n_threads = value.get().expect("type checked upstream"),
+            "backend" => s.backend = value.get().expect("type checked upstream"),
+            "device-id" => s.device_id = value.get().expect("type checked upstream"),
             other => unreachable!("unknown property {other}"),
         }
         if let Some(st) = self.state.lock().unwrap().as_mut()
@@ -269,6 +312,21 @@ impl ObjectImpl for AdabmUpscale {
             "post-stats" => s.post_stats.to_value(),
             "tile-size" => s.tile_size.to_value(),
             "n-threads" => s.n_threads.to_value(),
+            "backend" => s.backend.to_value(),
+            "device-id" => s.device_id.to_value(),
+            "active-backend" => {
+                drop(s);
+                let st = self.state.lock().unwrap();
+                st.as_ref()
+                    .map(|st| match &st.cuda {
+                        Some(c) => format!(
+                            "cuda:{}",
+                            c.lock().unwrap_or_else(|e| e.into_inner()).device_name()
+                        ),
+                        None => "cpu".to_string(),
+                    })
+                    .to_value()
+            }
             other => unreachable!("unknown property {other}"),
         }
     }
@@ -316,8 +374,8 @@ impl ElementImpl for AdabmUpscale {
 }
 
 /// Loads the model the settings name (a file, checked against the `scale` property, or the
-/// built-in one for `scale` and `precision`) and starts an engine on it.
-fn load_engine(s: &Settings) -> Result<Engine, gst::ErrorMessage> {
+/// built-in one for `scale` and `precision`).
+fn load_model(s: &Settings) -> Result<Model, gst::ErrorMessage> {
     let model = match s.model_location.as_deref() {
         None => {
             let builtin = engine::builtin::find(s.scale, s.precision.nick())
@@ -351,8 +409,7 @@ fn load_engine(s: &Settings) -> Result<Engine, gst::ErrorMessage> {
             model
         }
     };
-    Engine::new(&model, s.n_threads as usize)
-        .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]))
+    Ok(model)
 }
 
 /// Maps a width/height caps value by `f` (fixed values) or `range` (ranges).
@@ -386,6 +443,50 @@ impl AdabmUpscale {
         }
     }
 
+    /// The CUDA engine the `backend` setting asks for: None for the CPU. `auto` falls back to
+    /// the CPU (a log line when there is no NVIDIA driver at all, a bus warning when a GPU is
+    /// there but cannot run this model); `cuda` fails with the reason.
+    fn start_cuda(
+        &self,
+        s: &Settings,
+        model: &Model,
+    ) -> Result<Option<CudaEngine>, gst::ErrorMessage> {
+        if s.backend == Backend::Cpu {
+            return Ok(None);
+        }
+        match CudaEngine::new(model, s.device_id as usize) {
+            Ok(c) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "running on CUDA device {}",
+                    c.device_name()
+                );
+                Ok(Some(c))
+            }
+            Err(e) if s.backend == Backend::Cuda => Err(gst::error_msg!(
+                gst::LibraryError::Init,
+                ["backend=cuda: {}", e]
+            )),
+            Err(CudaError::Unavailable(why)) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "backend=auto: CUDA unavailable ({why}); using the CPU"
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::LibraryError::Init,
+                    ["backend=auto: running on the CPU because {}", e]
+                );
+                Ok(None)
+            }
+        }
+    }
+
     fn post_stats(&self, frame: u64, pts: Option<gst::ClockTime>, st: &engine::Stats) {
         let bits: Vec<String> = st.layer_bits.iter().map(|b| b.to_string()).collect();
         let mut b = gst::Structure::builder("adabm-stats")
@@ -414,7 +515,10 @@ impl BaseTransformImpl for AdabmUpscale {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let engine = load_engine(&settings)?;
+        let model = load_model(&settings)?;
+        let engine = Engine::new(&model, settings.n_threads as usize)
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]))?;
+        let cuda = self.start_cuda(&settings, &model)?;
         gst::info!(
             CAT,
             imp = self,
@@ -424,6 +528,7 @@ impl BaseTransformImpl for AdabmUpscale {
         );
         *self.state.lock().unwrap() = Some(State {
             engine: Arc::new(engine),
+            cuda: cuda.map(|c| Arc::new(Mutex::new(c))),
             caps: None,
             frames: 0,
             warned_thresholds: false,
@@ -546,7 +651,7 @@ impl BaseTransformImpl for AdabmUpscale {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let settings = self.settings.lock().unwrap().clone();
         let opts = settings.options();
-        let (engine, in_info, out_info, layout, frame_no, warn) = {
+        let (engine, cuda, in_info, out_info, layout, frame_no, warn) = {
             let mut guard = self.state.lock().unwrap();
             let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let Some((in_info, out_info, layout)) = st.caps.clone() else {
@@ -563,6 +668,7 @@ impl BaseTransformImpl for AdabmUpscale {
             st.warned_thresholds |= warn;
             (
                 st.engine.clone(),
+                st.cuda.clone(),
                 in_info,
                 out_info,
                 layout,
@@ -616,7 +722,16 @@ impl BaseTransformImpl for AdabmUpscale {
             height: out_info.height() as usize,
             layout,
         };
-        let stats = engine.process_frame(&src, &mut dst, &opts).map_err(|e| {
+        let result = match cuda {
+            Some(c) => {
+                let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
+                cuda_frame(&mut c, &src, &mut dst, &opts)
+            }
+            None => engine
+                .process_frame(&src, &mut dst, &opts)
+                .map_err(|e| e.to_string()),
+        };
+        let stats = result.map_err(|e| {
             gst::element_imp_error!(self, gst::StreamError::Failed, ["Upscaling failed: {}", e]);
             gst::FlowError::Error
         })?;
@@ -626,4 +741,37 @@ impl BaseTransformImpl for AdabmUpscale {
         }
         Ok(gst::FlowSuccess::Ok)
     }
+}
+
+/// One frame through the CUDA engine: unpack to RGB bytes, upscale, pack (alpha upscaled
+/// bilinearly, as on the CPU).
+fn cuda_frame(
+    c: &mut CudaEngine,
+    src: &FrameRef,
+    dst: &mut FrameMut,
+    opts: &Options,
+) -> Result<engine::Stats, String> {
+    let t0 = std::time::Instant::now();
+    let s = c.scale();
+    if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
+        return Err(format!(
+            "output frame {}x{} does not match input {}x{} at x{s}",
+            dst.width, dst.height, src.width, src.height
+        ));
+    }
+    let (rgb, alpha) = engine::frame::unpack_rgb8(src).map_err(|e| e.to_string())?;
+    let mut out = c
+        .upscale_batch(&[&rgb], src.width, src.height, opts)
+        .map_err(|e| e.to_string())?;
+    let (hr, fs) = out.pop().ok_or("no output frame")?;
+    let alpha = alpha.map(|a| engine::frame::upscale_plane_bilinear(&a, src.width, src.height, s));
+    engine::frame::pack_rgb8(&hr, alpha.as_deref(), dst).map_err(|e| e.to_string())?;
+    Ok(engine::Stats {
+        complexity: fs.complexity,
+        image_bits: fs.image_bits,
+        layer_bits: fs.layer_bits,
+        fab: fs.fab,
+        tiles: 1,
+        millis: t0.elapsed().as_secs_f64() * 1e3,
+    })
 }

@@ -752,8 +752,16 @@ fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevC
         }
         // Weights, the epilogue's K table and bias, two halo buffers and (upsampler) the
         // pixel-shuffle staging of 8 warps (kernels/adabm.cu MmaShape).
-        let staging = if matches!(role, Role::Up { .. }) { 8 * 32 * ns } else { 0 };
-        (v, ns, (wbytes + 17 * ns * 4 + 2 * HALO * HALO * cin + staging) as u32)
+        let staging = if matches!(role, Role::Up { .. }) {
+            8 * 32 * ns
+        } else {
+            0
+        };
+        (
+            v,
+            ns,
+            (wbytes + 17 * ns * 4 + 2 * HALO * HALO * cin + staging) as u32,
+        )
     };
     if !direct && cin % 32 != 0 {
         return Err(CudaError::Unsupported(format!("{cin} input channels")));

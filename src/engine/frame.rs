@@ -151,10 +151,30 @@ pub fn to_u8(v: f32) -> u8 {
 
 /// Unpacks a frame into an RGB image and, for alpha layouts, the alpha plane.
 pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {
+    let (data, alpha) = unpack_with(f, |v| v as f32)?;
+    Ok((
+        Image {
+            width: f.width,
+            height: f.height,
+            data,
+        },
+        alpha,
+    ))
+}
+
+/// Unpacks a frame into interleaved RGB bytes and, for alpha layouts, the alpha plane.
+pub fn unpack_rgb8(f: &FrameRef) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    unpack_with(f, |v| v)
+}
+
+fn unpack_with<T: Copy + Default>(
+    f: &FrameRef,
+    conv: impl Fn(u8) -> T,
+) -> Result<(Vec<T>, Option<Vec<u8>>)> {
     let bpp = f.layout.bytes_per_pixel();
     check_geometry("input", f.data.len(), f.stride, f.width, f.height, bpp)?;
     let [r, g, b] = f.layout.rgb_offsets();
-    let mut img = Image::new(f.width, f.height);
+    let mut out = vec![T::default(); f.width * f.height * 3];
     let mut alpha = f
         .layout
         .has_alpha()
@@ -162,42 +182,67 @@ pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {
     let a_off = f.layout.fourth_offset().unwrap_or(0);
     for y in 0..f.height {
         let row = &f.data[y * f.stride..y * f.stride + f.width * bpp];
-        let out = &mut img.data[y * f.width * 3..(y + 1) * f.width * 3];
-        for (px, o) in row.chunks_exact(bpp).zip(out.chunks_exact_mut(3)) {
-            o[0] = px[r] as f32;
-            o[1] = px[g] as f32;
-            o[2] = px[b] as f32;
+        let dst = &mut out[y * f.width * 3..(y + 1) * f.width * 3];
+        for (px, o) in row.chunks_exact(bpp).zip(dst.chunks_exact_mut(3)) {
+            o[0] = conv(px[r]);
+            o[1] = conv(px[g]);
+            o[2] = conv(px[b]);
         }
         if let Some(a) = alpha.as_mut() {
             a.extend(row.chunks_exact(bpp).map(|px| px[a_off]));
         }
     }
-    Ok((img, alpha))
+    Ok((out, alpha))
 }
 
 /// Packs an RGB image (and alpha, for alpha layouts) into a frame. Padding bytes become 255.
 pub fn pack(img: &Image, alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<()> {
+    pack_with(&img.data, img.width, img.height, alpha, f, |&v| to_u8(v))
+}
+
+/// [`pack`] from interleaved RGB bytes of `f`'s size.
+pub fn pack_rgb8(rgb: &[u8], alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<()> {
+    if rgb.len() != f.width * f.height * 3 {
+        return Err(Error::Input(format!(
+            "output frame is {}x{}, image has {} bytes",
+            f.width,
+            f.height,
+            rgb.len()
+        )));
+    }
+    let (w, h) = (f.width, f.height);
+    pack_with(rgb, w, h, alpha, f, |&v| v)
+}
+
+fn pack_with<T>(
+    src: &[T],
+    width: usize,
+    height: usize,
+    alpha: Option<&[u8]>,
+    f: &mut FrameMut,
+    conv: impl Fn(&T) -> u8,
+) -> Result<()> {
     let bpp = f.layout.bytes_per_pixel();
     check_geometry("output", f.data.len(), f.stride, f.width, f.height, bpp)?;
-    if (img.width, img.height) != (f.width, f.height) {
+    if (width, height) != (f.width, f.height) {
         return Err(Error::Input(format!(
-            "output frame is {}x{}, image is {}x{}",
-            f.width, f.height, img.width, img.height
+            "output frame is {}x{}, image is {width}x{height}",
+            f.width, f.height
         )));
     }
     let [r, g, b] = f.layout.rgb_offsets();
     let fourth = f.layout.fourth_offset();
     for y in 0..f.height {
         let row = &mut f.data[y * f.stride..y * f.stride + f.width * bpp];
-        let src = &img.data[y * f.width * 3..(y + 1) * f.width * 3];
+        let line = &src[y * f.width * 3..(y + 1) * f.width * 3];
         for (x, (px, s)) in row
             .chunks_exact_mut(bpp)
-            .zip(src.chunks_exact(3))
+            .zip(line.chunks_exact(3))
             .enumerate()
         {
-            px[r] = to_u8(s[0]);
-            px[g] = to_u8(s[1]);
-            px[b] = to_u8(s[2]);
+            px[r] = conv(&s[0]);
+            px[g] = conv(&s[1]);
+            px[b] = conv(&s[2]);
             if let Some(o) = fourth {
                 px[o] = alpha.map_or(255, |a| a[y * f.width + x]);
             }
