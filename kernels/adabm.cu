@@ -465,14 +465,18 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                 // Residual / skip operands of this pixel, loaded before any store: the byte
                 // stores below may alias them as far as the compiler knows, which would
                 // otherwise serialise every load behind the previous store.
-                float2 pre[NS / 8];
-                if (MODE == EPI_RES || MODE == EPI_SKIP) {
-                    const float* base = (MODE == EPI_RES ? a.res : a.head) + px * a.cout + slice * NS + l4 * 2;
+                // In groups of 4 fragments, to bound the registers they hold.
 #pragma unroll
-                    for (int nt = 0; nt < NS / 8; nt++) pre[nt] = *(const float2*)(base + nt * 8);
+                for (int nb = 0; nb < NS / 8; nb += 4) {
+                float2 pre[4];
+                if (MODE == EPI_RES || MODE == EPI_SKIP) {
+                    const float* base =
+                        (MODE == EPI_RES ? a.res : a.head) + px * a.cout + slice * NS + nb * 8 + l4 * 2;
+#pragma unroll
+                    for (int q = 0; q < 4; q++) pre[q] = *(const float2*)(base + q * 8);
                 }
 #pragma unroll
-                for (int nt = 0; nt < NS / 8; nt++) {
+                for (int nt = nb; nt < nb + 4; nt++) {
                     const int nl = nt * 8 + l4 * 2;  // channel within the slice
                     const int n0 = slice * NS + nl;
                     float v[2];
@@ -504,19 +508,20 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                             c0 = act_code(v[0] > 0.0f ? v[0] : 0.0f, qn);
                             c1 = act_code(v[1] > 0.0f ? v[1] : 0.0f, qn);
                         } else if (MODE == EPI_RES) {
-                            float2 r = pre[nt];
+                            float2 r = pre[nt - nb];
                             r.x = r.x + a.res_scale * v[0];
                             r.y = r.y + a.res_scale * v[1];
                             *(float2*)(a.res + px * a.cout + n0) = r;
                             c0 = act_code(r.x, qn);
                             c1 = act_code(r.y, qn);
                         } else {  // EPI_SKIP
-                            c0 = act_code(v[0] + pre[nt].x, qn);
-                            c1 = act_code(v[1] + pre[nt].y, qn);
+                            c0 = act_code(v[0] + pre[nt - nb].x, qn);
+                            c1 = act_code(v[1] + pre[nt - nb].y, qn);
                         }
                         *(u16*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * a.cout + n0) =
                             (u16)(c0 | (c1 << 8));
                     }
+                }
                 }
             }
         }
@@ -543,8 +548,15 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
     }
 }
 
+// Two blocks of 256 threads per SM (128 registers). On sm_8x ptxas spills the upsampler
+// (EPI_SHUF) kernel at 128 registers, so there it gets the whole register file.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define MMA_MIN_BLOCKS(MODE) ((MODE) == EPI_SHUF ? 1 : 2)
+#else
+#define MMA_MIN_BLOCKS(MODE) 2
+#endif
 #define MMA_KERNEL(CIN, MODE, SIGNED)                                                        \
-    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 2)                               \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS(MODE))          \
         conv_mma_c##CIN##_e##MODE##_s##SIGNED(MmaArgs a) {                                   \
         conv_mma<CIN, (CIN < 64 ? CIN : 64), MODE, (SIGNED != 0)>(a);                        \
     }

@@ -48,11 +48,11 @@ pub fn probe(device: usize) -> Result<(String, (i32, i32))> {
             "libcuda.so (the NVIDIA driver) was not found".into(),
         ));
     }
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if !nvrtc_present() {
         return Err(CudaError::Unavailable(
             "libnvrtc.so.13 (CUDA 13 NVRTC) was not found: install the CUDA 13 toolkit, or \
-             `pip install nvidia-cuda-nvrtc==13.0.*` and add its nvidia/cu13/lib to \
-             LD_LIBRARY_PATH"
+             `pip install nvidia-cuda-nvrtc==13.0.*` and set ADABM_NVRTC_LIB to its \
+             nvidia/cu13/lib/libnvrtc.so.13"
                 .into(),
         ));
     }
@@ -72,10 +72,62 @@ pub fn probe(device: usize) -> Result<(String, (i32, i32))> {
 /// kernels (it otherwise picks 128 registers for some and spills).
 const OPTIONS: [&str; 3] = ["--fmad=false", "--std=c++17", "--maxrregcount=192"];
 
-/// Whether NVRTC (libnvrtc.so.13) can be loaded.
+/// Whether NVRTC (libnvrtc.so.13) can be loaded: from the library path, or else from
+/// `$ADABM_NVRTC_LIB` or the usual CUDA 13 install directories (loaded once by full path, after
+/// which cudarc's own lookup by name finds it).
 pub fn nvrtc_present() -> bool {
     // SAFETY: only tries to dlopen the library.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    let present = || unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    if present() {
+        return true;
+    }
+    static TRIED: std::sync::Once = std::sync::Once::new();
+    TRIED.call_once(|| {
+        let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(p) = std::env::var_os("ADABM_NVRTC_LIB") {
+            candidates.push(p.into());
+        }
+        for dir in [
+            "/usr/local/cuda/lib64",
+            "/usr/local/cuda/targets/x86_64-linux/lib",
+            "/usr/local/cuda-13.0/lib64",
+        ] {
+            candidates.push(std::path::Path::new(dir).join("libnvrtc.so.13"));
+        }
+        let _ = candidates.iter().any(|p| load_nvrtc(p));
+    });
+    present()
+}
+
+/// Loads NVRTC from the file `path`, with the `libnvrtc-builtins` it loads by name at compile
+/// time from the same directory. Both stay loaded for the life of the process.
+pub fn load_nvrtc(path: &std::path::Path) -> bool {
+    if let Some(dir) = path.parent()
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libnvrtc-builtins.so.") {
+                load_library(&e.path());
+            }
+        }
+    }
+    load_library(path)
+}
+
+/// Loads a shared library by path and keeps it loaded for the life of the process.
+pub fn load_library(path: &std::path::Path) -> bool {
+    if !path.is_file() {
+        return false;
+    }
+    // SAFETY: loading NVRTC runs no initialisers that depend on us; it stays loaded.
+    match unsafe { libloading::Library::new(path) } {
+        Ok(lib) => {
+            std::mem::forget(lib);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// A compiled kernel image and the NVRTC/ptxas log (registers, spills).
