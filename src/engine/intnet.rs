@@ -35,6 +35,7 @@ use super::conv::{self, ConvWeights, FeatureMap};
 use super::edsr::{BitPlan, Network, Observer};
 use super::frame::Image;
 use super::intconv::{ActQuant, CodeMap};
+use super::intcpu::{self, CpuLevel, PackedConv};
 use super::model::{LayerKind, Role};
 use super::quant;
 
@@ -122,8 +123,9 @@ impl IntConv {
         }
     }
 
-    /// `S` for every output channel at interior position `(y, x)` of a padded code map.
-    fn sums(&self, x: &CodeMap, y: usize, xx: usize, s: &mut [i32]) {
+    /// `S` for every output channel at interior position `(y, x)` of a padded code map (the
+    /// scalar definition the kernels are tested against).
+    pub fn sums(&self, x: &CodeMap, y: usize, xx: usize, s: &mut [i32]) {
         let wp = x.w + 2;
         s.fill(0);
         for t in 0..9 {
@@ -188,6 +190,8 @@ pub enum IntLayer {
 pub struct IntNetwork {
     pub net: Network,
     pub layers: Vec<IntLayer>,
+    /// SIMD execution (kernels of `intcpu`); None: the scalar per-pixel reference.
+    fast: Option<(CpuLevel, Vec<Option<PackedConv>>)>,
 }
 
 impl IntNetwork {
@@ -218,7 +222,25 @@ impl IntNetwork {
                 }
             })
             .collect();
-        Some(Self { net, layers })
+        Some(Self {
+            net,
+            layers,
+            fast: None,
+        })
+    }
+
+    /// The same network run by the SIMD kernels of `level` (bit-identical results).
+    pub fn with_kernels(mut self, level: CpuLevel) -> Self {
+        let packed = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                IntLayer::Int(c) => Some(PackedConv::new(c)),
+                IntLayer::Float(_) => None,
+            })
+            .collect();
+        self.fast = Some((level, packed));
+        self
     }
 
     /// True when every layer runs on integer codes (an fq model).
@@ -247,7 +269,13 @@ impl IntNetwork {
             o(k, x);
         }
         match (&self.layers[k], self.act_quant(k, plan)) {
-            (IntLayer::Int(c), Some(a)) => c.forward(&CodeMap::quantize(x, a), a),
+            (IntLayer::Int(c), Some(a)) => match &self.fast {
+                Some((level, packed)) => {
+                    let pc = packed[k].as_ref().expect("packed integer layer");
+                    intcpu::conv_forward(*level, c, pc, x, a)
+                }
+                None => c.forward(&CodeMap::quantize(x, a), a),
+            },
             (IntLayer::Float(w), _) => conv::conv3x3(x, w, Parallelism::Rayon(0)),
             (IntLayer::Int(_), None) => unreachable!("integer layer without activation bits"),
         }
@@ -260,15 +288,32 @@ impl IntNetwork {
     }
 
     /// [`Self::upscale`], calling `obs` with every layer's floating-point input.
-    pub fn upscale_observed(
-        &self,
-        img: &Image,
-        plan: &BitPlan,
-        mut obs: Option<Observer>,
-    ) -> Image {
+    pub fn upscale_observed(&self, img: &Image, plan: &BitPlan, obs: Option<Observer>) -> Image {
         let cfg = &self.net.config;
         let x = self.net.input_map(img, 0, 0, img.width, img.height);
-        let head = self.layer(0, &x, plan, &mut obs);
+        let out = self.forward_map(&x, plan, obs);
+        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+        let inv = 255.0 / cfg.rgb_range;
+        let mut img = Image::new(out.w, out.h);
+        for y in 0..out.h {
+            let dst = &mut img.data[y * out.w * 3..][..out.w * 3];
+            for ((d, &v), c) in dst.iter_mut().zip(out.row(y)).zip((0..3).cycle()) {
+                *d = (v + mean[c]) * inv;
+            }
+        }
+        img
+    }
+
+    /// The network on an input map in model units (after `sub_mean`): the HR output before
+    /// `add_mean`, as [`Network::forward`] returns it.
+    pub fn forward_map(
+        &self,
+        x: &FeatureMap,
+        plan: &BitPlan,
+        mut obs: Option<Observer>,
+    ) -> FeatureMap {
+        let cfg = &self.net.config;
+        let head = self.layer(0, x, plan, &mut obs);
         let mut res = head.clone();
         let mut k = 1;
         for _ in 0..cfg.n_resblocks {
@@ -292,17 +337,7 @@ impl IntNetwork {
             x = hr;
             k += 1;
         }
-        let out = self.layer(k, &x, plan, &mut obs);
-        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
-        let inv = 255.0 / cfg.rgb_range;
-        let mut img = Image::new(out.w, out.h);
-        for y in 0..out.h {
-            let dst = &mut img.data[y * out.w * 3..][..out.w * 3];
-            for ((d, &v), c) in dst.iter_mut().zip(out.row(y)).zip((0..3).cycle()) {
-                *d = (v + mean[c]) * inv;
-            }
-        }
-        img
+        self.layer(k, &x, plan, &mut obs)
     }
 }
 

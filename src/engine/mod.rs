@@ -8,6 +8,7 @@ pub mod edsr;
 pub mod error;
 pub mod frame;
 pub mod intconv;
+pub mod intcpu;
 pub mod intnet;
 pub mod metrics;
 pub mod model;
@@ -77,16 +78,33 @@ pub struct Stats {
     pub millis: f64,
 }
 
-/// The reference engine: one model, one thread pool.
+/// How quantized layers are executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Execution {
+    /// Integer kernels ([`intcpu`], semantics of [`intnet`]) at the CPU's best SIMD level
+    /// (`ADABM_CPU_LEVEL=scalar` lowers it): what the element runs, bit-identical to CUDA.
+    Integer,
+    /// The f32 fake-quant reference of the method page.
+    FakeQuant,
+}
+
+/// The CPU engine: one model, one thread pool.
 pub struct Engine {
     net: Network,
+    /// Integer execution of a quantized model.
+    int: Option<intnet::IntNetwork>,
     pool: rayon::ThreadPool,
     threads: usize,
 }
 
 impl Engine {
-    /// `threads` = 0 picks the number of CPUs.
+    /// `threads` = 0 picks the number of CPUs. Quantized layers run on the integer kernels.
     pub fn new(model: &Model, threads: usize) -> Result<Self> {
+        Self::with_execution(model, threads, Execution::Integer)
+    }
+
+    /// [`Engine::new`] with a choice of execution for quantized layers.
+    pub fn with_execution(model: &Model, threads: usize, exec: Execution) -> Result<Self> {
         model.validate()?;
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -98,8 +116,15 @@ impl Engine {
             .thread_name(|i| format!("adabm-{i}"))
             .build()
             .map_err(|e| Error::Setting(format!("cannot start {threads} worker threads: {e}")))?;
+        let int = match exec {
+            Execution::Integer => {
+                intnet::IntNetwork::new(model).map(|n| n.with_kernels(intcpu::CpuLevel::detect()))
+            }
+            Execution::FakeQuant => None,
+        };
         Ok(Self {
             net: Network::new(model),
+            int,
             pool,
             threads,
         })
@@ -195,9 +220,12 @@ impl Engine {
         let cfg = &self.net.config;
         let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
         let x = self.net.input_map(img, t.ex, t.ey, t.ew, t.eh);
-        let mut hr = self
-            .net
-            .forward(&x, plan, Parallelism::Rayon(self.threads), None);
+        let mut hr = match &self.int {
+            Some(int) => int.forward_map(&x, plan, None),
+            None => self
+                .net
+                .forward(&x, plan, Parallelism::Rayon(self.threads), None),
+        };
         let inv = 255.0 / cfg.rgb_range;
         for y in 0..hr.h {
             for (d, c) in hr.row_mut(y).iter_mut().zip((0..3).cycle()) {

@@ -1,0 +1,195 @@
+//! The integer CPU engine: AdaBM layers executed on activation codes with integer arithmetic,
+//! exactly the semantics of [`super::intnet`] (same i32 sums, same float epilogue), with SIMD
+//! kernels chosen once per process from the CPU's features.
+//!
+//! Kernel family `conv` (3x3 convolution sums `S` of one output row): [`scalar`] is the
+//! readable reference, [`avx2`] the x86-64 AVX2 version (`vpmaddubsw` + `vpmaddwd` where no
+//! 16-bit pair sum can saturate, `vpmaddwd` on widened values where it could).
+
+mod avx2;
+mod engine;
+mod scalar;
+
+pub use engine::conv_forward;
+
+use super::intnet::IntConv;
+
+/// SIMD level of the integer kernels, detected once; `ADABM_CPU_LEVEL=scalar` lowers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CpuLevel {
+    Scalar,
+    Avx2,
+}
+
+impl CpuLevel {
+    /// The best level this CPU supports, lowered by `ADABM_CPU_LEVEL` (never raised).
+    pub fn detect() -> Self {
+        let best = Self::host_best();
+        match std::env::var("ADABM_CPU_LEVEL").ok().as_deref() {
+            Some("scalar") => Self::Scalar,
+            Some("avx2") => best.min(Self::Avx2),
+            _ => best,
+        }
+    }
+
+    /// Every level this host can run, lowest first (for tests and benchmarks).
+    pub fn available() -> Vec<Self> {
+        let best = Self::host_best();
+        [Self::Scalar, Self::Avx2]
+            .into_iter()
+            .filter(|l| *l <= best)
+            .collect()
+    }
+
+    fn host_best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            return Self::Avx2;
+        }
+        Self::Scalar
+    }
+}
+
+/// Weights of one quantized conv laid out for the kernels.
+///
+/// Values `w` per (tap, input channel, output channel): centred codes `k̃ = 2k − M` when they fit
+/// in i8 (`M ≤ 127`; then `S = Σ q·w`), else `k − 128` (`M = 255`; then `S = 2·Σ q·w + Σ q`).
+#[derive(Clone, Debug)]
+pub struct PackedConv {
+    pub cin: usize,
+    pub cout: usize,
+    /// Channels per pixel in the code maps this conv reads (cin rounded up to 4).
+    pub cstride: usize,
+    /// Output channels rounded up to 8.
+    pub cout8: usize,
+    /// `w − 128` form (8-bit weights).
+    pub offset: bool,
+    /// Largest |w|.
+    pub wabs: i32,
+    /// `[9][cstride/4][cout8][4]` i8.
+    pub w8: Vec<i8>,
+    /// `[9][cstride/2][cout8][2]` i16.
+    pub w16: Vec<i16>,
+}
+
+impl PackedConv {
+    pub fn new(c: &IntConv) -> Self {
+        let (cin, cout) = (c.cin, c.cout);
+        let cstride = cin.div_ceil(4) * 4;
+        let cout8 = cout.div_ceil(8) * 8;
+        let offset = c.m > 127;
+        let value = |t: usize, i: usize, o: usize| -> i32 {
+            if i >= cin || o >= cout {
+                return 0;
+            }
+            let j = (t * cin + i) * cout + o;
+            if offset {
+                c.codes[j] as i32 - 128
+            } else {
+                c.centred[j] as i32
+            }
+        };
+        let mut w8 = vec![0i8; 9 * cstride * cout8];
+        let mut w16 = vec![0i16; 9 * cstride * cout8];
+        let mut wabs = 0;
+        for t in 0..9 {
+            for i in 0..cstride {
+                for o in 0..cout8 {
+                    let v = value(t, i, o);
+                    wabs = wabs.max(v.abs());
+                    w8[((t * cstride / 4 + i / 4) * cout8 + o) * 4 + i % 4] = v as i8;
+                    w16[((t * cstride / 2 + i / 2) * cout8 + o) * 2 + i % 2] = v as i16;
+                }
+            }
+        }
+        Self {
+            cin,
+            cout,
+            cstride,
+            cout8,
+            offset,
+            wabs,
+            w8,
+            w16,
+        }
+    }
+
+    /// Whether `vpmaddubsw` (u8·i8 pairs summed into saturating i16) is exact for codes up to
+    /// `max_code`.
+    pub fn pairs_fit_i16(&self, max_code: u32) -> bool {
+        2 * max_code as i64 * self.wabs as i64 <= i16::MAX as i64
+    }
+}
+
+/// A padded code map as the kernels read it: `(h + 2) x (w + 2)` pixels of `cstride` codes,
+/// zero border.
+#[derive(Clone, Copy, Debug)]
+pub struct Codes<'a> {
+    pub data: &'a [u8],
+    pub h: usize,
+    pub w: usize,
+    pub cstride: usize,
+}
+
+/// `S` of every output channel for output row `y`: `out[x * cout8 + o]`, `x < w`.
+///
+/// `max_code` bounds the codes of `x` (2^bits − 1); it picks the exact AVX2 variant.
+pub fn row_sums(
+    level: CpuLevel,
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    max_code: u32,
+    out: &mut [i32],
+) {
+    assert_eq!(x.cstride, pc.cstride, "code map channel stride");
+    assert_eq!(
+        x.data.len(),
+        (x.h + 2) * (x.w + 2) * x.cstride,
+        "code map size"
+    );
+    assert!(y < x.h, "row {y} of {}", x.h);
+    assert!(out.len() >= x.w * pc.cout8, "row sums buffer");
+    match level {
+        CpuLevel::Scalar => scalar::row_sums(x, pc, y, out),
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx2 => {
+            // SAFETY: Avx2 is only ever selected when the CPU reports AVX2 (CpuLevel::detect /
+            // available); shapes were checked above.
+            unsafe {
+                if pc.pairs_fit_i16(max_code) {
+                    avx2::row_sums_maddubs(x, pc, y, out)
+                } else {
+                    avx2::row_sums_madd16(x, pc, y, out)
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        CpuLevel::Avx2 => scalar::row_sums(x, pc, y, out),
+    }
+    if pc.offset {
+        finish_offset(x, pc, y, out);
+    }
+}
+
+/// `S = 2·Σ q·(k − 128) + Σ q` for 8-bit weights (the kernels computed the first sum).
+fn finish_offset(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
+    let wp = x.w + 2;
+    let psum = |yy: usize, xx: usize| -> i32 {
+        let p = (yy * wp + xx) * x.cstride;
+        x.data[p..p + x.cstride].iter().map(|&q| q as i32).sum()
+    };
+    // Column sums over the 3 rows, then a sliding window of 3 columns.
+    let cols: Vec<i32> = (0..wp)
+        .map(|xx| psum(y, xx) + psum(y + 1, xx) + psum(y + 2, xx))
+        .collect();
+    for xx in 0..x.w {
+        let sq = cols[xx] + cols[xx + 1] + cols[xx + 2];
+        for s in &mut out[xx * pc.cout8..(xx + 1) * pc.cout8] {
+            *s = 2 * *s + sq;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

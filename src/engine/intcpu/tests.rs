@@ -1,0 +1,106 @@
+//! Every conv-sum kernel at every level this host supports equals the integer reference
+//! (`IntConv::sums`) exactly: odd widths, 1-pixel maps, channel counts that leave tails, 4- and
+//! 8-bit weights (centred and offset forms), codes of 1 to 8 bits (both AVX2 variants).
+
+use super::*;
+use crate::engine::intconv::CodeMap;
+use crate::engine::random::Rng;
+
+fn random_conv(rng: &mut Rng, cin: usize, cout: usize, w_bits: u8) -> IntConv {
+    let w: Vec<f32> = (0..cout * cin * 9).map(|_| rng.symmetric(0.5)).collect();
+    let b: Vec<f32> = (0..cout).map(|_| rng.symmetric(0.1)).collect();
+    IntConv::new(cin, cout, &w, &b, 0.4, w_bits)
+}
+
+/// A code map of `cin` channels and its copy with the channel stride rounded up to 4.
+fn random_codes(rng: &mut Rng, h: usize, w: usize, cin: usize, bits: u8) -> (CodeMap, Vec<u8>) {
+    let cs = cin.div_ceil(4) * 4;
+    let mut m = CodeMap {
+        h,
+        w,
+        c: cin,
+        codes: vec![0; (h + 2) * (w + 2) * cin],
+    };
+    let mut padded = vec![0u8; (h + 2) * (w + 2) * cs];
+    for y in 1..=h {
+        for x in 1..=w {
+            for c in 0..cin {
+                // Mostly full-range codes, some zeros (skipped groups), some maximal.
+                let q = match rng.below(8) {
+                    0 => 0,
+                    1 => (1u32 << bits) - 1,
+                    _ => rng.below(1 << bits) as u32,
+                } as u8;
+                m.codes[(y * (w + 2) + x) * cin + c] = q;
+                padded[(y * (w + 2) + x) * cs + c] = q;
+            }
+        }
+    }
+    (m, padded)
+}
+
+#[test]
+fn kernels_match_the_reference_exactly() {
+    let mut rng = Rng::new(99);
+    let shapes = [
+        (3, 5, 3, 32),
+        (1, 1, 64, 64),
+        (2, 7, 32, 32),
+        (1, 3, 64, 256),
+        (4, 9, 64, 3),
+        (3, 2, 8, 24),
+    ];
+    for &(h, w, cin, cout) in &shapes {
+        for w_bits in [4u8, 8] {
+            let ic = random_conv(&mut rng, cin, cout, w_bits);
+            let pc = PackedConv::new(&ic);
+            assert_eq!(pc.offset, w_bits == 8);
+            for bits in [1u8, 4, 6, 7, 8] {
+                let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
+                let codes = Codes {
+                    data: &padded,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                };
+                for level in CpuLevel::available() {
+                    for y in 0..h {
+                        let mut out = vec![0i32; w * pc.cout8];
+                        row_sums(level, &codes, &pc, y, (1 << bits) - 1, &mut out);
+                        let mut want = vec![0i32; cout];
+                        for x in 0..w {
+                            ic.sums(&m, y, x, &mut want);
+                            assert_eq!(
+                                &out[x * pc.cout8..x * pc.cout8 + cout],
+                                &want[..],
+                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn saturation_guard_picks_the_exact_path() {
+    let mut rng = Rng::new(5);
+    let w4 = PackedConv::new(&random_conv(&mut rng, 8, 8, 4));
+    let w8 = PackedConv::new(&random_conv(&mut rng, 8, 8, 8));
+    assert!(w4.pairs_fit_i16(255), "4-bit weights never saturate");
+    assert!(w8.wabs >= 100);
+    assert!(
+        !w8.pairs_fit_i16(255),
+        "8-bit codes x 8-bit weights may saturate"
+    );
+    assert!(w8.pairs_fit_i16(63));
+}
+
+#[test]
+fn level_override_only_lowers() {
+    // The override is read by detect(); available() is what the host can run.
+    let avail = CpuLevel::available();
+    assert_eq!(avail[0], CpuLevel::Scalar);
+    assert!(avail.contains(&CpuLevel::detect()));
+}
