@@ -93,6 +93,8 @@ pub struct Engine {
     net: Network,
     /// Integer execution of a quantized model.
     int: Option<intnet::IntNetwork>,
+    /// The fused integer path of an fq model.
+    fused: Option<intcpu::FusedNet>,
     pool: rayon::ThreadPool,
     threads: usize,
 }
@@ -122,9 +124,13 @@ impl Engine {
             }
             Execution::FakeQuant => None,
         };
+        let fused = int
+            .as_ref()
+            .and_then(|n| intcpu::FusedNet::new(n, intcpu::CpuLevel::detect()));
         Ok(Self {
             net: Network::new(model),
             int,
+            fused,
             pool,
             threads,
         })
@@ -220,9 +226,10 @@ impl Engine {
         let cfg = &self.net.config;
         let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
         let x = self.net.input_map(img, t.ex, t.ey, t.ew, t.eh);
-        let mut hr = match &self.int {
-            Some(int) => int.forward_map(&x, plan, None),
-            None => self
+        let mut hr = match (&self.fused, &self.int) {
+            (Some(fused), Some(int)) => fused.forward(&x, plan, int),
+            (_, Some(int)) => int.forward_map(&x, plan, None),
+            (_, None) => self
                 .net
                 .forward(&x, plan, Parallelism::Rayon(self.threads), None),
         };

@@ -8,9 +8,11 @@
 
 mod avx2;
 mod engine;
+mod net;
 mod scalar;
 
 pub use engine::conv_forward;
+pub use net::FusedNet;
 
 use super::intnet::IntConv;
 

@@ -1,0 +1,170 @@
+//! Integer CPU engine benchmark: EDSR-baseline size (random weights, AdaBM fq quantized) at x2
+//! 320x180 and x4 480x270, and the built-in models, against the f32 reference (floating point
+//! and fake-quant) measured in the same run. Also resident memory over many frames.
+//!
+//!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000] [--export DIR]
+//!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
+//!
+//! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
+
+use std::time::Instant;
+
+use gstadabm::engine::intcpu::CpuLevel;
+use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
+use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Model, Options, QuantMode, builtin};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(engine: &Engine, img: &Image, frames: usize) -> f64 {
+    let _ = engine.upscale(img, &Options::default()).unwrap();
+    median(
+        (0..frames)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(engine.upscale(img, &Options::default()).unwrap());
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    )
+}
+
+/// Resident set size in MiB (Linux).
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1 << 20) as f64
+}
+
+fn export(dir: &str, name: &str, m: &Model) {
+    let convs: Vec<String> = m
+        .convs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"name\":\"{}\",\"cin\":{},\"cout\":{}}}",
+                c.spec.name, c.spec.cin, c.spec.cout
+            )
+        })
+        .collect();
+    let cfg = &m.config;
+    let json = format!(
+        "{{\"scale\":{},\"n_resblocks\":{},\"n_feats\":{},\"res_scale\":{},\"rgb_range\":{},\"rgb_mean\":[{},{},{}],\"convs\":[{}]}}",
+        cfg.scale,
+        cfg.n_resblocks,
+        cfg.n_feats,
+        cfg.res_scale,
+        cfg.rgb_range,
+        cfg.rgb_mean[0],
+        cfg.rgb_mean[1],
+        cfg.rgb_mean[2],
+        convs.join(",")
+    );
+    let bin: Vec<u8> = m
+        .convs
+        .iter()
+        .flat_map(|c| {
+            c.weight
+                .iter()
+                .chain(&c.bias)
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(format!("{dir}/{name}.json"), json).unwrap();
+    std::fs::write(format!("{dir}/{name}.bin"), bin).unwrap();
+}
+
+fn main() {
+    let frames: usize = arg("--frames")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let rss_frames: usize = arg("--rss-frames")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "integer kernels: {:?}, {threads} threads",
+        CpuLevel::detect()
+    );
+    println!("| network | input | engine | ms/frame | fps | GMAC/s | vs f32 |");
+    println!("|---|---|---|---:|---:|---:|---:|");
+    for (scale, w, h) in [(2u32, 320usize, 180usize), (4, 480, 270)] {
+        let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
+        if let Some(d) = arg("--export") {
+            export(&d, &format!("edsr-baseline-x{scale}"), &fp);
+        }
+        let img = test_image(w, h, 3);
+        let gmac = fp.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
+        let base = time(&Engine::new(&fp, threads).unwrap(), &img, frames);
+        let row = |name: &str, ms: f64| {
+            println!(
+                "| EDSR-baseline x{scale} | {w}x{h} | {name} | {ms:.0} | {:.2} | {:.0} | {:.2}x |",
+                1e3 / ms,
+                gmac / ms * 1e3,
+                base / ms
+            );
+        };
+        row("f32 reference, fp32", base);
+        for (wb, ab) in [(4u8, 4u8), (8, 6)] {
+            let q = quantize_on_synthetic(&fp, QuantMode::Fq, wb, ab, 1).unwrap();
+            if wb == 4 {
+                let fq = Engine::with_execution(&q, threads, Execution::FakeQuant).unwrap();
+                row("f32 reference, fake-quant w4a4", time(&fq, &img, frames));
+            }
+            let int = Engine::new(&q, threads).unwrap();
+            row(&format!("integer w{wb}a{ab}"), time(&int, &img, frames));
+        }
+    }
+    for b in builtin::MODELS.iter() {
+        let m = b.load().unwrap();
+        let (w, h) = if m.config.scale == 2 {
+            (320, 180)
+        } else {
+            (480, 270)
+        };
+        let img = test_image(w, h, 3);
+        let ms = time(&Engine::new(&m, threads).unwrap(), &img, frames);
+        println!(
+            "| built-in {} | {w}x{h} | {} | {ms:.0} | {:.2} | {:.0} | |",
+            b.name,
+            if m.quant.is_some() { "integer" } else { "f32" },
+            1e3 / ms,
+            m.macs_per_lr_pixel() * (w * h) as f64 / 1e6 / ms
+        );
+    }
+    if rss_frames > 0 {
+        let m = builtin::find(2, "w4a4").unwrap().load().unwrap();
+        let engine = Engine::new(&m, threads).unwrap();
+        let img = test_image(160, 90, 1);
+        let mut first = 0.0;
+        let t = Instant::now();
+        for i in 0..rss_frames {
+            std::hint::black_box(engine.upscale(&img, &Options::default()).unwrap());
+            if i == 9 {
+                first = rss_mib();
+            }
+        }
+        println!(
+            "resident memory, built-in x2 w4a4 160x90: {first:.1} MiB after 10 frames, {:.1} MiB after {rss_frames} ({:.1} s)",
+            rss_mib(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+}
