@@ -2,7 +2,7 @@
 //! 320x180 and x4 480x270, and the built-in models, against the f32 reference (floating point
 //! and fake-quant) measured in the same run. Also resident memory over many frames.
 //!
-//!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000] [--export DIR]
+//!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000 [--rss-only 1]] [--export DIR]
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -103,6 +103,16 @@ fn main() {
         "integer kernels: {:?}, {threads} threads",
         CpuLevel::detect()
     );
+    if arg("--rss-only").is_none() {
+        tables(frames, threads);
+    }
+    if rss_frames > 0 {
+        rss(rss_frames, threads);
+    }
+}
+
+/// Speed of the engines on EDSR-baseline and the built-in models.
+fn tables(frames: usize, threads: usize) {
     println!("| network | input | engine | ms/frame | fps | GMAC/s | vs f32 |");
     println!("|---|---|---|---:|---:|---:|---:|");
     for (scale, w, h) in [(2u32, 320usize, 180usize), (4, 480, 270)] {
@@ -149,7 +159,11 @@ fn main() {
             m.macs_per_lr_pixel() * (w * h) as f64 / 1e6 / ms
         );
     }
-    if rss_frames > 0 {
+}
+
+/// Resident memory over `rss_frames` frames of the built-in x2 w4a4.
+fn rss(rss_frames: usize, threads: usize) {
+    {
         let m = builtin::find(2, "w4a4").unwrap().load().unwrap();
         let engine = Engine::new(&m, threads).unwrap();
         let img = test_image(160, 90, 1);
