@@ -9,22 +9,12 @@
 
 use std::time::Instant;
 
+mod common;
+
+use common::{arg, export, median};
 use gstadabm::engine::intcpu::CpuLevel;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
-use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Model, Options, QuantMode, builtin};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
 
 fn time(engine: &Engine, img: &Image, frames: usize) -> f64 {
     let _ = engine.upscale(img, &Options::default()).unwrap();
@@ -48,46 +38,6 @@ fn rss_mib() -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     pages * 4096.0 / (1 << 20) as f64
-}
-
-fn export(dir: &str, name: &str, m: &Model) {
-    let convs: Vec<String> = m
-        .convs
-        .iter()
-        .map(|c| {
-            format!(
-                "{{\"name\":\"{}\",\"cin\":{},\"cout\":{}}}",
-                c.spec.name, c.spec.cin, c.spec.cout
-            )
-        })
-        .collect();
-    let cfg = &m.config;
-    let json = format!(
-        "{{\"scale\":{},\"n_resblocks\":{},\"n_feats\":{},\"res_scale\":{},\"rgb_range\":{},\"rgb_mean\":[{},{},{}],\"convs\":[{}]}}",
-        cfg.scale,
-        cfg.n_resblocks,
-        cfg.n_feats,
-        cfg.res_scale,
-        cfg.rgb_range,
-        cfg.rgb_mean[0],
-        cfg.rgb_mean[1],
-        cfg.rgb_mean[2],
-        convs.join(",")
-    );
-    let bin: Vec<u8> = m
-        .convs
-        .iter()
-        .flat_map(|c| {
-            c.weight
-                .iter()
-                .chain(&c.bias)
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-        })
-        .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(format!("{dir}/{name}.json"), json).unwrap();
-    std::fs::write(format!("{dir}/{name}.bin"), bin).unwrap();
 }
 
 fn main() {

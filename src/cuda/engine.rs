@@ -403,15 +403,21 @@ impl CudaEngine {
     /// Prepares buffers for `frames` frames of `w x h` and uploads them once
     /// (for [`Self::run_resident`]).
     pub fn upload(&mut self, frames: &[&[u8]], w: usize, h: usize) -> Result<()> {
+        self.stage_input(frames, w, h, false)?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Checks the frames, sizes the buffers and queues their upload through pinned memory.
+    fn stage_input(&mut self, frames: &[&[u8]], w: usize, h: usize, want_f32: bool) -> Result<()> {
         self.check_input(frames, w, h)?;
-        self.ensure_buffers(frames.len(), h, w, false)?;
+        self.ensure_buffers(frames.len(), h, w, want_f32)?;
         let b = self.bufs.as_mut().expect("buffers");
         let host = b.host_in.as_mut_slice()?;
         for (i, fr) in frames.iter().enumerate() {
             host[i * w * h * 3..][..w * h * 3].copy_from_slice(fr);
         }
         self.stream.memcpy_htod(&b.host_in, &mut b.rgb_in)?;
-        self.stream.synchronize()?;
         Ok(())
     }
 
@@ -440,16 +446,7 @@ impl CudaEngine {
         opts: &Options,
         want_f32: bool,
     ) -> Result<Batch> {
-        self.check_input(frames, w, h)?;
-        self.ensure_buffers(frames.len(), h, w, want_f32)?;
-        {
-            let b = self.bufs.as_mut().expect("buffers");
-            let host = b.host_in.as_mut_slice()?;
-            for (i, fr) in frames.iter().enumerate() {
-                host[i * w * h * 3..][..w * h * 3].copy_from_slice(fr);
-            }
-            self.stream.memcpy_htod(&b.host_in, &mut b.rgb_in)?;
-        }
+        self.stage_input(frames, w, h, want_f32)?;
         self.enqueue(opts)?;
         let s = self.scale();
         let b = self.bufs.as_mut().expect("buffers");
