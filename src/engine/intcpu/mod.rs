@@ -160,7 +160,7 @@ pub fn row_sums(
             // available); shapes were checked above.
             unsafe {
                 if pc.pairs_fit_i16(max_code) {
-                    avx2::row_sums_maddubs(x, pc, y, out)
+                    avx2::row_sums_maddubs(x, pc, y, max_code, out)
                 } else {
                     avx2::row_sums_madd16(x, pc, y, out)
                 }
