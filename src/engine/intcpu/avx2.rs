@@ -53,7 +53,7 @@ pub unsafe fn row_sums_maddubs(
     }
 }
 
-/// `P` pixels from `(y, xx)` × `N` blocks with `vpmaddubsw` pair sums accumulated in i16 for
+/// [`pixels`] with `vpmaddubsw` pair sums accumulated in i16 for
 /// `run` groups, then widened with `vpmaddwd` into the i32 sums.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // several register arrays indexed in lockstep
@@ -141,7 +141,7 @@ unsafe fn step<const MADDUBS: bool>(acc: __m256i, q: __m256i, w: __m256i) -> __m
     }
 }
 
-/// Drives [`pixels2`] / [`pixel`] over the row and the output channels in chunks of 32, 16
+/// Drives [`pixels`] over the row and the output channels in chunks of 32, 16
 /// and 8.
 #[target_feature(enable = "avx2")]
 unsafe fn row_sums_with<const MADDUBS: bool>(
@@ -165,9 +165,9 @@ unsafe fn row_sums_with<const MADDUBS: bool>(
             // SAFETY: blocks b0..b0+n exist; pixels xx and xx + 1 are inside the row.
             unsafe {
                 match n {
-                    4 => pixels2::<4, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    2 => pixels2::<2, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    _ => pixels2::<1, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    4 => pixels::<4, 2, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    2 => pixels::<2, 2, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    _ => pixels::<1, 2, MADDUBS>(x, pc, y, xx, b0, w, out),
                 }
             }
             xx += 2;
@@ -176,9 +176,9 @@ unsafe fn row_sums_with<const MADDUBS: bool>(
             // SAFETY: as above, one pixel.
             unsafe {
                 match n {
-                    4 => pixel::<4, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    2 => pixel::<2, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    _ => pixel::<1, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    4 => pixels::<4, 1, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    2 => pixels::<2, 1, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    _ => pixels::<1, 1, MADDUBS>(x, pc, y, xx, b0, w, out),
                 }
             }
         }
@@ -186,64 +186,11 @@ unsafe fn row_sums_with<const MADDUBS: bool>(
     }
 }
 
-/// [`pixel`] for the two pixels `(y, xx)` and `(y, xx + 1)`, each weight load used twice.
+/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `P` pixels from `(y, xx)`; each weight
+/// load serves all `P` pixels.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // two register arrays indexed in lockstep
-unsafe fn pixels2<const N: usize, const MADDUBS: bool>(
-    x: &Codes,
-    pc: &PackedConv,
-    y: usize,
-    xx: usize,
-    b0: usize,
-    w: *const u8,
-    out: &mut [i32],
-) {
-    let group = if MADDUBS { 4 } else { 2 };
-    let wp = x.w + 2;
-    let groups = pc.cstride / group;
-    let gbytes = pc.cout8 * 4;
-    let read = |codes: *const u8, g: usize| -> u32 {
-        // SAFETY: inside the padded window (see pixel).
-        unsafe {
-            if MADDUBS {
-                (codes.add(4 * g) as *const u32).read_unaligned()
-            } else {
-                *codes.add(2 * g) as u32 | ((*codes.add(2 * g + 1) as u32) << 16)
-            }
-        }
-    };
-    // SAFETY: reads inside the padded windows of both pixels and the weights; writes inside out.
-    unsafe {
-        let mut a0 = [_mm256_setzero_si256(); N];
-        let mut a1 = [_mm256_setzero_si256(); N];
-        for t in 0..9 {
-            let p = ((y + t / 3) * wp + xx + t % 3) * x.cstride;
-            let c0 = x.data.as_ptr().add(p);
-            let c1 = c0.add(x.cstride);
-            let wt = w.add(t * groups * gbytes + b0 * 32);
-            for g in 0..groups {
-                let q0 = _mm256_set1_epi32(read(c0, g) as i32);
-                let q1 = _mm256_set1_epi32(read(c1, g) as i32);
-                let wg = wt.add(g * gbytes);
-                for b in 0..N {
-                    let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
-                    a0[b] = step::<MADDUBS>(a0[b], q0, wv);
-                    a1[b] = step::<MADDUBS>(a1[b], q1, wv);
-                }
-            }
-        }
-        let d0 = out.as_mut_ptr().add(xx * pc.cout8 + b0 * 8);
-        let d1 = d0.add(pc.cout8);
-        for b in 0..N {
-            _mm256_storeu_si256(d0.add(b * 8) as *mut __m256i, a0[b]);
-            _mm256_storeu_si256(d1.add(b * 8) as *mut __m256i, a1[b]);
-        }
-    }
-}
-
-/// `S` of output channels `8·b0 .. 8·(b0 + N)` at `(y, xx)`.
-#[inline(always)]
-unsafe fn pixel<const N: usize, const MADDUBS: bool>(
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn pixels<const N: usize, const P: usize, const MADDUBS: bool>(
     x: &Codes,
     pc: &PackedConv,
     y: usize,
@@ -257,33 +204,43 @@ unsafe fn pixel<const N: usize, const MADDUBS: bool>(
     let groups = pc.cstride / group;
     // Bytes of one group's weights for all output channels (8 per block × 4 bytes / 2 i16).
     let gbytes = pc.cout8 * 4;
-    // SAFETY: all reads stay inside x.data (padded window) and the weight arrays
-    // (9 · groups · gbytes bytes); out has x.w · cout8 values.
+    let read = |codes: *const u8, g: usize| -> u32 {
+        // SAFETY: inside the padded window (see below).
+        unsafe {
+            if MADDUBS {
+                (codes.add(4 * g) as *const u32).read_unaligned()
+            } else {
+                *codes.add(2 * g) as u32 | ((*codes.add(2 * g + 1) as u32) << 16)
+            }
+        }
+    };
+    // SAFETY: all reads stay inside x.data (the padded 3x3 windows of the P pixels) and the
+    // weight arrays (9 · groups · gbytes bytes); out has x.w · cout8 values.
     unsafe {
-        let mut acc = [_mm256_setzero_si256(); N];
+        let mut acc = [[_mm256_setzero_si256(); N]; P];
         for t in 0..9 {
             let p = ((y + t / 3) * wp + xx + t % 3) * x.cstride;
             let codes = x.data.as_ptr().add(p);
             let wt = w.add(t * groups * gbytes + b0 * 32);
             for g in 0..groups {
-                let q = if group == 4 {
-                    (codes.add(4 * g) as *const u32).read_unaligned()
-                } else {
-                    let a = *codes.add(2 * g) as u32;
-                    let b = *codes.add(2 * g + 1) as u32;
-                    a | (b << 16)
-                };
-                let qv = _mm256_set1_epi32(q as i32);
+                let mut q = [_mm256_setzero_si256(); P];
+                for i in 0..P {
+                    q[i] = _mm256_set1_epi32(read(codes.add(i * x.cstride), g) as i32);
+                }
                 let wg = wt.add(g * gbytes);
-                for (b, a) in acc.iter_mut().enumerate() {
+                for b in 0..N {
                     let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
-                    *a = step::<MADDUBS>(*a, qv, wv);
+                    for i in 0..P {
+                        acc[i][b] = step::<MADDUBS>(acc[i][b], q[i], wv);
+                    }
                 }
             }
         }
-        let dst = out.as_mut_ptr().add(xx * pc.cout8 + b0 * 8);
-        for (b, a) in acc.iter().enumerate() {
-            _mm256_storeu_si256(dst.add(b * 8) as *mut __m256i, *a);
+        for i in 0..P {
+            let d = out.as_mut_ptr().add((xx + i) * pc.cout8 + b0 * 8);
+            for b in 0..N {
+                _mm256_storeu_si256(d.add(b * 8) as *mut __m256i, acc[i][b]);
+            }
         }
     }
 }
