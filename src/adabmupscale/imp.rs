@@ -444,8 +444,8 @@ impl AdabmUpscale {
     }
 
     /// The CUDA engine the `backend` setting asks for: None for the CPU. `auto` falls back to
-    /// the CPU (a log line when there is no NVIDIA driver at all, a bus warning when a GPU is
-    /// there but cannot run this model); `cuda` fails with the reason.
+    /// the CPU (a log line when there is no NVIDIA driver at all, a bus warning otherwise: no
+    /// device, no NVRTC, or a model CUDA cannot run); `cuda` fails with the reason.
     fn start_cuda(
         &self,
         s: &Settings,
@@ -468,11 +468,11 @@ impl AdabmUpscale {
                 gst::LibraryError::Init,
                 ["backend=cuda: {}", e]
             )),
-            Err(CudaError::Unavailable(why)) => {
+            Err(CudaError::NoDriver) => {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "backend=auto: CUDA unavailable ({why}); using the CPU"
+                    "backend=auto: no NVIDIA driver; using the CPU"
                 );
                 Ok(None)
             }

@@ -19,6 +19,8 @@ pub const KERNEL_SOURCE: &str = include_str!("../../kernels/adabm.cu");
 /// Everything that can go wrong on the CUDA path, with a message a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
+    #[error("CUDA is not usable: no NVIDIA driver (libcuda.so not found)")]
+    NoDriver,
     #[error("CUDA is not usable: {0}")]
     Unavailable(String),
     #[error("NVRTC could not compile kernels/adabm.cu for {arch}: {log}")]
@@ -44,9 +46,7 @@ pub type Result<T, E = CudaError> = std::result::Result<T, E>;
 pub fn probe(device: usize) -> Result<(String, (i32, i32))> {
     // SAFETY: only tries to dlopen the libraries.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(CudaError::Unavailable(
-            "libcuda.so (the NVIDIA driver) was not found".into(),
-        ));
+        return Err(CudaError::NoDriver);
     }
     if !nvrtc_present() {
         return Err(CudaError::Unavailable(
