@@ -220,6 +220,14 @@ impl CudaEngine {
                     .into(),
             ));
         }
+        if let Some(q) = &net.net.quant
+            && q.complexity != crate::engine::ComplexityMetric::Gradient
+        {
+            return Err(CudaError::Unsupported(format!(
+                "complexity metric {:?}: the GPU computes the gradient density only",
+                q.complexity
+            )));
+        }
         let f = net.net.config.n_feats;
         if f != 32 && f != 64 {
             return Err(CudaError::Unsupported(format!(

@@ -41,6 +41,78 @@ pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
     density_from_fixed(sum, w, h)
 }
 
+/// Frequency-domain complexity: the share (per mille) of the luma's AC spectral energy that
+/// lies at high frequencies. The luma (same weights as [`gradient_density`]) is cut into 8x8
+/// blocks (edges replicated), each transformed by an orthonormal 2-D DCT-II; `c = 1000 ·
+/// Σ C²(u,v) over u + v ≥ 4 / Σ C²(u,v) over (u,v) ≠ (0,0)`, summed over all blocks (f64, in
+/// block order). Flat images give 0; noise and fine texture approach 1000·(share of the
+/// high-frequency coefficients). Unlike the gradient density it ignores contrast.
+pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
+    assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
+    if w == 0 || h == 0 {
+        return 0.0;
+    }
+    let y: Vec<f64> = rgb
+        .chunks_exact(3)
+        .map(|p| ((0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0) as f64)
+        .collect();
+    // DCT-II basis: cos[k][n] = a(k) cos((2n + 1) k π / 16).
+    let mut basis = [[0f64; 8]; 8];
+    for (k, row) in basis.iter_mut().enumerate() {
+        let a = if k == 0 {
+            (1.0f64 / 8.0).sqrt()
+        } else {
+            (2.0f64 / 8.0).sqrt()
+        };
+        for (n, v) in row.iter_mut().enumerate() {
+            *v = a * (((2 * n + 1) * k) as f64 * std::f64::consts::PI / 16.0).cos();
+        }
+    }
+    let (mut high, mut ac) = (0f64, 0f64);
+    let mut block = [[0f64; 8]; 8];
+    for by in (0..h).step_by(8) {
+        for bx in (0..w).step_by(8) {
+            for (r, row) in block.iter_mut().enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = y[(by + r).min(h - 1) * w + (bx + c).min(w - 1)];
+                }
+            }
+            // Rows, then columns.
+            let mut tmp = [[0f64; 8]; 8];
+            for r in 0..8 {
+                for k in 0..8 {
+                    tmp[r][k] = (0..8).map(|n| basis[k][n] * block[r][n]).sum();
+                }
+            }
+            for u in 0..8 {
+                for v in 0..8 {
+                    let c: f64 = (0..8).map(|n| basis[u][n] * tmp[n][v]).sum();
+                    let e = c * c;
+                    if u + v > 0 {
+                        ac += e;
+                    }
+                    if u + v >= 4 {
+                        high += e;
+                    }
+                }
+            }
+        }
+    }
+    if ac <= 1e-12 {
+        0.0
+    } else {
+        (1000.0 * high / ac) as f32
+    }
+}
+
+/// The complexity of an image under `metric`.
+pub fn measure(metric: super::ComplexityMetric, rgb: &[f32], w: usize, h: usize) -> f32 {
+    match metric {
+        super::ComplexityMetric::Gradient => gradient_density(rgb, w, h),
+        super::ComplexityMetric::Frequency => frequency_density(rgb, w, h),
+    }
+}
+
 /// `c` from the fixed-point sum of the per-pixel terms.
 pub fn density_from_fixed(sum: u64, w: usize, h: usize) -> f32 {
     (1000.0 * sum as f64 / FIXED_ONE as f64 / (2.0 * (w * h) as f64)) as f32
@@ -87,6 +159,33 @@ mod tests {
         let c = gradient_density(&gray(w, h, |_, y| if y < 3 { 0.0 } else { 255.0 }), w, h);
         let want = 1000.0 * 0.5 / h as f32;
         assert!((c - want).abs() < 1e-3, "{c} vs {want}");
+    }
+
+    #[test]
+    fn frequency_share_of_flat_smooth_and_noisy_images() {
+        assert_eq!(frequency_density(&gray(16, 16, |_, _| 77.0), 16, 16), 0.0);
+        // A gentle ramp keeps its energy at low frequencies; a pixel checkerboard at the
+        // highest one (u = v = 7 of every block).
+        let ramp = frequency_density(&gray(32, 32, |x, _| 4.0 * x as f32), 32, 32);
+        let checks = frequency_density(
+            &gray(32, 32, |x, y| if (x + y) % 2 == 0 { 200.0 } else { 50.0 }),
+            32,
+            32,
+        );
+        assert!(ramp < 100.0, "{ramp}");
+        assert!(checks > 990.0, "{checks}");
+        // Contrast does not matter; odd sizes are padded by replication.
+        let lo = frequency_density(
+            &gray(13, 11, |x, y| 100.0 + ((x * 7 + y * 3) % 5) as f32),
+            13,
+            11,
+        );
+        let hi = frequency_density(
+            &gray(13, 11, |x, y| 100.0 + 10.0 * ((x * 7 + y * 3) % 5) as f32),
+            13,
+            11,
+        );
+        assert!((lo - hi).abs() < 1e-3 * lo.max(1.0), "{lo} vs {hi}");
     }
 
     #[test]

@@ -191,7 +191,12 @@ impl Engine {
                 opts.tile_size
             )));
         }
-        let c = complexity::gradient_density(&img.data, w, h);
+        let metric = self
+            .net
+            .quant
+            .as_ref()
+            .map_or(ComplexityMetric::Gradient, |q| q.complexity);
+        let c = complexity::measure(metric, &img.data, w, h);
         let (plan, b_i) = self.bit_plan(c, opts)?;
         let tiles = tile::plan(&self.net, w, h, opts.tile_size, DEFAULT_TILE_BUDGET);
         let s = self.scale();

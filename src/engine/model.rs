@@ -56,6 +56,9 @@ pub enum ComplexityMetric {
     /// Average Sobel gradient density of the luma (the reference's metric).
     #[serde(rename = "gradient")]
     Gradient,
+    /// Share of high-frequency DCT energy of the luma ([`super::complexity::frequency_density`]).
+    #[serde(rename = "frequency")]
+    Frequency,
 }
 
 /// Quantizer parameters of one layer.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use gemm::Parallelism;
-use gstadabm::engine::complexity::gradient_density;
+use gstadabm::engine::complexity;
 use gstadabm::engine::conv::FeatureMap;
 use gstadabm::engine::metrics::percentile;
 use gstadabm::engine::model::{LayerKind, layer_kind};
@@ -39,6 +39,8 @@ pub struct Settings {
     /// No b_L (every m_k = 0): the fixed-bit baseline.
     pub fixed: bool,
     pub seed: u64,
+    /// Image complexity metric for b_I (stored in the model).
+    pub metric: ComplexityMetric,
 }
 
 impl Settings {
@@ -56,6 +58,7 @@ impl Settings {
             layer_percentile: 30.0,
             fixed: false,
             seed: 1,
+            metric: ComplexityMetric::Gradient,
         }
     }
 }
@@ -152,7 +155,9 @@ pub fn calibrate(fp: &Model, crops: &[Image], s: &Settings) -> Result<(Model, Re
         let mut bstd = vec![0.0f64; n];
         let mut cs = Vec::new();
         for img in chunk {
-            cs.push(gradient_density(&img.data, img.width, img.height));
+            cs.push(complexity::measure(
+                s.metric, &img.data, img.width, img.height,
+            ));
             let x = net.input_map(img, 0, 0, img.width, img.height);
             let mut obs = |k: usize, m: &FeatureMap| {
                 if kinds[k] == LayerKind::Float {
@@ -258,7 +263,7 @@ pub fn calibrate(fp: &Model, crops: &[Image], s: &Settings) -> Result<(Model, Re
         mode: s.mode,
         w_bits: s.w_bits,
         a_bits: s.a_bits,
-        complexity: ComplexityMetric::Gradient,
+        complexity: s.metric,
         image_lower,
         image_upper,
         layers,

@@ -2,13 +2,13 @@
 
 use adabm_tools::calib::{self, Settings};
 use gemm::Parallelism;
-use gstadabm::engine::complexity::gradient_density;
+use gstadabm::engine::complexity::{self, gradient_density};
 use gstadabm::engine::conv::FeatureMap;
 use gstadabm::engine::metrics::percentile;
 use gstadabm::engine::model::{EdsrConfig, LayerKind, layer_kind};
 use gstadabm::engine::quant;
 use gstadabm::engine::random::{random_model, test_image};
-use gstadabm::engine::{Image, Network, QuantMode};
+use gstadabm::engine::{ComplexityMetric, Image, Network, QuantMode};
 
 fn crops() -> Vec<Image> {
     (0..6)
@@ -141,4 +141,30 @@ fn ranges_thresholds_and_layer_bits_follow_the_method() {
     )
     .unwrap();
     assert!(calib::calibrate(&q, &crops, &Settings::reference(2)).is_err());
+    // The frequency metric: thresholds from its values, stored in the model, used by the
+    // engine for b_I.
+    let s = Settings {
+        batch: 4,
+        metric: ComplexityMetric::Frequency,
+        ..Settings::reference(2)
+    };
+    let (q, report) = calib::calibrate(&fp, &crops, &s).unwrap();
+    let qc = q.quant.clone().unwrap();
+    assert_eq!(qc.complexity, ComplexityMetric::Frequency);
+    let c: Vec<f32> = crops
+        .iter()
+        .map(|m| complexity::frequency_density(&m.data, m.width, m.height))
+        .collect();
+    assert_eq!(report.complexities, c);
+    let lo = 0.9 * percentile(&c[..4], 10.0) + 0.1 * percentile(&c[4..], 10.0);
+    assert!(
+        (qc.image_lower - lo).abs() < 1e-3,
+        "{} vs {lo}",
+        qc.image_lower
+    );
+    let engine = gstadabm::engine::Engine::new(&q, 1).unwrap();
+    let (_, stats) = engine
+        .upscale(&crops[0], &gstadabm::engine::Options::default())
+        .unwrap();
+    assert_eq!(stats.complexity, c[0]);
 }

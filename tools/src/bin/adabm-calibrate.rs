@@ -7,7 +7,7 @@ use adabm_tools::calib::{self, Settings};
 use adabm_tools::data::{self, Pair};
 use adabm_tools::{Args, read_image};
 use anyhow::{Context, Result, bail};
-use gstadabm::engine::{Model, QuantMode};
+use gstadabm::engine::{ComplexityMetric, Model, QuantMode};
 use serde_json::json;
 
 const USAGE: &str = "\
@@ -25,6 +25,8 @@ adabm-calibrate --model FP.safetensors --out Q.safetensors [options]
   --img-percentile P   image thresholds at P / 100-P (default 10)
   --layer-percentile P b_L thresholds at P / 100-P (default 30)
   --fixed              no layer adaptation (every b_L = 0): the fixed-bit baseline
+  --metric gradient|frequency
+                       image complexity metric for b_I, stored in the model (default gradient)
   --seed N             crop sampling seed (default 1)
   --report FILE        JSON with per-layer ranges, clips, sensitivities and the complexities";
 
@@ -50,6 +52,7 @@ fn main() -> Result<()> {
         "layer-percentile",
         "fixed",
         "seed",
+        "metric",
         "report",
         "help",
     ])?;
@@ -75,6 +78,11 @@ fn main() -> Result<()> {
         layer_percentile: a.num("layer-percentile", r.layer_percentile)?,
         fixed: a.flag("fixed"),
         seed: a.num("seed", r.seed)?,
+        metric: match a.get("metric").unwrap_or("gradient") {
+            "gradient" => ComplexityMetric::Gradient,
+            "frequency" => ComplexityMetric::Frequency,
+            o => bail!("--metric must be gradient or frequency, found {o}"),
+        },
     };
     for (name, b) in [("--w-bits", s.w_bits), ("--a-bits", s.a_bits)] {
         if !(1..=8).contains(&b) {
