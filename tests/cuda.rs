@@ -357,4 +357,11 @@ fn unsupported_models_are_refused_with_a_reason() {
         .expect("non-fq refused")
         .to_string();
     assert!(err.contains("non-fq"), "{err}");
+    let mut m = builtin::find(2, "w4a4").unwrap().load().unwrap();
+    m.quant.as_mut().unwrap().complexity = gstadabm::engine::ComplexityMetric::Frequency;
+    let err = CudaEngine::new(&m, 0)
+        .err()
+        .expect("frequency metric refused")
+        .to_string();
+    assert!(err.contains("complexity metric"), "{err}");
 }
