@@ -10,16 +10,21 @@
 /// Fixed-point scale of the per-pixel terms.
 pub const FIXED_ONE: f32 = 16_777_216.0;
 
+/// Luma `Y = 0.299 R + 0.587 G + 0.114 B` of 0–255 RGB, on 0–1; None for an empty image.
+fn luma(rgb: &[f32], w: usize, h: usize) -> Option<Vec<f32>> {
+    assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
+    (w > 0 && h > 0).then(|| {
+        rgb.chunks_exact(3)
+            .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0)
+            .collect()
+    })
+}
+
 /// Gradient density of an interleaved RGB image of 0–255 values (`h * w * 3`).
 pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
-    assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
-    if w == 0 || h == 0 {
+    let Some(y) = luma(rgb, w, h) else {
         return 0.0;
-    }
-    let y: Vec<f32> = rgb
-        .chunks_exact(3)
-        .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0)
-        .collect();
+    };
     let at = |yy: isize, xx: isize| {
         let yy = yy.clamp(0, h as isize - 1) as usize;
         let xx = xx.clamp(0, w as isize - 1) as usize;
@@ -49,14 +54,9 @@ pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
 /// high-frequency coefficients). Unlike the gradient density it ignores contrast.
 #[allow(clippy::needless_range_loop)] // the DCT reads better with its indices
 pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
-    assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
-    if w == 0 || h == 0 {
+    let Some(y) = luma(rgb, w, h) else {
         return 0.0;
-    }
-    let y: Vec<f64> = rgb
-        .chunks_exact(3)
-        .map(|p| ((0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0) as f64)
-        .collect();
+    };
     // DCT-II basis: cos[k][n] = a(k) cos((2n + 1) k π / 16).
     let mut basis = [[0f64; 8]; 8];
     for (k, row) in basis.iter_mut().enumerate() {
@@ -75,7 +75,7 @@ pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
         for bx in (0..w).step_by(8) {
             for (r, row) in block.iter_mut().enumerate() {
                 for (c, v) in row.iter_mut().enumerate() {
-                    *v = y[(by + r).min(h - 1) * w + (bx + c).min(w - 1)];
+                    *v = y[(by + r).min(h - 1) * w + (bx + c).min(w - 1)] as f64;
                 }
             }
             // Rows, then columns.
