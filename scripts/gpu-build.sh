@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p gpu-bin
 exe() { grep -o '"executable":"[^"]*"' | sed 's/"executable":"//; s/"$//' | grep -v '^$' | tail -1; }
-t=$(cargo test --release --locked --no-default-features --test cuda --no-run --message-format=json 2>/dev/null | exe)
-b=$(cargo bench --locked --no-default-features --bench cuda --no-run --message-format=json 2>/dev/null | exe)
+t=$(cargo test --release --locked --no-default-features --features cuda --test cuda --no-run --message-format=json 2>/dev/null | exe)
+b=$(cargo bench --locked --no-default-features --features cuda --bench cuda --no-run --message-format=json 2>/dev/null | exe)
 cp "$t" gpu-bin/cuda-tests
 cp "$b" gpu-bin/cuda-bench
 

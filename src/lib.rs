@@ -6,6 +6,11 @@
 //!   `--no-default-features`.
 //! - `adabmupscale` (feature `element`, on by default): the GStreamer element.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+/// Without the `cuda` feature: the same API, an engine that is never available.
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_stub.rs"]
 pub mod cuda;
 pub mod engine;
 
