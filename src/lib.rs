@@ -12,6 +12,7 @@ pub mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_stub.rs"]
 pub mod cuda;
+mod cuda_common;
 pub mod engine;
 
 #[cfg(feature = "element")]

@@ -7,7 +7,7 @@ use cudarc::driver::{
     LaunchConfig, PinnedHostSlice, PushKernelArg, sys,
 };
 
-use super::{CudaError, Result, compiled_for};
+use super::{CudaError, FrameStats, Result, compiled_for};
 use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
 use crate::engine::model::{LayerKind, Role};
 use crate::engine::{Model, Options, quant};
@@ -110,16 +110,6 @@ struct DevConv {
     /// Tensor-core path: slice width and dynamic shared memory.
     ns: usize,
     smem: u32,
-}
-
-/// Stats of one frame computed on the device.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FrameStats {
-    pub complexity: f32,
-    pub image_bits: i32,
-    /// Activation bits of the adaptive layers, in layer order.
-    pub layer_bits: Vec<u8>,
-    pub fab: f32,
 }
 
 /// HR frames with their stats, and (when asked for) the unrounded f32 outputs.

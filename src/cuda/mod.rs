@@ -11,35 +11,17 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::{Arc, LazyLock, Mutex};
 
-pub use engine::{Batch, CudaEngine, FrameStats};
+pub use crate::cuda_common::{CudaError, FrameStats, Result};
+pub use engine::{Batch, CudaEngine};
 
 /// The kernel source, compiled by NVRTC at run time.
 pub const KERNEL_SOURCE: &str = include_str!("../../kernels/adabm.cu");
-
-/// Everything that can go wrong on the CUDA path, with a message a user can act on.
-#[derive(Debug, thiserror::Error)]
-pub enum CudaError {
-    #[error("CUDA is not usable: no NVIDIA driver (libcuda.so not found)")]
-    NoDriver,
-    #[error("CUDA is not usable: {0}")]
-    Unavailable(String),
-    #[error("NVRTC could not compile kernels/adabm.cu for {arch}: {log}")]
-    Compile { arch: String, log: String },
-    #[error("CUDA driver: {0}")]
-    Driver(String),
-    #[error("the CUDA backend does not support this model: {0}")]
-    Unsupported(String),
-    #[error("invalid input: {0}")]
-    Input(String),
-}
 
 impl From<cudarc::driver::DriverError> for CudaError {
     fn from(e: cudarc::driver::DriverError) -> Self {
         CudaError::Driver(format!("{e:?}"))
     }
 }
-
-pub type Result<T, E = CudaError> = std::result::Result<T, E>;
 
 /// Checks that the CUDA driver library, NVRTC and device `device` are there, without letting
 /// cudarc panic. Returns the device's name and compute capability.

@@ -158,21 +158,27 @@ impl IntConv {
                 let mut s = vec![0i32; cout];
                 for xx in 0..x.w {
                     self.sums(x, y, xx, &mut s);
-                    let class = border_class(y, xx, x.h, x.w);
-                    let kt = &self.ktab[class * cout..][..cout];
-                    let dst = &mut row[(xx + 1) * cout..][..cout];
-                    for o in 0..cout {
-                        dst[o] = self.epilogue(o, s[o], kt[o], da, a.l);
-                    }
+                    let kt = self.ktab_at(y, xx, x.h, x.w);
+                    self.values(&s, kt, da, a.l, &mut row[(xx + 1) * cout..][..cout]);
                 }
             });
         out
     }
 
-    /// `bias + h_w·(Δa·S + l·K)`, in this order, without fused multiply-add.
+    /// `K` of every output channel at output position `(y, x)` of an `h x w` map.
     #[inline]
-    pub fn epilogue(&self, o: usize, s: i32, k: i32, da: f32, l: f32) -> f32 {
-        self.bias[o] + self.hw * (da * s as f32 + l * k as f32)
+    pub fn ktab_at(&self, y: usize, x: usize, h: usize, w: usize) -> &[i32] {
+        &self.ktab[border_class(y, x, h, w) * self.cout..][..self.cout]
+    }
+
+    /// The epilogue of one output position: `v[o] = bias + h_w·(Δa·S + l·K)`, in this order,
+    /// without fused multiply-add. `s`, `k` and `v` hold the `cout` channels.
+    #[inline(always)]
+    pub fn values(&self, s: &[i32], k: &[i32], da: f32, l: f32, v: &mut [f32]) {
+        let (bias, hw) = (&self.bias[..v.len()], self.hw);
+        for o in 0..v.len() {
+            v[o] = bias[o] + hw * (da * s[o] as f32 + l * k[o] as f32);
+        }
     }
 }
 
@@ -243,6 +249,13 @@ impl IntNetwork {
         self
     }
 
+    /// The SIMD level and packed weights of integer layer `k`, when the network runs on the
+    /// kernels ([`Self::with_kernels`]).
+    pub fn kernels(&self, k: usize) -> Option<(CpuLevel, &PackedConv)> {
+        let (level, packed) = self.fast.as_ref()?;
+        Some((*level, packed[k].as_ref()?))
+    }
+
     /// True when every layer runs on integer codes (an fq model).
     pub fn all_integer(&self) -> bool {
         self.layers.iter().all(|l| matches!(l, IntLayer::Int(_)))
@@ -269,11 +282,8 @@ impl IntNetwork {
             o(k, x);
         }
         match (&self.layers[k], self.act_quant(k, plan)) {
-            (IntLayer::Int(c), Some(a)) => match &self.fast {
-                Some((level, packed)) => {
-                    let pc = packed[k].as_ref().expect("packed integer layer");
-                    intcpu::conv_forward(*level, c, pc, x, a)
-                }
+            (IntLayer::Int(c), Some(a)) => match self.kernels(k) {
+                Some((level, pc)) => intcpu::conv_forward(level, c, pc, x, a),
                 None => c.forward(&CodeMap::quantize(x, a), a),
             },
             (IntLayer::Float(w), _) => conv::conv3x3(x, w, Parallelism::Rayon(0)),

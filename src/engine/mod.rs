@@ -124,9 +124,7 @@ impl Engine {
             }
             Execution::FakeQuant => None,
         };
-        let fused = int
-            .as_ref()
-            .and_then(|n| intcpu::FusedNet::new(n, intcpu::CpuLevel::detect()));
+        let fused = int.as_ref().and_then(intcpu::FusedNet::new);
         Ok(Self {
             net: Network::new(model),
             int,

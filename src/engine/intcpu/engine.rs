@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::{Codes, CpuLevel, PackedConv, row_sums};
 use crate::engine::conv::FeatureMap;
 use crate::engine::intconv::ActQuant;
-use crate::engine::intnet::{IntConv, border_class};
+use crate::engine::intnet::IntConv;
 
 /// `IntConv::forward` (same values, bit for bit) with the kernels of `level`.
 pub fn conv_forward(
@@ -20,17 +20,7 @@ pub fn conv_forward(
     let (h, w, cs) = (x.h, x.w, pc.cstride);
     let wp = w + 2;
     let mut codes = vec![0u8; (h + 2) * wp * cs];
-    codes[wp * cs..(h + 1) * wp * cs]
-        .par_chunks_mut(wp * cs)
-        .enumerate()
-        .for_each(|(y, row)| {
-            for (xx, v) in x.row(y).chunks_exact(x.c).enumerate() {
-                let d = &mut row[(xx + 1) * cs..][..x.c];
-                for (q, &v) in d.iter_mut().zip(v) {
-                    *q = a.code(v);
-                }
-            }
-        });
+    quantize_into(x, a, cs, &mut codes);
     let map = Codes {
         data: &codes,
         h,
@@ -49,14 +39,31 @@ pub fn conv_forward(
             |sums, (y, row)| {
                 row_sums(level, &map, pc, y, max_code, sums);
                 for xx in 0..w {
-                    let kt = &ic.ktab[border_class(y, xx, h, w) * cout..][..cout];
                     let s = &sums[xx * pc.cout8..][..cout];
                     let dst = &mut row[(xx + 1) * cout..][..cout];
-                    for o in 0..cout {
-                        dst[o] = ic.epilogue(o, s[o], kt[o], da, a.l);
-                    }
+                    ic.values(s, ic.ktab_at(y, xx, h, w), da, a.l, dst);
                 }
             },
         );
     out
+}
+
+/// Codes of the interior of `x` into a zero-bordered `(h + 2) x (w + 2)` map of `cs ≥ x.c`
+/// codes per pixel (channels beyond `x.c` stay 0), rows in parallel.
+pub fn quantize_into(x: &FeatureMap, a: ActQuant, cs: usize, codes: &mut [u8]) {
+    let wp = x.w + 2;
+    assert!(
+        cs >= x.c && codes.len() == (x.h + 2) * wp * cs,
+        "code map size"
+    );
+    codes[wp * cs..(x.h + 1) * wp * cs]
+        .par_chunks_mut(wp * cs)
+        .enumerate()
+        .for_each(|(y, row)| {
+            for (xx, v) in x.row(y).chunks_exact(x.c).enumerate() {
+                for (q, &v) in row[(xx + 1) * cs..][..x.c].iter_mut().zip(v) {
+                    *q = a.code(v);
+                }
+            }
+        });
 }

@@ -8,11 +8,12 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::{Codes, CpuLevel, PackedConv, row_sums};
+use super::engine::quantize_into;
+use super::{Codes, CpuLevel, row_sums};
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
 use crate::engine::intconv::ActQuant;
-use crate::engine::intnet::{IntConv, IntLayer, IntNetwork, border_class};
+use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
 use crate::engine::model::Role;
 
 /// What a conv's epilogue does with its values `v`.
@@ -45,12 +46,10 @@ struct Buffers {
     hr: Vec<Vec<u8>>,
 }
 
-/// An fq network ready for the fused integer path.
+/// The fused integer path of an fq [`IntNetwork`] running on the kernels: what each layer's
+/// epilogue does, and the buffers. Convs, packed weights and the SIMD level are the network's.
 pub struct FusedNet {
-    layers: Vec<(IntConv, PackedConv, Epi)>,
-    res_scale: f32,
-    feats: usize,
-    level: CpuLevel,
+    epis: Vec<Epi>,
     bufs: Mutex<Buffers>,
 }
 
@@ -62,12 +61,12 @@ thread_local! {
 }
 
 impl FusedNet {
-    /// None unless every layer of `net` is integer (fq).
-    pub fn new(net: &IntNetwork, level: CpuLevel) -> Option<Self> {
-        let mut layers = Vec::new();
+    /// None unless every layer of `net` is integer (fq) and runs on the kernels.
+    pub fn new(net: &IntNetwork) -> Option<Self> {
+        let mut epis = Vec::new();
         for (k, l) in net.layers.iter().enumerate() {
             let IntLayer::Int(c) = l else { return None };
-            if c.cout > MAX_COUT {
+            if c.cout > MAX_COUT || net.kernels(k).is_none() {
                 return None;
             }
             let epi = match net.net.layers[k].spec.role {
@@ -78,45 +77,29 @@ impl FusedNet {
                 Role::Up { r, .. } => Epi::Shuffle(r),
                 Role::Tail => Epi::Out,
             };
-            layers.push((c.clone(), PackedConv::new(c), epi));
+            epis.push(epi);
         }
         Some(Self {
-            layers,
-            res_scale: net.net.config.res_scale,
-            feats: net.net.config.n_feats,
-            level,
+            epis,
             bufs: Mutex::new(Buffers::default()),
         })
     }
 
-    /// The network on an input map in model units; returns the HR output before `add_mean`.
-    /// `quant(k)` is layer k's input quantizer under the frame's bit plan.
+    /// `net` (the one this was made from) on an input map in model units; returns the HR
+    /// output before `add_mean`.
     pub fn forward(&self, x: &FeatureMap, plan: &BitPlan, net: &IntNetwork) -> FeatureMap {
         let q = |k: usize| net.act_quant(k, plan).expect("fq layers are all quantized");
         let mut guard = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
         let b = &mut *guard;
-        self.prepare(b, x.h, x.w);
+        self.prepare(b, x.h, x.w, net.net.config.n_feats);
         let (h, w) = (x.h, x.w);
         // Input codes (4 channels per pixel, the 4th 0).
-        let a0 = q(0);
-        b.input
-            .par_chunks_mut((w + 2) * 4)
-            .skip(1)
-            .take(h)
-            .enumerate()
-            .for_each(|(y, row)| {
-                for (xx, v) in x.row(y).chunks_exact(3).enumerate() {
-                    for c in 0..3 {
-                        row[(xx + 1) * 4 + c] = a0.code(v[c]);
-                    }
-                }
-            });
+        quantize_into(x, q(0), 4, &mut b.input);
         let mut out = FeatureMap::zeros(0, 0, 3);
         let (mut hh, mut ww) = (h, w);
         let mut stage = 0;
-        for k in 0..self.layers.len() {
-            let epi = self.layers[k].2;
-            let next = (k + 1 < self.layers.len()).then(|| q(k + 1));
+        for (k, &epi) in self.epis.iter().enumerate() {
+            let next = (k + 1 < self.epis.len()).then(|| q(k + 1));
             let Buffers {
                 input,
                 a,
@@ -127,10 +110,10 @@ impl FusedNet {
                 ..
             } = &mut *b;
             match epi {
-                Epi::Head => self.conv(k, input, h, w, q(k), next, head, res, a, None),
-                Epi::Relu => self.conv(k, a, h, w, q(k), next, head, res, bb, None),
-                Epi::Res => self.conv(k, bb, h, w, q(k), next, head, res, a, None),
-                Epi::Skip => self.conv(k, a, h, w, q(k), next, head, res, bb, None),
+                Epi::Head => self.conv(net, k, input, h, w, q(k), next, head, res, a, None),
+                Epi::Relu => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None),
+                Epi::Res => self.conv(net, k, bb, h, w, q(k), next, head, res, a, None),
+                Epi::Skip => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None),
                 Epi::Shuffle(r) => {
                     let (src, dst) = if stage == 0 {
                         (&bb[..], &mut hr[0])
@@ -138,7 +121,7 @@ impl FusedNet {
                         let (lo, hi) = hr.split_at_mut(stage);
                         (&lo[stage - 1][..], &mut hi[0])
                     };
-                    self.conv(k, src, hh, ww, q(k), next, head, res, dst, None);
+                    self.conv(net, k, src, hh, ww, q(k), next, head, res, dst, None);
                     hh *= r;
                     ww *= r;
                     stage += 1;
@@ -151,6 +134,7 @@ impl FusedNet {
                         &hr[stage - 1][..]
                     };
                     self.conv(
+                        net,
                         k,
                         src,
                         hh,
@@ -169,11 +153,10 @@ impl FusedNet {
     }
 
     /// Sizes the buffers for an `h x w` input (kept when the size repeats).
-    fn prepare(&self, b: &mut Buffers, h: usize, w: usize) {
+    fn prepare(&self, b: &mut Buffers, h: usize, w: usize, f: usize) {
         if (b.h, b.w) == (h, w) && !b.a.is_empty() {
             return;
         }
-        let f = self.feats;
         let lr = (h + 2) * (w + 2);
         b.h = h;
         b.w = w;
@@ -184,7 +167,7 @@ impl FusedNet {
         b.res = vec![0.0; h * w * f];
         b.hr.clear();
         let mut s = 1;
-        for (_, _, epi) in &self.layers {
+        for epi in &self.epis {
             if let Epi::Shuffle(r) = epi {
                 s *= r;
                 b.hr.push(vec![0; (h * s + 2) * (w * s + 2) * f]);
@@ -197,6 +180,7 @@ impl FusedNet {
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &self,
+        net: &IntNetwork,
         k: usize,
         src: &[u8],
         h: usize,
@@ -208,7 +192,11 @@ impl FusedNet {
         dst: &mut [u8],
         out: Option<&mut FeatureMap>,
     ) {
-        let (ic, pc, epi) = &self.layers[k];
+        let IntLayer::Int(ic) = &net.layers[k] else {
+            unreachable!("checked in FusedNet::new")
+        };
+        let (level, pc) = net.kernels(k).expect("checked in FusedNet::new");
+        let epi = &self.epis[k];
         let map = Codes {
             data: src,
             h,
@@ -216,10 +204,9 @@ impl FusedNet {
             cstride: pc.cstride,
         };
         let cout = ic.cout;
-        let level = self.level;
         let max_code = a.n as u32;
         let da = a.step();
-        let rs = self.res_scale;
+        let rs = net.net.config.res_scale;
         let row_work = |y: usize, row_out: &mut dyn FnMut(usize, &[f32])| {
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
@@ -227,9 +214,16 @@ impl FusedNet {
                 row_sums(level, &map, pc, y, max_code, &mut sums);
                 let mut v = [0f32; MAX_COUT];
                 for xx in 0..w {
-                    let kt = &ic.ktab[border_class(y, xx, h, w) * cout..][..cout];
                     let s = &sums[xx * pc.cout8..][..cout];
-                    values(level, ic, s, kt, da, a.l, &mut v[..cout]);
+                    values(
+                        level,
+                        ic,
+                        s,
+                        ic.ktab_at(y, xx, h, w),
+                        da,
+                        a.l,
+                        &mut v[..cout],
+                    );
                     row_out(xx, &v[..cout]);
                 }
             })
@@ -289,24 +283,18 @@ impl FusedNet {
     }
 }
 
-/// `v = bias + h_w·(Δa·S + l·K)` for one pixel's output channels.
+/// [`IntConv::values`], compiled for AVX2 at that level (same operations, wider registers).
 fn values(level: CpuLevel, ic: &IntConv, s: &[i32], k: &[i32], da: f32, l: f32, v: &mut [f32]) {
-    #[inline(always)]
-    fn plain(bias: &[f32], hw: f32, s: &[i32], k: &[i32], da: f32, l: f32, v: &mut [f32]) {
-        for o in 0..v.len() {
-            v[o] = bias[o] + hw * (da * s[o] as f32 + l * k[o] as f32);
-        }
-    }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn wide(bias: &[f32], hw: f32, s: &[i32], k: &[i32], da: f32, l: f32, v: &mut [f32]) {
-        plain(bias, hw, s, k, da, l, v)
+    unsafe fn wide(ic: &IntConv, s: &[i32], k: &[i32], da: f32, l: f32, v: &mut [f32]) {
+        ic.values(s, k, da, l, v)
     }
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is selected only on CPUs with AVX2.
-        CpuLevel::Avx2 => unsafe { wide(&ic.bias, ic.hw, s, k, da, l, v) },
-        _ => plain(&ic.bias, ic.hw, s, k, da, l, v),
+        CpuLevel::Avx2 => unsafe { wide(ic, s, k, da, l, v) },
+        _ => ic.values(s, k, da, l, v),
     }
 }
 

@@ -1,0 +1,31 @@
+//! What the CUDA backend and its stub (built without the `cuda` feature) share: the error type
+//! and the per-frame stats.
+
+/// Everything that can go wrong on the CUDA path, with a message a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("CUDA is not usable: no NVIDIA driver (libcuda.so not found)")]
+    NoDriver,
+    #[error("CUDA is not usable: {0}")]
+    Unavailable(String),
+    #[error("NVRTC could not compile kernels/adabm.cu for {arch}: {log}")]
+    Compile { arch: String, log: String },
+    #[error("CUDA driver: {0}")]
+    Driver(String),
+    #[error("the CUDA backend does not support this model: {0}")]
+    Unsupported(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+pub type Result<T, E = CudaError> = std::result::Result<T, E>;
+
+/// Stats of one frame computed on the device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameStats {
+    pub complexity: f32,
+    pub image_bits: i32,
+    /// Activation bits of the adaptive layers, in layer order.
+    pub layer_bits: Vec<u8>,
+    pub fab: f32,
+}
