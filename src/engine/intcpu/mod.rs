@@ -181,16 +181,21 @@ fn finish_offset(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
         let p = (yy * wp + xx) * x.cstride;
         x.data[p..p + x.cstride].iter().map(|&q| q as i32).sum()
     };
-    // Column sums over the 3 rows, then a sliding window of 3 columns.
-    let cols: Vec<i32> = (0..wp)
-        .map(|xx| psum(y, xx) + psum(y + 1, xx) + psum(y + 2, xx))
-        .collect();
-    for xx in 0..x.w {
-        let sq = cols[xx] + cols[xx + 1] + cols[xx + 2];
-        for s in &mut out[xx * pc.cout8..(xx + 1) * pc.cout8] {
-            *s = 2 * *s + sq;
-        }
+    thread_local! {
+        static COLS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    COLS.with(|cell| {
+        // Column sums over the 3 rows, then a sliding window of 3 columns.
+        let mut cols = cell.borrow_mut();
+        cols.clear();
+        cols.extend((0..wp).map(|xx| psum(y, xx) + psum(y + 1, xx) + psum(y + 2, xx)));
+        for xx in 0..x.w {
+            let sq = cols[xx] + cols[xx + 1] + cols[xx + 2];
+            for s in &mut out[xx * pc.cout8..(xx + 1) * pc.cout8] {
+                *s = 2 * *s + sq;
+            }
+        }
+    })
 }
 
 #[cfg(test)]
