@@ -4,7 +4,9 @@ pub mod calib;
 pub mod convert;
 pub mod data;
 pub mod eval;
+pub mod finetune;
 pub mod nn;
+pub mod plot;
 pub mod qgrad;
 pub mod torch;
 

@@ -27,13 +27,14 @@ pub fn act_quant(x: f32, l: f32, u: f32, n: f32) -> ActGrad {
     let t = (x.clamp(l, u) - l) / r;
     let q = (t * n).round_ties_even();
     let y = q / n * r + l;
-    let inside = x > l && x < u;
+    // torch.clamp's convention: a value on a bound is inside (its gradient goes to x).
+    let inside = x >= l && x <= u;
     // y = (q/N)·r + l with dq = N·dt:
     //   inside: ∂y/∂x = 1, ∂y/∂u = q/N − t, ∂y/∂l = t − q/N;
-    //   x ≤ l: y = l (∂y/∂l = 1); x ≥ u: y = u (∂y/∂u = 1).
+    //   x < l: y = l (∂y/∂l = 1); x > u: y = u (∂y/∂u = 1).
     let (dx, dl, du) = if inside {
         (1.0, t - q / n, q / n - t)
-    } else if x <= l {
+    } else if x < l {
         (0.0, 1.0, 0.0)
     } else {
         (0.0, 0.0, 1.0)
@@ -49,9 +50,10 @@ pub fn weight_quant(w: f32, u_w: f32, m: f32) -> (f32, f32) {
     let t = (w.clamp(-u_w, u_w) + u_w) / (2.0 * u_w);
     let k = (t * m).round_ties_even();
     let y = k / m * 2.0 * u_w - u_w;
-    let d = if w >= u_w {
+    // torch.clamp's convention: a weight on the clip is inside.
+    let d = if w > u_w {
         1.0
-    } else if w <= -u_w {
+    } else if w < -u_w {
         -1.0
     } else {
         // y = (k/M)·2u_w − u_w with dk = M·dt, dt/du_w = −(w)/(2u_w²) = (1 − 2t)/(2u_w).

@@ -155,3 +155,80 @@ fn calibrate_cli_writes_a_quantized_model_and_report() {
     );
     assert!(!ok && out.contains("already quantized"), "{out}");
 }
+
+#[test]
+fn finetune_cli_writes_model_log_and_plot() {
+    let d = tempfile::tempdir().unwrap();
+    let imgs = d.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for i in 0..3 {
+        write_png(&imgs.join(format!("{i}.png")), &test_image(64, 48, 10 + i)).unwrap();
+    }
+    let fp = d.path().join("fp.safetensors");
+    let args = [
+        "random",
+        "--scale",
+        "2",
+        "--resblocks",
+        "2",
+        "--feats",
+        "8",
+        "--out",
+        p(&fp),
+    ];
+    let (ok, out) = run(env!("CARGO_BIN_EXE_adabm-model"), &args);
+    assert!(ok, "{out}");
+    let q = d.path().join("q.safetensors");
+    let common = ["--data", p(&imgs), "--crops", "6", "--patch", "12"];
+    let mut args = vec!["--model", p(&fp), "--out", p(&q), "--batch", "3"];
+    args.extend(common);
+    let (ok, out) = run(env!("CARGO_BIN_EXE_adabm-calibrate"), &args);
+    assert!(ok, "{out}");
+    let bin = env!("CARGO_BIN_EXE_adabm-finetune");
+    // A floating-point model is refused with what to do.
+    let ft = d.path().join("ft.safetensors");
+    let mut args = vec!["--model", p(&fp), "--out", p(&ft)];
+    args.extend(common);
+    let (ok, out) = run(bin, &args);
+    assert!(!ok && out.contains("adabm-calibrate"), "{out}");
+    let mut args = vec![
+        "--model",
+        p(&q),
+        "--out",
+        p(&ft),
+        "--epochs",
+        "3",
+        "--iters",
+        "4",
+    ];
+    args.extend(common);
+    let (ok, out) = run(bin, &args);
+    assert!(ok, "{out}");
+    assert!(out.contains("epoch  3/3 bits"), "{out}");
+    let (before, after) = (Model::load(&q).unwrap(), Model::load(&ft).unwrap());
+    assert_eq!(before.convs, after.convs, "network weights stay frozen");
+    assert_ne!(before.quant, after.quant, "quantizer parameters learn");
+    let log: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("ft.finetune.json")).unwrap())
+            .unwrap();
+    let epochs = log["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3);
+    assert_eq!(epochs[2]["group"], "bits");
+    assert!(epochs.iter().all(|e| e["pix"].as_f64().unwrap() > 0.0));
+    let png = adabm_tools::read_png(&d.path().join("ft.finetune.png")).unwrap();
+    assert_eq!((png.width, png.height), (720, 480));
+    assert!(png.data.iter().any(|&v| v < 100.0), "the plot has ink");
+    // Nonsense is refused.
+    for bad in [
+        ["--lr-decay", "2"],
+        ["--batch", "0"],
+        ["--bac-keep", "-1"],
+        ["--w-bit", "nan"],
+    ] {
+        let mut args = vec!["--model", p(&q), "--out", p(&ft)];
+        args.extend(common);
+        args.extend(bad);
+        let (ok, out) = run(bin, &args);
+        assert!(!ok, "{bad:?} accepted: {out}");
+    }
+}
