@@ -596,3 +596,54 @@ fn cuda_backend_matches_the_integer_reference() {
         eprintln!("x{scale} {precision}: element on CUDA == integer reference");
     }
 }
+
+#[test]
+fn complexity_metric_override_while_playing() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
+    let mut h = harness(&path);
+    let el = h.element().unwrap();
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    el.set_property("post-stats", true);
+    // One frame (the same content each time): its complexity and the warnings it caused.
+    let frame = |h: &mut Harness, bus: &gst::Bus| {
+        push_frame(h, "RGB", 24, 16, 3);
+        let (mut c, mut warnings) = (None, Vec::new());
+        while let Some(m) = bus.pop() {
+            match m.view() {
+                gst::MessageView::Element(e) => {
+                    c = e.structure().and_then(|s| s.get::<f64>("complexity").ok())
+                }
+                gst::MessageView::Warning(w) => warnings.push(format!(
+                    "{} {}",
+                    w.error(),
+                    w.debug().map(|d| d.to_string()).unwrap_or_default()
+                )),
+                _ => {}
+            }
+        }
+        (c.expect("stats"), warnings)
+    };
+    let (grad, w) = frame(&mut h, &bus);
+    assert!(w.is_empty(), "{w:?}");
+    el.set_property_from_str("complexity-metric", "frequency");
+    let (freq, w) = frame(&mut h, &bus);
+    assert_ne!(grad, freq);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("complexity-metric") && w[0].contains("image-lower"),
+        "{}",
+        w[0]
+    );
+    assert_eq!(frame(&mut h, &bus), (freq, vec![]), "warned once");
+    el.set_property_from_str("complexity-metric", "model");
+    assert_eq!(frame(&mut h, &bus), (grad, vec![]));
+    el.set_property_from_str("complexity-metric", "gradient");
+    assert_eq!(
+        frame(&mut h, &bus),
+        (grad, vec![]),
+        "the model's own metric"
+    );
+}

@@ -64,6 +64,35 @@ impl Precision {
     }
 }
 
+/// Which image-complexity metric decides b_I.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstAdabmComplexityMetric")]
+pub enum Metric {
+    #[enum_value(name = "The metric the model was calibrated with", nick = "model")]
+    Model = 0,
+    #[enum_value(
+        name = "Sobel gradient density of the luma (AdaBM's)",
+        nick = "gradient"
+    )]
+    Gradient = 1,
+    #[enum_value(
+        name = "Share of high-frequency 8x8 DCT energy of the luma",
+        nick = "frequency"
+    )]
+    Frequency = 2,
+}
+
+impl Metric {
+    fn get(self) -> Option<engine::ComplexityMetric> {
+        match self {
+            Self::Model => None,
+            Self::Gradient => Some(engine::ComplexityMetric::Gradient),
+            Self::Frequency => Some(engine::ComplexityMetric::Frequency),
+        }
+    }
+}
+
 /// Where the network runs.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
@@ -94,6 +123,7 @@ struct Settings {
     n_threads: u32,
     backend: Backend,
     device_id: u32,
+    metric: Metric,
 }
 
 impl Default for Settings {
@@ -111,6 +141,7 @@ impl Default for Settings {
             n_threads: DEFAULT_N_THREADS,
             backend: Backend::Auto,
             device_id: 0,
+            metric: Metric::Model,
         }
     }
 }
@@ -125,6 +156,7 @@ impl Settings {
             image_lower: threshold(self.image_lower),
             image_upper: threshold(self.image_upper),
             tile_size: self.tile_size as usize,
+            metric: self.metric.get(),
         }
     }
 }
@@ -137,6 +169,8 @@ struct State {
     caps: Option<(gst_video::VideoInfo, gst_video::VideoInfo, PixelLayout)>,
     frames: u64,
     warned_thresholds: bool,
+    /// The metric override was reported (thresholds on another scale / CUDA fallback).
+    warned_metric: Option<Metric>,
 }
 
 #[derive(Default)]
@@ -231,6 +265,11 @@ impl ObjectImpl for AdabmUpscale {
                     .blurb("auto: CUDA when an NVIDIA GPU, its driver and NVRTC are usable and the model is quantized (fq), else the CPU with a warning; cpu; cuda: fail when CUDA is unusable")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("complexity-metric", Metric::Model)
+                    .nick("Complexity metric")
+                    .blurb("Image complexity metric deciding each frame's b_I: model (the one the model was calibrated with), gradient or frequency. The model's image thresholds are on its own metric's scale: with another metric set image-lower and image-upper too")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("device-id")
                     .nick("Device id")
                     .blurb("CUDA device ordinal")
@@ -290,6 +329,7 @@ impl ObjectImpl for AdabmUpscale {
             "n-threads" => s.n_threads = value.get().expect("type checked upstream"),
             "backend" => s.backend = value.get().expect("type checked upstream"),
             "device-id" => s.device_id = value.get().expect("type checked upstream"),
+            "complexity-metric" => s.metric = value.get().expect("type checked upstream"),
             other => unreachable!("unknown property {other}"),
         }
         if let Some(st) = self.state.lock().unwrap().as_mut()
@@ -314,6 +354,7 @@ impl ObjectImpl for AdabmUpscale {
             "n-threads" => s.n_threads.to_value(),
             "backend" => s.backend.to_value(),
             "device-id" => s.device_id.to_value(),
+            "complexity-metric" => s.metric.to_value(),
             "active-backend" => {
                 drop(s);
                 let st = self.state.lock().unwrap();
@@ -532,6 +573,7 @@ impl BaseTransformImpl for AdabmUpscale {
             caps: None,
             frames: 0,
             warned_thresholds: false,
+            warned_metric: None,
         });
         Ok(())
     }
@@ -651,7 +693,7 @@ impl BaseTransformImpl for AdabmUpscale {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let settings = self.settings.lock().unwrap().clone();
         let opts = settings.options();
-        let (engine, cuda, in_info, out_info, layout, frame_no, warn) = {
+        let (engine, mut cuda, in_info, out_info, layout, frame_no, warn, warn_metric) = {
             let mut guard = self.state.lock().unwrap();
             let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let Some((in_info, out_info, layout)) = st.caps.clone() else {
@@ -666,6 +708,12 @@ impl BaseTransformImpl for AdabmUpscale {
             let warn = !st.warned_thresholds
                 && matches!(st.engine.thresholds(&opts), Some((l, u)) if l > u);
             st.warned_thresholds |= warn;
+            let model_metric = st.engine.metric(&engine::Options::default());
+            let overridden = opts.metric.is_some_and(|m| m != model_metric);
+            let warn_metric = overridden && st.warned_metric != Some(settings.metric);
+            if warn_metric {
+                st.warned_metric = Some(settings.metric);
+            }
             (
                 st.engine.clone(),
                 st.cuda.clone(),
@@ -674,8 +722,38 @@ impl BaseTransformImpl for AdabmUpscale {
                 layout,
                 st.frames - 1,
                 warn,
+                warn_metric,
             )
         };
+        let cuda_metric = opts
+            .metric
+            .is_none_or(|m| m == engine::ComplexityMetric::Gradient);
+        if warn_metric {
+            let (l, u) = engine.thresholds(&opts).unwrap_or((f32::NAN, f32::NAN));
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                [
+                    "complexity-metric={:?} differs from the model's metric; b_I compares it with the thresholds {} / {}{}{}",
+                    opts.metric.expect("override"),
+                    l,
+                    u,
+                    if settings.image_lower < 0.0 || settings.image_upper < 0.0 {
+                        " calibrated on the model's metric's scale (set image-lower and image-upper for this metric)"
+                    } else {
+                        ""
+                    },
+                    if cuda.is_some() && !cuda_metric {
+                        "; the GPU measures the gradient metric only, so these frames run on the CPU"
+                    } else {
+                        ""
+                    }
+                ]
+            );
+        }
+        if !cuda_metric {
+            cuda = None;
+        }
         if warn {
             gst::element_imp_warning!(
                 self,

@@ -47,6 +47,9 @@ pub struct Options {
     pub image_upper: Option<f32>,
     /// Tile size in LR pixels; 0: automatic (whole frame when it fits the memory budget).
     pub tile_size: usize,
+    /// Image complexity metric for b_I; None: the model's. The model's thresholds are on
+    /// its own metric's scale, so an override normally comes with `image_lower`/`image_upper`.
+    pub metric: Option<ComplexityMetric>,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             image_lower: None,
             image_upper: None,
             tile_size: 0,
+            metric: None,
         }
     }
 }
@@ -151,6 +155,16 @@ impl Engine {
         ))
     }
 
+    /// The complexity metric frames are measured with under `opts`.
+    pub fn metric(&self, opts: &Options) -> ComplexityMetric {
+        opts.metric.unwrap_or(
+            self.net
+                .quant
+                .as_ref()
+                .map_or(ComplexityMetric::Gradient, |q| q.complexity),
+        )
+    }
+
     /// Bits per layer and stats skeleton for an image of complexity `c`.
     pub fn bit_plan(&self, c: f32, opts: &Options) -> Result<(BitPlan, i32)> {
         let Some(q) = &self.net.quant else {
@@ -189,12 +203,7 @@ impl Engine {
                 opts.tile_size
             )));
         }
-        let metric = self
-            .net
-            .quant
-            .as_ref()
-            .map_or(ComplexityMetric::Gradient, |q| q.complexity);
-        let c = complexity::measure(metric, &img.data, w, h);
+        let c = complexity::measure(self.metric(opts), &img.data, w, h);
         let (plan, b_i) = self.bit_plan(c, opts)?;
         let tiles = tile::plan(&self.net, w, h, opts.tile_size, DEFAULT_TILE_BUDGET);
         let s = self.scale();

@@ -1011,7 +1011,10 @@ pub struct Progress<'a> {
     pub epoch: usize,
     pub iter: usize,
     pub group: Group,
+    /// This iteration's losses.
     pub losses: &'a Losses,
+    /// Mean losses of the epoch so far.
+    pub mean: &'a Losses,
 }
 
 /// Runs the reference's schedule on `crops` (all the same size): bit-aware clipping at the
@@ -1090,11 +1093,18 @@ pub fn finetune(
             sum.skt += losses.skt;
             sum.bit += losses.bit;
             sum.avg_bits += losses.avg_bits;
+            let k = (it + 1) as f64;
             progress(&Progress {
                 epoch,
                 iter: it + 1,
                 group,
                 losses: &losses,
+                mean: &Losses {
+                    pix: sum.pix / k,
+                    skt: sum.skt / k,
+                    bit: sum.bit / k,
+                    avg_bits: sum.avg_bits / k,
+                },
             });
         }
         let k = st.iters as f64;

@@ -180,16 +180,16 @@ fn main() -> Result<()> {
             .map(|i| if i * st.iters < 20 * p.iter { '#' } else { '.' })
             .collect();
         let line = format!(
-            "epoch {:>2}/{} {:<4} [{bar}] {:>3}/{}  pix {:.4}  skt {:.4}  bit {:.4}  bits {:.3}  {:.2} s/it  ETA {:.0} s",
+            "epoch {:>2}/{} {:<4} [{bar}] {:>3}/{}  epoch means: pix {:.4}  skt {:.4}  bit {:.4}  bits {:.3}  {:.2} s/it  ETA {:.0} s",
             p.epoch,
             st.epochs,
             p.group.name(),
             p.iter,
             st.iters,
-            p.losses.pix,
-            p.losses.skt,
-            p.losses.bit,
-            p.losses.avg_bits,
+            p.mean.pix,
+            p.mean.skt,
+            p.mean.bit,
+            p.mean.avg_bits,
             el / done as f64,
             eta
         );
