@@ -81,6 +81,11 @@ pub enum Metric {
         nick = "frequency"
     )]
     Frequency = 2,
+    #[enum_value(
+        name = "Concentration of windowed self-attention over 8x8 luma patch tokens",
+        nick = "attention"
+    )]
+    Attention = 3,
 }
 
 impl Metric {
@@ -89,6 +94,7 @@ impl Metric {
             Self::Model => None,
             Self::Gradient => Some(engine::ComplexityMetric::Gradient),
             Self::Frequency => Some(engine::ComplexityMetric::Frequency),
+            Self::Attention => Some(engine::ComplexityMetric::Attention),
         }
     }
 }
@@ -267,7 +273,7 @@ impl ObjectImpl for AdabmUpscale {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("complexity-metric", Metric::Model)
                     .nick("Complexity metric")
-                    .blurb("Image complexity metric deciding each frame's b_I: model (the one the model was calibrated with), gradient or frequency. The model's image thresholds are on its own metric's scale: with another metric set image-lower and image-upper too")
+                    .blurb("Image complexity metric deciding each frame's b_I: model (the one the model was calibrated with), gradient, frequency or attention. The model's image thresholds are on its own metric's scale: with another metric set image-lower and image-upper too")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("device-id")

@@ -52,12 +52,8 @@ pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
 /// Σ C²(u,v) over u + v ≥ 4 / Σ C²(u,v) over (u,v) ≠ (0,0)`, summed over all blocks (f64, in
 /// block order). Flat images give 0; noise and fine texture approach 1000·(share of the
 /// high-frequency coefficients). Unlike the gradient density it ignores contrast.
-#[allow(clippy::needless_range_loop)] // the DCT reads better with its indices
-pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
-    let Some(y) = luma(rgb, w, h) else {
-        return 0.0;
-    };
-    // DCT-II basis: cos[k][n] = a(k) cos((2n + 1) k π / 16).
+/// Orthonormal 8-point DCT-II basis: `basis[k][n] = a(k) cos((2n + 1) k π / 16)`.
+fn dct_basis() -> [[f64; 8]; 8] {
     let mut basis = [[0f64; 8]; 8];
     for (k, row) in basis.iter_mut().enumerate() {
         let a = if k == 0 {
@@ -69,26 +65,52 @@ pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
             *v = a * (((2 * n + 1) * k) as f64 * std::f64::consts::PI / 16.0).cos();
         }
     }
-    let (mut high, mut ac) = (0f64, 0f64);
+    basis
+}
+
+/// The 2-D DCT-II of the 8x8 luma block at `(bx, by)` (edges replicated).
+#[allow(clippy::needless_range_loop)] // the DCT reads better with its indices
+fn block_dct(y: &[f32], w: usize, h: usize, bx: usize, by: usize, basis: &[[f64; 8]; 8]) -> [[f64; 8]; 8] {
     let mut block = [[0f64; 8]; 8];
+    for (r, row) in block.iter_mut().enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = y[(by + r).min(h - 1) * w + (bx + c).min(w - 1)] as f64;
+        }
+    }
+    // Rows, then columns.
+    let mut tmp = [[0f64; 8]; 8];
+    for r in 0..8 {
+        for k in 0..8 {
+            tmp[r][k] = (0..8).map(|n| basis[k][n] * block[r][n]).sum();
+        }
+    }
+    let mut out = [[0f64; 8]; 8];
+    for u in 0..8 {
+        for v in 0..8 {
+            out[u][v] = (0..8).map(|n| basis[u][n] * tmp[n][v]).sum();
+        }
+    }
+    out
+}
+
+/// Frequency-domain complexity: the share (per mille) of the luma's AC spectral energy that
+/// lies at high frequencies. The luma (same weights as [`gradient_density`]) is cut into 8x8
+/// blocks (edges replicated), each transformed by an orthonormal 2-D DCT-II; `c = 1000 ·
+/// Σ C²(u,v) over u + v ≥ 4 / Σ C²(u,v) over (u,v) ≠ (0,0)`, summed over all blocks (f64, in
+/// block order). Flat images give 0; noise and fine texture approach 1000·(share of the
+/// high-frequency coefficients). Unlike the gradient density it ignores contrast.
+pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
+    let Some(y) = luma(rgb, w, h) else {
+        return 0.0;
+    };
+    let basis = dct_basis();
+    let (mut high, mut ac) = (0f64, 0f64);
     for by in (0..h).step_by(8) {
         for bx in (0..w).step_by(8) {
-            for (r, row) in block.iter_mut().enumerate() {
-                for (c, v) in row.iter_mut().enumerate() {
-                    *v = y[(by + r).min(h - 1) * w + (bx + c).min(w - 1)] as f64;
-                }
-            }
-            // Rows, then columns.
-            let mut tmp = [[0f64; 8]; 8];
-            for r in 0..8 {
-                for k in 0..8 {
-                    tmp[r][k] = (0..8).map(|n| basis[k][n] * block[r][n]).sum();
-                }
-            }
-            for u in 0..8 {
-                for v in 0..8 {
-                    let c: f64 = (0..8).map(|n| basis[u][n] * tmp[n][v]).sum();
-                    let e = c * c;
+            let c = block_dct(&y, w, h, bx, by, &basis);
+            for (u, row) in c.iter().enumerate() {
+                for (v, &x) in row.iter().enumerate() {
+                    let e = x * x;
                     if u + v > 0 {
                         ac += e;
                     }
@@ -106,11 +128,95 @@ pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
     }
 }
 
+/// Tokens per side of an attention window (Swin-style local windows of 8x8 tokens).
+pub const ATTENTION_WINDOW: usize = 8;
+/// Softmax temperature of the attention logits (luma on 0–1).
+pub const ATTENTION_TEMPERATURE: f64 = 0.01;
+
+/// Attention-based complexity: how concentrated ViT-style self-attention over patch tokens of
+/// the luma is.
+///
+/// - **Tokens**: one per 8x8 luma block (edges replicated), as in a ViT's patch embedding.
+/// - **Projections**: queries and keys share one fixed linear projection of the flattened
+///   block — its 14 lowest-frequency AC coefficients of the orthonormal 2-D DCT-II
+///   (`1 ≤ u + v ≤ 4`); no learned weights, the DC term (brightness) is left out.
+/// - **Attention**: within non-overlapping windows of 8x8 tokens (Swin-style, so the cost is
+///   linear in the frame size), `A_ij = softmax_j(q_i·k_j / (√d · τ))`, d = 14, τ = 0.01.
+/// - **Summary**: per query the normalised entropy `H_i / ln n` (n tokens in its window);
+///   `c = 1000 · mean over queries of (1 − H_i / ln n)`, windows of one token skipped.
+///
+/// Flat or self-similar content (identical tokens) spreads attention evenly: c = 0. Distinct
+/// structures attend mostly to themselves: c approaches 1000. Summed in f64 in window order.
+pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
+    let Some(y) = luma(rgb, w, h) else {
+        return 0.0;
+    };
+    const D: usize = 14;
+    let basis = dct_basis();
+    let (tw, th) = (w.div_ceil(8), h.div_ceil(8));
+    let mut tokens = vec![[0f64; D]; tw * th];
+    for ty in 0..th {
+        for tx in 0..tw {
+            let c = block_dct(&y, w, h, tx * 8, ty * 8, &basis);
+            let t = &mut tokens[ty * tw + tx];
+            let mut i = 0;
+            for s in 1..=4 {
+                for u in 0..=s {
+                    t[i] = c[u][s - u];
+                    i += 1;
+                }
+            }
+        }
+    }
+    let scale = 1.0 / ((D as f64).sqrt() * ATTENTION_TEMPERATURE);
+    let (mut sum, mut count) = (0f64, 0usize);
+    let mut win: Vec<&[f64; D]> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
+    let mut logits = vec![0f64; ATTENTION_WINDOW * ATTENTION_WINDOW];
+    for wy in (0..th).step_by(ATTENTION_WINDOW) {
+        for wx in (0..tw).step_by(ATTENTION_WINDOW) {
+            win.clear();
+            for ty in wy..(wy + ATTENTION_WINDOW).min(th) {
+                for tx in wx..(wx + ATTENTION_WINDOW).min(tw) {
+                    win.push(&tokens[ty * tw + tx]);
+                }
+            }
+            let n = win.len();
+            if n < 2 {
+                continue;
+            }
+            let ln_n = (n as f64).ln();
+            for q in &win {
+                let mut max = f64::NEG_INFINITY;
+                for (l, k) in logits.iter_mut().zip(&win) {
+                    *l = scale * q.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>();
+                    max = max.max(*l);
+                }
+                // H = log Z − Σ p·(l − max), with Z = Σ exp(l − max).
+                let (mut z, mut zl) = (0f64, 0f64);
+                for &l in &logits[..n] {
+                    let e = (l - max).exp();
+                    z += e;
+                    zl += e * (l - max);
+                }
+                let entropy = z.ln() - zl / z;
+                sum += 1.0 - (entropy / ln_n).clamp(0.0, 1.0);
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        0.0
+    } else {
+        (1000.0 * sum / count as f64) as f32
+    }
+}
+
 /// The complexity of an image under `metric`.
 pub fn measure(metric: super::ComplexityMetric, rgb: &[f32], w: usize, h: usize) -> f32 {
     match metric {
         super::ComplexityMetric::Gradient => gradient_density(rgb, w, h),
         super::ComplexityMetric::Frequency => frequency_density(rgb, w, h),
+        super::ComplexityMetric::Attention => attention_density(rgb, w, h),
     }
 }
 
@@ -160,6 +266,32 @@ mod tests {
         let c = gradient_density(&gray(w, h, |_, y| if y < 3 { 0.0 } else { 255.0 }), w, h);
         let want = 1000.0 * 0.5 / h as f32;
         assert!((c - want).abs() < 1e-3, "{c} vs {want}");
+    }
+
+    #[test]
+    fn attention_is_spread_on_repeated_tokens_and_concentrated_on_distinct_ones() {
+        let a = |w: usize, h: usize, f: &dyn Fn(usize, usize) -> f32| {
+            attention_density(&gray(w, h, f), w, h)
+        };
+        // Flat, a ramp (every block has the same AC coefficients) and a pattern repeating
+        // every 8 pixels: all tokens of a window are equal, attention is uniform.
+        assert_eq!(a(64, 64, &|_, _| 90.0), 0.0);
+        assert!(a(64, 64, &|x, _| 3.0 * x as f32) < 1e-3);
+        assert!(a(64, 64, &|x, y| ((x % 8) * 20 + (y % 8) * 5) as f32) < 1e-3);
+        // Distinct random blocks: each token attends mostly to itself.
+        let mut r = crate::engine::random::Rng::new(4);
+        let noise: Vec<f32> = (0..64 * 64).map(|_| r.uniform() * 255.0).collect();
+        let noisy = a(64, 64, &|x, y| noise[y * 64 + x]);
+        assert!(noisy > 900.0, "{noisy}");
+        // A few edges on a flat background sit in between.
+        let edges = a(64, 64, &|x, y| if (x * 3 + y) % 40 < 20 { 60.0 } else { 180.0 });
+        assert!(edges > 1.0 && edges < noisy, "{edges}");
+        // Brightness is ignored (DC left out); a one-token frame gives 0.
+        let shifted = a(64, 64, &|x, y| (noise[y * 64 + x] * 0.5 + 60.0).min(255.0));
+        let half = a(64, 64, &|x, y| noise[y * 64 + x] * 0.5);
+        assert!((shifted - half).abs() < 1e-3 * half, "{shifted} vs {half}");
+        assert_eq!(a(5, 7, &|x, y| (x * y) as f32), 0.0);
+        assert_eq!(attention_density(&[], 0, 0), 0.0);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum ComplexityMetric {
     /// Share of high-frequency DCT energy of the luma ([`super::complexity::frequency_density`]).
     #[serde(rename = "frequency")]
     Frequency,
+    /// Concentration of windowed self-attention over 8x8 luma patch tokens
+    /// ([`super::complexity::attention_density`]).
+    #[serde(rename = "attention")]
+    Attention,
 }
 
 /// Quantizer parameters of one layer.

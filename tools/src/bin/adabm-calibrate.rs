@@ -25,7 +25,7 @@ adabm-calibrate --model FP.safetensors --out Q.safetensors [options]
   --img-percentile P   image thresholds at P / 100-P (default 10)
   --layer-percentile P b_L thresholds at P / 100-P (default 30)
   --fixed              no layer adaptation (every b_L = 0): the fixed-bit baseline
-  --metric gradient|frequency
+  --metric gradient|frequency|attention
                        image complexity metric for b_I, stored in the model (default gradient)
   --seed N             crop sampling seed (default 1)
   --report FILE        JSON with per-layer ranges, clips, sensitivities and the complexities";
@@ -81,7 +81,8 @@ fn main() -> Result<()> {
         metric: match a.get("metric").unwrap_or("gradient") {
             "gradient" => ComplexityMetric::Gradient,
             "frequency" => ComplexityMetric::Frequency,
-            o => bail!("--metric must be gradient or frequency, found {o}"),
+            "attention" => ComplexityMetric::Attention,
+            o => bail!("--metric must be gradient, frequency or attention, found {o}"),
         },
     };
     for (name, b) in [("--w-bits", s.w_bits), ("--a-bits", s.a_bits)] {

@@ -1,7 +1,10 @@
 //! Compares image-complexity metrics for b_I: per image of the test sets, each metric's value
 //! and the quantization error it should predict (PSNR of the floating-point model minus PSNR
 //! of the quantized model at b_I = 0), their Spearman rank correlation, and each metric's cost
-//! on a 1080p frame.
+//! on a 1080p frame; then the PSNR of the quantized model at equal FAB: for each metric, the
+//! thresholds are that metric's 1/3 and 2/3 percentiles over the set, so a third of the images
+//! gets each of b_I = −1, 0, +1 whatever the metric (the same FAB as b_I = 0 everywhere, the
+//! non-adaptive row), and only which images get more bits differs.
 //!
 //!   adabm-metrics --fp FP.safetensors --quant Q.safetensors --data DIR [--sets Set14,B100]
 
@@ -13,11 +16,13 @@ use adabm_tools::data;
 use adabm_tools::eval::{self, float_options};
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::random::test_image;
+use gstadabm::engine::metrics::percentile;
 use gstadabm::engine::{ComplexityMetric, Model, Options, complexity};
 
-const METRICS: [(&str, ComplexityMetric); 2] = [
+const METRICS: [(&str, ComplexityMetric); 3] = [
     ("gradient", ComplexityMetric::Gradient),
     ("frequency", ComplexityMetric::Frequency),
+    ("attention", ComplexityMetric::Attention),
 ];
 
 /// Ranks with ties averaged (1-based).
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
         adaptive: false,
         ..Options::default()
     };
+    let mut equal = Vec::new();
     println!("| set | images | metric | Spearman(metric, PSNR drop) |");
     println!("|---|---:|---|---:|");
     for set in a.get("sets").unwrap_or("Set14,B100").split(',') {
@@ -79,6 +85,15 @@ fn main() -> Result<()> {
         let f = eval::evaluate(&fp, &pairs, &float_options(), 0)?;
         let qs = eval::evaluate(&q, &pairs, &fixed, 0)?;
         let drop: Vec<f64> = f.iter().zip(&qs).map(|(a, b)| a.psnr - b.psnr).collect();
+        let mean = |v: &[eval::Score], g: fn(&eval::Score) -> f64| {
+            v.iter().map(g).sum::<f64>() / v.len() as f64
+        };
+        equal.push((
+            set.to_string(),
+            "none (b_I = 0)",
+            mean(&qs, |x| x.psnr),
+            mean(&qs, |x| x.fab),
+        ));
         for (name, m) in METRICS {
             let values: Vec<f64> = pairs
                 .iter()
@@ -92,7 +107,29 @@ fn main() -> Result<()> {
                 pairs.len(),
                 spearman(&values, &drop)
             );
+            let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            // Midpoints between neighbouring values, so no image sits on a threshold.
+            let at = |p: f32| {
+                let t = percentile(&v32, p);
+                let below = v32.iter().copied().filter(|&v| v <= t).fold(f32::MIN, f32::max);
+                let above = v32.iter().copied().filter(|&v| v > t).fold(f32::MAX, f32::min);
+                if above == f32::MAX { t } else { 0.5 * (below + above) }
+            };
+            let opts = Options {
+                metric: Some(m),
+                image_lower: Some(at(100.0 / 3.0)),
+                image_upper: Some(at(200.0 / 3.0)),
+                ..Options::default()
+            };
+            let sc = eval::evaluate(&q, &pairs, &opts, 0)?;
+            equal.push((set.to_string(), name, mean(&sc, |x| x.psnr), mean(&sc, |x| x.fab)));
         }
+    }
+    println!();
+    println!("| set | b_I from | mean PSNR | FAB |");
+    println!("|---|---|---:|---:|");
+    for (set, name, psnr, fab) in &equal {
+        println!("| {set} | {name} | {psnr:.3} | {fab:.3} |");
     }
     let img = test_image(1920, 1080, 1);
     for (name, m) in METRICS {
