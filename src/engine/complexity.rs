@@ -70,7 +70,14 @@ fn dct_basis() -> [[f64; 8]; 8] {
 
 /// The 2-D DCT-II of the 8x8 luma block at `(bx, by)` (edges replicated).
 #[allow(clippy::needless_range_loop)] // the DCT reads better with its indices
-fn block_dct(y: &[f32], w: usize, h: usize, bx: usize, by: usize, basis: &[[f64; 8]; 8]) -> [[f64; 8]; 8] {
+fn block_dct(
+    y: &[f32],
+    w: usize,
+    h: usize,
+    bx: usize,
+    by: usize,
+    basis: &[[f64; 8]; 8],
+) -> [[f64; 8]; 8] {
     let mut block = [[0f64; 8]; 8];
     for (r, row) in block.iter_mut().enumerate() {
         for (c, v) in row.iter_mut().enumerate() {
@@ -284,7 +291,9 @@ mod tests {
         let noisy = a(64, 64, &|x, y| noise[y * 64 + x]);
         assert!(noisy > 900.0, "{noisy}");
         // A few edges on a flat background sit in between.
-        let edges = a(64, 64, &|x, y| if (x * 3 + y) % 40 < 20 { 60.0 } else { 180.0 });
+        let edges = a(64, 64, &|x, y| {
+            if (x * 3 + y) % 40 < 20 { 60.0 } else { 180.0 }
+        });
         assert!(edges > 1.0 && edges < noisy, "{edges}");
         // Brightness is ignored (DC left out); a one-token frame gives 0.
         let shifted = a(64, 64, &|x, y| (noise[y * 64 + x] * 0.5 + 60.0).min(255.0));

@@ -15,8 +15,8 @@ use adabm_tools::Args;
 use adabm_tools::data;
 use adabm_tools::eval::{self, float_options};
 use anyhow::{Context, Result, bail};
-use gstadabm::engine::random::test_image;
 use gstadabm::engine::metrics::percentile;
+use gstadabm::engine::random::test_image;
 use gstadabm::engine::{ComplexityMetric, Model, Options, complexity};
 
 const METRICS: [(&str, ComplexityMetric); 3] = [
@@ -111,9 +111,21 @@ fn main() -> Result<()> {
             // Midpoints between neighbouring values, so no image sits on a threshold.
             let at = |p: f32| {
                 let t = percentile(&v32, p);
-                let below = v32.iter().copied().filter(|&v| v <= t).fold(f32::MIN, f32::max);
-                let above = v32.iter().copied().filter(|&v| v > t).fold(f32::MAX, f32::min);
-                if above == f32::MAX { t } else { 0.5 * (below + above) }
+                let below = v32
+                    .iter()
+                    .copied()
+                    .filter(|&v| v <= t)
+                    .fold(f32::MIN, f32::max);
+                let above = v32
+                    .iter()
+                    .copied()
+                    .filter(|&v| v > t)
+                    .fold(f32::MAX, f32::min);
+                if above == f32::MAX {
+                    t
+                } else {
+                    0.5 * (below + above)
+                }
             };
             let opts = Options {
                 metric: Some(m),
@@ -122,7 +134,12 @@ fn main() -> Result<()> {
                 ..Options::default()
             };
             let sc = eval::evaluate(&q, &pairs, &opts, 0)?;
-            equal.push((set.to_string(), name, mean(&sc, |x| x.psnr), mean(&sc, |x| x.fab)));
+            equal.push((
+                set.to_string(),
+                name,
+                mean(&sc, |x| x.psnr),
+                mean(&sc, |x| x.fab),
+            ));
         }
     }
     println!();
