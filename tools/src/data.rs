@@ -110,6 +110,29 @@ pub fn load_training(dirs: &[PathBuf], s: usize) -> Result<Vec<Pair>> {
         .collect()
 }
 
+/// The calibration / fine-tuning images of the tools' `--data DIRS [--lr]`: LR images as they
+/// are (`lr`), or HR images degraded to LR at scale `s` by [`load_training`].
+pub fn load_calibration(dirs: &[PathBuf], s: usize, lr: bool) -> Result<Vec<Pair>> {
+    if !lr {
+        return load_training(dirs, s);
+    }
+    let mut v = Vec::new();
+    for d in dirs {
+        for p in list_training_images(d)? {
+            let img = read_image(&p)?;
+            v.push(Pair {
+                name: p.display().to_string(),
+                scale: s,
+                w: img.width,
+                h: img.height,
+                hr: Vec::new(),
+                lr: img.to_rgb8(),
+            });
+        }
+    }
+    Ok(v)
+}
+
 /// A benchmark set: `root/HR/*.png`, with `root/LR_bicubic/X{s}/{stem}x{s}.png` when present
 /// (otherwise the LR is made from the mod-cropped HR with our bicubic).
 pub fn load_benchmark(root: &Path, s: usize) -> Result<Vec<Pair>> {

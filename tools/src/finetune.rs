@@ -146,7 +146,7 @@ pub struct Pass {
     pub out: FeatureMap,
     /// Output of every residual block.
     pub blocks: Vec<FeatureMap>,
-    /// Input of every layer before quantization.
+    /// Input of every quantized layer (of a quantized pass) before quantization.
     inputs: Vec<Option<FeatureMap>>,
     /// Quantized input of every quantized layer.
     quantized: Vec<Option<FeatureMap>>,
@@ -161,7 +161,8 @@ pub struct Pass {
 }
 
 impl Pass {
-    /// Input of layer `k` before quantization.
+    /// Input of quantized layer `k` before quantization (None for float layers and the
+    /// teacher).
     pub fn input(&self, k: usize) -> Option<&FeatureMap> {
         self.inputs[k].as_ref()
     }
@@ -201,6 +202,16 @@ pub struct Losses {
 impl Losses {
     pub fn total(&self) -> f64 {
         self.pix + self.skt + self.bit
+    }
+
+    /// Each field divided by `k` (a sum of `k` steps → their mean).
+    fn over(&self, k: f64) -> Self {
+        Self {
+            pix: self.pix / k,
+            skt: self.skt / k,
+            bit: self.bit / k,
+            avg_bits: self.avg_bits / k,
+        }
     }
 }
 
@@ -547,10 +558,11 @@ impl QNet {
         pass: &mut Pass,
     ) -> FeatureMap {
         if !quantized || self.slot[k].is_none() {
+            // The backward pass reads the inputs of quantized layers only (a float layer's
+            // input gradient needs its weights alone); the teacher keeps no tape.
             let y = conv_forward(&x, &pass.wq[k], s);
             pass.bits[k] = vec![0.0; s.n];
             pass.clamped[k] = vec![true; s.n];
-            pass.inputs[k] = Some(x);
             return y;
         }
         if let Some(st) = bac
@@ -726,20 +738,7 @@ impl QNet {
     ) -> Vec<f64> {
         let n = self.specs.len();
         let mut g = vec![0.0f64; self.theta.len()];
-        let mut stacks = vec![*s];
-        let ups: Vec<(usize, usize)> = self
-            .specs
-            .iter()
-            .enumerate()
-            .filter_map(|(k, sp)| match sp.role {
-                Role::Up { r, .. } => Some((k, r)),
-                _ => None,
-            })
-            .collect();
-        for &(_, r) in &ups {
-            let last = *stacks.last().expect("stack");
-            stacks.push(last.scaled(r));
-        }
+        let (ups, stacks) = crate::nn::upsampler_stages(&self.specs, s);
         let st = *stacks.last().expect("stack");
         let mut du = self
             .back_layer(n - 1, dout, &st, pass, true, need_dw, &mut g, dn)
@@ -1138,12 +1137,7 @@ pub fn finetune(
                 iter: it + 1,
                 group,
                 losses: &losses,
-                mean: &Losses {
-                    pix: sum.pix / k,
-                    skt: sum.skt / k,
-                    bit: sum.bit / k,
-                    avg_bits: sum.avg_bits / k,
-                },
+                mean: &sum.over(k),
             });
         }
         let k = st.iters as f64;
@@ -1151,12 +1145,7 @@ pub fn finetune(
             epoch,
             group,
             lr: lr[gi],
-            losses: Losses {
-                pix: sum.pix / k,
-                skt: sum.skt / k,
-                bit: sum.bit / k,
-                avg_bits: sum.avg_bits / k,
-            },
+            losses: sum.over(k),
             seconds: t0.elapsed().as_secs_f64(),
         });
         lr[gi] *= st.lr_decay;

@@ -256,6 +256,25 @@ pub fn l1_loss(out: &FeatureMap, target: &FeatureMap, count: usize) -> (f64, Fea
     (sum / count as f64, g)
 }
 
+/// The upsampler convs as `(layer, r)` and the stack at each stage's input, followed by the
+/// output stack: `stacks[j]` feeds stage `j`, `stacks.last()` is the tail's.
+pub fn upsampler_stages(specs: &[LayerSpec], s: &Stack) -> (Vec<(usize, usize)>, Vec<Stack>) {
+    let ups: Vec<(usize, usize)> = specs
+        .iter()
+        .enumerate()
+        .filter_map(|(k, sp)| match sp.role {
+            Role::Up { r, .. } => Some((k, r)),
+            _ => None,
+        })
+        .collect();
+    let mut stacks = vec![*s];
+    for &(_, r) in &ups {
+        let last = *stacks.last().expect("stack");
+        stacks.push(last.scaled(r));
+    }
+    (ups, stacks)
+}
+
 /// An EDSR in training: the parameters in engine layout, in [`layer_specs`] order.
 #[derive(Clone, Debug)]
 pub struct Edsr {
@@ -370,20 +389,7 @@ impl Edsr {
         let inputs = tape.inputs;
         let mut grads: Vec<Option<ConvGrad>> = vec![None; n];
         // Stacks at each upsampler stage input.
-        let mut stacks = vec![*s];
-        let ups: Vec<(usize, usize)> = self
-            .specs
-            .iter()
-            .enumerate()
-            .filter_map(|(k, sp)| match sp.role {
-                Role::Up { r, .. } => Some((k, r)),
-                _ => None,
-            })
-            .collect();
-        for &(_, r) in &ups {
-            let last = *stacks.last().unwrap();
-            stacks.push(last.scaled(r));
-        }
+        let (ups, stacks) = upsampler_stages(&self.specs, s);
         let tail = n - 1;
         let mut st = *stacks.last().unwrap();
         grads[tail] = Some(conv_backward_params(&inputs[tail], &dout));

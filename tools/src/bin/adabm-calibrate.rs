@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use adabm_tools::Args;
 use adabm_tools::calib::{self, Settings};
-use adabm_tools::data::{self, Pair};
-use adabm_tools::{Args, read_image};
+use adabm_tools::data;
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::{ComplexityMetric, Model, QuantMode};
 use serde_json::json;
@@ -104,25 +104,7 @@ fn main() -> Result<()> {
         .map(|d| d.split(',').map(PathBuf::from).collect())
         .unwrap_or_else(|| vec![PathBuf::from("../shared/data/train")]);
     let sc = scale as usize;
-    let pairs: Vec<Pair> = if a.flag("lr") {
-        let mut v = Vec::new();
-        for d in &dirs {
-            for p in data::list_training_images(d)? {
-                let img = read_image(&p)?;
-                v.push(Pair {
-                    name: p.display().to_string(),
-                    scale: sc,
-                    w: img.width,
-                    h: img.height,
-                    hr: Vec::new(),
-                    lr: img.to_rgb8(),
-                });
-            }
-        }
-        v
-    } else {
-        data::load_training(&dirs, sc)?
-    };
+    let pairs = data::load_calibration(&dirs, sc, a.flag("lr"))?;
     let t_data = t0.elapsed().as_secs_f64();
     let crops = calib::sample_crops(&pairs, s.crops, s.patch, s.seed)?;
     let t1 = Instant::now();

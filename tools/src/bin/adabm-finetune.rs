@@ -4,9 +4,9 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use adabm_tools::data::{self, Pair};
+use adabm_tools::data;
 use adabm_tools::finetune::{self, QNet, Settings};
-use adabm_tools::{Args, calib, plot, read_image};
+use adabm_tools::{Args, calib, plot};
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::Model;
 use serde_json::json;
@@ -146,25 +146,7 @@ fn main() -> Result<()> {
         .get("data")
         .map(|d| d.split(',').map(PathBuf::from).collect())
         .unwrap_or_else(|| vec![PathBuf::from("../shared/data/train")]);
-    let pairs: Vec<Pair> = if a.flag("lr") {
-        let mut v = Vec::new();
-        for d in &dirs {
-            for p in data::list_training_images(d)? {
-                let img = read_image(&p)?;
-                v.push(Pair {
-                    name: p.display().to_string(),
-                    scale,
-                    w: img.width,
-                    h: img.height,
-                    hr: Vec::new(),
-                    lr: img.to_rgb8(),
-                });
-            }
-        }
-        v
-    } else {
-        data::load_training(&dirs, scale)?
-    };
+    let pairs = data::load_calibration(&dirs, scale, a.flag("lr"))?;
     let crops = calib::sample_crops(&pairs, crops_n, patch, a.num("crop-seed", 1)?)?;
     let t_data = t0.elapsed().as_secs_f64();
     let q0 = net.quant.clone();
