@@ -3,6 +3,8 @@
 //! and fake-quant) measured in the same run. Also resident memory over many frames.
 //!
 //!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000 [--rss-only 1]] [--export DIR]
+//!                              [--only TEXT]   # rows whose network/engine contains TEXT
+//!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -53,6 +55,10 @@ fn main() {
         "integer kernels: {:?}, {threads} threads",
         CpuLevel::detect()
     );
+    if arg("--kernels").is_some() {
+        kernels(frames);
+        return;
+    }
     if arg("--rss-only").is_none() {
         tables(frames, threads);
     }
@@ -65,34 +71,60 @@ fn main() {
 fn tables(frames: usize, threads: usize) {
     println!("| network | input | engine | ms/frame | fps | GMAC/s | vs f32 |");
     println!("|---|---|---|---:|---:|---:|---:|");
+    let only = arg("--only").unwrap_or_default();
+    let wanted = |row: &str| row.contains(&only);
     for (scale, w, h) in [(2u32, 320usize, 180usize), (4, 480, 270)] {
+        let net = format!("EDSR-baseline x{scale}");
         let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
         if let Some(d) = arg("--export") {
             export(&d, &format!("edsr-baseline-x{scale}"), &fp);
         }
         let img = test_image(w, h, 3);
         let gmac = fp.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
-        let base = time(&Engine::new(&fp, threads).unwrap(), &img, frames);
+        // The f32 reference is the baseline of the ratios; `--only` may leave it out.
+        let reference = "f32 reference, fp32";
+        let rows_wanted = [
+            reference,
+            "f32 reference, fake-quant w4a4",
+            "integer w4a4",
+            "integer w8a6",
+        ]
+        .iter()
+        .any(|r| wanted(&format!("{net} {r}")));
+        if !rows_wanted {
+            continue;
+        }
+        let base = wanted(&format!("{net} {reference}"))
+            .then(|| time(&Engine::new(&fp, threads).unwrap(), &img, frames));
         let row = |name: &str, ms: f64| {
+            let ratio = base.map_or(String::new(), |b| format!("{:.2}x", b / ms));
             println!(
-                "| EDSR-baseline x{scale} | {w}x{h} | {name} | {ms:.0} | {:.2} | {:.0} | {:.2}x |",
+                "| {net} | {w}x{h} | {name} | {ms:.0} | {:.2} | {:.0} | {ratio} |",
                 1e3 / ms,
                 gmac / ms * 1e3,
-                base / ms
             );
         };
-        row("f32 reference, fp32", base);
+        if let Some(b) = base {
+            row(reference, b);
+        }
         for (wb, ab) in [(4u8, 4u8), (8, 6)] {
             let q = quantize_on_synthetic(&fp, QuantMode::Fq, wb, ab, 1).unwrap();
-            if wb == 4 {
+            let fq_name = "f32 reference, fake-quant w4a4";
+            if wb == 4 && wanted(&format!("{net} {fq_name}")) {
                 let fq = Engine::with_execution(&q, threads, Execution::FakeQuant).unwrap();
-                row("f32 reference, fake-quant w4a4", time(&fq, &img, frames));
+                row(fq_name, time(&fq, &img, frames));
             }
-            let int = Engine::new(&q, threads).unwrap();
-            row(&format!("integer w{wb}a{ab}"), time(&int, &img, frames));
+            let name = format!("integer w{wb}a{ab}");
+            if wanted(&format!("{net} {name}")) {
+                let int = Engine::new(&q, threads).unwrap();
+                row(&name, time(&int, &img, frames));
+            }
         }
     }
     for b in builtin::MODELS.iter() {
+        if !wanted(&format!("built-in {}", b.name)) {
+            continue;
+        }
         let m = b.load().unwrap();
         let (w, h) = if m.config.scale == 2 {
             (320, 180)
@@ -107,6 +139,66 @@ fn tables(frames: usize, threads: usize) {
             if m.quant.is_some() { "integer" } else { "f32" },
             1e3 / ms,
             m.macs_per_lr_pixel() * (w * h) as f64 / 1e6 / ms
+        );
+    }
+}
+
+/// The conv-sum kernels alone (`intcpu::row_sums` over every row of a 320x180 map, one
+/// thread) for the shapes and bit-widths of EDSR-baseline: body 64→64 with 4-bit weights and
+/// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
+fn kernels(frames: usize) {
+    use gstadabm::engine::intcpu::{Codes, PackedConv, row_sums};
+    use gstadabm::engine::intnet::IntConv;
+    use gstadabm::engine::random::Rng;
+    let (h, w) = (180usize, 320usize);
+    println!("| kernel | weights | codes | ms | GMAC/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for (cin, cout, w_bits, bits) in [
+        (64usize, 64usize, 4u8, 3u32),
+        (64, 64, 4, 4),
+        (64, 64, 4, 5),
+        (64, 64, 4, 6),
+        (64, 64, 8, 6),
+        (64, 256, 8, 8),
+        (64, 3, 8, 8),
+    ] {
+        let mut rng = Rng::new(7);
+        let wt: Vec<f32> = (0..cout * cin * 9).map(|_| rng.symmetric(0.5)).collect();
+        let b = vec![0.0; cout];
+        let ic = IntConv::new(cin, cout, &wt, &b, 0.4, w_bits);
+        let pc = PackedConv::new(&ic);
+        let data: Vec<u8> = (0..(h + 2) * (w + 2) * pc.cstride)
+            .map(|_| rng.below(1 << bits) as u8)
+            .collect();
+        let map = Codes {
+            data: &data,
+            h,
+            w,
+            cstride: pc.cstride,
+        };
+        let max_code = (1u32 << bits) - 1;
+        let level = CpuLevel::detect();
+        let mut out = vec![0i32; w * pc.cout8];
+        let mut pass = || {
+            for y in 0..h {
+                row_sums(level, &map, &pc, y, max_code, &mut out);
+            }
+            std::hint::black_box(&out);
+        };
+        pass();
+        let ms = median(
+            (0..frames.max(5))
+                .map(|_| {
+                    let t = Instant::now();
+                    pass();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        );
+        let gmac = (h * w * cin * cout * 9) as f64 / 1e9;
+        println!(
+            "| conv {cin}->{cout} | {w_bits} | {bits} | {ms:.2} | {:.1} |",
+            gmac / ms * 1e3
         );
     }
 }

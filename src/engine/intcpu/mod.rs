@@ -8,6 +8,7 @@
 
 mod avx2;
 mod engine;
+mod epilogue;
 mod net;
 mod scalar;
 

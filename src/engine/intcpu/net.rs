@@ -9,11 +9,12 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::engine::quantize_into;
-use super::{Codes, CpuLevel, row_sums};
+use super::epilogue::{self, Consts, Op, Pixel};
+use super::{Codes, row_sums};
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
 use crate::engine::intconv::ActQuant;
-use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
+use crate::engine::intnet::{IntLayer, IntNetwork};
 use crate::engine::model::Role;
 
 /// What a conv's epilogue does with its values `v`.
@@ -55,6 +56,9 @@ pub struct FusedNet {
 
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
 const MAX_COUT: usize = 1024;
+
+/// The epilogue of pixel `x` of a row, given its sums `S` and border terms `K`.
+type PixelFn<'a> = dyn FnMut(usize, &[i32], &[i32]) + 'a;
 
 thread_local! {
     static SUMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
@@ -205,26 +209,23 @@ impl FusedNet {
         };
         let cout = ic.cout;
         let max_code = a.n as u32;
-        let da = a.step();
-        let rs = net.net.config.res_scale;
-        let row_work = |y: usize, row_out: &mut dyn FnMut(usize, &[f32])| {
+        let consts = Consts {
+            bias: &ic.bias,
+            hw: ic.hw,
+            da: a.step(),
+            l: a.l,
+            res_scale: net.net.config.res_scale,
+            // Placeholder for the tail, whose epilogue writes values, not codes.
+            next: next.unwrap_or(a),
+        };
+        // Sums of row `y`, then `pixel(xx, s, k)` for every pixel of it.
+        let row_work = |y: usize, pixel: &mut PixelFn| {
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
                 sums.resize(w * pc.cout8, 0);
                 row_sums(level, &map, pc, y, max_code, &mut sums);
-                let mut v = [0f32; MAX_COUT];
                 for xx in 0..w {
-                    let s = &sums[xx * pc.cout8..][..cout];
-                    values(
-                        level,
-                        ic,
-                        s,
-                        ic.ktab_at(y, xx, h, w),
-                        da,
-                        a.l,
-                        &mut v[..cout],
-                    );
-                    row_out(xx, &v[..cout]);
+                    pixel(xx, &sums[xx * pc.cout8..][..cout], ic.ktab_at(y, xx, h, w));
                 }
             })
         };
@@ -237,25 +238,37 @@ impl FusedNet {
                     .par_chunks_mut(owp * cout)
                     .enumerate()
                     .for_each(|(y, row)| {
-                        row_work(y, &mut |xx, v| {
-                            row[(xx + 1) * cout..][..cout].copy_from_slice(v)
+                        row_work(y, &mut |xx, s, k| {
+                            let px = Pixel {
+                                out: &mut row[(xx + 1) * cout..][..cout],
+                                res: &mut [],
+                                head: &mut [],
+                                d: &mut [],
+                            };
+                            epilogue::pixel(level, Op::Values, &consts, s, k, px);
                         })
                     });
             }
             Epi::Shuffle(r) => {
-                let n = next.expect("a layer after the upsampler");
                 let c = cout / (r * r);
                 let hwp = w * r + 2;
                 dst[hwp * c..(h * r + 1) * hwp * c]
                     .par_chunks_mut(r * hwp * c)
                     .enumerate()
                     .for_each(|(y, rows)| {
-                        row_work(y, &mut |xx, v| {
-                            for (ch, vs) in v.chunks_exact(r * r).enumerate() {
+                        let mut codes = [0u8; MAX_COUT];
+                        row_work(y, &mut |xx, s, k| {
+                            let px = Pixel {
+                                out: &mut [],
+                                res: &mut [],
+                                head: &mut [],
+                                d: &mut codes[..cout],
+                            };
+                            epilogue::pixel(level, Op::Codes, &consts, s, k, px);
+                            for (ch, cs) in codes[..cout].chunks_exact(r * r).enumerate() {
                                 for i in 0..r {
                                     for j in 0..r {
-                                        rows[(i * hwp + xx * r + j + 1) * c + ch] =
-                                            n.code(vs[i * r + j]);
+                                        rows[(i * hwp + xx * r + j + 1) * c + ch] = cs[i * r + j];
                                     }
                                 }
                             }
@@ -263,7 +276,12 @@ impl FusedNet {
                     });
             }
             Epi::Head | Epi::Relu | Epi::Res | Epi::Skip => {
-                let n = next.expect("a layer after the body");
+                let op = match *epi {
+                    Epi::Head => Op::Head,
+                    Epi::Relu => Op::Relu,
+                    Epi::Res => Op::Res,
+                    _ => Op::Skip,
+                };
                 let fw = w * cout;
                 dst[wp * cout..(h + 1) * wp * cout]
                     .par_chunks_mut(wp * cout)
@@ -271,101 +289,17 @@ impl FusedNet {
                     .zip(head.par_chunks_mut(fw))
                     .enumerate()
                     .for_each(|(y, ((row, res), head))| {
-                        row_work(y, &mut |xx, v| {
-                            let d = &mut row[(xx + 1) * cout..][..cout];
-                            let r = &mut res[xx * cout..][..cout];
-                            let hd = &mut head[xx * cout..][..cout];
-                            codes(level, *epi, v, r, hd, rs, n, d);
+                        row_work(y, &mut |xx, s, k| {
+                            let px = Pixel {
+                                out: &mut [],
+                                res: &mut res[xx * cout..][..cout],
+                                head: &mut head[xx * cout..][..cout],
+                                d: &mut row[(xx + 1) * cout..][..cout],
+                            };
+                            epilogue::pixel(level, op, &consts, s, k, px);
                         })
                     });
             }
         }
-    }
-}
-
-/// [`IntConv::values`], compiled for AVX2 at that level (same operations, wider registers).
-fn values(level: CpuLevel, ic: &IntConv, s: &[i32], k: &[i32], da: f32, l: f32, v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn wide(ic: &IntConv, s: &[i32], k: &[i32], da: f32, l: f32, v: &mut [f32]) {
-        ic.values(s, k, da, l, v)
-    }
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is selected only on CPUs with AVX2.
-        CpuLevel::Avx2 => unsafe { wide(ic, s, k, da, l, v) },
-        _ => ic.values(s, k, da, l, v),
-    }
-}
-
-/// The body epilogues of one pixel: update `res`/`head` and write the next layer's codes.
-#[allow(clippy::too_many_arguments)]
-fn codes(
-    level: CpuLevel,
-    epi: Epi,
-    v: &[f32],
-    res: &mut [f32],
-    head: &mut [f32],
-    rs: f32,
-    n: ActQuant,
-    d: &mut [u8],
-) {
-    #[inline(always)]
-    fn plain(
-        epi: Epi,
-        v: &[f32],
-        res: &mut [f32],
-        head: &mut [f32],
-        rs: f32,
-        n: ActQuant,
-        d: &mut [u8],
-    ) {
-        let (l, u, s) = (n.l, n.u, n.inv_step());
-        let code = |x: f32| ((x.clamp(l, u) - l) * s).round_ties_even() as u8;
-        match epi {
-            Epi::Head => {
-                for o in 0..v.len() {
-                    head[o] = v[o];
-                    res[o] = v[o];
-                    d[o] = code(v[o]);
-                }
-            }
-            Epi::Relu => {
-                for o in 0..v.len() {
-                    d[o] = code(v[o].max(0.0));
-                }
-            }
-            Epi::Res => {
-                for o in 0..v.len() {
-                    res[o] += rs * v[o];
-                    d[o] = code(res[o]);
-                }
-            }
-            Epi::Skip => {
-                for o in 0..v.len() {
-                    d[o] = code(v[o] + head[o]);
-                }
-            }
-            Epi::Shuffle(_) | Epi::Out => unreachable!("not a body epilogue"),
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn wide(
-        epi: Epi,
-        v: &[f32],
-        res: &mut [f32],
-        head: &mut [f32],
-        rs: f32,
-        n: ActQuant,
-        d: &mut [u8],
-    ) {
-        plain(epi, v, res, head, rs, n, d)
-    }
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is selected only on CPUs with AVX2.
-        CpuLevel::Avx2 => unsafe { wide(epi, v, res, head, rs, n, d) },
-        _ => plain(epi, v, res, head, rs, n, d),
     }
 }

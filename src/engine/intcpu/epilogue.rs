@@ -1,0 +1,229 @@
+//! Conv epilogues of one output pixel, fused: the values `v = bias + h_w·(Δa·S + l·K)`
+//! ([`IntConv::values`](crate::engine::intnet::IntConv::values), same operations in the same
+//! order, no FMA), then what the layer does with them (ReLU, residual update, global skip) and
+//! the next layer's codes `rint((clamp(x, l, u) − l)·N/(u − l))`.
+//!
+//! [`scalar`] is the reference; [`avx2`] does 8 channels per step with the same IEEE
+//! operations (products and sums rounded one at a time, `vcvtps2dq` rounding to nearest even
+//! like `round_ties_even`, `max(x, l)` turning NaN into `l` as `clamp` + the saturating cast
+//! turn it into code 0), so both give the same bits.
+
+use super::CpuLevel;
+use crate::engine::intconv::ActQuant;
+
+/// What the epilogue does with the values `v`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `out = v`.
+    Values,
+    /// `d = code(v)`.
+    Codes,
+    /// Head: `head = res = v`, `d = code(v)`.
+    Head,
+    /// Block conv1: `d = code(max(v, 0))`.
+    Relu,
+    /// Block conv2: `res += res_scale·v`, `d = code(res)`.
+    Res,
+    /// Last body conv: `d = code(v + head)`.
+    Skip,
+}
+
+/// The per-layer constants of an epilogue.
+#[derive(Clone, Copy, Debug)]
+pub struct Consts<'a> {
+    pub bias: &'a [f32],
+    /// `h_w`.
+    pub hw: f32,
+    /// `Δa` of the layer's input.
+    pub da: f32,
+    /// `l` of the layer's input.
+    pub l: f32,
+    pub res_scale: f32,
+    /// The next layer's input quantizer (ops that write codes).
+    pub next: ActQuant,
+}
+
+/// Buffers of one pixel; each op reads and writes only what it needs (`out` for `Values`,
+/// `d` for the code ops, `res`/`head` for `Head`, `Res` and `Skip`).
+pub struct Pixel<'a> {
+    pub out: &'a mut [f32],
+    pub res: &'a mut [f32],
+    pub head: &'a mut [f32],
+    pub d: &'a mut [u8],
+}
+
+/// The epilogue `op` of one pixel: `s` and `k` hold the `n` channels' sums and border terms.
+#[inline]
+pub fn pixel(level: CpuLevel, op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is selected only on CPUs with AVX2.
+        CpuLevel::Avx2 => unsafe { avx2(op, c, s, k, px) },
+        _ => scalar(op, c, s, k, px, 0),
+    }
+}
+
+/// The reference, from channel `from` on.
+#[inline(always)]
+fn scalar(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel, from: usize) {
+    let n = s.len();
+    let q = c.next;
+    let value = |o: usize| c.bias[o] + c.hw * (c.da * s[o] as f32 + c.l * k[o] as f32);
+    match op {
+        Op::Values => (from..n).for_each(|o| px.out[o] = value(o)),
+        Op::Codes => (from..n).for_each(|o| px.d[o] = q.code(value(o))),
+        Op::Head => (from..n).for_each(|o| {
+            let v = value(o);
+            px.head[o] = v;
+            px.res[o] = v;
+            px.d[o] = q.code(v);
+        }),
+        Op::Relu => (from..n).for_each(|o| px.d[o] = q.code(value(o).max(0.0))),
+        Op::Res => (from..n).for_each(|o| {
+            px.res[o] += c.res_scale * value(o);
+            px.d[o] = q.code(px.res[o]);
+        }),
+        Op::Skip => (from..n).for_each(|o| px.d[o] = q.code(value(o) + px.head[o])),
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2; `s`, `k` and the buffers `op` uses hold at least `s.len()`
+/// values, `c.bias` too.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
+    use std::arch::x86_64::*;
+    let n = s.len();
+    assert!(k.len() >= n && c.bias.len() >= n, "epilogue inputs");
+    match op {
+        Op::Values => assert!(px.out.len() >= n),
+        Op::Head => assert!(px.res.len() >= n && px.head.len() >= n && px.d.len() >= n),
+        Op::Res => assert!(px.res.len() >= n && px.d.len() >= n),
+        Op::Skip => assert!(px.head.len() >= n && px.d.len() >= n),
+        Op::Codes | Op::Relu => assert!(px.d.len() >= n),
+    }
+    let full = n / 8 * 8;
+    // SAFETY: every access is at channel o..o + 8 ≤ full ≤ n, inside the buffers checked
+    // above; AVX2 is enabled.
+    unsafe {
+        let (hw, da, l) = (
+            _mm256_set1_ps(c.hw),
+            _mm256_set1_ps(c.da),
+            _mm256_set1_ps(c.l),
+        );
+        let rs = _mm256_set1_ps(c.res_scale);
+        let (nl, nu, ns) = (
+            _mm256_set1_ps(c.next.l),
+            _mm256_set1_ps(c.next.u),
+            _mm256_set1_ps(c.next.inv_step()),
+        );
+        let zero = _mm256_setzero_ps();
+        // Codes of 8 values as 8 bytes (values in 0..=255 after the clamp).
+        let code = |x: __m256| -> u64 {
+            let x = _mm256_min_ps(_mm256_max_ps(x, nl), nu);
+            let i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, nl), ns));
+            let w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+            _mm_cvtsi128_si64(_mm_packus_epi16(w, w)) as u64
+        };
+        for o in (0..full).step_by(8) {
+            let si = _mm256_cvtepi32_ps(_mm256_loadu_si256(s.as_ptr().add(o).cast()));
+            let ki = _mm256_cvtepi32_ps(_mm256_loadu_si256(k.as_ptr().add(o).cast()));
+            let b = _mm256_loadu_ps(c.bias.as_ptr().add(o));
+            let v = _mm256_add_ps(
+                b,
+                _mm256_mul_ps(
+                    hw,
+                    _mm256_add_ps(_mm256_mul_ps(da, si), _mm256_mul_ps(l, ki)),
+                ),
+            );
+            let d = px.d.as_mut_ptr().add(o) as *mut u64;
+            match op {
+                Op::Values => _mm256_storeu_ps(px.out.as_mut_ptr().add(o), v),
+                Op::Codes => d.write_unaligned(code(v)),
+                Op::Head => {
+                    _mm256_storeu_ps(px.head.as_mut_ptr().add(o), v);
+                    _mm256_storeu_ps(px.res.as_mut_ptr().add(o), v);
+                    d.write_unaligned(code(v));
+                }
+                Op::Relu => d.write_unaligned(code(_mm256_max_ps(v, zero))),
+                Op::Res => {
+                    let r = px.res.as_mut_ptr().add(o);
+                    let nr = _mm256_add_ps(_mm256_loadu_ps(r), _mm256_mul_ps(rs, v));
+                    _mm256_storeu_ps(r, nr);
+                    d.write_unaligned(code(nr));
+                }
+                Op::Skip => {
+                    let hd = _mm256_loadu_ps(px.head.as_ptr().add(o));
+                    d.write_unaligned(code(_mm256_add_ps(v, hd)));
+                }
+            }
+        }
+    }
+    scalar(op, c, s, k, px, full);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::random::Rng;
+
+    /// Every op at every level gives the scalar reference's bits, for channel counts with
+    /// tails, values on rounding ties, beyond the clamp bounds, and NaN/inf from huge sums.
+    #[test]
+    fn every_level_matches_the_reference() {
+        let mut rng = Rng::new(5);
+        for n in [1usize, 3, 8, 13, 64, 67] {
+            for op in [Op::Values, Op::Codes, Op::Head, Op::Relu, Op::Res, Op::Skip] {
+                for case in 0..40 {
+                    let s: Vec<i32> = (0..n)
+                        .map(|_| match rng.below(10) {
+                            0 => i32::MAX,
+                            1 => i32::MIN,
+                            2 => 0,
+                            _ => rng.below(4000) as i32 - 2000,
+                        })
+                        .collect();
+                    let k: Vec<i32> = (0..n).map(|_| rng.below(200) as i32 - 100).collect();
+                    let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
+                    let bits = 1 + (case % 8) as u8;
+                    let c = Consts {
+                        bias: &bias,
+                        // A step of 1/4 with the codes' step of 1 puts many values on ties.
+                        hw: if case % 2 == 0 {
+                            0.25
+                        } else {
+                            rng.uniform() * 0.1
+                        },
+                        da: if case % 3 == 0 { 1.0 } else { rng.uniform() },
+                        l: rng.symmetric(3.0),
+                        res_scale: if case % 5 == 0 { f32::MAX } else { 0.1 },
+                        next: ActQuant::new(-rng.uniform() * 40.0, rng.uniform() * 40.0, bits),
+                    };
+                    let res0: Vec<f32> = (0..n).map(|_| rng.symmetric(50.0)).collect();
+                    let head: Vec<f32> = (0..n).map(|_| rng.symmetric(50.0)).collect();
+                    let run = |level: CpuLevel| {
+                        let mut out = vec![0f32; n];
+                        let mut res = res0.clone();
+                        let mut hd = head.clone();
+                        let mut d = vec![0u8; n];
+                        let px = Pixel {
+                            out: &mut out,
+                            res: &mut res,
+                            head: &mut hd,
+                            d: &mut d,
+                        };
+                        pixel(level, op, &c, &s, &k, px);
+                        let bits =
+                            |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+                        (bits(&out), bits(&res), bits(&hd), d)
+                    };
+                    let want = run(CpuLevel::Scalar);
+                    for level in CpuLevel::available() {
+                        assert_eq!(run(level), want, "{level:?} {op:?} n={n} case {case}");
+                    }
+                }
+            }
+        }
+    }
+}
