@@ -1,6 +1,7 @@
-//! AVX2 conv sums. One output pixel at a time against up to 64 output channels held in 8
-//! accumulators; the 4 (or 2) codes of a channel group are broadcast and multiplied with the
-//! 8 output channels' weights of the group.
+//! AVX2 conv sums. A few output pixels at a time against up to 32 output channels held in
+//! accumulators; the 4 codes of a channel group are broadcast and multiplied with the 8 output
+//! channels' weights of the group (`vpmaddubsw` where no pair sum can saturate, else
+//! `vpmaddwd` on codes spread to i16).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -28,7 +29,7 @@ pub unsafe fn row_sums_maddubs(
     let run = (i16::MAX as usize / pair).min(9 * pc.cstride / 4);
     if run < 2 {
         // SAFETY: forwarded contract.
-        return unsafe { row_sums_with::<true>(x, pc, y, out, pc.w8.as_ptr().cast()) };
+        return unsafe { row_sums_wide(x, pc, y, out) };
     }
     let nb = pc.cout8 / 8;
     let mut b0 = 0;
@@ -116,41 +117,111 @@ unsafe fn pixels_i16<const N: usize, const P: usize>(
     }
 }
 
-/// Codes and weights widened to i16, `vpmaddwd`: exact for any code and weight.
+/// Codes and weights widened to i16, `vpmaddwd`: exact for any code and weight. The 4 codes of
+/// a channel group are loaded once and spread into two i16 pairs with `vpshufb`.
 ///
 /// # Safety
 /// The CPU must support AVX2; `x`, `pc`, `y` and `out` as checked by [`super::row_sums`].
 #[target_feature(enable = "avx2")]
 pub unsafe fn row_sums_madd16(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
-    // SAFETY: forwarded contract.
-    unsafe { row_sums_with::<false>(x, pc, y, out, pc.w16.as_ptr().cast()) }
+    let nb = pc.cout8 / 8;
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = match nb - b0 {
+            4.. => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        let mut xx = 0;
+        while xx < x.w {
+            let p = (x.w - xx).min(if n == 1 { 4 } else { 2 });
+            // SAFETY: blocks b0..b0+n exist; pixels xx..xx + p are inside the row.
+            unsafe {
+                match (n, p) {
+                    (4, 2) => pixels16::<4, 2>(x, pc, y, xx, b0, out),
+                    (4, _) => pixels16::<4, 1>(x, pc, y, xx, b0, out),
+                    (2, 2) => pixels16::<2, 2>(x, pc, y, xx, b0, out),
+                    (2, _) => pixels16::<2, 1>(x, pc, y, xx, b0, out),
+                    (_, 4) => pixels16::<1, 4>(x, pc, y, xx, b0, out),
+                    (_, 3) => pixels16::<1, 3>(x, pc, y, xx, b0, out),
+                    (_, 2) => pixels16::<1, 2>(x, pc, y, xx, b0, out),
+                    _ => pixels16::<1, 1>(x, pc, y, xx, b0, out),
+                }
+            }
+            xx += p;
+        }
+        b0 += n;
+    }
 }
 
-/// One multiply-accumulate step, `acc += q ⊙ w` for a broadcast group of codes:
-/// `MADDUBS`: 4 u8 codes × 4 i8 weights; else 2 i16 codes × 2 i16 weights.
+/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `P` pixels from `(y, xx)` with
+/// `vpmaddwd` on i16 codes and weights.
 #[inline(always)]
-unsafe fn step<const MADDUBS: bool>(acc: __m256i, q: __m256i, w: __m256i) -> __m256i {
-    // SAFETY: AVX2 is enabled in every caller.
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn pixels16<const N: usize, const P: usize>(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    xx: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    let wp = x.w + 2;
+    let groups = pc.cstride / 4;
+    // Bytes of one channel pair's weights for all output channels (8 per block × 2 i16).
+    let pbytes = pc.cout8 * 4;
+    let w = pc.w16.as_ptr() as *const u8;
+    // SAFETY: all reads stay inside x.data (the padded 3x3 windows of the P pixels) and the
+    // weights (9 · cstride/2 · pbytes bytes); out has x.w · cout8 values.
     unsafe {
-        if MADDUBS {
-            let pairs = _mm256_maddubs_epi16(q, w);
-            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-        } else {
-            _mm256_add_epi32(acc, _mm256_madd_epi16(q, w))
+        let z = -128i8; // vpshufb: a set high bit gives 0
+        let lo = _mm256_setr_epi8(
+            0, z, 1, z, 0, z, 1, z, 0, z, 1, z, 0, z, 1, z, 0, z, 1, z, 0, z, 1, z, 0, z, 1, z, 0,
+            z, 1, z,
+        );
+        let hi = _mm256_setr_epi8(
+            2, z, 3, z, 2, z, 3, z, 2, z, 3, z, 2, z, 3, z, 2, z, 3, z, 2, z, 3, z, 2, z, 3, z, 2,
+            z, 3, z,
+        );
+        let mut acc = [[_mm256_setzero_si256(); N]; P];
+        for t in 0..9 {
+            let p = ((y + t / 3) * wp + xx + t % 3) * x.cstride;
+            let codes = x.data.as_ptr().add(p);
+            let wt = w.add(t * 2 * groups * pbytes + b0 * 32);
+            for g in 0..groups {
+                let mut q0 = [_mm256_setzero_si256(); P];
+                let mut q1 = [_mm256_setzero_si256(); P];
+                for i in 0..P {
+                    let v = (codes.add(i * x.cstride + 4 * g) as *const u32).read_unaligned();
+                    let b = _mm256_set1_epi32(v as i32);
+                    q0[i] = _mm256_shuffle_epi8(b, lo);
+                    q1[i] = _mm256_shuffle_epi8(b, hi);
+                }
+                let wg = wt.add(2 * g * pbytes);
+                for b in 0..N {
+                    let w0 = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
+                    let w1 = _mm256_loadu_si256(wg.add(pbytes + b * 32) as *const __m256i);
+                    for i in 0..P {
+                        acc[i][b] = _mm256_add_epi32(acc[i][b], _mm256_madd_epi16(q0[i], w0));
+                        acc[i][b] = _mm256_add_epi32(acc[i][b], _mm256_madd_epi16(q1[i], w1));
+                    }
+                }
+            }
+        }
+        for i in 0..P {
+            let d = out.as_mut_ptr().add((xx + i) * pc.cout8 + b0 * 8);
+            for b in 0..N {
+                _mm256_storeu_si256(d.add(b * 8) as *mut __m256i, acc[i][b]);
+            }
         }
     }
 }
 
-/// Drives [`pixels`] over the row and the output channels in chunks of 32, 16
-/// and 8.
+/// `vpmaddubsw` pair sums widened at once (no i16 runs): drives [`pixels`] over the row and the
+/// output channels in chunks of 32, 16 and 8.
 #[target_feature(enable = "avx2")]
-unsafe fn row_sums_with<const MADDUBS: bool>(
-    x: &Codes,
-    pc: &PackedConv,
-    y: usize,
-    out: &mut [i32],
-    w: *const u8,
-) {
+unsafe fn row_sums_wide(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
+    let w = pc.w8.as_ptr() as *const u8;
     let nb = pc.cout8 / 8;
     let mut b0 = 0;
     while b0 < nb {
@@ -165,9 +236,9 @@ unsafe fn row_sums_with<const MADDUBS: bool>(
             // SAFETY: blocks b0..b0+n exist; pixels xx and xx + 1 are inside the row.
             unsafe {
                 match n {
-                    4 => pixels::<4, 2, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    2 => pixels::<2, 2, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    _ => pixels::<1, 2, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    4 => pixels::<4, 2>(x, pc, y, xx, b0, w, out),
+                    2 => pixels::<2, 2>(x, pc, y, xx, b0, w, out),
+                    _ => pixels::<1, 2>(x, pc, y, xx, b0, w, out),
                 }
             }
             xx += 2;
@@ -176,9 +247,9 @@ unsafe fn row_sums_with<const MADDUBS: bool>(
             // SAFETY: as above, one pixel.
             unsafe {
                 match n {
-                    4 => pixels::<4, 1, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    2 => pixels::<2, 1, MADDUBS>(x, pc, y, xx, b0, w, out),
-                    _ => pixels::<1, 1, MADDUBS>(x, pc, y, xx, b0, w, out),
+                    4 => pixels::<4, 1>(x, pc, y, xx, b0, w, out),
+                    2 => pixels::<2, 1>(x, pc, y, xx, b0, w, out),
+                    _ => pixels::<1, 1>(x, pc, y, xx, b0, w, out),
                 }
             }
         }
@@ -190,7 +261,7 @@ unsafe fn row_sums_with<const MADDUBS: bool>(
 /// load serves all `P` pixels.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
-unsafe fn pixels<const N: usize, const P: usize, const MADDUBS: bool>(
+unsafe fn pixels<const N: usize, const P: usize>(
     x: &Codes,
     pc: &PackedConv,
     y: usize,
@@ -199,24 +270,14 @@ unsafe fn pixels<const N: usize, const P: usize, const MADDUBS: bool>(
     w: *const u8,
     out: &mut [i32],
 ) {
-    let group = if MADDUBS { 4 } else { 2 };
     let wp = x.w + 2;
-    let groups = pc.cstride / group;
-    // Bytes of one group's weights for all output channels (8 per block × 4 bytes / 2 i16).
+    let groups = pc.cstride / 4;
+    // Bytes of one group's weights for all output channels (8 per block × 4 bytes).
     let gbytes = pc.cout8 * 4;
-    let read = |codes: *const u8, g: usize| -> u32 {
-        // SAFETY: inside the padded window (see below).
-        unsafe {
-            if MADDUBS {
-                (codes.add(4 * g) as *const u32).read_unaligned()
-            } else {
-                *codes.add(2 * g) as u32 | ((*codes.add(2 * g + 1) as u32) << 16)
-            }
-        }
-    };
     // SAFETY: all reads stay inside x.data (the padded 3x3 windows of the P pixels) and the
     // weight arrays (9 · groups · gbytes bytes); out has x.w · cout8 values.
     unsafe {
+        let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); N]; P];
         for t in 0..9 {
             let p = ((y + t / 3) * wp + xx + t % 3) * x.cstride;
@@ -225,13 +286,15 @@ unsafe fn pixels<const N: usize, const P: usize, const MADDUBS: bool>(
             for g in 0..groups {
                 let mut q = [_mm256_setzero_si256(); P];
                 for i in 0..P {
-                    q[i] = _mm256_set1_epi32(read(codes.add(i * x.cstride), g) as i32);
+                    let v = (codes.add(i * x.cstride + 4 * g) as *const u32).read_unaligned();
+                    q[i] = _mm256_set1_epi32(v as i32);
                 }
                 let wg = wt.add(g * gbytes);
                 for b in 0..N {
                     let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
                     for i in 0..P {
-                        acc[i][b] = step::<MADDUBS>(acc[i][b], q[i], wv);
+                        let pairs = _mm256_maddubs_epi16(q[i], wv);
+                        acc[i][b] = _mm256_add_epi32(acc[i][b], _mm256_madd_epi16(pairs, ones));
                     }
                 }
             }
