@@ -147,7 +147,7 @@ fn tables(frames: usize, threads: usize) {
 /// thread, best of `frames` ≥ 5 passes) for the shapes and bit-widths of EDSR-baseline: body 64→64 with 4-bit weights and
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
-    use gstadabm::engine::intcpu::{Codes, PackedConv, row_sums};
+    use gstadabm::engine::intcpu::{Codes, PackedConv, row_sums, row_sums_wino, wino};
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
     let (h, w) = (180usize, 320usize);
@@ -219,6 +219,58 @@ fn kernels(frames: usize) {
             gmac / ms * 1e3,
             gmac / ms_par * 1e3
         );
+        // Winograd F(2,3) where it is exact, the input transform included (MACs counted as
+        // the direct conv's).
+        if let Some(sched) = pc
+            .wino_schedule(max_code)
+            .filter(|_| level != CpuLevel::Scalar)
+        {
+            let tl = w.div_ceil(2) * 4 * pc.cstride;
+            let mut vt = vec![0u8; wino::input_len(h, w, pc.cstride)];
+            let mut wpass = |par: bool| {
+                let build = |(r, row): (usize, &mut [u8])| wino::build_row(&map, r, max_code, row);
+                if par {
+                    vt.par_chunks_mut(tl).enumerate().for_each(build);
+                } else {
+                    vt.chunks_mut(tl).enumerate().for_each(build);
+                }
+                let vi = wino::WinoInput {
+                    data: &vt,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                    max_code,
+                };
+                let row = |out: &mut Vec<i32>, y: usize| {
+                    row_sums_wino(level, &vi, &pc, &sched, y, out);
+                    std::hint::black_box(&out);
+                };
+                if par {
+                    (0..h)
+                        .into_par_iter()
+                        .for_each_init(|| vec![0i32; w * pc.cout8], row);
+                } else {
+                    let mut out = vec![0i32; w * pc.cout8];
+                    (0..h).for_each(|y| row(&mut out, y));
+                }
+            };
+            let mut best = |par: bool| {
+                wpass(par);
+                (0..frames.max(5))
+                    .map(|_| {
+                        let t = Instant::now();
+                        wpass(par);
+                        t.elapsed().as_secs_f64() * 1e3
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (ms1, msp) = (best(false), best(true));
+            println!(
+                "| conv {cin}->{cout}, Winograd F(2,3) | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
+                gmac / ms1 * 1e3,
+                gmac / msp * 1e3
+            );
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::arch::x86_64::*;
 
+use super::wino::{WinoInput, WinoWeights};
 use super::{Codes, PackedConv};
 
 /// `vpmaddubsw` (u8 codes × i8 weights, pairs summed into i16) then `vpmaddwd` by ones.
@@ -303,6 +304,132 @@ unsafe fn pixels<const N: usize, const P: usize>(
             let d = out.as_mut_ptr().add((xx + i) * pc.cout8 + b0 * 8);
             for b in 0..N {
                 _mm256_storeu_si256(d.add(b * 8) as *mut __m256i, acc[i][b]);
+            }
+        }
+    }
+}
+
+/// Winograd F(2,3) sums of output row `y` (see [`super::wino`]): the same `S` as
+/// [`row_sums_maddubs`].
+///
+/// # Safety
+/// The CPU must support AVX2; `v` built from a map of `pc.cstride` codes up to `v.max_code`,
+/// `ww` from `pc`, `flush` from `ww.schedule(v.max_code)`, `y < v.h`,
+/// `out.len() ≥ v.w · pc.cout8` (all checked by [`super::row_sums_wino`]).
+#[target_feature(enable = "avx2")]
+pub unsafe fn row_sums_wino(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    y: usize,
+    flush: &[u8],
+    out: &mut [i32],
+) {
+    let nb = pc.cout8 / 8;
+    let tiles = v.tiles();
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = if nb - b0 >= 2 { 2 } else { 1 };
+        let mut t = 0;
+        while t < tiles {
+            let p = (tiles - t).min(2);
+            // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
+            unsafe {
+                match (n, p) {
+                    (2, 2) => tiles_wino::<2, 2>(v, pc, ww, y, t, b0, flush, out),
+                    (2, _) => tiles_wino::<2, 1>(v, pc, ww, y, t, b0, flush, out),
+                    (_, 2) => tiles_wino::<1, 2>(v, pc, ww, y, t, b0, flush, out),
+                    _ => tiles_wino::<1, 1>(v, pc, ww, y, t, b0, flush, out),
+                }
+            }
+            t += p;
+        }
+        b0 += n;
+    }
+}
+
+/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `2·P` pixels of tiles `t .. t + P`:
+/// each element's sums accumulated like [`pixels_i16`] (in i16, widened after the groups
+/// `flush` marks), then combined into the two outputs of every tile.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tiles_wino<const N: usize, const P: usize>(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    y: usize,
+    t: usize,
+    b0: usize,
+    flush: &[u8],
+    out: &mut [i32],
+) {
+    let cs = v.cstride;
+    let groups = cs / 4;
+    let gbytes = pc.cout8 * 4;
+    let tiles = v.tiles();
+    let w = ww.u8.as_ptr() as *const u8;
+    // SAFETY: reads inside the transformed rows y..y+3 (tiles t..t+P) and the weights; writes
+    // inside out (pixels below v.w).
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
+        for e in 0..4 {
+            let mut acc = [[_mm256_setzero_si256(); N]; P];
+            let mut part = [[_mm256_setzero_si256(); N]; P];
+            let fl = flush.as_ptr().add(e * 3 * groups);
+            for ky in 0..3 {
+                let row = v
+                    .data
+                    .as_ptr()
+                    .add(((y + ky) * tiles + t) * 4 * cs + e * cs);
+                let wt = w.add((ky * 4 + e) * groups * gbytes + b0 * 32);
+                for g in 0..groups {
+                    let mut q = [_mm256_setzero_si256(); P];
+                    for (i, qi) in q.iter_mut().enumerate() {
+                        let c = (row.add(i * 4 * cs + 4 * g) as *const u32).read_unaligned();
+                        *qi = _mm256_set1_epi32(c as i32);
+                    }
+                    let wg = wt.add(g * gbytes);
+                    for b in 0..N {
+                        let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
+                        for i in 0..P {
+                            part[i][b] =
+                                _mm256_add_epi16(part[i][b], _mm256_maddubs_epi16(q[i], wv));
+                        }
+                    }
+                    if *fl.add(ky * groups + g) != 0 {
+                        for i in 0..P {
+                            for b in 0..N {
+                                acc[i][b] = _mm256_add_epi32(
+                                    acc[i][b],
+                                    _mm256_madd_epi16(part[i][b], ones),
+                                );
+                                part[i][b] = _mm256_setzero_si256();
+                            }
+                        }
+                    }
+                }
+            }
+            a[e] = acc;
+        }
+        let q = _mm256_set1_epi32(v.max_code as i32);
+        for b in 0..N {
+            let c = |e: usize| {
+                _mm256_loadu_si256(ww.csum.as_ptr().add(e * pc.cout8 + (b0 + b) * 8).cast())
+            };
+            let (c0, c2, c3) = (c(0), c(2), c(3));
+            let k0 = _mm256_mullo_epi32(q, _mm256_add_epi32(c0, c2));
+            let k1 = _mm256_mullo_epi32(q, _mm256_add_epi32(c2, c3));
+            for i in 0..P {
+                let x = 2 * (t + i);
+                let [a0, a1, a2, a3] = [a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]];
+                let s0 = _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), a2), k0);
+                let s1 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_sub_epi32(a1, a2), a3), k1);
+                let d = out.as_mut_ptr().add(x * pc.cout8 + (b0 + b) * 8);
+                _mm256_storeu_si256(d as *mut __m256i, _mm256_srai_epi32(s0, 1));
+                if x + 1 < v.w {
+                    _mm256_storeu_si256(d.add(pc.cout8) as *mut __m256i, _mm256_srai_epi32(s1, 1));
+                }
             }
         }
     }

@@ -11,6 +11,7 @@ mod engine;
 mod epilogue;
 mod net;
 mod scalar;
+pub mod wino;
 
 pub use engine::conv_forward;
 pub use net::FusedNet;
@@ -73,6 +74,8 @@ pub struct PackedConv {
     pub w8: Vec<i8>,
     /// `[9][cstride/2][cout8][2]` i16.
     pub w16: Vec<i16>,
+    /// Winograd F(2,3) weights when the weights fit the transform ([`wino`]).
+    pub wino: Option<wino::WinoWeights>,
 }
 
 impl PackedConv {
@@ -105,7 +108,7 @@ impl PackedConv {
                 }
             }
         }
-        Self {
+        let mut pc = Self {
             cin,
             cout,
             cstride,
@@ -114,7 +117,16 @@ impl PackedConv {
             wabs,
             w8,
             w16,
-        }
+            wino: None,
+        };
+        pc.wino = wino::WinoWeights::new(&pc);
+        pc
+    }
+
+    /// The Winograd schedule for codes up to `max_code` when the kernel is exact for them and
+    /// this conv has Winograd weights.
+    pub fn wino_schedule(&self, max_code: u32) -> Option<wino::Schedule> {
+        self.wino.as_ref()?.schedule(max_code)
     }
 
     /// Whether `vpmaddubsw` (u8·i8 pairs summed into saturating i16) is exact for codes up to
@@ -172,6 +184,39 @@ pub fn row_sums(
     }
     if pc.offset {
         finish_offset(x, pc, y, out);
+    }
+}
+
+/// [`row_sums`] by Winograd F(2,3) from the transformed inputs `v` ([`wino::build_row`]); the
+/// same `S` to the bit. Only at levels with a Winograd kernel (AVX2), with the schedule of
+/// this conv for `v.max_code` ([`PackedConv::wino_schedule`]).
+pub fn row_sums_wino(
+    level: CpuLevel,
+    v: &wino::WinoInput,
+    pc: &PackedConv,
+    sched: &wino::Schedule,
+    y: usize,
+    out: &mut [i32],
+) {
+    assert_eq!(v.cstride, pc.cstride, "transformed map channel stride");
+    assert_eq!(
+        v.data.len(),
+        wino::input_len(v.h, v.w, v.cstride),
+        "transformed map size"
+    );
+    assert!(y < v.h, "row {y} of {}", v.h);
+    assert!(out.len() >= v.w * pc.cout8, "row sums buffer");
+    let ww = pc.wino.as_ref().expect("a conv with Winograd weights");
+    assert!(
+        sched.is_for(ww) && sched.max_code == v.max_code,
+        "a Winograd schedule of another conv or other codes"
+    );
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above, the schedule
+        // is this conv's for these codes (so no i16 sum can overflow).
+        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino(v, pc, ww, y, &sched.flush, out) },
+        _ => panic!("no Winograd kernel at {level:?}"),
     }
 }
 

@@ -10,7 +10,8 @@ use rayon::prelude::*;
 
 use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel};
-use super::{Codes, row_sums};
+use super::wino::{self, WinoInput};
+use super::{Codes, CpuLevel, row_sums, row_sums_wino};
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
 use crate::engine::intconv::ActQuant;
@@ -52,10 +53,16 @@ struct Buffers {
 pub struct FusedNet {
     epis: Vec<Epi>,
     bufs: Mutex<Buffers>,
+    /// Transformed inputs of the layer running Winograd F(2,3) ([`super::wino`]).
+    wino: Mutex<Vec<u8>>,
 }
 
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
 const MAX_COUT: usize = 1024;
+
+/// `ADABM_WINOGRAD=0` turns the Winograd kernel off (direct convs only), for comparisons.
+static WINOGRAD: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var("ADABM_WINOGRAD").map_or(true, |v| v != "0"));
 
 /// The epilogue of pixel `x` of a row, given its sums `S` and border terms `K`.
 type PixelFn<'a> = dyn FnMut(usize, &[i32], &[i32]) + 'a;
@@ -86,6 +93,7 @@ impl FusedNet {
         Some(Self {
             epis,
             bufs: Mutex::new(Buffers::default()),
+            wino: Mutex::new(Vec::new()),
         })
     }
 
@@ -218,12 +226,37 @@ impl FusedNet {
             // Placeholder for the tail, whose epilogue writes values, not codes.
             next: next.unwrap_or(a),
         };
+        // Winograd F(2,3) where it is exact (AVX2, small weights and codes): the transformed
+        // inputs of every padded row first.
+        let mut wino_buf = self.wino.lock().unwrap_or_else(|e| e.into_inner());
+        let sched = (level == CpuLevel::Avx2 && *WINOGRAD)
+            .then(|| pc.wino_schedule(max_code))
+            .flatten();
+        let wino_map = sched.as_ref().map(|sched| {
+            let tl = w.div_ceil(2) * 4 * pc.cstride;
+            wino_buf.resize(wino::input_len(h, w, pc.cstride), 0);
+            wino_buf
+                .par_chunks_mut(tl)
+                .enumerate()
+                .for_each(|(r, row)| wino::build_row(&map, r, max_code, row));
+            let v = WinoInput {
+                data: &wino_buf[..],
+                h,
+                w,
+                cstride: pc.cstride,
+                max_code,
+            };
+            (v, sched)
+        });
         // Sums of row `y`, then `pixel(xx, s, k)` for every pixel of it.
         let row_work = |y: usize, pixel: &mut PixelFn| {
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
                 sums.resize(w * pc.cout8, 0);
-                row_sums(level, &map, pc, y, max_code, &mut sums);
+                match &wino_map {
+                    Some((v, sched)) => row_sums_wino(level, v, pc, sched, y, &mut sums),
+                    None => row_sums(level, &map, pc, y, max_code, &mut sums),
+                }
                 for xx in 0..w {
                     pixel(xx, &sums[xx * pc.cout8..][..cout], ic.ktab_at(y, xx, h, w));
                 }

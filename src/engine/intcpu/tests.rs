@@ -104,3 +104,102 @@ fn level_override_only_lowers() {
     assert_eq!(avail[0], CpuLevel::Scalar);
     assert!(avail.contains(&CpuLevel::detect()));
 }
+
+/// The Winograd kernel gives the reference sums exactly wherever it claims to be exact: odd
+/// widths (the last tile's second pixel is past the row), 1-pixel maps, channel tails, weights
+/// of 2–5 bits, codes of 1–7 bits; and it does claim that for 4-bit weights and codes.
+#[test]
+fn winograd_matches_the_reference_exactly() {
+    let mut rng = Rng::new(7);
+    let shapes = [
+        (3, 5, 64, 64),
+        (1, 1, 64, 64),
+        (2, 2, 32, 32),
+        (4, 7, 8, 24),
+        (2, 16, 64, 64),
+        (3, 3, 3, 8),
+    ];
+    let mut checked = 0;
+    for &(h, w, cin, cout) in &shapes {
+        for w_bits in [2u8, 3, 4, 5] {
+            let ic = random_conv(&mut rng, cin, cout, w_bits);
+            let pc = PackedConv::new(&ic);
+            assert!(pc.wino.is_some(), "{w_bits}-bit weights fit the transform");
+            for bits in 1u8..=7 {
+                let max_code = (1u32 << bits) - 1;
+                if w_bits == 4 && bits <= 5 {
+                    assert!(pc.wino_schedule(max_code).is_some(), "w4 a{bits} is exact");
+                }
+                let Some(sched) = pc.wino_schedule(max_code) else {
+                    continue;
+                };
+                let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
+                let codes = Codes {
+                    data: &padded,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                };
+                let tl = w.div_ceil(2) * 4 * pc.cstride;
+                let mut vt = vec![0u8; wino::input_len(h, w, pc.cstride)];
+                for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
+                    wino::build_row(&codes, r, max_code, row);
+                }
+                let v = wino::WinoInput {
+                    data: &vt,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                    max_code,
+                };
+                for level in CpuLevel::available() {
+                    if level == CpuLevel::Scalar {
+                        continue;
+                    }
+                    for y in 0..h {
+                        let mut out = vec![0i32; w * pc.cout8];
+                        row_sums_wino(level, &v, &pc, &sched, y, &mut out);
+                        let mut want = vec![0i32; cout];
+                        for x in 0..w {
+                            ic.sums(&m, y, x, &mut want);
+                            assert_eq!(
+                                &out[x * pc.cout8..x * pc.cout8 + cout],
+                                &want[..],
+                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    if CpuLevel::available().contains(&CpuLevel::Avx2) {
+        assert!(checked > 100, "only {checked} rows checked");
+    } else {
+        eprintln!("no AVX2 on this host: the Winograd kernel was not run");
+    }
+}
+
+#[test]
+fn winograd_refuses_what_it_cannot_do_exactly() {
+    let mut rng = Rng::new(8);
+    // 8-bit weights are stored in offset form: no transform.
+    assert!(
+        PackedConv::new(&random_conv(&mut rng, 8, 8, 8))
+            .wino
+            .is_none()
+    );
+    let pc = PackedConv::new(&random_conv(&mut rng, 64, 64, 4));
+    // 8-bit codes: V would need 9 bits.
+    assert!(pc.wino_schedule(255).is_none());
+    let s15 = pc.wino_schedule(15).unwrap();
+    // Fewer widenings for smaller codes; one at least after each element's last group.
+    let s63 = pc.wino_schedule(63).unwrap();
+    let count = |s: &wino::Schedule| s.flush.iter().filter(|&&f| f != 0).count();
+    assert!(count(&s15) >= 4 && count(&s15) < count(&s63));
+    // A schedule only fits the conv and codes it was made for.
+    let other = PackedConv::new(&random_conv(&mut rng, 64, 64, 4));
+    assert!(!s15.is_for(other.wino.as_ref().unwrap()));
+    assert!(s15.is_for(pc.wino.as_ref().unwrap()));
+}
