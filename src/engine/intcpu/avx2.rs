@@ -329,13 +329,19 @@ pub unsafe fn row_sums_wino(
     let tiles = v.tiles();
     let mut b0 = 0;
     while b0 < nb {
-        let n = if nb - b0 >= 2 { 2 } else { 1 };
+        let n = match nb - b0 {
+            4.. => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
         let mut t = 0;
         while t < tiles {
             let p = (tiles - t).min(2);
             // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
             unsafe {
                 match (n, p) {
+                    (4, 2) => tiles_wino::<4, 2>(v, pc, ww, y, t, b0, flush, out),
+                    (4, _) => tiles_wino::<4, 1>(v, pc, ww, y, t, b0, flush, out),
                     (2, 2) => tiles_wino::<2, 2>(v, pc, ww, y, t, b0, flush, out),
                     (2, _) => tiles_wino::<2, 1>(v, pc, ww, y, t, b0, flush, out),
                     (_, 2) => tiles_wino::<1, 2>(v, pc, ww, y, t, b0, flush, out),
@@ -374,7 +380,6 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
         let ones = _mm256_set1_epi16(1);
         let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
         for e in 0..4 {
-            let mut acc = [[_mm256_setzero_si256(); N]; P];
             let mut part = [[_mm256_setzero_si256(); N]; P];
             let fl = flush.as_ptr().add(e * 3 * groups);
             for ky in 0..3 {
@@ -400,8 +405,8 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
                     if *fl.add(ky * groups + g) != 0 {
                         for i in 0..P {
                             for b in 0..N {
-                                acc[i][b] = _mm256_add_epi32(
-                                    acc[i][b],
+                                a[e][i][b] = _mm256_add_epi32(
+                                    a[e][i][b],
                                     _mm256_madd_epi16(part[i][b], ones),
                                 );
                                 part[i][b] = _mm256_setzero_si256();
@@ -410,7 +415,6 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
                     }
                 }
             }
-            a[e] = acc;
         }
         let q = _mm256_set1_epi32(v.max_code as i32);
         for b in 0..N {

@@ -54,6 +54,28 @@ impl CpuLevel {
     }
 }
 
+/// 0: not read yet, 1: off, 2: on.
+static WINOGRAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether the fused engine uses the Winograd kernel where it is exact: on, unless
+/// `ADABM_WINOGRAD=0` or [`set_winograd`] turned it off. The output is the same either way.
+pub fn winograd_enabled() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match WINOGRAD.load(Relaxed) {
+        0 => {
+            let on = std::env::var("ADABM_WINOGRAD").map_or(true, |v| v != "0");
+            WINOGRAD.store(if on { 2 } else { 1 }, Relaxed);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// Turns the Winograd kernel on or off for the whole process (for comparisons).
+pub fn set_winograd(on: bool) {
+    WINOGRAD.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Weights of one quantized conv laid out for the kernels.
 ///
 /// Values `w` per (tap, input channel, output channel): centred codes `k̃ = 2k − M` when they fit

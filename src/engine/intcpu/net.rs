@@ -60,10 +60,6 @@ pub struct FusedNet {
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
 const MAX_COUT: usize = 1024;
 
-/// `ADABM_WINOGRAD=0` turns the Winograd kernel off (direct convs only), for comparisons.
-static WINOGRAD: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(|| std::env::var("ADABM_WINOGRAD").map_or(true, |v| v != "0"));
-
 /// The epilogue of pixel `x` of a row, given its sums `S` and border terms `K`.
 type PixelFn<'a> = dyn FnMut(usize, &[i32], &[i32]) + 'a;
 
@@ -229,7 +225,7 @@ impl FusedNet {
         // Winograd F(2,3) where it is exact (AVX2, small weights and codes): the transformed
         // inputs of every padded row first.
         let mut wino_buf = self.wino.lock().unwrap_or_else(|e| e.into_inner());
-        let sched = (level == CpuLevel::Avx2 && *WINOGRAD)
+        let sched = (level == CpuLevel::Avx2 && super::winograd_enabled())
             .then(|| pc.wino_schedule(max_code))
             .flatten();
         let wino_map = sched.as_ref().map(|sched| {
