@@ -5,7 +5,7 @@
 //!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000 [--rss-only 1]] [--export DIR]
 //!                              [--only TEXT]   # rows whose network/engine contains TEXT
 //!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
-//!   cargo bench --bench cpu -- --winograd-ab 10   # integer w4a4 x2 with and without Winograd
+//!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4 with and without Winograd
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -279,38 +279,40 @@ fn kernels(frames: usize) {
     }
 }
 
-/// EDSR-baseline x2 320x180 integer w4a4 with the Winograd kernel on and off, frames
-/// alternating in one process (the fastest frame of each: the least disturbed), and the
-/// outputs compared.
+/// EDSR-baseline integer w4a4 (x2 320x180, x4 480x270) with the Winograd kernels on and off,
+/// frames alternating in one process (the fastest frame of each: the least disturbed), and
+/// the outputs compared.
 fn winograd_ab(frames: usize, threads: usize) {
     use gstadabm::engine::intcpu::set_winograd;
-    let fp = random_model(EdsrConfig::baseline(2), 1).unwrap();
-    let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
-    let img = test_image(320, 180, 3);
-    let engine = Engine::new(&q, threads).unwrap();
-    let gmac = fp.macs_per_lr_pixel() * (320 * 180) as f64 / 1e9;
-    let mut best = [f64::INFINITY; 2];
-    let mut outs = [None, None];
-    for _ in 0..frames.max(1) + 1 {
-        for (i, on) in [false, true].into_iter().enumerate() {
-            set_winograd(on);
-            let t = Instant::now();
-            let out = engine.upscale(&img, &Options::default()).unwrap();
-            best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
-            outs[i] = Some(out);
+    for (scale, w, h) in [(2u32, 320usize, 180usize), (4, 480, 270)] {
+        let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
+        let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
+        let img = test_image(w, h, 3);
+        let engine = Engine::new(&q, threads).unwrap();
+        let gmac = fp.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
+        let mut best = [f64::INFINITY; 2];
+        let mut outs = [None, None];
+        for _ in 0..frames.max(1) + 1 {
+            for (i, on) in [false, true].into_iter().enumerate() {
+                set_winograd(on);
+                let t = Instant::now();
+                let out = engine.upscale(&img, &Options::default()).unwrap();
+                best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
+                outs[i] = Some(out);
+            }
         }
-    }
-    let same = outs[0].as_ref().map(|o| &o.0.data) == outs[1].as_ref().map(|o| &o.0.data);
-    for (name, ms) in [("direct", best[0]), ("Winograd F(2,3)", best[1])] {
+        let same = outs[0].as_ref().map(|o| &o.0.data) == outs[1].as_ref().map(|o| &o.0.data);
+        for (name, ms) in [("direct", best[0]), ("Winograd F(2,3)", best[1])] {
+            println!(
+                "EDSR-baseline x{scale} {w}x{h} integer w4a4, {name}: {ms:.0} ms ({:.0} GMAC/s)",
+                gmac / ms * 1e3
+            );
+        }
         println!(
-            "EDSR-baseline x2 320x180 integer w4a4, {name}: {ms:.0} ms ({:.0} GMAC/s)",
-            gmac / ms * 1e3
+            "x{scale}: Winograd / direct {:.2}x faster; outputs identical: {same}",
+            best[0] / best[1]
         );
     }
-    println!(
-        "Winograd / direct: {:.2}x faster; outputs identical: {same}",
-        best[0] / best[1]
-    );
 }
 
 /// Resident memory over `rss_frames` frames of the built-in x2 w4a4.

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::wino::{WinoInput, WinoWeights};
+use super::wino::{WinoInput, WinoInput16, WinoWeights, WinoWeights16};
 use super::{Codes, PackedConv};
 
 /// `vpmaddubsw` (u8 codes × i8 weights, pairs summed into i16) then `vpmaddwd` by ones.
@@ -429,6 +429,112 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
                 let [a0, a1, a2, a3] = [a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]];
                 let s0 = _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), a2), k0);
                 let s1 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_sub_epi32(a1, a2), a3), k1);
+                let d = out.as_mut_ptr().add(x * pc.cout8 + (b0 + b) * 8);
+                _mm256_storeu_si256(d as *mut __m256i, _mm256_srai_epi32(s0, 1));
+                if x + 1 < v.w {
+                    _mm256_storeu_si256(d.add(pc.cout8) as *mut __m256i, _mm256_srai_epi32(s1, 1));
+                }
+            }
+        }
+    }
+}
+
+/// Winograd F(2,3) sums of output row `y` with `vpmaddwd` on i16 transformed codes and weights
+/// (see [`super::wino`]): the same values as [`row_sums_madd16`] (before the offset-form
+/// correction).
+///
+/// # Safety
+/// The CPU must support AVX2; `v` built from a map of `pc.cstride` codes, `ww` from `pc`,
+/// `y < v.h`, `out.len() ≥ v.w · pc.cout8` (checked by [`super::row_sums_wino16`]).
+#[target_feature(enable = "avx2")]
+pub unsafe fn row_sums_wino16(
+    v: &WinoInput16,
+    pc: &PackedConv,
+    ww: &WinoWeights16,
+    y: usize,
+    out: &mut [i32],
+) {
+    let nb = pc.cout8 / 8;
+    let tiles = v.tiles();
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = match nb - b0 {
+            4.. => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        let mut t = 0;
+        while t < tiles {
+            let p = (tiles - t).min(2);
+            // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
+            unsafe {
+                match (n, p) {
+                    (4, 2) => tiles_wino16::<4, 2>(v, pc, ww, y, t, b0, out),
+                    (4, _) => tiles_wino16::<4, 1>(v, pc, ww, y, t, b0, out),
+                    (2, 2) => tiles_wino16::<2, 2>(v, pc, ww, y, t, b0, out),
+                    (2, _) => tiles_wino16::<2, 1>(v, pc, ww, y, t, b0, out),
+                    (_, 2) => tiles_wino16::<1, 2>(v, pc, ww, y, t, b0, out),
+                    _ => tiles_wino16::<1, 1>(v, pc, ww, y, t, b0, out),
+                }
+            }
+            t += p;
+        }
+        b0 += n;
+    }
+}
+
+/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `2·P` pixels of tiles `t .. t + P`
+/// from i16 transformed codes and weights.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn tiles_wino16<const N: usize, const P: usize>(
+    v: &WinoInput16,
+    pc: &PackedConv,
+    ww: &WinoWeights16,
+    y: usize,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    let cs = v.cstride;
+    let pairs = cs / 2;
+    // Bytes of one channel pair's weights for all output channels (8 per block × 2 i16).
+    let pbytes = pc.cout8 * 4;
+    let tiles = v.tiles();
+    let w = ww.u16.as_ptr() as *const u8;
+    // SAFETY: reads inside the transformed rows y..y+3 (tiles t..t+P) and the weights; writes
+    // inside out (pixels below v.w).
+    unsafe {
+        let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
+        for e in 0..4 {
+            for ky in 0..3 {
+                let row = v
+                    .data
+                    .as_ptr()
+                    .add(((y + ky) * tiles + t) * 4 * cs + e * cs);
+                let wt = w.add((ky * 4 + e) * pairs * pbytes + b0 * 32);
+                for g in 0..pairs {
+                    let mut q = [_mm256_setzero_si256(); P];
+                    for (i, qi) in q.iter_mut().enumerate() {
+                        let c = (row.add(i * 4 * cs + 2 * g) as *const u32).read_unaligned();
+                        *qi = _mm256_set1_epi32(c as i32);
+                    }
+                    let wg = wt.add(g * pbytes);
+                    for b in 0..N {
+                        let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
+                        for i in 0..P {
+                            a[e][i][b] = _mm256_add_epi32(a[e][i][b], _mm256_madd_epi16(q[i], wv));
+                        }
+                    }
+                }
+            }
+        }
+        for b in 0..N {
+            for i in 0..P {
+                let x = 2 * (t + i);
+                let [a0, a1, a2, a3] = [a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]];
+                let s0 = _mm256_add_epi32(_mm256_add_epi32(a0, a1), a2);
+                let s1 = _mm256_sub_epi32(_mm256_sub_epi32(a1, a2), a3);
                 let d = out.as_mut_ptr().add(x * pc.cout8 + (b0 + b) * 8);
                 _mm256_storeu_si256(d as *mut __m256i, _mm256_srai_epi32(s0, 1));
                 if x + 1 < v.w {

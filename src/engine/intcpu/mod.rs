@@ -98,6 +98,8 @@ pub struct PackedConv {
     pub w16: Vec<i16>,
     /// Winograd F(2,3) weights when the weights fit the transform ([`wino`]).
     pub wino: Option<wino::WinoWeights>,
+    /// The i16 form of the Winograd weights (any weight codes).
+    pub wino16: Option<wino::WinoWeights16>,
 }
 
 impl PackedConv {
@@ -140,8 +142,10 @@ impl PackedConv {
             w8,
             w16,
             wino: None,
+            wino16: None,
         };
         pc.wino = wino::WinoWeights::new(&pc);
+        pc.wino16 = wino::WinoWeights16::new(&pc);
         pc
     }
 
@@ -239,6 +243,41 @@ pub fn row_sums_wino(
         // is this conv's for these codes (so no i16 sum can overflow).
         CpuLevel::Avx2 => unsafe { avx2::row_sums_wino(v, pc, ww, y, &sched.flush, out) },
         _ => panic!("no Winograd kernel at {level:?}"),
+    }
+}
+
+/// [`row_sums`] by Winograd F(2,3) in i16 from the transformed inputs `v`
+/// ([`wino::build_row16`] of `x`); the same `S` to the bit, for any codes and weights. Only at
+/// levels with a Winograd kernel (AVX2).
+pub fn row_sums_wino16(
+    level: CpuLevel,
+    v: &wino::WinoInput16,
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    out: &mut [i32],
+) {
+    assert_eq!(v.cstride, pc.cstride, "transformed map channel stride");
+    assert_eq!(
+        v.data.len(),
+        wino::input_len(v.h, v.w, v.cstride),
+        "transformed map size"
+    );
+    assert_eq!((x.h, x.w, x.cstride), (v.h, v.w, v.cstride), "code map");
+    assert!(y < v.h, "row {y} of {}", v.h);
+    assert!(out.len() >= v.w * pc.cout8, "row sums buffer");
+    let ww = pc
+        .wino16
+        .as_ref()
+        .expect("a conv with i16 Winograd weights");
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above.
+        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, y, out) },
+        _ => panic!("no Winograd kernel at {level:?}"),
+    }
+    if pc.offset {
+        finish_offset(x, pc, y, out);
     }
 }
 

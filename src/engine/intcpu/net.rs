@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel};
-use super::wino::{self, WinoInput};
-use super::{Codes, CpuLevel, row_sums, row_sums_wino};
+use super::wino::{self, WinoInput, WinoInput16};
+use super::{Codes, CpuLevel, row_sums, row_sums_wino, row_sums_wino16};
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
 use crate::engine::intconv::ActQuant;
@@ -53,8 +53,9 @@ struct Buffers {
 pub struct FusedNet {
     epis: Vec<Epi>,
     bufs: Mutex<Buffers>,
-    /// Transformed inputs of the layer running Winograd F(2,3) ([`super::wino`]).
+    /// Transformed inputs of the layer running Winograd F(2,3) ([`super::wino`]), u8 and i16.
     wino: Mutex<Vec<u8>>,
+    wino16: Mutex<Vec<i16>>,
 }
 
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
@@ -90,6 +91,7 @@ impl FusedNet {
             epis,
             bufs: Mutex::new(Buffers::default()),
             wino: Mutex::new(Vec::new()),
+            wino16: Mutex::new(Vec::new()),
         })
     }
 
@@ -244,6 +246,27 @@ impl FusedNet {
             };
             (v, sched)
         });
+        // Layers too wide for vpmaddubsw (8-bit codes and weights) take the i16 form.
+        let mut wino16_buf = self.wino16.lock().unwrap_or_else(|e| e.into_inner());
+        let use16 = level == CpuLevel::Avx2
+            && super::winograd_enabled()
+            && wino_map.is_none()
+            && !pc.pairs_fit_i16(max_code)
+            && pc.wino16.is_some();
+        let wino16_map = use16.then(|| {
+            let tl = w.div_ceil(2) * 4 * pc.cstride;
+            wino16_buf.resize(wino::input_len(h, w, pc.cstride), 0);
+            wino16_buf
+                .par_chunks_mut(tl)
+                .enumerate()
+                .for_each(|(r, row)| wino::build_row16(&map, r, row));
+            WinoInput16 {
+                data: &wino16_buf[..],
+                h,
+                w,
+                cstride: pc.cstride,
+            }
+        });
         // Sums of row `y`, then `pixel(xx, s, k)` for every pixel of it.
         let row_work = |y: usize, pixel: &mut PixelFn| {
             SUMS.with(|cell| {
@@ -251,7 +274,10 @@ impl FusedNet {
                 sums.resize(w * pc.cout8, 0);
                 match &wino_map {
                     Some((v, sched)) => row_sums_wino(level, v, pc, sched, y, &mut sums),
-                    None => row_sums(level, &map, pc, y, max_code, &mut sums),
+                    None => match &wino16_map {
+                        Some(v) => row_sums_wino16(level, v, &map, pc, y, &mut sums),
+                        None => row_sums(level, &map, pc, y, max_code, &mut sums),
+                    },
                 }
                 for xx in 0..w {
                     pixel(xx, &sums[xx * pc.cout8..][..cout], ic.ktab_at(y, xx, h, w));

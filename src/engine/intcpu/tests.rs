@@ -203,3 +203,68 @@ fn winograd_refuses_what_it_cannot_do_exactly() {
     assert!(!s15.is_for(other.wino.as_ref().unwrap()));
     assert!(s15.is_for(pc.wino.as_ref().unwrap()));
 }
+
+/// The i16 Winograd kernel gives the reference sums exactly for any codes and weights,
+/// offset-form 8-bit weights included.
+#[test]
+fn winograd16_matches_the_reference_exactly() {
+    let mut rng = Rng::new(9);
+    let shapes = [
+        (3, 5, 64, 64),
+        (1, 1, 64, 256),
+        (2, 2, 32, 32),
+        (4, 7, 64, 3),
+        (2, 9, 8, 24),
+        (3, 3, 3, 8),
+    ];
+    let mut checked = 0;
+    for &(h, w, cin, cout) in &shapes {
+        for w_bits in [4u8, 8] {
+            let ic = random_conv(&mut rng, cin, cout, w_bits);
+            let pc = PackedConv::new(&ic);
+            assert!(pc.wino16.is_some());
+            for bits in [1u8, 6, 8] {
+                let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
+                let codes = Codes {
+                    data: &padded,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                };
+                let tl = w.div_ceil(2) * 4 * pc.cstride;
+                let mut vt = vec![0i16; wino::input_len(h, w, pc.cstride)];
+                for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
+                    wino::build_row16(&codes, r, row);
+                }
+                let v = wino::WinoInput16 {
+                    data: &vt,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                };
+                for level in CpuLevel::available() {
+                    if level == CpuLevel::Scalar {
+                        continue;
+                    }
+                    for y in 0..h {
+                        let mut out = vec![0i32; w * pc.cout8];
+                        row_sums_wino16(level, &v, &codes, &pc, y, &mut out);
+                        let mut want = vec![0i32; cout];
+                        for x in 0..w {
+                            ic.sums(&m, y, x, &mut want);
+                            assert_eq!(
+                                &out[x * pc.cout8..x * pc.cout8 + cout],
+                                &want[..],
+                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    if CpuLevel::available().contains(&CpuLevel::Avx2) {
+        assert!(checked > 50, "only {checked} rows checked");
+    }
+}

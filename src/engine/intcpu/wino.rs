@@ -18,8 +18,13 @@
 //! accumulated in i16 and widened to i32 where [`WinoWeights::schedule`] says: before the
 //! running bound `2Q · Σ (|U_a| + |U_b|)` of any lane could pass 32767.
 //!
-//! The transformed inputs are built once per layer ([`build_input`]): for every padded row
+//! The transformed inputs are built once per layer ([`build_row`]): for every padded row
 //! and every pair of output columns ("tile"), the 4 values of every channel.
+//!
+//! Layers whose codes and weights are too wide for `vpmaddubsw` (8-bit codes × 8-bit weights:
+//! the upsampler, the tail) use the i16 form ([`WinoWeights16`], [`build_row16`]): the same
+//! transform without offsets, `vpmaddwd` on i16 `V` and `U`, i32 sums that cannot overflow
+//! (`|V| ≤ 510`, `|U| ≤ 3·128`, at most 3·2048 products).
 
 use super::{Codes, PackedConv};
 
@@ -208,6 +213,90 @@ pub fn build_row(x: &Codes, r: usize, max_code: u32, out: &mut [u8]) {
             v1[c] = d1[c].wrapping_add(d2[c]);
             v2[c] = d2[c].wrapping_sub(d1[c]).wrapping_add(q);
             v3[c] = d1[c].wrapping_sub(d3[c]).wrapping_add(q);
+        }
+    }
+}
+
+/// Transformed weights for the i16 kernel: `[kernel row 3][element 4][cstride/2][cout8][2]`
+/// i16, from the weight values the direct `vpmaddwd` kernel uses (`PackedConv::w16`).
+#[derive(Clone, Debug)]
+pub struct WinoWeights16 {
+    pub u16: Vec<i16>,
+}
+
+impl WinoWeights16 {
+    /// Largest input channel count for which the i32 sums cannot overflow.
+    pub const MAX_CIN: usize = 2048;
+
+    pub fn new(pc: &PackedConv) -> Option<Self> {
+        if pc.cstride > Self::MAX_CIN {
+            return None;
+        }
+        let (cs, c8) = (pc.cstride, pc.cout8);
+        let w = |t: usize, i: usize, o: usize| pc.w16[((t * cs / 2 + i / 2) * c8 + o) * 2 + i % 2];
+        let mut u16 = vec![0i16; 3 * 4 * cs * c8];
+        for ky in 0..3 {
+            for i in 0..cs {
+                for o in 0..c8 {
+                    let (g0, g1, g2) = (w(ky * 3, i, o), w(ky * 3 + 1, i, o), w(ky * 3 + 2, i, o));
+                    let u = [2 * g0, g0 + g1 + g2, g0 - g1 + g2, 2 * g2];
+                    for (e, &v) in u.iter().enumerate() {
+                        u16[(((ky * 4 + e) * cs / 2 + i / 2) * c8 + o) * 2 + i % 2] = v;
+                    }
+                }
+            }
+        }
+        Some(Self { u16 })
+    }
+}
+
+/// Transformed inputs of a layer for the i16 kernel: `[padded row h + 2][tile][element
+/// 4][cstride]` i16.
+#[derive(Clone, Copy, Debug)]
+pub struct WinoInput16<'a> {
+    pub data: &'a [i16],
+    pub h: usize,
+    pub w: usize,
+    pub cstride: usize,
+}
+
+impl WinoInput16<'_> {
+    /// Tiles per row: `⌈w / 2⌉`.
+    pub fn tiles(&self) -> usize {
+        self.w.div_ceil(2)
+    }
+}
+
+/// [`build_row`] without offsets, in i16: `V0 = d0 − d2`, `V1 = d1 + d2`, `V2 = d2 − d1`,
+/// `V3 = d1 − d3`.
+pub fn build_row16(x: &Codes, r: usize, out: &mut [i16]) {
+    let (cs, wp) = (x.cstride, x.w + 2);
+    let tiles = x.w.div_ceil(2);
+    assert!(
+        r < x.h + 2 && out.len() == tiles * 4 * cs,
+        "transformed row"
+    );
+    let zeros = [0u8; 1024];
+    assert!(cs <= zeros.len(), "channel stride");
+    let row = &x.data[r * wp * cs..(r + 1) * wp * cs];
+    let col = |c: usize| -> &[u8] {
+        if c < wp {
+            &row[c * cs..(c + 1) * cs]
+        } else {
+            &zeros[..cs]
+        }
+    };
+    for (t, o) in out.chunks_exact_mut(4 * cs).enumerate() {
+        let (d0, d1, d2, d3) = (col(2 * t), col(2 * t + 1), col(2 * t + 2), col(2 * t + 3));
+        let (v0, rest) = o.split_at_mut(cs);
+        let (v1, rest) = rest.split_at_mut(cs);
+        let (v2, v3) = rest.split_at_mut(cs);
+        for c in 0..cs {
+            let (a, b, c2, d) = (d0[c] as i16, d1[c] as i16, d2[c] as i16, d3[c] as i16);
+            v0[c] = a - c2;
+            v1[c] = b + c2;
+            v2[c] = c2 - b;
+            v3[c] = b - d;
         }
     }
 }
