@@ -230,8 +230,8 @@ fn kernels(frames: usize) {
             .wino_schedule(max_code)
             .filter(|_| level != CpuLevel::Scalar)
         {
-            let tl = w.div_ceil(2) * 4 * pc.cstride;
-            let mut vt = vec![0u8; wino::input_len(h, w, pc.cstride)];
+            let tl = wino::row_len(w, pc.cstride);
+            let mut vt = vec![0u8; (h + 2) * tl];
             let mut wpass = |par: bool| {
                 let build = |(r, row): (usize, &mut [u8])| wino::build_row(&map, r, max_code, row);
                 if par {
@@ -239,15 +239,15 @@ fn kernels(frames: usize) {
                 } else {
                     vt.chunks_mut(tl).enumerate().for_each(build);
                 }
-                let vi = wino::WinoInput {
-                    data: &vt,
-                    h,
-                    w,
-                    cstride: pc.cstride,
-                    max_code,
-                };
+                let rows: Vec<&[u8]> = vt.chunks_exact(tl).collect();
                 let row = |out: &mut Vec<i32>, y: usize| {
-                    row_sums_wino(level, &vi, &pc, &sched, y, out);
+                    let vi = wino::WinoInput {
+                        rows: [rows[y], rows[y + 1], rows[y + 2]],
+                        w,
+                        cstride: pc.cstride,
+                        max_code,
+                    };
+                    row_sums_wino(level, &vi, &pc, &sched, out);
                     std::hint::black_box(&out);
                 };
                 if par {

@@ -314,19 +314,18 @@ unsafe fn pixels<const N: usize, const P: usize>(
 ///
 /// # Safety
 /// The CPU must support AVX2; `v` built from a map of `pc.cstride` codes up to `v.max_code`,
-/// `ww` from `pc`, `flush` from `ww.schedule(v.max_code)`, `y < v.h`,
-/// `out.len() ≥ v.w · pc.cout8` (all checked by [`super::row_sums_wino`]).
+/// `ww` from `pc`, `flush` from `ww.schedule(v.max_code)`, `out.len() ≥ v.w · pc.cout8` (all
+/// checked by [`super::row_sums_wino`]).
 #[target_feature(enable = "avx2")]
 pub unsafe fn row_sums_wino(
     v: &WinoInput,
     pc: &PackedConv,
     ww: &WinoWeights,
-    y: usize,
     flush: &[u8],
     out: &mut [i32],
 ) {
     let nb = pc.cout8 / 8;
-    let tiles = v.tiles();
+    let tiles = v.w.div_ceil(2);
     let mut b0 = 0;
     while b0 < nb {
         let n = match nb - b0 {
@@ -340,12 +339,12 @@ pub unsafe fn row_sums_wino(
             // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
             unsafe {
                 match (n, p) {
-                    (4, 2) => tiles_wino::<4, 2>(v, pc, ww, y, t, b0, flush, out),
-                    (4, _) => tiles_wino::<4, 1>(v, pc, ww, y, t, b0, flush, out),
-                    (2, 2) => tiles_wino::<2, 2>(v, pc, ww, y, t, b0, flush, out),
-                    (2, _) => tiles_wino::<2, 1>(v, pc, ww, y, t, b0, flush, out),
-                    (_, 2) => tiles_wino::<1, 2>(v, pc, ww, y, t, b0, flush, out),
-                    _ => tiles_wino::<1, 1>(v, pc, ww, y, t, b0, flush, out),
+                    (4, 2) => tiles_wino::<4, 2>(v, pc, ww, t, b0, flush, out),
+                    (4, _) => tiles_wino::<4, 1>(v, pc, ww, t, b0, flush, out),
+                    (2, 2) => tiles_wino::<2, 2>(v, pc, ww, t, b0, flush, out),
+                    (2, _) => tiles_wino::<2, 1>(v, pc, ww, t, b0, flush, out),
+                    (_, 2) => tiles_wino::<1, 2>(v, pc, ww, t, b0, flush, out),
+                    _ => tiles_wino::<1, 1>(v, pc, ww, t, b0, flush, out),
                 }
             }
             t += p;
@@ -363,7 +362,6 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
     v: &WinoInput,
     pc: &PackedConv,
     ww: &WinoWeights,
-    y: usize,
     t: usize,
     b0: usize,
     flush: &[u8],
@@ -372,7 +370,6 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
     let cs = v.cstride;
     let groups = cs / 4;
     let gbytes = pc.cout8 * 4;
-    let tiles = v.tiles();
     let w = ww.u8.as_ptr() as *const u8;
     // SAFETY: reads inside the transformed rows y..y+3 (tiles t..t+P) and the weights; writes
     // inside out (pixels below v.w).
@@ -383,10 +380,7 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
             let mut part = [[_mm256_setzero_si256(); N]; P];
             let fl = flush.as_ptr().add(e * 3 * groups);
             for ky in 0..3 {
-                let row = v
-                    .data
-                    .as_ptr()
-                    .add(((y + ky) * tiles + t) * 4 * cs + e * cs);
+                let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
                 let wt = w.add((ky * 4 + e) * groups * gbytes + b0 * 32);
                 for g in 0..groups {
                     let mut q = [_mm256_setzero_si256(); P];
@@ -445,17 +439,16 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
 ///
 /// # Safety
 /// The CPU must support AVX2; `v` built from a map of `pc.cstride` codes, `ww` from `pc`,
-/// `y < v.h`, `out.len() ≥ v.w · pc.cout8` (checked by [`super::row_sums_wino16`]).
+/// `out.len() ≥ v.w · pc.cout8` (checked by [`super::row_sums_wino16`]).
 #[target_feature(enable = "avx2")]
 pub unsafe fn row_sums_wino16(
     v: &WinoInput16,
     pc: &PackedConv,
     ww: &WinoWeights16,
-    y: usize,
     out: &mut [i32],
 ) {
     let nb = pc.cout8 / 8;
-    let tiles = v.tiles();
+    let tiles = v.w.div_ceil(2);
     let mut b0 = 0;
     while b0 < nb {
         let n = match nb - b0 {
@@ -469,12 +462,12 @@ pub unsafe fn row_sums_wino16(
             // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
             unsafe {
                 match (n, p) {
-                    (4, 2) => tiles_wino16::<4, 2>(v, pc, ww, y, t, b0, out),
-                    (4, _) => tiles_wino16::<4, 1>(v, pc, ww, y, t, b0, out),
-                    (2, 2) => tiles_wino16::<2, 2>(v, pc, ww, y, t, b0, out),
-                    (2, _) => tiles_wino16::<2, 1>(v, pc, ww, y, t, b0, out),
-                    (_, 2) => tiles_wino16::<1, 2>(v, pc, ww, y, t, b0, out),
-                    _ => tiles_wino16::<1, 1>(v, pc, ww, y, t, b0, out),
+                    (4, 2) => tiles_wino16::<4, 2>(v, pc, ww, t, b0, out),
+                    (4, _) => tiles_wino16::<4, 1>(v, pc, ww, t, b0, out),
+                    (2, 2) => tiles_wino16::<2, 2>(v, pc, ww, t, b0, out),
+                    (2, _) => tiles_wino16::<2, 1>(v, pc, ww, t, b0, out),
+                    (_, 2) => tiles_wino16::<1, 2>(v, pc, ww, t, b0, out),
+                    _ => tiles_wino16::<1, 1>(v, pc, ww, t, b0, out),
                 }
             }
             t += p;
@@ -491,7 +484,6 @@ unsafe fn tiles_wino16<const N: usize, const P: usize>(
     v: &WinoInput16,
     pc: &PackedConv,
     ww: &WinoWeights16,
-    y: usize,
     t: usize,
     b0: usize,
     out: &mut [i32],
@@ -500,7 +492,6 @@ unsafe fn tiles_wino16<const N: usize, const P: usize>(
     let pairs = cs / 2;
     // Bytes of one channel pair's weights for all output channels (8 per block × 2 i16).
     let pbytes = pc.cout8 * 4;
-    let tiles = v.tiles();
     let w = ww.u16.as_ptr() as *const u8;
     // SAFETY: reads inside the transformed rows y..y+3 (tiles t..t+P) and the weights; writes
     // inside out (pixels below v.w).
@@ -508,10 +499,7 @@ unsafe fn tiles_wino16<const N: usize, const P: usize>(
         let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
         for e in 0..4 {
             for ky in 0..3 {
-                let row = v
-                    .data
-                    .as_ptr()
-                    .add(((y + ky) * tiles + t) * 4 * cs + e * cs);
+                let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
                 let wt = w.add((ky * 4 + e) * pairs * pbytes + b0 * 32);
                 for g in 0..pairs {
                     let mut q = [_mm256_setzero_si256(); P];

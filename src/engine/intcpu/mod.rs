@@ -213,24 +213,23 @@ pub fn row_sums(
     }
 }
 
-/// [`row_sums`] by Winograd F(2,3) from the transformed inputs `v` ([`wino::build_row`]); the
-/// same `S` to the bit. Only at levels with a Winograd kernel (AVX2), with the schedule of
-/// this conv for `v.max_code` ([`PackedConv::wino_schedule`]).
+/// [`row_sums`] by Winograd F(2,3) from the transformed rows `v` ([`wino::build_row`] of the
+/// output row's three input rows); the same `S` to the bit. Only at levels with a Winograd
+/// kernel (AVX2), with the schedule of this conv for `v.max_code`
+/// ([`PackedConv::wino_schedule`]).
 pub fn row_sums_wino(
     level: CpuLevel,
     v: &wino::WinoInput,
     pc: &PackedConv,
     sched: &wino::Schedule,
-    y: usize,
     out: &mut [i32],
 ) {
-    assert_eq!(v.cstride, pc.cstride, "transformed map channel stride");
-    assert_eq!(
-        v.data.len(),
-        wino::input_len(v.h, v.w, v.cstride),
-        "transformed map size"
+    assert_eq!(v.cstride, pc.cstride, "transformed rows' channel stride");
+    let len = wino::row_len(v.w, v.cstride);
+    assert!(
+        v.rows.iter().all(|r| r.len() == len),
+        "transformed row size"
     );
-    assert!(y < v.h, "row {y} of {}", v.h);
     assert!(out.len() >= v.w * pc.cout8, "row sums buffer");
     let ww = pc.wino.as_ref().expect("a conv with Winograd weights");
     assert!(
@@ -241,14 +240,14 @@ pub fn row_sums_wino(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above, the schedule
         // is this conv's for these codes (so no i16 sum can overflow).
-        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino(v, pc, ww, y, &sched.flush, out) },
+        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino(v, pc, ww, &sched.flush, out) },
         _ => panic!("no Winograd kernel at {level:?}"),
     }
 }
 
-/// [`row_sums`] by Winograd F(2,3) in i16 from the transformed inputs `v`
-/// ([`wino::build_row16`] of `x`); the same `S` to the bit, for any codes and weights. Only at
-/// levels with a Winograd kernel (AVX2).
+/// [`row_sums`] of output row `y` of `x` by Winograd F(2,3) in i16 from the transformed rows
+/// `v` ([`wino::build_row16`] of rows `y .. y + 3` of `x`); the same `S` to the bit, for any
+/// codes and weights. Only at levels with a Winograd kernel (AVX2).
 pub fn row_sums_wino16(
     level: CpuLevel,
     v: &wino::WinoInput16,
@@ -257,14 +256,14 @@ pub fn row_sums_wino16(
     y: usize,
     out: &mut [i32],
 ) {
-    assert_eq!(v.cstride, pc.cstride, "transformed map channel stride");
-    assert_eq!(
-        v.data.len(),
-        wino::input_len(v.h, v.w, v.cstride),
-        "transformed map size"
+    assert_eq!(v.cstride, pc.cstride, "transformed rows' channel stride");
+    let len = wino::row_len(v.w, v.cstride);
+    assert!(
+        v.rows.iter().all(|r| r.len() == len),
+        "transformed row size"
     );
-    assert_eq!((x.h, x.w, x.cstride), (v.h, v.w, v.cstride), "code map");
-    assert!(y < v.h, "row {y} of {}", v.h);
+    assert_eq!((x.w, x.cstride), (v.w, v.cstride), "code map");
+    assert!(y < x.h, "row {y} of {}", x.h);
     assert!(out.len() >= v.w * pc.cout8, "row sums buffer");
     let ww = pc
         .wino16
@@ -273,7 +272,7 @@ pub fn row_sums_wino16(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above.
-        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, y, out) },
+        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, out) },
         _ => panic!("no Winograd kernel at {level:?}"),
     }
     if pc.offset {

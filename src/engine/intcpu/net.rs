@@ -53,9 +53,6 @@ struct Buffers {
 pub struct FusedNet {
     epis: Vec<Epi>,
     bufs: Mutex<Buffers>,
-    /// Transformed inputs of the layer running Winograd F(2,3) ([`super::wino`]), u8 and i16.
-    wino: Mutex<Vec<u8>>,
-    wino16: Mutex<Vec<i16>>,
 }
 
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
@@ -64,7 +61,44 @@ const MAX_COUT: usize = 1024;
 /// The epilogue of pixel `x` of a row, given its sums `S` and border terms `K`.
 type PixelFn<'a> = dyn FnMut(usize, &[i32], &[i32]) + 'a;
 
+/// Numbers the conv calls, so that a thread's cached transformed rows are never taken for
+/// another call's.
+static NEXT_CALL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The three transformed rows ([`super::wino`]) an output row reads, in slots `r % 3`.
+#[derive(Default)]
+struct WinoRows<T> {
+    call: u64,
+    rows: [Option<usize>; 3],
+    data: [Vec<T>; 3],
+}
+
+impl<T: Copy + Default> WinoRows<T> {
+    /// Makes rows `y .. y + 3` of conv call `call` present, building the missing ones.
+    fn prepare(&mut self, call: u64, y: usize, len: usize, mut build: impl FnMut(usize, &mut [T])) {
+        if self.call != call {
+            self.call = call;
+            self.rows = [None; 3];
+        }
+        for r in y..y + 3 {
+            let slot = r % 3;
+            if self.rows[slot] != Some(r) {
+                self.data[slot].resize(len, T::default());
+                build(r, &mut self.data[slot]);
+                self.rows[slot] = Some(r);
+            }
+        }
+    }
+
+    /// Rows `y, y + 1, y + 2` (after [`Self::prepare`]).
+    fn rows(&self, y: usize) -> [&[T]; 3] {
+        [0, 1, 2].map(|k| &self.data[(y + k) % 3][..])
+    }
+}
+
 thread_local! {
+    static ROWS8: RefCell<WinoRows<u8>> = RefCell::new(WinoRows::default());
+    static ROWS16: RefCell<WinoRows<i16>> = RefCell::new(WinoRows::default());
     static SUMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -90,8 +124,6 @@ impl FusedNet {
         Some(Self {
             epis,
             bufs: Mutex::new(Buffers::default()),
-            wino: Mutex::new(Vec::new()),
-            wino16: Mutex::new(Vec::new()),
         })
     }
 
@@ -224,60 +256,48 @@ impl FusedNet {
             // Placeholder for the tail, whose epilogue writes values, not codes.
             next: next.unwrap_or(a),
         };
-        // Winograd F(2,3) where it is exact (AVX2, small weights and codes): the transformed
-        // inputs of every padded row first.
-        let mut wino_buf = self.wino.lock().unwrap_or_else(|e| e.into_inner());
-        let sched = (level == CpuLevel::Avx2 && super::winograd_enabled())
-            .then(|| pc.wino_schedule(max_code))
-            .flatten();
-        let wino_map = sched.as_ref().map(|sched| {
-            let tl = w.div_ceil(2) * 4 * pc.cstride;
-            wino_buf.resize(wino::input_len(h, w, pc.cstride), 0);
-            wino_buf
-                .par_chunks_mut(tl)
-                .enumerate()
-                .for_each(|(r, row)| wino::build_row(&map, r, max_code, row));
-            let v = WinoInput {
-                data: &wino_buf[..],
-                h,
-                w,
-                cstride: pc.cstride,
-                max_code,
-            };
-            (v, sched)
-        });
-        // Layers too wide for vpmaddubsw (8-bit codes and weights) take the i16 form.
-        let mut wino16_buf = self.wino16.lock().unwrap_or_else(|e| e.into_inner());
-        let use16 = level == CpuLevel::Avx2
-            && super::winograd_enabled()
-            && wino_map.is_none()
-            && !pc.pairs_fit_i16(max_code)
-            && pc.wino16.is_some();
-        let wino16_map = use16.then(|| {
-            let tl = w.div_ceil(2) * 4 * pc.cstride;
-            wino16_buf.resize(wino::input_len(h, w, pc.cstride), 0);
-            wino16_buf
-                .par_chunks_mut(tl)
-                .enumerate()
-                .for_each(|(r, row)| wino::build_row16(&map, r, row));
-            WinoInput16 {
-                data: &wino16_buf[..],
-                h,
-                w,
-                cstride: pc.cstride,
-            }
-        });
+        // Winograd F(2,3) where it is exact (AVX2, small weights and codes), else its i16 form
+        // for layers too wide for vpmaddubsw (8-bit codes and weights), else direct.
+        let wino_on = level == CpuLevel::Avx2 && super::winograd_enabled();
+        let sched = wino_on.then(|| pc.wino_schedule(max_code)).flatten();
+        let use16 =
+            wino_on && sched.is_none() && !pc.pairs_fit_i16(max_code) && pc.wino16.is_some();
+        // Each thread keeps the transformed rows of this call it built last (rows y, y+1, y+2
+        // of consecutive output rows overlap), tagged with a number unique to this call.
+        let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tl = wino::row_len(w, pc.cstride);
         // Sums of row `y`, then `pixel(xx, s, k)` for every pixel of it.
         let row_work = |y: usize, pixel: &mut PixelFn| {
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
                 sums.resize(w * pc.cout8, 0);
-                match &wino_map {
-                    Some((v, sched)) => row_sums_wino(level, v, pc, sched, y, &mut sums),
-                    None => match &wino16_map {
-                        Some(v) => row_sums_wino16(level, v, &map, pc, y, &mut sums),
-                        None => row_sums(level, &map, pc, y, max_code, &mut sums),
-                    },
+                if let Some(sched) = &sched {
+                    ROWS8.with(|cell| {
+                        let mut c = cell.borrow_mut();
+                        c.prepare(call, y, tl, |r, row| {
+                            wino::build_row(&map, r, max_code, row)
+                        });
+                        let v = WinoInput {
+                            rows: c.rows(y),
+                            w,
+                            cstride: pc.cstride,
+                            max_code,
+                        };
+                        row_sums_wino(level, &v, pc, sched, &mut sums);
+                    })
+                } else if use16 {
+                    ROWS16.with(|cell| {
+                        let mut c = cell.borrow_mut();
+                        c.prepare(call, y, tl, |r, row| wino::build_row16(&map, r, row));
+                        let v = WinoInput16 {
+                            rows: c.rows(y),
+                            w,
+                            cstride: pc.cstride,
+                        };
+                        row_sums_wino16(level, &v, &map, pc, y, &mut sums);
+                    })
+                } else {
+                    row_sums(level, &map, pc, y, max_code, &mut sums);
                 }
                 for xx in 0..w {
                     pixel(xx, &sums[xx * pc.cout8..][..cout], ic.ktab_at(y, xx, h, w));

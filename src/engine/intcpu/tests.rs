@@ -140,25 +140,25 @@ fn winograd_matches_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                 };
-                let tl = w.div_ceil(2) * 4 * pc.cstride;
-                let mut vt = vec![0u8; wino::input_len(h, w, pc.cstride)];
+                let tl = wino::row_len(w, pc.cstride);
+                let mut vt = vec![0u8; (h + 2) * tl];
                 for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
                     wino::build_row(&codes, r, max_code, row);
                 }
-                let v = wino::WinoInput {
-                    data: &vt,
-                    h,
-                    w,
-                    cstride: pc.cstride,
-                    max_code,
-                };
+                let rows: Vec<&[u8]> = vt.chunks_exact(tl).collect();
                 for level in CpuLevel::available() {
                     if level == CpuLevel::Scalar {
                         continue;
                     }
                     for y in 0..h {
                         let mut out = vec![0i32; w * pc.cout8];
-                        row_sums_wino(level, &v, &pc, &sched, y, &mut out);
+                        let v = wino::WinoInput {
+                            rows: [rows[y], rows[y + 1], rows[y + 2]],
+                            w,
+                            cstride: pc.cstride,
+                            max_code,
+                        };
+                        row_sums_wino(level, &v, &pc, &sched, &mut out);
                         let mut want = vec![0i32; cout];
                         for x in 0..w {
                             ic.sums(&m, y, x, &mut want);
@@ -231,23 +231,23 @@ fn winograd16_matches_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                 };
-                let tl = w.div_ceil(2) * 4 * pc.cstride;
-                let mut vt = vec![0i16; wino::input_len(h, w, pc.cstride)];
+                let tl = wino::row_len(w, pc.cstride);
+                let mut vt = vec![0i16; (h + 2) * tl];
                 for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
                     wino::build_row16(&codes, r, row);
                 }
-                let v = wino::WinoInput16 {
-                    data: &vt,
-                    h,
-                    w,
-                    cstride: pc.cstride,
-                };
+                let rows: Vec<&[i16]> = vt.chunks_exact(tl).collect();
                 for level in CpuLevel::available() {
                     if level == CpuLevel::Scalar {
                         continue;
                     }
                     for y in 0..h {
                         let mut out = vec![0i32; w * pc.cout8];
+                        let v = wino::WinoInput16 {
+                            rows: [rows[y], rows[y + 1], rows[y + 2]],
+                            w,
+                            cstride: pc.cstride,
+                        };
                         row_sums_wino16(level, &v, &codes, &pc, y, &mut out);
                         let mut want = vec![0i32; cout];
                         for x in 0..w {

@@ -18,8 +18,8 @@
 //! accumulated in i16 and widened to i32 where [`WinoWeights::schedule`] says: before the
 //! running bound `2Q · Σ (|U_a| + |U_b|)` of any lane could pass 32767.
 //!
-//! The transformed inputs are built once per layer ([`build_row`]): for every padded row
-//! and every pair of output columns ("tile"), the 4 values of every channel.
+//! The transformed inputs are built per padded row ([`build_row`]): for every pair of output
+//! columns ("tile"), the 4 values of every channel; an output row reads three of them.
 //!
 //! Layers whose codes and weights are too wide for `vpmaddubsw` (8-bit codes × 8-bit weights:
 //! the upsampler, the tail) use the i16 form ([`WinoWeights16`], [`build_row16`]): the same
@@ -159,27 +159,21 @@ impl WinoWeights {
     }
 }
 
-/// Transformed inputs of a layer: `[padded row h + 2][tile][element 4][cstride]` u8.
+/// The transformed inputs an output row `y` reads: padded rows `y`, `y + 1`, `y + 2`, each
+/// `[tile][element 4][cstride]` u8 ([`build_row`]).
 #[derive(Clone, Copy, Debug)]
 pub struct WinoInput<'a> {
-    pub data: &'a [u8],
-    pub h: usize,
+    pub rows: [&'a [u8]; 3],
+    /// Output pixels per row.
     pub w: usize,
     pub cstride: usize,
     /// The largest code `Q` the offsets were built with.
     pub max_code: u32,
 }
 
-impl WinoInput<'_> {
-    /// Tiles per row: `⌈w / 2⌉`.
-    pub fn tiles(&self) -> usize {
-        self.w.div_ceil(2)
-    }
-}
-
-/// Bytes of the transformed inputs of an `h x w` map of `cstride` codes per pixel.
-pub fn input_len(h: usize, w: usize, cstride: usize) -> usize {
-    (h + 2) * w.div_ceil(2) * 4 * cstride
+/// Length of one transformed row of a map `w` pixels wide with `cstride` codes per pixel.
+pub fn row_len(w: usize, cstride: usize) -> usize {
+    w.div_ceil(2) * 4 * cstride
 }
 
 /// The transformed inputs of padded row `r` of `x` (codes up to `max_code`) into `out`
@@ -250,21 +244,12 @@ impl WinoWeights16 {
     }
 }
 
-/// Transformed inputs of a layer for the i16 kernel: `[padded row h + 2][tile][element
-/// 4][cstride]` i16.
+/// [`WinoInput`] for the i16 kernel ([`build_row16`]).
 #[derive(Clone, Copy, Debug)]
 pub struct WinoInput16<'a> {
-    pub data: &'a [i16],
-    pub h: usize,
+    pub rows: [&'a [i16]; 3],
     pub w: usize,
     pub cstride: usize,
-}
-
-impl WinoInput16<'_> {
-    /// Tiles per row: `⌈w / 2⌉`.
-    pub fn tiles(&self) -> usize {
-        self.w.div_ceil(2)
-    }
 }
 
 /// [`build_row`] without offsets, in i16: `V0 = d0 − d2`, `V1 = d1 + d2`, `V2 = d2 − d1`,
