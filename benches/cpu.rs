@@ -152,7 +152,9 @@ fn tables(frames: usize, threads: usize) {
 /// thread, best of `frames` ≥ 5 passes) for the shapes and bit-widths of EDSR-baseline: body 64→64 with 4-bit weights and
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
-    use gstadabm::engine::intcpu::{Codes, PackedConv, row_sums, row_sums_wino, wino};
+    use gstadabm::engine::intcpu::{
+        Codes, PackedConv, row_sums, row_sums_wino, row_sums_wino16, wino,
+    };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
     let (h, w) = (180usize, 320usize);
@@ -272,6 +274,52 @@ fn kernels(frames: usize) {
             let (ms1, msp) = (best(false), best(true));
             println!(
                 "| conv {cin}->{cout}, Winograd F(2,3) | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
+                gmac / ms1 * 1e3,
+                gmac / msp * 1e3
+            );
+        } else if pc.wino16.is_some() && !pc.pairs_fit_i16(max_code) && level != CpuLevel::Scalar {
+            // The i16 form for the layers too wide for vpmaddubsw.
+            let tl = wino::row_len(w, pc.cstride);
+            let mut vt = vec![0i16; (h + 2) * tl];
+            let mut wpass = |par: bool| {
+                let build = |(r, row): (usize, &mut [i16])| wino::build_row16(&map, r, row);
+                if par {
+                    vt.par_chunks_mut(tl).enumerate().for_each(build);
+                } else {
+                    vt.chunks_mut(tl).enumerate().for_each(build);
+                }
+                let rows: Vec<&[i16]> = vt.chunks_exact(tl).collect();
+                let row = |out: &mut Vec<i32>, y: usize| {
+                    let vi = wino::WinoInput16 {
+                        rows: [rows[y], rows[y + 1], rows[y + 2]],
+                        w,
+                        cstride: pc.cstride,
+                    };
+                    row_sums_wino16(level, &vi, &map, &pc, y, out);
+                    std::hint::black_box(&out);
+                };
+                if par {
+                    (0..h)
+                        .into_par_iter()
+                        .for_each_init(|| vec![0i32; w * pc.cout8], row);
+                } else {
+                    let mut out = vec![0i32; w * pc.cout8];
+                    (0..h).for_each(|y| row(&mut out, y));
+                }
+            };
+            let mut best = |par: bool| {
+                wpass(par);
+                (0..frames.max(5))
+                    .map(|_| {
+                        let t = Instant::now();
+                        wpass(par);
+                        t.elapsed().as_secs_f64() * 1e3
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (ms1, msp) = (best(false), best(true));
+            println!(
+                "| conv {cin}->{cout}, Winograd F(2,3) i16 | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
                 gmac / ms1 * 1e3,
                 gmac / msp * 1e3
             );

@@ -309,6 +309,9 @@ unsafe fn pixels<const N: usize, const P: usize>(
     }
 }
 
+/// Tiles (pairs of output pixels) per chunk of a row in the Winograd drivers.
+const TILE_CHUNK: usize = 16;
+
 /// Winograd F(2,3) sums of output row `y` (see [`super::wino`]): the same `S` as
 /// [`row_sums_maddubs`].
 ///
@@ -326,30 +329,34 @@ pub unsafe fn row_sums_wino(
 ) {
     let nb = pc.cout8 / 8;
     let tiles = v.w.div_ceil(2);
-    let mut b0 = 0;
-    while b0 < nb {
-        let n = match nb - b0 {
-            4.. => 4,
-            2..=3 => 2,
-            _ => 1,
-        };
-        let mut t = 0;
-        while t < tiles {
-            let p = (tiles - t).min(2);
-            // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
-            unsafe {
-                match (n, p) {
-                    (4, 2) => tiles_wino::<4, 2>(v, pc, ww, t, b0, flush, out),
-                    (4, _) => tiles_wino::<4, 1>(v, pc, ww, t, b0, flush, out),
-                    (2, 2) => tiles_wino::<2, 2>(v, pc, ww, t, b0, flush, out),
-                    (2, _) => tiles_wino::<2, 1>(v, pc, ww, t, b0, flush, out),
-                    (_, 2) => tiles_wino::<1, 2>(v, pc, ww, t, b0, flush, out),
-                    _ => tiles_wino::<1, 1>(v, pc, ww, t, b0, flush, out),
+    // Chunks of tiles, every output block over a chunk before the next (see row_sums_wino16).
+    for c0 in (0..tiles).step_by(TILE_CHUNK) {
+        let c1 = (c0 + TILE_CHUNK).min(tiles);
+        let mut b0 = 0;
+        while b0 < nb {
+            let n = match nb - b0 {
+                4.. => 4,
+                2..=3 => 2,
+                _ => 1,
+            };
+            let mut t = c0;
+            while t < c1 {
+                let p = (c1 - t).min(2);
+                // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
+                unsafe {
+                    match (n, p) {
+                        (4, 2) => tiles_wino::<4, 2>(v, pc, ww, t, b0, flush, out),
+                        (4, _) => tiles_wino::<4, 1>(v, pc, ww, t, b0, flush, out),
+                        (2, 2) => tiles_wino::<2, 2>(v, pc, ww, t, b0, flush, out),
+                        (2, _) => tiles_wino::<2, 1>(v, pc, ww, t, b0, flush, out),
+                        (_, 2) => tiles_wino::<1, 2>(v, pc, ww, t, b0, flush, out),
+                        _ => tiles_wino::<1, 1>(v, pc, ww, t, b0, flush, out),
+                    }
                 }
+                t += p;
             }
-            t += p;
+            b0 += n;
         }
-        b0 += n;
     }
 }
 
@@ -449,30 +456,35 @@ pub unsafe fn row_sums_wino16(
 ) {
     let nb = pc.cout8 / 8;
     let tiles = v.w.div_ceil(2);
-    let mut b0 = 0;
-    while b0 < nb {
-        let n = match nb - b0 {
-            4.. => 4,
-            2..=3 => 2,
-            _ => 1,
-        };
-        let mut t = 0;
-        while t < tiles {
-            let p = (tiles - t).min(2);
-            // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
-            unsafe {
-                match (n, p) {
-                    (4, 2) => tiles_wino16::<4, 2>(v, pc, ww, t, b0, out),
-                    (4, _) => tiles_wino16::<4, 1>(v, pc, ww, t, b0, out),
-                    (2, 2) => tiles_wino16::<2, 2>(v, pc, ww, t, b0, out),
-                    (2, _) => tiles_wino16::<2, 1>(v, pc, ww, t, b0, out),
-                    (_, 2) => tiles_wino16::<1, 2>(v, pc, ww, t, b0, out),
-                    _ => tiles_wino16::<1, 1>(v, pc, ww, t, b0, out),
+    // Chunks of tiles, every output block over a chunk before the next: the chunk's transformed
+    // inputs stay in cache while all the weights pass.
+    for c0 in (0..tiles).step_by(TILE_CHUNK) {
+        let c1 = (c0 + TILE_CHUNK).min(tiles);
+        let mut b0 = 0;
+        while b0 < nb {
+            let n = match nb - b0 {
+                4.. => 4,
+                2..=3 => 2,
+                _ => 1,
+            };
+            let mut t = c0;
+            while t < c1 {
+                let p = (c1 - t).min(2);
+                // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
+                unsafe {
+                    match (n, p) {
+                        (4, 2) => tiles_wino16::<4, 2>(v, pc, ww, t, b0, out),
+                        (4, _) => tiles_wino16::<4, 1>(v, pc, ww, t, b0, out),
+                        (2, 2) => tiles_wino16::<2, 2>(v, pc, ww, t, b0, out),
+                        (2, _) => tiles_wino16::<2, 1>(v, pc, ww, t, b0, out),
+                        (_, 2) => tiles_wino16::<1, 2>(v, pc, ww, t, b0, out),
+                        _ => tiles_wino16::<1, 1>(v, pc, ww, t, b0, out),
+                    }
                 }
+                t += p;
             }
-            t += p;
+            b0 += n;
         }
-        b0 += n;
     }
 }
 
@@ -498,6 +510,8 @@ unsafe fn tiles_wino16<const N: usize, const P: usize>(
     unsafe {
         let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
         for e in 0..4 {
+            // This element's sums stay in registers.
+            let mut acc = [[_mm256_setzero_si256(); N]; P];
             for ky in 0..3 {
                 let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
                 let wt = w.add((ky * 4 + e) * pairs * pbytes + b0 * 32);
@@ -511,11 +525,12 @@ unsafe fn tiles_wino16<const N: usize, const P: usize>(
                     for b in 0..N {
                         let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
                         for i in 0..P {
-                            a[e][i][b] = _mm256_add_epi32(a[e][i][b], _mm256_madd_epi16(q[i], wv));
+                            acc[i][b] = _mm256_add_epi32(acc[i][b], _mm256_madd_epi16(q[i], wv));
                         }
                     }
                 }
             }
+            a[e] = acc;
         }
         for b in 0..N {
             for i in 0..P {
