@@ -189,7 +189,7 @@ fn kernels(frames: usize) {
         let mut out = vec![0i32; w * pc.cout8];
         let mut pass = || {
             for y in 0..h {
-                row_sums(level, &map, &pc, y, max_code, &mut out);
+                row_sums(level, &map, &pc, y, max_code, 0..w, &mut out);
             }
             std::hint::black_box(&out);
         };
@@ -207,7 +207,7 @@ fn kernels(frames: usize) {
             (0..h).into_par_iter().for_each_init(
                 || vec![0i32; w * pc.cout8],
                 |out, y| {
-                    row_sums(level, &map, &pc, y, max_code, out);
+                    row_sums(level, &map, &pc, y, max_code, 0..w, out);
                     std::hint::black_box(&out);
                 },
             )
@@ -249,7 +249,7 @@ fn kernels(frames: usize) {
                         cstride: pc.cstride,
                         max_code,
                     };
-                    row_sums_wino(level, &vi, &pc, &sched, out);
+                    row_sums_wino(level, &vi, &pc, &sched, 0..w, out);
                     std::hint::black_box(&out);
                 };
                 if par {
@@ -295,7 +295,7 @@ fn kernels(frames: usize) {
                         w,
                         cstride: pc.cstride,
                     };
-                    row_sums_wino16(level, &vi, &map, &pc, y, out);
+                    row_sums_wino16(level, &vi, &map, &pc, y, 0..w, out);
                     std::hint::black_box(&out);
                 };
                 if par {

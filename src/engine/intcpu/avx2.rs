@@ -6,6 +6,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 use super::wino::{WinoInput, WinoInput16, WinoWeights, WinoWeights16};
 use super::{Codes, PackedConv};
@@ -24,21 +25,22 @@ pub unsafe fn row_sums_maddubs(
     pc: &PackedConv,
     y: usize,
     max_code: u32,
+    cols: Range<usize>,
     out: &mut [i32],
 ) {
     let pair = 2 * max_code.max(1) as usize * pc.wabs.max(1) as usize;
     let run = (i16::MAX as usize / pair).min(9 * pc.cstride / 4);
     if run < 2 {
         // SAFETY: forwarded contract.
-        return unsafe { row_sums_wide(x, pc, y, out) };
+        return unsafe { row_sums_wide(x, pc, y, cols, out) };
     }
     let nb = pc.cout8 / 8;
     let mut b0 = 0;
     while b0 < nb {
         let n = if nb - b0 >= 2 { 2 } else { 1 };
-        let mut xx = 0;
-        while xx < x.w {
-            let two = xx + 1 < x.w;
+        let mut xx = cols.start;
+        while xx < cols.end {
+            let two = xx + 1 < cols.end;
             // SAFETY: blocks b0..b0+n exist; the pixels are inside the row; run·pair ≤ i16::MAX
             // keeps the i16 sums exact.
             unsafe {
@@ -124,7 +126,13 @@ unsafe fn pixels_i16<const N: usize, const P: usize>(
 /// # Safety
 /// The CPU must support AVX2; `x`, `pc`, `y` and `out` as checked by [`super::row_sums`].
 #[target_feature(enable = "avx2")]
-pub unsafe fn row_sums_madd16(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
+pub unsafe fn row_sums_madd16(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
     let nb = pc.cout8 / 8;
     let mut b0 = 0;
     while b0 < nb {
@@ -133,9 +141,9 @@ pub unsafe fn row_sums_madd16(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i
             2..=3 => 2,
             _ => 1,
         };
-        let mut xx = 0;
-        while xx < x.w {
-            let p = (x.w - xx).min(if n == 1 { 4 } else { 2 });
+        let mut xx = cols.start;
+        while xx < cols.end {
+            let p = (cols.end - xx).min(if n == 1 { 4 } else { 2 });
             // SAFETY: blocks b0..b0+n exist; pixels xx..xx + p are inside the row.
             unsafe {
                 match (n, p) {
@@ -221,7 +229,7 @@ unsafe fn pixels16<const N: usize, const P: usize>(
 /// `vpmaddubsw` pair sums widened at once (no i16 runs): drives [`pixels`] over the row and the
 /// output channels in chunks of 32, 16 and 8.
 #[target_feature(enable = "avx2")]
-unsafe fn row_sums_wide(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
+unsafe fn row_sums_wide(x: &Codes, pc: &PackedConv, y: usize, cols: Range<usize>, out: &mut [i32]) {
     let w = pc.w8.as_ptr() as *const u8;
     let nb = pc.cout8 / 8;
     let mut b0 = 0;
@@ -231,9 +239,9 @@ unsafe fn row_sums_wide(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
             2..=3 => 2,
             _ => 1,
         };
-        let mut xx = 0;
+        let mut xx = cols.start;
         // Two pixels per pass share every weight load.
-        while xx + 1 < x.w {
+        while xx + 1 < cols.end {
             // SAFETY: blocks b0..b0+n exist; pixels xx and xx + 1 are inside the row.
             unsafe {
                 match n {
@@ -244,7 +252,7 @@ unsafe fn row_sums_wide(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
             }
             xx += 2;
         }
-        if xx < x.w {
+        if xx < cols.end {
             // SAFETY: as above, one pixel.
             unsafe {
                 match n {
@@ -325,13 +333,14 @@ pub unsafe fn row_sums_wino(
     pc: &PackedConv,
     ww: &WinoWeights,
     flush: &[u8],
+    cols: Range<usize>,
     out: &mut [i32],
 ) {
     let nb = pc.cout8 / 8;
-    let tiles = v.w.div_ceil(2);
+    let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
     // Chunks of tiles, every output block over a chunk before the next (see row_sums_wino16).
-    for c0 in (0..tiles).step_by(TILE_CHUNK) {
-        let c1 = (c0 + TILE_CHUNK).min(tiles);
+    for c0 in (t0..t1).step_by(TILE_CHUNK) {
+        let c1 = (c0 + TILE_CHUNK).min(t1);
         let mut b0 = 0;
         while b0 < nb {
             let n = match nb - b0 {
@@ -452,14 +461,15 @@ pub unsafe fn row_sums_wino16(
     v: &WinoInput16,
     pc: &PackedConv,
     ww: &WinoWeights16,
+    cols: Range<usize>,
     out: &mut [i32],
 ) {
     let nb = pc.cout8 / 8;
-    let tiles = v.w.div_ceil(2);
+    let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
     // Chunks of tiles, every output block over a chunk before the next: the chunk's transformed
     // inputs stay in cache while all the weights pass.
-    for c0 in (0..tiles).step_by(TILE_CHUNK) {
-        let c1 = (c0 + TILE_CHUNK).min(tiles);
+    for c0 in (t0..t1).step_by(TILE_CHUNK) {
+        let c1 = (c0 + TILE_CHUNK).min(t1);
         let mut b0 = 0;
         while b0 < nb {
             let n = match nb - b0 {

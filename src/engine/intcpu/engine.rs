@@ -37,7 +37,7 @@ pub fn conv_forward(
         .for_each_init(
             || vec![0i32; w * pc.cout8],
             |sums, (y, row)| {
-                row_sums(level, &map, pc, y, max_code, sums);
+                row_sums(level, &map, pc, y, max_code, 0..w, sums);
                 for xx in 0..w {
                     let s = &sums[xx * pc.cout8..][..cout];
                     let dst = &mut row[(xx + 1) * cout..][..cout];

@@ -16,6 +16,8 @@ pub mod wino;
 pub use engine::conv_forward;
 pub use net::FusedNet;
 
+use std::ops::Range;
+
 use super::intnet::IntConv;
 
 /// SIMD level of the integer kernels, detected once; `ADABM_CPU_LEVEL=scalar` lowers it.
@@ -172,7 +174,8 @@ pub struct Codes<'a> {
     pub cstride: usize,
 }
 
-/// `S` of every output channel for output row `y`: `out[x * cout8 + o]`, `x < w`.
+/// `S` of every output channel for the pixels `cols` of output row `y`: `out[x * cout8 + o]`,
+/// `x ∈ cols` (other entries untouched; pass `0..w` for the whole row).
 ///
 /// `max_code` bounds the codes of `x` (2^bits − 1); it picks the exact AVX2 variant.
 pub fn row_sums(
@@ -181,6 +184,7 @@ pub fn row_sums(
     pc: &PackedConv,
     y: usize,
     max_code: u32,
+    cols: Range<usize>,
     out: &mut [i32],
 ) {
     assert_eq!(x.cstride, pc.cstride, "code map channel stride");
@@ -190,26 +194,31 @@ pub fn row_sums(
         "code map size"
     );
     assert!(y < x.h, "row {y} of {}", x.h);
+    assert!(
+        cols.start <= cols.end && cols.end <= x.w,
+        "columns {cols:?} of {}",
+        x.w
+    );
     assert!(out.len() >= x.w * pc.cout8, "row sums buffer");
     match level {
-        CpuLevel::Scalar => scalar::row_sums(x, pc, y, out),
+        CpuLevel::Scalar => scalar::row_sums(x, pc, y, cols.clone(), out),
         #[cfg(target_arch = "x86_64")]
         CpuLevel::Avx2 => {
             // SAFETY: Avx2 is only ever selected when the CPU reports AVX2 (CpuLevel::detect /
             // available); shapes were checked above.
             unsafe {
                 if pc.pairs_fit_i16(max_code) {
-                    avx2::row_sums_maddubs(x, pc, y, max_code, out)
+                    avx2::row_sums_maddubs(x, pc, y, max_code, cols.clone(), out)
                 } else {
-                    avx2::row_sums_madd16(x, pc, y, out)
+                    avx2::row_sums_madd16(x, pc, y, cols.clone(), out)
                 }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        CpuLevel::Avx2 => scalar::row_sums(x, pc, y, out),
+        CpuLevel::Avx2 => scalar::row_sums(x, pc, y, cols.clone(), out),
     }
     if pc.offset {
-        finish_offset(x, pc, y, out);
+        finish_offset(x, pc, y, cols, out);
     }
 }
 
@@ -222,9 +231,15 @@ pub fn row_sums_wino(
     v: &wino::WinoInput,
     pc: &PackedConv,
     sched: &wino::Schedule,
+    cols: Range<usize>,
     out: &mut [i32],
 ) {
     assert_eq!(v.cstride, pc.cstride, "transformed rows' channel stride");
+    assert!(
+        cols.start.is_multiple_of(2) && cols.start <= cols.end && cols.end <= v.w,
+        "columns {cols:?} of {} (starting on a tile)",
+        v.w
+    );
     let len = wino::row_len(v.w, v.cstride);
     assert!(
         v.rows.iter().all(|r| r.len() == len),
@@ -240,7 +255,7 @@ pub fn row_sums_wino(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above, the schedule
         // is this conv's for these codes (so no i16 sum can overflow).
-        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino(v, pc, ww, &sched.flush, out) },
+        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino(v, pc, ww, &sched.flush, cols, out) },
         _ => panic!("no Winograd kernel at {level:?}"),
     }
 }
@@ -254,9 +269,15 @@ pub fn row_sums_wino16(
     x: &Codes,
     pc: &PackedConv,
     y: usize,
+    cols: Range<usize>,
     out: &mut [i32],
 ) {
     assert_eq!(v.cstride, pc.cstride, "transformed rows' channel stride");
+    assert!(
+        cols.start.is_multiple_of(2) && cols.start <= cols.end && cols.end <= v.w,
+        "columns {cols:?} of {} (starting on a tile)",
+        v.w
+    );
     let len = wino::row_len(v.w, v.cstride);
     assert!(
         v.rows.iter().all(|r| r.len() == len),
@@ -272,16 +293,16 @@ pub fn row_sums_wino16(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above.
-        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, out) },
+        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, cols.clone(), out) },
         _ => panic!("no Winograd kernel at {level:?}"),
     }
     if pc.offset {
-        finish_offset(x, pc, y, out);
+        finish_offset(x, pc, y, cols, out);
     }
 }
 
 /// `S = 2·Σ q·(k − 128) + Σ q` for 8-bit weights (the kernels computed the first sum).
-fn finish_offset(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
+fn finish_offset(x: &Codes, pc: &PackedConv, y: usize, range: Range<usize>, out: &mut [i32]) {
     let wp = x.w + 2;
     let psum = |yy: usize, xx: usize| -> i32 {
         let p = (yy * wp + xx) * x.cstride;
@@ -294,9 +315,10 @@ fn finish_offset(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
         // Column sums over the 3 rows, then a sliding window of 3 columns.
         let mut cols = cell.borrow_mut();
         cols.clear();
-        cols.extend((0..wp).map(|xx| psum(y, xx) + psum(y + 1, xx) + psum(y + 2, xx)));
-        for xx in 0..x.w {
-            let sq = cols[xx] + cols[xx + 1] + cols[xx + 2];
+        let (x0, x1) = (range.start, range.end);
+        cols.extend((x0..x1 + 2).map(|xx| psum(y, xx) + psum(y + 1, xx) + psum(y + 2, xx)));
+        for xx in x0..x1 {
+            let sq = cols[xx - x0] + cols[xx - x0 + 1] + cols[xx - x0 + 2];
             for s in &mut out[xx * pc.cout8..(xx + 1) * pc.cout8] {
                 *s = 2 * *s + sq;
             }

@@ -61,6 +61,9 @@ const MAX_COUT: usize = 1024;
 /// The epilogue of pixel `x` of a row, given its sums `S` and border terms `K`.
 type PixelFn<'a> = dyn FnMut(usize, &[i32], &[i32]) + 'a;
 
+/// Output pixels per chunk of a row (even: Winograd tiles are pairs of pixels).
+const COL_CHUNK: usize = 32;
+
 /// Numbers the conv calls, so that a thread's cached transformed rows are never taken for
 /// another call's.
 static NEXT_CALL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -271,36 +274,51 @@ impl FusedNet {
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
                 sums.resize(w * pc.cout8, 0);
-                if let Some(sched) = &sched {
+                // The row in chunks of columns, each chunk's epilogue right after its sums, so
+                // that the sums are read back from cache even in wide rows.
+                let rows8 = sched.as_ref().map(|_| {
                     ROWS8.with(|cell| {
                         let mut c = cell.borrow_mut();
                         c.prepare(call, y, tl, |r, row| {
                             wino::build_row(&map, r, max_code, row)
                         });
-                        let v = WinoInput {
-                            rows: c.rows(y),
-                            w,
-                            cstride: pc.cstride,
-                            max_code,
-                        };
-                        row_sums_wino(level, &v, pc, sched, &mut sums);
                     })
-                } else if use16 {
+                });
+                if use16 {
                     ROWS16.with(|cell| {
                         let mut c = cell.borrow_mut();
                         c.prepare(call, y, tl, |r, row| wino::build_row16(&map, r, row));
-                        let v = WinoInput16 {
-                            rows: c.rows(y),
-                            w,
-                            cstride: pc.cstride,
-                        };
-                        row_sums_wino16(level, &v, &map, pc, y, &mut sums);
                     })
-                } else {
-                    row_sums(level, &map, pc, y, max_code, &mut sums);
                 }
-                for xx in 0..w {
-                    pixel(xx, &sums[xx * pc.cout8..][..cout], ic.ktab_at(y, xx, h, w));
+                for x0 in (0..w).step_by(COL_CHUNK) {
+                    let cols = x0..(x0 + COL_CHUNK).min(w);
+                    if let (Some(sched), Some(())) = (&sched, rows8) {
+                        ROWS8.with(|cell| {
+                            let c = cell.borrow();
+                            let v = WinoInput {
+                                rows: c.rows(y),
+                                w,
+                                cstride: pc.cstride,
+                                max_code,
+                            };
+                            row_sums_wino(level, &v, pc, sched, cols.clone(), &mut sums);
+                        })
+                    } else if use16 {
+                        ROWS16.with(|cell| {
+                            let c = cell.borrow();
+                            let v = WinoInput16 {
+                                rows: c.rows(y),
+                                w,
+                                cstride: pc.cstride,
+                            };
+                            row_sums_wino16(level, &v, &map, pc, y, cols.clone(), &mut sums);
+                        })
+                    } else {
+                        row_sums(level, &map, pc, y, max_code, cols.clone(), &mut sums);
+                    }
+                    for xx in cols {
+                        pixel(xx, &sums[xx * pc.cout8..][..cout], ic.ktab_at(y, xx, h, w));
+                    }
                 }
             })
         };

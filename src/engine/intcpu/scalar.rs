@@ -1,12 +1,14 @@
 //! Scalar reference of the conv sums: `S` straight from the i16 weight layout.
 
+use std::ops::Range;
+
 use super::{Codes, PackedConv};
 
 /// See [`super::row_sums`] (before the offset correction).
-pub fn row_sums(x: &Codes, pc: &PackedConv, y: usize, out: &mut [i32]) {
+pub fn row_sums(x: &Codes, pc: &PackedConv, y: usize, cols: Range<usize>, out: &mut [i32]) {
     let wp = x.w + 2;
     let c2 = pc.cstride / 2;
-    for xx in 0..x.w {
+    for xx in cols {
         let acc = &mut out[xx * pc.cout8..(xx + 1) * pc.cout8];
         acc.fill(0);
         for t in 0..9 {

@@ -66,7 +66,7 @@ fn kernels_match_the_reference_exactly() {
                 for level in CpuLevel::available() {
                     for y in 0..h {
                         let mut out = vec![0i32; w * pc.cout8];
-                        row_sums(level, &codes, &pc, y, (1 << bits) - 1, &mut out);
+                        row_sums(level, &codes, &pc, y, (1 << bits) - 1, 0..w, &mut out);
                         let mut want = vec![0i32; cout];
                         for x in 0..w {
                             ic.sums(&m, y, x, &mut want);
@@ -158,7 +158,7 @@ fn winograd_matches_the_reference_exactly() {
                             cstride: pc.cstride,
                             max_code,
                         };
-                        row_sums_wino(level, &v, &pc, &sched, &mut out);
+                        row_sums_wino(level, &v, &pc, &sched, 0..w, &mut out);
                         let mut want = vec![0i32; cout];
                         for x in 0..w {
                             ic.sums(&m, y, x, &mut want);
@@ -248,7 +248,7 @@ fn winograd16_matches_the_reference_exactly() {
                             w,
                             cstride: pc.cstride,
                         };
-                        row_sums_wino16(level, &v, &codes, &pc, y, &mut out);
+                        row_sums_wino16(level, &v, &codes, &pc, y, 0..w, &mut out);
                         let mut want = vec![0i32; cout];
                         for x in 0..w {
                             ic.sums(&m, y, x, &mut want);
@@ -266,5 +266,81 @@ fn winograd16_matches_the_reference_exactly() {
     }
     if CpuLevel::available().contains(&CpuLevel::Avx2) {
         assert!(checked > 50, "only {checked} rows checked");
+    }
+}
+
+/// Computing a row in chunks of columns gives the whole row's sums (every kernel: direct
+/// with both AVX2 variants, Winograd u8 and i16, with offset-form weights).
+#[test]
+fn column_chunks_give_the_whole_row() {
+    let mut rng = Rng::new(10);
+    let (h, w, cin, cout) = (3, 37, 64, 64);
+    for (w_bits, bits) in [(4u8, 4u8), (8, 8), (8, 6)] {
+        let ic = random_conv(&mut rng, cin, cout, w_bits);
+        let pc = PackedConv::new(&ic);
+        let (_, padded) = random_codes(&mut rng, h, w, cin, bits);
+        let codes = Codes {
+            data: &padded,
+            h,
+            w,
+            cstride: pc.cstride,
+        };
+        let max_code = (1u32 << bits) - 1;
+        let tl = wino::row_len(w, pc.cstride);
+        let mut v8 = vec![0u8; (h + 2) * tl];
+        let mut v16 = vec![0i16; (h + 2) * tl];
+        for r in 0..h + 2 {
+            if pc.wino_schedule(max_code).is_some() {
+                wino::build_row(&codes, r, max_code, &mut v8[r * tl..(r + 1) * tl]);
+            }
+            wino::build_row16(&codes, r, &mut v16[r * tl..(r + 1) * tl]);
+        }
+        for level in CpuLevel::available() {
+            for y in 0..h {
+                let rows8 = [0, 1, 2].map(|k| &v8[(y + k) * tl..(y + k + 1) * tl]);
+                let rows16 = [0, 1, 2].map(|k| &v16[(y + k) * tl..(y + k + 1) * tl]);
+                let run = |cols: std::ops::Range<usize>, out: &mut Vec<i32>, kind: usize| match kind
+                {
+                    0 => row_sums(level, &codes, &pc, y, max_code, cols, out),
+                    1 => {
+                        let sched = pc.wino_schedule(max_code).unwrap();
+                        let v = wino::WinoInput {
+                            rows: rows8,
+                            w,
+                            cstride: pc.cstride,
+                            max_code,
+                        };
+                        row_sums_wino(level, &v, &pc, &sched, cols, out)
+                    }
+                    _ => {
+                        let v = wino::WinoInput16 {
+                            rows: rows16,
+                            w,
+                            cstride: pc.cstride,
+                        };
+                        row_sums_wino16(level, &v, &codes, &pc, y, cols, out)
+                    }
+                };
+                let mut kinds = vec![0];
+                if level == CpuLevel::Avx2 {
+                    kinds.push(2);
+                    if pc.wino_schedule(max_code).is_some() {
+                        kinds.push(1);
+                    }
+                }
+                for kind in kinds {
+                    let mut whole = vec![0i32; w * pc.cout8];
+                    run(0..w, &mut whole, kind);
+                    let mut parts = vec![-1i32; w * pc.cout8];
+                    for x0 in (0..w).step_by(6) {
+                        run(x0..(x0 + 6).min(w), &mut parts, kind);
+                    }
+                    assert_eq!(
+                        parts, whole,
+                        "{level:?} kernel {kind} w{w_bits} a{bits} row {y}"
+                    );
+                }
+            }
+        }
     }
 }
