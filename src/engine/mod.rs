@@ -205,7 +205,22 @@ impl Engine {
         }
         let c = complexity::measure(self.metric(opts), &img.data, w, h);
         let (plan, b_i) = self.bit_plan(c, opts)?;
-        let tiles = tile::plan(&self.net, w, h, opts.tile_size, DEFAULT_TILE_BUDGET);
+        // The fused integer engine needs far less memory per pixel than the f32 one (u8 codes),
+        // so it runs whole frames where the f32 engine would need tiles (each tile recomputes
+        // a halo of the receptive field).
+        let estimate = if self.fused.is_some() {
+            tile::estimate_bytes_fused
+        } else {
+            tile::estimate_bytes
+        };
+        let tiles = tile::plan(
+            &self.net,
+            w,
+            h,
+            opts.tile_size,
+            DEFAULT_TILE_BUDGET,
+            estimate,
+        );
         let s = self.scale();
         let mut out = Image::new(w * s, h * s);
         self.pool.install(|| {

@@ -52,17 +52,41 @@ pub fn estimate_bytes(net: &Network, ew: usize, eh: usize) -> usize {
     4 * f * maps + 4 * (1 << 21)
 }
 
-/// Splits a `w x h` frame into tiles. `tile` = 0 picks the largest square tiles whose
-/// estimated working memory fits `budget` (one tile when the whole frame fits).
-pub fn plan(net: &Network, w: usize, h: usize, tile: usize, budget: usize) -> Vec<Tile> {
+/// [`estimate_bytes`] for the fused integer engine (`intcpu::FusedNet`): u8 code maps (input,
+/// two LR maps, each upsampled map), the f32 head and residual maps at LR, the f32 output.
+pub fn estimate_bytes_fused(net: &Network, ew: usize, eh: usize) -> usize {
+    let f = net.config.n_feats;
+    let lr = (ew + 2) * (eh + 2);
+    let mut bytes = 4 * lr + 2 * f * lr + 2 * 4 * f * lr;
+    let mut s = 1;
+    for l in &net.layers {
+        if let Role::Up { r, .. } = l.spec.role {
+            s *= r;
+            bytes += f * lr * s * s;
+        }
+    }
+    bytes + 3 * 4 * lr * s * s + 4 * (1 << 21)
+}
+
+/// Splits a `w x h` frame into tiles. `tile` = 0 picks the largest square tiles whose working
+/// memory (by `estimate`: [`estimate_bytes`] or [`estimate_bytes_fused`]) fits `budget` (one
+/// tile when the whole frame fits).
+pub fn plan(
+    net: &Network,
+    w: usize,
+    h: usize,
+    tile: usize,
+    budget: usize,
+    estimate: fn(&Network, usize, usize) -> usize,
+) -> Vec<Tile> {
     let halo = net.halo();
     let core = if tile > 0 {
         tile
-    } else if estimate_bytes(net, w, h) <= budget {
+    } else if estimate(net, w, h) <= budget {
         w.max(h)
     } else {
         let mut t = w.max(h);
-        while t > 16 && estimate_bytes(net, (t + 2 * halo).min(w), (t + 2 * halo).min(h)) > budget {
+        while t > 16 && estimate(net, (t + 2 * halo).min(w), (t + 2 * halo).min(h)) > budget {
             t = t * 7 / 8;
         }
         t

@@ -466,8 +466,7 @@ pub unsafe fn row_sums_wino16(
 ) {
     let nb = pc.cout8 / 8;
     let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
-    // Chunks of tiles, every output block over a chunk before the next: the chunk's transformed
-    // inputs stay in cache while all the weights pass.
+    // Chunks of tiles, every output block over a chunk before the next.
     for c0 in (t0..t1).step_by(TILE_CHUNK) {
         let c1 = (c0 + TILE_CHUNK).min(t1);
         let mut b0 = 0;
@@ -477,36 +476,31 @@ pub unsafe fn row_sums_wino16(
                 2..=3 => 2,
                 _ => 1,
             };
-            let mut t = c0;
-            while t < c1 {
-                let p = (c1 - t).min(2);
-                // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
-                unsafe {
-                    match (n, p) {
-                        (4, 2) => tiles_wino16::<4, 2>(v, pc, ww, t, b0, out),
-                        (4, _) => tiles_wino16::<4, 1>(v, pc, ww, t, b0, out),
-                        (2, 2) => tiles_wino16::<2, 2>(v, pc, ww, t, b0, out),
-                        (2, _) => tiles_wino16::<2, 1>(v, pc, ww, t, b0, out),
-                        (_, 2) => tiles_wino16::<1, 2>(v, pc, ww, t, b0, out),
-                        _ => tiles_wino16::<1, 1>(v, pc, ww, t, b0, out),
-                    }
+            // SAFETY: blocks b0..b0+n exist; tiles c0..c1 are inside the row.
+            unsafe {
+                match n {
+                    4 => chunk_wino16::<4>(v, pc, ww, c0, c1, b0, out),
+                    2 => chunk_wino16::<2>(v, pc, ww, c0, c1, b0, out),
+                    _ => chunk_wino16::<1>(v, pc, ww, c0, c1, b0, out),
                 }
-                t += p;
             }
             b0 += n;
         }
     }
 }
 
-/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `2·P` pixels of tiles `t .. t + P`
-/// from i16 transformed codes and weights.
+/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the pixels of tiles `c0 .. c1` (at most
+/// [`TILE_CHUNK`]): for each element and kernel row (one slice of weights, kept in L1) every
+/// pair of tiles adds its products to its sums, kept in a small buffer between the slices;
+/// then the sums are combined into the two outputs of every tile.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
-unsafe fn tiles_wino16<const N: usize, const P: usize>(
+unsafe fn chunk_wino16<const N: usize>(
     v: &WinoInput16,
     pc: &PackedConv,
     ww: &WinoWeights16,
-    t: usize,
+    c0: usize,
+    c1: usize,
     b0: usize,
     out: &mut [i32],
 ) {
@@ -515,39 +509,46 @@ unsafe fn tiles_wino16<const N: usize, const P: usize>(
     // Bytes of one channel pair's weights for all output channels (8 per block × 2 i16).
     let pbytes = pc.cout8 * 4;
     let w = ww.u16.as_ptr() as *const u8;
-    // SAFETY: reads inside the transformed rows y..y+3 (tiles t..t+P) and the weights; writes
-    // inside out (pixels below v.w).
+    // SAFETY: reads inside the transformed rows (tiles c0..c1) and the weights; writes inside
+    // out (pixels below v.w).
     unsafe {
-        let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
+        let mut sums = [[[_mm256_setzero_si256(); N]; 4]; TILE_CHUNK];
         for e in 0..4 {
-            // This element's sums stay in registers.
-            let mut acc = [[_mm256_setzero_si256(); N]; P];
             for ky in 0..3 {
-                let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
                 let wt = w.add((ky * 4 + e) * pairs * pbytes + b0 * 32);
-                for g in 0..pairs {
-                    let mut q = [_mm256_setzero_si256(); P];
-                    for (i, qi) in q.iter_mut().enumerate() {
-                        let c = (row.add(i * 4 * cs + 2 * g) as *const u32).read_unaligned();
-                        *qi = _mm256_set1_epi32(c as i32);
-                    }
-                    let wg = wt.add(g * pbytes);
-                    for b in 0..N {
-                        let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
-                        for i in 0..P {
-                            acc[i][b] = _mm256_add_epi32(acc[i][b], _mm256_madd_epi16(q[i], wv));
+                let row = v.rows[ky].as_ptr().add(e * cs);
+                let mut t = c0;
+                while t < c1 {
+                    let two = t + 1 < c1;
+                    let (k0, k1) = (t - c0, (t + 1 - c0).min(TILE_CHUNK - 1));
+                    let mut acc0 = sums[k0][e];
+                    let mut acc1 = sums[k1][e];
+                    let r0 = row.add(t * 4 * cs);
+                    let r1 = if two { r0.add(4 * cs) } else { r0 };
+                    for g in 0..pairs {
+                        let q0 = _mm256_set1_epi32((r0.add(2 * g) as *const i32).read_unaligned());
+                        let q1 = _mm256_set1_epi32((r1.add(2 * g) as *const i32).read_unaligned());
+                        let wg = wt.add(g * pbytes);
+                        for b in 0..N {
+                            let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
+                            acc0[b] = _mm256_add_epi32(acc0[b], _mm256_madd_epi16(q0, wv));
+                            acc1[b] = _mm256_add_epi32(acc1[b], _mm256_madd_epi16(q1, wv));
                         }
                     }
+                    sums[k0][e] = acc0;
+                    if two {
+                        sums[k1][e] = acc1;
+                    }
+                    t += 2;
                 }
             }
-            a[e] = acc;
         }
-        for b in 0..N {
-            for i in 0..P {
-                let x = 2 * (t + i);
-                let [a0, a1, a2, a3] = [a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]];
-                let s0 = _mm256_add_epi32(_mm256_add_epi32(a0, a1), a2);
-                let s1 = _mm256_sub_epi32(_mm256_sub_epi32(a1, a2), a3);
+        for t in c0..c1 {
+            let a = &sums[t - c0];
+            let x = 2 * t;
+            for b in 0..N {
+                let s0 = _mm256_add_epi32(_mm256_add_epi32(a[0][b], a[1][b]), a[2][b]);
+                let s1 = _mm256_sub_epi32(_mm256_sub_epi32(a[1][b], a[2][b]), a[3][b]);
                 let d = out.as_mut_ptr().add(x * pc.cout8 + (b0 + b) * 8);
                 _mm256_storeu_si256(d as *mut __m256i, _mm256_srai_epi32(s0, 1));
                 if x + 1 < v.w {

@@ -263,8 +263,13 @@ impl FusedNet {
         // for layers too wide for vpmaddubsw (8-bit codes and weights), else direct.
         let wino_on = level == CpuLevel::Avx2 && super::winograd_enabled();
         let sched = wino_on.then(|| pc.wino_schedule(max_code)).flatten();
-        let use16 =
-            wino_on && sched.is_none() && !pc.pairs_fit_i16(max_code) && pc.wino16.is_some();
+        // (Not for narrow convs such as the tail: with 8 output lanes for 3 channels the direct
+        // kernel's 4 pixels per weight load do better.)
+        let use16 = wino_on
+            && sched.is_none()
+            && !pc.pairs_fit_i16(max_code)
+            && pc.cout8 >= 32
+            && pc.wino16.is_some();
         // Each thread keeps the transformed rows of this call it built last (rows y, y+1, y+2
         // of consecutive output rows overlap), tagged with a number unique to this call.
         let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
