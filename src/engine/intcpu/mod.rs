@@ -2,9 +2,13 @@
 //! exactly the semantics of [`super::intnet`] (same i32 sums, same float epilogue), with SIMD
 //! kernels chosen once per process from the CPU's features.
 //!
-//! Kernel family `conv` (3x3 convolution sums `S` of one output row): [`scalar`] is the
-//! readable reference, [`avx2`] the x86-64 AVX2 version (`vpmaddubsw` + `vpmaddwd` where no
-//! 16-bit pair sum can saturate, `vpmaddwd` on widened values where it could).
+//! Kernel family `conv` (3x3 convolution sums `S` of a range of pixels of one output row):
+//! [`scalar`] is the readable reference, [`avx2`] the x86-64 AVX2 version (`vpmaddubsw` +
+//! `vpmaddwd` where no 16-bit pair sum can saturate, `vpmaddwd` on codes spread to i16 where
+//! it could), and the AVX2 Winograd F(2,3) kernels of [`wino`] (the same sums from 4
+//! products per 2 pixels and kernel row instead of 6), used wherever they are exact.
+//! Epilogues (values, ReLU / residual / skip, the next layer's codes) are the `epilogue`
+//! family, scalar and AVX2, bit-identical.
 
 mod avx2;
 mod engine;
