@@ -29,7 +29,8 @@ pub use tile::Tile;
 
 use conv::FeatureMap;
 
-/// Default working-memory budget of one tile, in bytes (see [`tile::estimate_bytes`]).
+/// Default working-memory budget of one tile, in bytes (see `tile::estimate_bytes` and
+/// `tile::estimate_bytes_fused`).
 pub const DEFAULT_TILE_BUDGET: usize = 512 << 20;
 /// Smallest accepted explicit tile size (LR pixels).
 pub const MIN_TILE: usize = 16;

@@ -3,7 +3,7 @@
 //! kernels chosen once per process from the CPU's features.
 //!
 //! Kernel family `conv` (3x3 convolution sums `S` of a range of pixels of one output row):
-//! [`scalar`] is the readable reference, [`avx2`] the x86-64 AVX2 version (`vpmaddubsw` +
+//! `scalar` is the readable reference, `avx2` the x86-64 AVX2 version (`vpmaddubsw` +
 //! `vpmaddwd` where no 16-bit pair sum can saturate, `vpmaddwd` on codes spread to i16 where
 //! it could), and the AVX2 Winograd F(2,3) kernels of [`wino`] (the same sums from 4
 //! products per 2 pixels and kernel row instead of 6), used wherever they are exact.
