@@ -336,9 +336,37 @@ pub unsafe fn row_sums_wino(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    let nb = pc.cout8 / 8;
+    chunks_and_blocks(&cols, pc.cout8 / 8, |c0, c1, b0, n| {
+        let mut t = c0;
+        while t < c1 {
+            let p = (c1 - t).min(2);
+            // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
+            unsafe {
+                match (n, p) {
+                    (4, 2) => tiles_wino::<4, 2>(v, pc, ww, t, b0, flush, out),
+                    (4, _) => tiles_wino::<4, 1>(v, pc, ww, t, b0, flush, out),
+                    (2, 2) => tiles_wino::<2, 2>(v, pc, ww, t, b0, flush, out),
+                    (2, _) => tiles_wino::<2, 1>(v, pc, ww, t, b0, flush, out),
+                    (_, 2) => tiles_wino::<1, 2>(v, pc, ww, t, b0, flush, out),
+                    _ => tiles_wino::<1, 1>(v, pc, ww, t, b0, flush, out),
+                }
+            }
+            t += p;
+        }
+    });
+}
+
+/// The Winograd drivers' walk over the tiles of `cols`: chunks of [`TILE_CHUNK`] tiles, and
+/// in each chunk every group of `n` (4, 2 or 1) blocks of 8 output channels from `b0`, so that a
+/// chunk's transformed inputs stay in cache while all the weights pass. Calls
+/// `f(c0, c1, b0, n)`.
+#[inline(always)]
+fn chunks_and_blocks(
+    cols: &Range<usize>,
+    nb: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
     let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
-    // Chunks of tiles, every output block over a chunk before the next (see row_sums_wino16).
     for c0 in (t0..t1).step_by(TILE_CHUNK) {
         let c1 = (c0 + TILE_CHUNK).min(t1);
         let mut b0 = 0;
@@ -348,22 +376,7 @@ pub unsafe fn row_sums_wino(
                 2..=3 => 2,
                 _ => 1,
             };
-            let mut t = c0;
-            while t < c1 {
-                let p = (c1 - t).min(2);
-                // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside the row.
-                unsafe {
-                    match (n, p) {
-                        (4, 2) => tiles_wino::<4, 2>(v, pc, ww, t, b0, flush, out),
-                        (4, _) => tiles_wino::<4, 1>(v, pc, ww, t, b0, flush, out),
-                        (2, 2) => tiles_wino::<2, 2>(v, pc, ww, t, b0, flush, out),
-                        (2, _) => tiles_wino::<2, 1>(v, pc, ww, t, b0, flush, out),
-                        (_, 2) => tiles_wino::<1, 2>(v, pc, ww, t, b0, flush, out),
-                        _ => tiles_wino::<1, 1>(v, pc, ww, t, b0, flush, out),
-                    }
-                }
-                t += p;
-            }
+            f(c0, c1, b0, n);
             b0 += n;
         }
     }
@@ -464,29 +477,16 @@ pub unsafe fn row_sums_wino16(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    let nb = pc.cout8 / 8;
-    let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
-    // Chunks of tiles, every output block over a chunk before the next.
-    for c0 in (t0..t1).step_by(TILE_CHUNK) {
-        let c1 = (c0 + TILE_CHUNK).min(t1);
-        let mut b0 = 0;
-        while b0 < nb {
-            let n = match nb - b0 {
-                4.. => 4,
-                2..=3 => 2,
-                _ => 1,
-            };
-            // SAFETY: blocks b0..b0+n exist; tiles c0..c1 are inside the row.
-            unsafe {
-                match n {
-                    4 => chunk_wino16::<4>(v, pc, ww, c0, c1, b0, out),
-                    2 => chunk_wino16::<2>(v, pc, ww, c0, c1, b0, out),
-                    _ => chunk_wino16::<1>(v, pc, ww, c0, c1, b0, out),
-                }
+    chunks_and_blocks(&cols, pc.cout8 / 8, |c0, c1, b0, n| {
+        // SAFETY: blocks b0..b0+n exist; tiles c0..c1 are inside the row.
+        unsafe {
+            match n {
+                4 => chunk_wino16::<4>(v, pc, ww, c0, c1, b0, out),
+                2 => chunk_wino16::<2>(v, pc, ww, c0, c1, b0, out),
+                _ => chunk_wino16::<1>(v, pc, ww, c0, c1, b0, out),
             }
-            b0 += n;
         }
-    }
+    });
 }
 
 /// `S` of output channels `8·b0 .. 8·(b0 + N)` for the pixels of tiles `c0 .. c1` (at most

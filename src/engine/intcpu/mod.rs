@@ -238,18 +238,7 @@ pub fn row_sums_wino(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    assert_eq!(v.cstride, pc.cstride, "transformed rows' channel stride");
-    assert!(
-        cols.start.is_multiple_of(2) && cols.start <= cols.end && cols.end <= v.w,
-        "columns {cols:?} of {} (starting on a tile)",
-        v.w
-    );
-    let len = wino::row_len(v.w, v.cstride);
-    assert!(
-        v.rows.iter().all(|r| r.len() == len),
-        "transformed row size"
-    );
-    assert!(out.len() >= v.w * pc.cout8, "row sums buffer");
+    check_wino(v.w, v.cstride, v.rows.map(<[u8]>::len), pc, &cols, out);
     let ww = pc.wino.as_ref().expect("a conv with Winograd weights");
     assert!(
         sched.is_for(ww) && sched.max_code == v.max_code,
@@ -276,20 +265,9 @@ pub fn row_sums_wino16(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    assert_eq!(v.cstride, pc.cstride, "transformed rows' channel stride");
-    assert!(
-        cols.start.is_multiple_of(2) && cols.start <= cols.end && cols.end <= v.w,
-        "columns {cols:?} of {} (starting on a tile)",
-        v.w
-    );
-    let len = wino::row_len(v.w, v.cstride);
-    assert!(
-        v.rows.iter().all(|r| r.len() == len),
-        "transformed row size"
-    );
+    check_wino(v.w, v.cstride, v.rows.map(<[i16]>::len), pc, &cols, out);
     assert_eq!((x.w, x.cstride), (v.w, v.cstride), "code map");
     assert!(y < x.h, "row {y} of {}", x.h);
-    assert!(out.len() >= v.w * pc.cout8, "row sums buffer");
     let ww = pc
         .wino16
         .as_ref()
@@ -303,6 +281,26 @@ pub fn row_sums_wino16(
     if pc.offset {
         finish_offset(x, pc, y, cols, out);
     }
+}
+
+/// The shape checks of the Winograd entry points: transformed rows of a `w`-pixel map with
+/// `cstride` channels, a column range starting on a tile, a large enough sums buffer.
+fn check_wino(
+    w: usize,
+    cstride: usize,
+    row_lens: [usize; 3],
+    pc: &PackedConv,
+    cols: &Range<usize>,
+    out: &[i32],
+) {
+    assert_eq!(cstride, pc.cstride, "transformed rows' channel stride");
+    assert!(
+        cols.start.is_multiple_of(2) && cols.start <= cols.end && cols.end <= w,
+        "columns {cols:?} of {w} (starting on a tile)"
+    );
+    let len = wino::row_len(w, cstride);
+    assert!(row_lens.iter().all(|&l| l == len), "transformed row size");
+    assert!(out.len() >= w * pc.cout8, "row sums buffer");
 }
 
 /// `S = 2·Σ q·(k − 128) + Σ q` for 8-bit weights (the kernels computed the first sum).

@@ -179,14 +179,30 @@ pub fn row_len(w: usize, cstride: usize) -> usize {
 /// The transformed inputs of padded row `r` of `x` (codes up to `max_code`) into `out`
 /// (`tiles · 4 · cstride` bytes). Columns past the padded map count as code 0.
 pub fn build_row(x: &Codes, r: usize, max_code: u32, out: &mut [u8]) {
+    let q = max_code as u8;
+    // Wrapping u8 arithmetic: every result lies in 0..=2Q ≤ 255, so it is exact.
+    for_tiles(x, r, out, |d0, d1, d2, d3| {
+        [
+            d0.wrapping_sub(d2).wrapping_add(q),
+            d1.wrapping_add(d2),
+            d2.wrapping_sub(d1).wrapping_add(q),
+            d1.wrapping_sub(d3).wrapping_add(q),
+        ]
+    });
+}
+
+/// The 4 transformed values of every channel and tile of padded row `r` of `x` into `out`
+/// (`[tile][element 4][cstride]`), from the codes `d0..d3` of the tile's 4 input columns
+/// (columns past the padded map count as code 0).
+#[inline(always)]
+fn for_tiles<T: Copy>(x: &Codes, r: usize, out: &mut [T], f: impl Fn(u8, u8, u8, u8) -> [T; 4]) {
     let (cs, wp) = (x.cstride, x.w + 2);
-    let tiles = x.w.div_ceil(2);
     assert!(
-        r < x.h + 2 && out.len() == tiles * 4 * cs,
+        r < x.h + 2 && out.len() == row_len(x.w, cs),
         "transformed row"
     );
-    let q = max_code as u8;
     let zeros = [0u8; 1024];
+    assert!(cs <= zeros.len(), "channel stride");
     let row = &x.data[r * wp * cs..(r + 1) * wp * cs];
     let col = |c: usize| -> &[u8] {
         if c < wp {
@@ -195,18 +211,13 @@ pub fn build_row(x: &Codes, r: usize, max_code: u32, out: &mut [u8]) {
             &zeros[..cs]
         }
     };
-    assert!(cs <= zeros.len(), "channel stride");
     for (t, o) in out.chunks_exact_mut(4 * cs).enumerate() {
         let (d0, d1, d2, d3) = (col(2 * t), col(2 * t + 1), col(2 * t + 2), col(2 * t + 3));
         let (v0, rest) = o.split_at_mut(cs);
         let (v1, rest) = rest.split_at_mut(cs);
         let (v2, v3) = rest.split_at_mut(cs);
-        // Wrapping u8 arithmetic: every result lies in 0..=2Q ≤ 255, so it is exact.
         for c in 0..cs {
-            v0[c] = d0[c].wrapping_sub(d2[c]).wrapping_add(q);
-            v1[c] = d1[c].wrapping_add(d2[c]);
-            v2[c] = d2[c].wrapping_sub(d1[c]).wrapping_add(q);
-            v3[c] = d1[c].wrapping_sub(d3[c]).wrapping_add(q);
+            [v0[c], v1[c], v2[c], v3[c]] = f(d0[c], d1[c], d2[c], d3[c]);
         }
     }
 }
@@ -255,33 +266,8 @@ pub struct WinoInput16<'a> {
 /// [`build_row`] without offsets, in i16: `V0 = d0 − d2`, `V1 = d1 + d2`, `V2 = d2 − d1`,
 /// `V3 = d1 − d3`.
 pub fn build_row16(x: &Codes, r: usize, out: &mut [i16]) {
-    let (cs, wp) = (x.cstride, x.w + 2);
-    let tiles = x.w.div_ceil(2);
-    assert!(
-        r < x.h + 2 && out.len() == tiles * 4 * cs,
-        "transformed row"
-    );
-    let zeros = [0u8; 1024];
-    assert!(cs <= zeros.len(), "channel stride");
-    let row = &x.data[r * wp * cs..(r + 1) * wp * cs];
-    let col = |c: usize| -> &[u8] {
-        if c < wp {
-            &row[c * cs..(c + 1) * cs]
-        } else {
-            &zeros[..cs]
-        }
-    };
-    for (t, o) in out.chunks_exact_mut(4 * cs).enumerate() {
-        let (d0, d1, d2, d3) = (col(2 * t), col(2 * t + 1), col(2 * t + 2), col(2 * t + 3));
-        let (v0, rest) = o.split_at_mut(cs);
-        let (v1, rest) = rest.split_at_mut(cs);
-        let (v2, v3) = rest.split_at_mut(cs);
-        for c in 0..cs {
-            let (a, b, c2, d) = (d0[c] as i16, d1[c] as i16, d2[c] as i16, d3[c] as i16);
-            v0[c] = a - c2;
-            v1[c] = b + c2;
-            v2[c] = c2 - b;
-            v3[c] = b - d;
-        }
-    }
+    for_tiles(x, r, out, |d0, d1, d2, d3| {
+        let (a, b, c, d) = (d0 as i16, d1 as i16, d2 as i16, d3 as i16);
+        [a - c, b + c, c - b, b - d]
+    });
 }
