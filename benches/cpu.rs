@@ -187,21 +187,13 @@ fn kernels(frames: usize) {
         let max_code = (1u32 << bits) - 1;
         let level = CpuLevel::detect();
         let mut out = vec![0i32; w * pc.cout8];
-        let mut pass = || {
+        let pass = || {
             for y in 0..h {
                 row_sums(level, &map, &pc, y, max_code, 0..w, &mut out);
             }
             std::hint::black_box(&out);
         };
-        pass();
-        // The fastest of the repetitions: the least disturbed by other work on the machine.
-        let ms = (0..frames.max(5))
-            .map(|_| {
-                let t = Instant::now();
-                pass();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min);
+        let ms = fastest(frames, pass);
         // Rows over every thread, as the engine runs them.
         let par = || {
             (0..h).into_par_iter().for_each_init(
@@ -212,14 +204,7 @@ fn kernels(frames: usize) {
                 },
             )
         };
-        par();
-        let ms_par = (0..frames.max(5))
-            .map(|_| {
-                let t = Instant::now();
-                par();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min);
+        let ms_par = fastest(frames, par);
         let gmac = (h * w * cin * cout * 9) as f64 / 1e9;
         println!(
             "| conv {cin}->{cout} | {w_bits} | {bits} | {ms:.2} | {:.1} | {:.1} |",
@@ -261,17 +246,8 @@ fn kernels(frames: usize) {
                     (0..h).for_each(|y| row(&mut out, y));
                 }
             };
-            let mut best = |par: bool| {
-                wpass(par);
-                (0..frames.max(5))
-                    .map(|_| {
-                        let t = Instant::now();
-                        wpass(par);
-                        t.elapsed().as_secs_f64() * 1e3
-                    })
-                    .fold(f64::INFINITY, f64::min)
-            };
-            let (ms1, msp) = (best(false), best(true));
+            let ms1 = fastest(frames, || wpass(false));
+            let msp = fastest(frames, || wpass(true));
             println!(
                 "| conv {cin}->{cout}, Winograd F(2,3) | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
                 gmac / ms1 * 1e3,
@@ -307,17 +283,8 @@ fn kernels(frames: usize) {
                     (0..h).for_each(|y| row(&mut out, y));
                 }
             };
-            let mut best = |par: bool| {
-                wpass(par);
-                (0..frames.max(5))
-                    .map(|_| {
-                        let t = Instant::now();
-                        wpass(par);
-                        t.elapsed().as_secs_f64() * 1e3
-                    })
-                    .fold(f64::INFINITY, f64::min)
-            };
-            let (ms1, msp) = (best(false), best(true));
+            let ms1 = fastest(frames, || wpass(false));
+            let msp = fastest(frames, || wpass(true));
             println!(
                 "| conv {cin}->{cout}, Winograd F(2,3) i16 | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
                 gmac / ms1 * 1e3,
@@ -325,6 +292,19 @@ fn kernels(frames: usize) {
             );
         }
     }
+}
+
+/// Milliseconds of the fastest of `frames` (at least 5) runs of `pass` after one warm-up: the
+/// run least disturbed by other work on the machine.
+fn fastest(frames: usize, mut pass: impl FnMut()) -> f64 {
+    pass();
+    (0..frames.max(5))
+        .map(|_| {
+            let t = Instant::now();
+            pass();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// EDSR-baseline integer w4a4 (x2 320x180, x4 480x270) with the Winograd kernels on and off,
