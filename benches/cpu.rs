@@ -5,7 +5,7 @@
 //!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000 [--rss-only 1]] [--export DIR]
 //!                              [--only TEXT]   # rows whose network/engine contains TEXT
 //!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
-//!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4 with and without Winograd
+//!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4: direct, F(2,3), F(2x2,3x3)
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -153,7 +153,7 @@ fn tables(frames: usize, threads: usize) {
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
     use gstadabm::engine::intcpu::{
-        Codes, PackedConv, row_sums, row_sums_wino, row_sums_wino16, wino,
+        Codes, PackedConv, row_sums, row_sums_wino, row_sums_wino2, row_sums_wino16, wino,
     };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
@@ -253,7 +253,55 @@ fn kernels(frames: usize) {
                 gmac / ms1 * 1e3,
                 gmac / msp * 1e3
             );
-        } else if pc.wino16.is_some() && !pc.pairs_fit_i16(max_code) && level != CpuLevel::Scalar {
+        }
+        // F(2x2, 3x3) where it is exact: rows in pairs, tiles built per chunk of 16 (as the
+        // engine does), the input transform included.
+        if let Some(sched) = pc
+            .wino2_schedule(max_code)
+            .filter(|_| level != CpuLevel::Scalar)
+        {
+            let tiles = w.div_ceil(2);
+            let pair = |(out, data): &mut (Vec<i32>, Vec<u8>), y: usize| {
+                for t0 in (0..tiles).step_by(16) {
+                    let t1 = (t0 + 16).min(tiles);
+                    let data = &mut data[..wino::tiles2_len(t1 - t0, pc.cstride)];
+                    wino::build_tiles2(&map, y, t0..t1, max_code, data);
+                    let vi = wino::Wino2Input {
+                        data,
+                        t0,
+                        tiles: t1 - t0,
+                        w,
+                        cstride: pc.cstride,
+                        max_code,
+                    };
+                    row_sums_wino2(level, &vi, &pc, &sched, 2 * t0..(2 * t1).min(w), out);
+                }
+                std::hint::black_box(&out);
+            };
+            let init = || {
+                (
+                    vec![0i32; 2 * w * pc.cout8],
+                    vec![0u8; wino::tiles2_len(16, pc.cstride)],
+                )
+            };
+            let ms1 = fastest(frames, || {
+                let mut st = init();
+                (0..h).step_by(2).for_each(|y| pair(&mut st, y));
+            });
+            let msp = fastest(frames, || {
+                (0..h).into_par_iter().step_by(2).for_each_init(init, pair);
+            });
+            println!(
+                "| conv {cin}->{cout}, Winograd F(2x2,3x3) | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
+                gmac / ms1 * 1e3,
+                gmac / msp * 1e3
+            );
+        }
+        if pc.wino_schedule(max_code).is_none()
+            && level != CpuLevel::Scalar
+            && pc.wino16.is_some()
+            && !pc.pairs_fit_i16(max_code)
+        {
             // The i16 form for the layers too wide for vpmaddubsw.
             let tl = wino::row_len(w, pc.cstride);
             let mut vt = vec![0i16; (h + 2) * tl];
@@ -307,38 +355,62 @@ fn fastest(frames: usize, mut pass: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// EDSR-baseline integer w4a4 (x2 320x180, x4 480x270) with the Winograd kernels on and off,
-/// frames alternating in one process (the fastest frame of each: the least disturbed), and
-/// the outputs compared.
+/// EDSR-baseline integer w4a4 (x2 320x180, x4 480x270) with the direct kernels, Winograd
+/// F(2,3) and F(2x2, 3x3), frames alternating in one process (the fastest frame of each: the
+/// least disturbed), and the outputs compared.
 fn winograd_ab(frames: usize, threads: usize) {
-    use gstadabm::engine::intcpu::set_winograd;
-    for (scale, w, h) in [(2u32, 320usize, 180usize), (4, 480, 270)] {
-        let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
-        let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
+    use gstadabm::engine::intcpu::{Winograd, set_winograd};
+    let modes = [
+        (Winograd::Off, "direct"),
+        (Winograd::Rows, "Winograd F(2,3)"),
+        (Winograd::Tiles, "Winograd F(2x2,3x3)"),
+    ];
+    let only = arg("--only").unwrap_or_default();
+    for (scale, w, h, builtin_model) in [
+        (2u32, 320usize, 180usize, false),
+        (4, 480, 270, false),
+        (2, 320, 180, true),
+        (4, 480, 270, true),
+    ] {
+        let (name, q) = if builtin_model {
+            let b = builtin::find(scale, "w4a4").unwrap();
+            (format!("built-in {}", b.name), b.load().unwrap())
+        } else {
+            let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
+            let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
+            (format!("EDSR-baseline x{scale} integer w4a4"), q)
+        };
+        if !name.contains(&only) {
+            continue;
+        }
         let img = test_image(w, h, 3);
         let engine = Engine::new(&q, threads).unwrap();
-        let gmac = fp.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
-        let mut best = [f64::INFINITY; 2];
-        let mut outs = [None, None];
+        let gmac = q.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
+        let mut best = [f64::INFINITY; 3];
+        let mut outs = [None, None, None];
         for _ in 0..frames.max(1) + 1 {
-            for (i, on) in [false, true].into_iter().enumerate() {
-                set_winograd(on);
+            for (i, &(mode, _)) in modes.iter().enumerate() {
+                set_winograd(mode);
                 let t = Instant::now();
                 let out = engine.upscale(&img, &Options::default()).unwrap();
                 best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
                 outs[i] = Some(out);
             }
         }
-        let same = outs[0].as_ref().map(|o| &o.0.data) == outs[1].as_ref().map(|o| &o.0.data);
-        for (name, ms) in [("direct", best[0]), ("Winograd F(2,3)", best[1])] {
+        set_winograd(Winograd::Rows);
+        let data = |i: usize| outs[i].as_ref().map(|o| &o.0.data);
+        let same = data(0) == data(1) && data(1) == data(2);
+        for (i, (_, mode)) in modes.iter().enumerate() {
             println!(
-                "EDSR-baseline x{scale} {w}x{h} integer w4a4, {name}: {ms:.0} ms ({:.0} GMAC/s)",
-                gmac / ms * 1e3
+                "{name} {w}x{h}, {mode}: {:.0} ms ({:.0} GMAC/s, {:.2}x direct)",
+                best[i],
+                gmac / best[i] * 1e3,
+                best[0] / best[i]
             );
         }
         println!(
-            "x{scale}: Winograd / direct {:.2}x faster; outputs identical: {same}",
-            best[0] / best[1]
+            "{name}: F(2x2,3x3) / F(2,3) {:.2}x faster; outputs identical: {same}",
+            best[1] / best[2]
         );
     }
 }

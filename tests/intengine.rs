@@ -3,7 +3,7 @@
 //! the method page (±1 on at least 99.9% of output values for random models, FAB identical).
 
 use gstadabm::engine::complexity::gradient_density;
-use gstadabm::engine::intcpu::CpuLevel;
+use gstadabm::engine::intcpu::{CpuLevel, Winograd, set_winograd};
 use gstadabm::engine::intnet::IntNetwork;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Model, Options, QuantMode, builtin};
@@ -41,9 +41,11 @@ fn bits_equal(a: &Image, b: &Image) -> bool {
             .all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
+/// Every level, and at the best level every Winograd mode (odd width and height: the last
+/// F(2x2, 3x3) row pair has one row).
 #[test]
 fn kernels_equal_the_scalar_reference_at_every_level() {
-    let img = test_image(27, 14, 8);
+    let img = test_image(27, 15, 8);
     for (name, model) in models() {
         let reference = IntNetwork::new(&model).unwrap();
         let engine = Engine::new(&model, 2).unwrap();
@@ -59,6 +61,14 @@ fn kernels_equal_the_scalar_reference_at_every_level() {
             );
         }
         // The engine (detected level, whole frame) and tiled (16-pixel tiles) agree exactly too.
+        for mode in [Winograd::Off, Winograd::Tiles, Winograd::Rows] {
+            set_winograd(mode);
+            let (whole, _) = engine.upscale(&img, &Options::default()).unwrap();
+            assert!(
+                bits_equal(&whole, &want),
+                "{name}: engine with {mode:?} differs from the reference"
+            );
+        }
         let (whole, stats) = engine.upscale(&img, &Options::default()).unwrap();
         assert!(
             bits_equal(&whole, &want),
@@ -117,6 +127,31 @@ fn integer_engine_is_close_to_the_fake_quant_reference() {
         assert!(
             share >= 0.99 && psnr >= 40.0,
             "{name}: {share} within ±1, {psnr} dB"
+        );
+    }
+}
+
+/// The built-in w4a4 models' body convs take the F(2x2, 3x3) kernel for codes of up to 4 bits
+/// (so that the whole-network test above runs through it).
+#[test]
+fn builtin_w4a4_bodies_fit_the_2d_winograd() {
+    for b in builtin::MODELS.iter().filter(|m| m.name.contains("w4a4")) {
+        let net = IntNetwork::new(&b.load().unwrap())
+            .unwrap()
+            .with_kernels(CpuLevel::detect());
+        let mut body = 0;
+        for k in 0..net.layers.len() {
+            let Some((_, pc)) = net.kernels(k) else {
+                continue;
+            };
+            if pc.cin == pc.cout && pc.wino2_schedule(15).is_some() {
+                body += 1;
+            }
+        }
+        assert!(
+            body >= 2 * net.net.config.n_resblocks,
+            "{}: only {body} convs fit",
+            b.name
         );
     }
 }

@@ -60,26 +60,47 @@ impl CpuLevel {
     }
 }
 
-/// 0: not read yet, 1: off, 2: on.
+/// Which Winograd kernels the fused engine may use (each only where it is exact; the output is
+/// the same in every mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Winograd {
+    /// Direct kernels only.
+    Off,
+    /// F(2,3) along x ([`wino::WinoWeights`], [`wino::WinoWeights16`]).
+    Rows,
+    /// F(2x2, 3x3) ([`wino::Wino2Weights`]) where exact, else as `Rows` (opt-in).
+    Tiles,
+}
+
+/// 0: not read yet, else 1 + the mode.
 static WINOGRAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Whether the fused engine uses the Winograd kernel where it is exact: on, unless
-/// `ADABM_WINOGRAD=0` or [`set_winograd`] turned it off. The output is the same either way.
-pub fn winograd_enabled() -> bool {
+const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
+
+/// The Winograd kernels in use: `Rows` unless `ADABM_WINOGRAD` (`0`/`off`, `rows`, `tiles`)
+/// or [`set_winograd`] chose otherwise. (`Tiles` does 1.5x fewer multiplies than `Rows` but
+/// measured slower here end to end: its per-element widening and output transform cost more
+/// than the multiplies it saves at 32–64 channels on AVX2; BENCHMARKS.md.)
+pub fn winograd() -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
     match WINOGRAD.load(Relaxed) {
         0 => {
-            let on = std::env::var("ADABM_WINOGRAD").map_or(true, |v| v != "0");
-            WINOGRAD.store(if on { 2 } else { 1 }, Relaxed);
-            on
+            let mode = match std::env::var("ADABM_WINOGRAD").ok().as_deref() {
+                Some("0" | "off") => Winograd::Off,
+                Some("tiles") => Winograd::Tiles,
+                _ => Winograd::Rows,
+            };
+            set_winograd(mode);
+            mode
         }
-        v => v == 2,
+        v => MODES[v as usize - 1],
     }
 }
 
-/// Turns the Winograd kernel on or off for the whole process (for comparisons).
-pub fn set_winograd(on: bool) {
-    WINOGRAD.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+/// Sets the Winograd kernels for the whole process (for comparisons).
+pub fn set_winograd(mode: Winograd) {
+    let v = MODES.iter().position(|&m| m == mode).expect("a mode") as u8 + 1;
+    WINOGRAD.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Weights of one quantized conv laid out for the kernels.
@@ -106,6 +127,8 @@ pub struct PackedConv {
     pub wino: Option<wino::WinoWeights>,
     /// The i16 form of the Winograd weights (any weight codes).
     pub wino16: Option<wino::WinoWeights16>,
+    /// Winograd F(2x2, 3x3) weights when the weights fit that transform.
+    pub wino2: Option<wino::Wino2Weights>,
 }
 
 impl PackedConv {
@@ -149,9 +172,11 @@ impl PackedConv {
             w16,
             wino: None,
             wino16: None,
+            wino2: None,
         };
         pc.wino = wino::WinoWeights::new(&pc);
         pc.wino16 = wino::WinoWeights16::new(&pc);
+        pc.wino2 = wino::Wino2Weights::new(&pc);
         pc
     }
 
@@ -159,6 +184,12 @@ impl PackedConv {
     /// this conv has Winograd weights.
     pub fn wino_schedule(&self, max_code: u32) -> Option<wino::Schedule> {
         self.wino.as_ref()?.schedule(max_code)
+    }
+
+    /// The F(2x2, 3x3) schedule for codes up to `max_code` when that kernel is exact for them
+    /// and this conv has its weights.
+    pub fn wino2_schedule(&self, max_code: u32) -> Option<wino::Schedule> {
+        self.wino2.as_ref()?.schedule(max_code)
     }
 
     /// Whether `vpmaddubsw` (u8·i8 pairs summed into saturating i16) is exact for codes up to
@@ -280,6 +311,54 @@ pub fn row_sums_wino16(
     }
     if pc.offset {
         finish_offset(x, pc, y, cols, out);
+    }
+}
+
+/// [`row_sums`] of output rows `y` and `y + 1` by Winograd F(2x2, 3x3) from the transformed
+/// tiles `v` ([`wino::build_tiles2`] of those rows, tiles covering `cols`): row `r` into
+/// `out[r · w · cout8 ..]` (the second row's values are meaningless when `y + 1` is past the
+/// map); the same `S` to the bit. Only at levels with a Winograd kernel (AVX2), with the
+/// schedule of this conv for `v.max_code` ([`PackedConv::wino2_schedule`]).
+pub fn row_sums_wino2(
+    level: CpuLevel,
+    v: &wino::Wino2Input,
+    pc: &PackedConv,
+    sched: &wino::Schedule,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    assert_eq!(v.cstride, pc.cstride, "transformed tiles' channel stride");
+    assert_eq!(
+        v.data.len(),
+        wino::tiles2_len(v.tiles, v.cstride),
+        "transformed tiles size"
+    );
+    assert!(
+        cols.start.is_multiple_of(2)
+            && cols.start / 2 >= v.t0
+            && cols.start <= cols.end
+            && cols.end <= v.w
+            && cols.end.div_ceil(2) <= v.t0 + v.tiles,
+        "columns {cols:?} of {} (starting on a tile, inside tiles {}..{})",
+        v.w,
+        v.t0,
+        v.t0 + v.tiles
+    );
+    assert!(
+        out.len() >= 2 * v.w * pc.cout8,
+        "row sums buffer (two rows)"
+    );
+    let ww = pc.wino2.as_ref().expect("a conv with F(2x2, 3x3) weights");
+    assert!(
+        sched.is_for(ww) && sched.max_code == v.max_code,
+        "a Winograd schedule of another conv or other codes"
+    );
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above, the schedule
+        // is this conv's for these codes (so no i16 sum can overflow).
+        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino2(v, pc, ww, &sched.flush, cols, out) },
+        _ => panic!("no Winograd kernel at {level:?}"),
     }
 }
 

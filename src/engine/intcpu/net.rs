@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel};
-use super::wino::{self, WinoInput, WinoInput16};
-use super::{Codes, CpuLevel, row_sums, row_sums_wino, row_sums_wino16};
+use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
+use super::{Codes, CpuLevel, Winograd, row_sums, row_sums_wino, row_sums_wino2, row_sums_wino16};
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
 use crate::engine::intconv::ActQuant;
@@ -58,8 +58,9 @@ pub struct FusedNet {
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
 const MAX_COUT: usize = 1024;
 
-/// The epilogue of pixel `x` of a row, given its sums `S` and border terms `K`.
-type PixelFn<'a> = dyn FnMut(usize, &[i32], &[i32]) + 'a;
+/// The epilogue of pixel `x` of row `r` of a task's rows, given its sums `S` and border
+/// terms `K`.
+type PixelFn<'a> = dyn FnMut(usize, usize, &[i32], &[i32]) + 'a;
 
 /// Output pixels per chunk of a row (even: Winograd tiles are pairs of pixels).
 const COL_CHUNK: usize = 32;
@@ -103,6 +104,7 @@ thread_local! {
     static ROWS8: RefCell<WinoRows<u8>> = RefCell::new(WinoRows::default());
     static ROWS16: RefCell<WinoRows<i16>> = RefCell::new(WinoRows::default());
     static SUMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static TILES2: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl FusedNet {
@@ -259,28 +261,72 @@ impl FusedNet {
             // Placeholder for the tail, whose epilogue writes values, not codes.
             next: next.unwrap_or(a),
         };
-        // Winograd F(2,3) where it is exact (AVX2, small weights and codes), else its i16 form
-        // for layers too wide for vpmaddubsw (8-bit codes and weights), else direct.
-        let wino_on = level == CpuLevel::Avx2 && super::winograd_enabled();
-        let sched = wino_on.then(|| pc.wino_schedule(max_code)).flatten();
+        // Winograd F(2x2, 3x3) where it is exact (AVX2, small weights and codes), else F(2,3)
+        // along x, else its i16 form for layers too wide for vpmaddubsw (8-bit codes and
+        // weights), else direct.
+        let mode = if level == CpuLevel::Avx2 {
+            super::winograd()
+        } else {
+            Winograd::Off
+        };
+        let sched2 = (mode >= Winograd::Tiles)
+            .then(|| pc.wino2_schedule(max_code))
+            .flatten();
+        let sched = (sched2.is_none() && mode >= Winograd::Rows)
+            .then(|| pc.wino_schedule(max_code))
+            .flatten();
         // (Not for narrow convs such as the tail: with 8 output lanes for 3 channels the direct
         // kernel's 4 pixels per weight load do better.)
-        let use16 = wino_on
+        let use16 = mode >= Winograd::Rows
+            && sched2.is_none()
             && sched.is_none()
             && !pc.pairs_fit_i16(max_code)
             && pc.cout8 >= 32
             && pc.wino16.is_some();
+        // Output rows per task: F(2x2, 3x3) computes rows in pairs.
+        let rows = if sched2.is_some() { 2 } else { 1 };
         // Each thread keeps the transformed rows of this call it built last (rows y, y+1, y+2
         // of consecutive output rows overlap), tagged with a number unique to this call.
         let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tl = wino::row_len(w, pc.cstride);
-        // Sums of row `y`, then `pixel(xx, s, k)` for every pixel of it.
-        let row_work = |y: usize, pixel: &mut PixelFn| {
+        let plane = w * pc.cout8;
+        // Sums of rows `y0 .. y0 + rows` (those inside the map), then `pixel(r, xx, s, k)` for
+        // every pixel `xx` of row `y0 + r`. Rows are computed in chunks of columns, each
+        // chunk's epilogue right after its sums, so that the sums are read back from cache
+        // even in wide rows.
+        let row_work = |y0: usize, pixel: &mut PixelFn| {
+            let n = rows.min(h - y0);
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
-                sums.resize(w * pc.cout8, 0);
-                // The row in chunks of columns, each chunk's epilogue right after its sums, so
-                // that the sums are read back from cache even in wide rows.
+                sums.resize(rows * plane, 0);
+                if let Some(sched2) = &sched2 {
+                    return TILES2.with(|cell| {
+                        let mut tiles = cell.borrow_mut();
+                        tiles.resize(wino::tiles2_len(COL_CHUNK / 2, pc.cstride), 0);
+                        for x0 in (0..w).step_by(COL_CHUNK) {
+                            let cols = x0..(x0 + COL_CHUNK).min(w);
+                            let (t0, t1) = (x0 / 2, cols.end.div_ceil(2));
+                            let data = &mut tiles[..wino::tiles2_len(t1 - t0, pc.cstride)];
+                            wino::build_tiles2(&map, y0, t0..t1, max_code, data);
+                            let v = Wino2Input {
+                                data,
+                                t0,
+                                tiles: t1 - t0,
+                                w,
+                                cstride: pc.cstride,
+                                max_code,
+                            };
+                            row_sums_wino2(level, &v, pc, sched2, cols.clone(), &mut sums);
+                            for r in 0..n {
+                                for xx in cols.clone() {
+                                    let s = &sums[r * plane + xx * pc.cout8..][..cout];
+                                    pixel(r, xx, s, ic.ktab_at(y0 + r, xx, h, w));
+                                }
+                            }
+                        }
+                    });
+                }
+                let y = y0;
                 let rows8 = sched.as_ref().map(|_| {
                     ROWS8.with(|cell| {
                         let mut c = cell.borrow_mut();
@@ -322,7 +368,12 @@ impl FusedNet {
                         row_sums(level, &map, pc, y, max_code, cols.clone(), &mut sums);
                     }
                     for xx in cols {
-                        pixel(xx, &sums[xx * pc.cout8..][..cout], ic.ktab_at(y, xx, h, w));
+                        pixel(
+                            0,
+                            xx,
+                            &sums[xx * pc.cout8..][..cout],
+                            ic.ktab_at(y, xx, h, w),
+                        );
                     }
                 }
             })
@@ -333,10 +384,11 @@ impl FusedNet {
                 let out = out.expect("output map");
                 let owp = out.wp();
                 out.data[owp * cout..(h + 1) * owp * cout]
-                    .par_chunks_mut(owp * cout)
+                    .par_chunks_mut(rows * owp * cout)
                     .enumerate()
-                    .for_each(|(y, row)| {
-                        row_work(y, &mut |xx, s, k| {
+                    .for_each(|(i, chunk)| {
+                        row_work(i * rows, &mut |r, xx, s, k| {
+                            let row = &mut chunk[r * owp * cout..];
                             let px = Pixel {
                                 out: &mut row[(xx + 1) * cout..][..cout],
                                 res: &mut [],
@@ -351,11 +403,12 @@ impl FusedNet {
                 let c = cout / (r * r);
                 let hwp = w * r + 2;
                 dst[hwp * c..(h * r + 1) * hwp * c]
-                    .par_chunks_mut(r * hwp * c)
+                    .par_chunks_mut(rows * r * hwp * c)
                     .enumerate()
-                    .for_each(|(y, rows)| {
+                    .for_each(|(i, chunk)| {
                         let mut codes = [0u8; MAX_COUT];
-                        row_work(y, &mut |xx, s, k| {
+                        row_work(i * rows, &mut |ry, xx, s, k| {
+                            let hr = &mut chunk[ry * r * hwp * c..];
                             let px = Pixel {
                                 out: &mut [],
                                 res: &mut [],
@@ -366,7 +419,7 @@ impl FusedNet {
                             for (ch, cs) in codes[..cout].chunks_exact(r * r).enumerate() {
                                 for i in 0..r {
                                     for j in 0..r {
-                                        rows[(i * hwp + xx * r + j + 1) * c + ch] = cs[i * r + j];
+                                        hr[(i * hwp + xx * r + j + 1) * c + ch] = cs[i * r + j];
                                     }
                                 }
                             }
@@ -382,12 +435,17 @@ impl FusedNet {
                 };
                 let fw = w * cout;
                 dst[wp * cout..(h + 1) * wp * cout]
-                    .par_chunks_mut(wp * cout)
-                    .zip(res.par_chunks_mut(fw))
-                    .zip(head.par_chunks_mut(fw))
+                    .par_chunks_mut(rows * wp * cout)
+                    .zip(res.par_chunks_mut(rows * fw))
+                    .zip(head.par_chunks_mut(rows * fw))
                     .enumerate()
-                    .for_each(|(y, ((row, res), head))| {
-                        row_work(y, &mut |xx, s, k| {
+                    .for_each(|(i, ((dst, res), head))| {
+                        row_work(i * rows, &mut |r, xx, s, k| {
+                            let (row, res, head) = (
+                                &mut dst[r * wp * cout..],
+                                &mut res[r * fw..],
+                                &mut head[r * fw..],
+                            );
                             let px = Pixel {
                                 out: &mut [],
                                 res: &mut res[xx * cout..][..cout],

@@ -344,3 +344,106 @@ fn column_chunks_give_the_whole_row() {
         }
     }
 }
+
+/// The F(2x2, 3x3) kernel gives the reference sums of both rows exactly wherever it claims to
+/// be exact: odd heights (the last pair has no second row) and widths, 1-pixel maps, channel
+/// tails, weights of 2–4 bits, codes of 1–6 bits, tiles built and summed in chunks; and it
+/// does claim that for 4-bit weights and codes of up to 4 bits.
+#[test]
+fn winograd2_matches_the_reference_exactly() {
+    let mut rng = Rng::new(11);
+    let shapes = [
+        (3, 5, 64, 64),
+        (1, 1, 64, 64),
+        (2, 2, 32, 32),
+        (5, 7, 8, 24),
+        (2, 37, 64, 64),
+        (3, 3, 3, 8),
+    ];
+    let mut checked = 0;
+    for &(h, w, cin, cout) in &shapes {
+        for w_bits in [2u8, 3, 4] {
+            let ic = random_conv(&mut rng, cin, cout, w_bits);
+            let pc = PackedConv::new(&ic);
+            assert!(pc.wino2.is_some(), "{w_bits}-bit weights fit the transform");
+            for bits in 1u8..=6 {
+                let max_code = (1u32 << bits) - 1;
+                if w_bits == 4 && bits <= 4 {
+                    assert!(pc.wino2_schedule(max_code).is_some(), "w4 a{bits} is exact");
+                }
+                let Some(sched) = pc.wino2_schedule(max_code) else {
+                    continue;
+                };
+                let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
+                let codes = Codes {
+                    data: &padded,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                };
+                if !CpuLevel::available().contains(&CpuLevel::Avx2) {
+                    continue;
+                }
+                for y in (0..h).step_by(2) {
+                    let mut out = vec![-1i32; 2 * w * pc.cout8];
+                    // Chunks of 3 tiles (6 columns), each built on its own.
+                    for t0 in (0..w.div_ceil(2)).step_by(3) {
+                        let t1 = (t0 + 3).min(w.div_ceil(2));
+                        let mut data = vec![0u8; wino::tiles2_len(t1 - t0, pc.cstride)];
+                        wino::build_tiles2(&codes, y, t0..t1, max_code, &mut data);
+                        let v = wino::Wino2Input {
+                            data: &data,
+                            t0,
+                            tiles: t1 - t0,
+                            w,
+                            cstride: pc.cstride,
+                            max_code,
+                        };
+                        let cols = 2 * t0..(2 * t1).min(w);
+                        row_sums_wino2(CpuLevel::Avx2, &v, &pc, &sched, cols, &mut out);
+                    }
+                    let mut want = vec![0i32; cout];
+                    for r in 0..2.min(h - y) {
+                        for x in 0..w {
+                            ic.sums(&m, y + r, x, &mut want);
+                            let at = (r * w + x) * pc.cout8;
+                            assert_eq!(
+                                &out[at..at + cout],
+                                &want[..],
+                                "{h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({},{x})",
+                                y + r
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    if CpuLevel::available().contains(&CpuLevel::Avx2) {
+        assert!(checked > 100, "only {checked} rows checked");
+    } else {
+        eprintln!("no AVX2 on this host: the F(2x2, 3x3) kernel was not run");
+    }
+}
+
+#[test]
+fn winograd2_refuses_what_it_cannot_do_exactly() {
+    let mut rng = Rng::new(12);
+    assert!(
+        PackedConv::new(&random_conv(&mut rng, 8, 8, 8))
+            .wino2
+            .is_none()
+    );
+    let pc = PackedConv::new(&random_conv(&mut rng, 64, 64, 4));
+    // 7-bit codes: V would need 9 bits.
+    assert!(pc.wino2_schedule(127).is_none());
+    let count = |s: &wino::Schedule| s.flush.iter().filter(|&&f| f != 0).count();
+    let (s3, s15) = (
+        pc.wino2_schedule(3).unwrap(),
+        pc.wino2_schedule(15).unwrap(),
+    );
+    assert!(count(&s3) >= 16 && count(&s3) < count(&s15));
+    assert!(s15.is_for(pc.wino2.as_ref().unwrap()));
+    assert!(!s15.is_for(pc.wino.as_ref().unwrap()));
+}

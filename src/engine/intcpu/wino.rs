@@ -26,6 +26,8 @@
 //! transform without offsets, `vpmaddwd` on i16 `V` and `U`, i32 sums that cannot overflow
 //! (`|V| ≤ 510`, `|U| ≤ 3·128`, at most 3·2048 products).
 
+use std::ops::Range;
+
 use super::{Codes, PackedConv};
 
 /// Transformed weights of one conv.
@@ -35,11 +37,9 @@ pub struct WinoWeights {
     pub u8: Vec<i8>,
     /// `C_e` per output channel: `[element 4][cout8]`.
     pub csum: Vec<i32>,
-    /// Largest `|U_a| + |U_b|` over the pairs `vpmaddubsw` sums.
-    pub pair_max: i32,
-    /// The same largest pair per element and channel group: `[element 4][kernel row 3 ·
-    /// cstride/4]`, in the order the kernel accumulates them.
-    pub group_max: Vec<i32>,
+    /// The widening flags for codes of up to `b` bits, `b` = 1..=8 (`flush[b − 1]`; None
+    /// where the transform is not exact).
+    flush: Vec<Option<Vec<u8>>>,
     /// Unique per set of weights: ties a [`Schedule`] to them.
     id: u64,
 }
@@ -55,9 +55,109 @@ pub struct Schedule {
 
 impl Schedule {
     /// Whether this schedule was made for `ww`.
-    pub fn is_for(&self, ww: &WinoWeights) -> bool {
-        self.id == ww.id
+    pub fn is_for(&self, ww: &impl Transformed) -> bool {
+        self.id == ww.id()
     }
+}
+
+/// Transformed weights, each set with its own id.
+pub trait Transformed {
+    fn id(&self) -> u64;
+}
+
+impl Transformed for WinoWeights {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Transformed for Wino2Weights {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// The widening flags of a kernel that accumulates, for each of its elements, the
+/// `vpmaddubsw` pair sums of `groups` (each `cout8 · 4` i8 weights in the kernel's order) on
+/// transformed codes in `0..=vmax`: a flag after the group past which a lane's i16 sum could
+/// leave i16, and after each element's last group (`groups` yields the elements one after the
+/// other, `per_elem` groups each). None when a single pair sum could saturate.
+///
+/// The bound is per lane and per sign: with codes `≥ 0` a lane's sum lies in
+/// `[−vmax·Σ U⁻, vmax·Σ U⁺]` (`U⁺`, `U⁻`: the positive and negative parts of its weights),
+/// much tighter than `vmax·Σ |U|` maximised over the lanes group by group. The i16 adds wrap,
+/// so only the sums at the widenings need to fit.
+fn flushes<'a>(
+    groups: impl Iterator<Item = &'a [i8]>,
+    per_elem: usize,
+    vmax: i64,
+) -> Option<Vec<u8>> {
+    let limit = i16::MAX as i64;
+    let mut flags: Vec<u8> = Vec::new();
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    let mut pairs: Vec<(i64, i64)> = Vec::new();
+    for (j, gw) in groups.enumerate() {
+        if j % per_elem == 0 {
+            pos.clear();
+            neg.clear();
+        }
+        pairs.clear();
+        pairs.extend(gw.chunks_exact(2).map(|p| {
+            let (a, b) = (p[0] as i64, p[1] as i64);
+            (a.max(0) + b.max(0), (-a).max(0) + (-b).max(0))
+        }));
+        if pairs.iter().any(|&(p, n)| vmax * p.max(n) > limit) {
+            return None;
+        }
+        pos.resize(pairs.len(), 0);
+        neg.resize(pairs.len(), 0);
+        let over = pos
+            .iter()
+            .zip(&neg)
+            .zip(&pairs)
+            .any(|((&sp, &sn), &(p, n))| vmax * (sp + p).max(sn + n) > limit);
+        if over && j % per_elem != 0 {
+            *flags.last_mut().expect("an earlier group") = 1;
+            pos.fill(0);
+            neg.fill(0);
+        }
+        for ((sp, sn), &(p, n)) in pos.iter_mut().zip(neg.iter_mut()).zip(&pairs) {
+            *sp += p;
+            *sn += n;
+        }
+        flags.push(u8::from((j + 1) % per_elem == 0));
+    }
+    Some(flags)
+}
+
+/// The flush flags for codes of 1..=8 bits (`vmax = mult · (2^b − 1)`; None past 255 or where
+/// a pair sum could saturate).
+fn flushes_per_bits<'a, I: Iterator<Item = &'a [i8]>>(
+    groups: impl Fn() -> I,
+    per_elem: usize,
+    mult: i64,
+) -> Vec<Option<Vec<u8>>> {
+    (1..=8)
+        .map(|b| {
+            let vmax = mult * ((1i64 << b) - 1);
+            (vmax <= 255)
+                .then(|| flushes(groups(), per_elem, vmax))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The schedule for codes up to `max_code` from flags per bit-width (see
+/// [`flushes_per_bits`]): those of the smallest width holding `max_code` (a wider width's
+/// flags are safe for smaller codes; the offsets use `max_code` itself).
+fn schedule_for(flush: &[Option<Vec<u8>>], max_code: u32, id: u64) -> Option<Schedule> {
+    let bits = (32 - max_code.leading_zeros()).max(1) as usize;
+    let f = flush.get(bits - 1)?.as_ref()?;
+    Some(Schedule {
+        max_code,
+        flush: f.clone(),
+        id,
+    })
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -73,7 +173,6 @@ impl WinoWeights {
         let w = |t: usize, i: usize, o: usize| pc.w8[((t * cs / 4 + i / 4) * c8 + o) * 4 + i % 4];
         let mut u8 = vec![0i8; 3 * 4 * cs * c8];
         let mut csum = vec![0i32; 4 * c8];
-        let mut pair_max = 0;
         for ky in 0..3 {
             for i in 0..cs {
                 for o in 0..c8 {
@@ -94,68 +193,30 @@ impl WinoWeights {
             }
         }
         let groups = cs / 4;
-        let mut group_max = vec![0i32; 4 * 3 * groups];
-        for ky in 0..3 {
-            for e in 0..4 {
-                for g in 0..groups {
-                    let at = ((ky * 4 + e) * groups + g) * c8 * 4;
-                    let m = u8[at..at + c8 * 4]
-                        .chunks_exact(2)
-                        .map(|p| p[0].unsigned_abs() as i32 + p[1].unsigned_abs() as i32)
-                        .max()
-                        .unwrap_or(0);
-                    group_max[e * 3 * groups + ky * groups + g] = m;
-                    pair_max = pair_max.max(m);
-                }
-            }
-        }
+        let gb = c8 * 4;
+        // The kernel's order: per element, kernel rows, then channel groups.
+        let u: &[i8] = &u8;
+        let order = || {
+            (0..4).flat_map(move |e| {
+                (0..3 * groups).map(move |j| {
+                    let at = ((j / groups * 4 + e) * groups + j % groups) * gb;
+                    &u[at..at + gb]
+                })
+            })
+        };
+        let flush = flushes_per_bits(order, 3 * groups, 2);
         Some(Self {
             u8,
             csum,
-            pair_max,
-            group_max,
+            flush,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
     /// Where the kernel widens its i16 sums for codes up to `max_code` (before the bound of a
-    /// lane could pass 32767). None when the transform is not exact for such codes.
+    /// lane could leave i16). None when the transform is not exact for such codes.
     pub fn schedule(&self, max_code: u32) -> Option<Schedule> {
-        self.run(max_code)?;
-        let limit = i16::MAX as i64;
-        let v = 2 * max_code as i64;
-        let n = self.group_max.len() / 4;
-        let mut flush = vec![0u8; self.group_max.len()];
-        for e in 0..4 {
-            let gm = &self.group_max[e * n..(e + 1) * n];
-            let f = &mut flush[e * n..(e + 1) * n];
-            let mut bound = 0;
-            for j in 0..n {
-                let next = v * gm[j] as i64;
-                if j > 0 && bound + next > limit {
-                    f[j - 1] = 1;
-                    bound = 0;
-                }
-                bound += next;
-            }
-            f[n - 1] = 1;
-        }
-        Some(Schedule {
-            max_code,
-            flush,
-            id: self.id,
-        })
-    }
-
-    /// How many channel groups of `vpmaddubsw` pair sums fit in i16 for codes up to `max_code`;
-    /// None when the transform is not exact for such codes.
-    pub fn run(&self, max_code: u32) -> Option<usize> {
-        if 2 * max_code > 255 {
-            return None;
-        }
-        let pair = 2 * max_code as i64 * self.pair_max.max(1) as i64;
-        let run = i16::MAX as i64 / pair;
-        (run >= 1).then_some(run as usize)
+        schedule_for(&self.flush, max_code, self.id)
     }
 }
 
@@ -270,4 +331,201 @@ pub fn build_row16(x: &Codes, r: usize, out: &mut [i16]) {
         let (a, b, c, d) = (d0 as i16, d1 as i16, d2 as i16, d3 as i16);
         [a - c, b + c, c - b, b - d]
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// F(2x2, 3x3): the same transform along y as well.
+
+/// `Aᵀ` of F(2,3): output `i` of a tile = `Σ_e AT[i][e] · A_e`.
+pub const AT: [[i32; 4]; 2] = [[1, 1, 1, 0], [0, 1, -1, -1]];
+
+/// Element `(1, 1)` (`V = (d1 + d2) ⊗ (d1 + d2)`, in `0..=4Q`) needs no offset; every other
+/// element (in `−2Q..=2Q`) gets `2Q`.
+const CENTRE: usize = 5;
+
+/// Transformed weights of one conv for F(2x2, 3x3) ([`build_tiles2`], [`Wino2Input`]): 16
+/// products per 2x2 output pixels instead of 36 (2.25x fewer multiplies, 1.5x fewer than
+/// [`WinoWeights`]).
+///
+/// For a 4x4 window of codes `d` (padded rows `y .. y + 4`, columns `2t .. 2t + 4`) and the
+/// 3x3 kernel `g` (centred weight codes):
+///
+/// ```text
+///   V = Bᵀ d B + offsets     (u8: 0..=4Q; the offset is 2Q except for element (1,1))
+///   U = G' g G'ᵀ, G' = [2 0 0; 1 1 1; 1 −1 1; 0 0 2]                     (i8)
+///   A_e = Σ over input channels of V_e·U_e                               (i32)
+///   4·S(y + i, 2t + j) = Σ_e Aᵀ[i][e_y]·Aᵀ[j][e_x]·A_e − Q·K_ij
+/// ```
+///
+/// with `K_ij = Σ_e Aᵀ[i][e_y]·Aᵀ[j][e_x]·(offset_e / Q)·C_e` and `C_e = Σ U_e` per output
+/// channel. Exact whenever `4Q ≤ 255`, every `|U| ≤ 127` and no `vpmaddubsw` pair sum can
+/// saturate (`4Q · (|U_a| + |U_b|) ≤ 32767`); the i16 sums are widened on a [`Schedule`].
+#[derive(Clone, Debug)]
+pub struct Wino2Weights {
+    /// `[element 16][cstride/4][cout8][4]` i8, element `e = 4·e_y + e_x`.
+    pub u8: Vec<i8>,
+    /// `K_ij` per output channel: `[position 2i + j][cout8]`.
+    pub kcorr: Vec<i32>,
+    /// The widening flags for codes of up to `b` bits (`flush[b − 1]`, see [`WinoWeights`]).
+    flush: Vec<Option<Vec<u8>>>,
+    id: u64,
+}
+
+impl Wino2Weights {
+    /// None when the conv's weights do not fit the transform (8-bit weights in offset form, or
+    /// a transformed weight beyond i8).
+    pub fn new(pc: &PackedConv) -> Option<Self> {
+        if pc.offset {
+            return None;
+        }
+        const G: [[i32; 3]; 4] = [[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]];
+        let (cs, c8) = (pc.cstride, pc.cout8);
+        let groups = cs / 4;
+        let w = |t: usize, i: usize, o: usize| pc.w8[((t * groups + i / 4) * c8 + o) * 4 + i % 4];
+        let mut u8 = vec![0i8; 16 * cs * c8];
+        let mut csum = vec![0i32; 16 * c8];
+        for i in 0..cs {
+            for o in 0..c8 {
+                let g: [[i32; 3]; 3] =
+                    std::array::from_fn(|ky| std::array::from_fn(|kx| w(ky * 3 + kx, i, o) as i32));
+                for e in 0..16 {
+                    let (a, b) = (e / 4, e % 4);
+                    let mut u = 0;
+                    for (ky, gy) in g.iter().enumerate() {
+                        for (kx, &v) in gy.iter().enumerate() {
+                            u += G[a][ky] * v * G[b][kx];
+                        }
+                    }
+                    if u.abs() > 127 {
+                        return None;
+                    }
+                    u8[((e * groups + i / 4) * c8 + o) * 4 + i % 4] = u as i8;
+                    csum[e * c8 + o] += u;
+                }
+            }
+        }
+        let mut kcorr = vec![0i32; 4 * c8];
+        for (p, k) in kcorr.chunks_exact_mut(c8).enumerate() {
+            for e in (0..16).filter(|&e| e != CENTRE) {
+                let m = AT[p / 2][e / 4] * AT[p % 2][e % 4];
+                for (ko, c) in k.iter_mut().zip(&csum[e * c8..(e + 1) * c8]) {
+                    *ko += m * 2 * c;
+                }
+            }
+        }
+        let flush = flushes_per_bits(|| u8.chunks_exact(c8 * 4), groups, 4);
+        Some(Self {
+            u8,
+            kcorr,
+            flush,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Where the kernel widens its i16 sums for codes up to `max_code`; None when the
+    /// transform is not exact for such codes (`4Q > 255`, or a pair sum could saturate).
+    pub fn schedule(&self, max_code: u32) -> Option<Schedule> {
+        schedule_for(&self.flush, max_code, self.id)
+    }
+}
+
+/// The transformed inputs of tiles `t0 .. t0 + tiles` of the output row pair `y, y + 1`
+/// ([`build_tiles2`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Wino2Input<'a> {
+    /// `[tile][element 16][cstride]` u8.
+    pub data: &'a [u8],
+    pub t0: usize,
+    pub tiles: usize,
+    /// Output pixels per row.
+    pub w: usize,
+    pub cstride: usize,
+    /// The largest code `Q` the offsets were built with.
+    pub max_code: u32,
+}
+
+/// Bytes of the transformed inputs of `tiles` tiles with `cstride` codes per pixel.
+pub fn tiles2_len(tiles: usize, cstride: usize) -> usize {
+    tiles * 16 * cstride
+}
+
+/// The transformed inputs of tiles `tiles` (pairs of output columns) of output rows `y` and
+/// `y + 1` of `x` (codes up to `max_code`) into `out` (`[tile][element 16][cstride]`). Rows
+/// and columns past the padded map count as code 0.
+pub fn build_tiles2(x: &Codes, y: usize, tiles: Range<usize>, max_code: u32, out: &mut [u8]) {
+    let (cs, wp) = (x.cstride, x.w + 2);
+    assert!(
+        y < x.h && tiles.end <= x.w.div_ceil(2) && out.len() == tiles2_len(tiles.len(), cs),
+        "transformed tiles"
+    );
+    const MAX_CS: usize = 1024;
+    assert!(cs <= MAX_CS, "channel stride");
+    let zeros = [0u8; MAX_CS];
+    let px = |r: usize, c: usize| -> &[u8] {
+        if r < x.h + 2 && c < wp {
+            &x.data[(r * wp + c) * cs..][..cs]
+        } else {
+            &zeros[..cs]
+        }
+    };
+    // The y transform of the 4 columns a tile reads, in slots `column % 4`: consecutive tiles
+    // share two columns. `[slot][element 4][cstride]` (a per-thread buffer: no 16 KB memset
+    // per call).
+    thread_local! {
+        static TY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    TY.with(|cell| {
+        let mut ty = cell.borrow_mut();
+        ty.resize(16 * cs, 0);
+        let ty = &mut ty[..];
+        let col_y = |c: usize, ty: &mut [u8]| {
+            let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|r| px(y + r, c));
+            let t = &mut ty[(c % 4) * 4 * cs..][..4 * cs];
+            let (t0, rest) = t.split_at_mut(cs);
+            let (t1, rest) = rest.split_at_mut(cs);
+            let (t2, t3) = rest.split_at_mut(cs);
+            zip2(t0, d0, d2, |a, b| a.wrapping_sub(b));
+            zip2(t1, d1, d2, |a, b| a.wrapping_add(b));
+            zip2(t2, d2, d1, |a, b| a.wrapping_sub(b));
+            zip2(t3, d1, d3, |a, b| a.wrapping_sub(b));
+        };
+        let q2 = (2 * max_code) as u8;
+        // Wrapping u8 arithmetic: every final value lies in 0..=4Q ≤ 255, so it is exact.
+        for (k, (t, o)) in tiles.zip(out.chunks_exact_mut(16 * cs)).enumerate() {
+            for c in if k == 0 {
+                2 * t..2 * t + 4
+            } else {
+                2 * t + 2..2 * t + 4
+            } {
+                col_y(c, ty);
+            }
+            let at = |j: usize, a: usize| &ty[(((2 * t + j) % 4) * 4 + a) * cs..][..cs];
+            for (a, oa) in o.chunks_exact_mut(4 * cs).enumerate() {
+                let (v0, rest) = oa.split_at_mut(cs);
+                let (v1, rest) = rest.split_at_mut(cs);
+                let (v2, v3) = rest.split_at_mut(cs);
+                let off = if a == 1 { 0 } else { q2 };
+                zip2(v0, at(0, a), at(2, a), |p, q| {
+                    p.wrapping_sub(q).wrapping_add(q2)
+                });
+                zip2(v1, at(1, a), at(2, a), |p, q| {
+                    p.wrapping_add(q).wrapping_add(off)
+                });
+                zip2(v2, at(2, a), at(1, a), |p, q| {
+                    p.wrapping_sub(q).wrapping_add(q2)
+                });
+                zip2(v3, at(1, a), at(3, a), |p, q| {
+                    p.wrapping_sub(q).wrapping_add(q2)
+                });
+            }
+        }
+    })
+}
+
+/// `out[i] = f(a[i], b[i])` (equal lengths; a loop the compiler vectorises).
+#[inline(always)]
+fn zip2(out: &mut [u8], a: &[u8], b: &[u8], f: impl Fn(u8, u8) -> u8) {
+    for ((o, &p), &q) in out.iter_mut().zip(a).zip(b) {
+        *o = f(p, q);
+    }
 }
