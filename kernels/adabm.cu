@@ -331,12 +331,33 @@ __device__ __forceinline__ int swz(int hp, int chunk) {
     return chunk ^ ((hp / (128 / CIN)) & (CIN / 16 - 1));
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+// Shared-state-space address of a pointer into shared memory.
+__device__ __forceinline__ u32 smem_u32(const void* p) {
     u32 s;
     asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
                  : "=r"(s)
-                 : "l"(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem));
+                 : "l"(p));
+    return s;
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(smem)), "l"(gmem));
+}
+
+// ADABM_LDSM=1 (NVRTC option -DADABM_LDSM=1, set by ADABM_CUDA_LDMATRIX=1): the conv's A and
+// B fragments are loaded with ldmatrix.x4 (4 registers per instruction) instead of one 32-bit
+// shared load per register. Same registers, same results; opt-in until measured on a GPU.
+#ifndef ADABM_LDSM
+#define ADABM_LDSM 0
+#endif
+
+// ldmatrix.x4 of four 8x8 b16 matrices: lanes 8j..8j+7 give the 16-byte rows of matrix j, and
+// register j of lane i receives bytes 4·(i%4)..4·(i%4)+3 of row i/4 of matrix j, which is
+// the m16n8k32 fragment layout of 8-bit A (rows g, g+8 × k halves) and B (n rows × k halves).
+__device__ __forceinline__ void ldsm_x4(u32* r, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
 }
 
 // Queues the asynchronous copy of one tile's 18x18 code halo into `halo`.
@@ -401,6 +422,10 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
 
         u32 sqp[2][2] = {{0, 0}, {0, 0}};  // unsigned: partial Σq of rows g and g+8
         const u32* h32 = (const u32*)halo;
+#if ADABM_LDSM
+        const u32 halo_s = smem_u32(halo), sw_s = smem_u32(sw);
+#endif
+        (void)h32;
 #pragma unroll 1
         for (int t = 0; t < 9; t++) {
             const int dy = t / 3, dx = t - (t / 3) * 3;
@@ -409,11 +434,18 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                 u32 A[2][4];
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
+#if ADABM_LDSM
+                    // Matrix j = lane/8: pixels g (+8 for odd j) of the row, chunk 2kk + j/2.
+                    const int j = lane >> 3;
+                    const int hp = (warp * 2 + mt + dy) * HALO + (lane & 7) + dx + (j & 1) * 8;
+                    ldsm_x4(A[mt], halo_s + (hp * S::NC + swz<CIN>(hp, 2 * kk + (j >> 1))) * 16);
+#else
                     int hp0 = (warp * 2 + mt + dy) * HALO + g + dx, hp1 = hp0 + 8;
                     A[mt][0] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk)) * 4 + l4];
                     A[mt][1] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk)) * 4 + l4];
                     A[mt][2] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk + 1)) * 4 + l4];
                     A[mt][3] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk + 1)) * 4 + l4];
+#endif
                     if (!SIGNED) {
                         sqp[mt][0] = dp4a_u(A[mt][0], 0x01010101u, sqp[mt][0]);
                         sqp[mt][0] = dp4a_u(A[mt][2], 0x01010101u, sqp[mt][0]);
@@ -421,6 +453,28 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                         sqp[mt][1] = dp4a_u(A[mt][3], 0x01010101u, sqp[mt][1]);
                     }
                 }
+#if ADABM_LDSM
+                static_assert(S::NT % 2 == 0, "ldmatrix.x4 loads n8 fragments in pairs");
+                // Two n8 fragments per ldmatrix.x4: matrix j = lane/8 is fragment nt + j/2,
+                // k half j%2 (registers b0, b1 of nt, then of nt + 1).
+#pragma unroll
+                for (int nt = 0; nt < S::NT; nt += 2) {
+                    const int j = lane >> 3;
+                    const int row = t * S::NR + (nt + (j >> 1)) * 8 + (lane & 7);
+                    u32 B[4];
+                    ldsm_x4(B, sw_s + row * S::WROW + kk * 32 + (j & 1) * 16);
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        if (SIGNED) {
+                            mma_u8s8(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
+                            mma_u8s8(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                        } else {
+                            mma_u8u8(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
+                            mma_u8u8(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                        }
+                    }
+                }
+#else
 #pragma unroll
                 for (int nt = 0; nt < S::NT; nt++) {
                     const u8* wrow = sw + (t * S::NR + nt * 8 + g) * S::WROW + kk * 32 + l4 * 4;
@@ -433,6 +487,7 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                         mma_u8u8(acc[1][nt], A[1], b0, b1);
                     }
                 }
+#endif
             }
         }
 

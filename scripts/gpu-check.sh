@@ -4,9 +4,10 @@
 #   2. compute-sanitizer memcheck on the mixed-batch parity test;
 #   3. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models);
 #   4. PyTorch fp16 on the same weights and device.
-#   5. the element tests that need a GPU (backend=cuda), with GStreamer carried along.
+#   5. the element tests that need a GPU (backend=cuda), with GStreamer carried along;
+#   6. (LDMATRIX=1, the default) parity and benchmark again with ADABM_CUDA_LDMATRIX=1.
 # Results go to $OUT (default ./gpu-out): device.txt, parity.txt, sanitizer.txt, element.txt,
-# bench.md, torch.md, summary.txt (ncu-*.txt with NCU=1).
+# bench.md, torch.md, parity-ldmatrix.txt, bench-ldmatrix.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -52,6 +53,22 @@ fi
 start=$(date +%s)
 timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" --export /tmp/adabm-weights > "$OUT/bench.md" 2>&1
 summary "bench rc=$? ($(( $(date +%s) - start )) s)"
+
+# The ldmatrix variant of the tensor-core conv (ADABM_CUDA_LDMATRIX=1, opt-in until measured):
+# parity first, then the same benchmark; compare bench-ldmatrix.md with bench.md.
+if [ "${LDMATRIX:-1}" = 1 ]; then
+    start=$(date +%s)
+    ADABM_CUDA_LDMATRIX=1 timeout "${PARITY_TIMEOUT:-240}" "$BIN/cuda-tests" --test-threads=1 \
+        --nocapture > "$OUT/parity-ldmatrix.txt" 2>&1
+    rc=$?
+    summary "parity (ldmatrix) rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^test result' "$OUT/parity-ldmatrix.txt" | tail -1)"
+    if [ $rc = 0 ]; then
+        start=$(date +%s)
+        ADABM_CUDA_LDMATRIX=1 timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" \
+            > "$OUT/bench-ldmatrix.md" 2>&1
+        summary "bench (ldmatrix) rc=$? ($(( $(date +%s) - start )) s)"
+    fi
+fi
 
 start=$(date +%s)
 timeout "${TORCH_TIMEOUT:-150}" python3 bench/torch_fp16.py /tmp/adabm-weights --iters "${ITERS:-20}" > "$OUT/torch.md" 2>&1

@@ -54,6 +54,21 @@ pub fn probe(device: usize) -> Result<(String, (i32, i32))> {
 /// kernels (it otherwise picks 128 registers for some and spills).
 const OPTIONS: [&str; 3] = ["--fmad=false", "--std=c++17", "--maxrregcount=192"];
 
+/// Whether `ADABM_CUDA_LDMATRIX=1` asks for the tensor-core conv's `ldmatrix` fragment loads
+/// (kernels/README.md; opt-in until measured on a GPU).
+pub fn ldmatrix_requested() -> bool {
+    std::env::var("ADABM_CUDA_LDMATRIX").is_ok_and(|v| v == "1")
+}
+
+/// [`OPTIONS`], plus the `ldmatrix` variant's define when `ldmatrix`.
+fn options(ldmatrix: bool) -> Vec<String> {
+    let mut o: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
+    if ldmatrix {
+        o.push("-DADABM_LDSM=1".into());
+    }
+    o
+}
+
 /// Whether NVRTC (libnvrtc.so.13) can be loaded: from the library path, or else from
 /// `$ADABM_NVRTC_LIB` or the usual CUDA 13 install directories (loaded once by full path, after
 /// which cudarc's own lookup by name finds it).
@@ -122,6 +137,11 @@ pub struct Compiled {
 /// Compiles the kernels for `sm_XY` (`arch` = "sm_90"). `verbose` asks ptxas for its
 /// per-kernel register and spill report in the log. Needs only libnvrtc, no GPU.
 pub fn compile(arch: &str, verbose: bool) -> Result<Compiled> {
+    compile_variant(arch, verbose, ldmatrix_requested())
+}
+
+/// [`compile`] of the default kernels or (`ldmatrix`) of their `ldmatrix` variant.
+pub fn compile_variant(arch: &str, verbose: bool, ldmatrix: bool) -> Result<Compiled> {
     if !nvrtc_present() {
         return Err(CudaError::Unavailable(
             "libnvrtc.so.13 was not found (see README, CUDA)".into(),
@@ -135,7 +155,7 @@ pub fn compile(arch: &str, verbose: bool) -> Result<Compiled> {
         log: format!("{e:?}"),
     })?;
     let mut opts = vec![format!("--gpu-architecture={arch}")];
-    opts.extend(OPTIONS.iter().map(|s| s.to_string()));
+    opts.extend(options(ldmatrix));
     if verbose {
         opts.push("--ptxas-options=-v".to_string());
     }
@@ -224,7 +244,8 @@ fn cache_dir() -> Option<std::path::PathBuf> {
 /// FNV-1a of the kernel source and the compile options (stable across builds).
 fn source_hash() -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for b in KERNEL_SOURCE.bytes().chain(OPTIONS.join(" ").bytes()) {
+    let opts = options(ldmatrix_requested()).join(" ");
+    for b in KERNEL_SOURCE.bytes().chain(opts.bytes()) {
         h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
     }
     h

@@ -14,9 +14,10 @@
 //!
 //! `Q = 2^b − 1` is the largest code: the offsets make every `V` unsigned for `vpmaddubsw`
 //! and are taken out again through `C`. Exact whenever `2Q ≤ 255`, every `|U| ≤ 127`, and no
-//! `vpmaddubsw` pair sum can saturate (`2Q · (|U_a| + |U_b|) ≤ 32767`). The pair sums are
-//! accumulated in i16 and widened to i32 where [`WinoWeights::schedule`] says: before the
-//! running bound `2Q · Σ (|U_a| + |U_b|)` of any lane could pass 32767.
+//! `vpmaddubsw` pair sum can saturate (`2Q · max(U⁺_a + U⁺_b, U⁻_a + U⁻_b) ≤ 32767`). The pair
+//! sums are accumulated in i16 and widened to i32 where [`WinoWeights::schedule`] says: before
+//! a lane's sum could leave i16 (bounded per lane and sign: with codes ≥ 0 a lane's sum lies in
+//! `[−vmax·ΣU⁻, vmax·ΣU⁺]`).
 //!
 //! The transformed inputs are built per padded row ([`build_row`]): for every pair of output
 //! columns ("tile"), the 4 values of every channel; an output row reads three of them.
@@ -25,6 +26,11 @@
 //! the upsampler, the tail) use the i16 form ([`WinoWeights16`], [`build_row16`]): the same
 //! transform without offsets, `vpmaddwd` on i16 `V` and `U`, i32 sums that cannot overflow
 //! (`|V| ≤ 510`, `|U| ≤ 3·128`, at most 3·2048 products).
+//!
+//! [`Wino2Weights`] / [`build_tiles2`]: F(2x2, 3x3), the same transform along y too (16
+//! products per 2x2 pixels). Exact, but slower than F(2,3) on AVX2 at 32–64 channels (its 16
+//! elements each end with a widening and feed a 16-to-4 output transform), so opt-in
+//! (`ADABM_WINOGRAD=tiles`, [`super::Winograd::Tiles`]).
 
 use std::ops::Range;
 
