@@ -159,11 +159,12 @@ pub fn conv3x3_rows(
         SCRATCH.with_borrow_mut(|cols| {
             cols.resize(mb * k, 0.0);
             for (r, dst) in cols.chunks_exact_mut(k).enumerate() {
-                for t in 0..9 {
-                    let (dy, dx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
+                // The three taps of a kernel row are three consecutive pixels: one copy each.
+                for dy in 0..3 {
                     // In bounds: positions read lie in y0*wp ..= (y1+2)*wp - 1.
-                    let q = ((pb + r) as isize + dy * wp as isize + dx) as usize;
-                    dst[t * cin..(t + 1) * cin].copy_from_slice(&src.data[q * cin..(q + 1) * cin]);
+                    let q = pb + r + dy * wp - wp - 1;
+                    dst[3 * dy * cin..3 * (dy + 1) * cin]
+                        .copy_from_slice(&src.data[q * cin..(q + 3) * cin]);
                 }
             }
             for row in out.chunks_exact_mut(cout) {

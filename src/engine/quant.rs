@@ -8,10 +8,36 @@ pub fn levels(bits: u8) -> f32 {
     ((1u32 << bits) - 1) as f32
 }
 
+/// `x.round_ties_even()` (bit for bit, NaN and ±inf included), inlined and vectorisable: for
+/// `|x| < 2^22`, adding and subtracting `1.5·2^23` rounds half to even in the FPU (the sum's
+/// unit in the last place is 1); larger values take the library call. On baseline x86-64 (no
+/// SSE4.1 `roundss`) `round_ties_even` is a libm call per value.
+#[inline(always)]
+pub fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    let r = (x + MAGIC) - MAGIC;
+    // r is +0.0 where the exact result is −0.0 (x in [−0.5, −0.0]); copysign restores it
+    // (every nonzero r already has x's sign). |x| ≥ 2^22 (rare; NaN, inf): the libm call.
+    if x.abs() < 4_194_304.0 {
+        r.copysign(x)
+    } else {
+        x.round_ties_even()
+    }
+}
+
+/// [`round_even`] without its branch, for arguments below `2^22` in magnitude (or NaN, ±inf,
+/// which pass through): exact there, and loops over it vectorise. The quantizers' arguments
+/// are `t·N` with `t ∈ [0, 1]` and `N ≤ 255`.
+#[inline(always)]
+pub fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    ((x + MAGIC) - MAGIC).copysign(x)
+}
+
 /// Activation code `q = round((clamp(x, l, u) - l) / (u - l) * (2^b - 1))`.
 #[inline]
 pub fn act_code(x: f32, l: f32, u: f32, n: f32) -> f32 {
-    ((x.clamp(l, u) - l) / (u - l) * n).round_ties_even()
+    round_even_small((x.clamp(l, u) - l) / (u - l) * n)
 }
 
 /// Activation fake-quant: `x̂ = q / (2^b - 1) * (u - l) + l`.
@@ -23,7 +49,7 @@ pub fn act_fake_quant(x: f32, l: f32, u: f32, n: f32) -> f32 {
 /// Weight code `k = round((clamp(w, -u_w, u_w) + u_w) / (2 u_w) * (2^b_w - 1))`.
 #[inline]
 pub fn weight_code(w: f32, u_w: f32, n: f32) -> f32 {
-    ((w.clamp(-u_w, u_w) + u_w) / (2.0 * u_w) * n).round_ties_even()
+    round_even_small((w.clamp(-u_w, u_w) + u_w) / (2.0 * u_w) * n)
 }
 
 /// Weight fake-quant: `ŵ = k / (2^b_w - 1) * 2 u_w - u_w`.
@@ -59,6 +85,49 @@ pub fn adaptive_bits(base: u8, b_i: i32, b_l: i32) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_even_is_round_ties_even() {
+        let mut v: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            2.5,
+            -2.5,
+            0.49999997,
+            254.5,
+            255.5,
+            4_194_303.5,
+            4_194_304.0,
+            4_194_304.5,
+            -4_194_305.5,
+            6_000_000.5,
+            8_388_607.5,
+            16_777_217.0,
+            1e30,
+            -1e30,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut r = crate::engine::random::Rng::new(3);
+        for _ in 0..200_000 {
+            let x = r.symmetric(300.0);
+            v.extend([x, x.round() + 0.5, x * 1e5]);
+        }
+        for x in v {
+            let b = x.round_ties_even();
+            let same = |a: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            assert!(same(round_even(x)), "{x}: {} vs {b}", round_even(x));
+            if !(x.abs() >= 4_194_304.0 && x.is_finite()) {
+                assert!(same(round_even_small(x)), "{x}: {}", round_even_small(x));
+            }
+        }
+    }
 
     #[test]
     fn activation_grid_by_hand() {

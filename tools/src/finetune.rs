@@ -84,6 +84,9 @@ pub struct Settings {
     /// Weight of the calibrated range in the final one (the rest is the best candidate).
     pub bac_keep: f32,
     pub seed: u64,
+    /// Largest memory (MiB) for keeping the teacher's outputs of every crop (computed once:
+    /// its weights are frozen) instead of running the teacher on every batch; 0 = never.
+    pub teacher_cache_mb: usize,
 }
 
 impl Default for Settings {
@@ -108,6 +111,7 @@ impl Default for Settings {
             bac_step: 0.01,
             bac_keep: 0.5,
             seed: 1,
+            teacher_cache_mb: 4096,
         }
     }
 }
@@ -983,20 +987,42 @@ fn row_back(
     };
     let n = ns[i];
     let base = x.idx(yp - 1, 0);
-    let (mut dl, mut du, mut dn) = (0.0f64, 0.0f64, 0.0f64);
     let xs = &x.data[base..base + w * ch];
     let gs = &dxq.data[base..base + w * ch];
-    let mut dst = drow.map(|d| &mut d[ch..(w + 1) * ch]);
-    for (j, (&v, &gy)) in xs.iter().zip(gs).enumerate() {
-        let a = qgrad::act_quant(v, l, u, n);
-        dl += (gy * a.dl) as f64;
-        du += (gy * a.du) as f64;
-        dn += (gy * a.dn) as f64;
-        if let Some(d) = dst.as_deref_mut() {
-            d[j] = gy * a.dx;
-        }
+    let dst = drow.map(|d| &mut d[ch..(w + 1) * ch]);
+    thread_local! {
+        static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    (i, dl, du, dn)
+    PARTS.with_borrow_mut(|parts| {
+        // Every element's terms first (no loop-carried dependency: the loop vectorises), then
+        // their f64 sums in element order, as a single loop would add them.
+        let len = xs.len();
+        parts.resize(3 * len, 0.0);
+        let (pl, rest) = parts.split_at_mut(len);
+        let (pu, pn) = rest.split_at_mut(len);
+        let terms = (pl.iter_mut().zip(pu.iter_mut()).zip(pn.iter_mut())).zip(xs.iter().zip(gs));
+        match dst {
+            Some(d) => {
+                for ((((tl, tu), tn), (&v, &gy)), dj) in terms.zip(d.iter_mut()) {
+                    let a = qgrad::act_quant(v, l, u, n);
+                    (*tl, *tu, *tn, *dj) = (gy * a.dl, gy * a.du, gy * a.dn, gy * a.dx);
+                }
+            }
+            None => {
+                for (((tl, tu), tn), (&v, &gy)) in terms {
+                    let a = qgrad::act_quant(v, l, u, n);
+                    (*tl, *tu, *tn) = (gy * a.dl, gy * a.du, gy * a.dn);
+                }
+            }
+        }
+        let (mut dl, mut du, mut dn) = (0.0f64, 0.0f64, 0.0f64);
+        for ((&a, &b), &c) in pl.iter().zip(pu.iter()).zip(pn.iter()) {
+            dl += a as f64;
+            du += b as f64;
+            dn += c as f64;
+        }
+        (i, dl, du, dn)
+    })
 }
 
 /// Adam with per-parameter state (a parameter's step counts only the updates it received).
@@ -1057,6 +1083,95 @@ pub struct Progress<'a> {
 
 /// Runs the reference's schedule on `crops` (all the same size): bit-aware clipping at the
 /// first batch, then `epochs × iters` steps rotating the trained group by epoch.
+/// The floating-point teacher's outputs for one crop, rows without padding: every residual
+/// block's output and the HR output.
+struct TeacherCrop {
+    blocks: Vec<Vec<f32>>,
+    out: Vec<f32>,
+}
+
+/// Bytes a [`TeacherCrop`] of an `h x w` crop takes.
+fn teacher_crop_bytes(net: &QNet, h: usize, w: usize) -> usize {
+    let r = net.config.scale as usize;
+    (net.config.n_resblocks * h * w * net.config.n_feats + h * r * w * r * 3) * 4
+}
+
+/// The rows of crop `i` of a stacked map, concatenated.
+fn crop_rows(m: &FeatureMap, s: &Stack, i: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(s.h * s.w * m.c);
+    for y in 0..s.h {
+        v.extend_from_slice(m.row(s.row(i, y)));
+    }
+    v
+}
+
+/// A stacked map of `c` channels from per-crop rows (the inverse of [`crop_rows`]).
+fn stack_rows<'a>(s: &Stack, c: usize, crops: impl Iterator<Item = &'a [f32]>) -> FeatureMap {
+    let mut m = s.zeros(c);
+    let n = s.w * c;
+    for (i, v) in crops.enumerate() {
+        for y in 0..s.h {
+            m.row_mut(s.row(i, y))
+                .copy_from_slice(&v[y * n..(y + 1) * n]);
+        }
+    }
+    m
+}
+
+/// The teacher's outputs of every crop, computed `batch` crops at a time; None when they
+/// would take more than `limit_mb` MiB.
+fn teacher_cache(
+    net: &mut QNet,
+    crops: &[Image],
+    batch: usize,
+    limit_mb: usize,
+) -> Option<Vec<TeacherCrop>> {
+    let (h, w) = (crops[0].height, crops[0].width);
+    let bytes = teacher_crop_bytes(net, h, w).checked_mul(crops.len())?;
+    if bytes > limit_mb.saturating_mul(1 << 20) {
+        return None;
+    }
+    let mut cache = Vec::with_capacity(crops.len());
+    for chunk in crops.chunks(batch.max(1)) {
+        let pick: Vec<&Image> = chunk.iter().collect();
+        let b = net.batch(&pick);
+        let t = net.forward(&b, false, None, None);
+        let out_stack = b.s.scaled(net.config.scale as usize);
+        for i in 0..chunk.len() {
+            cache.push(TeacherCrop {
+                blocks: t.blocks.iter().map(|m| crop_rows(m, &b.s, i)).collect(),
+                out: crop_rows(&t.out, &out_stack, i),
+            });
+        }
+    }
+    Some(cache)
+}
+
+/// The teacher pass of the crops `pick` (indices into the cache) of batch `b`, from the cache:
+/// only what the losses read (block outputs and the output).
+fn cached_teacher(net: &QNet, cache: &[TeacherCrop], pick: &[usize], b: &Batch) -> Pass {
+    let out_stack = b.s.scaled(net.config.scale as usize);
+    let blocks = (0..net.config.n_resblocks)
+        .map(|k| {
+            stack_rows(
+                &b.s,
+                net.config.n_feats,
+                pick.iter().map(|&i| &cache[i].blocks[k][..]),
+            )
+        })
+        .collect();
+    Pass {
+        out: stack_rows(&out_stack, 3, pick.iter().map(|&i| &cache[i].out[..])),
+        blocks,
+        inputs: Vec::new(),
+        quantized: Vec::new(),
+        wq: Vec::new(),
+        bits: Vec::new(),
+        clamped: Vec::new(),
+        b_i: Vec::new(),
+    }
+}
+
 pub fn finetune(
     net: &mut QNet,
     crops: &[Image],
@@ -1073,6 +1188,21 @@ pub fn finetune(
     let mut pos = 0;
     let mut logs = Vec::new();
     let mut first = true;
+    let same_size = crops
+        .iter()
+        .all(|c| (c.width, c.height) == (crops[0].width, crops[0].height));
+    let t_cache = std::time::Instant::now();
+    let cache = same_size
+        .then(|| teacher_cache(net, crops, st.batch, st.teacher_cache_mb))
+        .flatten();
+    if cache.is_some() {
+        let mib = (teacher_crop_bytes(net, crops[0].height, crops[0].width) * crops.len()) >> 20;
+        eprintln!(
+            "teacher outputs of {} crops cached ({mib} MiB) in {:.1} s",
+            crops.len(),
+            t_cache.elapsed().as_secs_f64()
+        );
+    }
     for epoch in 1..=st.epochs {
         let t0 = std::time::Instant::now();
         let group = Group::of_epoch(epoch);
@@ -1088,11 +1218,15 @@ pub fn finetune(
                     }
                     pos = 0;
                 }
-                pick.push(&crops[order[pos]]);
+                pick.push(order[pos]);
                 pos += 1;
             }
-            let b = net.batch(&pick);
-            let teacher = net.forward(&b, false, None, None);
+            let imgs: Vec<&Image> = pick.iter().map(|&i| &crops[i]).collect();
+            let b = net.batch(&imgs);
+            let teacher = match &cache {
+                Some(c) => cached_teacher(net, c, &pick, &b),
+                None => net.forward(&b, false, None, None),
+            };
             let pass = net.forward(&b, true, (first && st.bac).then_some(st), None);
             first = false;
             let lw = LossWeights {

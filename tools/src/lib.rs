@@ -15,6 +15,27 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::Image;
 
+/// For the training tools, which allocate and free maps of tens of MB on every iteration:
+/// glibc returns allocations above its mmap threshold (adaptive, at most 32 MiB) to the
+/// kernel when they are freed, so every iteration pays the page faults of fresh memory again
+/// (about 5% of a fine-tuning iteration). This keeps freed memory in the heap for reuse
+/// (glibc only; elsewhere nothing changes). Call it first thing in `main`.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_MAX: i32 = -4;
+        // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+        unsafe {
+            mallopt(M_MMAP_MAX, 0);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        }
+    }
+}
+
 /// Minimal `--key value` / `--flag` argument parser with helpful errors.
 pub struct Args {
     pairs: Vec<(String, Option<String>)>,

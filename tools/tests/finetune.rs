@@ -321,6 +321,18 @@ fn fine_tuning_lowers_the_distillation_loss_and_is_deterministic() {
     let mut again = QNet::from_model(&q).unwrap();
     finetune::finetune(&mut again, &crops, &st, |_| {}).unwrap();
     assert_eq!(net.theta, again.theta, "same seed, same result");
+    // The teacher's outputs cached once (the default) or recomputed for every batch: the same
+    // parameters to the bit.
+    let mut recomputed = QNet::from_model(&q).unwrap();
+    let no_cache = Settings {
+        teacher_cache_mb: 0,
+        ..st.clone()
+    };
+    finetune::finetune(&mut recomputed, &crops, &no_cache, |_| {}).unwrap();
+    assert_eq!(
+        net.theta, recomputed.theta,
+        "teacher cache changes the result"
+    );
     // The model round-trips and the engine runs it.
     let m = net.to_model(&q).unwrap();
     let back = QNet::from_model(&Model::from_bytes(&m.to_bytes().unwrap()).unwrap()).unwrap();

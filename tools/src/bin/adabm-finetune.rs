@@ -39,6 +39,9 @@ floating-point weights as the teacher; the weights stay frozen. Defaults are the
   --bac-step X         (default 0.01)
   --bac-keep X         final range = X·calibrated + (1 − X)·best (default 0.5)
   --seed N             batch order seed (default 1)
+  --teacher-cache-mb N keep the teacher's outputs of every crop (computed once) when they fit
+                       in N MiB, instead of running the teacher on every batch; 0 = never
+                       (default 4096; same results either way)
   --log FILE           JSON log (default: OUT with .finetune.json)
   --plot FILE          PNG of the losses and average bits per epoch (default: OUT with .finetune.png)";
 
@@ -48,6 +51,7 @@ fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
 }
 
 fn main() -> Result<()> {
+    adabm_tools::keep_freed_memory();
     let a = Args::parse(&["lr", "no-bac", "help"])?;
     if a.flag("help") {
         println!("{USAGE}");
@@ -80,6 +84,7 @@ fn main() -> Result<()> {
         "bac-step",
         "bac-keep",
         "seed",
+        "teacher-cache-mb",
         "log",
         "plot",
         "help",
@@ -110,6 +115,7 @@ fn main() -> Result<()> {
         bac_step: a.num("bac-step", d.bac_step)?,
         bac_keep: a.num("bac-keep", d.bac_keep)?,
         seed: a.num("seed", d.seed)?,
+        teacher_cache_mb: a.num("teacher-cache-mb", d.teacher_cache_mb)?,
     };
     if st.epochs == 0 || st.iters == 0 || st.batch == 0 {
         bail!("--epochs, --iters and --batch must be positive");

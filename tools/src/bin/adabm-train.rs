@@ -305,6 +305,7 @@ fn hms(s: f64) -> String {
 }
 
 fn main() -> Result<()> {
+    adabm_tools::keep_freed_memory();
     let a = Args::parse(&["resume", "help"])?;
     if a.flag("help") {
         println!("{USAGE}");
