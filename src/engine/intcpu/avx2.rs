@@ -57,6 +57,58 @@ pub unsafe fn row_sums_maddubs(
     }
 }
 
+/// One channel group of `vpmaddubsw` pair sums added into the i16 sums `part`: the 4 codes at
+/// `codes + i·stride` of each of `P` pixels (or tiles) against the 4 weights per output
+/// channel of the `N` blocks of 8 output channels at `wg` (32 bytes each).
+///
+/// # Safety
+/// AVX2; `P` 4-byte reads from `codes` and `N` 32-byte reads from `wg` in bounds.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn maddubs_group<const N: usize, const P: usize>(
+    codes: *const u8,
+    stride: usize,
+    wg: *const u8,
+    part: &mut [[__m256i; N]; P],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut q = [_mm256_setzero_si256(); P];
+        for (i, qi) in q.iter_mut().enumerate() {
+            let c = (codes.add(i * stride) as *const u32).read_unaligned();
+            *qi = _mm256_set1_epi32(c as i32);
+        }
+        for b in 0..N {
+            let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
+            for i in 0..P {
+                part[i][b] = _mm256_add_epi16(part[i][b], _mm256_maddubs_epi16(q[i], wv));
+            }
+        }
+    }
+}
+
+/// Widens the i16 sums `part` into the i32 sums `acc` (adjacent lanes added) and clears them.
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn widen<const N: usize, const P: usize>(
+    part: &mut [[__m256i; N]; P],
+    acc: &mut [[__m256i; N]; P],
+) {
+    // SAFETY: register-only intrinsics; the caller runs on AVX2.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        for i in 0..P {
+            for b in 0..N {
+                acc[i][b] = _mm256_add_epi32(acc[i][b], _mm256_madd_epi16(part[i][b], ones));
+                part[i][b] = _mm256_setzero_si256();
+            }
+        }
+    }
+}
+
 /// [`pixels`] with `vpmaddubsw` pair sums accumulated in i16 for
 /// `run` groups, then widened with `vpmaddwd` into the i32 sums.
 #[inline(always)]
@@ -85,27 +137,10 @@ unsafe fn pixels_i16<const N: usize, const P: usize>(
             let codes = x.data.as_ptr().add(p);
             let wt = w.add(t * groups * gbytes + b0 * 32);
             for g in 0..groups {
-                let mut q = [_mm256_setzero_si256(); P];
-                for (i, qi) in q.iter_mut().enumerate() {
-                    let v = (codes.add(i * x.cstride + 4 * g) as *const u32).read_unaligned();
-                    *qi = _mm256_set1_epi32(v as i32);
-                }
-                let wg = wt.add(g * gbytes);
-                for b in 0..N {
-                    let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
-                    for i in 0..P {
-                        part[i][b] = _mm256_add_epi16(part[i][b], _mm256_maddubs_epi16(q[i], wv));
-                    }
-                }
+                maddubs_group(codes.add(4 * g), x.cstride, wt.add(g * gbytes), &mut part);
                 pending += 1;
                 if pending == run {
-                    for i in 0..P {
-                        for b in 0..N {
-                            acc[i][b] =
-                                _mm256_add_epi32(acc[i][b], _mm256_madd_epi16(part[i][b], ones));
-                            part[i][b] = _mm256_setzero_si256();
-                        }
-                    }
+                    widen(&mut part, &mut acc);
                     pending = 0;
                 }
             }
@@ -403,7 +438,6 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
     // SAFETY: reads inside the transformed rows y..y+3 (tiles t..t+P) and the weights; writes
     // inside out (pixels below v.w).
     unsafe {
-        let ones = _mm256_set1_epi16(1);
         let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
         for e in 0..4 {
             let mut part = [[_mm256_setzero_si256(); N]; P];
@@ -412,29 +446,9 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
                 let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
                 let wt = w.add((ky * 4 + e) * groups * gbytes + b0 * 32);
                 for g in 0..groups {
-                    let mut q = [_mm256_setzero_si256(); P];
-                    for (i, qi) in q.iter_mut().enumerate() {
-                        let c = (row.add(i * 4 * cs + 4 * g) as *const u32).read_unaligned();
-                        *qi = _mm256_set1_epi32(c as i32);
-                    }
-                    let wg = wt.add(g * gbytes);
-                    for b in 0..N {
-                        let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
-                        for i in 0..P {
-                            part[i][b] =
-                                _mm256_add_epi16(part[i][b], _mm256_maddubs_epi16(q[i], wv));
-                        }
-                    }
+                    maddubs_group(row.add(4 * g), 4 * cs, wt.add(g * gbytes), &mut part);
                     if *fl.add(ky * groups + g) != 0 {
-                        for i in 0..P {
-                            for b in 0..N {
-                                a[e][i][b] = _mm256_add_epi32(
-                                    a[e][i][b],
-                                    _mm256_madd_epi16(part[i][b], ones),
-                                );
-                                part[i][b] = _mm256_setzero_si256();
-                            }
-                        }
+                        widen(&mut part, &mut a[e]);
                     }
                 }
             }
@@ -619,7 +633,6 @@ unsafe fn tiles_wino2<const N: usize, const P: usize>(
     // SAFETY: reads inside v.data (tiles t..t+P) and the weights; writes inside out (two rows
     // of v.w pixels, pixels below v.w).
     unsafe {
-        let ones = _mm256_set1_epi16(1);
         // Every element's i32 sums (indexed by the element: kept in memory, so that the i16
         // sums have the registers), combined into the four outputs at the end.
         let mut a = [[[_mm256_setzero_si256(); N]; P]; 16];
@@ -629,26 +642,9 @@ unsafe fn tiles_wino2<const N: usize, const P: usize>(
             let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
             let wt = w.add(e * groups * gbytes + b0 * 32);
             for g in 0..groups {
-                let mut q = [_mm256_setzero_si256(); P];
-                for (i, qi) in q.iter_mut().enumerate() {
-                    let c = (row.add(i * 16 * cs + 4 * g) as *const u32).read_unaligned();
-                    *qi = _mm256_set1_epi32(c as i32);
-                }
-                let wg = wt.add(g * gbytes);
-                for b in 0..N {
-                    let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
-                    for i in 0..P {
-                        part[i][b] = _mm256_add_epi16(part[i][b], _mm256_maddubs_epi16(q[i], wv));
-                    }
-                }
+                maddubs_group(row.add(4 * g), 16 * cs, wt.add(g * gbytes), &mut part);
                 if *fl.add(g) != 0 {
-                    for i in 0..P {
-                        for b in 0..N {
-                            a[e][i][b] =
-                                _mm256_add_epi32(a[e][i][b], _mm256_madd_epi16(part[i][b], ones));
-                            part[i][b] = _mm256_setzero_si256();
-                        }
-                    }
+                    widen(&mut part, &mut a[e]);
                 }
             }
         }

@@ -127,8 +127,9 @@ pub struct PackedConv {
     pub wino: Option<wino::WinoWeights>,
     /// The i16 form of the Winograd weights (any weight codes).
     pub wino16: Option<wino::WinoWeights16>,
-    /// Winograd F(2x2, 3x3) weights when the weights fit that transform.
-    pub wino2: Option<wino::Wino2Weights>,
+    /// Winograd F(2x2, 3x3) weights when the weights fit that transform: built on first use
+    /// ([`Self::wino2`]), since that kernel is opt-in.
+    wino2: std::sync::OnceLock<Option<wino::Wino2Weights>>,
 }
 
 impl PackedConv {
@@ -172,11 +173,10 @@ impl PackedConv {
             w16,
             wino: None,
             wino16: None,
-            wino2: None,
+            wino2: std::sync::OnceLock::new(),
         };
         pc.wino = wino::WinoWeights::new(&pc);
         pc.wino16 = wino::WinoWeights16::new(&pc);
-        pc.wino2 = wino::Wino2Weights::new(&pc);
         pc
     }
 
@@ -189,7 +189,15 @@ impl PackedConv {
     /// The F(2x2, 3x3) schedule for codes up to `max_code` when that kernel is exact for them
     /// and this conv has its weights.
     pub fn wino2_schedule(&self, max_code: u32) -> Option<wino::Schedule> {
-        self.wino2.as_ref()?.schedule(max_code)
+        self.wino2()?.schedule(max_code)
+    }
+
+    /// The F(2x2, 3x3) weights (None when the weights do not fit that transform), built on
+    /// the first call.
+    pub fn wino2(&self) -> Option<&wino::Wino2Weights> {
+        self.wino2
+            .get_or_init(|| wino::Wino2Weights::new(self))
+            .as_ref()
     }
 
     /// Whether `vpmaddubsw` (u8·i8 pairs summed into saturating i16) is exact for codes up to
@@ -348,7 +356,7 @@ pub fn row_sums_wino2(
         out.len() >= 2 * v.w * pc.cout8,
         "row sums buffer (two rows)"
     );
-    let ww = pc.wino2.as_ref().expect("a conv with F(2x2, 3x3) weights");
+    let ww = pc.wino2().expect("a conv with F(2x2, 3x3) weights");
     assert!(
         sched.is_for(ww) && sched.max_code == v.max_code,
         "a Winograd schedule of another conv or other codes"

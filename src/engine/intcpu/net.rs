@@ -4,6 +4,7 @@
 //! frames of the same size. Bit-identical to [`IntNetwork`](crate::engine::intnet::IntNetwork).
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -296,6 +297,15 @@ impl FusedNet {
         // even in wide rows.
         let row_work = |y0: usize, pixel: &mut PixelFn| {
             let n = rows.min(h - y0);
+            // The epilogue of columns `cols` of the task's rows from their sums.
+            let epilogue = |sums: &[i32], cols: Range<usize>, pixel: &mut PixelFn| {
+                for r in 0..n {
+                    for xx in cols.clone() {
+                        let s = &sums[r * plane + xx * pc.cout8..][..cout];
+                        pixel(r, xx, s, ic.ktab_at(y0 + r, xx, h, w));
+                    }
+                }
+            };
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
                 sums.resize(rows * plane, 0);
@@ -317,12 +327,7 @@ impl FusedNet {
                                 max_code,
                             };
                             row_sums_wino2(level, &v, pc, sched2, cols.clone(), &mut sums);
-                            for r in 0..n {
-                                for xx in cols.clone() {
-                                    let s = &sums[r * plane + xx * pc.cout8..][..cout];
-                                    pixel(r, xx, s, ic.ktab_at(y0 + r, xx, h, w));
-                                }
-                            }
+                            epilogue(&sums, cols, pixel);
                         }
                     });
                 }
@@ -367,14 +372,7 @@ impl FusedNet {
                     } else {
                         row_sums(level, &map, pc, y, max_code, cols.clone(), &mut sums);
                     }
-                    for xx in cols {
-                        pixel(
-                            0,
-                            xx,
-                            &sums[xx * pc.cout8..][..cout],
-                            ic.ktab_at(y, xx, h, w),
-                        );
-                    }
+                    epilogue(&sums, cols, pixel);
                 }
             })
         };

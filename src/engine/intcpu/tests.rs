@@ -365,7 +365,10 @@ fn winograd2_matches_the_reference_exactly() {
         for w_bits in [2u8, 3, 4] {
             let ic = random_conv(&mut rng, cin, cout, w_bits);
             let pc = PackedConv::new(&ic);
-            assert!(pc.wino2.is_some(), "{w_bits}-bit weights fit the transform");
+            assert!(
+                pc.wino2().is_some(),
+                "{w_bits}-bit weights fit the transform"
+            );
             for bits in 1u8..=6 {
                 let max_code = (1u32 << bits) - 1;
                 if w_bits == 4 && bits <= 4 {
@@ -432,7 +435,7 @@ fn winograd2_refuses_what_it_cannot_do_exactly() {
     let mut rng = Rng::new(12);
     assert!(
         PackedConv::new(&random_conv(&mut rng, 8, 8, 8))
-            .wino2
+            .wino2()
             .is_none()
     );
     let pc = PackedConv::new(&random_conv(&mut rng, 64, 64, 4));
@@ -444,6 +447,6 @@ fn winograd2_refuses_what_it_cannot_do_exactly() {
         pc.wino2_schedule(15).unwrap(),
     );
     assert!(count(&s3) >= 16 && count(&s3) < count(&s15));
-    assert!(s15.is_for(pc.wino2.as_ref().unwrap()));
+    assert!(s15.is_for(pc.wino2().unwrap()));
     assert!(!s15.is_for(pc.wino.as_ref().unwrap()));
 }
