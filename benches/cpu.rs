@@ -6,6 +6,7 @@
 //!                              [--only TEXT]   # rows whose network/engine contains TEXT
 //!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
 //!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4: direct, F(2,3), F(2x2,3x3)
+//!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -58,6 +59,10 @@ fn main() {
     );
     if let Some(n) = arg("--winograd-ab").and_then(|v| v.parse().ok()) {
         winograd_ab(n, threads);
+        return;
+    }
+    if let Some(n) = arg("--levels-ab").and_then(|v| v.parse().ok()) {
+        levels_ab(n, threads);
         return;
     }
     if arg("--kernels").is_some() {
@@ -153,7 +158,8 @@ fn tables(frames: usize, threads: usize) {
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
     use gstadabm::engine::intcpu::{
-        Codes, PackedConv, row_sums, row_sums_wino, row_sums_wino2, row_sums_wino16, wino,
+        Codes, PackedConv, row_sums, row_sums_wino, row_sums_wino_i32, row_sums_wino2,
+        row_sums_wino16, wino,
     };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
@@ -213,10 +219,15 @@ fn kernels(frames: usize) {
         );
         // Winograd F(2,3) where it is exact, the input transform included (MACs counted as
         // the direct conv's).
-        if let Some(sched) = pc
-            .wino_schedule(max_code)
-            .filter(|_| level != CpuLevel::Scalar)
-        {
+        // (At VNNI levels the engine's i32 form: no schedule, codes up to 7 bits.)
+        let f23 = if level.is_vnni() {
+            (pc.wino.is_some() && max_code <= 127).then_some(None)
+        } else {
+            pc.wino_schedule(max_code)
+                .filter(|_| level != CpuLevel::Scalar)
+                .map(Some)
+        };
+        if let Some(sched) = f23 {
             let tl = wino::row_len(w, pc.cstride);
             let mut vt = vec![0u8; (h + 2) * tl];
             let mut wpass = |par: bool| {
@@ -234,7 +245,10 @@ fn kernels(frames: usize) {
                         cstride: pc.cstride,
                         max_code,
                     };
-                    row_sums_wino(level, &vi, &pc, &sched, 0..w, out);
+                    match &sched {
+                        Some(sched) => row_sums_wino(level, &vi, &pc, sched, 0..w, out),
+                        None => row_sums_wino_i32(level, &vi, &pc, 0..w, out),
+                    }
                     std::hint::black_box(&out);
                 };
                 if par {
@@ -412,6 +426,64 @@ fn winograd_ab(frames: usize, threads: usize) {
             "{name}: F(2x2,3x3) / F(2,3) {:.2}x faster; outputs identical: {same}",
             best[1] / best[2]
         );
+    }
+}
+
+/// The fused integer engine at each SIMD level from AVX2 up that this host has (AVX-VNNI,
+/// AVX-512 VNNI), frames alternating between levels in one process, fastest of `frames` per
+/// level, outputs compared byte for byte: EDSR-baseline w4a4 and w8a6, the built-in w4a4.
+fn levels_ab(frames: usize, threads: usize) {
+    let levels: Vec<CpuLevel> = CpuLevel::available()
+        .into_iter()
+        .filter(|l| *l >= CpuLevel::Avx2)
+        .collect();
+    println!("levels: {levels:?}");
+    let only = arg("--only").unwrap_or_default();
+    for (scale, w, h, kind) in [
+        (2u32, 320usize, 180usize, "w4a4"),
+        (2, 320, 180, "w8a6"),
+        (4, 480, 270, "w4a4"),
+        (2, 320, 180, "built-in"),
+        (4, 480, 270, "built-in"),
+    ] {
+        let (name, q) = if kind == "built-in" {
+            let b = builtin::find(scale, "w4a4").unwrap();
+            (format!("built-in {}", b.name), b.load().unwrap())
+        } else {
+            let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
+            let (wb, ab) = if kind == "w4a4" { (4, 4) } else { (8, 6) };
+            let q = quantize_on_synthetic(&fp, QuantMode::Fq, wb, ab, 1).unwrap();
+            (format!("EDSR-baseline x{scale} integer {kind}"), q)
+        };
+        if !name.contains(&only) {
+            continue;
+        }
+        let img = test_image(w, h, 3);
+        let engines: Vec<Engine> = levels
+            .iter()
+            .map(|&l| Engine::with_execution(&q, threads, Execution::IntegerAt(l)).unwrap())
+            .collect();
+        let gmac = q.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
+        let mut best = vec![f64::INFINITY; levels.len()];
+        let mut outs = vec![None; levels.len()];
+        for _ in 0..frames.max(1) + 1 {
+            for (i, engine) in engines.iter().enumerate() {
+                let t = Instant::now();
+                let out = engine.upscale(&img, &Options::default()).unwrap();
+                best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
+                outs[i] = Some(out.0.data);
+            }
+        }
+        let same = outs.windows(2).all(|p| p[0] == p[1]);
+        for (i, level) in levels.iter().enumerate() {
+            println!(
+                "{name} {w}x{h}, {level:?}: {:.0} ms ({:.0} GMAC/s, {:.2}x AVX2)",
+                best[i],
+                gmac / best[i] * 1e3,
+                best[0] / best[i]
+            );
+        }
+        println!("{name}: outputs identical at every level: {same}");
     }
 }
 

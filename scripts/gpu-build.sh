@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on this (CPU) machine, the binaries scripts/gpu-check.sh runs on a lent GPU machine
 # (which has CUDA but no Rust or GStreamer): the CUDA test binary and the CUDA benchmark,
-# engine only (no GStreamer linkage), into gpu-bin/.
+# the integer CPU engine's tests and benchmark, engine only (no GStreamer linkage), into
+# gpu-bin/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p gpu-bin
@@ -10,6 +11,16 @@ t=$(cargo test --release --locked --no-default-features --features cuda --test c
 b=$(cargo bench --locked --no-default-features --features cuda --bench cuda --no-run --message-format=json 2>/dev/null | exe)
 cp "$t" gpu-bin/cuda-tests
 cp "$b" gpu-bin/cuda-bench
+
+# The integer CPU engine's tests and benchmark, engine only: the GPU machines' CPUs (Xeon /
+# EPYC) have AVX-512 VNNI or AVX-VNNI, which this machine lacks, so gpu-check.sh runs the VNNI
+# kernels' exactness tests and the AVX2-vs-VNNI benchmark there.
+u=$(cargo test --release --locked --no-default-features --lib --no-run --message-format=json 2>/dev/null | exe)
+i=$(cargo test --release --locked --no-default-features --test intengine --no-run --message-format=json 2>/dev/null | exe)
+c=$(cargo bench --locked --no-default-features --bench cpu --no-run --message-format=json 2>/dev/null | exe)
+cp "$u" gpu-bin/lib-tests
+cp "$i" gpu-bin/intengine-tests
+cp "$c" gpu-bin/cpu-bench
 
 # The element tests, with the GStreamer libraries and the two plugins they use, plus this
 # machine's glibc and loader: gpu-check.sh runs them through gpu-bin/gst/ld-linux so that
@@ -30,3 +41,7 @@ for l in libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 librt.so.1; do
 done
 cp -L /lib64/ld-linux-x86-64.so.2 gpu-bin/gst/
 ls -la gpu-bin; du -sh gpu-bin
+# What the device tool carries (64 MiB at most per call; the binaries are ~63 MiB, 10 MiB
+# compressed): carry gpu-bin.tar.xz, gpu-check.sh unpacks it.
+tar -cJf gpu-bin.tar.xz gpu-bin
+ls -la gpu-bin.tar.xz

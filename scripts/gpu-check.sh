@@ -5,14 +5,21 @@
 #   3. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models);
 #   4. PyTorch fp16 on the same weights and device.
 #   5. the element tests that need a GPU (backend=cuda), with GStreamer carried along;
-#   6. (LDMATRIX=1, the default) parity and benchmark again with ADABM_CUDA_LDMATRIX=1.
+#   6. (LDMATRIX=1, the default) parity and benchmark again with ADABM_CUDA_LDMATRIX=1;
+#   7. (VNNI=1, the default) the integer CPU engine on the host CPU, which has the VNNI
+#      extensions this development machine lacks: the kernel exactness tests and the whole
+#      engine at every level the CPU has (cpu-tests.txt), then AVX2 vs VNNI frame by frame
+#      (cpu-levels.txt).
 # Results go to $OUT (default ./gpu-out): device.txt, parity.txt, sanitizer.txt, element.txt,
-# bench.md, torch.md, parity-ldmatrix.txt, bench-ldmatrix.md, summary.txt (ncu-*.txt with NCU=1).
+# bench.md, torch.md, parity-ldmatrix.txt, bench-ldmatrix.md, cpu.txt, cpu-tests.txt,
+# cpu-levels.txt, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 BIN=${BIN:-gpu-bin}
 mkdir -p "$OUT"
+# Carried as one archive (scripts/gpu-build.sh): unpack it when the folder is not here.
+if [ ! -d "$BIN" ] && [ -f gpu-bin.tar.xz ]; then tar -xJf gpu-bin.tar.xz; fi
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
 done
@@ -22,6 +29,10 @@ summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
 { nvidia-smi -L; nvidia-smi --query-gpu=name,clocks.max.sm,memory.total,driver_version --format=csv; } > "$OUT/device.txt" 2>&1
 summary "device: $(head -1 "$OUT/device.txt")"
+
+# The host CPU first (seconds): its VNNI levels are what step 7 tests.
+{ lscpu | grep -E 'Model name|^CPU\(s\)|Thread|Socket'; grep -o -w -E 'avx2|avx512f|avx512bw|avx512vl|avx512_vnni|avx_vnni' /proc/cpuinfo | sort | uniq -c; } > "$OUT/cpu.txt" 2>&1
+summary "cpu: $(grep 'Model name' "$OUT/cpu.txt" | sed 's/.*: *//') [$(awk '/avx/ {printf "%s ", $2}' "$OUT/cpu.txt")]"
 
 start=$(date +%s)
 timeout "${PARITY_TIMEOUT:-240}" "$BIN/cuda-tests" --test-threads=1 --nocapture > "$OUT/parity.txt" 2>&1
@@ -68,6 +79,18 @@ if [ "${LDMATRIX:-1}" = 1 ]; then
             > "$OUT/bench-ldmatrix.md" 2>&1
         summary "bench (ldmatrix) rc=$? ($(( $(date +%s) - start )) s)"
     fi
+fi
+
+# The integer CPU engine's VNNI kernels (exact against the scalar reference, and the whole
+# engine at every level), then their speed against AVX2 in the same process.
+if [ "${VNNI:-1}" = 1 ] && [ -x "$BIN/lib-tests" ]; then
+    start=$(date +%s)
+    { timeout "${CPU_TEST_TIMEOUT:-120}" "$BIN/lib-tests" intcpu --nocapture --test-threads=4 &&
+      timeout "${CPU_TEST_TIMEOUT:-120}" "$BIN/intengine-tests" --nocapture; } > "$OUT/cpu-tests.txt" 2>&1
+    summary "cpu tests rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'CPU levels on this host' "$OUT/cpu-tests.txt" | head -1); $(grep -E '^test result' "$OUT/cpu-tests.txt" | tr '\n' ' ')"
+    start=$(date +%s)
+    timeout "${CPU_BENCH_TIMEOUT:-150}" "$BIN/cpu-bench" --levels-ab "${CPU_FRAMES:-3}" > "$OUT/cpu-levels.txt" 2>&1
+    summary "cpu levels rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'EDSR-baseline x2 integer w4a4 320x180' "$OUT/cpu-levels.txt" | tr '\n' ' ')"
 fi
 
 start=$(date +%s)

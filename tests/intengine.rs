@@ -52,7 +52,7 @@ fn kernels_equal_the_scalar_reference_at_every_level() {
         let c = gradient_density(&img.data, img.width, img.height);
         let (plan, _) = engine.bit_plan(c, &Options::default()).unwrap();
         let want = reference.upscale(&img, &plan);
-        for level in CpuLevel::available() {
+        for level in CpuLevel::testable() {
             let fast = IntNetwork::new(&model).unwrap().with_kernels(level);
             let got = fast.upscale(&img, &plan);
             assert!(
@@ -60,14 +60,18 @@ fn kernels_equal_the_scalar_reference_at_every_level() {
                 "{name}: {level:?} differs from the reference"
             );
         }
-        // The engine (detected level, whole frame) and tiled (16-pixel tiles) agree exactly too.
-        for mode in [Winograd::Off, Winograd::Tiles, Winograd::Rows] {
-            set_winograd(mode);
-            let (whole, _) = engine.upscale(&img, &Options::default()).unwrap();
-            assert!(
-                bits_equal(&whole, &want),
-                "{name}: engine with {mode:?} differs from the reference"
-            );
+        // The fused engine at every level and in every Winograd mode, whole frame, and tiled
+        // (16-pixel tiles) at the detected level, agree exactly too.
+        for level in CpuLevel::testable() {
+            let at = Engine::with_execution(&model, 2, Execution::IntegerAt(level)).unwrap();
+            for mode in [Winograd::Off, Winograd::Tiles, Winograd::Rows] {
+                set_winograd(mode);
+                let (whole, _) = at.upscale(&img, &Options::default()).unwrap();
+                assert!(
+                    bits_equal(&whole, &want),
+                    "{name}: engine at {level:?} with {mode:?} differs from the reference"
+                );
+            }
         }
         let (whole, stats) = engine.upscale(&img, &Options::default()).unwrap();
         assert!(

@@ -91,6 +91,9 @@ pub enum Execution {
     Integer,
     /// The f32 fake-quant reference of the method page.
     FakeQuant,
+    /// Integer kernels at a chosen level (tests and level comparisons): one of
+    /// [`intcpu::CpuLevel::testable`] on this host, else an error.
+    IntegerAt(intcpu::CpuLevel),
 }
 
 /// The CPU engine: one model, one thread pool.
@@ -128,6 +131,15 @@ impl Engine {
                 intnet::IntNetwork::new(model).map(|n| n.with_kernels(intcpu::CpuLevel::detect()))
             }
             Execution::FakeQuant => None,
+            Execution::IntegerAt(level) => {
+                if !intcpu::CpuLevel::testable().contains(&level) {
+                    return Err(Error::Setting(format!(
+                        "CPU level {level:?} cannot run on this host (it can run {:?})",
+                        intcpu::CpuLevel::testable()
+                    )));
+                }
+                intnet::IntNetwork::new(model).map(|n| n.with_kernels(level))
+            }
         };
         let fused = int.as_ref().and_then(intcpu::FusedNet::new);
         Ok(Self {

@@ -396,7 +396,7 @@ pub unsafe fn row_sums_wino(
 /// chunk's transformed inputs stay in cache while all the weights pass. Calls
 /// `f(c0, c1, b0, n)`.
 #[inline(always)]
-fn chunks_and_blocks(
+pub(super) fn chunks_and_blocks(
     cols: &Range<usize>,
     nb: usize,
     mut f: impl FnMut(usize, usize, usize, usize),
@@ -453,6 +453,29 @@ unsafe fn tiles_wino<const N: usize, const P: usize>(
                 }
             }
         }
+        combine_wino(v, pc, ww, t, b0, &a, out);
+    }
+}
+
+/// The F(2,3) output transform of tiles `t .. t + P`, blocks `b0 .. b0 + N`: from the element
+/// sums `a[e][i][b]` (i32), `2·S` of both pixels of every tile, halved and stored (the second
+/// pixel only when inside the row).
+///
+/// # Safety
+/// AVX2; blocks and tiles inside `pc` and `v.w`, `out.len() ≥ v.w · pc.cout8`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+pub(super) unsafe fn combine_wino<const N: usize, const P: usize>(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    t: usize,
+    b0: usize,
+    a: &[[[__m256i; N]; P]; 4],
+    out: &mut [i32],
+) {
+    // SAFETY: the caller's contract (csum has 4 · cout8 values).
+    unsafe {
         let q = _mm256_set1_epi32(v.max_code as i32);
         for b in 0..N {
             let c = |e: usize| {

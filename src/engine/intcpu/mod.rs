@@ -6,7 +6,11 @@
 //! `scalar` is the readable reference, `avx2` the x86-64 AVX2 version (`vpmaddubsw` +
 //! `vpmaddwd` where no 16-bit pair sum can saturate, `vpmaddwd` on codes spread to i16 where
 //! it could), and the AVX2 Winograd F(2,3) kernels of [`wino`] (the same sums from 4
-//! products per 2 pixels and kernel row instead of 6), used wherever they are exact.
+//! products per 2 pixels and kernel row instead of 6), used wherever they are exact. `vnni`
+//! holds the AVX-VNNI and AVX-512 VNNI kernels (`vpdpbusd`: 4 u8·i8 products into an i32
+//! lane, exact for any codes and weights; direct and Winograd F(2,3) with i32 sums), written
+//! once over the instruction, plus an AVX2 emulation of it that the tests run on hosts
+//! without VNNI ([`CpuLevel::EmulatedVnni`]).
 //! Epilogues (values, ReLU / residual / skip, the next layer's codes) are the `epilogue`
 //! family, scalar and AVX2, bit-identical.
 
@@ -15,6 +19,7 @@ mod engine;
 mod epilogue;
 mod net;
 mod scalar;
+mod vnni;
 pub mod wino;
 
 pub use engine::conv_forward;
@@ -24,39 +29,88 @@ use std::ops::Range;
 
 use super::intnet::IntConv;
 
-/// SIMD level of the integer kernels, detected once; `ADABM_CPU_LEVEL=scalar` lowers it.
+/// SIMD level of the integer kernels, detected once; `ADABM_CPU_LEVEL` (`scalar`, `avx2`,
+/// `avxvnni`, `avx512vnni`) lowers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+// The hidden variant is a real level (the tests run it), not a non-exhaustive marker.
+#[allow(clippy::manual_non_exhaustive)]
 pub enum CpuLevel {
     Scalar,
     Avx2,
+    /// The VNNI kernels with `vpdpbusd` emulated by AVX2 instructions: never detected, for
+    /// testing those kernels (layout, tails, offsets, engine dispatch) on hosts without VNNI.
+    #[doc(hidden)]
+    EmulatedVnni,
+    /// AVX-VNNI (VEX `vpdpbusd` on 256-bit registers).
+    AvxVnni,
+    /// AVX-512 VNNI with AVX512VL (EVEX `vpdpbusd` on 256-bit registers, 32 of them).
+    Avx512Vnni,
 }
 
 impl CpuLevel {
-    /// The best level this CPU supports, lowered by `ADABM_CPU_LEVEL` (never raised).
+    /// The best level this CPU supports, lowered by `ADABM_CPU_LEVEL` (never raised: a level
+    /// the host lacks gives the best one below it).
     pub fn detect() -> Self {
-        let best = Self::host_best();
-        match std::env::var("ADABM_CPU_LEVEL").ok().as_deref() {
+        let cap = match std::env::var("ADABM_CPU_LEVEL").ok().as_deref() {
             Some("scalar") => Self::Scalar,
-            Some("avx2") => best.min(Self::Avx2),
-            _ => best,
-        }
+            Some("avx2") => Self::Avx2,
+            Some("avxvnni" | "avx-vnni") => Self::AvxVnni,
+            _ => Self::Avx512Vnni,
+        };
+        Self::available()
+            .into_iter()
+            .filter(|l| *l <= cap)
+            .max()
+            .unwrap_or(Self::Scalar)
     }
 
     /// Every level this host can run, lowest first (for tests and benchmarks).
     pub fn available() -> Vec<Self> {
-        let best = Self::host_best();
-        [Self::Scalar, Self::Avx2]
+        [Self::Scalar, Self::Avx2, Self::AvxVnni, Self::Avx512Vnni]
             .into_iter()
-            .filter(|l| *l <= best)
+            .filter(|l| l.supported())
             .collect()
     }
 
-    fn host_best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") {
-            return Self::Avx2;
+    /// [`Self::available`] plus [`Self::EmulatedVnni`] where AVX2 is (what the kernel tests
+    /// run).
+    #[doc(hidden)]
+    pub fn testable() -> Vec<Self> {
+        let mut v = Self::available();
+        if v.contains(&Self::Avx2) {
+            v.push(Self::EmulatedVnni);
+            v.sort();
         }
-        Self::Scalar
+        v
+    }
+
+    /// Whether this host can run the level's kernels.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2");
+            match self {
+                Self::Scalar => true,
+                Self::Avx2 | Self::EmulatedVnni => avx2,
+                Self::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+                Self::Avx512Vnni => {
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Self::Scalar
+        }
+    }
+
+    /// Levels whose conv kernels are `vpdpbusd` ([`vnni`]): i32 sums for any codes and
+    /// weights, Winograd F(2,3) without widening schedules.
+    pub fn is_vnni(self) -> bool {
+        self >= Self::EmulatedVnni
     }
 }
 
@@ -257,8 +311,16 @@ pub fn row_sums(
                 }
             }
         }
+        // SAFETY (the three below): a VNNI level is only selected when the CPU reports its
+        // features (CpuLevel::supported), the emulated one with AVX2; shapes checked above.
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::EmulatedVnni => unsafe { vnni::direct_emulated(x, pc, y, cols.clone(), out) },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::AvxVnni => unsafe { vnni::direct_avxvnni(x, pc, y, cols.clone(), out) },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512Vnni => unsafe { vnni::direct_avx512vnni(x, pc, y, cols.clone(), out) },
         #[cfg(not(target_arch = "x86_64"))]
-        CpuLevel::Avx2 => scalar::row_sums(x, pc, y, cols.clone(), out),
+        _ => scalar::row_sums(x, pc, y, cols.clone(), out),
     }
     if pc.offset {
         finish_offset(x, pc, y, cols, out);
@@ -285,10 +347,40 @@ pub fn row_sums_wino(
     );
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above, the schedule
-        // is this conv's for these codes (so no i16 sum can overflow).
-        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino(v, pc, ww, &sched.flush, cols, out) },
+        // SAFETY: Avx2 and the levels above it are only selected on CPUs with AVX2; shapes
+        // checked above, the schedule is this conv's for these codes (so no i16 sum can
+        // overflow).
+        l if l >= CpuLevel::Avx2 => unsafe {
+            avx2::row_sums_wino(v, pc, ww, &sched.flush, cols, out)
+        },
         _ => panic!("no Winograd kernel at {level:?}"),
+    }
+}
+
+/// [`row_sums`] by Winograd F(2,3) from the transformed rows `v` ([`wino::build_row`]) with
+/// i32 element sums (VNNI levels: no widening schedule); the same `S` to the bit. Exact for
+/// codes up to 127 (`2Q` fits u8) when the conv has Winograd weights.
+pub fn row_sums_wino_i32(
+    level: CpuLevel,
+    v: &wino::WinoInput,
+    pc: &PackedConv,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    check_wino(v.w, v.cstride, v.rows.map(<[u8]>::len), pc, &cols, out);
+    let ww = pc.wino.as_ref().expect("a conv with Winograd weights");
+    assert!(v.max_code <= 127, "transformed codes 0..=2Q must fit u8");
+    match level {
+        // SAFETY (all three): the level is only selected where the CPU has its features;
+        // shapes and codes checked above (i32 sums of ≤ 3·cstride products of |V·U| ≤ 254·127
+        // cannot overflow).
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::EmulatedVnni => unsafe { vnni::wino_emulated(v, pc, ww, cols, out) },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::AvxVnni => unsafe { vnni::wino_avxvnni(v, pc, ww, cols, out) },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512Vnni => unsafe { vnni::wino_avx512vnni(v, pc, ww, cols, out) },
+        _ => panic!("no i32 Winograd kernel at {level:?}"),
     }
 }
 
@@ -313,8 +405,9 @@ pub fn row_sums_wino16(
         .expect("a conv with i16 Winograd weights");
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above.
-        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, cols.clone(), out) },
+        // SAFETY: Avx2 and the levels above it are only selected on CPUs with AVX2; shapes
+        // checked above.
+        l if l >= CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, cols.clone(), out) },
         _ => panic!("no Winograd kernel at {level:?}"),
     }
     if pc.offset {
@@ -363,9 +456,12 @@ pub fn row_sums_wino2(
     );
     match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 is only selected on CPUs with AVX2; shapes checked above, the schedule
-        // is this conv's for these codes (so no i16 sum can overflow).
-        CpuLevel::Avx2 => unsafe { avx2::row_sums_wino2(v, pc, ww, &sched.flush, cols, out) },
+        // SAFETY: Avx2 and the levels above it are only selected on CPUs with AVX2; shapes
+        // checked above, the schedule is this conv's for these codes (so no i16 sum can
+        // overflow).
+        l if l >= CpuLevel::Avx2 => unsafe {
+            avx2::row_sums_wino2(v, pc, ww, &sched.flush, cols, out)
+        },
         _ => panic!("no Winograd kernel at {level:?}"),
     }
 }

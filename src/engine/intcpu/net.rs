@@ -12,7 +12,10 @@ use rayon::prelude::*;
 use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
-use super::{Codes, CpuLevel, Winograd, row_sums, row_sums_wino, row_sums_wino2, row_sums_wino16};
+use super::{
+    Codes, CpuLevel, Winograd, row_sums, row_sums_wino, row_sums_wino_i32, row_sums_wino2,
+    row_sums_wino16,
+};
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
 use crate::engine::intconv::ActQuant;
@@ -264,8 +267,11 @@ impl FusedNet {
         };
         // Winograd F(2x2, 3x3) where it is exact (AVX2, small weights and codes), else F(2,3)
         // along x, else its i16 form for layers too wide for vpmaddubsw (8-bit codes and
-        // weights), else direct.
-        let mode = if level == CpuLevel::Avx2 {
+        // weights), else direct. At VNNI levels F(2,3) has i32 sums (exact up to 7-bit codes,
+        // no schedule) and the direct kernel takes any codes and weights at 4 products per
+        // instruction, so the i16 form is not used.
+        let vnni = level.is_vnni();
+        let mode = if level >= CpuLevel::Avx2 {
             super::winograd()
         } else {
             Winograd::Off
@@ -273,12 +279,18 @@ impl FusedNet {
         let sched2 = (mode >= Winograd::Tiles)
             .then(|| pc.wino2_schedule(max_code))
             .flatten();
-        let sched = (sched2.is_none() && mode >= Winograd::Rows)
+        let rows_i32 = vnni
+            && sched2.is_none()
+            && mode >= Winograd::Rows
+            && pc.wino.is_some()
+            && max_code <= 127;
+        let sched = (!vnni && sched2.is_none() && mode >= Winograd::Rows)
             .then(|| pc.wino_schedule(max_code))
             .flatten();
         // (Not for narrow convs such as the tail: with 8 output lanes for 3 channels the direct
         // kernel's 4 pixels per weight load do better.)
-        let use16 = mode >= Winograd::Rows
+        let use16 = !vnni
+            && mode >= Winograd::Rows
             && sched2.is_none()
             && sched.is_none()
             && !pc.pairs_fit_i16(max_code)
@@ -332,7 +344,7 @@ impl FusedNet {
                     });
                 }
                 let y = y0;
-                let rows8 = sched.as_ref().map(|_| {
+                let rows8 = (sched.is_some() || rows_i32).then(|| {
                     ROWS8.with(|cell| {
                         let mut c = cell.borrow_mut();
                         c.prepare(call, y, tl, |r, row| {
@@ -348,7 +360,7 @@ impl FusedNet {
                 }
                 for x0 in (0..w).step_by(COL_CHUNK) {
                     let cols = x0..(x0 + COL_CHUNK).min(w);
-                    if let (Some(sched), Some(())) = (&sched, rows8) {
+                    if let Some(()) = rows8 {
                         ROWS8.with(|cell| {
                             let c = cell.borrow();
                             let v = WinoInput {
@@ -357,7 +369,12 @@ impl FusedNet {
                                 cstride: pc.cstride,
                                 max_code,
                             };
-                            row_sums_wino(level, &v, pc, sched, cols.clone(), &mut sums);
+                            match &sched {
+                                Some(sched) => {
+                                    row_sums_wino(level, &v, pc, sched, cols.clone(), &mut sums)
+                                }
+                                None => row_sums_wino_i32(level, &v, pc, cols.clone(), &mut sums),
+                            }
                         })
                     } else if use16 {
                         ROWS16.with(|cell| {

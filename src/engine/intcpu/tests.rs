@@ -63,7 +63,7 @@ fn kernels_match_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                 };
-                for level in CpuLevel::available() {
+                for level in CpuLevel::testable() {
                     for y in 0..h {
                         let mut out = vec![0i32; w * pc.cout8];
                         row_sums(level, &codes, &pc, y, (1 << bits) - 1, 0..w, &mut out);
@@ -103,6 +103,112 @@ fn level_override_only_lowers() {
     let avail = CpuLevel::available();
     assert_eq!(avail[0], CpuLevel::Scalar);
     assert!(avail.contains(&CpuLevel::detect()));
+    assert!(avail.iter().all(|l| l.supported()));
+    // The emulation is for tests only: never detected, never "available".
+    assert!(!avail.contains(&CpuLevel::EmulatedVnni));
+    let t = CpuLevel::testable();
+    assert_eq!(
+        t.contains(&CpuLevel::EmulatedVnni),
+        avail.contains(&CpuLevel::Avx2)
+    );
+    assert!(
+        t.windows(2).all(|p| p[0] < p[1]),
+        "sorted, no repeats: {t:?}"
+    );
+    eprintln!("CPU levels on this host: {avail:?} (tests also run {t:?})");
+}
+
+/// The i32 Winograd F(2,3) kernel of the VNNI levels gives the reference sums exactly for
+/// every code width up to 7 bits (where the i16 AVX2 kernel has no schedule for 6–7 bits),
+/// weights of 2–5 bits, odd widths, 1-pixel maps and channel tails.
+#[test]
+fn winograd_i32_matches_the_reference_exactly() {
+    let mut rng = Rng::new(11);
+    let shapes = [
+        (3, 5, 64, 64),
+        (1, 1, 64, 64),
+        (2, 7, 32, 40),
+        (3, 3, 3, 8),
+        (2, 16, 64, 256),
+    ];
+    let levels: Vec<_> = CpuLevel::testable()
+        .into_iter()
+        .filter(|l| l.is_vnni())
+        .collect();
+    let mut checked = 0;
+    for &(h, w, cin, cout) in &shapes {
+        for w_bits in [2u8, 4, 5] {
+            let ic = random_conv(&mut rng, cin, cout, w_bits);
+            let pc = PackedConv::new(&ic);
+            assert!(pc.wino.is_some(), "{w_bits}-bit weights fit the transform");
+            for bits in 1u8..=7 {
+                let max_code = (1u32 << bits) - 1;
+                let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
+                let codes = Codes {
+                    data: &padded,
+                    h,
+                    w,
+                    cstride: pc.cstride,
+                };
+                let tl = wino::row_len(w, pc.cstride);
+                let mut vt = vec![0u8; (h + 2) * tl];
+                for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
+                    wino::build_row(&codes, r, max_code, row);
+                }
+                for &level in &levels {
+                    for y in 0..h {
+                        let mut out = vec![0i32; w * pc.cout8];
+                        let v = wino::WinoInput {
+                            rows: [0, 1, 2].map(|k| &vt[(y + k) * tl..(y + k + 1) * tl]),
+                            w,
+                            cstride: pc.cstride,
+                            max_code,
+                        };
+                        row_sums_wino_i32(level, &v, &pc, 0..w, &mut out);
+                        let mut want = vec![0i32; cout];
+                        for x in 0..w {
+                            ic.sums(&m, y, x, &mut want);
+                            assert_eq!(
+                                &out[x * pc.cout8..x * pc.cout8 + cout],
+                                &want[..],
+                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    if levels.is_empty() {
+        eprintln!("no AVX2 on this host: the VNNI kernels (emulated or not) were not run");
+    } else {
+        assert!(checked > 200 * levels.len(), "only {checked} rows checked");
+    }
+}
+
+/// The emulated `vpdpbusd` is the instruction's arithmetic: u8 × i8 products of the extremes,
+/// 4 per lane, added to the accumulator without saturation.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn emulated_dpbusd_is_exact_at_the_extremes() {
+    if !CpuLevel::available().contains(&CpuLevel::Avx2) {
+        eprintln!("no AVX2 on this host: skipped");
+        return;
+    }
+    let a: [u8; 32] = std::array::from_fn(|i| [255, 0, 1, 128, 255, 254, 127, 255][i % 8]);
+    let b: [i8; 32] =
+        std::array::from_fn(|i| [-128, 127, -1, 127, -128, -128, 1, -128][(i * 3) % 8]);
+    let acc: [i32; 8] = std::array::from_fn(|i| [i32::MAX - 200_000, -5, 0, 7][i % 4]);
+    // SAFETY: AVX2 checked above.
+    let got = unsafe { vnni::dp_emulated(acc, a, b) };
+    for lane in 0..8 {
+        let mut want = acc[lane];
+        for j in 0..4 {
+            want = want.wrapping_add(a[4 * lane + j] as i32 * b[4 * lane + j] as i32);
+        }
+        assert_eq!(got[lane], want, "lane {lane}");
+    }
 }
 
 /// The Winograd kernel gives the reference sums exactly wherever it claims to be exact: odd
@@ -270,7 +376,8 @@ fn winograd16_matches_the_reference_exactly() {
 }
 
 /// Computing a row in chunks of columns gives the whole row's sums (every kernel: direct
-/// with both AVX2 variants, Winograd u8 and i16, with offset-form weights).
+/// with both AVX2 variants and VNNI, Winograd u8 (i16 and i32 sums) and i16, with
+/// offset-form weights).
 #[test]
 fn column_chunks_give_the_whole_row() {
     let mut rng = Rng::new(10);
@@ -295,7 +402,7 @@ fn column_chunks_give_the_whole_row() {
             }
             wino::build_row16(&codes, r, &mut v16[r * tl..(r + 1) * tl]);
         }
-        for level in CpuLevel::available() {
+        for level in CpuLevel::testable() {
             for y in 0..h {
                 let rows8 = [0, 1, 2].map(|k| &v8[(y + k) * tl..(y + k + 1) * tl]);
                 let rows16 = [0, 1, 2].map(|k| &v16[(y + k) * tl..(y + k + 1) * tl]);
@@ -312,6 +419,15 @@ fn column_chunks_give_the_whole_row() {
                         };
                         row_sums_wino(level, &v, &pc, &sched, cols, out)
                     }
+                    3 => {
+                        let v = wino::WinoInput {
+                            rows: rows8,
+                            w,
+                            cstride: pc.cstride,
+                            max_code,
+                        };
+                        row_sums_wino_i32(level, &v, &pc, cols, out)
+                    }
                     _ => {
                         let v = wino::WinoInput16 {
                             rows: rows16,
@@ -322,10 +438,13 @@ fn column_chunks_give_the_whole_row() {
                     }
                 };
                 let mut kinds = vec![0];
-                if level == CpuLevel::Avx2 {
+                if level >= CpuLevel::Avx2 {
                     kinds.push(2);
                     if pc.wino_schedule(max_code).is_some() {
                         kinds.push(1);
+                        if level.is_vnni() {
+                            kinds.push(3);
+                        }
                     }
                 }
                 for kind in kinds {

@@ -1,0 +1,322 @@
+//! VNNI conv sums: `vpdpbusd` multiplies the 4 u8 codes of a channel group with the 4 i8
+//! weights of each output channel and adds the 4 products to an i32 lane, exactly (no i16
+//! stage, no saturation: the "s" form is not used). So one kernel serves every layer: any
+//! codes (1–8 bits) against centred or offset-form weights (the offset form is corrected by
+//! [`super::finish_offset`] as for AVX2), and the Winograd F(2,3) sums need no widening
+//! schedule (exact whenever the transformed codes `0..=2Q` fit u8 and the transformed weights
+//! fit i8).
+//!
+//! Both kernels are written once over [`Dot`], the one instruction that differs:
+//! - [`AvxVnni`]: the VEX form (`AVX-VNNI`: Alder Lake and later, Sapphire Rapids, Zen 5);
+//! - [`Avx512Vnni`]: the EVEX form on 256-bit registers (`AVX512_VNNI` + `AVX512VL`: Cascade
+//!   Lake, Ice Lake, Sapphire Rapids, Zen 4), which also gives the compiler 32 vector
+//!   registers, used for 4 pixels per weight load instead of 2;
+//! - [`Emulated`]: the same sums from AVX2 instructions (two `vpmaddwd` on the even and odd
+//!   bytes spread to i16), so that the kernels' layout, tails and offsets are tested on hosts
+//!   without VNNI ([`super::CpuLevel::EmulatedVnni`], never detected, tests only).
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::avx2::{chunks_and_blocks, combine_wino};
+use super::wino::{WinoInput, WinoWeights};
+use super::{Codes, PackedConv};
+
+/// `vpdpbusd`: per i32 lane, `acc + Σ_j a_j · b_j` over its 4 bytes, `a` unsigned, `b` signed.
+pub(super) trait Dot {
+    /// Pixels per weight load in the direct kernel (bounded by the vector registers).
+    const PIXELS: usize;
+
+    /// # Safety
+    /// The CPU must support the instruction (called only from the matching entry points).
+    unsafe fn dp(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
+}
+
+pub(super) struct AvxVnni;
+pub(super) struct Avx512Vnni;
+pub(super) struct Emulated;
+
+impl Dot for AvxVnni {
+    const PIXELS: usize = 2;
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: called from `#[target_feature(enable = "avxvnni")]` entry points only.
+        unsafe { _mm256_dpbusd_avx_epi32(acc, a, b) }
+    }
+}
+
+impl Dot for Avx512Vnni {
+    const PIXELS: usize = 4;
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: called from `avx512vnni,avx512vl` entry points only.
+        unsafe { _mm256_dpbusd_epi32(acc, a, b) }
+    }
+}
+
+impl Dot for Emulated {
+    const PIXELS: usize = 2;
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: AVX2 register operations; the entry points enable AVX2.
+        unsafe {
+            // Even bytes zero- (codes) or sign-extended (weights) to i16, then the odd bytes:
+            // each vpmaddwd adds two products of ≤ 255·128 into a lane, exact in i32.
+            let a0 = _mm256_and_si256(a, _mm256_set1_epi16(0xff));
+            let a1 = _mm256_srli_epi16::<8>(a);
+            let b0 = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b));
+            let b1 = _mm256_srai_epi16::<8>(b);
+            let s = _mm256_add_epi32(_mm256_madd_epi16(a0, b0), _mm256_madd_epi16(a1, b1));
+            _mm256_add_epi32(acc, s)
+        }
+    }
+}
+
+/// The direct conv sums of pixels `cols` of output row `y` ([`super::row_sums`] before the
+/// offset-form correction): blocks of 32, 16 or 8 output channels against `D::PIXELS` pixels
+/// (4 for convs of one block, such as the tail).
+///
+/// # Safety
+/// The instruction of `D` (and AVX2) available; shapes as checked by [`super::row_sums`].
+#[inline(always)]
+unsafe fn direct<D: Dot>(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    let nb = pc.cout8 / 8;
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = match nb - b0 {
+            4.. => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        let most = if n == 1 { 4 } else { D::PIXELS };
+        let mut xx = cols.start;
+        while xx < cols.end {
+            let p = (cols.end - xx).min(most);
+            // SAFETY: blocks b0..b0 + n exist; pixels xx..xx + p are inside the row. (The
+            // guards only drop arms that `p ≤ most` never reaches, so that they are not
+            // compiled for instruction sets with 16 registers.)
+            unsafe {
+                match (n, p) {
+                    (4, 4) if D::PIXELS >= 4 => pixels::<D, 4, 4>(x, pc, y, xx, b0, out),
+                    (4, 3) if D::PIXELS >= 3 => pixels::<D, 4, 3>(x, pc, y, xx, b0, out),
+                    (4, 2) => pixels::<D, 4, 2>(x, pc, y, xx, b0, out),
+                    (4, _) => pixels::<D, 4, 1>(x, pc, y, xx, b0, out),
+                    (2, 4) if D::PIXELS >= 4 => pixels::<D, 2, 4>(x, pc, y, xx, b0, out),
+                    (2, 3) if D::PIXELS >= 3 => pixels::<D, 2, 3>(x, pc, y, xx, b0, out),
+                    (2, 2) => pixels::<D, 2, 2>(x, pc, y, xx, b0, out),
+                    (2, _) => pixels::<D, 2, 1>(x, pc, y, xx, b0, out),
+                    (_, 4) => pixels::<D, 1, 4>(x, pc, y, xx, b0, out),
+                    (_, 3) => pixels::<D, 1, 3>(x, pc, y, xx, b0, out),
+                    (_, 2) => pixels::<D, 1, 2>(x, pc, y, xx, b0, out),
+                    _ => pixels::<D, 1, 1>(x, pc, y, xx, b0, out),
+                }
+            }
+            xx += p;
+        }
+        b0 += n;
+    }
+}
+
+/// One channel group: the 4 codes at `codes + i·stride` of each of `P` pixels (or tiles)
+/// against the `N` blocks of 8 output channels' weights at `wg` (32 bytes each), into `acc`.
+///
+/// # Safety
+/// As [`Dot::dp`]; `P` 4-byte reads from `codes` and `N` 32-byte reads from `wg` in bounds.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn dot_group<D: Dot, const N: usize, const P: usize>(
+    codes: *const u8,
+    stride: usize,
+    wg: *const u8,
+    acc: &mut [[__m256i; N]; P],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut q = [_mm256_setzero_si256(); P];
+        for (i, qi) in q.iter_mut().enumerate() {
+            let c = (codes.add(i * stride) as *const u32).read_unaligned();
+            *qi = _mm256_set1_epi32(c as i32);
+        }
+        for b in 0..N {
+            let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
+            for i in 0..P {
+                acc[i][b] = D::dp(acc[i][b], q[i], wv);
+            }
+        }
+    }
+}
+
+/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `P` pixels from `(y, xx)`.
+#[inline(always)]
+unsafe fn pixels<D: Dot, const N: usize, const P: usize>(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    xx: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    let wp = x.w + 2;
+    let groups = pc.cstride / 4;
+    let gbytes = pc.cout8 * 4;
+    let w = pc.w8.as_ptr() as *const u8;
+    // SAFETY: reads inside the padded 3x3 windows of the P pixels and the weights
+    // (9 · groups · gbytes bytes); writes inside out (pixels below x.w).
+    unsafe {
+        let mut acc = [[_mm256_setzero_si256(); N]; P];
+        for t in 0..9 {
+            let p = ((y + t / 3) * wp + xx + t % 3) * x.cstride;
+            let codes = x.data.as_ptr().add(p);
+            let wt = w.add(t * groups * gbytes + b0 * 32);
+            for g in 0..groups {
+                dot_group::<D, N, P>(codes.add(4 * g), x.cstride, wt.add(g * gbytes), &mut acc);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let d = out.as_mut_ptr().add((xx + i) * pc.cout8 + b0 * 8);
+            for (b, v) in acc.iter().enumerate() {
+                _mm256_storeu_si256(d.add(b * 8) as *mut __m256i, *v);
+            }
+        }
+    }
+}
+
+/// Winograd F(2,3) sums of one output row from its transformed rows `v`
+/// ([`super::row_sums_wino_i32`]), element sums in i32 throughout.
+///
+/// # Safety
+/// The instruction of `D` (and AVX2); shapes as checked by [`super::row_sums_wino_i32`].
+#[inline(always)]
+unsafe fn wino<D: Dot>(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    chunks_and_blocks(&cols, pc.cout8 / 8, |c0, c1, b0, n| {
+        let mut t = c0;
+        while t < c1 {
+            let p = (c1 - t).min(2);
+            // SAFETY: blocks b0..b0 + n exist; tiles t..t + p are inside the row.
+            unsafe {
+                match (n, p) {
+                    (4, 2) => tiles::<D, 4, 2>(v, pc, ww, t, b0, out),
+                    (4, _) => tiles::<D, 4, 1>(v, pc, ww, t, b0, out),
+                    (2, 2) => tiles::<D, 2, 2>(v, pc, ww, t, b0, out),
+                    (2, _) => tiles::<D, 2, 1>(v, pc, ww, t, b0, out),
+                    (_, 2) => tiles::<D, 1, 2>(v, pc, ww, t, b0, out),
+                    _ => tiles::<D, 1, 1>(v, pc, ww, t, b0, out),
+                }
+            }
+            t += p;
+        }
+    });
+}
+
+/// The element sums of tiles `t .. t + P`, blocks `b0 .. b0 + N`, then their output transform.
+#[inline(always)]
+unsafe fn tiles<D: Dot, const N: usize, const P: usize>(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    let cs = v.cstride;
+    let groups = cs / 4;
+    let gbytes = pc.cout8 * 4;
+    let w = ww.u8.as_ptr() as *const u8;
+    // SAFETY: reads inside the transformed rows (tiles t..t + P) and the weights; writes
+    // inside out (pixels below v.w).
+    unsafe {
+        let mut a = [[[_mm256_setzero_si256(); N]; P]; 4];
+        for (e, ae) in a.iter_mut().enumerate() {
+            for ky in 0..3 {
+                let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
+                let wt = w.add((ky * 4 + e) * groups * gbytes + b0 * 32);
+                for g in 0..groups {
+                    dot_group::<D, N, P>(row.add(4 * g), 4 * cs, wt.add(g * gbytes), ae);
+                }
+            }
+        }
+        combine_wino(v, pc, ww, t, b0, &a, out);
+    }
+}
+
+/// The entry points of one [`Dot`]: direct and Winograd sums, compiled with its features.
+macro_rules! entries {
+    ($dot:ty, $features:literal, $direct:ident, $wino:ident) => {
+        /// See [`direct`] (this instruction set).
+        ///
+        /// # Safety
+        /// The CPU must support the features this is compiled for; shapes as checked by
+        /// [`super::row_sums`].
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $direct(
+            x: &Codes,
+            pc: &PackedConv,
+            y: usize,
+            cols: Range<usize>,
+            out: &mut [i32],
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { direct::<$dot>(x, pc, y, cols, out) }
+        }
+
+        /// See [`wino`] (this instruction set).
+        ///
+        /// # Safety
+        /// The CPU must support the features this is compiled for; shapes as checked by
+        /// [`super::row_sums_wino_i32`].
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $wino(
+            v: &WinoInput,
+            pc: &PackedConv,
+            ww: &WinoWeights,
+            cols: Range<usize>,
+            out: &mut [i32],
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { wino::<$dot>(v, pc, ww, cols, out) }
+        }
+    };
+}
+
+entries!(AvxVnni, "avx2,avxvnni", direct_avxvnni, wino_avxvnni);
+entries!(
+    Avx512Vnni,
+    "avx2,avx512f,avx512bw,avx512vl,avx512vnni",
+    direct_avx512vnni,
+    wino_avx512vnni
+);
+entries!(Emulated, "avx2", direct_emulated, wino_emulated);
+
+/// One emulated `vpdpbusd` on arrays (for the instruction-level test).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(test)]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dp_emulated(acc: [i32; 8], a: [u8; 32], b: [i8; 32]) -> [i32; 8] {
+    // SAFETY: AVX2 per the contract; unaligned loads and stores of whole arrays.
+    unsafe {
+        let r = Emulated::dp(
+            _mm256_loadu_si256(acc.as_ptr().cast()),
+            _mm256_loadu_si256(a.as_ptr().cast()),
+            _mm256_loadu_si256(b.as_ptr().cast()),
+        );
+        let mut out = [0i32; 8];
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), r);
+        out
+    }
+}
