@@ -20,10 +20,24 @@ pub fn round_even_small(x: f32) -> f32 {
     ((x + MAGIC) - MAGIC).copysign(x)
 }
 
+/// `x.clamp(lo, hi)` without its assertion, so that loops over it vectorise: the same value
+/// for every `x` (NaN passes through) when `lo ≤ hi`, which the callers guarantee (quantizer
+/// ranges and clips are validated when a model is built).
+#[inline(always)]
+pub fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
+    if x < lo {
+        lo
+    } else if x > hi {
+        hi
+    } else {
+        x
+    }
+}
+
 /// Activation code `q = round((clamp(x, l, u) - l) / (u - l) * (2^b - 1))`.
 #[inline]
 pub fn act_code(x: f32, l: f32, u: f32, n: f32) -> f32 {
-    round_even_small((x.clamp(l, u) - l) / (u - l) * n)
+    round_even_small((clamp(x, l, u) - l) / (u - l) * n)
 }
 
 /// Activation fake-quant: `x̂ = q / (2^b - 1) * (u - l) + l`.
@@ -35,7 +49,7 @@ pub fn act_fake_quant(x: f32, l: f32, u: f32, n: f32) -> f32 {
 /// Weight code `k = round((clamp(w, -u_w, u_w) + u_w) / (2 u_w) * (2^b_w - 1))`.
 #[inline]
 pub fn weight_code(w: f32, u_w: f32, n: f32) -> f32 {
-    round_even_small((w.clamp(-u_w, u_w) + u_w) / (2.0 * u_w) * n)
+    round_even_small((clamp(w, -u_w, u_w) + u_w) / (2.0 * u_w) * n)
 }
 
 /// Weight fake-quant: `ŵ = k / (2^b_w - 1) * 2 u_w - u_w`.
@@ -71,6 +85,38 @@ pub fn adaptive_bits(base: u8, b_i: i32, b_l: i32) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clamp_is_std_clamp() {
+        let specials = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            2.5,
+            -7.25,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+            1e30,
+        ];
+        for &(lo, hi) in &[
+            (0.0f32, 1.0f32),
+            (-3.0, 2.5),
+            (-0.0, 0.0),
+            (2.5, 2.5),
+            (-7.25, 1e30),
+        ] {
+            for &x in &specials {
+                assert_eq!(
+                    clamp(x, lo, hi).to_bits(),
+                    x.clamp(lo, hi).to_bits(),
+                    "{x} in [{lo}, {hi}]"
+                );
+            }
+            assert!(clamp(f32::NAN, lo, hi).is_nan());
+        }
+    }
 
     #[test]
     fn round_even_small_is_round_ties_even() {

@@ -14,7 +14,7 @@ use gstadabm::engine::model::{LayerKind, layer_kind};
 use gstadabm::engine::quant;
 use gstadabm::engine::random::Rng;
 use gstadabm::engine::{
-    ComplexityMetric, Image, LayerQuant, Model, Network, QuantConfig, QuantMode,
+    ComplexityMetric, Engine, Image, LayerQuant, Model, Network, Options, QuantConfig, QuantMode,
 };
 use rayon::prelude::*;
 
@@ -42,6 +42,21 @@ pub struct Settings {
     pub seed: u64,
     /// Image complexity metric for b_I (stored in the model).
     pub metric: ComplexityMetric,
+    /// How the layer sensitivities behind b_L are measured.
+    pub sensitivity: Sensitivity,
+}
+
+/// How the sensitivity s_k of each adaptive layer (ranked for b_L) is measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sensitivity {
+    /// The reference's proxy: the standard deviation of the layer's input in the
+    /// floating-point network.
+    Std,
+    /// Measured: how much the output error grows when this layer alone runs one bit below the
+    /// base. On the first `crops` calibration crops, with b_I = 0: the mean squared difference
+    /// to the floating-point network's output with layer k at `b_base − 1` and every other
+    /// adaptive layer at `b_base`, minus the same with all at `b_base`.
+    Error { crops: usize },
 }
 
 impl Settings {
@@ -58,6 +73,7 @@ impl Settings {
             img_percentile: 10.0,
             layer_percentile: 30.0,
             fixed: false,
+            sensitivity: Sensitivity::Std,
             seed: 1,
             metric: ComplexityMetric::Gradient,
         }
@@ -245,41 +261,13 @@ pub fn calibrate(fp: &Model, crops: &[Image], s: &Settings) -> Result<(Model, Re
         batches += 1;
         complexities.extend(cs);
     }
-    let sensitivity: Vec<f32> = (0..n)
-        .map(|k| {
-            if kinds[k] == LayerKind::Float {
-                f32::NAN
-            } else {
-                (std_sum[k] / batches as f64) as f32
-            }
-        })
-        .collect();
-    let adaptive: Vec<f32> = (0..n)
-        .filter(|&k| kinds[k] == LayerKind::Adaptive)
-        .map(|k| sensitivity[k])
-        .collect();
-    let (l_l2b, u_l2b) = (
-        percentile(&adaptive, s.layer_percentile),
-        percentile(&adaptive, 100.0 - s.layer_percentile),
-    );
+    // The model with every b_L = 0 (the fixed-bit model); b_L is set below.
     let mut layers = BTreeMap::new();
     for (k, c) in fp.convs.iter().enumerate() {
-        let (bits, m) = match kinds[k] {
+        let bits = match kinds[k] {
             LayerKind::Float => continue,
-            LayerKind::Fixed8 => (8, 0.0),
-            LayerKind::Adaptive => {
-                let sk = sensitivity[k];
-                let m = if s.fixed {
-                    0.0
-                } else if sk < l_l2b {
-                    -1.0
-                } else if sk > u_l2b {
-                    1.0
-                } else {
-                    0.0
-                };
-                (s.w_bits, m)
-            }
+            LayerKind::Fixed8 => 8,
+            LayerKind::Adaptive => s.w_bits,
         };
         // A constant input (l = u) cannot be quantized on [l, u]: widen it by one unit.
         let (l, u) = if hi[k] > lo[k] {
@@ -293,7 +281,7 @@ pub fn calibrate(fp: &Model, crops: &[Image], s: &Settings) -> Result<(Model, Re
                 l,
                 u,
                 u_w: weight_clip(&c.weight, bits),
-                m,
+                m: 0.0,
             },
         );
     }
@@ -311,8 +299,49 @@ pub fn calibrate(fp: &Model, crops: &[Image], s: &Settings) -> Result<(Model, Re
         image_upper,
         layers,
     };
-    let model = Model::new(fp.config.clone(), Some(q), fp.convs.clone())
-        .map_err(|e| anyhow::anyhow!("calibrated model is invalid: {e}"))?;
+    let invalid = |e| anyhow::anyhow!("calibrated model is invalid: {e}");
+    let mut model = Model::new(fp.config.clone(), Some(q), fp.convs.clone()).map_err(invalid)?;
+    let adaptive: Vec<usize> = (0..n)
+        .filter(|&k| kinds[k] == LayerKind::Adaptive)
+        .collect();
+    let mut sensitivity = vec![f32::NAN; n];
+    match s.sensitivity {
+        Sensitivity::Std => {
+            for k in (0..n).filter(|&k| kinds[k] != LayerKind::Float) {
+                sensitivity[k] = (std_sum[k] / batches as f64) as f32;
+            }
+        }
+        Sensitivity::Error { crops: m } if !s.fixed => {
+            let sample = &crops[..m.clamp(1, crops.len())];
+            for (&k, e) in adaptive
+                .iter()
+                .zip(error_sensitivity(fp, &model, &adaptive, sample)?)
+            {
+                sensitivity[k] = e;
+            }
+        }
+        Sensitivity::Error { .. } => {}
+    }
+    if !s.fixed {
+        let measured: Vec<f32> = adaptive.iter().map(|&k| sensitivity[k]).collect();
+        let (l_l2b, u_l2b) = (
+            percentile(&measured, s.layer_percentile),
+            percentile(&measured, 100.0 - s.layer_percentile),
+        );
+        let mut q = model.quant.clone().expect("quantized");
+        for &k in &adaptive {
+            let sk = sensitivity[k];
+            let lq = q.layers.get_mut(&fp.convs[k].spec.name).expect("layer");
+            lq.m = if sk < l_l2b {
+                -1.0
+            } else if sk > u_l2b {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        model = Model::new(fp.config.clone(), Some(q), fp.convs.clone()).map_err(invalid)?;
+    }
     Ok((
         model,
         Report {
@@ -320,4 +349,55 @@ pub fn calibrate(fp: &Model, crops: &[Image], s: &Settings) -> Result<(Model, Re
             complexities,
         },
     ))
+}
+
+/// [`Sensitivity::Error`] of the adaptive layers `adaptive` of `fixed` (a calibrated model with
+/// every b_L = 0) on `crops`: per layer, the output MSE against `fp` with that layer one bit
+/// below the base, minus the MSE with none lowered (b_I = 0; the integer engine).
+fn error_sensitivity(
+    fp: &Model,
+    fixed: &Model,
+    adaptive: &[usize],
+    crops: &[Image],
+) -> Result<Vec<f32>> {
+    let opts = Options {
+        adaptive: false,
+        ..Options::default()
+    };
+    let reference = Engine::new(fp, 0)?;
+    let want: Vec<Image> = crops
+        .iter()
+        .map(|c| reference.upscale(c, &opts).map(|(o, _)| o))
+        .collect::<std::result::Result<_, _>>()?;
+    let mse = |model: &Model| -> Result<f64> {
+        let engine = Engine::new(model, 0)?;
+        let mut sum = 0.0f64;
+        let mut count = 0usize;
+        for (c, w) in crops.iter().zip(&want) {
+            let (got, _) = engine.upscale(c, &opts)?;
+            sum += got
+                .data
+                .iter()
+                .zip(&w.data)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>();
+            count += got.data.len();
+        }
+        Ok(sum / count.max(1) as f64)
+    };
+    let base = mse(fixed)?;
+    let q = fixed.quant.as_ref().expect("quantized");
+    adaptive
+        .iter()
+        .map(|&k| {
+            let mut q = q.clone();
+            q.layers
+                .get_mut(&fixed.convs[k].spec.name)
+                .expect("adaptive layer")
+                .m = -1.0;
+            let lowered = Model::new(fixed.config.clone(), Some(q), fixed.convs.clone())
+                .map_err(|e| anyhow::anyhow!("model with layer {k} lowered: {e}"))?;
+            Ok((mse(&lowered)? - base) as f32)
+        })
+        .collect()
 }

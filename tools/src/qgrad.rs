@@ -24,7 +24,7 @@ pub struct ActGrad {
 
 pub fn act_quant(x: f32, l: f32, u: f32, n: f32) -> ActGrad {
     let r = u - l;
-    let t = (x.clamp(l, u) - l) / r;
+    let t = (quant::clamp(x, l, u) - l) / r;
     let q = quant::round_even_small(t * n);
     let y = q / n * r + l;
     // torch.clamp's convention: a value on a bound is inside (its gradient goes to x).
@@ -47,7 +47,7 @@ pub fn act_quant(x: f32, l: f32, u: f32, n: f32) -> ActGrad {
 /// Weight fake-quant `ŵ = round(t·M)/M · 2u_w − u_w`, `t = (clamp(w, −u_w, u_w) + u_w)/(2u_w)`,
 /// and `∂ŵ/∂u_w` under straight-through rounding (the weights themselves are frozen).
 pub fn weight_quant(w: f32, u_w: f32, m: f32) -> (f32, f32) {
-    let t = (w.clamp(-u_w, u_w) + u_w) / (2.0 * u_w);
+    let t = (quant::clamp(w, -u_w, u_w) + u_w) / (2.0 * u_w);
     let k = quant::round_even_small(t * m);
     let y = k / m * 2.0 * u_w - u_w;
     // torch.clamp's convention: a weight on the clip is inside.

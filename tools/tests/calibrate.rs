@@ -168,3 +168,109 @@ fn ranges_thresholds_and_layer_bits_follow_the_method() {
         .unwrap();
     assert_eq!(stats.complexity, c[0]);
 }
+
+/// `--sensitivity error`: s_k is the growth of the output MSE (against the floating-point
+/// network, b_I = 0) when layer k alone is one bit lower, recomputed here from models built
+/// by hand; b_L follows its percentiles; ranges and clips are those of the std calibration.
+#[test]
+fn error_sensitivity_is_the_measured_error_of_one_lowered_layer() {
+    use adabm_tools::calib::Sensitivity;
+    use gstadabm::engine::{Engine, Model, Options};
+    let cfg = EdsrConfig {
+        n_resblocks: 3,
+        n_feats: 8,
+        ..EdsrConfig::baseline(2)
+    };
+    let fp = random_model(cfg, 21).unwrap();
+    let crops = crops();
+    let base = Settings {
+        batch: 4,
+        ..Settings::reference(2)
+    };
+    let s = Settings {
+        sensitivity: Sensitivity::Error { crops: 3 },
+        ..base.clone()
+    };
+    let (q, report) = calib::calibrate(&fp, &crops, &s).unwrap();
+    let (fixed, _) = calib::calibrate(
+        &fp,
+        &crops,
+        &Settings {
+            fixed: true,
+            ..base.clone()
+        },
+    )
+    .unwrap();
+    let (qs, _) = calib::calibrate(&fp, &crops, &base).unwrap();
+    let (qc, fc, sc) = (
+        q.quant.as_ref().unwrap(),
+        fixed.quant.as_ref().unwrap(),
+        qs.quant.as_ref().unwrap(),
+    );
+    for (name, lq) in &qc.layers {
+        let (f, st) = (&fc.layers[name], &sc.layers[name]);
+        assert_eq!((lq.l, lq.u, lq.u_w), (f.l, f.u, f.u_w), "{name}");
+        assert_eq!((lq.l, lq.u, lq.u_w), (st.l, st.u, st.u_w), "{name}");
+    }
+    let opts = Options {
+        adaptive: false,
+        ..Options::default()
+    };
+    let outputs = |m: &Model| -> Vec<Vec<f32>> {
+        let e = Engine::new(m, 1).unwrap();
+        crops[..3]
+            .iter()
+            .map(|c| e.upscale(c, &opts).unwrap().0.data)
+            .collect()
+    };
+    let want = outputs(&fp);
+    let mse = |m: &Model| -> f64 {
+        let got = outputs(m);
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for (g, w) in got.iter().zip(&want) {
+            for (a, b) in g.iter().zip(w) {
+                sum += ((a - b) as f64).powi(2);
+                n += 1;
+            }
+        }
+        sum / n as f64
+    };
+    let e0 = mse(&fixed);
+    let mut adaptive = Vec::new();
+    for (k, c) in fp.convs.iter().enumerate() {
+        if layer_kind(Some(QuantMode::Fq), c.spec.role) != LayerKind::Adaptive {
+            assert!(report.sensitivity[k].is_nan(), "{}", c.spec.name);
+            continue;
+        }
+        let mut lowered = fc.clone();
+        lowered.layers.get_mut(&c.spec.name).unwrap().m = -1.0;
+        let m = Model::new(fp.config.clone(), Some(lowered), fp.convs.clone()).unwrap();
+        let sk = (mse(&m) - e0) as f32;
+        let got = report.sensitivity[k];
+        assert!(
+            (got - sk).abs() <= 1e-4 * sk.abs().max(1e-3),
+            "{}: {got} vs {sk}",
+            c.spec.name
+        );
+        adaptive.push((c.spec.name.clone(), sk));
+    }
+    assert_eq!(adaptive.len(), 7, "3 blocks x 2 + the last body conv");
+    // (On random weights a lowered layer can even lower the error by chance: no sign check.)
+    let ranks: Vec<f32> = adaptive.iter().map(|x| qc.layers[&x.0].m).collect();
+    assert!(
+        ranks.contains(&-1.0) && ranks.contains(&1.0),
+        "both ends assigned: {adaptive:?}"
+    );
+    let a: Vec<f32> = adaptive.iter().map(|x| x.1).collect();
+    let (p30, p70) = (percentile(&a, 30.0), percentile(&a, 70.0));
+    for (name, sk) in &adaptive {
+        let want = if *sk < p30 {
+            -1.0
+        } else if *sk > p70 {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(qc.layers[name].m, want, "{name}");
+    }
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use adabm_tools::Args;
-use adabm_tools::calib::{self, Settings};
+use adabm_tools::calib::{self, Sensitivity, Settings};
 use adabm_tools::data;
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::{ComplexityMetric, Model, QuantMode};
@@ -27,6 +27,10 @@ adabm-calibrate --model FP.safetensors --out Q.safetensors [options]
   --fixed              no layer adaptation (every b_L = 0): the fixed-bit baseline
   --metric gradient|frequency|attention
                        image complexity metric for b_I, stored in the model (default gradient)
+  --sensitivity std|error[:N]
+                       how layers are ranked for b_L: std = the reference's std of the layer
+                       input (default); error = measured, the growth of the output error when
+                       the layer alone runs one bit lower, on the first N crops (default 16)
   --seed N             crop sampling seed (default 1)
   --report FILE        JSON with per-layer ranges, clips, sensitivities and the complexities";
 
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
         "fixed",
         "seed",
         "metric",
+        "sensitivity",
         "report",
         "help",
     ])?;
@@ -83,6 +88,18 @@ fn main() -> Result<()> {
             "frequency" => ComplexityMetric::Frequency,
             "attention" => ComplexityMetric::Attention,
             o => bail!("--metric must be gradient, frequency or attention, found {o}"),
+        },
+        sensitivity: match a.get("sensitivity").unwrap_or("std").split_once(':') {
+            _ if a.get("sensitivity").is_none_or(|v| v == "std") => Sensitivity::Std,
+            None if a.get("sensitivity") == Some("error") => Sensitivity::Error { crops: 16 },
+            Some(("error", n)) => match n.parse::<usize>() {
+                Ok(crops) if crops > 0 => Sensitivity::Error { crops },
+                _ => bail!("--sensitivity error:N needs a positive number of crops, found {n}"),
+            },
+            _ => bail!(
+                "--sensitivity must be std, error or error:N, found {}",
+                a.get("sensitivity").unwrap_or_default()
+            ),
         },
     };
     for (name, b) in [("--w-bits", s.w_bits), ("--a-bits", s.a_bits)] {
