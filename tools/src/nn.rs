@@ -130,11 +130,11 @@ pub fn conv_backward_params(x: &FeatureMap, dy: &FeatureMap) -> ConvGrad {
                 for r in 0..mb {
                     let p = p0 + pb + r;
                     let dst = &mut cols[r * k..(r + 1) * k];
-                    for t in 0..9 {
-                        let (ty, tx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
-                        let q = (p as isize + ty * wp as isize + tx) as usize;
-                        dst[t * cin..(t + 1) * cin]
-                            .copy_from_slice(&x.data[q * cin..(q + 1) * cin]);
+                    // The three taps of a kernel row are three consecutive pixels: one copy.
+                    for dy in 0..3 {
+                        let q = p + dy * wp - wp - 1;
+                        dst[3 * dy * cin..3 * (dy + 1) * cin]
+                            .copy_from_slice(&x.data[q * cin..(q + 3) * cin]);
                     }
                 }
                 let dyb = &dy.data[(p0 + pb) * cout..(p0 + pb + mb) * cout];
