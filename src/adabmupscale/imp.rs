@@ -7,6 +7,7 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use crate::cuda::{CudaEngine, CudaError};
+use crate::engine::intcpu::CpuLevel;
 use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -569,10 +570,21 @@ impl BaseTransformImpl for AdabmUpscale {
         gst::info!(
             CAT,
             imp = self,
-            "model loaded: x{}, {:?}",
+            "model loaded: x{}, {:?}; integer CPU kernels: {:?}",
             engine.scale(),
-            engine.network().quant.as_ref().map(|q| q.mode)
+            engine.network().quant.as_ref().map(|q| q.mode),
+            CpuLevel::detect()
         );
+        let failed = CpuLevel::failed_self_checks();
+        if !failed.is_empty() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "the CPU reports {failed:?} but those kernels failed their start-up check \
+                 against the scalar reference; using {:?} instead (please report this CPU)",
+                CpuLevel::detect()
+            );
+        }
         *self.state.lock().unwrap() = Some(State {
             engine: Arc::new(engine),
             cuda: cuda.map(|c| Arc::new(Mutex::new(c))),

@@ -84,8 +84,14 @@ impl CpuLevel {
         v
     }
 
-    /// Whether this host can run the level's kernels.
+    /// Whether this host can run the level's kernels: the CPU has its features and, for the
+    /// VNNI levels, their kernels passed [`Self::self_check`] here.
     pub fn supported(self) -> bool {
+        self.has_features() && (!self.is_vnni() || self.self_check())
+    }
+
+    /// Whether the CPU reports the level's instruction-set features.
+    pub fn has_features(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2");
@@ -107,11 +113,91 @@ impl CpuLevel {
         }
     }
 
+    /// Once per process and level (the CPU must have its features): the level's conv kernels
+    /// against the scalar reference on a small random conv — direct with 4-bit (centred) and
+    /// 8-bit (offset) weights, 8-bit codes, channel and pixel tails, and Winograd F(2,3) with
+    /// i32 sums. A level that fails is not used ([`Self::supported`] is false; the element
+    /// logs it), so a miscompiled or misbehaving instruction costs speed, never pixels.
+    pub fn self_check(self) -> bool {
+        use std::sync::OnceLock;
+        static CHECKS: [OnceLock<bool>; 5] = [const { OnceLock::new() }; 5];
+        *CHECKS[self as usize].get_or_init(|| self.has_features() && self_check(self))
+    }
+
+    /// Levels whose features this CPU has but whose kernels failed [`Self::self_check`].
+    pub fn failed_self_checks() -> Vec<Self> {
+        [Self::AvxVnni, Self::Avx512Vnni]
+            .into_iter()
+            .filter(|l| l.has_features() && !l.self_check())
+            .collect()
+    }
+
     /// Levels whose conv kernels are `vpdpbusd` ([`vnni`]): i32 sums for any codes and
     /// weights, Winograd F(2,3) without widening schedules.
     pub fn is_vnni(self) -> bool {
         self >= Self::EmulatedVnni
     }
+}
+
+/// See [`CpuLevel::self_check`].
+fn self_check(level: CpuLevel) -> bool {
+    use crate::engine::random::Rng;
+    let mut rng = Rng::new(0x5e1f);
+    let (h, w, cin, cout) = (2, 7, 36, 40);
+    let mut ok = true;
+    for bits in [4u8, 8] {
+        let oihw: Vec<f32> = (0..cout * cin * 9).map(|_| rng.symmetric(0.5)).collect();
+        let bias = vec![0.0; cout];
+        let pc = PackedConv::new(&IntConv::new(cin, cout, &oihw, &bias, 0.4, bits));
+        let cs = pc.cstride;
+        let mut data = vec![0u8; (h + 2) * (w + 2) * cs];
+        for y in 1..=h {
+            for x in 1..=w {
+                for c in 0..cin {
+                    data[(y * (w + 2) + x) * cs + c] = rng.below(256) as u8;
+                }
+            }
+        }
+        let map = Codes {
+            data: &data,
+            h,
+            w,
+            cstride: cs,
+        };
+        for y in 0..h {
+            let mut want = vec![0i32; w * pc.cout8];
+            let mut got = vec![1i32; w * pc.cout8];
+            row_sums(CpuLevel::Scalar, &map, &pc, y, 255, 0..w, &mut want);
+            row_sums(level, &map, &pc, y, 255, 0..w, &mut got);
+            ok &= got == want;
+        }
+        // Winograd with i32 sums on 7-bit codes (the transform needs 2Q ≤ 255).
+        if pc.wino.is_some() {
+            let q7: Vec<u8> = data.iter().map(|&v| v >> 1).collect();
+            let map7 = Codes { data: &q7, ..map };
+            let tl = wino::row_len(w, cs);
+            let mut rows = vec![0u8; (h + 2) * tl];
+            for (r, row) in rows.chunks_exact_mut(tl).enumerate() {
+                wino::build_row(&map7, r, 127, row);
+            }
+            for y in 0..h {
+                let v = wino::WinoInput {
+                    rows: [0, 1, 2].map(|k| &rows[(y + k) * tl..(y + k + 1) * tl]),
+                    w,
+                    cstride: cs,
+                    max_code: 127,
+                };
+                let mut want = vec![0i32; w * pc.cout8];
+                let mut got = vec![1i32; w * pc.cout8];
+                row_sums(CpuLevel::Scalar, &map7, &pc, y, 127, 0..w, &mut want);
+                row_sums_wino_i32(level, &v, &pc, 0..w, &mut got);
+                ok &= got == want;
+            }
+        } else {
+            ok &= bits == 8;
+        }
+    }
+    ok
 }
 
 /// Which Winograd kernels the fused engine may use (each only where it is exact; the output is

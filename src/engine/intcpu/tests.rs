@@ -118,6 +118,21 @@ fn level_override_only_lowers() {
     eprintln!("CPU levels on this host: {avail:?} (tests also run {t:?})");
 }
 
+/// The start-up check passes at every VNNI level this host runs (the emulated one here), and
+/// it is what `supported` requires of a VNNI level.
+#[test]
+fn vnni_levels_pass_their_self_check() {
+    for level in CpuLevel::testable().into_iter().filter(|l| l.is_vnni()) {
+        assert!(level.self_check(), "{level:?}");
+        assert!(level.supported());
+    }
+    assert!(CpuLevel::failed_self_checks().is_empty());
+    assert!(
+        !CpuLevel::Avx512Vnni.has_features()
+            || CpuLevel::available().contains(&CpuLevel::Avx512Vnni)
+    );
+}
+
 /// The i32 Winograd F(2,3) kernel of the VNNI levels gives the reference sums exactly for
 /// every code width up to 7 bits (where the i16 AVX2 kernel has no schedule for 6–7 bits),
 /// weights of 2–5 bits, odd widths, 1-pixel maps and channel tails.
