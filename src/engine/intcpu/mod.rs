@@ -41,9 +41,13 @@ pub enum CpuLevel {
     /// testing those kernels (layout, tails, offsets, engine dispatch) on hosts without VNNI.
     #[doc(hidden)]
     EmulatedVnni,
+    /// The same for the AVX-512 VNNI kernels (512-bit direct kernel as two 256-bit halves).
+    #[doc(hidden)]
+    EmulatedVnni512,
     /// AVX-VNNI (VEX `vpdpbusd` on 256-bit registers).
     AvxVnni,
-    /// AVX-512 VNNI with AVX512VL (EVEX `vpdpbusd` on 256-bit registers, 32 of them).
+    /// AVX-512 VNNI with AVX512VL (EVEX `vpdpbusd`: the direct kernel on 512-bit registers,
+    /// Winograd on 256-bit ones).
     Avx512Vnni,
 }
 
@@ -72,13 +76,13 @@ impl CpuLevel {
             .collect()
     }
 
-    /// [`Self::available`] plus [`Self::EmulatedVnni`] where AVX2 is (what the kernel tests
+    /// [`Self::available`] plus the emulated VNNI levels where AVX2 is (what the kernel tests
     /// run).
     #[doc(hidden)]
     pub fn testable() -> Vec<Self> {
         let mut v = Self::available();
         if v.contains(&Self::Avx2) {
-            v.push(Self::EmulatedVnni);
+            v.extend([Self::EmulatedVnni, Self::EmulatedVnni512]);
             v.sort();
         }
         v
@@ -97,7 +101,7 @@ impl CpuLevel {
             let avx2 = is_x86_feature_detected!("avx2");
             match self {
                 Self::Scalar => true,
-                Self::Avx2 | Self::EmulatedVnni => avx2,
+                Self::Avx2 | Self::EmulatedVnni | Self::EmulatedVnni512 => avx2,
                 Self::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
                 Self::Avx512Vnni => {
                     avx2 && is_x86_feature_detected!("avx512f")
@@ -120,7 +124,7 @@ impl CpuLevel {
     /// logs it), so a miscompiled or misbehaving instruction costs speed, never pixels.
     pub fn self_check(self) -> bool {
         use std::sync::OnceLock;
-        static CHECKS: [OnceLock<bool>; 5] = [const { OnceLock::new() }; 5];
+        static CHECKS: [OnceLock<bool>; 6] = [const { OnceLock::new() }; 6];
         *CHECKS[self as usize].get_or_init(|| self.has_features() && self_check(self))
     }
 
@@ -397,14 +401,18 @@ pub fn row_sums(
                 }
             }
         }
-        // SAFETY (the three below): a VNNI level is only selected when the CPU reports its
-        // features (CpuLevel::supported), the emulated one with AVX2; shapes checked above.
+        // SAFETY (the arms below): a VNNI level is only selected when the CPU reports its
+        // features (CpuLevel::supported), the emulated ones with AVX2; shapes checked above.
         #[cfg(target_arch = "x86_64")]
         CpuLevel::EmulatedVnni => unsafe { vnni::direct_emulated(x, pc, y, cols.clone(), out) },
         #[cfg(target_arch = "x86_64")]
         CpuLevel::AvxVnni => unsafe { vnni::direct_avxvnni(x, pc, y, cols.clone(), out) },
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx512Vnni => unsafe { vnni::direct_avx512vnni(x, pc, y, cols.clone(), out) },
+        CpuLevel::EmulatedVnni512 => unsafe {
+            vnni::direct512_emulated(x, pc, y, cols.clone(), out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512Vnni => unsafe { vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::row_sums(x, pc, y, cols.clone(), out),
     }
@@ -461,7 +469,9 @@ pub fn row_sums_wino_i32(
         // shapes and codes checked above (i32 sums of ≤ 3·cstride products of |V·U| ≤ 254·127
         // cannot overflow).
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::EmulatedVnni => unsafe { vnni::wino_emulated(v, pc, ww, cols, out) },
+        CpuLevel::EmulatedVnni | CpuLevel::EmulatedVnni512 => unsafe {
+            vnni::wino_emulated(v, pc, ww, cols, out)
+        },
         #[cfg(target_arch = "x86_64")]
         CpuLevel::AvxVnni => unsafe { vnni::wino_avxvnni(v, pc, ww, cols, out) },
         #[cfg(target_arch = "x86_64")]

@@ -8,12 +8,13 @@
 //!
 //! Both kernels are written once over [`Dot`], the one instruction that differs:
 //! - [`AvxVnni`]: the VEX form (`AVX-VNNI`: Alder Lake and later, Sapphire Rapids, Zen 5);
-//! - [`Avx512Vnni`]: the EVEX form on 256-bit registers (`AVX512_VNNI` + `AVX512VL`: Cascade
-//!   Lake, Ice Lake, Sapphire Rapids, Zen 4), which also gives the compiler 32 vector
-//!   registers, used for 4 pixels per weight load instead of 2;
+//! - [`Avx512Vnni`]: the EVEX form (`AVX512_VNNI` + `AVX512VL`: Cascade Lake, Ice Lake,
+//!   Sapphire Rapids, Zen 4): the direct kernel on 512-bit registers ([`direct512`]: 16 output
+//!   channels per vector, 4 pixels per weight load), the Winograd kernel on 256-bit ones;
 //! - [`Emulated`]: the same sums from AVX2 instructions (two `vpmaddwd` on the even and odd
 //!   bytes spread to i16), so that the kernels' layout, tails and offsets are tested on hosts
-//!   without VNNI ([`super::CpuLevel::EmulatedVnni`], never detected, tests only).
+//!   without VNNI ([`super::CpuLevel::EmulatedVnni`] with the AVX-VNNI kernels' structure,
+//!   [`super::CpuLevel::EmulatedVnni512`] with AVX-512's; never detected, tests only).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -88,8 +89,22 @@ unsafe fn direct<D: Dot>(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
+    // SAFETY: forwarded contract.
+    unsafe { direct_from::<D>(x, pc, y, cols, 0, out) }
+}
+
+/// [`direct`] for the blocks of 8 output channels from `first` on.
+#[inline(always)]
+unsafe fn direct_from<D: Dot>(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    first: usize,
+    out: &mut [i32],
+) {
     let nb = pc.cout8 / 8;
-    let mut b0 = 0;
+    let mut b0 = first;
     while b0 < nb {
         let n = match nb - b0 {
             4.. => 4,
@@ -253,9 +268,222 @@ unsafe fn tiles<D: Dot, const N: usize, const P: usize>(
     }
 }
 
-/// The entry points of one [`Dot`]: direct and Winograd sums, compiled with its features.
+/// A 512-bit vector of 16 i32 lanes for the direct kernel: native AVX-512 VNNI ([`Zmm`]) or
+/// two 256-bit halves with the emulated instruction ([`ZmmEmulated`], tests only).
+pub(super) trait Wide {
+    type R: Copy;
+    /// # Safety (all)
+    /// The CPU must support the vector's instructions; pointers valid for 64 bytes.
+    unsafe fn zero() -> Self::R;
+    unsafe fn bcast(c: i32) -> Self::R;
+    unsafe fn load(p: *const u8) -> Self::R;
+    unsafe fn store(p: *mut i32, v: Self::R);
+    unsafe fn dp(acc: Self::R, a: Self::R, b: Self::R) -> Self::R;
+}
+
+pub(super) struct Zmm;
+pub(super) struct ZmmEmulated;
+
+// SAFETY (the bodies of both impls): called from entry points compiled with the features
+// the intrinsics need (AVX-512 F/VNNI for Zmm, AVX2 for ZmmEmulated); pointers per the trait.
+impl Wide for Zmm {
+    type R = __m512i;
+    #[inline(always)]
+    unsafe fn zero() -> __m512i {
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn bcast(c: i32) -> __m512i {
+        unsafe { _mm512_set1_epi32(c) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m512i {
+        unsafe { _mm512_loadu_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i32, v: __m512i) {
+        unsafe { _mm512_storeu_si512(p.cast(), v) }
+    }
+    #[inline(always)]
+    unsafe fn dp(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+        unsafe { _mm512_dpbusd_epi32(acc, a, b) }
+    }
+}
+
+impl Wide for ZmmEmulated {
+    type R = [__m256i; 2];
+    #[inline(always)]
+    unsafe fn zero() -> [__m256i; 2] {
+        unsafe { [_mm256_setzero_si256(); 2] }
+    }
+    #[inline(always)]
+    unsafe fn bcast(c: i32) -> [__m256i; 2] {
+        unsafe { [_mm256_set1_epi32(c); 2] }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> [__m256i; 2] {
+        unsafe {
+            [
+                _mm256_loadu_si256(p.cast()),
+                _mm256_loadu_si256(p.add(32).cast()),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i32, v: [__m256i; 2]) {
+        unsafe {
+            _mm256_storeu_si256(p.cast(), v[0]);
+            _mm256_storeu_si256(p.add(8).cast(), v[1]);
+        }
+    }
+    #[inline(always)]
+    unsafe fn dp(acc: [__m256i; 2], a: [__m256i; 2], b: [__m256i; 2]) -> [__m256i; 2] {
+        unsafe {
+            [
+                Emulated::dp(acc[0], a[0], b[0]),
+                Emulated::dp(acc[1], a[1], b[1]),
+            ]
+        }
+    }
+}
+
+/// The direct conv sums with 512-bit vectors: pairs of 8-channel blocks as one vector of 16
+/// output channels (the weights of 16 consecutive channels are 64 contiguous bytes of a
+/// group), up to 4 vectors × 4 pixels of accumulators (AVX-512 has 32 registers); an odd last
+/// block of 8 goes to the 256-bit kernel `D`.
+///
+/// # Safety
+/// The instructions of `W` and `D`; shapes as checked by [`super::row_sums`].
+#[inline(always)]
+unsafe fn direct512<W: Wide, D: Dot>(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    let nb = pc.cout8 / 8;
+    let mut b0 = 0;
+    while nb - b0 >= 2 {
+        let n = match (nb - b0) / 2 {
+            4.. => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        let mut xx = cols.start;
+        while xx < cols.end {
+            let p = (cols.end - xx).min(4);
+            // SAFETY: blocks b0..b0 + 2n exist; pixels xx..xx + p are inside the row.
+            unsafe {
+                match (n, p) {
+                    (4, 4) => pixels512::<W, 4, 4>(x, pc, y, xx, b0, out),
+                    (4, 3) => pixels512::<W, 4, 3>(x, pc, y, xx, b0, out),
+                    (4, 2) => pixels512::<W, 4, 2>(x, pc, y, xx, b0, out),
+                    (4, _) => pixels512::<W, 4, 1>(x, pc, y, xx, b0, out),
+                    (2, 4) => pixels512::<W, 2, 4>(x, pc, y, xx, b0, out),
+                    (2, 3) => pixels512::<W, 2, 3>(x, pc, y, xx, b0, out),
+                    (2, 2) => pixels512::<W, 2, 2>(x, pc, y, xx, b0, out),
+                    (2, _) => pixels512::<W, 2, 1>(x, pc, y, xx, b0, out),
+                    (_, 4) => pixels512::<W, 1, 4>(x, pc, y, xx, b0, out),
+                    (_, 3) => pixels512::<W, 1, 3>(x, pc, y, xx, b0, out),
+                    (_, 2) => pixels512::<W, 1, 2>(x, pc, y, xx, b0, out),
+                    _ => pixels512::<W, 1, 1>(x, pc, y, xx, b0, out),
+                }
+            }
+            xx += p;
+        }
+        b0 += 2 * n;
+    }
+    if b0 < nb {
+        // SAFETY: forwarded contract; block b0 is the last one.
+        unsafe { direct_from::<D>(x, pc, y, cols, b0, out) }
+    }
+}
+
+/// `S` of output channels `8·b0 .. 8·b0 + 16·N` for the `P` pixels from `(y, xx)`.
+#[inline(always)]
+unsafe fn pixels512<W: Wide, const N: usize, const P: usize>(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    xx: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    let wp = x.w + 2;
+    let groups = pc.cstride / 4;
+    let gbytes = pc.cout8 * 4;
+    let w = pc.w8.as_ptr() as *const u8;
+    // SAFETY: reads inside the padded 3x3 windows of the P pixels and the weights; writes
+    // inside out (pixels below x.w, channels below cout8).
+    unsafe {
+        let mut acc = [[W::zero(); N]; P];
+        for t in 0..9 {
+            let p = ((y + t / 3) * wp + xx + t % 3) * x.cstride;
+            let codes = x.data.as_ptr().add(p);
+            let wt = w.add(t * groups * gbytes + b0 * 32);
+            for g in 0..groups {
+                let mut q = [W::zero(); P];
+                for (i, qi) in q.iter_mut().enumerate() {
+                    let c = (codes.add(i * x.cstride + 4 * g) as *const u32).read_unaligned();
+                    *qi = W::bcast(c as i32);
+                }
+                let wg = wt.add(g * gbytes);
+                for b in 0..N {
+                    let wv = W::load(wg.add(b * 64));
+                    for (acc, q) in acc.iter_mut().zip(&q) {
+                        acc[b] = W::dp(acc[b], *q, wv);
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let d = out.as_mut_ptr().add((xx + i) * pc.cout8 + b0 * 8);
+            for (b, v) in acc.iter().enumerate() {
+                W::store(d.add(b * 16), *v);
+            }
+        }
+    }
+}
+
+/// The 512-bit direct kernel (see [`direct512`]).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; shapes as checked by [`super::row_sums`].
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn direct512_avx512vnni(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { direct512::<Zmm, Avx512Vnni>(x, pc, y, cols, out) }
+}
+
+/// The 512-bit direct kernel's structure with the emulated instruction (tests).
+///
+/// # Safety
+/// AVX2; shapes as checked by [`super::row_sums`].
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn direct512_emulated(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { direct512::<ZmmEmulated, Emulated>(x, pc, y, cols, out) }
+}
+
+/// The entry points of one [`Dot`]: direct and Winograd sums (or Winograd only), compiled
+/// with its features.
 macro_rules! entries {
     ($dot:ty, $features:literal, $direct:ident, $wino:ident) => {
+        entries!($dot, $features, $wino);
+
         /// See [`direct`] (this instruction set).
         ///
         /// # Safety
@@ -272,7 +500,8 @@ macro_rules! entries {
             // SAFETY: forwarded contract.
             unsafe { direct::<$dot>(x, pc, y, cols, out) }
         }
-
+    };
+    ($dot:ty, $features:literal, $wino:ident) => {
         /// See [`wino`] (this instruction set).
         ///
         /// # Safety
@@ -293,10 +522,10 @@ macro_rules! entries {
 }
 
 entries!(AvxVnni, "avx2,avxvnni", direct_avxvnni, wino_avxvnni);
+// (AVX-512's direct kernel is `direct512_avx512vnni`.)
 entries!(
     Avx512Vnni,
     "avx2,avx512f,avx512bw,avx512vl,avx512vnni",
-    direct_avx512vnni,
     wino_avx512vnni
 );
 entries!(Emulated, "avx2", direct_emulated, wino_emulated);
