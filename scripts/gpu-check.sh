@@ -9,10 +9,10 @@
 #   7. (VNNI=1, the default) the integer CPU engine on the host CPU, which has the VNNI
 #      extensions this development machine lacks: the kernel exactness tests and the whole
 #      engine at every level the CPU has (cpu-tests.txt), then AVX2 vs VNNI frame by frame
-#      (cpu-levels.txt).
+#      (cpu-levels.txt) and, at the best level, direct vs Winograd (cpu-winograd.txt).
 # Results go to $OUT (default ./gpu-out): device.txt, parity.txt, sanitizer.txt, element.txt,
 # bench.md, torch.md, parity-ldmatrix.txt, bench-ldmatrix.md, cpu.txt, cpu-tests.txt,
-# cpu-levels.txt, summary.txt (ncu-*.txt with NCU=1).
+# cpu-levels.txt, cpu-winograd.txt, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -91,6 +91,10 @@ if [ "${VNNI:-1}" = 1 ] && [ -x "$BIN/lib-tests" ]; then
     start=$(date +%s)
     timeout "${CPU_BENCH_TIMEOUT:-150}" "$BIN/cpu-bench" --levels-ab "${CPU_FRAMES:-3}" > "$OUT/cpu-levels.txt" 2>&1
     summary "cpu levels rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'EDSR-baseline x2 integer w4a4 320x180' "$OUT/cpu-levels.txt" | tr '\n' ' ')"
+    # At the best level: direct (512-bit on AVX-512) vs Winograd F(2,3) (256-bit).
+    start=$(date +%s)
+    timeout "${CPU_BENCH_TIMEOUT:-150}" "$BIN/cpu-bench" --winograd-ab "${CPU_FRAMES:-3}" --only "EDSR-baseline" > "$OUT/cpu-winograd.txt" 2>&1
+    summary "cpu winograd rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'x2 integer w4a4 320x180' "$OUT/cpu-winograd.txt" | tr '\n' ' ')"
 fi
 
 start=$(date +%s)
