@@ -73,17 +73,32 @@ unsafe fn maddubs_group<const N: usize, const P: usize>(
 ) {
     // SAFETY: the caller's contract.
     unsafe {
-        let mut q = [_mm256_setzero_si256(); P];
-        for (i, qi) in q.iter_mut().enumerate() {
-            let c = (codes.add(i * stride) as *const u32).read_unaligned();
-            *qi = _mm256_set1_epi32(c as i32);
-        }
+        let q = broadcast_groups::<P>(codes, stride);
         for b in 0..N {
             let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
             for i in 0..P {
                 part[i][b] = _mm256_add_epi16(part[i][b], _mm256_maddubs_epi16(q[i], wv));
             }
         }
+    }
+}
+
+/// The 4 codes at `codes + i·stride` of each of `P` pixels (or tiles), each broadcast to
+/// all 8 lanes of a register (one channel group against 8 output channels' weights).
+///
+/// # Safety
+/// AVX2; `P` 4-byte reads from `codes` in bounds.
+#[inline(always)]
+pub(super) unsafe fn broadcast_groups<const P: usize>(
+    codes: *const u8,
+    stride: usize,
+) -> [__m256i; P] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::array::from_fn(|i| {
+            let c = (codes.add(i * stride) as *const u32).read_unaligned();
+            _mm256_set1_epi32(c as i32)
+        })
     }
 }
 
@@ -328,11 +343,7 @@ unsafe fn pixels<const N: usize, const P: usize>(
             let codes = x.data.as_ptr().add(p);
             let wt = w.add(t * groups * gbytes + b0 * 32);
             for g in 0..groups {
-                let mut q = [_mm256_setzero_si256(); P];
-                for i in 0..P {
-                    let v = (codes.add(i * x.cstride + 4 * g) as *const u32).read_unaligned();
-                    q[i] = _mm256_set1_epi32(v as i32);
-                }
+                let q = broadcast_groups::<P>(codes.add(4 * g), x.cstride);
                 let wg = wt.add(g * gbytes);
                 for b in 0..N {
                     let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);

@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::avx2::{chunks_and_blocks, combine_wino};
+use super::avx2::{broadcast_groups, chunks_and_blocks, combine_wino};
 use super::wino::{WinoInput, WinoWeights};
 use super::{Codes, PackedConv};
 
@@ -155,11 +155,7 @@ unsafe fn dot_group<D: Dot, const N: usize, const P: usize>(
 ) {
     // SAFETY: the caller's contract.
     unsafe {
-        let mut q = [_mm256_setzero_si256(); P];
-        for (i, qi) in q.iter_mut().enumerate() {
-            let c = (codes.add(i * stride) as *const u32).read_unaligned();
-            *qi = _mm256_set1_epi32(c as i32);
-        }
+        let q = broadcast_groups::<P>(codes, stride);
         for b in 0..N {
             let wv = _mm256_loadu_si256(wg.add(b * 32) as *const __m256i);
             for i in 0..P {
