@@ -1,7 +1,8 @@
-//! CUDA engine benchmark: EDSR-baseline-size networks (random weights, AdaBM-quantized) and the
-//! built-in models, frames per second with the frames resident on the GPU (compute only) and
-//! end to end (pinned upload, compute, download), effective int8 TOPS and the share of the
-//! device's dense int8 tensor peak. Optionally exports each network's weights for
+//! CUDA engine benchmark: EDSR-baseline-size networks (random weights, AdaBM-quantized fq and
+//! non-fq, and the float network on f16 tensor cores) and the built-in models, frames per second with the frames resident on the GPU (compute only) and
+//! end to end (pinned upload, compute, download), effective TOPS and the share of the
+//! device's dense int8 tensor peak (for the float rows: of the int8 peak, which is twice the
+//! dense f16 peak). Optionally exports each network's weights for
 //! bench/torch_fp16.py (PyTorch fp16 on the same device, same weights).
 //!
 //!   cargo bench --bench cuda -- [--iters 20] [--export DIR] [--peak-tops 1979] [--only LABEL]
@@ -53,6 +54,23 @@ fn main() {
                 cases.push((label.clone(), m.clone(), w, h, b));
             }
         }
+        // Floating-point layers on the f16 tensor cores: the float network (what PyTorch fp16
+        // runs, same weights) and non-fq w4a4 (float head, last body conv, upsampler, tail).
+        let nonfq = quantize_on_synthetic(&fp, QuantMode::NonFq, 4, 4, 2).unwrap();
+        cases.push((
+            format!("EDSR-baseline x{scale} float (f16 MMA)"),
+            fp.clone(),
+            w,
+            h,
+            1,
+        ));
+        cases.push((
+            format!("EDSR-baseline x{scale} non-fq w4a4"),
+            nonfq,
+            w,
+            h,
+            1,
+        ));
     }
     for b in builtin::MODELS.iter().filter(|m| m.name.contains("-w")) {
         let m = b.load().unwrap();

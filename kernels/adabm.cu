@@ -45,6 +45,26 @@ __device__ __forceinline__ u32 dp4a_u(u32 a, u32 b, u32 c) {
     return d;
 }
 
+// f16 storage of the floating-point layers' feature maps (round to nearest even), no headers.
+// pack_h2: two f32 -> f16x2 with `lo` at the lower address.
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+__device__ __forceinline__ u16 f2h(float v) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+}
+
 // Border class of intnet.rs: bit 0 when the -1 tap is outside, bit 1 when the +1 tap is.
 __device__ __forceinline__ int border_bits(int v, int len) {
     return (v == 0 ? 1 : 0) | (v + 1 == len ? 2 : 0);
@@ -267,6 +287,138 @@ DIRECT_TAIL(32)
 DIRECT_TAIL(64)
 
 // ---------------------------------------------------------------------------------------
+// Floating-point head and tail (non-fq models and float models): f32 weights and arithmetic.
+// Head: from the RGB bytes (x = s·k − mean_c, zero padding), one thread per (pixel, 4 output
+// channels); writes head and res (f32) and either the next layer's codes (codes = 1, a
+// quantized body) or the f16 feature map of a floating-point body.
+// Tail: from an f16 map, four threads per pixel as in conv_tail; bytes and (optionally) f32.
+
+struct FloatArgs {
+    const u8* rgb;     // HEAD: frames [F][h][w][3]
+    const u8* in;      // TAIL: f16 map [F][hp_in][wp_in][CIN]
+    const float* wts;  // HEAD: [9][3][COUT]; TAIL: [3][9][CIN]
+    const float* bias; // [COUT]
+    const Quant* plan; // [F][L]
+    float* head;       // HEAD: [F][h][w][COUT]
+    float* res;        // HEAD: [F][h][w][COUT]
+    u8* out;           // HEAD: codes or f16 map [F][hp_out][wp_out][COUT]
+    u8* rgbo;          // TAIL: [F][h][w][3] bytes
+    float* rgbf;       // TAIL: [F][h][w][3] f32 before rounding, or null
+    int h, w, hp_in, wp_in, hp_out, wp_out, next, L, codes;
+    float k, mean0, mean1, mean2, inv;
+};
+
+template <int COUT>
+__device__ __forceinline__ void conv_fhead(const FloatArgs& a) {
+    __shared__ float sw[27 * COUT];
+    for (int i = threadIdx.x; i < 27 * COUT; i += blockDim.x) sw[i] = a.wts[i];
+    __syncthreads();
+    const int groups = COUT / 4;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int f = blockIdx.y;
+    int p = i / groups, o4 = i - (i / groups) * groups;
+    if (p >= a.h * a.w) return;
+    int y = p / a.w, x = p - (p / a.w) * a.w;
+    const u8* img = a.rgb + (size_t)f * a.h * a.w * 3;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int t = 0; t < 9; t++) {
+        int yy = y + t / 3 - 1, xx = x + t % 3 - 1;
+        if (yy < 0 || yy >= a.h || xx < 0 || xx >= a.w) continue;
+        const u8* s = img + ((size_t)yy * a.w + xx) * 3;
+        float xs[3] = {(float)s[0] * a.k - a.mean0, (float)s[1] * a.k - a.mean1,
+                       (float)s[2] * a.k - a.mean2};
+#pragma unroll
+        for (int c = 0; c < 3; c++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) acc[j] = acc[j] + xs[c] * sw[(t * 3 + c) * COUT + o4 * 4 + j];
+    }
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) v[j] = a.bias[o4 * 4 + j] + acc[j];
+    size_t px = (size_t)f * a.h * a.w + p;
+    float4 v4;
+    v4.x = v[0];
+    v4.y = v[1];
+    v4.z = v[2];
+    v4.w = v[3];
+    ((float4*)a.head)[px * groups + o4] = v4;
+    ((float4*)a.res)[px * groups + o4] = v4;
+    size_t opx = ((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1;
+    if (a.codes) {
+        Quant qn = a.plan[f * a.L + a.next];
+        u32 word = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) word |= act_code(v[j], qn) << (8 * j);
+        ((u32*)(a.out + opx * COUT))[o4] = word;
+    } else {
+        uint2 hv;
+        hv.x = pack_h2(v[0], v[1]);
+        hv.y = pack_h2(v[2], v[3]);
+        ((uint2*)(a.out + opx * COUT * 2))[o4] = hv;
+    }
+}
+
+template <int CIN>
+__device__ __forceinline__ void conv_ftail(const FloatArgs& a) {
+    const int PART = CIN / 4;  // channels per lane: 8 or 16, one or two 16-byte loads per tap
+    __shared__ float sw[3 * 9 * CIN];
+    for (int i = threadIdx.x; i < 3 * 9 * CIN; i += blockDim.x) sw[i] = a.wts[i];
+    __syncthreads();
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int f = blockIdx.y;
+    int p = i >> 2, part = i & 3;
+    bool valid = p < a.h * a.w;
+    int y = valid ? p / a.w : 0, x = valid ? p - (p / a.w) * a.w : 0;
+    float acc[3] = {0.0f, 0.0f, 0.0f};
+    if (valid) {
+#pragma unroll
+        for (int t = 0; t < 9; t++) {
+            const uint4* src = (const uint4*)(a.in + ((((size_t)f * a.hp_in + y + t / 3) * a.wp_in + x + t % 3) *
+                                                          CIN + part * PART) * 2);
+#pragma unroll
+            for (int q = 0; q < PART / 8; q++) {
+                uint4 v = src[q];
+                u32 words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    float xv = h2f((u16)(words[e / 2] >> (16 * (e & 1))));
+                    const int ci = part * PART + q * 8 + e;
+#pragma unroll
+                    for (int o = 0; o < 3; o++) acc[o] = acc[o] + xv * sw[(o * 9 + t) * CIN + ci];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int d = 1; d < 4; d <<= 1)
+#pragma unroll
+        for (int o = 0; o < 3; o++) acc[o] += __shfl_xor_sync(0xffffffffu, acc[o], d);
+    if (!valid || part != 0) return;
+    size_t px = (size_t)f * a.h * a.w + p;
+    float mean[3] = {a.mean0, a.mean1, a.mean2};
+#pragma unroll
+    for (int o = 0; o < 3; o++) {
+        float r = (a.bias[o] + acc[o] + mean[o]) * a.inv;
+        a.rgbo[px * 3 + o] = to_u8(r);
+        if (a.rgbf) a.rgbf[px * 3 + o] = r;
+    }
+}
+
+#define FLOAT_HEAD(C)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) conv_fhead_c##C(FloatArgs a) {       \
+        conv_fhead<C>(a);                                                                  \
+    }
+#define FLOAT_TAIL(C)                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) conv_ftail_c##C(FloatArgs a) {       \
+        conv_ftail<C>(a);                                                                  \
+    }
+FLOAT_HEAD(32)
+FLOAT_HEAD(64)
+FLOAT_TAIL(32)
+FLOAT_TAIL(64)
+
+// ---------------------------------------------------------------------------------------
 // Tensor-core implicit-GEMM conv3x3 (mma.sync m16n8k32, u8 activations, u8 or s8 weights).
 //
 // A block of 256 threads (8 warps) owns a 16x16 output tile of one frame and a slice of
@@ -303,6 +455,17 @@ __device__ __forceinline__ void mma_u8u8(int* d, const u32* a, u32 b0, u32 b1) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// f16 x f16 -> f32 (floating-point layers). With f16 elements a 32-byte k-chunk holds 16
+// values, and the m16n8k16 fragments occupy the same bytes of each row as the m16n8k32 u8
+// ones: the loads below serve both.
+__device__ __forceinline__ void mma_f16(float* d, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 __device__ __forceinline__ void mma_u8s8(int* d, const u32* a, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -311,7 +474,9 @@ __device__ __forceinline__ void mma_u8s8(int* d, const u32* a, u32 b0, u32 b1) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int CIN, int NS, bool SIGNED>
+// CIN: bytes per halo pixel and weight row (channels × element size); ESZ: bytes per output
+// element (1: codes, 2: f16).
+template <int CIN, int NS, int ESZ>
 struct MmaShape {
     static const int NR = NS;            // weight rows in smem
     static const int NT = NR / 8;        // n8 fragments per warp
@@ -320,7 +485,7 @@ struct MmaShape {
     static const int WBYTES = 9 * NR * WROW;
     static const int EBYTES = 17 * NS * 4;  // epilogue constants: K table and bias
     static const int HBYTES = HALO * HALO * CIN;
-    static const int SBYTES = 8 * 32 * NS;  // EPI_SHUF staging, 32·NS bytes per warp
+    static const int SBYTES = 8 * 32 * NS * ESZ;  // EPI_SHUF staging, 32·NS elements per warp
     static const int SMEM = WBYTES + EBYTES + 2 * HBYTES + SBYTES;  // two halo buffers
 };
 
@@ -377,9 +542,20 @@ __device__ __forceinline__ void load_halo(const MmaArgs& a, int tile, u8* halo) 
     asm volatile("cp.async.commit_group;");
 }
 
-template <int CIN, int NS, int MODE, bool SIGNED>
+template <bool F> struct AccOf { typedef int T; };
+template <> struct AccOf<true> { typedef float T; };
+template <bool H> struct OutOf { typedef u8 T; };
+template <> struct OutOf<true> { typedef u16 T; };
+
+// C: input channels. WK: 0 = u8 codes × u8 weights, 1 = u8 codes × s8 weights, 2 = f16 map ×
+// f16 weights (a floating-point layer: v = bias + Σ, no quantizer). HOUT: the output is an f16
+// map (the input of a floating-point layer) instead of the next layer's codes.
+template <int C, int NS, int MODE, int WK, bool HOUT>
 __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
-    typedef MmaShape<CIN, NS, SIGNED> S;
+    constexpr bool SIGNED = WK == 1, F16 = WK == 2;
+    constexpr int CIN = F16 ? 2 * C : C;  // bytes per halo pixel
+    constexpr int ESZ = HOUT ? 2 : 1;
+    typedef MmaShape<CIN, NS, ESZ> S;
     extern __shared__ __align__(16) u8 smem[];
     u8* sw = smem;
     int* ktab = (int*)(smem + S::WBYTES);  // [16][NS] of this slice
@@ -395,8 +571,9 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
         const uint4* src = (const uint4*)(a.wts + (size_t)slice * S::WBYTES);
         uint4* dst = (uint4*)sw;
         for (int i = tid; i < S::WBYTES / 16; i += MMA_THREADS) dst[i] = src[i];
-        for (int i = tid; i < 16 * NS; i += MMA_THREADS)
-            ktab[i] = a.ktab[(i / NS) * a.cout + slice * NS + i % NS];
+        if constexpr (!F16)
+            for (int i = tid; i < 16 * NS; i += MMA_THREADS)
+                ktab[i] = a.ktab[(i / NS) * a.cout + slice * NS + i % NS];
         for (int i = tid; i < NS; i += MMA_THREADS) bias[i] = a.bias[slice * NS + i];
     }
 
@@ -412,7 +589,7 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
         const u8* halo = halos + buf * S::HBYTES;
         buf ^= 1;
 
-        int acc[2][S::NT][4];
+        typename AccOf<F16>::T acc[2][S::NT][4];
 #pragma unroll
         for (int mt = 0; mt < 2; mt++)
 #pragma unroll
@@ -446,7 +623,7 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                     A[mt][2] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk + 1)) * 4 + l4];
                     A[mt][3] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk + 1)) * 4 + l4];
 #endif
-                    if (!SIGNED) {
+                    if constexpr (WK == 0) {
                         sqp[mt][0] = dp4a_u(A[mt][0], 0x01010101u, sqp[mt][0]);
                         sqp[mt][0] = dp4a_u(A[mt][2], 0x01010101u, sqp[mt][0]);
                         sqp[mt][1] = dp4a_u(A[mt][1], 0x01010101u, sqp[mt][1]);
@@ -465,7 +642,10 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                     ldsm_x4(B, sw_s + row * S::WROW + kk * 32 + (j & 1) * 16);
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
-                        if (SIGNED) {
+                        if constexpr (F16) {
+                            mma_f16(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
+                            mma_f16(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                        } else if constexpr (SIGNED) {
                             mma_u8s8(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
                             mma_u8s8(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
                         } else {
@@ -479,7 +659,10 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                 for (int nt = 0; nt < S::NT; nt++) {
                     const u8* wrow = sw + (t * S::NR + nt * 8 + g) * S::WROW + kk * 32 + l4 * 4;
                     u32 b0 = *(const u32*)wrow, b1 = *(const u32*)(wrow + 16);
-                    if (SIGNED) {
+                    if constexpr (F16) {
+                        mma_f16(acc[0][nt], A[0], b0, b1);
+                        mma_f16(acc[1][nt], A[1], b0, b1);
+                    } else if constexpr (SIGNED) {
                         mma_u8s8(acc[0][nt], A[0], b0, b1);
                         mma_u8s8(acc[1][nt], A[1], b0, b1);
                     } else {
@@ -497,12 +680,12 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
         // EPI_SHUF with r² dividing the slice: stage the warp's HR codes in shared memory and
         // store whole pixels (16 or 8 bytes) instead of scattered bytes.
         const bool staged = MODE == EPI_SHUF && NS % (a.r * a.r) == 0;
-        u8* stage = halos + 2 * S::HBYTES + warp * 32 * NS;
+        u8* stage = halos + 2 * S::HBYTES + warp * 32 * NS * ESZ;
 #pragma unroll
         for (int mt = 0; mt < 2; mt++) {
             const int y = ty * TILE + warp * 2 + mt;
             int sq[2] = {0, 0};
-            if (!SIGNED) {  // the 4 threads of a row group hold a quarter of the channels each
+            if constexpr (WK == 0) {  // the 4 threads of a row group hold a quarter of the channels each
 #pragma unroll
                 for (int hh = 0; hh < 2; hh++) {
                     u32 v = sqp[mt][hh];
@@ -537,9 +720,13 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                     float v[2];
 #pragma unroll
                     for (int j = 0; j < 2; j++) {
-                        int s = acc[mt][nt][half * 2 + j];
-                        if (!SIGNED) s = 2 * s - a.m * sq[half];
-                        v[j] = bias[nl + j] + a.hw * (qi.da * (float)s + qi.l * (float)kt[nl + j]);
+                        if constexpr (F16) {
+                            v[j] = bias[nl + j] + acc[mt][nt][half * 2 + j];
+                        } else {
+                            int s = acc[mt][nt][half * 2 + j];
+                            if constexpr (WK == 0) s = 2 * s - a.m * sq[half];
+                            v[j] = bias[nl + j] + a.hw * (qi.da * (float)s + qi.l * (float)kt[nl + j]);
+                        }
                     }
                     if (MODE == EPI_SHUF) {  // channel n -> (c, i, j) of PixelShuffle(r)
                         const int rr = a.r * a.r;
@@ -547,34 +734,44 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                         for (int j = 0; j < 2; j++) {
                             const int n = n0 + j;
                             const int ch = n / rr, i = (n - ch * rr) / a.r, jj = n - ch * rr - i * a.r;
-                            const u8 code = (u8)act_code(v[j], qn);
+                            // f16 output (float upsampler) or the next layer's code
+                            typedef typename OutOf<HOUT>::T OT;
+                            OT e;
+                            if constexpr (HOUT)
+                                e = f2h(v[j]);
+                            else
+                                e = (u8)act_code(v[j], qn);
                             if (staged) {  // this warp's HR rows, [row][x][slice channel]
                                 const int hr = (mt * a.r + i) * (TILE * a.r) + (g + half * 8) * a.r + jj;
-                                stage[hr * (NS / rr) + (nl + j) / rr] = code;
+                                ((OT*)stage)[hr * (NS / rr) + (nl + j) / rr] = e;
                             } else {
                                 const int Y = y * a.r + i, X = x * a.r + jj;
-                                a.out[(((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) +
-                                      ch] = code;
+                                ((OT*)a.out)[(((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) +
+                                             ch] = e;
                             }
                         }
                     } else {
-                        u32 c0, c1;
+                        float o0, o1;  // the layer's output, what the next layer quantizes
                         if (MODE == EPI_RELU) {
-                            c0 = act_code(v[0] > 0.0f ? v[0] : 0.0f, qn);
-                            c1 = act_code(v[1] > 0.0f ? v[1] : 0.0f, qn);
+                            o0 = v[0] > 0.0f ? v[0] : 0.0f;
+                            o1 = v[1] > 0.0f ? v[1] : 0.0f;
                         } else if (MODE == EPI_RES) {
                             float2 r = pre[nt - nb];
                             r.x = r.x + a.res_scale * v[0];
                             r.y = r.y + a.res_scale * v[1];
                             *(float2*)(a.res + px * a.cout + n0) = r;
-                            c0 = act_code(r.x, qn);
-                            c1 = act_code(r.y, qn);
+                            o0 = r.x;
+                            o1 = r.y;
                         } else {  // EPI_SKIP
-                            c0 = act_code(v[0] + pre[nt - nb].x, qn);
-                            c1 = act_code(v[1] + pre[nt - nb].y, qn);
+                            o0 = v[0] + pre[nt - nb].x;
+                            o1 = v[1] + pre[nt - nb].y;
                         }
-                        *(u16*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * a.cout + n0) =
-                            (u16)(c0 | (c1 << 8));
+                        const size_t o = (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * a.cout + n0;
+                        if constexpr (HOUT) {
+                            ((u32*)a.out)[o / 2] = pack_h2(o0, o1);
+                        } else {
+                            *(u16*)(a.out + o) = (u16)(act_code(o0, qn) | (act_code(o1, qn) << 8));
+                        }
                     }
                 }
                 }
@@ -587,15 +784,19 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                 const int hr_row = idx / wpx, hr_x = idx - (idx / wpx) * wpx;
                 if (ty * TILE + warp * 2 + hr_row / a.r >= a.h || tx * TILE + hr_x / a.r >= a.w) continue;
                 const int Y = (ty * TILE + warp * 2) * a.r + hr_row, X = tx * TILE * a.r + hr_x;
-                u8* dst = a.out + (((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) +
-                          slice * cps;
-                const u8* src = stage + idx * cps;
-                if (cps == 16) {
+                const int nbytes = cps * ESZ;
+                u8* dst = a.out + ((((size_t)f * a.hp_out + Y + 1) * a.wp_out + X + 1) * (a.cout / rr) +
+                                   slice * cps) * ESZ;
+                const u8* src = stage + idx * nbytes;
+                if (nbytes == 32) {
+                    ((uint4*)dst)[0] = ((const uint4*)src)[0];
+                    ((uint4*)dst)[1] = ((const uint4*)src)[1];
+                } else if (nbytes == 16) {
                     *(uint4*)dst = *(const uint4*)src;
-                } else if (cps == 8) {
+                } else if (nbytes == 8) {
                     *(uint2*)dst = *(const uint2*)src;
                 } else {
-                    for (int c = 0; c < cps; c++) dst[c] = src[c];
+                    for (int c = 0; c < nbytes; c++) dst[c] = src[c];
                 }
             }
             __syncwarp();
@@ -604,7 +805,8 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
 }
 
 // Two blocks of 256 threads per SM (128 registers). On sm_8x ptxas spills the upsampler
-// (EPI_SHUF) kernel at 128 registers, so there it gets the whole register file.
+// (EPI_SHUF) kernel and the f16-output residual kernel at 128 registers, so there they get the
+// whole register file.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 #define MMA_MIN_BLOCKS(MODE) ((MODE) == EPI_SHUF ? 1 : 2)
 #else
@@ -613,7 +815,21 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
 #define MMA_KERNEL(CIN, MODE, SIGNED)                                                        \
     extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS(MODE))          \
         conv_mma_c##CIN##_e##MODE##_s##SIGNED(MmaArgs a) {                                   \
-        conv_mma<CIN, (CIN < 64 ? CIN : 64), MODE, (SIGNED != 0)>(a);                        \
+        conv_mma<CIN, (CIN < 64 ? CIN : 64), MODE, SIGNED, false>(a);                        \
+    }
+// The last block's conv2 of a non-fq model: the residual update, then the f16 input of the
+// floating-point last body conv instead of codes.
+#define MMA_KERNEL_H(CIN, SIGNED)                                                            \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, MMA_MIN_BLOCKS(EPI_SHUF))      \
+        conv_mma_c##CIN##_e2_s##SIGNED##_h(MmaArgs a) {                                      \
+        conv_mma<CIN, (CIN < 64 ? CIN : 64), EPI_RES, SIGNED, true>(a);                      \
+    }
+// Floating-point layers on f16 tensor cores, f32 accumulation, f16 outputs: slices of 32
+// output channels (the f16 weights and halo take twice the bytes), one block per SM.
+#define HMMA_KERNEL(CIN, MODE)                                                               \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS, 1)                             \
+        conv_hmma_c##CIN##_e##MODE(MmaArgs a) {                                              \
+        conv_mma<CIN, 32, MODE, 2, true>(a);                                                 \
     }
 // Upsampler convs (EPI_SHUF) are fixed 8-bit layers: no signed variant.
 #define MMA_KERNELS(CIN)     \
@@ -626,3 +842,12 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
     MMA_KERNEL(CIN, 4, 0)
 MMA_KERNELS(32)
 MMA_KERNELS(64)
+#define FLOAT_KERNELS(CIN) \
+    MMA_KERNEL_H(CIN, 0)   \
+    MMA_KERNEL_H(CIN, 1)   \
+    HMMA_KERNEL(CIN, 1)    \
+    HMMA_KERNEL(CIN, 2)    \
+    HMMA_KERNEL(CIN, 3)    \
+    HMMA_KERNEL(CIN, 4)
+FLOAT_KERNELS(32)
+FLOAT_KERNELS(64)

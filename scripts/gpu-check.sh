@@ -44,6 +44,10 @@ if [ "${SANITIZER:-1}" = 1 ] && command -v compute-sanitizer > /dev/null; then
         "$BIN/cuda-tests" parity_mixed_bits_in_one_batch --test-threads=1 > "$OUT/sanitizer.txt" 2>&1
     summary "sanitizer rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.txt" | tail -1)"
     start=$(date +%s)
+    timeout "${SANITIZER_TIMEOUT:-120}" compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "$BIN/cuda-tests" parity_float_layers --test-threads=1 >> "$OUT/sanitizer.txt" 2>&1
+    summary "sanitizer (float layers) rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer.txt" | tail -1)"
+    start=$(date +%s)
     timeout "${SANITIZER_TIMEOUT:-120}" compute-sanitizer --tool racecheck --error-exitcode 9 \
         "$BIN/cuda-tests" parity_builtin_models --test-threads=1 >> "$OUT/sanitizer.txt" 2>&1
     summary "racecheck rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'RACECHECK SUMMARY' "$OUT/sanitizer.txt" | tail -1)"

@@ -29,6 +29,10 @@ impl CudaEngine {
         match *self {}
     }
 
+    pub fn float_layers(&self) -> bool {
+        match *self {}
+    }
+
     pub fn upscale_batch(
         &mut self,
         _frames: &[&[u8]],

@@ -492,8 +492,9 @@ fn builtin_models_run_without_a_file() {
 }
 
 /// `backend`: auto picks CUDA only where it is usable (never on a machine without an NVIDIA
-/// driver), and always runs a float model on the CPU; `cuda` without a usable GPU is an error
-/// on the bus that says why; nonsense is refused at parse time.
+/// driver), and runs a float model on the CPU (`cuda` runs it on the GPU in f16); `cuda`
+/// without a usable GPU is an error on the bus that says why; nonsense is refused at parse
+/// time.
 #[test]
 fn backend_selection_and_fallback() {
     init();
@@ -520,6 +521,10 @@ fn backend_selection_and_fallback() {
     if gpu {
         assert!(active("w4a4", "auto").starts_with("cuda:"));
         assert!(active("w4a4", "cuda").starts_with("cuda:"));
+        assert!(
+            active("fp32", "cuda").starts_with("cuda:"),
+            "backend=cuda runs float models (f16 layers)"
+        );
         assert_eq!(run_pipeline(cuda_pipeline).0, None);
     } else {
         assert_eq!(active("w4a4", "auto"), "cpu");

@@ -269,7 +269,7 @@ impl ObjectImpl for AdabmUpscale {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("backend", Backend::Auto)
                     .nick("Backend")
-                    .blurb("auto: CUDA when an NVIDIA GPU, its driver and NVRTC are usable and the model is quantized (fq), else the CPU with a warning; cpu; cuda: fail when CUDA is unusable")
+                    .blurb("auto: CUDA when an NVIDIA GPU, its driver and NVRTC are usable and the model is quantized (fq), else the CPU with a warning; cpu; cuda: also float and non-fq models (f16 on the GPU), fail when CUDA is unusable")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("complexity-metric", Metric::Model)
@@ -503,6 +503,20 @@ impl AdabmUpscale {
             return Ok(None);
         }
         match CudaEngine::new(model, s.device_id as usize) {
+            // Floating-point layers on the GPU (f16) are opt-in until their parity with the CPU
+            // has been measured on a GPU (kernels/README.md).
+            Ok(c) if s.backend == Backend::Auto && c.float_layers() => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::LibraryError::Init,
+                    [
+                        "backend=auto: running on the CPU because the model has floating-point \
+                         layers (a float or non-fq model); backend=cuda runs them on {} in f16",
+                        c.device_name()
+                    ]
+                );
+                Ok(None)
+            }
             Ok(c) => {
                 gst::info!(
                     CAT,

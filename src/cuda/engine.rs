@@ -8,6 +8,8 @@ use cudarc::driver::{
 };
 
 use super::{CudaError, FrameStats, Result, compiled_for};
+use crate::engine::conv::ConvWeights;
+use crate::engine::edsr::Network;
 use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
 use crate::engine::model::{LayerKind, Role};
 use crate::engine::{Model, Options, quant};
@@ -97,9 +99,50 @@ struct MmaArgs {
 }
 unsafe impl DeviceRepr for MmaArgs {}
 
+/// Arguments of the floating-point head and tail (kernels/adabm.cu `FloatArgs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FloatArgs {
+    rgb: u64,
+    input: u64,
+    wts: u64,
+    bias: u64,
+    plan: u64,
+    head: u64,
+    res: u64,
+    out: u64,
+    rgbo: u64,
+    rgbf: u64,
+    h: i32,
+    w: i32,
+    hp_in: i32,
+    wp_in: i32,
+    hp_out: i32,
+    wp_out: i32,
+    next: i32,
+    l_count: i32,
+    codes: i32,
+    k: f32,
+    mean: [f32; 3],
+    inv: f32,
+}
+unsafe impl DeviceRepr for FloatArgs {}
+
+/// Where the network's layers run: every layer on integer codes (fq), a floating-point head,
+/// upsampler and tail around an integer body (non-fq), or every layer in floating point
+/// (f16 tensor cores, f32 head and tail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Fq,
+    NonFq,
+    Float,
+}
+
 /// One conv on the device.
 struct DevConv {
     cout: usize,
+    /// A floating-point layer: f16 weights on the tensor-core path, f32 in the head and tail.
+    float: bool,
     m: i32,
     hw: f32,
     /// Signed centred weights (weight bits ≤ 7) on the tensor-core path.
@@ -160,6 +203,11 @@ struct Buffers {
     head: CudaSlice<f32>,
     res: CudaSlice<f32>,
     hr_codes: Vec<CudaSlice<u8>>,
+    /// f16 feature maps (same padded geometry, 2 bytes per value) of the floating-point
+    /// layers: LR maps and each upsampler stage's output. One byte when unused.
+    half_a: CudaSlice<u8>,
+    half_b: CudaSlice<u8>,
+    hr_half: Vec<CudaSlice<u8>>,
     rgb_out: CudaSlice<u8>,
     rgbf: Option<CudaSlice<f32>>,
     host_in: PinnedHostSlice<u8>,
@@ -171,7 +219,8 @@ pub struct CudaEngine {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
-    net: IntNetwork,
+    net: Network,
+    layout: Layout,
     convs: Vec<DevConv>,
     layer_info: CudaSlice<LayerInfo>,
     f_complexity: CudaFunction,
@@ -181,6 +230,13 @@ pub struct CudaEngine {
     f_tail: CudaFunction,
     /// `[mode-1][signed]` tensor-core kernels.
     f_mma: Vec<[CudaFunction; 2]>,
+    /// `[signed]`: the last block's conv2 writing the f16 input of a floating-point last body
+    /// conv (non-fq).
+    f_mma_h: [CudaFunction; 2],
+    /// `[mode-1]`: f16 tensor-core kernels of floating-point layers.
+    f_hmma: Vec<CudaFunction>,
+    f_fhead: CudaFunction,
+    f_ftail: CudaFunction,
     sms: u32,
     bufs: Option<Buffers>,
     name: String,
@@ -192,25 +248,44 @@ fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 }
 
 impl CudaEngine {
-    /// Prepares `model` on CUDA device `device`. Only fully quantized (fq) models with 32 or
-    /// 64 features run here; others get [`CudaError::Unsupported`].
+    /// Prepares `model` on CUDA device `device`: quantized (fq or non-fq) and floating-point
+    /// models with 32 or 64 features; others get [`CudaError::Unsupported`].
     pub fn new(model: &Model, device: usize) -> Result<Self> {
         model
             .validate()
             .map_err(|e| CudaError::Input(e.to_string()))?;
-        let net = IntNetwork::new(model).ok_or_else(|| {
-            CudaError::Unsupported(
-                "a floating-point model; the CUDA engine runs quantized (fq) models".into(),
-            )
-        })?;
-        if !net.all_integer() {
-            return Err(CudaError::Unsupported(
-                "a non-fq model (floating-point head, upsampler and tail); quantize it with \
-                 --mode fq to run it on CUDA"
-                    .into(),
-            ));
-        }
-        if let Some(q) = &net.net.quant
+        let (net, layers) = match IntNetwork::new(model) {
+            Some(n) => (n.net, n.layers),
+            None => {
+                let net = Network::new(model);
+                let layers = net
+                    .layers
+                    .iter()
+                    .map(|l| IntLayer::Float(l.weights.clone()))
+                    .collect();
+                (net, layers)
+            }
+        };
+        // Which layers of each part (residual blocks; the rest) run on integer codes. Non-fq
+        // quantizes the blocks only: its last body conv is a float layer.
+        let part = |body: bool| {
+            let mut it = layers.iter().zip(&net.layers).filter(|(_, l)| {
+                body == matches!(l.spec.role, Role::BlockConv1(_) | Role::BlockConv2(_))
+            });
+            let int = |(c, _): (&IntLayer, _)| matches!(c, IntLayer::Int(_));
+            (it.clone().all(int), it.any(int))
+        };
+        let layout = match (part(true), part(false)) {
+            ((_, false), (_, false)) => Layout::Float,
+            ((true, _), (true, _)) => Layout::Fq,
+            ((true, _), (_, false)) => Layout::NonFq,
+            _ => {
+                return Err(CudaError::Unsupported(
+                    "a model quantized neither fq (every layer) nor non-fq (the body)".into(),
+                ));
+            }
+        };
+        if let Some(q) = &net.quant
             && q.complexity != crate::engine::ComplexityMetric::Gradient
         {
             return Err(CudaError::Unsupported(format!(
@@ -218,7 +293,7 @@ impl CudaEngine {
                 q.complexity
             )));
         }
-        let f = net.net.config.n_feats;
+        let f = net.config.n_feats;
         if f != 32 && f != 64 {
             return Err(CudaError::Unsupported(format!(
                 "{f} features; the kernels are built for 32 or 64"
@@ -235,6 +310,7 @@ impl CudaEngine {
         ))?;
         let load = |n: &str| module.load_function(n);
         let mut f_mma = Vec::new();
+        let mut f_hmma = Vec::new();
         for e in 1..=4 {
             // Upsampler convs (e4) are fixed 8-bit: only the unsigned kernel exists.
             let signed = if e == 4 { 0 } else { 1 };
@@ -242,30 +318,62 @@ impl CudaEngine {
                 load(&format!("conv_mma_c{f}_e{e}_s0"))?,
                 load(&format!("conv_mma_c{f}_e{e}_s{signed}"))?,
             ]);
+            f_hmma.push(load(&format!("conv_hmma_c{f}_e{e}"))?);
         }
+        let f_mma_h = [
+            load(&format!("conv_mma_c{f}_e2_s0_h"))?,
+            load(&format!("conv_mma_c{f}_e2_s1_h"))?,
+        ];
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
             as u32;
+        let smem_limit = ctx.attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )? as u32;
 
         let mut convs = Vec::new();
         let mut infos = Vec::new();
-        for (k, layer) in net.layers.iter().enumerate() {
-            let IntLayer::Int(c) = layer else {
-                unreachable!("checked all_integer")
-            };
-            let spec = &net.net.layers[k];
-            let q = spec.quant.expect("quantized layer has bounds");
-            infos.push(LayerInfo {
-                l: q.l,
-                u: q.u,
-                kind: match spec.kind {
-                    LayerKind::Float => 0,
-                    LayerKind::Adaptive => 1,
-                    LayerKind::Fixed8 => 2,
-                },
-                b_l: spec.b_l,
-            });
-            convs.push(upload_conv(&stream, c, spec.spec.role)?);
+        for (k, layer) in layers.iter().enumerate() {
+            let spec = &net.layers[k];
+            let role = spec.spec.role;
+            match layer {
+                IntLayer::Int(c) => {
+                    let q = spec.quant.expect("quantized layer has bounds");
+                    infos.push(LayerInfo {
+                        l: q.l,
+                        u: q.u,
+                        kind: match spec.kind {
+                            LayerKind::Float => 0,
+                            LayerKind::Adaptive => 1,
+                            LayerKind::Fixed8 => 2,
+                        },
+                        b_l: spec.b_l,
+                    });
+                    convs.push(upload_conv(&stream, c, role)?);
+                }
+                IntLayer::Float(w) => {
+                    // Bits 0: the plan's quantizer of a float layer is never read.
+                    infos.push(LayerInfo {
+                        l: 0.0,
+                        u: 1.0,
+                        kind: 0,
+                        b_l: 0,
+                    });
+                    convs.push(upload_float_conv(&stream, w, role)?);
+                }
+            }
+        }
+        let max_smem = convs.iter().map(|c| c.smem).max().unwrap_or(0);
+        if max_smem > smem_limit {
+            return Err(CudaError::Unsupported(format!(
+                "{name} has {smem_limit} bytes of shared memory per block; this model's \
+                 {} convs need {max_smem}",
+                if layout == Layout::Fq {
+                    "integer"
+                } else {
+                    "floating-point"
+                }
+            )));
         }
         let layer_info = stream.clone_htod(&infos)?;
         let engine = Self {
@@ -274,25 +382,33 @@ impl CudaEngine {
             f_input: load("input_codes")?,
             f_head: load(&format!("conv_head_c{f}"))?,
             f_tail: load(&format!("conv_tail_c{f}"))?,
+            f_fhead: load(&format!("conv_fhead_c{f}"))?,
+            f_ftail: load(&format!("conv_ftail_c{f}"))?,
             f_mma,
+            f_mma_h,
+            f_hmma,
             ctx,
             stream,
             _module: module,
             net,
+            layout,
             convs,
             layer_info,
             sms,
             bufs: None,
             name,
         };
-        let max_smem = engine.convs.iter().map(|c| c.smem).max().unwrap_or(0);
-        for pair in &engine.f_mma {
-            for func in pair {
-                func.set_attribute(
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    max_smem as i32,
-                )?;
-            }
+        for func in engine
+            .f_mma
+            .iter()
+            .flatten()
+            .chain(&engine.f_mma_h)
+            .chain(&engine.f_hmma)
+        {
+            func.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                max_smem as i32,
+            )?;
         }
         engine.ctx.bind_to_thread()?;
         Ok(engine)
@@ -303,8 +419,14 @@ impl CudaEngine {
         &self.name
     }
 
+    /// Whether some layers run in floating point (f16 tensor cores): non-fq and float models.
+    /// Their output is close to the CPU's, not bit-identical.
+    pub fn float_layers(&self) -> bool {
+        self.layout != Layout::Fq
+    }
+
     pub fn scale(&self) -> usize {
-        self.net.net.config.scale as usize
+        self.net.config.scale as usize
     }
 
     fn ensure_buffers(&mut self, frames: usize, h: usize, w: usize, want_f32: bool) -> Result<()> {
@@ -318,12 +440,12 @@ impl CudaEngine {
         }
         self.bufs = None; // free the old ones first
         let s = &self.stream;
-        let c = self.net.net.config.n_feats;
+        let c = self.net.config.n_feats;
         let l_count = self.convs.len();
         let lr = Geom::new(h, w);
         let mut hr = Vec::new();
         let mut scale = 1;
-        for layer in &self.net.net.layers {
+        for layer in &self.net.layers {
             if let Role::Up { r, .. } = layer.spec.role {
                 scale *= r;
                 hr.push(Geom::new(h * scale, w * scale));
@@ -334,9 +456,16 @@ impl CudaEngine {
         let f = frames;
         let bytes = |n: usize| -> Result<CudaSlice<u8>> { Ok(s.alloc_zeros::<u8>(n)?) };
         let floats = |n: usize| -> Result<CudaSlice<f32>> { Ok(s.alloc_zeros::<f32>(n)?) };
+        // Code maps where integer layers read them, f16 maps where float layers do (unused
+        // ones get one byte).
+        let int_body = self.layout != Layout::Float;
+        let int_up = self.layout == Layout::Fq;
+        let sized = |n: usize, used: bool| bytes(if used { n } else { 1 });
         let mut hr_codes = Vec::new();
+        let mut hr_half = Vec::new();
         for g in &hr {
-            hr_codes.push(bytes(f * g.pixels() * c)?);
+            hr_codes.push(sized(f * g.pixels() * c, int_up)?);
+            hr_half.push(sized(f * g.pixels() * c * 2, !int_up)?);
         }
         self.bufs = Some(Buffers {
             frames,
@@ -346,9 +475,12 @@ impl CudaEngine {
             plan: s.alloc_zeros::<Quant>(f * l_count)?,
             stats: floats(2 * f)?,
             bits: bytes(f * l_count)?,
-            input: bytes(f * lr.pixels() * 4)?,
-            codes_a: bytes(f * lr.pixels() * c)?,
-            codes_b: bytes(f * lr.pixels() * c)?,
+            input: sized(f * lr.pixels() * 4, int_up)?,
+            codes_a: sized(f * lr.pixels() * c, int_body)?,
+            codes_b: sized(f * lr.pixels() * c, int_body)?,
+            half_a: sized(f * lr.pixels() * c * 2, !int_up)?,
+            half_b: sized(f * lr.pixels() * c * 2, !int_up)?,
+            hr_half,
             head: floats(f * h * w * c)?,
             res: floats(f * h * w * c)?,
             hr,
@@ -459,7 +591,7 @@ impl CudaEngine {
         let n = w * s * h * s * 3;
         let host = b.host_out.as_slice()?;
         let l_count = self.convs.len();
-        let adaptive: Vec<usize> = self.net.net.adaptive_layers().collect();
+        let adaptive: Vec<usize> = self.net.adaptive_layers().collect();
         let mut out = Vec::new();
         for i in 0..frames.len() {
             let layer_bits: Vec<u8> = adaptive.iter().map(|&k| bits[i * l_count + k]).collect();
@@ -486,16 +618,22 @@ impl CudaEngine {
 
     /// Queues complexity, bit plan and every layer for the batch in `rgb_in`.
     fn enqueue(&mut self, opts: &Options) -> Result<()> {
-        let q = self.net.net.quant.clone().expect("quantized model");
-        let base = opts.base_bits.unwrap_or(q.a_bits);
+        // A floating-point model still gets its complexity (stats); no bits to plan.
+        let q = self.net.quant.clone();
+        let base = opts.base_bits.unwrap_or(q.as_ref().map_or(8, |q| q.a_bits));
         if !(1..=8).contains(&base) {
             return Err(CudaError::Input(format!(
                 "base bits must be in 1..=8, found {base}"
             )));
         }
-        let lower = opts.image_lower.unwrap_or(q.image_lower);
-        let upper = opts.image_upper.unwrap_or(q.image_upper);
-        let cfg = self.net.net.config.clone();
+        let lower = opts
+            .image_lower
+            .unwrap_or(q.as_ref().map_or(0.0, |q| q.image_lower));
+        let upper = opts
+            .image_upper
+            .unwrap_or(q.as_ref().map_or(0.0, |q| q.image_upper));
+        let adaptive = opts.adaptive && q.is_some();
+        let cfg = self.net.config.clone();
         let st = &self.stream;
         {
             let b = self.bufs.as_mut().expect("buffers");
@@ -516,7 +654,7 @@ impl CudaEngine {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 })?;
-            let (frames, base, adaptive) = (f as i32, base as i32, opts.adaptive as i32);
+            let (frames, base, adaptive) = (f as i32, base as i32, adaptive as i32);
             st.launch_builder(&self.f_plan)
                 .arg(&b.csum)
                 .arg(&self.layer_info)
@@ -536,75 +674,109 @@ impl CudaEngine {
                     block_dim: (32, 1, 1),
                     shared_mem_bytes: 0,
                 })?;
-            let k = cfg.rgb_range / 255.0;
-            let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
-            let (hp, wp) = (b.lr.hp as i32, b.lr.wp as i32);
-            st.launch_builder(&self.f_input)
-                .arg(&b.rgb_in)
-                .arg(&b.input)
-                .arg(&b.plan)
-                .arg(&h)
-                .arg(&w)
-                .arg(&hp)
-                .arg(&wp)
-                .arg(&l_count)
-                .arg(&k)
-                .arg(&mean[0])
-                .arg(&mean[1])
-                .arg(&mean[2])
-                .launch(LaunchConfig {
-                    grid_dim: grid(b.lr.h * b.lr.w, 256),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                })?;
         }
-        // Head: direct conv, writes head, res and the first block's codes.
-        let head = &self.convs[0];
-        let args = DirectArgs {
-            input: ptr(&b.input, st),
-            wts: ptr(&head.wts, st),
-            bias: ptr(&head.bias, st),
-            ktab: ptr(&head.ktab, st),
-            plan: ptr(&b.plan, st),
-            head: ptr(&b.head, st),
-            res: ptr(&b.res, st),
-            out: ptr(&b.codes_a, st),
-            h,
-            w,
-            hp_in: b.lr.hp as i32,
-            wp_in: b.lr.wp as i32,
-            hp_out: b.lr.hp as i32,
-            wp_out: b.lr.wp as i32,
-            m: head.m,
-            layer: 0,
-            next: 1,
-            l_count,
-            hw: head.hw,
-            ..Default::default()
-        };
-        // One thread per pixel and 4 output channels.
-        self.direct(&self.f_head, &args, b.lr.h * b.lr.w * head.cout / 4)?;
+        let k_in = cfg.rgb_range / 255.0;
+        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+        if self.layout == Layout::Fq {
+            self.int_head(b, k_in, mean, l_count)?;
+        } else {
+            // Floating-point head from the RGB bytes: head, res, and the first body conv's
+            // codes (non-fq) or its f16 input (float).
+            let head = &self.convs[0];
+            // (NonFq with blocks; without blocks it is classified Float.)
+            let codes = self.layout == Layout::NonFq;
+            let args = FloatArgs {
+                rgb: ptr(&b.rgb_in, st),
+                wts: ptr(&head.wts, st),
+                bias: ptr(&head.bias, st),
+                plan: ptr(&b.plan, st),
+                head: ptr(&b.head, st),
+                res: ptr(&b.res, st),
+                out: if codes {
+                    ptr(&b.codes_a, st)
+                } else {
+                    ptr(&b.half_a, st)
+                },
+                h,
+                w,
+                hp_out: b.lr.hp as i32,
+                wp_out: b.lr.wp as i32,
+                next: 1,
+                l_count,
+                codes: codes as i32,
+                k: k_in,
+                mean,
+                ..Default::default()
+            };
+            self.float_direct(&self.f_fhead, &args, b.lr.h * b.lr.w * head.cout / 4)?;
+        }
 
+        // Body: codes_a -> codes_b -> codes_a ... (integer blocks) or half_a -> half_b ...
+        // (float); the last body conv leaves the upsampler's input in codes_b (fq) or half_b.
+        // Non-fq: the last block's conv2 writes the f16 input of the float last body conv.
         let mut k = 1;
-        for _ in 0..cfg.n_resblocks {
-            self.mma(k, 1, &b.codes_a, &b.codes_b, b.lr, b.lr, b, 1)?;
-            self.mma(k + 1, 2, &b.codes_b, &b.codes_a, b.lr, b.lr, b, 1)?;
-            k += 2;
+        let lr = b.lr;
+        let blocks = cfg.n_resblocks;
+        if self.layout == Layout::Float {
+            for _ in 0..blocks {
+                self.hmma(k, 1, &b.half_a, &b.half_b, lr, lr, b, 1)?;
+                self.hmma(k + 1, 2, &b.half_b, &b.half_a, lr, lr, b, 1)?;
+                k += 2;
+            }
+        } else {
+            for i in 0..blocks {
+                self.mma(k, 1, &b.codes_a, &b.codes_b, lr, lr, b, 1)?;
+                if self.layout == Layout::NonFq && i + 1 == blocks {
+                    let func = &self.f_mma_h[self.convs[k + 1].signed as usize];
+                    self.launch_mma(func, k + 1, &b.codes_b, &b.half_a, lr, lr, b, 1)?;
+                } else {
+                    self.mma(k + 1, 2, &b.codes_b, &b.codes_a, lr, lr, b, 1)?;
+                }
+                k += 2;
+            }
         }
-        self.mma(k, 3, &b.codes_a, &b.codes_b, b.lr, b.lr, b, 1)?;
+        if self.layout == Layout::Fq {
+            self.mma(k, 3, &b.codes_a, &b.codes_b, lr, lr, b, 1)?;
+        } else {
+            self.hmma(k, 3, &b.half_a, &b.half_b, lr, lr, b, 1)?;
+        }
         k += 1;
-        let mut src = (&b.codes_b, b.lr);
+        let float_up = self.layout != Layout::Fq;
+        let mut src = (if float_up { &b.half_b } else { &b.codes_b }, lr);
         for (stage, g) in b.hr.iter().enumerate() {
-            let Role::Up { r, .. } = self.net.net.layers[k].spec.role else {
+            let Role::Up { r, .. } = self.net.layers[k].spec.role else {
                 unreachable!("upsampler layers follow the body")
             };
-            self.mma(k, 4, src.0, &b.hr_codes[stage], src.1, *g, b, r)?;
-            src = (&b.hr_codes[stage], *g);
+            if float_up {
+                self.hmma(k, 4, src.0, &b.hr_half[stage], src.1, *g, b, r)?;
+                src = (&b.hr_half[stage], *g);
+            } else {
+                self.mma(k, 4, src.0, &b.hr_codes[stage], src.1, *g, b, r)?;
+                src = (&b.hr_codes[stage], *g);
+            }
             k += 1;
         }
         let tail = &self.convs[k];
         let g = src.1;
-        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+        if float_up {
+            let args = FloatArgs {
+                input: ptr(src.0, st),
+                wts: ptr(&tail.wts, st),
+                bias: ptr(&tail.bias, st),
+                rgbo: ptr(&b.rgb_out, st),
+                rgbf: b.rgbf.as_ref().map_or(0, |d| ptr(d, st)),
+                h: g.h as i32,
+                w: g.w as i32,
+                hp_in: g.hp as i32,
+                wp_in: g.wp as i32,
+                l_count,
+                mean,
+                inv: 255.0 / cfg.rgb_range,
+                ..Default::default()
+            };
+            // Four threads per pixel.
+            return self.float_direct(&self.f_ftail, &args, g.h * g.w * 4);
+        }
         let args = DirectArgs {
             input: ptr(src.0, st),
             wts: ptr(&tail.wts, st),
@@ -628,6 +800,74 @@ impl CudaEngine {
         };
         // Four threads per pixel.
         self.direct(&self.f_tail, &args, g.h * g.w * 4)?;
+        Ok(())
+    }
+
+    /// Integer head: the input codes, then the direct conv that writes head, res and the first
+    /// block's codes.
+    fn int_head(&self, b: &Buffers, k: f32, mean: [f32; 3], l_count: i32) -> Result<()> {
+        let st = &self.stream;
+        let (h, w) = (b.lr.h as i32, b.lr.w as i32);
+        let (hp, wp) = (b.lr.hp as i32, b.lr.wp as i32);
+        unsafe {
+            st.launch_builder(&self.f_input)
+                .arg(&b.rgb_in)
+                .arg(&b.input)
+                .arg(&b.plan)
+                .arg(&h)
+                .arg(&w)
+                .arg(&hp)
+                .arg(&wp)
+                .arg(&l_count)
+                .arg(&k)
+                .arg(&mean[0])
+                .arg(&mean[1])
+                .arg(&mean[2])
+                .launch(LaunchConfig {
+                    grid_dim: ((b.lr.h * b.lr.w).div_ceil(256) as u32, b.frames as u32, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+        }
+        let head = &self.convs[0];
+        let args = DirectArgs {
+            input: ptr(&b.input, st),
+            wts: ptr(&head.wts, st),
+            bias: ptr(&head.bias, st),
+            ktab: ptr(&head.ktab, st),
+            plan: ptr(&b.plan, st),
+            head: ptr(&b.head, st),
+            res: ptr(&b.res, st),
+            out: ptr(&b.codes_a, st),
+            h,
+            w,
+            hp_in: hp,
+            wp_in: wp,
+            hp_out: hp,
+            wp_out: wp,
+            m: head.m,
+            layer: 0,
+            next: 1,
+            l_count,
+            hw: head.hw,
+            ..Default::default()
+        };
+        // One thread per pixel and 4 output channels.
+        self.direct(&self.f_head, &args, b.lr.h * b.lr.w * head.cout / 4)
+    }
+
+    fn float_direct(&self, func: &CudaFunction, args: &FloatArgs, threads: usize) -> Result<()> {
+        let f = self.bufs.as_ref().expect("buffers").frames as u32;
+        unsafe {
+            self.stream
+                .launch_builder(func)
+                .arg(args)
+                .launch(LaunchConfig {
+                    grid_dim: (threads.div_ceil(128) as u32, f, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                })?;
+        }
         Ok(())
     }
 
@@ -660,10 +900,45 @@ impl CudaEngine {
         b: &Buffers,
         r: usize,
     ) -> Result<()> {
-        let st = &self.stream;
         let c = &self.convs[k];
         debug_assert!(!(mode == 4 && c.signed), "upsampler convs are 8-bit");
+        debug_assert!(!c.float, "integer conv");
         let func = &self.f_mma[mode - 1][c.signed as usize];
+        self.launch_mma(func, k, input, out, gi, go, b, r)
+    }
+
+    /// f16 tensor-core conv of floating-point layer `k` with epilogue `mode` (f16 maps).
+    #[allow(clippy::too_many_arguments)]
+    fn hmma(
+        &self,
+        k: usize,
+        mode: usize,
+        input: &CudaSlice<u8>,
+        out: &CudaSlice<u8>,
+        gi: Geom,
+        go: Geom,
+        b: &Buffers,
+        r: usize,
+    ) -> Result<()> {
+        debug_assert!(self.convs[k].float, "floating-point conv");
+        self.launch_mma(&self.f_hmma[mode - 1], k, input, out, gi, go, b, r)
+    }
+
+    /// Launches tensor-core kernel `func` for conv `k`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_mma(
+        &self,
+        func: &CudaFunction,
+        k: usize,
+        input: &CudaSlice<u8>,
+        out: &CudaSlice<u8>,
+        gi: Geom,
+        go: Geom,
+        b: &Buffers,
+        r: usize,
+    ) -> Result<()> {
+        let st = &self.stream;
+        let c = &self.convs[k];
         let args = MmaArgs {
             input: ptr(input, st),
             wts: ptr(&c.wts, st),
@@ -689,7 +964,7 @@ impl CudaEngine {
             l_count: self.convs.len() as i32,
             r: r as i32,
             hw: c.hw,
-            res_scale: self.net.net.config.res_scale,
+            res_scale: self.net.config.res_scale,
         };
         let tiles = b.frames * gi.tiles_x * gi.tiles_y;
         let per_sm = func
@@ -764,12 +1039,89 @@ fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevC
     debug_assert!(quant::levels(8) as i32 == 255);
     Ok(DevConv {
         cout,
+        float: false,
         m: c.m,
         hw: c.hw,
         signed,
         wts: stream.clone_htod(&wts)?,
         bias: stream.clone_htod(&c.bias)?,
         ktab: stream.clone_htod(&c.ktab)?,
+        ns,
+        smem,
+    })
+}
+
+/// Lays out a floating-point conv's weights for its kernel and uploads them: f32 for the head
+/// (`[9][3][cout]`) and tail (`[3][9][cin]`), f16 slices for the tensor-core path
+/// (`[cout/ns][9][ns][2·cin + 16 bytes]`, the byte image of the shared memory).
+fn upload_float_conv(stream: &Arc<CudaStream>, c: &ConvWeights, role: Role) -> Result<DevConv> {
+    let (cin, cout) = (c.cin, c.cout);
+    // c.w is [9·cin][cout]: index (t·cin + i)·cout + o.
+    let at = |t: usize, i: usize, o: usize| c.w[(t * cin + i) * cout + o];
+    let f32_bytes = |v: Vec<f32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_ne_bytes()).collect() };
+    let (wts, ns, smem) = match role {
+        Role::Head => {
+            if cin != 3 || cout % 4 != 0 {
+                return Err(CudaError::Unsupported(format!("a {cin}->{cout} head")));
+            }
+            (f32_bytes(c.w.clone()), cout, 0)
+        }
+        Role::Tail => {
+            if cout != 3 || cin % 32 != 0 {
+                return Err(CudaError::Unsupported(format!("a {cin}->{cout} tail")));
+            }
+            let mut v = vec![0f32; 3 * 9 * cin];
+            for o in 0..3 {
+                for t in 0..9 {
+                    for i in 0..cin {
+                        v[(o * 9 + t) * cin + i] = at(t, i, o);
+                    }
+                }
+            }
+            (f32_bytes(v), 3, 0)
+        }
+        _ => {
+            if cin % 32 != 0 || cout % 32 != 0 {
+                return Err(CudaError::Unsupported(format!("a {cin}->{cout} conv")));
+            }
+            let ns = 32;
+            let wrow = 2 * cin + 16;
+            let wbytes = 9 * ns * wrow;
+            let mut v = vec![0u8; (cout / ns) * wbytes];
+            for s in 0..cout / ns {
+                for t in 0..9 {
+                    for row in 0..ns {
+                        for i in 0..cin {
+                            let d = s * wbytes + (t * ns + row) * wrow + 2 * i;
+                            let h = half::f16::from_f32(at(t, i, s * ns + row));
+                            v[d..d + 2].copy_from_slice(&h.to_ne_bytes());
+                        }
+                    }
+                }
+            }
+            // Weights, K table and bias (the table unused), two f16 halo buffers and (upsampler)
+            // the f16 pixel-shuffle staging of 8 warps (kernels/adabm.cu MmaShape, ESZ = 2).
+            let staging = if matches!(role, Role::Up { .. }) {
+                8 * 32 * ns * 2
+            } else {
+                0
+            };
+            (
+                v,
+                ns,
+                (wbytes + 17 * ns * 4 + 2 * HALO * HALO * 2 * cin + staging) as u32,
+            )
+        }
+    };
+    Ok(DevConv {
+        cout,
+        float: true,
+        m: 0,
+        hw: 0.0,
+        signed: false,
+        wts: stream.clone_htod(&wts)?,
+        bias: stream.clone_htod(&c.bias)?,
+        ktab: stream.clone_htod(&vec![0i32; 16 * cout])?,
         ns,
         smem,
     })

@@ -306,6 +306,12 @@ pub fn kernel_names() -> Vec<String> {
             for s in 0..if e == 4 { 1 } else { 2 } {
                 v.push(format!("conv_mma_c{c}_e{e}_s{s}"));
             }
+            v.push(format!("conv_hmma_c{c}_e{e}"));
+        }
+        v.push(format!("conv_fhead_c{c}"));
+        v.push(format!("conv_ftail_c{c}"));
+        for s in 0..2 {
+            v.push(format!("conv_mma_c{c}_e2_s{s}_h"));
         }
     }
     v
