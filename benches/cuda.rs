@@ -5,6 +5,9 @@
 //! dense f16 peak). Optionally exports each network's weights for
 //! bench/torch_fp16.py (PyTorch fp16 on the same device, same weights).
 //!
+//! Then several streams (threads) sharing one engine, as element instances do: total fps and
+//! frames per launch for 1, 2 and 4 streams.
+//!
 //!   cargo bench --bench cuda -- [--iters 20] [--export DIR] [--peak-tops 1979] [--only LABEL]
 
 use std::time::Instant;
@@ -12,7 +15,7 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
-use gstadabm::cuda::{self, CudaEngine};
+use gstadabm::cuda::{self, CudaEngine, SharedCuda};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Model, Options, QuantMode, builtin};
 
@@ -135,5 +138,68 @@ fn main() {
             100.0 * tops / peak,
             1.0 / te
         );
+    }
+
+    // Several streams sharing one engine, as element instances running the same model do:
+    // each thread upscales its own frames (end to end: upload, compute, download) through
+    // SharedCuda; total fps and the mean frames per launch.
+    println!();
+    println!(
+        "| shared engine | input → output | streams | total fps | fps per stream | frames per launch |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    let fp = random_model(EdsrConfig::baseline(2), 1).unwrap();
+    let shared_cases = [
+        (
+            "built-in edsr-r8f32-x2-w4a4".to_string(),
+            builtin::find(2, "w4a4").unwrap().load().unwrap(),
+            640usize,
+            360usize,
+        ),
+        (
+            "EDSR-baseline x2 w4a4".to_string(),
+            quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 2).unwrap(),
+            960,
+            540,
+        ),
+    ];
+    for (label, model, w, h) in shared_cases {
+        if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+            continue;
+        }
+        let shared = SharedCuda::get(&model, 0).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let s = shared.scale();
+        let frame: Vec<u8> = test_image(w, h, 3).data.iter().map(|&v| v as u8).collect();
+        for _ in 0..3 {
+            shared
+                .upscale(frame.clone(), w, h, &Options::default())
+                .unwrap();
+        }
+        for streams in [1usize, 2, 4] {
+            let before = shared.batch_sizes().len();
+            let t = Instant::now();
+            std::thread::scope(|sc| {
+                for _ in 0..streams {
+                    sc.spawn(|| {
+                        for _ in 0..iters {
+                            shared
+                                .upscale(frame.clone(), w, h, &Options::default())
+                                .unwrap();
+                        }
+                    });
+                }
+            });
+            let secs = t.elapsed().as_secs_f64();
+            let sizes = shared.batch_sizes();
+            let launches = sizes.len().saturating_sub(before).max(1);
+            let fps = (streams * iters) as f64 / secs;
+            println!(
+                "| {label} | {w}x{h} → {}x{} | {streams} | {fps:.1} | {:.1} | {:.2} |",
+                w * s,
+                h * s,
+                fps / streams as f64,
+                (streams * iters) as f64 / launches as f64
+            );
+        }
     }
 }

@@ -102,16 +102,25 @@ extern "C" __global__ void complexity(const u8* rgb, u64* csum, int h, int w) {
     if ((threadIdx.x & 31) == 0 && v) atomicAdd(csum + f, v);
 }
 
+// What each frame of a batch asks for (frames of several streams share a launch, each with
+// its own element properties): base bits, image thresholds, adaptive on/off.
+struct FrameParams {
+    float lower, upper;
+    int base, adaptive;
+};
+
 // One thread per frame: complexity, b_I, the bits of every layer and their quantizers.
 // stats[f] = (c, b_I); bits[f * L + k].
 extern "C" __global__ void plan_bits(const u64* csum, const LayerInfo* layers, Quant* plan,
                                      float* stats, u8* bits, int frames, int h, int w, int L,
-                                     int base, float lower, float upper, int adaptive) {
+                                     const FrameParams* params) {
     int f = blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= frames) return;
+    const FrameParams p = params[f];
+    const int base = p.base;
     float c = (float)(1000.0 * (double)csum[f] / 16777216.0 / (2.0 * (double)((long long)w * h)));
     int b_i = 0;
-    if (adaptive) b_i = c < lower ? -1 : (c > upper ? 1 : 0);
+    if (p.adaptive) b_i = c < p.lower ? -1 : (c > p.upper ? 1 : 0);
     stats[2 * f] = c;
     stats[2 * f + 1] = (float)b_i;
     for (int k = 0; k < L; k++) {

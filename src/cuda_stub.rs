@@ -43,3 +43,41 @@ impl CudaEngine {
         match *self {}
     }
 }
+
+/// No value of this type can exist: [`SharedCuda::get`] always fails.
+pub enum SharedCuda {}
+
+/// Frames per launch of a shared engine (unused without CUDA).
+pub const MAX_BATCH: usize = 4;
+
+impl SharedCuda {
+    pub fn get(_model: &Model, _device: usize) -> Result<std::sync::Arc<SharedCuda>> {
+        Err(CudaError::Unavailable(NOT_BUILT.into()))
+    }
+
+    pub fn upscale(
+        &self,
+        _rgb: Vec<u8>,
+        _w: usize,
+        _h: usize,
+        _opts: &Options,
+    ) -> std::result::Result<(Vec<u8>, FrameStats), String> {
+        match *self {}
+    }
+
+    pub fn device_name(&self) -> &str {
+        match *self {}
+    }
+
+    pub fn scale(&self) -> usize {
+        match *self {}
+    }
+
+    pub fn float_layers(&self) -> bool {
+        match *self {}
+    }
+
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        match *self {}
+    }
+}

@@ -4,8 +4,11 @@
 //! - [`engine`]: GStreamer-free. Model file loading and validation, the f32 reference engine
 //!   (floating point and AdaBM fake-quant), image complexity, frame packing. Builds with
 //!   `--no-default-features`.
+//! - [`cuda`] (feature `cuda`, on by default): the CUDA engine, and one engine shared by
+//!   several streams through [`batch`].
 //! - `adabmupscale` (feature `element`, on by default): the GStreamer element.
 
+pub mod batch;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 /// Without the `cuda` feature: the same API, an engine that is never available.

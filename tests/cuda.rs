@@ -12,7 +12,7 @@
 //! Without NVRTC or a GPU the tests say so on stderr and pass, unless `ADABM_REQUIRE_NVRTC=1`
 //! / `ADABM_REQUIRE_GPU=1` (CI sets the first, scripts/gpu-check.sh the second).
 
-use gstadabm::cuda::{self, CudaEngine, CudaError};
+use gstadabm::cuda::{self, CudaEngine, CudaError, SharedCuda};
 use gstadabm::engine::intnet::IntNetwork;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 
@@ -155,6 +155,11 @@ fn frame(w: usize, h: usize, seed: u64) -> Image {
 
 /// Checks one batch against the CPU integer reference, frame by frame.
 fn check_batch(model: &Model, eng: &mut CudaEngine, imgs: &[Image], opts: &Options, what: &str) {
+    check_frames(model, eng, imgs, std::slice::from_ref(opts), what);
+}
+
+/// [`check_batch`] with options per frame (one set, or one per frame) in the same launch.
+fn check_frames(model: &Model, eng: &mut CudaEngine, imgs: &[Image], opts: &[Options], what: &str) {
     let (w, h) = (imgs[0].width, imgs[0].height);
     let bytes: Vec<Vec<u8>> = imgs.iter().map(rgb8).collect();
     let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
@@ -163,11 +168,12 @@ fn check_batch(model: &Model, eng: &mut CudaEngine, imgs: &[Image], opts: &Optio
         "frames are bytes"
     );
     let (out, f32s) = eng
-        .upscale_batch_f32(&refs, w, h, opts)
+        .upscale_frames_f32(&refs, w, h, opts)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let cpu = Engine::new(model, 0).unwrap();
     let int = IntNetwork::new(model).unwrap();
     for (i, img) in imgs.iter().enumerate() {
+        let opts = &opts[if opts.len() == 1 { 0 } else { i }];
         let c = complexity::gradient_density(&img.data, w, h);
         let (plan, b_i) = cpu.bit_plan(c, opts).unwrap();
         let want = int.upscale(img, &plan);
@@ -317,6 +323,117 @@ fn parity_mixed_bits_in_one_batch() {
         },
         "model thresholds",
     );
+}
+
+/// Frames of several streams in one launch, each with its own options (base bits, thresholds,
+/// adaptive off), as a shared engine runs them; and a batch smaller than the one before
+/// (buffers reused).
+#[test]
+fn parity_per_frame_options_in_one_launch() {
+    let Some(dev) = gpu("parity_per_frame_options_in_one_launch") else {
+        return;
+    };
+    let model = random_fq(64, 3, 2, 4, 4, 21);
+    let mut eng = CudaEngine::new(&model, dev).unwrap();
+    let (w, h) = (35, 19);
+    let imgs: Vec<Image> = (0..4).map(|i| frame(w, h, 40 + i)).collect();
+    let c1 = complexity::gradient_density(&imgs[1].data, w, h);
+    let opts = [
+        Options::default(),
+        Options {
+            base_bits: Some(6),
+            image_lower: Some(c1 - 1.0),
+            image_upper: Some(c1 - 0.5),
+            ..Options::default()
+        },
+        Options {
+            adaptive: false,
+            base_bits: Some(3),
+            ..Options::default()
+        },
+        Options {
+            image_lower: Some(c1 + 50.0),
+            image_upper: Some(c1 + 60.0),
+            ..Options::default()
+        },
+    ];
+    check_frames(&model, &mut eng, &imgs, &opts, "four streams' options");
+    check_frames(
+        &model,
+        &mut eng,
+        &imgs[..2],
+        &opts[2..],
+        "then a batch of two",
+    );
+    let bad = Options {
+        base_bits: Some(9),
+        ..Options::default()
+    };
+    let refs: Vec<&[u8]> = Vec::new();
+    assert!(eng.check_options(&bad).is_err());
+    assert!(eng.upscale_frames(&refs, w, h, &[]).is_err());
+}
+
+/// Several threads (streams) on one shared engine: each gets its own frames back, computed
+/// with its own options; the same model on the same device gives the same engine.
+#[test]
+fn shared_engine_serves_several_streams() {
+    let Some(dev) = gpu("shared_engine_serves_several_streams") else {
+        return;
+    };
+    let model = random_fq(32, 2, 2, 4, 4, 8);
+    let shared = SharedCuda::get(&model, dev).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &shared,
+        &SharedCuda::get(&model, dev).unwrap()
+    ));
+    let other = random_fq(32, 2, 2, 8, 6, 8);
+    assert!(!std::sync::Arc::ptr_eq(
+        &shared,
+        &SharedCuda::get(&other, dev).unwrap()
+    ));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let shared = shared.clone();
+            let model = model.clone();
+            std::thread::spawn(move || {
+                let (w, h) = if t % 2 == 0 { (24, 17) } else { (19, 9) };
+                let opts = Options {
+                    base_bits: Some(3 + t as u8),
+                    adaptive: t != 3,
+                    ..Options::default()
+                };
+                let cpu = Engine::new(&model, 1).unwrap();
+                let int = IntNetwork::new(&model).unwrap();
+                for i in 0..6 {
+                    let img = frame(w, h, 10 * t + i);
+                    let (rgb, st) = shared
+                        .upscale(rgb8(&img), w, h, &opts)
+                        .unwrap_or_else(|e| panic!("stream {t} frame {i}: {e}"));
+                    let c = complexity::gradient_density(&img.data, w, h);
+                    let (plan, b_i) = cpu.bit_plan(c, &opts).unwrap();
+                    let want: Vec<u8> = int
+                        .upscale(&img, &plan)
+                        .data
+                        .iter()
+                        .map(|&v| gstadabm::engine::frame::to_u8(v))
+                        .collect();
+                    assert_eq!(st.image_bits, b_i, "stream {t} frame {i}: b_I");
+                    assert!(rgb == want, "stream {t} frame {i}: bytes differ");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let sizes = shared.batch_sizes();
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        24,
+        "every frame ran once: {sizes:?}"
+    );
+    eprintln!("shared engine: launches of {sizes:?} frames");
 }
 
 /// The built-in quantized models (trained weights, rgb_range 255) end to end.

@@ -6,7 +6,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use crate::cuda::{CudaEngine, CudaError};
+use crate::cuda::{CudaError, SharedCuda};
 use crate::engine::intcpu::CpuLevel;
 use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
 
@@ -170,8 +170,9 @@ impl Settings {
 
 struct State {
     engine: Arc<Engine>,
-    /// The CUDA engine when the backend is CUDA (one frame at a time through it).
-    cuda: Option<Arc<Mutex<CudaEngine>>>,
+    /// The CUDA engine when the backend is CUDA, shared with the other element instances that
+    /// run the same model on the same device (their frames share launches).
+    cuda: Option<Arc<SharedCuda>>,
     /// Negotiated input/output, once caps are set.
     caps: Option<(gst_video::VideoInfo, gst_video::VideoInfo, PixelLayout)>,
     frames: u64,
@@ -367,10 +368,7 @@ impl ObjectImpl for AdabmUpscale {
                 let st = self.state.lock().unwrap();
                 st.as_ref()
                     .map(|st| match &st.cuda {
-                        Some(c) => format!(
-                            "cuda:{}",
-                            c.lock().unwrap_or_else(|e| e.into_inner()).device_name()
-                        ),
+                        Some(c) => format!("cuda:{}", c.device_name()),
                         None => "cpu".to_string(),
                     })
                     .to_value()
@@ -498,11 +496,11 @@ impl AdabmUpscale {
         &self,
         s: &Settings,
         model: &Model,
-    ) -> Result<Option<CudaEngine>, gst::ErrorMessage> {
+    ) -> Result<Option<Arc<SharedCuda>>, gst::ErrorMessage> {
         if s.backend == Backend::Cpu {
             return Ok(None);
         }
-        match CudaEngine::new(model, s.device_id as usize) {
+        match SharedCuda::get(model, s.device_id as usize) {
             // Floating-point layers on the GPU (f16) are opt-in until their parity with the CPU
             // has been measured on a GPU (kernels/README.md).
             Ok(c) if s.backend == Backend::Auto && c.float_layers() => {
@@ -601,7 +599,7 @@ impl BaseTransformImpl for AdabmUpscale {
         }
         *self.state.lock().unwrap() = Some(State {
             engine: Arc::new(engine),
-            cuda: cuda.map(|c| Arc::new(Mutex::new(c))),
+            cuda,
             caps: None,
             frames: 0,
             warned_thresholds: false,
@@ -833,10 +831,7 @@ impl BaseTransformImpl for AdabmUpscale {
             layout,
         };
         let result = match cuda {
-            Some(c) => {
-                let mut c = c.lock().unwrap_or_else(|e| e.into_inner());
-                cuda_frame(&mut c, &src, &mut dst, &opts)
-            }
+            Some(c) => cuda_frame(&c, &src, &mut dst, &opts),
             None => engine
                 .process_frame(&src, &mut dst, &opts)
                 .map_err(|e| e.to_string()),
@@ -856,7 +851,7 @@ impl BaseTransformImpl for AdabmUpscale {
 /// One frame through the CUDA engine: unpack to RGB bytes, upscale, pack (alpha upscaled
 /// bilinearly, as on the CPU).
 fn cuda_frame(
-    c: &mut CudaEngine,
+    c: &SharedCuda,
     src: &FrameRef,
     dst: &mut FrameMut,
     opts: &Options,
@@ -870,10 +865,7 @@ fn cuda_frame(
         ));
     }
     let (rgb, alpha) = engine::frame::unpack_rgb8(src).map_err(|e| e.to_string())?;
-    let mut out = c
-        .upscale_batch(&[&rgb], src.width, src.height, opts)
-        .map_err(|e| e.to_string())?;
-    let (hr, fs) = out.pop().ok_or("no output frame")?;
+    let (hr, fs) = c.upscale(rgb, src.width, src.height, opts)?;
     let alpha = alpha.map(|a| engine::frame::upscale_plane_bilinear(&a, src.width, src.height, s));
     engine::frame::pack_rgb8(&hr, alpha.as_deref(), dst).map_err(|e| e.to_string())?;
     Ok(engine::Stats {

@@ -99,6 +99,18 @@ struct MmaArgs {
 }
 unsafe impl DeviceRepr for MmaArgs {}
 
+/// What one frame of a batch asks for (kernels/adabm.cu `FrameParams`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FrameParams {
+    lower: f32,
+    upper: f32,
+    base: i32,
+    adaptive: i32,
+}
+unsafe impl DeviceRepr for FrameParams {}
+unsafe impl cudarc::driver::ValidAsZeroBits for FrameParams {}
+
 /// Arguments of the floating-point head and tail (kernels/adabm.cu `FloatArgs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -188,12 +200,16 @@ impl Geom {
 
 /// Buffers of one batch shape, kept between batches.
 struct Buffers {
+    /// Frames of the current batch, and how many the buffers hold (batches of any size up to
+    /// `cap` reuse them: the batch size of a shared engine varies from call to call).
     frames: usize,
+    cap: usize,
     lr: Geom,
     /// Geometry after each upsampler stage.
     hr: Vec<Geom>,
     rgb_in: CudaSlice<u8>,
     csum: CudaSlice<u64>,
+    params: CudaSlice<FrameParams>,
     plan: CudaSlice<Quant>,
     stats: CudaSlice<f32>,
     bits: CudaSlice<u8>,
@@ -430,12 +446,13 @@ impl CudaEngine {
     }
 
     fn ensure_buffers(&mut self, frames: usize, h: usize, w: usize, want_f32: bool) -> Result<()> {
-        if let Some(b) = &self.bufs
-            && b.frames == frames
+        if let Some(b) = &mut self.bufs
+            && b.cap >= frames
             && b.lr.h == h
             && b.lr.w == w
             && b.rgbf.is_some() == want_f32
         {
+            b.frames = frames;
             return Ok(());
         }
         self.bufs = None; // free the old ones first
@@ -469,9 +486,11 @@ impl CudaEngine {
         }
         self.bufs = Some(Buffers {
             frames,
+            cap: frames,
             lr,
             rgb_in: bytes(f * h * w * 3)?,
             csum: s.alloc_zeros::<u64>(f)?,
+            params: s.alloc_zeros::<FrameParams>(f)?,
             plan: s.alloc_zeros::<Quant>(f * l_count)?,
             stats: floats(2 * f)?,
             bits: bytes(f * l_count)?,
@@ -507,7 +526,32 @@ impl CudaEngine {
         h: usize,
         opts: &Options,
     ) -> Result<Vec<(Vec<u8>, FrameStats)>> {
+        self.run(frames, w, h, std::slice::from_ref(opts), false)
+            .map(|(v, _)| v)
+    }
+
+    /// [`Self::upscale_batch`] with options per frame (`opts[i]` for frame `i`: base bits,
+    /// thresholds, adaptive), in one launch: frames of several streams, each with its own
+    /// element properties.
+    pub fn upscale_frames(
+        &mut self,
+        frames: &[&[u8]],
+        w: usize,
+        h: usize,
+        opts: &[Options],
+    ) -> Result<Vec<(Vec<u8>, FrameStats)>> {
         self.run(frames, w, h, opts, false).map(|(v, _)| v)
+    }
+
+    /// [`Self::upscale_frames`] that also returns the unrounded f32 outputs.
+    pub fn upscale_frames_f32(
+        &mut self,
+        frames: &[&[u8]],
+        w: usize,
+        h: usize,
+        opts: &[Options],
+    ) -> Result<Batch> {
+        self.run(frames, w, h, opts, true)
     }
 
     /// [`Self::upscale_batch`] that also returns the unrounded f32 output of every frame
@@ -519,13 +563,13 @@ impl CudaEngine {
         h: usize,
         opts: &Options,
     ) -> Result<Batch> {
-        self.run(frames, w, h, opts, true)
+        self.run(frames, w, h, std::slice::from_ref(opts), true)
     }
 
     /// Queues the whole network for a batch already in device memory (`rgb_in`), without
     /// transfers: what the throughput benchmark times.
     pub fn run_resident(&mut self, opts: &Options) -> Result<()> {
-        self.enqueue(opts)?;
+        self.enqueue(std::slice::from_ref(opts))?;
         self.stream.synchronize()?;
         Ok(())
     }
@@ -547,7 +591,8 @@ impl CudaEngine {
         for (i, fr) in frames.iter().enumerate() {
             host[i * w * h * 3..][..w * h * 3].copy_from_slice(fr);
         }
-        self.stream.memcpy_htod(&b.host_in, &mut b.rgb_in)?;
+        let n = frames.len() * w * h * 3;
+        self.stream.memcpy_htod(&host[..n], &mut b.rgb_in)?;
         Ok(())
     }
 
@@ -573,18 +618,27 @@ impl CudaEngine {
         frames: &[&[u8]],
         w: usize,
         h: usize,
-        opts: &Options,
+        opts: &[Options],
         want_f32: bool,
     ) -> Result<Batch> {
+        if opts.len() != 1 && opts.len() != frames.len() {
+            return Err(CudaError::Input(format!(
+                "{} option sets for {} frames: give one, or one per frame",
+                opts.len(),
+                frames.len()
+            )));
+        }
         self.stage_input(frames, w, h, want_f32)?;
         self.enqueue(opts)?;
         let s = self.scale();
         let b = self.bufs.as_mut().expect("buffers");
-        self.stream.memcpy_dtoh(&b.rgb_out, &mut b.host_out)?;
+        let n_all = frames.len() * w * s * h * s * 3;
+        self.stream
+            .memcpy_dtoh(&b.rgb_out.slice(0..n_all), &mut b.host_out)?;
         let stats = self.stream.clone_dtoh(&b.stats)?;
         let bits = self.stream.clone_dtoh(&b.bits)?;
         let rgbf = match &b.rgbf {
-            Some(d) => Some(self.stream.clone_dtoh(d)?),
+            Some(d) => Some(self.stream.clone_dtoh(&d.slice(0..n_all))?),
             None => None,
         };
         self.stream.synchronize()?;
@@ -617,22 +671,42 @@ impl CudaEngine {
     }
 
     /// Queues complexity, bit plan and every layer for the batch in `rgb_in`.
-    fn enqueue(&mut self, opts: &Options) -> Result<()> {
-        // A floating-point model still gets its complexity (stats); no bits to plan.
-        let q = self.net.quant.clone();
-        let base = opts.base_bits.unwrap_or(q.as_ref().map_or(8, |q| q.a_bits));
+    /// Checks what the device path of `opts` uses; returns the frame's base bits.
+    pub fn check_options(&self, opts: &Options) -> Result<u8> {
+        let q = self.net.quant.as_ref();
+        let base = opts.base_bits.unwrap_or(q.map_or(8, |q| q.a_bits));
         if !(1..=8).contains(&base) {
             return Err(CudaError::Input(format!(
                 "base bits must be in 1..=8, found {base}"
             )));
         }
-        let lower = opts
-            .image_lower
-            .unwrap_or(q.as_ref().map_or(0.0, |q| q.image_lower));
-        let upper = opts
-            .image_upper
-            .unwrap_or(q.as_ref().map_or(0.0, |q| q.image_upper));
-        let adaptive = opts.adaptive && q.is_some();
+        Ok(base)
+    }
+
+    /// `opts`: one set for every frame, or one per frame.
+    fn enqueue(&mut self, opts: &[Options]) -> Result<()> {
+        // A floating-point model still gets its complexity (stats); no bits to plan.
+        let q = self.net.quant.clone();
+        let frames = self.bufs.as_ref().expect("buffers").frames;
+        let mut params = Vec::with_capacity(frames);
+        for i in 0..frames {
+            let o = &opts[if opts.len() == 1 { 0 } else { i }];
+            let base = self.check_options(o)?;
+            params.push(FrameParams {
+                lower: o
+                    .image_lower
+                    .unwrap_or(q.as_ref().map_or(0.0, |q| q.image_lower)),
+                upper: o
+                    .image_upper
+                    .unwrap_or(q.as_ref().map_or(0.0, |q| q.image_upper)),
+                base: base as i32,
+                adaptive: (o.adaptive && q.is_some()) as i32,
+            });
+        }
+        {
+            let b = self.bufs.as_mut().expect("buffers");
+            self.stream.memcpy_htod(&params, &mut b.params)?;
+        }
         let cfg = self.net.config.clone();
         let st = &self.stream;
         {
@@ -654,7 +728,7 @@ impl CudaEngine {
                     block_dim: (256, 1, 1),
                     shared_mem_bytes: 0,
                 })?;
-            let (frames, base, adaptive) = (f as i32, base as i32, adaptive as i32);
+            let frames = f as i32;
             st.launch_builder(&self.f_plan)
                 .arg(&b.csum)
                 .arg(&self.layer_info)
@@ -665,10 +739,7 @@ impl CudaEngine {
                 .arg(&h)
                 .arg(&w)
                 .arg(&l_count)
-                .arg(&base)
-                .arg(&lower)
-                .arg(&upper)
-                .arg(&adaptive)
+                .arg(&b.params)
                 .launch(LaunchConfig {
                     grid_dim: ((f as u32).div_ceil(32), 1, 1),
                     block_dim: (32, 1, 1),

@@ -6,6 +6,7 @@
 //! entry point goes through it.
 
 mod engine;
+mod shared;
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -13,6 +14,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 pub use crate::cuda_common::{CudaError, FrameStats, Result};
 pub use engine::{Batch, CudaEngine};
+pub use shared::{MAX_BATCH, SharedCuda};
 
 /// The kernel source, compiled by NVRTC at run time.
 pub const KERNEL_SOURCE: &str = include_str!("../../kernels/adabm.cu");

@@ -1,0 +1,153 @@
+//! One CUDA engine per (model, device), shared by every stream that runs that model: element
+//! instances (or any other callers) get the same [`SharedCuda`], and their frames of the same
+//! size go through the device in one launch ([`crate::batch`]), each with its own options
+//! (base bits, thresholds, adaptive). The model's weights, the compiled kernels and the
+//! device buffers exist once per device instead of once per stream.
+
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+use super::{CudaEngine, FrameStats, Result};
+use crate::batch::{BatchExec, Batcher};
+use crate::engine::{Model, Options};
+
+/// Frames per launch at most: enough for several streams, bounded device memory (the
+/// buffers grow to the largest batch seen).
+pub const MAX_BATCH: usize = 4;
+
+/// One frame to upscale: packed RGB bytes, its size and its stream's options.
+pub struct Job {
+    pub rgb: Vec<u8>,
+    pub w: usize,
+    pub h: usize,
+    pub opts: Options,
+}
+
+/// An HR frame (packed RGB) and its stats, or why it failed.
+pub type Output = std::result::Result<(Vec<u8>, FrameStats), String>;
+
+struct Exec {
+    engine: CudaEngine,
+}
+
+impl BatchExec for Exec {
+    type Job = Job;
+    type Out = Output;
+    type Key = (usize, usize);
+
+    fn key(j: &Job) -> (usize, usize) {
+        (j.w, j.h)
+    }
+
+    fn run(&mut self, jobs: Vec<Job>) -> Vec<Output> {
+        let (w, h) = (jobs[0].w, jobs[0].h);
+        // A frame whose options the device refuses fails alone, not its batch.
+        let checked: Vec<std::result::Result<(), String>> = jobs
+            .iter()
+            .map(|j| {
+                self.engine
+                    .check_options(&j.opts)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        let ok: Vec<&Job> = jobs
+            .iter()
+            .zip(&checked)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(j, _)| j)
+            .collect();
+        let mut outs = if ok.is_empty() {
+            Vec::new()
+        } else {
+            let frames: Vec<&[u8]> = ok.iter().map(|j| j.rgb.as_slice()).collect();
+            let opts: Vec<Options> = ok.iter().map(|j| j.opts).collect();
+            match self.engine.upscale_frames(&frames, w, h, &opts) {
+                Ok(v) => v.into_iter().map(Ok).collect(),
+                Err(e) => ok.iter().map(|_| Err(e.to_string())).collect(),
+            }
+        }
+        .into_iter();
+        checked
+            .into_iter()
+            .map(|c| match c {
+                Ok(()) => outs
+                    .next()
+                    .unwrap_or_else(|| Err("no output for this frame".into())),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    fn failed(why: &str) -> Output {
+        Err(why.to_string())
+    }
+}
+
+/// A CUDA engine shared by several streams.
+pub struct SharedCuda {
+    batcher: Batcher<Exec>,
+    model: Model,
+    device: usize,
+    name: String,
+    scale: usize,
+    float_layers: bool,
+}
+
+/// Live shared engines; an entry goes away with its last user.
+static SHARED: LazyLock<Mutex<Vec<Weak<SharedCuda>>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+impl SharedCuda {
+    /// The shared engine running `model` on `device`: the existing one when another stream
+    /// runs the same model there, else a new one ([`CudaEngine::new`]'s errors).
+    pub fn get(model: &Model, device: usize) -> Result<Arc<SharedCuda>> {
+        let mut list = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        if let Some(s) = list
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| s.device == device && s.model == *model)
+        {
+            return Ok(s);
+        }
+        let engine = CudaEngine::new(model, device)?;
+        let s = Arc::new(SharedCuda {
+            name: engine.device_name().to_string(),
+            scale: engine.scale(),
+            float_layers: engine.float_layers(),
+            batcher: Batcher::new(Exec { engine }, MAX_BATCH),
+            model: model.clone(),
+            device,
+        });
+        list.push(Arc::downgrade(&s));
+        Ok(s)
+    }
+
+    /// Upscales one frame (packed RGB, `w x h`), batched with the frames other streams submit
+    /// meanwhile.
+    pub fn upscale(&self, rgb: Vec<u8>, w: usize, h: usize, opts: &Options) -> Output {
+        self.batcher.run(Job {
+            rgb,
+            w,
+            h,
+            opts: *opts,
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn scale(&self) -> usize {
+        self.scale
+    }
+
+    /// See [`CudaEngine::float_layers`].
+    pub fn float_layers(&self) -> bool {
+        self.float_layers
+    }
+
+    /// Frames per launch of the most recent launches (up to 1024), oldest first.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batcher.run_sizes()
+    }
+}
