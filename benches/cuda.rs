@@ -8,7 +8,9 @@
 //! Then several streams (threads) sharing one engine, as element instances do: total fps and
 //! frames per launch for 1, 2 and 4 streams.
 //!
-//!   cargo bench --bench cuda -- [--iters 20] [--export DIR] [--peak-tops 1979] [--only LABEL]
+//!   cargo bench --bench cuda -- [--iters 20] [--export DIR] [--peak-tops 1979]
+//!       [--only TEXT] [--skip TEXT]     (rows whose label contains / does not contain TEXT;
+//!                                        the rows with floating-point layers say "[f16]")
 
 use std::time::Instant;
 
@@ -61,14 +63,14 @@ fn main() {
         // runs, same weights) and non-fq w4a4 (float head, last body conv, upsampler, tail).
         let nonfq = quantize_on_synthetic(&fp, QuantMode::NonFq, 4, 4, 2).unwrap();
         cases.push((
-            format!("EDSR-baseline x{scale} float (f16 MMA)"),
+            format!("EDSR-baseline x{scale} float [f16]"),
             fp.clone(),
             w,
             h,
             1,
         ));
         cases.push((
-            format!("EDSR-baseline x{scale} non-fq w4a4"),
+            format!("EDSR-baseline x{scale} non-fq w4a4 [f16]"),
             nonfq,
             w,
             h,
@@ -86,8 +88,13 @@ fn main() {
     }
 
     let only = arg("--only");
+    let skip = arg("--skip");
+    let wanted = |label: &str| {
+        only.as_ref().is_none_or(|o| label.contains(o.as_str()))
+            && skip.as_ref().is_none_or(|s| !label.contains(s.as_str()))
+    };
     for (label, model, w, h, batch) in cases {
-        if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+        if !wanted(&label) {
             continue;
         }
         let mut eng = CudaEngine::new(&model, 0).unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -164,7 +171,7 @@ fn main() {
         ),
     ];
     for (label, model, w, h) in shared_cases {
-        if only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+        if !wanted(&label) {
             continue;
         }
         let shared = SharedCuda::get(&model, 0).unwrap_or_else(|e| panic!("{label}: {e}"));
