@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use gemm::Parallelism;
-use gstadabm::engine::conv::{ConvWeights, FeatureMap, conv3x3};
+use gstadabm::engine::conv::{self, ConvWeights, FeatureMap, conv3x3};
 use gstadabm::engine::random::{Rng, quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Options, QuantMode};
 
@@ -44,21 +44,31 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
-    let conv_ms = pool.install(|| {
-        median(
-            (0..10)
-                .map(|_| {
-                    let t = Instant::now();
-                    std::hint::black_box(conv3x3(&x, &cw, Parallelism::Rayon(threads)));
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect(),
-        )
-    });
+    // The direct AVX2 kernel and the im2col GEMM alternately, 10 rounds each (noisy hosts).
     let gmac = (w * h * 64 * 64 * 9) as f64 / 1e9;
+    let mut times = [Vec::new(), Vec::new()];
+    pool.install(|| {
+        for _ in 0..10 {
+            for (i, off) in [false, true].into_iter().enumerate() {
+                conv::direct::set_off(off);
+                let t = Instant::now();
+                std::hint::black_box(conv3x3(&x, &cw, Parallelism::Rayon(threads)));
+                times[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    });
+    conv::direct::set_off(false);
+    let [direct_ms, gemm_ms] = times.map(median);
     println!(
-        "conv3x3 64->64 {w}x{h}: {conv_ms:.2} ms, {:.1} GMAC/s",
-        gmac / conv_ms * 1e3
+        "conv3x3 64->64 {w}x{h}: direct {direct_ms:.2} ms ({:.1} GMAC/s){}, im2col GEMM {gemm_ms:.2} ms ({:.1} GMAC/s): {:.2}x",
+        gmac / direct_ms * 1e3,
+        if conv::direct::available() {
+            ""
+        } else {
+            " [not available: GEMM]"
+        },
+        gmac / gemm_ms * 1e3,
+        gemm_ms / direct_ms
     );
 
     let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
@@ -91,4 +101,23 @@ fn main() {
         );
     }
     println!("fake-quant / fp32 time ratio: {:.2}", rows[1].1 / rows[0].1);
+
+    // The fp32 network with the direct conv kernel and with the im2col GEMM, frame by frame
+    // alternately.
+    let engine = Engine::new(&fp, threads).unwrap();
+    let mut t = [Vec::new(), Vec::new()];
+    for _ in 0..frames {
+        for (i, off) in [false, true].into_iter().enumerate() {
+            conv::direct::set_off(off);
+            let t0 = Instant::now();
+            std::hint::black_box(engine.upscale(&img, &Options::default()).unwrap());
+            t[i].push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    conv::direct::set_off(false);
+    let [d, g] = t.map(median);
+    println!(
+        "EDSR-baseline x{scale} {w}x{h} fp32: direct convs {d:.0} ms/frame, im2col GEMM {g:.0} ms/frame: {:.2}x",
+        g / d
+    );
 }
