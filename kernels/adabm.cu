@@ -182,6 +182,17 @@ struct DirectArgs {
     float hw, mean0, mean1, mean2, inv;
 };
 
+// A head output of 4 channels (float4 index i): the global skip and the residual stream.
+__device__ __forceinline__ void store_head(float* head, float* res, size_t i, const float* v) {
+    float4 v4;
+    v4.x = v[0];
+    v4.y = v[1];
+    v4.z = v[2];
+    v4.w = v[3];
+    ((float4*)head)[i] = v4;
+    ((float4*)res)[i] = v4;
+}
+
 template <int COUT>
 __device__ __forceinline__ void conv_head(const DirectArgs& a) {
     __shared__ u32 sw[COUT * 9];
@@ -213,13 +224,7 @@ __device__ __forceinline__ void conv_head(const DirectArgs& a) {
         word |= act_code(v[j], qn) << (8 * j);
     }
     size_t px = (size_t)f * a.h * a.w + p;
-    float4 v4;
-    v4.x = v[0];
-    v4.y = v[1];
-    v4.z = v[2];
-    v4.w = v[3];
-    ((float4*)a.head)[px * groups + o4] = v4;
-    ((float4*)a.res)[px * groups + o4] = v4;
+    store_head(a.head, a.res, px * groups + o4, v);
     ((u32*)(a.out + (((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1) * COUT))[o4] = word;
 }
 
@@ -282,18 +287,13 @@ __device__ __forceinline__ void conv_tail(const DirectArgs& a) {
     }
 }
 
-#define DIRECT_HEAD(C)                                                                     \
-    extern "C" __global__ void __launch_bounds__(128) conv_head_c##C(DirectArgs a) {       \
-        conv_head<C>(a);                                                                   \
-    }
-#define DIRECT_TAIL(C)                                                                     \
-    extern "C" __global__ void __launch_bounds__(128) conv_tail_c##C(DirectArgs a) {       \
-        conv_tail<C>(a);                                                                   \
-    }
-DIRECT_HEAD(32)
-DIRECT_HEAD(64)
-DIRECT_TAIL(32)
-DIRECT_TAIL(64)
+// A direct kernel NAME_c{C} of 128-thread blocks running the template NAME<C>.
+#define DIRECT_KERNEL(NAME, ARGS, C)                                                       \
+    extern "C" __global__ void __launch_bounds__(128) NAME##_c##C(ARGS a) { NAME<C>(a); }
+DIRECT_KERNEL(conv_head, DirectArgs, 32)
+DIRECT_KERNEL(conv_head, DirectArgs, 64)
+DIRECT_KERNEL(conv_tail, DirectArgs, 32)
+DIRECT_KERNEL(conv_tail, DirectArgs, 64)
 
 // ---------------------------------------------------------------------------------------
 // Floating-point head and tail (non-fq models and float models): f32 weights and arithmetic.
@@ -346,13 +346,7 @@ __device__ __forceinline__ void conv_fhead(const FloatArgs& a) {
 #pragma unroll
     for (int j = 0; j < 4; j++) v[j] = a.bias[o4 * 4 + j] + acc[j];
     size_t px = (size_t)f * a.h * a.w + p;
-    float4 v4;
-    v4.x = v[0];
-    v4.y = v[1];
-    v4.z = v[2];
-    v4.w = v[3];
-    ((float4*)a.head)[px * groups + o4] = v4;
-    ((float4*)a.res)[px * groups + o4] = v4;
+    store_head(a.head, a.res, px * groups + o4, v);
     size_t opx = ((size_t)f * a.hp_out + y + 1) * a.wp_out + x + 1;
     if (a.codes) {
         Quant qn = a.plan[f * a.L + a.next];
@@ -414,18 +408,10 @@ __device__ __forceinline__ void conv_ftail(const FloatArgs& a) {
     }
 }
 
-#define FLOAT_HEAD(C)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128) conv_fhead_c##C(FloatArgs a) {       \
-        conv_fhead<C>(a);                                                                  \
-    }
-#define FLOAT_TAIL(C)                                                                      \
-    extern "C" __global__ void __launch_bounds__(128) conv_ftail_c##C(FloatArgs a) {       \
-        conv_ftail<C>(a);                                                                  \
-    }
-FLOAT_HEAD(32)
-FLOAT_HEAD(64)
-FLOAT_TAIL(32)
-FLOAT_TAIL(64)
+DIRECT_KERNEL(conv_fhead, FloatArgs, 32)
+DIRECT_KERNEL(conv_fhead, FloatArgs, 64)
+DIRECT_KERNEL(conv_ftail, FloatArgs, 32)
+DIRECT_KERNEL(conv_ftail, FloatArgs, 64)
 
 // ---------------------------------------------------------------------------------------
 // Tensor-core implicit-GEMM conv3x3 (mma.sync m16n8k32, u8 activations, u8 or s8 weights).

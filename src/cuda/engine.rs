@@ -779,7 +779,7 @@ impl CudaEngine {
                 mean,
                 ..Default::default()
             };
-            self.float_direct(&self.f_fhead, &args, b.lr.h * b.lr.w * head.cout / 4)?;
+            self.direct(&self.f_fhead, &args, b.lr.h * b.lr.w * head.cout / 4)?;
         }
 
         // Body: codes_a -> codes_b -> codes_a ... (integer blocks) or half_a -> half_b ...
@@ -846,7 +846,7 @@ impl CudaEngine {
                 ..Default::default()
             };
             // Four threads per pixel.
-            return self.float_direct(&self.f_ftail, &args, g.h * g.w * 4);
+            return self.direct(&self.f_ftail, &args, g.h * g.w * 4);
         }
         let args = DirectArgs {
             input: ptr(src.0, st),
@@ -927,22 +927,9 @@ impl CudaEngine {
         self.direct(&self.f_head, &args, b.lr.h * b.lr.w * head.cout / 4)
     }
 
-    fn float_direct(&self, func: &CudaFunction, args: &FloatArgs, threads: usize) -> Result<()> {
-        let f = self.bufs.as_ref().expect("buffers").frames as u32;
-        unsafe {
-            self.stream
-                .launch_builder(func)
-                .arg(args)
-                .launch(LaunchConfig {
-                    grid_dim: (threads.div_ceil(128) as u32, f, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: 0,
-                })?;
-        }
-        Ok(())
-    }
-
-    fn direct(&self, func: &CudaFunction, args: &DirectArgs, threads: usize) -> Result<()> {
+    /// Launches a direct (head or tail) kernel: `threads` threads per frame in blocks of 128,
+    /// one grid row per frame; `args` is its `DirectArgs` or `FloatArgs`.
+    fn direct<A: DeviceRepr>(&self, func: &CudaFunction, args: &A, threads: usize) -> Result<()> {
         let f = self.bufs.as_ref().expect("buffers").frames as u32;
         unsafe {
             self.stream
