@@ -1059,37 +1059,14 @@ fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevC
         (v, cout, 0)
     } else {
         let ns = cin.min(64);
-        let nr = ns;
-        let wrow = cin + 16;
-        let wbytes = 9 * nr * wrow;
-        let mut v = vec![0u8; (cout / ns) * wbytes];
-        for s in 0..cout / ns {
-            for t in 0..9 {
-                for row in 0..nr {
-                    for i in 0..cin {
-                        let d = s * wbytes + (t * nr + row) * wrow + i;
-                        let j = (t * cin + i) * cout + s * ns + row;
-                        v[d] = if signed {
-                            c.centred[j] as i8 as u8
-                        } else {
-                            c.codes[j]
-                        };
-                    }
-                }
-            }
-        }
-        // Weights, the epilogue's K table and bias, two halo buffers and (upsampler) the
-        // pixel-shuffle staging of 8 warps (kernels/adabm.cu MmaShape).
-        let staging = if matches!(role, Role::Up { .. }) {
-            8 * 32 * ns
-        } else {
-            0
-        };
-        (
-            v,
-            ns,
-            (wbytes + 17 * ns * 4 + 2 * HALO * HALO * cin + staging) as u32,
-        )
+        let (v, smem) = mma_image(cin, cout, ns, role, |j| {
+            [if signed {
+                c.centred[j] as i8 as u8
+            } else {
+                c.codes[j]
+            }]
+        });
+        (v, ns, smem)
     };
     if !direct && cin % 32 != 0 {
         return Err(CudaError::Unsupported(format!("{cin} input channels")));
@@ -1107,6 +1084,41 @@ fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevC
         ns,
         smem,
     })
+}
+
+/// The tensor-core kernel's weight image of a conv — per slice of `ns` output channels,
+/// `[9][ns][E·cin + 16 bytes]`, the byte image of the slice's shared memory — from `elem(j)`,
+/// the `E` bytes of weight `j` in the `[9·cin][cout]` layout (1: u8/s8 codes, 2: f16); and
+/// the kernel's dynamic shared memory (kernels/adabm.cu `MmaShape`): the weights, the K table
+/// and bias, two halo buffers of `E`-byte values and, for an upsampler, the pixel-shuffle
+/// staging of 8 warps.
+fn mma_image<const E: usize>(
+    cin: usize,
+    cout: usize,
+    ns: usize,
+    role: Role,
+    elem: impl Fn(usize) -> [u8; E],
+) -> (Vec<u8>, u32) {
+    let wrow = E * cin + 16;
+    let wbytes = 9 * ns * wrow;
+    let mut v = vec![0u8; (cout / ns) * wbytes];
+    for s in 0..cout / ns {
+        for t in 0..9 {
+            for row in 0..ns {
+                for i in 0..cin {
+                    let d = s * wbytes + (t * ns + row) * wrow + E * i;
+                    v[d..d + E].copy_from_slice(&elem((t * cin + i) * cout + s * ns + row));
+                }
+            }
+        }
+    }
+    let staging = if matches!(role, Role::Up { .. }) {
+        8 * 32 * ns * E
+    } else {
+        0
+    };
+    let smem = wbytes + 17 * ns * 4 + 2 * HALO * HALO * E * cin + staging;
+    (v, smem as u32)
 }
 
 /// Lays out a floating-point conv's weights for its kernel and uploads them: f32 for the head
@@ -1142,33 +1154,12 @@ fn upload_float_conv(stream: &Arc<CudaStream>, c: &ConvWeights, role: Role) -> R
             if cin % 32 != 0 || cout % 32 != 0 {
                 return Err(CudaError::Unsupported(format!("a {cin}->{cout} conv")));
             }
+            // f16 slices of 32 output channels (the K table in the image stays unused).
             let ns = 32;
-            let wrow = 2 * cin + 16;
-            let wbytes = 9 * ns * wrow;
-            let mut v = vec![0u8; (cout / ns) * wbytes];
-            for s in 0..cout / ns {
-                for t in 0..9 {
-                    for row in 0..ns {
-                        for i in 0..cin {
-                            let d = s * wbytes + (t * ns + row) * wrow + 2 * i;
-                            let h = half::f16::from_f32(at(t, i, s * ns + row));
-                            v[d..d + 2].copy_from_slice(&h.to_ne_bytes());
-                        }
-                    }
-                }
-            }
-            // Weights, K table and bias (the table unused), two f16 halo buffers and (upsampler)
-            // the f16 pixel-shuffle staging of 8 warps (kernels/adabm.cu MmaShape, ESZ = 2).
-            let staging = if matches!(role, Role::Up { .. }) {
-                8 * 32 * ns * 2
-            } else {
-                0
-            };
-            (
-                v,
-                ns,
-                (wbytes + 17 * ns * 4 + 2 * HALO * HALO * 2 * cin + staging) as u32,
-            )
+            let (v, smem) = mma_image(cin, cout, ns, role, |j| {
+                half::f16::from_f32(c.w[j]).to_ne_bytes()
+            });
+            (v, ns, smem)
         }
     };
     Ok(DevConv {
