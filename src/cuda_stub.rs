@@ -29,10 +29,6 @@ impl CudaEngine {
         match *self {}
     }
 
-    pub fn float_layers(&self) -> bool {
-        match *self {}
-    }
-
     pub fn upscale_batch(
         &mut self,
         _frames: &[&[u8]],
@@ -70,10 +66,6 @@ impl SharedCuda {
     }
 
     pub fn scale(&self) -> usize {
-        match *self {}
-    }
-
-    pub fn float_layers(&self) -> bool {
         match *self {}
     }
 

@@ -500,21 +500,25 @@ impl AdabmUpscale {
         if s.backend == Backend::Cpu {
             return Ok(None);
         }
+        // Floating-point layers on the GPU (f16) are opt-in until their parity with the CPU
+        // has been measured on a GPU (kernels/README.md): decided from the model, before any
+        // device is touched. Only fq models have none.
+        let fq = model
+            .quant
+            .as_ref()
+            .is_some_and(|q| q.mode == engine::QuantMode::Fq);
+        if s.backend == Backend::Auto && !fq {
+            gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Init,
+                [
+                    "backend=auto: running on the CPU because the model has floating-point \
+                     layers (a float or non-fq model); backend=cuda runs them on the GPU in f16"
+                ]
+            );
+            return Ok(None);
+        }
         match SharedCuda::get(model, s.device_id as usize) {
-            // Floating-point layers on the GPU (f16) are opt-in until their parity with the CPU
-            // has been measured on a GPU (kernels/README.md).
-            Ok(c) if s.backend == Backend::Auto && c.float_layers() => {
-                gst::element_imp_warning!(
-                    self,
-                    gst::LibraryError::Init,
-                    [
-                        "backend=auto: running on the CPU because the model has floating-point \
-                         layers (a float or non-fq model); backend=cuda runs them on {} in f16",
-                        c.device_name()
-                    ]
-                );
-                Ok(None)
-            }
             Ok(c) => {
                 gst::info!(
                     CAT,

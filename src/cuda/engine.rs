@@ -435,12 +435,6 @@ impl CudaEngine {
         &self.name
     }
 
-    /// Whether some layers run in floating point (f16 tensor cores): non-fq and float models.
-    /// Their output is close to the CPU's, not bit-identical.
-    pub fn float_layers(&self) -> bool {
-        self.layout != Layout::Fq
-    }
-
     pub fn scale(&self) -> usize {
         self.net.config.scale as usize
     }

@@ -90,7 +90,6 @@ pub struct SharedCuda {
     device: usize,
     name: String,
     scale: usize,
-    float_layers: bool,
 }
 
 /// Live shared engines; an entry goes away with its last user.
@@ -113,7 +112,6 @@ impl SharedCuda {
         let s = Arc::new(SharedCuda {
             name: engine.device_name().to_string(),
             scale: engine.scale(),
-            float_layers: engine.float_layers(),
             batcher: Batcher::new(Exec { engine }, MAX_BATCH),
             model: model.clone(),
             device,
@@ -139,11 +137,6 @@ impl SharedCuda {
 
     pub fn scale(&self) -> usize {
         self.scale
-    }
-
-    /// See [`CudaEngine::float_layers`].
-    pub fn float_layers(&self) -> bool {
-        self.float_layers
     }
 
     /// Frames per launch of the most recent launches (up to 1024), oldest first.
