@@ -8,9 +8,9 @@
 //!
 //! On x86-64 with AVX2 and FMA, convolutions with a multiple of 16 output channels skip the
 //! im2col copy and the GEMM: [`direct`] keeps 6 output positions x 16 channels in registers
-//! and walks the 9 taps x `cin` inputs with broadcast-FMAs (about 1.3x the GEMM's speed on
-//! the 64->64 conv; `cargo bench --bench reference`). Each output is summed in one fixed
-//! order whatever the row blocks and threads, so results are deterministic.
+//! and walks the 9 taps x `cin` inputs with broadcast-FMAs (1.12–1.25x the GEMM's speed on
+//! the 64->64 conv here; `cargo bench --bench reference`, BENCHMARKS.md). Each output is
+//! summed in one fixed order whatever the row blocks and threads, so results are deterministic.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
