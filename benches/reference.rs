@@ -1,12 +1,14 @@
 //! Reference-engine benchmark: time per frame of an EDSR-baseline-size model (random weights),
-//! floating point and AdaBM fake-quant, plus the 64->64 conv alone.
+//! floating point and AdaBM fake-quant, plus the 64->64 and 64->256 convs alone through each
+//! f32 conv path (Winograd, direct, im2col GEMM).
 //!
 //!   cargo bench --bench reference -- [--scale 2] [--width 320] [--height 180] [--frames 5]
+//!     [--convs-only]
 
 use std::time::Instant;
 
 use gemm::Parallelism;
-use gstadabm::engine::conv::{self, ConvWeights, FeatureMap, conv3x3};
+use gstadabm::engine::conv::{self, ConvPath, ConvWeights, FeatureMap};
 use gstadabm::engine::random::{Rng, quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Options, QuantMode};
 
@@ -30,47 +32,68 @@ fn main() {
     let frames = arg("--frames", 5).max(1);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    // The 64->64 conv alone, as GMAC/s.
-    let mut rng = Rng::new(7);
-    let mut x = FeatureMap::zeros(h, w, 64);
-    x.map_interior(|_| 0.0);
-    for v in x.data.iter_mut() {
-        *v = rng.symmetric(1.0);
-    }
-    x.clear_border_columns();
-    let wts: Vec<f32> = (0..64 * 64 * 9).map(|_| rng.symmetric(0.05)).collect();
-    let cw = ConvWeights::from_oihw(64, 64, &wts, &[0.0; 64]);
+    // The conv alone, as GMAC/s (MACs of the plain convolution), through each f32 path this
+    // host can run, alternately, 10 rounds each (noisy hosts).
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap();
-    // The direct AVX2 kernel and the im2col GEMM alternately, 10 rounds each (noisy hosts).
-    let gmac = (w * h * 64 * 64 * 9) as f64 / 1e9;
-    let mut times = [Vec::new(), Vec::new()];
-    pool.install(|| {
-        for _ in 0..10 {
-            for (i, off) in [false, true].into_iter().enumerate() {
-                conv::direct::set_off(off);
-                let t = Instant::now();
-                std::hint::black_box(conv3x3(&x, &cw, Parallelism::Rayon(threads)));
-                times[i].push(t.elapsed().as_secs_f64() * 1e3);
-            }
+    let paths = [
+        ConvPath::Winograd,
+        ConvPath::Winograd2,
+        ConvPath::Direct,
+        ConvPath::Gemm,
+    ];
+    for (cin, cout) in [(64, 64), (64, 256)] {
+        let mut rng = Rng::new(7);
+        let mut x = FeatureMap::zeros(h, w, cin);
+        for v in x.data.iter_mut() {
+            *v = rng.symmetric(1.0);
         }
-    });
-    conv::direct::set_off(false);
-    let [direct_ms, gemm_ms] = times.map(median);
-    println!(
-        "conv3x3 64->64 {w}x{h}: direct {direct_ms:.2} ms ({:.1} GMAC/s){}, im2col GEMM {gemm_ms:.2} ms ({:.1} GMAC/s): {:.2}x",
-        gmac / direct_ms * 1e3,
-        if conv::direct::available() {
-            ""
-        } else {
-            " [not available: GEMM]"
-        },
-        gmac / gemm_ms * 1e3,
-        gemm_ms / direct_ms
-    );
+        x.data[..(w + 3) * cin].fill(0.0);
+        let n = x.data.len();
+        x.data[n - (w + 3) * cin..].fill(0.0);
+        x.clear_border_columns();
+        let wts: Vec<f32> = (0..cin * cout * 9).map(|_| rng.symmetric(0.05)).collect();
+        let cw = ConvWeights::from_oihw(cin, cout, &wts, &vec![0.0; cout]);
+        let gmac = (w * h * cin * cout * 9) as f64 / 1e9;
+        let mut out = vec![0.0f32; conv::rows_len(w, 0, h) * cout];
+        let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        pool.install(|| {
+            for _ in 0..10 {
+                for (i, &p) in paths.iter().enumerate() {
+                    if p.can_run(cin, cout) {
+                        let t = Instant::now();
+                        conv::conv3x3_rows_by(
+                            p,
+                            &x,
+                            &cw,
+                            0,
+                            h,
+                            &mut out,
+                            Parallelism::Rayon(threads),
+                        );
+                        std::hint::black_box(&out);
+                        times[i].push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+            }
+        });
+        let cells: Vec<String> = paths
+            .iter()
+            .zip(times)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(p, t)| {
+                let ms = median(t);
+                format!("{p:?} {ms:.2} ms ({:.1} GMAC/s)", gmac / ms * 1e3)
+            })
+            .collect();
+        println!("conv3x3 {cin}->{cout} {w}x{h}: {}", cells.join(", "));
+    }
 
+    if std::env::args().any(|a| a == "--convs-only") {
+        return;
+    }
     let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
     let macs = fp.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
     let img = test_image(w, h, 3);
@@ -102,22 +125,36 @@ fn main() {
     }
     println!("fake-quant / fp32 time ratio: {:.2}", rows[1].1 / rows[0].1);
 
-    // The fp32 network with the direct conv kernel and with the im2col GEMM, frame by frame
-    // alternately.
+    // The fp32 network with each conv path (Winograd where it suits, else direct; direct;
+    // im2col GEMM), frame by frame alternately.
     let engine = Engine::new(&fp, threads).unwrap();
-    let mut t = [Vec::new(), Vec::new()];
+    let modes = [
+        ("Winograd", false, false),
+        ("direct", true, false),
+        ("GEMM", true, true),
+    ];
+    let mut t = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..frames {
-        for (i, off) in [false, true].into_iter().enumerate() {
-            conv::direct::set_off(off);
+        for (i, &(_, wino_off, direct_off)) in modes.iter().enumerate() {
+            conv::winograd::set_off(wino_off);
+            conv::direct::set_off(direct_off);
             let t0 = Instant::now();
             std::hint::black_box(engine.upscale(&img, &Options::default()).unwrap());
             t[i].push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }
+    conv::winograd::set_off(false);
     conv::direct::set_off(false);
-    let [d, g] = t.map(median);
+    let ms = t.map(median);
     println!(
-        "EDSR-baseline x{scale} {w}x{h} fp32: direct convs {d:.0} ms/frame, im2col GEMM {g:.0} ms/frame: {:.2}x",
-        g / d
+        "EDSR-baseline x{scale} {w}x{h} fp32 ms/frame: {}; Winograd vs direct {:.2}x, vs GEMM {:.2}x",
+        modes
+            .iter()
+            .zip(ms)
+            .map(|((name, ..), m)| format!("{name} {m:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ms[1] / ms[0],
+        ms[2] / ms[0]
     );
 }

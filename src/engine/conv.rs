@@ -148,18 +148,96 @@ pub fn conv3x3_rows(
     out: &mut [f32],
     par: Parallelism,
 ) {
+    conv3x3_rows_by(
+        ConvPath::for_shape(cw.cin, cw.cout),
+        src,
+        cw,
+        y0,
+        y1,
+        out,
+        par,
+    );
+}
+
+/// How an f32 convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    /// im2col copy and a GEMM (any shape, any CPU).
+    Gemm,
+    /// [`direct`] (AVX2 + FMA, `cout` a multiple of 16).
+    Direct,
+    /// [`winograd`] F(4x4, 3x3) (AVX2 + FMA, shapes of [`winograd::suits`]).
+    Winograd,
+    /// [`winograd`] F(2x2, 3x3) (as [`ConvPath::Winograd`]; for comparison).
+    Winograd2,
+}
+
+impl ConvPath {
+    /// The path [`conv3x3_rows`] takes for this shape on this machine and settings.
+    pub fn for_shape(cin: usize, cout: usize) -> Self {
+        if winograd::enabled() && winograd::suits(cin, cout) {
+            Self::Winograd
+        } else if direct::enabled() && cout.is_multiple_of(16) {
+            Self::Direct
+        } else {
+            Self::Gemm
+        }
+    }
+
+    /// Whether this path can compute a `cin -> cout` conv here (whatever the settings).
+    pub fn can_run(self, cin: usize, cout: usize) -> bool {
+        match self {
+            Self::Gemm => true,
+            Self::Direct => direct::available() && cout.is_multiple_of(16),
+            Self::Winograd | Self::Winograd2 => direct::available() && winograd::suits(cin, cout),
+        }
+    }
+}
+
+/// [`conv3x3_rows`] through a given path (panics when it [`ConvPath::can_run`] not).
+pub fn conv3x3_rows_by(
+    path: ConvPath,
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    y0: usize,
+    y1: usize,
+    out: &mut [f32],
+    par: Parallelism,
+) {
     assert_eq!(src.c, cw.cin, "conv input channels");
     assert!(y0 < y1 && y1 <= src.h, "conv rows {y0}..{y1} of {}", src.h);
     let wp = src.wp();
     let m = rows_len(src.w, y0, y1);
     let (cin, cout) = (cw.cin, cw.cout);
     assert_eq!(out.len(), m * cout, "conv output length");
+    assert_eq!(cw.w.len(), 9 * cin * cout, "conv weights");
+    assert_eq!(cw.bias.len(), cout, "conv bias");
+    assert!(
+        path.can_run(cin, cout),
+        "{path:?} cannot run a {cin}->{cout} conv here"
+    );
     let p0 = (y0 + 1) * wp + 1;
+    let parallel = !matches!(par, Parallelism::None);
+    // SAFETY (both): AVX2 and FMA are present and the shape suits (can_run), `u` is packed
+    // for it, the rows, weights and `out` were checked above.
+    match path {
+        ConvPath::Winograd => {
+            let u = winograd::pack::<4>(&cw.w, cin, cout);
+            unsafe { winograd::conv_rows::<4>(src, &u, &cw.bias, cout, y0, y1, out, parallel) };
+            return;
+        }
+        ConvPath::Winograd2 => {
+            let u = winograd::pack::<2>(&cw.w, cin, cout);
+            unsafe { winograd::conv_rows::<2>(src, &u, &cw.bias, cout, y0, y1, out, parallel) };
+            return;
+        }
+        _ => {}
+    }
     // Blocks of output rows: each block gathers its 3x3 neighbourhoods into a small im2col
     // buffer (it stays in L2) and runs one GEMM with K = 9 * cin. Blocks run in parallel.
     let block = (BLOCK_VALUES / (9 * cin)).clamp(8, 512);
     let k = 9 * cin;
-    let use_direct = direct::enabled() && cout.is_multiple_of(16);
+    let use_direct = path == ConvPath::Direct;
     // The direct kernel's weights: per block of 16 output channels, 9*cin rows of 16 values.
     let packed = if use_direct {
         direct::pack(&cw.w, cin, cout)
@@ -375,6 +453,443 @@ pub mod direct {
     }
 }
 
+/// Winograd convolution F(m x m, 3x3) with AVX2 + FMA: each m x m block of outputs comes from
+/// its (m+2) x (m+2) input patch `d` as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` (Lavin & Gray, 2016),
+/// so the channel products take (m+2)² multiply-adds per m² outputs instead of 9 each:
+/// (m+2)² small GEMMs (tiles x `cin` by `cin` x `cout`, one per transformed position) between
+/// an input and an output transform. The convolutions use F(4x4, 3x3) (2.25 products per
+/// output; F(2x2, 3x3), 4 per output, is kept for comparison). Tiles sit at multiples of m of
+/// the whole map whatever rows a call asks for, so a row's values do not depend on how the
+/// rows are split between calls or threads. f32 rounding differs from the direct sum (the
+/// transforms' constants 1/4, 1/6, 1/12, 1/24 are not exact in binary): about 1e-6 of the
+/// output's scale.
+pub mod winograd {
+    use super::FeatureMap;
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static OFF: AtomicBool = AtomicBool::new(false);
+
+    /// Turns the Winograd path off (true) or back on, process-wide: for benchmarks that time
+    /// it against the direct kernel in one run.
+    pub fn set_off(off: bool) {
+        OFF.store(off, Ordering::Relaxed);
+    }
+
+    /// Whether convolutions of a suitable shape ([`suits`]) use [`conv_rows`]: AVX2 and FMA
+    /// are present, and neither [`set_off`] nor `ADABM_F32_CONV=direct` or `=gemm` turned it
+    /// off.
+    pub fn enabled() -> bool {
+        static ENV_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let env_off = *ENV_OFF.get_or_init(|| {
+            std::env::var("ADABM_F32_CONV").is_ok_and(|v| v == "gemm" || v == "direct")
+        });
+        super::direct::available() && !env_off && !OFF.load(Ordering::Relaxed)
+    }
+
+    /// Shapes this path takes: whole 8-channel input vectors, 16-channel output blocks, and
+    /// enough input channels for the GEMMs to outweigh the transforms.
+    pub fn suits(cin: usize, cout: usize) -> bool {
+        cin >= 16 && cin.is_multiple_of(8) && cout.is_multiple_of(16)
+    }
+
+    /// `G g` of one 3-vector for F(m, 3): m + 2 values (the first m + 2 of the array).
+    fn g_col<const MM: usize>(g: [f32; 3]) -> [f32; 6] {
+        let [a, b, c] = g;
+        match MM {
+            2 => [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c, 0.0, 0.0],
+            _ => [
+                a / 4.0,
+                -(a + b + c) / 6.0,
+                -(a - b + c) / 6.0,
+                a / 24.0 + b / 12.0 + c / 6.0,
+                a / 24.0 - b / 12.0 + c / 6.0,
+                c,
+            ],
+        }
+    }
+
+    /// `G g Gᵀ` of every (input, output) channel pair of `w` (`[tap][cin][cout]`) for
+    /// F(`MM`x`MM`, 3x3), laid out as [`conv_rows`] reads it: `[u][cout/16][cin][16]` for the
+    /// (`MM`+2)² transformed positions `u`.
+    pub fn pack<const MM: usize>(w: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+        let a = MM + 2;
+        let nb = cout / 16;
+        let mut p = vec![0.0f32; a * a * cin * cout];
+        for ci in 0..cin {
+            for co in 0..cout {
+                let g = |t: usize| w[(t * cin + ci) * cout + co];
+                // G g per kernel column (rows transformed), then (G g) Gᵀ per row.
+                let cols: [[f32; 6]; 3] =
+                    std::array::from_fn(|c| g_col::<MM>([g(c), g(3 + c), g(6 + c)]));
+                for i in 0..a {
+                    let row = g_col::<MM>([cols[0][i], cols[1][i], cols[2][i]]);
+                    for (j, &v) in row[..a].iter().enumerate() {
+                        p[(((i * a + j) * nb + co / 16) * cin + ci) * 16 + co % 16] = v;
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    /// Shares the output pointer between the threads; each work item writes its own tiles.
+    #[derive(Clone, Copy)]
+    struct OutPtr(*mut f32);
+    // SAFETY: the work items write disjoint positions (distinct tile rows or column ranges).
+    unsafe impl Send for OutPtr {}
+    unsafe impl Sync for OutPtr {}
+
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// The outputs of interior rows `y0..y1` of `src` into `out`, laid out as
+    /// [`super::conv3x3_rows`] does (positions on the border columns are left untouched), bias
+    /// included, from weights packed by [`pack`]`::<MM>`. Rows of tiles (and column ranges of
+    /// long rows) run in parallel when `parallel`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; [`suits`]`(src.c, cout)`; `MM` is 2 or 4; `u` from
+    /// [`pack`]`::<MM>` for `src.c` x `cout`; `bias.len() == cout`; `y0 < y1 <= src.h`;
+    /// `out.len()` as for [`super::conv3x3_rows`].
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn conv_rows<const MM: usize>(
+        src: &FeatureMap,
+        u: &[f32],
+        bias: &[f32],
+        cout: usize,
+        y0: usize,
+        y1: usize,
+        out: &mut [f32],
+        parallel: bool,
+    ) {
+        let (cin, w) = (src.c, src.w);
+        let a2 = (MM + 2) * (MM + 2);
+        debug_assert!(MM == 2 || MM == 4);
+        debug_assert!(suits(cin, cout) && u.len() == a2 * cin * cout && bias.len() == cout);
+        debug_assert!(y0 < y1 && y1 <= src.h);
+        debug_assert_eq!(out.len(), super::rows_len(w, y0, y1) * cout);
+        let tiles = w.div_ceil(MM);
+        // Tiles per work item: the transformed inputs and products of one item
+        // ((m+2)² x tc x (cin + cout) values) stay in L2; a multiple of the GEMM kernel's 6
+        // rows, the same size for every chunk of a row.
+        let most = ((98_304 / (a2 * (cin + cout))) / 6 * 6).max(6);
+        let chunks = tiles.div_ceil(most);
+        let tc = tiles.div_ceil(chunks).div_ceil(6) * 6;
+        let chunks = tiles.div_ceil(tc);
+        let (ty0, ty1) = (y0 / MM, (y1 - 1) / MM + 1);
+        let ptr = OutPtr(out.as_mut_ptr());
+        let item = |i: usize| {
+            let (ty, t0) = (ty0 + i / chunks, (i % chunks) * tc);
+            let n = tc.min(tiles - t0);
+            SCRATCH.with_borrow_mut(|s| {
+                // The zero input of positions beyond the map, then the transformed inputs and
+                // the products.
+                s.resize(cin + a2 * tc * (cin + cout), 0.0);
+                let (zeros, s) = s.split_at_mut(cin);
+                zeros.fill(0.0);
+                let (v, m) = s.split_at_mut(a2 * tc * cin);
+                // SAFETY: the caller's promises; item (ty, t0..t0 + n) writes only the
+                // outputs of its own tiles, inside rows y0..y1.
+                unsafe {
+                    input_transform::<MM>(src, ty, t0, n, tc, v, zeros);
+                    products(v, u, a2, cin, cout, n, tc, m);
+                    output_transform::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, ptr);
+                }
+            });
+        };
+        let count = (ty1 - ty0) * chunks;
+        if parallel {
+            (0..count).into_par_iter().for_each(item);
+        } else {
+            (0..count).for_each(item);
+        }
+    }
+
+    /// `Bᵀ d` of one column of m + 2 input vectors (the first m + 2 of each array).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn b_col<const MM: usize>(d: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; 6] {
+        use std::arch::x86_64::*;
+        let (add, sub) = (_mm256_add_ps, _mm256_sub_ps);
+        match MM {
+            2 => [
+                sub(d[0], d[2]),
+                add(d[1], d[2]),
+                sub(d[2], d[1]),
+                sub(d[1], d[3]),
+                d[4],
+                d[5],
+            ],
+            _ => {
+                let (c2, c4, c5) = (
+                    _mm256_set1_ps(2.0),
+                    _mm256_set1_ps(4.0),
+                    _mm256_set1_ps(5.0),
+                );
+                let fma = _mm256_fmadd_ps;
+                let nfma = _mm256_fnmadd_ps;
+                let (d42, d43) = (sub(d[4], d[2]), sub(d[4], d[3]));
+                [
+                    fma(c4, d[0], nfma(c5, d[2], d[4])),
+                    nfma(c4, add(d[1], d[2]), add(d[3], d[4])),
+                    fma(c4, sub(d[1], d[2]), d43),
+                    fma(c2, sub(d[3], d[1]), d42),
+                    fma(c2, sub(d[1], d[3]), d42),
+                    fma(c4, d[1], nfma(c5, d[3], d[5])),
+                ]
+            }
+        }
+    }
+
+    /// `Aᵀ m` of one column of m + 2 product vectors: m values (the first m of the array).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn a_col<const MM: usize>(m: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; 4] {
+        use std::arch::x86_64::*;
+        let (add, sub) = (_mm256_add_ps, _mm256_sub_ps);
+        let (s12, d12) = (add(m[1], m[2]), sub(m[1], m[2]));
+        match MM {
+            2 => [add(m[0], s12), sub(d12, m[3]), m[4], m[5]],
+            _ => {
+                let (s34, d34) = (add(m[3], m[4]), sub(m[3], m[4]));
+                let fma = _mm256_fmadd_ps;
+                [
+                    add(add(m[0], s12), s34),
+                    fma(_mm256_set1_ps(2.0), d34, d12),
+                    fma(_mm256_set1_ps(4.0), s34, s12),
+                    add(fma(_mm256_set1_ps(8.0), d34, d12), m[5]),
+                ]
+            }
+        }
+    }
+
+    /// `Bᵀ d B` of tiles `t0..t0 + n` of tile row `ty` into `v` (`[u][tc][cin]`). Input rows and
+    /// columns beyond the padded map (heights and widths that are not multiples of m) read as
+    /// zero.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn input_transform<const MM: usize>(
+        src: &FeatureMap,
+        ty: usize,
+        t0: usize,
+        n: usize,
+        tc: usize,
+        v: &mut [f32],
+        zeros: &[f32],
+    ) {
+        use std::arch::x86_64::*;
+        let a = MM + 2;
+        let (cin, wp) = (src.c, src.wp());
+        let rows_p = src.h + 2;
+        let base = src.data.as_ptr();
+        // SAFETY (whole body): rows MM·ty + i < h + 2 and columns MM·tx + j < w + 2 are inside
+        // the padded map; everything else reads `zeros` (cin values); v holds a² x tc x cin
+        // values.
+        unsafe {
+            let zero = _mm256_setzero_ps();
+            for tl in 0..n {
+                let tx = t0 + tl;
+                let mut at = [[zeros.as_ptr(); 6]; 6];
+                for (i, row) in at.iter_mut().enumerate().take(a) {
+                    let r = MM * ty + i;
+                    for (j, p) in row.iter_mut().enumerate().take(a) {
+                        let c = MM * tx + j;
+                        if r < rows_p && c < wp {
+                            *p = base.add((r * wp + c) * cin);
+                        }
+                    }
+                }
+                for c in (0..cin).step_by(8) {
+                    // Bᵀ d per column j, then (Bᵀ d) B per row i.
+                    let mut t = [[zero; 6]; 6];
+                    for j in 0..a {
+                        let d: [__m256; 6] = std::array::from_fn(|i| {
+                            if i < a {
+                                _mm256_loadu_ps(at[i][j].add(c))
+                            } else {
+                                zero
+                            }
+                        });
+                        for (ti, v) in t.iter_mut().zip(b_col::<MM>(d)) {
+                            ti[j] = v;
+                        }
+                    }
+                    for (i, r) in t.iter().enumerate().take(a) {
+                        let vals = b_col::<MM>(*r);
+                        for (j, x) in vals.into_iter().enumerate().take(a) {
+                            let q = i * a + j;
+                            _mm256_storeu_ps(v.as_mut_ptr().add((q * tc + tl) * cin + c), x);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `m[u] = v[u] · U[u]` for the `a2` positions: `n` tiles x `cin` by `cin` x `cout`.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn products(
+        v: &[f32],
+        u: &[f32],
+        a2: usize,
+        cin: usize,
+        cout: usize,
+        n: usize,
+        tc: usize,
+        m: &mut [f32],
+    ) {
+        let nb = cout / 16;
+        // SAFETY: v is a2 x tc x cin, m a2 x tc x cout, u a2 x nb x cin x 16 values; the
+        // kernels read rows tl..tl + k < n of v and write the same rows of m.
+        unsafe {
+            for q in 0..a2 {
+                for ob in 0..nb {
+                    let wt = u.as_ptr().add((q * nb + ob) * cin * 16);
+                    let mut tl = 0;
+                    while tl < n {
+                        let k = (n - tl).min(6);
+                        let x = v.as_ptr().add((q * tc + tl) * cin);
+                        let o = m.as_mut_ptr().add((q * tc + tl) * cout + ob * 16);
+                        match k {
+                            6 => gemm_block::<6>(x, cin, wt, o, cout),
+                            5 => gemm_block::<5>(x, cin, wt, o, cout),
+                            4 => gemm_block::<4>(x, cin, wt, o, cout),
+                            3 => gemm_block::<3>(x, cin, wt, o, cout),
+                            2 => gemm_block::<2>(x, cin, wt, o, cout),
+                            _ => gemm_block::<1>(x, cin, wt, o, cout),
+                        }
+                        tl += k;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `N` rows (stride `cin`) times `cin` x 16 weights into `N` x 16 outputs (stride `cout`).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn gemm_block<const N: usize>(
+        x: *const f32,
+        cin: usize,
+        w: *const f32,
+        out: *mut f32,
+        cout: usize,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY (whole body): the caller's bounds; unaligned loads and stores only.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; N];
+            for ci in 0..cin {
+                let w0 = _mm256_loadu_ps(w.add(ci * 16));
+                let w1 = _mm256_loadu_ps(w.add(ci * 16 + 8));
+                for (px, a) in acc.iter_mut().enumerate() {
+                    let b = _mm256_broadcast_ss(&*x.add(px * cin + ci));
+                    a[0] = _mm256_fmadd_ps(b, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(b, w1, a[1]);
+                }
+            }
+            for (px, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(px * cout), a[0]);
+                _mm256_storeu_ps(out.add(px * cout + 8), a[1]);
+            }
+        }
+    }
+
+    /// `Aᵀ m A + bias` of tiles `t0..t0 + n` of tile row `ty`: the outputs that lie in rows
+    /// `y0..y1` and columns `< w` go to their positions of `out` (see [`conv_rows`]).
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn output_transform<const MM: usize>(
+        m: &[f32],
+        bias: &[f32],
+        src: &FeatureMap,
+        cout: usize,
+        ty: usize,
+        t0: usize,
+        n: usize,
+        tc: usize,
+        y0: usize,
+        y1: usize,
+        out: OutPtr,
+    ) {
+        use std::arch::x86_64::*;
+        let a = MM + 2;
+        let (w, wp) = (src.w, src.wp());
+        let p0 = (y0 + 1) * wp + 1;
+        // SAFETY (whole body): m holds a² x tc x cout values; the outputs written are interior
+        // positions of rows y0..y1, inside `out` (rows_len positions from p0).
+        unsafe {
+            let zero = _mm256_setzero_ps();
+            for tl in 0..n {
+                let tx = t0 + tl;
+                let mut dst = [[std::ptr::null_mut::<f32>(); 4]; 4];
+                for (r, row) in dst.iter_mut().enumerate().take(MM) {
+                    let y = MM * ty + r;
+                    for (b, p) in row.iter_mut().enumerate().take(MM) {
+                        let x = MM * tx + b;
+                        if y >= y0 && y < y1 && x < w {
+                            *p = out.0.add(((y + 1) * wp + x + 1 - p0) * cout);
+                        }
+                    }
+                }
+                for c in (0..cout).step_by(8) {
+                    // Aᵀ m per column j, then (Aᵀ m) A per output row.
+                    let mut t = [[zero; 6]; 4];
+                    for j in 0..a {
+                        let col: [__m256; 6] = std::array::from_fn(|i| {
+                            if i < a {
+                                _mm256_loadu_ps(m.as_ptr().add(((i * a + j) * tc + tl) * cout + c))
+                            } else {
+                                zero
+                            }
+                        });
+                        for (ti, v) in t.iter_mut().zip(a_col::<MM>(col)) {
+                            ti[j] = v;
+                        }
+                    }
+                    let b = _mm256_loadu_ps(bias.as_ptr().add(c));
+                    for (r, row) in t.iter().enumerate().take(MM) {
+                        let ys = a_col::<MM>(*row);
+                        for (bc, yv) in ys.into_iter().enumerate().take(MM) {
+                            let p = dst[r][bc];
+                            if !p.is_null() {
+                                _mm256_storeu_ps(p.add(c), _mm256_add_ps(yv, b));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Never called: [`enabled`] is false off x86-64.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn conv_rows<const MM: usize>(
+        _src: &FeatureMap,
+        _u: &[f32],
+        _bias: &[f32],
+        _cout: usize,
+        _y0: usize,
+        _y1: usize,
+        _out: &mut [f32],
+        _parallel: bool,
+    ) {
+        unreachable!("winograd::enabled() is false here")
+    }
+}
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -463,18 +978,23 @@ mod tests {
         out
     }
 
-    /// The direct AVX2 kernel (cout a multiple of 16) and the im2col GEMM (other cout) give
-    /// the convolution on odd sizes, several row blocks and position tails, the same bits with
-    /// and without threads.
+    /// Each f32 path that can run here (im2col GEMM, direct AVX2 kernel, Winograd) gives the
+    /// convolution on 1x1, odd and even sizes, several row blocks, position and tile tails;
+    /// the same bits with and without threads, and for rows computed in separate calls.
     #[test]
     fn conv3x3_matches_a_plain_convolution() {
         let mut rng = Rng::new(3);
+        let mut ran = [0usize; 4];
         for (h, w, cin, cout) in [
             (1, 1, 3, 16),
+            (1, 1, 64, 64),
+            (2, 2, 16, 16),
             (5, 7, 3, 64),
             (9, 13, 64, 64),
-            (4, 300, 64, 64), // several row blocks
+            (4, 300, 64, 64), // several row blocks / tile chunks
             (6, 5, 32, 256),
+            (7, 9, 256, 64),
+            (5, 5, 24, 32),
             (7, 11, 64, 3),
             (3, 9, 16, 24),
         ] {
@@ -491,28 +1011,70 @@ mod tests {
             let bias: Vec<f32> = (0..cout).map(|_| rng.symmetric(0.5)).collect();
             let cw = ConvWeights::from_oihw(cin, cout, &oihw, &bias);
             let want = naive(&x, &cw);
-            let got = conv3x3(&x, &cw, Parallelism::None);
-            let par = conv3x3(&x, &cw, Parallelism::Rayon(2));
-            assert!(
-                got.data == par.data,
-                "{h}x{w} {cin}->{cout}: threads change the result"
-            );
-            for y in 0..h {
-                for xx in 0..w {
-                    let d = got.idx(y, xx);
-                    for o in 0..cout {
-                        let (g, e) = (got.data[d + o] as f64, want[(y * w + xx) * cout + o]);
-                        assert!(
-                            (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                            "{h}x{w} {cin}->{cout} at ({y},{xx}) ch {o}: {g} vs {e}"
-                        );
+            for (pi, path) in [
+                ConvPath::Gemm,
+                ConvPath::Direct,
+                ConvPath::Winograd,
+                ConvPath::Winograd2,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if !path.can_run(cin, cout) {
+                    continue;
+                }
+                ran[pi] += 1;
+                let run = |par: Parallelism, splits: &[usize]| {
+                    let mut dst = FeatureMap::zeros(h, w, cout);
+                    let p0 = x.wp() + 1;
+                    let mut y0 = 0;
+                    for &y1 in splits.iter().chain([&h]) {
+                        if y1 <= y0 || y1 > h {
+                            continue;
+                        }
+                        let a = (p0 + y0 * x.wp()) * cout;
+                        let len = rows_len(w, y0, y1) * cout;
+                        conv3x3_rows_by(path, &x, &cw, y0, y1, &mut dst.data[a..a + len], par);
+                        y0 = y1;
+                    }
+                    dst.clear_border_columns();
+                    dst
+                };
+                let got = run(Parallelism::None, &[]);
+                let tag = format!("{path:?} {h}x{w} {cin}->{cout}");
+                assert!(
+                    got.data == run(Parallelism::Rayon(2), &[]).data,
+                    "{tag}: threads change the result"
+                );
+                // (The GEMM crate's blocking, and so its rounding, follows the block sizes.)
+                assert!(
+                    path == ConvPath::Gemm || got.data == run(Parallelism::None, &[1, 2, 5]).data,
+                    "{tag}: rows computed apart differ"
+                );
+                for y in 0..h {
+                    for xx in 0..w {
+                        let d = got.idx(y, xx);
+                        for o in 0..cout {
+                            let (g, e) = (got.data[d + o] as f64, want[(y * w + xx) * cout + o]);
+                            assert!(
+                                (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                                "{tag} at ({y},{xx}) ch {o}: {g} vs {e}"
+                            );
+                        }
                     }
                 }
+                assert!(
+                    got.data[..got.idx(0, 0)].iter().all(|&v| v == 0.0),
+                    "{tag}: border written"
+                );
             }
-            assert!(
-                got.data[..got.idx(0, 0)].iter().all(|&v| v == 0.0),
-                "border written"
-            );
+        }
+        let avx2 = direct::available();
+        assert_eq!(ran[0], 11);
+        assert_eq!(ran[1] > 0, avx2, "direct kernel coverage");
+        assert_eq!(ran[2] > 0 && ran[3] > 0, avx2, "Winograd coverage");
+        if !avx2 {
+            eprintln!("no AVX2+FMA here: only the im2col GEMM path was checked");
         }
     }
 }
