@@ -10,7 +10,7 @@ use std::time::Instant;
 use gemm::Parallelism;
 use gstadabm::engine::conv::{self, ConvPath, ConvWeights, FeatureMap};
 use gstadabm::engine::random::{Rng, quantize_on_synthetic, random_model, test_image};
-use gstadabm::engine::{EdsrConfig, Engine, Options, QuantMode};
+use gstadabm::engine::{EdsrConfig, Engine, Execution, Options, QuantMode};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -105,7 +105,9 @@ fn main() {
         ("fake-quant fq w4a4", &fq),
         ("fake-quant non-fq w4a4", &nonfq),
     ] {
-        let engine = Engine::new(model, threads).unwrap();
+        // The method page's f32 fake-quant reference (Engine::new would run quantized
+        // models on the integer engine).
+        let engine = Engine::with_execution(model, threads, Execution::FakeQuant).unwrap();
         let _ = engine.upscale(&img, &Options::default()).unwrap();
         let times: Vec<f64> = (0..frames)
             .map(|_| {

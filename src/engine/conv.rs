@@ -7,10 +7,14 @@
 //! The outputs that land on the border columns are garbage and are zeroed afterwards.
 //!
 //! On x86-64 with AVX2 and FMA, convolutions with a multiple of 16 output channels skip the
-//! im2col copy and the GEMM: [`direct`] keeps 6 output positions x 16 channels in registers
-//! and walks the 9 taps x `cin` inputs with broadcast-FMAs (1.12–1.25x the GEMM's speed on
-//! the 64->64 conv here; `cargo bench --bench reference`, BENCHMARKS.md). Each output is
-//! summed in one fixed order whatever the row blocks and threads, so results are deterministic.
+//! im2col copy and the GEMM ([`ConvPath`]): with at least 16 input channels (a multiple of 8)
+//! they run as Winograd F(4x4, 3x3) ([`winograd`]: 2.25 instead of 9 products per output;
+//! about 2.0x the direct kernel on the 64->64 conv here and 2.6x on 64->256), otherwise
+//! [`direct`] keeps 6 output positions x 16 channels in registers and walks the 9 taps x `cin`
+//! inputs with broadcast-FMAs (1.12–1.25x the GEMM's speed on the 64->64 conv). `cargo bench
+//! --bench reference`, BENCHMARKS.md. `ADABM_F32_CONV=direct` or `=gemm` picks a slower path.
+//! Each output is computed in one fixed order whatever the row blocks and threads, so results
+//! are deterministic.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
