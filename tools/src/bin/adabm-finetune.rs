@@ -160,10 +160,21 @@ fn main() -> Result<()> {
     let total = st.epochs * st.iters;
     let t1 = Instant::now();
     let mut done = 0usize;
+    // Seconds per iteration from the end of the first one on: the teacher cache and the
+    // bit-aware clipping before it are one-off costs.
+    let mut first = 0.0f64;
     let logs = finetune::finetune(&mut net, &crops, &st, |p| {
         done += 1;
         let el = t1.elapsed().as_secs_f64();
-        let eta = el / done as f64 * (total - done) as f64;
+        if done == 1 {
+            first = el;
+        }
+        let per = if done > 1 {
+            (el - first) / (done - 1) as f64
+        } else {
+            el
+        };
+        let eta = per * (total - done) as f64;
         let bar: String = (0..20)
             .map(|i| if i * st.iters < 20 * p.iter { '#' } else { '.' })
             .collect();
@@ -178,7 +189,7 @@ fn main() -> Result<()> {
             p.mean.skt,
             p.mean.bit,
             p.mean.avg_bits,
-            el / done as f64,
+            per,
             eta
         );
         let mut e = std::io::stderr();
