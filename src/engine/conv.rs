@@ -181,7 +181,14 @@ impl ConvPath {
     pub fn for_shape(cin: usize, cout: usize) -> Self {
         if winograd::enabled() && winograd::suits(cin, cout) {
             Self::Winograd
-        } else if direct::enabled() && cout.is_multiple_of(16) {
+        } else {
+            Self::local_for_shape(cout)
+        }
+    }
+
+    /// The path [`conv3x3_local`] takes: direct or GEMM, never Winograd.
+    pub fn local_for_shape(cout: usize) -> Self {
+        if direct::enabled() && cout.is_multiple_of(16) {
             Self::Direct
         } else {
             Self::Gemm
@@ -902,6 +909,26 @@ thread_local! {
 pub fn conv3x3(src: &FeatureMap, cw: &ConvWeights, par: Parallelism) -> FeatureMap {
     let mut dst = FeatureMap::zeros(src.h, src.w, cw.cout);
     conv3x3_into(src, cw, &mut dst, par);
+    dst
+}
+
+/// [`conv3x3`] without the Winograd path: each output is summed from its own 3x3
+/// neighbourhood only, in a fixed order, so a tile of a map (with a halo) gets exactly the
+/// whole map's values wherever its inputs are the whole map's. A Winograd output also reads
+/// the rest of its tile's input patch, whose contributions cancel in exact arithmetic but not
+/// in f32: near a tile's halo that changes the last bits. The integer engine's floating-point
+/// layers use this, so its output stays the same bits tiled or not.
+pub fn conv3x3_local(src: &FeatureMap, cw: &ConvWeights, par: Parallelism) -> FeatureMap {
+    let mut dst = FeatureMap::zeros(src.h, src.w, cw.cout);
+    if src.h == 0 || src.w == 0 {
+        return dst;
+    }
+    let p0 = src.wp() + 1;
+    let m = rows_len(src.w, 0, src.h);
+    let out = &mut dst.data[p0 * cw.cout..(p0 + m) * cw.cout];
+    let path = ConvPath::local_for_shape(cw.cout);
+    conv3x3_rows_by(path, src, cw, 0, src.h, out, par);
+    dst.clear_border_columns();
     dst
 }
 

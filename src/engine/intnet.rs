@@ -286,7 +286,8 @@ impl IntNetwork {
                 Some((level, pc)) => intcpu::conv_forward(level, c, pc, x, a),
                 None => c.forward(&CodeMap::quantize(x, a), a),
             },
-            (IntLayer::Float(w), _) => conv::conv3x3(x, w, Parallelism::Rayon(0)),
+            // Not Winograd: the integer engine's output is the same bits tiled or not.
+            (IntLayer::Float(w), _) => conv::conv3x3_local(x, w, Parallelism::Rayon(0)),
             (IntLayer::Int(_), None) => unreachable!("integer layer without activation bits"),
         }
     }
