@@ -138,13 +138,28 @@ impl Network {
         par: Parallelism,
         obs: &mut Option<Observer>,
     ) -> FeatureMap {
+        let mut dst = FeatureMap::zeros(x.h, x.w, self.layers[k].weights.cout);
+        self.conv_into(k, x, &mut dst, plan, par, obs);
+        dst
+    }
+
+    /// [`Self::conv`] into an existing map of the output's shape (its border stays zero).
+    fn conv_into(
+        &self,
+        k: usize,
+        x: &FeatureMap,
+        dst: &mut FeatureMap,
+        plan: &BitPlan,
+        par: Parallelism,
+        obs: &mut Option<Observer>,
+    ) {
         if let Some(o) = obs.as_mut() {
             o(k, x);
         }
         let layer = &self.layers[k];
         match self.quantized_input(k, x, plan) {
-            Some(q) => conv::conv3x3(&q, &layer.weights, par),
-            None => conv::conv3x3(x, &layer.weights, par),
+            Some(q) => conv::conv3x3_into(&q, &layer.weights, dst, par),
+            None => conv::conv3x3_into(x, &layer.weights, dst, par),
         }
     }
 
@@ -175,15 +190,19 @@ impl Network {
         let head = self.conv(0, input, plan, par, &mut obs);
         let mut res = head.clone();
         let mut k = 1;
+        // The blocks' two intermediate maps are reused from block to block (each fresh map is
+        // a round of page faults for the allocator).
+        let (mut t1, mut t2) = (res.clone(), res.clone());
         for _ in 0..self.config.n_resblocks {
-            let mut t = self.conv(k, &res, plan, par, &mut obs);
-            t.map_interior(|v| v.max(0.0));
-            let t = self.conv(k + 1, &t, plan, par, &mut obs);
-            for (r, v) in res.data.iter_mut().zip(&t.data) {
+            self.conv_into(k, &res, &mut t1, plan, par, &mut obs);
+            t1.map_interior(|v| v.max(0.0));
+            self.conv_into(k + 1, &t1, &mut t2, plan, par, &mut obs);
+            for (r, v) in res.data.iter_mut().zip(&t2.data) {
                 *r += res_scale * v;
             }
             k += 2;
         }
+        drop((t1, t2));
         let mut x = self.conv(k, &res, plan, par, &mut obs);
         drop(res);
         for (a, b) in x.data.iter_mut().zip(&head.data) {
