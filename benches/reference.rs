@@ -1,5 +1,5 @@
 //! Reference-engine benchmark: time per frame of an EDSR-baseline-size model (random weights),
-//! floating point and AdaBM fake-quant, plus the 64->64 and 64->256 convs alone through each
+//! floating point and AdaBM fake-quant, plus the 64->64, 64->256 and 64->3 convs alone through each
 //! f32 conv path (Winograd, direct, im2col GEMM).
 //!
 //!   cargo bench --bench reference -- [--scale 2] [--width 320] [--height 180] [--frames 5]
@@ -44,7 +44,7 @@ fn main() {
         ConvPath::Direct,
         ConvPath::Gemm,
     ];
-    for (cin, cout) in [(64, 64), (64, 256)] {
+    for (cin, cout) in [(64, 64), (64, 256), (64, 3)] {
         let mut rng = Rng::new(7);
         let mut x = FeatureMap::zeros(h, w, cin);
         for v in x.data.iter_mut() {

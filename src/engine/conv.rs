@@ -182,13 +182,13 @@ impl ConvPath {
         if winograd::enabled() && winograd::suits(cin, cout) {
             Self::Winograd
         } else {
-            Self::local_for_shape(cout)
+            Self::local_for_shape(cin, cout)
         }
     }
 
     /// The path [`conv3x3_local`] takes: direct or GEMM, never Winograd.
-    pub fn local_for_shape(cout: usize) -> Self {
-        if direct::enabled() && cout.is_multiple_of(16) {
+    pub fn local_for_shape(cin: usize, cout: usize) -> Self {
+        if direct::enabled() && direct::suits(cin, cout) {
             Self::Direct
         } else {
             Self::Gemm
@@ -199,7 +199,7 @@ impl ConvPath {
     pub fn can_run(self, cin: usize, cout: usize) -> bool {
         match self {
             Self::Gemm => true,
-            Self::Direct => direct::available() && cout.is_multiple_of(16),
+            Self::Direct => direct::available() && direct::suits(cin, cout),
             Self::Winograd | Self::Winograd2 => direct::available() && winograd::suits(cin, cout),
         }
     }
@@ -249,11 +249,12 @@ pub fn conv3x3_rows_by(
     let block = (BLOCK_VALUES / (9 * cin)).clamp(8, 512);
     let k = 9 * cin;
     let use_direct = path == ConvPath::Direct;
-    // The direct kernel's weights: per block of 16 output channels, 9*cin rows of 16 values.
-    let packed = if use_direct {
-        direct::pack(&cw.w, cin, cout)
-    } else {
-        Vec::new()
+    // The direct kernel's weights: per block of 16 output channels, 9*cin rows of 16 values
+    // (for 3 output channels, per channel its 9*cin values).
+    let packed = match (use_direct, cout) {
+        (false, _) => Vec::new(),
+        (true, 3) => direct::pack_rgb(&cw.w, cin),
+        (true, _) => direct::pack(&cw.w, cin, cout),
     };
     let run = |(b, out): (usize, &mut [f32])| {
         let pb = p0 + b * block;
@@ -261,7 +262,13 @@ pub fn conv3x3_rows_by(
         if use_direct {
             // SAFETY: AVX2 and FMA are present; positions read lie in y0*wp ..= (y1+2)*wp - 1
             // (as for the im2col copy below), inside `src.data`; `cw.w` is 9*cin x cout.
-            unsafe { direct::conv_rows(&src.data, wp, cin, &packed, &cw.bias, cout, pb, out) };
+            unsafe {
+                if cout == 3 {
+                    direct::conv_rows_rgb(&src.data, wp, cin, &packed, &cw.bias, pb, out);
+                } else {
+                    direct::conv_rows(&src.data, wp, cin, &packed, &cw.bias, cout, pb, out);
+                }
+            }
             return;
         }
         SCRATCH.with_borrow_mut(|cols| {
@@ -445,6 +452,120 @@ pub mod direct {
                 _mm256_storeu_ps(out.add(px * cout + ob + 8), a[1]);
             }
         }
+    }
+
+    /// Shapes the direct kernels take: a multiple of 16 output channels ([`conv_rows`]), or
+    /// the 3 of an RGB tail from a multiple of 8 inputs ([`conv_rows_rgb`]).
+    pub fn suits(cin: usize, cout: usize) -> bool {
+        cout.is_multiple_of(16) || (cout == 3 && cin.is_multiple_of(8))
+    }
+
+    /// `w` (`9*cin x 3`, row-major) as [`conv_rows_rgb`] reads it: per output channel, its
+    /// `9*cin` weights in tap-major order.
+    pub fn pack_rgb(w: &[f32], cin: usize) -> Vec<f32> {
+        (0..3)
+            .flat_map(|o| (0..9 * cin).map(move |row| w[row * 3 + o]))
+            .collect()
+    }
+
+    /// [`conv_rows`] for 3 output channels (the network's RGB tail): per block of 4
+    /// positions, 12 accumulators of 8 input channels each over the 9 taps, reduced at the
+    /// end; weights from [`pack_rgb`]. Each output is summed in one fixed order.
+    ///
+    /// # Safety
+    /// As [`conv_rows`], with `cin` a multiple of 8, `w` from [`pack_rgb`] and `bias.len() ==
+    /// 3`.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn conv_rows_rgb(
+        src: &[f32],
+        wp: usize,
+        cin: usize,
+        w: &[f32],
+        bias: &[f32],
+        pb: usize,
+        out: &mut [f32],
+    ) {
+        debug_assert!(cin.is_multiple_of(8) && w.len() == 27 * cin && bias.len() == 3);
+        let mb = out.len() / 3;
+        let mut r = 0;
+        while r < mb {
+            let n = (mb - r).min(4);
+            let q = pb + r - wp - 1;
+            debug_assert!((q + n + 1 + 2 * wp + 1) * cin <= src.len());
+            // SAFETY: as the caller promised; n ≤ 4 positions from r.
+            unsafe {
+                let x = src.as_ptr().add(q * cin);
+                let o = out.as_mut_ptr().add(r * 3);
+                match n {
+                    4 => block_rgb::<4>(x, wp, cin, w, bias, o),
+                    3 => block_rgb::<3>(x, wp, cin, w, bias, o),
+                    2 => block_rgb::<2>(x, wp, cin, w, bias, o),
+                    _ => block_rgb::<1>(x, wp, cin, w, bias, o),
+                }
+            }
+            r += n;
+        }
+    }
+
+    /// `N` consecutive positions x 3 output channels: 3N accumulators.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn block_rgb<const N: usize>(
+        x: *const f32,
+        wp: usize,
+        cin: usize,
+        w: &[f32],
+        bias: &[f32],
+        out: *mut f32,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY (whole body): the caller's bounds; unaligned loads only.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 3]; N];
+            let k = 9 * cin;
+            for tap in 0..9 {
+                let xt = x.add((tap / 3 * wp + tap % 3) * cin);
+                let wt = w.as_ptr().add(tap * cin);
+                for c in (0..cin).step_by(8) {
+                    let w0 = _mm256_loadu_ps(wt.add(c));
+                    let w1 = _mm256_loadu_ps(wt.add(k + c));
+                    let w2 = _mm256_loadu_ps(wt.add(2 * k + c));
+                    for (px, a) in acc.iter_mut().enumerate() {
+                        let v = _mm256_loadu_ps(xt.add(px * cin + c));
+                        a[0] = _mm256_fmadd_ps(v, w0, a[0]);
+                        a[1] = _mm256_fmadd_ps(v, w1, a[1]);
+                        a[2] = _mm256_fmadd_ps(v, w2, a[2]);
+                    }
+                }
+            }
+            for (px, a) in acc.iter().enumerate() {
+                for (ch, v) in a.iter().enumerate() {
+                    // Lanes 0..8 summed pairwise: (0+4, 1+5, 2+6, 3+7), then halves, then two.
+                    let s = _mm_add_ps(_mm256_castps256_ps128(*v), _mm256_extractf128_ps(*v, 1));
+                    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                    *out.add(px * 3 + ch) = _mm_cvtss_f32(s) + bias[ch];
+                }
+            }
+        }
+    }
+
+    /// Never called: [`available`] is false off x86-64.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn conv_rows_rgb(
+        _src: &[f32],
+        _wp: usize,
+        _cin: usize,
+        _w: &[f32],
+        _bias: &[f32],
+        _pb: usize,
+        _out: &mut [f32],
+    ) {
+        unreachable!("direct::available() is false here")
     }
 
     /// Never called: [`available`] is false off x86-64.
@@ -926,7 +1047,7 @@ pub fn conv3x3_local(src: &FeatureMap, cw: &ConvWeights, par: Parallelism) -> Fe
     let p0 = src.wp() + 1;
     let m = rows_len(src.w, 0, src.h);
     let out = &mut dst.data[p0 * cw.cout..(p0 + m) * cw.cout];
-    let path = ConvPath::local_for_shape(cw.cout);
+    let path = ConvPath::local_for_shape(cw.cin, cw.cout);
     conv3x3_rows_by(path, src, cw, 0, src.h, out, par);
     dst.clear_border_columns();
     dst
@@ -1027,6 +1148,9 @@ mod tests {
             (7, 9, 256, 64),
             (5, 5, 24, 32),
             (7, 11, 64, 3),
+            (1, 1, 32, 3),
+            (6, 300, 32, 3), // several row blocks
+            (4, 5, 12, 3),   // 3 outputs from a non-multiple of 8: GEMM only
             (3, 9, 16, 24),
         ] {
             let mut x = FeatureMap::zeros(h, w, cin);
@@ -1101,7 +1225,7 @@ mod tests {
             }
         }
         let avx2 = direct::available();
-        assert_eq!(ran[0], 11);
+        assert_eq!(ran[0], 14);
         assert_eq!(ran[1] > 0, avx2, "direct kernel coverage");
         assert_eq!(ran[2] > 0 && ran[3] > 0, avx2, "Winograd coverage");
         if !avx2 {
