@@ -11,7 +11,8 @@
 //! they run as Winograd F(4x4, 3x3) ([`winograd`]: 2.25 instead of 9 products per output;
 //! about 2.0x the direct kernel on the 64->64 conv here and 2.6x on 64->256), otherwise
 //! [`direct`] keeps 6 output positions x 16 channels in registers and walks the 9 taps x `cin`
-//! inputs with broadcast-FMAs (1.12–1.25x the GEMM's speed on the 64->64 conv). `cargo bench
+//! inputs with broadcast-FMAs (1.12–1.25x the GEMM's speed on the 64->64 conv); the RGB tail
+//! (3 output channels) has a direct kernel of its own (about 5x the GEMM). `cargo bench
 //! --bench reference`, BENCHMARKS.md. `ADABM_F32_CONV=direct` or `=gemm` picks a slower path.
 //! Each output is computed in one fixed order whatever the row blocks and threads, so results
 //! are deterministic.
