@@ -169,7 +169,7 @@ pub fn conv3x3_rows(
 pub enum ConvPath {
     /// im2col copy and a GEMM (any shape, any CPU).
     Gemm,
-    /// [`direct`] (AVX2 + FMA, `cout` a multiple of 16).
+    /// [`direct`] (AVX2 + FMA, shapes of [`direct::suits`]).
     Direct,
     /// [`winograd`] F(4x4, 3x3) (AVX2 + FMA, shapes of [`winograd::suits`]).
     Winograd,
@@ -206,7 +206,8 @@ impl ConvPath {
     }
 }
 
-/// [`conv3x3_rows`] through a given path (panics when it [`ConvPath::can_run`] not).
+/// [`conv3x3_rows`] through a given path (panics when the path cannot run this shape here:
+/// [`ConvPath::can_run`]).
 pub fn conv3x3_rows_by(
     path: ConvPath,
     src: &FeatureMap,
