@@ -206,6 +206,22 @@ impl ConvPath {
     }
 }
 
+/// Whether `ADABM_F32_CONV` (read once) allows `path`: `gemm` allows only the GEMM,
+/// `direct` the GEMM and the direct kernels, anything else (or nothing) every path.
+fn env_allows(path: ConvPath) -> bool {
+    static LIMIT: std::sync::OnceLock<ConvPath> = std::sync::OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| match std::env::var("ADABM_F32_CONV").as_deref() {
+        Ok("gemm") => ConvPath::Gemm,
+        Ok("direct") => ConvPath::Direct,
+        _ => ConvPath::Winograd,
+    });
+    match limit {
+        ConvPath::Gemm => path == ConvPath::Gemm,
+        ConvPath::Direct => matches!(path, ConvPath::Gemm | ConvPath::Direct),
+        _ => true,
+    }
+}
+
 /// [`conv3x3_rows`] through a given path (panics when the path cannot run this shape here:
 /// [`ConvPath::can_run`]).
 pub fn conv3x3_rows_by(
@@ -335,10 +351,7 @@ pub mod direct {
     /// Whether convolutions use [`conv_rows`]: available, and not turned off by [`set_off`]
     /// or by `ADABM_F32_CONV=gemm` in the environment.
     pub fn enabled() -> bool {
-        static ENV_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let env_off =
-            *ENV_OFF.get_or_init(|| std::env::var("ADABM_F32_CONV").is_ok_and(|v| v == "gemm"));
-        available() && !env_off && !OFF.load(Ordering::Relaxed)
+        available() && super::env_allows(super::ConvPath::Direct) && !OFF.load(Ordering::Relaxed)
     }
 
     /// Whether [`conv_rows`] can run here (checked once by std).
@@ -415,6 +428,36 @@ pub mod direct {
         }
     }
 
+    /// `acc[px] += Σ_ci x[px·cin + ci] · w[ci][0..16]` for `N` rows of `cin` inputs (stride
+    /// `cin`) and `cin` x 16 weights: the broadcast-FMA loop of [`conv_rows`]' taps and of the
+    /// Winograd GEMMs ([`super::winograd`]). Summed in `ci` order.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `x` readable for `N·cin` values, `w` for `16·cin`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn accumulate<const N: usize>(
+        acc: &mut [[std::arch::x86_64::__m256; 2]; N],
+        x: *const f32,
+        cin: usize,
+        w: *const f32,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY (whole body): the caller's bounds; unaligned loads only.
+        unsafe {
+            for ci in 0..cin {
+                let w0 = _mm256_loadu_ps(w.add(ci * 16));
+                let w1 = _mm256_loadu_ps(w.add(ci * 16 + 8));
+                for (px, a) in acc.iter_mut().enumerate() {
+                    let v = _mm256_broadcast_ss(&*x.add(px * cin + ci));
+                    a[0] = _mm256_fmadd_ps(v, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(v, w1, a[1]);
+                }
+            }
+        }
+    }
+
     /// `N` consecutive positions x 16 output channels from `ob`: 2N accumulators.
     #[allow(clippy::too_many_arguments)]
     #[cfg(target_arch = "x86_64")]
@@ -439,15 +482,7 @@ pub mod direct {
             for tap in 0..9 {
                 let xt = x.add((tap / 3 * wp + tap % 3) * cin);
                 let wt = w.as_ptr().add(ob * 9 * cin + tap * cin * 16);
-                for ci in 0..cin {
-                    let w0 = _mm256_loadu_ps(wt.add(ci * 16));
-                    let w1 = _mm256_loadu_ps(wt.add(ci * 16 + 8));
-                    for (px, a) in acc.iter_mut().enumerate() {
-                        let v = _mm256_broadcast_ss(&*xt.add(px * cin + ci));
-                        a[0] = _mm256_fmadd_ps(v, w0, a[0]);
-                        a[1] = _mm256_fmadd_ps(v, w1, a[1]);
-                    }
-                }
+                accumulate(&mut acc, xt, cin, wt);
             }
             for (px, a) in acc.iter().enumerate() {
                 _mm256_storeu_ps(out.add(px * cout + ob), a[0]);
@@ -614,11 +649,9 @@ pub mod winograd {
     /// are present, and neither [`set_off`] nor `ADABM_F32_CONV=direct` or `=gemm` turned it
     /// off.
     pub fn enabled() -> bool {
-        static ENV_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let env_off = *ENV_OFF.get_or_init(|| {
-            std::env::var("ADABM_F32_CONV").is_ok_and(|v| v == "gemm" || v == "direct")
-        });
-        super::direct::available() && !env_off && !OFF.load(Ordering::Relaxed)
+        super::direct::available()
+            && super::env_allows(super::ConvPath::Winograd)
+            && !OFF.load(Ordering::Relaxed)
     }
 
     /// Shapes this path takes: whole 8-channel input vectors, 16-channel output blocks, and
@@ -923,15 +956,7 @@ pub mod winograd {
         // SAFETY (whole body): the caller's bounds; unaligned loads and stores only.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; N];
-            for ci in 0..cin {
-                let w0 = _mm256_loadu_ps(w.add(ci * 16));
-                let w1 = _mm256_loadu_ps(w.add(ci * 16 + 8));
-                for (px, a) in acc.iter_mut().enumerate() {
-                    let b = _mm256_broadcast_ss(&*x.add(px * cin + ci));
-                    a[0] = _mm256_fmadd_ps(b, w0, a[0]);
-                    a[1] = _mm256_fmadd_ps(b, w1, a[1]);
-                }
-            }
+            super::direct::accumulate(&mut acc, x, cin, w);
             for (px, a) in acc.iter().enumerate() {
                 _mm256_storeu_ps(out.add(px * cout), a[0]);
                 _mm256_storeu_ps(out.add(px * cout + 8), a[1]);
