@@ -6,7 +6,9 @@
 //!                              [--only TEXT]   # rows whose network/engine contains TEXT
 //!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
 //!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4: direct, F(2,3), F(2x2,3x3)
+//!                                                # at every level (--best-level: the best)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
+//!                                                # (--with-emulated: and the emulated ones)
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -380,6 +382,14 @@ fn winograd_ab(frames: usize, threads: usize) {
         (Winograd::Tiles, "Winograd F(2x2,3x3)"),
     ];
     let only = arg("--only").unwrap_or_default();
+    // Every level from AVX2 up that this host has (the best one alone with `--best-level`).
+    let mut levels: Vec<CpuLevel> = CpuLevel::available()
+        .into_iter()
+        .filter(|l| *l >= CpuLevel::Avx2)
+        .collect();
+    if std::env::args().any(|a| a == "--best-level") {
+        levels.drain(..levels.len().saturating_sub(1));
+    }
     for (scale, w, h, builtin_model) in [
         (2u32, 320usize, 180usize, false),
         (4, 480, 270, false),
@@ -398,34 +408,37 @@ fn winograd_ab(frames: usize, threads: usize) {
             continue;
         }
         let img = test_image(w, h, 3);
-        let engine = Engine::new(&q, threads).unwrap();
         let gmac = q.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
-        let mut best = [f64::INFINITY; 3];
-        let mut outs = [None, None, None];
-        for _ in 0..frames.max(1) + 1 {
-            for (i, &(mode, _)) in modes.iter().enumerate() {
-                set_winograd(mode);
-                let t = Instant::now();
-                let out = engine.upscale(&img, &Options::default()).unwrap();
-                best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
-                outs[i] = Some(out);
+        for &level in &levels {
+            let engine = Engine::with_execution(&q, threads, Execution::IntegerAt(level)).unwrap();
+            let mut best = [f64::INFINITY; 3];
+            let mut outs = [None, None, None];
+            for _ in 0..frames.max(1) + 1 {
+                for (i, &(mode, _)) in modes.iter().enumerate() {
+                    set_winograd(Some(mode));
+                    let t = Instant::now();
+                    let out = engine.upscale(&img, &Options::default()).unwrap();
+                    best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
+                    outs[i] = Some(out);
+                }
             }
-        }
-        set_winograd(Winograd::Rows);
-        let data = |i: usize| outs[i].as_ref().map(|o| &o.0.data);
-        let same = data(0) == data(1) && data(1) == data(2);
-        for (i, (_, mode)) in modes.iter().enumerate() {
+            set_winograd(None);
+            let data = |i: usize| outs[i].as_ref().map(|o| &o.0.data);
+            let same = data(0) == data(1) && data(1) == data(2);
+            for (i, (_, mode)) in modes.iter().enumerate() {
+                println!(
+                    "{name} {w}x{h}, {level:?} {mode}: {:.0} ms ({:.0} GMAC/s, {:.2}x direct)",
+                    best[i],
+                    gmac / best[i] * 1e3,
+                    best[0] / best[i]
+                );
+            }
             println!(
-                "{name} {w}x{h}, {mode}: {:.0} ms ({:.0} GMAC/s, {:.2}x direct)",
-                best[i],
-                gmac / best[i] * 1e3,
-                best[0] / best[i]
+                "{name}, {level:?}: F(2x2,3x3) / F(2,3) {:.2}x faster; default {:?}; outputs identical: {same}",
+                best[1] / best[2],
+                gstadabm::engine::intcpu::winograd_for(level)
             );
         }
-        println!(
-            "{name}: F(2x2,3x3) / F(2,3) {:.2}x faster; outputs identical: {same}",
-            best[1] / best[2]
-        );
     }
 }
 
@@ -433,7 +446,14 @@ fn winograd_ab(frames: usize, threads: usize) {
 /// AVX-512 VNNI), frames alternating between levels in one process, fastest of `frames` per
 /// level, outputs compared byte for byte: EDSR-baseline w4a4 and w8a6, the built-in w4a4.
 fn levels_ab(frames: usize, threads: usize) {
-    let levels: Vec<CpuLevel> = CpuLevel::available()
+    // `--with-emulated`: the emulated VNNI levels too (their kernels' structure on AVX2; slow
+    // by design, but a kernel an order of magnitude off its direct form shows here).
+    let levels: Vec<CpuLevel> = if std::env::args().any(|a| a == "--with-emulated") {
+        CpuLevel::testable()
+    } else {
+        CpuLevel::available()
+    };
+    let levels: Vec<CpuLevel> = levels
         .into_iter()
         .filter(|l| *l >= CpuLevel::Avx2)
         .collect();

@@ -382,7 +382,7 @@ pub unsafe fn row_sums_wino(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    chunks_and_blocks(&cols, pc.cout8 / 8, |c0, c1, b0, n| {
+    for (c0, c1, b0, n) in chunks_and_blocks(&cols, pc.cout8 / 8) {
         let mut t = c0;
         while t < c1 {
             let p = (c1 - t).min(2);
@@ -399,33 +399,39 @@ pub unsafe fn row_sums_wino(
             }
             t += p;
         }
-    });
+    }
 }
 
 /// The Winograd drivers' walk over the tiles of `cols`: chunks of [`TILE_CHUNK`] tiles, and
 /// in each chunk every group of `n` (4, 2 or 1) blocks of 8 output channels from `b0`, so that a
-/// chunk's transformed inputs stay in cache while all the weights pass. Calls
-/// `f(c0, c1, b0, n)`.
+/// chunk's transformed inputs stay in cache while all the weights pass. Yields
+/// `(c0, c1, b0, n)`.
+///
+/// An iterator rather than a closure-taking function: a closure's body is compiled as a
+/// function of its own, and one written in a generic `#[inline(always)]` function (the VNNI
+/// kernels) does not get the entry point's `#[target_feature]`s, so every intrinsic in it
+/// became a call (the VNNI Winograd kernel ran 35x slower than the direct one).
 #[inline(always)]
 pub(super) fn chunks_and_blocks(
     cols: &Range<usize>,
     nb: usize,
-    mut f: impl FnMut(usize, usize, usize, usize),
-) {
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
     let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
-    for c0 in (t0..t1).step_by(TILE_CHUNK) {
+    (t0..t1).step_by(TILE_CHUNK).flat_map(move |c0| {
         let c1 = (c0 + TILE_CHUNK).min(t1);
         let mut b0 = 0;
-        while b0 < nb {
-            let n = match nb - b0 {
-                4.. => 4,
-                2..=3 => 2,
-                _ => 1,
-            };
-            f(c0, c1, b0, n);
-            b0 += n;
-        }
-    }
+        std::iter::from_fn(move || {
+            (b0 < nb).then(|| {
+                let n = match nb - b0 {
+                    4.. => 4,
+                    2..=3 => 2,
+                    _ => 1,
+                };
+                b0 += n;
+                (c0, c1, b0 - n, n)
+            })
+        })
+    })
 }
 
 /// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `2·P` pixels of tiles `t .. t + P`:
@@ -525,7 +531,7 @@ pub unsafe fn row_sums_wino16(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    chunks_and_blocks(&cols, pc.cout8 / 8, |c0, c1, b0, n| {
+    for (c0, c1, b0, n) in chunks_and_blocks(&cols, pc.cout8 / 8) {
         // SAFETY: blocks b0..b0+n exist; tiles c0..c1 are inside the row.
         unsafe {
             match n {
@@ -534,7 +540,7 @@ pub unsafe fn row_sums_wino16(
                 _ => chunk_wino16::<1>(v, pc, ww, c0, c1, b0, out),
             }
         }
-    });
+    }
 }
 
 /// `S` of output channels `8·b0 .. 8·(b0 + N)` for the pixels of tiles `c0 .. c1` (at most
@@ -625,7 +631,7 @@ pub unsafe fn row_sums_wino2(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    chunks_and_blocks(&cols, pc.cout8 / 8, |c0, c1, b0, n| {
+    for (c0, c1, b0, n) in chunks_and_blocks(&cols, pc.cout8 / 8) {
         let mut t = c0;
         while t < c1 {
             let p = (c1 - t).min(2);
@@ -642,7 +648,7 @@ pub unsafe fn row_sums_wino2(
             }
             t += p;
         }
-    });
+    }
 }
 
 /// `S` of output channels `8·b0 .. 8·(b0 + N)` for the 2x2 pixels of each of tiles

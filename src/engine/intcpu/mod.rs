@@ -216,34 +216,53 @@ pub enum Winograd {
     Tiles,
 }
 
-/// 0: not read yet, else 1 + the mode.
+/// 0: not read yet; 1 + the mode when chosen ([`set_winograd`], `ADABM_WINOGRAD`);
+/// [`DEFAULT`]: each level's default ([`winograd_for`]).
 static WINOGRAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+const DEFAULT: u8 = 4;
 
 const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 
-/// The Winograd kernels in use: `Rows` unless `ADABM_WINOGRAD` (`0`/`off`, `rows`, `tiles`)
-/// or [`set_winograd`] chose otherwise. (`Tiles` does 1.5x fewer multiplies than `Rows` but
-/// measured slower here end to end: its per-element widening and output transform cost more
-/// than the multiplies it saves at 32–64 channels on AVX2; BENCHMARKS.md.)
-pub fn winograd() -> Winograd {
+/// The Winograd kernels the fused engine uses at `level`: the mode `ADABM_WINOGRAD` (`0`/`off`,
+/// `rows`, `tiles`) or [`set_winograd`] chose, else the level's default:
+/// - AVX2 and AVX-VNNI: `Rows` (F(2,3) along x: 1.5x fewer multiplies on the same 256-bit
+///   vectors). `Tiles` does 1.5x fewer again but measured slower end to end: its per-element
+///   widening and output transform cost more than the multiplies it saves at 32–64 channels
+///   on AVX2 (BENCHMARKS.md).
+/// - AVX-512 VNNI: `Off`. The direct kernel runs on 512-bit vectors (64 products per
+///   instruction against the Winograd kernel's 32 on 256-bit ones, which saves only a third of
+///   them).
+pub fn winograd_for(level: CpuLevel) -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
-    match WINOGRAD.load(Relaxed) {
+    let v = match WINOGRAD.load(Relaxed) {
         0 => {
-            let mode = match std::env::var("ADABM_WINOGRAD").ok().as_deref() {
-                Some("0" | "off") => Winograd::Off,
-                Some("tiles") => Winograd::Tiles,
-                _ => Winograd::Rows,
+            let v = match std::env::var("ADABM_WINOGRAD").ok().as_deref() {
+                Some("0" | "off") => 1,
+                Some("rows") => 2,
+                Some("tiles") => 3,
+                _ => DEFAULT,
             };
-            set_winograd(mode);
-            mode
+            WINOGRAD.store(v, Relaxed);
+            v
         }
-        v => MODES[v as usize - 1],
+        v => v,
+    };
+    if v == DEFAULT {
+        match level {
+            CpuLevel::Avx512Vnni | CpuLevel::EmulatedVnni512 => Winograd::Off,
+            _ => Winograd::Rows,
+        }
+    } else {
+        MODES[v as usize - 1]
     }
 }
 
-/// Sets the Winograd kernels for the whole process (for comparisons).
-pub fn set_winograd(mode: Winograd) {
-    let v = MODES.iter().position(|&m| m == mode).expect("a mode") as u8 + 1;
+/// Sets the Winograd kernels for the whole process (for comparisons); `None`: each level's
+/// default again.
+pub fn set_winograd(mode: Option<Winograd>) {
+    let v = mode.map_or(DEFAULT, |mode| {
+        MODES.iter().position(|&m| m == mode).expect("a mode") as u8 + 1
+    });
     WINOGRAD.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 

@@ -213,7 +213,7 @@ unsafe fn wino<D: Dot>(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    chunks_and_blocks(&cols, pc.cout8 / 8, |c0, c1, b0, n| {
+    for (c0, c1, b0, n) in chunks_and_blocks(&cols, pc.cout8 / 8) {
         let mut t = c0;
         while t < c1 {
             let p = (c1 - t).min(2);
@@ -230,7 +230,7 @@ unsafe fn wino<D: Dot>(
             }
             t += p;
         }
-    });
+    }
 }
 
 /// The element sums of tiles `t .. t + P`, blocks `b0 .. b0 + N`, then their output transform.
