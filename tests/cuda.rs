@@ -60,20 +60,21 @@ fn kernels_compile_for_every_arch_without_spills() {
         eprintln!("SKIP kernels_compile_for_every_arch_without_spills: libnvrtc.so.13 not found");
         return;
     }
-    // The default kernels for every arch; the ldmatrix variant (ADABM_CUDA_LDMATRIX=1) for
-    // sm_80 and sm_90.
+    // Both fragment-load variants (ldmatrix, the default, and ADABM_CUDA_LDMATRIX=0's 32-bit
+    // loads) for every arch.
     for (arch, ldmatrix) in [
+        ("sm_80", true),
+        ("sm_89", true),
+        ("sm_90", true),
         ("sm_80", false),
         ("sm_89", false),
         ("sm_90", false),
-        ("sm_80", true),
-        ("sm_90", true),
     ] {
         let c = cuda::compile_variant(arch, true, ldmatrix).unwrap_or_else(|e| panic!("{e}"));
         let arch = if ldmatrix {
-            format!("{arch} (ldmatrix)")
-        } else {
             arch.to_string()
+        } else {
+            format!("{arch} (32-bit fragment loads)")
         };
         assert!(
             c.cubin.len() > 1000,
