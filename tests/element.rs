@@ -492,9 +492,8 @@ fn builtin_models_run_without_a_file() {
 }
 
 /// `backend`: auto picks CUDA only where it is usable (never on a machine without an NVIDIA
-/// driver), and runs a float model on the CPU (`cuda` runs it on the GPU in f16); `cuda`
-/// without a usable GPU is an error on the bus that says why; nonsense is refused at parse
-/// time.
+/// driver), float models included (f16 layers on the GPU); `cuda` without a usable GPU is an
+/// error on the bus that says why; nonsense is refused at parse time.
 #[test]
 fn backend_selection_and_fallback() {
     init();
@@ -515,11 +514,14 @@ fn backend_selection_and_fallback() {
             .unwrap();
         el.property::<Option<String>>("active-backend").unwrap()
     };
-    assert_eq!(active("fp32", "auto"), "cpu", "float models run on the CPU");
     assert_eq!(active("w4a4", "cpu"), "cpu");
     let cuda_pipeline = "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=20,height=11 ! adabmupscale precision=w4a4 backend=cuda ! fakesink";
     if gpu {
         assert!(active("w4a4", "auto").starts_with("cuda:"));
+        assert!(
+            active("fp32", "auto").starts_with("cuda:"),
+            "backend=auto runs float models on the GPU too (f16 layers)"
+        );
         assert!(active("w4a4", "cuda").starts_with("cuda:"));
         assert!(
             active("fp32", "cuda").starts_with("cuda:"),
@@ -528,6 +530,7 @@ fn backend_selection_and_fallback() {
         assert_eq!(run_pipeline(cuda_pipeline).0, None);
     } else {
         assert_eq!(active("w4a4", "auto"), "cpu");
+        assert_eq!(active("fp32", "auto"), "cpu");
         let err = run_pipeline(cuda_pipeline)
             .0
             .expect("backend=cuda without a GPU must fail");

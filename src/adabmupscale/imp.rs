@@ -106,7 +106,7 @@ impl Metric {
 #[enum_type(name = "GstAdabmBackend")]
 pub enum Backend {
     #[enum_value(
-        name = "CUDA when a usable NVIDIA GPU and a quantized (fq) model are there, else the CPU",
+        name = "CUDA when a usable NVIDIA GPU is there, else the CPU",
         nick = "auto"
     )]
     Auto = 0,
@@ -270,7 +270,7 @@ impl ObjectImpl for AdabmUpscale {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("backend", Backend::Auto)
                     .nick("Backend")
-                    .blurb("auto: CUDA when an NVIDIA GPU, its driver and NVRTC are usable and the model is quantized (fq), else the CPU with a warning; cpu; cuda: also float and non-fq models (f16 on the GPU), fail when CUDA is unusable")
+                    .blurb("auto: CUDA when an NVIDIA GPU, its driver and NVRTC are usable (quantized layers exactly as on the CPU, floating-point layers in f16), else the CPU with a warning; cpu; cuda: fail when CUDA is unusable")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("complexity-metric", Metric::Model)
@@ -498,24 +498,6 @@ impl AdabmUpscale {
         model: &Model,
     ) -> Result<Option<Arc<SharedCuda>>, gst::ErrorMessage> {
         if s.backend == Backend::Cpu {
-            return Ok(None);
-        }
-        // Floating-point layers on the GPU (f16) are opt-in until their parity with the CPU
-        // has been measured on a GPU (kernels/README.md): decided from the model, before any
-        // device is touched. Only fq models have none.
-        let fq = model
-            .quant
-            .as_ref()
-            .is_some_and(|q| q.mode == engine::QuantMode::Fq);
-        if s.backend == Backend::Auto && !fq {
-            gst::element_imp_warning!(
-                self,
-                gst::LibraryError::Init,
-                [
-                    "backend=auto: running on the CPU because the model has floating-point \
-                     layers (a float or non-fq model); backend=cuda runs them on the GPU in f16"
-                ]
-            );
             return Ok(None);
         }
         match SharedCuda::get(model, s.device_id as usize) {
