@@ -4,9 +4,12 @@
 int8 QDQ, static calibration) and OpenVINO (fp32 and int8 from NNCF post-training
 quantization) on the same input sizes and thread count.
 
-    python3 bench/peers/peers.py DIR [--threads 2] [--runs 3]
+    python3 bench/peers/peers.py DIR [--threads 2] [--runs 3] [--save-ov-int8 D | --ov-int8 D]
 
 Needs: pip install onnx onnxruntime openvino nncf   (bench/peers/run.sh does it).
+`--save-ov-int8 D` also writes the NNCF-quantized OpenVINO models to D (`NAME.int8.xml/.bin`);
+`--ov-int8 D` times those instead of quantizing (no NNCF needed: for a machine that has only
+the OpenVINO runtime, such as a lent GPU machine's host CPU; scripts/gpu-check.sh).
 """
 import argparse
 import json
@@ -90,13 +93,19 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--save-ov-int8", help="write the NNCF-quantized OpenVINO models here")
+    ap.add_argument("--ov-int8", help="time the OpenVINO int8 models saved here (no NNCF)")
     args = ap.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     import openvino as ov
-    import nncf
+    if args.ov_int8:
+        quantizer = f"OpenVINO int8 from {args.ov_int8}"
+    else:
+        import nncf
+        quantizer = f"nncf {nncf.__version__}"
 
-    print(f"onnxruntime {ort.__version__}, openvino {ov.__version__}, nncf {nncf.__version__}, {args.threads} threads")
+    print(f"onnxruntime {ort.__version__}, openvino {ov.__version__}, {quantizer}, {args.threads} threads")
     print("| network | input | runtime | ms/frame | fps | GMAC/s |")
     print("|---|---|---|---:|---:|---:|")
     for name, (w, h) in [("edsr-baseline-x2", (320, 180)), ("edsr-baseline-x4", (480, 270))]:
@@ -142,7 +151,13 @@ def main():
         m.reshape([1, 3, h, w])
         c32 = core.compile_model(m, "CPU", cfg_ov)
         row("OpenVINO fp32", timed(lambda: c32([x]), args.runs))
-        q = nncf.quantize(m, nncf.Dataset(calib), subset_size=len(calib))
+        if args.ov_int8:
+            q = core.read_model(os.path.join(args.ov_int8, name + ".int8.xml"))
+        else:
+            q = nncf.quantize(m, nncf.Dataset(calib), subset_size=len(calib))
+            if args.save_ov_int8:
+                os.makedirs(args.save_ov_int8, exist_ok=True)
+                ov.save_model(q, os.path.join(args.save_ov_int8, name + ".int8.xml"))
         c8 = core.compile_model(q, "CPU", {"INFERENCE_NUM_THREADS": args.threads})
         row("OpenVINO int8 (NNCF)", timed(lambda: c8([x]), args.runs))
 
