@@ -504,9 +504,11 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(smem)), "l"(gmem));
 }
 
-// ADABM_LDSM=1 (NVRTC option -DADABM_LDSM=1, set by ADABM_CUDA_LDMATRIX=1): the conv's A and
-// B fragments are loaded with ldmatrix.x4 (4 registers per instruction) instead of one 32-bit
-// shared load per register. Same registers, same results; opt-in until measured on a GPU.
+// ADABM_LDSM (NVRTC option -DADABM_LDSM=N, from ADABM_CUDA_LDMATRIX): which tensor-core convs
+// load their A and B fragments with ldmatrix.x4 (4 registers per instruction) instead of one
+// 32-bit shared load per register. Same registers, same results. 0: none; 1 (the engine's
+// default): the integer convs, measured 1.08-1.09x faster on an H200 and bit-exact; 2: the
+// f16 convs of floating-point layers too (not yet run on a GPU).
 #ifndef ADABM_LDSM
 #define ADABM_LDSM 0
 #endif
@@ -548,6 +550,7 @@ template <> struct OutOf<true> { typedef u16 T; };
 template <int C, int NS, int MODE, int WK, bool HOUT>
 __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
     constexpr bool SIGNED = WK == 1, F16 = WK == 2;
+    constexpr bool LDSM = ADABM_LDSM >= (F16 ? 2 : 1);
     constexpr int CIN = F16 ? 2 * C : C;  // bytes per halo pixel
     constexpr int ESZ = HOUT ? 2 : 1;
     typedef MmaShape<CIN, NS, ESZ> S;
@@ -594,10 +597,10 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
 
         u32 sqp[2][2] = {{0, 0}, {0, 0}};  // unsigned: partial Σq of rows g and g+8
         const u32* h32 = (const u32*)halo;
-#if ADABM_LDSM
         const u32 halo_s = smem_u32(halo), sw_s = smem_u32(sw);
-#endif
         (void)h32;
+        (void)halo_s;
+        (void)sw_s;
 #pragma unroll 1
         for (int t = 0; t < 9; t++) {
             const int dy = t / 3, dx = t - (t / 3) * 3;
@@ -606,18 +609,18 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                 u32 A[2][4];
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
-#if ADABM_LDSM
-                    // Matrix j = lane/8: pixels g (+8 for odd j) of the row, chunk 2kk + j/2.
-                    const int j = lane >> 3;
-                    const int hp = (warp * 2 + mt + dy) * HALO + (lane & 7) + dx + (j & 1) * 8;
-                    ldsm_x4(A[mt], halo_s + (hp * S::NC + swz<CIN>(hp, 2 * kk + (j >> 1))) * 16);
-#else
-                    int hp0 = (warp * 2 + mt + dy) * HALO + g + dx, hp1 = hp0 + 8;
-                    A[mt][0] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk)) * 4 + l4];
-                    A[mt][1] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk)) * 4 + l4];
-                    A[mt][2] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk + 1)) * 4 + l4];
-                    A[mt][3] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk + 1)) * 4 + l4];
-#endif
+                    if constexpr (LDSM) {
+                        // Matrix j = lane/8: pixels g (+8 for odd j) of the row, chunk 2kk + j/2.
+                        const int j = lane >> 3;
+                        const int hp = (warp * 2 + mt + dy) * HALO + (lane & 7) + dx + (j & 1) * 8;
+                        ldsm_x4(A[mt], halo_s + (hp * S::NC + swz<CIN>(hp, 2 * kk + (j >> 1))) * 16);
+                    } else {
+                        int hp0 = (warp * 2 + mt + dy) * HALO + g + dx, hp1 = hp0 + 8;
+                        A[mt][0] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk)) * 4 + l4];
+                        A[mt][1] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk)) * 4 + l4];
+                        A[mt][2] = h32[(hp0 * S::NC + swz<CIN>(hp0, 2 * kk + 1)) * 4 + l4];
+                        A[mt][3] = h32[(hp1 * S::NC + swz<CIN>(hp1, 2 * kk + 1)) * 4 + l4];
+                    }
                     if constexpr (WK == 0) {
                         sqp[mt][0] = dp4a_u(A[mt][0], 0x01010101u, sqp[mt][0]);
                         sqp[mt][0] = dp4a_u(A[mt][2], 0x01010101u, sqp[mt][0]);
@@ -625,47 +628,47 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
                         sqp[mt][1] = dp4a_u(A[mt][3], 0x01010101u, sqp[mt][1]);
                     }
                 }
-#if ADABM_LDSM
-                static_assert(S::NT % 2 == 0, "ldmatrix.x4 loads n8 fragments in pairs");
-                // Two n8 fragments per ldmatrix.x4: matrix j = lane/8 is fragment nt + j/2,
-                // k half j%2 (registers b0, b1 of nt, then of nt + 1).
+                if constexpr (LDSM) {
+                    static_assert(S::NT % 2 == 0, "ldmatrix.x4 loads n8 fragments in pairs");
+                    // Two n8 fragments per ldmatrix.x4: matrix j = lane/8 is fragment nt + j/2,
+                    // k half j%2 (registers b0, b1 of nt, then of nt + 1).
 #pragma unroll
-                for (int nt = 0; nt < S::NT; nt += 2) {
-                    const int j = lane >> 3;
-                    const int row = t * S::NR + (nt + (j >> 1)) * 8 + (lane & 7);
-                    u32 B[4];
-                    ldsm_x4(B, sw_s + row * S::WROW + kk * 32 + (j & 1) * 16);
+                    for (int nt = 0; nt < S::NT; nt += 2) {
+                        const int j = lane >> 3;
+                        const int row = t * S::NR + (nt + (j >> 1)) * 8 + (lane & 7);
+                        u32 B[4];
+                        ldsm_x4(B, sw_s + row * S::WROW + kk * 32 + (j & 1) * 16);
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
+                        for (int h = 0; h < 2; h++) {
+                            if constexpr (F16) {
+                                mma_f16(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
+                                mma_f16(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                            } else if constexpr (SIGNED) {
+                                mma_u8s8(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
+                                mma_u8s8(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                            } else {
+                                mma_u8u8(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
+                                mma_u8u8(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                            }
+                        }
+                    }
+                } else {
+#pragma unroll
+                    for (int nt = 0; nt < S::NT; nt++) {
+                        const u8* wrow = sw + (t * S::NR + nt * 8 + g) * S::WROW + kk * 32 + l4 * 4;
+                        u32 b0 = *(const u32*)wrow, b1 = *(const u32*)(wrow + 16);
                         if constexpr (F16) {
-                            mma_f16(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
-                            mma_f16(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                            mma_f16(acc[0][nt], A[0], b0, b1);
+                            mma_f16(acc[1][nt], A[1], b0, b1);
                         } else if constexpr (SIGNED) {
-                            mma_u8s8(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
-                            mma_u8s8(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                            mma_u8s8(acc[0][nt], A[0], b0, b1);
+                            mma_u8s8(acc[1][nt], A[1], b0, b1);
                         } else {
-                            mma_u8u8(acc[0][nt + h], A[0], B[2 * h], B[2 * h + 1]);
-                            mma_u8u8(acc[1][nt + h], A[1], B[2 * h], B[2 * h + 1]);
+                            mma_u8u8(acc[0][nt], A[0], b0, b1);
+                            mma_u8u8(acc[1][nt], A[1], b0, b1);
                         }
                     }
                 }
-#else
-#pragma unroll
-                for (int nt = 0; nt < S::NT; nt++) {
-                    const u8* wrow = sw + (t * S::NR + nt * 8 + g) * S::WROW + kk * 32 + l4 * 4;
-                    u32 b0 = *(const u32*)wrow, b1 = *(const u32*)(wrow + 16);
-                    if constexpr (F16) {
-                        mma_f16(acc[0][nt], A[0], b0, b1);
-                        mma_f16(acc[1][nt], A[1], b0, b1);
-                    } else if constexpr (SIGNED) {
-                        mma_u8s8(acc[0][nt], A[0], b0, b1);
-                        mma_u8s8(acc[1][nt], A[1], b0, b1);
-                    } else {
-                        mma_u8u8(acc[0][nt], A[0], b0, b1);
-                        mma_u8u8(acc[1][nt], A[1], b0, b1);
-                    }
-                }
-#endif
             }
         }
 

@@ -5,8 +5,9 @@
 #   2. compute-sanitizer memcheck (mixed-batch and float-layer parity) and racecheck;
 #   3. the element tests that need a GPU (backend=cuda / auto), with GStreamer carried along;
 #   4. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models, shared
-#      engine), its f16 rows, and (LD32=1, the default) the 32-bit fragment-load variant
-#      (ADABM_CUDA_LDMATRIX=0) for comparison with the default ldmatrix loads;
+#      engine), its f16 rows, (LD32=1, the default) the 32-bit fragment-load variant
+#      (ADABM_CUDA_LDMATRIX=0) for comparison with the default ldmatrix loads of the integer
+#      convs, and (LDALL=1, the default) ldmatrix in the f16 convs too: parity, memcheck, bench;
 #   5. PyTorch fp16 on the same weights and device;
 #   6. (VNNI=1, the default) the integer CPU engine on the host CPU, which has the VNNI
 #      extensions this development machine lacks: the kernel exactness tests and the whole
@@ -20,7 +21,7 @@
 # results.tar.gz of everything, re-packed after each step (the device tool returns 8 files at
 # most, and a step killed at the time limit still leaves the earlier ones packed).
 # Files: device.txt, cpu.txt, parity.txt, parity-float.txt, sanitizer.txt, element.txt,
-# bench.md, bench-float.md, bench-ld32.md, torch.md, cpu-tests.txt, cpu-levels.txt,
+# bench.md, bench-float.md, bench-ld32.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, cpu-tests.txt, cpu-levels.txt,
 # cpu-winograd.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
@@ -93,13 +94,32 @@ timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" --only 
 summary "bench (float layers, f16) rc=$? ($(( $(date +%s) - start )) s)"
 
 # The 32-bit fragment loads (ADABM_CUDA_LDMATRIX=0), the default before ldmatrix measured
-# faster: the same benchmark, to compare with bench.md (parity of this variant: session 10's
-# first H200 run).
+# faster in the integer convs: the same benchmark, to compare with bench.md.
 if [ "${LD32:-1}" = 1 ]; then
     start=$(date +%s)
     ADABM_CUDA_LDMATRIX=0 timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" \
         --skip "[f16]" > "$RAW/bench-ld32.md" 2>&1
     summary "bench (32-bit fragment loads) rc=$? ($(( $(date +%s) - start )) s)"
+fi
+# ldmatrix in the f16 convs too (ADABM_CUDA_LDMATRIX=all, not yet the default): their parity
+# and memcheck, then the f16 rows to compare with bench-float.md.
+if [ "${LDALL:-1}" = 1 ]; then
+    start=$(date +%s)
+    ADABM_CUDA_LDMATRIX=all timeout "${PARITY_TIMEOUT:-240}" "$BIN/cuda-tests" parity_float_layers \
+        --test-threads=1 --nocapture > "$RAW/parity-float-ldall.txt" 2>&1
+    rc=$?
+    summary "parity (float layers, ldmatrix) rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^test result' "$RAW/parity-float-ldall.txt" | tail -1)"
+    if [ $rc = 0 ]; then
+        start=$(date +%s)
+        ADABM_CUDA_LDMATRIX=all timeout "${SANITIZER_TIMEOUT:-120}" compute-sanitizer --tool memcheck \
+            --error-exitcode 9 "$BIN/cuda-tests" parity_float_layers --test-threads=1 \
+            >> "$RAW/parity-float-ldall.txt" 2>&1
+        summary "sanitizer (float layers, ldmatrix) rc=$? ($(( $(date +%s) - start )) s)"
+        start=$(date +%s)
+        ADABM_CUDA_LDMATRIX=all timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" \
+            --only "[f16]" > "$RAW/bench-float-ldall.md" 2>&1
+        summary "bench (float layers, ldmatrix) rc=$? ($(( $(date +%s) - start )) s)"
+    fi
 fi
 
 # The integer CPU engine's VNNI kernels (exact against the scalar reference, and the whole

@@ -56,19 +56,23 @@ pub fn probe(device: usize) -> Result<(String, (i32, i32))> {
 /// kernels (it otherwise picks 128 registers for some and spills).
 const OPTIONS: [&str; 3] = ["--fmad=false", "--std=c++17", "--maxrregcount=192"];
 
-/// Whether the tensor-core convs load their fragments with `ldmatrix` (kernels/README.md): the
-/// default since it measured 1.08–1.09x faster on an H200 with the same output;
-/// `ADABM_CUDA_LDMATRIX=0` chooses the 32-bit shared loads.
-pub fn ldmatrix_requested() -> bool {
-    std::env::var("ADABM_CUDA_LDMATRIX").map_or(true, |v| v != "0")
+/// Which tensor-core convs load their fragments with `ldmatrix` (kernels/README.md; the
+/// kernels' `ADABM_LDSM`): 1, the default, the integer convs (measured 1.08–1.09x faster on an
+/// H200 with bit-identical output); `ADABM_CUDA_LDMATRIX=0`: none (32-bit shared loads);
+/// `ADABM_CUDA_LDMATRIX=all`: the f16 convs of floating-point layers too (2; not yet run on a
+/// GPU, so not the default).
+pub fn ldmatrix_level() -> u8 {
+    match std::env::var("ADABM_CUDA_LDMATRIX").as_deref() {
+        Ok("0") => 0,
+        Ok("all" | "2") => 2,
+        _ => 1,
+    }
 }
 
-/// [`OPTIONS`], plus the `ldmatrix` variant's define when `ldmatrix`.
-fn options(ldmatrix: bool) -> Vec<String> {
+/// [`OPTIONS`], plus the kernels' `ADABM_LDSM` define ([`ldmatrix_level`]).
+fn options(ldsm: u8) -> Vec<String> {
     let mut o: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
-    if ldmatrix {
-        o.push("-DADABM_LDSM=1".into());
-    }
+    o.push(format!("-DADABM_LDSM={ldsm}"));
     o
 }
 
@@ -140,11 +144,11 @@ pub struct Compiled {
 /// Compiles the kernels for `sm_XY` (`arch` = "sm_90"). `verbose` asks ptxas for its
 /// per-kernel register and spill report in the log. Needs only libnvrtc, no GPU.
 pub fn compile(arch: &str, verbose: bool) -> Result<Compiled> {
-    compile_variant(arch, verbose, ldmatrix_requested())
+    compile_variant(arch, verbose, ldmatrix_level())
 }
 
-/// [`compile`] of the default kernels or (`ldmatrix`) of their `ldmatrix` variant.
-pub fn compile_variant(arch: &str, verbose: bool, ldmatrix: bool) -> Result<Compiled> {
+/// [`compile`] with the fragment loads of `ldsm` ([`ldmatrix_level`]'s values).
+pub fn compile_variant(arch: &str, verbose: bool, ldsm: u8) -> Result<Compiled> {
     if !nvrtc_present() {
         return Err(CudaError::Unavailable(
             "libnvrtc.so.13 was not found (see README, CUDA)".into(),
@@ -158,7 +162,7 @@ pub fn compile_variant(arch: &str, verbose: bool, ldmatrix: bool) -> Result<Comp
         log: format!("{e:?}"),
     })?;
     let mut opts = vec![format!("--gpu-architecture={arch}")];
-    opts.extend(options(ldmatrix));
+    opts.extend(options(ldsm));
     if verbose {
         opts.push("--ptxas-options=-v".to_string());
     }
@@ -247,7 +251,7 @@ fn cache_dir() -> Option<std::path::PathBuf> {
 /// FNV-1a of the kernel source and the compile options (stable across builds).
 fn source_hash() -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let opts = options(ldmatrix_requested()).join(" ");
+    let opts = options(ldmatrix_level()).join(" ");
     for b in KERNEL_SOURCE.bytes().chain(opts.bytes()) {
         h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
     }
