@@ -13,10 +13,10 @@
 #      extensions this development machine lacks: the kernel exactness tests and the whole
 #      engine at every level the CPU has, AVX2 vs VNNI frame by frame, and direct vs Winograd
 #      at every level;
-#   7. (PEERS=1, the default, when .peers/ov-slim.tar.xz was carried) the CPU peers on the
-#      host CPU: our f32 reference and integer engine (cpu-bench) beside ONNX Runtime (there)
-#      and OpenVINO (a trimmed runtime and the NNCF int8 models made by
-#      `bench/peers/peers.py --save-ov-int8 .peers`, carried).
+#   7. (PEERS=1, the default, when .peers/ was carried) the CPU peers on the host CPU: our f32
+#      reference and integer engine (cpu-bench) beside ONNX Runtime (installed there) and
+#      OpenVINO (a trimmed runtime and NNCF int8 models: scripts/peers-prepare.sh makes .peers/).
+# Carry gpu-bin.tar.xz (scripts/gpu-build.sh) and .peers (scripts/peers-prepare.sh).
 # Every output goes to $RAW (default /tmp/adabm-gpu-results); $OUT gets summary.txt and
 # results.tar.gz of everything, re-packed after each step (the device tool returns 8 files at
 # most, and a step killed at the time limit still leaves the earlier ones packed).
