@@ -1036,7 +1036,6 @@ impl CudaEngine {
     }
 }
 
-/// Lays out one conv's weights for its kernel and uploads them.
 /// `dst.copy_from_slice(src)` in 1 MiB pieces over the thread pool: the frames' copies into and
 /// out of pinned memory (6 MB in, 25 MB out for 1080p→4K) are memory-bound, and one core
 /// copies a fraction of what the memory system gives several.
@@ -1048,6 +1047,7 @@ fn par_copy(dst: &mut [u8], src: &[u8]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
+/// Lays out one conv's weights for its kernel and uploads them.
 fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevConv> {
     let (cin, cout) = (c.cin, c.cout);
     let direct = matches!(role, Role::Head | Role::Tail);

@@ -584,3 +584,35 @@ fn winograd2_refuses_what_it_cannot_do_exactly() {
     assert!(s15.is_for(pc.wino2().unwrap()));
     assert!(!s15.is_for(pc.wino.as_ref().unwrap()));
 }
+
+/// Every SIMD intrinsic the kernels use is inlined into them: none is left as a function of its
+/// own in this binary. An intrinsic called from code compiled without the entry point's
+/// `#[target_feature]`s (a closure's body in a generic `#[inline(always)]` function, say)
+/// cannot be inlined and becomes a call per instruction — the VNNI Winograd kernel ran 35x
+/// slower than its direct kernel that way until session 10, with every exactness test green.
+#[test]
+fn simd_intrinsics_are_inlined_into_the_kernels() {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = match std::process::Command::new("nm").arg(&exe).output() {
+        Ok(o) if o.status.success() => o,
+        _ => {
+            eprintln!(
+                "SKIP simd_intrinsics_are_inlined_into_the_kernels: `nm` (binutils) is not available"
+            );
+            return;
+        }
+    };
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    // Mangled (legacy or v0) paths of `core::core_arch::x86{,_64}::*::_mm*` functions.
+    let outlined: Vec<&str> = symbols
+        .lines()
+        .filter(|l| l.contains("core_arch") && l.contains("_mm"))
+        .collect();
+    assert!(
+        outlined.is_empty(),
+        "{} SIMD intrinsics compiled out of line (a kernel calls them instead of inlining \
+         them: code without the entry point's target features), e.g.:\n{}",
+        outlined.len(),
+        outlined[..outlined.len().min(5)].join("\n")
+    );
+}
