@@ -152,9 +152,9 @@ fn main() {
     // SharedCuda; total fps and the mean frames per launch.
     println!();
     println!(
-        "| shared engine | input → output | streams | total fps | fps per stream | frames per launch |"
+        "| shared engine | input → output | lanes | streams | total fps | fps per stream | frames per launch |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let fp = random_model(EdsrConfig::baseline(2), 1).unwrap();
     let shared_cases = [
         (
@@ -170,11 +170,17 @@ fn main() {
             540,
         ),
     ];
-    for (label, model, w, h) in shared_cases {
-        if !wanted(&label) {
+    // Lanes: batches in flight at once (SharedCuda::get_with_lanes; ADABM_CUDA_LANES).
+    for ((label, model, w, h), lanes) in shared_cases
+        .iter()
+        .flat_map(|c| [1usize, 2].map(|l| (c, l)))
+    {
+        let (label, model, w, h) = (label.as_str(), model, *w, *h);
+        if !wanted(label) {
             continue;
         }
-        let shared = SharedCuda::get(&model, 0).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let shared =
+            SharedCuda::get_with_lanes(model, 0, lanes).unwrap_or_else(|e| panic!("{label}: {e}"));
         let s = shared.scale();
         let frame: Vec<u8> = test_image(w, h, 3).data.iter().map(|&v| v as u8).collect();
         for _ in 0..3 {
@@ -201,7 +207,7 @@ fn main() {
             let launches = sizes.len().saturating_sub(before).max(1);
             let fps = (streams * iters) as f64 / secs;
             println!(
-                "| {label} | {w}x{h} → {}x{} | {streams} | {fps:.1} | {:.1} | {:.2} |",
+                "| {label} | {w}x{h} → {}x{} | {lanes} | {streams} | {fps:.1} | {:.1} | {:.2} |",
                 w * s,
                 h * s,
                 fps / streams as f64,

@@ -5,7 +5,7 @@
 #   2. compute-sanitizer memcheck (mixed-batch and float-layer parity) and racecheck;
 #   3. the element tests that need a GPU (backend=cuda / auto), with GStreamer carried along;
 #   4. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models, shared
-#      engine), its f16 rows, (LD32=1, the default) the 32-bit fragment-load variant
+#      engine with 1 and 2 lanes), its f16 rows, (LD32=1, the default) the 32-bit fragment-load variant
 #      (ADABM_CUDA_LDMATRIX=0) for comparison with the default ldmatrix loads of the integer
 #      convs, and (LDALL=1, the default) ldmatrix in the f16 convs too: parity, memcheck, bench;
 #   5. PyTorch fp16 on the same weights and device;

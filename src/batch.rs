@@ -7,6 +7,10 @@
 //! until its own job is done; then it steps down and a waiting caller takes over. While a
 //! batch runs, the other callers' jobs queue up, so with N streams at the same frame rate the
 //! batches grow to about N frames by themselves, and a lone caller never waits for anyone.
+//!
+//! With several executors ([`Batcher::with_executors`], e.g. CUDA engines on their own device
+//! streams and buffers) up to that many batches run at once, one per executor: one batch's
+//! transfers and host work overlap another's compute.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -29,33 +33,39 @@ struct Queue<J, O> {
     next_id: u64,
     pending: VecDeque<(u64, J)>,
     done: Vec<(u64, O)>,
-    /// A leader is running a batch.
-    busy: bool,
+    /// Executors not running a batch (indices into `Batcher::execs`).
+    free: Vec<usize>,
     /// Sizes of the runs so far (for tests and statistics), capped at the last 1024.
     sizes: VecDeque<usize>,
 }
 
-/// Several callers, one executor: see the module documentation.
+/// Several callers, one executor (or a few): see the module documentation.
 pub struct Batcher<E: BatchExec> {
     queue: Mutex<Queue<E::Job, E::Out>>,
     cv: Condvar,
-    exec: Mutex<E>,
+    execs: Vec<Mutex<E>>,
     max_batch: usize,
 }
 
 impl<E: BatchExec> Batcher<E> {
     /// `max_batch` ≥ 1 jobs per run.
     pub fn new(exec: E, max_batch: usize) -> Self {
+        Self::with_executors(vec![exec], max_batch)
+    }
+
+    /// Up to `execs.len()` (≥ 1) runs at once, each on its own executor.
+    pub fn with_executors(execs: Vec<E>, max_batch: usize) -> Self {
+        assert!(!execs.is_empty(), "a batcher needs an executor");
         Self {
             queue: Mutex::new(Queue {
                 next_id: 0,
                 pending: VecDeque::new(),
                 done: Vec::new(),
-                busy: false,
+                free: (0..execs.len()).rev().collect(),
                 sizes: VecDeque::new(),
             }),
             cv: Condvar::new(),
-            exec: Mutex::new(exec),
+            execs: execs.into_iter().map(Mutex::new).collect(),
             max_batch: max_batch.max(1),
         }
     }
@@ -71,13 +81,15 @@ impl<E: BatchExec> Batcher<E> {
                 let out = q.done.swap_remove(i).1;
                 return out;
             }
-            if q.busy {
+            // A free executor and still jobs to take (another leader may have taken ours:
+            // then wait for its result).
+            if q.free.is_empty() || q.pending.is_empty() {
                 q = self.cv.wait(q).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             // Lead one run: the oldest job's key, every queued job with it, up to the limit.
-            q.busy = true;
-            let key = E::key(&q.pending.front().expect("own job queued").1);
+            let slot = q.free.pop().expect("a free executor");
+            let key = E::key(&q.pending.front().expect("a queued job").1);
             let mut ids = Vec::new();
             let mut jobs = Vec::new();
             let mut rest = VecDeque::new();
@@ -96,7 +108,7 @@ impl<E: BatchExec> Batcher<E> {
             q.sizes.push_back(jobs.len());
             drop(q);
             let outs = {
-                let mut exec = self.exec.lock().unwrap_or_else(|e| e.into_inner());
+                let mut exec = self.execs[slot].lock().unwrap_or_else(|e| e.into_inner());
                 catch_unwind(AssertUnwindSafe(|| exec.run(jobs)))
             };
             let mut outs: Vec<E::Out> = match outs {
@@ -116,7 +128,7 @@ impl<E: BatchExec> Batcher<E> {
             }
             q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.done.extend(ids.into_iter().zip(outs));
-            q.busy = false;
+            q.free.push(slot);
             self.cv.notify_all();
         }
     }
@@ -127,9 +139,14 @@ impl<E: BatchExec> Batcher<E> {
         q.sizes.iter().copied().collect()
     }
 
-    /// Locks the executor (between runs) for something other than a batch.
-    pub fn with_exec<T>(&self, f: impl FnOnce(&mut E) -> T) -> T {
-        f(&mut self.exec.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Locks executor `i` (between runs) for something other than a batch.
+    pub fn with_exec<T>(&self, i: usize, f: impl FnOnce(&mut E) -> T) -> T {
+        f(&mut self.execs[i].lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many runs can be in flight at once.
+    pub fn executors(&self) -> usize {
+        self.execs.len()
     }
 }
 
@@ -246,7 +263,7 @@ mod tests {
             sizes.iter().any(|&s| s > 1),
             "four callers never shared a run: {sizes:?}"
         );
-        b.with_exec(|e| {
+        b.with_exec(0, |e| {
             for run in &e.runs {
                 assert!(run.iter().all(|k| *k == run[0]), "sizes mixed: {run:?}");
             }
@@ -268,6 +285,79 @@ mod tests {
                 seed: 5,
             })
             .is_ok()
+        );
+    }
+
+    /// An executor that records how many runs were inside `run` at once: until two have been
+    /// in together, each run waits (up to 2 s) for another to come in.
+    struct Overlap {
+        inside: Arc<(Mutex<(usize, usize)>, std::sync::Condvar)>,
+    }
+
+    impl BatchExec for Overlap {
+        type Job = (usize, u64);
+        type Out = u64;
+        type Key = usize;
+        fn key(j: &(usize, u64)) -> usize {
+            j.0
+        }
+        fn run(&mut self, jobs: Vec<(usize, u64)>) -> Vec<u64> {
+            let (m, cv) = &*self.inside;
+            let mut g = m.lock().unwrap();
+            g.0 += 1;
+            g.1 = g.1.max(g.0);
+            cv.notify_all();
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while g.1 < 2 && std::time::Instant::now() < deadline {
+                g = cv.wait_timeout(g, Duration::from_millis(20)).unwrap().0;
+            }
+            g.0 -= 1;
+            jobs.iter().map(|j| j.1 * 2).collect()
+        }
+        fn failed(_: &str) -> u64 {
+            u64::MAX
+        }
+    }
+
+    #[test]
+    fn several_executors_run_batches_at_once() {
+        let inside = Arc::new((Mutex::new((0, 0)), std::sync::Condvar::new()));
+        let execs = (0..2)
+            .map(|_| Overlap {
+                inside: inside.clone(),
+            })
+            .collect();
+        let b = Arc::new(Batcher::with_executors(execs, 4));
+        assert_eq!(b.executors(), 2);
+        // Two callers with different keys (their frames cannot share a run), several jobs each.
+        let handles: Vec<_> = (0..2usize)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    (0..5u64)
+                        .map(|i| (i, b.run((t, 10 * t as u64 + i))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (t, h) in handles.into_iter().enumerate() {
+            for (i, out) in h.join().unwrap() {
+                assert_eq!(
+                    out,
+                    2 * (10 * t as u64 + i),
+                    "a caller got another job's output"
+                );
+            }
+        }
+        assert_eq!(
+            b.run_sizes().iter().sum::<usize>(),
+            10,
+            "every job ran once"
+        );
+        assert_eq!(
+            inside.0.lock().unwrap().1,
+            2,
+            "two executors never ran at the same time"
         );
     }
 }

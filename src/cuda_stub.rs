@@ -51,6 +51,18 @@ impl SharedCuda {
         Err(CudaError::Unavailable(NOT_BUILT.into()))
     }
 
+    pub fn get_with_lanes(
+        _model: &Model,
+        _device: usize,
+        _lanes: usize,
+    ) -> Result<std::sync::Arc<SharedCuda>> {
+        Err(CudaError::Unavailable(NOT_BUILT.into()))
+    }
+
+    pub fn lanes(&self) -> usize {
+        match *self {}
+    }
+
     pub fn upscale(
         &self,
         _rgb: Vec<u8>,

@@ -380,16 +380,23 @@ fn shared_engine_serves_several_streams() {
     let Some(dev) = gpu("shared_engine_serves_several_streams") else {
         return;
     };
+    // One lane (the default), and two (two batches in flight on their own device streams).
+    for lanes in [1, 2] {
+        shared_engine_check(dev, lanes);
+    }
+}
+
+fn shared_engine_check(dev: usize, lanes: usize) {
     let model = random_fq(32, 2, 2, 4, 4, 8);
-    let shared = SharedCuda::get(&model, dev).unwrap();
+    let shared = SharedCuda::get_with_lanes(&model, dev, lanes).unwrap();
     assert!(std::sync::Arc::ptr_eq(
         &shared,
-        &SharedCuda::get(&model, dev).unwrap()
+        &SharedCuda::get_with_lanes(&model, dev, lanes).unwrap()
     ));
     let other = random_fq(32, 2, 2, 8, 6, 8);
     assert!(!std::sync::Arc::ptr_eq(
         &shared,
-        &SharedCuda::get(&other, dev).unwrap()
+        &SharedCuda::get_with_lanes(&other, dev, lanes).unwrap()
     ));
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
@@ -426,13 +433,14 @@ fn shared_engine_serves_several_streams() {
     for t in threads {
         t.join().unwrap();
     }
+    assert_eq!(shared.lanes(), lanes);
     let sizes = shared.batch_sizes();
     assert_eq!(
         sizes.iter().sum::<usize>(),
         24,
         "every frame ran once: {sizes:?}"
     );
-    eprintln!("shared engine: launches of {sizes:?} frames");
+    eprintln!("shared engine, {lanes} lane(s): launches of {sizes:?} frames");
 }
 
 /// The built-in quantized models (trained weights, rgb_range 255) end to end.

@@ -88,8 +88,21 @@ pub struct SharedCuda {
     batcher: Batcher<Exec>,
     model: Model,
     device: usize,
+    lanes: usize,
     name: String,
     scale: usize,
+}
+
+/// Engines (lanes) per shared engine from `ADABM_CUDA_LANES` (1–4, default 1): with 2, two
+/// batches are in flight at once, each on its own device stream and buffers, so one batch's
+/// host copies and transfers overlap the other's kernels when several streams feed the engine
+/// (weights, kernels and buffers then exist twice). Opt-in until measured on a GPU
+/// (`scripts/gpu-check.sh`'s shared-engine table has rows for 1 and 2 lanes).
+pub fn lanes_from_env() -> usize {
+    std::env::var("ADABM_CUDA_LANES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(1, |n| n.clamp(1, 4))
 }
 
 /// Live shared engines; an entry goes away with its last user.
@@ -97,24 +110,37 @@ static SHARED: LazyLock<Mutex<Vec<Weak<SharedCuda>>>> = LazyLock::new(|| Mutex::
 
 impl SharedCuda {
     /// The shared engine running `model` on `device`: the existing one when another stream
-    /// runs the same model there, else a new one ([`CudaEngine::new`]'s errors).
+    /// runs the same model there, else a new one ([`CudaEngine::new`]'s errors), with
+    /// [`lanes_from_env`] lanes.
     pub fn get(model: &Model, device: usize) -> Result<Arc<SharedCuda>> {
+        Self::get_with_lanes(model, device, lanes_from_env())
+    }
+
+    /// [`Self::get`] with `lanes` (1–4) engines that run batches at once.
+    pub fn get_with_lanes(model: &Model, device: usize, lanes: usize) -> Result<Arc<SharedCuda>> {
+        let lanes = lanes.clamp(1, 4);
         let mut list = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|w| w.strong_count() > 0);
         if let Some(s) = list
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|s| s.device == device && s.model == *model)
+            .find(|s| s.device == device && s.lanes == lanes && s.model == *model)
         {
             return Ok(s);
         }
-        let engine = CudaEngine::new(model, device)?;
+        let engines = (0..lanes)
+            .map(|_| CudaEngine::new(model, device))
+            .collect::<Result<Vec<_>>>()?;
         let s = Arc::new(SharedCuda {
-            name: engine.device_name().to_string(),
-            scale: engine.scale(),
-            batcher: Batcher::new(Exec { engine }, MAX_BATCH),
+            name: engines[0].device_name().to_string(),
+            scale: engines[0].scale(),
+            batcher: Batcher::with_executors(
+                engines.into_iter().map(|engine| Exec { engine }).collect(),
+                MAX_BATCH,
+            ),
             model: model.clone(),
             device,
+            lanes,
         });
         list.push(Arc::downgrade(&s));
         Ok(s)
@@ -137,6 +163,11 @@ impl SharedCuda {
 
     pub fn scale(&self) -> usize {
         self.scale
+    }
+
+    /// Batches that can be in flight at once.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// Frames per launch of the most recent launches (up to 1024), oldest first.
