@@ -9,6 +9,7 @@
 //!                                                # at every level (--best-level: the best)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
+//!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -65,6 +66,10 @@ fn main() {
     }
     if let Some(n) = arg("--levels-ab").and_then(|v| v.parse().ok()) {
         levels_ab(n, threads);
+        return;
+    }
+    if let Some(n) = arg("--frame-io").and_then(|v| v.parse().ok()) {
+        frame_io(n);
         return;
     }
     if arg("--kernels").is_some() {
@@ -526,5 +531,116 @@ fn rss(rss_frames: usize, threads: usize) {
             rss_mib(),
             t.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// Unpacking a 3840x2160 frame to RGB bytes and packing it back (what the element does around
+/// the CUDA engine for every frame, and around the CPU engine at the output size): the
+/// session-9 code (per pixel with offsets read at run time, one thread; copied below as the
+/// baseline), the current code on one thread, and on the whole pool, alternating, fastest of
+/// `frames`.
+fn frame_io(frames: usize) {
+    use gstadabm::engine::frame::{pack_rgb8, unpack_rgb8};
+    use gstadabm::engine::{FrameMut, FrameRef, PixelLayout};
+    let (w, h) = (3840usize, 2160usize);
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    println!(
+        "| layout | session-9 code | now, 1 thread | now, {} threads | ratio to session 9 |",
+        rayon::current_num_threads()
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for layout in [PixelLayout::Rgb, PixelLayout::Bgrx, PixelLayout::Rgba] {
+        let bpp = layout.bytes_per_pixel();
+        let stride = w * bpp;
+        let data: Vec<u8> = (0..stride * h).map(|i| (i * 31 % 251) as u8).collect();
+        let mut out = vec![0u8; stride * h];
+        let mut old_out = vec![0u8; stride * h];
+        let mut run = || {
+            let f = FrameRef {
+                data: &data,
+                stride,
+                width: w,
+                height: h,
+                layout,
+            };
+            let (rgb, alpha) = unpack_rgb8(&f).unwrap();
+            let mut fm = FrameMut {
+                data: &mut out,
+                stride,
+                width: w,
+                height: h,
+                layout,
+            };
+            pack_rgb8(&rgb, alpha.as_deref(), &mut fm).unwrap();
+        };
+        let mut old = || session9_round_trip(&data, &mut old_out, stride, w, h, layout);
+        let mut best = [f64::INFINITY; 3];
+        for _ in 0..frames.max(1) + 1 {
+            let t = Instant::now();
+            old();
+            best[0] = best[0].min(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            one.install(&mut run);
+            best[1] = best[1].min(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            run();
+            best[2] = best[2].min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        assert!(out == old_out, "{layout:?}: the two implementations differ");
+        println!(
+            "| {layout:?} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}x / {:.2}x |",
+            best[0],
+            best[1],
+            best[2],
+            best[0] / best[1],
+            best[0] / best[2]
+        );
+    }
+}
+
+/// `engine::frame`'s unpack + pack of session 9, for the comparison above.
+fn session9_round_trip(
+    data: &[u8],
+    out: &mut [u8],
+    stride: usize,
+    w: usize,
+    h: usize,
+    layout: gstadabm::engine::PixelLayout,
+) {
+    let bpp = layout.bytes_per_pixel();
+    let [r, g, b] = layout.rgb_offsets();
+    let fourth = layout.fourth_offset();
+    let mut rgb = vec![0u8; w * h * 3];
+    let mut alpha = layout.has_alpha().then(|| Vec::with_capacity(w * h));
+    for y in 0..h {
+        let row = &data[y * stride..y * stride + w * bpp];
+        let dst = &mut rgb[y * w * 3..(y + 1) * w * 3];
+        for (px, o) in row.chunks_exact(bpp).zip(dst.chunks_exact_mut(3)) {
+            o[0] = px[r];
+            o[1] = px[g];
+            o[2] = px[b];
+        }
+        if let Some(a) = alpha.as_mut() {
+            a.extend(row.chunks_exact(bpp).map(|px| px[fourth.unwrap_or(0)]));
+        }
+    }
+    for y in 0..h {
+        let row = &mut out[y * stride..y * stride + w * bpp];
+        let line = &rgb[y * w * 3..(y + 1) * w * 3];
+        for (x, (px, s)) in row
+            .chunks_exact_mut(bpp)
+            .zip(line.chunks_exact(3))
+            .enumerate()
+        {
+            px[r] = s[0];
+            px[g] = s[1];
+            px[b] = s[2];
+            if let Some(o) = fourth {
+                px[o] = alpha.as_ref().map_or(255, |a| a[y * w + x]);
+            }
+        }
     }
 }

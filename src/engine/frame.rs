@@ -164,35 +164,95 @@ pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {
 
 /// Unpacks a frame into interleaved RGB bytes and, for alpha layouts, the alpha plane.
 pub fn unpack_rgb8(f: &FrameRef) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    if f.layout == PixelLayout::Rgb {
+        // Already interleaved RGB: whole rows.
+        use rayon::prelude::*;
+        check_geometry("input", f.data.len(), f.stride, f.width, f.height, 3)?;
+        let n = f.width * 3;
+        let mut out = vec![0u8; n * f.height];
+        out.par_chunks_mut(n)
+            .zip(f.data.par_chunks(f.stride))
+            .for_each(|(d, row)| d.copy_from_slice(&row[..n]));
+        return Ok((out, None));
+    }
     unpack_with(f, |v| v)
 }
 
-fn unpack_with<T: Copy + Default>(
+/// Rows in parallel (a 4K frame is 25 MB of memory-bound shuffling, 10+ ms on one core).
+fn unpack_with<T: Copy + Default + Send>(
     f: &FrameRef,
-    conv: impl Fn(u8) -> T,
+    conv: impl Fn(u8) -> T + Sync,
 ) -> Result<(Vec<T>, Option<Vec<u8>>)> {
+    use rayon::prelude::*;
     let bpp = f.layout.bytes_per_pixel();
     check_geometry("input", f.data.len(), f.stride, f.width, f.height, bpp)?;
-    let [r, g, b] = f.layout.rgb_offsets();
-    let mut out = vec![T::default(); f.width * f.height * 3];
-    let mut alpha = f
-        .layout
-        .has_alpha()
-        .then(|| Vec::with_capacity(f.width * f.height));
-    let a_off = f.layout.fourth_offset().unwrap_or(0);
-    for y in 0..f.height {
-        let row = &f.data[y * f.stride..y * f.stride + f.width * bpp];
-        let dst = &mut out[y * f.width * 3..(y + 1) * f.width * 3];
-        for (px, o) in row.chunks_exact(bpp).zip(dst.chunks_exact_mut(3)) {
-            o[0] = conv(px[r]);
-            o[1] = conv(px[g]);
-            o[2] = conv(px[b]);
+    let w = f.width;
+    let mut out = vec![T::default(); w * f.height * 3];
+    let rows = || f.data.par_chunks(f.stride).map(|row| &row[..w * bpp]);
+    // Offsets as constants, one loop per layout (runtime offsets measured up to 1.5x slower).
+    use PixelLayout as L;
+    out.par_chunks_mut(w * 3)
+        .zip(rows())
+        .for_each(|(dst, row)| match f.layout {
+            L::Rgb => unpack_row::<T, 3, 0, 1, 2>(row, dst, &conv),
+            L::Bgr => unpack_row::<T, 3, 2, 1, 0>(row, dst, &conv),
+            L::Rgbx | L::Rgba => unpack_row::<T, 4, 0, 1, 2>(row, dst, &conv),
+            L::Bgrx | L::Bgra => unpack_row::<T, 4, 2, 1, 0>(row, dst, &conv),
+            L::Xrgb | L::Argb => unpack_row::<T, 4, 1, 2, 3>(row, dst, &conv),
+            L::Xbgr | L::Abgr => unpack_row::<T, 4, 3, 2, 1>(row, dst, &conv),
+        });
+    let alpha = f.layout.has_alpha().then(|| {
+        let a_off = f.layout.fourth_offset().unwrap_or(0);
+        let mut a = vec![0u8; w * f.height];
+        a.par_chunks_mut(w).zip(rows()).for_each(|(dst, row)| {
+            for (o, px) in dst.iter_mut().zip(row.chunks_exact(bpp)) {
+                *o = px[a_off];
+            }
+        });
+        a
+    });
+    Ok((out, alpha))
+}
+
+/// One row of [`unpack_with`]: pixels of `BPP` bytes with R, G, B at those offsets.
+#[inline(always)]
+fn unpack_row<T, const BPP: usize, const R: usize, const G: usize, const B: usize>(
+    row: &[u8],
+    dst: &mut [T],
+    conv: &impl Fn(u8) -> T,
+) {
+    for (px, o) in row.chunks_exact(BPP).zip(dst.chunks_exact_mut(3)) {
+        o[0] = conv(px[R]);
+        o[1] = conv(px[G]);
+        o[2] = conv(px[B]);
+    }
+}
+
+/// One row of [`pack_with`]: pixels of `BPP` bytes with R, G, B at those offsets and, when
+/// `F < BPP`, the fourth byte at `F` from `alpha` (else 255).
+#[inline(always)]
+fn pack_row<T, const BPP: usize, const R: usize, const G: usize, const B: usize, const F: usize>(
+    row: &mut [u8],
+    line: &[T],
+    alpha: Option<&[u8]>,
+    conv: &impl Fn(&T) -> u8,
+) {
+    let pixels = row.chunks_exact_mut(BPP).zip(line.chunks_exact(3));
+    match alpha {
+        Some(a) if F < BPP => {
+            for ((px, s), &v) in pixels.zip(a) {
+                (px[R], px[G], px[B], px[F]) = (conv(&s[0]), conv(&s[1]), conv(&s[2]), v);
+            }
         }
-        if let Some(a) = alpha.as_mut() {
-            a.extend(row.chunks_exact(bpp).map(|px| px[a_off]));
+        _ => {
+            for (px, s) in pixels {
+                (px[R], px[G], px[B]) = (conv(&s[0]), conv(&s[1]), conv(&s[2]));
+                if F < BPP {
+                    px[F] = 255;
+                }
+            }
         }
     }
-    Ok((out, alpha))
 }
 
 /// Packs an RGB image (and alpha, for alpha layouts) into a frame. Padding bytes become 255.
@@ -211,17 +271,30 @@ pub fn pack_rgb8(rgb: &[u8], alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<(
         )));
     }
     let (w, h) = (f.width, f.height);
+    if f.layout == PixelLayout::Rgb {
+        // Already interleaved RGB: whole rows.
+        use rayon::prelude::*;
+        check_geometry("output", f.data.len(), f.stride, w, h, 3)?;
+        f.data
+            .par_chunks_mut(f.stride)
+            .take(h)
+            .zip(rgb.par_chunks(w * 3))
+            .for_each(|(row, s)| row[..w * 3].copy_from_slice(s));
+        return Ok(());
+    }
     pack_with(rgb, w, h, alpha, f, |&v| v)
 }
 
-fn pack_with<T>(
+/// Rows in parallel, as [`unpack_with`].
+fn pack_with<T: Sync>(
     src: &[T],
     width: usize,
     height: usize,
     alpha: Option<&[u8]>,
     f: &mut FrameMut,
-    conv: impl Fn(&T) -> u8,
+    conv: impl Fn(&T) -> u8 + Sync,
 ) -> Result<()> {
+    use rayon::prelude::*;
     let bpp = f.layout.bytes_per_pixel();
     check_geometry("output", f.data.len(), f.stride, f.width, f.height, bpp)?;
     if (width, height) != (f.width, f.height) {
@@ -230,24 +303,34 @@ fn pack_with<T>(
             f.width, f.height
         )));
     }
-    let [r, g, b] = f.layout.rgb_offsets();
-    let fourth = f.layout.fourth_offset();
-    for y in 0..f.height {
-        let row = &mut f.data[y * f.stride..y * f.stride + f.width * bpp];
-        let line = &src[y * f.width * 3..(y + 1) * f.width * 3];
-        for (x, (px, s)) in row
-            .chunks_exact_mut(bpp)
-            .zip(line.chunks_exact(3))
-            .enumerate()
-        {
-            px[r] = conv(&s[0]);
-            px[g] = conv(&s[1]);
-            px[b] = conv(&s[2]);
-            if let Some(o) = fourth {
-                px[o] = alpha.map_or(255, |a| a[y * f.width + x]);
-            }
-        }
+    let w = f.width;
+    if let Some(a) = alpha
+        && a.len() < w * height
+    {
+        return Err(Error::Input(format!(
+            "alpha plane has {} values for a {w}x{height} frame",
+            a.len()
+        )));
     }
+    let layout = f.layout;
+    use PixelLayout as L;
+    f.data
+        .par_chunks_mut(f.stride)
+        .take(height)
+        .zip(src.par_chunks(w * 3))
+        .enumerate()
+        .for_each(|(y, (row, line))| {
+            let row = &mut row[..w * bpp];
+            let a = alpha.map(|a| &a[y * w..(y + 1) * w]);
+            match layout {
+                L::Rgb => pack_row::<T, 3, 0, 1, 2, 3>(row, line, a, &conv),
+                L::Bgr => pack_row::<T, 3, 2, 1, 0, 3>(row, line, a, &conv),
+                L::Rgbx | L::Rgba => pack_row::<T, 4, 0, 1, 2, 3>(row, line, a, &conv),
+                L::Bgrx | L::Bgra => pack_row::<T, 4, 2, 1, 0, 3>(row, line, a, &conv),
+                L::Xrgb | L::Argb => pack_row::<T, 4, 1, 2, 3, 0>(row, line, a, &conv),
+                L::Xbgr | L::Abgr => pack_row::<T, 4, 3, 2, 1, 0>(row, line, a, &conv),
+            }
+        });
     Ok(())
 }
 
@@ -312,6 +395,89 @@ mod tests {
                         let o = layout.fourth_offset().unwrap();
                         assert_eq!(out[p + o], data[p + o], "{layout:?} alpha");
                     }
+                }
+            }
+        }
+    }
+
+    /// Channels land where each layout names them, in frames whose buffer ends right after
+    /// the last row's pixels (no stride padding after it), tall enough to be split over
+    /// threads; the padding byte of the x layouts becomes 255 and alpha is carried.
+    #[test]
+    fn rgb8_channels_follow_the_layout() {
+        let (w, h) = (7, 64);
+        let pixel = |x: usize, y: usize| -> [u8; 4] {
+            let v = (y * w + x) as u8;
+            [
+                v,
+                v.wrapping_add(60),
+                v.wrapping_add(120),
+                v.wrapping_add(180),
+            ]
+        };
+        for layout in PixelLayout::ALL {
+            let bpp = layout.bytes_per_pixel();
+            let stride = w * bpp + 5;
+            let mut data = vec![0u8; (h - 1) * stride + w * bpp];
+            let [r, g, b] = layout.rgb_offsets();
+            for y in 0..h {
+                for x in 0..w {
+                    let p = y * stride + x * bpp;
+                    let [pr, pg, pb, pa] = pixel(x, y);
+                    (data[p + r], data[p + g], data[p + b]) = (pr, pg, pb);
+                    if let Some(o) = layout.fourth_offset() {
+                        data[p + o] = pa;
+                    }
+                }
+            }
+            let f = FrameRef {
+                data: &data,
+                stride,
+                width: w,
+                height: h,
+                layout,
+            };
+            let (rgb, alpha) = unpack_rgb8(&f).unwrap();
+            for y in 0..h {
+                for x in 0..w {
+                    let [pr, pg, pb, pa] = pixel(x, y);
+                    let i = (y * w + x) * 3;
+                    assert_eq!(rgb[i..i + 3], [pr, pg, pb], "{layout:?} at ({x}, {y})");
+                    if let Some(a) = &alpha {
+                        assert_eq!(a[y * w + x], pa, "{layout:?} alpha at ({x}, {y})");
+                    }
+                }
+            }
+            let mut out = vec![0u8; data.len()];
+            let mut fm = FrameMut {
+                data: &mut out,
+                stride,
+                width: w,
+                height: h,
+                layout,
+            };
+            pack_rgb8(&rgb, alpha.as_deref(), &mut fm).unwrap();
+            for y in 0..h {
+                for x in 0..w {
+                    let p = y * stride + x * bpp;
+                    let [pr, pg, pb, pa] = pixel(x, y);
+                    assert_eq!(
+                        [out[p + r], out[p + g], out[p + b]],
+                        [pr, pg, pb],
+                        "{layout:?}"
+                    );
+                    if let Some(o) = layout.fourth_offset() {
+                        let want = if layout.has_alpha() { pa } else { 255 };
+                        assert_eq!(out[p + o], want, "{layout:?} fourth byte");
+                    }
+                }
+                // Stride padding is left alone.
+                if y + 1 < h {
+                    assert!(
+                        out[y * stride + w * bpp..(y + 1) * stride]
+                            .iter()
+                            .all(|&v| v == 0)
+                    );
                 }
             }
         }
