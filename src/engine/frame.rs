@@ -343,16 +343,18 @@ pub fn upscale_plane_bilinear(src: &[u8], w: usize, h: usize, s: usize) -> Vec<u
         let i = c.floor() as usize;
         (i, (i + 1).min(n - 1), c - i as f32)
     };
-    let mut out = Vec::with_capacity(ow * oh);
-    for oy in 0..oh {
+    // Rows over the thread pool (a 4K alpha plane is 8 M interpolations).
+    use rayon::prelude::*;
+    let cols: Vec<(usize, usize, f32)> = (0..ow).map(|ox| coord(ox, w)).collect();
+    let mut out = vec![0u8; ow * oh];
+    out.par_chunks_mut(ow).enumerate().for_each(|(oy, row)| {
         let (y0, y1, fy) = coord(oy, h);
-        for ox in 0..ow {
-            let (x0, x1, fx) = coord(ox, w);
+        for (o, &(x0, x1, fx)) in row.iter_mut().zip(&cols) {
             let top = src[y0 * w + x0] as f32 * (1.0 - fx) + src[y0 * w + x1] as f32 * fx;
             let bot = src[y1 * w + x0] as f32 * (1.0 - fx) + src[y1 * w + x1] as f32 * fx;
-            out.push(to_u8(top * (1.0 - fy) + bot * fy));
+            *o = to_u8(top * (1.0 - fy) + bot * fy);
         }
-    }
+    });
     out
 }
 
