@@ -22,7 +22,7 @@
 # most, and a step killed at the time limit still leaves the earlier ones packed).
 # Files: device.txt, cpu.txt, parity.txt, parity-float.txt, sanitizer.txt, element.txt,
 # bench.md, bench-float.md, bench-ld32.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, cpu-tests.txt, cpu-levels.txt,
-# cpu-winograd.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
+# cpu-winograd.txt, frame-io.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -132,6 +132,10 @@ if [ "${VNNI:-1}" = 1 ] && [ -x "$BIN/lib-tests" ]; then
     start=$(date +%s)
     timeout "${CPU_BENCH_TIMEOUT:-150}" "$BIN/cpu-bench" --levels-ab "${CPU_FRAMES:-3}" > "$RAW/cpu-levels.txt" 2>&1
     summary "cpu levels rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'EDSR-baseline x2 integer w4a4 320x180' "$RAW/cpu-levels.txt" | tr '\n' ' ')"
+    # The element's frame unpack / pack around the CUDA engine, 4K, 1 thread vs all cores.
+    start=$(date +%s)
+    timeout 60 "$BIN/cpu-bench" --frame-io 10 > "$RAW/frame-io.txt" 2>&1
+    summary "frame io rc=$? ($(( $(date +%s) - start )) s): $(grep -E '^\| Rgb ' "$RAW/frame-io.txt")"
     # At every level: direct (512-bit on AVX-512) vs Winograd F(2,3) (256-bit) vs F(2x2,3x3).
     start=$(date +%s)
     timeout "${CPU_BENCH_TIMEOUT:-150}" "$BIN/cpu-bench" --winograd-ab "${CPU_FRAMES:-3}" > "$RAW/cpu-winograd.txt" 2>&1
