@@ -28,6 +28,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 RAW=${RAW:-/tmp/adabm-gpu-results}
 BIN=${BIN:-gpu-bin}
+[ "$RAW" = /tmp/adabm-gpu-results ] && rm -rf "$RAW"   # no stale files from an earlier run
 mkdir -p "$OUT" "$RAW"
 # Carried as one archive (scripts/gpu-build.sh): unpack it when the folder is not here.
 if [ ! -d "$BIN" ] && [ -f gpu-bin.tar.xz ]; then tar -xJf gpu-bin.tar.xz; fi
@@ -49,7 +50,7 @@ summary "device: $(head -1 "$RAW/device.txt")"
 { lscpu | grep -E 'Model name|^CPU\(s\)|Thread|Socket'; grep -o -w -E 'avx2|avx512f|avx512bw|avx512vl|avx512_vnni|avx_vnni' /proc/cpuinfo | sort | uniq -c; } > "$RAW/cpu.txt" 2>&1
 summary "cpu: $(grep 'Model name' "$RAW/cpu.txt" | sed 's/.*: *//') [$(awk '/avx/ {printf "%s ", $2}' "$RAW/cpu.txt")]"
 
-# The f16 path of floating-point layers (not yet run on a GPU when written) in a process of
+# The f16 path of floating-point layers (first run on an H200 in session 10) in a process of
 # its own, so that a fault there (a sticky CUDA error) cannot take the integer parity with it.
 # The NVRTC compile-and-spill test is CI's (a minute of device time saved).
 start=$(date +%s)
