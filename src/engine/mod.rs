@@ -296,10 +296,13 @@ impl Engine {
                 dst.width, dst.height, dst.layout, src.width, src.height, src.layout
             )));
         }
-        let (img, alpha) = frame::unpack(src)?;
+        // The frame copies run on this engine's threads too (they are parallel by rows).
+        let (img, alpha) = self.pool.install(|| frame::unpack(src))?;
         let (hr, stats) = self.upscale(&img, opts)?;
-        let alpha = alpha.map(|a| frame::upscale_plane_bilinear(&a, src.width, src.height, s));
-        frame::pack(&hr, alpha.as_deref(), dst)?;
+        self.pool.install(|| {
+            let alpha = alpha.map(|a| frame::upscale_plane_bilinear(&a, src.width, src.height, s));
+            frame::pack(&hr, alpha.as_deref(), dst)
+        })?;
         Ok(stats)
     }
 }
