@@ -149,6 +149,10 @@ pub fn to_u8(v: f32) -> u8 {
     v.round_ties_even().clamp(0.0, 255.0) as u8
 }
 
+/// Rows per task of the frame copies over the thread pool (fewer, larger tasks: a row of a 4K
+/// frame is only microseconds of work).
+const ROWS_PER_TASK: usize = 16;
+
 /// Unpacks a frame into an RGB image and, for alpha layouts, the alpha plane.
 pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {
     let (data, alpha) = unpack_with(f, |v| v as f32)?;
@@ -172,6 +176,7 @@ pub fn unpack_rgb8(f: &FrameRef) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
         let mut out = vec![0u8; n * f.height];
         out.par_chunks_mut(n)
             .zip(f.data.par_chunks(f.stride))
+            .with_min_len(ROWS_PER_TASK)
             .for_each(|(d, row)| d.copy_from_slice(&row[..n]));
         return Ok((out, None));
     }
@@ -193,6 +198,7 @@ fn unpack_with<T: Copy + Default + Send>(
     use PixelLayout as L;
     out.par_chunks_mut(w * 3)
         .zip(rows())
+        .with_min_len(ROWS_PER_TASK)
         .for_each(|(dst, row)| match f.layout {
             L::Rgb => unpack_row::<T, 3, 0, 1, 2>(row, dst, &conv),
             L::Bgr => unpack_row::<T, 3, 2, 1, 0>(row, dst, &conv),
@@ -204,11 +210,14 @@ fn unpack_with<T: Copy + Default + Send>(
     let alpha = f.layout.has_alpha().then(|| {
         let a_off = f.layout.fourth_offset().unwrap_or(0);
         let mut a = vec![0u8; w * f.height];
-        a.par_chunks_mut(w).zip(rows()).for_each(|(dst, row)| {
-            for (o, px) in dst.iter_mut().zip(row.chunks_exact(bpp)) {
-                *o = px[a_off];
-            }
-        });
+        a.par_chunks_mut(w)
+            .zip(rows())
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|(dst, row)| {
+                for (o, px) in dst.iter_mut().zip(row.chunks_exact(bpp)) {
+                    *o = px[a_off];
+                }
+            });
         a
     });
     Ok((out, alpha))
@@ -279,6 +288,7 @@ pub fn pack_rgb8(rgb: &[u8], alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<(
             .par_chunks_mut(f.stride)
             .take(h)
             .zip(rgb.par_chunks(w * 3))
+            .with_min_len(ROWS_PER_TASK)
             .for_each(|(row, s)| row[..w * 3].copy_from_slice(s));
         return Ok(());
     }
@@ -319,6 +329,7 @@ fn pack_with<T: Sync>(
         .take(height)
         .zip(src.par_chunks(w * 3))
         .enumerate()
+        .with_min_len(ROWS_PER_TASK)
         .for_each(|(y, (row, line))| {
             let row = &mut row[..w * bpp];
             let a = alpha.map(|a| &a[y * w..(y + 1) * w]);
@@ -347,14 +358,17 @@ pub fn upscale_plane_bilinear(src: &[u8], w: usize, h: usize, s: usize) -> Vec<u
     use rayon::prelude::*;
     let cols: Vec<(usize, usize, f32)> = (0..ow).map(|ox| coord(ox, w)).collect();
     let mut out = vec![0u8; ow * oh];
-    out.par_chunks_mut(ow).enumerate().for_each(|(oy, row)| {
-        let (y0, y1, fy) = coord(oy, h);
-        for (o, &(x0, x1, fx)) in row.iter_mut().zip(&cols) {
-            let top = src[y0 * w + x0] as f32 * (1.0 - fx) + src[y0 * w + x1] as f32 * fx;
-            let bot = src[y1 * w + x0] as f32 * (1.0 - fx) + src[y1 * w + x1] as f32 * fx;
-            *o = to_u8(top * (1.0 - fy) + bot * fy);
-        }
-    });
+    out.par_chunks_mut(ow)
+        .enumerate()
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(oy, row)| {
+            let (y0, y1, fy) = coord(oy, h);
+            for (o, &(x0, x1, fx)) in row.iter_mut().zip(&cols) {
+                let top = src[y0 * w + x0] as f32 * (1.0 - fx) + src[y0 * w + x1] as f32 * fx;
+                let bot = src[y1 * w + x0] as f32 * (1.0 - fx) + src[y1 * w + x1] as f32 * fx;
+                *o = to_u8(top * (1.0 - fy) + bot * fy);
+            }
+        });
     out
 }
 
