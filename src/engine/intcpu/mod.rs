@@ -216,10 +216,10 @@ pub enum Winograd {
     Tiles,
 }
 
-/// 0: not read yet; 1 + the mode when chosen ([`set_winograd`], `ADABM_WINOGRAD`);
-/// [`DEFAULT`]: each level's default ([`winograd_for`]).
+/// 0: not read yet; else 1 + the index in [`MODES`] of the mode [`set_winograd`] or
+/// `ADABM_WINOGRAD` chose, or [`DEFAULT`]: each level's default ([`winograd_for`]).
 static WINOGRAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-const DEFAULT: u8 = 4;
+const DEFAULT: u8 = MODES.len() as u8 + 1;
 
 const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 
@@ -234,26 +234,20 @@ const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 ///   them).
 pub fn winograd_for(level: CpuLevel) -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
-    let v = match WINOGRAD.load(Relaxed) {
-        0 => {
-            let v = match std::env::var("ADABM_WINOGRAD").ok().as_deref() {
-                Some("0" | "off") => 1,
-                Some("rows") => 2,
-                Some("tiles") => 3,
-                _ => DEFAULT,
-            };
-            WINOGRAD.store(v, Relaxed);
-            v
-        }
-        v => v,
-    };
-    if v == DEFAULT {
-        match level {
+    if WINOGRAD.load(Relaxed) == 0 {
+        set_winograd(match std::env::var("ADABM_WINOGRAD").ok().as_deref() {
+            Some("0" | "off") => Some(Winograd::Off),
+            Some("rows") => Some(Winograd::Rows),
+            Some("tiles") => Some(Winograd::Tiles),
+            _ => None,
+        });
+    }
+    match WINOGRAD.load(Relaxed) {
+        DEFAULT => match level {
             CpuLevel::Avx512Vnni | CpuLevel::EmulatedVnni512 => Winograd::Off,
             _ => Winograd::Rows,
-        }
-    } else {
-        MODES[v as usize - 1]
+        },
+        v => MODES[v as usize - 1],
     }
 }
 
