@@ -376,9 +376,31 @@ fn fastest(frames: usize, mut pass: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// EDSR-baseline integer w4a4 (x2 320x180, x4 480x270) with the direct kernels, Winograd
-/// F(2,3) and F(2x2, 3x3), frames alternating in one process (the fastest frame of each: the
-/// least disturbed), and the outputs compared.
+/// The networks of the A/B benchmarks: EDSR-baseline (random weights) quantized to `kind`
+/// ("w4a4", "w8a6"), or the built-in w4a4 model of that scale (`kind` "built-in").
+fn ab_model(scale: u32, kind: &str) -> (String, gstadabm::engine::Model) {
+    if kind == "built-in" {
+        let b = builtin::find(scale, "w4a4").unwrap();
+        (format!("built-in {}", b.name), b.load().unwrap())
+    } else {
+        let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
+        let (wb, ab) = if kind == "w4a4" { (4, 4) } else { (8, 6) };
+        let q = quantize_on_synthetic(&fp, QuantMode::Fq, wb, ab, 1).unwrap();
+        (format!("EDSR-baseline x{scale} integer {kind}"), q)
+    }
+}
+
+/// The SIMD levels from AVX2 up among `levels`.
+fn from_avx2(levels: Vec<CpuLevel>) -> Vec<CpuLevel> {
+    levels
+        .into_iter()
+        .filter(|l| *l >= CpuLevel::Avx2)
+        .collect()
+}
+
+/// Integer w4a4 (EDSR-baseline x2 320x180 and x4 480x270, the built-ins) with the direct
+/// kernels, Winograd F(2,3) and F(2x2, 3x3) at every level from AVX2 up, frames alternating
+/// in one process (the fastest frame of each: the least disturbed), and the outputs compared.
 fn winograd_ab(frames: usize, threads: usize) {
     use gstadabm::engine::intcpu::{Winograd, set_winograd};
     let modes = [
@@ -388,27 +410,17 @@ fn winograd_ab(frames: usize, threads: usize) {
     ];
     let only = arg("--only").unwrap_or_default();
     // Every level from AVX2 up that this host has (the best one alone with `--best-level`).
-    let mut levels: Vec<CpuLevel> = CpuLevel::available()
-        .into_iter()
-        .filter(|l| *l >= CpuLevel::Avx2)
-        .collect();
+    let mut levels = from_avx2(CpuLevel::available());
     if std::env::args().any(|a| a == "--best-level") {
         levels.drain(..levels.len().saturating_sub(1));
     }
-    for (scale, w, h, builtin_model) in [
-        (2u32, 320usize, 180usize, false),
-        (4, 480, 270, false),
-        (2, 320, 180, true),
-        (4, 480, 270, true),
+    for (scale, w, h, kind) in [
+        (2u32, 320usize, 180usize, "w4a4"),
+        (4, 480, 270, "w4a4"),
+        (2, 320, 180, "built-in"),
+        (4, 480, 270, "built-in"),
     ] {
-        let (name, q) = if builtin_model {
-            let b = builtin::find(scale, "w4a4").unwrap();
-            (format!("built-in {}", b.name), b.load().unwrap())
-        } else {
-            let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
-            let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
-            (format!("EDSR-baseline x{scale} integer w4a4"), q)
-        };
+        let (name, q) = ab_model(scale, kind);
         if !name.contains(&only) {
             continue;
         }
@@ -453,15 +465,11 @@ fn winograd_ab(frames: usize, threads: usize) {
 fn levels_ab(frames: usize, threads: usize) {
     // `--with-emulated`: the emulated VNNI levels too (their kernels' structure on AVX2; slow
     // by design, but a kernel an order of magnitude off its direct form shows here).
-    let levels: Vec<CpuLevel> = if std::env::args().any(|a| a == "--with-emulated") {
+    let levels = from_avx2(if std::env::args().any(|a| a == "--with-emulated") {
         CpuLevel::testable()
     } else {
         CpuLevel::available()
-    };
-    let levels: Vec<CpuLevel> = levels
-        .into_iter()
-        .filter(|l| *l >= CpuLevel::Avx2)
-        .collect();
+    });
     println!("levels: {levels:?}");
     let only = arg("--only").unwrap_or_default();
     for (scale, w, h, kind) in [
@@ -471,15 +479,7 @@ fn levels_ab(frames: usize, threads: usize) {
         (2, 320, 180, "built-in"),
         (4, 480, 270, "built-in"),
     ] {
-        let (name, q) = if kind == "built-in" {
-            let b = builtin::find(scale, "w4a4").unwrap();
-            (format!("built-in {}", b.name), b.load().unwrap())
-        } else {
-            let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
-            let (wb, ab) = if kind == "w4a4" { (4, 4) } else { (8, 6) };
-            let q = quantize_on_synthetic(&fp, QuantMode::Fq, wb, ab, 1).unwrap();
-            (format!("EDSR-baseline x{scale} integer {kind}"), q)
-        };
+        let (name, q) = ab_model(scale, kind);
         if !name.contains(&only) {
             continue;
         }
