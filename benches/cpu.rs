@@ -453,7 +453,7 @@ fn winograd_ab(frames: usize, threads: usize) {
             println!(
                 "{name}, {level:?}: F(2x2,3x3) / F(2,3) {:.2}x faster; default {:?}; outputs identical: {same}",
                 best[1] / best[2],
-                gstadabm::engine::intcpu::winograd_for(level)
+                gstadabm::engine::intcpu::winograd_mode()
             );
         }
     }

@@ -57,6 +57,9 @@ pub struct Pixel<'a> {
 pub fn pixel(level: CpuLevel, op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
     match level {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI.
+        CpuLevel::Avx512Vnni => unsafe { avx512(op, c, s, k, px) },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and the levels above it are selected only on CPUs with AVX2.
         l if l >= CpuLevel::Avx2 => unsafe { avx2(op, c, s, k, px) },
         _ => scalar(op, c, s, k, px, 0),
@@ -161,6 +164,92 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
         }
     }
     scalar(op, c, s, k, px, full);
+}
+
+/// [`avx2`] with 16 channels per step on 512-bit vectors, the last step masked (no scalar
+/// tail). The same IEEE operations in the same order; codes by `vcvtps2dq` (nearest even),
+/// negative results (only the "integer indefinite" of a NaN product) to 0 and the rest
+/// saturated to 255, as `vpackusdw` + `vpackuswb` do.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL; `s`, `k` and the buffers `op` uses hold at least
+/// `s.len()` values, `c.bias` too.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+unsafe fn avx512(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
+    use std::arch::x86_64::*;
+    let n = s.len();
+    assert!(k.len() >= n && c.bias.len() >= n, "epilogue inputs");
+    match op {
+        Op::Values => assert!(px.out.len() >= n),
+        Op::Head => assert!(px.res.len() >= n && px.head.len() >= n && px.d.len() >= n),
+        Op::Res => assert!(px.res.len() >= n && px.d.len() >= n),
+        Op::Skip => assert!(px.head.len() >= n && px.d.len() >= n),
+        Op::Codes | Op::Relu => assert!(px.d.len() >= n),
+    }
+    // SAFETY: every access is at channels o..o + 16 under the mask `m`, whose lanes are below
+    // n, inside the buffers checked above; AVX-512 F/BW/VL are enabled.
+    unsafe {
+        let (hw, da, l) = (
+            _mm512_set1_ps(c.hw),
+            _mm512_set1_ps(c.da),
+            _mm512_set1_ps(c.l),
+        );
+        let rs = _mm512_set1_ps(c.res_scale);
+        let (nl, nu, ns) = (
+            _mm512_set1_ps(c.next.l),
+            _mm512_set1_ps(c.next.u),
+            _mm512_set1_ps(c.next.inv_step()),
+        );
+        let zero = _mm512_setzero_ps();
+        // Codes of 16 values as 16 bytes.
+        let code = |x: __m512| -> __m128i {
+            let x = _mm512_min_ps(_mm512_max_ps(x, nl), nu);
+            let i = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, nl), ns));
+            _mm512_cvtusepi32_epi8(_mm512_max_epi32(i, _mm512_setzero_si512()))
+        };
+        let mut o = 0;
+        while o < n {
+            let m: __mmask16 = if n - o >= 16 {
+                0xffff
+            } else {
+                (1u16 << (n - o)) - 1
+            };
+            let si = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, s.as_ptr().add(o).cast()));
+            let ki = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, k.as_ptr().add(o).cast()));
+            let b = _mm512_maskz_loadu_ps(m, c.bias.as_ptr().add(o));
+            let v = _mm512_add_ps(
+                b,
+                _mm512_mul_ps(
+                    hw,
+                    _mm512_add_ps(_mm512_mul_ps(da, si), _mm512_mul_ps(l, ki)),
+                ),
+            );
+            let d = px.d.as_mut_ptr().add(o);
+            let store_codes = |x: __m512| _mm_mask_storeu_epi8(d.cast(), m, code(x));
+            match op {
+                Op::Values => _mm512_mask_storeu_ps(px.out.as_mut_ptr().add(o), m, v),
+                Op::Codes => store_codes(v),
+                Op::Head => {
+                    _mm512_mask_storeu_ps(px.head.as_mut_ptr().add(o), m, v);
+                    _mm512_mask_storeu_ps(px.res.as_mut_ptr().add(o), m, v);
+                    store_codes(v);
+                }
+                Op::Relu => store_codes(_mm512_max_ps(v, zero)),
+                Op::Res => {
+                    let r = px.res.as_mut_ptr().add(o);
+                    let nr = _mm512_add_ps(_mm512_maskz_loadu_ps(m, r), _mm512_mul_ps(rs, v));
+                    _mm512_mask_storeu_ps(r, m, nr);
+                    store_codes(nr);
+                }
+                Op::Skip => {
+                    let hd = _mm512_maskz_loadu_ps(m, px.head.as_ptr().add(o));
+                    store_codes(_mm512_add_ps(v, hd));
+                }
+            }
+            o += 16;
+        }
+    }
 }
 
 #[cfg(test)]

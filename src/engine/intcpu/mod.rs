@@ -217,22 +217,20 @@ pub enum Winograd {
 }
 
 /// 0: not read yet; else 1 + the index in [`MODES`] of the mode [`set_winograd`] or
-/// `ADABM_WINOGRAD` chose, or [`DEFAULT`]: each level's default ([`winograd_for`]).
+/// `ADABM_WINOGRAD` chose, or [`DEFAULT`] ([`winograd_mode`]).
 static WINOGRAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 const DEFAULT: u8 = MODES.len() as u8 + 1;
 
 const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 
-/// The Winograd kernels the fused engine uses at `level`: the mode `ADABM_WINOGRAD` (`0`/`off`,
-/// `rows`, `tiles`) or [`set_winograd`] chose, else the level's default:
-/// - AVX2 and AVX-VNNI: `Rows` (F(2,3) along x: 1.5x fewer multiplies on the same 256-bit
-///   vectors). `Tiles` does 1.5x fewer again but measured slower end to end: its per-element
-///   widening and output transform cost more than the multiplies it saves at 32–64 channels
-///   on AVX2 (BENCHMARKS.md).
-/// - AVX-512 VNNI: `Off`. The direct kernel runs on 512-bit vectors (64 products per
-///   instruction against the Winograd kernel's 32 on 256-bit ones, which saves only a third of
-///   them).
-pub fn winograd_for(level: CpuLevel) -> Winograd {
+/// The Winograd kernels the fused engine uses: the mode `ADABM_WINOGRAD` (`0`/`off`,
+/// `rows`, `tiles`) or [`set_winograd`] chose, else the default:
+/// `Rows` (F(2,3) along x: 1.5x fewer multiplies) at every level. `Tiles` does 1.5x fewer
+/// again but measured slower end to end: its per-element widening and output transform cost
+/// more than the multiplies it saves at 32–64 channels (BENCHMARKS.md). At AVX-512 VNNI both
+/// the direct and the F(2,3) kernel run on 512-bit vectors; F(2,3) measured 1.10–1.14x faster
+/// on EDSR-baseline (Zen 4), 0.99–1.05x on the 32-channel built-ins.
+pub fn winograd_mode() -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
     if WINOGRAD.load(Relaxed) == 0 {
         set_winograd(match std::env::var("ADABM_WINOGRAD").ok().as_deref() {
@@ -243,16 +241,13 @@ pub fn winograd_for(level: CpuLevel) -> Winograd {
         });
     }
     match WINOGRAD.load(Relaxed) {
-        DEFAULT => match level {
-            CpuLevel::Avx512Vnni | CpuLevel::EmulatedVnni512 => Winograd::Off,
-            _ => Winograd::Rows,
-        },
+        DEFAULT => Winograd::Rows,
         v => MODES[v as usize - 1],
     }
 }
 
-/// Sets the Winograd kernels for the whole process (for comparisons); `None`: each level's
-/// default again.
+/// Sets the Winograd kernels for the whole process (for comparisons); `None`: the default
+/// again.
 pub fn set_winograd(mode: Option<Winograd>) {
     let v = mode.map_or(DEFAULT, |mode| {
         MODES.iter().position(|&m| m == mode).expect("a mode") as u8 + 1
@@ -482,13 +477,13 @@ pub fn row_sums_wino_i32(
         // shapes and codes checked above (i32 sums of ≤ 3·cstride products of |V·U| ≤ 254·127
         // cannot overflow).
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::EmulatedVnni | CpuLevel::EmulatedVnni512 => unsafe {
-            vnni::wino_emulated(v, pc, ww, cols, out)
-        },
+        CpuLevel::EmulatedVnni => unsafe { vnni::wino_emulated(v, pc, ww, cols, out) },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::EmulatedVnni512 => unsafe { vnni::wino512_emulated(v, pc, ww, cols, out) },
         #[cfg(target_arch = "x86_64")]
         CpuLevel::AvxVnni => unsafe { vnni::wino_avxvnni(v, pc, ww, cols, out) },
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx512Vnni => unsafe { vnni::wino_avx512vnni(v, pc, ww, cols, out) },
+        CpuLevel::Avx512Vnni => unsafe { vnni::wino512_avx512vnni(v, pc, ww, cols, out) },
         _ => panic!("no i32 Winograd kernel at {level:?}"),
     }
 }

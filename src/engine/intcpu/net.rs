@@ -272,7 +272,7 @@ impl FusedNet {
         // instruction, so the i16 form is not used.
         let vnni = level.is_vnni();
         let mode = if level >= CpuLevel::Avx2 {
-            super::winograd_for(level)
+            super::winograd_mode()
         } else {
             Winograd::Off
         };

@@ -135,7 +135,7 @@ fn vnni_levels_pass_their_self_check() {
 
 /// The i32 Winograd F(2,3) kernel of the VNNI levels gives the reference sums exactly for
 /// every code width up to 7 bits (where the i16 AVX2 kernel has no schedule for 6–7 bits),
-/// weights of 2–5 bits, odd widths, 1-pixel maps and channel tails.
+/// weights of 2–5 bits, odd widths, 1-pixel maps, several chunks of tiles and channel tails.
 #[test]
 fn winograd_i32_matches_the_reference_exactly() {
     let mut rng = Rng::new(11);
@@ -145,6 +145,9 @@ fn winograd_i32_matches_the_reference_exactly() {
         (2, 7, 32, 40),
         (3, 3, 3, 8),
         (2, 16, 64, 256),
+        // Two chunks of tiles (19 tiles, the last group of 3), one 512-bit vector plus a
+        // 256-bit block of channels.
+        (2, 37, 16, 24),
     ];
     let levels: Vec<_> = CpuLevel::testable()
         .into_iter()

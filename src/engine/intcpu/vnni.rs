@@ -275,6 +275,12 @@ pub(super) trait Wide {
     unsafe fn load(p: *const u8) -> Self::R;
     unsafe fn store(p: *mut i32, v: Self::R);
     unsafe fn dp(acc: Self::R, a: Self::R, b: Self::R) -> Self::R;
+    /// The F(2,3) output transform of one vector of element sums `a0..a3` against the
+    /// offset terms `k0`, `k1` (see [`combine512`]): `(a0 + a1 + a2 − k0) >> 1` and
+    /// `(a1 − a2 − a3 + k1) >> 1`.
+    unsafe fn wino_out(a: [Self::R; 4], k0: Self::R, k1: Self::R) -> [Self::R; 2];
+    /// `q · (x + y)` per i32 lane (the offset terms).
+    unsafe fn offset(q: i32, x: Self::R, y: Self::R) -> Self::R;
 }
 
 pub(super) struct Zmm;
@@ -303,6 +309,18 @@ impl Wide for Zmm {
     #[inline(always)]
     unsafe fn dp(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
         unsafe { _mm512_dpbusd_epi32(acc, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn wino_out(a: [__m512i; 4], k0: __m512i, k1: __m512i) -> [__m512i; 2] {
+        unsafe {
+            let s0 = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), a[2]), k0);
+            let s1 = _mm512_add_epi32(_mm512_sub_epi32(_mm512_sub_epi32(a[1], a[2]), a[3]), k1);
+            [_mm512_srai_epi32::<1>(s0), _mm512_srai_epi32::<1>(s1)]
+        }
+    }
+    #[inline(always)]
+    unsafe fn offset(q: i32, x: __m512i, y: __m512i) -> __m512i {
+        unsafe { _mm512_mullo_epi32(_mm512_set1_epi32(q), _mm512_add_epi32(x, y)) }
     }
 }
 
@@ -338,6 +356,34 @@ impl Wide for ZmmEmulated {
             [
                 Emulated::dp(acc[0], a[0], b[0]),
                 Emulated::dp(acc[1], a[1], b[1]),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn wino_out(a: [[__m256i; 2]; 4], k0: [__m256i; 2], k1: [__m256i; 2]) -> [[__m256i; 2]; 2] {
+        unsafe {
+            let half = |h: usize| {
+                let s0 = _mm256_sub_epi32(
+                    _mm256_add_epi32(_mm256_add_epi32(a[0][h], a[1][h]), a[2][h]),
+                    k0[h],
+                );
+                let s1 = _mm256_add_epi32(
+                    _mm256_sub_epi32(_mm256_sub_epi32(a[1][h], a[2][h]), a[3][h]),
+                    k1[h],
+                );
+                [_mm256_srai_epi32::<1>(s0), _mm256_srai_epi32::<1>(s1)]
+            };
+            let (l, h) = (half(0), half(1));
+            [[l[0], h[0]], [l[1], h[1]]]
+        }
+    }
+    #[inline(always)]
+    unsafe fn offset(q: i32, x: [__m256i; 2], y: [__m256i; 2]) -> [__m256i; 2] {
+        unsafe {
+            let q = _mm256_set1_epi32(q);
+            [
+                _mm256_mullo_epi32(q, _mm256_add_epi32(x[0], y[0])),
+                _mm256_mullo_epi32(q, _mm256_add_epi32(x[1], y[1])),
             ]
         }
     }
@@ -458,6 +504,181 @@ pub(super) unsafe fn direct512_avx512vnni(
     unsafe { direct512::<Zmm, Avx512Vnni>(x, pc, y, cols, out) }
 }
 
+/// Winograd F(2,3) sums of one output row ([`super::row_sums_wino_i32`]) with 512-bit
+/// vectors: 16 output channels per vector (as [`direct512`]), up to 4 vectors × 4 tiles (8
+/// pixels) of accumulators per element; an odd last block of 8 channels goes to the 256-bit
+/// kernel `D`. The tiles are walked in chunks of [`WINO_CHUNK`] so that a chunk's transformed
+/// inputs stay in L1 while the weights pass.
+///
+/// # Safety
+/// The instructions of `W` and `D`; shapes as checked by [`super::row_sums_wino_i32`].
+#[inline(always)]
+unsafe fn wino512<W: Wide, D: Dot>(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    let nb = pc.cout8 / 8;
+    let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
+    let mut c0 = t0;
+    while c0 < t1 {
+        let c1 = (c0 + WINO_CHUNK).min(t1);
+        let mut b0 = 0;
+        while nb - b0 >= 2 {
+            let n = match (nb - b0) / 2 {
+                4.. => 4,
+                2..=3 => 2,
+                _ => 1,
+            };
+            let mut t = c0;
+            while t < c1 {
+                let p = (c1 - t).min(if n == 4 { TILES512 } else { 4 });
+                // SAFETY: blocks b0..b0 + 2n exist; tiles t..t + p are inside the row.
+                unsafe {
+                    match (n, p) {
+                        (4, 6) => tiles512::<W, 4, 6>(v, pc, ww, t, b0, out),
+                        (4, 5) => tiles512::<W, 4, 5>(v, pc, ww, t, b0, out),
+                        (4, 4) => tiles512::<W, 4, 4>(v, pc, ww, t, b0, out),
+                        (4, 3) => tiles512::<W, 4, 3>(v, pc, ww, t, b0, out),
+                        (4, 2) => tiles512::<W, 4, 2>(v, pc, ww, t, b0, out),
+                        (4, _) => tiles512::<W, 4, 1>(v, pc, ww, t, b0, out),
+                        (2, 4) => tiles512::<W, 2, 4>(v, pc, ww, t, b0, out),
+                        (2, 3) => tiles512::<W, 2, 3>(v, pc, ww, t, b0, out),
+                        (2, 2) => tiles512::<W, 2, 2>(v, pc, ww, t, b0, out),
+                        (2, _) => tiles512::<W, 2, 1>(v, pc, ww, t, b0, out),
+                        (_, 4) => tiles512::<W, 1, 4>(v, pc, ww, t, b0, out),
+                        (_, 3) => tiles512::<W, 1, 3>(v, pc, ww, t, b0, out),
+                        (_, 2) => tiles512::<W, 1, 2>(v, pc, ww, t, b0, out),
+                        _ => tiles512::<W, 1, 1>(v, pc, ww, t, b0, out),
+                    }
+                }
+                t += p;
+            }
+            b0 += 2 * n;
+        }
+        if b0 < nb {
+            let mut t = c0;
+            while t < c1 {
+                let p = (c1 - t).min(2);
+                // SAFETY: block b0 is the last one; tiles t..t + p are inside the row.
+                unsafe {
+                    if p == 2 {
+                        tiles::<D, 1, 2>(v, pc, ww, t, b0, out)
+                    } else {
+                        tiles::<D, 1, 1>(v, pc, ww, t, b0, out)
+                    }
+                }
+                t += p;
+            }
+        }
+        c0 = c1;
+    }
+}
+
+/// Tiles per chunk of a row in [`wino512`].
+const WINO_CHUNK: usize = 16;
+
+/// Tiles per call of [`tiles512`] with 4 vectors of channels: 4 · 6 accumulators, 6
+/// broadcast codes and a weight vector fill the 32 registers.
+const TILES512: usize = 6;
+
+/// [`tiles`] with 512-bit vectors: the element sums of tiles `t .. t + P` for output channels
+/// `8·b0 .. 8·b0 + 16·N`, then their output transform.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    let cs = v.cstride;
+    let groups = cs / 4;
+    let gbytes = pc.cout8 * 4;
+    let w = ww.u8.as_ptr() as *const u8;
+    // SAFETY: reads inside the transformed rows (tiles t..t + P, 4 · cs bytes each) and the
+    // weights; writes inside out (pixels below v.w, channels below cout8).
+    unsafe {
+        let mut a = [[[W::zero(); N]; P]; 4];
+        for (e, ae) in a.iter_mut().enumerate() {
+            // One element's sums in registers (P·N of the 32), stored once at the end.
+            let mut acc = [[W::zero(); N]; P];
+            for ky in 0..3 {
+                let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
+                let wt = w.add((ky * 4 + e) * groups * gbytes + b0 * 32);
+                for g in 0..groups {
+                    let mut q = [W::zero(); P];
+                    for (i, qi) in q.iter_mut().enumerate() {
+                        let c = (row.add(i * 4 * cs + 4 * g) as *const u32).read_unaligned();
+                        *qi = W::bcast(c as i32);
+                    }
+                    let wg = wt.add(g * gbytes);
+                    for b in 0..N {
+                        let wv = W::load(wg.add(b * 64));
+                        for i in 0..P {
+                            acc[i][b] = W::dp(acc[i][b], q[i], wv);
+                        }
+                    }
+                }
+            }
+            *ae = acc;
+        }
+        let csum = ww.csum.as_ptr();
+        for b in 0..N {
+            let c = |e: usize| W::load(csum.add(e * pc.cout8 + (b0 + 2 * b) * 8).cast());
+            let (c0, c2, c3) = (c(0), c(2), c(3));
+            let q = v.max_code as i32;
+            let (k0, k1) = (W::offset(q, c0, c2), W::offset(q, c2, c3));
+            for i in 0..P {
+                let x = 2 * (t + i);
+                let [s0, s1] = W::wino_out([a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]], k0, k1);
+                let d = out.as_mut_ptr().add(x * pc.cout8 + (b0 + 2 * b) * 8);
+                W::store(d, s0);
+                if x + 1 < v.w {
+                    W::store(d.add(pc.cout8), s1);
+                }
+            }
+        }
+    }
+}
+
+/// See [`wino512`] (AVX-512 VNNI).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI; shapes as checked by
+/// [`super::row_sums_wino_i32`].
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn wino512_avx512vnni(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { wino512::<Zmm, Avx512Vnni>(v, pc, ww, cols, out) }
+}
+
+/// [`wino512`]'s structure with the emulated instruction (tests).
+///
+/// # Safety
+/// AVX2; shapes as checked by [`super::row_sums_wino_i32`].
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn wino512_emulated(
+    v: &WinoInput,
+    pc: &PackedConv,
+    ww: &WinoWeights,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { wino512::<ZmmEmulated, Emulated>(v, pc, ww, cols, out) }
+}
+
 /// The 512-bit direct kernel's structure with the emulated instruction (tests).
 ///
 /// # Safety
@@ -518,12 +739,7 @@ macro_rules! entries {
 }
 
 entries!(AvxVnni, "avx2,avxvnni", direct_avxvnni, wino_avxvnni);
-// (AVX-512's direct kernel is `direct512_avx512vnni`.)
-entries!(
-    Avx512Vnni,
-    "avx2,avx512f,avx512bw,avx512vl,avx512vnni",
-    wino_avx512vnni
-);
+// (AVX-512's kernels are `direct512_avx512vnni` and `wino512_avx512vnni`.)
 entries!(Emulated, "avx2", direct_emulated, wino_emulated);
 
 /// One emulated `vpdpbusd` on arrays (for the instruction-level test).
