@@ -5,6 +5,7 @@ int8 QDQ, static calibration) and OpenVINO (fp32 and int8 from NNCF post-trainin
 quantization) on the same input sizes and thread count.
 
     python3 bench/peers/peers.py DIR [--threads 2] [--runs 3] [--save-ov-int8 D | --ov-int8 D]
+                                     [--only x2] [--int8-only]
 
 Needs: pip install onnx onnxruntime openvino nncf   (bench/peers/run.sh does it).
 `--save-ov-int8 D` also writes the NNCF-quantized OpenVINO models to D (`NAME.int8.xml/.bin`);
@@ -95,6 +96,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--save-ov-int8", help="write the NNCF-quantized OpenVINO models here")
     ap.add_argument("--ov-int8", help="time the OpenVINO int8 models saved here (no NNCF)")
+    ap.add_argument("--only", default="", help="networks whose name contains this (x2, x4)")
+    ap.add_argument("--int8-only", action="store_true", help="skip the fp32 rows")
     args = ap.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -109,6 +112,8 @@ def main():
     print("| network | input | runtime | ms/frame | fps | GMAC/s |")
     print("|---|---|---|---:|---:|---:|")
     for name, (w, h) in [("edsr-baseline-x2", (320, 180)), ("edsr-baseline-x4", (480, 270))]:
+        if args.only not in name:
+            continue
         p = os.path.join(args.dir, name)
         cfg = json.load(open(p + ".json"))
         flat = np.fromfile(p + ".bin", dtype="<f4")
@@ -129,8 +134,9 @@ def main():
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
-        sess = ort.InferenceSession(fp32, so, providers=["CPUExecutionProvider"])
-        row("ONNX Runtime fp32", timed(lambda: sess.run(None, {"x": x}), args.runs))
+        if not args.int8_only:
+            sess = ort.InferenceSession(fp32, so, providers=["CPUExecutionProvider"])
+            row("ONNX Runtime fp32", timed(lambda: sess.run(None, {"x": x}), args.runs))
 
         class Reader(CalibrationDataReader):
             def __init__(self):
@@ -149,8 +155,9 @@ def main():
         cfg_ov = {"INFERENCE_NUM_THREADS": args.threads, "INFERENCE_PRECISION_HINT": "f32"}
         m = core.read_model(fp32)
         m.reshape([1, 3, h, w])
-        c32 = core.compile_model(m, "CPU", cfg_ov)
-        row("OpenVINO fp32", timed(lambda: c32([x]), args.runs))
+        if not args.int8_only:
+            c32 = core.compile_model(m, "CPU", cfg_ov)
+            row("OpenVINO fp32", timed(lambda: c32([x]), args.runs))
         if args.ov_int8:
             q = core.read_model(os.path.join(args.ov_int8, name + ".int8.xml"))
         else:

@@ -171,6 +171,14 @@ impl IntConv {
         &self.ktab[border_class(y, x, h, w) * self.cout..][..self.cout]
     }
 
+    /// `K` of the positions of output row `y` of an `h`-row map, by their column's
+    /// [`border_bits`]: `ktab_row(y, h)[border_bits(x, w)] == ktab_at(y, x, h, w)`.
+    #[inline]
+    pub fn ktab_row(&self, y: usize, h: usize) -> [&[i32]; 4] {
+        let by = border_bits(y, h);
+        std::array::from_fn(|bx| &self.ktab[(by * 4 + bx) * self.cout..][..self.cout])
+    }
+
     /// The epilogue of one output position: `v[o] = bias + h_w·(Δa·S + l·K)`, in this order,
     /// without fused multiply-add. `s`, `k` and `v` hold the `cout` channels.
     #[inline(always)]

@@ -52,13 +52,88 @@ pub struct Pixel<'a> {
     pub d: &'a mut [u8],
 }
 
+/// A run of `count` consecutive pixels of a row, from column `x0` of a `w`-pixel row.
+#[derive(Clone, Copy, Debug)]
+pub struct Span<'a> {
+    pub x0: usize,
+    pub count: usize,
+    pub w: usize,
+    /// Sums `S` of pixel `i` at `s[i·sstride..][..n]`.
+    pub s: &'a [i32],
+    pub sstride: usize,
+    /// `K` of the row's positions by their column's border bits ([`IntConv::ktab_row`]).
+    ///
+    /// [`IntConv::ktab_row`]: crate::engine::intnet::IntConv::ktab_row
+    pub k: [&'a [i32]; 4],
+}
+
+/// The epilogue `op` of the `n`-channel pixels of `span`; each buffer of `px` that `op` uses
+/// holds them one after the other (`n` values per pixel). Bit-identical to [`pixel`] on each
+/// pixel; the AVX-512 level keeps the constants in registers across the run.
+pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
+    let need = |b: usize| b >= span.count * n;
+    let fits = match op {
+        Op::Values => need(px.out.len()),
+        Op::Codes | Op::Relu => need(px.d.len()),
+        Op::Head => need(px.res.len()) && need(px.head.len()) && need(px.d.len()),
+        Op::Res => need(px.res.len()) && need(px.d.len()),
+        Op::Skip => need(px.head.len()) && need(px.d.len()),
+    };
+    let empty_or = |b: usize| b == 0 || need(b);
+    assert!(
+        fits && empty_or(px.out.len())
+            && empty_or(px.res.len())
+            && empty_or(px.head.len())
+            && empty_or(px.d.len()),
+        "epilogue buffers"
+    );
+    assert!(span.count == 0 || span.s.len() >= (span.count - 1) * span.sstride + n);
+    assert!(span.x0 + span.count <= span.w && span.k.iter().all(|k| k.len() >= n));
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI; buffers
+        // checked above (and again per pixel).
+        CpuLevel::Avx512Vnni => unsafe { avx512_run(op, c, n, span, px) },
+        _ => {
+            for i in 0..span.count {
+                let x = span.x0 + i;
+                let k = span.k[crate::engine::intnet::border_bits(x, span.w)];
+                pixel(
+                    level,
+                    op,
+                    c,
+                    &span.s[i * span.sstride..][..n],
+                    &k[..n],
+                    px.at(i, n),
+                );
+            }
+        }
+    }
+}
+
+impl Pixel<'_> {
+    /// Pixel `i` of a run of `n`-channel pixels (the empty buffers stay empty).
+    fn at(&mut self, i: usize, n: usize) -> Pixel<'_> {
+        fn part<T>(b: &mut [T], i: usize, n: usize) -> &mut [T] {
+            if b.is_empty() {
+                b
+            } else {
+                &mut b[i * n..(i + 1) * n]
+            }
+        }
+        Pixel {
+            out: part(self.out, i, n),
+            res: part(self.res, i, n),
+            head: part(self.head, i, n),
+            d: part(self.d, i, n),
+        }
+    }
+}
+
 /// The epilogue `op` of one pixel: `s` and `k` hold the `n` channels' sums and border terms.
 #[inline]
 pub fn pixel(level: CpuLevel, op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
     match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI.
-        CpuLevel::Avx512Vnni => unsafe { avx512(op, c, s, k, px) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and the levels above it are selected only on CPUs with AVX2.
         l if l >= CpuLevel::Avx2 => unsafe { avx2(op, c, s, k, px) },
@@ -166,29 +241,23 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
     scalar(op, c, s, k, px, full);
 }
 
-/// [`avx2`] with 16 channels per step on 512-bit vectors, the last step masked (no scalar
-/// tail). The same IEEE operations in the same order; codes by `vcvtps2dq` (nearest even),
-/// negative results (only the "integer indefinite" of a NaN product) to 0 and the rest
-/// saturated to 255, as `vpackusdw` + `vpackuswb` do.
+/// [`avx2`] for a run of pixels, 16 channels per step on 512-bit vectors, the last step of a
+/// pixel masked (no scalar tail), the constants loaded once per run. The same IEEE operations
+/// in the same order; codes by `vcvtps2dq` (nearest even), negative results (only the
+/// "integer indefinite" of a NaN product) to 0 and the rest saturated to 255, as `vpackusdw`
+/// + `vpackuswb` do.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL; `s`, `k` and the buffers `op` uses hold at least
-/// `s.len()` values, `c.bias` too.
+/// The CPU must support AVX-512 F/BW/VL; the buffers as checked by [`run`] (`c.bias` of at
+/// least `n` values).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
-unsafe fn avx512(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
+unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
     use std::arch::x86_64::*;
-    let n = s.len();
-    assert!(k.len() >= n && c.bias.len() >= n, "epilogue inputs");
-    match op {
-        Op::Values => assert!(px.out.len() >= n),
-        Op::Head => assert!(px.res.len() >= n && px.head.len() >= n && px.d.len() >= n),
-        Op::Res => assert!(px.res.len() >= n && px.d.len() >= n),
-        Op::Skip => assert!(px.head.len() >= n && px.d.len() >= n),
-        Op::Codes | Op::Relu => assert!(px.d.len() >= n),
-    }
-    // SAFETY: every access is at channels o..o + 16 under the mask `m`, whose lanes are below
-    // n, inside the buffers checked above; AVX-512 F/BW/VL are enabled.
+    assert!(c.bias.len() >= n, "epilogue bias");
+    // SAFETY: pixel i's accesses are at channels o..o + 16 under the mask `m`, whose lanes are
+    // below n: inside s[i·sstride..][..n], k[..n], bias[..n] and the buffers' [i·n..][..n]
+    // (checked by `run`); AVX-512 F/BW/VL are enabled.
     unsafe {
         let (hw, da, l) = (
             _mm512_set1_ps(c.hw),
@@ -208,46 +277,57 @@ unsafe fn avx512(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
             let i = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, nl), ns));
             _mm512_cvtusepi32_epi8(_mm512_max_epi32(i, _mm512_setzero_si512()))
         };
-        let mut o = 0;
-        while o < n {
-            let m: __mmask16 = if n - o >= 16 {
-                0xffff
-            } else {
-                (1u16 << (n - o)) - 1
-            };
-            let si = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, s.as_ptr().add(o).cast()));
-            let ki = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, k.as_ptr().add(o).cast()));
-            let b = _mm512_maskz_loadu_ps(m, c.bias.as_ptr().add(o));
-            let v = _mm512_add_ps(
-                b,
-                _mm512_mul_ps(
-                    hw,
-                    _mm512_add_ps(_mm512_mul_ps(da, si), _mm512_mul_ps(l, ki)),
-                ),
+        for i in 0..span.count {
+            let x = span.x0 + i;
+            let s = span.s.as_ptr().add(i * span.sstride);
+            let k = span.k[crate::engine::intnet::border_bits(x, span.w)].as_ptr();
+            let (out, res, head, d) = (
+                px.out.as_mut_ptr().wrapping_add(i * n),
+                px.res.as_mut_ptr().wrapping_add(i * n),
+                px.head.as_mut_ptr().wrapping_add(i * n),
+                px.d.as_mut_ptr().wrapping_add(i * n),
             );
-            let d = px.d.as_mut_ptr().add(o);
-            let store_codes = |x: __m512| _mm_mask_storeu_epi8(d.cast(), m, code(x));
-            match op {
-                Op::Values => _mm512_mask_storeu_ps(px.out.as_mut_ptr().add(o), m, v),
-                Op::Codes => store_codes(v),
-                Op::Head => {
-                    _mm512_mask_storeu_ps(px.head.as_mut_ptr().add(o), m, v);
-                    _mm512_mask_storeu_ps(px.res.as_mut_ptr().add(o), m, v);
-                    store_codes(v);
+            let mut o = 0;
+            while o < n {
+                let m: __mmask16 = if n - o >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << (n - o)) - 1
+                };
+                let si = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, s.add(o).cast()));
+                let ki = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, k.add(o).cast()));
+                let b = _mm512_maskz_loadu_ps(m, c.bias.as_ptr().add(o));
+                let v = _mm512_add_ps(
+                    b,
+                    _mm512_mul_ps(
+                        hw,
+                        _mm512_add_ps(_mm512_mul_ps(da, si), _mm512_mul_ps(l, ki)),
+                    ),
+                );
+                let d = d.add(o);
+                let store_codes = |x: __m512| _mm_mask_storeu_epi8(d.cast(), m, code(x));
+                match op {
+                    Op::Values => _mm512_mask_storeu_ps(out.add(o), m, v),
+                    Op::Codes => store_codes(v),
+                    Op::Head => {
+                        _mm512_mask_storeu_ps(head.add(o), m, v);
+                        _mm512_mask_storeu_ps(res.add(o), m, v);
+                        store_codes(v);
+                    }
+                    Op::Relu => store_codes(_mm512_max_ps(v, zero)),
+                    Op::Res => {
+                        let r = res.add(o);
+                        let nr = _mm512_add_ps(_mm512_maskz_loadu_ps(m, r), _mm512_mul_ps(rs, v));
+                        _mm512_mask_storeu_ps(r, m, nr);
+                        store_codes(nr);
+                    }
+                    Op::Skip => {
+                        let hd = _mm512_maskz_loadu_ps(m, head.add(o));
+                        store_codes(_mm512_add_ps(v, hd));
+                    }
                 }
-                Op::Relu => store_codes(_mm512_max_ps(v, zero)),
-                Op::Res => {
-                    let r = px.res.as_mut_ptr().add(o);
-                    let nr = _mm512_add_ps(_mm512_maskz_loadu_ps(m, r), _mm512_mul_ps(rs, v));
-                    _mm512_mask_storeu_ps(r, m, nr);
-                    store_codes(nr);
-                }
-                Op::Skip => {
-                    let hd = _mm512_maskz_loadu_ps(m, px.head.as_ptr().add(o));
-                    store_codes(_mm512_add_ps(v, hd));
-                }
+                o += 16;
             }
-            o += 16;
         }
     }
 }
@@ -257,8 +337,87 @@ mod tests {
     use super::*;
     use crate::engine::random::Rng;
 
-    /// Every op at every level gives the scalar reference's bits, for channel counts with
-    /// tails, values on rounding ties, beyond the clamp bounds, and NaN/inf from huge sums.
+    /// A run of pixels gives, pixel by pixel, the scalar reference of each (its own sums and
+    /// the `K` of its column's border class), at every level, for channel counts with tails.
+    #[test]
+    fn runs_match_the_pixels() {
+        let mut rng = Rng::new(9);
+        for n in [3usize, 16, 64, 67] {
+            for op in [Op::Values, Op::Codes, Op::Head, Op::Relu, Op::Res, Op::Skip] {
+                for (x0, count, w) in [(0usize, 5usize, 5usize), (3, 4, 9), (0, 1, 1), (6, 3, 9)] {
+                    let sstride = n + 5;
+                    let s: Vec<i32> = (0..count * sstride)
+                        .map(|_| rng.below(6000) as i32 - 3000)
+                        .collect();
+                    let ktab: Vec<i32> = (0..4 * n).map(|_| rng.below(300) as i32 - 150).collect();
+                    let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
+                    let c = Consts {
+                        bias: &bias,
+                        hw: rng.uniform() * 0.1,
+                        da: rng.uniform(),
+                        l: rng.symmetric(3.0),
+                        res_scale: 0.1,
+                        next: ActQuant::new(-rng.uniform() * 40.0, rng.uniform() * 40.0, 4),
+                    };
+                    let res0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
+                    let head0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
+                    let k: [&[i32]; 4] = std::array::from_fn(|b| &ktab[b * n..(b + 1) * n]);
+                    let span = Span {
+                        x0,
+                        count,
+                        w,
+                        s: &s,
+                        sstride,
+                        k,
+                    };
+                    let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+                    // The reference: scalar, pixel by pixel.
+                    let (mut out, mut res, mut head, mut d) = (
+                        vec![0f32; count * n],
+                        res0.clone(),
+                        head0.clone(),
+                        vec![0u8; count * n],
+                    );
+                    for i in 0..count {
+                        let kk = k[crate::engine::intnet::border_bits(x0 + i, w)];
+                        let r = i * n..(i + 1) * n;
+                        let px = Pixel {
+                            out: &mut out[r.clone()],
+                            res: &mut res[r.clone()],
+                            head: &mut head[r.clone()],
+                            d: &mut d[r],
+                        };
+                        pixel(CpuLevel::Scalar, op, &c, &s[i * sstride..][..n], kk, px);
+                    }
+                    let want = (bits(&out), bits(&res), bits(&head), d);
+                    for level in CpuLevel::testable() {
+                        let (mut out, mut res, mut head, mut d) = (
+                            vec![0f32; count * n],
+                            res0.clone(),
+                            head0.clone(),
+                            vec![0u8; count * n],
+                        );
+                        let px = Pixel {
+                            out: &mut out,
+                            res: &mut res,
+                            head: &mut head,
+                            d: &mut d,
+                        };
+                        run(level, op, &c, n, &span, px);
+                        let got = (bits(&out), bits(&res), bits(&head), d);
+                        assert_eq!(
+                            got, want,
+                            "{level:?} {op:?} n={n} x0={x0} count={count} w={w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every op at every level, per pixel and as a run of one, gives the scalar reference's
+    /// bits, for channel counts with tails, values on rounding ties, beyond the clamp bounds,
+    /// and NaN/inf from huge sums.
     #[test]
     fn every_level_matches_the_reference() {
         let mut rng = Rng::new(5);
@@ -291,7 +450,7 @@ mod tests {
                     };
                     let res0: Vec<f32> = (0..n).map(|_| rng.symmetric(50.0)).collect();
                     let head: Vec<f32> = (0..n).map(|_| rng.symmetric(50.0)).collect();
-                    let run = |level: CpuLevel| {
+                    let go = |level: CpuLevel, by_run: bool| {
                         let mut out = vec![0f32; n];
                         let mut res = res0.clone();
                         let mut hd = head.clone();
@@ -302,14 +461,32 @@ mod tests {
                             head: &mut hd,
                             d: &mut d,
                         };
-                        pixel(level, op, &c, &s, &k, px);
+                        if by_run {
+                            let span = Span {
+                                x0: 0,
+                                count: 1,
+                                w: 1,
+                                s: &s,
+                                sstride: n,
+                                k: [&k[..]; 4],
+                            };
+                            run(level, op, &c, n, &span, px);
+                        } else {
+                            pixel(level, op, &c, &s, &k, px);
+                        }
                         let bits =
                             |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
                         (bits(&out), bits(&res), bits(&hd), d)
                     };
-                    let want = run(CpuLevel::Scalar);
+                    let want = go(CpuLevel::Scalar, false);
                     for level in CpuLevel::testable() {
-                        assert_eq!(run(level), want, "{level:?} {op:?} n={n} case {case}");
+                        for by_run in [false, true] {
+                            assert_eq!(
+                                go(level, by_run),
+                                want,
+                                "{level:?} {op:?} n={n} case {case} run {by_run}"
+                            );
+                        }
                     }
                 }
             }

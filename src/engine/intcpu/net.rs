@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::engine::quantize_into;
-use super::epilogue::{self, Consts, Op, Pixel};
+use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
     Codes, CpuLevel, Winograd, row_sums, row_sums_wino, row_sums_wino_i32, row_sums_wino2,
@@ -62,9 +62,30 @@ pub struct FusedNet {
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
 const MAX_COUT: usize = 1024;
 
-/// The epilogue of pixel `x` of row `r` of a task's rows, given its sums `S` and border
-/// terms `K`.
-type PixelFn<'a> = dyn FnMut(usize, usize, &[i32], &[i32]) + 'a;
+/// The epilogue of pixels `cols` of row `r` of a task's rows, given their sums `S` (those of
+/// the first pixel at the start of the slice, `cout8` apart).
+type RunFn<'a> = dyn FnMut(usize, Range<usize>, &[i32]) + 'a;
+
+/// The pixels `cols` of output row `y` of an `h x w` map of `ic`, with their sums `s`
+/// (`pc.cout8` apart).
+fn span_of<'a>(
+    ic: &'a crate::engine::intnet::IntConv,
+    pc: &super::PackedConv,
+    y: usize,
+    h: usize,
+    w: usize,
+    cols: Range<usize>,
+    s: &'a [i32],
+) -> Span<'a> {
+    Span {
+        x0: cols.start,
+        count: cols.len(),
+        w,
+        s,
+        sstride: pc.cout8,
+        k: ic.ktab_row(y, h),
+    }
+}
 
 /// Output pixels per chunk of a row (even: Winograd tiles are pairs of pixels).
 const COL_CHUNK: usize = 32;
@@ -303,19 +324,16 @@ impl FusedNet {
         let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tl = wino::row_len(w, pc.cstride);
         let plane = w * pc.cout8;
-        // Sums of rows `y0 .. y0 + rows` (those inside the map), then `pixel(r, xx, s, k)` for
-        // every pixel `xx` of row `y0 + r`. Rows are computed in chunks of columns, each
+        // Sums of rows `y0 .. y0 + rows` (those inside the map), then `run(r, cols, s)` for
+        // every chunk of columns of row `y0 + r`. Rows are computed in chunks of columns, each
         // chunk's epilogue right after its sums, so that the sums are read back from cache
         // even in wide rows.
-        let row_work = |y0: usize, pixel: &mut PixelFn| {
+        let row_work = |y0: usize, pixel: &mut RunFn| {
             let n = rows.min(h - y0);
             // The epilogue of columns `cols` of the task's rows from their sums.
-            let epilogue = |sums: &[i32], cols: Range<usize>, pixel: &mut PixelFn| {
+            let epilogue = |sums: &[i32], cols: Range<usize>, pixel: &mut RunFn| {
                 for r in 0..n {
-                    for xx in cols.clone() {
-                        let s = &sums[r * plane + xx * pc.cout8..][..cout];
-                        pixel(r, xx, s, ic.ktab_at(y0 + r, xx, h, w));
-                    }
+                    pixel(r, cols.clone(), &sums[r * plane + cols.start * pc.cout8..]);
                 }
             };
             SUMS.with(|cell| {
@@ -402,15 +420,16 @@ impl FusedNet {
                     .par_chunks_mut(rows * owp * cout)
                     .enumerate()
                     .for_each(|(i, chunk)| {
-                        row_work(i * rows, &mut |r, xx, s, k| {
+                        row_work(i * rows, &mut |r, cols, s| {
                             let row = &mut chunk[r * owp * cout..];
                             let px = Pixel {
-                                out: &mut row[(xx + 1) * cout..][..cout],
+                                out: &mut row[(cols.start + 1) * cout..][..cols.len() * cout],
                                 res: &mut [],
                                 head: &mut [],
                                 d: &mut [],
                             };
-                            epilogue::pixel(level, Op::Values, &consts, s, k, px);
+                            let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
+                            epilogue::run(level, Op::Values, &consts, cout, &span, px);
                         })
                     });
             }
@@ -421,20 +440,23 @@ impl FusedNet {
                     .par_chunks_mut(rows * r * hwp * c)
                     .enumerate()
                     .for_each(|(i, chunk)| {
-                        let mut codes = [0u8; MAX_COUT];
-                        row_work(i * rows, &mut |ry, xx, s, k| {
+                        let mut codes = [0u8; COL_CHUNK * MAX_COUT];
+                        row_work(i * rows, &mut |ry, cols, s| {
                             let hr = &mut chunk[ry * r * hwp * c..];
                             let px = Pixel {
                                 out: &mut [],
                                 res: &mut [],
                                 head: &mut [],
-                                d: &mut codes[..cout],
+                                d: &mut codes[..cols.len() * cout],
                             };
-                            epilogue::pixel(level, Op::Codes, &consts, s, k, px);
-                            for (ch, cs) in codes[..cout].chunks_exact(r * r).enumerate() {
-                                for i in 0..r {
-                                    for j in 0..r {
-                                        hr[(i * hwp + xx * r + j + 1) * c + ch] = cs[i * r + j];
+                            let span = span_of(ic, pc, i * rows + ry, h, w, cols.clone(), s);
+                            epilogue::run(level, Op::Codes, &consts, cout, &span, px);
+                            for (xx, px) in cols.zip(codes.chunks_exact(cout)) {
+                                for (ch, cs) in px.chunks_exact(r * r).enumerate() {
+                                    for i in 0..r {
+                                        for j in 0..r {
+                                            hr[(i * hwp + xx * r + j + 1) * c + ch] = cs[i * r + j];
+                                        }
                                     }
                                 }
                             }
@@ -455,19 +477,21 @@ impl FusedNet {
                     .zip(head.par_chunks_mut(rows * fw))
                     .enumerate()
                     .for_each(|(i, ((dst, res), head))| {
-                        row_work(i * rows, &mut |r, xx, s, k| {
+                        row_work(i * rows, &mut |r, cols, s| {
                             let (row, res, head) = (
                                 &mut dst[r * wp * cout..],
                                 &mut res[r * fw..],
                                 &mut head[r * fw..],
                             );
+                            let len = cols.len() * cout;
                             let px = Pixel {
                                 out: &mut [],
-                                res: &mut res[xx * cout..][..cout],
-                                head: &mut head[xx * cout..][..cout],
-                                d: &mut row[(xx + 1) * cout..][..cout],
+                                res: &mut res[cols.start * cout..][..len],
+                                head: &mut head[cols.start * cout..][..len],
+                                d: &mut row[(cols.start + 1) * cout..][..len],
                             };
-                            epilogue::pixel(level, op, &consts, s, k, px);
+                            let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
+                            epilogue::run(level, op, &consts, cout, &span, px);
                         })
                     });
             }

@@ -360,7 +360,11 @@ impl Wide for ZmmEmulated {
         }
     }
     #[inline(always)]
-    unsafe fn wino_out(a: [[__m256i; 2]; 4], k0: [__m256i; 2], k1: [__m256i; 2]) -> [[__m256i; 2]; 2] {
+    unsafe fn wino_out(
+        a: [[__m256i; 2]; 4],
+        k0: [__m256i; 2],
+        k1: [__m256i; 2],
+    ) -> [[__m256i; 2]; 2] {
         unsafe {
             let half = |h: usize| {
                 let s0 = _mm256_sub_epi32(
@@ -603,7 +607,8 @@ unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
     // SAFETY: reads inside the transformed rows (tiles t..t + P, 4 · cs bytes each) and the
     // weights; writes inside out (pixels below v.w, channels below cout8).
     unsafe {
-        let mut a = [[[W::zero(); N]; P]; 4];
+        // Written element by element below (zero-filling it first cost a 6 KB memset per call).
+        let mut a = [std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 4];
         for (e, ae) in a.iter_mut().enumerate() {
             // One element's sums in registers (P·N of the 32), stored once at the end.
             let mut acc = [[W::zero(); N]; P];
@@ -625,8 +630,11 @@ unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
                     }
                 }
             }
-            *ae = acc;
+            ae.write(acc);
         }
+        // Every element was written; `MaybeUninit<T>` has the layout of `T`. (A cast rather than
+        // `map(assume_init)`: a closure here would not get the entry point's target features.)
+        let a = &*(a.as_ptr() as *const [[[W::R; N]; P]; 4]);
         let csum = ww.csum.as_ptr();
         for b in 0..N {
             let c = |e: usize| W::load(csum.add(e * pc.cout8 + (b0 + 2 * b) * 8).cast());
@@ -635,7 +643,8 @@ unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
             let (k0, k1) = (W::offset(q, c0, c2), W::offset(q, c2, c3));
             for i in 0..P {
                 let x = 2 * (t + i);
-                let [s0, s1] = W::wino_out([a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]], k0, k1);
+                let [s0, s1] =
+                    W::wino_out([a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]], k0, k1);
                 let d = out.as_mut_ptr().add(x * pc.cout8 + (b0 + 2 * b) * 8);
                 W::store(d, s0);
                 if x + 1 < v.w {
