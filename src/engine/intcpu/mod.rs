@@ -227,7 +227,8 @@ const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 /// `rows`, `tiles`) or [`set_winograd`] chose, else the default:
 /// `Rows` (F(2,3) along x: 1.5x fewer multiplies) at every level. `Tiles` does 1.5x fewer
 /// again but measured slower end to end: its per-element widening and output transform cost
-/// more than the multiplies it saves at 32–64 channels (BENCHMARKS.md). At AVX-512 VNNI both
+/// more than the multiplies it saves at 32–64 channels (BENCHMARKS.md); at AVX-512 VNNI, with
+/// i32 sums ([`row_sums_wino2_i32`]), 1.02x F(2,3) at x2 and 0.95x at x4 on Zen 4. At AVX-512 VNNI both
 /// the direct and the F(2,3) kernel run on 512-bit vectors; F(2,3) measured 1.10–1.14x faster
 /// on EDSR-baseline (Zen 4), 0.99–1.05x on the 32-channel built-ins.
 pub fn winograd_mode() -> Winograd {
@@ -532,7 +533,57 @@ pub fn row_sums_wino2(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
+    check_wino2(v, pc, &cols, out);
+    let ww = pc.wino2().expect("a conv with F(2x2, 3x3) weights");
+    assert!(
+        sched.is_for(ww) && sched.max_code == v.max_code,
+        "a Winograd schedule of another conv or other codes"
+    );
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 and the levels above it are only selected on CPUs with AVX2; shapes
+        // checked above, the schedule is this conv's for these codes (so no i16 sum can
+        // overflow).
+        l if l >= CpuLevel::Avx2 => unsafe {
+            avx2::row_sums_wino2(v, pc, ww, &sched.flush, cols, out)
+        },
+        _ => panic!("no Winograd kernel at {level:?}"),
+    }
+}
+
+/// [`row_sums_wino2`] with i32 element sums, at the AVX-512 VNNI level (and its emulation):
+/// no schedule, exact whenever the conv has F(2x2, 3x3) weights and `4·max_code ≤ 255`.
+pub fn row_sums_wino2_i32(
+    level: CpuLevel,
+    v: &wino::Wino2Input,
+    pc: &PackedConv,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    check_wino2(v, pc, &cols, out);
+    let ww = pc.wino2().expect("a conv with F(2x2, 3x3) weights");
+    assert!(v.max_code <= 63, "transformed codes 0..=4Q must fit u8");
+    match level {
+        // SAFETY (both): the level is only selected where the CPU has its features; shapes
+        // and codes checked above (i32 sums of ≤ cstride products of |V·U| ≤ 252·127 per
+        // element, 9 elements per output, cannot overflow for cstride ≤ 1024).
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::EmulatedVnni512 => unsafe { vnni::wino2_512_emulated(v, pc, ww, cols, out) },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512Vnni => unsafe { vnni::wino2_512_avx512vnni(v, pc, ww, cols, out) },
+        _ => panic!("no i32 F(2x2, 3x3) kernel at {level:?}"),
+    }
+}
+
+/// Whether [`row_sums_wino2_i32`] has a kernel at `level`.
+pub fn has_wino2_i32(level: CpuLevel) -> bool {
+    matches!(level, CpuLevel::Avx512Vnni | CpuLevel::EmulatedVnni512)
+}
+
+/// The shape checks of the F(2x2, 3x3) entry points.
+fn check_wino2(v: &wino::Wino2Input, pc: &PackedConv, cols: &Range<usize>, out: &[i32]) {
     assert_eq!(v.cstride, pc.cstride, "transformed tiles' channel stride");
+    assert!(v.cstride <= 1024, "channel stride");
     assert_eq!(
         v.data.len(),
         wino::tiles2_len(v.tiles, v.cstride),
@@ -553,21 +604,6 @@ pub fn row_sums_wino2(
         out.len() >= 2 * v.w * pc.cout8,
         "row sums buffer (two rows)"
     );
-    let ww = pc.wino2().expect("a conv with F(2x2, 3x3) weights");
-    assert!(
-        sched.is_for(ww) && sched.max_code == v.max_code,
-        "a Winograd schedule of another conv or other codes"
-    );
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 and the levels above it are only selected on CPUs with AVX2; shapes
-        // checked above, the schedule is this conv's for these codes (so no i16 sum can
-        // overflow).
-        l if l >= CpuLevel::Avx2 => unsafe {
-            avx2::row_sums_wino2(v, pc, ww, &sched.flush, cols, out)
-        },
-        _ => panic!("no Winograd kernel at {level:?}"),
-    }
 }
 
 /// The shape checks of the Winograd entry points: transformed rows of a `w`-pixel map with

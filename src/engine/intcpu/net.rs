@@ -13,8 +13,8 @@ use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
-    Codes, CpuLevel, Winograd, row_sums, row_sums_wino, row_sums_wino_i32, row_sums_wino2,
-    row_sums_wino16,
+    Codes, CpuLevel, Winograd, has_wino2_i32, row_sums, row_sums_wino, row_sums_wino_i32,
+    row_sums_wino2, row_sums_wino2_i32, row_sums_wino16,
 };
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
@@ -297,28 +297,32 @@ impl FusedNet {
         } else {
             Winograd::Off
         };
-        let sched2 = (mode >= Winograd::Tiles)
+        // F(2x2, 3x3): with i32 sums at AVX-512 VNNI (codes up to 6 bits), else the AVX2
+        // kernel where its widening schedule exists.
+        let tiles2_i32 = mode >= Winograd::Tiles
+            && has_wino2_i32(level)
+            && max_code <= 63
+            && pc.wino2().is_some();
+        let sched2 = (mode >= Winograd::Tiles && !tiles2_i32)
             .then(|| pc.wino2_schedule(max_code))
             .flatten();
-        let rows_i32 = vnni
-            && sched2.is_none()
-            && mode >= Winograd::Rows
-            && pc.wino.is_some()
-            && max_code <= 127;
-        let sched = (!vnni && sched2.is_none() && mode >= Winograd::Rows)
+        let tiles2 = tiles2_i32 || sched2.is_some();
+        let rows_i32 =
+            vnni && !tiles2 && mode >= Winograd::Rows && pc.wino.is_some() && max_code <= 127;
+        let sched = (!vnni && !tiles2 && mode >= Winograd::Rows)
             .then(|| pc.wino_schedule(max_code))
             .flatten();
         // (Not for narrow convs such as the tail: with 8 output lanes for 3 channels the direct
         // kernel's 4 pixels per weight load do better.)
         let use16 = !vnni
             && mode >= Winograd::Rows
-            && sched2.is_none()
+            && !tiles2
             && sched.is_none()
             && !pc.pairs_fit_i16(max_code)
             && pc.cout8 >= 32
             && pc.wino16.is_some();
         // Output rows per task: F(2x2, 3x3) computes rows in pairs.
-        let rows = if sched2.is_some() { 2 } else { 1 };
+        let rows = if tiles2 { 2 } else { 1 };
         // Each thread keeps the transformed rows of this call it built last (rows y, y+1, y+2
         // of consecutive output rows overlap), tagged with a number unique to this call.
         let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -339,7 +343,7 @@ impl FusedNet {
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
                 sums.resize(rows * plane, 0);
-                if let Some(sched2) = &sched2 {
+                if tiles2 {
                     return TILES2.with(|cell| {
                         let mut tiles = cell.borrow_mut();
                         tiles.resize(wino::tiles2_len(COL_CHUNK / 2, pc.cstride), 0);
@@ -356,7 +360,12 @@ impl FusedNet {
                                 cstride: pc.cstride,
                                 max_code,
                             };
-                            row_sums_wino2(level, &v, pc, sched2, cols.clone(), &mut sums);
+                            match &sched2 {
+                                Some(sched2) => {
+                                    row_sums_wino2(level, &v, pc, sched2, cols.clone(), &mut sums)
+                                }
+                                None => row_sums_wino2_i32(level, &v, pc, cols.clone(), &mut sums),
+                            }
                             epilogue(&sums, cols, pixel);
                         }
                     });

@@ -511,9 +511,19 @@ fn winograd2_matches_the_reference_exactly() {
                 if w_bits == 4 && bits <= 4 {
                     assert!(pc.wino2_schedule(max_code).is_some(), "w4 a{bits} is exact");
                 }
-                let Some(sched) = pc.wino2_schedule(max_code) else {
-                    continue;
-                };
+                let sched = pc.wino2_schedule(max_code);
+                // The AVX2 kernel where its schedule exists; the i32 kernels (no schedule) for
+                // every code width up to 6 bits.
+                let mut kernels: Vec<Option<CpuLevel>> = Vec::new();
+                if sched.is_some() {
+                    kernels.push(None);
+                }
+                kernels.extend(
+                    CpuLevel::testable()
+                        .into_iter()
+                        .filter(|&l| has_wino2_i32(l))
+                        .map(Some),
+                );
                 let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
                 let codes = Codes {
                     data: &padded,
@@ -524,11 +534,16 @@ fn winograd2_matches_the_reference_exactly() {
                 if !CpuLevel::available().contains(&CpuLevel::Avx2) {
                     continue;
                 }
-                for y in (0..h).step_by(2) {
+                for (kernel, y) in kernels
+                    .iter()
+                    .flat_map(|&k| (0..h).step_by(2).map(move |y| (k, y)))
+                {
                     let mut out = vec![-1i32; 2 * w * pc.cout8];
-                    // Chunks of 3 tiles (6 columns), each built on its own.
-                    for t0 in (0..w.div_ceil(2)).step_by(3) {
-                        let t1 = (t0 + 3).min(w.div_ceil(2));
+                    // Chunks of 3 tiles (6 columns) or, for the i32 kernels (4 tiles per
+                    // call), 6, each built on its own.
+                    let chunk = if kernel.is_some() { 6 } else { 3 };
+                    for t0 in (0..w.div_ceil(2)).step_by(chunk) {
+                        let t1 = (t0 + chunk).min(w.div_ceil(2));
                         let mut data = vec![0u8; wino::tiles2_len(t1 - t0, pc.cstride)];
                         wino::build_tiles2(&codes, y, t0..t1, max_code, &mut data);
                         let v = wino::Wino2Input {
@@ -540,7 +555,13 @@ fn winograd2_matches_the_reference_exactly() {
                             max_code,
                         };
                         let cols = 2 * t0..(2 * t1).min(w);
-                        row_sums_wino2(CpuLevel::Avx2, &v, &pc, &sched, cols, &mut out);
+                        match (kernel, &sched) {
+                            (Some(level), _) => row_sums_wino2_i32(level, &v, &pc, cols, &mut out),
+                            (None, Some(sched)) => {
+                                row_sums_wino2(CpuLevel::Avx2, &v, &pc, sched, cols, &mut out)
+                            }
+                            (None, None) => unreachable!("the AVX2 kernel only with a schedule"),
+                        }
                     }
                     let mut want = vec![0i32; cout];
                     for r in 0..2.min(h - y) {
@@ -550,7 +571,7 @@ fn winograd2_matches_the_reference_exactly() {
                             assert_eq!(
                                 &out[at..at + cout],
                                 &want[..],
-                                "{h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({},{x})",
+                                "{kernel:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({},{x})",
                                 y + r
                             );
                         }

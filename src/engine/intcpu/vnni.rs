@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::avx2::{broadcast_groups, chunks_and_blocks, combine_wino};
-use super::wino::{WinoInput, WinoWeights};
+use super::wino::{Wino2Input, Wino2Weights, WinoInput, WinoWeights};
 use super::{Codes, PackedConv};
 
 /// `vpdpbusd`: per i32 lane, `acc + Σ_j a_j · b_j` over its 4 bytes, `a` unsigned, `b` signed.
@@ -281,6 +281,12 @@ pub(super) trait Wide {
     unsafe fn wino_out(a: [Self::R; 4], k0: Self::R, k1: Self::R) -> [Self::R; 2];
     /// `q · (x + y)` per i32 lane (the offset terms).
     unsafe fn offset(q: i32, x: Self::R, y: Self::R) -> Self::R;
+    /// `acc − x` when `neg`, else `acc + x`.
+    unsafe fn add_signed(acc: Self::R, x: Self::R, neg: bool) -> Self::R;
+    /// `(x − q·k) >> 2` (the F(2x2, 3x3) output).
+    unsafe fn sub_scaled_quarter(x: Self::R, q: i32, k: Self::R) -> Self::R;
+    /// The instruction on 256-bit vectors (a last block of 8 channels).
+    unsafe fn dp256(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
 }
 
 pub(super) struct Zmm;
@@ -321,6 +327,27 @@ impl Wide for Zmm {
     #[inline(always)]
     unsafe fn offset(q: i32, x: __m512i, y: __m512i) -> __m512i {
         unsafe { _mm512_mullo_epi32(_mm512_set1_epi32(q), _mm512_add_epi32(x, y)) }
+    }
+    #[inline(always)]
+    unsafe fn add_signed(acc: __m512i, x: __m512i, neg: bool) -> __m512i {
+        unsafe {
+            if neg {
+                _mm512_sub_epi32(acc, x)
+            } else {
+                _mm512_add_epi32(acc, x)
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub_scaled_quarter(x: __m512i, q: i32, k: __m512i) -> __m512i {
+        unsafe {
+            let qk = _mm512_mullo_epi32(_mm512_set1_epi32(q), k);
+            _mm512_srai_epi32::<2>(_mm512_sub_epi32(x, qk))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dp256(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { Avx512Vnni::dp(acc, a, b) }
     }
 }
 
@@ -366,7 +393,8 @@ impl Wide for ZmmEmulated {
         k1: [__m256i; 2],
     ) -> [[__m256i; 2]; 2] {
         unsafe {
-            let half = |h: usize| {
+            let mut s = [[_mm256_setzero_si256(); 2]; 2];
+            for h in 0..2 {
                 let s0 = _mm256_sub_epi32(
                     _mm256_add_epi32(_mm256_add_epi32(a[0][h], a[1][h]), a[2][h]),
                     k0[h],
@@ -375,10 +403,10 @@ impl Wide for ZmmEmulated {
                     _mm256_sub_epi32(_mm256_sub_epi32(a[1][h], a[2][h]), a[3][h]),
                     k1[h],
                 );
-                [_mm256_srai_epi32::<1>(s0), _mm256_srai_epi32::<1>(s1)]
-            };
-            let (l, h) = (half(0), half(1));
-            [[l[0], h[0]], [l[1], h[1]]]
+                s[0][h] = _mm256_srai_epi32::<1>(s0);
+                s[1][h] = _mm256_srai_epi32::<1>(s1);
+            }
+            s
         }
     }
     #[inline(always)]
@@ -390,6 +418,36 @@ impl Wide for ZmmEmulated {
                 _mm256_mullo_epi32(q, _mm256_add_epi32(x[1], y[1])),
             ]
         }
+    }
+    #[inline(always)]
+    unsafe fn add_signed(acc: [__m256i; 2], x: [__m256i; 2], neg: bool) -> [__m256i; 2] {
+        unsafe {
+            if neg {
+                [
+                    _mm256_sub_epi32(acc[0], x[0]),
+                    _mm256_sub_epi32(acc[1], x[1]),
+                ]
+            } else {
+                [
+                    _mm256_add_epi32(acc[0], x[0]),
+                    _mm256_add_epi32(acc[1], x[1]),
+                ]
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub_scaled_quarter(x: [__m256i; 2], q: i32, k: [__m256i; 2]) -> [__m256i; 2] {
+        unsafe {
+            let q = _mm256_set1_epi32(q);
+            [
+                _mm256_srai_epi32::<2>(_mm256_sub_epi32(x[0], _mm256_mullo_epi32(q, k[0]))),
+                _mm256_srai_epi32::<2>(_mm256_sub_epi32(x[1], _mm256_mullo_epi32(q, k[1]))),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn dp256(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { Emulated::dp(acc, a, b) }
     }
 }
 
@@ -686,6 +744,240 @@ pub(super) unsafe fn wino512_emulated(
 ) {
     // SAFETY: forwarded contract.
     unsafe { wino512::<ZmmEmulated, Emulated>(v, pc, ww, cols, out) }
+}
+
+/// Winograd F(2x2, 3x3) sums of an output row pair ([`super::row_sums_wino2_i32`]) with
+/// 512-bit vectors and i32 element sums (no widening schedule: exact whenever the
+/// transformed codes `0..=4Q` fit u8 and the transformed weights i8), 16 output channels per
+/// vector, up to 4 vectors × 4 tiles (2x2 pixels each); an odd last block of 8 channels is
+/// summed on the 256-bit half of the same structure.
+///
+/// # Safety
+/// The instructions of `W`; shapes as checked by [`super::row_sums_wino2_i32`].
+#[inline(always)]
+unsafe fn wino2_512<W: Wide>(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    let nb = pc.cout8 / 8;
+    let (t0, t1) = (cols.start / 2, cols.end.div_ceil(2));
+    let mut b0 = 0;
+    while nb - b0 >= 2 {
+        let n = match (nb - b0) / 2 {
+            4.. => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        let mut t = t0;
+        while t < t1 {
+            let p = (t1 - t).min(4);
+            // SAFETY: blocks b0..b0 + 2n exist; tiles t..t + p are inside v and the rows.
+            unsafe {
+                match (n, p) {
+                    (4, 4) => tiles2_512::<W, 4, 4>(v, pc, ww, t, b0, out),
+                    (4, 3) => tiles2_512::<W, 4, 3>(v, pc, ww, t, b0, out),
+                    (4, 2) => tiles2_512::<W, 4, 2>(v, pc, ww, t, b0, out),
+                    (4, _) => tiles2_512::<W, 4, 1>(v, pc, ww, t, b0, out),
+                    (2, 4) => tiles2_512::<W, 2, 4>(v, pc, ww, t, b0, out),
+                    (2, 3) => tiles2_512::<W, 2, 3>(v, pc, ww, t, b0, out),
+                    (2, 2) => tiles2_512::<W, 2, 2>(v, pc, ww, t, b0, out),
+                    (2, _) => tiles2_512::<W, 2, 1>(v, pc, ww, t, b0, out),
+                    (_, 4) => tiles2_512::<W, 1, 4>(v, pc, ww, t, b0, out),
+                    (_, 3) => tiles2_512::<W, 1, 3>(v, pc, ww, t, b0, out),
+                    (_, 2) => tiles2_512::<W, 1, 2>(v, pc, ww, t, b0, out),
+                    _ => tiles2_512::<W, 1, 1>(v, pc, ww, t, b0, out),
+                }
+            }
+            t += p;
+        }
+        b0 += 2 * n;
+    }
+    if b0 < nb {
+        let mut t = t0;
+        while t < t1 {
+            let p = (t1 - t).min(4);
+            // SAFETY: block b0 is the last one; tiles t..t + p are inside v and the rows.
+            unsafe {
+                match p {
+                    4 => tiles2_8::<W, 4>(v, pc, ww, t, b0, out),
+                    3 => tiles2_8::<W, 3>(v, pc, ww, t, b0, out),
+                    2 => tiles2_8::<W, 2>(v, pc, ww, t, b0, out),
+                    _ => tiles2_8::<W, 1>(v, pc, ww, t, b0, out),
+                }
+            }
+            t += p;
+        }
+    }
+}
+
+/// [`tiles2_512`] for one last block of 8 output channels: the same sums on 256-bit vectors.
+#[inline(always)]
+unsafe fn tiles2_8<W: Wide, const P: usize>(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    use super::wino::AT;
+    let cs = v.cstride;
+    let groups = cs / 4;
+    let gbytes = pc.cout8 * 4;
+    let w = ww.u8.as_ptr() as *const u8;
+    // SAFETY: as tiles2_512, for 8 channels.
+    unsafe {
+        let mut o = [[_mm256_setzero_si256(); P]; 4];
+        for e in 0..16 {
+            let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
+            let wt = w.add(e * groups * gbytes + b0 * 32);
+            let mut acc = [_mm256_setzero_si256(); P];
+            for g in 0..groups {
+                let wv = _mm256_loadu_si256(wt.add(g * gbytes).cast());
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let c = (row.add(i * 16 * cs + 4 * g) as *const u32).read_unaligned();
+                    *acc = W::dp256(*acc, _mm256_set1_epi32(c as i32), wv);
+                }
+            }
+            for (pos, op) in o.iter_mut().enumerate() {
+                let m = AT[pos / 2][e / 4] * AT[pos % 2][e % 4];
+                for (op, acc) in op.iter_mut().zip(&acc) {
+                    *op = match m {
+                        1 => _mm256_add_epi32(*op, *acc),
+                        -1 => _mm256_sub_epi32(*op, *acc),
+                        _ => *op,
+                    };
+                }
+            }
+        }
+        let q = _mm256_set1_epi32(v.max_code as i32);
+        let plane = v.w * pc.cout8;
+        for (pos, op) in o.iter().enumerate() {
+            let (r, j) = (pos / 2, pos % 2);
+            let k = _mm256_loadu_si256(ww.kcorr.as_ptr().add(pos * pc.cout8 + b0 * 8).cast());
+            let qk = _mm256_mullo_epi32(q, k);
+            for (i, op) in op.iter().enumerate() {
+                let x = 2 * (t + i) + j;
+                if x < v.w {
+                    let s = _mm256_srai_epi32::<2>(_mm256_sub_epi32(*op, qk));
+                    let d = out.as_mut_ptr().add(r * plane + x * pc.cout8 + b0 * 8);
+                    _mm256_storeu_si256(d.cast(), s);
+                }
+            }
+        }
+    }
+}
+
+/// The 16 element sums of tiles `t .. t + P` for output channels `8·b0 .. 8·b0 + 16·N`,
+/// each added into the four outputs with the signs of `Aᵀ ⊗ Aᵀ`, then `(· − Q·K) / 4`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    use super::wino::AT;
+    let cs = v.cstride;
+    let groups = cs / 4;
+    let gbytes = pc.cout8 * 4;
+    let w = ww.u8.as_ptr() as *const u8;
+    // SAFETY: reads inside v.data (tiles t..t + P, 16 · cs bytes each) and the weights; writes
+    // inside out (two rows of v.w pixels, pixels below v.w, channels below cout8).
+    unsafe {
+        // The four outputs' sums (in memory: the element's sums have the registers).
+        let mut o = [[[W::zero(); N]; P]; 4];
+        for e in 0..16 {
+            let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
+            let wt = w.add(e * groups * gbytes + b0 * 32);
+            let mut acc = [[W::zero(); N]; P];
+            for g in 0..groups {
+                let mut q = [W::zero(); P];
+                for (i, qi) in q.iter_mut().enumerate() {
+                    let c = (row.add(i * 16 * cs + 4 * g) as *const u32).read_unaligned();
+                    *qi = W::bcast(c as i32);
+                }
+                let wg = wt.add(g * gbytes);
+                for b in 0..N {
+                    let wv = W::load(wg.add(b * 64));
+                    for i in 0..P {
+                        acc[i][b] = W::dp(acc[i][b], q[i], wv);
+                    }
+                }
+            }
+            for pos in 0..4 {
+                let m = AT[pos / 2][e / 4] * AT[pos % 2][e % 4];
+                if m != 0 {
+                    for i in 0..P {
+                        for b in 0..N {
+                            o[pos][i][b] = W::add_signed(o[pos][i][b], acc[i][b], m < 0);
+                        }
+                    }
+                }
+            }
+        }
+        let q = v.max_code as i32;
+        let plane = v.w * pc.cout8;
+        for (pos, op) in o.iter().enumerate() {
+            let (r, j) = (pos / 2, pos % 2);
+            for b in 0..N {
+                let k = W::load(
+                    ww.kcorr
+                        .as_ptr()
+                        .add(pos * pc.cout8 + (b0 + 2 * b) * 8)
+                        .cast(),
+                );
+                for i in 0..P {
+                    let x = 2 * (t + i) + j;
+                    if x < v.w {
+                        let d = out
+                            .as_mut_ptr()
+                            .add(r * plane + x * pc.cout8 + (b0 + 2 * b) * 8);
+                        W::store(d, W::sub_scaled_quarter(op[i][b], q, k));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// See [`wino2_512`] (AVX-512 VNNI).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI; shapes as checked by
+/// [`super::row_sums_wino2_i32`].
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn wino2_512_avx512vnni(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { wino2_512::<Zmm>(v, pc, ww, cols, out) }
+}
+
+/// [`wino2_512`]'s structure with the emulated instruction (tests).
+///
+/// # Safety
+/// AVX2; shapes as checked by [`super::row_sums_wino2_i32`].
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn wino2_512_emulated(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { wino2_512::<ZmmEmulated>(v, pc, ww, cols, out) }
 }
 
 /// The 512-bit direct kernel's structure with the emulated instruction (tests).
