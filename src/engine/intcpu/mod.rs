@@ -227,10 +227,10 @@ const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 /// `rows`, `tiles`) or [`set_winograd`] chose, else the default:
 /// `Rows` (F(2,3) along x: 1.5x fewer multiplies) at every level. `Tiles` does 1.5x fewer
 /// again but measured slower end to end: its per-element widening and output transform cost
-/// more than the multiplies it saves at 32–64 channels (BENCHMARKS.md); at AVX-512 VNNI, with
-/// i32 sums ([`row_sums_wino2_i32`]), 1.02x F(2,3) at x2 and 0.95x at x4 on Zen 4. At AVX-512 VNNI both
-/// the direct and the F(2,3) kernel run on 512-bit vectors; F(2,3) measured 1.10–1.14x faster
-/// on EDSR-baseline (Zen 4), 0.99–1.05x on the 32-channel built-ins.
+/// more than the multiplies it saves at 32–64 channels (BENCHMARKS.md); at AVX-512 VNNI,
+/// with i32 sums ([`row_sums_wino2_i32`]), 1.02x F(2,3) at x2 and 0.95x at x4 on Zen 4. At
+/// AVX-512 VNNI both the direct and the F(2,3) kernel run on 512-bit vectors; F(2,3) measured
+/// 1.10–1.18x faster on EDSR-baseline (Zen 4), 0.99–1.05x on the 32-channel built-ins.
 pub fn winograd_mode() -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
     if WINOGRAD.load(Relaxed) == 0 {
