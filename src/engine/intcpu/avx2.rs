@@ -495,10 +495,13 @@ pub(super) unsafe fn combine_wino<const N: usize, const P: usize>(
     unsafe {
         let q = _mm256_set1_epi32(v.max_code as i32);
         for b in 0..N {
-            let c = |e: usize| {
-                _mm256_loadu_si256(ww.csum.as_ptr().add(e * pc.cout8 + (b0 + b) * 8).cast())
-            };
-            let (c0, c2, c3) = (c(0), c(2), c(3));
+            // (Plain unaligned reads, no closure: a closure here would be compiled without the
+            // caller's target features, and `_mm256_loadu_si256` was left out of line at
+            // opt-level 1.)
+            let at = ww.csum.as_ptr().add((b0 + b) * 8) as *const __m256i;
+            let c0 = at.read_unaligned();
+            let c2 = at.byte_add(2 * 4 * pc.cout8).read_unaligned();
+            let c3 = at.byte_add(3 * 4 * pc.cout8).read_unaligned();
             let k0 = _mm256_mullo_epi32(q, _mm256_add_epi32(c0, c2));
             let k1 = _mm256_mullo_epi32(q, _mm256_add_epi32(c2, c3));
             for i in 0..P {

@@ -695,8 +695,11 @@ unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
         let a = &*(a.as_ptr() as *const [[[W::R; N]; P]; 4]);
         let csum = ww.csum.as_ptr();
         for b in 0..N {
-            let c = |e: usize| W::load(csum.add(e * pc.cout8 + (b0 + 2 * b) * 8).cast());
-            let (c0, c2, c3) = (c(0), c(2), c(3));
+            // (Plain loads, not a closure: see `combine_wino`.)
+            let at = csum.add((b0 + 2 * b) * 8);
+            let c0 = W::load(at.cast());
+            let c2 = W::load(at.add(2 * pc.cout8).cast());
+            let c3 = W::load(at.add(3 * pc.cout8).cast());
             let q = v.max_code as i32;
             let (k0, k1) = (W::offset(q, c0, c2), W::offset(q, c2, c3));
             for i in 0..P {
