@@ -264,19 +264,22 @@ unsafe fn tiles<D: Dot, const N: usize, const P: usize>(
     }
 }
 
-/// A 512-bit vector of 16 i32 lanes for the direct kernel: native AVX-512 VNNI ([`Zmm`]) or
-/// two 256-bit halves with the emulated instruction ([`ZmmEmulated`], tests only).
+/// A vector of i32 lanes for the 512-bit kernels: 16 lanes, native AVX-512 VNNI ([`Zmm`]) or
+/// two 256-bit halves with the emulated instruction ([`ZmmEmulated`], tests only); or 8 lanes
+/// with the instruction of a [`Dot`] ([`Ymm`]: a last block of 8 output channels).
 pub(super) trait Wide {
     type R: Copy;
+    /// i32 lanes (output channels) per vector.
+    const LANES: usize;
     /// # Safety (all)
-    /// The CPU must support the vector's instructions; pointers valid for 64 bytes.
+    /// The CPU must support the vector's instructions; pointers valid for `4 · LANES` bytes.
     unsafe fn zero() -> Self::R;
     unsafe fn bcast(c: i32) -> Self::R;
     unsafe fn load(p: *const u8) -> Self::R;
     unsafe fn store(p: *mut i32, v: Self::R);
     unsafe fn dp(acc: Self::R, a: Self::R, b: Self::R) -> Self::R;
     /// The F(2,3) output transform of one vector of element sums `a0..a3` against the
-    /// offset terms `k0`, `k1` (see [`combine512`]): `(a0 + a1 + a2 − k0) >> 1` and
+    /// offset terms `k0`, `k1` (see [`tiles512`]): `(a0 + a1 + a2 − k0) >> 1` and
     /// `(a1 − a2 − a3 + k1) >> 1`.
     unsafe fn wino_out(a: [Self::R; 4], k0: Self::R, k1: Self::R) -> [Self::R; 2];
     /// `q · (x + y)` per i32 lane (the offset terms).
@@ -285,17 +288,17 @@ pub(super) trait Wide {
     unsafe fn add_signed(acc: Self::R, x: Self::R, neg: bool) -> Self::R;
     /// `(x − q·k) >> 2` (the F(2x2, 3x3) output).
     unsafe fn sub_scaled_quarter(x: Self::R, q: i32, k: Self::R) -> Self::R;
-    /// The instruction on 256-bit vectors (a last block of 8 channels).
-    unsafe fn dp256(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
 }
 
 pub(super) struct Zmm;
 pub(super) struct ZmmEmulated;
+pub(super) struct Ymm<D>(std::marker::PhantomData<D>);
 
 // SAFETY (the bodies of both impls): called from entry points compiled with the features
 // the intrinsics need (AVX-512 F/VNNI for Zmm, AVX2 for ZmmEmulated); pointers per the trait.
 impl Wide for Zmm {
     type R = __m512i;
+    const LANES: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> __m512i {
         unsafe { _mm512_setzero_si512() }
@@ -345,14 +348,11 @@ impl Wide for Zmm {
             _mm512_srai_epi32::<2>(_mm512_sub_epi32(x, qk))
         }
     }
-    #[inline(always)]
-    unsafe fn dp256(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        unsafe { Avx512Vnni::dp(acc, a, b) }
-    }
 }
 
 impl Wide for ZmmEmulated {
     type R = [__m256i; 2];
+    const LANES: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> [__m256i; 2] {
         unsafe { [_mm256_setzero_si256(); 2] }
@@ -445,9 +445,115 @@ impl Wide for ZmmEmulated {
             ]
         }
     }
+}
+
+// SAFETY (the bodies): called from entry points compiled with the features of `D` (and
+// AVX2); pointers per the trait. Loads and stores are plain unaligned reads and writes.
+impl<D: Dot> Wide for Ymm<D> {
+    type R = __m256i;
+    const LANES: usize = 8;
     #[inline(always)]
-    unsafe fn dp256(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
-        unsafe { Emulated::dp(acc, a, b) }
+    unsafe fn zero() -> __m256i {
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    unsafe fn bcast(c: i32) -> __m256i {
+        unsafe { _mm256_set1_epi32(c) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m256i {
+        unsafe { (p as *const __m256i).read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i32, v: __m256i) {
+        unsafe { (p as *mut __m256i).write_unaligned(v) }
+    }
+    #[inline(always)]
+    unsafe fn dp(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { D::dp(acc, a, b) }
+    }
+    #[inline(always)]
+    unsafe fn wino_out(a: [__m256i; 4], k0: __m256i, k1: __m256i) -> [__m256i; 2] {
+        unsafe {
+            let s0 = _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(a[0], a[1]), a[2]), k0);
+            let s1 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_sub_epi32(a[1], a[2]), a[3]), k1);
+            [_mm256_srai_epi32::<1>(s0), _mm256_srai_epi32::<1>(s1)]
+        }
+    }
+    #[inline(always)]
+    unsafe fn offset(q: i32, x: __m256i, y: __m256i) -> __m256i {
+        unsafe { _mm256_mullo_epi32(_mm256_set1_epi32(q), _mm256_add_epi32(x, y)) }
+    }
+    #[inline(always)]
+    unsafe fn add_signed(acc: __m256i, x: __m256i, neg: bool) -> __m256i {
+        unsafe {
+            if neg {
+                _mm256_sub_epi32(acc, x)
+            } else {
+                _mm256_add_epi32(acc, x)
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn sub_scaled_quarter(x: __m256i, q: i32, k: __m256i) -> __m256i {
+        unsafe {
+            let qk = _mm256_mullo_epi32(_mm256_set1_epi32(q), k);
+            _mm256_srai_epi32::<2>(_mm256_sub_epi32(x, qk))
+        }
+    }
+}
+
+/// `$f::<$w, N, P>($args)` for the run-time `($n, $p)`: `N` ∈ {4, 2, 1} vectors of output
+/// channels, `P` ∈ 1..=4 pixels or tiles (and 5–6 with 4 vectors where `$max` allows: the
+/// guards drop those arms from kernels that never reach them).
+macro_rules! by_blocks_and_pixels {
+    ($f:ident::<$w:ty>, $n:expr, $p:expr, $max:expr, ($($a:expr),*)) => {
+        match ($n, $p) {
+            (4, 6) if $max >= 6 => $f::<$w, 4, 6>($($a),*),
+            (4, 5) if $max >= 5 => $f::<$w, 4, 5>($($a),*),
+            (4, 4) => $f::<$w, 4, 4>($($a),*),
+            (4, 3) => $f::<$w, 4, 3>($($a),*),
+            (4, 2) => $f::<$w, 4, 2>($($a),*),
+            (4, _) => $f::<$w, 4, 1>($($a),*),
+            (2, 4) => $f::<$w, 2, 4>($($a),*),
+            (2, 3) => $f::<$w, 2, 3>($($a),*),
+            (2, 2) => $f::<$w, 2, 2>($($a),*),
+            (2, _) => $f::<$w, 2, 1>($($a),*),
+            (_, 4) => $f::<$w, 1, 4>($($a),*),
+            (_, 3) => $f::<$w, 1, 3>($($a),*),
+            (_, 2) => $f::<$w, 1, 2>($($a),*),
+            _ => $f::<$w, 1, 1>($($a),*),
+        }
+    };
+}
+
+/// One channel group with [`Wide`] vectors: the 4 codes at `codes + i·stride` of each of `P`
+/// pixels (or tiles) against the `N` vectors of output channels' weights at `wg`, into `acc`
+/// (the wide twin of [`dot_group`]).
+///
+/// # Safety
+/// As [`Wide`]; `P` 4-byte reads from `codes` and `N · 4 · LANES` bytes from `wg` in bounds.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn dot_group_wide<W: Wide, const N: usize, const P: usize>(
+    codes: *const u8,
+    stride: usize,
+    wg: *const u8,
+    acc: &mut [[W::R; N]; P],
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut q = [W::zero(); P];
+        for (i, qi) in q.iter_mut().enumerate() {
+            let c = (codes.add(i * stride) as *const u32).read_unaligned();
+            *qi = W::bcast(c as i32);
+        }
+        for b in 0..N {
+            let wv = W::load(wg.add(b * 4 * W::LANES));
+            for i in 0..P {
+                acc[i][b] = W::dp(acc[i][b], q[i], wv);
+            }
+        }
     }
 }
 
@@ -478,22 +584,7 @@ unsafe fn direct512<W: Wide, D: Dot>(
         while xx < cols.end {
             let p = (cols.end - xx).min(4);
             // SAFETY: blocks b0..b0 + 2n exist; pixels xx..xx + p are inside the row.
-            unsafe {
-                match (n, p) {
-                    (4, 4) => pixels512::<W, 4, 4>(x, pc, y, xx, b0, out),
-                    (4, 3) => pixels512::<W, 4, 3>(x, pc, y, xx, b0, out),
-                    (4, 2) => pixels512::<W, 4, 2>(x, pc, y, xx, b0, out),
-                    (4, _) => pixels512::<W, 4, 1>(x, pc, y, xx, b0, out),
-                    (2, 4) => pixels512::<W, 2, 4>(x, pc, y, xx, b0, out),
-                    (2, 3) => pixels512::<W, 2, 3>(x, pc, y, xx, b0, out),
-                    (2, 2) => pixels512::<W, 2, 2>(x, pc, y, xx, b0, out),
-                    (2, _) => pixels512::<W, 2, 1>(x, pc, y, xx, b0, out),
-                    (_, 4) => pixels512::<W, 1, 4>(x, pc, y, xx, b0, out),
-                    (_, 3) => pixels512::<W, 1, 3>(x, pc, y, xx, b0, out),
-                    (_, 2) => pixels512::<W, 1, 2>(x, pc, y, xx, b0, out),
-                    _ => pixels512::<W, 1, 1>(x, pc, y, xx, b0, out),
-                }
-            }
+            unsafe { by_blocks_and_pixels!(pixels512::<W>, n, p, 4, (x, pc, y, xx, b0, out)) }
             xx += p;
         }
         b0 += 2 * n;
@@ -504,7 +595,7 @@ unsafe fn direct512<W: Wide, D: Dot>(
     }
 }
 
-/// `S` of output channels `8·b0 .. 8·b0 + 16·N` for the `P` pixels from `(y, xx)`.
+/// `S` of output channels `8·b0 .. 8·b0 + N·LANES` for the `P` pixels from `(y, xx)`.
 #[inline(always)]
 unsafe fn pixels512<W: Wide, const N: usize, const P: usize>(
     x: &Codes,
@@ -527,24 +618,18 @@ unsafe fn pixels512<W: Wide, const N: usize, const P: usize>(
             let codes = x.data.as_ptr().add(p);
             let wt = w.add(t * groups * gbytes + b0 * 32);
             for g in 0..groups {
-                let mut q = [W::zero(); P];
-                for (i, qi) in q.iter_mut().enumerate() {
-                    let c = (codes.add(i * x.cstride + 4 * g) as *const u32).read_unaligned();
-                    *qi = W::bcast(c as i32);
-                }
-                let wg = wt.add(g * gbytes);
-                for b in 0..N {
-                    let wv = W::load(wg.add(b * 64));
-                    for (acc, q) in acc.iter_mut().zip(&q) {
-                        acc[b] = W::dp(acc[b], *q, wv);
-                    }
-                }
+                dot_group_wide::<W, N, P>(
+                    codes.add(4 * g),
+                    x.cstride,
+                    wt.add(g * gbytes),
+                    &mut acc,
+                );
             }
         }
         for (i, acc) in acc.iter().enumerate() {
             let d = out.as_mut_ptr().add((xx + i) * pc.cout8 + b0 * 8);
             for (b, v) in acc.iter().enumerate() {
-                W::store(d.add(b * 16), *v);
+                W::store(d.add(b * W::LANES), *v);
             }
         }
     }
@@ -599,22 +684,7 @@ unsafe fn wino512<W: Wide, D: Dot>(
                 let p = (c1 - t).min(if n == 4 { TILES512 } else { 4 });
                 // SAFETY: blocks b0..b0 + 2n exist; tiles t..t + p are inside the row.
                 unsafe {
-                    match (n, p) {
-                        (4, 6) => tiles512::<W, 4, 6>(v, pc, ww, t, b0, out),
-                        (4, 5) => tiles512::<W, 4, 5>(v, pc, ww, t, b0, out),
-                        (4, 4) => tiles512::<W, 4, 4>(v, pc, ww, t, b0, out),
-                        (4, 3) => tiles512::<W, 4, 3>(v, pc, ww, t, b0, out),
-                        (4, 2) => tiles512::<W, 4, 2>(v, pc, ww, t, b0, out),
-                        (4, _) => tiles512::<W, 4, 1>(v, pc, ww, t, b0, out),
-                        (2, 4) => tiles512::<W, 2, 4>(v, pc, ww, t, b0, out),
-                        (2, 3) => tiles512::<W, 2, 3>(v, pc, ww, t, b0, out),
-                        (2, 2) => tiles512::<W, 2, 2>(v, pc, ww, t, b0, out),
-                        (2, _) => tiles512::<W, 2, 1>(v, pc, ww, t, b0, out),
-                        (_, 4) => tiles512::<W, 1, 4>(v, pc, ww, t, b0, out),
-                        (_, 3) => tiles512::<W, 1, 3>(v, pc, ww, t, b0, out),
-                        (_, 2) => tiles512::<W, 1, 2>(v, pc, ww, t, b0, out),
-                        _ => tiles512::<W, 1, 1>(v, pc, ww, t, b0, out),
-                    }
+                    by_blocks_and_pixels!(tiles512::<W>, n, p, TILES512, (v, pc, ww, t, b0, out))
                 }
                 t += p;
             }
@@ -647,7 +717,7 @@ const WINO_CHUNK: usize = 16;
 const TILES512: usize = 6;
 
 /// [`tiles`] with 512-bit vectors: the element sums of tiles `t .. t + P` for output channels
-/// `8·b0 .. 8·b0 + 16·N`, then their output transform.
+/// `8·b0 .. 8·b0 + N·LANES`, then their output transform.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
 unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
@@ -674,18 +744,7 @@ unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
                 let row = v.rows[ky].as_ptr().add(t * 4 * cs + e * cs);
                 let wt = w.add((ky * 4 + e) * groups * gbytes + b0 * 32);
                 for g in 0..groups {
-                    let mut q = [W::zero(); P];
-                    for (i, qi) in q.iter_mut().enumerate() {
-                        let c = (row.add(i * 4 * cs + 4 * g) as *const u32).read_unaligned();
-                        *qi = W::bcast(c as i32);
-                    }
-                    let wg = wt.add(g * gbytes);
-                    for b in 0..N {
-                        let wv = W::load(wg.add(b * 64));
-                        for i in 0..P {
-                            acc[i][b] = W::dp(acc[i][b], q[i], wv);
-                        }
-                    }
+                    dot_group_wide::<W, N, P>(row.add(4 * g), 4 * cs, wt.add(g * gbytes), &mut acc);
                 }
             }
             ae.write(acc);
@@ -696,7 +755,7 @@ unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
         let csum = ww.csum.as_ptr();
         for b in 0..N {
             // (Plain loads, not a closure: see `combine_wino`.)
-            let at = csum.add((b0 + 2 * b) * 8);
+            let at = csum.add(b0 * 8 + b * W::LANES);
             let c0 = W::load(at.cast());
             let c2 = W::load(at.add(2 * pc.cout8).cast());
             let c3 = W::load(at.add(3 * pc.cout8).cast());
@@ -706,7 +765,7 @@ unsafe fn tiles512<W: Wide, const N: usize, const P: usize>(
                 let x = 2 * (t + i);
                 let [s0, s1] =
                     W::wino_out([a[0][i][b], a[1][i][b], a[2][i][b], a[3][i][b]], k0, k1);
-                let d = out.as_mut_ptr().add(x * pc.cout8 + (b0 + 2 * b) * 8);
+                let d = out.as_mut_ptr().add(x * pc.cout8 + b0 * 8 + b * W::LANES);
                 W::store(d, s0);
                 if x + 1 < v.w {
                     W::store(d.add(pc.cout8), s1);
@@ -752,13 +811,13 @@ pub(super) unsafe fn wino512_emulated(
 /// Winograd F(2x2, 3x3) sums of an output row pair ([`super::row_sums_wino2_i32`]) with
 /// 512-bit vectors and i32 element sums (no widening schedule: exact whenever the
 /// transformed codes `0..=4Q` fit u8 and the transformed weights i8), 16 output channels per
-/// vector, up to 4 vectors × 4 tiles (2x2 pixels each); an odd last block of 8 channels is
-/// summed on the 256-bit half of the same structure.
+/// vector, up to 4 vectors × 4 tiles (2x2 pixels each); an odd last block of 8 channels goes
+/// to the same kernel on 256-bit vectors with the instruction of `D` ([`Ymm`]).
 ///
 /// # Safety
-/// The instructions of `W`; shapes as checked by [`super::row_sums_wino2_i32`].
+/// The instructions of `W` and `D`; shapes as checked by [`super::row_sums_wino2_i32`].
 #[inline(always)]
-unsafe fn wino2_512<W: Wide>(
+unsafe fn wino2_512<W: Wide, D: Dot>(
     v: &Wino2Input,
     pc: &PackedConv,
     ww: &Wino2Weights,
@@ -778,22 +837,7 @@ unsafe fn wino2_512<W: Wide>(
         while t < t1 {
             let p = (t1 - t).min(4);
             // SAFETY: blocks b0..b0 + 2n exist; tiles t..t + p are inside v and the rows.
-            unsafe {
-                match (n, p) {
-                    (4, 4) => tiles2_512::<W, 4, 4>(v, pc, ww, t, b0, out),
-                    (4, 3) => tiles2_512::<W, 4, 3>(v, pc, ww, t, b0, out),
-                    (4, 2) => tiles2_512::<W, 4, 2>(v, pc, ww, t, b0, out),
-                    (4, _) => tiles2_512::<W, 4, 1>(v, pc, ww, t, b0, out),
-                    (2, 4) => tiles2_512::<W, 2, 4>(v, pc, ww, t, b0, out),
-                    (2, 3) => tiles2_512::<W, 2, 3>(v, pc, ww, t, b0, out),
-                    (2, 2) => tiles2_512::<W, 2, 2>(v, pc, ww, t, b0, out),
-                    (2, _) => tiles2_512::<W, 2, 1>(v, pc, ww, t, b0, out),
-                    (_, 4) => tiles2_512::<W, 1, 4>(v, pc, ww, t, b0, out),
-                    (_, 3) => tiles2_512::<W, 1, 3>(v, pc, ww, t, b0, out),
-                    (_, 2) => tiles2_512::<W, 1, 2>(v, pc, ww, t, b0, out),
-                    _ => tiles2_512::<W, 1, 1>(v, pc, ww, t, b0, out),
-                }
-            }
+            unsafe { by_blocks_and_pixels!(tiles2_512::<W>, n, p, 4, (v, pc, ww, t, b0, out)) }
             t += p;
         }
         b0 += 2 * n;
@@ -803,78 +847,13 @@ unsafe fn wino2_512<W: Wide>(
         while t < t1 {
             let p = (t1 - t).min(4);
             // SAFETY: block b0 is the last one; tiles t..t + p are inside v and the rows.
-            unsafe {
-                match p {
-                    4 => tiles2_8::<W, 4>(v, pc, ww, t, b0, out),
-                    3 => tiles2_8::<W, 3>(v, pc, ww, t, b0, out),
-                    2 => tiles2_8::<W, 2>(v, pc, ww, t, b0, out),
-                    _ => tiles2_8::<W, 1>(v, pc, ww, t, b0, out),
-                }
-            }
+            unsafe { by_blocks_and_pixels!(tiles2_512::<Ymm<D>>, 1, p, 4, (v, pc, ww, t, b0, out)) }
             t += p;
         }
     }
 }
 
-/// [`tiles2_512`] for one last block of 8 output channels: the same sums on 256-bit vectors.
-#[inline(always)]
-unsafe fn tiles2_8<W: Wide, const P: usize>(
-    v: &Wino2Input,
-    pc: &PackedConv,
-    ww: &Wino2Weights,
-    t: usize,
-    b0: usize,
-    out: &mut [i32],
-) {
-    use super::wino::AT;
-    let cs = v.cstride;
-    let groups = cs / 4;
-    let gbytes = pc.cout8 * 4;
-    let w = ww.u8.as_ptr() as *const u8;
-    // SAFETY: as tiles2_512, for 8 channels.
-    unsafe {
-        let mut o = [[_mm256_setzero_si256(); P]; 4];
-        for e in 0..16 {
-            let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
-            let wt = w.add(e * groups * gbytes + b0 * 32);
-            let mut acc = [_mm256_setzero_si256(); P];
-            for g in 0..groups {
-                let wv = _mm256_loadu_si256(wt.add(g * gbytes).cast());
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let c = (row.add(i * 16 * cs + 4 * g) as *const u32).read_unaligned();
-                    *acc = W::dp256(*acc, _mm256_set1_epi32(c as i32), wv);
-                }
-            }
-            for (pos, op) in o.iter_mut().enumerate() {
-                let m = AT[pos / 2][e / 4] * AT[pos % 2][e % 4];
-                for (op, acc) in op.iter_mut().zip(&acc) {
-                    *op = match m {
-                        1 => _mm256_add_epi32(*op, *acc),
-                        -1 => _mm256_sub_epi32(*op, *acc),
-                        _ => *op,
-                    };
-                }
-            }
-        }
-        let q = _mm256_set1_epi32(v.max_code as i32);
-        let plane = v.w * pc.cout8;
-        for (pos, op) in o.iter().enumerate() {
-            let (r, j) = (pos / 2, pos % 2);
-            let k = _mm256_loadu_si256(ww.kcorr.as_ptr().add(pos * pc.cout8 + b0 * 8).cast());
-            let qk = _mm256_mullo_epi32(q, k);
-            for (i, op) in op.iter().enumerate() {
-                let x = 2 * (t + i) + j;
-                if x < v.w {
-                    let s = _mm256_srai_epi32::<2>(_mm256_sub_epi32(*op, qk));
-                    let d = out.as_mut_ptr().add(r * plane + x * pc.cout8 + b0 * 8);
-                    _mm256_storeu_si256(d.cast(), s);
-                }
-            }
-        }
-    }
-}
-
-/// The 16 element sums of tiles `t .. t + P` for output channels `8·b0 .. 8·b0 + 16·N`,
+/// The 16 element sums of tiles `t .. t + P` for output channels `8·b0 .. 8·b0 + N·LANES`,
 /// each added into the four outputs with the signs of `Aᵀ ⊗ Aᵀ`, then `(· − Q·K) / 4`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
@@ -901,18 +880,7 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
             let wt = w.add(e * groups * gbytes + b0 * 32);
             let mut acc = [[W::zero(); N]; P];
             for g in 0..groups {
-                let mut q = [W::zero(); P];
-                for (i, qi) in q.iter_mut().enumerate() {
-                    let c = (row.add(i * 16 * cs + 4 * g) as *const u32).read_unaligned();
-                    *qi = W::bcast(c as i32);
-                }
-                let wg = wt.add(g * gbytes);
-                for b in 0..N {
-                    let wv = W::load(wg.add(b * 64));
-                    for i in 0..P {
-                        acc[i][b] = W::dp(acc[i][b], q[i], wv);
-                    }
-                }
+                dot_group_wide::<W, N, P>(row.add(4 * g), 16 * cs, wt.add(g * gbytes), &mut acc);
             }
             for pos in 0..4 {
                 let m = AT[pos / 2][e / 4] * AT[pos % 2][e % 4];
@@ -933,7 +901,7 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
                 let k = W::load(
                     ww.kcorr
                         .as_ptr()
-                        .add(pos * pc.cout8 + (b0 + 2 * b) * 8)
+                        .add(pos * pc.cout8 + b0 * 8 + b * W::LANES)
                         .cast(),
                 );
                 for i in 0..P {
@@ -941,7 +909,7 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
                     if x < v.w {
                         let d = out
                             .as_mut_ptr()
-                            .add(r * plane + x * pc.cout8 + (b0 + 2 * b) * 8);
+                            .add(r * plane + x * pc.cout8 + b0 * 8 + b * W::LANES);
                         W::store(d, W::sub_scaled_quarter(op[i][b], q, k));
                     }
                 }
@@ -964,7 +932,7 @@ pub(super) unsafe fn wino2_512_avx512vnni(
     out: &mut [i32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { wino2_512::<Zmm>(v, pc, ww, cols, out) }
+    unsafe { wino2_512::<Zmm, Avx512Vnni>(v, pc, ww, cols, out) }
 }
 
 /// [`wino2_512`]'s structure with the emulated instruction (tests).
@@ -980,7 +948,7 @@ pub(super) unsafe fn wino2_512_emulated(
     out: &mut [i32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { wino2_512::<ZmmEmulated>(v, pc, ww, cols, out) }
+    unsafe { wino2_512::<ZmmEmulated, Emulated>(v, pc, ww, cols, out) }
 }
 
 /// The 512-bit direct kernel's structure with the emulated instruction (tests).
