@@ -71,17 +71,11 @@ pub struct Span<'a> {
 /// holds them one after the other (`n` values per pixel). Bit-identical to [`pixel`] on each
 /// pixel; the AVX-512 level keeps the constants in registers across the run.
 pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
-    let need = |b: usize| b >= span.count * n;
-    let fits = match op {
-        Op::Values => need(px.out.len()),
-        Op::Codes | Op::Relu => need(px.d.len()),
-        Op::Head => need(px.res.len()) && need(px.head.len()) && need(px.d.len()),
-        Op::Res => need(px.res.len()) && need(px.d.len()),
-        Op::Skip => need(px.head.len()) && need(px.d.len()),
-    };
-    let empty_or = |b: usize| b == 0 || need(b);
+    let len = span.count * n;
+    let empty_or = |b: usize| b == 0 || b >= len;
     assert!(
-        fits && empty_or(px.out.len())
+        px.holds(op, len)
+            && empty_or(px.out.len())
             && empty_or(px.res.len())
             && empty_or(px.head.len())
             && empty_or(px.d.len()),
@@ -92,7 +86,7 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI; buffers
-        // checked above (and again per pixel).
+        // checked above.
         CpuLevel::Avx512Vnni => unsafe { avx512_run(op, c, n, span, px) },
         _ => {
             for i in 0..span.count {
@@ -112,6 +106,18 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
 }
 
 impl Pixel<'_> {
+    /// Whether the buffers `op` uses hold `len` values each.
+    fn holds(&self, op: Op, len: usize) -> bool {
+        let has = |b: usize| b >= len;
+        match op {
+            Op::Values => has(self.out.len()),
+            Op::Codes | Op::Relu => has(self.d.len()),
+            Op::Head => has(self.res.len()) && has(self.head.len()) && has(self.d.len()),
+            Op::Res => has(self.res.len()) && has(self.d.len()),
+            Op::Skip => has(self.head.len()) && has(self.d.len()),
+        }
+    }
+
     /// Pixel `i` of a run of `n`-channel pixels (the empty buffers stay empty).
     fn at(&mut self, i: usize, n: usize) -> Pixel<'_> {
         fn part<T>(b: &mut [T], i: usize, n: usize) -> &mut [T] {
@@ -174,13 +180,7 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
     use std::arch::x86_64::*;
     let n = s.len();
     assert!(k.len() >= n && c.bias.len() >= n, "epilogue inputs");
-    match op {
-        Op::Values => assert!(px.out.len() >= n),
-        Op::Head => assert!(px.res.len() >= n && px.head.len() >= n && px.d.len() >= n),
-        Op::Res => assert!(px.res.len() >= n && px.d.len() >= n),
-        Op::Skip => assert!(px.head.len() >= n && px.d.len() >= n),
-        Op::Codes | Op::Relu => assert!(px.d.len() >= n),
-    }
+    assert!(px.holds(op, n), "epilogue buffers");
     let full = n / 8 * 8;
     // SAFETY: every access is at channel o..o + 8 ≤ full ≤ n, inside the buffers checked
     // above; AVX2 is enabled.
