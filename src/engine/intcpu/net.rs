@@ -286,8 +286,8 @@ impl FusedNet {
             // Placeholder for the tail, whose epilogue writes values, not codes.
             next: next.unwrap_or(a),
         };
-        // Winograd F(2x2, 3x3) where it is exact (AVX2, small weights and codes), else F(2,3)
-        // along x, else its i16 form for layers too wide for vpmaddubsw (8-bit codes and
+        // In the chosen mode: Winograd F(2x2, 3x3) where it is exact (small weights and codes;
+        // i32 sums at AVX-512 VNNI), else F(2,3) along x, else its i16 form for layers too wide for vpmaddubsw (8-bit codes and
         // weights), else direct. At VNNI levels F(2,3) has i32 sums (exact up to 7-bit codes,
         // no schedule) and the direct kernel takes any codes and weights at 4 products per
         // instruction, so the i16 form is not used.
@@ -332,12 +332,12 @@ impl FusedNet {
         // every chunk of columns of row `y0 + r`. Rows are computed in chunks of columns, each
         // chunk's epilogue right after its sums, so that the sums are read back from cache
         // even in wide rows.
-        let row_work = |y0: usize, pixel: &mut RunFn| {
+        let row_work = |y0: usize, run: &mut RunFn| {
             let n = rows.min(h - y0);
             // The epilogue of columns `cols` of the task's rows from their sums.
-            let epilogue = |sums: &[i32], cols: Range<usize>, pixel: &mut RunFn| {
+            let epilogue = |sums: &[i32], cols: Range<usize>, run: &mut RunFn| {
                 for r in 0..n {
-                    pixel(r, cols.clone(), &sums[r * plane + cols.start * pc.cout8..]);
+                    run(r, cols.clone(), &sums[r * plane + cols.start * pc.cout8..]);
                 }
             };
             SUMS.with(|cell| {
@@ -366,7 +366,7 @@ impl FusedNet {
                                 }
                                 None => row_sums_wino2_i32(level, &v, pc, cols.clone(), &mut sums),
                             }
-                            epilogue(&sums, cols, pixel);
+                            epilogue(&sums, cols, run);
                         }
                     });
                 }
@@ -416,7 +416,7 @@ impl FusedNet {
                     } else {
                         row_sums(level, &map, pc, y, max_code, cols.clone(), &mut sums);
                     }
-                    epilogue(&sums, cols, pixel);
+                    epilogue(&sums, cols, run);
                 }
             })
         };
