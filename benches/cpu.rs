@@ -165,8 +165,8 @@ fn tables(frames: usize, threads: usize) {
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
     use gstadabm::engine::intcpu::{
-        Codes, PackedConv, row_sums, row_sums_wino, row_sums_wino_i32, row_sums_wino2,
-        row_sums_wino16, wino,
+        Codes, PackedConv, has_wino2_i32, row_sums, row_sums_wino, row_sums_wino_i32,
+        row_sums_wino2, row_sums_wino2_i32, row_sums_wino16, wino,
     };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
@@ -238,7 +238,8 @@ fn kernels(frames: usize) {
             let tl = wino::row_len(w, pc.cstride);
             let mut vt = vec![0u8; (h + 2) * tl];
             let mut wpass = |par: bool| {
-                let build = |(r, row): (usize, &mut [u8])| wino::build_row(&map, r, max_code, row);
+                let build =
+                    |(r, row): (usize, &mut [u8])| wino::build_row(level, &map, r, max_code, row);
                 if par {
                     vt.par_chunks_mut(tl).enumerate().for_each(build);
                 } else {
@@ -277,16 +278,21 @@ fn kernels(frames: usize) {
         }
         // F(2x2, 3x3) where it is exact: rows in pairs, tiles built per chunk of 16 (as the
         // engine does), the input transform included.
-        if let Some(sched) = pc
-            .wino2_schedule(max_code)
-            .filter(|_| level != CpuLevel::Scalar)
-        {
+        // (At AVX-512 VNNI the engine's i32 form: no schedule, codes up to 6 bits.)
+        let f22 = if has_wino2_i32(level) {
+            (pc.wino2().is_some() && max_code <= 63).then_some(None)
+        } else {
+            pc.wino2_schedule(max_code)
+                .filter(|_| level != CpuLevel::Scalar)
+                .map(Some)
+        };
+        if let Some(sched) = f22 {
             let tiles = w.div_ceil(2);
             let pair = |(out, data): &mut (Vec<i32>, Vec<u8>), y: usize| {
                 for t0 in (0..tiles).step_by(16) {
                     let t1 = (t0 + 16).min(tiles);
                     let data = &mut data[..wino::tiles2_len(t1 - t0, pc.cstride)];
-                    wino::build_tiles2(&map, y, t0..t1, max_code, data);
+                    wino::build_tiles2(level, &map, y, t0..t1, max_code, data);
                     let vi = wino::Wino2Input {
                         data,
                         t0,
@@ -295,7 +301,11 @@ fn kernels(frames: usize) {
                         cstride: pc.cstride,
                         max_code,
                     };
-                    row_sums_wino2(level, &vi, &pc, &sched, 2 * t0..(2 * t1).min(w), out);
+                    let cols = 2 * t0..(2 * t1).min(w);
+                    match &sched {
+                        Some(sched) => row_sums_wino2(level, &vi, &pc, sched, cols, out),
+                        None => row_sums_wino2_i32(level, &vi, &pc, cols, out),
+                    }
                 }
                 std::hint::black_box(&out);
             };
@@ -327,7 +337,7 @@ fn kernels(frames: usize) {
             let tl = wino::row_len(w, pc.cstride);
             let mut vt = vec![0i16; (h + 2) * tl];
             let mut wpass = |par: bool| {
-                let build = |(r, row): (usize, &mut [i16])| wino::build_row16(&map, r, row);
+                let build = |(r, row): (usize, &mut [i16])| wino::build_row16(level, &map, r, row);
                 if par {
                     vt.par_chunks_mut(tl).enumerate().for_each(build);
                 } else {
@@ -453,7 +463,7 @@ fn winograd_ab(frames: usize, threads: usize) {
             println!(
                 "{name}, {level:?}: F(2x2,3x3) / F(2,3) {:.2}x faster; default {:?}; outputs identical: {same}",
                 best[1] / best[2],
-                gstadabm::engine::intcpu::winograd_mode()
+                gstadabm::engine::intcpu::winograd_for(level)
             );
         }
     }

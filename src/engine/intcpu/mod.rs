@@ -182,7 +182,7 @@ fn self_check(level: CpuLevel) -> bool {
             let tl = wino::row_len(w, cs);
             let mut rows = vec![0u8; (h + 2) * tl];
             for (r, row) in rows.chunks_exact_mut(tl).enumerate() {
-                wino::build_row(&map7, r, 127, row);
+                wino::build_row(level, &map7, r, 127, row);
             }
             for y in 0..h {
                 let v = wino::WinoInput {
@@ -212,26 +212,27 @@ pub enum Winograd {
     Off,
     /// F(2,3) along x ([`wino::WinoWeights`], [`wino::WinoWeights16`]).
     Rows,
-    /// F(2x2, 3x3) ([`wino::Wino2Weights`]) where exact, else as `Rows` (opt-in).
+    /// F(2x2, 3x3) ([`wino::Wino2Weights`]) where exact, else as `Rows` (the default at
+    /// AVX-512 VNNI, opt-in elsewhere).
     Tiles,
 }
 
 /// 0: not read yet; else 1 + the index in [`MODES`] of the mode [`set_winograd`] or
-/// `ADABM_WINOGRAD` chose, or [`DEFAULT`] ([`winograd_mode`]).
+/// `ADABM_WINOGRAD` chose, or [`DEFAULT`] ([`winograd_for`]).
 static WINOGRAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 const DEFAULT: u8 = MODES.len() as u8 + 1;
 
 const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 
-/// The Winograd kernels the fused engine uses: the mode `ADABM_WINOGRAD` (`0`/`off`,
-/// `rows`, `tiles`) or [`set_winograd`] chose, else the default:
-/// `Rows` (F(2,3) along x: 1.5x fewer multiplies) at every level. `Tiles` does 1.5x fewer
-/// again but measured slower end to end: its per-element widening and output transform cost
-/// more than the multiplies it saves at 32–64 channels (BENCHMARKS.md); at AVX-512 VNNI,
-/// with i32 sums ([`row_sums_wino2_i32`]), 1.02x F(2,3) at x2 and 0.95x at x4 on Zen 4. At
-/// AVX-512 VNNI both the direct and the F(2,3) kernel run on 512-bit vectors; F(2,3) measured
-/// 1.10–1.18x faster on EDSR-baseline (Zen 4), 0.99–1.05x on the 32-channel built-ins.
-pub fn winograd_mode() -> Winograd {
+/// The Winograd kernels the fused engine uses at `level`: the mode `ADABM_WINOGRAD`
+/// (`0`/`off`, `rows`, `tiles`) or [`set_winograd`] chose, else the default: `Tiles` where
+/// F(2x2, 3x3) has i32 sums ([`has_wino2_i32`]: AVX-512 VNNI), `Rows` (F(2,3) along x, 1.5x
+/// fewer multiplies) at the other levels. `Tiles` does 1.5x fewer again; on AVX2 its
+/// per-element widening and output transform cost more than the multiplies it saves at
+/// 32–64 channels (BENCHMARKS.md), at AVX-512 VNNI it measured 1.03–1.11x faster than F(2,3)
+/// end to end on Zen 4 (EDSR-baseline and the 32-channel built-ins, x2 and x4), F(2,3)
+/// 1.02–1.17x faster than the direct 512-bit kernel.
+pub fn winograd_for(level: CpuLevel) -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
     if WINOGRAD.load(Relaxed) == 0 {
         set_winograd(match std::env::var("ADABM_WINOGRAD").ok().as_deref() {
@@ -242,6 +243,7 @@ pub fn winograd_mode() -> Winograd {
         });
     }
     match WINOGRAD.load(Relaxed) {
+        DEFAULT if has_wino2_i32(level) => Winograd::Tiles,
         DEFAULT => Winograd::Rows,
         v => MODES[v as usize - 1],
     }
@@ -281,7 +283,7 @@ pub struct PackedConv {
     /// The i16 form of the Winograd weights (any weight codes).
     pub wino16: Option<wino::WinoWeights16>,
     /// Winograd F(2x2, 3x3) weights when the weights fit that transform: built on first use
-    /// ([`Self::wino2`]), since that kernel is opt-in.
+    /// ([`Self::wino2`]), since that kernel is the default at one level only.
     wino2: std::sync::OnceLock<Option<wino::Wino2Weights>>,
 }
 

@@ -171,7 +171,7 @@ fn winograd_i32_matches_the_reference_exactly() {
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0u8; (h + 2) * tl];
                 for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
-                    wino::build_row(&codes, r, max_code, row);
+                    wino::build_row(CpuLevel::Scalar, &codes, r, max_code, row);
                 }
                 for &level in &levels {
                     for y in 0..h {
@@ -267,7 +267,7 @@ fn winograd_matches_the_reference_exactly() {
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0u8; (h + 2) * tl];
                 for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
-                    wino::build_row(&codes, r, max_code, row);
+                    wino::build_row(CpuLevel::Scalar, &codes, r, max_code, row);
                 }
                 let rows: Vec<&[u8]> = vt.chunks_exact(tl).collect();
                 for level in CpuLevel::available() {
@@ -358,7 +358,7 @@ fn winograd16_matches_the_reference_exactly() {
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0i16; (h + 2) * tl];
                 for (r, row) in vt.chunks_exact_mut(tl).enumerate() {
-                    wino::build_row16(&codes, r, row);
+                    wino::build_row16(CpuLevel::Scalar, &codes, r, row);
                 }
                 let rows: Vec<&[i16]> = vt.chunks_exact(tl).collect();
                 for level in CpuLevel::available() {
@@ -416,9 +416,15 @@ fn column_chunks_give_the_whole_row() {
         let mut v16 = vec![0i16; (h + 2) * tl];
         for r in 0..h + 2 {
             if pc.wino_schedule(max_code).is_some() {
-                wino::build_row(&codes, r, max_code, &mut v8[r * tl..(r + 1) * tl]);
+                wino::build_row(
+                    CpuLevel::Scalar,
+                    &codes,
+                    r,
+                    max_code,
+                    &mut v8[r * tl..(r + 1) * tl],
+                );
             }
-            wino::build_row16(&codes, r, &mut v16[r * tl..(r + 1) * tl]);
+            wino::build_row16(CpuLevel::Scalar, &codes, r, &mut v16[r * tl..(r + 1) * tl]);
         }
         for level in CpuLevel::testable() {
             for y in 0..h {
@@ -545,7 +551,14 @@ fn winograd2_matches_the_reference_exactly() {
                     for t0 in (0..w.div_ceil(2)).step_by(chunk) {
                         let t1 = (t0 + chunk).min(w.div_ceil(2));
                         let mut data = vec![0u8; wino::tiles2_len(t1 - t0, pc.cstride)];
-                        wino::build_tiles2(&codes, y, t0..t1, max_code, &mut data);
+                        wino::build_tiles2(
+                            CpuLevel::Scalar,
+                            &codes,
+                            y,
+                            t0..t1,
+                            max_code,
+                            &mut data,
+                        );
                         let v = wino::Wino2Input {
                             data: &data,
                             t0,
@@ -585,6 +598,78 @@ fn winograd2_matches_the_reference_exactly() {
         assert!(checked > 100, "only {checked} rows checked");
     } else {
         eprintln!("no AVX2 on this host: the F(2x2, 3x3) kernel was not run");
+    }
+}
+
+/// The input transforms (compiled per level: AVX-512 BW, AVX2, plain) against their
+/// definitions at every level, for channel strides that are and are not multiples of the
+/// vector widths, 1-pixel maps, odd widths and tile ranges that start inside the row or end
+/// at its last (half) tile.
+#[test]
+fn input_transforms_match_their_definition_at_every_level() {
+    const BT: [[i32; 4]; 4] = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]];
+    let mut rng = Rng::new(23);
+    for &(h, w, cin) in &[(1, 1, 3), (2, 7, 36), (3, 33, 64), (2, 16, 68), (1, 5, 256)] {
+        for bits in [1u8, 4, 6, 7, 8] {
+            let (_, padded) = random_codes(&mut rng, h, w, cin, bits);
+            let cs = cin.div_ceil(4) * 4;
+            let codes = Codes {
+                data: &padded,
+                h,
+                w,
+                cstride: cs,
+            };
+            let q = (1i32 << bits) - 1;
+            // Padded code (0 past the padded map), as i32.
+            let d = |r: usize, x: usize, c: usize| -> i32 {
+                if r < h + 2 && x < w + 2 {
+                    padded[(r * (w + 2) + x) * cs + c] as i32
+                } else {
+                    0
+                }
+            };
+            let tl = wino::row_len(w, cs);
+            let tiles = w.div_ceil(2);
+            let ranges = [0..tiles, tiles / 2..tiles, 0..tiles.div_ceil(2)];
+            for &level in &CpuLevel::testable() {
+                for r in 0..h + 2 {
+                    let (mut v8, mut v16) = (vec![1u8; tl], vec![1i16; tl]);
+                    if bits <= 7 {
+                        wino::build_row(level, &codes, r, q as u32, &mut v8);
+                    }
+                    wino::build_row16(level, &codes, r, &mut v16);
+                    for (i, (&v8, &v16)) in v8.iter().zip(&v16).enumerate() {
+                        let (t, e, c) = (i / (4 * cs), i / cs % 4, i % cs);
+                        let v: i32 = (0..4).map(|k| BT[e][k] * d(r, 2 * t + k, c)).sum();
+                        let off = if e == 1 { 0 } else { q };
+                        assert_eq!(v16 as i32, v, "build_row16 {level:?} {h}x{w}x{cin} {i}");
+                        if bits <= 7 {
+                            assert_eq!(v8 as i32, v + off, "build_row {level:?} {h}x{w}x{cin}");
+                        }
+                    }
+                }
+                for y in (0..h).filter(|_| bits <= 6) {
+                    for ts in ranges.iter().filter(|t| !t.is_empty()) {
+                        let mut got = vec![1u8; wino::tiles2_len(ts.len(), cs)];
+                        wino::build_tiles2(level, &codes, y, ts.clone(), q as u32, &mut got);
+                        for (i, &g) in got.iter().enumerate() {
+                            let (t, e, c) = (ts.start + i / (16 * cs), i / cs % 16, i % cs);
+                            let (ey, ex) = (e / 4, e % 4);
+                            let mut v = if e == 5 { 0 } else { 2 * q };
+                            for (ry, by) in BT[ey].iter().enumerate() {
+                                for (rx, bx) in BT[ex].iter().enumerate() {
+                                    v += by * bx * d(y + ry, 2 * t + rx, c);
+                                }
+                            }
+                            assert_eq!(
+                                g as i32, v,
+                                "build_tiles2 {level:?} {h}x{w}x{cin} {bits} bits y {y} {ts:?} {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

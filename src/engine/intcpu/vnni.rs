@@ -854,7 +854,7 @@ unsafe fn wino2_512<W: Wide, D: Dot>(
 }
 
 /// The 16 element sums of tiles `t .. t + P` for output channels `8·b0 .. 8·b0 + N·LANES`,
-/// each added into the four outputs with the signs of `Aᵀ ⊗ Aᵀ`, then `(· − Q·K) / 4`.
+/// then their output transform `Aᵀ · A · A` and `(· − Q·K) / 4`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
 unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
@@ -865,7 +865,6 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
     b0: usize,
     out: &mut [i32],
 ) {
-    use super::wino::AT;
     let cs = v.cstride;
     let groups = cs / 4;
     let gbytes = pc.cout8 * 4;
@@ -873,44 +872,51 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
     // SAFETY: reads inside v.data (tiles t..t + P, 16 · cs bytes each) and the weights; writes
     // inside out (two rows of v.w pixels, pixels below v.w, channels below cout8).
     unsafe {
-        // The four outputs' sums (in memory: the element's sums have the registers).
-        let mut o = [[[W::zero(); N]; P]; 4];
-        for e in 0..16 {
+        // Each element's sums in registers (P·N of the 32), stored once: a read-modify-write of
+        // the four outputs' sums per element instead cost more stores than Zen 4's one 512-bit
+        // store per two cycles allows beside the products. Written element by element below.
+        let mut a = [std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 16];
+        for (e, ae) in a.iter_mut().enumerate() {
             let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
             let wt = w.add(e * groups * gbytes + b0 * 32);
             let mut acc = [[W::zero(); N]; P];
             for g in 0..groups {
                 dot_group_wide::<W, N, P>(row.add(4 * g), 16 * cs, wt.add(g * gbytes), &mut acc);
             }
-            for pos in 0..4 {
-                let m = AT[pos / 2][e / 4] * AT[pos % 2][e % 4];
-                if m != 0 {
-                    for i in 0..P {
-                        for b in 0..N {
-                            o[pos][i][b] = W::add_signed(o[pos][i][b], acc[i][b], m < 0);
-                        }
-                    }
-                }
-            }
+            ae.write(acc);
         }
+        // Every element was written; `MaybeUninit<T>` has the layout of `T` (see `tiles512`).
+        let a = &*(a.as_ptr() as *const [[[W::R; N]; P]; 16]);
         let q = v.max_code as i32;
         let plane = v.w * pc.cout8;
-        for (pos, op) in o.iter().enumerate() {
-            let (r, j) = (pos / 2, pos % 2);
-            for b in 0..N {
-                let k = W::load(
-                    ww.kcorr
-                        .as_ptr()
-                        .add(pos * pc.cout8 + b0 * 8 + b * W::LANES)
-                        .cast(),
-                );
-                for i in 0..P {
+        // (No closures here: they would not get the entry point's target features.)
+        for b in 0..N {
+            let mut k = [W::zero(); 4];
+            for (pos, kp) in k.iter_mut().enumerate() {
+                let at = ww
+                    .kcorr
+                    .as_ptr()
+                    .add(pos * pc.cout8 + b0 * 8 + b * W::LANES);
+                *kp = W::load(at.cast());
+            }
+            for i in 0..P {
+                // `Aᵀ` (rows 1 1 1 0 and 0 1 −1 −1) along x per row of elements, then along
+                // y: 24 adds for the 4 outputs.
+                let mut r = [[W::zero(); 4]; 2];
+                for ey in 0..4 {
+                    let e = &a[4 * ey..4 * ey + 4];
+                    let (e0, e1, e2, e3) = (e[0][i][b], e[1][i][b], e[2][i][b], e[3][i][b]);
+                    r[0][ey] = W::add_signed(W::add_signed(e0, e1, false), e2, false);
+                    r[1][ey] = W::add_signed(W::add_signed(e1, e2, true), e3, true);
+                }
+                for (j, rj) in r.iter().enumerate() {
                     let x = 2 * (t + i) + j;
                     if x < v.w {
-                        let d = out
-                            .as_mut_ptr()
-                            .add(r * plane + x * pc.cout8 + b0 * 8 + b * W::LANES);
-                        W::store(d, W::sub_scaled_quarter(op[i][b], q, k));
+                        let s0 = W::add_signed(W::add_signed(rj[0], rj[1], false), rj[2], false);
+                        let s1 = W::add_signed(W::add_signed(rj[1], rj[2], true), rj[3], true);
+                        let d = out.as_mut_ptr().add(x * pc.cout8 + b0 * 8 + b * W::LANES);
+                        W::store(d, W::sub_scaled_quarter(s0, q, k[j]));
+                        W::store(d.add(plane), W::sub_scaled_quarter(s1, q, k[2 + j]));
                     }
                 }
             }

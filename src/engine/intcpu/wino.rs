@@ -29,12 +29,13 @@
 //!
 //! [`Wino2Weights`] / [`build_tiles2`]: F(2x2, 3x3), the same transform along y too (16
 //! products per 2x2 pixels). Exact, but slower than F(2,3) on AVX2 at 32–64 channels (its 16
-//! elements each end with a widening and feed a 16-to-4 output transform), so opt-in
-//! (`ADABM_WINOGRAD=tiles`, [`super::Winograd::Tiles`]).
+//! elements each end with a widening and feed a 16-to-4 output transform), so opt-in there
+//! (`ADABM_WINOGRAD=tiles`, [`super::Winograd::Tiles`]); the default at AVX-512 VNNI, where
+//! its sums are i32 (no widening) and it is faster.
 
 use std::ops::Range;
 
-use super::{Codes, PackedConv};
+use super::{Codes, CpuLevel, PackedConv};
 
 /// Transformed weights of one conv.
 #[derive(Clone, Debug)]
@@ -243,51 +244,167 @@ pub fn row_len(w: usize, cstride: usize) -> usize {
     w.div_ceil(2) * 4 * cstride
 }
 
-/// The transformed inputs of padded row `r` of `x` (codes up to `max_code`) into `out`
-/// (`tiles · 4 · cstride` bytes). Columns past the padded map count as code 0.
-pub fn build_row(x: &Codes, r: usize, max_code: u32, out: &mut [u8]) {
-    let q = max_code as u8;
-    // Wrapping u8 arithmetic: every result lies in 0..=2Q ≤ 255, so it is exact.
-    for_tiles(x, r, out, |d0, d1, d2, d3| {
-        [
-            d0.wrapping_sub(d2).wrapping_add(q),
-            d1.wrapping_add(d2),
-            d2.wrapping_sub(d1).wrapping_add(q),
-            d1.wrapping_sub(d3).wrapping_add(q),
-        ]
-    });
+/// `$f::<L>(args, c0)` for consecutive blocks of channels `c0 .. c0 + L` covering `0..$cs`
+/// (a multiple of 4): blocks of 64, then 32, 16 and 4. The transforms work on fixed-size
+/// blocks so that each step is a few whole vectors (a loop over a whole 64-byte channel
+/// stride is vectorised for long slices only and ran its 8-byte remainder loop).
+macro_rules! channel_blocks {
+    ($cs:expr, $f:ident($($a:expr),*)) => {{
+        let cs: usize = $cs;
+        let mut c0 = 0;
+        while cs - c0 >= 64 {
+            $f::<64>($($a,)* c0);
+            c0 += 64;
+        }
+        if cs - c0 >= 32 {
+            $f::<32>($($a,)* c0);
+            c0 += 32;
+        }
+        if cs - c0 >= 16 {
+            $f::<16>($($a,)* c0);
+            c0 += 16;
+        }
+        while c0 < cs {
+            $f::<4>($($a,)* c0);
+            c0 += 4;
+        }
+    }};
 }
 
-/// The 4 transformed values of every channel and tile of padded row `r` of `x` into `out`
-/// (`[tile][element 4][cstride]`), from the codes `d0..d3` of the tile's 4 input columns
-/// (columns past the padded map count as code 0).
+/// The transformed inputs of padded row `r` of `x` (codes up to `max_code`) into `out`
+/// (`tiles · 4 · cstride` bytes, `[tile][element 4][cstride]`). Columns past the padded map
+/// count as code 0. Compiled for the widest vectors of `level` (the values do not depend on
+/// it).
+pub fn build_row(level: CpuLevel, x: &Codes, r: usize, max_code: u32, out: &mut [u8]) {
+    check_row(x, r, out.len());
+    row8_at(level, x, r, max_code as u8, out);
+}
+
+/// [`build_row`]'s body: `V0 = d0 − d2 + Q`, `V1 = d1 + d2`, `V2 = d2 − d1 + Q`,
+/// `V3 = d1 − d3 + Q` from the codes `d0..d3` of a tile's 4 input columns.
 #[inline(always)]
-fn for_tiles<T: Copy>(x: &Codes, r: usize, out: &mut [T], f: impl Fn(u8, u8, u8, u8) -> [T; 4]) {
-    let (cs, wp) = (x.cstride, x.w + 2);
-    assert!(
-        r < x.h + 2 && out.len() == row_len(x.w, cs),
-        "transformed row"
-    );
-    let zeros = [0u8; 1024];
-    assert!(cs <= zeros.len(), "channel stride");
-    let row = &x.data[r * wp * cs..(r + 1) * wp * cs];
-    let col = |c: usize| -> &[u8] {
-        if c < wp {
-            &row[c * cs..(c + 1) * cs]
-        } else {
-            &zeros[..cs]
-        }
-    };
-    for (t, o) in out.chunks_exact_mut(4 * cs).enumerate() {
-        let (d0, d1, d2, d3) = (col(2 * t), col(2 * t + 1), col(2 * t + 2), col(2 * t + 3));
-        let (v0, rest) = o.split_at_mut(cs);
-        let (v1, rest) = rest.split_at_mut(cs);
-        let (v2, v3) = rest.split_at_mut(cs);
-        for c in 0..cs {
-            [v0[c], v1[c], v2[c], v3[c]] = f(d0[c], d1[c], d2[c], d3[c]);
-        }
+fn row8(x: &Codes, r: usize, q: u8, out: &mut [u8]) {
+    channel_blocks!(x.cstride, row8_block(x, r, q, out));
+}
+
+/// [`row8`] for channels `c0 .. c0 + L`.
+#[inline(always)]
+fn row8_block<const L: usize>(x: &Codes, r: usize, q: u8, out: &mut [u8], c0: usize) {
+    let cs = x.cstride;
+    let (mut d0, mut d1) = (load::<L>(x, r, 0, c0), load::<L>(x, r, 1, c0));
+    for t in 0..out.len() / (4 * cs) {
+        let (d2, d3) = (
+            load::<L>(x, r, 2 * t + 2, c0),
+            load::<L>(x, r, 2 * t + 3, c0),
+        );
+        let o = &mut out[t * 4 * cs + c0..];
+        // Wrapping u8 arithmetic: every result lies in 0..=2Q ≤ 255, so it is exact.
+        put(o, 0, sub_add(d0, d2, q));
+        put(o, cs, add_add(d1, d2, 0));
+        put(o, 2 * cs, sub_add(d2, d1, q));
+        put(o, 3 * cs, sub_add(d1, d3, q));
+        (d0, d1) = (d2, d3);
     }
 }
+
+/// Asserts that `out_len` is the length of a transformed row `r` of `x`.
+fn check_row(x: &Codes, r: usize, out_len: usize) {
+    assert!(
+        r < x.h + 2 && out_len == row_len(x.w, x.cstride) && x.cstride.is_multiple_of(4),
+        "transformed row"
+    );
+}
+
+/// Codes `c0 .. c0 + L` of padded pixel `(r, c)` of `x`; zeros past the padded map.
+#[inline(always)]
+fn load<const L: usize>(x: &Codes, r: usize, c: usize, c0: usize) -> [u8; L] {
+    let wp = x.w + 2;
+    if r < x.h + 2 && c < wp {
+        let at = (r * wp + c) * x.cstride + c0;
+        x.data[at..at + L].try_into().expect("L codes")
+    } else {
+        [0; L]
+    }
+}
+
+/// Stores `v` at `out[at ..]`.
+#[inline(always)]
+fn put<T: Copy, const L: usize>(out: &mut [T], at: usize, v: [T; L]) {
+    out[at..at + L].copy_from_slice(&v);
+}
+
+/// `a − b + k` per element (wrapping u8).
+#[inline(always)]
+fn sub_add<const L: usize>(a: [u8; L], b: [u8; L], k: u8) -> [u8; L] {
+    let mut o = [0; L];
+    for i in 0..L {
+        o[i] = a[i].wrapping_sub(b[i]).wrapping_add(k);
+    }
+    o
+}
+
+/// `a + b + k` per element (wrapping u8).
+#[inline(always)]
+fn add_add<const L: usize>(a: [u8; L], b: [u8; L], k: u8) -> [u8; L] {
+    let mut o = [0; L];
+    for i in 0..L {
+        o[i] = a[i].wrapping_add(b[i]).wrapping_add(k);
+    }
+    o
+}
+
+/// `a − b` per element in i16.
+#[inline(always)]
+fn sub16<const L: usize>(a: [u8; L], b: [u8; L]) -> [i16; L] {
+    let mut o = [0; L];
+    for i in 0..L {
+        o[i] = a[i] as i16 - b[i] as i16;
+    }
+    o
+}
+
+/// `a + b` per element in i16.
+#[inline(always)]
+fn add16<const L: usize>(a: [u8; L], b: [u8; L]) -> [i16; L] {
+    let mut o = [0; L];
+    for i in 0..L {
+        o[i] = a[i] as i16 + b[i] as i16;
+    }
+    o
+}
+
+/// `fn $name(level, args)`: `$body(args)` (an `#[inline(always)]` function whose loops the
+/// compiler vectorises) compiled with the vector instructions of `level` — AVX-512 BW at the
+/// AVX-512 VNNI level, AVX2 at the other levels from AVX2 up, plain code at the scalar level
+/// (the transforms' loops ran on 128-bit SSE2 otherwise, a quarter of Zen 4's width).
+macro_rules! multiversion {
+    ($name:ident($($a:ident: $t:ty),*) => $body:ident) => {
+        fn $name(level: CpuLevel, $($a: $t),*) {
+            #[target_feature(enable = "avx2,avx512f,avx512bw")]
+            unsafe fn w512($($a: $t),*) {
+                $body($($a),*)
+            }
+            #[target_feature(enable = "avx2")]
+            unsafe fn w256($($a: $t),*) {
+                $body($($a),*)
+            }
+            if level == CpuLevel::Avx512Vnni {
+                // SAFETY: that level is only chosen where AVX-512 F/BW/VL/VNNI are
+                // (`CpuLevel::supported`).
+                unsafe { w512($($a),*) }
+            } else if level >= CpuLevel::Avx2 {
+                // SAFETY: every level from AVX2 up needs AVX2.
+                unsafe { w256($($a),*) }
+            } else {
+                $body($($a),*)
+            }
+        }
+    };
+}
+
+multiversion!(row8_at(x: &Codes, r: usize, q: u8, out: &mut [u8]) => row8);
+multiversion!(row16_at(x: &Codes, r: usize, out: &mut [i16]) => row16);
+multiversion!(tiles2_at(x: &Codes, y: usize, tiles: Range<usize>, q2: u8, out: &mut [u8]) => tiles2);
 
 /// Transformed weights for the i16 kernel: `[kernel row 3][element 4][cstride/2][cout8][2]`
 /// i16, from the weight values the direct `vpmaddwd` kernel uses (`PackedConv::w16`).
@@ -332,11 +449,34 @@ pub struct WinoInput16<'a> {
 
 /// [`build_row`] without offsets, in i16: `V0 = d0 − d2`, `V1 = d1 + d2`, `V2 = d2 − d1`,
 /// `V3 = d1 − d3`.
-pub fn build_row16(x: &Codes, r: usize, out: &mut [i16]) {
-    for_tiles(x, r, out, |d0, d1, d2, d3| {
-        let (a, b, c, d) = (d0 as i16, d1 as i16, d2 as i16, d3 as i16);
-        [a - c, b + c, c - b, b - d]
-    });
+pub fn build_row16(level: CpuLevel, x: &Codes, r: usize, out: &mut [i16]) {
+    check_row(x, r, out.len());
+    row16_at(level, x, r, out);
+}
+
+/// [`build_row16`]'s body.
+#[inline(always)]
+fn row16(x: &Codes, r: usize, out: &mut [i16]) {
+    channel_blocks!(x.cstride, row16_block(x, r, out));
+}
+
+/// [`row16`] for channels `c0 .. c0 + L`.
+#[inline(always)]
+fn row16_block<const L: usize>(x: &Codes, r: usize, out: &mut [i16], c0: usize) {
+    let cs = x.cstride;
+    let (mut d0, mut d1) = (load::<L>(x, r, 0, c0), load::<L>(x, r, 1, c0));
+    for t in 0..out.len() / (4 * cs) {
+        let (d2, d3) = (
+            load::<L>(x, r, 2 * t + 2, c0),
+            load::<L>(x, r, 2 * t + 3, c0),
+        );
+        let o = &mut out[t * 4 * cs + c0..];
+        put(o, 0, sub16(d0, d2));
+        put(o, cs, add16(d1, d2));
+        put(o, 2 * cs, sub16(d2, d1));
+        put(o, 3 * cs, sub16(d1, d3));
+        (d0, d1) = (d2, d3);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,81 +597,81 @@ pub fn tiles2_len(tiles: usize, cstride: usize) -> usize {
 
 /// The transformed inputs of tiles `tiles` (pairs of output columns) of output rows `y` and
 /// `y + 1` of `x` (codes up to `max_code`) into `out` (`[tile][element 16][cstride]`). Rows
-/// and columns past the padded map count as code 0.
-pub fn build_tiles2(x: &Codes, y: usize, tiles: Range<usize>, max_code: u32, out: &mut [u8]) {
-    let (cs, wp) = (x.cstride, x.w + 2);
+/// and columns past the padded map count as code 0. Compiled for the widest vectors of
+/// `level` (the values do not depend on it).
+pub fn build_tiles2(
+    level: CpuLevel,
+    x: &Codes,
+    y: usize,
+    tiles: Range<usize>,
+    max_code: u32,
+    out: &mut [u8],
+) {
+    let cs = x.cstride;
     assert!(
-        y < x.h && tiles.end <= x.w.div_ceil(2) && out.len() == tiles2_len(tiles.len(), cs),
+        y < x.h
+            && tiles.end <= x.w.div_ceil(2)
+            && out.len() == tiles2_len(tiles.len(), cs)
+            && cs.is_multiple_of(4),
         "transformed tiles"
     );
-    const MAX_CS: usize = 1024;
-    assert!(cs <= MAX_CS, "channel stride");
-    let zeros = [0u8; MAX_CS];
-    let px = |r: usize, c: usize| -> &[u8] {
-        if r < x.h + 2 && c < wp {
-            &x.data[(r * wp + c) * cs..][..cs]
-        } else {
-            &zeros[..cs]
-        }
-    };
-    // The y transform of the 4 columns a tile reads, in slots `column % 4`: consecutive tiles
-    // share two columns. `[slot][element 4][cstride]` (a per-thread buffer: no 16 KB memset
-    // per call).
-    thread_local! {
-        static TY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    TY.with(|cell| {
-        let mut ty = cell.borrow_mut();
-        ty.resize(16 * cs, 0);
-        let ty = &mut ty[..];
-        let col_y = |c: usize, ty: &mut [u8]| {
-            let [d0, d1, d2, d3] = [0, 1, 2, 3].map(|r| px(y + r, c));
-            let t = &mut ty[(c % 4) * 4 * cs..][..4 * cs];
-            let (t0, rest) = t.split_at_mut(cs);
-            let (t1, rest) = rest.split_at_mut(cs);
-            let (t2, t3) = rest.split_at_mut(cs);
-            zip2(t0, d0, d2, |a, b| a.wrapping_sub(b));
-            zip2(t1, d1, d2, |a, b| a.wrapping_add(b));
-            zip2(t2, d2, d1, |a, b| a.wrapping_sub(b));
-            zip2(t3, d1, d3, |a, b| a.wrapping_sub(b));
-        };
-        let q2 = (2 * max_code) as u8;
-        // Wrapping u8 arithmetic: every final value lies in 0..=4Q ≤ 255, so it is exact.
-        for (k, (t, o)) in tiles.zip(out.chunks_exact_mut(16 * cs)).enumerate() {
-            for c in if k == 0 {
-                2 * t..2 * t + 4
-            } else {
-                2 * t + 2..2 * t + 4
-            } {
-                col_y(c, ty);
-            }
-            let at = |j: usize, a: usize| &ty[(((2 * t + j) % 4) * 4 + a) * cs..][..cs];
-            for (a, oa) in o.chunks_exact_mut(4 * cs).enumerate() {
-                let (v0, rest) = oa.split_at_mut(cs);
-                let (v1, rest) = rest.split_at_mut(cs);
-                let (v2, v3) = rest.split_at_mut(cs);
-                let off = if a == 1 { 0 } else { q2 };
-                zip2(v0, at(0, a), at(2, a), |p, q| {
-                    p.wrapping_sub(q).wrapping_add(q2)
-                });
-                zip2(v1, at(1, a), at(2, a), |p, q| {
-                    p.wrapping_add(q).wrapping_add(off)
-                });
-                zip2(v2, at(2, a), at(1, a), |p, q| {
-                    p.wrapping_sub(q).wrapping_add(q2)
-                });
-                zip2(v3, at(1, a), at(3, a), |p, q| {
-                    p.wrapping_sub(q).wrapping_add(q2)
-                });
-            }
-        }
-    })
+    tiles2_at(level, x, y, tiles, (2 * max_code) as u8, out);
 }
 
-/// `out[i] = f(a[i], b[i])` (equal lengths; a loop the compiler vectorises).
+/// [`build_tiles2`]'s body.
 #[inline(always)]
-fn zip2(out: &mut [u8], a: &[u8], b: &[u8], f: impl Fn(u8, u8) -> u8) {
-    for ((o, &p), &q) in out.iter_mut().zip(a).zip(b) {
-        *o = f(p, q);
+fn tiles2(x: &Codes, y: usize, tiles: Range<usize>, q2: u8, out: &mut [u8]) {
+    channel_blocks!(x.cstride, tiles2_block(x, y, tiles.clone(), q2, out));
+}
+
+/// [`tiles2`] for channels `c0 .. c0 + L`: per tile the y transform of its two new columns
+/// (the first two are the previous tile's last), then the x transform of the four.
+#[inline(always)]
+fn tiles2_block<const L: usize>(
+    x: &Codes,
+    y: usize,
+    tiles: Range<usize>,
+    q2: u8,
+    out: &mut [u8],
+    c0: usize,
+) {
+    let cs = x.cstride;
+    let (mut a, mut b) = (
+        column_y::<L>(x, y, 2 * tiles.start, c0),
+        column_y::<L>(x, y, 2 * tiles.start + 1, c0),
+    );
+    // Wrapping u8 arithmetic: every final value lies in 0..=4Q ≤ 255, so it is exact.
+    for (k, t) in tiles.enumerate() {
+        let (c, d) = (
+            column_y::<L>(x, y, 2 * t + 2, c0),
+            column_y::<L>(x, y, 2 * t + 3, c0),
+        );
+        let o = &mut out[k * 16 * cs + c0..];
+        for e in 0..4 {
+            let off = if e == 1 { 0 } else { q2 };
+            put(o, 4 * e * cs, sub_add(a[e], c[e], q2));
+            put(o, (4 * e + 1) * cs, add_add(b[e], c[e], off));
+            put(o, (4 * e + 2) * cs, sub_add(c[e], b[e], q2));
+            put(o, (4 * e + 3) * cs, sub_add(b[e], d[e], q2));
+        }
+        (a, b) = (c, d);
     }
+}
+
+/// The y transform (`Bᵀ d`, no offsets, wrapping u8) of codes `c0 .. c0 + L` of column `c`
+/// over padded rows `y .. y + 4`.
+#[inline(always)]
+fn column_y<const L: usize>(x: &Codes, y: usize, c: usize, c0: usize) -> [[u8; L]; 4] {
+    let [d0, d1, d2, d3] = [
+        load::<L>(x, y, c, c0),
+        load::<L>(x, y + 1, c, c0),
+        load::<L>(x, y + 2, c, c0),
+        load::<L>(x, y + 3, c, c0),
+    ];
+    [
+        sub_add(d0, d2, 0),
+        add_add(d1, d2, 0),
+        sub_add(d2, d1, 0),
+        sub_add(d1, d3, 0),
+    ]
 }
