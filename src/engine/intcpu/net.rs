@@ -66,6 +66,26 @@ const MAX_COUT: usize = 1024;
 /// the first pixel at the start of the slice, `cout8` apart).
 type RunFn<'a> = dyn FnMut(usize, Range<usize>, &[i32]) + 'a;
 
+/// Prefetches what the epilogue of pixels `cols` of row `r` of a task's rows will read.
+type PrefetchFn<'a> = dyn Fn(usize, Range<usize>) + 'a;
+
+/// Asks the cache for the `len` bytes from address `at`: a hint only (it never faults, so
+/// the address need not be valid), on x86-64; nothing elsewhere.
+#[inline]
+fn prefetch(at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (at & !63..at + len).step_by(64) {
+        // SAFETY: `prefetchw` changes no architectural state and cannot fault; x86-64 CPUs
+        // without it treat it as a no-op.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_ET0>(line as *const i8);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, len);
+}
+
 /// The pixels `cols` of output row `y` of an `h x w` map of `ic`, with their sums `s`
 /// (`pc.cout8` apart).
 fn span_of<'a>(
@@ -332,8 +352,9 @@ impl FusedNet {
         // every chunk of columns of row `y0 + r`. Rows are computed in chunks of columns, each
         // chunk's epilogue right after its sums, so that the sums are read back from cache
         // even in wide rows.
-        let row_work = |y0: usize, run: &mut RunFn| {
+        let row_work = |y0: usize, run: &mut RunFn, pre: &PrefetchFn| {
             let n = rows.min(h - y0);
+            let pre = |cols: &Range<usize>| (0..n).for_each(|r| pre(r, cols.clone()));
             // The epilogue of columns `cols` of the task's rows from their sums.
             let epilogue = |sums: &[i32], cols: Range<usize>, run: &mut RunFn| {
                 for r in 0..n {
@@ -350,6 +371,7 @@ impl FusedNet {
                         for x0 in (0..w).step_by(COL_CHUNK) {
                             let cols = x0..(x0 + COL_CHUNK).min(w);
                             let (t0, t1) = (x0 / 2, cols.end.div_ceil(2));
+                            pre(&cols);
                             let data = &mut tiles[..wino::tiles2_len(t1 - t0, pc.cstride)];
                             wino::build_tiles2(level, &map, y0, t0..t1, max_code, data);
                             let v = Wino2Input {
@@ -387,6 +409,7 @@ impl FusedNet {
                 }
                 for x0 in (0..w).step_by(COL_CHUNK) {
                     let cols = x0..(x0 + COL_CHUNK).min(w);
+                    pre(&cols);
                     if let Some(()) = rows8 {
                         ROWS8.with(|cell| {
                             let c = cell.borrow();
@@ -429,17 +452,21 @@ impl FusedNet {
                     .par_chunks_mut(rows * owp * cout)
                     .enumerate()
                     .for_each(|(i, chunk)| {
-                        row_work(i * rows, &mut |r, cols, s| {
-                            let row = &mut chunk[r * owp * cout..];
-                            let px = Pixel {
-                                out: &mut row[(cols.start + 1) * cout..][..cols.len() * cout],
-                                res: &mut [],
-                                head: &mut [],
-                                d: &mut [],
-                            };
-                            let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
-                            epilogue::run(level, Op::Values, &consts, cout, &span, px);
-                        })
+                        row_work(
+                            i * rows,
+                            &mut |r, cols, s| {
+                                let row = &mut chunk[r * owp * cout..];
+                                let px = Pixel {
+                                    out: &mut row[(cols.start + 1) * cout..][..cols.len() * cout],
+                                    res: &mut [],
+                                    head: &mut [],
+                                    d: &mut [],
+                                };
+                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
+                                epilogue::run(level, Op::Values, &consts, cout, &span, px);
+                            },
+                            &|_, _| (),
+                        )
                     });
             }
             Epi::Shuffle(r) => {
@@ -450,23 +477,27 @@ impl FusedNet {
                     .enumerate()
                     .for_each(|(i, chunk)| {
                         let mut codes = [0u8; COL_CHUNK * MAX_COUT];
-                        row_work(i * rows, &mut |ry, cols, s| {
-                            let hr = &mut chunk[ry * r * hwp * c..];
-                            let px = Pixel {
-                                out: &mut [],
-                                res: &mut [],
-                                head: &mut [],
-                                d: &mut codes[..cols.len() * cout],
-                            };
-                            let span = span_of(ic, pc, i * rows + ry, h, w, cols.clone(), s);
-                            epilogue::run(level, Op::Codes, &consts, cout, &span, px);
-                            let codes = &codes[..cols.len() * cout];
-                            match r {
-                                2 => shuffle::<2>(codes, c, cols, hwp, hr),
-                                3 => shuffle::<3>(codes, c, cols, hwp, hr),
-                                _ => shuffle_any(codes, r, c, cols, hwp, hr),
-                            }
-                        })
+                        row_work(
+                            i * rows,
+                            &mut |ry, cols, s| {
+                                let hr = &mut chunk[ry * r * hwp * c..];
+                                let px = Pixel {
+                                    out: &mut [],
+                                    res: &mut [],
+                                    head: &mut [],
+                                    d: &mut codes[..cols.len() * cout],
+                                };
+                                let span = span_of(ic, pc, i * rows + ry, h, w, cols.clone(), s);
+                                epilogue::run(level, Op::Codes, &consts, cout, &span, px);
+                                let codes = &codes[..cols.len() * cout];
+                                match r {
+                                    2 => shuffle::<2>(codes, c, cols, hwp, hr),
+                                    3 => shuffle::<3>(codes, c, cols, hwp, hr),
+                                    _ => shuffle_any(codes, r, c, cols, hwp, hr),
+                                }
+                            },
+                            &|_, _| (),
+                        )
                     });
             }
             Epi::Head | Epi::Relu | Epi::Res | Epi::Skip => {
@@ -483,22 +514,39 @@ impl FusedNet {
                     .zip(head.par_chunks_mut(rows * fw))
                     .enumerate()
                     .for_each(|(i, ((dst, res), head))| {
-                        row_work(i * rows, &mut |r, cols, s| {
-                            let (row, res, head) = (
-                                &mut dst[r * wp * cout..],
-                                &mut res[r * fw..],
-                                &mut head[r * fw..],
-                            );
-                            let len = cols.len() * cout;
-                            let px = Pixel {
-                                out: &mut [],
-                                res: &mut res[cols.start * cout..][..len],
-                                head: &mut head[cols.start * cout..][..len],
-                                d: &mut row[(cols.start + 1) * cout..][..len],
-                            };
-                            let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
-                            epilogue::run(level, op, &consts, cout, &span, px);
-                        })
+                        let (rbase, hbase) = (res.as_ptr() as usize, head.as_ptr() as usize);
+                        let dbase = dst.as_ptr() as usize;
+                        let pre = |r: usize, cols: Range<usize>| {
+                            let n = cols.len() * cout;
+                            prefetch(dbase + (r * wp + cols.start + 1) * cout, n);
+                            let (at, len) = ((r * fw + cols.start * cout) * 4, n * 4);
+                            if op == Op::Res {
+                                prefetch(rbase + at, len);
+                            }
+                            if op == Op::Skip {
+                                prefetch(hbase + at, len);
+                            }
+                        };
+                        row_work(
+                            i * rows,
+                            &mut |r, cols, s| {
+                                let (row, res, head) = (
+                                    &mut dst[r * wp * cout..],
+                                    &mut res[r * fw..],
+                                    &mut head[r * fw..],
+                                );
+                                let len = cols.len() * cout;
+                                let px = Pixel {
+                                    out: &mut [],
+                                    res: &mut res[cols.start * cout..][..len],
+                                    head: &mut head[cols.start * cout..][..len],
+                                    d: &mut row[(cols.start + 1) * cout..][..len],
+                                };
+                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
+                                epilogue::run(level, op, &consts, cout, &span, px);
+                            },
+                            &pre,
+                        )
                     });
             }
         }
