@@ -123,6 +123,35 @@ impl IntConv {
         }
     }
 
+    /// The same conv with its output channels reordered: output `o` of the result is output
+    /// `from[o]` of `self` (weights, bias and `K` move with it; `from` a permutation).
+    pub fn with_outputs(&self, from: &[usize]) -> Self {
+        assert_eq!(from.len(), self.cout, "one source per output channel");
+        let mut seen = vec![false; self.cout];
+        for &f in from {
+            assert!(
+                f < self.cout && !std::mem::replace(&mut seen[f], true),
+                "a permutation"
+            );
+        }
+        // Every table here is rows of `cout` values, one per output channel.
+        fn rows<T: Copy>(v: &[T], from: &[usize]) -> Vec<T> {
+            v.chunks_exact(from.len())
+                .flat_map(|r| from.iter().map(|&f| r[f]))
+                .collect()
+        }
+        Self {
+            cin: self.cin,
+            cout: self.cout,
+            codes: rows(&self.codes, from),
+            centred: rows(&self.centred, from),
+            m: self.m,
+            hw: self.hw,
+            bias: rows(&self.bias, from),
+            ktab: rows(&self.ktab, from),
+        }
+    }
+
     /// `S` for every output channel at interior position `(y, x)` of a padded code map (the
     /// scalar definition the kernels are tested against).
     pub fn sums(&self, x: &CodeMap, y: usize, xx: usize, s: &mut [i32]) {

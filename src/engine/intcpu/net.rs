@@ -13,13 +13,13 @@ use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
-    Codes, CpuLevel, Winograd, has_wino2_i32, row_sums, row_sums_wino, row_sums_wino_i32,
-    row_sums_wino2, row_sums_wino2_i32, row_sums_wino16,
+    Codes, CpuLevel, PackedConv, Winograd, has_wino2_i32, row_sums, row_sums_wino,
+    row_sums_wino_i32, row_sums_wino2, row_sums_wino2_i32, row_sums_wino16,
 };
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
 use crate::engine::intconv::ActQuant;
-use crate::engine::intnet::{IntLayer, IntNetwork};
+use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
 use crate::engine::model::Role;
 
 /// What a conv's epilogue does with its values `v`.
@@ -56,6 +56,10 @@ struct Buffers {
 /// epilogue does, and the buffers. Convs, packed weights and the SIMD level are the network's.
 pub struct FusedNet {
     epis: Vec<Epi>,
+    /// Per layer, for the upsamplers: the conv with its outputs in sub-pixel-major order
+    /// (`(i·r + j)·c + ch` instead of PixelShuffle's `ch·r² + i·r + j`), so that each HR row
+    /// of a pixel's codes is one contiguous run of `r·c` bytes.
+    shuffled: Vec<Option<(IntConv, PackedConv)>>,
     bufs: Mutex<Buffers>,
 }
 
@@ -156,6 +160,7 @@ impl FusedNet {
     /// None unless every layer of `net` is integer (fq) and runs on the kernels.
     pub fn new(net: &IntNetwork) -> Option<Self> {
         let mut epis = Vec::new();
+        let mut shuffled = Vec::new();
         for (k, l) in net.layers.iter().enumerate() {
             let IntLayer::Int(c) = l else { return None };
             if c.cout > MAX_COUT || net.kernels(k).is_none() {
@@ -170,9 +175,21 @@ impl FusedNet {
                 Role::Tail => Epi::Out,
             };
             epis.push(epi);
+            shuffled.push(match epi {
+                Epi::Shuffle(r) if c.cout % (r * r) == 0 => {
+                    let f = c.cout / (r * r);
+                    let from: Vec<usize> = (0..c.cout).map(|o| (o % f) * r * r + o / f).collect();
+                    let ic = c.with_outputs(&from);
+                    let pc = PackedConv::new(&ic);
+                    Some((ic, pc))
+                }
+                Epi::Shuffle(_) => return None,
+                _ => None,
+            });
         }
         Some(Self {
             epis,
+            shuffled,
             bufs: Mutex::new(Buffers::default()),
         })
     }
@@ -288,6 +305,10 @@ impl FusedNet {
             unreachable!("checked in FusedNet::new")
         };
         let (level, pc) = net.kernels(k).expect("checked in FusedNet::new");
+        let (ic, pc) = match &self.shuffled[k] {
+            Some((ic, pc)) => (ic, pc),
+            None => (ic, pc),
+        };
         let epi = &self.epis[k];
         let map = Codes {
             data: src,
@@ -489,11 +510,13 @@ impl FusedNet {
                                 };
                                 let span = span_of(ic, pc, i * rows + ry, h, w, cols.clone(), s);
                                 epilogue::run(level, Op::Codes, &consts, cout, &span, px);
-                                let codes = &codes[..cols.len() * cout];
-                                match r {
-                                    2 => shuffle::<2>(codes, c, cols, hwp, hr),
-                                    3 => shuffle::<3>(codes, c, cols, hwp, hr),
-                                    _ => shuffle_any(codes, r, c, cols, hwp, hr),
+                                // Sub-pixel-major codes (`shuffled`): HR row `i` of pixel
+                                // `xx` is the pixel's codes `i·r·c .. (i + 1)·r·c`.
+                                for (xx, px) in cols.zip(codes.chunks_exact(cout)) {
+                                    for (i, sub) in px.chunks_exact(r * c).enumerate() {
+                                        let at = (i * hwp + xx * r + 1) * c;
+                                        hr[at..at + r * c].copy_from_slice(sub);
+                                    }
                                 }
                             },
                             &|_, _| (),
@@ -548,37 +571,6 @@ impl FusedNet {
                             &pre,
                         )
                     });
-            }
-        }
-    }
-}
-
-/// Pixel shuffle by `R` of the codes of pixels `cols` of one LR row: `codes` holds per pixel
-/// `c` groups of `R²` (channel `ch·R² + i·R + j` is sub-pixel `(i, j)` of channel `ch`),
-/// written into the `R` padded HR rows from `hr` (`hwp` pixels of `c` codes each). With `R`
-/// a constant each sub-pixel's `c` codes are one strided gather the compiler vectorises (a
-/// byte at a time with index checks cost 6% of an x2 frame).
-fn shuffle<const R: usize>(codes: &[u8], c: usize, cols: Range<usize>, hwp: usize, hr: &mut [u8]) {
-    for (xx, px) in cols.zip(codes.chunks_exact(c * R * R)) {
-        for i in 0..R {
-            let row = &mut hr[(i * hwp + xx * R + 1) * c..][..R * c];
-            for (j, dst) in row.chunks_exact_mut(c).enumerate() {
-                for (d, g) in dst.iter_mut().zip(px.chunks_exact(R * R)) {
-                    *d = g[i * R + j];
-                }
-            }
-        }
-    }
-}
-
-/// [`shuffle`] for any factor.
-fn shuffle_any(codes: &[u8], r: usize, c: usize, cols: Range<usize>, hwp: usize, hr: &mut [u8]) {
-    for (xx, px) in cols.zip(codes.chunks_exact(c * r * r)) {
-        for (ch, cs) in px.chunks_exact(r * r).enumerate() {
-            for i in 0..r {
-                for j in 0..r {
-                    hr[(i * hwp + xx * r + j + 1) * c + ch] = cs[i * r + j];
-                }
             }
         }
     }
