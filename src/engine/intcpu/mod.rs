@@ -279,6 +279,10 @@ pub struct PackedConv {
     /// `Σ q` the offset correction needs ([`finish_offset`]; the tail's 3 channels leave 5
     /// lanes free, and summing the codes separately cost 8% of a built-in x4 frame).
     pub ones: Option<usize>,
+    /// For convs with at most 4 output lanes (the ones lane included): their weights laid
+    /// out per output lane for the AVX-512 kernel that puts input channels in the vector lanes
+    /// ([`NarrowWeights`]).
+    pub narrow: Option<NarrowWeights>,
     /// `[9][cstride/4][cout8][4]` i8.
     pub w8: Vec<i8>,
     /// `[9][cstride/2][cout8][2]` i16.
@@ -290,6 +294,35 @@ pub struct PackedConv {
     /// Winograd F(2x2, 3x3) weights when the weights fit that transform: built on first use
     /// ([`Self::wino2`]), since that kernel is the default at one level only.
     wino2: std::sync::OnceLock<Option<wino::Wino2Weights>>,
+}
+
+/// The weights of a conv with at most 4 output lanes, `[tap 9][lane 4][cs64]` i8 (`cs64`: the
+/// channel stride rounded up to 64, the padding 0), for [`vnni::narrow512_avx512vnni`].
+#[derive(Clone, Debug)]
+pub struct NarrowWeights {
+    pub w: Vec<i8>,
+    pub cs64: usize,
+}
+
+impl NarrowWeights {
+    /// From the packed weights `w8` (`[9][cstride/4][cout8][4]`) of a conv whose output lanes
+    /// `lanes..cout8` are all 0; None when it has more than 4 lanes.
+    fn new(lanes: usize, cstride: usize, cout8: usize, w8: &[i8]) -> Option<Self> {
+        if lanes > 4 {
+            return None;
+        }
+        let cs64 = cstride.div_ceil(64) * 64;
+        let mut w = vec![0i8; 9 * 4 * cs64];
+        for t in 0..9 {
+            for o in 0..lanes {
+                for i in 0..cstride {
+                    w[(t * 4 + o) * cs64 + i] =
+                        w8[((t * cstride / 4 + i / 4) * cout8 + o) * 4 + i % 4];
+                }
+            }
+        }
+        Some(Self { w, cs64 })
+    }
 }
 
 impl PackedConv {
@@ -326,6 +359,7 @@ impl PackedConv {
                 }
             }
         }
+        let narrow = NarrowWeights::new(cout + ones.is_some() as usize, cstride, cout8, &w8);
         let mut pc = Self {
             cin,
             cout,
@@ -334,6 +368,7 @@ impl PackedConv {
             offset,
             wabs,
             ones,
+            narrow,
             w8,
             w16,
             wino: None,
@@ -433,7 +468,12 @@ pub fn row_sums(
             vnni::direct512_emulated(x, pc, y, cols.clone(), out)
         },
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx512Vnni => unsafe { vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out) },
+        CpuLevel::Avx512Vnni => unsafe {
+            match &pc.narrow {
+                Some(nw) => vnni::narrow512_avx512vnni(x, pc, nw, y, cols.clone(), out),
+                None => vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out),
+            }
+        },
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::row_sums(x, pc, y, cols.clone(), out),
     }

@@ -49,6 +49,10 @@ fn kernels_match_the_reference_exactly() {
         (1, 3, 64, 256),
         (4, 9, 64, 3),
         (3, 2, 8, 24),
+        // Narrow convs (at most 4 lanes with the ones lane) with a partial and with two
+        // 64-channel steps per tap.
+        (2, 5, 36, 2),
+        (2, 6, 100, 3),
     ];
     for &(h, w, cin, cout) in &shapes {
         for w_bits in [4u8, 8] {

@@ -651,6 +651,94 @@ pub(super) unsafe fn direct512_avx512vnni(
     unsafe { direct512::<Zmm, Avx512Vnni>(x, pc, y, cols, out) }
 }
 
+/// Sums of narrow convs ([`super::NarrowWeights`]: at most 4 output lanes, such as the
+/// 3-channel tail and its lane of ones) with the lanes over input channels instead of output
+/// channels: per pixel and tap, one 64-byte load of the pixel's codes against each output
+/// lane's 64 weights, then one horizontal sum per lane. (The direct kernel puts 8 output
+/// channels in a 256-bit vector, 3 of them used, and needs 16 `vpdpbusd` per pixel and tap at
+/// 64 channels; this one 4 at 512 bits.) Lanes 4..8 of each pixel's sums are written 0.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI; shapes as checked by [`super::row_sums`], `nw` made from `pc`.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn narrow512_avx512vnni(
+    x: &Codes,
+    pc: &PackedConv,
+    nw: &super::NarrowWeights,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    let mut xx = cols.start;
+    while xx < cols.end {
+        // SAFETY: forwarded contract; pixels xx..xx + P are inside the row.
+        unsafe {
+            if cols.end - xx >= 4 {
+                narrow_pixels::<4>(x, pc, nw, y, xx, out);
+                xx += 4;
+            } else {
+                narrow_pixels::<1>(x, pc, nw, y, xx, out);
+                xx += 1;
+            }
+        }
+    }
+}
+
+/// [`narrow512_avx512vnni`] for the `P` pixels from `(y, xx)`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn narrow_pixels<const P: usize>(
+    x: &Codes,
+    pc: &PackedConv,
+    nw: &super::NarrowWeights,
+    y: usize,
+    xx: usize,
+    out: &mut [i32],
+) {
+    let (wp, cs, cs64) = (x.w + 2, x.cstride, nw.cs64);
+    // SAFETY: the code loads are masked to the `cs` codes of each pixel inside the padded map,
+    // the weight loads inside nw.w (`[9][4][cs64]`), the stores inside out (pixels below x.w,
+    // 8 lanes each: cout8 is 8).
+    unsafe {
+        let mut acc = [[_mm512_setzero_si512(); 4]; P];
+        for t in 0..9 {
+            let codes = x.data.as_ptr().add(((y + t / 3) * wp + xx + t % 3) * cs);
+            let wt = nw.w.as_ptr().add(t * 4 * cs64);
+            let mut c0 = 0;
+            while c0 < cs {
+                let m: __mmask64 = if cs - c0 >= 64 {
+                    !0
+                } else {
+                    (1u64 << (cs - c0)) - 1
+                };
+                let mut w = [_mm512_setzero_si512(); 4];
+                for (o, wo) in w.iter_mut().enumerate() {
+                    *wo = _mm512_loadu_si512(wt.add(o * cs64 + c0).cast());
+                }
+                for i in 0..P {
+                    let a = _mm512_maskz_loadu_epi8(m, codes.add(i * cs + c0).cast());
+                    for o in 0..4 {
+                        acc[i][o] = _mm512_dpbusd_epi32(acc[i][o], a, w[o]);
+                    }
+                }
+                c0 += 64;
+            }
+        }
+        for (i, [a, b, c, d]) in acc.into_iter().enumerate() {
+            // Per 128-bit lane: the 4 accumulators' partial sums side by side, then the 4
+            // lanes added: [Σa, Σb, Σc, Σd].
+            let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+            let cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+            let s = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+            let s = _mm512_add_epi32(s, _mm512_shuffle_i32x4::<0b0100_1110>(s, s));
+            let s = _mm512_add_epi32(s, _mm512_shuffle_i32x4::<0b1011_0001>(s, s));
+            let lanes = _mm256_maskz_mov_epi32(0x0f, _mm512_castsi512_si256(s));
+            let d = out.as_mut_ptr().add((xx + i) * pc.cout8);
+            _mm256_storeu_si256(d.cast(), lanes);
+        }
+    }
+}
+
 /// Winograd F(2,3) sums of one output row ([`super::row_sums_wino_i32`]) with 512-bit
 /// vectors: 16 output channels per vector (as [`direct512`]), up to 4 vectors × 4 tiles (8
 /// pixels) of accumulators per element; an odd last block of 8 channels goes to the 256-bit
