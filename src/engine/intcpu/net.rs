@@ -70,7 +70,7 @@ const MAX_COUT: usize = 1024;
 /// the first pixel at the start of the slice, `cout8` apart).
 type RunFn<'a> = dyn FnMut(usize, Range<usize>, &[i32]) + 'a;
 
-/// Prefetches what the epilogue of pixels `cols` of row `r` of a task's rows will read.
+/// Prefetches what the epilogue of pixels `cols` of row `r` of a task's rows will touch.
 type PrefetchFn<'a> = dyn Fn(usize, Range<usize>) + 'a;
 
 /// Asks the cache for the `len` bytes from address `at`: a hint only (it never faults, so
@@ -79,11 +79,11 @@ type PrefetchFn<'a> = dyn Fn(usize, Range<usize>) + 'a;
 fn prefetch(at: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     for line in (at & !63..at + len).step_by(64) {
-        // SAFETY: `prefetchw` changes no architectural state and cannot fault; x86-64 CPUs
-        // without it treat it as a no-op.
+        // SAFETY: `prefetcht0` changes no architectural state and cannot fault; SSE is part
+        // of x86-64.
         unsafe {
-            use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_ET0>(line as *const i8);
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
