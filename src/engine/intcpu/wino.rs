@@ -321,7 +321,11 @@ fn load<const L: usize>(x: &Codes, r: usize, c: usize, c0: usize) -> [u8; L] {
     let wp = x.w + 2;
     if r < x.h + 2 && c < wp {
         let at = (r * wp + c) * x.cstride + c0;
-        x.data[at..at + L].try_into().expect("L codes")
+        assert!(at + L <= x.data.len(), "codes in the map");
+        // SAFETY: the L bytes from `at` are inside x.data (just checked); [u8; L] has
+        // alignment 1. (One check instead of a slice's three: this is the transforms' inner
+        // loop.)
+        unsafe { (x.data.as_ptr().add(at) as *const [u8; L]).read() }
     } else {
         [0; L]
     }
@@ -330,7 +334,10 @@ fn load<const L: usize>(x: &Codes, r: usize, c: usize, c0: usize) -> [u8; L] {
 /// Stores `v` at `out[at ..]`.
 #[inline(always)]
 fn put<T: Copy, const L: usize>(out: &mut [T], at: usize, v: [T; L]) {
-    out[at..at + L].copy_from_slice(&v);
+    assert!(at + L <= out.len(), "inside the transformed data");
+    // SAFETY: the L elements from `at` are inside out (just checked); `[T; L]` has the
+    // alignment of T.
+    unsafe { (out.as_mut_ptr().add(at) as *mut [T; L]).write(v) }
 }
 
 /// `a − b + k` per element (wrapping u8).
