@@ -236,10 +236,15 @@ impl Engine {
         );
         let s = self.scale();
         let mut out = Image::new(w * s, h * s);
+        // HR outputs are in model units before `add_mean`: each tile's core is pasted as
+        // `(v + mean) · 255 / rgb_range`.
+        let cfg = &self.net.config;
+        let add = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
+        let mul = 255.0 / cfg.rgb_range;
         self.pool.install(|| {
             for t in &tiles {
                 let hr = self.run_tile(img, t, &plan);
-                t.paste(&hr, s, &mut out);
+                t.paste(&hr, s, add, mul, &mut out);
             }
         });
         let layer_bits: Vec<u8> = self.net.adaptive_layers().map(|k| plan.bits[k]).collect();
@@ -261,25 +266,17 @@ impl Engine {
         ))
     }
 
-    /// Runs the network on the extended region of one tile; returns its HR output in 0–255.
+    /// Runs the network on the extended region of one tile; returns its HR output in model
+    /// units, before `add_mean` ([`Tile::paste`] converts it to 0–255).
     fn run_tile(&self, img: &Image, t: &Tile, plan: &BitPlan) -> FeatureMap {
-        let cfg = &self.net.config;
-        let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
         let x = self.net.input_map(img, t.ex, t.ey, t.ew, t.eh);
-        let mut hr = match (&self.fused, &self.int) {
+        match (&self.fused, &self.int) {
             (Some(fused), Some(int)) => fused.forward(&x, plan, int),
             (_, Some(int)) => int.forward_map(&x, plan, None),
             (_, None) => self
                 .net
                 .forward(&x, plan, Parallelism::Rayon(self.threads), None),
-        };
-        let inv = 255.0 / cfg.rgb_range;
-        for y in 0..hr.h {
-            for (d, c) in hr.row_mut(y).iter_mut().zip((0..3).cycle()) {
-                *d = (*d + mean[c]) * inv;
-            }
         }
-        hr
     }
 
     /// Upscales a packed frame into a packed frame of the same layout and `scale` times the size.

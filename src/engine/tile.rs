@@ -25,14 +25,26 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// Copies the core part of the tile's HR output (0–255) into `out`.
-    pub fn paste(&self, hr: &FeatureMap, s: usize, out: &mut Image) {
+    /// Copies the core part of the tile's HR output into `out` as `(v + add[c]) · mul`
+    /// (channel `c` of RGB), rows in parallel on the current rayon pool.
+    pub fn paste(&self, hr: &FeatureMap, s: usize, add: [f32; 3], mul: f32, out: &mut Image) {
+        use rayon::prelude::*;
         let (ox, oy) = ((self.x - self.ex) * s, (self.y - self.ey) * s);
-        for y in 0..self.h * s {
-            let src = &hr.row(oy + y)[ox * 3..(ox + self.w * s) * 3];
-            let d = ((self.y * s + y) * out.width + self.x * s) * 3;
-            out.data[d..d + src.len()].copy_from_slice(src);
-        }
+        let row = out.width * 3;
+        out.data
+            .par_chunks_mut(row)
+            .skip(self.y * s)
+            .take(self.h * s)
+            .enumerate()
+            .for_each(|(y, dst)| {
+                let src = &hr.row(oy + y)[ox * 3..(ox + self.w * s) * 3];
+                let dst = &mut dst[self.x * s * 3..][..src.len()];
+                for (d, v) in dst.chunks_exact_mut(3).zip(src.chunks_exact(3)) {
+                    for c in 0..3 {
+                        d[c] = (v[c] + add[c]) * mul;
+                    }
+                }
+            });
     }
 }
 
