@@ -276,7 +276,7 @@ pub struct PackedConv {
     pub wabs: i32,
     /// In the offset form, the first padding lane (`cout`, when `cout < cout8`) has weight 1
     /// on every tap and channel, so that the kernels' sums there are the window's code sum
-    /// `Σ q` the offset correction needs ([`finish_offset`]; the tail's 3 channels leave 5
+    /// `Σ q` the offset correction needs (`finish_offset`; the tail's 3 channels leave 5
     /// lanes free, and summing the codes separately cost 8% of a built-in x4 frame).
     pub ones: Option<usize>,
     /// For convs with at most 4 output lanes (the ones lane included): their weights laid
@@ -297,7 +297,7 @@ pub struct PackedConv {
 }
 
 /// The weights of a conv with at most 4 output lanes, `[tap 9][lane 4][cs64]` i8 (`cs64`: the
-/// channel stride rounded up to 64, the padding 0), for [`vnni::narrow512_avx512vnni`].
+/// channel stride rounded up to 64, the padding 0), for the AVX-512 `narrow512` kernel.
 #[derive(Clone, Debug)]
 pub struct NarrowWeights {
     pub w: Vec<i8>,
