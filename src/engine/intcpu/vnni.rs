@@ -278,16 +278,37 @@ pub(super) trait Wide {
     unsafe fn load(p: *const u8) -> Self::R;
     unsafe fn store(p: *mut i32, v: Self::R);
     unsafe fn dp(acc: Self::R, a: Self::R, b: Self::R) -> Self::R;
+    /// Per i32 lane: `x + y`, `x − y`, `q · x`, `x >> n` (arithmetic; `n` a constant where
+    /// inlined, so an immediate shift).
+    unsafe fn add(x: Self::R, y: Self::R) -> Self::R;
+    unsafe fn sub(x: Self::R, y: Self::R) -> Self::R;
+    unsafe fn mul(q: i32, x: Self::R) -> Self::R;
+    unsafe fn sra(x: Self::R, n: i32) -> Self::R;
+
     /// The F(2,3) output transform of one vector of element sums `a0..a3` against the
     /// offset terms `k0`, `k1` (see [`tiles512`]): `(a0 + a1 + a2 − k0) >> 1` and
     /// `(a1 − a2 − a3 + k1) >> 1`.
-    unsafe fn wino_out(a: [Self::R; 4], k0: Self::R, k1: Self::R) -> [Self::R; 2];
+    #[inline(always)]
+    unsafe fn wino_out(a: [Self::R; 4], k0: Self::R, k1: Self::R) -> [Self::R; 2] {
+        // SAFETY: the trait's contract.
+        unsafe {
+            let s0 = Self::sub(Self::add(Self::add(a[0], a[1]), a[2]), k0);
+            let s1 = Self::add(Self::sub(Self::sub(a[1], a[2]), a[3]), k1);
+            [Self::sra(s0, 1), Self::sra(s1, 1)]
+        }
+    }
     /// `q · (x + y)` per i32 lane (the offset terms).
-    unsafe fn offset(q: i32, x: Self::R, y: Self::R) -> Self::R;
-    /// `acc − x` when `neg`, else `acc + x`.
-    unsafe fn add_signed(acc: Self::R, x: Self::R, neg: bool) -> Self::R;
+    #[inline(always)]
+    unsafe fn offset(q: i32, x: Self::R, y: Self::R) -> Self::R {
+        // SAFETY: the trait's contract.
+        unsafe { Self::mul(q, Self::add(x, y)) }
+    }
     /// `(x − q·k) >> 2` (the F(2x2, 3x3) output).
-    unsafe fn sub_scaled_quarter(x: Self::R, q: i32, k: Self::R) -> Self::R;
+    #[inline(always)]
+    unsafe fn sub_scaled_quarter(x: Self::R, q: i32, k: Self::R) -> Self::R {
+        // SAFETY: the trait's contract.
+        unsafe { Self::sra(Self::sub(x, Self::mul(q, k)), 2) }
+    }
 }
 
 pub(super) struct Zmm;
@@ -320,33 +341,20 @@ impl Wide for Zmm {
         unsafe { _mm512_dpbusd_epi32(acc, a, b) }
     }
     #[inline(always)]
-    unsafe fn wino_out(a: [__m512i; 4], k0: __m512i, k1: __m512i) -> [__m512i; 2] {
-        unsafe {
-            let s0 = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), a[2]), k0);
-            let s1 = _mm512_add_epi32(_mm512_sub_epi32(_mm512_sub_epi32(a[1], a[2]), a[3]), k1);
-            [_mm512_srai_epi32::<1>(s0), _mm512_srai_epi32::<1>(s1)]
-        }
+    unsafe fn add(x: __m512i, y: __m512i) -> __m512i {
+        unsafe { _mm512_add_epi32(x, y) }
     }
     #[inline(always)]
-    unsafe fn offset(q: i32, x: __m512i, y: __m512i) -> __m512i {
-        unsafe { _mm512_mullo_epi32(_mm512_set1_epi32(q), _mm512_add_epi32(x, y)) }
+    unsafe fn sub(x: __m512i, y: __m512i) -> __m512i {
+        unsafe { _mm512_sub_epi32(x, y) }
     }
     #[inline(always)]
-    unsafe fn add_signed(acc: __m512i, x: __m512i, neg: bool) -> __m512i {
-        unsafe {
-            if neg {
-                _mm512_sub_epi32(acc, x)
-            } else {
-                _mm512_add_epi32(acc, x)
-            }
-        }
+    unsafe fn mul(q: i32, x: __m512i) -> __m512i {
+        unsafe { _mm512_mullo_epi32(_mm512_set1_epi32(q), x) }
     }
     #[inline(always)]
-    unsafe fn sub_scaled_quarter(x: __m512i, q: i32, k: __m512i) -> __m512i {
-        unsafe {
-            let qk = _mm512_mullo_epi32(_mm512_set1_epi32(q), k);
-            _mm512_srai_epi32::<2>(_mm512_sub_epi32(x, qk))
-        }
+    unsafe fn sra(x: __m512i, n: i32) -> __m512i {
+        unsafe { _mm512_sra_epi32(x, _mm_cvtsi32_si128(n)) }
     }
 }
 
@@ -387,62 +395,25 @@ impl Wide for ZmmEmulated {
         }
     }
     #[inline(always)]
-    unsafe fn wino_out(
-        a: [[__m256i; 2]; 4],
-        k0: [__m256i; 2],
-        k1: [__m256i; 2],
-    ) -> [[__m256i; 2]; 2] {
-        unsafe {
-            let mut s = [[_mm256_setzero_si256(); 2]; 2];
-            for h in 0..2 {
-                let s0 = _mm256_sub_epi32(
-                    _mm256_add_epi32(_mm256_add_epi32(a[0][h], a[1][h]), a[2][h]),
-                    k0[h],
-                );
-                let s1 = _mm256_add_epi32(
-                    _mm256_sub_epi32(_mm256_sub_epi32(a[1][h], a[2][h]), a[3][h]),
-                    k1[h],
-                );
-                s[0][h] = _mm256_srai_epi32::<1>(s0);
-                s[1][h] = _mm256_srai_epi32::<1>(s1);
-            }
-            s
-        }
+    unsafe fn add(x: [__m256i; 2], y: [__m256i; 2]) -> [__m256i; 2] {
+        unsafe { [_mm256_add_epi32(x[0], y[0]), _mm256_add_epi32(x[1], y[1])] }
     }
     #[inline(always)]
-    unsafe fn offset(q: i32, x: [__m256i; 2], y: [__m256i; 2]) -> [__m256i; 2] {
+    unsafe fn sub(x: [__m256i; 2], y: [__m256i; 2]) -> [__m256i; 2] {
+        unsafe { [_mm256_sub_epi32(x[0], y[0]), _mm256_sub_epi32(x[1], y[1])] }
+    }
+    #[inline(always)]
+    unsafe fn mul(q: i32, x: [__m256i; 2]) -> [__m256i; 2] {
         unsafe {
             let q = _mm256_set1_epi32(q);
-            [
-                _mm256_mullo_epi32(q, _mm256_add_epi32(x[0], y[0])),
-                _mm256_mullo_epi32(q, _mm256_add_epi32(x[1], y[1])),
-            ]
+            [_mm256_mullo_epi32(q, x[0]), _mm256_mullo_epi32(q, x[1])]
         }
     }
     #[inline(always)]
-    unsafe fn add_signed(acc: [__m256i; 2], x: [__m256i; 2], neg: bool) -> [__m256i; 2] {
+    unsafe fn sra(x: [__m256i; 2], n: i32) -> [__m256i; 2] {
         unsafe {
-            if neg {
-                [
-                    _mm256_sub_epi32(acc[0], x[0]),
-                    _mm256_sub_epi32(acc[1], x[1]),
-                ]
-            } else {
-                [
-                    _mm256_add_epi32(acc[0], x[0]),
-                    _mm256_add_epi32(acc[1], x[1]),
-                ]
-            }
-        }
-    }
-    #[inline(always)]
-    unsafe fn sub_scaled_quarter(x: [__m256i; 2], q: i32, k: [__m256i; 2]) -> [__m256i; 2] {
-        unsafe {
-            let q = _mm256_set1_epi32(q);
-            [
-                _mm256_srai_epi32::<2>(_mm256_sub_epi32(x[0], _mm256_mullo_epi32(q, k[0]))),
-                _mm256_srai_epi32::<2>(_mm256_sub_epi32(x[1], _mm256_mullo_epi32(q, k[1]))),
-            ]
+            let n = _mm_cvtsi32_si128(n);
+            [_mm256_sra_epi32(x[0], n), _mm256_sra_epi32(x[1], n)]
         }
     }
 }
@@ -473,33 +444,20 @@ impl<D: Dot> Wide for Ymm<D> {
         unsafe { D::dp(acc, a, b) }
     }
     #[inline(always)]
-    unsafe fn wino_out(a: [__m256i; 4], k0: __m256i, k1: __m256i) -> [__m256i; 2] {
-        unsafe {
-            let s0 = _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(a[0], a[1]), a[2]), k0);
-            let s1 = _mm256_add_epi32(_mm256_sub_epi32(_mm256_sub_epi32(a[1], a[2]), a[3]), k1);
-            [_mm256_srai_epi32::<1>(s0), _mm256_srai_epi32::<1>(s1)]
-        }
+    unsafe fn add(x: __m256i, y: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi32(x, y) }
     }
     #[inline(always)]
-    unsafe fn offset(q: i32, x: __m256i, y: __m256i) -> __m256i {
-        unsafe { _mm256_mullo_epi32(_mm256_set1_epi32(q), _mm256_add_epi32(x, y)) }
+    unsafe fn sub(x: __m256i, y: __m256i) -> __m256i {
+        unsafe { _mm256_sub_epi32(x, y) }
     }
     #[inline(always)]
-    unsafe fn add_signed(acc: __m256i, x: __m256i, neg: bool) -> __m256i {
-        unsafe {
-            if neg {
-                _mm256_sub_epi32(acc, x)
-            } else {
-                _mm256_add_epi32(acc, x)
-            }
-        }
+    unsafe fn mul(q: i32, x: __m256i) -> __m256i {
+        unsafe { _mm256_mullo_epi32(_mm256_set1_epi32(q), x) }
     }
     #[inline(always)]
-    unsafe fn sub_scaled_quarter(x: __m256i, q: i32, k: __m256i) -> __m256i {
-        unsafe {
-            let qk = _mm256_mullo_epi32(_mm256_set1_epi32(q), k);
-            _mm256_srai_epi32::<2>(_mm256_sub_epi32(x, qk))
-        }
+    unsafe fn sra(x: __m256i, n: i32) -> __m256i {
+        unsafe { _mm256_sra_epi32(x, _mm_cvtsi32_si128(n)) }
     }
 }
 
@@ -994,14 +952,14 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
                 for ey in 0..4 {
                     let e = &a[4 * ey..4 * ey + 4];
                     let (e0, e1, e2, e3) = (e[0][i][b], e[1][i][b], e[2][i][b], e[3][i][b]);
-                    r[0][ey] = W::add_signed(W::add_signed(e0, e1, false), e2, false);
-                    r[1][ey] = W::add_signed(W::add_signed(e1, e2, true), e3, true);
+                    r[0][ey] = W::add(W::add(e0, e1), e2);
+                    r[1][ey] = W::sub(W::sub(e1, e2), e3);
                 }
                 for (j, rj) in r.iter().enumerate() {
                     let x = 2 * (t + i) + j;
                     if x < v.w {
-                        let s0 = W::add_signed(W::add_signed(rj[0], rj[1], false), rj[2], false);
-                        let s1 = W::add_signed(W::add_signed(rj[1], rj[2], true), rj[3], true);
+                        let s0 = W::add(W::add(rj[0], rj[1]), rj[2]);
+                        let s1 = W::sub(W::sub(rj[1], rj[2]), rj[3]);
                         let d = out.as_mut_ptr().add(x * pc.cout8 + b0 * 8 + b * W::LANES);
                         W::store(d, W::sub_scaled_quarter(s0, q, k[j]));
                         W::store(d.add(plane), W::sub_scaled_quarter(s1, q, k[2 + j]));
