@@ -255,8 +255,8 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
 unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
     use std::arch::x86_64::*;
     assert!(c.bias.len() >= n, "epilogue bias");
-    // SAFETY: pixel i's accesses are at channels o..o + 16 under the mask `m`, whose lanes are
-    // below n: inside s[i·sstride..][..n], k[..n], bias[..n] and the buffers' [i·n..][..n]
+    // SAFETY: pixel i's accesses are at channels o..o + 16 ≤ n, or, for a last partial
+    // vector, under the mask `m`, whose lanes are below n: inside s[i·sstride..][..n], k[..n], bias[..n] and the buffers' [i·n..][..n]
     // (checked by `run`); AVX-512 F/BW/VL are enabled.
     unsafe {
         let (hw, da, l) = (

@@ -688,24 +688,21 @@ fn finish_offset(x: &Codes, pc: &PackedConv, y: usize, range: Range<usize>, out:
     thread_local! {
         static COLS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    if let Some(lane) = pc.ones {
-        for s in out[range.start * pc.cout8..range.end * pc.cout8].chunks_exact_mut(pc.cout8) {
-            let sq = s[lane];
-            for s in s.iter_mut() {
-                *s = 2 * *s + sq;
-            }
-        }
-        return;
-    }
     COLS.with(|cell| {
-        // Column sums over the 3 rows, then a sliding window of 3 columns.
+        // Without a ones lane: column sums over the 3 rows, then a sliding window of 3 columns.
         let mut cols = cell.borrow_mut();
         cols.clear();
         let (x0, x1) = (range.start, range.end);
-        cols.extend((x0..x1 + 2).map(|xx| psum(y, xx) + psum(y + 1, xx) + psum(y + 2, xx)));
+        if pc.ones.is_none() {
+            cols.extend((x0..x1 + 2).map(|xx| psum(y, xx) + psum(y + 1, xx) + psum(y + 2, xx)));
+        }
         for xx in x0..x1 {
-            let sq = cols[xx - x0] + cols[xx - x0 + 1] + cols[xx - x0 + 2];
-            for s in &mut out[xx * pc.cout8..(xx + 1) * pc.cout8] {
+            let s = &mut out[xx * pc.cout8..(xx + 1) * pc.cout8];
+            let sq = match pc.ones {
+                Some(lane) => s[lane],
+                None => cols[xx - x0] + cols[xx - x0 + 1] + cols[xx - x0 + 2],
+            };
+            for s in s.iter_mut() {
                 *s = 2 * *s + sq;
             }
         }
