@@ -151,7 +151,7 @@ pub fn to_u8(v: f32) -> u8 {
 
 /// Rows per task of the frame copies over the thread pool (fewer, larger tasks: a row of a 4K
 /// frame is only microseconds of work).
-const ROWS_PER_TASK: usize = 16;
+pub(crate) const ROWS_PER_TASK: usize = 16;
 
 /// Unpacks a frame into an RGB image and, for alpha layouts, the alpha plane.
 pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {

@@ -36,6 +36,7 @@ impl Tile {
             .skip(self.y * s)
             .take(self.h * s)
             .enumerate()
+            .with_min_len(super::frame::ROWS_PER_TASK)
             .for_each(|(y, dst)| {
                 let src = &hr.row(oy + y)[ox * 3..(ox + self.w * s) * 3];
                 let dst = &mut dst[self.x * s * 3..][..src.len()];
