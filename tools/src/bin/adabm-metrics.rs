@@ -6,6 +6,14 @@
 //! gets each of b_I = −1, 0, +1 whatever the metric (the same FAB as b_I = 0 everywhere, the
 //! non-adaptive row), and only which images get more bits differs.
 //!
+//! Last, what one image bit is worth: every image at b_I = −1, 0 and +1 (the model with its base
+//! bits lowered or raised by one, no adaptation: b = b_base + b_I + b_L, so that is exactly the
+//! image's PSNR at that b_I), the Spearman correlation of each metric with the gain of +1 and
+//! the loss of −1, each metric's equal-thirds assignment in the reference's direction (complex →
+//! more bits) and reversed, and the best assignment any metric could make at the FAB of b_I = 0
+//! (as many images at −1 as at +1, chosen knowing every image's PSNR): the bound on what image
+//! adaptation can gain over fixed bits at equal FAB with these quantizer ranges.
+//!
 //!   adabm-metrics --fp FP.safetensors --quant Q.safetensors --data DIR [--sets Set14,B100]
 
 use std::path::Path;
@@ -78,6 +86,7 @@ fn main() -> Result<()> {
         ..Options::default()
     };
     let mut equal = Vec::new();
+    let mut worth = Vec::new();
     println!("| set | images | metric | Spearman(metric, PSNR drop) |");
     println!("|---|---:|---|---:|");
     for set in a.get("sets").unwrap_or("Set14,B100").split(',') {
@@ -94,6 +103,24 @@ fn main() -> Result<()> {
             mean(&qs, |x| x.psnr),
             mean(&qs, |x| x.fab),
         ));
+        let base = q.quant.as_ref().map_or(4, |c| c.a_bits);
+        let at_base = |b: u8| -> Result<Vec<f64>> {
+            let o = Options {
+                base_bits: Some(b),
+                ..fixed
+            };
+            Ok(eval::evaluate(&q, &pairs, &o, 0)?
+                .iter()
+                .map(|x| x.psnr)
+                .collect())
+        };
+        let zero: Vec<f64> = qs.iter().map(|x| x.psnr).collect();
+        // b_I = ±1 is base ∓ 1 only where the engine's 1..=8 clamp does not cut in.
+        if !(2..=7).contains(&base) {
+            bail!("the bit-worth table needs base activation bits in 2..=7, the model has {base}");
+        }
+        let bit = BitWorth::new(&at_base(base - 1)?, &zero, &at_base(base + 1)?);
+        let mut by_metric = Vec::new();
         for (name, m) in METRICS {
             let values: Vec<f64> = pairs
                 .iter()
@@ -107,6 +134,7 @@ fn main() -> Result<()> {
                 pairs.len(),
                 spearman(&values, &drop)
             );
+            by_metric.push((name, bit.ranked(&values)));
             let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
             // Midpoints between neighbouring values, so no image sits on a threshold.
             let at = |p: f32| {
@@ -141,12 +169,39 @@ fn main() -> Result<()> {
                 mean(&sc, |x| x.fab),
             ));
         }
+        worth.push((set.to_string(), bit, by_metric));
     }
     println!();
     println!("| set | b_I from | mean PSNR | FAB |");
     println!("|---|---|---:|---:|");
     for (set, name, psnr, fab) in &equal {
         println!("| {set} | {name} | {psnr:.3} | {fab:.3} |");
+    }
+    println!();
+    println!(
+        "| set | mean loss of b_I = −1 | mean gain of b_I = +1 | best at equal FAB (k each) |"
+    );
+    println!("|---|---:|---:|---:|");
+    for (set, bit, _) in &worth {
+        let (best, k) = bit.best_equal_fab();
+        println!(
+            "| {set} | {:.3} dB | {:.3} dB | {best:+.3} dB ({k}) |",
+            mean_of(&bit.loss),
+            mean_of(&bit.gain)
+        );
+    }
+    println!();
+    println!(
+        "| set | metric | Spearman(metric, gain of +1) | Spearman(metric, loss of −1) | thirds, complex → +1 | thirds, complex → −1 |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for (set, _, by_metric) in &worth {
+        for (name, r) in by_metric {
+            println!(
+                "| {set} | {name} | {:.3} | {:.3} | {:+.3} dB | {:+.3} dB |",
+                r.gain_corr, r.loss_corr, r.forward, r.reversed
+            );
+        }
     }
     let img = test_image(1920, 1080, 1);
     for (name, m) in METRICS {
@@ -160,6 +215,104 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+fn mean_of(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Per image, what one image bit is worth: the PSNR lost at b_I = −1 and gained at b_I = +1,
+/// both against b_I = 0 (dB).
+struct BitWorth {
+    loss: Vec<f64>,
+    gain: Vec<f64>,
+}
+
+/// One metric against the worth of a bit.
+struct Ranked {
+    gain_corr: f64,
+    loss_corr: f64,
+    /// Mean PSNR change against b_I = 0 when the least complex third gets −1 and the most
+    /// complex third +1 (the reference's direction) ...
+    forward: f64,
+    /// ... and the other way round.
+    reversed: f64,
+}
+
+impl BitWorth {
+    fn new(minus: &[f64], zero: &[f64], plus: &[f64]) -> Self {
+        Self {
+            loss: zero.iter().zip(minus).map(|(z, m)| z - m).collect(),
+            gain: plus.iter().zip(zero).map(|(p, z)| p - z).collect(),
+        }
+    }
+
+    /// Mean PSNR change of an assignment (b_I per image) against b_I = 0 everywhere.
+    fn change(&self, bits: impl Iterator<Item = (usize, i8)>) -> f64 {
+        let total: f64 = bits
+            .map(|(i, b)| match b {
+                1 => self.gain[i],
+                -1 => -self.loss[i],
+                _ => 0.0,
+            })
+            .sum();
+        total / self.loss.len() as f64
+    }
+
+    fn ranked(&self, metric: &[f64]) -> Ranked {
+        let n = metric.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| metric[a].total_cmp(&metric[b]));
+        let third = n / 3;
+        let thirds = |low: i8| {
+            order.iter().enumerate().map(move |(r, &i)| {
+                if r < third {
+                    (i, low)
+                } else if r >= n - third {
+                    (i, -low)
+                } else {
+                    (i, 0)
+                }
+            })
+        };
+        Ranked {
+            gain_corr: spearman(metric, &self.gain),
+            loss_corr: spearman(metric, &self.loss),
+            forward: self.change(thirds(-1)),
+            reversed: self.change(thirds(1)),
+        }
+    }
+
+    /// The best mean PSNR change over all assignments with as many images at −1 as at +1 (the
+    /// FAB of b_I = 0), and that count: a dynamic programme over the images, the state being
+    /// (+1 count) − (−1 count).
+    fn best_equal_fab(&self) -> (f64, usize) {
+        let n = self.loss.len();
+        let width = 2 * n + 1;
+        // best[d] = (sum of changes, count of +1) with difference d − n.
+        let mut best = vec![None::<(f64, usize)>; width];
+        best[n] = Some((0.0, 0));
+        for i in 0..n {
+            let mut next = vec![None::<(f64, usize)>; width];
+            for (d, cur) in best.iter().enumerate() {
+                let Some((v, k)) = *cur else { continue };
+                for (step, dv, dk) in [(0i64, 0.0, 0), (1, self.gain[i], 1), (-1, -self.loss[i], 0)]
+                {
+                    let nd = d as i64 + step;
+                    if nd < 0 || nd >= width as i64 {
+                        continue;
+                    }
+                    let slot = &mut next[nd as usize];
+                    if slot.is_none_or(|(sv, _)| v + dv > sv) {
+                        *slot = Some((v + dv, k + dk));
+                    }
+                }
+            }
+            best = next;
+        }
+        let (v, k) = best[n].unwrap_or((0.0, 0));
+        (v / n as f64, k)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +323,23 @@ mod tests {
         assert!((spearman(&a, &[10.0, 50.0, 20.0, 90.0]) - 1.0).abs() < 1e-12);
         assert!((spearman(&a, &[4.0, 2.0, 3.0, 1.0]) + 1.0).abs() < 1e-12);
         assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![2.5, 1.0, 2.5]);
+    }
+
+    #[test]
+    fn best_assignment_at_equal_fab_pairs_cheap_losses_with_big_gains() {
+        // Image 0 loses little and gains little, image 1 gains a lot, image 2 loses a lot.
+        let w = BitWorth::new(&[9.9, 5.0, 1.0], &[10.0, 10.0, 10.0], &[10.1, 13.0, 10.2]);
+        // Best: image 0 at −1 (−0.1), image 1 at +1 (+3.0): 2.9 over 3 images, one pair.
+        let (v, k) = w.best_equal_fab();
+        assert!((v - 2.9 / 3.0).abs() < 1e-12, "{v}");
+        assert_eq!(k, 1);
+        // When every loss exceeds every gain, fixed bits are best.
+        let w = BitWorth::new(&[8.0, 8.0], &[10.0, 10.0], &[11.0, 11.0]);
+        assert_eq!(w.best_equal_fab(), (0.0, 0));
+        // Thirds: metric ranks image 2 < 0 < 1; reference direction gives 2 → −1, 1 → +1.
+        let w = BitWorth::new(&[9.9, 5.0, 1.0], &[10.0, 10.0, 10.0], &[10.1, 13.0, 10.2]);
+        let r = w.ranked(&[2.0, 3.0, 1.0]);
+        assert!((r.forward - (3.0 - 9.0) / 3.0).abs() < 1e-12);
+        assert!((r.reversed - (0.2 - 5.0) / 3.0).abs() < 1e-12);
     }
 }
