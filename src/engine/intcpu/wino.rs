@@ -654,13 +654,21 @@ fn tiles2_block<const L: usize>(
             column_y::<L>(x, y, 2 * t + 3, c0),
         );
         let o = &mut out[k * 16 * cs + c0..];
-        for e in 0..4 {
-            let off = if e == 1 { 0 } else { q2 };
-            put(o, 4 * e * cs, sub_add(a[e], c[e], q2));
-            put(o, (4 * e + 1) * cs, add_add(b[e], c[e], off));
-            put(o, (4 * e + 2) * cs, sub_add(c[e], b[e], q2));
-            put(o, (4 * e + 3) * cs, sub_add(b[e], d[e], q2));
+        assert!(o.len() >= 15 * cs + L, "inside the transformed data");
+        // Written out for each row e (constant indices: a loop over e kept the four columns
+        // in stack arrays instead of registers).
+        macro_rules! row {
+            ($e:literal, $off:expr) => {
+                put(o, 4 * $e * cs, sub_add(a[$e], c[$e], q2));
+                put(o, (4 * $e + 1) * cs, add_add(b[$e], c[$e], $off));
+                put(o, (4 * $e + 2) * cs, sub_add(c[$e], b[$e], q2));
+                put(o, (4 * $e + 3) * cs, sub_add(b[$e], d[$e], q2));
+            };
         }
+        row!(0, q2);
+        row!(1, 0);
+        row!(2, q2);
+        row!(3, q2);
         (a, b) = (c, d);
     }
 }
