@@ -78,6 +78,14 @@ fn main() -> Result<()> {
     if q.quant.is_none() || fp.config.scale != q.config.scale {
         bail!("--quant must be a quantized model of the --fp model's scale");
     }
+    // b_I = ±1 is exactly the base lowered / raised by one (the engine clamps the sum
+    // b_base + b_I + b_L to 1..=8), where base ∓ 1 is itself a base it accepts (1..=8).
+    let base = q.quant.as_ref().map_or(0, |c| c.a_bits);
+    if !(2..=7).contains(&base) {
+        bail!(
+            "--quant: the bit-worth table needs base activation bits in 2..=7, the model has {base}"
+        );
+    }
     let root = Path::new(a.get("data").context("--data DIR is required")?);
     let s = fp.config.scale as usize;
     // b_I = 0 for every image: the error the metric should predict, not the one it changes.
@@ -103,7 +111,6 @@ fn main() -> Result<()> {
             mean(&qs, |x| x.psnr),
             mean(&qs, |x| x.fab),
         ));
-        let base = q.quant.as_ref().map_or(4, |c| c.a_bits);
         let at_base = |b: u8| -> Result<Vec<f64>> {
             let o = Options {
                 base_bits: Some(b),
@@ -115,10 +122,6 @@ fn main() -> Result<()> {
                 .collect())
         };
         let zero: Vec<f64> = qs.iter().map(|x| x.psnr).collect();
-        // b_I = ±1 is base ∓ 1 only where the engine's 1..=8 clamp does not cut in.
-        if !(2..=7).contains(&base) {
-            bail!("the bit-worth table needs base activation bits in 2..=7, the model has {base}");
-        }
         let bit = BitWorth::new(&at_base(base - 1)?, &zero, &at_base(base + 1)?);
         let mut by_metric = Vec::new();
         for (name, m) in METRICS {
