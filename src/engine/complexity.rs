@@ -12,19 +12,31 @@ pub const FIXED_ONE: f32 = 16_777_216.0;
 
 /// Luma `Y = 0.299 R + 0.587 G + 0.114 B` of 0–255 RGB, on 0–1; None for an empty image.
 fn luma(rgb: &[f32], w: usize, h: usize) -> Option<Vec<f32>> {
+    let mut y = Vec::new();
+    luma_into(rgb, w, h, &mut y).then_some(y)
+}
+
+/// [`luma`] into `y` (reusing its memory); false for an empty image.
+fn luma_into(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> bool {
     assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
-    (w > 0 && h > 0).then(|| {
+    y.clear();
+    y.extend(
         rgb.chunks_exact(3)
-            .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0)
-            .collect()
-    })
+            .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0),
+    );
+    w > 0 && h > 0
 }
 
 /// Gradient density of an interleaved RGB image of 0–255 values (`h * w * 3`).
 pub fn gradient_density(rgb: &[f32], w: usize, h: usize) -> f32 {
-    let Some(y) = luma(rgb, w, h) else {
+    gradient_density_with(rgb, w, h, &mut Vec::new())
+}
+
+/// [`gradient_density`] with `y` as the luma plane's memory.
+fn gradient_density_with(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> f32 {
+    if !luma_into(rgb, w, h, y) {
         return 0.0;
-    };
+    }
     let at = |yy: isize, xx: isize| {
         let yy = yy.clamp(0, h as isize - 1) as usize;
         let xx = xx.clamp(0, w as isize - 1) as usize;
@@ -220,8 +232,20 @@ pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
 
 /// The complexity of an image under `metric`.
 pub fn measure(metric: super::ComplexityMetric, rgb: &[f32], w: usize, h: usize) -> f32 {
+    measure_with(metric, rgb, w, h, &mut Vec::new())
+}
+
+/// [`measure`] with `luma` as the gradient density's luma plane (reused between frames; the
+/// other metrics allocate their own).
+pub fn measure_with(
+    metric: super::ComplexityMetric,
+    rgb: &[f32],
+    w: usize,
+    h: usize,
+    luma: &mut Vec<f32>,
+) -> f32 {
     match metric {
-        super::ComplexityMetric::Gradient => gradient_density(rgb, w, h),
+        super::ComplexityMetric::Gradient => gradient_density_with(rgb, w, h, luma),
         super::ComplexityMetric::Frequency => frequency_density(rgb, w, h),
         super::ComplexityMetric::Attention => attention_density(rgb, w, h),
     }

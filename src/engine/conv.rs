@@ -24,7 +24,7 @@ use rayon::prelude::*;
 const BLOCK_VALUES: usize = 128 * 1024;
 
 /// A zero-padded NHWC feature map.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FeatureMap {
     pub h: usize,
     pub w: usize,
@@ -40,6 +40,15 @@ impl FeatureMap {
             w,
             c,
             data: vec![0.0; (h + 2) * (w + 2) * c],
+        }
+    }
+
+    /// Makes this an `h x w x c` map, keeping its memory when the shape is already that one:
+    /// the zero border is then kept (nothing writes it) and the interior holds the previous
+    /// values, for a writer that overwrites every one of them.
+    pub fn reshape(&mut self, h: usize, w: usize, c: usize) {
+        if (self.h, self.w, self.c) != (h, w, c) || self.data.len() != (h + 2) * (w + 2) * c {
+            *self = Self::zeros(h, w, c);
         }
     }
 

@@ -85,17 +85,31 @@ impl Network {
 
     /// `sub_mean`: the `w x h` region at `(x0, y0)` of a 0–255 RGB image, in model units.
     pub fn input_map(&self, img: &Image, x0: usize, y0: usize, w: usize, h: usize) -> FeatureMap {
+        let mut x = FeatureMap::default();
+        self.input_map_into(img, x0, y0, w, h, &mut x);
+        x
+    }
+
+    /// [`Network::input_map`] into `x`, reusing its memory.
+    pub fn input_map_into(
+        &self,
+        img: &Image,
+        x0: usize,
+        y0: usize,
+        w: usize,
+        h: usize,
+        x: &mut FeatureMap,
+    ) {
         let cfg = &self.config;
         let k = cfg.rgb_range / 255.0;
         let mean = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
-        let mut x = FeatureMap::zeros(h, w, 3);
+        x.reshape(h, w, 3);
         for y in 0..h {
             let src = &img.data[((y0 + y) * img.width + x0) * 3..][..w * 3];
             for (d, (s, c)) in x.row_mut(y).iter_mut().zip(src.iter().zip((0..3).cycle())) {
                 *d = s * k - mean[c];
             }
         }
-        x
     }
 
     /// Indices of the adaptive layers (the ones counted in the average bit-width).

@@ -112,7 +112,7 @@ fn check_geometry(
 }
 
 /// An interleaved RGB image of f32 values in 0–255.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Image {
     pub width: usize,
     pub height: usize,
@@ -155,15 +155,17 @@ pub(crate) const ROWS_PER_TASK: usize = 16;
 
 /// Unpacks a frame into an RGB image and, for alpha layouts, the alpha plane.
 pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {
-    let (data, alpha) = unpack_with(f, |v| v as f32)?;
-    Ok((
-        Image {
-            width: f.width,
-            height: f.height,
-            data,
-        },
-        alpha,
-    ))
+    let mut img = Image::default();
+    let alpha = unpack_into(f, &mut img)?;
+    Ok((img, alpha))
+}
+
+/// [`unpack`] into `img`, reusing its memory (the element's path: no allocation per frame
+/// for layouts without alpha).
+pub fn unpack_into(f: &FrameRef, img: &mut Image) -> Result<Option<Vec<u8>>> {
+    let alpha = unpack_with(f, |v| v as f32, &mut img.data)?;
+    (img.width, img.height) = (f.width, f.height);
+    Ok(alpha)
 }
 
 /// Unpacks a frame into interleaved RGB bytes and, for alpha layouts, the alpha plane.
@@ -180,19 +182,23 @@ pub fn unpack_rgb8(f: &FrameRef) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
             .for_each(|(d, row)| d.copy_from_slice(&row[..n]));
         return Ok((out, None));
     }
-    unpack_with(f, |v| v)
+    let mut out = Vec::new();
+    let alpha = unpack_with(f, |v| v, &mut out)?;
+    Ok((out, alpha))
 }
 
 /// Rows in parallel (a 4K frame is 25 MB of memory-bound shuffling, 10+ ms on one core).
+/// Every value of `out` (resized to the frame) is written.
 fn unpack_with<T: Copy + Default + Send>(
     f: &FrameRef,
     conv: impl Fn(u8) -> T + Sync,
-) -> Result<(Vec<T>, Option<Vec<u8>>)> {
+    out: &mut Vec<T>,
+) -> Result<Option<Vec<u8>>> {
     use rayon::prelude::*;
     let bpp = f.layout.bytes_per_pixel();
     check_geometry("input", f.data.len(), f.stride, f.width, f.height, bpp)?;
     let w = f.width;
-    let mut out = vec![T::default(); w * f.height * 3];
+    out.resize(w * f.height * 3, T::default());
     let rows = || f.data.par_chunks(f.stride).map(|row| &row[..w * bpp]);
     // Offsets as constants, one loop per layout (runtime offsets measured up to 1.5x slower).
     use PixelLayout as L;
@@ -220,7 +226,7 @@ fn unpack_with<T: Copy + Default + Send>(
             });
         a
     });
-    Ok((out, alpha))
+    Ok(alpha)
 }
 
 /// One row of [`unpack_with`]: pixels of `BPP` bytes with R, G, B at those offsets.

@@ -105,6 +105,26 @@ pub struct Engine {
     fused: Option<intcpu::FusedNet>,
     pool: rayon::ThreadPool,
     threads: usize,
+    /// Frame-sized buffers kept between frames (one set per frame in flight), so that frames
+    /// of a size seen before allocate none.
+    scratch: std::sync::Mutex<Vec<Scratch>>,
+}
+
+/// What a frame reuses: the element path's unpacked input and HR image, and the fused
+/// integer path's input map and HR output.
+#[derive(Default)]
+struct Scratch {
+    lr: Image,
+    hr: Image,
+    maps: Maps,
+}
+
+/// A frame's luma plane (complexity), a tile's input map and network output.
+#[derive(Default)]
+struct Maps {
+    luma: Vec<f32>,
+    x: FeatureMap,
+    y: FeatureMap,
 }
 
 impl Engine {
@@ -148,6 +168,7 @@ impl Engine {
             fused,
             pool,
             threads,
+            scratch: Default::default(),
         })
     }
 
@@ -202,6 +223,38 @@ impl Engine {
 
     /// Upscales an RGB image. Returns the HR image (unrounded f32) and the frame's stats.
     pub fn upscale(&self, img: &Image, opts: &Options) -> Result<(Image, Stats)> {
+        let mut out = Image::default();
+        let stats = self.upscale_into(img, opts, &mut out)?;
+        Ok((out, stats))
+    }
+
+    /// [`Engine::upscale`] into `out`, reusing its memory and this engine's buffers: a frame of
+    /// a size seen before allocates no frame-sized memory (on the fused integer path of fq
+    /// models; float and non-fq models allocate their feature maps per frame).
+    pub fn upscale_into(&self, img: &Image, opts: &Options, out: &mut Image) -> Result<Stats> {
+        let mut sc = self.take_scratch();
+        let r = self.upscale_with(img, opts, out, &mut sc.maps);
+        self.give_scratch(sc);
+        r
+    }
+
+    fn take_scratch(&self) -> Scratch {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        pool.pop().unwrap_or_default()
+    }
+
+    fn give_scratch(&self, sc: Scratch) {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(sc);
+    }
+
+    fn upscale_with(
+        &self,
+        img: &Image,
+        opts: &Options,
+        out: &mut Image,
+        maps: &mut Maps,
+    ) -> Result<Stats> {
         let t0 = Instant::now();
         let (w, h) = (img.width, img.height);
         if w == 0 || h == 0 || img.data.len() != w * h * 3 {
@@ -216,7 +269,7 @@ impl Engine {
                 opts.tile_size
             )));
         }
-        let c = complexity::measure(self.metric(opts), &img.data, w, h);
+        let c = complexity::measure_with(self.metric(opts), &img.data, w, h, &mut maps.luma);
         let (plan, b_i) = self.bit_plan(c, opts)?;
         // The fused integer engine needs far less memory per pixel than the f32 one (u8 codes),
         // so it runs whole frames where the f32 engine would need tiles (each tile recomputes
@@ -235,7 +288,9 @@ impl Engine {
             estimate,
         );
         let s = self.scale();
-        let mut out = Image::new(w * s, h * s);
+        // The tiles' cores cover the frame, so every value is pasted: no zeroing.
+        (out.width, out.height) = (w * s, h * s);
+        out.data.resize(w * s * h * s * 3, 0.0);
         // HR outputs are in model units before `add_mean`: each tile's core is pasted as
         // `(v + mean) · 255 / rgb_range`.
         let cfg = &self.net.config;
@@ -243,8 +298,8 @@ impl Engine {
         let mul = 255.0 / cfg.rgb_range;
         self.pool.install(|| {
             for t in &tiles {
-                let hr = self.run_tile(img, t, &plan);
-                t.paste(&hr, s, add, mul, &mut out);
+                self.run_tile(img, t, &plan, maps);
+                t.paste(&maps.y, s, add, mul, out);
             }
         });
         let layer_bits: Vec<u8> = self.net.adaptive_layers().map(|k| plan.bits[k]).collect();
@@ -253,29 +308,29 @@ impl Engine {
         } else {
             layer_bits.iter().map(|&b| b as f32).sum::<f32>() / layer_bits.len() as f32
         };
-        Ok((
-            out,
-            Stats {
-                complexity: c,
-                image_bits: b_i,
-                layer_bits,
-                fab,
-                tiles: tiles.len(),
-                millis: t0.elapsed().as_secs_f64() * 1e3,
-            },
-        ))
+        Ok(Stats {
+            complexity: c,
+            image_bits: b_i,
+            layer_bits,
+            fab,
+            tiles: tiles.len(),
+            millis: t0.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
-    /// Runs the network on the extended region of one tile; returns its HR output in model
-    /// units, before `add_mean` ([`Tile::paste`] converts it to 0–255).
-    fn run_tile(&self, img: &Image, t: &Tile, plan: &BitPlan) -> FeatureMap {
-        let x = self.net.input_map(img, t.ex, t.ey, t.ew, t.eh);
+    /// Runs the network on the extended region of one tile; its HR output, in model units
+    /// before `add_mean` ([`Tile::paste`] converts it to 0–255), goes to `maps.y`.
+    fn run_tile(&self, img: &Image, t: &Tile, plan: &BitPlan, maps: &mut Maps) {
+        let Maps { x, y, .. } = maps;
+        self.net.input_map_into(img, t.ex, t.ey, t.ew, t.eh, x);
         match (&self.fused, &self.int) {
-            (Some(fused), Some(int)) => fused.forward(&x, plan, int),
-            (_, Some(int)) => int.forward_map(&x, plan, None),
-            (_, None) => self
-                .net
-                .forward(&x, plan, Parallelism::Rayon(self.threads), None),
+            (Some(fused), Some(int)) => fused.forward_into(x, plan, int, y),
+            (_, Some(int)) => *y = int.forward_map(x, plan, None),
+            (_, None) => {
+                *y = self
+                    .net
+                    .forward(x, plan, Parallelism::Rayon(self.threads), None)
+            }
         }
     }
 
@@ -293,12 +348,26 @@ impl Engine {
                 dst.width, dst.height, dst.layout, src.width, src.height, src.layout
             )));
         }
+        let mut sc = self.take_scratch();
+        let r = self.process_frame_with(src, dst, opts, &mut sc);
+        self.give_scratch(sc);
+        r
+    }
+
+    fn process_frame_with(
+        &self,
+        src: &FrameRef,
+        dst: &mut FrameMut,
+        opts: &Options,
+        sc: &mut Scratch,
+    ) -> Result<Stats> {
+        let s = self.scale();
         // The frame copies run on this engine's threads too (they are parallel by rows).
-        let (img, alpha) = self.pool.install(|| frame::unpack(src))?;
-        let (hr, stats) = self.upscale(&img, opts)?;
+        let alpha = self.pool.install(|| frame::unpack_into(src, &mut sc.lr))?;
+        let stats = self.upscale_with(&sc.lr, opts, &mut sc.hr, &mut sc.maps)?;
         self.pool.install(|| {
             let alpha = alpha.map(|a| frame::upscale_plane_bilinear(&a, src.width, src.height, s));
-            frame::pack(&hr, alpha.as_deref(), dst)
+            frame::pack(&sc.hr, alpha.as_deref(), dst)
         })?;
         Ok(stats)
     }

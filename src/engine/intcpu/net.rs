@@ -197,6 +197,19 @@ impl FusedNet {
     /// `net` (the one this was made from) on an input map in model units; returns the HR
     /// output before `add_mean`.
     pub fn forward(&self, x: &FeatureMap, plan: &BitPlan, net: &IntNetwork) -> FeatureMap {
+        let mut out = FeatureMap::default();
+        self.forward_into(x, plan, net, &mut out);
+        out
+    }
+
+    /// [`FusedNet::forward`] into `out`, reusing its memory.
+    pub fn forward_into(
+        &self,
+        x: &FeatureMap,
+        plan: &BitPlan,
+        net: &IntNetwork,
+        out: &mut FeatureMap,
+    ) {
         let q = |k: usize| net.act_quant(k, plan).expect("fq layers are all quantized");
         let mut guard = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
         let b = &mut *guard;
@@ -204,7 +217,6 @@ impl FusedNet {
         let (h, w) = (x.h, x.w);
         // Input codes (4 channels per pixel, the 4th 0).
         quantize_into(x, q(0), 4, &mut b.input);
-        let mut out = FeatureMap::zeros(0, 0, 3);
         let (mut hh, mut ww) = (h, w);
         let mut stage = 0;
         for (k, &epi) in self.epis.iter().enumerate() {
@@ -236,7 +248,8 @@ impl FusedNet {
                     stage += 1;
                 }
                 Epi::Out => {
-                    out = FeatureMap::zeros(hh, ww, 3);
+                    // The tail's epilogue writes every interior value.
+                    out.reshape(hh, ww, 3);
                     let src = if stage == 0 {
                         &bb[..]
                     } else {
@@ -253,12 +266,11 @@ impl FusedNet {
                         head,
                         res,
                         &mut [],
-                        Some(&mut out),
+                        Some(&mut *out),
                     );
                 }
             }
         }
-        out
     }
 
     /// Sizes the buffers for an `h x w` input (kept when the size repeats).
