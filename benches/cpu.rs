@@ -23,13 +23,21 @@ use gstadabm::engine::intcpu::CpuLevel;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
 
+/// Median ms per frame; frames into one reused output image, as the element's path does.
 fn time(engine: &Engine, img: &Image, frames: usize) -> f64 {
-    let _ = engine.upscale(img, &Options::default()).unwrap();
+    let mut out = Image::default();
+    engine
+        .upscale_into(img, &Options::default(), &mut out)
+        .unwrap();
     median(
         (0..frames)
             .map(|_| {
                 let t = Instant::now();
-                std::hint::black_box(engine.upscale(img, &Options::default()).unwrap());
+                std::hint::black_box(
+                    engine
+                        .upscale_into(img, &Options::default(), &mut out)
+                        .unwrap(),
+                );
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect(),
@@ -529,9 +537,14 @@ fn rss(rss_frames: usize, threads: usize) {
         let engine = Engine::new(&m, threads).unwrap();
         let img = test_image(160, 90, 1);
         let mut first = 0.0;
+        let mut out = Image::default();
         let t = Instant::now();
         for i in 0..rss_frames {
-            std::hint::black_box(engine.upscale(&img, &Options::default()).unwrap());
+            std::hint::black_box(
+                engine
+                    .upscale_into(&img, &Options::default(), &mut out)
+                    .unwrap(),
+            );
             if i == 9 {
                 first = rss_mib();
             }
