@@ -43,12 +43,16 @@ impl FeatureMap {
         }
     }
 
-    /// Makes this an `h x w x c` map, keeping its memory when the shape is already that one:
-    /// the zero border is then kept (nothing writes it) and the interior holds the previous
-    /// values, for a writer that overwrites every one of them.
+    /// Makes this an `h x w x c` map in its own memory (allocating only to grow it). When the
+    /// shape is already that one nothing is written: the zero border is kept (nothing writes
+    /// it) and the interior holds the previous values, for a writer that overwrites every one
+    /// of them; otherwise the map is zeroed.
     pub fn reshape(&mut self, h: usize, w: usize, c: usize) {
-        if (self.h, self.w, self.c) != (h, w, c) || self.data.len() != (h + 2) * (w + 2) * c {
-            *self = Self::zeros(h, w, c);
+        let n = (h + 2) * (w + 2) * c;
+        if (self.h, self.w, self.c) != (h, w, c) || self.data.len() != n {
+            (self.h, self.w, self.c) = (h, w, c);
+            self.data.clear();
+            self.data.resize(n, 0.0);
         }
     }
 

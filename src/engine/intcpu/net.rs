@@ -281,17 +281,26 @@ impl FusedNet {
         let lr = (h + 2) * (w + 2);
         b.h = h;
         b.w = w;
-        b.input = vec![0; lr * 4];
-        b.a = vec![0; lr * f];
-        b.b = vec![0; lr * f];
-        b.head = vec![0.0; h * w * f];
-        b.res = vec![0.0; h * w * f];
-        b.hr.clear();
+        // Zeroed, in the memory they had (tiles of a large frame change size between them).
+        fn zeroed<T: Copy>(v: &mut Vec<T>, n: usize, zero: T) {
+            v.clear();
+            v.resize(n, zero);
+        }
+        zeroed(&mut b.input, lr * 4, 0);
+        zeroed(&mut b.a, lr * f, 0);
+        zeroed(&mut b.b, lr * f, 0);
+        zeroed(&mut b.head, h * w * f, 0.0);
+        zeroed(&mut b.res, h * w * f, 0.0);
         let mut s = 1;
+        let mut stage = 0;
         for epi in &self.epis {
             if let Epi::Shuffle(r) = epi {
                 s *= r;
-                b.hr.push(vec![0; (h * s + 2) * (w * s + 2) * f]);
+                if b.hr.len() == stage {
+                    b.hr.push(Vec::new());
+                }
+                zeroed(&mut b.hr[stage], (h * s + 2) * (w * s + 2) * f, 0);
+                stage += 1;
             }
         }
     }
