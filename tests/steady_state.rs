@@ -52,29 +52,29 @@ fn reset() {
     LARGEST.store(0, Relaxed);
 }
 
-fn rgb(w: usize, h: usize, seed: usize) -> Vec<u8> {
-    (0..w * h * 3)
-        .map(|i| ((i * 7 + seed * 13 + (i / (w * 3)) * 5) % 251) as u8)
+fn pixels(w: usize, h: usize, bpp: usize, seed: usize) -> Vec<u8> {
+    (0..w * h * bpp)
+        .map(|i| ((i * 7 + seed * 13 + (i / (w * bpp)) * 5) % 251) as u8)
         .collect()
 }
 
-/// The element's per-frame call on packed RGB.
-fn process(engine: &Engine, src: &[u8], w: usize, h: usize) -> Vec<u8> {
-    let s = engine.scale();
-    let mut dst = vec![0u8; w * s * h * s * 3];
+/// The element's per-frame call on a packed frame of `layout`.
+fn process(engine: &Engine, src: &[u8], w: usize, h: usize, layout: PixelLayout) -> Vec<u8> {
+    let (s, bpp) = (engine.scale(), layout.bytes_per_pixel());
+    let mut dst = vec![0u8; w * s * h * s * bpp];
     let f = FrameRef {
         data: src,
-        stride: w * 3,
+        stride: w * bpp,
         width: w,
         height: h,
-        layout: PixelLayout::Rgb,
+        layout,
     };
     let mut d = FrameMut {
         data: &mut dst,
-        stride: w * s * 3,
+        stride: w * s * bpp,
         width: w * s,
         height: h * s,
-        layout: PixelLayout::Rgb,
+        layout,
     };
     engine
         .process_frame(&f, &mut d, &Options::default())
@@ -88,38 +88,49 @@ fn process(engine: &Engine, src: &[u8], w: usize, h: usize) -> Vec<u8> {
 /// frame equals a fresh engine's output, across a change of size and back.
 #[test]
 fn steady_state_frames_allocate_no_frame_buffers() {
+    let x2 = |b: &&gstadabm::engine::builtin::Builtin| b.scale == 2 && b.precision == "w4a4";
     for b in MODELS.iter().filter(|b| b.precision != "fp32") {
         let model = b.load().unwrap();
         let engine = Engine::new(&model, 2).unwrap();
-        let sizes = [(96, 64), (61, 37), (96, 64)];
-        for (k, &(w, h)) in sizes.iter().enumerate() {
-            let src = rgb(w, h, k);
-            let fresh = process(&Engine::new(&model, 2).unwrap(), &src, w, h);
-            assert_eq!(process(&engine, &src, w, h), fresh, "{}: {w}x{h}", b.name);
+        // Every quantized built-in on RGB across a change of size and back; one of them on a
+        // 4-byte layout and on one with alpha (its plane is upscaled too).
+        let mut cases = vec![
+            (96, 64, PixelLayout::Rgb),
+            (61, 37, PixelLayout::Rgb),
+            (96, 64, PixelLayout::Rgb),
+        ];
+        if x2(&b) {
+            cases.extend([(61, 37, PixelLayout::Bgrx), (61, 37, PixelLayout::Rgba)]);
+        }
+        for (k, &(w, h, layout)) in cases.iter().enumerate() {
+            let name = format!("{} {w}x{h} {layout:?}", b.name);
+            let bpp = layout.bytes_per_pixel();
+            let src = pixels(w, h, bpp, k);
+            let fresh = process(&Engine::new(&model, 2).unwrap(), &src, w, h, layout);
+            assert_eq!(process(&engine, &src, w, h, layout), fresh, "{name}");
             // Warm-up: each worker thread sizes its own row buffers the first time it runs a
             // kind of work, which takes a few frames.
             for _ in 0..3 {
-                process(&engine, &src, w, h);
+                process(&engine, &src, w, h, layout);
             }
             // The same frame again: nothing allocated but bookkeeping. (A frame whose bits
             // take a kernel path not taken before may still size that path's buffers once.)
             reset();
-            let got = process(&engine, &src, w, h);
+            let got = process(&engine, &src, w, h, layout);
             let (calls, bytes) = (CALLS.load(Relaxed), BYTES.load(Relaxed));
-            // The output buffer is the test's own: w·s·h·s·3 bytes.
+            // The output buffer is the test's own.
             let bytes = bytes - got.len();
-            eprintln!("{} {w}x{h}: {calls} allocations, {bytes} bytes", b.name);
+            eprintln!("{name}: {calls} allocations, {bytes} bytes");
             assert!(
                 bytes <= 4096 && calls <= 16,
-                "{} {w}x{h}: a frame allocated {calls} times, {bytes} bytes",
-                b.name
+                "{name}: a frame allocated {calls} times, {bytes} bytes"
             );
-            assert_eq!(got, fresh, "{}: {w}x{h}, second frame", b.name);
+            assert_eq!(got, fresh, "{name}: second frame");
             // Other content at the same size (other bits, maybe): still a fresh engine's output.
-            let src = rgb(w, h, k + 10);
-            let got = process(&engine, &src, w, h);
-            let fresh = process(&Engine::new(&model, 2).unwrap(), &src, w, h);
-            assert_eq!(got, fresh, "{}: {w}x{h}, second frame", b.name);
+            let src = pixels(w, h, bpp, k + 10);
+            let got = process(&engine, &src, w, h, layout);
+            let fresh = process(&Engine::new(&model, 2).unwrap(), &src, w, h, layout);
+            assert_eq!(got, fresh, "{name}: other content");
         }
     }
 }

@@ -155,17 +155,17 @@ pub(crate) const ROWS_PER_TASK: usize = 16;
 
 /// Unpacks a frame into an RGB image and, for alpha layouts, the alpha plane.
 pub fn unpack(f: &FrameRef) -> Result<(Image, Option<Vec<u8>>)> {
-    let mut img = Image::default();
-    let alpha = unpack_into(f, &mut img)?;
-    Ok((img, alpha))
+    let (mut img, mut alpha) = (Image::default(), Vec::new());
+    let has_alpha = unpack_into(f, &mut img, &mut alpha)?;
+    Ok((img, has_alpha.then_some(alpha)))
 }
 
-/// [`unpack`] into `img`, reusing its memory (the element's path: no allocation per frame
-/// for layouts without alpha).
-pub fn unpack_into(f: &FrameRef, img: &mut Image) -> Result<Option<Vec<u8>>> {
-    let alpha = unpack_with(f, |v| v as f32, &mut img.data)?;
+/// [`unpack`] into `img` and, for alpha layouts, `alpha` (then true), reusing their memory
+/// (the element's path: no allocation per frame).
+pub fn unpack_into(f: &FrameRef, img: &mut Image, alpha: &mut Vec<u8>) -> Result<bool> {
+    let has_alpha = unpack_with(f, |v| v as f32, &mut img.data, alpha)?;
     (img.width, img.height) = (f.width, f.height);
-    Ok(alpha)
+    Ok(has_alpha)
 }
 
 /// Unpacks a frame into interleaved RGB bytes and, for alpha layouts, the alpha plane.
@@ -182,18 +182,20 @@ pub fn unpack_rgb8(f: &FrameRef) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
             .for_each(|(d, row)| d.copy_from_slice(&row[..n]));
         return Ok((out, None));
     }
-    let mut out = Vec::new();
-    let alpha = unpack_with(f, |v| v, &mut out)?;
-    Ok((out, alpha))
+    let (mut out, mut alpha) = (Vec::new(), Vec::new());
+    let has_alpha = unpack_with(f, |v| v, &mut out, &mut alpha)?;
+    Ok((out, has_alpha.then_some(alpha)))
 }
 
 /// Rows in parallel (a 4K frame is 25 MB of memory-bound shuffling, 10+ ms on one core).
-/// Every value of `out` (resized to the frame) is written.
+/// Every value of `out` (resized to the frame) is written; for alpha layouts `alpha` is
+/// resized to the plane and written too, and the result is true.
 fn unpack_with<T: Copy + Default + Send>(
     f: &FrameRef,
     conv: impl Fn(u8) -> T + Sync,
     out: &mut Vec<T>,
-) -> Result<Option<Vec<u8>>> {
+    alpha: &mut Vec<u8>,
+) -> Result<bool> {
     use rayon::prelude::*;
     let bpp = f.layout.bytes_per_pixel();
     check_geometry("input", f.data.len(), f.stride, f.width, f.height, bpp)?;
@@ -213,20 +215,21 @@ fn unpack_with<T: Copy + Default + Send>(
             L::Xrgb | L::Argb => unpack_row::<T, 4, 1, 2, 3>(row, dst, &conv),
             L::Xbgr | L::Abgr => unpack_row::<T, 4, 3, 2, 1>(row, dst, &conv),
         });
-    let alpha = f.layout.has_alpha().then(|| {
-        let a_off = f.layout.fourth_offset().unwrap_or(0);
-        let mut a = vec![0u8; w * f.height];
-        a.par_chunks_mut(w)
-            .zip(rows())
-            .with_min_len(ROWS_PER_TASK)
-            .for_each(|(dst, row)| {
-                for (o, px) in dst.iter_mut().zip(row.chunks_exact(bpp)) {
-                    *o = px[a_off];
-                }
-            });
-        a
-    });
-    Ok(alpha)
+    if !f.layout.has_alpha() {
+        return Ok(false);
+    }
+    let a_off = f.layout.fourth_offset().unwrap_or(0);
+    alpha.resize(w * f.height, 0);
+    alpha
+        .par_chunks_mut(w)
+        .zip(rows())
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(dst, row)| {
+            for (o, px) in dst.iter_mut().zip(row.chunks_exact(bpp)) {
+                *o = px[a_off];
+            }
+        });
+    Ok(true)
 }
 
 /// One row of [`unpack_with`]: pixels of `BPP` bytes with R, G, B at those offsets.
@@ -353,6 +356,21 @@ fn pack_with<T: Sync>(
 
 /// Bilinear upscaling of a plane by an integer factor (pixel centres aligned, edges clamped).
 pub fn upscale_plane_bilinear(src: &[u8], w: usize, h: usize, s: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    upscale_plane_bilinear_into(src, w, h, s, &mut out, &mut Vec::new());
+    out
+}
+
+/// [`upscale_plane_bilinear`] into `out`, with `cols` for the column coefficients, reusing
+/// their memory.
+pub fn upscale_plane_bilinear_into(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    s: usize,
+    out: &mut Vec<u8>,
+    cols: &mut Vec<(usize, usize, f32)>,
+) {
     assert_eq!(src.len(), w * h);
     let (ow, oh) = (w * s, h * s);
     let coord = |o: usize, n: usize| {
@@ -362,20 +380,22 @@ pub fn upscale_plane_bilinear(src: &[u8], w: usize, h: usize, s: usize) -> Vec<u
     };
     // Rows over the thread pool (a 4K alpha plane is 8 M interpolations).
     use rayon::prelude::*;
-    let cols: Vec<(usize, usize, f32)> = (0..ow).map(|ox| coord(ox, w)).collect();
-    let mut out = vec![0u8; ow * oh];
+    cols.clear();
+    cols.extend((0..ow).map(|ox| coord(ox, w)));
+    let cols = &cols[..];
+    // Every value is written.
+    out.resize(ow * oh, 0);
     out.par_chunks_mut(ow)
         .enumerate()
         .with_min_len(ROWS_PER_TASK)
         .for_each(|(oy, row)| {
             let (y0, y1, fy) = coord(oy, h);
-            for (o, &(x0, x1, fx)) in row.iter_mut().zip(&cols) {
+            for (o, &(x0, x1, fx)) in row.iter_mut().zip(cols) {
                 let top = src[y0 * w + x0] as f32 * (1.0 - fx) + src[y0 * w + x1] as f32 * fx;
                 let bot = src[y1 * w + x0] as f32 * (1.0 - fx) + src[y1 * w + x1] as f32 * fx;
                 *o = to_u8(top * (1.0 - fy) + bot * fy);
             }
         });
-    out
 }
 
 #[cfg(test)]

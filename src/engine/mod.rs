@@ -110,12 +110,16 @@ pub struct Engine {
     scratch: std::sync::Mutex<Vec<Scratch>>,
 }
 
-/// What a frame reuses: the element path's unpacked input and HR image, and the fused
-/// integer path's input map and HR output.
+/// What a frame reuses: the element path's unpacked input, HR image and alpha planes, and the
+/// fused integer path's input map and HR output.
 #[derive(Default)]
 struct Scratch {
     lr: Image,
     hr: Image,
+    /// Alpha layouts: the input's alpha plane, its bilinear upscale and that one's columns.
+    alpha: Vec<u8>,
+    alpha_hr: Vec<u8>,
+    alpha_cols: Vec<(usize, usize, f32)>,
     maps: Maps,
 }
 
@@ -363,11 +367,23 @@ impl Engine {
     ) -> Result<Stats> {
         let s = self.scale();
         // The frame copies run on this engine's threads too (they are parallel by rows).
-        let alpha = self.pool.install(|| frame::unpack_into(src, &mut sc.lr))?;
+        let has_alpha = self
+            .pool
+            .install(|| frame::unpack_into(src, &mut sc.lr, &mut sc.alpha))?;
         let stats = self.upscale_with(&sc.lr, opts, &mut sc.hr, &mut sc.maps)?;
         self.pool.install(|| {
-            let alpha = alpha.map(|a| frame::upscale_plane_bilinear(&a, src.width, src.height, s));
-            frame::pack(&sc.hr, alpha.as_deref(), dst)
+            if has_alpha {
+                let (w, h) = (src.width, src.height);
+                frame::upscale_plane_bilinear_into(
+                    &sc.alpha,
+                    w,
+                    h,
+                    s,
+                    &mut sc.alpha_hr,
+                    &mut sc.alpha_cols,
+                );
+            }
+            frame::pack(&sc.hr, has_alpha.then_some(&sc.alpha_hr[..]), dst)
         })?;
         Ok(stats)
     }
