@@ -24,6 +24,7 @@ use adabm_tools::data;
 use adabm_tools::eval::{self, float_options};
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::metrics::percentile;
+use gstadabm::engine::quant::image_bit;
 use gstadabm::engine::random::test_image;
 use gstadabm::engine::{ComplexityMetric, Model, Options, complexity};
 
@@ -111,18 +112,17 @@ fn main() -> Result<()> {
             mean(&qs, |x| x.psnr),
             mean(&qs, |x| x.fab),
         ));
-        let at_base = |b: u8| -> Result<Vec<f64>> {
+        // Every image at b_I = −1, 0, +1: the base lowered, kept, raised (see the top).
+        let at_base = |b: u8| {
             let o = Options {
                 base_bits: Some(b),
                 ..fixed
             };
-            Ok(eval::evaluate(&q, &pairs, &o, 0)?
-                .iter()
-                .map(|x| x.psnr)
-                .collect())
+            eval::evaluate(&q, &pairs, &o, 0)
         };
-        let zero: Vec<f64> = qs.iter().map(|x| x.psnr).collect();
-        let bit = BitWorth::new(&at_base(base - 1)?, &zero, &at_base(base + 1)?);
+        let by_bit = [at_base(base - 1)?, qs, at_base(base + 1)?];
+        let psnr = |b: usize| by_bit[b].iter().map(|x| x.psnr).collect::<Vec<f64>>();
+        let bit = BitWorth::new(&psnr(0), &psnr(1), &psnr(2));
         let mut by_metric = Vec::new();
         for (name, m) in METRICS {
             let values: Vec<f64> = pairs
@@ -158,13 +158,14 @@ fn main() -> Result<()> {
                     0.5 * (below + above)
                 }
             };
-            let opts = Options {
-                metric: Some(m),
-                image_lower: Some(at(100.0 / 3.0)),
-                image_upper: Some(at(200.0 / 3.0)),
-                ..Options::default()
-            };
-            let sc = eval::evaluate(&q, &pairs, &opts, 0)?;
+            // An image's b_I applies to the whole image, so its score under these thresholds
+            // is its score at that b_I, evaluated above.
+            let (lower, upper) = (at(100.0 / 3.0), at(200.0 / 3.0));
+            let sc: Vec<eval::Score> = v32
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| by_bit[(image_bit(c, lower, upper) + 1) as usize][i].clone())
+                .collect();
             equal.push((
                 set.to_string(),
                 name,
