@@ -236,20 +236,17 @@ impl Engine {
     /// a size seen before allocates no frame-sized memory (on the fused integer path of fq
     /// models; float and non-fq models allocate their feature maps per frame).
     pub fn upscale_into(&self, img: &Image, opts: &Options, out: &mut Image) -> Result<Stats> {
-        let mut sc = self.take_scratch();
-        let r = self.upscale_with(img, opts, out, &mut sc.maps);
-        self.give_scratch(sc);
+        self.with_scratch(|sc| self.upscale_with(img, opts, out, &mut sc.maps))
+    }
+
+    /// `f` with a scratch set of its own (one from the pool, or a new one), returned to the
+    /// pool afterwards.
+    fn with_scratch<T>(&self, f: impl FnOnce(&mut Scratch) -> T) -> T {
+        let pool = || self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sc = pool().pop().unwrap_or_default();
+        let r = f(&mut sc);
+        pool().push(sc);
         r
-    }
-
-    fn take_scratch(&self) -> Scratch {
-        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        pool.pop().unwrap_or_default()
-    }
-
-    fn give_scratch(&self, sc: Scratch) {
-        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        pool.push(sc);
     }
 
     fn upscale_with(
@@ -352,10 +349,7 @@ impl Engine {
                 dst.width, dst.height, dst.layout, src.width, src.height, src.layout
             )));
         }
-        let mut sc = self.take_scratch();
-        let r = self.process_frame_with(src, dst, opts, &mut sc);
-        self.give_scratch(sc);
-        r
+        self.with_scratch(|sc| self.process_frame_with(src, dst, opts, sc))
     }
 
     fn process_frame_with(

@@ -291,17 +291,16 @@ impl FusedNet {
         zeroed(&mut b.b, lr * f, 0);
         zeroed(&mut b.head, h * w * f, 0.0);
         zeroed(&mut b.res, h * w * f, 0.0);
+        // One HR code map per upsampler stage.
+        let stages = self.epis.iter().filter_map(|e| match e {
+            Epi::Shuffle(r) => Some(*r),
+            _ => None,
+        });
+        b.hr.resize_with(stages.clone().count(), Vec::new);
         let mut s = 1;
-        let mut stage = 0;
-        for epi in &self.epis {
-            if let Epi::Shuffle(r) = epi {
-                s *= r;
-                if b.hr.len() == stage {
-                    b.hr.push(Vec::new());
-                }
-                zeroed(&mut b.hr[stage], (h * s + 2) * (w * s + 2) * f, 0);
-                stage += 1;
-            }
+        for (hr, r) in b.hr.iter_mut().zip(stages) {
+            s *= r;
+            zeroed(hr, (h * s + 2) * (w * s + 2) * f, 0);
         }
     }
 
