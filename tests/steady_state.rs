@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use gstadabm::engine::builtin::MODELS;
 use gstadabm::engine::frame::{FrameMut, FrameRef, PixelLayout};
-use gstadabm::engine::{Engine, Options};
+use gstadabm::engine::random::quantize_on_synthetic;
+use gstadabm::engine::{Engine, Model, Options, QuantMode};
 
 struct Counting;
 
@@ -82,31 +83,46 @@ fn process(engine: &Engine, src: &[u8], w: usize, h: usize, layout: PixelLayout)
     dst
 }
 
-/// Once a frame size has been seen, the element's path (unpack, complexity, the fused integer
-/// network, paste, pack) allocates no frame-sized memory: only a few small bookkeeping values
-/// (bit plan, stats), whatever the frame size. And the reused buffers change nothing: every
-/// frame equals a fresh engine's output, across a change of size and back.
+/// Once a frame size has been seen, the element's path (unpack, complexity, the network,
+/// paste, pack) allocates no frame-sized memory: only a few small bookkeeping values (bit
+/// plan, stats), whatever the frame size — on every kind of model the element runs: the fused
+/// integer network of the fq built-ins, the f32 engine of the fp32 built-ins (the element's
+/// default) and the integer engine with f32 head and tail of non-fq models. And the reused
+/// buffers change nothing: every frame equals a fresh engine's output, across a change of
+/// size and back.
 #[test]
 fn steady_state_frames_allocate_no_frame_buffers() {
-    let x2 = |b: &&gstadabm::engine::builtin::Builtin| b.scale == 2 && b.precision == "w4a4";
-    for b in MODELS.iter().filter(|b| b.precision != "fp32") {
-        let model = b.load().unwrap();
-        let engine = Engine::new(&model, 2).unwrap();
-        // Every quantized built-in on RGB across a change of size and back; one of them on a
-        // 4-byte layout and on one with alpha (its plane is upscaled too).
+    let x2 = |b: &gstadabm::engine::builtin::Builtin| b.scale == 2 && b.precision == "w4a4";
+    let mut models: Vec<(String, Model, bool)> = MODELS
+        .iter()
+        .map(|b| (b.name.to_string(), b.load().unwrap(), x2(b)))
+        .collect();
+    // A non-fq AdaBM model (no built-in is one): the built-in x2 fp32 weights, quantized.
+    let fp = MODELS
+        .iter()
+        .find(|b| b.scale == 2 && b.precision == "fp32")
+        .unwrap()
+        .load()
+        .unwrap();
+    let nonfq = quantize_on_synthetic(&fp, QuantMode::NonFq, 4, 4, 3).unwrap();
+    models.push(("x2 non-fq w4a4".into(), nonfq, false));
+    for (name, model, more_layouts) in &models {
+        let engine = Engine::new(model, 2).unwrap();
+        // Every model on RGB across a change of size and back; one of them on a 4-byte
+        // layout and on one with alpha (its plane is upscaled too).
         let mut cases = vec![
             (96, 64, PixelLayout::Rgb),
             (61, 37, PixelLayout::Rgb),
             (96, 64, PixelLayout::Rgb),
         ];
-        if x2(&b) {
+        if *more_layouts {
             cases.extend([(61, 37, PixelLayout::Bgrx), (61, 37, PixelLayout::Rgba)]);
         }
         for (k, &(w, h, layout)) in cases.iter().enumerate() {
-            let name = format!("{} {w}x{h} {layout:?}", b.name);
+            let name = format!("{name} {w}x{h} {layout:?}");
             let bpp = layout.bytes_per_pixel();
             let src = pixels(w, h, bpp, k);
-            let fresh = process(&Engine::new(&model, 2).unwrap(), &src, w, h, layout);
+            let fresh = process(&Engine::new(model, 2).unwrap(), &src, w, h, layout);
             assert_eq!(process(&engine, &src, w, h, layout), fresh, "{name}");
             // Warm-up: each worker thread sizes its own row buffers the first time it runs a
             // kind of work, which takes a few frames.
@@ -120,7 +136,10 @@ fn steady_state_frames_allocate_no_frame_buffers() {
             let (calls, bytes) = (CALLS.load(Relaxed), BYTES.load(Relaxed));
             // The output buffer is the test's own.
             let bytes = bytes - got.len();
-            eprintln!("{name}: {calls} allocations, {bytes} bytes");
+            eprintln!(
+                "{name}: {calls} allocations, {bytes} bytes (largest {})",
+                LARGEST.load(Relaxed)
+            );
             assert!(
                 bytes <= 4096 && calls <= 16,
                 "{name}: a frame allocated {calls} times, {bytes} bytes"
@@ -129,7 +148,7 @@ fn steady_state_frames_allocate_no_frame_buffers() {
             // Other content at the same size (other bits, maybe): still a fresh engine's output.
             let src = pixels(w, h, bpp, k + 10);
             let got = process(&engine, &src, w, h, layout);
-            let fresh = process(&Engine::new(&model, 2).unwrap(), &src, w, h, layout);
+            let fresh = process(&Engine::new(model, 2).unwrap(), &src, w, h, layout);
             assert_eq!(got, fresh, "{name}: other content");
         }
     }

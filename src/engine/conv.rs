@@ -246,6 +246,57 @@ pub fn conv3x3_rows_by(
     out: &mut [f32],
     par: Parallelism,
 ) {
+    rows_with(path, src, cw, None, y0, y1, out, par);
+}
+
+/// The f32 kernels' packed weights of one conv, made on first use for each path and kept, so
+/// that a prepared network does not re-pack (and re-allocate) every conv's weights on every
+/// frame. Only for weights that do not change afterwards (a [`Network`]'s layers).
+///
+/// [`Network`]: super::edsr::Network
+#[derive(Clone, Debug, Default)]
+pub struct PackedWeights {
+    direct: std::sync::OnceLock<Vec<f32>>,
+    wino4: std::sync::OnceLock<Vec<f32>>,
+    wino2: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl PackedWeights {
+    /// `cw` packed for `path` (nothing for the GEMM, which reads `cw.w`).
+    fn pack(path: ConvPath, cw: &ConvWeights) -> Vec<f32> {
+        match path {
+            ConvPath::Gemm => Vec::new(),
+            ConvPath::Direct if cw.cout == 3 => direct::pack_rgb(&cw.w, cw.cin),
+            ConvPath::Direct => direct::pack(&cw.w, cw.cin, cw.cout),
+            ConvPath::Winograd => winograd::pack::<4>(&cw.w, cw.cin, cw.cout),
+            ConvPath::Winograd2 => winograd::pack::<2>(&cw.w, cw.cin, cw.cout),
+        }
+    }
+
+    /// `cw` packed for `path`, from the cache (made now when missing).
+    fn get(&self, path: ConvPath, cw: &ConvWeights) -> &[f32] {
+        let slot = match path {
+            ConvPath::Gemm => return &[],
+            ConvPath::Direct => &self.direct,
+            ConvPath::Winograd => &self.wino4,
+            ConvPath::Winograd2 => &self.wino2,
+        };
+        slot.get_or_init(|| Self::pack(path, cw))
+    }
+}
+
+/// [`conv3x3_rows_by`] with the packed weights from `cache` (for `cw`) when given.
+#[allow(clippy::too_many_arguments)]
+fn rows_with(
+    path: ConvPath,
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    cache: Option<&PackedWeights>,
+    y0: usize,
+    y1: usize,
+    out: &mut [f32],
+    par: Parallelism,
+) {
     assert_eq!(src.c, cw.cin, "conv input channels");
     assert!(y0 < y1 && y1 <= src.h, "conv rows {y0}..{y1} of {}", src.h);
     let wp = src.wp();
@@ -260,17 +311,23 @@ pub fn conv3x3_rows_by(
     );
     let p0 = (y0 + 1) * wp + 1;
     let parallel = !matches!(par, Parallelism::None);
-    // SAFETY (both): AVX2 and FMA are present and the shape suits (can_run), `u` is packed
-    // for it, the rows, weights and `out` were checked above.
+    let owned;
+    let packed = match cache {
+        Some(c) => c.get(path, cw),
+        None => {
+            owned = PackedWeights::pack(path, cw);
+            &owned[..]
+        }
+    };
+    // SAFETY (both): AVX2 and FMA are present and the shape suits (can_run), `packed` is
+    // packed for this path, the rows, weights and `out` were checked above.
     match path {
         ConvPath::Winograd => {
-            let u = winograd::pack::<4>(&cw.w, cin, cout);
-            unsafe { winograd::conv_rows::<4>(src, &u, &cw.bias, cout, y0, y1, out, parallel) };
+            unsafe { winograd::conv_rows::<4>(src, packed, &cw.bias, cout, y0, y1, out, parallel) };
             return;
         }
         ConvPath::Winograd2 => {
-            let u = winograd::pack::<2>(&cw.w, cin, cout);
-            unsafe { winograd::conv_rows::<2>(src, &u, &cw.bias, cout, y0, y1, out, parallel) };
+            unsafe { winograd::conv_rows::<2>(src, packed, &cw.bias, cout, y0, y1, out, parallel) };
             return;
         }
         _ => {}
@@ -279,14 +336,9 @@ pub fn conv3x3_rows_by(
     // buffer (it stays in L2) and runs one GEMM with K = 9 * cin. Blocks run in parallel.
     let block = (BLOCK_VALUES / (9 * cin)).clamp(8, 512);
     let k = 9 * cin;
+    // The direct kernel's weights (`packed`): per block of 16 output channels, 9*cin rows of
+    // 16 values (for 3 output channels, per channel its 9*cin values).
     let use_direct = path == ConvPath::Direct;
-    // The direct kernel's weights: per block of 16 output channels, 9*cin rows of 16 values
-    // (for 3 output channels, per channel its 9*cin values).
-    let packed = match (use_direct, cout) {
-        (false, _) => Vec::new(),
-        (true, 3) => direct::pack_rgb(&cw.w, cin),
-        (true, _) => direct::pack(&cw.w, cin, cout),
-    };
     let run = |(b, out): (usize, &mut [f32])| {
         let pb = p0 + b * block;
         let mb = out.len() / cout;
@@ -295,9 +347,9 @@ pub fn conv3x3_rows_by(
             // (as for the im2col copy below), inside `src.data`; `cw.w` is 9*cin x cout.
             unsafe {
                 if cout == 3 {
-                    direct::conv_rows_rgb(&src.data, wp, cin, &packed, &cw.bias, pb, out);
+                    direct::conv_rows_rgb(&src.data, wp, cin, packed, &cw.bias, pb, out);
                 } else {
-                    direct::conv_rows(&src.data, wp, cin, &packed, &cw.bias, cout, pb, out);
+                    direct::conv_rows(&src.data, wp, cin, packed, &cw.bias, cout, pb, out);
                 }
             }
             return;
@@ -1081,28 +1133,76 @@ pub fn conv3x3(src: &FeatureMap, cw: &ConvWeights, par: Parallelism) -> FeatureM
 /// layers use this, so its output stays the same bits tiled or not.
 pub fn conv3x3_local(src: &FeatureMap, cw: &ConvWeights, par: Parallelism) -> FeatureMap {
     let mut dst = FeatureMap::zeros(src.h, src.w, cw.cout);
-    if src.h == 0 || src.w == 0 {
-        return dst;
-    }
-    let p0 = src.wp() + 1;
-    let m = rows_len(src.w, 0, src.h);
-    let out = &mut dst.data[p0 * cw.cout..(p0 + m) * cw.cout];
     let path = ConvPath::local_for_shape(cw.cin, cw.cout);
-    conv3x3_rows_by(path, src, cw, 0, src.h, out, par);
-    dst.clear_border_columns();
+    whole_map(path, src, cw, None, &mut dst, par);
     dst
+}
+
+/// [`conv3x3_local`] into `dst` (made `src.h x src.w x cw.cout` in its own memory), with the
+/// packed weights kept in `cache` (for `cw`).
+pub fn conv3x3_local_into(
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    cache: &PackedWeights,
+    dst: &mut FeatureMap,
+    par: Parallelism,
+) {
+    dst.reshape(src.h, src.w, cw.cout);
+    let path = ConvPath::local_for_shape(cw.cin, cw.cout);
+    whole_map(path, src, cw, Some(cache), dst, par);
 }
 
 /// Like [`conv3x3`], writing into an existing map of the right shape.
 pub fn conv3x3_into(src: &FeatureMap, cw: &ConvWeights, dst: &mut FeatureMap, par: Parallelism) {
     assert_eq!((dst.h, dst.w, dst.c), (src.h, src.w, cw.cout));
+    let path = ConvPath::for_shape(cw.cin, cw.cout);
+    whole_map(path, src, cw, None, dst, par);
+}
+
+/// [`conv3x3_into`] with the packed weights kept in `cache` (for `cw`).
+pub fn conv3x3_into_cached(
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    cache: &PackedWeights,
+    dst: &mut FeatureMap,
+    par: Parallelism,
+) {
+    assert_eq!((dst.h, dst.w, dst.c), (src.h, src.w, cw.cout));
+    let path = ConvPath::for_shape(cw.cin, cw.cout);
+    whole_map(path, src, cw, Some(cache), dst, par);
+}
+
+/// [`conv3x3_rows`] with the packed weights kept in `cache` (for `cw`).
+pub fn conv3x3_rows_cached(
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    cache: &PackedWeights,
+    y0: usize,
+    y1: usize,
+    out: &mut [f32],
+    par: Parallelism,
+) {
+    let path = ConvPath::for_shape(cw.cin, cw.cout);
+    rows_with(path, src, cw, Some(cache), y0, y1, out, par);
+}
+
+/// Every interior row of `src` through `path` into `dst` (of the output's shape; its border
+/// columns re-zeroed, its border rows untouched).
+fn whole_map(
+    path: ConvPath,
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    cache: Option<&PackedWeights>,
+    dst: &mut FeatureMap,
+    par: Parallelism,
+) {
     if src.h == 0 || src.w == 0 {
         return;
     }
     let p0 = src.wp() + 1;
     let m = rows_len(src.w, 0, src.h);
     let out = &mut dst.data[p0 * cw.cout..(p0 + m) * cw.cout];
-    conv3x3_rows(src, cw, 0, src.h, out, par);
+    rows_with(path, src, cw, cache, 0, src.h, out, par);
     dst.clear_border_columns();
 }
 

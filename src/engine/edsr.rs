@@ -20,6 +20,8 @@ pub struct Layer {
     pub b_l: i32,
     /// Weights, fake-quantized at the layer's weight bits when the layer is quantized.
     pub weights: ConvWeights,
+    /// `weights` as the f32 kernels read them, packed on first use.
+    pub packed: conv::PackedWeights,
 }
 
 /// A network ready to run: weights re-laid out and fake-quantized once.
@@ -38,6 +40,43 @@ pub struct BitPlan {
 
 /// Called with (layer index, the layer's floating-point input) before every conv.
 pub type Observer<'a> = &'a mut dyn FnMut(usize, &FeatureMap);
+
+/// The feature maps of a forward pass ([`Network::forward_into`], and the integer engine's
+/// [`IntNetwork::forward_map_into`](super::intnet::IntNetwork::forward_map_into)), kept between
+/// frames: a frame of a size seen before allocates none of them.
+#[derive(Default)]
+pub struct ForwardScratch {
+    /// The head's output, the residual stream and a block's two conv outputs (the last
+    /// body conv's output goes to `t1`).
+    pub(crate) head: FeatureMap,
+    pub(crate) res: FeatureMap,
+    pub(crate) t1: FeatureMap,
+    pub(crate) t2: FeatureMap,
+    /// A quantized layer's fake-quantized input (f32 reference).
+    pub(crate) q: FeatureMap,
+    /// Each upsampler stage's HR output.
+    pub(crate) up: Vec<FeatureMap>,
+    /// An upsampler conv's output before PixelShuffle: rows of it in the f32 engine, the
+    /// whole map (`pre`) in the integer one.
+    pub(crate) buf: Vec<f32>,
+    pub(crate) pre: FeatureMap,
+    /// An integer layer's input codes, and the `(h, w, cstride)` they are codes of.
+    pub(crate) codes: (Vec<u8>, (usize, usize, usize)),
+}
+
+impl ForwardScratch {
+    /// Makes `up` hold one map per upsampler stage.
+    pub(crate) fn stages(&mut self, n: usize) {
+        self.up.resize_with(n, FeatureMap::default);
+    }
+}
+
+/// Copies `x` (shape and values) into `dst`'s memory.
+pub(crate) fn copy_map(x: &FeatureMap, dst: &mut FeatureMap) {
+    (dst.h, dst.w, dst.c) = (x.h, x.w, x.c);
+    dst.data.clear();
+    dst.data.extend_from_slice(&x.data);
+}
 
 impl Network {
     pub fn new(model: &Model) -> Self {
@@ -73,6 +112,7 @@ impl Network {
                     quant: if kind == LayerKind::Float { None } else { lq },
                     b_l: lq.map_or(0, |q| quant::layer_bit(q.m)),
                     weights: ConvWeights::from_oihw(c.spec.cin, c.spec.cout, &weight, &c.bias),
+                    packed: Default::default(),
                 }
             })
             .collect();
@@ -143,26 +183,15 @@ impl Network {
         lr_convs + 1
     }
 
-    /// Runs layer `k` on `x`: quantizes the input at the planned bits, then convolves.
-    fn conv(
-        &self,
-        k: usize,
-        x: &FeatureMap,
-        plan: &BitPlan,
-        par: Parallelism,
-        obs: &mut Option<Observer>,
-    ) -> FeatureMap {
-        let mut dst = FeatureMap::zeros(x.h, x.w, self.layers[k].weights.cout);
-        self.conv_into(k, x, &mut dst, plan, par, obs);
-        dst
-    }
-
-    /// [`Self::conv`] into an existing map of the output's shape (its border stays zero).
+    /// Runs layer `k` on `x` into `dst` (made the output's shape in its own memory):
+    /// quantizes the input at the planned bits (into `q`), then convolves.
+    #[allow(clippy::too_many_arguments)]
     fn conv_into(
         &self,
         k: usize,
         x: &FeatureMap,
         dst: &mut FeatureMap,
+        q: &mut FeatureMap,
         plan: &BitPlan,
         par: Parallelism,
         obs: &mut Option<Observer>,
@@ -171,23 +200,35 @@ impl Network {
             o(k, x);
         }
         let layer = &self.layers[k];
-        match self.quantized_input(k, x, plan) {
-            Some(q) => conv::conv3x3_into(&q, &layer.weights, dst, par),
-            None => conv::conv3x3_into(x, &layer.weights, dst, par),
-        }
+        dst.reshape(x.h, x.w, layer.weights.cout);
+        let src = if self.quantized_input(k, x, plan, q) {
+            &*q
+        } else {
+            x
+        };
+        conv::conv3x3_into_cached(src, &layer.weights, &layer.packed, dst, par);
     }
 
-    /// The fake-quantized input of layer `k`, or None for a float layer.
-    fn quantized_input(&self, k: usize, x: &FeatureMap, plan: &BitPlan) -> Option<FeatureMap> {
+    /// Writes the fake-quantized input of layer `k` into `q` and returns true, or returns
+    /// false for a float layer.
+    fn quantized_input(
+        &self,
+        k: usize,
+        x: &FeatureMap,
+        plan: &BitPlan,
+        q: &mut FeatureMap,
+    ) -> bool {
         let bits = plan.bits[k];
-        let q = self.layers[k].quant?;
+        let Some(lq) = self.layers[k].quant else {
+            return false;
+        };
         if bits == 0 {
-            return None;
+            return false;
         }
         let n = quant::levels(bits);
-        let mut xq = x.clone();
-        xq.map_interior(|v| quant::act_fake_quant(v, q.l, q.u, n));
-        Some(xq)
+        copy_map(x, q);
+        q.map_interior(|v| quant::act_fake_quant(v, lq.l, lq.u, n));
+        true
     }
 
     /// Forward pass on an input of 3 channels in model units (after `sub_mean`). Returns the
@@ -197,43 +238,84 @@ impl Network {
         input: &FeatureMap,
         plan: &BitPlan,
         par: Parallelism,
-        mut obs: Option<Observer>,
+        obs: Option<Observer>,
     ) -> FeatureMap {
+        let mut out = FeatureMap::default();
+        self.forward_into(
+            input,
+            plan,
+            par,
+            obs,
+            &mut ForwardScratch::default(),
+            &mut out,
+        );
+        out
+    }
+
+    /// Number of upsampler stages.
+    pub(crate) fn up_stages(&self) -> usize {
+        self.layers
+            .iter()
+            .filter(|l| matches!(l.spec.role, Role::Up { .. }))
+            .count()
+    }
+
+    /// [`Self::forward`] into `out`, with every feature map in `sc`'s memory (allocating only
+    /// to grow it).
+    pub fn forward_into(
+        &self,
+        input: &FeatureMap,
+        plan: &BitPlan,
+        par: Parallelism,
+        mut obs: Option<Observer>,
+        sc: &mut ForwardScratch,
+        out: &mut FeatureMap,
+    ) {
         assert_eq!(plan.bits.len(), self.layers.len(), "bit plan length");
+        sc.stages(self.up_stages());
+        let ForwardScratch {
+            head,
+            res,
+            t1,
+            t2,
+            q,
+            up,
+            buf,
+            ..
+        } = sc;
         let res_scale = self.config.res_scale;
-        let head = self.conv(0, input, plan, par, &mut obs);
-        let mut res = head.clone();
+        self.conv_into(0, input, head, q, plan, par, &mut obs);
+        copy_map(head, res);
         let mut k = 1;
-        // The blocks' two intermediate maps are reused from block to block (each fresh map is
-        // a round of page faults for the allocator).
-        let (mut t1, mut t2) = (res.clone(), res.clone());
         for _ in 0..self.config.n_resblocks {
-            self.conv_into(k, &res, &mut t1, plan, par, &mut obs);
+            self.conv_into(k, res, t1, q, plan, par, &mut obs);
             t1.map_interior(|v| v.max(0.0));
-            self.conv_into(k + 1, &t1, &mut t2, plan, par, &mut obs);
+            self.conv_into(k + 1, t1, t2, q, plan, par, &mut obs);
             for (r, v) in res.data.iter_mut().zip(&t2.data) {
                 *r += res_scale * v;
             }
             k += 2;
         }
-        drop((t1, t2));
-        let mut x = self.conv(k, &res, plan, par, &mut obs);
-        drop(res);
-        for (a, b) in x.data.iter_mut().zip(&head.data) {
+        self.conv_into(k, res, t1, q, plan, par, &mut obs);
+        for (a, b) in t1.data.iter_mut().zip(&head.data) {
             *a += b;
         }
-        drop(head);
         k += 1;
+        let mut x: &FeatureMap = t1;
+        let mut stages = up.iter_mut();
         while let Role::Up { r, .. } = self.layers[k].spec.role {
-            x = self.upsample(k, &x, r, plan, par, &mut obs);
+            let dst = stages.next().expect("one map per upsampler stage");
+            self.upsample_into(k, x, r, plan, par, &mut obs, q, buf, dst);
+            x = dst;
             k += 1;
         }
-        self.conv(k, &x, plan, par, &mut obs)
+        self.conv_into(k, x, out, q, plan, par, &mut obs);
     }
 
-    /// Upsampler stage: conv to r²F channels and PixelShuffle(r), in row chunks so that the
-    /// r²F-channel map never exists whole.
-    fn upsample(
+    /// Upsampler stage into `dst`: conv to r²F channels and PixelShuffle(r), in row chunks
+    /// (in `buf`) so that the r²F-channel map never exists whole.
+    #[allow(clippy::too_many_arguments)]
+    fn upsample_into(
         &self,
         k: usize,
         x: &FeatureMap,
@@ -241,26 +323,31 @@ impl Network {
         plan: &BitPlan,
         par: Parallelism,
         obs: &mut Option<Observer>,
-    ) -> FeatureMap {
+        q: &mut FeatureMap,
+        buf: &mut Vec<f32>,
+        dst: &mut FeatureMap,
+    ) {
         if let Some(o) = obs.as_mut() {
             o(k, x);
         }
         let layer = &self.layers[k];
-        let xq = self.quantized_input(k, x, plan);
-        let src = xq.as_ref().unwrap_or(x);
+        let src = if self.quantized_input(k, x, plan, q) {
+            &*q
+        } else {
+            x
+        };
         let cout = layer.weights.cout;
-        let mut dst = FeatureMap::zeros(x.h * r, x.w * r, cout / (r * r));
+        // PixelShuffle writes every interior value.
+        dst.reshape(x.h * r, x.w * r, cout / (r * r));
         const CHUNK_VALUES: usize = 1 << 21;
         let rows = (CHUNK_VALUES / (src.wp() * cout)).max(1);
-        let mut buf = Vec::new();
         let mut y0 = 0;
         while y0 < src.h {
             let y1 = (y0 + rows).min(src.h);
             buf.resize(conv::rows_len(src.w, y0, y1) * cout, 0.0);
-            conv::conv3x3_rows(src, &layer.weights, y0, y1, &mut buf, par);
-            conv::pixel_shuffle_rows(&buf, src.w, y0, y1, r, &mut dst);
+            conv::conv3x3_rows_cached(src, &layer.weights, &layer.packed, y0, y1, buf, par);
+            conv::pixel_shuffle_rows(buf, src.w, y0, y1, r, dst);
             y0 = y1;
         }
-        dst
     }
 }

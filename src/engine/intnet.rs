@@ -32,7 +32,7 @@
 use gemm::Parallelism;
 
 use super::conv::{self, ConvWeights, FeatureMap};
-use super::edsr::{BitPlan, Network, Observer};
+use super::edsr::{BitPlan, ForwardScratch, Network, Observer, copy_map};
 use super::frame::Image;
 use super::intconv::{ActQuant, CodeMap};
 use super::intcpu::{self, CpuLevel, PackedConv};
@@ -307,24 +307,31 @@ impl IntNetwork {
         }
     }
 
-    /// Runs layer `k` on the float map `x` (quantizing it first when the layer is integer).
-    fn layer(
+    /// Runs layer `k` on the float map `x` (quantizing it first, into `codes`, when the layer
+    /// is integer) into `dst`, made the output's shape in its own memory.
+    fn layer_into(
         &self,
         k: usize,
         x: &FeatureMap,
         plan: &BitPlan,
         obs: &mut Option<Observer>,
-    ) -> FeatureMap {
+        codes: &mut (Vec<u8>, (usize, usize, usize)),
+        dst: &mut FeatureMap,
+    ) {
         if let Some(o) = obs.as_mut() {
             o(k, x);
         }
         match (&self.layers[k], self.act_quant(k, plan)) {
             (IntLayer::Int(c), Some(a)) => match self.kernels(k) {
-                Some((level, pc)) => intcpu::conv_forward(level, c, pc, x, a),
-                None => c.forward(&CodeMap::quantize(x, a), a),
+                Some((level, pc)) => intcpu::conv_forward_into(level, c, pc, x, a, codes, dst),
+                None => *dst = c.forward(&CodeMap::quantize(x, a), a),
             },
-            // Not Winograd: the integer engine's output is the same bits tiled or not.
-            (IntLayer::Float(w), _) => conv::conv3x3_local(x, w, Parallelism::Rayon(0)),
+            // Not Winograd: the integer engine's output is the same bits tiled or not. (The
+            // network's layer holds the same weights, and their packed copy.)
+            (IntLayer::Float(_), _) => {
+                let l = &self.net.layers[k];
+                conv::conv3x3_local_into(x, &l.weights, &l.packed, dst, Parallelism::Rayon(0))
+            }
             (IntLayer::Int(_), None) => unreachable!("integer layer without activation bits"),
         }
     }
@@ -354,38 +361,63 @@ impl IntNetwork {
 
     /// The network on an input map in model units (after `sub_mean`): the HR output before
     /// `add_mean`, as [`Network::forward`] returns it.
-    pub fn forward_map(
+    pub fn forward_map(&self, x: &FeatureMap, plan: &BitPlan, obs: Option<Observer>) -> FeatureMap {
+        let mut out = FeatureMap::default();
+        self.forward_map_into(x, plan, obs, &mut ForwardScratch::default(), &mut out);
+        out
+    }
+
+    /// [`Self::forward_map`] into `out`, with every feature map in `sc`'s memory (allocating
+    /// only to grow it).
+    pub fn forward_map_into(
         &self,
         x: &FeatureMap,
         plan: &BitPlan,
         mut obs: Option<Observer>,
-    ) -> FeatureMap {
+        sc: &mut ForwardScratch,
+        out: &mut FeatureMap,
+    ) {
         let cfg = &self.net.config;
-        let head = self.layer(0, x, plan, &mut obs);
-        let mut res = head.clone();
+        sc.stages(self.net.up_stages());
+        let ForwardScratch {
+            head,
+            res,
+            t1,
+            t2,
+            up,
+            pre,
+            codes,
+            ..
+        } = sc;
+        self.layer_into(0, x, plan, &mut obs, codes, head);
+        copy_map(head, res);
         let mut k = 1;
         for _ in 0..cfg.n_resblocks {
-            let mut t = self.layer(k, &res, plan, &mut obs);
-            t.map_interior(|v| v.max(0.0));
-            let t = self.layer(k + 1, &t, plan, &mut obs);
-            for (r, v) in res.data.iter_mut().zip(&t.data) {
+            self.layer_into(k, res, plan, &mut obs, codes, t1);
+            t1.map_interior(|v| v.max(0.0));
+            self.layer_into(k + 1, t1, plan, &mut obs, codes, t2);
+            for (r, v) in res.data.iter_mut().zip(&t2.data) {
                 *r += cfg.res_scale * v;
             }
             k += 2;
         }
-        let mut x = self.layer(k, &res, plan, &mut obs);
-        for (a, b) in x.data.iter_mut().zip(&head.data) {
+        self.layer_into(k, res, plan, &mut obs, codes, t1);
+        for (a, b) in t1.data.iter_mut().zip(&head.data) {
             *a += b;
         }
         k += 1;
+        let mut x: &FeatureMap = t1;
+        let mut stages = up.iter_mut();
         while let Role::Up { r, .. } = self.net.layers[k].spec.role {
-            let y = self.layer(k, &x, plan, &mut obs);
-            let mut hr = FeatureMap::zeros(x.h * r, x.w * r, y.c / (r * r));
-            conv::pixel_shuffle_rows(&y.data[y.idx(0, 0)..], x.w, 0, x.h, r, &mut hr);
+            self.layer_into(k, x, plan, &mut obs, codes, pre);
+            let hr = stages.next().expect("one map per upsampler stage");
+            // PixelShuffle writes every interior value.
+            hr.reshape(x.h * r, x.w * r, pre.c / (r * r));
+            conv::pixel_shuffle_rows(&pre.data[pre.idx(0, 0)..], x.w, 0, x.h, r, hr);
             x = hr;
             k += 1;
         }
-        self.layer(k, &x, plan, &mut obs)
+        self.layer_into(k, x, plan, &mut obs, codes, out);
     }
 }
 

@@ -123,12 +123,14 @@ struct Scratch {
     maps: Maps,
 }
 
-/// A frame's luma plane (complexity), a tile's input map and network output.
+/// A frame's luma plane (complexity), a tile's input map and network output, and the feature
+/// maps of the f32 and non-fq integer forward passes.
 #[derive(Default)]
 struct Maps {
     luma: Vec<f32>,
     x: FeatureMap,
     y: FeatureMap,
+    fwd: edsr::ForwardScratch,
 }
 
 impl Engine {
@@ -233,8 +235,8 @@ impl Engine {
     }
 
     /// [`Engine::upscale`] into `out`, reusing its memory and this engine's buffers: a frame of
-    /// a size seen before allocates no frame-sized memory (on the fused integer path of fq
-    /// models; float and non-fq models allocate their feature maps per frame).
+    /// a size seen before allocates no frame-sized memory (whatever the model: float, fq or
+    /// non-fq).
     pub fn upscale_into(&self, img: &Image, opts: &Options, out: &mut Image) -> Result<Stats> {
         self.with_scratch(|sc| self.upscale_with(img, opts, out, &mut sc.maps))
     }
@@ -322,15 +324,14 @@ impl Engine {
     /// Runs the network on the extended region of one tile; its HR output, in model units
     /// before `add_mean` ([`Tile::paste`] converts it to 0–255), goes to `maps.y`.
     fn run_tile(&self, img: &Image, t: &Tile, plan: &BitPlan, maps: &mut Maps) {
-        let Maps { x, y, .. } = maps;
+        let Maps { x, y, fwd, .. } = maps;
         self.net.input_map_into(img, t.ex, t.ey, t.ew, t.eh, x);
         match (&self.fused, &self.int) {
             (Some(fused), Some(int)) => fused.forward_into(x, plan, int, y),
-            (_, Some(int)) => *y = int.forward_map(x, plan, None),
+            (_, Some(int)) => int.forward_map_into(x, plan, None, fwd, y),
             (_, None) => {
-                *y = self
-                    .net
-                    .forward(x, plan, Parallelism::Rayon(self.threads), None)
+                let par = Parallelism::Rayon(self.threads);
+                self.net.forward_into(x, plan, par, None, fwd, y)
             }
         }
     }

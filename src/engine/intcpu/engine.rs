@@ -16,13 +16,41 @@ pub fn conv_forward(
     x: &FeatureMap,
     a: ActQuant,
 ) -> FeatureMap {
+    let mut out = FeatureMap::default();
+    let mut codes = (Vec::new(), (0, 0, 0));
+    conv_forward_into(level, ic, pc, x, a, &mut codes, &mut out);
+    out
+}
+
+thread_local! {
+    /// A row's sums (a worker thread's own).
+    static SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`conv_forward`] into `out` (made `x.h x x.w x ic.cout` in its own memory), the input's
+/// codes in `codes` (the buffer and the `(h, w, cstride)` it holds codes of: its zero border
+/// and padding channels are kept while that shape stays, re-zeroed when it changes).
+pub fn conv_forward_into(
+    level: CpuLevel,
+    ic: &IntConv,
+    pc: &PackedConv,
+    x: &FeatureMap,
+    a: ActQuant,
+    codes: &mut (Vec<u8>, (usize, usize, usize)),
+    out: &mut FeatureMap,
+) {
     assert_eq!(x.c, ic.cin, "conv input channels");
     let (h, w, cs) = (x.h, x.w, pc.cstride);
     let wp = w + 2;
-    let mut codes = vec![0u8; (h + 2) * wp * cs];
-    quantize_into(x, a, cs, &mut codes);
+    let (buf, shape) = codes;
+    if *shape != (h, w, cs) {
+        *shape = (h, w, cs);
+        buf.clear();
+        buf.resize((h + 2) * wp * cs, 0);
+    }
+    quantize_into(x, a, cs, buf);
     let map = Codes {
-        data: &codes,
+        data: buf,
         h,
         w,
         cstride: cs,
@@ -30,22 +58,22 @@ pub fn conv_forward(
     let max_code = a.n as u32;
     let da = a.step();
     let cout = ic.cout;
-    let mut out = FeatureMap::zeros(h, w, cout);
+    // Every interior pixel is written; the border stays zero.
+    out.reshape(h, w, cout);
     out.data[wp * cout..(h + 1) * wp * cout]
         .par_chunks_mut(wp * cout)
         .enumerate()
-        .for_each_init(
-            || vec![0i32; w * pc.cout8],
-            |sums, (y, row)| {
+        .for_each(|(y, row)| {
+            SUMS.with_borrow_mut(|sums| {
+                sums.resize(w * pc.cout8, 0);
                 row_sums(level, &map, pc, y, max_code, 0..w, sums);
                 for xx in 0..w {
                     let s = &sums[xx * pc.cout8..][..cout];
                     let dst = &mut row[(xx + 1) * cout..][..cout];
                     ic.values(s, ic.ktab_at(y, xx, h, w), da, a.l, dst);
                 }
-            },
-        );
-    out
+            })
+        });
 }
 
 /// Codes of the interior of `x` into a zero-bordered `(h + 2) x (w + 2)` map of `cs ≥ x.c`
