@@ -820,8 +820,13 @@ pub mod winograd {
             SCRATCH.with_borrow_mut(|s| {
                 // The zero input of positions beyond the map, then the transformed inputs and
                 // the products.
-                s.resize(cin + a2 * tc * (cin + cout), 0.0);
-                let (zeros, s) = s.split_at_mut(cin);
+                // Grown only (the convs of a network need different sizes: shrinking and
+                // growing again would re-zero the difference on every call).
+                let need = cin + a2 * tc * (cin + cout);
+                if s.len() < need {
+                    s.resize(need, 0.0);
+                }
+                let (zeros, s) = s[..need].split_at_mut(cin);
                 zeros.fill(0.0);
                 let (v, m) = s.split_at_mut(a2 * tc * cin);
                 // SAFETY: the caller's promises; item (ty, t0..t0 + n) writes only the
