@@ -20,7 +20,8 @@ pub struct Layer {
     pub b_l: i32,
     /// Weights, fake-quantized at the layer's weight bits when the layer is quantized.
     pub weights: ConvWeights,
-    /// `weights` as the f32 kernels read them, packed on first use.
+    /// `weights` as the f32 kernels read them, packed on first use (so `weights` must not
+    /// change once the network has run).
     pub packed: conv::PackedWeights,
 }
 
