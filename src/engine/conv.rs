@@ -1211,6 +1211,81 @@ fn whole_map(
     dst.clear_border_columns();
 }
 
+impl ConvWeights {
+    /// The same conv with its output channels reordered: output `o` of the result is output
+    /// `from[o]` of `self` (each output is computed exactly as before).
+    pub fn with_outputs(&self, from: &[usize]) -> Self {
+        assert_eq!(from.len(), self.cout, "one source per output channel");
+        let mut seen = vec![false; self.cout];
+        for &f in from {
+            assert!(
+                f < self.cout && !std::mem::replace(&mut seen[f], true),
+                "a permutation"
+            );
+        }
+        Self {
+            cin: self.cin,
+            cout: self.cout,
+            w: self
+                .w
+                .chunks_exact(self.cout)
+                .flat_map(|r| from.iter().map(|&f| r[f]))
+                .collect(),
+            bias: from.iter().map(|&f| self.bias[f]).collect(),
+        }
+    }
+}
+
+/// The output order of an upsampler conv (`r²·c` outputs) that makes PixelShuffle(r) a copy:
+/// sub-pixel-major, `(i·r + j)·c + ch` instead of PyTorch's `ch·r² + i·r + j`; `from[o]` is
+/// the PyTorch output that goes to position `o` (for [`ConvWeights::with_outputs`]).
+pub fn subpixel_major(cout: usize, r: usize) -> Vec<usize> {
+    let c = cout / (r * r);
+    (0..cout).map(|o| (o % c) * r * r + o / c).collect()
+}
+
+/// [`pixel_shuffle_rows`] of conv outputs in [`subpixel_major`] order: HR row `r·y + i` of LR
+/// pixel `x` is the `r·c` values from `(i·r)·c`, one copy; HR rows in parallel.
+pub fn pixel_shuffle_rows_subpixel(
+    conv_out: &[f32],
+    w: usize,
+    y0: usize,
+    y1: usize,
+    r: usize,
+    dst: &mut FeatureMap,
+) {
+    let c = dst.c;
+    let cin = c * r * r;
+    let wp = w + 2;
+    let p0 = (y0 + 1) * wp + 1;
+    assert!(
+        dst.w == r * w && dst.h >= r * y1,
+        "PixelShuffle output shape"
+    );
+    assert!(
+        conv_out.len() >= rows_len(w, y0, y1) * cin,
+        "PixelShuffle input"
+    );
+    let hr_row = dst.wp() * c;
+    dst.data
+        .par_chunks_mut(hr_row)
+        .skip(1 + r * y0)
+        .take(r * (y1 - y0))
+        .enumerate()
+        .for_each(|(k, row)| {
+            let (y, i) = (y0 + k / r, k % r);
+            let run = r * c;
+            let first = (y + 1) * wp + 1 - p0;
+            let src = &conv_out[first * cin..][..w * cin];
+            for (d, s) in row[c..][..w * run]
+                .chunks_exact_mut(run)
+                .zip(src.chunks_exact(cin))
+            {
+                d.copy_from_slice(&s[i * run..][..run]);
+            }
+        });
+}
+
 /// PyTorch `PixelShuffle(r)` of conv outputs for interior rows `y0..y1` (as produced by
 /// [`conv3x3_rows`] on a map of width `w`) into `dst`, a map of `r*h x r*w x c`.
 /// Input channel `c*r*r + i*r + j` goes to output pixel `(r*y + i, r*x + j)`, channel `c`.
@@ -1273,6 +1348,54 @@ mod tests {
             }
         }
         out
+    }
+
+    /// PixelShuffle of a conv with its outputs in sub-pixel-major order (a copy per HR row of
+    /// a pixel) is PyTorch's PixelShuffle of the conv in its own order, to the bit, at r = 2
+    /// and 3, on 1x1 and odd sizes, rows in several calls, on every f32 path that runs here.
+    #[test]
+    fn subpixel_major_shuffle_equals_pixel_shuffle() {
+        let mut rng = Rng::new(5);
+        for (h, w, cin, c, r) in [
+            (1, 1, 16, 16, 2),
+            (5, 7, 32, 32, 2),
+            (4, 9, 16, 16, 3),
+            (3, 5, 8, 3, 2),
+        ] {
+            let cout = c * r * r;
+            let mut x = FeatureMap::zeros(h, w, cin);
+            for y in 0..h {
+                let row = x.row_mut(y);
+                row.iter_mut().for_each(|v| *v = rng.symmetric(1.0));
+            }
+            let oihw: Vec<f32> = (0..cout * cin * 9).map(|_| rng.symmetric(0.2)).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| rng.symmetric(0.5)).collect();
+            let cw = ConvWeights::from_oihw(cin, cout, &oihw, &bias);
+            let sub = cw.with_outputs(&subpixel_major(cout, r));
+            for path in [ConvPath::Gemm, ConvPath::Direct, ConvPath::Winograd] {
+                if !path.can_run(cin, cout) {
+                    continue;
+                }
+                let mut want = FeatureMap::zeros(h * r, w * r, c);
+                let mut got = FeatureMap::zeros(h * r, w * r, c);
+                // Rows 0..1, then the rest: PixelShuffle of rows in separate calls.
+                for (y0, y1) in [(0, 1), (1, h)].into_iter().filter(|(a, b)| a < b) {
+                    let mut a = vec![0.0; rows_len(w, y0, y1) * cout];
+                    let mut b = a.clone();
+                    conv3x3_rows_by(path, &x, &cw, y0, y1, &mut a, Parallelism::None);
+                    conv3x3_rows_by(path, &x, &sub, y0, y1, &mut b, Parallelism::None);
+                    pixel_shuffle_rows(&a, w, y0, y1, r, &mut want);
+                    pixel_shuffle_rows_subpixel(&b, w, y0, y1, r, &mut got);
+                }
+                assert!(
+                    want.data
+                        .iter()
+                        .zip(&got.data)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{h}x{w} {cin}->{c}x{r}² {path:?}"
+                );
+            }
+        }
     }
 
     /// Each f32 path that can run here (im2col GEMM, direct AVX2 kernel, Winograd) gives the

@@ -23,6 +23,9 @@ pub struct Layer {
     /// `weights` as the f32 kernels read them, packed on first use (so `weights` must not
     /// change once the network has run).
     pub packed: conv::PackedWeights,
+    /// An upsampler's weights with their outputs in [`conv::subpixel_major`] order (and their
+    /// packed copy), so that PixelShuffle is one copy per HR row of a pixel.
+    pub subpixel: Option<(ConvWeights, conv::PackedWeights)>,
 }
 
 /// A network ready to run: weights re-laid out and fake-quantized once.
@@ -107,13 +110,22 @@ impl Network {
                     }
                     _ => c.weight.clone(),
                 };
+                let weights = ConvWeights::from_oihw(c.spec.cin, c.spec.cout, &weight, &c.bias);
+                let subpixel = match c.spec.role {
+                    Role::Up { r, .. } if c.spec.cout % (r * r) == 0 => {
+                        let from = conv::subpixel_major(c.spec.cout, r);
+                        Some((weights.with_outputs(&from), Default::default()))
+                    }
+                    _ => None,
+                };
                 Layer {
                     spec: c.spec.clone(),
                     kind,
                     quant: if kind == LayerKind::Float { None } else { lq },
                     b_l: lq.map_or(0, |q| quant::layer_bit(q.m)),
-                    weights: ConvWeights::from_oihw(c.spec.cin, c.spec.cout, &weight, &c.bias),
+                    weights,
                     packed: Default::default(),
+                    subpixel,
                 }
             })
             .collect();
@@ -346,8 +358,16 @@ impl Network {
         while y0 < src.h {
             let y1 = (y0 + rows).min(src.h);
             buf.resize(conv::rows_len(src.w, y0, y1) * cout, 0.0);
-            conv::conv3x3_rows_cached(src, &layer.weights, &layer.packed, y0, y1, buf, par);
-            conv::pixel_shuffle_rows(buf, src.w, y0, y1, r, dst);
+            match &layer.subpixel {
+                Some((w, packed)) => {
+                    conv::conv3x3_rows_cached(src, w, packed, y0, y1, buf, par);
+                    conv::pixel_shuffle_rows_subpixel(buf, src.w, y0, y1, r, dst);
+                }
+                None => {
+                    conv::conv3x3_rows_cached(src, &layer.weights, &layer.packed, y0, y1, buf, par);
+                    conv::pixel_shuffle_rows(buf, src.w, y0, y1, r, dst);
+                }
+            }
             y0 = y1;
         }
     }

@@ -409,11 +409,28 @@ impl IntNetwork {
         let mut x: &FeatureMap = t1;
         let mut stages = up.iter_mut();
         while let Role::Up { r, .. } = self.net.layers[k].spec.role {
-            self.layer_into(k, x, plan, &mut obs, codes, pre);
             let hr = stages.next().expect("one map per upsampler stage");
-            // PixelShuffle writes every interior value.
-            hr.reshape(x.h * r, x.w * r, pre.c / (r * r));
-            conv::pixel_shuffle_rows(&pre.data[pre.idx(0, 0)..], x.w, 0, x.h, r, hr);
+            let l = &self.net.layers[k];
+            match (&self.layers[k], &l.subpixel) {
+                // A float upsampler (non-fq) with its outputs in sub-pixel-major order.
+                (IntLayer::Float(_), Some((w, packed))) => {
+                    if let Some(o) = obs.as_mut() {
+                        o(k, x);
+                    }
+                    let par = Parallelism::Rayon(0);
+                    conv::conv3x3_local_into(x, w, packed, pre, par);
+                    hr.reshape(x.h * r, x.w * r, pre.c / (r * r));
+                    let y = &pre.data[pre.idx(0, 0)..];
+                    conv::pixel_shuffle_rows_subpixel(y, x.w, 0, x.h, r, hr);
+                }
+                _ => {
+                    self.layer_into(k, x, plan, &mut obs, codes, pre);
+                    // PixelShuffle writes every interior value.
+                    hr.reshape(x.h * r, x.w * r, pre.c / (r * r));
+                    let y = &pre.data[pre.idx(0, 0)..];
+                    conv::pixel_shuffle_rows(y, x.w, 0, x.h, r, hr);
+                }
+            }
             x = hr;
             k += 1;
         }
