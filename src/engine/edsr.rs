@@ -75,11 +75,30 @@ impl ForwardScratch {
     }
 }
 
+/// `acc += k · x` (`acc + x` when `k` is 1, which is the same in IEEE arithmetic) over every
+/// value, borders included (zero + zero), rows of the map in parallel (a serial pass left
+/// the other cores idle).
+pub(crate) fn add_scaled(acc: &mut FeatureMap, x: &FeatureMap, k: f32) {
+    use rayon::prelude::*;
+    assert_eq!(acc.data.len(), x.data.len(), "map sizes");
+    const CHUNK: usize = 1 << 16;
+    acc.data
+        .par_chunks_mut(CHUNK)
+        .zip(x.data.par_chunks(CHUNK))
+        .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, x)| *a += k * x));
+}
+
 /// Copies `x` (shape and values) into `dst`'s memory.
 pub(crate) fn copy_map(x: &FeatureMap, dst: &mut FeatureMap) {
+    use rayon::prelude::*;
     (dst.h, dst.w, dst.c) = (x.h, x.w, x.c);
-    dst.data.clear();
-    dst.data.extend_from_slice(&x.data);
+    // Every value is overwritten: resize writes only what grows.
+    dst.data.resize(x.data.len(), 0.0);
+    const CHUNK: usize = 1 << 16;
+    dst.data
+        .par_chunks_mut(CHUNK)
+        .zip(x.data.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 impl Network {
@@ -304,15 +323,11 @@ impl Network {
             self.conv_into(k, res, t1, q, plan, par, &mut obs);
             t1.map_interior(|v| v.max(0.0));
             self.conv_into(k + 1, t1, t2, q, plan, par, &mut obs);
-            for (r, v) in res.data.iter_mut().zip(&t2.data) {
-                *r += res_scale * v;
-            }
+            add_scaled(res, t2, res_scale);
             k += 2;
         }
         self.conv_into(k, res, t1, q, plan, par, &mut obs);
-        for (a, b) in t1.data.iter_mut().zip(&head.data) {
-            *a += b;
-        }
+        add_scaled(t1, head, 1.0);
         k += 1;
         let mut x: &FeatureMap = t1;
         let mut stages = up.iter_mut();

@@ -32,7 +32,7 @@
 use gemm::Parallelism;
 
 use super::conv::{self, ConvWeights, FeatureMap};
-use super::edsr::{BitPlan, ForwardScratch, Network, Observer, copy_map};
+use super::edsr::{BitPlan, ForwardScratch, Network, Observer, add_scaled, copy_map};
 use super::frame::Image;
 use super::intconv::{ActQuant, CodeMap};
 use super::intcpu::{self, CpuLevel, PackedConv};
@@ -396,15 +396,11 @@ impl IntNetwork {
             self.layer_into(k, res, plan, &mut obs, codes, t1);
             t1.map_interior(|v| v.max(0.0));
             self.layer_into(k + 1, t1, plan, &mut obs, codes, t2);
-            for (r, v) in res.data.iter_mut().zip(&t2.data) {
-                *r += cfg.res_scale * v;
-            }
+            add_scaled(res, t2, cfg.res_scale);
             k += 2;
         }
         self.layer_into(k, res, plan, &mut obs, codes, t1);
-        for (a, b) in t1.data.iter_mut().zip(&head.data) {
-            *a += b;
-        }
+        add_scaled(t1, head, 1.0);
         k += 1;
         let mut x: &FeatureMap = t1;
         let mut stages = up.iter_mut();
