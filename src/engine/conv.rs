@@ -772,6 +772,24 @@ pub mod winograd {
     unsafe impl Send for OutPtr {}
     unsafe impl Sync for OutPtr {}
 
+    /// Where the outputs go.
+    #[derive(Clone, Copy)]
+    enum Dest {
+        /// The positions of [`super::conv3x3_rows`]'s layout (`cout` values each) from
+        /// position `p0` of the padded grid.
+        Rows(OutPtr),
+        /// PixelShuffle(r) of outputs in [`super::subpixel_major`] order, straight into an
+        /// HR map of `c` channels and padded width `hwp`: output channel `(i·r + j)·c + ch`
+        /// of pixel (y, x) is channel `ch` of HR pixel (r·y + i, r·x + j). `r·c` is a multiple
+        /// of 8, so each 8-channel block lands in one HR row.
+        Shuffle {
+            hr: OutPtr,
+            r: usize,
+            c: usize,
+            hwp: usize,
+        },
+    }
+
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<f32>> =
             const { std::cell::RefCell::new(Vec::new()) };
@@ -798,12 +816,65 @@ pub mod winograd {
         out: &mut [f32],
         parallel: bool,
     ) {
+        debug_assert_eq!(out.len(), super::rows_len(src.w, y0, y1) * cout);
+        let dest = Dest::Rows(OutPtr(out.as_mut_ptr()));
+        // SAFETY: the caller's promises.
+        unsafe { conv_to::<MM>(src, u, bias, cout, y0, y1, dest, parallel) }
+    }
+
+    /// Every row of the conv of `src`, its outputs in [`super::subpixel_major`] order for
+    /// PixelShuffle(`r`), written straight into the interior of `dst` (an `r·h x r·w` map of
+    /// `cout / r²` channels; its border untouched), bias included.
+    ///
+    /// # Safety
+    /// As [`conv_rows`] for rows `0..src.h`, and `dst` of that shape with `(cout / r²)·r` a
+    /// multiple of 8.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn conv_rows_shuffled<const MM: usize>(
+        src: &FeatureMap,
+        u: &[f32],
+        bias: &[f32],
+        cout: usize,
+        r: usize,
+        dst: &mut FeatureMap,
+        parallel: bool,
+    ) {
+        let c = cout / (r * r);
+        debug_assert!(c * r * r == cout && (r * c).is_multiple_of(8));
+        debug_assert!(dst.h == r * src.h && dst.w == r * src.w && dst.c == c);
+        let hwp = dst.wp();
+        let dest = Dest::Shuffle {
+            hr: OutPtr(dst.data.as_mut_ptr()),
+            r,
+            c,
+            hwp,
+        };
+        // SAFETY: the caller's promises.
+        unsafe { conv_to::<MM>(src, u, bias, cout, 0, src.h, dest, parallel) }
+    }
+
+    /// [`conv_rows`] into `dest`.
+    ///
+    /// # Safety
+    /// As [`conv_rows`], `dest` as its entry point says.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn conv_to<const MM: usize>(
+        src: &FeatureMap,
+        u: &[f32],
+        bias: &[f32],
+        cout: usize,
+        y0: usize,
+        y1: usize,
+        dest: Dest,
+        parallel: bool,
+    ) {
         let (cin, w) = (src.c, src.w);
         let a2 = (MM + 2) * (MM + 2);
         debug_assert!(MM == 2 || MM == 4);
         debug_assert!(suits(cin, cout) && u.len() == a2 * cin * cout && bias.len() == cout);
         debug_assert!(y0 < y1 && y1 <= src.h);
-        debug_assert_eq!(out.len(), super::rows_len(w, y0, y1) * cout);
         let tiles = w.div_ceil(MM);
         // Tiles per work item: the transformed inputs and products of one item
         // ((m+2)² x tc x (cin + cout) values) stay in L2; a multiple of the GEMM kernel's 6
@@ -813,7 +884,6 @@ pub mod winograd {
         let tc = tiles.div_ceil(chunks).div_ceil(6) * 6;
         let chunks = tiles.div_ceil(tc);
         let (ty0, ty1) = (y0 / MM, (y1 - 1) / MM + 1);
-        let ptr = OutPtr(out.as_mut_ptr());
         let item = |i: usize| {
             let (ty, t0) = (ty0 + i / chunks, (i % chunks) * tc);
             let n = tc.min(tiles - t0);
@@ -834,7 +904,7 @@ pub mod winograd {
                 unsafe {
                     input_transform::<MM>(src, ty, t0, n, tc, v, zeros);
                     products(v, u, a2, cin, cout, n, tc, m);
-                    output_transform::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, ptr);
+                    output_transform::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest);
                 }
             });
         };
@@ -1052,12 +1122,29 @@ pub mod winograd {
         tc: usize,
         y0: usize,
         y1: usize,
-        out: OutPtr,
+        dest: Dest,
     ) {
         use std::arch::x86_64::*;
         let a = MM + 2;
         let (w, wp) = (src.w, src.wp());
         let p0 = (y0 + 1) * wp + 1;
+        // Output (y, x) at `pixel(y, x)`, its 8-channel block from channel `c` at `+ block(c)`.
+        let pixel = |y: usize, x: usize| -> *mut f32 {
+            match dest {
+                // SAFETY (both): in bounds for the positions written (the body's promise).
+                Dest::Rows(out) => unsafe { out.0.add(((y + 1) * wp + x + 1 - p0) * cout) },
+                Dest::Shuffle { hr, r, c, hwp } => unsafe {
+                    hr.0.add(((r * y + 1) * hwp + r * x + 1) * c)
+                },
+            }
+        };
+        let block = |ch: usize| -> usize {
+            match dest {
+                Dest::Rows(_) => ch,
+                // Sub-pixel row i = ch / (r·c) is i HR rows further down.
+                Dest::Shuffle { r, c, hwp, .. } => ch + ch / (r * c) * (hwp - r) * c,
+            }
+        };
         // SAFETY (whole body): m holds a² x tc x cout values; the outputs written are interior
         // positions of rows y0..y1, inside `out` (rows_len positions from p0).
         unsafe {
@@ -1070,7 +1157,7 @@ pub mod winograd {
                     for (b, p) in row.iter_mut().enumerate().take(MM) {
                         let x = MM * tx + b;
                         if y >= y0 && y < y1 && x < w {
-                            *p = out.0.add(((y + 1) * wp + x + 1 - p0) * cout);
+                            *p = pixel(y, x);
                         }
                     }
                 }
@@ -1091,18 +1178,33 @@ pub mod winograd {
                         }
                     }
                     let b = _mm256_loadu_ps(bias.as_ptr().add(c));
+                    let off = block(c);
                     for (r, row) in t.iter().enumerate().take(MM) {
                         let ys = a_col::<MM>(*row);
                         for (bc, yv) in ys.into_iter().enumerate().take(MM) {
                             let p = dst[r][bc];
                             if !p.is_null() {
-                                _mm256_storeu_ps(p.add(c), _mm256_add_ps(yv, b));
+                                _mm256_storeu_ps(p.add(off), _mm256_add_ps(yv, b));
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Never called: [`enabled`] is false off x86-64.
+    #[cfg(not(target_arch = "x86_64"))]
+    pub unsafe fn conv_rows_shuffled<const MM: usize>(
+        _src: &FeatureMap,
+        _u: &[f32],
+        _bias: &[f32],
+        _cout: usize,
+        _r: usize,
+        _dst: &mut FeatureMap,
+        _parallel: bool,
+    ) {
+        unreachable!("winograd::enabled() is false here")
     }
 
     /// Never called: [`enabled`] is false off x86-64.
@@ -1192,6 +1294,40 @@ pub fn conv3x3_rows_cached(
 ) {
     let path = ConvPath::for_shape(cw.cin, cw.cout);
     rows_with(path, src, cw, Some(cache), y0, y1, out, par);
+}
+
+/// The conv of `src` by `cw` — an upsampler's weights in [`subpixel_major`] order, packed in
+/// `cache` — with PixelShuffle(`r`) written straight into `dst` (made `r·h x r·w x cout/r²` in
+/// its own memory): no conv output map in between. Only on the Winograd path, for `r·c` a
+/// multiple of 8 (`c = cout/r²`); returns false, writing nothing, elsewhere.
+pub fn conv3x3_shuffled_into(
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    cache: &PackedWeights,
+    r: usize,
+    dst: &mut FeatureMap,
+    par: Parallelism,
+) -> bool {
+    assert_eq!(src.c, cw.cin, "conv input channels");
+    let c = cw.cout / (r * r);
+    let path = ConvPath::for_shape(cw.cin, cw.cout);
+    if path != ConvPath::Winograd
+        || !path.can_run(cw.cin, cw.cout)
+        || c * r * r != cw.cout
+        || !(r * c).is_multiple_of(8)
+        || src.h == 0
+        || src.w == 0
+    {
+        return false;
+    }
+    assert_eq!(cw.bias.len(), cw.cout, "conv bias");
+    dst.reshape(r * src.h, r * src.w, c);
+    let packed = cache.get(path, cw);
+    let parallel = !matches!(par, Parallelism::None);
+    // SAFETY: AVX2 and FMA are present and the shape suits (can_run), `packed` is packed for
+    // this path and shape, `dst` has the shape and `r·c` is a multiple of 8 (checked above).
+    unsafe { winograd::conv_rows_shuffled::<4>(src, packed, &cw.bias, cw.cout, r, dst, parallel) };
+    true
 }
 
 /// Every interior row of `src` through `path` into `dst` (of the output's shape; its border
@@ -1359,6 +1495,7 @@ mod tests {
     #[test]
     fn subpixel_major_shuffle_equals_pixel_shuffle() {
         let mut rng = Rng::new(5);
+        let mut ran_direct = 0;
         for (h, w, cin, c, r) in [
             (1, 1, 16, 16, 2),
             (5, 7, 32, 32, 2),
@@ -1390,14 +1527,36 @@ mod tests {
                     pixel_shuffle_rows(&a, w, y0, y1, r, &mut want);
                     pixel_shuffle_rows_subpixel(&b, w, y0, y1, r, &mut got);
                 }
-                assert!(
-                    want.data
+                let same = |a: &FeatureMap, b: &FeatureMap| {
+                    a.data
                         .iter()
-                        .zip(&got.data)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{h}x{w} {cin}->{c}x{r}² {path:?}"
-                );
+                        .zip(&b.data)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                };
+                assert!(same(&want, &got), "{h}x{w} {cin}->{c}x{r}² {path:?}");
+                // Straight into the HR map (the Winograd path, r·c a multiple of 8), into a
+                // map of another shape first: same values, border zero.
+                if path == ConvPath::for_shape(cin, cout) {
+                    let mut direct = FeatureMap::zeros(2, 3, 5);
+                    direct.data.fill(7.0);
+                    let cache = PackedWeights::default();
+                    let par = Parallelism::Rayon(0);
+                    if conv3x3_shuffled_into(&x, &sub, &cache, r, &mut direct, par) {
+                        ran_direct += 1;
+                        assert_eq!((direct.h, direct.w, direct.c), (want.h, want.w, want.c));
+                        assert!(
+                            same(&want, &direct),
+                            "{h}x{w} {cin}->{c}x{r}² straight into the HR map"
+                        );
+                    }
+                }
             }
+        }
+        if winograd::enabled() {
+            assert!(
+                ran_direct >= 2,
+                "the direct HR write ran {ran_direct} times"
+            );
         }
     }
 

@@ -364,6 +364,12 @@ impl Network {
         } else {
             x
         };
+        // Straight into the HR map where the kernels can.
+        if let Some((w, packed)) = &layer.subpixel
+            && conv::conv3x3_shuffled_into(src, w, packed, r, dst, par)
+        {
+            return;
+        }
         let cout = layer.weights.cout;
         // PixelShuffle writes every interior value.
         dst.reshape(x.h * r, x.w * r, cout / (r * r));
