@@ -64,8 +64,8 @@ pub struct ForwardScratch {
     /// whole map (`pre`) in the integer one.
     pub(crate) buf: Vec<f32>,
     pub(crate) pre: FeatureMap,
-    /// An integer layer's input codes, and the `(h, w, cstride)` they are codes of.
-    pub(crate) codes: (Vec<u8>, (usize, usize, usize)),
+    /// An integer layer's input codes.
+    pub(crate) codes: super::intcpu::CodeBuffer,
 }
 
 impl ForwardScratch {

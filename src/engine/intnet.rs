@@ -315,7 +315,7 @@ impl IntNetwork {
         x: &FeatureMap,
         plan: &BitPlan,
         obs: &mut Option<Observer>,
-        codes: &mut (Vec<u8>, (usize, usize, usize)),
+        codes: &mut intcpu::CodeBuffer,
         dst: &mut FeatureMap,
     ) {
         if let Some(o) = obs.as_mut() {

@@ -17,9 +17,17 @@ pub fn conv_forward(
     a: ActQuant,
 ) -> FeatureMap {
     let mut out = FeatureMap::default();
-    let mut codes = (Vec::new(), (0, 0, 0));
-    conv_forward_into(level, ic, pc, x, a, &mut codes, &mut out);
+    conv_forward_into(level, ic, pc, x, a, &mut CodeBuffer::default(), &mut out);
     out
+}
+
+/// A layer input's padded code map, kept between calls: its zero border and padding channels
+/// stay as long as its shape does.
+#[derive(Default)]
+pub struct CodeBuffer {
+    data: Vec<u8>,
+    /// `(h, w, cstride)` of the map `data` holds.
+    shape: (usize, usize, usize),
 }
 
 thread_local! {
@@ -28,29 +36,27 @@ thread_local! {
 }
 
 /// [`conv_forward`] into `out` (made `x.h x x.w x ic.cout` in its own memory), the input's
-/// codes in `codes` (the buffer and the `(h, w, cstride)` it holds codes of: its zero border
-/// and padding channels are kept while that shape stays, re-zeroed when it changes).
+/// codes in `codes` (re-zeroed only when the map's shape changes).
 pub fn conv_forward_into(
     level: CpuLevel,
     ic: &IntConv,
     pc: &PackedConv,
     x: &FeatureMap,
     a: ActQuant,
-    codes: &mut (Vec<u8>, (usize, usize, usize)),
+    codes: &mut CodeBuffer,
     out: &mut FeatureMap,
 ) {
     assert_eq!(x.c, ic.cin, "conv input channels");
     let (h, w, cs) = (x.h, x.w, pc.cstride);
     let wp = w + 2;
-    let (buf, shape) = codes;
-    if *shape != (h, w, cs) {
-        *shape = (h, w, cs);
-        buf.clear();
-        buf.resize((h + 2) * wp * cs, 0);
+    if codes.shape != (h, w, cs) {
+        codes.shape = (h, w, cs);
+        codes.data.clear();
+        codes.data.resize((h + 2) * wp * cs, 0);
     }
-    quantize_into(x, a, cs, buf);
+    quantize_into(x, a, cs, &mut codes.data);
     let map = Codes {
-        data: buf,
+        data: &codes.data,
         h,
         w,
         cstride: cs,

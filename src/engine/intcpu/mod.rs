@@ -22,7 +22,7 @@ mod scalar;
 mod vnni;
 pub mod wino;
 
-pub use engine::{conv_forward, conv_forward_into};
+pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
 pub use net::FusedNet;
 
 use std::ops::Range;
