@@ -256,9 +256,16 @@ pub fn conv3x3_rows_by(
 /// [`Network`]: super::edsr::Network
 #[derive(Clone, Debug, Default)]
 pub struct PackedWeights {
-    direct: std::sync::OnceLock<Vec<f32>>,
-    wino4: std::sync::OnceLock<Vec<f32>>,
-    wino2: std::sync::OnceLock<Vec<f32>>,
+    direct: std::sync::OnceLock<Packed>,
+    wino4: std::sync::OnceLock<Packed>,
+    wino2: std::sync::OnceLock<Packed>,
+}
+
+/// Packed weights and the `(cin, cout)` they were packed for.
+#[derive(Clone, Debug)]
+struct Packed {
+    shape: (usize, usize),
+    data: Vec<f32>,
 }
 
 impl PackedWeights {
@@ -273,7 +280,8 @@ impl PackedWeights {
         }
     }
 
-    /// `cw` packed for `path`, from the cache (made now when missing).
+    /// `cw` packed for `path`, from the cache (made now when missing). Panics when the cache
+    /// holds the weights of a conv of another shape (the kernels would read out of bounds).
     fn get(&self, path: ConvPath, cw: &ConvWeights) -> &[f32] {
         let slot = match path {
             ConvPath::Gemm => return &[],
@@ -281,7 +289,16 @@ impl PackedWeights {
             ConvPath::Winograd => &self.wino4,
             ConvPath::Winograd2 => &self.wino2,
         };
-        slot.get_or_init(|| Self::pack(path, cw))
+        let p = slot.get_or_init(|| Packed {
+            shape: (cw.cin, cw.cout),
+            data: Self::pack(path, cw),
+        });
+        assert_eq!(
+            p.shape,
+            (cw.cin, cw.cout),
+            "packed weights of another conv's shape"
+        );
+        &p.data
     }
 }
 
@@ -1487,6 +1504,19 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A cache of packed weights refuses a conv of another shape (its kernels would read the
+    /// packed weights out of bounds) instead of running it.
+    #[test]
+    #[should_panic(expected = "packed weights of another conv's shape")]
+    fn packed_weights_refuse_another_shape() {
+        let cw = |cout: usize| {
+            ConvWeights::from_oihw(16, cout, &vec![0.1; cout * 16 * 9], &vec![0.0; cout])
+        };
+        let cache = PackedWeights::default();
+        assert_eq!(cache.get(ConvPath::Direct, &cw(16)).len(), 9 * 16 * 16);
+        cache.get(ConvPath::Direct, &cw(32));
     }
 
     /// PixelShuffle of a conv with its outputs in sub-pixel-major order (a copy per HR row of
