@@ -373,9 +373,9 @@ impl Network {
         let cout = layer.weights.cout;
         // PixelShuffle writes every interior value.
         dst.reshape(x.h * r, x.w * r, cout / (r * r));
-        // Rows per chunk: a multiple of 4, the height of a Winograd F(4x4, 3x3) tile row — the
-        // kernel computes whole tile rows, so a chunk of 17 rows computed 20 (18% of an
-        // upsampler's work thrown away at 960-pixel rows).
+        // Otherwise in chunks of rows through a buffer. Rows per chunk: a multiple of 4, the
+        // height of a Winograd F(4x4, 3x3) tile row (that path still lands here when r·c is
+        // not a multiple of 8) — it computes whole tile rows, so a chunk of 17 rows computed 20.
         const CHUNK_VALUES: usize = 1 << 21;
         let rows = (CHUNK_VALUES / (src.wp() * cout) / 4 * 4).max(4);
         let mut y0 = 0;
