@@ -531,9 +531,14 @@ fn levels_ab(frames: usize, threads: usize) {
 }
 
 /// Resident memory over `rss_frames` frames of the built-in x2 w4a4.
+/// Resident memory over `rss_frames` frames of the built-in x2 model of `--rss-precision`
+/// (w4a4 by default; fp32 is the element's default), one model per process.
 fn rss(rss_frames: usize, threads: usize) {
+    let precision = arg("--rss-precision").unwrap_or_else(|| "w4a4".into());
     {
-        let m = builtin::find(2, "w4a4").unwrap().load().unwrap();
+        let m = builtin::find(2, &precision)
+            .and_then(|b| b.load())
+            .unwrap_or_else(|e| panic!("built-in x2 {precision}: {e}"));
         let engine = Engine::new(&m, threads).unwrap();
         let img = test_image(160, 90, 1);
         let mut first = 0.0;
@@ -550,7 +555,7 @@ fn rss(rss_frames: usize, threads: usize) {
             }
         }
         println!(
-            "resident memory, built-in x2 w4a4 160x90: {first:.1} MiB after 10 frames, {:.1} MiB after {rss_frames} ({:.1} s)",
+            "resident memory, built-in x2 {precision} 160x90: {first:.1} MiB after 10 frames, {:.1} MiB after {rss_frames} ({:.1} s)",
             rss_mib(),
             t.elapsed().as_secs_f64()
         );
