@@ -1163,7 +1163,9 @@ pub mod winograd {
             }
         };
         // SAFETY (whole body): m holds a² x tc x cout values; the outputs written are interior
-        // positions of rows y0..y1, inside `out` (rows_len positions from p0).
+        // positions of rows y0..y1 (columns < w): inside `out` (rows_len positions from p0)
+        // for `Dest::Rows`, inside the r·h x r·w interior of the HR map for `Dest::Shuffle`
+        // (each 8-channel block in one sub-pixel row: r·c is a multiple of 8).
         unsafe {
             let zero = _mm256_setzero_ps();
             for tl in 0..n {
