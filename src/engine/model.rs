@@ -323,6 +323,41 @@ fn validate_layer_quant(layer: &str, q: &LayerQuant) -> Result<()> {
     Ok(())
 }
 
+/// `bytes` (a safetensors file) with the keys of its JSON header and of the header's
+/// `__metadata__` in sorted order. safetensors writes the metadata from a `HashMap`, whose
+/// order changes from run to run, so the same model gave different file bytes (a committed
+/// model rewritten unchanged showed up as modified). Same length: the header is re-padded
+/// with spaces, as safetensors pads it, and the tensor data is untouched.
+fn sorted_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    use serde_json::Value;
+    let bad = |why: &str| Error::Format(format!("safetensors header: {why}"));
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .filter(|&n| bytes.len() >= 8 + n)
+        .ok_or_else(|| bad("truncated"))?;
+    let header: BTreeMap<String, Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| bad(&e.to_string()))?;
+    let header: BTreeMap<String, Value> = header
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::Object(m) if k == "__metadata__" => {
+                let sorted: BTreeMap<String, Value> = m.into_iter().collect();
+                let v = serde_json::to_value(sorted).map_err(|e| bad(&e.to_string()))?;
+                Ok((k, v))
+            }
+            v => Ok((k, v)),
+        })
+        .collect::<Result<_>>()?;
+    let mut text = serde_json::to_string(&header).map_err(|e| bad(&e.to_string()))?;
+    if text.len() > n {
+        return Err(bad("grew when sorted"));
+    }
+    text.extend(std::iter::repeat_n(' ', n - text.len()));
+    bytes[8..8 + n].copy_from_slice(text.as_bytes());
+    Ok(bytes)
+}
+
 /// Little-endian bytes of f32 values (safetensors F32 data).
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
@@ -491,10 +526,12 @@ impl Model {
                     .map_err(|e| Error::Format(e.to_string()))
             })
             .collect::<Result<_>>()?;
-        safetensors::serialize(views, Some(md)).map_err(|e| Error::Format(e.to_string()))
+        let bytes =
+            safetensors::serialize(views, Some(md)).map_err(|e| Error::Format(e.to_string()))?;
+        sorted_header(bytes)
     }
 
-    /// Writes a model file.
+    /// Writes a model file (the same bytes for the same model: see [`sorted_header`]).
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
         std::fs::write(path, self.to_bytes()?).map_err(|source| Error::Io {
