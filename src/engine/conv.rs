@@ -1374,24 +1374,34 @@ impl ConvWeights {
     /// `from[o]` of `self` (each output is computed exactly as before).
     pub fn with_outputs(&self, from: &[usize]) -> Self {
         assert_eq!(from.len(), self.cout, "one source per output channel");
-        let mut seen = vec![false; self.cout];
-        for &f in from {
-            assert!(
-                f < self.cout && !std::mem::replace(&mut seen[f], true),
-                "a permutation"
-            );
-        }
         Self {
             cin: self.cin,
             cout: self.cout,
-            w: self
-                .w
-                .chunks_exact(self.cout)
-                .flat_map(|r| from.iter().map(|&f| r[f]))
-                .collect(),
-            bias: from.iter().map(|&f| self.bias[f]).collect(),
+            w: permute_outputs(&self.w, from),
+            bias: permute_outputs(&self.bias, from),
         }
     }
+}
+
+/// A table of rows of one value per output channel (`from.len()` of them; weights, bias, ...),
+/// its columns reordered: column `o` of each row is column `from[o]` of `v`. Panics unless
+/// `from` is a permutation of the output channels.
+pub(crate) fn permute_outputs<T: Copy>(v: &[T], from: &[usize]) -> Vec<T> {
+    let n = from.len();
+    let mut seen = vec![false; n];
+    for &f in from {
+        assert!(
+            f < n && !std::mem::replace(&mut seen[f], true),
+            "a permutation"
+        );
+    }
+    assert!(
+        v.len().is_multiple_of(n),
+        "rows of one value per output channel"
+    );
+    v.chunks_exact(n)
+        .flat_map(|r| from.iter().map(|&f| r[f]))
+        .collect()
 }
 
 /// The output order of an upsampler conv (`r²·c` outputs) that makes PixelShuffle(r) a copy:

@@ -127,19 +127,8 @@ impl IntConv {
     /// `from[o]` of `self` (weights, bias and `K` move with it; `from` a permutation).
     pub fn with_outputs(&self, from: &[usize]) -> Self {
         assert_eq!(from.len(), self.cout, "one source per output channel");
-        let mut seen = vec![false; self.cout];
-        for &f in from {
-            assert!(
-                f < self.cout && !std::mem::replace(&mut seen[f], true),
-                "a permutation"
-            );
-        }
         // Every table here is rows of `cout` values, one per output channel.
-        fn rows<T: Copy>(v: &[T], from: &[usize]) -> Vec<T> {
-            v.chunks_exact(from.len())
-                .flat_map(|r| from.iter().map(|&f| r[f]))
-                .collect()
-        }
+        use conv::permute_outputs as rows;
         Self {
             cin: self.cin,
             cout: self.cout,

@@ -177,9 +177,7 @@ impl FusedNet {
             epis.push(epi);
             shuffled.push(match epi {
                 Epi::Shuffle(r) if c.cout % (r * r) == 0 => {
-                    let f = c.cout / (r * r);
-                    let from: Vec<usize> = (0..c.cout).map(|o| (o % f) * r * r + o / f).collect();
-                    let ic = c.with_outputs(&from);
+                    let ic = c.with_outputs(&crate::engine::conv::subpixel_major(c.cout, r));
                     let pc = PackedConv::new(&ic);
                     Some((ic, pc))
                 }
