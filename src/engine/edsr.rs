@@ -78,7 +78,7 @@ impl ForwardScratch {
 /// `acc += k · x` (`acc + x` when `k` is 1, which is the same in IEEE arithmetic) over every
 /// value, borders included (zero + zero), rows of the map in parallel (a serial pass left
 /// the other cores idle).
-pub(crate) fn add_scaled(acc: &mut FeatureMap, x: &FeatureMap, k: f32) {
+fn add_scaled(acc: &mut FeatureMap, x: &FeatureMap, k: f32) {
     use rayon::prelude::*;
     assert_eq!(acc.data.len(), x.data.len(), "map sizes");
     const CHUNK: usize = 1 << 16;
@@ -88,8 +88,33 @@ pub(crate) fn add_scaled(acc: &mut FeatureMap, x: &FeatureMap, k: f32) {
         .for_each(|(a, x)| a.iter_mut().zip(x).for_each(|(a, x)| *a += k * x));
 }
 
+/// What both engines run the same way: the head, the residual blocks (ReLU between their two
+/// convs, `res += res_scale · conv2`), the last body conv and the global skip, with
+/// `layer(k, input, output)` running conv `k` into `output`. The body's output is left in `t1`
+/// (`maps` = head, res, t1, t2); returns the index of the layer after the body.
+pub(crate) fn body(
+    config: &EdsrConfig,
+    input: &FeatureMap,
+    [head, res, t1, t2]: [&mut FeatureMap; 4],
+    mut layer: impl FnMut(usize, &FeatureMap, &mut FeatureMap),
+) -> usize {
+    layer(0, input, head);
+    copy_map(head, res);
+    let mut k = 1;
+    for _ in 0..config.n_resblocks {
+        layer(k, res, t1);
+        t1.map_interior(|v| v.max(0.0));
+        layer(k + 1, t1, t2);
+        add_scaled(res, t2, config.res_scale);
+        k += 2;
+    }
+    layer(k, res, t1);
+    add_scaled(t1, head, 1.0);
+    k + 1
+}
+
 /// Copies `x` (shape and values) into `dst`'s memory.
-pub(crate) fn copy_map(x: &FeatureMap, dst: &mut FeatureMap) {
+fn copy_map(x: &FeatureMap, dst: &mut FeatureMap) {
     use rayon::prelude::*;
     (dst.h, dst.w, dst.c) = (x.h, x.w, x.c);
     // Every value is overwritten: resize writes only what grows.
@@ -315,20 +340,10 @@ impl Network {
             buf,
             ..
         } = sc;
-        let res_scale = self.config.res_scale;
-        self.conv_into(0, input, head, q, plan, par, &mut obs);
-        copy_map(head, res);
-        let mut k = 1;
-        for _ in 0..self.config.n_resblocks {
-            self.conv_into(k, res, t1, q, plan, par, &mut obs);
-            t1.map_interior(|v| v.max(0.0));
-            self.conv_into(k + 1, t1, t2, q, plan, par, &mut obs);
-            add_scaled(res, t2, res_scale);
-            k += 2;
-        }
-        self.conv_into(k, res, t1, q, plan, par, &mut obs);
-        add_scaled(t1, head, 1.0);
-        k += 1;
+        let maps = [&mut *head, &mut *res, &mut *t1, &mut *t2];
+        let mut k = body(&self.config, input, maps, |k, x, dst| {
+            self.conv_into(k, x, dst, q, plan, par, &mut obs)
+        });
         let mut x: &FeatureMap = t1;
         let mut stages = up.iter_mut();
         while let Role::Up { r, .. } = self.layers[k].spec.role {

@@ -32,7 +32,7 @@
 use gemm::Parallelism;
 
 use super::conv::{self, ConvWeights, FeatureMap};
-use super::edsr::{BitPlan, ForwardScratch, Network, Observer, add_scaled, copy_map};
+use super::edsr::{self, BitPlan, ForwardScratch, Network, Observer};
 use super::frame::Image;
 use super::intconv::{ActQuant, CodeMap};
 use super::intcpu::{self, CpuLevel, PackedConv};
@@ -366,7 +366,6 @@ impl IntNetwork {
         sc: &mut ForwardScratch,
         out: &mut FeatureMap,
     ) {
-        let cfg = &self.net.config;
         sc.stages(self.net.up_stages());
         let ForwardScratch {
             head,
@@ -378,19 +377,10 @@ impl IntNetwork {
             codes,
             ..
         } = sc;
-        self.layer_into(0, x, plan, &mut obs, codes, head);
-        copy_map(head, res);
-        let mut k = 1;
-        for _ in 0..cfg.n_resblocks {
-            self.layer_into(k, res, plan, &mut obs, codes, t1);
-            t1.map_interior(|v| v.max(0.0));
-            self.layer_into(k + 1, t1, plan, &mut obs, codes, t2);
-            add_scaled(res, t2, cfg.res_scale);
-            k += 2;
-        }
-        self.layer_into(k, res, plan, &mut obs, codes, t1);
-        add_scaled(t1, head, 1.0);
-        k += 1;
+        let maps = [&mut *head, &mut *res, &mut *t1, &mut *t2];
+        let mut k = edsr::body(&self.net.config, x, maps, |k, x, dst| {
+            self.layer_into(k, x, plan, &mut obs, codes, dst)
+        });
         let mut x: &FeatureMap = t1;
         let mut stages = up.iter_mut();
         while let Role::Up { r, .. } = self.net.layers[k].spec.role {
