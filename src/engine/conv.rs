@@ -1413,7 +1413,7 @@ pub fn subpixel_major(cout: usize, r: usize) -> Vec<usize> {
 }
 
 /// [`pixel_shuffle_rows`] of conv outputs in [`subpixel_major`] order: HR row `r·y + i` of LR
-/// pixel `x` is the `r·c` values from `(i·r)·c`, one copy; HR rows in parallel.
+/// pixel `x` is the `r·c` values from `(i·r)·c`, one copy.
 pub fn pixel_shuffle_rows_subpixel(
     conv_out: &[f32],
     w: usize,
@@ -1421,6 +1421,44 @@ pub fn pixel_shuffle_rows_subpixel(
     y1: usize,
     r: usize,
     dst: &mut FeatureMap,
+) {
+    shuffle_rows(conv_out, w, y0, y1, r, dst, |i, src, d| {
+        d.copy_from_slice(&src[i * d.len()..][..d.len()])
+    });
+}
+
+/// PyTorch `PixelShuffle(r)` of conv outputs for interior rows `y0..y1` (as produced by
+/// [`conv3x3_rows`] on a map of width `w`) into `dst`, a map of `r*h x r*w x c`.
+/// Input channel `c*r*r + i*r + j` goes to output pixel `(r*y + i, r*x + j)`, channel `c`.
+pub fn pixel_shuffle_rows(
+    conv_out: &[f32],
+    w: usize,
+    y0: usize,
+    y1: usize,
+    r: usize,
+    dst: &mut FeatureMap,
+) {
+    let c = dst.c;
+    shuffle_rows(conv_out, w, y0, y1, r, dst, |i, src, d| {
+        for (j, d) in d.chunks_exact_mut(c).enumerate() {
+            for (ch, d) in d.iter_mut().enumerate() {
+                *d = src[ch * r * r + i * r + j];
+            }
+        }
+    });
+}
+
+/// The HR rows of PixelShuffle(`r`) for interior LR rows `y0..y1`, in parallel: for sub-pixel
+/// row `i` of each LR pixel, `put(i, its r²·c conv outputs, the r·c values of HR pixels
+/// (r·y + i, r·x .. r·x + r))`.
+fn shuffle_rows(
+    conv_out: &[f32],
+    w: usize,
+    y0: usize,
+    y1: usize,
+    r: usize,
+    dst: &mut FeatureMap,
+    put: impl Fn(usize, &[f32], &mut [f32]) + Sync,
 ) {
     let c = dst.c;
     let cin = c * r * r;
@@ -1449,40 +1487,9 @@ pub fn pixel_shuffle_rows_subpixel(
                 .chunks_exact_mut(run)
                 .zip(src.chunks_exact(cin))
             {
-                d.copy_from_slice(&s[i * run..][..run]);
+                put(i, s, d);
             }
         });
-}
-
-/// PyTorch `PixelShuffle(r)` of conv outputs for interior rows `y0..y1` (as produced by
-/// [`conv3x3_rows`] on a map of width `w`) into `dst`, a map of `r*h x r*w x c`.
-/// Input channel `c*r*r + i*r + j` goes to output pixel `(r*y + i, r*x + j)`, channel `c`.
-pub fn pixel_shuffle_rows(
-    conv_out: &[f32],
-    w: usize,
-    y0: usize,
-    y1: usize,
-    r: usize,
-    dst: &mut FeatureMap,
-) {
-    let c = dst.c;
-    let cin = c * r * r;
-    let wp = w + 2;
-    let p0 = (y0 + 1) * wp + 1;
-    for y in y0..y1 {
-        for x in 0..w {
-            let p = (y + 1) * wp + x + 1 - p0;
-            let src = &conv_out[p * cin..(p + 1) * cin];
-            for i in 0..r {
-                for j in 0..r {
-                    let d = dst.idx(r * y + i, r * x + j);
-                    for ch in 0..c {
-                        dst.data[d + ch] = src[ch * r * r + i * r + j];
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
