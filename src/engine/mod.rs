@@ -111,7 +111,7 @@ pub struct Engine {
 }
 
 /// What a frame reuses: the element path's unpacked input, HR image and alpha planes, and the
-/// fused integer path's input map and HR output.
+/// network's maps (every engine path's: [`Maps`]).
 #[derive(Default)]
 struct Scratch {
     lr: Image,
