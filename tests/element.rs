@@ -655,3 +655,159 @@ fn complexity_metric_override_while_playing() {
         "the model's own metric"
     );
 }
+
+/// The engine's output for one field (`f`: 0 top, 1 bottom) of an interlaced frame, written
+/// into the same field of `buf` (the output frame).
+fn expected_field(
+    engine: &Engine,
+    inp: &gst_video::VideoInfo,
+    data: &[u8],
+    out: &gst_video::VideoInfo,
+    buf: &mut [u8],
+    f: usize,
+) -> gstadabm::engine::Stats {
+    let (is, os) = (inp.stride()[0] as usize, out.stride()[0] as usize);
+    let src = FrameRef {
+        data: &data[f * is..],
+        stride: 2 * is,
+        width: inp.width() as usize,
+        height: inp.height() as usize / 2,
+        layout: PixelLayout::Rgbx,
+    };
+    let mut dst = FrameMut {
+        data: &mut buf[f * os..],
+        stride: 2 * os,
+        width: out.width() as usize,
+        height: out.height() as usize / 2,
+        layout: PixelLayout::Rgbx,
+    };
+    engine
+        .process_frame(&src, &mut dst, &Options::default())
+        .unwrap()
+}
+
+/// Rows whose fields differ: the top field is one picture, the bottom another (as when the
+/// camera moved between the two field times).
+fn two_field_frame(info: &gst_video::VideoInfo) -> Vec<u8> {
+    let stride = info.stride()[0] as usize;
+    (0..info.size())
+        .map(|i| {
+            let (y, x) = (i / stride, i % stride);
+            if y % 2 == 0 {
+                ((x * 13 + y * 5) % 200) as u8
+            } else {
+                (255 - (x * 7 + y * 11) % 180) as u8
+            }
+        })
+        .collect()
+}
+
+/// Interleaved frames are upscaled field by field: each output field is the engine's output
+/// for that input field alone, not a picture that mixes the two fields' lines; mixed streams
+/// do so for the buffers flagged interlaced and upscale the others whole.
+#[test]
+fn interlaced_frames_are_upscaled_field_by_field() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_quant(2, QuantMode::Fq, 4);
+    let path = model_file(&dir, &model, "x2.safetensors");
+    let engine = Engine::new(&model, 1).unwrap();
+    for mode in ["interleaved", "mixed"] {
+        let mut h = harness(&path);
+        let caps = format!(
+            "video/x-raw,format=RGBx,width=11,height=8,framerate=25/1,interlace-mode={mode}"
+        );
+        h.set_src_caps_str(&caps);
+        let info = gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().unwrap()).unwrap();
+        let data = two_field_frame(&info);
+        let mut buf = gst::Buffer::from_slice(data.clone());
+        if mode == "mixed" {
+            use gst_video::prelude::VideoBufferExt;
+            buf.get_mut()
+                .unwrap()
+                .set_video_flags(gst_video::VideoBufferFlags::INTERLACED);
+        }
+        let out = h.push_and_pull(buf).unwrap();
+        let out_caps = h.sinkpad().unwrap().current_caps().unwrap();
+        let out_info = gst_video::VideoInfo::from_caps(&out_caps).unwrap();
+        assert_eq!((out_info.width(), out_info.height()), (22, 16));
+        assert_eq!(
+            out_info.interlace_mode().to_str(),
+            mode,
+            "the output keeps the interlace mode"
+        );
+        let mut want = vec![0u8; out_info.size()];
+        expected_field(&engine, &info, &data, &out_info, &mut want, 0);
+        expected_field(&engine, &info, &data, &out_info, &mut want, 1);
+        let got = visible(&out.map_readable().unwrap(), &out_info);
+        assert_eq!(got, visible(&want, &out_info), "{mode}");
+        let whole = expected(&model, PixelLayout::Rgbx, &info, &data, &out_info);
+        assert_ne!(
+            got,
+            visible(&whole, &out_info),
+            "{mode}: field-wise output must differ from upscaling the woven frame"
+        );
+        if mode == "mixed" {
+            // A progressive buffer of the mixed stream: the whole frame, as usual.
+            let out = h
+                .push_and_pull(gst::Buffer::from_slice(data.clone()))
+                .unwrap();
+            assert_eq!(
+                visible(&out.map_readable().unwrap(), &out_info),
+                visible(&whole, &out_info)
+            );
+        }
+    }
+}
+
+/// Each field gets its own stats message, named by a `field` entry, with its own b_I.
+#[test]
+fn interlaced_frames_post_stats_per_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 5), "q.safetensors");
+    let (err, msgs) = run_pipeline(&format!(
+        "videotestsrc num-buffers=3 pattern=ball ! video/x-raw,format=BGRx,width=24,height=16,interlace-mode=interleaved ! adabmupscale post-stats=true model-location={} ! fakesink",
+        path.display()
+    ));
+    assert!(err.is_none(), "{err:?}");
+    let fields: Vec<(u64, String)> = msgs
+        .iter()
+        .map(|s| {
+            (
+                s.get::<u64>("frame").unwrap(),
+                s.get::<String>("field").unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = (0..3u64)
+        .flat_map(|i| [(i, "top".to_string()), (i, "bottom".to_string())])
+        .collect();
+    assert_eq!(fields, want);
+}
+
+/// Interlaced video of odd height (fields of different heights) is a clear error naming the
+/// fix; one field per buffer (alternate) is refused at negotiation.
+#[test]
+fn odd_height_interlaced_and_alternate_fields_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_fp(2, 3), "x2.safetensors");
+    let (err, _) = run_pipeline(&format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,format=RGB,width=8,height=7,interlace-mode=interleaved ! adabmupscale model-location={} ! fakesink",
+        path.display()
+    ));
+    let err = err.unwrap_or_default();
+    assert!(
+        err.contains("odd height 7") && err.contains("deinterlace"),
+        "{err}"
+    );
+    init();
+    let h = harness(&path);
+    let sink = h.element().unwrap().static_pad("sink").unwrap();
+    let alternate: gst::Caps =
+        "video/x-raw(format:Interlaced),format=RGB,width=8,height=8,interlace-mode=alternate"
+            .parse()
+            .unwrap();
+    let mut query = gst::query::AcceptCaps::new(&alternate);
+    sink.query(&mut query);
+    assert!(!query.result(), "alternate fields must be refused");
+}

@@ -397,6 +397,12 @@ impl ElementImpl for AdabmUpscale {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             let caps = gst_video::VideoCapsBuilder::new()
                 .format_list(FORMATS.iter().map(|(f, _)| *f))
+                // Interleaved frames (and the interlaced frames of mixed streams) are upscaled
+                // field by field; alternate (one field per buffer) is not supported.
+                .field(
+                    "interlace-mode",
+                    gst::List::new(["progressive", "interleaved", "mixed"]),
+                )
                 .build();
             vec![
                 gst::PadTemplate::new(
@@ -533,7 +539,13 @@ impl AdabmUpscale {
         }
     }
 
-    fn post_stats(&self, frame: u64, pts: Option<gst::ClockTime>, st: &engine::Stats) {
+    fn post_stats(
+        &self,
+        frame: u64,
+        pts: Option<gst::ClockTime>,
+        field: Option<&str>,
+        st: &engine::Stats,
+    ) {
         let bits: Vec<String> = st.layer_bits.iter().map(|b| b.to_string()).collect();
         let mut b = gst::Structure::builder("adabm-stats")
             .field("frame", frame)
@@ -545,6 +557,9 @@ impl AdabmUpscale {
             .field("processing-ms", st.millis);
         if let Some(pts) = pts {
             b = b.field("pts", pts.nseconds());
+        }
+        if let Some(field) = field {
+            b = b.field("field", field);
         }
         let msg = gst::message::Element::builder(b.build())
             .src(&*self.obj())
@@ -682,15 +697,34 @@ impl BaseTransformImpl for AdabmUpscale {
                 "output caps {outcaps} are not input caps {incaps} scaled x{s}"
             ));
         }
+        if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive
+            && in_info.height() % 2 == 1
+        {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                [
+                    "Interlaced ({}) video of odd height {}: its two fields differ in height, so they cannot be upscaled field by field; deinterlace first (`deinterlace ! adabmupscale`)",
+                    in_info.interlace_mode().to_str(),
+                    in_info.height()
+                ]
+            );
+            return Err(gst::loggable_error!(
+                CAT,
+                "interlaced input of odd height {}",
+                in_info.height()
+            ));
+        }
         gst::info!(
             CAT,
             imp = self,
-            "{}x{} -> {}x{} {:?}",
+            "{}x{} -> {}x{} {:?} {}",
             in_info.width(),
             in_info.height(),
             out_info.width(),
             out_info.height(),
-            layout
+            layout,
+            in_info.interlace_mode().to_str()
         );
         st.caps = Some((in_info, out_info, layout));
         Ok(())
@@ -816,22 +850,84 @@ impl BaseTransformImpl for AdabmUpscale {
             height: out_info.height() as usize,
             layout,
         };
-        let result = match cuda {
-            Some(c) => cuda_frame(&c, &src, &mut dst, &opts),
+        let upscale = |src: &FrameRef, dst: &mut FrameMut| match &cuda {
+            Some(c) => cuda_frame(c, src, dst, &opts),
             None => engine
-                .process_frame(&src, &mut dst, &opts)
+                .process_frame(src, dst, &opts)
                 .map_err(|e| e.to_string()),
         };
-        let stats = result.map_err(|e| {
-            gst::element_imp_error!(self, gst::StreamError::Failed, ["Upscaling failed: {}", e]);
-            gst::FlowError::Error
-        })?;
-        gst::trace!(CAT, imp = self, "frame {frame_no}: {stats:?}");
-        if settings.post_stats {
-            self.post_stats(frame_no, inbuf.pts(), &stats);
+        // An interlaced frame holds two fields taken at different times: each is upscaled
+        // on its own (its own complexity and b_I) into the same field of the output.
+        let interlaced = match in_info.interlace_mode() {
+            gst_video::VideoInterlaceMode::Interleaved => true,
+            gst_video::VideoInterlaceMode::Mixed => {
+                use gst_video::prelude::VideoBufferExt;
+                inbuf
+                    .video_flags()
+                    .contains(gst_video::VideoBufferFlags::INTERLACED)
+            }
+            _ => false,
+        };
+        let results: Vec<(Option<&str>, Result<engine::Stats, String>)> = if interlaced {
+            let fields = [("top", 0), ("bottom", 1)];
+            fields
+                .iter()
+                .map(|&(name, f)| {
+                    let r = field_of(&src, f).and_then(|s| {
+                        let mut d = field_of_mut(&mut dst, f)?;
+                        upscale(&s, &mut d)
+                    });
+                    (Some(name), r)
+                })
+                .collect()
+        } else {
+            vec![(None, upscale(&src, &mut dst))]
+        };
+        for (field, result) in results {
+            let stats = result.map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ["Upscaling failed: {}", e]
+                );
+                gst::FlowError::Error
+            })?;
+            gst::trace!(CAT, imp = self, "frame {frame_no} {field:?}: {stats:?}");
+            if settings.post_stats {
+                self.post_stats(frame_no, inbuf.pts(), field, &stats);
+            }
         }
         Ok(gst::FlowSuccess::Ok)
     }
+}
+
+/// Field `f` (0: top, the even rows; 1: bottom) of an interlaced frame of even height.
+fn field_of<'a>(frame: &FrameRef<'a>, f: usize) -> Result<FrameRef<'a>, String> {
+    if frame.height % 2 == 1 {
+        return Err(format!("interlaced frame of odd height {}", frame.height));
+    }
+    Ok(FrameRef {
+        data: frame.data.get(f * frame.stride..).unwrap_or_default(),
+        stride: 2 * frame.stride,
+        width: frame.width,
+        height: frame.height / 2,
+        layout: frame.layout,
+    })
+}
+
+/// [`field_of`] of an output frame.
+fn field_of_mut<'a>(frame: &'a mut FrameMut<'_>, f: usize) -> Result<FrameMut<'a>, String> {
+    if frame.height % 2 == 1 {
+        return Err(format!("interlaced frame of odd height {}", frame.height));
+    }
+    let stride = frame.stride;
+    Ok(FrameMut {
+        data: frame.data.get_mut(f * stride..).unwrap_or_default(),
+        stride: 2 * stride,
+        width: frame.width,
+        height: frame.height / 2,
+        layout: frame.layout,
+    })
 }
 
 /// One frame through the CUDA engine: unpack to RGB bytes, upscale, pack (alpha upscaled
