@@ -1,6 +1,6 @@
 //! Conv epilogues of one output pixel, fused: the values `v = bias + h_w·(Δa·S + l·K)`
 //! ([`IntConv::values`](crate::engine::intnet::IntConv::values), same operations in the same
-//! order, no FMA), then what the layer does with them (ReLU, residual update, global skip) and
+//! order, no FMA; `l·K` comes precomputed per border class, [`l_times_k`]), then what the layer does with them (ReLU, residual update, global skip) and
 //! the next layer's codes `rint((clamp(x, l, u) − l)·N/(u − l))`.
 //!
 //! [`scalar`] is the reference; [`avx2`] does 8 channels per step with the same IEEE
@@ -36,8 +36,6 @@ pub struct Consts<'a> {
     pub hw: f32,
     /// `Δa` of the layer's input.
     pub da: f32,
-    /// `l` of the layer's input.
-    pub l: f32,
     pub res_scale: f32,
     /// The next layer's input quantizer (ops that write codes).
     pub next: ActQuant,
@@ -61,10 +59,18 @@ pub struct Span<'a> {
     /// Sums `S` of pixel `i` at `s[i·sstride..][..n]`.
     pub s: &'a [i32],
     pub sstride: usize,
-    /// `K` of the row's positions by their column's border bits ([`IntConv::ktab_row`]).
+    /// `l·K` of the row's positions by their column's border bits: `l` of the layer's input
+    /// times `K` of [`IntConv::ktab_row`], as [`l_times_k`] makes them.
     ///
     /// [`IntConv::ktab_row`]: crate::engine::intnet::IntConv::ktab_row
-    pub k: [&'a [i32]; 4],
+    pub lk: [&'a [f32]; 4],
+}
+
+/// `l·K` for every entry of a conv's `K` table, the product `IntConv::values` forms (`l` times
+/// `K` converted to f32, rounded once), so that the epilogues add it as it is.
+pub fn l_times_k(l: f32, ktab: &[i32], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(ktab.iter().map(|&k| l * k as f32));
 }
 
 /// The epilogue `op` of the `n`-channel pixels of `span`; each buffer of `px` that `op` uses
@@ -82,7 +88,7 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
         "epilogue buffers"
     );
     assert!(span.count == 0 || span.s.len() >= (span.count - 1) * span.sstride + n);
-    assert!(span.x0 + span.count <= span.w && span.k.iter().all(|k| k.len() >= n));
+    assert!(span.x0 + span.count <= span.w && span.lk.iter().all(|k| k.len() >= n));
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI; buffers
@@ -91,7 +97,7 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
         _ => {
             for i in 0..span.count {
                 let x = span.x0 + i;
-                let k = span.k[crate::engine::intnet::border_bits(x, span.w)];
+                let k = span.lk[crate::engine::intnet::border_bits(x, span.w)];
                 pixel(
                     level,
                     op,
@@ -138,21 +144,21 @@ impl Pixel<'_> {
 
 /// The epilogue `op` of one pixel: `s` and `k` hold the `n` channels' sums and border terms.
 #[inline]
-pub fn pixel(level: CpuLevel, op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
+pub fn pixel(level: CpuLevel, op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and the levels above it are selected only on CPUs with AVX2.
-        l if l >= CpuLevel::Avx2 => unsafe { avx2(op, c, s, k, px) },
-        _ => scalar(op, c, s, k, px, 0),
+        l if l >= CpuLevel::Avx2 => unsafe { avx2(op, c, s, lk, px) },
+        _ => scalar(op, c, s, lk, px, 0),
     }
 }
 
 /// The reference, from channel `from` on.
 #[inline(always)]
-fn scalar(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel, from: usize) {
+fn scalar(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel, from: usize) {
     let n = s.len();
     let q = c.next;
-    let value = |o: usize| c.bias[o] + c.hw * (c.da * s[o] as f32 + c.l * k[o] as f32);
+    let value = |o: usize| c.bias[o] + c.hw * (c.da * s[o] as f32 + lk[o]);
     match op {
         Op::Values => (from..n).for_each(|o| px.out[o] = value(o)),
         Op::Codes => (from..n).for_each(|o| px.d[o] = q.code(value(o))),
@@ -176,20 +182,16 @@ fn scalar(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel, from: usize) {
 /// values, `c.bias` too.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
+unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
     use std::arch::x86_64::*;
     let n = s.len();
-    assert!(k.len() >= n && c.bias.len() >= n, "epilogue inputs");
+    assert!(lk.len() >= n && c.bias.len() >= n, "epilogue inputs");
     assert!(px.holds(op, n), "epilogue buffers");
     let full = n / 8 * 8;
     // SAFETY: every access is at channel o..o + 8 ≤ full ≤ n, inside the buffers checked
     // above; AVX2 is enabled.
     unsafe {
-        let (hw, da, l) = (
-            _mm256_set1_ps(c.hw),
-            _mm256_set1_ps(c.da),
-            _mm256_set1_ps(c.l),
-        );
+        let (hw, da) = (_mm256_set1_ps(c.hw), _mm256_set1_ps(c.da));
         let rs = _mm256_set1_ps(c.res_scale);
         let (nl, nu, ns) = (
             _mm256_set1_ps(c.next.l),
@@ -206,14 +208,11 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
         };
         for o in (0..full).step_by(8) {
             let si = _mm256_cvtepi32_ps(_mm256_loadu_si256(s.as_ptr().add(o).cast()));
-            let ki = _mm256_cvtepi32_ps(_mm256_loadu_si256(k.as_ptr().add(o).cast()));
+            let lk = _mm256_loadu_ps(lk.as_ptr().add(o));
             let b = _mm256_loadu_ps(c.bias.as_ptr().add(o));
             let v = _mm256_add_ps(
                 b,
-                _mm256_mul_ps(
-                    hw,
-                    _mm256_add_ps(_mm256_mul_ps(da, si), _mm256_mul_ps(l, ki)),
-                ),
+                _mm256_mul_ps(hw, _mm256_add_ps(_mm256_mul_ps(da, si), lk)),
             );
             let d = px.d.as_mut_ptr().add(o) as *mut u64;
             match op {
@@ -238,7 +237,7 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], k: &[i32], px: Pixel) {
             }
         }
     }
-    scalar(op, c, s, k, px, full);
+    scalar(op, c, s, lk, px, full);
 }
 
 /// [`avx2`] for a run of pixels, 16 channels per step on 512-bit vectors, the last step of a
@@ -256,14 +255,10 @@ unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
     use std::arch::x86_64::*;
     assert!(c.bias.len() >= n, "epilogue bias");
     // SAFETY: pixel i's accesses are at channels o..o + 16 ≤ n, or, for a last partial
-    // vector, under the mask `m`, whose lanes are below n: inside s[i·sstride..][..n], k[..n], bias[..n] and the buffers' [i·n..][..n]
+    // vector, under the mask `m`, whose lanes are below n: inside s[i·sstride..][..n], lk[..n], bias[..n] and the buffers' [i·n..][..n]
     // (checked by `run`); AVX-512 F/BW/VL are enabled.
     unsafe {
-        let (hw, da, l) = (
-            _mm512_set1_ps(c.hw),
-            _mm512_set1_ps(c.da),
-            _mm512_set1_ps(c.l),
-        );
+        let (hw, da) = (_mm512_set1_ps(c.hw), _mm512_set1_ps(c.da));
         let rs = _mm512_set1_ps(c.res_scale);
         let (nl, nu, ns) = (
             _mm512_set1_ps(c.next.l),
@@ -280,7 +275,7 @@ unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
         for i in 0..span.count {
             let x = span.x0 + i;
             let s = span.s.as_ptr().add(i * span.sstride);
-            let k = span.k[crate::engine::intnet::border_bits(x, span.w)].as_ptr();
+            let lk = span.lk[crate::engine::intnet::border_bits(x, span.w)].as_ptr();
             let (out, res, head, d) = (
                 px.out.as_mut_ptr().wrapping_add(i * n),
                 px.res.as_mut_ptr().wrapping_add(i * n),
@@ -294,14 +289,11 @@ unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
                 // epilogue).
                 let m = (n - o < 16).then(|| ((1u32 << (n - o)) - 1) as __mmask16);
                 let si = _mm512_cvtepi32_ps(load_i32(s.add(o), m));
-                let ki = _mm512_cvtepi32_ps(load_i32(k.add(o), m));
+                let lk = load_ps(lk.add(o), m);
                 let b = load_ps(c.bias.as_ptr().add(o), m);
                 let v = _mm512_add_ps(
                     b,
-                    _mm512_mul_ps(
-                        hw,
-                        _mm512_add_ps(_mm512_mul_ps(da, si), _mm512_mul_ps(l, ki)),
-                    ),
+                    _mm512_mul_ps(hw, _mm512_add_ps(_mm512_mul_ps(da, si), lk)),
                 );
                 let d = d.add(o);
                 match op {
@@ -431,24 +423,26 @@ mod tests {
                         .collect();
                     let ktab: Vec<i32> = (0..4 * n).map(|_| rng.below(300) as i32 - 150).collect();
                     let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
+                    let (hw, da) = (rng.uniform() * 0.1, rng.uniform());
+                    let mut lktab = Vec::new();
+                    l_times_k(rng.symmetric(3.0), &ktab, &mut lktab);
                     let c = Consts {
                         bias: &bias,
-                        hw: rng.uniform() * 0.1,
-                        da: rng.uniform(),
-                        l: rng.symmetric(3.0),
+                        hw,
+                        da,
                         res_scale: 0.1,
                         next: ActQuant::new(-rng.uniform() * 40.0, rng.uniform() * 40.0, 4),
                     };
                     let res0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
                     let head0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
-                    let k: [&[i32]; 4] = std::array::from_fn(|b| &ktab[b * n..(b + 1) * n]);
+                    let k: [&[f32]; 4] = std::array::from_fn(|b| &lktab[b * n..(b + 1) * n]);
                     let span = Span {
                         x0,
                         count,
                         w,
                         s: &s,
                         sstride,
-                        k,
+                        lk: k,
                     };
                     let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
                     // The reference: scalar, pixel by pixel.
@@ -515,6 +509,9 @@ mod tests {
                     let k: Vec<i32> = (0..n).map(|_| rng.below(200) as i32 - 100).collect();
                     let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
                     let bits = 1 + (case % 8) as u8;
+                    let l = rng.symmetric(3.0);
+                    let mut lk = Vec::new();
+                    l_times_k(l, &k, &mut lk);
                     let c = Consts {
                         bias: &bias,
                         // A step of 1/4 with the codes' step of 1 puts many values on ties.
@@ -524,7 +521,6 @@ mod tests {
                             rng.uniform() * 0.1
                         },
                         da: if case % 3 == 0 { 1.0 } else { rng.uniform() },
-                        l: rng.symmetric(3.0),
                         res_scale: if case % 5 == 0 { f32::MAX } else { 0.1 },
                         next: ActQuant::new(-rng.uniform() * 40.0, rng.uniform() * 40.0, bits),
                     };
@@ -548,17 +544,26 @@ mod tests {
                                 w: 1,
                                 s: &s,
                                 sstride: n,
-                                k: [&k[..]; 4],
+                                lk: [&lk[..]; 4],
                             };
                             run(level, op, &c, n, &span, px);
                         } else {
-                            pixel(level, op, &c, &s, &k, px);
+                            pixel(level, op, &c, &s, &lk, px);
                         }
                         let bits =
                             |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
                         (bits(&out), bits(&res), bits(&hd), d)
                     };
                     let want = go(CpuLevel::Scalar, false);
+                    if op == Op::Values {
+                        // The reference is the layer's values (`IntConv::values`'s formula).
+                        let v: Vec<u32> = (0..n)
+                            .map(|o| {
+                                (bias[o] + c.hw * (c.da * s[o] as f32 + l * k[o] as f32)).to_bits()
+                            })
+                            .collect();
+                        assert_eq!(want.0, v, "n={n} case {case}");
+                    }
                     for level in CpuLevel::testable() {
                         for by_run in [false, true] {
                             assert_eq!(

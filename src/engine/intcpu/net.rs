@@ -50,6 +50,8 @@ struct Buffers {
     head: Vec<f32>,
     res: Vec<f32>,
     hr: Vec<Vec<u8>>,
+    /// The running conv's `l·K` table ([`epilogue::l_times_k`]).
+    lk: Vec<f32>,
 }
 
 /// The fused integer path of an fq [`IntNetwork`] running on the kernels: what each layer's
@@ -100,14 +102,16 @@ fn span_of<'a>(
     w: usize,
     cols: Range<usize>,
     s: &'a [i32],
+    lk: &'a [f32],
 ) -> Span<'a> {
+    let by = crate::engine::intnet::border_bits(y, h);
     Span {
         x0: cols.start,
         count: cols.len(),
         w,
         s,
         sstride: pc.cout8,
-        k: ic.ktab_row(y, h),
+        lk: std::array::from_fn(|bx| &lk[(by * 4 + bx) * ic.cout..][..ic.cout]),
     }
 }
 
@@ -226,13 +230,14 @@ impl FusedNet {
                 head,
                 res,
                 hr,
+                lk,
                 ..
             } = &mut *b;
             match epi {
-                Epi::Head => self.conv(net, k, input, h, w, q(k), next, head, res, a, None),
-                Epi::Relu => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None),
-                Epi::Res => self.conv(net, k, bb, h, w, q(k), next, head, res, a, None),
-                Epi::Skip => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None),
+                Epi::Head => self.conv(net, k, input, h, w, q(k), next, head, res, a, None, lk),
+                Epi::Relu => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, lk),
+                Epi::Res => self.conv(net, k, bb, h, w, q(k), next, head, res, a, None, lk),
+                Epi::Skip => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, lk),
                 Epi::Shuffle(r) => {
                     let (src, dst) = if stage == 0 {
                         (&bb[..], &mut hr[0])
@@ -240,7 +245,7 @@ impl FusedNet {
                         let (lo, hi) = hr.split_at_mut(stage);
                         (&lo[stage - 1][..], &mut hi[0])
                     };
-                    self.conv(net, k, src, hh, ww, q(k), next, head, res, dst, None);
+                    self.conv(net, k, src, hh, ww, q(k), next, head, res, dst, None, lk);
                     hh *= r;
                     ww *= r;
                     stage += 1;
@@ -265,6 +270,7 @@ impl FusedNet {
                         res,
                         &mut [],
                         Some(&mut *out),
+                        lk,
                     );
                 }
             }
@@ -318,6 +324,7 @@ impl FusedNet {
         res: &mut [f32],
         dst: &mut [u8],
         out: Option<&mut FeatureMap>,
+        lk: &mut Vec<f32>,
     ) {
         let IntLayer::Int(ic) = &net.layers[k] else {
             unreachable!("checked in FusedNet::new")
@@ -328,6 +335,8 @@ impl FusedNet {
             None => (ic, pc),
         };
         let epi = &self.epis[k];
+        epilogue::l_times_k(a.l, &ic.ktab, lk);
+        let lk = &lk[..];
         let map = Codes {
             data: src,
             h,
@@ -340,7 +349,6 @@ impl FusedNet {
             bias: &ic.bias,
             hw: ic.hw,
             da: a.step(),
-            l: a.l,
             res_scale: net.net.config.res_scale,
             // Placeholder for the tail, whose epilogue writes values, not codes.
             next: next.unwrap_or(a),
@@ -501,7 +509,7 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut [],
                                 };
-                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
+                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s, lk);
                                 epilogue::run(level, Op::Values, &consts, cout, &span, px);
                             },
                             &|_, _| (),
@@ -526,7 +534,8 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut codes[..cols.len() * cout],
                                 };
-                                let span = span_of(ic, pc, i * rows + ry, h, w, cols.clone(), s);
+                                let span =
+                                    span_of(ic, pc, i * rows + ry, h, w, cols.clone(), s, lk);
                                 epilogue::run(level, Op::Codes, &consts, cout, &span, px);
                                 // Sub-pixel-major codes (`shuffled`): HR row `i` of pixel
                                 // `xx` is the pixel's codes `i·r·c .. (i + 1)·r·c`.
@@ -584,7 +593,7 @@ impl FusedNet {
                                     head: &mut head[cols.start * cout..][..len],
                                     d: &mut row[(cols.start + 1) * cout..][..len],
                                 };
-                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s);
+                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s, lk);
                                 epilogue::run(level, op, &consts, cout, &span, px);
                             },
                             &pre,
