@@ -92,10 +92,9 @@ fn prefetch(at: usize, len: usize) {
     let _ = (at, len);
 }
 
-/// The pixels `cols` of output row `y` of an `h x w` map of `ic`, with their sums `s`
-/// (`pc.cout8` apart).
+/// The pixels `cols` of output row `y` of an `h x w` map of the conv `pc`, with their sums
+/// `s` (`pc.cout8` apart) and the conv's `l·K` table `lk`.
 fn span_of<'a>(
-    ic: &'a crate::engine::intnet::IntConv,
     pc: &super::PackedConv,
     y: usize,
     h: usize,
@@ -111,7 +110,7 @@ fn span_of<'a>(
         w,
         s,
         sstride: pc.cout8,
-        lk: std::array::from_fn(|bx| &lk[(by * 4 + bx) * ic.cout..][..ic.cout]),
+        lk: std::array::from_fn(|bx| &lk[(by * 4 + bx) * pc.cout..][..pc.cout]),
     }
 }
 
@@ -509,7 +508,7 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut [],
                                 };
-                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s, lk);
+                                let span = span_of(pc, i * rows + r, h, w, cols, s, lk);
                                 epilogue::run(level, Op::Values, &consts, cout, &span, px);
                             },
                             &|_, _| (),
@@ -534,8 +533,7 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut codes[..cols.len() * cout],
                                 };
-                                let span =
-                                    span_of(ic, pc, i * rows + ry, h, w, cols.clone(), s, lk);
+                                let span = span_of(pc, i * rows + ry, h, w, cols.clone(), s, lk);
                                 epilogue::run(level, Op::Codes, &consts, cout, &span, px);
                                 // Sub-pixel-major codes (`shuffled`): HR row `i` of pixel
                                 // `xx` is the pixel's codes `i·r·c .. (i + 1)·r·c`.
@@ -593,7 +591,7 @@ impl FusedNet {
                                     head: &mut head[cols.start * cout..][..len],
                                     d: &mut row[(cols.start + 1) * cout..][..len],
                                 };
-                                let span = span_of(ic, pc, i * rows + r, h, w, cols, s, lk);
+                                let span = span_of(pc, i * rows + r, h, w, cols, s, lk);
                                 epilogue::run(level, op, &consts, cout, &span, px);
                             },
                             &pre,
