@@ -628,6 +628,7 @@ fn frame_io(frames: usize) {
         );
     }
     alpha_io(frames, &one);
+    cuda_host_path(frames);
 }
 
 /// The alpha plane's bilinear x2 upscale (alpha layouts), 1920x1080 → 3840x2160: one thread
@@ -695,4 +696,74 @@ fn session9_round_trip(
             }
         }
     }
+}
+
+/// The host side of the element's CUDA path for x2 1920x1080 → 3840x2160 BGRx, the device's
+/// work left out: unpack the frame to RGB bytes, copy the downloaded HR frame out of the pinned
+/// staging buffer, pack it into the output frame. Before session 15 the RGB input and the HR
+/// frame were fresh buffers every frame (page-faulted in each time); now the element hands the
+/// same ones back every frame. Both alternate in one run.
+fn cuda_host_path(frames: usize) {
+    use gstadabm::engine::frame::{pack_rgb8, unpack_rgb8, unpack_rgb8_into};
+    use gstadabm::engine::{FrameMut, FrameRef, PixelLayout};
+    use rayon::prelude::*;
+    let (w, h, s) = (1920usize, 1080usize, 2usize);
+    let layout = PixelLayout::Bgrx;
+    let data: Vec<u8> = (0..w * h * 4).map(|i| (i * 31 % 251) as u8).collect();
+    // Stands for the pinned buffer the device's output is downloaded into.
+    let staged: Vec<u8> = (0..w * s * h * s * 3)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    let mut frame_out = vec![0u8; w * s * h * s * 4];
+    let copy = |d: &mut [u8], src: &[u8]| {
+        d.par_chunks_mut(1 << 20)
+            .zip(src.par_chunks(1 << 20))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    };
+    let src = FrameRef {
+        data: &data,
+        stride: w * 4,
+        width: w,
+        height: h,
+        layout,
+    };
+    let (mut rgb, mut alpha, mut hr) = (Vec::new(), Vec::new(), Vec::new());
+    let mut best = [f64::INFINITY; 2];
+    for _ in 0..frames.max(1) + 1 {
+        let mut dst = FrameMut {
+            data: &mut frame_out,
+            stride: w * s * 4,
+            width: w * s,
+            height: h * s,
+            layout,
+        };
+        let t = Instant::now();
+        let (fresh_rgb, _) = unpack_rgb8(&src).unwrap();
+        let mut fresh_hr = vec![0u8; staged.len()];
+        copy(&mut fresh_hr, &staged);
+        pack_rgb8(&fresh_hr, None, &mut dst).unwrap();
+        std::hint::black_box(&fresh_rgb);
+        drop((fresh_rgb, fresh_hr));
+        best[0] = best[0].min(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        unpack_rgb8_into(&src, &mut rgb, &mut alpha).unwrap();
+        if hr.len() != staged.len() {
+            hr.resize(staged.len(), 0);
+        }
+        copy(&mut hr, &staged);
+        pack_rgb8(&hr, None, &mut dst).unwrap();
+        std::hint::black_box(&rgb);
+        best[1] = best[1].min(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!();
+    println!(
+        "| element CUDA host path, x2 1920x1080 BGRx (device work excluded) | fresh buffers per frame | reused | ratio |"
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| unpack + HR copy out of staging + pack | {:.1} ms | {:.1} ms | {:.2}x |",
+        best[0],
+        best[1],
+        best[0] / best[1]
+    );
 }

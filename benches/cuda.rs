@@ -149,7 +149,9 @@ fn main() {
 
     // Several streams sharing one engine, as element instances running the same model do:
     // each thread upscales its own frames (end to end: upload, compute, download) through
-    // SharedCuda; total fps and the mean frames per launch.
+    // SharedCuda, reusing its host buffers from frame to frame as the element does (since
+    // session 15; before, every frame allocated its input copy and HR output); total fps and
+    // the mean frames per launch.
     println!();
     println!(
         "| shared engine | input → output | lanes | streams | total fps | fps per stream | frames per launch |"
@@ -194,10 +196,16 @@ fn main() {
             std::thread::scope(|sc| {
                 for _ in 0..streams {
                     sc.spawn(|| {
+                        // As the element does: the input copied into, and the output written
+                        // to, the buffers of the stream's previous frame.
+                        let (mut rgb, mut out) = (Vec::new(), Vec::new());
                         for _ in 0..iters {
-                            shared
-                                .upscale(frame.clone(), w, h, &Options::default())
+                            rgb.clear();
+                            rgb.extend_from_slice(&frame);
+                            let done = shared
+                                .upscale_reusing(rgb, out, w, h, &Options::default())
                                 .unwrap();
+                            (rgb, out) = (done.rgb, done.hr);
                         }
                     });
                 }

@@ -1,5 +1,5 @@
-//! What the CUDA backend and its stub (built without the `cuda` feature) share: the error type
-//! and the per-frame stats.
+//! What the CUDA backend and its stub (built without the `cuda` feature) share: the error type,
+//! the per-frame stats and a shared engine's finished frame.
 
 /// Everything that can go wrong on the CUDA path, with a message a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -28,4 +28,12 @@ pub struct FrameStats {
     /// Activation bits of the adaptive layers, in layer order.
     pub layer_bits: Vec<u8>,
     pub fab: f32,
+}
+
+/// A frame done by a shared engine: its HR frame (packed RGB, in the buffer the caller gave),
+/// its stats, and the caller's input buffer handed back, so that both can serve its next frame.
+pub struct Done {
+    pub hr: Vec<u8>,
+    pub stats: FrameStats,
+    pub rgb: Vec<u8>,
 }

@@ -4,7 +4,7 @@
 
 use crate::engine::{Model, Options};
 
-pub use crate::cuda_common::{CudaError, FrameStats, Result};
+pub use crate::cuda_common::{CudaError, Done, FrameStats, Result};
 
 const NOT_BUILT: &str = "this build of adabm has no CUDA support (rebuild with the `cuda` feature)";
 
@@ -70,6 +70,17 @@ impl SharedCuda {
         _h: usize,
         _opts: &Options,
     ) -> std::result::Result<(Vec<u8>, FrameStats), String> {
+        match *self {}
+    }
+
+    pub fn upscale_reusing(
+        &self,
+        _rgb: Vec<u8>,
+        _out: Vec<u8>,
+        _w: usize,
+        _h: usize,
+        _opts: &Options,
+    ) -> std::result::Result<Done, String> {
         match *self {}
     }
 

@@ -567,40 +567,50 @@ fn cuda_backend_matches_the_integer_reference() {
             .unwrap();
         let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
         h.play();
-        let (out_info, out, in_info, data) = push_frame(&mut h, "RGBA", 21, 13, 5);
         let model = gstadabm::engine::builtin::find(scale, precision)
             .unwrap()
             .load()
             .unwrap();
-        let src = FrameRef {
-            data: &data,
-            stride: in_info.stride()[0] as usize,
-            width: 21,
-            height: 13,
-            layout: PixelLayout::Rgba,
-        };
-        let (img, alpha) = gstadabm::engine::frame::unpack(&src).unwrap();
         let cpu = Engine::new(&model, 1).unwrap();
-        let c = gstadabm::engine::complexity::gradient_density(&img.data, 21, 13);
-        let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
-        let hr = gstadabm::engine::intnet::IntNetwork::new(&model)
-            .unwrap()
-            .upscale(&img, &plan);
-        let mut want = vec![0u8; out_info.size()];
-        let mut dst = FrameMut {
-            data: &mut want,
-            stride: out_info.stride()[0] as usize,
-            width: out_info.width() as usize,
-            height: out_info.height() as usize,
-            layout: PixelLayout::Rgba,
-        };
-        let s = scale as usize;
-        let alpha = gstadabm::engine::frame::upscale_plane_bilinear(&alpha.unwrap(), 21, 13, s);
-        gstadabm::engine::frame::pack(&hr, Some(&alpha), &mut dst).unwrap();
-        assert!(
-            visible(&out, &out_info) == visible(&want, &out_info),
-            "x{scale} {precision}: CUDA element output differs from the integer reference"
-        );
+        let int = gstadabm::engine::intnet::IntNetwork::new(&model).unwrap();
+        // Frames of other sizes and layouts in turn: the element's host buffers, reused from
+        // frame to frame, must never leak one frame into the next.
+        for (fmt, layout, w, hh, seed) in [
+            ("RGBA", PixelLayout::Rgba, 21u32, 13u32, 5u8),
+            ("RGBA", PixelLayout::Rgba, 9, 7, 6),
+            ("RGB", PixelLayout::Rgb, 21, 13, 7),
+            ("RGBA", PixelLayout::Rgba, 21, 13, 8),
+        ] {
+            let (out_info, out, in_info, data) = push_frame(&mut h, fmt, w, hh, seed);
+            let (w, hh) = (w as usize, hh as usize);
+            let src = FrameRef {
+                data: &data,
+                stride: in_info.stride()[0] as usize,
+                width: w,
+                height: hh,
+                layout,
+            };
+            let (img, alpha) = gstadabm::engine::frame::unpack(&src).unwrap();
+            let c = gstadabm::engine::complexity::gradient_density(&img.data, w, hh);
+            let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
+            let hr = int.upscale(&img, &plan);
+            let mut want = vec![0u8; out_info.size()];
+            let mut dst = FrameMut {
+                data: &mut want,
+                stride: out_info.stride()[0] as usize,
+                width: out_info.width() as usize,
+                height: out_info.height() as usize,
+                layout,
+            };
+            let s = scale as usize;
+            let alpha =
+                alpha.map(|a| gstadabm::engine::frame::upscale_plane_bilinear(&a, w, hh, s));
+            gstadabm::engine::frame::pack(&hr, alpha.as_deref(), &mut dst).unwrap();
+            assert!(
+                visible(&out, &out_info) == visible(&want, &out_info),
+                "x{scale} {precision} {fmt} {w}x{hh}: CUDA element output differs from the integer reference"
+            );
+        }
         eprintln!("x{scale} {precision}: element on CUDA == integer reference");
     }
 }

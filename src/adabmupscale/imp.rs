@@ -185,6 +185,20 @@ struct State {
 pub struct AdabmUpscale {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
+    /// The CUDA path's host frames, kept between frames.
+    cuda_bufs: Mutex<CudaBufs>,
+}
+
+/// What a frame on the CUDA path reuses: its packed RGB input, HR output and alpha planes, so
+/// that frames of a size seen before allocate no frame-sized memory (a fresh 25 MB 4K buffer
+/// is page-faulted in on every frame).
+#[derive(Default)]
+struct CudaBufs {
+    rgb: Vec<u8>,
+    hr: Vec<u8>,
+    alpha: Vec<u8>,
+    alpha_hr: Vec<u8>,
+    alpha_cols: Vec<(usize, usize, f32)>,
 }
 
 #[glib::object_subclass]
@@ -851,7 +865,13 @@ impl BaseTransformImpl for AdabmUpscale {
             layout,
         };
         let upscale = |src: &FrameRef, dst: &mut FrameMut| match &cuda {
-            Some(c) => cuda_frame(c, src, dst, &opts),
+            Some(c) => cuda_frame(
+                c,
+                src,
+                dst,
+                &opts,
+                &mut self.cuda_bufs.lock().unwrap_or_else(|e| e.into_inner()),
+            ),
             None => engine
                 .process_frame(src, dst, &opts)
                 .map_err(|e| e.to_string()),
@@ -931,12 +951,13 @@ fn field_of_mut<'a>(frame: &'a mut FrameMut<'_>, f: usize) -> Result<FrameMut<'a
 }
 
 /// One frame through the CUDA engine: unpack to RGB bytes, upscale, pack (alpha upscaled
-/// bilinearly, as on the CPU).
+/// bilinearly, as on the CPU), in the buffers of `bufs`.
 fn cuda_frame(
     c: &SharedCuda,
     src: &FrameRef,
     dst: &mut FrameMut,
     opts: &Options,
+    bufs: &mut CudaBufs,
 ) -> Result<engine::Stats, String> {
     let t0 = std::time::Instant::now();
     let s = c.scale();
@@ -946,10 +967,31 @@ fn cuda_frame(
             dst.width, dst.height, src.width, src.height
         ));
     }
-    let (rgb, alpha) = engine::frame::unpack_rgb8(src).map_err(|e| e.to_string())?;
-    let (hr, fs) = c.upscale(rgb, src.width, src.height, opts)?;
-    let alpha = alpha.map(|a| engine::frame::upscale_plane_bilinear(&a, src.width, src.height, s));
-    engine::frame::pack_rgb8(&hr, alpha.as_deref(), dst).map_err(|e| e.to_string())?;
+    let has_alpha = engine::frame::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha)
+        .map_err(|e| e.to_string())?;
+    // The buffers travel with the job and come back with the frame (lost on an error: the
+    // next frame allocates them again).
+    let done = c.upscale_reusing(
+        std::mem::take(&mut bufs.rgb),
+        std::mem::take(&mut bufs.hr),
+        src.width,
+        src.height,
+        opts,
+    )?;
+    (bufs.rgb, bufs.hr) = (done.rgb, done.hr);
+    let fs = done.stats;
+    if has_alpha {
+        engine::frame::upscale_plane_bilinear_into(
+            &bufs.alpha,
+            src.width,
+            src.height,
+            s,
+            &mut bufs.alpha_hr,
+            &mut bufs.alpha_cols,
+        );
+    }
+    engine::frame::pack_rgb8(&bufs.hr, has_alpha.then_some(&bufs.alpha_hr[..]), dst)
+        .map_err(|e| e.to_string())?;
     Ok(engine::Stats {
         complexity: fs.complexity,
         image_bits: fs.image_bits,

@@ -537,6 +537,21 @@ impl CudaEngine {
         self.run(frames, w, h, opts, false).map(|(v, _)| v)
     }
 
+    /// [`Self::upscale_frames`] into `outs` (one per frame, resized to the HR frame and
+    /// overwritten; memory they already have is reused, so a caller that hands back the same
+    /// buffers every frame allocates no frame-sized memory); returns the frames' stats.
+    pub fn upscale_frames_into(
+        &mut self,
+        frames: &[&[u8]],
+        w: usize,
+        h: usize,
+        opts: &[Options],
+        outs: &mut [Vec<u8>],
+    ) -> Result<Vec<FrameStats>> {
+        self.run_into(frames, w, h, opts, false, outs)
+            .map(|(stats, _)| stats)
+    }
+
     /// [`Self::upscale_frames`] that also returns the unrounded f32 outputs.
     pub fn upscale_frames_f32(
         &mut self,
@@ -615,6 +630,29 @@ impl CudaEngine {
         opts: &[Options],
         want_f32: bool,
     ) -> Result<Batch> {
+        let mut outs = vec![Vec::new(); frames.len()];
+        let (stats, f32s) = self.run_into(frames, w, h, opts, want_f32, &mut outs)?;
+        Ok((outs.into_iter().zip(stats).collect(), f32s))
+    }
+
+    /// [`Self::run`] into `outs`, one per frame; returns the frames' stats (and, with
+    /// `want_f32`, the f32 outputs).
+    fn run_into(
+        &mut self,
+        frames: &[&[u8]],
+        w: usize,
+        h: usize,
+        opts: &[Options],
+        want_f32: bool,
+        outs: &mut [Vec<u8>],
+    ) -> Result<(Vec<FrameStats>, Vec<Vec<f32>>)> {
+        if outs.len() != frames.len() {
+            return Err(CudaError::Input(format!(
+                "{} output buffers for {} frames",
+                outs.len(),
+                frames.len()
+            )));
+        }
         if opts.len() != 1 && opts.len() != frames.len() {
             return Err(CudaError::Input(format!(
                 "{} option sets for {} frames: give one, or one per frame",
@@ -640,25 +678,26 @@ impl CudaEngine {
         let host = b.host_out.as_slice()?;
         let l_count = self.convs.len();
         let adaptive: Vec<usize> = self.net.adaptive_layers().collect();
-        let mut out = Vec::new();
-        for i in 0..frames.len() {
+        let mut out = Vec::with_capacity(frames.len());
+        for (i, frame) in outs.iter_mut().enumerate() {
             let layer_bits: Vec<u8> = adaptive.iter().map(|&k| bits[i * l_count + k]).collect();
             let fab = if layer_bits.is_empty() {
                 0.0
             } else {
                 layer_bits.iter().map(|&b| b as f32).sum::<f32>() / layer_bits.len() as f32
             };
-            let mut frame = vec![0u8; n];
-            par_copy(&mut frame, &host[i * n..(i + 1) * n]);
-            out.push((
-                frame,
-                FrameStats {
-                    complexity: stats[2 * i],
-                    image_bits: stats[2 * i + 1] as i32,
-                    layer_bits,
-                    fab,
-                },
-            ));
+            // Every byte is overwritten: only a buffer of another size is resized.
+            if frame.len() != n {
+                frame.clear();
+                frame.resize(n, 0);
+            }
+            par_copy(frame, &host[i * n..(i + 1) * n]);
+            out.push(FrameStats {
+                complexity: stats[2 * i],
+                image_bits: stats[2 * i + 1] as i32,
+                layer_bits,
+                fab,
+            });
         }
         let f32s = rgbf
             .map(|v| v.chunks(n).map(|c| c.to_vec()).collect())

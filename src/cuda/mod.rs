@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::{Arc, LazyLock, Mutex};
 
-pub use crate::cuda_common::{CudaError, FrameStats, Result};
+pub use crate::cuda_common::{CudaError, Done, FrameStats, Result};
 pub use engine::{Batch, CudaEngine};
 pub use shared::{MAX_BATCH, SharedCuda};
 

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
-use super::{CudaEngine, FrameStats, Result};
+use super::{CudaEngine, Done, FrameStats, Result};
 use crate::batch::{BatchExec, Batcher};
 use crate::engine::{Model, Options};
 
@@ -14,13 +14,18 @@ use crate::engine::{Model, Options};
 /// buffers grow to the largest batch seen).
 pub const MAX_BATCH: usize = 4;
 
-/// One frame to upscale: packed RGB bytes, its size and its stream's options.
+/// One frame to upscale: packed RGB bytes, its size and its stream's options, and the buffer
+/// its HR frame goes into (any memory it has is reused).
 pub struct Job {
     pub rgb: Vec<u8>,
     pub w: usize,
     pub h: usize,
     pub opts: Options,
+    pub out: Vec<u8>,
 }
+
+/// A frame done, or why it failed.
+pub type Reply = std::result::Result<Done, String>;
 
 /// An HR frame (packed RGB) and its stats, or why it failed.
 pub type Output = std::result::Result<(Vec<u8>, FrameStats), String>;
@@ -31,14 +36,14 @@ struct Exec {
 
 impl BatchExec for Exec {
     type Job = Job;
-    type Out = Output;
+    type Out = Reply;
     type Key = (usize, usize);
 
     fn key(j: &Job) -> (usize, usize) {
         (j.w, j.h)
     }
 
-    fn run(&mut self, jobs: Vec<Job>) -> Vec<Output> {
+    fn run(&mut self, mut jobs: Vec<Job>) -> Vec<Reply> {
         let (w, h) = (jobs[0].w, jobs[0].h);
         // A frame whose options the device refuses fails alone, not its batch.
         let checked: Vec<std::result::Result<(), String>> = jobs
@@ -50,35 +55,44 @@ impl BatchExec for Exec {
                     .map_err(|e| e.to_string())
             })
             .collect();
-        let ok: Vec<&Job> = jobs
+        let ok: Vec<usize> = (0..jobs.len()).filter(|&i| checked[i].is_ok()).collect();
+        let mut outs: Vec<Vec<u8>> = ok
             .iter()
-            .zip(&checked)
-            .filter(|(_, c)| c.is_ok())
-            .map(|(j, _)| j)
+            .map(|&i| std::mem::take(&mut jobs[i].out))
             .collect();
-        let mut outs = if ok.is_empty() {
-            Vec::new()
+        let ran = if ok.is_empty() {
+            Ok(Vec::new())
         } else {
-            let frames: Vec<&[u8]> = ok.iter().map(|j| j.rgb.as_slice()).collect();
-            let opts: Vec<Options> = ok.iter().map(|j| j.opts).collect();
-            match self.engine.upscale_frames(&frames, w, h, &opts) {
-                Ok(v) => v.into_iter().map(Ok).collect(),
-                Err(e) => ok.iter().map(|_| Err(e.to_string())).collect(),
-            }
-        }
-        .into_iter();
-        checked
-            .into_iter()
-            .map(|c| match c {
-                Ok(()) => outs
-                    .next()
-                    .unwrap_or_else(|| Err("no output for this frame".into())),
-                Err(e) => Err(e),
+            let frames: Vec<&[u8]> = ok.iter().map(|&i| jobs[i].rgb.as_slice()).collect();
+            let opts: Vec<Options> = ok.iter().map(|&i| jobs[i].opts).collect();
+            self.engine
+                .upscale_frames_into(&frames, w, h, &opts, &mut outs)
+                .map_err(|e| e.to_string())
+        };
+        let mut done = match ran {
+            Ok(stats) => Ok(outs.into_iter().zip(stats)),
+            Err(e) => Err(e),
+        };
+        jobs.into_iter()
+            .zip(checked)
+            .map(|(job, c)| {
+                c?;
+                match &mut done {
+                    Ok(it) => it
+                        .next()
+                        .map(|(hr, stats)| Done {
+                            hr,
+                            stats,
+                            rgb: job.rgb,
+                        })
+                        .ok_or_else(|| "no output for this frame".to_string()),
+                    Err(e) => Err(e.clone()),
+                }
             })
             .collect()
     }
 
-    fn failed(why: &str) -> Output {
+    fn failed(why: &str) -> Reply {
         Err(why.to_string())
     }
 }
@@ -149,11 +163,26 @@ impl SharedCuda {
     /// Upscales one frame (packed RGB, `w x h`), batched with the frames other streams submit
     /// meanwhile.
     pub fn upscale(&self, rgb: Vec<u8>, w: usize, h: usize, opts: &Options) -> Output {
+        self.upscale_reusing(rgb, Vec::new(), w, h, opts)
+            .map(|d| (d.hr, d.stats))
+    }
+
+    /// [`Self::upscale`] into `out`, handing back `rgb` too: a caller that passes the buffers
+    /// of its previous frame allocates no frame-sized memory (the element's path).
+    pub fn upscale_reusing(
+        &self,
+        rgb: Vec<u8>,
+        out: Vec<u8>,
+        w: usize,
+        h: usize,
+        opts: &Options,
+    ) -> Reply {
         self.batcher.run(Job {
             rgb,
             w,
             h,
             opts: *opts,
+            out,
         })
     }
 

@@ -170,21 +170,28 @@ pub fn unpack_into(f: &FrameRef, img: &mut Image, alpha: &mut Vec<u8>) -> Result
 
 /// Unpacks a frame into interleaved RGB bytes and, for alpha layouts, the alpha plane.
 pub fn unpack_rgb8(f: &FrameRef) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let (mut out, mut alpha) = (Vec::new(), Vec::new());
+    let has_alpha = unpack_rgb8_into(f, &mut out, &mut alpha)?;
+    Ok((out, has_alpha.then_some(alpha)))
+}
+
+/// [`unpack_rgb8`] into `out` and, for alpha layouts, `alpha` (then true), reusing their
+/// memory (the element's CUDA path: no allocation per frame).
+pub fn unpack_rgb8_into(f: &FrameRef, out: &mut Vec<u8>, alpha: &mut Vec<u8>) -> Result<bool> {
     if f.layout == PixelLayout::Rgb {
         // Already interleaved RGB: whole rows.
         use rayon::prelude::*;
         check_geometry("input", f.data.len(), f.stride, f.width, f.height, 3)?;
         let n = f.width * 3;
-        let mut out = vec![0u8; n * f.height];
+        // Every byte is overwritten below.
+        out.resize(n * f.height, 0);
         out.par_chunks_mut(n)
             .zip(f.data.par_chunks(f.stride))
             .with_min_len(ROWS_PER_TASK)
             .for_each(|(d, row)| d.copy_from_slice(&row[..n]));
-        return Ok((out, None));
+        return Ok(false);
     }
-    let (mut out, mut alpha) = (Vec::new(), Vec::new());
-    let has_alpha = unpack_with(f, |v| v, &mut out, &mut alpha)?;
-    Ok((out, has_alpha.then_some(alpha)))
+    unpack_with(f, |v| v, out, alpha)
 }
 
 /// Rows in parallel (a 4K frame is 25 MB of memory-bound shuffling, 10+ ms on one core).
@@ -401,6 +408,36 @@ pub fn upscale_plane_bilinear_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Buffers reused from frames of other sizes and layouts give what fresh ones give (the
+    /// element's CUDA path unpacks every frame into the same buffers).
+    #[test]
+    fn unpack_rgb8_into_reused_buffers_equals_fresh() {
+        let (mut rgb, mut alpha) = (vec![9u8; 1000], vec![9u8; 1000]);
+        for (layout, w, h) in [
+            (PixelLayout::Rgba, 7, 5),
+            (PixelLayout::Rgb, 3, 2),
+            (PixelLayout::Bgrx, 11, 9),
+            (PixelLayout::Argb, 4, 4),
+        ] {
+            let stride = w * layout.bytes_per_pixel() + 3;
+            let data: Vec<u8> = (0..stride * h).map(|i| (i * 41 % 253) as u8).collect();
+            let f = FrameRef {
+                data: &data,
+                stride,
+                width: w,
+                height: h,
+                layout,
+            };
+            let (want, want_alpha) = unpack_rgb8(&f).unwrap();
+            let has_alpha = unpack_rgb8_into(&f, &mut rgb, &mut alpha).unwrap();
+            assert_eq!(rgb, want, "{layout:?}");
+            assert_eq!(has_alpha, layout.has_alpha(), "{layout:?}");
+            if let Some(a) = want_alpha {
+                assert_eq!(alpha, a, "{layout:?}");
+            }
+        }
+    }
 
     #[test]
     fn unpack_pack_roundtrip_every_layout() {
