@@ -173,8 +173,8 @@ fn tables(frames: usize, threads: usize) {
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
     use gstadabm::engine::intcpu::{
-        Codes, PackedConv, has_wino2_i32, row_sums, row_sums_wino, row_sums_wino_i32,
-        row_sums_wino2, row_sums_wino2_i32, row_sums_wino16, wino,
+        Codes, PackedConv, has_wino2_i32, has_wino4, row_sums, row_sums_wino, row_sums_wino_i32,
+        row_sums_wino2, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16, wino,
     };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
@@ -332,6 +332,29 @@ fn kernels(frames: usize) {
             });
             println!(
                 "| conv {cin}->{cout}, Winograd F(2x2,3x3) | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
+                gmac / ms1 * 1e3,
+                gmac / msp * 1e3
+            );
+        }
+        // F(4x4, 3x3) on i16 (AVX-512 VNNI) where no u8 transform is exact: rows in fours,
+        // chunks of 32 pixels (as the engine runs it), both transforms included.
+        if has_wino4(level) && !(pc.wino2().is_some() && max_code <= 63) && pc.wino4().is_some() {
+            let four = |(out, tiles): &mut (Vec<i32>, Vec<i16>), y: usize| {
+                for x0 in (0..w).step_by(32) {
+                    row_sums_wino4(level, &map, &pc, y, x0..(x0 + 32).min(w), tiles, out);
+                }
+                std::hint::black_box(&out);
+            };
+            let init = || (vec![0i32; 4 * w * pc.cout8], Vec::new());
+            let ms1 = fastest(frames, || {
+                let mut st = init();
+                (0..h).step_by(4).for_each(|y| four(&mut st, y));
+            });
+            let msp = fastest(frames, || {
+                (0..h).into_par_iter().step_by(4).for_each_init(init, four);
+            });
+            println!(
+                "| conv {cin}->{cout}, Winograd F(4x4,3x3) i16 | {w_bits} | {bits} | {ms1:.2} | {:.1} | {:.1} |",
                 gmac / ms1 * 1e3,
                 gmac / msp * 1e3
             );

@@ -21,6 +21,7 @@ mod net;
 mod scalar;
 mod vnni;
 pub mod wino;
+pub mod wino4;
 
 pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
 pub use net::FusedNet;
@@ -294,6 +295,9 @@ pub struct PackedConv {
     /// Winograd F(2x2, 3x3) weights when the weights fit that transform: built on first use
     /// ([`Self::wino2`]), since that kernel is the default at one level only.
     wino2: std::sync::OnceLock<Option<wino::Wino2Weights>>,
+    /// Winograd F(4x4, 3x3) i16 weights when the conv fits that kernel ([`wino4`]), built on
+    /// first use ([`Self::wino4`]).
+    wino4: std::sync::OnceLock<Option<wino4::Wino4Weights>>,
 }
 
 /// The weights of a conv with at most 4 output lanes, `[tap 9][lane 4][cs64]` i8 (`cs64`: the
@@ -374,6 +378,7 @@ impl PackedConv {
             wino: None,
             wino16: None,
             wino2: std::sync::OnceLock::new(),
+            wino4: std::sync::OnceLock::new(),
         };
         pc.wino = wino::WinoWeights::new(&pc);
         pc.wino16 = wino::WinoWeights16::new(&pc);
@@ -397,6 +402,14 @@ impl PackedConv {
     pub fn wino2(&self) -> Option<&wino::Wino2Weights> {
         self.wino2
             .get_or_init(|| wino::Wino2Weights::new(self))
+            .as_ref()
+    }
+
+    /// The F(4x4, 3x3) i16 weights (None when the conv does not fit that kernel), built on
+    /// the first call.
+    pub fn wino4(&self) -> Option<&wino4::Wino4Weights> {
+        self.wino4
+            .get_or_init(|| wino4::Wino4Weights::new(self))
             .as_ref()
     }
 
@@ -625,6 +638,60 @@ pub fn row_sums_wino2_i32(
         CpuLevel::Avx512Vnni => unsafe { vnni::wino2_512_avx512vnni(v, pc, ww, cols, out) },
         _ => panic!("no i32 F(2x2, 3x3) kernel at {level:?}"),
     }
+}
+
+/// [`row_sums`] of output rows `y0 .. y0 + 4` (those below `x.h`; row `r` at
+/// `out[r · x.w · cout8..]`) by Winograd F(4x4, 3x3) on i16 ([`wino4`]): the same `S` to the
+/// bit, offset correction included. Only at AVX-512 VNNI ([`has_wino4`]), for convs with
+/// [`PackedConv::wino4`] weights; `tiles` is scratch.
+pub fn row_sums_wino4(
+    level: CpuLevel,
+    x: &Codes,
+    pc: &PackedConv,
+    y0: usize,
+    cols: Range<usize>,
+    tiles: &mut Vec<i16>,
+    out: &mut [i32],
+) {
+    assert_eq!(x.cstride, pc.cstride, "code map channel stride");
+    assert_eq!(
+        x.data.len(),
+        (x.h + 2) * (x.w + 2) * x.cstride,
+        "code map size"
+    );
+    assert!(y0 < x.h, "row {y0} of {}", x.h);
+    assert!(
+        cols.start <= cols.end && cols.end <= x.w,
+        "columns {cols:?} of {}",
+        x.w
+    );
+    let rows = (x.h - y0).min(4);
+    let plane = x.w * pc.cout8;
+    assert!(out.len() >= rows * plane, "row sums buffer");
+    let ww = pc.wino4().expect("a conv with F(4x4, 3x3) weights");
+    let tiles_needed = wino4::tiles_len(cols.end.div_ceil(4) - cols.start / 4, pc.cstride);
+    if tiles.len() < tiles_needed {
+        tiles.resize(tiles_needed, 0);
+    }
+    match level {
+        // SAFETY: the level is only selected where the CPU has its features; shapes checked
+        // above, the weights' bound on the sums by `Wino4Weights::new`.
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512Vnni => unsafe {
+            wino4::row_sums_avx512(x, pc, ww, y0, cols.clone(), tiles, out)
+        },
+        _ => panic!("no F(4x4, 3x3) kernel at {level:?}"),
+    }
+    if pc.offset {
+        for r in 0..rows {
+            finish_offset(x, pc, y0 + r, cols.clone(), &mut out[r * plane..]);
+        }
+    }
+}
+
+/// Whether [`row_sums_wino4`] has a kernel at `level`.
+pub fn has_wino4(level: CpuLevel) -> bool {
+    level == CpuLevel::Avx512Vnni
 }
 
 /// Whether [`row_sums_wino2_i32`] has a kernel at `level`.

@@ -13,8 +13,8 @@ use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
-    Codes, CpuLevel, PackedConv, Winograd, has_wino2_i32, row_sums, row_sums_wino,
-    row_sums_wino_i32, row_sums_wino2, row_sums_wino2_i32, row_sums_wino16,
+    Codes, CpuLevel, PackedConv, Winograd, has_wino2_i32, has_wino4, row_sums, row_sums_wino,
+    row_sums_wino_i32, row_sums_wino2, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16,
 };
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
@@ -157,6 +157,7 @@ thread_local! {
     static ROWS16: RefCell<WinoRows<i16>> = RefCell::new(WinoRows::default());
     static SUMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static TILES2: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static TILES4: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
 }
 
 impl FusedNet {
@@ -373,6 +374,9 @@ impl FusedNet {
             .then(|| pc.wino2_schedule(max_code))
             .flatten();
         let tiles2 = tiles2_i32 || sched2.is_some();
+        // F(4x4, 3x3) on i16 (AVX-512 VNNI) for the convs no u8 transform is exact for: 8-bit
+        // weights or codes (fq upsamplers, w8a6 bodies).
+        let tiles4 = !tiles2 && mode >= Winograd::Tiles && has_wino4(level) && pc.wino4().is_some();
         let rows_i32 =
             vnni && !tiles2 && mode >= Winograd::Rows && pc.wino.is_some() && max_code <= 127;
         let sched = (!vnni && !tiles2 && mode >= Winograd::Rows)
@@ -387,8 +391,14 @@ impl FusedNet {
             && !pc.pairs_fit_i16(max_code)
             && pc.cout8 >= 32
             && pc.wino16.is_some();
-        // Output rows per task: F(2x2, 3x3) computes rows in pairs.
-        let rows = if tiles2 { 2 } else { 1 };
+        // Output rows per task: F(2x2, 3x3) computes rows in pairs, F(4x4, 3x3) in fours.
+        let rows = if tiles4 {
+            4
+        } else if tiles2 {
+            2
+        } else {
+            1
+        };
         // Each thread keeps the transformed rows of this call it built last (rows y, y+1, y+2
         // of consecutive output rows overlap), tagged with a number unique to this call.
         let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -410,6 +420,25 @@ impl FusedNet {
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
                 sums.resize(rows * plane, 0);
+                if tiles4 {
+                    return TILES4.with(|cell| {
+                        let mut tiles = cell.borrow_mut();
+                        for x0 in (0..w).step_by(COL_CHUNK) {
+                            let cols = x0..(x0 + COL_CHUNK).min(w);
+                            pre(&cols);
+                            row_sums_wino4(
+                                level,
+                                &map,
+                                pc,
+                                y0,
+                                cols.clone(),
+                                &mut tiles,
+                                &mut sums,
+                            );
+                            epilogue(&sums, cols, run);
+                        }
+                    });
+                }
                 if tiles2 {
                     return TILES2.with(|cell| {
                         let mut tiles = cell.borrow_mut();

@@ -729,3 +729,125 @@ fn simd_intrinsics_are_inlined_into_the_kernels() {
         outlined[..outlined.len().min(5)].join("\n")
     );
 }
+
+/// Winograd F(4x4, 3x3) on i16 ([`wino4`]) equals the reference exactly: 4- and 8-bit weights
+/// (centred and offset forms, with and without the ones lane), codes of 1 to 8 bits, heights
+/// and widths that are not multiples of 4, column chunks that start and end inside the row,
+/// 1-pixel maps, and the extreme sums (all codes 255 against all weights −128: the kernel's
+/// sum is −18.8 M, the modular recovery's range ends at 2^25 ≈ 33.6 M).
+#[test]
+fn winograd4_matches_the_reference_exactly() {
+    let Some(level) = CpuLevel::available().into_iter().find(|&l| has_wino4(l)) else {
+        eprintln!("no AVX-512 VNNI on this host: the F(4x4, 3x3) kernel was not run");
+        return;
+    };
+    let mut rng = Rng::new(41);
+    let mut checked = 0;
+    let check = |ic: &IntConv, m: &CodeMap, padded: &[u8], h: usize, w: usize, what: &str| {
+        let pc = PackedConv::new(ic);
+        assert!(pc.wino4().is_some(), "{what}: the conv fits the kernel");
+        let codes = Codes {
+            data: padded,
+            h,
+            w,
+            cstride: pc.cstride,
+        };
+        let mut tiles = Vec::new();
+        let mut rows = 0;
+        for chunk in [w, 8, 6] {
+            for y0 in (0..h).step_by(4) {
+                let mut out = vec![-1i32; 4 * w * pc.cout8];
+                for x0 in (0..w).step_by(chunk) {
+                    let cols = x0..(x0 + chunk).min(w);
+                    row_sums_wino4(level, &codes, &pc, y0, cols, &mut tiles, &mut out);
+                }
+                let mut want = vec![0i32; ic.cout];
+                for r in 0..4.min(h - y0) {
+                    for x in 0..w {
+                        ic.sums(m, y0 + r, x, &mut want);
+                        let at = (r * w + x) * pc.cout8;
+                        assert_eq!(
+                            &out[at..at + ic.cout],
+                            &want[..],
+                            "{what}: chunk {chunk} at ({},{x})",
+                            y0 + r
+                        );
+                    }
+                    rows += 1;
+                }
+            }
+        }
+        rows
+    };
+    for &(h, w, cin, cout) in &[
+        (5, 9, 64, 64),
+        (1, 1, 64, 64),
+        (4, 8, 32, 256),
+        (3, 6, 64, 48),
+        (7, 13, 64, 60),
+        (2, 17, 32, 16),
+    ] {
+        for w_bits in [4u8, 8] {
+            let ic = random_conv(&mut rng, cin, cout, w_bits);
+            for bits in [1u8, 4, 6, 8] {
+                let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
+                let what = format!("{h}x{w} {cin}->{cout} w{w_bits} a{bits}");
+                checked += check(&ic, &m, &padded, h, w, &what);
+            }
+        }
+    }
+    // The extremes: every code 255, every weight code 0 (−128 in the offset form).
+    let (h, w, cin, cout) = (6, 7, 64, 32);
+    let ic = IntConv::new(
+        cin,
+        cout,
+        &vec![-1.0; cout * cin * 9],
+        &vec![0.0; cout],
+        0.4,
+        8,
+    );
+    let mut m = CodeMap {
+        h,
+        w,
+        c: cin,
+        codes: vec![0; (h + 2) * (w + 2) * cin],
+    };
+    for y in 1..=h {
+        for x in 1..=w {
+            m.codes[(y * (w + 2) + x) * cin..][..cin].fill(255);
+        }
+    }
+    let padded = m.codes.clone();
+    let mut want = vec![0i32; cout];
+    ic.sums(&m, 2, 3, &mut want);
+    let pc = PackedConv::new(&ic);
+    assert_eq!(pc.wabs, 128, "weights at the offset form's extreme");
+    // S = 2·Σ q·(k − 128) + Σ q: the kernel's own sum is Σ q·(k − 128) = −255·128·576.
+    assert_eq!(
+        want[0],
+        -(255 * 255 * 9 * 64),
+        "interior sum at the extreme"
+    );
+    checked += check(&ic, &m, &padded, h, w, "extremes");
+    assert!(checked > 100, "only {checked} rows checked");
+}
+
+/// F(4x4, 3x3) refuses the convs it cannot do exactly or efficiently: channel strides not a
+/// multiple of 32, output lanes not a multiple of 16, and 8-bit convs of 128 input channels
+/// (sums could reach 2^25).
+#[test]
+fn winograd4_refuses_what_it_cannot_do() {
+    let mut rng = Rng::new(43);
+    for &(cin, cout, w_bits, fits) in &[
+        (64, 64, 8, true),
+        (3, 64, 8, false),
+        (36, 64, 8, false),
+        (64, 3, 8, false),
+        (64, 24, 8, false),
+        (128, 64, 8, false),
+        (128, 64, 4, true),
+    ] {
+        let pc = PackedConv::new(&random_conv(&mut rng, cin, cout, w_bits));
+        assert_eq!(pc.wino4().is_some(), fits, "{cin}->{cout} w{w_bits}");
+    }
+}
