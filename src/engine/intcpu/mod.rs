@@ -232,7 +232,9 @@ const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 /// per-element widening and output transform cost more than the multiplies it saves at
 /// 32–64 channels (BENCHMARKS.md), at AVX-512 VNNI it measured 1.03–1.11x faster than F(2,3)
 /// end to end on Zen 4 (EDSR-baseline and the 32-channel built-ins, x2 and x4), F(2,3)
-/// 1.02–1.17x faster than the direct 512-bit kernel.
+/// 1.02–1.17x faster than the direct 512-bit kernel. `Tiles` at AVX-512 VNNI also runs the
+/// convs no u8 transform fits (8-bit codes or weights) as F(4x4, 3x3) on i16
+/// ([`row_sums_wino4`]).
 pub fn winograd_for(level: CpuLevel) -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
     if WINOGRAD.load(Relaxed) == 0 {
