@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{Codes, CpuLevel, PackedConv, row_sums};
+use super::{Codes, CpuLevel, PackedConv, Winograd, has_wino4, row_sums, row_sums_wino4};
 use crate::engine::conv::FeatureMap;
 use crate::engine::intconv::ActQuant;
 use crate::engine::intnet::IntConv;
@@ -33,6 +33,8 @@ pub struct CodeBuffer {
 thread_local! {
     /// A row's sums (a worker thread's own).
     static SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Transformed tiles of the F(4x4, 3x3) path (a worker thread's own).
+    static TILES4: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// [`conv_forward`] into `out` (made `x.h x x.w x ic.cout` in its own memory), the input's
@@ -66,6 +68,34 @@ pub fn conv_forward_into(
     let cout = ic.cout;
     // Every interior pixel is written; the border stays zero.
     out.reshape(h, w, cout);
+    // F(4x4, 3x3) on i16 where the fused path would use it (AVX-512 VNNI, `ADABM_WINOGRAD`
+    // mode `tiles`, a conv that fits it): four rows per task, 32-pixel chunks.
+    if has_wino4(level) && super::winograd_for(level) >= Winograd::Tiles && pc.wino4().is_some() {
+        let plane = w * pc.cout8;
+        out.data[wp * cout..(h + 1) * wp * cout]
+            .par_chunks_mut(4 * wp * cout)
+            .enumerate()
+            .for_each(|(i, rows)| {
+                let y0 = 4 * i;
+                SUMS.with_borrow_mut(|sums| {
+                    TILES4.with_borrow_mut(|tiles| {
+                        sums.resize(4 * plane, 0);
+                        for x0 in (0..w).step_by(32) {
+                            let cols = x0..(x0 + 32).min(w);
+                            row_sums_wino4(level, &map, pc, y0, cols, tiles, sums);
+                        }
+                    });
+                    for r in 0..4.min(h - y0) {
+                        for xx in 0..w {
+                            let s = &sums[r * plane + xx * pc.cout8..][..cout];
+                            let dst = &mut rows[r * wp * cout + (xx + 1) * cout..][..cout];
+                            ic.values(s, ic.ktab_at(y0 + r, xx, h, w), da, a.l, dst);
+                        }
+                    }
+                })
+            });
+        return;
+    }
     out.data[wp * cout..(h + 1) * wp * cout]
         .par_chunks_mut(wp * cout)
         .enumerate()
