@@ -10,7 +10,8 @@ use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Model, Options, Qua
 
 fn models() -> Vec<(String, Model)> {
     let mut v = Vec::new();
-    for (scale, feats, blocks) in [(2u32, 16usize, 2usize), (3, 8, 1), (4, 12, 2)] {
+    // 32 features: channel strides the F(4x4, 3x3) kernels take (fused and non-fq paths).
+    for (scale, feats, blocks) in [(2u32, 16usize, 2usize), (3, 8, 1), (4, 12, 2), (2, 32, 1)] {
         let cfg = EdsrConfig {
             scale,
             n_resblocks: blocks,
