@@ -6,7 +6,7 @@
 //!
 //! Exact by arithmetic modulo 2^32. Lavin's F(4,3) with `G` scaled to integers (rows × 4, 6,
 //! 6, 24, 24, 1: [`G`]), the scales moved into the output transform (`A'ᵀ = Aᵀ·diag(6, 4, 4,
-//! 1, 1, 24)`, [`output`]), gives `576·S = A'ᵀ (U ⊙ V) A'` as an identity of integers, where
+//! 1, 1, 24)`, [`at`]), gives `576·S = A'ᵀ (U ⊙ V) A'` as an identity of integers, where
 //! `V = Bᵀ d B` of codes `d ≤ 255` stays within ±25,500 and `U = G g Gᵀ` of weights `|g| ≤
 //! 128` within ±6,272 (both i16). The element sums and the output transform wrap in i32, so
 //! the kernel knows `576·S mod 2^32`; since 576 = 64·9, that gives `9·S mod 2^26`, and with
@@ -14,9 +14,9 @@
 //! [`Wino4Weights::new`] requires of the conv (`255 · max|g| · 9 · cstride < 2^25`: any
 //! 8-bit conv of up to 64 input channels).
 //!
-//! AVX-512 VNNI only (the level that lacks an exact transform for these convs; the others keep
-//! their direct kernels). The sums are those of [`super::row_sums`] before its offset
-//! correction, bit for bit.
+//! AVX-512 VNNI only (the other levels keep their kernels for these convs); used by the fused
+//! path of fq models and by the non-fq integer engine. The sums are those of
+//! [`super::row_sums`] before its offset correction, bit for bit.
 
 use std::ops::Range;
 
