@@ -5,8 +5,8 @@
 //! against `vpdpbusd`'s four u8·i8): half the multiply instructions.
 //!
 //! Exact by arithmetic modulo 2^32. Lavin's F(4,3) with `G` scaled to integers (rows × 4, 6,
-//! 6, 24, 24, 1: [`G`]), the scales moved into the output transform (`A'ᵀ = Aᵀ·diag(6, 4, 4,
-//! 1, 1, 24)`, [`at`]), gives `576·S = A'ᵀ (U ⊙ V) A'` as an identity of integers, where
+//! 6, 24, 24, 1: `G`), the scales moved into the output transform (`A'ᵀ = Aᵀ·diag(6, 4, 4,
+//! 1, 1, 24)`, `at`), gives `576·S = A'ᵀ (U ⊙ V) A'` as an identity of integers, where
 //! `V = Bᵀ d B` of codes `d ≤ 255` stays within ±25,500 and `U = G g Gᵀ` of weights `|g| ≤
 //! 128` within ±6,272 (both i16). The element sums and the output transform wrap in i32, so
 //! the kernel knows `576·S mod 2^32`; since 576 = 64·9, that gives `9·S mod 2^26`, and with
