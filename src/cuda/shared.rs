@@ -125,7 +125,7 @@ static SHARED: LazyLock<Mutex<Vec<Weak<SharedCuda>>>> = LazyLock::new(|| Mutex::
 impl SharedCuda {
     /// The shared engine running `model` on `device`: the existing one when another stream
     /// runs the same model there, else a new one ([`CudaEngine::new`]'s errors), with
-    /// [`lanes_from_env`] lanes.
+    /// `lanes_from_env` lanes.
     pub fn get(model: &Model, device: usize) -> Result<Arc<SharedCuda>> {
         Self::get_with_lanes(model, device, lanes_from_env())
     }

@@ -531,7 +531,7 @@ impl Model {
         sorted_header(bytes)
     }
 
-    /// Writes a model file (the same bytes for the same model: see [`sorted_header`]).
+    /// Writes a model file (the same bytes for the same model: see `sorted_header`).
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
         let path = path.as_ref();
         std::fs::write(path, self.to_bytes()?).map_err(|source| Error::Io {

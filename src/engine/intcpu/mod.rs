@@ -137,7 +137,7 @@ impl CpuLevel {
             .collect()
     }
 
-    /// Levels whose conv kernels are `vpdpbusd` ([`vnni`]): i32 sums for any codes and
+    /// Levels whose conv kernels are `vpdpbusd` (`vnni`): i32 sums for any codes and
     /// weights, Winograd F(2,3) without widening schedules.
     pub fn is_vnni(self) -> bool {
         self >= Self::EmulatedVnni
