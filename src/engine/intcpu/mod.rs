@@ -445,18 +445,7 @@ pub fn row_sums(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
-    assert_eq!(x.cstride, pc.cstride, "code map channel stride");
-    assert_eq!(
-        x.data.len(),
-        (x.h + 2) * (x.w + 2) * x.cstride,
-        "code map size"
-    );
-    assert!(y < x.h, "row {y} of {}", x.h);
-    assert!(
-        cols.start <= cols.end && cols.end <= x.w,
-        "columns {cols:?} of {}",
-        x.w
-    );
+    check_codes(x, pc, y, &cols);
     assert!(out.len() >= x.w * pc.cout8, "row sums buffer");
     match level {
         CpuLevel::Scalar => scalar::row_sums(x, pc, y, cols.clone(), out),
@@ -655,18 +644,7 @@ pub fn row_sums_wino4(
     tiles: &mut Vec<i16>,
     out: &mut [i32],
 ) {
-    assert_eq!(x.cstride, pc.cstride, "code map channel stride");
-    assert_eq!(
-        x.data.len(),
-        (x.h + 2) * (x.w + 2) * x.cstride,
-        "code map size"
-    );
-    assert!(y0 < x.h, "row {y0} of {}", x.h);
-    assert!(
-        cols.start <= cols.end && cols.end <= x.w,
-        "columns {cols:?} of {}",
-        x.w
-    );
+    check_codes(x, pc, y0, &cols);
     let rows = (x.h - y0).min(4);
     let plane = x.w * pc.cout8;
     assert!(out.len() >= rows * plane, "row sums buffer");
@@ -745,6 +723,23 @@ fn check_wino(
     let len = wino::row_len(w, cstride);
     assert!(row_lens.iter().all(|&l| l == len), "transformed row size");
     assert!(out.len() >= w * pc.cout8, "row sums buffer");
+}
+
+/// The shape checks of the entry points that read a code map directly: the map is `pc`'s
+/// input, row `y` and columns `cols` are inside it.
+fn check_codes(x: &Codes, pc: &PackedConv, y: usize, cols: &Range<usize>) {
+    assert_eq!(x.cstride, pc.cstride, "code map channel stride");
+    assert_eq!(
+        x.data.len(),
+        (x.h + 2) * (x.w + 2) * x.cstride,
+        "code map size"
+    );
+    assert!(y < x.h, "row {y} of {}", x.h);
+    assert!(
+        cols.start <= cols.end && cols.end <= x.w,
+        "columns {cols:?} of {}",
+        x.w
+    );
 }
 
 /// `S = 2·Σ q·(k − 128) + Σ q` for 8-bit weights (the kernels computed the first sum).
