@@ -69,44 +69,35 @@ pub fn conv_forward_into(
     // Every interior pixel is written; the border stays zero.
     out.reshape(h, w, cout);
     // F(4x4, 3x3) on i16 where the fused path would use it (AVX-512 VNNI, `ADABM_WINOGRAD`
-    // mode `tiles`, a conv that fits it): four rows per task, 32-pixel chunks.
-    if has_wino4(level) && super::winograd_for(level) >= Winograd::Tiles && pc.wino4().is_some() {
-        let plane = w * pc.cout8;
-        out.data[wp * cout..(h + 1) * wp * cout]
-            .par_chunks_mut(4 * wp * cout)
-            .enumerate()
-            .for_each(|(i, rows)| {
-                let y0 = 4 * i;
-                SUMS.with_borrow_mut(|sums| {
+    // mode `tiles`, a conv that fits it): four rows per task, 32-pixel chunks; else the
+    // direct kernels, a row per task.
+    let four =
+        has_wino4(level) && super::winograd_for(level) >= Winograd::Tiles && pc.wino4().is_some();
+    let rows = if four { 4 } else { 1 };
+    let plane = w * pc.cout8;
+    out.data[wp * cout..(h + 1) * wp * cout]
+        .par_chunks_mut(rows * wp * cout)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let y0 = rows * i;
+            SUMS.with_borrow_mut(|sums| {
+                sums.resize(rows * plane, 0);
+                if four {
                     TILES4.with_borrow_mut(|tiles| {
-                        sums.resize(4 * plane, 0);
                         for x0 in (0..w).step_by(32) {
                             let cols = x0..(x0 + 32).min(w);
                             row_sums_wino4(level, &map, pc, y0, cols, tiles, sums);
                         }
                     });
-                    for r in 0..4.min(h - y0) {
-                        for xx in 0..w {
-                            let s = &sums[r * plane + xx * pc.cout8..][..cout];
-                            let dst = &mut rows[r * wp * cout + (xx + 1) * cout..][..cout];
-                            ic.values(s, ic.ktab_at(y0 + r, xx, h, w), da, a.l, dst);
-                        }
+                } else {
+                    row_sums(level, &map, pc, y0, max_code, 0..w, sums);
+                }
+                for r in 0..rows.min(h - y0) {
+                    for xx in 0..w {
+                        let s = &sums[r * plane + xx * pc.cout8..][..cout];
+                        let dst = &mut chunk[r * wp * cout + (xx + 1) * cout..][..cout];
+                        ic.values(s, ic.ktab_at(y0 + r, xx, h, w), da, a.l, dst);
                     }
-                })
-            });
-        return;
-    }
-    out.data[wp * cout..(h + 1) * wp * cout]
-        .par_chunks_mut(wp * cout)
-        .enumerate()
-        .for_each(|(y, row)| {
-            SUMS.with_borrow_mut(|sums| {
-                sums.resize(w * pc.cout8, 0);
-                row_sums(level, &map, pc, y, max_code, 0..w, sums);
-                for xx in 0..w {
-                    let s = &sums[xx * pc.cout8..][..cout];
-                    let dst = &mut row[(xx + 1) * cout..][..cout];
-                    ic.values(s, ic.ktab_at(y, xx, h, w), da, a.l, dst);
                 }
             })
         });
