@@ -921,31 +921,34 @@ impl BaseTransformImpl for AdabmUpscale {
     }
 }
 
-/// Field `f` (0: top, the even rows; 1: bottom) of an interlaced frame of even height.
-fn field_of<'a>(frame: &FrameRef<'a>, f: usize) -> Result<FrameRef<'a>, String> {
-    if frame.height % 2 == 1 {
-        return Err(format!("interlaced frame of odd height {}", frame.height));
+/// Where field `f` (0: top, the even rows; 1: bottom) of an interlaced frame of even height
+/// `height` and row stride `stride` starts, its row stride and its height.
+fn field_geometry(height: usize, stride: usize, f: usize) -> Result<(usize, usize, usize), String> {
+    if height % 2 == 1 {
+        return Err(format!("interlaced frame of odd height {height}"));
     }
+    Ok((f * stride, 2 * stride, height / 2))
+}
+
+/// Field `f` of an interlaced input frame ([`field_geometry`]).
+fn field_of<'a>(frame: &FrameRef<'a>, f: usize) -> Result<FrameRef<'a>, String> {
+    let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
     Ok(FrameRef {
-        data: frame.data.get(f * frame.stride..).unwrap_or_default(),
-        stride: 2 * frame.stride,
-        width: frame.width,
-        height: frame.height / 2,
-        layout: frame.layout,
+        data: frame.data.get(at..).unwrap_or_default(),
+        stride,
+        height,
+        ..*frame
     })
 }
 
 /// [`field_of`] of an output frame.
 fn field_of_mut<'a>(frame: &'a mut FrameMut<'_>, f: usize) -> Result<FrameMut<'a>, String> {
-    if frame.height % 2 == 1 {
-        return Err(format!("interlaced frame of odd height {}", frame.height));
-    }
-    let stride = frame.stride;
+    let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
     Ok(FrameMut {
-        data: frame.data.get_mut(f * stride..).unwrap_or_default(),
-        stride: 2 * stride,
+        data: frame.data.get_mut(at..).unwrap_or_default(),
+        stride,
         width: frame.width,
-        height: frame.height / 2,
+        height,
         layout: frame.layout,
     })
 }
