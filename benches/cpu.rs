@@ -424,9 +424,20 @@ fn ab_model(scale: u32, kind: &str) -> (String, gstadabm::engine::Model) {
         let b = builtin::find(scale, "w4a4").unwrap();
         (format!("built-in {}", b.name), b.load().unwrap())
     } else {
+        // "w4a4" / "w8a6": fq; "non-fq w4a4" / "non-fq w8a6": the non-fq integer engine
+        // (float head, upsampler and tail; no fused path).
         let fp = random_model(EdsrConfig::baseline(scale), 1).unwrap();
-        let (wb, ab) = if kind == "w4a4" { (4, 4) } else { (8, 6) };
-        let q = quantize_on_synthetic(&fp, QuantMode::Fq, wb, ab, 1).unwrap();
+        let (wb, ab) = if kind.ends_with("w4a4") {
+            (4, 4)
+        } else {
+            (8, 6)
+        };
+        let mode = if kind.starts_with("non-fq") {
+            QuantMode::NonFq
+        } else {
+            QuantMode::Fq
+        };
+        let q = quantize_on_synthetic(&fp, mode, wb, ab, 1).unwrap();
         (format!("EDSR-baseline x{scale} integer {kind}"), q)
     }
 }
@@ -447,7 +458,8 @@ fn winograd_ab(frames: usize, threads: usize) {
     let modes = [
         (Winograd::Off, "direct"),
         (Winograd::Rows, "Winograd F(2,3)"),
-        (Winograd::Tiles, "Winograd F(2x2,3x3)"),
+        // At AVX-512 VNNI `Tiles` also runs the 8-bit convs as F(4x4,3x3) on i16.
+        (Winograd::Tiles, "Winograd tiles"),
     ];
     let only = arg("--only").unwrap_or_default();
     // Every level from AVX2 up that this host has (the best one alone with `--best-level`).
@@ -460,6 +472,9 @@ fn winograd_ab(frames: usize, threads: usize) {
         (4, 480, 270, "w4a4"),
         (2, 320, 180, "built-in"),
         (4, 480, 270, "built-in"),
+        (2, 320, 180, "w8a6"),
+        (2, 320, 180, "non-fq w4a4"),
+        (2, 320, 180, "non-fq w8a6"),
     ] {
         let (name, q) = ab_model(scale, kind);
         if !name.contains(&only) {
@@ -492,7 +507,7 @@ fn winograd_ab(frames: usize, threads: usize) {
                 );
             }
             println!(
-                "{name}, {level:?}: F(2x2,3x3) / F(2,3) {:.2}x faster; default {:?}; outputs identical: {same}",
+                "{name}, {level:?}: tiles / F(2,3) {:.2}x faster; default {:?}; outputs identical: {same}",
                 best[1] / best[2],
                 gstadabm::engine::intcpu::winograd_for(level)
             );
