@@ -62,7 +62,11 @@ pub struct FusedNet {
     /// (`(i·r + j)·c + ch` instead of PixelShuffle's `ch·r² + i·r + j`), so that each HR row
     /// of a pixel's codes is one contiguous run of `r·c` bytes.
     shuffled: Vec<Option<(IntConv, PackedConv)>>,
-    bufs: Mutex<Buffers>,
+    /// Buffer sets not in use: a frame takes one (or makes one) and gives it back, so frames
+    /// run at once on one engine each have their own. The lock is never held while a frame
+    /// runs: a rayon worker waiting in a frame's parallel work can pick up another frame's job,
+    /// and a lock held across that work deadlocks the two.
+    bufs: Mutex<Vec<Buffers>>,
 }
 
 /// Largest conv width the fused path handles (x3 upsampler of 64 features: 576).
@@ -192,7 +196,7 @@ impl FusedNet {
         Some(Self {
             epis,
             shuffled,
-            bufs: Mutex::new(Buffers::default()),
+            bufs: Mutex::new(Vec::new()),
         })
     }
 
@@ -212,9 +216,22 @@ impl FusedNet {
         net: &IntNetwork,
         out: &mut FeatureMap,
     ) {
+        let pool = || self.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bufs = pool().pop().unwrap_or_default();
+        self.forward_with(x, plan, net, out, &mut bufs);
+        pool().push(bufs);
+    }
+
+    /// [`FusedNet::forward_into`] with one set of buffers.
+    fn forward_with(
+        &self,
+        x: &FeatureMap,
+        plan: &BitPlan,
+        net: &IntNetwork,
+        out: &mut FeatureMap,
+        b: &mut Buffers,
+    ) {
         let q = |k: usize| net.act_quant(k, plan).expect("fq layers are all quantized");
-        let mut guard = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
-        let b = &mut *guard;
         self.prepare(b, x.h, x.w, net.net.config.n_feats);
         let (h, w) = (x.h, x.w);
         // Input codes (4 channels per pixel, the 4th 0).
