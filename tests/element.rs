@@ -821,3 +821,58 @@ fn odd_height_interlaced_and_alternate_fields_are_refused() {
     sink.query(&mut query);
     assert!(!query.result(), "alternate fields must be refused");
 }
+
+/// A frame downstream reports late (a QoS event, as a synchronising sink sends when the
+/// element cannot keep up) is dropped before it is upscaled, with a QoS message on the bus;
+/// a frame on time still comes out; `qos=false` processes every frame.
+#[test]
+fn late_frames_are_dropped_on_qos() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
+    for qos in [true, false] {
+        let mut h = harness(&path);
+        let el = h.element().unwrap();
+        assert!(el.property::<bool>("qos"), "QoS is on by default");
+        el.set_property("qos", qos);
+        let bus = gst::Bus::new();
+        el.set_bus(Some(&bus));
+        h.set_src_caps_str("video/x-raw,format=RGB,width=12,height=10,framerate=25/1");
+        let frame = |pts_ms: u64| {
+            let mut b = gst::Buffer::from_mut_slice(vec![77u8; 12 * 10 * 3]);
+            let bm = b.get_mut().unwrap();
+            bm.set_pts(gst::ClockTime::from_mseconds(pts_ms));
+            bm.set_duration(gst::ClockTime::from_mseconds(40));
+            b
+        };
+        assert!(h.push(frame(0)).is_ok());
+        assert!(h.try_pull().is_some(), "the first frame comes out");
+        // Downstream: the frame at 0 ms was rendered 1 s late, so nothing before ~1 s is
+        // worth upscaling.
+        let ev = gst::event::Qos::new(
+            gst::QOSType::Underflow,
+            0.5,
+            1_000_000_000,
+            gst::ClockTime::ZERO,
+        );
+        assert!(h.push_upstream_event(ev));
+        assert!(h.push(frame(40)).is_ok());
+        let late = h.try_pull();
+        assert!(h.push(frame(2000)).is_ok());
+        let on_time = h.try_pull();
+        assert!(on_time.is_some(), "qos={qos}: a frame on time comes out");
+        let qos_msgs: Vec<_> =
+            std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Qos])).collect();
+        if qos {
+            assert!(late.is_none(), "the late frame was upscaled anyway");
+            assert_eq!(qos_msgs.len(), 1, "one QoS message for the dropped frame");
+            if let gst::MessageView::Qos(q) = qos_msgs[0].view() {
+                let (_, _, _, ts, _) = q.get();
+                assert_eq!(ts, Some(gst::ClockTime::from_mseconds(40)));
+            }
+        } else {
+            assert!(late.is_some(), "qos=false: the late frame still comes out");
+            assert!(qos_msgs.is_empty());
+        }
+    }
+}

@@ -310,6 +310,15 @@ impl ObjectImpl for AdabmUpscale {
         PROPERTIES.as_ref()
     }
 
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Like videoconvert and videoscale: a frame that downstream reports late (a QoS event
+        // from a synchronising sink) is dropped before it is upscaled, with a QoS message on
+        // the bus, instead of making every later frame later still. The base class's `qos`
+        // property turns it off.
+        self.obj().set_qos(true);
+    }
+
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {
