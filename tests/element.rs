@@ -876,3 +876,58 @@ fn late_frames_are_dropped_on_qos() {
         }
     }
 }
+
+/// The element answers LATENCY queries with upstream's latency plus the time its frames take
+/// (the longest of the recent ones), and posts a `latency` message when that estimate first
+/// appears, so a live pipeline schedules frames late enough for them to get through.
+#[test]
+fn latency_includes_processing_time() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
+    let mut h = harness(&path);
+    let el = h.element().unwrap();
+    el.set_property("post-stats", true);
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let upstream = gst::ClockTime::from_mseconds(10);
+    h.set_upstream_latency(upstream);
+    assert_eq!(
+        h.query_latency(),
+        Some(upstream),
+        "nothing added before a frame"
+    );
+    let mut slowest = 0.0f64;
+    for seed in 0..3 {
+        push_frame(&mut h, "RGB", 40, 30, seed);
+    }
+    // (pop_filtered discards what it does not match: take both kinds at once.)
+    let msgs: Vec<_> = std::iter::from_fn(|| {
+        bus.pop_filtered(&[gst::MessageType::Element, gst::MessageType::Latency])
+    })
+    .collect();
+    for m in msgs
+        .iter()
+        .filter(|m| m.type_() == gst::MessageType::Element)
+    {
+        slowest = slowest.max(m.structure().unwrap().get::<f64>("processing-ms").unwrap());
+    }
+    assert!(slowest > 0.0, "no stats");
+    let latency_msgs = msgs
+        .iter()
+        .filter(|m| m.type_() == gst::MessageType::Latency)
+        .count();
+    assert!(
+        latency_msgs >= 1,
+        "no latency message after the first frame"
+    );
+    let l = h.query_latency().unwrap();
+    assert!(
+        l.nseconds() as f64 >= upstream.nseconds() as f64 + slowest * 1e6,
+        "latency {l} is below upstream {upstream} + the slowest frame's {slowest} ms"
+    );
+    assert!(
+        l < upstream + gst::ClockTime::from_seconds(5),
+        "latency {l}"
+    );
+}

@@ -187,6 +187,48 @@ pub struct AdabmUpscale {
     state: Mutex<Option<State>>,
     /// The CUDA path's host frames, kept between frames.
     cuda_bufs: Mutex<CudaBufs>,
+    /// The processing latency this element reports (answering LATENCY queries).
+    latency: Mutex<Latency>,
+}
+
+/// How long a frame takes here, as latency for live pipelines: a synchronising sink renders
+/// each frame at its timestamp plus the pipeline's latency, and a frame that spends longer in
+/// this element than the latency allows arrives late (and is dropped, by QoS). The estimate is
+/// the longest of the last [`Latency::WINDOW`] frames; a `latency` message asks the pipeline
+/// to query it again when it grows by a quarter or falls to half of what was reported.
+#[derive(Default)]
+struct Latency {
+    recent: std::collections::VecDeque<gst::ClockTime>,
+    reported: gst::ClockTime,
+}
+
+impl Latency {
+    const WINDOW: usize = 16;
+
+    /// Records a frame's processing time; true when the estimate moved enough to report.
+    fn record(&mut self, t: gst::ClockTime) -> bool {
+        if self.recent.len() == Self::WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(t);
+        let est = self.estimate();
+        let (est_ns, rep_ns) = (est.nseconds(), self.reported.nseconds());
+        let moved = est_ns > rep_ns + rep_ns / 4 || est_ns < rep_ns / 2;
+        if moved {
+            // What the next query answers (so an application that never queries gets one
+            // message per move, not one per frame).
+            self.reported = est;
+        }
+        moved
+    }
+
+    fn estimate(&self) -> gst::ClockTime {
+        self.recent
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(gst::ClockTime::ZERO)
+    }
 }
 
 /// What a frame on the CUDA path reuses: its packed RGB input, HR output and alpha planes, so
@@ -634,7 +676,24 @@ impl BaseTransformImpl for AdabmUpscale {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.state.lock().unwrap() = None;
+        *self.latency.lock().unwrap() = Latency::default();
         Ok(())
+    }
+
+    fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
+        if !BaseTransformImplExt::parent_query(self, direction, query) {
+            return false;
+        }
+        if direction == gst::PadDirection::Src
+            && let gst::QueryViewMut::Latency(q) = query.view_mut()
+        {
+            // Upstream's latency plus the time a frame spends here.
+            let (live, min, max) = q.result();
+            let ours = self.latency.lock().unwrap().reported;
+            q.set(live, min + ours, max.map(|m| m + ours));
+            gst::debug!(CAT, imp = self, "latency: upstream {min} + ours {ours}");
+        }
+        true
     }
 
     fn transform_caps(
@@ -764,6 +823,7 @@ impl BaseTransformImpl for AdabmUpscale {
         inbuf: &gst::Buffer,
         outbuf: &mut gst::BufferRef,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let t0 = std::time::Instant::now();
         let settings = self.settings.lock().unwrap().clone();
         let opts = settings.options();
         let (engine, mut cuda, in_info, out_info, layout, frame_no, warn, warn_metric) = {
@@ -912,6 +972,13 @@ impl BaseTransformImpl for AdabmUpscale {
         } else {
             vec![(None, upscale(&src, &mut dst))]
         };
+        let took = gst::ClockTime::from_nseconds(t0.elapsed().as_nanos() as u64);
+        if self.latency.lock().unwrap().record(took) {
+            // The pipeline queries every element's latency again and redistributes it.
+            let _ = self
+                .obj()
+                .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+        }
         for (field, result) in results {
             let stats = result.map_err(|e| {
                 gst::element_imp_error!(
@@ -1012,4 +1079,30 @@ fn cuda_frame(
         tiles: 1,
         millis: t0.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Latency;
+    use gst::ClockTime;
+
+    /// The estimate is the longest of the last 16 frames, reported again when it grows by
+    /// more than a quarter or falls below half.
+    #[test]
+    fn latency_estimate_moves_with_the_recent_frames() {
+        let ms = ClockTime::from_mseconds;
+        let mut l = Latency::default();
+        assert!(l.record(ms(10)), "the first frame is news");
+        assert_eq!(l.reported, ms(10));
+        assert!(!l.record(ms(12)), "12 ms is within a quarter of 10");
+        assert_eq!(l.reported, ms(10));
+        assert!(l.record(ms(13)), "13 ms is more than a quarter above 10");
+        assert_eq!(l.reported, ms(13));
+        // The 13 ms frame leaves the window after 16 faster ones; then 5 < 13 / 2.
+        for i in 0..15 {
+            assert!(!l.record(ms(5)), "frame {i}: 13 ms is still in the window");
+        }
+        assert!(l.record(ms(5)));
+        assert_eq!(l.reported, ms(5));
+    }
 }
