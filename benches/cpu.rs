@@ -666,7 +666,112 @@ fn frame_io(frames: usize) {
         );
     }
     alpha_io(frames, &one);
+    yuv_io(frames);
     cuda_host_path(frames);
+}
+
+/// The element's CPU host work per x2 1080p frame with the network left out: the 1920x1080
+/// input to the engine's f32 RGB and the 3840x2160 f32 output back, for BGRx
+/// (`frame::unpack_into` / `frame::pack`) and for I420 and NV12 (`yuv::unpack_into` /
+/// `yuv::pack`, colour conversion and chroma filtering included).
+fn yuv_io(frames: usize) {
+    use gstadabm::engine::frame::{pack, unpack_into};
+    use gstadabm::engine::yuv::{self, ChromaSiting, YuvLayout, YuvMatrix, YuvMut, YuvRef};
+    use gstadabm::engine::{FrameMut, FrameRef, PixelLayout};
+    let (w, h) = (1920usize, 1080usize);
+    let (ow, oh) = (2 * w, 2 * h);
+    let hr = Image {
+        width: ow,
+        height: oh,
+        data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
+    };
+    let mut lr = Image::default();
+    let mut alpha = Vec::new();
+    println!();
+    println!(
+        "| format | 1080p in + 4K out, {} threads |",
+        rayon::current_num_threads()
+    );
+    println!("|---|---:|");
+    let bgrx_in: Vec<u8> = (0..w * h * 4).map(|i| (i * 31 % 251) as u8).collect();
+    let mut bgrx_out = vec![0u8; ow * oh * 4];
+    let mut best = f64::INFINITY;
+    for _ in 0..frames.max(1) + 1 {
+        let t = Instant::now();
+        let f = FrameRef {
+            data: &bgrx_in,
+            stride: w * 4,
+            width: w,
+            height: h,
+            layout: PixelLayout::Bgrx,
+        };
+        unpack_into(&f, &mut lr, &mut alpha).unwrap();
+        let mut o = FrameMut {
+            data: &mut bgrx_out,
+            stride: ow * 4,
+            width: ow,
+            height: oh,
+            layout: PixelLayout::Bgrx,
+        };
+        pack(&hr, None, &mut o).unwrap();
+        best = best.min(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("| BGRx | {best:.1} ms |");
+    let m = YuvMatrix::new(YuvMatrix::BT709, false);
+    let s = ChromaSiting {
+        h_cosited: true,
+        v_cosited: false,
+    };
+    for layout in [YuvLayout::I420, YuvLayout::Nv12] {
+        let planes = |w: usize, h: usize| -> (Vec<Vec<u8>>, [usize; 3]) {
+            let (cw, ch) = yuv::chroma_size(w, h);
+            let strides = match layout {
+                YuvLayout::I420 => [w, cw, cw],
+                YuvLayout::Nv12 => [w, 2 * cw, 0],
+            };
+            let p = (0..layout.planes())
+                .map(|p| {
+                    (0..strides[p] * if p == 0 { h } else { ch })
+                        .map(|i| (i * 29 % 223) as u8 + 16)
+                        .collect()
+                })
+                .collect();
+            (p, strides)
+        };
+        let (inp, is) = planes(w, h);
+        let (mut out, os) = planes(ow, oh);
+        let mut best = f64::INFINITY;
+        for _ in 0..frames.max(1) + 1 {
+            let t = Instant::now();
+            let f = YuvRef {
+                planes: [0, 1, 2].map(|p| inp.get(p).map_or(&[][..], |v| &v[..])),
+                strides: is,
+                width: w,
+                height: h,
+                layout,
+                matrix: m,
+                siting: s,
+            };
+            yuv::unpack_into(&f, &mut lr).unwrap();
+            let mut it = out.iter_mut();
+            let p0 = it.next().unwrap();
+            let p1 = it.next().unwrap();
+            let mut empty = [];
+            let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
+            let mut o = YuvMut {
+                planes: [p0, p1, p2],
+                strides: os,
+                width: ow,
+                height: oh,
+                layout,
+                matrix: m,
+                siting: s,
+            };
+            yuv::pack(&hr, &mut o).unwrap();
+            best = best.min(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!("| {layout:?} | {best:.1} ms |");
+    }
 }
 
 /// The alpha plane's bilinear x2 upscale (alpha layouts), 1920x1080 → 3840x2160: one thread

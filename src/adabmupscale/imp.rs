@@ -8,6 +8,7 @@ use gst_video::prelude::*;
 
 use crate::cuda::{CudaError, SharedCuda};
 use crate::engine::intcpu::CpuLevel;
+use crate::engine::yuv::{ChromaSiting, YuvLayout, YuvMatrix, YuvMut, YuvRef};
 use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -41,6 +42,54 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
     (gst_video::VideoFormat::Argb, PixelLayout::Argb),
     (gst_video::VideoFormat::Abgr, PixelLayout::Abgr),
 ];
+
+/// The 4:2:0 formats, converted to and from the network's RGB inside the element.
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 2] = [
+    (gst_video::VideoFormat::I420, YuvLayout::I420),
+    (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
+];
+
+/// A negotiated format's memory layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Packed(PixelLayout),
+    Yuv(YuvLayout),
+}
+
+impl Layout {
+    fn of(format: gst_video::VideoFormat) -> Option<Self> {
+        FORMATS
+            .iter()
+            .find(|(f, _)| *f == format)
+            .map(|(_, l)| Self::Packed(*l))
+            .or_else(|| {
+                YUV_FORMATS
+                    .iter()
+                    .find(|(f, _)| *f == format)
+                    .map(|(_, l)| Self::Yuv(*l))
+            })
+    }
+}
+
+/// The colour matrix, range and chroma siting of YUV caps (BT.601 for an unknown matrix).
+fn yuv_params(info: &gst_video::VideoInfo) -> (YuvMatrix, ChromaSiting) {
+    use gst_video::VideoColorMatrix as M;
+    let c = info.colorimetry();
+    let k = match c.matrix() {
+        M::Bt709 => YuvMatrix::BT709,
+        M::Bt2020 => YuvMatrix::BT2020,
+        M::Smpte240m => YuvMatrix::SMPTE240M,
+        M::Fcc => YuvMatrix::FCC,
+        _ => YuvMatrix::BT601,
+    };
+    let full = c.range() == gst_video::VideoColorRange::Range0_255;
+    let site = info.chroma_site();
+    let siting = ChromaSiting {
+        h_cosited: site.contains(gst_video::VideoChromaSite::H_COSITED),
+        v_cosited: site.contains(gst_video::VideoChromaSite::V_COSITED),
+    };
+    (YuvMatrix::new(k, full), siting)
+}
 
 /// Which built-in model runs when no model file is set.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
@@ -174,7 +223,7 @@ struct State {
     /// run the same model on the same device (their frames share launches).
     cuda: Option<Arc<SharedCuda>>,
     /// Negotiated input/output, once caps are set.
-    caps: Option<(gst_video::VideoInfo, gst_video::VideoInfo, PixelLayout)>,
+    caps: Option<(gst_video::VideoInfo, gst_video::VideoInfo, Layout)>,
     frames: u64,
     warned_thresholds: bool,
     /// The metric override was reported (thresholds on another scale / CUDA fallback).
@@ -461,7 +510,12 @@ impl ElementImpl for AdabmUpscale {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             let caps = gst_video::VideoCapsBuilder::new()
-                .format_list(FORMATS.iter().map(|(f, _)| *f))
+                .format_list(
+                    FORMATS
+                        .iter()
+                        .map(|(f, _)| *f)
+                        .chain(YUV_FORMATS.iter().map(|(f, _)| *f)),
+                )
                 // Interleaved frames (and the interlaced frames of mixed streams) are upscaled
                 // field by field; alternate (one field per buffer) is not supported.
                 .field(
@@ -758,13 +812,9 @@ impl BaseTransformImpl for AdabmUpscale {
             .map_err(|_| gst::loggable_error!(CAT, "invalid input caps {incaps}"))?;
         let out_info = gst_video::VideoInfo::from_caps(outcaps)
             .map_err(|_| gst::loggable_error!(CAT, "invalid output caps {outcaps}"))?;
-        let layout = FORMATS
-            .iter()
-            .find(|(f, _)| *f == in_info.format())
-            .map(|(_, l)| *l)
-            .ok_or_else(|| {
-                gst::loggable_error!(CAT, "unsupported format {:?}", in_info.format())
-            })?;
+        let layout = Layout::of(in_info.format()).ok_or_else(|| {
+            gst::loggable_error!(CAT, "unsupported format {:?}", in_info.format())
+        })?;
         let mut guard = self.state.lock().unwrap();
         let st = guard
             .as_mut()
@@ -779,21 +829,39 @@ impl BaseTransformImpl for AdabmUpscale {
                 "output caps {outcaps} are not input caps {incaps} scaled x{s}"
             ));
         }
+        // Each field of interlaced 4:2:0 takes every other chroma row: both fields need whole
+        // chroma rows of their own.
+        let field_rows = if matches!(layout, Layout::Yuv(_)) {
+            4
+        } else {
+            2
+        };
         if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive
-            && in_info.height() % 2 == 1
+            && in_info.height() % field_rows != 0
         {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
                 [
-                    "Interlaced ({}) video of odd height {}: its two fields differ in height, so they cannot be upscaled field by field; deinterlace first (`deinterlace ! adabmupscale`)",
+                    "Interlaced ({}) {} video of {} {}: its two fields differ in {}, so they cannot be upscaled field by field; deinterlace first (`deinterlace ! adabmupscale`)",
                     in_info.interlace_mode().to_str(),
-                    in_info.height()
+                    in_info.format().to_str(),
+                    if field_rows == 4 {
+                        "height"
+                    } else {
+                        "odd height"
+                    },
+                    in_info.height(),
+                    if field_rows == 4 {
+                        "chroma rows (4:2:0 needs a height that is a multiple of 4)"
+                    } else {
+                        "height"
+                    }
                 ]
             );
             return Err(gst::loggable_error!(
                 CAT,
-                "interlaced input of odd height {}",
+                "interlaced input of height {} (not a multiple of {field_rows})",
                 in_info.height()
             ));
         }
@@ -916,34 +984,102 @@ impl BaseTransformImpl for AdabmUpscale {
             );
             gst::FlowError::Error
         })?;
-        let src = FrameRef {
-            data: in_frame.plane_data(0).map_err(|_| gst::FlowError::Error)?,
-            stride: in_frame.plane_stride()[0] as usize,
-            width: in_info.width() as usize,
-            height: in_info.height() as usize,
-            layout,
+        let (w, h) = (in_info.width() as usize, in_info.height() as usize);
+        let (ow, oh) = (out_info.width() as usize, out_info.height() as usize);
+        let mut src = match layout {
+            Layout::Packed(layout) => InFrame::Packed(FrameRef {
+                data: in_frame.plane_data(0).map_err(|_| gst::FlowError::Error)?,
+                stride: in_frame.plane_stride()[0] as usize,
+                width: w,
+                height: h,
+                layout,
+            }),
+            Layout::Yuv(layout) => {
+                let (matrix, siting) = yuv_params(&in_info);
+                let n = layout.planes();
+                let plane = |p: usize| -> Result<&[u8], gst::FlowError> {
+                    if p < n {
+                        in_frame
+                            .plane_data(p as u32)
+                            .map_err(|_| gst::FlowError::Error)
+                    } else {
+                        Ok(&[])
+                    }
+                };
+                let st = in_frame.plane_stride();
+                InFrame::Yuv(YuvRef {
+                    planes: [plane(0)?, plane(1)?, plane(2)?],
+                    strides: [0, 1, 2].map(|p| st.get(p).map_or(0, |&v| v as usize)),
+                    width: w,
+                    height: h,
+                    layout,
+                    matrix,
+                    siting,
+                })
+            }
         };
-        let stride = out_frame.plane_stride()[0] as usize;
-        let mut dst = FrameMut {
-            data: out_frame
-                .plane_data_mut(0)
-                .map_err(|_| gst::FlowError::Error)?,
-            stride,
-            width: out_info.width() as usize,
-            height: out_info.height() as usize,
-            layout,
+        let out_strides = {
+            let st = out_frame.plane_stride();
+            [0, 1, 2].map(|p| st.get(p).map_or(0, |&v| v as usize))
         };
-        let upscale = |src: &FrameRef, dst: &mut FrameMut| match &cuda {
-            Some(c) => cuda_frame(
-                c,
-                src,
-                dst,
-                &opts,
-                &mut self.cuda_bufs.lock().unwrap_or_else(|e| e.into_inner()),
-            ),
-            None => engine
-                .process_frame(src, dst, &opts)
-                .map_err(|e| e.to_string()),
+        let mut dst = match layout {
+            Layout::Packed(layout) => OutFrame::Packed(FrameMut {
+                data: out_frame
+                    .plane_data_mut(0)
+                    .map_err(|_| gst::FlowError::Error)?,
+                stride: out_strides[0],
+                width: ow,
+                height: oh,
+                layout,
+            }),
+            Layout::Yuv(layout) => {
+                let (matrix, siting) = yuv_params(&out_info);
+                // Each plane's memory, then all of them borrowed at once.
+                let mut raw = [(std::ptr::null_mut::<u8>(), 0usize); 3];
+                for (p, r) in raw.iter_mut().enumerate().take(layout.planes()) {
+                    let d = out_frame
+                        .plane_data_mut(p as u32)
+                        .map_err(|_| gst::FlowError::Error)?;
+                    *r = (d.as_mut_ptr(), d.len());
+                }
+                let planes = raw.map(|(ptr, len)| -> &mut [u8] {
+                    if ptr.is_null() {
+                        &mut []
+                    } else {
+                        // SAFETY: the planes of a mapped video frame are disjoint ranges of
+                        // memory that stay mapped, and unaliased, while `out_frame` lives;
+                        // nothing else touches `out_frame` until these slices are gone.
+                        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+                    }
+                });
+                OutFrame::Yuv(YuvMut {
+                    planes,
+                    strides: out_strides,
+                    width: ow,
+                    height: oh,
+                    layout,
+                    matrix,
+                    siting,
+                })
+            }
+        };
+        let upscale = |src: &InFrame, dst: &mut OutFrame| -> Result<engine::Stats, String> {
+            let bufs = || self.cuda_bufs.lock().unwrap_or_else(|e| e.into_inner());
+            match (src, dst, &cuda) {
+                (InFrame::Packed(s), OutFrame::Packed(d), Some(c)) => {
+                    cuda_frame(c, s, d, &opts, &mut bufs())
+                }
+                (InFrame::Packed(s), OutFrame::Packed(d), None) => {
+                    engine.process_frame(s, d, &opts).map_err(|e| e.to_string())
+                }
+                (InFrame::Yuv(s), OutFrame::Yuv(d), Some(c)) => {
+                    cuda_yuv_frame(c, s, d, &opts, &mut bufs())
+                }
+                (InFrame::Yuv(s), OutFrame::Yuv(d), None) => engine
+                    .process_yuv_frame(s, d, &opts)
+                    .map_err(|e| e.to_string()),
+                _ => Err("input and output frames of different layouts".into()),
+            }
         };
         // An interlaced frame holds two fields taken at different times: each is upscaled
         // on its own (its own complexity and b_I) into the same field of the output.
@@ -962,15 +1098,15 @@ impl BaseTransformImpl for AdabmUpscale {
             fields
                 .iter()
                 .map(|&(name, f)| {
-                    let r = field_of(&src, f).and_then(|s| {
-                        let mut d = field_of_mut(&mut dst, f)?;
+                    let r = src.field(f).and_then(|s| {
+                        let mut d = dst.field(f)?;
                         upscale(&s, &mut d)
                     });
                     (Some(name), r)
                 })
                 .collect()
         } else {
-            vec![(None, upscale(&src, &mut dst))]
+            vec![(None, upscale(&mut src, &mut dst))]
         };
         let took = gst::ClockTime::from_nseconds(t0.elapsed().as_nanos() as u64);
         if self.latency.lock().unwrap().record(took) {
@@ -997,8 +1133,21 @@ impl BaseTransformImpl for AdabmUpscale {
     }
 }
 
-/// Where field `f` (0: top, the even rows; 1: bottom) of an interlaced frame of even height
-/// `height` and row stride `stride` starts, its row stride and its height.
+/// An input frame as the element maps it.
+enum InFrame<'a> {
+    Packed(FrameRef<'a>),
+    Yuv(YuvRef<'a>),
+}
+
+/// An output frame as the element maps it.
+enum OutFrame<'a> {
+    Packed(FrameMut<'a>),
+    Yuv(YuvMut<'a>),
+}
+
+/// Where field `f` (0: top, the even rows; 1: bottom) of a plane of an interlaced frame
+/// starts, its row stride and its height, for a plane of `height` rows (even) and row
+/// stride `stride`.
 fn field_geometry(height: usize, stride: usize, f: usize) -> Result<(usize, usize, usize), String> {
     if height % 2 == 1 {
         return Err(format!("interlaced frame of odd height {height}"));
@@ -1006,26 +1155,126 @@ fn field_geometry(height: usize, stride: usize, f: usize) -> Result<(usize, usiz
     Ok((f * stride, 2 * stride, height / 2))
 }
 
-/// Field `f` of an interlaced input frame ([`field_geometry`]).
-fn field_of<'a>(frame: &FrameRef<'a>, f: usize) -> Result<FrameRef<'a>, String> {
-    let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
-    Ok(FrameRef {
-        data: frame.data.get(at..).unwrap_or_default(),
-        stride,
-        height,
-        ..*frame
-    })
+/// Field `f` of each plane: `(start, stride, rows)`; 4:2:0 chroma planes (half the rows) give
+/// every other chroma row to each field.
+fn plane_fields(
+    height: usize,
+    strides: [usize; 3],
+    planes: usize,
+    f: usize,
+) -> Result<[(usize, usize); 3], String> {
+    let mut out = [(0, 0); 3];
+    for p in 0..planes {
+        let rows = if p == 0 { height } else { height.div_ceil(2) };
+        let (at, stride, _) = field_geometry(rows, strides[p], f).map_err(|_| {
+            format!("interlaced 4:2:0 frame of height {height} (not a multiple of 4)")
+        })?;
+        out[p] = (at, stride);
+    }
+    Ok(out)
 }
 
-/// [`field_of`] of an output frame.
-fn field_of_mut<'a>(frame: &'a mut FrameMut<'_>, f: usize) -> Result<FrameMut<'a>, String> {
-    let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
-    Ok(FrameMut {
-        data: frame.data.get_mut(at..).unwrap_or_default(),
-        stride,
-        width: frame.width,
-        height,
-        layout: frame.layout,
+impl<'a> InFrame<'a> {
+    /// Field `f` of an interlaced frame.
+    fn field(&self, f: usize) -> Result<InFrame<'a>, String> {
+        Ok(match self {
+            Self::Packed(frame) => {
+                let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
+                Self::Packed(FrameRef {
+                    data: frame.data.get(at..).unwrap_or_default(),
+                    stride,
+                    height,
+                    ..*frame
+                })
+            }
+            Self::Yuv(frame) => {
+                let g = plane_fields(frame.height, frame.strides, frame.layout.planes(), f)?;
+                Self::Yuv(YuvRef {
+                    planes: [0, 1, 2].map(|p| frame.planes[p].get(g[p].0..).unwrap_or_default()),
+                    strides: g.map(|(_, s)| s),
+                    height: frame.height / 2,
+                    ..*frame
+                })
+            }
+        })
+    }
+}
+
+/// `p` from `at` on (empty past its end).
+fn tail_mut(p: &mut [u8], at: usize) -> &mut [u8] {
+    p.get_mut(at..).unwrap_or_default()
+}
+
+impl OutFrame<'_> {
+    /// [`InFrame::field`] of an output frame.
+    fn field(&mut self, f: usize) -> Result<OutFrame<'_>, String> {
+        Ok(match self {
+            Self::Packed(frame) => {
+                let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
+                OutFrame::Packed(FrameMut {
+                    data: frame.data.get_mut(at..).unwrap_or_default(),
+                    stride,
+                    width: frame.width,
+                    height,
+                    layout: frame.layout,
+                })
+            }
+            Self::Yuv(frame) => {
+                let g = plane_fields(frame.height, frame.strides, frame.layout.planes(), f)?;
+                let [p0, p1, p2] = &mut frame.planes;
+                OutFrame::Yuv(YuvMut {
+                    planes: [
+                        tail_mut(p0, g[0].0),
+                        tail_mut(p1, g[1].0),
+                        tail_mut(p2, g[2].0),
+                    ],
+                    strides: g.map(|(_, s)| s),
+                    width: frame.width,
+                    height: frame.height / 2,
+                    layout: frame.layout,
+                    matrix: frame.matrix,
+                    siting: frame.siting,
+                })
+            }
+        })
+    }
+}
+
+/// One 4:2:0 frame through the CUDA engine: converted to RGB bytes on the CPU, upscaled,
+/// converted back (the GPU kernels take packed RGB).
+fn cuda_yuv_frame(
+    c: &SharedCuda,
+    src: &YuvRef,
+    dst: &mut YuvMut,
+    opts: &Options,
+    bufs: &mut CudaBufs,
+) -> Result<engine::Stats, String> {
+    let t0 = std::time::Instant::now();
+    let s = c.scale();
+    if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
+        return Err(format!(
+            "output frame {}x{} does not match input {}x{} at x{s}",
+            dst.width, dst.height, src.width, src.height
+        ));
+    }
+    engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(|e| e.to_string())?;
+    let done = c.upscale_reusing(
+        std::mem::take(&mut bufs.rgb),
+        std::mem::take(&mut bufs.hr),
+        src.width,
+        src.height,
+        opts,
+    )?;
+    (bufs.rgb, bufs.hr) = (done.rgb, done.hr);
+    engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(|e| e.to_string())?;
+    let fs = done.stats;
+    Ok(engine::Stats {
+        complexity: fs.complexity,
+        image_bits: fs.image_bits,
+        layer_bits: fs.layer_bits,
+        fab: fs.fab,
+        tiles: 1,
+        millis: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
 

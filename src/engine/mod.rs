@@ -16,6 +16,7 @@ pub mod quant;
 pub mod random;
 pub mod resize;
 mod tile;
+pub mod yuv;
 
 use std::time::Instant;
 
@@ -351,6 +352,30 @@ impl Engine {
             )));
         }
         self.with_scratch(|sc| self.process_frame_with(src, dst, opts, sc))
+    }
+
+    /// Upscales a 4:2:0 frame (I420, NV12) into one of the same layout and `scale` times the
+    /// size: its YUV converted straight to the network's RGB input and the network's output
+    /// straight to YUV ([`yuv`]), each at its frame's colour matrix and chroma siting.
+    pub fn process_yuv_frame(
+        &self,
+        src: &yuv::YuvRef,
+        dst: &mut yuv::YuvMut,
+        opts: &Options,
+    ) -> Result<Stats> {
+        let s = self.scale();
+        if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
+            return Err(Error::Input(format!(
+                "output frame {}x{} {:?} does not match input {}x{} {:?} at x{s}",
+                dst.width, dst.height, dst.layout, src.width, src.height, src.layout
+            )));
+        }
+        self.with_scratch(|sc| {
+            self.pool.install(|| yuv::unpack_into(src, &mut sc.lr))?;
+            let stats = self.upscale_with(&sc.lr, opts, &mut sc.hr, &mut sc.maps)?;
+            self.pool.install(|| yuv::pack(&sc.hr, dst))?;
+            Ok(stats)
+        })
     }
 
     fn process_frame_with(

@@ -1,0 +1,558 @@
+//! Planar 8-bit YUV 4:2:0 frames (I420, NV12) in and out of the engine, converted straight to
+//! and from its RGB f32 (0–255) images: the colour matrix and range of the caps
+//! (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited or full range), chroma upsampled
+//! and downsampled bilinearly at the caps' chroma siting (co-sited or centred, per axis).
+//!
+//! Against a `videoconvert` on each side of an RGB upscaler this saves two frame passes and
+//! the rounding of the network's input and output to 8-bit RGB: the network reads the exact
+//! RGB of the YUV samples and its output is rounded once, to Y, U and V.
+
+use super::error::{Error, Result};
+use super::frame::Image;
+use rayon::prelude::*;
+
+/// The 4:2:0 layouts: three planes (Y, U, V) or two (Y, interleaved UV).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum YuvLayout {
+    I420,
+    Nv12,
+}
+
+impl YuvLayout {
+    pub fn planes(self) -> usize {
+        match self {
+            Self::I420 => 3,
+            Self::Nv12 => 2,
+        }
+    }
+}
+
+/// Y'CbCr coefficients and range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YuvMatrix {
+    pub kr: f32,
+    pub kb: f32,
+    /// Full range (0–255 for Y, Cb, Cr) rather than limited (16–235, 16–240).
+    pub full_range: bool,
+}
+
+impl YuvMatrix {
+    pub const BT601: (f32, f32) = (0.299, 0.114);
+    pub const BT709: (f32, f32) = (0.2126, 0.0722);
+    pub const BT2020: (f32, f32) = (0.2627, 0.0593);
+    pub const SMPTE240M: (f32, f32) = (0.212, 0.087);
+    pub const FCC: (f32, f32) = (0.30, 0.11);
+
+    pub fn new((kr, kb): (f32, f32), full_range: bool) -> Self {
+        Self { kr, kb, full_range }
+    }
+
+    /// (offset, scale) of Y and the scale of Cb/Cr around 128.
+    fn ranges(self) -> (f32, f32, f32) {
+        if self.full_range {
+            (0.0, 255.0, 255.0)
+        } else {
+            (16.0, 219.0, 224.0)
+        }
+    }
+
+    /// YUV samples (0–255) to RGB in 0–255 (clamped).
+    #[inline(always)]
+    fn to_rgb(self, y: f32, u: f32, v: f32) -> [f32; 3] {
+        let (yo, ys, cs) = self.ranges();
+        let kg = 1.0 - self.kr - self.kb;
+        let e_y = (y - yo) / ys;
+        let (e_u, e_v) = ((u - 128.0) / cs, (v - 128.0) / cs);
+        let r = e_y + 2.0 * (1.0 - self.kr) * e_v;
+        let b = e_y + 2.0 * (1.0 - self.kb) * e_u;
+        let g = (e_y - self.kr * r - self.kb * b) / kg;
+        [r, g, b].map(|c| (c * 255.0).clamp(0.0, 255.0))
+    }
+
+    /// Y (0–255, unrounded) of RGB in 0–255.
+    #[inline(always)]
+    fn luma(self, rgb: [f32; 3]) -> f32 {
+        let (yo, ys, _) = self.ranges();
+        let kg = 1.0 - self.kr - self.kb;
+        yo + ys * (self.kr * rgb[0] + kg * rgb[1] + self.kb * rgb[2]) / 255.0
+    }
+
+    /// (U, V) (0–255, unrounded) of RGB in 0–255.
+    #[inline(always)]
+    fn chroma(self, rgb: [f32; 3]) -> (f32, f32) {
+        let (_, _, cs) = self.ranges();
+        let kg = 1.0 - self.kr - self.kb;
+        let e_y = (self.kr * rgb[0] + kg * rgb[1] + self.kb * rgb[2]) / 255.0;
+        let e_u = (rgb[2] / 255.0 - e_y) / (2.0 * (1.0 - self.kb));
+        let e_v = (rgb[0] / 255.0 - e_y) / (2.0 * (1.0 - self.kr));
+        (128.0 + cs * e_u, 128.0 + cs * e_v)
+    }
+}
+
+/// Where the chroma samples sit relative to the luma samples, per axis: on the even luma
+/// sample (co-sited, MPEG-2 horizontally) or midway between two (centred, JPEG).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChromaSiting {
+    pub h_cosited: bool,
+    pub v_cosited: bool,
+}
+
+/// A borrowed 4:2:0 frame: planes with their strides (NV12: Y and UV).
+#[derive(Clone, Copy, Debug)]
+pub struct YuvRef<'a> {
+    pub planes: [&'a [u8]; 3],
+    pub strides: [usize; 3],
+    pub width: usize,
+    pub height: usize,
+    pub layout: YuvLayout,
+    pub matrix: YuvMatrix,
+    pub siting: ChromaSiting,
+}
+
+/// A mutable 4:2:0 frame.
+#[derive(Debug)]
+pub struct YuvMut<'a> {
+    pub planes: [&'a mut [u8]; 3],
+    pub strides: [usize; 3],
+    pub width: usize,
+    pub height: usize,
+    pub layout: YuvLayout,
+    pub matrix: YuvMatrix,
+    pub siting: ChromaSiting,
+}
+
+/// Chroma plane size of a `w x h` frame.
+pub fn chroma_size(w: usize, h: usize) -> (usize, usize) {
+    (w.div_ceil(2), h.div_ceil(2))
+}
+
+/// Checks each plane holds its rows: (plane, bytes per row, rows).
+fn check_planes(
+    what: &str,
+    layout: YuvLayout,
+    lens: [usize; 3],
+    strides: [usize; 3],
+    w: usize,
+    h: usize,
+) -> Result<()> {
+    if w == 0 || h == 0 {
+        return Err(Error::Input(format!(
+            "{what} frame is {w}x{h}: expected at least 1x1"
+        )));
+    }
+    let (cw, ch) = chroma_size(w, h);
+    let need: &[(usize, usize)] = match layout {
+        YuvLayout::I420 => &[(w, h), (cw, ch), (cw, ch)],
+        YuvLayout::Nv12 => &[(w, h), (2 * cw, ch)],
+    };
+    for (p, &(row, rows)) in need.iter().enumerate() {
+        if strides[p] < row || lens[p] < (rows - 1) * strides[p] + row {
+            return Err(Error::Input(format!(
+                "{what} {layout:?} frame {w}x{h}: plane {p} has {} bytes with stride {}, \
+                 expected {rows} rows of at least {row} bytes",
+                lens[p], strides[p]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Taps of the bilinear upsampling of chroma to luma position `i` (of `n` chroma samples):
+/// (index, weight) pairs, edges clamped.
+#[inline(always)]
+fn up_taps(i: usize, n: usize, cosited: bool) -> [(usize, f32); 2] {
+    let k = i / 2;
+    let last = n - 1;
+    if cosited {
+        if i.is_multiple_of(2) {
+            [(k, 1.0), (k, 0.0)]
+        } else {
+            [(k, 0.5), ((k + 1).min(last), 0.5)]
+        }
+    } else if i.is_multiple_of(2) {
+        [(k, 0.75), (k.saturating_sub(1), 0.25)]
+    } else {
+        [(k, 0.75), ((k + 1).min(last), 0.25)]
+    }
+}
+
+/// Taps of the chroma sample `k` from luma positions (of `n`): centred `[1 1] / 2`,
+/// co-sited `[1 2 1] / 4`, positions past the edge clamped.
+#[inline(always)]
+fn down_taps(k: usize, n: usize, cosited: bool) -> [(usize, f32); 3] {
+    let last = n - 1;
+    let c = (2 * k).min(last);
+    if cosited {
+        [
+            ((2 * k).saturating_sub(1).min(last), 0.25),
+            (c, 0.5),
+            ((2 * k + 1).min(last), 0.25),
+        ]
+    } else {
+        [(c, 0.5), ((2 * k + 1).min(last), 0.5), (c, 0.0)]
+    }
+}
+
+/// Unpacks a 4:2:0 frame into interleaved RGB of `conv(value in 0–255)` (rows in parallel on
+/// the current thread pool). Every value of `out`, resized to the frame, is written.
+pub fn unpack_with<T: Copy + Default + Send>(
+    f: &YuvRef,
+    conv: impl Fn(f32) -> T + Sync,
+    out: &mut Vec<T>,
+) -> Result<()> {
+    let (w, h) = (f.width, f.height);
+    check_planes(
+        "input",
+        f.layout,
+        f.planes.map(|p| p.len()),
+        f.strides,
+        w,
+        h,
+    )?;
+    let (cw, ch) = chroma_size(w, h);
+    out.resize(w * h * 3, T::default());
+    let m = f.matrix;
+    let s = f.siting;
+    out.par_chunks_mut(w * 3)
+        .enumerate()
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(y, dst)| {
+            let luma = &f.planes[0][y * f.strides[0]..][..w];
+            let [(r0, a0), (r1, a1)] = up_taps(y, ch, s.v_cosited);
+            // The chroma of this row at the chroma positions, then along x.
+            let sample = |p: usize, off: usize, step: usize, x: usize| -> f32 {
+                let at = |r: usize| f.planes[p][r * f.strides[p] + step * x + off] as f32;
+                a0 * at(r0) + a1 * at(r1)
+            };
+            let (pu, ou, pv, ov, step) = match f.layout {
+                YuvLayout::I420 => (1, 0, 2, 0, 1),
+                YuvLayout::Nv12 => (1, 0, 1, 1, 2),
+            };
+            for (x, (o, &yv)) in dst.chunks_exact_mut(3).zip(luma).enumerate() {
+                let [(c0, b0), (c1, b1)] = up_taps(x, cw, s.h_cosited);
+                let u = b0 * sample(pu, ou, step, c0) + b1 * sample(pu, ou, step, c1);
+                let v = b0 * sample(pv, ov, step, c0) + b1 * sample(pv, ov, step, c1);
+                let rgb = m.to_rgb(yv as f32, u, v);
+                o[0] = conv(rgb[0]);
+                o[1] = conv(rgb[1]);
+                o[2] = conv(rgb[2]);
+            }
+        });
+    Ok(())
+}
+
+/// [`unpack_with`] into an RGB f32 image.
+pub fn unpack_into(f: &YuvRef, img: &mut Image) -> Result<()> {
+    unpack_with(f, |v| v, &mut img.data)?;
+    (img.width, img.height) = (f.width, f.height);
+    Ok(())
+}
+
+/// [`unpack_with`] into interleaved RGB bytes (rounded; the CUDA path's input).
+pub fn unpack_rgb8_into(f: &YuvRef, out: &mut Vec<u8>) -> Result<()> {
+    unpack_with(f, super::frame::to_u8, out)
+}
+
+#[inline(always)]
+fn to_u8(v: f32) -> u8 {
+    super::frame::to_u8(v)
+}
+
+/// Packs interleaved RGB (`conv` of each value gives 0–255) of `f`'s size into a 4:2:0 frame:
+/// Y per pixel, U and V from the RGB filtered at the chroma siting, each rounded once.
+pub fn pack_with<T: Sync>(
+    src: &[T],
+    width: usize,
+    height: usize,
+    f: &mut YuvMut,
+    conv: impl Fn(&T) -> f32 + Sync,
+) -> Result<()> {
+    let (w, h) = (f.width, f.height);
+    check_planes(
+        "output",
+        f.layout,
+        [f.planes[0].len(), f.planes[1].len(), f.planes[2].len()],
+        f.strides,
+        w,
+        h,
+    )?;
+    if (width, height) != (w, h) || src.len() < w * h * 3 {
+        return Err(Error::Input(format!(
+            "output frame is {w}x{h}, image is {width}x{height} with {} values",
+            src.len()
+        )));
+    }
+    let (cw, ch) = chroma_size(w, h);
+    let (m, s) = (f.matrix, f.siting);
+    let px = |x: usize, y: usize| -> [f32; 3] {
+        let i = (y * w + x) * 3;
+        [conv(&src[i]), conv(&src[i + 1]), conv(&src[i + 2])]
+    };
+    // Luma: rows in parallel.
+    f.planes[0]
+        .par_chunks_mut(f.strides[0])
+        .take(h)
+        .enumerate()
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(y, row)| {
+            for (x, o) in row[..w].iter_mut().enumerate() {
+                *o = to_u8(m.luma(px(x, y)));
+            }
+        });
+    // Chroma: one (U, V) per chroma sample from the filtered RGB.
+    let chroma_at = |cx: usize, cy: usize| -> (u8, u8) {
+        let mut rgb = [0.0f32; 3];
+        for (yy, wy) in down_taps(cy, h, s.v_cosited) {
+            for (xx, wx) in down_taps(cx, w, s.h_cosited) {
+                let wgt = wy * wx;
+                if wgt != 0.0 {
+                    let p = px(xx, yy);
+                    for c in 0..3 {
+                        rgb[c] += wgt * p[c];
+                    }
+                }
+            }
+        }
+        let (u, v) = m.chroma(rgb);
+        (to_u8(u), to_u8(v))
+    };
+    match f.layout {
+        YuvLayout::I420 => {
+            let [_, pu, pv] = &mut f.planes;
+            pu.par_chunks_mut(f.strides[1])
+                .zip(pv.par_chunks_mut(f.strides[2]))
+                .take(ch)
+                .enumerate()
+                .with_min_len(super::frame::ROWS_PER_TASK / 2)
+                .for_each(|(cy, (ru, rv))| {
+                    for cx in 0..cw {
+                        (ru[cx], rv[cx]) = chroma_at(cx, cy);
+                    }
+                });
+        }
+        YuvLayout::Nv12 => {
+            f.planes[1]
+                .par_chunks_mut(f.strides[1])
+                .take(ch)
+                .enumerate()
+                .with_min_len(super::frame::ROWS_PER_TASK / 2)
+                .for_each(|(cy, row)| {
+                    for cx in 0..cw {
+                        (row[2 * cx], row[2 * cx + 1]) = chroma_at(cx, cy);
+                    }
+                });
+        }
+    }
+    Ok(())
+}
+
+/// [`pack_with`] from an RGB f32 image.
+pub fn pack(img: &Image, f: &mut YuvMut) -> Result<()> {
+    pack_with(&img.data, img.width, img.height, f, |&v| v)
+}
+
+/// [`pack_with`] from interleaved RGB bytes (the CUDA path's output).
+pub fn pack_rgb8(rgb: &[u8], f: &mut YuvMut) -> Result<()> {
+    let (w, h) = (f.width, f.height);
+    pack_with(rgb, w, h, f, |&v| v as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(layout: YuvLayout, w: usize, h: usize) -> (Vec<Vec<u8>>, [usize; 3]) {
+        let (cw, ch) = chroma_size(w, h);
+        // Padded strides, so that a stride mix-up shows.
+        let strides = match layout {
+            YuvLayout::I420 => [w + 3, cw + 1, cw + 2],
+            YuvLayout::Nv12 => [w + 5, 2 * cw + 2, 0],
+        };
+        let planes = (0..layout.planes())
+            .map(|p| vec![0u8; strides[p] * if p == 0 { h } else { ch }])
+            .collect();
+        (planes, strides)
+    }
+
+    fn smooth(w: usize, h: usize) -> Image {
+        let mut img = Image::new(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let i = (y * w + x) * 3;
+                // Slopes of a few levels per pixel, whatever the size.
+                img.data[i] = 40.0 + 3.0 * x as f32;
+                img.data[i + 1] = 60.0 + 2.0 * y as f32;
+                img.data[i + 2] = 200.0 - 1.5 * (x + y) as f32;
+            }
+        }
+        img
+    }
+
+    fn round_trip(layout: YuvLayout, w: usize, h: usize, m: YuvMatrix, s: ChromaSiting) -> Image {
+        let img = smooth(w, h);
+        let (mut planes, strides) = frame(layout, w, h);
+        {
+            let mut it = planes.iter_mut();
+            let p0 = it.next().unwrap();
+            let p1 = it.next().unwrap();
+            let mut empty = [];
+            let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
+            let mut f = YuvMut {
+                planes: [p0, p1, p2],
+                strides,
+                width: w,
+                height: h,
+                layout,
+                matrix: m,
+                siting: s,
+            };
+            pack(&img, &mut f).unwrap();
+        }
+        let f = YuvRef {
+            planes: [
+                &planes[0],
+                &planes[1],
+                planes.get(2).map_or(&[][..], |v| &v[..]),
+            ],
+            strides,
+            width: w,
+            height: h,
+            layout,
+            matrix: m,
+            siting: s,
+        };
+        let mut back = Image::default();
+        unpack_into(&f, &mut back).unwrap();
+        back
+    }
+
+    /// Known colours: white, black and the primaries in BT.601 and BT.709, limited range,
+    /// as the standards give them (8-bit).
+    #[test]
+    fn primaries_have_their_standard_codes() {
+        let cases = [
+            (YuvMatrix::BT601, [255.0, 0.0, 0.0], (81, 90, 240)),
+            (YuvMatrix::BT601, [0.0, 255.0, 0.0], (145, 54, 34)),
+            (YuvMatrix::BT601, [0.0, 0.0, 255.0], (41, 240, 110)),
+            (YuvMatrix::BT709, [255.0, 0.0, 0.0], (63, 102, 240)),
+            (YuvMatrix::BT709, [0.0, 255.0, 0.0], (173, 42, 26)),
+            (YuvMatrix::BT709, [0.0, 0.0, 255.0], (32, 240, 118)),
+            (YuvMatrix::BT709, [255.0, 255.0, 255.0], (235, 128, 128)),
+            (YuvMatrix::BT709, [0.0, 0.0, 0.0], (16, 128, 128)),
+        ];
+        for (k, rgb, (y, u, v)) in cases {
+            let m = YuvMatrix::new(k, false);
+            let (cu, cv) = m.chroma(rgb);
+            assert_eq!(
+                (to_u8(m.luma(rgb)), to_u8(cu), to_u8(cv)),
+                (y, u, v),
+                "{k:?} {rgb:?}"
+            );
+            let back = m.to_rgb(y as f32, u as f32, v as f32);
+            for c in 0..3 {
+                assert!((back[c] - rgb[c]).abs() < 2.0, "{k:?} {rgb:?} -> {back:?}");
+            }
+        }
+        // Full range: Y spans 0–255.
+        let m = YuvMatrix::new(YuvMatrix::BT601, true);
+        assert_eq!(to_u8(m.luma([255.0; 3])), 255);
+        assert_eq!(m.to_rgb(255.0, 128.0, 128.0), [255.0; 3]);
+    }
+
+    /// RGB → 4:2:0 → RGB of a smooth image comes back within the 8-bit rounding and the
+    /// chroma filtering, for both layouts, odd sizes, every siting and matrix.
+    #[test]
+    fn round_trip_of_a_smooth_image() {
+        for layout in [YuvLayout::I420, YuvLayout::Nv12] {
+            for (w, h) in [(1, 1), (2, 2), (7, 5), (32, 18)] {
+                for (k, full) in [(YuvMatrix::BT601, false), (YuvMatrix::BT709, true)] {
+                    for (hc, vc) in [(false, false), (true, false), (true, true)] {
+                        let s = ChromaSiting {
+                            h_cosited: hc,
+                            v_cosited: vc,
+                        };
+                        let m = YuvMatrix::new(k, full);
+                        let back = round_trip(layout, w, h, m, s);
+                        let img = smooth(w, h);
+                        let worst = img
+                            .data
+                            .iter()
+                            .zip(&back.data)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0f32, f32::max);
+                        assert!(worst < 6.0, "{layout:?} {w}x{h} {k:?} {s:?}: worst {worst}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A flat colour survives exactly (up to rounding), whatever the filters.
+    #[test]
+    fn flat_colour_is_kept() {
+        let (w, h) = (9, 7);
+        let mut img = Image::new(w, h);
+        for px in img.data.chunks_exact_mut(3) {
+            px.copy_from_slice(&[200.0, 30.0, 90.0]);
+        }
+        for layout in [YuvLayout::I420, YuvLayout::Nv12] {
+            let m = YuvMatrix::new(YuvMatrix::BT709, false);
+            let s = ChromaSiting {
+                h_cosited: true,
+                v_cosited: false,
+            };
+            let (mut planes, strides) = frame(layout, w, h);
+            let mut it = planes.iter_mut();
+            let p0 = it.next().unwrap();
+            let p1 = it.next().unwrap();
+            let mut empty = [];
+            let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
+            let mut f = YuvMut {
+                planes: [p0, p1, p2],
+                strides,
+                width: w,
+                height: h,
+                layout,
+                matrix: m,
+                siting: s,
+            };
+            pack(&img, &mut f).unwrap();
+            let [p0, p1, p2] = f.planes;
+            let r = YuvRef {
+                planes: [p0, p1, p2],
+                strides,
+                width: w,
+                height: h,
+                layout,
+                matrix: m,
+                siting: s,
+            };
+            let mut back = Image::default();
+            unpack_into(&r, &mut back).unwrap();
+            for px in back.data.chunks_exact(3) {
+                for (a, b) in px.iter().zip([200.0, 30.0, 90.0]) {
+                    assert!((a - b).abs() <= 1.5, "{layout:?}: {px:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_planes_are_errors() {
+        let m = YuvMatrix::new(YuvMatrix::BT601, false);
+        let y = vec![0u8; 16];
+        let c = vec![0u8; 3];
+        let f = YuvRef {
+            planes: [&y, &c, &c],
+            strides: [4, 2, 2],
+            width: 4,
+            height: 4,
+            layout: YuvLayout::I420,
+            matrix: m,
+            siting: ChromaSiting::default(),
+        };
+        let mut img = Image::default();
+        let e = unpack_into(&f, &mut img).unwrap_err().to_string();
+        assert!(e.contains("plane 1"), "{e}");
+    }
+}
