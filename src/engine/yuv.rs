@@ -56,36 +56,73 @@ impl YuvMatrix {
         }
     }
 
+    /// The conversions as linear forms, computed once per frame (no divisions per pixel).
+    fn coeffs(self) -> Coeffs {
+        let (yo, ys, cs) = self.ranges();
+        let (kr, kb) = (self.kr, self.kb);
+        let kg = 1.0 - kr - kb;
+        // RGB (0–255) from Y, U − 128, V − 128.
+        let y = 255.0 / ys;
+        let rv = 255.0 * 2.0 * (1.0 - kr) / cs;
+        let bu = 255.0 * 2.0 * (1.0 - kb) / cs;
+        let gu = -bu * kb / kg;
+        let gv = -rv * kr / kg;
+        // Y, U, V from RGB (0–255).
+        let l = [kr, kg, kb].map(|k| k * ys / 255.0);
+        let u = [-kr, -kg, 1.0 - kb].map(|k| k * cs / (255.0 * 2.0 * (1.0 - kb)));
+        let v = [1.0 - kr, -kg, -kb].map(|k| k * cs / (255.0 * 2.0 * (1.0 - kr)));
+        Coeffs {
+            yo,
+            y,
+            rv,
+            gu,
+            gv,
+            bu,
+            l,
+            u,
+            v,
+        }
+    }
+}
+
+/// [`YuvMatrix`] as linear forms.
+#[derive(Clone, Copy, Debug)]
+struct Coeffs {
+    yo: f32,
+    y: f32,
+    rv: f32,
+    gu: f32,
+    gv: f32,
+    bu: f32,
+    l: [f32; 3],
+    u: [f32; 3],
+    v: [f32; 3],
+}
+
+impl Coeffs {
     /// YUV samples (0–255) to RGB in 0–255 (clamped).
     #[inline(always)]
-    fn to_rgb(self, y: f32, u: f32, v: f32) -> [f32; 3] {
-        let (yo, ys, cs) = self.ranges();
-        let kg = 1.0 - self.kr - self.kb;
-        let e_y = (y - yo) / ys;
-        let (e_u, e_v) = ((u - 128.0) / cs, (v - 128.0) / cs);
-        let r = e_y + 2.0 * (1.0 - self.kr) * e_v;
-        let b = e_y + 2.0 * (1.0 - self.kb) * e_u;
-        let g = (e_y - self.kr * r - self.kb * b) / kg;
-        [r, g, b].map(|c| (c * 255.0).clamp(0.0, 255.0))
+    fn rgb(&self, y: f32, u: f32, v: f32) -> [f32; 3] {
+        let (e, u, v) = (self.y * (y - self.yo), u - 128.0, v - 128.0);
+        [
+            e + self.rv * v,
+            e + self.gu * u + self.gv * v,
+            e + self.bu * u,
+        ]
+        .map(|c| c.clamp(0.0, 255.0))
     }
 
     /// Y (0–255, unrounded) of RGB in 0–255.
     #[inline(always)]
-    fn luma(self, rgb: [f32; 3]) -> f32 {
-        let (yo, ys, _) = self.ranges();
-        let kg = 1.0 - self.kr - self.kb;
-        yo + ys * (self.kr * rgb[0] + kg * rgb[1] + self.kb * rgb[2]) / 255.0
+    fn luma(&self, rgb: [f32; 3]) -> f32 {
+        self.yo + self.l[0] * rgb[0] + self.l[1] * rgb[1] + self.l[2] * rgb[2]
     }
 
     /// (U, V) (0–255, unrounded) of RGB in 0–255.
     #[inline(always)]
-    fn chroma(self, rgb: [f32; 3]) -> (f32, f32) {
-        let (_, _, cs) = self.ranges();
-        let kg = 1.0 - self.kr - self.kb;
-        let e_y = (self.kr * rgb[0] + kg * rgb[1] + self.kb * rgb[2]) / 255.0;
-        let e_u = (rgb[2] / 255.0 - e_y) / (2.0 * (1.0 - self.kb));
-        let e_v = (rgb[0] / 255.0 - e_y) / (2.0 * (1.0 - self.kr));
-        (128.0 + cs * e_u, 128.0 + cs * e_v)
+    fn chroma(&self, rgb: [f32; 3]) -> (f32, f32) {
+        let d = |k: [f32; 3]| k[0] * rgb[0] + k[1] * rgb[1] + k[2] * rgb[2];
+        (128.0 + d(self.u), 128.0 + d(self.v))
     }
 }
 
@@ -211,7 +248,7 @@ pub fn unpack_with<T: Copy + Default + Send>(
     )?;
     let (cw, ch) = chroma_size(w, h);
     out.resize(w * h * 3, T::default());
-    let m = f.matrix;
+    let m = f.matrix.coeffs();
     let s = f.siting;
     out.par_chunks_mut(w * 3)
         .enumerate()
@@ -232,7 +269,7 @@ pub fn unpack_with<T: Copy + Default + Send>(
                 let [(c0, b0), (c1, b1)] = up_taps(x, cw, s.h_cosited);
                 let u = b0 * sample(pu, ou, step, c0) + b1 * sample(pu, ou, step, c1);
                 let v = b0 * sample(pv, ov, step, c0) + b1 * sample(pv, ov, step, c1);
-                let rgb = m.to_rgb(yv as f32, u, v);
+                let rgb = m.rgb(yv as f32, u, v);
                 o[0] = conv(rgb[0]);
                 o[1] = conv(rgb[1]);
                 o[2] = conv(rgb[2]);
@@ -283,7 +320,7 @@ pub fn pack_with<T: Sync>(
         )));
     }
     let (cw, ch) = chroma_size(w, h);
-    let (m, s) = (f.matrix, f.siting);
+    let (m, s) = (f.matrix.coeffs(), f.siting);
     let px = |x: usize, y: usize| -> [f32; 3] {
         let i = (y * w + x) * 3;
         [conv(&src[i]), conv(&src[i + 1]), conv(&src[i + 2])]
@@ -441,22 +478,22 @@ mod tests {
             (YuvMatrix::BT709, [0.0, 0.0, 0.0], (16, 128, 128)),
         ];
         for (k, rgb, (y, u, v)) in cases {
-            let m = YuvMatrix::new(k, false);
+            let m = YuvMatrix::new(k, false).coeffs();
             let (cu, cv) = m.chroma(rgb);
             assert_eq!(
                 (to_u8(m.luma(rgb)), to_u8(cu), to_u8(cv)),
                 (y, u, v),
                 "{k:?} {rgb:?}"
             );
-            let back = m.to_rgb(y as f32, u as f32, v as f32);
+            let back = m.rgb(y as f32, u as f32, v as f32);
             for c in 0..3 {
                 assert!((back[c] - rgb[c]).abs() < 2.0, "{k:?} {rgb:?} -> {back:?}");
             }
         }
         // Full range: Y spans 0–255.
-        let m = YuvMatrix::new(YuvMatrix::BT601, true);
+        let m = YuvMatrix::new(YuvMatrix::BT601, true).coeffs();
         assert_eq!(to_u8(m.luma([255.0; 3])), 255);
-        assert_eq!(m.to_rgb(255.0, 128.0, 128.0), [255.0; 3]);
+        assert!(m.rgb(255.0, 128.0, 128.0).iter().all(|&c| c > 254.99));
     }
 
     /// RGB → 4:2:0 → RGB of a smooth image comes back within the 8-bit rounding and the
