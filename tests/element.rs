@@ -611,6 +611,40 @@ fn cuda_backend_matches_the_integer_reference() {
                 "x{scale} {precision} {fmt} {w}x{hh}: CUDA element output differs from the integer reference"
             );
         }
+        // I420 and NV12 (the CUDA path converts them to and from 8-bit RGB on the CPU).
+        for fmt in ["I420", "NV12", "I420"] {
+            let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
+            let (matrix, siting) = (
+                gstadabm::engine::yuv::YuvMatrix::new(
+                    gstadabm::engine::yuv::YuvMatrix::BT601,
+                    false,
+                ),
+                gstadabm::engine::yuv::ChromaSiting::default(),
+            );
+            let want = yuv_frames(
+                &in_info,
+                &data,
+                &out_info,
+                matrix,
+                siting,
+                false,
+                |src, dst| {
+                    let mut rgb = Vec::new();
+                    gstadabm::engine::yuv::unpack_rgb8_into(src, &mut rgb).unwrap();
+                    let img = gstadabm::engine::Image::from_rgb8(src.width, src.height, &rgb);
+                    let c = gstadabm::engine::complexity::gradient_density(
+                        &img.data, src.width, src.height,
+                    );
+                    let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
+                    let hr = int.upscale(&img, &plan);
+                    gstadabm::engine::yuv::pack_rgb8(&hr.to_rgb8(), dst).unwrap();
+                },
+            );
+            assert!(
+                yuv_visible(&out, &out_info) == yuv_visible(&want, &out_info),
+                "x{scale} {precision} {fmt}: CUDA element output differs from the integer reference"
+            );
+        }
         eprintln!("x{scale} {precision}: element on CUDA == integer reference");
     }
 }
@@ -979,8 +1013,26 @@ fn expected_yuv(
     siting: gstadabm::engine::yuv::ChromaSiting,
     interlaced: bool,
 ) -> Vec<u8> {
-    use gstadabm::engine::yuv::{YuvLayout, YuvMut, YuvRef};
     let engine = Engine::new(model, 1).unwrap();
+    yuv_frames(inp, data, out, matrix, siting, interlaced, |src, dst| {
+        engine
+            .process_yuv_frame(src, dst, &Options::default())
+            .unwrap();
+    })
+}
+
+/// `run` on the 4:2:0 frame `data` laid out as `inp` (or on each of its fields) and an output
+/// buffer laid out as `out`, which it returns.
+fn yuv_frames(
+    inp: &gst_video::VideoInfo,
+    data: &[u8],
+    out: &gst_video::VideoInfo,
+    matrix: gstadabm::engine::yuv::YuvMatrix,
+    siting: gstadabm::engine::yuv::ChromaSiting,
+    interlaced: bool,
+    run: impl Fn(&gstadabm::engine::yuv::YuvRef, &mut gstadabm::engine::yuv::YuvMut),
+) -> Vec<u8> {
+    use gstadabm::engine::yuv::{YuvLayout, YuvMut, YuvRef};
     let layout = match inp.format() {
         gst_video::VideoFormat::I420 => YuvLayout::I420,
         _ => YuvLayout::Nv12,
@@ -1029,9 +1081,7 @@ fn expected_yuv(
             matrix,
             siting,
         };
-        engine
-            .process_yuv_frame(&src, &mut dst, &Options::default())
-            .unwrap();
+        run(&src, &mut dst);
     }
     buf
 }
