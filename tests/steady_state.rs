@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use gstadabm::engine::builtin::MODELS;
 use gstadabm::engine::frame::{FrameMut, FrameRef, PixelLayout};
 use gstadabm::engine::random::quantize_on_synthetic;
+use gstadabm::engine::yuv::{self, YuvLayout};
 use gstadabm::engine::{Engine, Model, Options, QuantMode};
 
 struct Counting;
@@ -152,4 +153,82 @@ fn steady_state_frames_allocate_no_frame_buffers() {
             assert_eq!(got, fresh, "{name}: other content");
         }
     }
+    // The 4:2:0 path (`Engine::process_yuv_frame`), in the same test: the allocation counter
+    // is global, so a second test running beside this one would disturb its counts.
+    let (name, model, _) = &models.iter().find(|m| m.2).unwrap();
+    let engine = Engine::new(model, 2).unwrap();
+    for (w, h, layout) in [
+        (61, 37, YuvLayout::I420),
+        (96, 64, YuvLayout::Nv12),
+        (61, 37, YuvLayout::I420),
+    ] {
+        let name = format!("{name} {w}x{h} {layout:?}");
+        let src = pixels(w, h * 2, 1, w);
+        let fresh = process_yuv(&Engine::new(model, 2).unwrap(), &src, w, h, layout);
+        for _ in 0..3 {
+            process_yuv(&engine, &src, w, h, layout);
+        }
+        reset();
+        let got = process_yuv(&engine, &src, w, h, layout);
+        let (calls, bytes) = (CALLS.load(Relaxed), BYTES.load(Relaxed));
+        let bytes = bytes - got.len();
+        eprintln!("{name}: {calls} allocations, {bytes} bytes");
+        assert!(
+            bytes <= 4096 && calls <= 16,
+            "{name}: a frame allocated {calls} times, {bytes} bytes"
+        );
+        assert_eq!(got, fresh, "{name}");
+    }
+}
+
+/// The element's per-frame call on a 4:2:0 frame: `src` holds the planes one after the other
+/// (no row padding); returns the output planes likewise.
+fn process_yuv(engine: &Engine, src: &[u8], w: usize, h: usize, layout: YuvLayout) -> Vec<u8> {
+    let planes = |w: usize, h: usize| -> ([usize; 3], [usize; 3]) {
+        let (cw, ch) = yuv::chroma_size(w, h);
+        match layout {
+            YuvLayout::I420 => ([w, cw, cw], [w * h, cw * ch, cw * ch]),
+            YuvLayout::Nv12 => ([w, 2 * cw, 0], [w * h, 2 * cw * ch, 0]),
+        }
+    };
+    let (is, il) = planes(w, h);
+    let s = engine.scale();
+    let (os, ol) = planes(w * s, h * s);
+    let mut dst = vec![0u8; ol.iter().sum()];
+    let (a, rest) = src.split_at(il[0]);
+    let (b, rest) = rest.split_at(il[1]);
+    let c = &rest[..il[2]];
+    let (matrix, siting) = (
+        yuv::YuvMatrix::new(yuv::YuvMatrix::BT709, false),
+        yuv::ChromaSiting {
+            h_cosited: true,
+            v_cosited: false,
+        },
+    );
+    let f = yuv::YuvRef {
+        planes: [a, b, c],
+        strides: is,
+        width: w,
+        height: h,
+        layout,
+        matrix,
+        siting,
+    };
+    {
+        let (a, rest) = dst.split_at_mut(ol[0]);
+        let (b, c) = rest.split_at_mut(ol[1]);
+        let mut d = yuv::YuvMut {
+            planes: [a, b, c],
+            strides: os,
+            width: w * s,
+            height: h * s,
+            layout,
+            matrix,
+            siting,
+        };
+        engine
+            .process_yuv_frame(&f, &mut d, &Options::default())
+            .unwrap();
+    }
+    dst
 }
