@@ -986,7 +986,7 @@ impl BaseTransformImpl for AdabmUpscale {
         })?;
         let (w, h) = (in_info.width() as usize, in_info.height() as usize);
         let (ow, oh) = (out_info.width() as usize, out_info.height() as usize);
-        let mut src = match layout {
+        let src = match layout {
             Layout::Packed(layout) => InFrame::Packed(FrameRef {
                 data: in_frame.plane_data(0).map_err(|_| gst::FlowError::Error)?,
                 stride: in_frame.plane_stride()[0] as usize,
@@ -996,19 +996,10 @@ impl BaseTransformImpl for AdabmUpscale {
             }),
             Layout::Yuv(layout) => {
                 let (matrix, siting) = yuv_params(&in_info);
-                let n = layout.planes();
-                let plane = |p: usize| -> Result<&[u8], gst::FlowError> {
-                    if p < n {
-                        in_frame
-                            .plane_data(p as u32)
-                            .map_err(|_| gst::FlowError::Error)
-                    } else {
-                        Ok(&[])
-                    }
-                };
+                let [p0, p1, p2, _] = in_frame.planes_data();
                 let st = in_frame.plane_stride();
                 InFrame::Yuv(YuvRef {
-                    planes: [plane(0)?, plane(1)?, plane(2)?],
+                    planes: [p0, p1, p2],
                     strides: [0, 1, 2].map(|p| st.get(p).map_or(0, |&v| v as usize)),
                     width: w,
                     height: h,
@@ -1034,24 +1025,8 @@ impl BaseTransformImpl for AdabmUpscale {
             }),
             Layout::Yuv(layout) => {
                 let (matrix, siting) = yuv_params(&out_info);
-                // Each plane's memory, then all of them borrowed at once.
-                let mut raw = [(std::ptr::null_mut::<u8>(), 0usize); 3];
-                for (p, r) in raw.iter_mut().enumerate().take(layout.planes()) {
-                    let d = out_frame
-                        .plane_data_mut(p as u32)
-                        .map_err(|_| gst::FlowError::Error)?;
-                    *r = (d.as_mut_ptr(), d.len());
-                }
-                let planes = raw.map(|(ptr, len)| -> &mut [u8] {
-                    if ptr.is_null() {
-                        &mut []
-                    } else {
-                        // SAFETY: the planes of a mapped video frame are disjoint ranges of
-                        // memory that stay mapped, and unaliased, while `out_frame` lives;
-                        // nothing else touches `out_frame` until these slices are gone.
-                        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
-                    }
-                });
+                let [p0, p1, p2, _] = out_frame.planes_data_mut();
+                let planes = [p0, p1, p2];
                 OutFrame::Yuv(YuvMut {
                     planes,
                     strides: out_strides,
@@ -1106,7 +1081,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 })
                 .collect()
         } else {
-            vec![(None, upscale(&mut src, &mut dst))]
+            vec![(None, upscale(&src, &mut dst))]
         };
         let took = gst::ClockTime::from_nseconds(t0.elapsed().as_nanos() as u64);
         if self.latency.lock().unwrap().record(took) {
