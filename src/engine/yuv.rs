@@ -163,7 +163,7 @@ pub fn chroma_size(w: usize, h: usize) -> (usize, usize) {
     (w.div_ceil(2), h.div_ceil(2))
 }
 
-/// Checks each plane holds its rows: (plane, bytes per row, rows).
+/// Checks that each plane holds its rows (the row bytes and rows of each plane of the layout).
 fn check_planes(
     what: &str,
     layout: YuvLayout,
