@@ -146,12 +146,11 @@ impl Image {
 
 #[inline]
 pub fn to_u8(v: f32) -> u8 {
-    // Clamped first, then rounded to nearest, ties to even, by adding and subtracting 2^23
-    // (where the f32 spacing is 1): the same result as `v.round_ties_even().clamp(0, 255)`
-    // for every f32 (NaN gives 0 both ways), without the `rintf` call `round_ties_even` is on
-    // baseline x86-64 (no SSE4.1): that call was 16% of a 4K YUV pack.
-    const SHIFT: f32 = 8_388_608.0;
-    ((v.clamp(0.0, 255.0) + SHIFT) - SHIFT) as u8
+    // Clamped first, then rounded half to even without the `rintf` call `round_ties_even` is
+    // on baseline x86-64 (no SSE4.1; that call was 16% of a 4K YUV pack): the same result as
+    // `v.round_ties_even().clamp(0, 255)` for every f32 (NaN gives 0 both ways).
+    use super::quant::{clamp, round_even_small};
+    round_even_small(clamp(v, 0.0, 255.0)) as u8
 }
 
 /// Rows per task of the frame copies over the thread pool (fewer, larger tasks: a row of a 4K
