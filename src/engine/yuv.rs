@@ -10,6 +10,13 @@
 use super::error::{Error, Result};
 use super::frame::Image;
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// A worker's row of chroma (two planes' worth, unpacking) or of filtered RGB (packing),
+    /// kept between rows and frames.
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The 4:2:0 layouts: three planes (Y, U, V) or two (Y, interleaved UV).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,25 +262,48 @@ pub fn unpack_with<T: Copy + Default + Send>(
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
             let luma = &f.planes[0][y * f.strides[0]..][..w];
-            let [(r0, a0), (r1, a1)] = up_taps(y, ch, s.v_cosited);
-            // The chroma of this row at the chroma positions, then along x.
-            let sample = |p: usize, off: usize, step: usize, x: usize| -> f32 {
-                let at = |r: usize| f.planes[p][r * f.strides[p] + step * x + off] as f32;
-                a0 * at(r0) + a1 * at(r1)
-            };
-            let (pu, ou, pv, ov, step) = match f.layout {
-                YuvLayout::I420 => (1, 0, 2, 0, 1),
-                YuvLayout::Nv12 => (1, 0, 1, 1, 2),
-            };
-            for (x, (o, &yv)) in dst.chunks_exact_mut(3).zip(luma).enumerate() {
-                let [(c0, b0), (c1, b1)] = up_taps(x, cw, s.h_cosited);
-                let u = b0 * sample(pu, ou, step, c0) + b1 * sample(pu, ou, step, c1);
-                let v = b0 * sample(pv, ov, step, c0) + b1 * sample(pv, ov, step, c1);
-                let rgb = m.rgb(yv as f32, u, v);
-                o[0] = conv(rgb[0]);
-                o[1] = conv(rgb[1]);
-                o[2] = conv(rgb[2]);
-            }
+            ROW.with_borrow_mut(|t| {
+                // This row's chroma at the chroma columns (interpolated along y), then along x.
+                t.clear();
+                t.resize(2 * cw, 0.0);
+                let (tu, tv) = t.split_at_mut(cw);
+                for (r, a) in up_taps(y, ch, s.v_cosited) {
+                    if a == 0.0 {
+                        continue;
+                    }
+                    let at = r * f.strides[1];
+                    match f.layout {
+                        YuvLayout::I420 => {
+                            let u = &f.planes[1][at..][..cw];
+                            let v = &f.planes[2][r * f.strides[2]..][..cw];
+                            for (o, &c) in tu.iter_mut().zip(u) {
+                                *o += a * c as f32;
+                            }
+                            for (o, &c) in tv.iter_mut().zip(v) {
+                                *o += a * c as f32;
+                            }
+                        }
+                        YuvLayout::Nv12 => {
+                            let uv = &f.planes[1][at..][..2 * cw];
+                            for ((ou, ov), c) in
+                                tu.iter_mut().zip(tv.iter_mut()).zip(uv.chunks_exact(2))
+                            {
+                                *ou += a * c[0] as f32;
+                                *ov += a * c[1] as f32;
+                            }
+                        }
+                    }
+                }
+                for (x, (o, &yv)) in dst.chunks_exact_mut(3).zip(luma).enumerate() {
+                    let [(c0, b0), (c1, b1)] = up_taps(x, cw, s.h_cosited);
+                    let u = b0 * tu[c0] + b1 * tu[c1];
+                    let v = b0 * tv[c0] + b1 * tv[c1];
+                    let rgb = m.rgb(yv as f32, u, v);
+                    o[0] = conv(rgb[0]);
+                    o[1] = conv(rgb[1]);
+                    o[2] = conv(rgb[2]);
+                }
+            });
         });
     Ok(())
 }
@@ -321,10 +351,7 @@ pub fn pack_with<T: Sync>(
     }
     let (cw, ch) = chroma_size(w, h);
     let (m, s) = (f.matrix.coeffs(), f.siting);
-    let px = |x: usize, y: usize| -> [f32; 3] {
-        let i = (y * w + x) * 3;
-        [conv(&src[i]), conv(&src[i + 1]), conv(&src[i + 2])]
-    };
+    let line = |y: usize| &src[y * w * 3..(y + 1) * w * 3];
     // Luma: rows in parallel.
     f.planes[0]
         .par_chunks_mut(f.strides[0])
@@ -332,26 +359,35 @@ pub fn pack_with<T: Sync>(
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, row)| {
-            for (x, o) in row[..w].iter_mut().enumerate() {
-                *o = to_u8(m.luma(px(x, y)));
+            for (o, p) in row[..w].iter_mut().zip(line(y).chunks_exact(3)) {
+                *o = to_u8(m.luma([conv(&p[0]), conv(&p[1]), conv(&p[2])]));
             }
         });
-    // Chroma: one (U, V) per chroma sample from the filtered RGB.
-    let chroma_at = |cx: usize, cy: usize| -> (u8, u8) {
-        let mut rgb = [0.0f32; 3];
-        for (yy, wy) in down_taps(cy, h, s.v_cosited) {
-            for (xx, wx) in down_taps(cx, w, s.h_cosited) {
-                let wgt = wy * wx;
-                if wgt != 0.0 {
-                    let p = px(xx, yy);
-                    for c in 0..3 {
-                        rgb[c] += wgt * p[c];
+    // Chroma: the chroma row's RGB filtered along y, then along x at each chroma sample.
+    let chroma_row = |cy: usize, put: &mut dyn FnMut(usize, u8, u8)| {
+        ROW.with_borrow_mut(|acc| {
+            acc.clear();
+            acc.resize(3 * w, 0.0);
+            for (yy, wy) in down_taps(cy, h, s.v_cosited) {
+                if wy != 0.0 {
+                    for (a, v) in acc.iter_mut().zip(line(yy)) {
+                        *a += wy * conv(v);
                     }
                 }
             }
-        }
-        let (u, v) = m.chroma(rgb);
-        (to_u8(u), to_u8(v))
+            for cx in 0..cw {
+                let mut rgb = [0.0f32; 3];
+                for (xx, wx) in down_taps(cx, w, s.h_cosited) {
+                    if wx != 0.0 {
+                        for c in 0..3 {
+                            rgb[c] += wx * acc[3 * xx + c];
+                        }
+                    }
+                }
+                let (u, v) = m.chroma(rgb);
+                put(cx, to_u8(u), to_u8(v));
+            }
+        })
     };
     match f.layout {
         YuvLayout::I420 => {
@@ -362,9 +398,7 @@ pub fn pack_with<T: Sync>(
                 .enumerate()
                 .with_min_len(super::frame::ROWS_PER_TASK / 2)
                 .for_each(|(cy, (ru, rv))| {
-                    for cx in 0..cw {
-                        (ru[cx], rv[cx]) = chroma_at(cx, cy);
-                    }
+                    chroma_row(cy, &mut |cx, u, v| (ru[cx], rv[cx]) = (u, v));
                 });
         }
         YuvLayout::Nv12 => {
@@ -374,9 +408,7 @@ pub fn pack_with<T: Sync>(
                 .enumerate()
                 .with_min_len(super::frame::ROWS_PER_TASK / 2)
                 .for_each(|(cy, row)| {
-                    for cx in 0..cw {
-                        (row[2 * cx], row[2 * cx + 1]) = chroma_at(cx, cy);
-                    }
+                    chroma_row(cy, &mut |cx, u, v| (row[2 * cx], row[2 * cx + 1]) = (u, v));
                 });
         }
     }
