@@ -743,7 +743,13 @@ impl BaseTransformImpl for AdabmUpscale {
         {
             // Upstream's latency plus the time a frame spends here.
             let (live, min, max) = q.result();
-            let ours = self.latency.lock().unwrap().reported;
+            // The current estimate (what the pipeline gets when it asks again after our
+            // latency message, or whenever it asks on its own).
+            let ours = {
+                let mut l = self.latency.lock().unwrap();
+                l.reported = l.estimate();
+                l.reported
+            };
             q.set(live, min + ours, max.map(|m| m + ours));
             gst::debug!(CAT, imp = self, "latency: upstream {min} + ours {ours}");
         }
