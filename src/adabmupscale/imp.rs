@@ -1221,6 +1221,57 @@ impl OutFrame<'_> {
     }
 }
 
+/// Checks that a `dst` frame is the `src` frame scaled by the CUDA engine's factor (returned).
+fn cuda_scale(
+    c: &SharedCuda,
+    same_layout: bool,
+    (sw, sh): (usize, usize),
+    (dw, dh): (usize, usize),
+) -> Result<usize, String> {
+    let s = c.scale();
+    if !same_layout || dw != sw * s || dh != sh * s {
+        return Err(format!(
+            "output frame {dw}x{dh} does not match input {sw}x{sh} at x{s}"
+        ));
+    }
+    Ok(s)
+}
+
+impl CudaBufs {
+    /// `self.rgb` (a `w x h` frame, packed RGB) through the shared CUDA engine into `self.hr`.
+    /// The buffers travel with the job and come back with the frame (lost on an error: the
+    /// next frame allocates them again).
+    fn upscale(
+        &mut self,
+        c: &SharedCuda,
+        w: usize,
+        h: usize,
+        opts: &Options,
+    ) -> Result<crate::cuda::FrameStats, String> {
+        let done = c.upscale_reusing(
+            std::mem::take(&mut self.rgb),
+            std::mem::take(&mut self.hr),
+            w,
+            h,
+            opts,
+        )?;
+        (self.rgb, self.hr) = (done.rgb, done.hr);
+        Ok(done.stats)
+    }
+}
+
+/// A CUDA frame's stats as the element reports them (one tile, the time since `t0`).
+fn cuda_stats(fs: crate::cuda::FrameStats, t0: std::time::Instant) -> engine::Stats {
+    engine::Stats {
+        complexity: fs.complexity,
+        image_bits: fs.image_bits,
+        layer_bits: fs.layer_bits,
+        fab: fs.fab,
+        tiles: 1,
+        millis: t0.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
 /// One 4:2:0 frame through the CUDA engine: converted to RGB bytes on the CPU, upscaled,
 /// converted back (the GPU kernels take packed RGB).
 fn cuda_yuv_frame(
@@ -1231,32 +1282,12 @@ fn cuda_yuv_frame(
     bufs: &mut CudaBufs,
 ) -> Result<engine::Stats, String> {
     let t0 = std::time::Instant::now();
-    let s = c.scale();
-    if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
-        return Err(format!(
-            "output frame {}x{} does not match input {}x{} at x{s}",
-            dst.width, dst.height, src.width, src.height
-        ));
-    }
+    let (w, h) = (src.width, src.height);
+    cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
     engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(|e| e.to_string())?;
-    let done = c.upscale_reusing(
-        std::mem::take(&mut bufs.rgb),
-        std::mem::take(&mut bufs.hr),
-        src.width,
-        src.height,
-        opts,
-    )?;
-    (bufs.rgb, bufs.hr) = (done.rgb, done.hr);
+    let fs = bufs.upscale(c, w, h, opts)?;
     engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(|e| e.to_string())?;
-    let fs = done.stats;
-    Ok(engine::Stats {
-        complexity: fs.complexity,
-        image_bits: fs.image_bits,
-        layer_bits: fs.layer_bits,
-        fab: fs.fab,
-        tiles: 1,
-        millis: t0.elapsed().as_secs_f64() * 1e3,
-    })
+    Ok(cuda_stats(fs, t0))
 }
 
 /// One frame through the CUDA engine: unpack to RGB bytes, upscale, pack (alpha upscaled
@@ -1269,31 +1300,16 @@ fn cuda_frame(
     bufs: &mut CudaBufs,
 ) -> Result<engine::Stats, String> {
     let t0 = std::time::Instant::now();
-    let s = c.scale();
-    if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
-        return Err(format!(
-            "output frame {}x{} does not match input {}x{} at x{s}",
-            dst.width, dst.height, src.width, src.height
-        ));
-    }
+    let (w, h) = (src.width, src.height);
+    let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
     let has_alpha = engine::frame::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha)
         .map_err(|e| e.to_string())?;
-    // The buffers travel with the job and come back with the frame (lost on an error: the
-    // next frame allocates them again).
-    let done = c.upscale_reusing(
-        std::mem::take(&mut bufs.rgb),
-        std::mem::take(&mut bufs.hr),
-        src.width,
-        src.height,
-        opts,
-    )?;
-    (bufs.rgb, bufs.hr) = (done.rgb, done.hr);
-    let fs = done.stats;
+    let fs = bufs.upscale(c, w, h, opts)?;
     if has_alpha {
         engine::frame::upscale_plane_bilinear_into(
             &bufs.alpha,
-            src.width,
-            src.height,
+            w,
+            h,
             s,
             &mut bufs.alpha_hr,
             &mut bufs.alpha_cols,
@@ -1301,14 +1317,7 @@ fn cuda_frame(
     }
     engine::frame::pack_rgb8(&bufs.hr, has_alpha.then_some(&bufs.alpha_hr[..]), dst)
         .map_err(|e| e.to_string())?;
-    Ok(engine::Stats {
-        complexity: fs.complexity,
-        image_bits: fs.image_bits,
-        layer_bits: fs.layer_bits,
-        fab: fs.fab,
-        tiles: 1,
-        millis: t0.elapsed().as_secs_f64() * 1e3,
-    })
+    Ok(cuda_stats(fs, t0))
 }
 
 #[cfg(test)]

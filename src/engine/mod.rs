@@ -337,6 +337,22 @@ impl Engine {
         }
     }
 
+    /// Checks that an output frame `(width, height, layout)` is the input's layout at `scale`
+    /// times its size.
+    fn check_scaled<L: PartialEq + std::fmt::Debug>(
+        &self,
+        (sw, sh, sl): (usize, usize, &L),
+        (dw, dh, dl): (usize, usize, &L),
+    ) -> Result<()> {
+        let s = self.scale();
+        if sl != dl || dw != sw * s || dh != sh * s {
+            return Err(Error::Input(format!(
+                "output frame {dw}x{dh} {dl:?} does not match input {sw}x{sh} {sl:?} at x{s}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Upscales a packed frame into a packed frame of the same layout and `scale` times the size.
     pub fn process_frame(
         &self,
@@ -344,13 +360,10 @@ impl Engine {
         dst: &mut FrameMut,
         opts: &Options,
     ) -> Result<Stats> {
-        let s = self.scale();
-        if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
-            return Err(Error::Input(format!(
-                "output frame {}x{} {:?} does not match input {}x{} {:?} at x{s}",
-                dst.width, dst.height, dst.layout, src.width, src.height, src.layout
-            )));
-        }
+        self.check_scaled(
+            (src.width, src.height, &src.layout),
+            (dst.width, dst.height, &dst.layout),
+        )?;
         self.with_scratch(|sc| self.process_frame_with(src, dst, opts, sc))
     }
 
@@ -363,13 +376,10 @@ impl Engine {
         dst: &mut yuv::YuvMut,
         opts: &Options,
     ) -> Result<Stats> {
-        let s = self.scale();
-        if src.layout != dst.layout || dst.width != src.width * s || dst.height != src.height * s {
-            return Err(Error::Input(format!(
-                "output frame {}x{} {:?} does not match input {}x{} {:?} at x{s}",
-                dst.width, dst.height, dst.layout, src.width, src.height, src.layout
-            )));
-        }
+        self.check_scaled(
+            (src.width, src.height, &src.layout),
+            (dst.width, dst.height, &dst.layout),
+        )?;
         self.with_scratch(|sc| {
             self.pool.install(|| yuv::unpack_into(src, &mut sc.lr))?;
             let stats = self.upscale_with(&sc.lr, opts, &mut sc.hr, &mut sc.maps)?;
