@@ -695,50 +695,31 @@ fn yuv_io(frames: usize) {
     println!("|---|---:|---:|");
     let bgrx_in: Vec<u8> = (0..w * h * 4).map(|i| (i * 31 % 251) as u8).collect();
     let mut bgrx_out = vec![0u8; ow * oh * 4];
-    let mut best = f64::INFINITY;
-    for _ in 0..frames.max(1) + 1 {
-        let t = Instant::now();
-        let f = FrameRef {
-            data: &bgrx_in,
-            stride: w * 4,
-            width: w,
-            height: h,
-            layout: PixelLayout::Bgrx,
-        };
+    let f = FrameRef {
+        data: &bgrx_in,
+        stride: w * 4,
+        width: w,
+        height: h,
+        layout: PixelLayout::Bgrx,
+    };
+    let mut o = FrameMut {
+        data: &mut bgrx_out,
+        stride: ow * 4,
+        width: ow,
+        height: oh,
+        layout: PixelLayout::Bgrx,
+    };
+    let best = fastest(frames, || {
         unpack_into(&f, &mut lr, &mut alpha).unwrap();
-        let mut o = FrameMut {
-            data: &mut bgrx_out,
-            stride: ow * 4,
-            width: ow,
-            height: oh,
-            layout: PixelLayout::Bgrx,
-        };
         pack(&hr, None, &mut o).unwrap();
-        best = best.min(t.elapsed().as_secs_f64() * 1e3);
-    }
+    });
     // The CUDA path's: packed frame to RGB bytes and RGB bytes back (device work excluded).
     let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
-    let (mut rgb, mut best8) = (Vec::new(), f64::INFINITY);
-    for _ in 0..frames.max(1) + 1 {
-        let t = Instant::now();
-        let f = FrameRef {
-            data: &bgrx_in,
-            stride: w * 4,
-            width: w,
-            height: h,
-            layout: PixelLayout::Bgrx,
-        };
+    let mut rgb = Vec::new();
+    let best8 = fastest(frames, || {
         gstadabm::engine::frame::unpack_rgb8_into(&f, &mut rgb, &mut alpha).unwrap();
-        let mut o = FrameMut {
-            data: &mut bgrx_out,
-            stride: ow * 4,
-            width: ow,
-            height: oh,
-            layout: PixelLayout::Bgrx,
-        };
         gstadabm::engine::frame::pack_rgb8(&hr8, None, &mut o).unwrap();
-        best8 = best8.min(t.elapsed().as_secs_f64() * 1e3);
-    }
+    });
     println!("| BGRx | {best:.1} ms | {best8:.1} ms |");
     let m = YuvMatrix::new(YuvMatrix::BT709, false);
     let s = ChromaSiting {
@@ -763,66 +744,37 @@ fn yuv_io(frames: usize) {
         };
         let (inp, is) = planes(w, h);
         let (mut out, os) = planes(ow, oh);
-        let mut best = f64::INFINITY;
-        for _ in 0..frames.max(1) + 1 {
-            let t = Instant::now();
-            let f = YuvRef {
-                planes: [0, 1, 2].map(|p| inp.get(p).map_or(&[][..], |v| &v[..])),
-                strides: is,
-                width: w,
-                height: h,
-                layout,
-                matrix: m,
-                siting: s,
-            };
+        let f = YuvRef {
+            planes: [0, 1, 2].map(|p| inp.get(p).map_or(&[][..], |v| &v[..])),
+            strides: is,
+            width: w,
+            height: h,
+            layout,
+            matrix: m,
+            siting: s,
+        };
+        let mut it = out.iter_mut();
+        let p0 = it.next().unwrap();
+        let p1 = it.next().unwrap();
+        let mut empty = [];
+        let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
+        let mut o = YuvMut {
+            planes: [p0, p1, p2],
+            strides: os,
+            width: ow,
+            height: oh,
+            layout,
+            matrix: m,
+            siting: s,
+        };
+        let best = fastest(frames, || {
             yuv::unpack_into(&f, &mut lr).unwrap();
-            let mut it = out.iter_mut();
-            let p0 = it.next().unwrap();
-            let p1 = it.next().unwrap();
-            let mut empty = [];
-            let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
-            let mut o = YuvMut {
-                planes: [p0, p1, p2],
-                strides: os,
-                width: ow,
-                height: oh,
-                layout,
-                matrix: m,
-                siting: s,
-            };
             yuv::pack(&hr, &mut o).unwrap();
-            best = best.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        let mut best8 = f64::INFINITY;
-        for _ in 0..frames.max(1) + 1 {
-            let t = Instant::now();
-            let f = YuvRef {
-                planes: [0, 1, 2].map(|p| inp.get(p).map_or(&[][..], |v| &v[..])),
-                strides: is,
-                width: w,
-                height: h,
-                layout,
-                matrix: m,
-                siting: s,
-            };
+        });
+        let best8 = fastest(frames, || {
             yuv::unpack_rgb8_into(&f, &mut rgb).unwrap();
-            let mut it = out.iter_mut();
-            let p0 = it.next().unwrap();
-            let p1 = it.next().unwrap();
-            let mut empty = [];
-            let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
-            let mut o = YuvMut {
-                planes: [p0, p1, p2],
-                strides: os,
-                width: ow,
-                height: oh,
-                layout,
-                matrix: m,
-                siting: s,
-            };
             yuv::pack_rgb8(&hr8, &mut o).unwrap();
-            best8 = best8.min(t.elapsed().as_secs_f64() * 1e3);
-        }
+        });
         println!("| {layout:?} | {best:.1} ms | {best8:.1} ms |");
     }
 }

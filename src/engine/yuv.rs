@@ -8,7 +8,7 @@
 //! RGB of the YUV samples and its output is rounded once, to Y, U and V.
 
 use super::error::{Error, Result};
-use super::frame::Image;
+use super::frame::{Image, to_u8};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -317,12 +317,7 @@ pub fn unpack_into(f: &YuvRef, img: &mut Image) -> Result<()> {
 
 /// [`unpack_with`] into interleaved RGB bytes (rounded; the CUDA path's input).
 pub fn unpack_rgb8_into(f: &YuvRef, out: &mut Vec<u8>) -> Result<()> {
-    unpack_with(f, super::frame::to_u8, out)
-}
-
-#[inline(always)]
-fn to_u8(v: f32) -> u8 {
-    super::frame::to_u8(v)
+    unpack_with(f, to_u8, out)
 }
 
 /// Packs interleaved RGB (`conv` of each value gives 0–255) of `f`'s size into a 4:2:0 frame:
@@ -457,8 +452,9 @@ mod tests {
         img
     }
 
-    fn round_trip(layout: YuvLayout, w: usize, h: usize, m: YuvMatrix, s: ChromaSiting) -> Image {
-        let img = smooth(w, h);
+    /// `img` packed into a 4:2:0 frame of `layout` and unpacked again.
+    fn round_trip(layout: YuvLayout, img: &Image, m: YuvMatrix, s: ChromaSiting) -> Image {
+        let (w, h) = (img.width, img.height);
         let (mut planes, strides) = frame(layout, w, h);
         {
             let mut it = planes.iter_mut();
@@ -475,7 +471,7 @@ mod tests {
                 matrix: m,
                 siting: s,
             };
-            pack(&img, &mut f).unwrap();
+            pack(img, &mut f).unwrap();
         }
         let f = YuvRef {
             planes: [
@@ -541,8 +537,8 @@ mod tests {
                             v_cosited: vc,
                         };
                         let m = YuvMatrix::new(k, full);
-                        let back = round_trip(layout, w, h, m, s);
                         let img = smooth(w, h);
+                        let back = round_trip(layout, &img, m, s);
                         let worst = img
                             .data
                             .iter()
@@ -570,34 +566,7 @@ mod tests {
                 h_cosited: true,
                 v_cosited: false,
             };
-            let (mut planes, strides) = frame(layout, w, h);
-            let mut it = planes.iter_mut();
-            let p0 = it.next().unwrap();
-            let p1 = it.next().unwrap();
-            let mut empty = [];
-            let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
-            let mut f = YuvMut {
-                planes: [p0, p1, p2],
-                strides,
-                width: w,
-                height: h,
-                layout,
-                matrix: m,
-                siting: s,
-            };
-            pack(&img, &mut f).unwrap();
-            let [p0, p1, p2] = f.planes;
-            let r = YuvRef {
-                planes: [p0, p1, p2],
-                strides,
-                width: w,
-                height: h,
-                layout,
-                matrix: m,
-                siting: s,
-            };
-            let mut back = Image::default();
-            unpack_into(&r, &mut back).unwrap();
+            let back = round_trip(layout, &img, m, s);
             for px in back.data.chunks_exact(3) {
                 for (a, b) in px.iter().zip([200.0, 30.0, 90.0]) {
                     assert!((a - b).abs() <= 1.5, "{layout:?}: {px:?}");
