@@ -672,7 +672,7 @@ fn frame_io(frames: usize) {
 
 /// The element's CPU host work per x2 1080p frame with the network left out: the 1920x1080
 /// input to the engine's f32 RGB and the 3840x2160 f32 output back, for BGRx
-/// (`frame::unpack_into` / `frame::pack`) and for I420 and NV12 (`yuv::unpack_into` /
+/// (`frame::unpack_into` / `frame::pack`) and for every YUV format (`yuv::unpack_into` /
 /// `yuv::pack`, colour conversion and chroma filtering included).
 fn yuv_io(frames: usize) {
     use gstadabm::engine::frame::{pack, unpack_into};
@@ -726,21 +726,22 @@ fn yuv_io(frames: usize) {
         h_cosited: true,
         v_cosited: false,
     };
-    for layout in [YuvLayout::I420, YuvLayout::Nv12] {
+    for layout in YuvLayout::ALL {
         let planes = |w: usize, h: usize| -> (Vec<Vec<u8>>, [usize; 3]) {
-            let (cw, ch) = yuv::chroma_size(w, h);
-            let strides = match layout {
-                YuvLayout::I420 => [w, cw, cw],
-                YuvLayout::Nv12 => [w, 2 * cw, 0],
-            };
+            let sizes = layout.plane_sizes(w, h);
             let p = (0..layout.planes())
                 .map(|p| {
-                    (0..strides[p] * if p == 0 { h } else { ch })
-                        .map(|i| (i * 29 % 223) as u8 + 16)
+                    let (row, rows) = sizes[p];
+                    // 10-bit words take the low byte's pattern and the high byte 0–2 (< 1024).
+                    (0..row * rows)
+                        .map(|i| match (layout.word(), i % 2) {
+                            (2, 1) => (i / 2 % 3) as u8,
+                            _ => (i * 29 % 223) as u8 + 16,
+                        })
                         .collect()
                 })
                 .collect();
-            (p, strides)
+            (p, sizes.map(|(row, _)| row))
         };
         let (inp, is) = planes(w, h);
         let (mut out, os) = planes(ow, oh);

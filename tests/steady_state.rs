@@ -153,7 +153,7 @@ fn steady_state_frames_allocate_no_frame_buffers() {
             assert_eq!(got, fresh, "{name}: other content");
         }
     }
-    // The 4:2:0 path (`Engine::process_yuv_frame`), in the same test: the allocation counter
+    // The YUV path (`Engine::process_yuv_frame`), in the same test: the allocation counter
     // is global, so a second test running beside this one would disturb its counts.
     let (name, model, _) = &models.iter().find(|m| m.2).unwrap();
     let engine = Engine::new(model, 2).unwrap();
@@ -161,9 +161,11 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         (61, 37, YuvLayout::I420),
         (96, 64, YuvLayout::Nv12),
         (61, 37, YuvLayout::I420),
+        (61, 37, YuvLayout::P010),
+        (40, 22, YuvLayout::Y444p10),
     ] {
         let name = format!("{name} {w}x{h} {layout:?}");
-        let src = pixels(w, h * 2, 1, w);
+        let src = pixels(w, h * 6, 1, w);
         let fresh = process_yuv(&Engine::new(model, 2).unwrap(), &src, w, h, layout);
         for _ in 0..3 {
             process_yuv(&engine, &src, w, h, layout);
@@ -181,15 +183,15 @@ fn steady_state_frames_allocate_no_frame_buffers() {
     }
 }
 
-/// The element's per-frame call on a 4:2:0 frame: `src` holds the planes one after the other
+/// The element's per-frame call on a YUV frame: `src` holds the planes one after the other
 /// (no row padding); returns the output planes likewise.
 fn process_yuv(engine: &Engine, src: &[u8], w: usize, h: usize, layout: YuvLayout) -> Vec<u8> {
     let planes = |w: usize, h: usize| -> ([usize; 3], [usize; 3]) {
-        let (cw, ch) = yuv::chroma_size(w, h);
-        match layout {
-            YuvLayout::I420 => ([w, cw, cw], [w * h, cw * ch, cw * ch]),
-            YuvLayout::Nv12 => ([w, 2 * cw, 0], [w * h, 2 * cw * ch, 0]),
-        }
+        let sizes = layout.plane_sizes(w, h);
+        (
+            sizes.map(|(row, _)| row),
+            sizes.map(|(row, rows)| row * rows),
+        )
     };
     let (is, il) = planes(w, h);
     let s = engine.scale();

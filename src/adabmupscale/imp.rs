@@ -43,10 +43,16 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
     (gst_video::VideoFormat::Abgr, PixelLayout::Abgr),
 ];
 
-/// The 4:2:0 formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 2] = [
+/// The YUV formats, converted to and from the network's RGB inside the element.
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 8] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
+    (gst_video::VideoFormat::Y42b, YuvLayout::Y42b),
+    (gst_video::VideoFormat::Y444, YuvLayout::Y444),
+    (gst_video::VideoFormat::I42010le, YuvLayout::I420p10),
+    (gst_video::VideoFormat::I42210le, YuvLayout::I422p10),
+    (gst_video::VideoFormat::Y44410le, YuvLayout::Y444p10),
+    (gst_video::VideoFormat::P01010le, YuvLayout::P010),
 ];
 
 /// A negotiated format's memory layout.
@@ -837,10 +843,9 @@ impl BaseTransformImpl for AdabmUpscale {
         }
         // Each field of interlaced 4:2:0 takes every other chroma row: both fields need whole
         // chroma rows of their own.
-        let field_rows = if matches!(layout, Layout::Yuv(_)) {
-            4
-        } else {
-            2
+        let field_rows = match layout {
+            Layout::Yuv(l) => 2 * l.subsampling().1 as u32,
+            Layout::Packed(_) => 2,
         };
         if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive
             && in_info.height() % field_rows != 0
@@ -1136,17 +1141,18 @@ fn field_geometry(height: usize, stride: usize, f: usize) -> Result<(usize, usiz
     Ok((f * stride, 2 * stride, height / 2))
 }
 
-/// Field `f` of each plane: `(start, stride, rows)`; 4:2:0 chroma planes (half the rows) give
-/// every other chroma row to each field.
+/// Field `f` of each plane: `(start, stride)`; the chroma planes of 4:2:0 (half the rows)
+/// give every other chroma row to each field.
 fn plane_fields(
     height: usize,
     strides: [usize; 3],
-    planes: usize,
+    layout: YuvLayout,
     f: usize,
 ) -> Result<[(usize, usize); 3], String> {
     let mut out = [(0, 0); 3];
-    for p in 0..planes {
-        let rows = if p == 0 { height } else { height.div_ceil(2) };
+    let (_, ch) = layout.chroma_size(1, height);
+    for p in 0..layout.planes() {
+        let rows = if p == 0 { height } else { ch };
         let (at, stride, _) = field_geometry(rows, strides[p], f).map_err(|_| {
             format!("interlaced 4:2:0 frame of height {height} (not a multiple of 4)")
         })?;
@@ -1169,7 +1175,7 @@ impl<'a> InFrame<'a> {
                 })
             }
             Self::Yuv(frame) => {
-                let g = plane_fields(frame.height, frame.strides, frame.layout.planes(), f)?;
+                let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
                 Self::Yuv(YuvRef {
                     planes: [0, 1, 2].map(|p| frame.planes[p].get(g[p].0..).unwrap_or_default()),
                     strides: g.map(|(_, s)| s),
@@ -1201,7 +1207,7 @@ impl OutFrame<'_> {
                 })
             }
             Self::Yuv(frame) => {
-                let g = plane_fields(frame.height, frame.strides, frame.layout.planes(), f)?;
+                let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
                 let [p0, p1, p2] = &mut frame.planes;
                 OutFrame::Yuv(YuvMut {
                     planes: [
@@ -1272,7 +1278,7 @@ fn cuda_stats(fs: crate::cuda::FrameStats, t0: std::time::Instant) -> engine::St
     }
 }
 
-/// One 4:2:0 frame through the CUDA engine: converted to RGB bytes on the CPU, upscaled,
+/// One YUV frame through the CUDA engine: converted to RGB bytes on the CPU, upscaled,
 /// converted back (the GPU kernels take packed RGB).
 fn cuda_yuv_frame(
     c: &SharedCuda,

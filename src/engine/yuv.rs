@@ -1,14 +1,18 @@
-//! Planar 8-bit YUV 4:2:0 frames (I420, NV12) in and out of the engine, converted straight to
-//! and from its RGB f32 (0–255) images: the colour matrix and range of the caps
-//! (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited or full range), chroma upsampled
-//! and downsampled bilinearly at the caps' chroma siting (co-sited or centred, per axis).
+//! Planar and semi-planar YUV frames in and out of the engine — 4:2:0 (I420, NV12,
+//! I420_10LE, P010_10LE), 4:2:2 (Y42B, I422_10LE) and 4:4:4 (Y444, Y444_10LE), 8 and 10 bits —
+//! converted straight to and from its RGB f32 (0–255) images: the colour matrix and range of
+//! the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited or full range, at the
+//! format's depth), subsampled chroma upsampled and downsampled bilinearly at the caps' chroma
+//! siting (co-sited or centred, per axis).
 //!
 //! Against a `videoconvert` on each side of an RGB upscaler this saves two frame passes and
 //! the rounding of the network's input and output to 8-bit RGB: the network reads the exact
-//! RGB of the YUV samples and its output is rounded once, to Y, U and V.
+//! RGB of the YUV samples (10-bit samples included) and its output is rounded once, to Y, U
+//! and V at the format's depth.
 
 use super::error::{Error, Result};
-use super::frame::{Image, to_u8};
+use super::frame::Image;
+use super::quant::{clamp, round_even_small};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -18,18 +22,90 @@ thread_local! {
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The 4:2:0 layouts: three planes (Y, U, V) or two (Y, interleaved UV).
+/// The YUV layouts: three planes (Y, U, V) or two (Y, interleaved UV); 8-bit samples in
+/// bytes, 10-bit ones in little-endian 16-bit words (in the low bits, P010 in the high bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum YuvLayout {
+    /// 4:2:0 planar, 8 bits.
     I420,
+    /// 4:2:0 Y and interleaved UV, 8 bits.
     Nv12,
+    /// 4:2:2 planar, 8 bits.
+    Y42b,
+    /// 4:4:4 planar, 8 bits.
+    Y444,
+    /// I420_10LE: 4:2:0 planar, 10 bits.
+    I420p10,
+    /// I422_10LE: 4:2:2 planar, 10 bits.
+    I422p10,
+    /// Y444_10LE: 4:4:4 planar, 10 bits.
+    Y444p10,
+    /// P010_10LE: 4:2:0 Y and interleaved UV, 10 bits in the high bits of each word.
+    P010,
 }
 
 impl YuvLayout {
+    pub const ALL: [Self; 8] = [
+        Self::I420,
+        Self::Nv12,
+        Self::Y42b,
+        Self::Y444,
+        Self::I420p10,
+        Self::I422p10,
+        Self::Y444p10,
+        Self::P010,
+    ];
+
     pub fn planes(self) -> usize {
+        if self.interleaved() { 2 } else { 3 }
+    }
+
+    /// U and V interleaved in one plane (NV12, P010).
+    pub fn interleaved(self) -> bool {
+        matches!(self, Self::Nv12 | Self::P010)
+    }
+
+    /// Chroma subsampling factors (x, y): 2 or 1.
+    pub fn subsampling(self) -> (usize, usize) {
         match self {
-            Self::I420 => 3,
-            Self::Nv12 => 2,
+            Self::I420 | Self::Nv12 | Self::I420p10 | Self::P010 => (2, 2),
+            Self::Y42b | Self::I422p10 => (2, 1),
+            Self::Y444 | Self::Y444p10 => (1, 1),
+        }
+    }
+
+    /// Bits per sample.
+    pub fn depth(self) -> u32 {
+        match self {
+            Self::I420 | Self::Nv12 | Self::Y42b | Self::Y444 => 8,
+            _ => 10,
+        }
+    }
+
+    /// Bytes per sample.
+    pub fn word(self) -> usize {
+        if self.depth() == 8 { 1 } else { 2 }
+    }
+
+    /// Where a sample's bits start in its word.
+    fn shift(self) -> u32 {
+        if self == Self::P010 { 6 } else { 0 }
+    }
+
+    /// Chroma plane size (samples per row, rows) of a `w x h` frame.
+    pub fn chroma_size(self, w: usize, h: usize) -> (usize, usize) {
+        let (sx, sy) = self.subsampling();
+        (w.div_ceil(sx), h.div_ceil(sy))
+    }
+
+    /// Bytes in a row and rows of each plane of a `w x h` frame (unused planes 0).
+    pub fn plane_sizes(self, w: usize, h: usize) -> [(usize, usize); 3] {
+        let (cw, ch) = self.chroma_size(w, h);
+        let b = self.word();
+        if self.interleaved() {
+            [(w * b, h), (2 * cw * b, ch), (0, 0)]
+        } else {
+            [(w * b, h), (cw * b, ch), (cw * b, ch)]
         }
     }
 }
@@ -39,7 +115,8 @@ impl YuvLayout {
 pub struct YuvMatrix {
     pub kr: f32,
     pub kb: f32,
-    /// Full range (0–255 for Y, Cb, Cr) rather than limited (16–235, 16–240).
+    /// Full range (0–2^depth − 1 for Y, Cb, Cr) rather than limited (16–235 and 16–240 at 8
+    /// bits, 64–940 and 64–960 at 10).
     pub full_range: bool,
 }
 
@@ -54,21 +131,25 @@ impl YuvMatrix {
         Self { kr, kb, full_range }
     }
 
-    /// (offset, scale) of Y and the scale of Cb/Cr around 128.
-    fn ranges(self) -> (f32, f32, f32) {
+    /// (offset, scale) of Y and the scale of Cb/Cr at `depth` bits (GStreamer's
+    /// `gst_video_color_range_offsets`).
+    fn ranges(self, depth: u32) -> (f32, f32, f32) {
+        let max = ((1u32 << depth) - 1) as f32;
+        let d = (1u32 << (depth - 8)) as f32;
         if self.full_range {
-            (0.0, 255.0, 255.0)
+            (0.0, max, max)
         } else {
-            (16.0, 219.0, 224.0)
+            (16.0 * d, 219.0 * d, 224.0 * d)
         }
     }
 
-    /// The conversions as linear forms, computed once per frame (no divisions per pixel).
-    fn coeffs(self) -> Coeffs {
-        let (yo, ys, cs) = self.ranges();
+    /// The conversions at `depth` bits as linear forms, computed once per frame (no divisions
+    /// per pixel).
+    fn coeffs(self, depth: u32) -> Coeffs {
+        let (yo, ys, cs) = self.ranges(depth);
         let (kr, kb) = (self.kr, self.kb);
         let kg = 1.0 - kr - kb;
-        // RGB (0–255) from Y, U − 128, V − 128.
+        // RGB (0–255) from Y, U − centre, V − centre.
         let y = 255.0 / ys;
         let rv = 255.0 * 2.0 * (1.0 - kr) / cs;
         let bu = 255.0 * 2.0 * (1.0 - kb) / cs;
@@ -80,6 +161,8 @@ impl YuvMatrix {
         let v = [1.0 - kr, -kg, -kb].map(|k| k * cs / (255.0 * 2.0 * (1.0 - kr)));
         Coeffs {
             yo,
+            centre: (1u32 << (depth - 1)) as f32,
+            max: ((1u32 << depth) - 1) as f32,
             y,
             rv,
             gu,
@@ -92,10 +175,14 @@ impl YuvMatrix {
     }
 }
 
-/// [`YuvMatrix`] as linear forms.
+/// [`YuvMatrix`] at a depth as linear forms.
 #[derive(Clone, Copy, Debug)]
 struct Coeffs {
     yo: f32,
+    /// The chroma value of grey (128 at 8 bits).
+    centre: f32,
+    /// The largest code.
+    max: f32,
     y: f32,
     rv: f32,
     gu: f32,
@@ -107,10 +194,10 @@ struct Coeffs {
 }
 
 impl Coeffs {
-    /// YUV samples (0–255) to RGB in 0–255 (clamped).
+    /// YUV samples (codes) to RGB in 0–255 (clamped).
     #[inline(always)]
     fn rgb(&self, y: f32, u: f32, v: f32) -> [f32; 3] {
-        let (e, u, v) = (self.y * (y - self.yo), u - 128.0, v - 128.0);
+        let (e, u, v) = (self.y * (y - self.yo), u - self.centre, v - self.centre);
         [
             e + self.rv * v,
             e + self.gu * u + self.gv * v,
@@ -119,29 +206,82 @@ impl Coeffs {
         .map(|c| c.clamp(0.0, 255.0))
     }
 
-    /// Y (0–255, unrounded) of RGB in 0–255.
+    /// Y (a code, unrounded) of RGB in 0–255.
     #[inline(always)]
     fn luma(&self, rgb: [f32; 3]) -> f32 {
         self.yo + self.l[0] * rgb[0] + self.l[1] * rgb[1] + self.l[2] * rgb[2]
     }
 
-    /// (U, V) (0–255, unrounded) of RGB in 0–255.
+    /// (U, V) (codes, unrounded) of RGB in 0–255.
     #[inline(always)]
     fn chroma(&self, rgb: [f32; 3]) -> (f32, f32) {
         let d = |k: [f32; 3]| k[0] * rgb[0] + k[1] * rgb[1] + k[2] * rgb[2];
-        (128.0 + d(self.u), 128.0 + d(self.v))
+        (self.centre + d(self.u), self.centre + d(self.v))
+    }
+
+    /// A code: rounded half to even and clamped to 0–max (at 8 bits `frame::to_u8`).
+    #[inline(always)]
+    fn code(&self, v: f32) -> i32 {
+        round_even_small(clamp(v, 0.0, self.max)) as i32
     }
 }
 
-/// Where the chroma samples sit relative to the luma samples, per axis: on the even luma
-/// sample (co-sited, MPEG-2 horizontally) or midway between two (centred, JPEG).
+/// A sample's storage: a byte, or a little-endian 16-bit word with the sample `SHIFT` bits up
+/// (`c`: its `BYTES` bytes). Codes pass as `i32`, whose conversions to and from `f32` are
+/// single instructions on baseline x86-64 (those of `u32` are not).
+trait Word {
+    const BYTES: usize;
+    fn load(c: &[u8]) -> i32;
+    fn store(c: &mut [u8], code: i32);
+    /// Stores `v` rounded and clamped to a code of `m`'s depth ([`Coeffs::code`]).
+    #[inline(always)]
+    fn put(c: &mut [u8], m: &Coeffs, v: f32) {
+        Self::store(c, m.code(v));
+    }
+}
+
+struct W8;
+struct W16<const SHIFT: u32>;
+
+impl Word for W8 {
+    const BYTES: usize = 1;
+    #[inline(always)]
+    fn load(c: &[u8]) -> i32 {
+        c[0] as i32
+    }
+    #[inline(always)]
+    fn store(c: &mut [u8], code: i32) {
+        c[0] = code as u8;
+    }
+    /// `frame::to_u8` (the same value as [`Coeffs::code`] at 8 bits), whose `f32 as u8`
+    /// compiles to a tighter loop than going through `i32`.
+    #[inline(always)]
+    fn put(c: &mut [u8], _: &Coeffs, v: f32) {
+        c[0] = super::frame::to_u8(v);
+    }
+}
+
+impl<const SHIFT: u32> Word for W16<SHIFT> {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    fn load(c: &[u8]) -> i32 {
+        (u16::from_le_bytes([c[0], c[1]]) >> SHIFT) as i32
+    }
+    #[inline(always)]
+    fn store(c: &mut [u8], code: i32) {
+        c[..2].copy_from_slice(&((code as u16) << SHIFT).to_le_bytes());
+    }
+}
+
+/// Where the chroma samples sit relative to the luma samples, per subsampled axis: on the
+/// even luma sample (co-sited, MPEG-2 horizontally) or midway between two (centred, JPEG).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChromaSiting {
     pub h_cosited: bool,
     pub v_cosited: bool,
 }
 
-/// A borrowed 4:2:0 frame: planes with their strides (NV12: Y and UV).
+/// A borrowed YUV frame: planes with their strides in bytes (NV12 / P010: Y and UV).
 #[derive(Clone, Copy, Debug)]
 pub struct YuvRef<'a> {
     pub planes: [&'a [u8]; 3],
@@ -153,7 +293,7 @@ pub struct YuvRef<'a> {
     pub siting: ChromaSiting,
 }
 
-/// A mutable 4:2:0 frame.
+/// A mutable YUV frame.
 #[derive(Debug)]
 pub struct YuvMut<'a> {
     pub planes: [&'a mut [u8]; 3],
@@ -163,11 +303,6 @@ pub struct YuvMut<'a> {
     pub layout: YuvLayout,
     pub matrix: YuvMatrix,
     pub siting: ChromaSiting,
-}
-
-/// Chroma plane size of a `w x h` frame.
-pub fn chroma_size(w: usize, h: usize) -> (usize, usize) {
-    (w.div_ceil(2), h.div_ceil(2))
 }
 
 /// Checks that each plane holds its rows (the row bytes and rows of each plane of the layout).
@@ -184,12 +319,10 @@ fn check_planes(
             "{what} frame is {w}x{h}: expected at least 1x1"
         )));
     }
-    let (cw, ch) = chroma_size(w, h);
-    let need: &[(usize, usize)] = match layout {
-        YuvLayout::I420 => &[(w, h), (cw, ch), (cw, ch)],
-        YuvLayout::Nv12 => &[(w, h), (2 * cw, ch)],
-    };
-    for (p, &(row, rows)) in need.iter().enumerate() {
+    for (p, (row, rows)) in layout.plane_sizes(w, h).into_iter().enumerate() {
+        if rows == 0 {
+            continue;
+        }
         if strides[p] < row || lens[p] < (rows - 1) * strides[p] + row {
             return Err(Error::Input(format!(
                 "{what} {layout:?} frame {w}x{h}: plane {p} has {} bytes with stride {}, \
@@ -201,10 +334,13 @@ fn check_planes(
     Ok(())
 }
 
-/// Taps of the bilinear upsampling of chroma to luma position `i` (of `n` chroma samples):
-/// (index, weight) pairs, edges clamped.
+/// Taps of the bilinear upsampling of chroma to luma position `i` (of `n` chroma samples,
+/// subsampled by `sub`): (index, weight) pairs, edges clamped.
 #[inline(always)]
-fn up_taps(i: usize, n: usize, cosited: bool) -> [(usize, f32); 2] {
+fn up_taps(i: usize, n: usize, cosited: bool, sub: usize) -> [(usize, f32); 2] {
+    if sub == 1 {
+        return [(i, 1.0), (i, 0.0)];
+    }
     let k = i / 2;
     let last = n - 1;
     if cosited {
@@ -220,10 +356,13 @@ fn up_taps(i: usize, n: usize, cosited: bool) -> [(usize, f32); 2] {
     }
 }
 
-/// Taps of the chroma sample `k` from luma positions (of `n`): centred `[1 1] / 2`,
-/// co-sited `[1 2 1] / 4`, positions past the edge clamped.
+/// Taps of the chroma sample `k` from luma positions (of `n`, subsampled by `sub`): centred
+/// `[1 1] / 2`, co-sited `[1 2 1] / 4`, positions past the edge clamped.
 #[inline(always)]
-fn down_taps(k: usize, n: usize, cosited: bool) -> [(usize, f32); 3] {
+fn down_taps(k: usize, n: usize, cosited: bool, sub: usize) -> [(usize, f32); 3] {
+    if sub == 1 {
+        return [(k, 1.0), (k, 0.0), (k, 0.0)];
+    }
     let last = n - 1;
     let c = (2 * k).min(last);
     if cosited {
@@ -237,75 +376,92 @@ fn down_taps(k: usize, n: usize, cosited: bool) -> [(usize, f32); 3] {
     }
 }
 
-/// Unpacks a 4:2:0 frame into interleaved RGB of `conv(value in 0–255)` (rows in parallel on
+/// Unpacks a YUV frame into interleaved RGB of `conv(value in 0–255)` (rows in parallel on
 /// the current thread pool). Every value of `out`, resized to the frame, is written.
 pub fn unpack_with<T: Copy + Default + Send>(
     f: &YuvRef,
     conv: impl Fn(f32) -> T + Sync,
     out: &mut Vec<T>,
 ) -> Result<()> {
-    let (w, h) = (f.width, f.height);
     check_planes(
         "input",
         f.layout,
         f.planes.map(|p| p.len()),
         f.strides,
-        w,
-        h,
+        f.width,
+        f.height,
     )?;
-    let (cw, ch) = chroma_size(w, h);
-    out.resize(w * h * 3, T::default());
-    let m = f.matrix.coeffs();
+    out.resize(f.width * f.height * 3, T::default());
+    match (f.layout.word(), f.layout.shift()) {
+        (1, _) => unpack_rows::<W8, T>(f, conv, out),
+        (_, 0) => unpack_rows::<W16<0>, T>(f, conv, out),
+        _ => unpack_rows::<W16<6>, T>(f, conv, out),
+    }
+    Ok(())
+}
+
+fn unpack_rows<W: Word, T: Copy + Send>(f: &YuvRef, conv: impl Fn(f32) -> T + Sync, out: &mut [T]) {
+    let (w, h) = (f.width, f.height);
+    let (cw, ch) = f.layout.chroma_size(w, h);
+    let (sx, sy) = f.layout.subsampling();
+    let interleaved = f.layout.interleaved();
+    let m = f.matrix.coeffs(f.layout.depth());
     let s = f.siting;
+    let b = W::BYTES;
+    let get = |c: &[u8]| W::load(c) as f32;
     out.par_chunks_mut(w * 3)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
-            let luma = &f.planes[0][y * f.strides[0]..][..w];
+            let luma = &f.planes[0][y * f.strides[0]..][..w * b];
             ROW.with_borrow_mut(|t| {
                 // This row's chroma at the chroma columns (interpolated along y), then along x.
                 t.clear();
                 t.resize(2 * cw, 0.0);
                 let (tu, tv) = t.split_at_mut(cw);
-                for (r, a) in up_taps(y, ch, s.v_cosited) {
+                for (r, a) in up_taps(y, ch, s.v_cosited, sy) {
                     if a == 0.0 {
                         continue;
                     }
-                    let at = r * f.strides[1];
-                    match f.layout {
-                        YuvLayout::I420 => {
-                            let u = &f.planes[1][at..][..cw];
-                            let v = &f.planes[2][r * f.strides[2]..][..cw];
-                            for (o, &c) in tu.iter_mut().zip(u) {
-                                *o += a * c as f32;
-                            }
-                            for (o, &c) in tv.iter_mut().zip(v) {
-                                *o += a * c as f32;
-                            }
+                    if interleaved {
+                        let uv = &f.planes[1][r * f.strides[1]..][..2 * cw * b];
+                        for ((ou, ov), c) in
+                            tu.iter_mut().zip(tv.iter_mut()).zip(uv.chunks_exact(2 * b))
+                        {
+                            *ou += a * get(&c[..b]);
+                            *ov += a * get(&c[b..]);
                         }
-                        YuvLayout::Nv12 => {
-                            let uv = &f.planes[1][at..][..2 * cw];
-                            for ((ou, ov), c) in
-                                tu.iter_mut().zip(tv.iter_mut()).zip(uv.chunks_exact(2))
-                            {
-                                *ou += a * c[0] as f32;
-                                *ov += a * c[1] as f32;
-                            }
+                    } else {
+                        let u = &f.planes[1][r * f.strides[1]..][..cw * b];
+                        let v = &f.planes[2][r * f.strides[2]..][..cw * b];
+                        for (o, c) in tu.iter_mut().zip(u.chunks_exact(b)) {
+                            *o += a * get(c);
+                        }
+                        for (o, c) in tv.iter_mut().zip(v.chunks_exact(b)) {
+                            *o += a * get(c);
                         }
                     }
                 }
-                for (x, (o, &yv)) in dst.chunks_exact_mut(3).zip(luma).enumerate() {
-                    let [(c0, b0), (c1, b1)] = up_taps(x, cw, s.h_cosited);
-                    let u = b0 * tu[c0] + b1 * tu[c1];
-                    let v = b0 * tv[c0] + b1 * tv[c1];
-                    let rgb = m.rgb(yv as f32, u, v);
+                let px = dst.chunks_exact_mut(3).zip(luma.chunks_exact(b));
+                let emit = |o: &mut [T], rgb: [f32; 3]| {
                     o[0] = conv(rgb[0]);
                     o[1] = conv(rgb[1]);
                     o[2] = conv(rgb[2]);
+                };
+                if sx == 1 {
+                    for ((o, c), (&u, &v)) in px.zip(tu.iter().zip(tv.iter())) {
+                        emit(o, m.rgb(get(c), u, v));
+                    }
+                } else {
+                    for (x, (o, c)) in px.enumerate() {
+                        let [(c0, b0), (c1, b1)] = up_taps(x, cw, s.h_cosited, 2);
+                        let u = b0 * tu[c0] + b1 * tu[c1];
+                        let v = b0 * tv[c0] + b1 * tv[c1];
+                        emit(o, m.rgb(get(c), u, v));
+                    }
                 }
             });
         });
-    Ok(())
 }
 
 /// [`unpack_with`] into an RGB f32 image.
@@ -317,10 +473,10 @@ pub fn unpack_into(f: &YuvRef, img: &mut Image) -> Result<()> {
 
 /// [`unpack_with`] into interleaved RGB bytes (rounded; the CUDA path's input).
 pub fn unpack_rgb8_into(f: &YuvRef, out: &mut Vec<u8>) -> Result<()> {
-    unpack_with(f, to_u8, out)
+    unpack_with(f, super::frame::to_u8, out)
 }
 
-/// Packs interleaved RGB (`conv` of each value gives 0–255) of `f`'s size into a 4:2:0 frame:
+/// Packs interleaved RGB (`conv` of each value gives 0–255) of `f`'s size into a YUV frame:
 /// Y per pixel, U and V from the RGB filtered at the chroma siting, each rounded once.
 pub fn pack_with<T: Sync>(
     src: &[T],
@@ -344,9 +500,49 @@ pub fn pack_with<T: Sync>(
             src.len()
         )));
     }
-    let (cw, ch) = chroma_size(w, h);
-    let (m, s) = (f.matrix.coeffs(), f.siting);
+    match (f.layout.word(), f.layout.shift()) {
+        (1, _) => pack_rows::<W8, T>(src, f, conv),
+        (_, 0) => pack_rows::<W16<0>, T>(src, f, conv),
+        _ => pack_rows::<W16<6>, T>(src, f, conv),
+    }
+    Ok(())
+}
+
+fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f32 + Sync) {
+    let (w, h) = (f.width, f.height);
+    let (cw, ch) = f.layout.chroma_size(w, h);
+    let (sx, sy) = f.layout.subsampling();
+    let (m, s) = (f.matrix.coeffs(f.layout.depth()), f.siting);
+    let b = W::BYTES;
+    let put = |c: &mut [u8], v: f32| W::put(c, &m, v);
     let line = |y: usize| &src[y * w * 3..(y + 1) * w * 3];
+    if (sx, sy) == (1, 1) && !f.layout.interleaved() {
+        // 4:4:4: nothing to filter, Y, U and V of each pixel in one pass.
+        let [py, pu, pv] = &mut f.planes;
+        let st = f.strides;
+        py.par_chunks_mut(st[0])
+            .take(h)
+            .zip(pu.par_chunks_mut(st[1]))
+            .zip(pv.par_chunks_mut(st[2]))
+            .enumerate()
+            .with_min_len(super::frame::ROWS_PER_TASK)
+            .for_each(|(y, ((ry, ru), rv))| {
+                let out = ry[..w * b]
+                    .chunks_exact_mut(b)
+                    .zip(ru[..w * b].chunks_exact_mut(b));
+                for (((oy, ou), ov), p) in out
+                    .zip(rv[..w * b].chunks_exact_mut(b))
+                    .zip(line(y).chunks_exact(3))
+                {
+                    let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
+                    let (u, v) = m.chroma(rgb);
+                    put(oy, m.luma(rgb));
+                    put(ou, u);
+                    put(ov, v);
+                }
+            });
+        return;
+    }
     // Luma: rows in parallel.
     f.planes[0]
         .par_chunks_mut(f.strides[0])
@@ -354,60 +550,98 @@ pub fn pack_with<T: Sync>(
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, row)| {
-            for (o, p) in row[..w].iter_mut().zip(line(y).chunks_exact(3)) {
-                *o = to_u8(m.luma([conv(&p[0]), conv(&p[1]), conv(&p[2])]));
+            for (o, p) in row[..w * b]
+                .chunks_exact_mut(b)
+                .zip(line(y).chunks_exact(3))
+            {
+                put(o, m.luma([conv(&p[0]), conv(&p[1]), conv(&p[2])]));
             }
         });
     // Chroma: the chroma row's RGB filtered along y, then along x at each chroma sample.
-    let chroma_row = |cy: usize, put: &mut dyn FnMut(usize, u8, u8)| {
+    let chroma = Chroma {
+        src,
+        conv: &conv,
+        w,
+        h,
+        cw,
+        sub: (sx, sy),
+        m,
+        s,
+    };
+    let min_len = (super::frame::ROWS_PER_TASK / sy).max(1);
+    if f.layout.interleaved() {
+        f.planes[1]
+            .par_chunks_mut(f.strides[1])
+            .take(ch)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(cy, row)| {
+                let uv = row[..2 * cw * b].chunks_exact_mut(2 * b);
+                chroma.row(cy, uv.map(|c| c.split_at_mut(b)), put);
+            });
+    } else {
+        let [_, pu, pv] = &mut f.planes;
+        pu.par_chunks_mut(f.strides[1])
+            .zip(pv.par_chunks_mut(f.strides[2]))
+            .take(ch)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(cy, (ru, rv))| {
+                let uv = ru[..cw * b].chunks_exact_mut(b);
+                chroma.row(cy, uv.zip(rv[..cw * b].chunks_exact_mut(b)), put);
+            });
+    }
+}
+
+/// What packing a frame's chroma rows needs: the RGB source and the frame's geometry.
+struct Chroma<'a, T, C> {
+    src: &'a [T],
+    conv: &'a C,
+    w: usize,
+    h: usize,
+    cw: usize,
+    sub: (usize, usize),
+    m: Coeffs,
+    s: ChromaSiting,
+}
+
+impl<T, C: Fn(&T) -> f32> Chroma<'_, T, C> {
+    /// Chroma row `cy` into `out` (one (U, V) pair of sample slots per chroma column): the
+    /// RGB filtered along y into the worker's row buffer, then along x at each sample.
+    #[inline(always)]
+    fn row<'o>(
+        &self,
+        cy: usize,
+        out: impl Iterator<Item = (&'o mut [u8], &'o mut [u8])>,
+        put: impl Fn(&mut [u8], f32),
+    ) {
+        let (w, (sx, sy)) = (self.w, self.sub);
         ROW.with_borrow_mut(|acc| {
             acc.clear();
             acc.resize(3 * w, 0.0);
-            for (yy, wy) in down_taps(cy, h, s.v_cosited) {
+            for (yy, wy) in down_taps(cy, self.h, self.s.v_cosited, sy) {
                 if wy != 0.0 {
-                    for (a, v) in acc.iter_mut().zip(line(yy)) {
-                        *a += wy * conv(v);
+                    let line = &self.src[yy * w * 3..(yy + 1) * w * 3];
+                    for (a, v) in acc.iter_mut().zip(line) {
+                        *a += wy * (self.conv)(v);
                     }
                 }
             }
-            for cx in 0..cw {
+            for (cx, (ou, ov)) in out.take(self.cw).enumerate() {
                 let mut rgb = [0.0f32; 3];
-                for (xx, wx) in down_taps(cx, w, s.h_cosited) {
+                for (xx, wx) in down_taps(cx, w, self.s.h_cosited, sx) {
                     if wx != 0.0 {
                         for c in 0..3 {
                             rgb[c] += wx * acc[3 * xx + c];
                         }
                     }
                 }
-                let (u, v) = m.chroma(rgb);
-                put(cx, to_u8(u), to_u8(v));
+                let (u, v) = self.m.chroma(rgb);
+                put(ou, u);
+                put(ov, v);
             }
         })
-    };
-    match f.layout {
-        YuvLayout::I420 => {
-            let [_, pu, pv] = &mut f.planes;
-            pu.par_chunks_mut(f.strides[1])
-                .zip(pv.par_chunks_mut(f.strides[2]))
-                .take(ch)
-                .enumerate()
-                .with_min_len(super::frame::ROWS_PER_TASK / 2)
-                .for_each(|(cy, (ru, rv))| {
-                    chroma_row(cy, &mut |cx, u, v| (ru[cx], rv[cx]) = (u, v));
-                });
-        }
-        YuvLayout::Nv12 => {
-            f.planes[1]
-                .par_chunks_mut(f.strides[1])
-                .take(ch)
-                .enumerate()
-                .with_min_len(super::frame::ROWS_PER_TASK / 2)
-                .for_each(|(cy, row)| {
-                    chroma_row(cy, &mut |cx, u, v| (row[2 * cx], row[2 * cx + 1]) = (u, v));
-                });
-        }
     }
-    Ok(())
 }
 
 /// [`pack_with`] from an RGB f32 image.
@@ -424,16 +658,14 @@ pub fn pack_rgb8(rgb: &[u8], f: &mut YuvMut) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::frame::to_u8;
 
     fn frame(layout: YuvLayout, w: usize, h: usize) -> (Vec<Vec<u8>>, [usize; 3]) {
-        let (cw, ch) = chroma_size(w, h);
-        // Padded strides, so that a stride mix-up shows.
-        let strides = match layout {
-            YuvLayout::I420 => [w + 3, cw + 1, cw + 2],
-            YuvLayout::Nv12 => [w + 5, 2 * cw + 2, 0],
-        };
+        let sizes = layout.plane_sizes(w, h);
+        // Padded strides (odd ones too), so that a stride mix-up shows.
+        let strides = [0, 1, 2].map(|p| sizes[p].0 + if sizes[p].1 > 0 { 3 + 2 * p } else { 0 });
         let planes = (0..layout.planes())
-            .map(|p| vec![0u8; strides[p] * if p == 0 { h } else { ch }])
+            .map(|p| vec![0u8; strides[p] * sizes[p].1])
             .collect();
         (planes, strides)
     }
@@ -452,8 +684,13 @@ mod tests {
         img
     }
 
-    /// `img` packed into a 4:2:0 frame of `layout` and unpacked again.
-    fn round_trip(layout: YuvLayout, img: &Image, m: YuvMatrix, s: ChromaSiting) -> Image {
+    /// `img` packed into a frame of `layout` (the planes returned too) and unpacked again.
+    fn round_trip_planes(
+        layout: YuvLayout,
+        img: &Image,
+        m: YuvMatrix,
+        s: ChromaSiting,
+    ) -> (Image, Vec<Vec<u8>>, [usize; 3]) {
         let (w, h) = (img.width, img.height);
         let (mut planes, strides) = frame(layout, w, h);
         {
@@ -488,47 +725,114 @@ mod tests {
         };
         let mut back = Image::default();
         unpack_into(&f, &mut back).unwrap();
-        back
+        (back, planes, strides)
+    }
+
+    fn round_trip(layout: YuvLayout, img: &Image, m: YuvMatrix, s: ChromaSiting) -> Image {
+        round_trip_planes(layout, img, m, s).0
+    }
+
+    fn worst(a: &Image, b: &Image) -> f32 {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
     }
 
     /// Known colours: white, black and the primaries in BT.601 and BT.709, limited range,
-    /// as the standards give them (8-bit).
+    /// as the standards give them (8 and 10 bits).
     #[test]
     fn primaries_have_their_standard_codes() {
         let cases = [
-            (YuvMatrix::BT601, [255.0, 0.0, 0.0], (81, 90, 240)),
-            (YuvMatrix::BT601, [0.0, 255.0, 0.0], (145, 54, 34)),
-            (YuvMatrix::BT601, [0.0, 0.0, 255.0], (41, 240, 110)),
-            (YuvMatrix::BT709, [255.0, 0.0, 0.0], (63, 102, 240)),
-            (YuvMatrix::BT709, [0.0, 255.0, 0.0], (173, 42, 26)),
-            (YuvMatrix::BT709, [0.0, 0.0, 255.0], (32, 240, 118)),
-            (YuvMatrix::BT709, [255.0, 255.0, 255.0], (235, 128, 128)),
-            (YuvMatrix::BT709, [0.0, 0.0, 0.0], (16, 128, 128)),
+            (8, YuvMatrix::BT601, [255.0, 0.0, 0.0], (81, 90, 240)),
+            (8, YuvMatrix::BT601, [0.0, 255.0, 0.0], (145, 54, 34)),
+            (8, YuvMatrix::BT601, [0.0, 0.0, 255.0], (41, 240, 110)),
+            (8, YuvMatrix::BT709, [255.0, 0.0, 0.0], (63, 102, 240)),
+            (8, YuvMatrix::BT709, [0.0, 255.0, 0.0], (173, 42, 26)),
+            (8, YuvMatrix::BT709, [0.0, 0.0, 255.0], (32, 240, 118)),
+            (8, YuvMatrix::BT709, [255.0, 255.0, 255.0], (235, 128, 128)),
+            (8, YuvMatrix::BT709, [0.0, 0.0, 0.0], (16, 128, 128)),
+            // BT.709 at 10 bits (ITU-R BT.709-6 table 4.6 levels, colour bars' primaries).
+            (10, YuvMatrix::BT709, [255.0, 0.0, 0.0], (250, 409, 960)),
+            (10, YuvMatrix::BT709, [0.0, 255.0, 0.0], (691, 167, 105)),
+            (10, YuvMatrix::BT709, [0.0, 0.0, 255.0], (127, 960, 471)),
+            (10, YuvMatrix::BT709, [255.0, 255.0, 255.0], (940, 512, 512)),
+            (10, YuvMatrix::BT709, [0.0, 0.0, 0.0], (64, 512, 512)),
         ];
-        for (k, rgb, (y, u, v)) in cases {
-            let m = YuvMatrix::new(k, false).coeffs();
+        for (depth, k, rgb, (y, u, v)) in cases {
+            let m = YuvMatrix::new(k, false).coeffs(depth);
             let (cu, cv) = m.chroma(rgb);
             assert_eq!(
-                (to_u8(m.luma(rgb)), to_u8(cu), to_u8(cv)),
+                (m.code(m.luma(rgb)), m.code(cu), m.code(cv)),
                 (y, u, v),
-                "{k:?} {rgb:?}"
+                "{depth} bits {k:?} {rgb:?}"
             );
+            if depth == 8 {
+                assert_eq!(to_u8(m.luma(rgb)) as i32, y);
+            }
             let back = m.rgb(y as f32, u as f32, v as f32);
+            let tol = if depth == 8 { 2.0 } else { 0.5 };
             for c in 0..3 {
-                assert!((back[c] - rgb[c]).abs() < 2.0, "{k:?} {rgb:?} -> {back:?}");
+                assert!((back[c] - rgb[c]).abs() < tol, "{k:?} {rgb:?} -> {back:?}");
             }
         }
-        // Full range: Y spans 0–255.
-        let m = YuvMatrix::new(YuvMatrix::BT601, true).coeffs();
-        assert_eq!(to_u8(m.luma([255.0; 3])), 255);
-        assert!(m.rgb(255.0, 128.0, 128.0).iter().all(|&c| c > 254.99));
+        // Full range: Y spans 0–2^depth − 1.
+        for (depth, max) in [(8, 255), (10, 1023)] {
+            let m = YuvMatrix::new(YuvMatrix::BT601, true).coeffs(depth);
+            assert_eq!(m.code(m.luma([255.0; 3])), max);
+            assert_eq!(m.code(m.luma([0.0; 3])), 0);
+            let grey = m.centre;
+            assert!(m.rgb(max as f32, grey, grey).iter().all(|&c| c > 254.99));
+        }
     }
 
-    /// RGB → 4:2:0 → RGB of a smooth image comes back within the 8-bit rounding and the
-    /// chroma filtering, for both layouts, odd sizes, every siting and matrix.
+    /// The samples land where each format keeps them: P010 in the high bits of little-endian
+    /// words, the 10-bit planar formats in the low bits, chroma planes of the subsampled size.
+    #[test]
+    fn samples_are_stored_as_the_formats_say() {
+        let (w, h) = (5, 3);
+        let mut img = Image::new(w, h);
+        img.data.fill(255.0);
+        let m = YuvMatrix::new(YuvMatrix::BT709, false);
+        for layout in YuvLayout::ALL {
+            let (_, planes, strides) = round_trip_planes(layout, &img, m, ChromaSiting::default());
+            let (white, grey) = match layout.depth() {
+                8 => (235u32, 128u32),
+                _ => (940, 512),
+            };
+            let word = |p: usize, row: usize, i: usize| {
+                let b = &planes[p][row * strides[p]..];
+                match layout.word() {
+                    1 => b[i] as u32,
+                    _ => u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32,
+                }
+            };
+            let s = layout.shift();
+            assert_eq!(word(0, h - 1, w - 1), white << s, "{layout:?} Y");
+            let (cw, ch) = layout.chroma_size(w, h);
+            let per_row = if layout.interleaved() { 2 * cw } else { cw };
+            for p in 1..layout.planes() {
+                assert_eq!(
+                    word(p, ch - 1, per_row - 1),
+                    grey << s,
+                    "{layout:?} plane {p}"
+                );
+            }
+        }
+        assert_eq!(YuvLayout::Y42b.chroma_size(5, 3), (3, 3));
+        assert_eq!(YuvLayout::Y444p10.chroma_size(5, 3), (5, 3));
+        assert_eq!(
+            YuvLayout::P010.plane_sizes(5, 3),
+            [(10, 3), (12, 2), (0, 0)]
+        );
+    }
+
+    /// RGB → YUV → RGB of a smooth image comes back within the rounding and the chroma
+    /// filtering, for every layout, odd sizes, every siting and matrix.
     #[test]
     fn round_trip_of_a_smooth_image() {
-        for layout in [YuvLayout::I420, YuvLayout::Nv12] {
+        for layout in YuvLayout::ALL {
             for (w, h) in [(1, 1), (2, 2), (7, 5), (32, 18)] {
                 for (k, full) in [(YuvMatrix::BT601, false), (YuvMatrix::BT709, true)] {
                     for (hc, vc) in [(false, false), (true, false), (true, true)] {
@@ -538,18 +842,35 @@ mod tests {
                         };
                         let m = YuvMatrix::new(k, full);
                         let img = smooth(w, h);
-                        let back = round_trip(layout, &img, m, s);
-                        let worst = img
-                            .data
-                            .iter()
-                            .zip(&back.data)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0.0f32, f32::max);
-                        assert!(worst < 6.0, "{layout:?} {w}x{h} {k:?} {s:?}: worst {worst}");
+                        let worst = worst(&img, &round_trip(layout, &img, m, s));
+                        // 4:4:4 has no chroma filter: only the rounding remains.
+                        let tol = match (layout.subsampling(), layout.depth()) {
+                            ((1, 1), 8) => 2.0,
+                            ((1, 1), _) => 0.5,
+                            _ => 6.0,
+                        };
+                        assert!(worst < tol, "{layout:?} {w}x{h} {k:?} {s:?}: worst {worst}");
                     }
                 }
             }
         }
+    }
+
+    /// Ten bits keep what eight round away: an image of fractional levels comes back from
+    /// 10-bit 4:4:4 within a quarter level, from 8-bit 4:4:4 only within about one.
+    #[test]
+    fn ten_bits_keep_what_eight_bits_round_away() {
+        let (w, h) = (16, 9);
+        let mut img = Image::new(w, h);
+        for (i, v) in img.data.iter_mut().enumerate() {
+            *v = 20.0 + (i as f32 * 0.37) % 200.0;
+        }
+        let m = YuvMatrix::new(YuvMatrix::BT709, false);
+        let s = ChromaSiting::default();
+        let ten = worst(&img, &round_trip(YuvLayout::Y444p10, &img, m, s));
+        let eight = worst(&img, &round_trip(YuvLayout::Y444, &img, m, s));
+        assert!(ten < 0.3, "10-bit worst {ten}");
+        assert!(eight > 0.6, "8-bit worst {eight}");
     }
 
     /// A flat colour survives exactly (up to rounding), whatever the filters.
@@ -560,7 +881,7 @@ mod tests {
         for px in img.data.chunks_exact_mut(3) {
             px.copy_from_slice(&[200.0, 30.0, 90.0]);
         }
-        for layout in [YuvLayout::I420, YuvLayout::Nv12] {
+        for layout in YuvLayout::ALL {
             let m = YuvMatrix::new(YuvMatrix::BT709, false);
             let s = ChromaSiting {
                 h_cosited: true,
@@ -592,5 +913,15 @@ mod tests {
         let mut img = Image::default();
         let e = unpack_into(&f, &mut img).unwrap_err().to_string();
         assert!(e.contains("plane 1"), "{e}");
+        // 10-bit planes need two bytes a sample: the 8-bit sizes are short.
+        let y = vec![0u8; 16];
+        let c = vec![0u8; 4];
+        let f = YuvRef {
+            planes: [&y, &c, &c],
+            layout: YuvLayout::I420p10,
+            ..f
+        };
+        let e = unpack_into(&f, &mut img).unwrap_err().to_string();
+        assert!(e.contains("plane 0"), "{e}");
     }
 }
