@@ -1203,6 +1203,43 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             false,
         ),
+        // One pixel, one row, one column.
+        (
+            "P010_10LE",
+            (1, 1),
+            ",colorimetry=bt709,chroma-site=mpeg2",
+            YuvMatrix::BT709,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "I420",
+            (1, 7),
+            "",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "Y42B",
+            (9, 1),
+            "",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "Y444_10LE",
+            (1, 1),
+            ",colorimetry=bt709",
+            YuvMatrix::BT709,
+            false,
+            (false, false),
+            false,
+        ),
     ];
     for (fmt, (w, hh), extra, k, full, (hc, vc), interlaced) in cases {
         let mut h = harness(&path);
