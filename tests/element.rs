@@ -408,26 +408,23 @@ fn huge_frames_are_refused_at_negotiation() {
 
 #[test]
 fn gst_launch_exits_non_zero_on_a_bad_model() {
-    // The plugin .so next to the test binary's deps folder (target/<profile>/).
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    if !dir.join("libgstadabm.so").exists()
-        || std::process::Command::new("gst-launch-1.0")
-            .arg("--version")
-            .output()
-            .is_err()
+    let Some(dir) = common::plugin_dir() else {
+        eprintln!("SKIPPED: no libgstadabm.so beside the test binary");
+        return;
+    };
+    if std::process::Command::new("gst-launch-1.0")
+        .arg("--version")
+        .output()
+        .is_err()
     {
-        eprintln!(
-            "SKIPPED: gst-launch-1.0 or {}/libgstadabm.so not found",
-            dir.display()
-        );
+        eprintln!("SKIPPED: gst-launch-1.0 not found");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("truncated.safetensors");
     std::fs::write(&bad, &small_fp(2, 1).to_bytes().unwrap()[..1000]).unwrap();
     let out = std::process::Command::new("gst-launch-1.0")
-        .env("GST_PLUGIN_PATH", &dir)
+        .env("GST_PLUGIN_PATH", dir.path())
         .args([
             "videotestsrc",
             "num-buffers=2",

@@ -100,3 +100,22 @@ pub fn rewrite(
 pub fn keep(n: &str, s: Vec<usize>, d: Vec<u8>) -> Option<(String, Vec<usize>, Vec<u8>)> {
     Some((n.to_string(), s, d))
 }
+
+/// A folder holding only the plugin built with these tests, for the `GST_PLUGIN_PATH` of a
+/// child process (`gst-launch-1.0`, the C example): the `libgstadabm.so` cargo built with the
+/// test binary (`target/<profile>/deps/`; `cargo test` does not copy it to
+/// `target/<profile>/`, where only `cargo build` puts one, possibly older), linked into a
+/// fresh temporary folder so that GStreamer scans nothing else. None when there is none.
+pub fn plugin_dir() -> Option<tempfile::TempDir> {
+    let exe = std::env::current_exe().ok()?;
+    let deps = exe.parent()?;
+    let so = [
+        deps.join("libgstadabm.so"),
+        deps.parent()?.join("libgstadabm.so"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())?;
+    let dir = tempfile::tempdir().ok()?;
+    std::os::unix::fs::symlink(&so, dir.path().join("libgstadabm.so")).ok()?;
+    Some(dir)
+}
