@@ -47,13 +47,15 @@ impl Args {
         Self::from_iter(std::env::args().skip(1), flags)
     }
 
+    /// `flags` take no value; `--help` and `-h` are always the flag `help`.
     pub fn from_iter(it: impl IntoIterator<Item = String>, flags: &[&str]) -> Result<Self> {
         let mut pairs = Vec::new();
         let mut positional = Vec::new();
         let mut it = it.into_iter();
         while let Some(a) = it.next() {
+            let a = if a == "-h" { "--help".to_string() } else { a };
             if let Some(k) = a.strip_prefix("--") {
-                if flags.contains(&k) {
+                if flags.contains(&k) || k == "help" {
                     pairs.push((k.to_string(), None));
                 } else {
                     let v = it.next().with_context(|| format!("--{k} needs a value"))?;
@@ -88,10 +90,19 @@ impl Args {
         }
     }
 
-    /// Fails on any key not in `known` (flags and options alike).
+    /// Fails on a positional argument (for commands that take none: a misspelt option's
+    /// value, or an option without its `--`, would otherwise be ignored).
+    pub fn reject_positional(&self) -> Result<()> {
+        if let Some(a) = self.positional.first() {
+            bail!("unexpected argument '{a}' (options start with --; --help lists them)");
+        }
+        Ok(())
+    }
+
+    /// Fails on any key not in `known` (flags and options alike; `help` is always known).
     pub fn reject_unknown(&self, known: &[&str]) -> Result<()> {
         for (k, _) in &self.pairs {
-            if !known.contains(&k.as_str()) {
+            if !known.contains(&k.as_str()) && k != "help" {
                 bail!("unknown option --{k} (known: {})", known.join(", --"));
             }
         }

@@ -232,3 +232,46 @@ fn finetune_cli_writes_model_log_and_plot() {
         assert!(!ok, "{bad:?} accepted: {out}");
     }
 }
+
+/// Every tool answers `--help` and `-h` with its usage (on stdout, exit status 0), and the
+/// tools that take no positional argument refuse one instead of ignoring it.
+#[test]
+fn every_tool_has_help_and_refuses_stray_arguments() {
+    let tools = [
+        (
+            "adabm-calibrate",
+            env!("CARGO_BIN_EXE_adabm-calibrate"),
+            false,
+        ),
+        ("adabm-convert", env!("CARGO_BIN_EXE_adabm-convert"), true),
+        ("adabm-eval", env!("CARGO_BIN_EXE_adabm-eval"), false),
+        (
+            "adabm-finetune",
+            env!("CARGO_BIN_EXE_adabm-finetune"),
+            false,
+        ),
+        ("adabm-metrics", env!("CARGO_BIN_EXE_adabm-metrics"), false),
+        ("adabm-model", env!("CARGO_BIN_EXE_adabm-model"), true),
+        ("adabm-train", env!("CARGO_BIN_EXE_adabm-train"), false),
+        ("adabm-upscale", env!("CARGO_BIN_EXE_adabm-upscale"), true),
+    ];
+    for (name, bin, positional) in tools {
+        for h in ["--help", "-h"] {
+            let o = Command::new(bin).arg(h).output().unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success() && out.starts_with(name) && out.contains("--"),
+                "{name} {h}: {out}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        if !positional {
+            // `adabm-eval Set5` (meant: --sets Set5) must not run on the defaults.
+            let (ok, out) = run(bin, &["Set5"]);
+            assert!(
+                !ok && out.contains("unexpected argument 'Set5'"),
+                "{name}: {out}"
+            );
+        }
+    }
+}

@@ -61,6 +61,7 @@ fn main() -> Result<()> {
         "report",
         "help",
     ])?;
+    a.reject_positional()?;
     let t0 = Instant::now();
     let mpath = a.get("model").context("--model FILE is required")?;
     let out = a.get("out").context("--out FILE is required")?;

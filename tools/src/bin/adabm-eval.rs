@@ -45,6 +45,7 @@ fn main() -> Result<()> {
         "threads",
         "help",
     ])?;
+    a.reject_positional()?;
     let model = match a.get("model") {
         Some(p) => Some(Model::load(p).with_context(|| format!("--model {p}"))?),
         None => None,

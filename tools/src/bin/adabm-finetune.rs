@@ -89,6 +89,7 @@ fn main() -> Result<()> {
         "plot",
         "help",
     ])?;
+    a.reject_positional()?;
     let t0 = Instant::now();
     let mpath = a.get("model").context("--model FILE is required")?;
     let out = PathBuf::from(a.get("out").context("--out FILE is required")?);

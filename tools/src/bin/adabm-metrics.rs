@@ -68,6 +68,7 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
 fn main() -> Result<()> {
     let a = Args::parse(&["help"])?;
     a.reject_unknown(&["fp", "quant", "data", "sets", "help"])?;
+    a.reject_positional()?;
     if a.flag("help") {
         println!(
             "adabm-metrics --fp FP.safetensors --quant Q.safetensors --data DIR [--sets Set14,B100]"

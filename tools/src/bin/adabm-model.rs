@@ -8,14 +8,25 @@ use adabm_tools::Args;
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::{EdsrConfig, Model, QuantMode, random};
 
+const USAGE: &str = "\
+adabm-model random --scale S [--resblocks N] [--feats F] [--quant fq|non-fq] [--w-bits B]
+                   [--a-bits B] [--seed N] --out FILE
+    A model with random weights (EDSR-baseline size by default: 16 blocks, 64 features),
+    floating point or quantized on synthetic data (for tests and benchmarks).
+adabm-model info FILE
+    The model file's configuration, quantization and tensors.";
+
 fn main() -> Result<()> {
     let args = Args::parse(&[])?;
+    if args.flag("help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match args.positional.first().map(String::as_str) {
         Some("random") => make_random(&args),
         Some("info") => info(&args),
-        _ => bail!(
-            "usage: adabm-model random --scale S [--resblocks N] [--feats F] [--quant fq|non-fq] [--w-bits B] [--a-bits B] [--seed N] --out FILE\n       adabm-model info FILE"
-        ),
+        Some(other) => bail!("unknown command '{other}'\n\n{USAGE}"),
+        None => bail!("{USAGE}"),
     }
 }
 

@@ -333,7 +333,11 @@ fn main() -> Result<()> {
         "resume",
         "help",
     ])?;
-    let out = PathBuf::from(a.get("out").context("--out DIR is required\n\n{USAGE}")?);
+    a.reject_positional()?;
+    let out = PathBuf::from(
+        a.get("out")
+            .with_context(|| format!("--out DIR is required\n\n{USAGE}"))?,
+    );
     let s = settings(&a)?;
     let threads: usize = a.num("threads", 0)?;
     rayon::ThreadPoolBuilder::new()

@@ -9,13 +9,27 @@ use adabm_tools::{Args, read_png, write_png};
 use anyhow::{Context, Result};
 use gstadabm::engine::{Engine, Model, Options};
 
+const USAGE: &str = "\
+adabm-upscale --model FILE [options] IN.png OUT.png
+
+Upscales one PNG image with a model file (floating point or quantized) and prints the
+frame's complexity, image bits b_I, FAB, tiles and time.
+
+  --model FILE     model file (.safetensors)
+  --tile N         process in overlapping tiles of N LR pixels (0: automatic, default)
+  --threads N      worker threads (default: all cores)
+  --base-bits B    override the model's base activation bits
+  --no-adaptive    b_I = 0 (no image-level adaptation)";
+
 fn main() -> Result<()> {
     let args = Args::parse(&["no-adaptive"])?;
+    if args.flag("help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     args.reject_unknown(&["model", "tile", "threads", "base-bits", "no-adaptive"])?;
     let [input, output] = args.positional.as_slice() else {
-        anyhow::bail!(
-            "usage: adabm-upscale --model FILE [--tile N] [--threads N] [--base-bits B] [--no-adaptive] IN.png OUT.png"
-        );
+        anyhow::bail!("expected IN.png OUT.png\n\n{USAGE}");
     };
     let model = Model::load(args.get("model").context("--model FILE is required")?)?;
     let engine = Engine::new(&model, args.num("threads", 0)?)?;
