@@ -75,8 +75,10 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
-    let fp = Model::load(a.get("fp").context("--fp FILE is required")?)?;
-    let q = Model::load(a.get("quant").context("--quant FILE is required")?)?;
+    let fp_path = a.get("fp").context("--fp FILE is required")?;
+    let fp = Model::load(fp_path).with_context(|| format!("--fp {fp_path}"))?;
+    let q_path = a.get("quant").context("--quant FILE is required")?;
+    let q = Model::load(q_path).with_context(|| format!("--quant {q_path}"))?;
     if q.quant.is_none() || fp.config.scale != q.config.scale {
         bail!("--quant must be a quantized model of the --fp model's scale");
     }

@@ -71,7 +71,7 @@ fn info(args: &Args) -> Result<()> {
         .positional
         .get(1)
         .context("usage: adabm-model info FILE")?;
-    let m = Model::load(path)?;
+    let m = Model::load(path).with_context(|| path.to_string())?;
     let c = &m.config;
     println!("{path}");
     println!(

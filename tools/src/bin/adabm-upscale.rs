@@ -31,7 +31,8 @@ fn main() -> Result<()> {
     let [input, output] = args.positional.as_slice() else {
         anyhow::bail!("expected IN.png OUT.png\n\n{USAGE}");
     };
-    let model = Model::load(args.get("model").context("--model FILE is required")?)?;
+    let path = args.get("model").context("--model FILE is required")?;
+    let model = Model::load(path).with_context(|| format!("--model {path}"))?;
     let engine = Engine::new(&model, args.num("threads", 0)?)?;
     let opts = Options {
         adaptive: !args.flag("no-adaptive"),
