@@ -746,7 +746,7 @@ fn yuv_io(frames: usize) {
         let (inp, is) = planes(w, h);
         let (mut out, os) = planes(ow, oh);
         let f = YuvRef {
-            planes: [0, 1, 2].map(|p| inp.get(p).map_or(&[][..], |v| &v[..])),
+            planes: yuv::planes_ref(&inp),
             strides: is,
             width: w,
             height: h,
@@ -754,13 +754,8 @@ fn yuv_io(frames: usize) {
             matrix: m,
             siting: s,
         };
-        let mut it = out.iter_mut();
-        let p0 = it.next().unwrap();
-        let p1 = it.next().unwrap();
-        let mut empty = [];
-        let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
         let mut o = YuvMut {
-            planes: [p0, p1, p2],
+            planes: yuv::planes_mut(&mut out),
             strides: os,
             width: ow,
             height: oh,

@@ -43,8 +43,8 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
     (gst_video::VideoFormat::Abgr, PixelLayout::Abgr),
 ];
 
-/// The YUV formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 8] = [
+/// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 10] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
     (gst_video::VideoFormat::Y42b, YuvLayout::Y42b),
@@ -53,6 +53,8 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 8] = [
     (gst_video::VideoFormat::I42210le, YuvLayout::I422p10),
     (gst_video::VideoFormat::Y44410le, YuvLayout::Y444p10),
     (gst_video::VideoFormat::P01010le, YuvLayout::P010),
+    (gst_video::VideoFormat::Gray8, YuvLayout::Gray8),
+    (gst_video::VideoFormat::Gray16Le, YuvLayout::Gray16),
 ];
 
 /// A negotiated format's memory layout.

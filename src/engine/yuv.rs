@@ -1,9 +1,9 @@
-//! Planar and semi-planar YUV frames in and out of the engine — 4:2:0 (I420, NV12,
-//! I420_10LE, P010_10LE), 4:2:2 (Y42B, I422_10LE) and 4:4:4 (Y444, Y444_10LE), 8 and 10 bits —
-//! converted straight to and from its RGB f32 (0–255) images: the colour matrix and range of
-//! the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited or full range, at the
-//! format's depth), subsampled chroma upsampled and downsampled bilinearly at the caps' chroma
-//! siting (co-sited or centred, per axis).
+//! YUV frames in and out of the engine — planar and semi-planar 4:2:0 (I420, NV12, I420_10LE,
+//! P010_10LE), 4:2:2 (Y42B, I422_10LE) and 4:4:4 (Y444, Y444_10LE), 8 and 10 bits, and grey
+//! (GRAY8, GRAY16_LE: luma only) — converted straight to and from its RGB f32 (0–255) images:
+//! the colour matrix and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC,
+//! limited or full range, at the format's depth), subsampled chroma upsampled and downsampled
+//! bilinearly at the caps' chroma siting (co-sited or centred, per axis).
 //!
 //! Against a `videoconvert` on each side of an RGB upscaler this saves two frame passes and
 //! the rounding of the network's input and output to 8-bit RGB: the network reads the exact
@@ -42,10 +42,14 @@ pub enum YuvLayout {
     Y444p10,
     /// P010_10LE: 4:2:0 Y and interleaved UV, 10 bits in the high bits of each word.
     P010,
+    /// GRAY8: Y only (grey: U = V = the centre), 8 bits.
+    Gray8,
+    /// GRAY16_LE: Y only, 16 bits.
+    Gray16,
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::I420,
         Self::Nv12,
         Self::Y42b,
@@ -54,10 +58,23 @@ impl YuvLayout {
         Self::I422p10,
         Self::Y444p10,
         Self::P010,
+        Self::Gray8,
+        Self::Gray16,
     ];
 
     pub fn planes(self) -> usize {
-        if self.interleaved() { 2 } else { 3 }
+        if self.grey() {
+            1
+        } else if self.interleaved() {
+            2
+        } else {
+            3
+        }
+    }
+
+    /// Luma only (GRAY8, GRAY16_LE).
+    pub fn grey(self) -> bool {
+        matches!(self, Self::Gray8 | Self::Gray16)
     }
 
     /// U and V interleaved in one plane (NV12, P010).
@@ -65,19 +82,20 @@ impl YuvLayout {
         matches!(self, Self::Nv12 | Self::P010)
     }
 
-    /// Chroma subsampling factors (x, y): 2 or 1.
+    /// Chroma subsampling factors (x, y): 2 or 1 (grey: 1, no chroma planes).
     pub fn subsampling(self) -> (usize, usize) {
         match self {
             Self::I420 | Self::Nv12 | Self::I420p10 | Self::P010 => (2, 2),
             Self::Y42b | Self::I422p10 => (2, 1),
-            Self::Y444 | Self::Y444p10 => (1, 1),
+            Self::Y444 | Self::Y444p10 | Self::Gray8 | Self::Gray16 => (1, 1),
         }
     }
 
     /// Bits per sample.
     pub fn depth(self) -> u32 {
         match self {
-            Self::I420 | Self::Nv12 | Self::Y42b | Self::Y444 => 8,
+            Self::I420 | Self::Nv12 | Self::Y42b | Self::Y444 | Self::Gray8 => 8,
+            Self::Gray16 => 16,
             _ => 10,
         }
     }
@@ -102,7 +120,9 @@ impl YuvLayout {
     pub fn plane_sizes(self, w: usize, h: usize) -> [(usize, usize); 3] {
         let (cw, ch) = self.chroma_size(w, h);
         let b = self.word();
-        if self.interleaved() {
+        if self.grey() {
+            [(w * b, h), (0, 0), (0, 0)]
+        } else if self.interleaved() {
             [(w * b, h), (2 * cw * b, ch), (0, 0)]
         } else {
             [(w * b, h), (cw * b, ch), (cw * b, ch)]
@@ -305,6 +325,17 @@ pub struct YuvMut<'a> {
     pub siting: ChromaSiting,
 }
 
+/// Owned planes (one to three, in order) as the plane slices of a [`YuvRef`] (missing: empty).
+pub fn planes_ref(planes: &[Vec<u8>]) -> [&[u8]; 3] {
+    [0, 1, 2].map(|p| planes.get(p).map_or(&[][..], |v| &v[..]))
+}
+
+/// Owned planes as the plane slices of a [`YuvMut`] (missing: empty).
+pub fn planes_mut(planes: &mut [Vec<u8>]) -> [&mut [u8]; 3] {
+    let mut it = planes.iter_mut().map(|p| &mut p[..]);
+    [(); 3].map(|_| it.next().unwrap_or_default())
+}
+
 /// Checks that each plane holds its rows (the row bytes and rows of each plane of the layout).
 fn check_planes(
     what: &str,
@@ -409,6 +440,24 @@ fn unpack_rows<W: Word, T: Copy + Send>(f: &YuvRef, conv: impl Fn(f32) -> T + Sy
     let s = f.siting;
     let b = W::BYTES;
     let get = |c: &[u8]| W::load(c) as f32;
+    let emit = |o: &mut [T], rgb: [f32; 3]| {
+        o[0] = conv(rgb[0]);
+        o[1] = conv(rgb[1]);
+        o[2] = conv(rgb[2]);
+    };
+    if f.layout.grey() {
+        let grey = m.centre;
+        out.par_chunks_mut(w * 3)
+            .enumerate()
+            .with_min_len(super::frame::ROWS_PER_TASK)
+            .for_each(|(y, dst)| {
+                let luma = &f.planes[0][y * f.strides[0]..][..w * b];
+                for (o, c) in dst.chunks_exact_mut(3).zip(luma.chunks_exact(b)) {
+                    emit(o, m.rgb(get(c), grey, grey));
+                }
+            });
+        return;
+    }
     out.par_chunks_mut(w * 3)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
@@ -443,11 +492,6 @@ fn unpack_rows<W: Word, T: Copy + Send>(f: &YuvRef, conv: impl Fn(f32) -> T + Sy
                     }
                 }
                 let px = dst.chunks_exact_mut(3).zip(luma.chunks_exact(b));
-                let emit = |o: &mut [T], rgb: [f32; 3]| {
-                    o[0] = conv(rgb[0]);
-                    o[1] = conv(rgb[1]);
-                    o[2] = conv(rgb[2]);
-                };
                 if sx == 1 {
                     for ((o, c), (&u, &v)) in px.zip(tu.iter().zip(tv.iter())) {
                         emit(o, m.rgb(get(c), u, v));
@@ -516,7 +560,7 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
     let b = W::BYTES;
     let put = |c: &mut [u8], v: f32| W::put(c, &m, v);
     let line = |y: usize| &src[y * w * 3..(y + 1) * w * 3];
-    if (sx, sy) == (1, 1) && !f.layout.interleaved() {
+    if (sx, sy) == (1, 1) && !f.layout.interleaved() && !f.layout.grey() {
         // 4:4:4: nothing to filter, Y, U and V of each pixel in one pass.
         let [py, pu, pv] = &mut f.planes;
         let st = f.strides;
@@ -557,6 +601,9 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
                 put(o, m.luma([conv(&p[0]), conv(&p[1]), conv(&p[2])]));
             }
         });
+    if f.layout.grey() {
+        return;
+    }
     // Chroma: the chroma row's RGB filtered along y, then along x at each chroma sample.
     let chroma = Chroma {
         src,
@@ -694,13 +741,8 @@ mod tests {
         let (w, h) = (img.width, img.height);
         let (mut planes, strides) = frame(layout, w, h);
         {
-            let mut it = planes.iter_mut();
-            let p0 = it.next().unwrap();
-            let p1 = it.next().unwrap();
-            let mut empty = [];
-            let p2 = it.next().map_or(&mut empty[..], |v| &mut v[..]);
             let mut f = YuvMut {
-                planes: [p0, p1, p2],
+                planes: planes_mut(&mut planes),
                 strides,
                 width: w,
                 height: h,
@@ -711,11 +753,7 @@ mod tests {
             pack(img, &mut f).unwrap();
         }
         let f = YuvRef {
-            planes: [
-                &planes[0],
-                &planes[1],
-                planes.get(2).map_or(&[][..], |v| &v[..]),
-            ],
+            planes: planes_ref(&planes),
             strides,
             width: w,
             height: h,
@@ -799,7 +837,8 @@ mod tests {
             let (_, planes, strides) = round_trip_planes(layout, &img, m, ChromaSiting::default());
             let (white, grey) = match layout.depth() {
                 8 => (235u32, 128u32),
-                _ => (940, 512),
+                10 => (940, 512),
+                _ => (235 * 256, 0),
             };
             let word = |p: usize, row: usize, i: usize| {
                 let b = &planes[p][row * strides[p]..];
@@ -826,13 +865,17 @@ mod tests {
             YuvLayout::P010.plane_sizes(5, 3),
             [(10, 3), (12, 2), (0, 0)]
         );
+        assert_eq!(
+            YuvLayout::Gray16.plane_sizes(5, 3),
+            [(10, 3), (0, 0), (0, 0)]
+        );
     }
 
     /// RGB → YUV → RGB of a smooth image comes back within the rounding and the chroma
     /// filtering, for every layout, odd sizes, every siting and matrix.
     #[test]
     fn round_trip_of_a_smooth_image() {
-        for layout in YuvLayout::ALL {
+        for layout in YuvLayout::ALL.into_iter().filter(|l| !l.grey()) {
             for (w, h) in [(1, 1), (2, 2), (7, 5), (32, 18)] {
                 for (k, full) in [(YuvMatrix::BT601, false), (YuvMatrix::BT709, true)] {
                     for (hc, vc) in [(false, false), (true, false), (true, true)] {
@@ -853,6 +896,27 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Grey formats: a grey image comes back as it was (full range: exactly at 8 bits, within
+    /// 1/256 level at 16), a coloured one as its luma in every channel.
+    #[test]
+    fn grey_formats_keep_grey_and_take_the_luma_of_colour() {
+        let (w, h) = (7, 5);
+        let mut img = Image::new(w, h);
+        for (i, px) in img.data.chunks_exact_mut(3).enumerate() {
+            px.fill((i * 37 % 256) as f32);
+        }
+        let m = YuvMatrix::new(YuvMatrix::BT601, true);
+        let s = ChromaSiting::default();
+        assert_eq!(round_trip(YuvLayout::Gray8, &img, m, s).data, img.data);
+        assert!(worst(&img, &round_trip(YuvLayout::Gray16, &img, m, s)) < 1.0 / 256.0);
+        let colour = smooth(w, h);
+        let back = round_trip(YuvLayout::Gray8, &colour, m, s);
+        for (a, b) in colour.data.chunks_exact(3).zip(back.data.chunks_exact(3)) {
+            let y = 0.299 * a[0] + 0.587 * a[1] + 0.114 * a[2];
+            assert!(b.iter().all(|&v| (v - y).abs() <= 0.5), "{a:?} -> {b:?}");
         }
     }
 
@@ -881,7 +945,7 @@ mod tests {
         for px in img.data.chunks_exact_mut(3) {
             px.copy_from_slice(&[200.0, 30.0, 90.0]);
         }
-        for layout in YuvLayout::ALL {
+        for layout in YuvLayout::ALL.into_iter().filter(|l| !l.grey()) {
             let m = YuvMatrix::new(YuvMatrix::BT709, false);
             let s = ChromaSiting {
                 h_cosited: true,
