@@ -1156,7 +1156,9 @@ fn plane_fields(
     for p in 0..layout.planes() {
         let rows = if p == 0 { height } else { ch };
         let (at, stride, _) = field_geometry(rows, strides[p], f).map_err(|_| {
-            format!("interlaced 4:2:0 frame of height {height} (not a multiple of 4)")
+            format!(
+                "interlaced {layout:?} frame of height {height}: its fields need whole chroma rows"
+            )
         })?;
         out[p] = (at, stride);
     }
