@@ -981,6 +981,9 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
     match format {
         F::I420 => L::I420,
         F::Nv12 => L::Nv12,
+        F::Nv21 => L::Nv21,
+        F::Nv16 => L::Nv16,
+        F::Nv24 => L::Nv24,
         F::Y42b => L::Y42b,
         F::Y444 => L::Y444,
         F::I42010le => L::I420p10,
@@ -1202,6 +1205,33 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             false,
         ),
+        (
+            "NV21",
+            (21, 13),
+            ",colorimetry=bt709,chroma-site=mpeg2",
+            YuvMatrix::BT709,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "NV16",
+            (15, 9),
+            "",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "NV24",
+            (13, 8),
+            "",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            false,
+        ),
         // Grey: full-range BT.601 luma, GStreamer's default for GRAY caps.
         (
             "GRAY8",
@@ -1335,6 +1365,9 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
     let cases = [
         ("I420", 1, 0, 5.0, 6.5),
         ("NV12", 1, 0, 4.0, 2.0),
+        ("NV21", 1, 0, 4.0, 2.0),
+        ("NV16", 1, 0, 4.0, 2.5),
+        ("NV24", 1, 0, 4.5, 4.0),
         ("Y42B", 1, 0, 4.0, 2.5),
         ("Y444", 1, 0, 4.5, 4.0),
         ("I420_10LE", 2, 0, 2.0, 1.0),

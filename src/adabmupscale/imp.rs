@@ -44,9 +44,12 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 10] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 13] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
+    (gst_video::VideoFormat::Nv21, YuvLayout::Nv21),
+    (gst_video::VideoFormat::Nv16, YuvLayout::Nv16),
+    (gst_video::VideoFormat::Nv24, YuvLayout::Nv24),
     (gst_video::VideoFormat::Y42b, YuvLayout::Y42b),
     (gst_video::VideoFormat::Y444, YuvLayout::Y444),
     (gst_video::VideoFormat::I42010le, YuvLayout::I420p10),

@@ -30,6 +30,12 @@ pub enum YuvLayout {
     I420,
     /// 4:2:0 Y and interleaved UV, 8 bits.
     Nv12,
+    /// 4:2:0 Y and interleaved VU, 8 bits.
+    Nv21,
+    /// 4:2:2 Y and interleaved UV, 8 bits.
+    Nv16,
+    /// 4:4:4 Y and interleaved UV, 8 bits.
+    Nv24,
     /// 4:2:2 planar, 8 bits.
     Y42b,
     /// 4:4:4 planar, 8 bits.
@@ -49,9 +55,12 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::I420,
         Self::Nv12,
+        Self::Nv21,
+        Self::Nv16,
+        Self::Nv24,
         Self::Y42b,
         Self::Y444,
         Self::I420p10,
@@ -77,24 +86,39 @@ impl YuvLayout {
         matches!(self, Self::Gray8 | Self::Gray16)
     }
 
-    /// U and V interleaved in one plane (NV12, P010).
+    /// U and V interleaved in one plane (NV12, NV21, NV16, NV24, P010).
     pub fn interleaved(self) -> bool {
-        matches!(self, Self::Nv12 | Self::P010)
+        matches!(
+            self,
+            Self::Nv12 | Self::Nv21 | Self::Nv16 | Self::Nv24 | Self::P010
+        )
+    }
+
+    /// The interleaved chroma plane holds V first (NV21).
+    fn vu(self) -> bool {
+        self == Self::Nv21
     }
 
     /// Chroma subsampling factors (x, y): 2 or 1 (grey: 1, no chroma planes).
     pub fn subsampling(self) -> (usize, usize) {
         match self {
-            Self::I420 | Self::Nv12 | Self::I420p10 | Self::P010 => (2, 2),
-            Self::Y42b | Self::I422p10 => (2, 1),
-            Self::Y444 | Self::Y444p10 | Self::Gray8 | Self::Gray16 => (1, 1),
+            Self::I420 | Self::Nv12 | Self::Nv21 | Self::I420p10 | Self::P010 => (2, 2),
+            Self::Y42b | Self::Nv16 | Self::I422p10 => (2, 1),
+            Self::Y444 | Self::Nv24 | Self::Y444p10 | Self::Gray8 | Self::Gray16 => (1, 1),
         }
     }
 
     /// Bits per sample.
     pub fn depth(self) -> u32 {
         match self {
-            Self::I420 | Self::Nv12 | Self::Y42b | Self::Y444 | Self::Gray8 => 8,
+            Self::I420
+            | Self::Nv12
+            | Self::Nv21
+            | Self::Nv16
+            | Self::Nv24
+            | Self::Y42b
+            | Self::Y444
+            | Self::Gray8 => 8,
             Self::Gray16 => 16,
             _ => 10,
         }
@@ -439,6 +463,8 @@ fn unpack_rows<W: Word, T: Copy + Send>(f: &YuvRef, conv: impl Fn(f32) -> T + Sy
     let m = f.matrix.coeffs(f.layout.depth());
     let s = f.siting;
     let b = W::BYTES;
+    // Where U and V start in an interleaved pair.
+    let (iu, iv) = if f.layout.vu() { (b, 0) } else { (0, b) };
     let get = |c: &[u8]| W::load(c) as f32;
     let emit = |o: &mut [T], rgb: [f32; 3]| {
         o[0] = conv(rgb[0]);
@@ -477,8 +503,8 @@ fn unpack_rows<W: Word, T: Copy + Send>(f: &YuvRef, conv: impl Fn(f32) -> T + Sy
                         for ((ou, ov), c) in
                             tu.iter_mut().zip(tv.iter_mut()).zip(uv.chunks_exact(2 * b))
                         {
-                            *ou += a * get(&c[..b]);
-                            *ov += a * get(&c[b..]);
+                            *ou += a * get(&c[iu..]);
+                            *ov += a * get(&c[iv..]);
                         }
                     } else {
                         let u = &f.planes[1][r * f.strides[1]..][..cw * b];
@@ -560,10 +586,32 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
     let b = W::BYTES;
     let put = |c: &mut [u8], v: f32| W::put(c, &m, v);
     let line = |y: usize| &src[y * w * 3..(y + 1) * w * 3];
-    if (sx, sy) == (1, 1) && !f.layout.interleaved() && !f.layout.grey() {
+    if (sx, sy) == (1, 1) && !f.layout.grey() {
         // 4:4:4: nothing to filter, Y, U and V of each pixel in one pass.
         let [py, pu, pv] = &mut f.planes;
         let st = f.strides;
+        if f.layout.interleaved() {
+            // NV24.
+            py.par_chunks_mut(st[0])
+                .take(h)
+                .zip(pu.par_chunks_mut(st[1]))
+                .enumerate()
+                .with_min_len(super::frame::ROWS_PER_TASK)
+                .for_each(|(y, (ry, ruv))| {
+                    let out = ry[..w * b]
+                        .chunks_exact_mut(b)
+                        .zip(ruv[..2 * w * b].chunks_exact_mut(2 * b));
+                    for ((oy, ouv), p) in out.zip(line(y).chunks_exact(3)) {
+                        let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
+                        let (u, v) = m.chroma(rgb);
+                        let (ou, ov) = ouv.split_at_mut(b);
+                        put(oy, m.luma(rgb));
+                        put(ou, u);
+                        put(ov, v);
+                    }
+                });
+            return;
+        }
         py.par_chunks_mut(st[0])
             .take(h)
             .zip(pu.par_chunks_mut(st[1]))
@@ -623,8 +671,12 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
             .enumerate()
             .with_min_len(min_len)
             .for_each(|(cy, row)| {
-                let uv = row[..2 * cw * b].chunks_exact_mut(2 * b);
-                chroma.row(cy, uv.map(|c| c.split_at_mut(b)), put);
+                let vu = f.layout.vu();
+                let pairs = row[..2 * cw * b].chunks_exact_mut(2 * b).map(|c| {
+                    let (first, second) = c.split_at_mut(b);
+                    if vu { (second, first) } else { (first, second) }
+                });
+                chroma.row(cy, pairs, put);
             });
     } else {
         let [_, pu, pv] = &mut f.planes;
@@ -896,6 +948,53 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// NV21 is NV12 with V before U in each pair; NV16 and NV24 are I422 / Y444 with the
+    /// chroma planes interleaved.
+    #[test]
+    fn semi_planar_formats_interleave_the_planar_ones() {
+        let img = smooth(9, 7);
+        let m = YuvMatrix::new(YuvMatrix::BT709, false);
+        let s = ChromaSiting {
+            h_cosited: true,
+            v_cosited: false,
+        };
+        let visible = |layout: YuvLayout| {
+            let (back, planes, strides) = round_trip_planes(layout, &img, m, s);
+            let sizes = layout.plane_sizes(9, 7);
+            let rows: Vec<Vec<u8>> = (0..layout.planes())
+                .map(|p| {
+                    let (row, n) = sizes[p];
+                    (0..n)
+                        .flat_map(|y| planes[p][y * strides[p]..][..row].to_vec())
+                        .collect()
+                })
+                .collect();
+            (back, rows)
+        };
+        for (semi, planar, swap) in [
+            (YuvLayout::Nv12, YuvLayout::I420, false),
+            (YuvLayout::Nv21, YuvLayout::I420, true),
+            (YuvLayout::Nv16, YuvLayout::Y42b, false),
+            (YuvLayout::Nv24, YuvLayout::Y444, false),
+        ] {
+            let (back_s, sp) = visible(semi);
+            let (back_p, pp) = visible(planar);
+            assert_eq!(sp[0], pp[0], "{semi:?} Y");
+            let (first, second) = if swap {
+                (&pp[2], &pp[1])
+            } else {
+                (&pp[1], &pp[2])
+            };
+            let pairs: Vec<u8> = first
+                .iter()
+                .zip(second.iter())
+                .flat_map(|(&a, &b)| [a, b])
+                .collect();
+            assert_eq!(sp[1], pairs, "{semi:?} chroma");
+            assert_eq!(back_s.data, back_p.data, "{semi:?} unpacked");
         }
     }
 
