@@ -984,6 +984,9 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::Nv21 => L::Nv21,
         F::Nv16 => L::Nv16,
         F::Nv24 => L::Nv24,
+        F::Yuy2 => L::Yuy2,
+        F::Uyvy => L::Uyvy,
+        F::Yvyu => L::Yvyu,
         F::Y42b => L::Y42b,
         F::Y444 => L::Y444,
         F::I42010le => L::I420p10,
@@ -1232,6 +1235,33 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             false,
         ),
+        (
+            "YUY2",
+            (15, 9),
+            ",colorimetry=bt709,chroma-site=mpeg2",
+            YuvMatrix::BT709,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "UYVY",
+            (16, 10),
+            ",interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            true,
+        ),
+        (
+            "YVYU",
+            (1, 1),
+            "",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            false,
+        ),
         // Grey: full-range BT.601 luma, GStreamer's default for GRAY caps.
         (
             "GRAY8",
@@ -1368,6 +1398,9 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("NV21", 1, 0, 4.0, 2.0),
         ("NV16", 1, 0, 4.0, 2.5),
         ("NV24", 1, 0, 4.5, 4.0),
+        ("YUY2", 1, 0, 4.0, 2.5),
+        ("UYVY", 1, 0, 4.0, 2.5),
+        ("YVYU", 1, 0, 4.0, 2.5),
         ("Y42B", 1, 0, 4.0, 2.5),
         ("Y444", 1, 0, 4.5, 4.0),
         ("I420_10LE", 2, 0, 2.0, 1.0),
@@ -1405,24 +1438,26 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
              videoconvert ! video/x-raw,format={fmt} ! appsink name=out"
         )));
         assert_eq!(direct.len(), around.len());
-        let n = 128 * 96;
-        let mean = |r: std::ops::Range<usize>| {
-            r.clone()
+        // Which samples are luma: the first 128 x 96 (planar), or the Y bytes of each group of
+        // four (packed 4:2:2).
+        let format = gst_video::VideoFormat::from_string(fmt);
+        let luma = |i: usize| match yuv_layout(format).packed() {
+            Some(at) => i % 4 == at[0] || i % 4 == at[1],
+            None => i < 128 * 96,
+        };
+        let mean = |want_luma: bool| {
+            let d: Vec<f64> = (0..direct.len())
+                .filter(|&i| luma(i) == want_luma)
                 .map(|i| (direct[i] - around[i]).abs())
-                .sum::<f64>()
-                / r.len() as f64
+                .collect();
+            // (The grey formats have no chroma.)
+            d.iter().sum::<f64>() / d.len().max(1) as f64
         };
-        // (The grey formats have no chroma.)
-        let y = mean(0..n);
-        let c = if direct.len() > n {
-            mean(n..direct.len())
-        } else {
-            0.0
-        };
+        let (y, c) = (mean(true), mean(false));
         eprintln!("{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}");
         // Measured (Debian 12, GStreamer 1.22, in 8-bit units): I420 3.4 / 4.3, NV12 2.5 / 1.0,
         // Y42B 2.6 / 1.3, Y444 3.0 / 2.8, I420_10LE and P010_10LE 1.3 / 0.5, Y444_10LE 2.1 / 2.2,
-        // GRAY8 0.2, GRAY16_LE 0.3.
+        // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3.
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"

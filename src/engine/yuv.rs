@@ -1,5 +1,6 @@
 //! YUV frames in and out of the engine — planar and semi-planar 4:2:0 (I420, NV12, I420_10LE,
-//! P010_10LE), 4:2:2 (Y42B, I422_10LE) and 4:4:4 (Y444, Y444_10LE), 8 and 10 bits, and grey
+//! P010_10LE, NV21), 4:2:2 (Y42B, I422_10LE, NV16, packed YUY2 / UYVY / YVYU) and 4:4:4 (Y444,
+//! Y444_10LE, NV24), 8 and 10 bits, and grey
 //! (GRAY8, GRAY16_LE: luma only) — converted straight to and from its RGB f32 (0–255) images:
 //! the colour matrix and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC,
 //! limited or full range, at the format's depth), subsampled chroma upsampled and downsampled
@@ -48,6 +49,12 @@ pub enum YuvLayout {
     Y444p10,
     /// P010_10LE: 4:2:0 Y and interleaved UV, 10 bits in the high bits of each word.
     P010,
+    /// YUY2: packed 4:2:2, Y0 U Y1 V, 8 bits (webcams).
+    Yuy2,
+    /// UYVY: packed 4:2:2, U Y0 V Y1, 8 bits.
+    Uyvy,
+    /// YVYU: packed 4:2:2, Y0 V Y1 U, 8 bits.
+    Yvyu,
     /// GRAY8: Y only (grey: U = V = the centre), 8 bits.
     Gray8,
     /// GRAY16_LE: Y only, 16 bits.
@@ -55,7 +62,7 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 16] = [
         Self::I420,
         Self::Nv12,
         Self::Nv21,
@@ -67,17 +74,31 @@ impl YuvLayout {
         Self::I422p10,
         Self::Y444p10,
         Self::P010,
+        Self::Yuy2,
+        Self::Uyvy,
+        Self::Yvyu,
         Self::Gray8,
         Self::Gray16,
     ];
 
     pub fn planes(self) -> usize {
-        if self.grey() {
+        if self.grey() || self.packed().is_some() {
             1
         } else if self.interleaved() {
             2
         } else {
             3
+        }
+    }
+
+    /// Packed 4:2:2 (one plane of 4-byte groups, two pixels each): the byte offsets of Y0,
+    /// Y1, U and V in a group.
+    pub fn packed(self) -> Option<[usize; 4]> {
+        match self {
+            Self::Yuy2 => Some([0, 2, 1, 3]),
+            Self::Uyvy => Some([1, 3, 0, 2]),
+            Self::Yvyu => Some([0, 2, 3, 1]),
+            _ => None,
         }
     }
 
@@ -103,7 +124,9 @@ impl YuvLayout {
     pub fn subsampling(self) -> (usize, usize) {
         match self {
             Self::I420 | Self::Nv12 | Self::Nv21 | Self::I420p10 | Self::P010 => (2, 2),
-            Self::Y42b | Self::Nv16 | Self::I422p10 => (2, 1),
+            Self::Y42b | Self::Nv16 | Self::I422p10 | Self::Yuy2 | Self::Uyvy | Self::Yvyu => {
+                (2, 1)
+            }
             Self::Y444 | Self::Nv24 | Self::Y444p10 | Self::Gray8 | Self::Gray16 => (1, 1),
         }
     }
@@ -118,6 +141,9 @@ impl YuvLayout {
             | Self::Nv24
             | Self::Y42b
             | Self::Y444
+            | Self::Yuy2
+            | Self::Uyvy
+            | Self::Yvyu
             | Self::Gray8 => 8,
             Self::Gray16 => 16,
             _ => 10,
@@ -144,7 +170,9 @@ impl YuvLayout {
     pub fn plane_sizes(self, w: usize, h: usize) -> [(usize, usize); 3] {
         let (cw, ch) = self.chroma_size(w, h);
         let b = self.word();
-        if self.grey() {
+        if self.packed().is_some() {
+            [(4 * cw, h), (0, 0), (0, 0)]
+        } else if self.grey() {
             [(w * b, h), (0, 0), (0, 0)]
         } else if self.interleaved() {
             [(w * b, h), (2 * cw * b, ch), (0, 0)]
@@ -447,6 +475,10 @@ pub fn unpack_with<T: Copy + Default + Send>(
         f.height,
     )?;
     out.resize(f.width * f.height * 3, T::default());
+    if let Some(at) = f.layout.packed() {
+        unpack_packed(f, at, conv, out);
+        return Ok(());
+    }
     match (f.layout.word(), f.layout.shift()) {
         (1, _) => unpack_rows::<W8, T>(f, conv, out),
         (_, 0) => unpack_rows::<W16<0>, T>(f, conv, out),
@@ -569,6 +601,10 @@ pub fn pack_with<T: Sync>(
             "output frame is {w}x{h}, image is {width}x{height} with {} values",
             src.len()
         )));
+    }
+    if let Some(at) = f.layout.packed() {
+        pack_packed(src, f, at, conv);
+        return Ok(());
     }
     match (f.layout.word(), f.layout.shift()) {
         (1, _) => pack_rows::<W8, T>(src, f, conv),
@@ -743,6 +779,75 @@ impl<T, C: Fn(&T) -> f32> Chroma<'_, T, C> {
     }
 }
 
+/// Packed 4:2:2 rows (`at`: [`YuvLayout::packed`]) into RGB: each row's chroma upsampled along
+/// x as in the planar formats.
+fn unpack_packed<T: Copy + Send>(
+    f: &YuvRef,
+    at: [usize; 4],
+    conv: impl Fn(f32) -> T + Sync,
+    out: &mut [T],
+) {
+    let (w, cw) = (f.width, f.width.div_ceil(2));
+    let m = f.matrix.coeffs(8);
+    let cosited = f.siting.h_cosited;
+    out.par_chunks_mut(w * 3)
+        .enumerate()
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(y, dst)| {
+            let row = &f.planes[0][y * f.strides[0]..][..4 * cw];
+            let c = |k: usize, o: usize| row[4 * k + o] as f32;
+            for (x, o) in dst.chunks_exact_mut(3).enumerate() {
+                let [(c0, b0), (c1, b1)] = up_taps(x, cw, cosited, 2);
+                let u = b0 * c(c0, at[2]) + b1 * c(c1, at[2]);
+                let v = b0 * c(c0, at[3]) + b1 * c(c1, at[3]);
+                let rgb = m.rgb(c(x / 2, at[x % 2]), u, v);
+                o[0] = conv(rgb[0]);
+                o[1] = conv(rgb[1]);
+                o[2] = conv(rgb[2]);
+            }
+        });
+}
+
+/// RGB into packed 4:2:2 rows: Y per pixel, U and V filtered along x at the chroma siting.
+fn pack_packed<T: Sync>(
+    src: &[T],
+    f: &mut YuvMut,
+    at: [usize; 4],
+    conv: impl Fn(&T) -> f32 + Sync,
+) {
+    let (w, h, cw) = (f.width, f.height, f.width.div_ceil(2));
+    let m = f.matrix.coeffs(8);
+    let cosited = f.siting.h_cosited;
+    f.planes[0]
+        .par_chunks_mut(f.strides[0])
+        .take(h)
+        .enumerate()
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(y, row)| {
+            let line = &src[y * w * 3..(y + 1) * w * 3];
+            let rgb = |x: usize| [0, 1, 2].map(|c| conv(&line[3 * x + c]));
+            for (k, g) in row[..4 * cw].chunks_exact_mut(4).enumerate() {
+                for i in 0..2 {
+                    // An odd width's last group repeats its pixel.
+                    let x = (2 * k + i).min(w - 1);
+                    g[at[i]] = super::frame::to_u8(m.luma(rgb(x)));
+                }
+                let mut c = [0.0f32; 3];
+                for (xx, wx) in down_taps(k, w, cosited, 2) {
+                    if wx != 0.0 {
+                        let p = rgb(xx);
+                        for j in 0..3 {
+                            c[j] += wx * p[j];
+                        }
+                    }
+                }
+                let (u, v) = m.chroma(c);
+                g[at[2]] = super::frame::to_u8(u);
+                g[at[3]] = super::frame::to_u8(v);
+            }
+        });
+}
+
 /// [`pack_with`] from an RGB f32 image.
 pub fn pack(img: &Image, f: &mut YuvMut) -> Result<()> {
     pack_with(&img.data, img.width, img.height, f, |&v| v)
@@ -899,6 +1004,13 @@ mod tests {
                     _ => u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32,
                 }
             };
+            if let Some(at) = layout.packed() {
+                // The last group (of the odd width's padding pixel too): Y Y U V where `at` says.
+                let g = &planes[0][(h - 1) * strides[0] + 8..][..4];
+                let want = [white, white, grey, grey];
+                assert_eq!(at.map(|i| g[i] as u32), want, "{layout:?} {g:?}");
+                continue;
+            }
             let s = layout.shift();
             assert_eq!(word(0, h - 1, w - 1), white << s, "{layout:?} Y");
             let (cw, ch) = layout.chroma_size(w, h);
@@ -921,6 +1033,7 @@ mod tests {
             YuvLayout::Gray16.plane_sizes(5, 3),
             [(10, 3), (0, 0), (0, 0)]
         );
+        assert_eq!(YuvLayout::Uyvy.plane_sizes(5, 3), [(12, 3), (0, 0), (0, 0)]);
     }
 
     /// RGB → YUV → RGB of a smooth image comes back within the rounding and the chroma
@@ -952,7 +1065,7 @@ mod tests {
     }
 
     /// NV21 is NV12 with V before U in each pair; NV16 and NV24 are I422 / Y444 with the
-    /// chroma planes interleaved.
+    /// chroma planes interleaved; YUY2, UYVY and YVYU are Y42B packed in pixel pairs.
     #[test]
     fn semi_planar_formats_interleave_the_planar_ones() {
         let img = smooth(9, 7);
@@ -995,6 +1108,27 @@ mod tests {
                 .collect();
             assert_eq!(sp[1], pairs, "{semi:?} chroma");
             assert_eq!(back_s.data, back_p.data, "{semi:?} unpacked");
+        }
+        // Packed 4:2:2: Y42B's samples in groups of two pixels (an odd width's last group
+        // repeats its last Y).
+        let (back_p, pp) = visible(YuvLayout::Y42b);
+        for packed in [YuvLayout::Yuy2, YuvLayout::Uyvy, YuvLayout::Yvyu] {
+            let at = packed.packed().unwrap();
+            let (back, rows) = visible(packed);
+            let (w, cw) = (9, 5);
+            for y in 0..7 {
+                for k in 0..cw {
+                    let g = &rows[0][y * 4 * cw + 4 * k..][..4];
+                    let want = [
+                        pp[0][y * w + 2 * k],
+                        pp[0][y * w + (2 * k + 1).min(w - 1)],
+                        pp[1][y * cw + k],
+                        pp[2][y * cw + k],
+                    ];
+                    assert_eq!(at.map(|i| g[i]), want, "{packed:?} row {y} group {k}");
+                }
+            }
+            assert_eq!(back.data, back_p.data, "{packed:?} unpacked");
         }
     }
 
