@@ -194,10 +194,12 @@ fn caps_keep_framerate_and_par_and_refuse_other_formats() {
     let mut query = gst::query::AcceptCaps::new(&caps);
     assert!(sink.query(&mut query));
     assert!(query.result());
-    let yuy2: gst::Caps = "video/x-raw,format=YUY2,width=10,height=6".parse().unwrap();
-    let mut query = gst::query::AcceptCaps::new(&yuy2);
+    let rgb16: gst::Caps = "video/x-raw,format=RGB16,width=10,height=6"
+        .parse()
+        .unwrap();
+    let mut query = gst::query::AcceptCaps::new(&rgb16);
     sink.query(&mut query);
-    assert!(!query.result(), "YUY2 must be refused");
+    assert!(!query.result(), "RGB16 must be refused");
     // Transform caps through the element: framerate and PAR are kept, size doubled.
     let peer_caps = el.static_pad("sink").unwrap().query_caps(Some(
         &"video/x-raw,format=RGB,width=20,height=12".parse().unwrap(),
@@ -385,11 +387,11 @@ fn missing_model_and_scale_mismatch_are_clear_errors() {
     ));
     assert!(err.unwrap_or_default().contains("x4"));
     let (err, _) = run_pipeline(&format!(
-        "videotestsrc num-buffers=1 ! video/x-raw,format=YUY2,width=8,height=8 ! adabmupscale model-location={} ! fakesink",
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB16,width=8,height=8 ! adabmupscale model-location={} ! fakesink",
         path.display()
     ));
-    // YUY2 is not among the element's formats: the pipeline cannot link or negotiate.
-    assert!(err.is_some(), "YUY2 input must be refused");
+    // RGB16 is not among the element's formats: the pipeline cannot link or negotiate.
+    assert!(err.is_some(), "RGB16 input must be refused");
 }
 
 #[test]
