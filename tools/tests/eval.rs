@@ -59,6 +59,11 @@ fn tables_json_patch_mode_and_bicubic() {
     let bic = s["bicubic"]["mean"]["psnr"].as_f64().unwrap();
     assert!(bic > 20.0 && bic < 60.0, "bicubic {bic}");
     assert_eq!(doc["n_params"].as_u64().unwrap() as usize, q.n_params());
+    // Speed per LR megapixel: reported for the model, not for bicubic.
+    assert!(table.contains("ms/MPix"), "{table}");
+    let speed = s["model"]["ms_per_lr_mpix"].as_f64().unwrap();
+    assert!(speed > 0.0 && speed.is_finite(), "{speed}");
+    assert!(s["bicubic"].get("ms_per_lr_mpix").is_none());
 
     // Patch mode: with patches larger than the image it is the whole-image result; with small
     // patches each patch is its own input (zero padding at its borders), so PSNR changes.

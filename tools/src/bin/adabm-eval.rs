@@ -1,7 +1,8 @@
-//! adabm-eval: PSNR / SSIM (Y, shave = scale, 8-bit outputs) and FAB of a model or of bicubic
-//! upscaling on benchmark sets in the EDSR layout.
+//! adabm-eval: PSNR / SSIM (Y, shave = scale, 8-bit outputs), FAB, BitOPs and speed of a model, or
+//! PSNR / SSIM of bicubic upscaling, on benchmark sets in the EDSR layout.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use adabm_tools::Args;
 use adabm_tools::data;
@@ -24,7 +25,11 @@ adabm-eval [--model FILE] [--bicubic] [options]
   --base-bits N     override the model's base activation bits
   --per-image       print every image, not only the means
   --json FILE       write per-image and mean PSNR, SSIM and FAB
-  --threads N       worker threads (default: all cores)";
+  --threads N       worker threads (default: all cores)
+
+Prints per set the mean PSNR / SSIM (Y, shave = scale), FAB, GBitOPs per image and the speed:
+ms of upscaling per LR megapixel (wall time over the set after one warm-up image; 8-bit
+output included, scoring not).";
 
 fn main() -> Result<()> {
     let a = Args::parse(&["bicubic", "no-adaptive", "per-image", "help"])?;
@@ -85,8 +90,8 @@ fn main() -> Result<()> {
         .transpose()?;
     let mut out_sets = Vec::new();
     println!(
-        "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>9} {:>7}",
-        "set", "images", "PSNR", "SSIM", "FAB", "GBitOPs", "bicubic", "SSIM"
+        "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>8} {:>9} {:>7}",
+        "set", "images", "PSNR", "SSIM", "FAB", "GBitOPs", "ms/MPix", "bicubic", "SSIM"
     );
     for dir in &sets {
         if !dir.is_dir() {
@@ -97,18 +102,30 @@ fn main() -> Result<()> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let pairs = data::load_benchmark(dir, scale)?;
+        // Speed: wall time of the upscaling (8-bit output included, scoring not) per LR
+        // megapixel over the set, after the first image once as a warm-up.
+        let (mut ms, mut lr_pixels) = (0.0f64, 0usize);
         let ours: Option<Vec<Score>> = match (&engine, &model) {
-            (Some(e), Some(m)) => Some(
-                pairs
-                    .iter()
-                    .map(|p| {
-                        let (sr, fab, bitops) = eval::upscale(e, m, p, &opts, patch)?;
-                        Ok(eval::score(p, &sr, fab, bitops))
-                    })
-                    .collect::<Result<_>>()?,
-            ),
+            (Some(e), Some(m)) => {
+                if let Some(p) = pairs.first() {
+                    eval::upscale(e, m, p, &opts, patch)?;
+                }
+                Some(
+                    pairs
+                        .iter()
+                        .map(|p| {
+                            let t = Instant::now();
+                            let (sr, fab, bitops) = eval::upscale(e, m, p, &opts, patch)?;
+                            ms += t.elapsed().as_secs_f64() * 1e3;
+                            lr_pixels += p.w * p.h;
+                            Ok(eval::score(p, &sr, fab, bitops))
+                        })
+                        .collect::<Result<_>>()?,
+                )
+            }
             _ => None,
         };
+        let ms_per_mpix = ours.as_ref().map(|_| ms / lr_pixels.max(1) as f64 * 1e6);
         let bic = bicubic.then(|| eval::evaluate_bicubic(&pairs));
         if a.flag("per-image") {
             for (i, p) in pairs.iter().enumerate() {
@@ -128,7 +145,7 @@ fn main() -> Result<()> {
         let om = ours.as_deref().map(eval::mean);
         let bm = bic.as_deref().map(eval::mean);
         println!(
-            "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>9} {:>7}",
+            "{:<10} {:>6} {:>9} {:>7} {:>5} {:>9} {:>8} {:>9} {:>7}",
             set,
             pairs.len(),
             om.as_ref().map_or("-".into(), |s| format!("{:.3}", s.psnr)),
@@ -136,6 +153,7 @@ fn main() -> Result<()> {
             om.as_ref().map_or("-".into(), |s| format!("{:.2}", s.fab)),
             om.as_ref()
                 .map_or("-".into(), |s| format!("{:.1}", s.bitops / 1e9)),
+            ms_per_mpix.map_or("-".into(), |v| format!("{v:.0}")),
             bm.as_ref().map_or("-".into(), |s| format!("{:.3}", s.psnr)),
             bm.as_ref().map_or("-".into(), |s| format!("{:.4}", s.ssim)),
         );
@@ -145,6 +163,7 @@ fn main() -> Result<()> {
             "model": ours.as_ref().map(|v| json!({
                 "images": v.iter().map(Score::to_json).collect::<Vec<_>>(),
                 "mean": om.as_ref().map(Score::to_json),
+                "ms_per_lr_mpix": ms_per_mpix,
             })),
             "bicubic": bic.as_ref().map(|v| json!({
                 "images": v.iter().map(Score::to_json).collect::<Vec<_>>(),
