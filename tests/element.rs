@@ -1407,6 +1407,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("Y444", 1, 0, 4.5, 4.0),
         ("I420_10LE", 2, 0, 2.0, 1.0),
         ("P010_10LE", 2, 6, 2.0, 1.0),
+        ("I422_10LE", 2, 0, 2.5, 1.5),
         ("Y444_10LE", 2, 0, 3.0, 3.5),
         ("GRAY8", 1, 0, 1.0, 0.0),
         ("GRAY16_LE", 2, 0, 1.0, 0.0),
@@ -1459,7 +1460,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         eprintln!("{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}");
         // Measured (Debian 12, GStreamer 1.22, in 8-bit units): I420 3.4 / 4.3, NV12 2.5 / 1.0,
         // Y42B 2.6 / 1.3, Y444 3.0 / 2.8, I420_10LE and P010_10LE 1.3 / 0.5, Y444_10LE 2.1 / 2.2,
-        // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3.
+        // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8.
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"
