@@ -367,9 +367,10 @@ impl Engine {
         self.with_scratch(|sc| self.process_frame_with(src, dst, opts, sc))
     }
 
-    /// Upscales a 4:2:0 frame (I420, NV12) into one of the same layout and `scale` times the
-    /// size: its YUV converted straight to the network's RGB input and the network's output
-    /// straight to YUV ([`yuv`]), each at its frame's colour matrix and chroma siting.
+    /// Upscales a YUV or grey frame (any [`yuv::YuvLayout`]) into one of the same layout and
+    /// `scale` times the size: its samples converted straight to the network's RGB input and
+    /// the network's output straight back ([`yuv`]), each at its frame's colour matrix, range
+    /// and chroma siting.
     pub fn process_yuv_frame(
         &self,
         src: &yuv::YuvRef,
