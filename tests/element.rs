@@ -1378,20 +1378,8 @@ fn yuv_formats_match_the_engine() {
 fn yuv_agrees_with_videoconvert_around_rgb() {
     init();
     let frames = |desc: &str| -> Vec<u8> {
-        let p = gst::parse::launch(desc)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
-        let sink = p
-            .by_name("out")
-            .unwrap()
-            .downcast::<gst_app::AppSink>()
-            .unwrap();
-        p.set_state(gst::State::Playing).unwrap();
-        let s = sink.pull_sample().unwrap();
-        let v = s.buffer().unwrap().map_readable().unwrap().to_vec();
-        p.set_state(gst::State::Null).unwrap();
-        v
+        let s = common::run_samples(desc);
+        s[0].buffer().unwrap().map_readable().unwrap().to_vec()
     };
     // (format, bytes a sample, bits below the sample, mean |difference| limits Y / chroma)
     let cases = [

@@ -4,44 +4,7 @@
 mod common;
 
 use common::*;
-use gst::prelude::*;
 use gstadabm::engine::QuantMode;
-
-fn run(desc: &str) -> Vec<gst::Sample> {
-    let p = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let sink = p
-        .by_name("out")
-        .map(|s| s.downcast::<gst_app::AppSink>().unwrap());
-    p.set_state(gst::State::Playing).unwrap();
-    let mut samples = Vec::new();
-    let bus = p.bus().unwrap();
-    loop {
-        if let Some(s) = &sink {
-            while let Some(sample) = s.try_pull_sample(gst::ClockTime::from_mseconds(10)) {
-                samples.push(sample);
-            }
-        }
-        if let Some(msg) = bus.timed_pop_filtered(
-            gst::ClockTime::from_mseconds(10),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        ) {
-            if let gst::MessageView::Error(e) = msg.view() {
-                panic!("{desc}: {} {:?}", e.error(), e.debug());
-            }
-            if let Some(s) = &sink {
-                while let Some(sample) = s.try_pull_sample(gst::ClockTime::ZERO) {
-                    samples.push(sample);
-                }
-            }
-            break;
-        }
-    }
-    p.set_state(gst::State::Null).unwrap();
-    samples
-}
 
 #[test]
 fn decode_upscale_encode_mp4() {
@@ -60,17 +23,17 @@ fn decode_upscale_encode_mp4() {
     small_quant(2, QuantMode::Fq, 1).save(&model).unwrap();
     let clip = dir.path().join("in.mp4");
     let out = dir.path().join("out.mp4");
-    run(&format!(
+    run_samples(&format!(
         "videotestsrc num-buffers=12 pattern=smpte ! video/x-raw,width=48,height=32,framerate=12/1 ! x264enc ! mp4mux ! filesink location={}",
         clip.display()
     ));
-    run(&format!(
+    run_samples(&format!(
         "filesrc location={} ! decodebin ! videoconvert ! adabmupscale model-location={} ! videoconvert ! video/x-raw,format=I420 ! x264enc ! mp4mux ! filesink location={}",
         clip.display(),
         model.display(),
         out.display()
     ));
-    let samples = run(&format!(
+    let samples = run_samples(&format!(
         "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=out sync=false",
         out.display()
     ));

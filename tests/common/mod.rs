@@ -119,3 +119,43 @@ pub fn plugin_dir() -> Option<tempfile::TempDir> {
     std::os::unix::fs::symlink(&so, dir.path().join("libgstadabm.so")).ok()?;
     Some(dir)
 }
+
+#[cfg(feature = "element")]
+/// Runs the pipeline `desc` to EOS and returns what its appsink named `out` (if any) received;
+/// an error on the bus panics with its message.
+pub fn run_samples(desc: &str) -> Vec<gst::Sample> {
+    use gst::prelude::*;
+    let p = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = p
+        .by_name("out")
+        .map(|s| s.downcast::<gst_app::AppSink>().unwrap());
+    p.set_state(gst::State::Playing).unwrap();
+    let mut samples = Vec::new();
+    let bus = p.bus().unwrap();
+    loop {
+        if let Some(s) = &sink {
+            while let Some(sample) = s.try_pull_sample(gst::ClockTime::from_mseconds(10)) {
+                samples.push(sample);
+            }
+        }
+        if let Some(msg) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(10),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        ) {
+            if let gst::MessageView::Error(e) = msg.view() {
+                panic!("{desc}: {} {:?}", e.error(), e.debug());
+            }
+            if let Some(s) = &sink {
+                while let Some(sample) = s.try_pull_sample(gst::ClockTime::ZERO) {
+                    samples.push(sample);
+                }
+            }
+            break;
+        }
+    }
+    p.set_state(gst::State::Null).unwrap();
+    samples
+}
