@@ -490,6 +490,79 @@ fn builtin_models_run_without_a_file() {
     assert!(err.contains("precision"), "{err}");
 }
 
+/// `scale=0` with the built-in models: the output caps choose x2 or x4 (x2 when they leave it
+/// open), and a stream whose caps change is switched to the other model; a fixed scale or a
+/// model file keeps its own, and a model file with `scale=0` links at its own scale.
+#[test]
+fn builtin_scale_follows_the_output_caps() {
+    init();
+    for precision in ["fp32", "w4a4"] {
+        let el = gst::ElementFactory::make("adabmupscale")
+            .property_from_str("precision", precision)
+            .property_from_str("backend", "cpu")
+            .build()
+            .unwrap();
+        let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+        h.play();
+        h.set_sink_caps_str("video/x-raw,width=80,height=44");
+        // 20x11 in, 80x44 out: the x4 model; then 40x22 in, 80x44 out: back to x2.
+        for (w, hh, scale) in [(20, 11, 4), (40, 22, 2)] {
+            let (out_info, out, in_info, data) = push_frame(&mut h, "RGB", w, hh, 5);
+            assert_eq!((out_info.width(), out_info.height()), (80, 44));
+            let model = gstadabm::engine::builtin::find(scale, precision)
+                .unwrap()
+                .load()
+                .unwrap();
+            assert!(
+                visible(&out, &out_info)
+                    == visible(
+                        &expected(&model, PixelLayout::Rgb, &in_info, &data, &out_info),
+                        &out_info
+                    ),
+                "{precision} {w}x{hh}: output is not the built-in x{scale} model's"
+            );
+        }
+    }
+    // Nothing downstream asks: the default x2.
+    let samples = run_samples(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=20,height=12 ! adabmupscale ! appsink name=out",
+    );
+    let info = gst_video::VideoInfo::from_caps(samples[0].caps().unwrap()).unwrap();
+    assert_eq!((info.width(), info.height()), (40, 24));
+    // Asked for 80x48 downstream, the element offers upstream 40x24 first, then 20x12.
+    let el = gst::ElementFactory::make("adabmupscale").build().unwrap();
+    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    h.set_sink_caps_str("video/x-raw,format=RGB,width=80,height=48");
+    h.play();
+    let offered = el.static_pad("sink").unwrap().query_caps(None);
+    let sizes: Vec<(i32, i32)> = offered
+        .iter()
+        .map(|s| (s.get("width").unwrap(), s.get("height").unwrap()))
+        .collect();
+    assert_eq!(sizes, [(40, 24), (20, 12)]);
+    // A fixed scale refuses caps of another; so does a model file of another scale.
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let (x2, x4) = (
+        models.join("edsr-r8f32-x2.safetensors"),
+        models.join("edsr-r8f32-x4.safetensors"),
+    );
+    for el in [
+        "adabmupscale scale=2".to_string(),
+        format!("adabmupscale model-location={}", x2.display()),
+    ] {
+        let (err, msgs) = run_pipeline(&format!(
+            "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=20,height=12 ! {el} post-stats=true ! video/x-raw,width=80,height=48 ! fakesink"
+        ));
+        assert!(err.is_some() && msgs.is_empty(), "{el}: {err:?}");
+    }
+    // A model file with scale=0 links to caps at its scale (not only x2).
+    let (err, msgs) = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=20,height=12 ! adabmupscale post-stats=true model-location={} ! video/x-raw,width=80,height=48 ! fakesink",
+        x4.display()
+    ));
+    assert_eq!((err, msgs.len()), (None, 1));
+}
+
 /// `backend`: auto picks CUDA only where it is usable (never on a machine without an NVIDIA
 /// driver), float models included (f16 layers on the GPU); `cuda` without a usable GPU is an
 /// error on the bus that says why; nonsense is refused at parse time.

@@ -217,6 +217,23 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The scales negotiation may choose among when the scale is automatic (`scale=0` with
+    /// the built-in models): the built-ins' scales for `precision`, the default first. None
+    /// when the scale is fixed (by the property or by a model file).
+    fn auto_scales(&self) -> Option<Vec<u32>> {
+        if self.model_location.is_some() || self.scale != 0 {
+            return None;
+        }
+        let mut scales: Vec<u32> = engine::builtin::MODELS
+            .iter()
+            .filter(|m| m.precision == self.precision.nick())
+            .map(|m| m.scale)
+            .collect();
+        scales.sort_by_key(|&s| (s != engine::builtin::DEFAULT_SCALE, s));
+        scales.dedup();
+        Some(scales)
+    }
+
     /// The per-frame knobs, as engine options.
     fn options(&self) -> Options {
         let threshold = |v: f64| (v >= 0.0).then_some(v as f32);
@@ -233,6 +250,11 @@ impl Settings {
 
 struct State {
     engine: Arc<Engine>,
+    /// The settings the engine was made from (a new built-in model, when negotiation picks
+    /// another scale, is loaded with these).
+    loaded: Settings,
+    /// The scales negotiation may pick (each a built-in model), or empty: the engine's only.
+    auto_scales: Vec<u32>,
     /// The CUDA engine when the backend is CUDA, shared with the other element instances that
     /// run the same model on the same device (their frames share launches).
     cuda: Option<Arc<SharedCuda>>,
@@ -329,7 +351,7 @@ impl ObjectImpl for AdabmUpscale {
                     .build(),
                 glib::ParamSpecUInt::builder("scale")
                     .nick("Scale")
-                    .blurb("Upscaling factor 2, 3 or 4; 0: the model's own (x2 for the built-in models). Must match a model file's scale; without a model file, 2 and 4 pick the built-in x2 and x4 models")
+                    .blurb("Upscaling factor 2, 3 or 4; 0: the model's own — with the built-in models x2, or x4 when the output caps ask for 4x the input size. Must match a model file's scale; without a model file, 2 and 4 pick the built-in x2 and x4 models")
                     .minimum(0)
                     .maximum(4)
                     .default_value(DEFAULT_SCALE)
@@ -559,11 +581,12 @@ impl ElementImpl for AdabmUpscale {
 }
 
 /// Loads the model the settings name (a file, checked against the `scale` property, or the
-/// built-in one for `scale` and `precision`).
-fn load_model(s: &Settings) -> Result<Model, gst::ErrorMessage> {
+/// built-in one for `precision` and `scale` — or `builtin_scale` when the scale is automatic).
+fn load_model(s: &Settings, builtin_scale: u32) -> Result<Model, gst::ErrorMessage> {
     let model = match s.model_location.as_deref() {
         None => {
-            let builtin = engine::builtin::find(s.scale, s.precision.nick())
+            let scale = if s.scale == 0 { builtin_scale } else { s.scale };
+            let builtin = engine::builtin::find(scale, s.precision.nick())
                 .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{}", e]))?;
             builtin.load().map_err(|e| {
                 gst::error_msg!(
@@ -618,14 +641,44 @@ fn map_dim(
 }
 
 impl AdabmUpscale {
-    fn scale(&self) -> i32 {
-        if let Some(st) = self.state.lock().unwrap().as_ref() {
-            return st.engine.scale() as i32;
-        }
-        match self.settings.lock().unwrap().scale {
-            0 => 2,
-            s => s as i32,
-        }
+    /// The scales the caps may have, preferred first: the engine's, or with `scale=0` and the
+    /// built-in models every built-in scale (the default x2 first). Before the model is loaded
+    /// (linking in `gst-launch-1.0`), a model file with `scale=0` may have any scale.
+    fn scales(&self) -> Vec<i32> {
+        let scales = match self.state.lock().unwrap().as_ref() {
+            Some(st) if st.auto_scales.is_empty() => vec![st.engine.scale() as u32],
+            Some(st) => st.auto_scales.clone(),
+            None => {
+                let s = self.settings.lock().unwrap();
+                s.auto_scales().unwrap_or_else(|| match s.scale {
+                    0 => vec![2, 3, 4],
+                    s => vec![s],
+                })
+            }
+        };
+        scales.into_iter().map(|s| s as i32).collect()
+    }
+
+    /// The engine (and CUDA engine, for that backend) of the model `s` names, with
+    /// `builtin_scale` for the built-in model when the scale is automatic.
+    fn make_engine(
+        &self,
+        s: &Settings,
+        builtin_scale: u32,
+    ) -> Result<(Arc<Engine>, Option<Arc<SharedCuda>>), gst::ErrorMessage> {
+        let model = load_model(s, builtin_scale)?;
+        let engine = Engine::new(&model, s.n_threads as usize)
+            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]))?;
+        let cuda = self.start_cuda(s, &model)?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "model loaded: x{}, {:?}; integer CPU kernels: {:?}",
+            engine.scale(),
+            engine.network().quant.as_ref().map(|q| q.mode),
+            CpuLevel::detect()
+        );
+        Ok((Arc::new(engine), cuda))
     }
 
     /// The CUDA engine the `backend` setting asks for: None for the CPU. `auto` falls back to
@@ -709,18 +762,7 @@ impl BaseTransformImpl for AdabmUpscale {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let model = load_model(&settings)?;
-        let engine = Engine::new(&model, settings.n_threads as usize)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]))?;
-        let cuda = self.start_cuda(&settings, &model)?;
-        gst::info!(
-            CAT,
-            imp = self,
-            "model loaded: x{}, {:?}; integer CPU kernels: {:?}",
-            engine.scale(),
-            engine.network().quant.as_ref().map(|q| q.mode),
-            CpuLevel::detect()
-        );
+        let (engine, cuda) = self.make_engine(&settings, engine::builtin::DEFAULT_SCALE)?;
         let failed = CpuLevel::failed_self_checks();
         if !failed.is_empty() {
             gst::warning!(
@@ -732,7 +774,9 @@ impl BaseTransformImpl for AdabmUpscale {
             );
         }
         *self.state.lock().unwrap() = Some(State {
-            engine: Arc::new(engine),
+            engine,
+            auto_scales: settings.auto_scales().unwrap_or_default(),
+            loaded: settings,
             cuda,
             caps: None,
             frames: 0,
@@ -776,11 +820,16 @@ impl BaseTransformImpl for AdabmUpscale {
         caps: &gst::Caps,
         filter: Option<&gst::Caps>,
     ) -> Option<gst::Caps> {
-        let s = self.scale();
+        let scales = self.scales();
         let mut out = gst::Caps::new_empty();
         {
             let out = out.get_mut().expect("new caps are writable");
-            for (st, features) in caps.iter_with_features() {
+            // Scale-major: every structure at the preferred scale comes first, so that
+            // fixation picks it unless the other side rules it out.
+            for (s, (st, features)) in scales
+                .iter()
+                .flat_map(|&s| caps.iter_with_features().map(move |f| (s, f)))
+            {
                 let mut st = st.to_owned();
                 let mut ok = true;
                 for dim in ["width", "height"] {
@@ -835,6 +884,35 @@ impl BaseTransformImpl for AdabmUpscale {
         let layout = Layout::of(in_info.format()).ok_or_else(|| {
             gst::loggable_error!(CAT, "unsupported format {:?}", in_info.format())
         })?;
+        // With an automatic scale the caps choose the built-in model: load the one whose scale
+        // they ask for when it is not the running one (outside the lock: loading can post a
+        // bus message, and a bus handler may read our properties).
+        let asked = (in_info.width() > 0)
+            .then(|| out_info.width() / in_info.width())
+            .filter(|&s| out_info.width() == in_info.width() * s);
+        let swap = {
+            let guard = self.state.lock().unwrap();
+            let st = guard.as_ref().ok_or_else(|| {
+                gst::loggable_error!(CAT, "caps set before the element was started")
+            })?;
+            asked
+                .filter(|&s| s != st.engine.scale() as u32 && st.auto_scales.contains(&s))
+                .map(|s| (s, st.loaded.clone()))
+        };
+        if let Some((scale, loaded)) = swap {
+            let (engine, cuda) = self.make_engine(&loaded, scale).map_err(|msg| {
+                let text = format!("cannot load the built-in x{scale} model: {msg:?}");
+                self.post_error_message(msg);
+                gst::loggable_error!(CAT, "{text}")
+            })?;
+            gst::info!(CAT, imp = self, "the caps ask for x{scale}: switched model");
+            if let Some(st) = self.state.lock().unwrap().as_mut() {
+                st.engine = engine;
+                st.cuda = cuda;
+                st.warned_thresholds = false;
+                st.warned_metric = None;
+            }
+        }
         let mut guard = self.state.lock().unwrap();
         let st = guard
             .as_mut()
