@@ -563,6 +563,83 @@ fn builtin_scale_follows_the_output_caps() {
     assert_eq!((err, msgs.len()), (None, 1));
 }
 
+/// `precision`, `model-location` and `scale` changed while playing: the next frame runs the
+/// new model (one of another scale renegotiates), and a file that fails to load is a warning on the
+/// bus while the running model goes on.
+#[test]
+fn model_changes_while_playing() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let x3 = small_fp(3, 4);
+    let x3_path = model_file(&dir, &x3, "x3.safetensors");
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let el = gst::ElementFactory::make("adabmupscale")
+        .property_from_str("backend", "cpu")
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    h.play();
+    let builtin = |precision| {
+        gstadabm::engine::builtin::find(2, precision)
+            .unwrap()
+            .load()
+            .unwrap()
+    };
+    let check = |h: &mut Harness, model: &gstadabm::engine::Model, scale: u32, what: &str| {
+        let (out_info, out, in_info, data) = push_frame(h, "RGB", 20, 11, 9);
+        assert_eq!(
+            (out_info.width(), out_info.height()),
+            (20 * scale, 11 * scale),
+            "{what}"
+        );
+        assert!(
+            visible(&out, &out_info)
+                == visible(
+                    &expected(model, PixelLayout::Rgb, &in_info, &data, &out_info),
+                    &out_info
+                ),
+            "{what}: output is not the model's"
+        );
+    };
+    check(&mut h, &builtin("fp32"), 2, "fp32 at start");
+    el.set_property_from_str("precision", "w4a4");
+    check(&mut h, &builtin("w4a4"), 2, "precision changed to w4a4");
+    // The same input caps (no new caps event): the element renegotiates its output itself.
+    el.set_property("model-location", x3_path.to_str().unwrap());
+    let out = h
+        .push_and_pull(gst::Buffer::from_slice(vec![0u8; 20 * 11 * 3]))
+        .unwrap();
+    let caps = h.sinkpad().unwrap().current_caps().unwrap();
+    let info = gst_video::VideoInfo::from_caps(&caps).unwrap();
+    assert_eq!((info.width(), info.height()), (60, 33));
+    assert_eq!(out.size(), info.size());
+    check(&mut h, &x3, 3, "model-location changed to an x3 file");
+    el.set_property("model-location", bad.to_str().unwrap());
+    check(&mut h, &x3, 3, "after a bad file, the x3 model still");
+    let warning = bus
+        .iter_timed(gst::ClockTime::ZERO)
+        .find_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(format!("{} {:?}", w.error(), w.debug())),
+            _ => None,
+        })
+        .expect("a warning for the bad model file");
+    assert!(
+        warning.contains("bad.safetensors") && warning.contains("running model stays"),
+        "{warning}"
+    );
+    el.set_property("model-location", None::<&str>);
+    check(&mut h, &builtin("w4a4"), 2, "back to the built-in w4a4");
+    el.set_property("scale", 4u32);
+    let x4 = gstadabm::engine::builtin::find(4, "w4a4")
+        .unwrap()
+        .load()
+        .unwrap();
+    check(&mut h, &x4, 4, "scale changed to 4");
+}
+
 /// `backend`: auto picks CUDA only where it is usable (never on a machine without an NVIDIA
 /// driver), float models included (f16 layers on the GPU); `cuda` without a usable GPU is an
 /// error on the bus that says why; nonsense is refused at parse time.

@@ -274,6 +274,9 @@ pub struct AdabmUpscale {
     cuda_bufs: Mutex<CudaBufs>,
     /// The processing latency this element reports (answering LATENCY queries).
     latency: Mutex<Latency>,
+    /// `model-location`, `precision` or `scale` changed while running: load the model before the
+    /// next frame.
+    reload: std::sync::atomic::AtomicBool,
 }
 
 /// How long a frame takes here, as latency for live pipelines: a synchronising sink renders
@@ -341,13 +344,13 @@ impl ObjectImpl for AdabmUpscale {
             vec![
                 glib::ParamSpecString::builder("model-location")
                     .nick("Model location")
-                    .blurb("Path of an adabm model file (.safetensors); unset: the built-in default model")
-                    .mutable_ready()
+                    .blurb("Path of an adabm model file (.safetensors); unset: the built-in default model. Changed while playing: the new model runs from the next frame (a file that fails to load is a warning, the running model stays)")
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("precision", Precision::Fp32)
                     .nick("Precision")
-                    .blurb("Built-in model to run when model-location is unset: fp32, or AdaBM w8a6 / w4a4 (ignored with a model file)")
-                    .mutable_ready()
+                    .blurb("Built-in model to run when model-location is unset: fp32, or AdaBM w8a6 / w4a4 (ignored with a model file); changed while playing, from the next frame")
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt::builder("scale")
                     .nick("Scale")
@@ -355,7 +358,7 @@ impl ObjectImpl for AdabmUpscale {
                     .minimum(0)
                     .maximum(4)
                     .default_value(DEFAULT_SCALE)
-                    .mutable_ready()
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("adaptive")
                     .nick("Adaptive")
@@ -490,10 +493,15 @@ impl ObjectImpl for AdabmUpscale {
             "complexity-metric" => s.metric = value.get().expect("type checked upstream"),
             other => unreachable!("unknown property {other}"),
         }
-        if let Some(st) = self.state.lock().unwrap().as_mut()
-            && matches!(pspec.name(), "image-lower" | "image-upper")
-        {
-            st.warned_thresholds = false;
+        drop(s);
+        if let Some(st) = self.state.lock().unwrap().as_mut() {
+            match pspec.name() {
+                "image-lower" | "image-upper" => st.warned_thresholds = false,
+                "model-location" | "precision" | "scale" => self
+                    .reload
+                    .store(true, std::sync::atomic::Ordering::Release),
+                _ => {}
+            }
         }
     }
 
@@ -580,39 +588,54 @@ impl ElementImpl for AdabmUpscale {
     }
 }
 
+/// Why a model could not be made ready: the message, and its GStreamer error domain.
+#[derive(Debug)]
+enum LoadError {
+    /// The settings ask for something that does not exist (`LibraryError::Settings`).
+    Settings(String),
+    /// The model file cannot be read or is not a valid model (`ResourceError::OpenRead`).
+    OpenRead(String),
+    /// The model or the backend cannot be initialised (`LibraryError::Init`).
+    Init(String),
+}
+
+impl LoadError {
+    fn text(&self) -> &str {
+        match self {
+            Self::Settings(t) | Self::OpenRead(t) | Self::Init(t) => t,
+        }
+    }
+
+    /// As an error message (for `start`, which fails the state change with it).
+    fn to_error_message(&self) -> gst::ErrorMessage {
+        match self {
+            Self::Settings(t) => gst::error_msg!(gst::LibraryError::Settings, ["{}", t]),
+            Self::OpenRead(t) => gst::error_msg!(gst::ResourceError::OpenRead, ["{}", t]),
+            Self::Init(t) => gst::error_msg!(gst::LibraryError::Init, ["{}", t]),
+        }
+    }
+}
+
 /// Loads the model the settings name (a file, checked against the `scale` property, or the
 /// built-in one for `precision` and `scale` — or `builtin_scale` when the scale is automatic).
-fn load_model(s: &Settings, builtin_scale: u32) -> Result<Model, gst::ErrorMessage> {
+fn load_model(s: &Settings, builtin_scale: u32) -> Result<Model, LoadError> {
     let model = match s.model_location.as_deref() {
         None => {
             let scale = if s.scale == 0 { builtin_scale } else { s.scale };
             let builtin = engine::builtin::find(scale, s.precision.nick())
-                .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["{}", e]))?;
+                .map_err(|e| LoadError::Settings(e.to_string()))?;
             builtin.load().map_err(|e| {
-                gst::error_msg!(
-                    gst::LibraryError::Init,
-                    ["Built-in model {} is corrupt: {}", builtin.name, e]
-                )
+                LoadError::Init(format!("Built-in model {} is corrupt: {e}", builtin.name))
             })?
         }
         Some(path) => {
-            let model = Model::load(path).map_err(|e| {
-                gst::error_msg!(
-                    gst::ResourceError::OpenRead,
-                    ["Cannot use model '{}': {}", path, e]
-                )
-            })?;
+            let model = Model::load(path)
+                .map_err(|e| LoadError::OpenRead(format!("Cannot use model '{path}': {e}")))?;
             if s.scale != 0 && s.scale != model.config.scale {
-                return Err(gst::error_msg!(
-                    gst::LibraryError::Settings,
-                    [
-                        "scale={} but model '{}' upscales x{}: set scale=0 (the model's) or use an x{} model",
-                        s.scale,
-                        path,
-                        model.config.scale,
-                        s.scale
-                    ]
-                ));
+                return Err(LoadError::Settings(format!(
+                    "scale={} but model '{}' upscales x{}: set scale=0 (the model's) or use an x{} model",
+                    s.scale, path, model.config.scale, s.scale
+                )));
             }
             model
         }
@@ -665,10 +688,10 @@ impl AdabmUpscale {
         &self,
         s: &Settings,
         builtin_scale: u32,
-    ) -> Result<(Arc<Engine>, Option<Arc<SharedCuda>>), gst::ErrorMessage> {
+    ) -> Result<(Arc<Engine>, Option<Arc<SharedCuda>>), LoadError> {
         let model = load_model(s, builtin_scale)?;
         let engine = Engine::new(&model, s.n_threads as usize)
-            .map_err(|e| gst::error_msg!(gst::LibraryError::Init, ["{}", e]))?;
+            .map_err(|e| LoadError::Init(e.to_string()))?;
         let cuda = self.start_cuda(s, &model)?;
         gst::info!(
             CAT,
@@ -681,6 +704,48 @@ impl AdabmUpscale {
         Ok((Arc::new(engine), cuda))
     }
 
+    /// Loads the model the settings now name and runs it from the next frame; a model that
+    /// fails to load is a bus warning and the running one stays. With an automatic scale the
+    /// built-in keeps the running scale; a model file of another scale renegotiates the caps.
+    fn reload_model(&self) {
+        let settings = self.settings.lock().unwrap().clone();
+        let Some(current) = self
+            .state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|st| st.engine.scale() as u32)
+        else {
+            return;
+        };
+        let builtin_scale = match settings.auto_scales() {
+            Some(scales) if scales.contains(&current) => current,
+            _ => engine::builtin::DEFAULT_SCALE,
+        };
+        match self.make_engine(&settings, builtin_scale) {
+            Ok((engine, cuda)) => {
+                let scale = engine.scale() as u32;
+                if let Some(st) = self.state.lock().unwrap().as_mut() {
+                    st.engine = engine;
+                    st.cuda = cuda;
+                    st.auto_scales = settings.auto_scales().unwrap_or_default();
+                    st.loaded = settings;
+                    st.warned_thresholds = false;
+                    st.warned_metric = None;
+                }
+                gst::info!(CAT, imp = self, "switched to the new model (x{scale})");
+                if scale != current {
+                    self.obj().src_pad().mark_reconfigure();
+                }
+            }
+            Err(e) => gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Settings,
+                ["{}; the running model stays", e.text()]
+            ),
+        }
+    }
+
     /// The CUDA engine the `backend` setting asks for: None for the CPU. `auto` falls back to
     /// the CPU (a log line when there is no NVIDIA driver at all, a bus warning otherwise: no
     /// device, no NVRTC, or a model CUDA cannot run); `cuda` fails with the reason.
@@ -688,7 +753,7 @@ impl AdabmUpscale {
         &self,
         s: &Settings,
         model: &Model,
-    ) -> Result<Option<Arc<SharedCuda>>, gst::ErrorMessage> {
+    ) -> Result<Option<Arc<SharedCuda>>, LoadError> {
         if s.backend == Backend::Cpu {
             return Ok(None);
         }
@@ -702,10 +767,9 @@ impl AdabmUpscale {
                 );
                 Ok(Some(c))
             }
-            Err(e) if s.backend == Backend::Cuda => Err(gst::error_msg!(
-                gst::LibraryError::Init,
-                ["backend=cuda: {}", e]
-            )),
+            Err(e) if s.backend == Backend::Cuda => {
+                Err(LoadError::Init(format!("backend=cuda: {e}")))
+            }
             Err(CudaError::NoDriver) => {
                 gst::info!(
                     CAT,
@@ -762,7 +826,9 @@ impl BaseTransformImpl for AdabmUpscale {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let (engine, cuda) = self.make_engine(&settings, engine::builtin::DEFAULT_SCALE)?;
+        let (engine, cuda) = self
+            .make_engine(&settings, engine::builtin::DEFAULT_SCALE)
+            .map_err(|e| e.to_error_message())?;
         let failed = CpuLevel::failed_self_checks();
         if !failed.is_empty() {
             gst::warning!(
@@ -900,10 +966,9 @@ impl BaseTransformImpl for AdabmUpscale {
                 .map(|s| (s, st.loaded.clone()))
         };
         if let Some((scale, loaded)) = swap {
-            let (engine, cuda) = self.make_engine(&loaded, scale).map_err(|msg| {
-                let text = format!("cannot load the built-in x{scale} model: {msg:?}");
-                self.post_error_message(msg);
-                gst::loggable_error!(CAT, "{text}")
+            let (engine, cuda) = self.make_engine(&loaded, scale).map_err(|e| {
+                self.post_error_message(e.to_error_message());
+                gst::loggable_error!(CAT, "cannot load the built-in x{scale} model: {}", e.text())
             })?;
             gst::info!(CAT, imp = self, "the caps ask for x{scale}: switched model");
             if let Some(st) = self.state.lock().unwrap().as_mut() {
@@ -975,6 +1040,19 @@ impl BaseTransformImpl for AdabmUpscale {
         );
         st.caps = Some((in_info, out_info, layout));
         Ok(())
+    }
+
+    fn submit_input_buffer(
+        &self,
+        is_discont: bool,
+        inbuf: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // Here, before the base class renegotiates: a model of another scale needs new caps
+        // for this very buffer.
+        if self.reload.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.reload_model();
+        }
+        self.parent_submit_input_buffer(is_discont, inbuf)
     }
 
     fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {
