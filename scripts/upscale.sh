@@ -17,7 +17,7 @@ in="${1:-}"
 if [ -z "$in" ]; then
     in="$work/clip.mp4"
     gst-launch-1.0 -q videotestsrc num-buffers=25 pattern=ball ! \
-        video/x-raw,width=320,height=180,framerate=25/1 ! x264enc ! mp4mux ! filesink location="$in"
+        video/x-raw,format=I420,width=320,height=180,framerate=25/1 ! x264enc ! mp4mux ! filesink location="$in"
 fi
 scale="${SCALE:-2}"
 out="${2:-$work/out-x$scale.mp4}"
