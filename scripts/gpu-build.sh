@@ -19,6 +19,9 @@ u=$(cargo test --release --locked --no-default-features --lib --no-run --message
 i=$(cargo test --release --locked --no-default-features --test intengine --no-run --message-format=json 2>/dev/null | exe)
 c=$(cargo bench --locked --no-default-features --bench cpu --no-run --message-format=json 2>/dev/null | exe)
 cp "$u" gpu-bin/lib-tests
+# adabm-convert, checked against real PyTorch there (scripts/torch-formats-check.py).
+cargo build --release --locked -p adabm-tools --bin adabm-convert
+cp target/release/adabm-convert gpu-bin/
 cp "$i" gpu-bin/intengine-tests
 cp "$c" gpu-bin/cpu-bench
 

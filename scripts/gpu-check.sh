@@ -8,7 +8,8 @@
 #      engine with 1 and 2 lanes), its f16 rows, (LD32=1, the default) the 32-bit fragment-load variant
 #      (ADABM_CUDA_LDMATRIX=0) for comparison with the default ldmatrix loads of the integer
 #      convs, and (LDALL=1, the default) ldmatrix in the f16 convs too: parity, memcheck, bench;
-#   5. PyTorch fp16 on the same weights and device;
+#   5. PyTorch fp16 on the same weights and device; adabm-convert against real torch.save files
+#      (zip and legacy formats: scripts/torch-formats-check.py);
 #   6. (VNNI=1, the default) the integer CPU engine on the host CPU, which has the VNNI
 #      extensions this development machine lacks: the kernel exactness tests and the whole
 #      engine at every level the CPU has, AVX2 vs VNNI frame by frame, and direct vs Winograd
@@ -21,7 +22,7 @@
 # results.tar.gz of everything, re-packed after each step (the device tool returns 8 files at
 # most, and a step killed at the time limit still leaves the earlier ones packed).
 # Files: device.txt, cpu.txt, parity.txt, parity-float.txt, sanitizer.txt, element.txt,
-# bench.md, bench-float.md, bench-ld32.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, cpu-tests.txt, cpu-levels.txt,
+# bench.md, bench-float.md, bench-ld32.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, torch-formats.txt, cpu-tests.txt, cpu-levels.txt,
 # cpu-winograd.txt, frame-io.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
@@ -146,6 +147,14 @@ fi
 start=$(date +%s)
 timeout "${TORCH_TIMEOUT:-150}" python3 bench/torch_fp16.py /tmp/adabm-weights --iters "${ITERS:-20}" > "$RAW/torch.md" 2>&1
 summary "torch rc=$? ($(( $(date +%s) - start )) s)"
+# adabm-convert against real PyTorch: zip and legacy torch.save files of EDSR-PyTorch's module
+# layout import and export back bit-identical (seconds, CPU only).
+if [ -x "$BIN/adabm-convert" ]; then
+    start=$(date +%s)
+    timeout "${TORCH_TIMEOUT:-150}" python3 scripts/torch-formats-check.py "$BIN/adabm-convert" \
+        /tmp/adabm-torch-formats > "$RAW/torch-formats.txt" 2>&1
+    summary "torch formats rc=$? ($(( $(date +%s) - start )) s): $(tr '\n' ' ' < "$RAW/torch-formats.txt" | cut -c1-300)"
+fi
 
 # The CPU peers on the host CPU (all its cores): our engines' rows (f32 reference, fake-quant,
 # integer w4a4 / w8a6) and ONNX Runtime / OpenVINO on the same weights, inputs and threads.

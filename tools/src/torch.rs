@@ -1,6 +1,9 @@
-//! PyTorch checkpoints (`torch.save` zip format, PyTorch ≥ 1.6) without PyTorch: a reader for
-//! state dicts (stored zip entries, a pickle subset, tensor storages) and a writer producing the
-//! same layout (`<name>/data.pkl`, `<name>/data/<key>`, `<name>/version`, `<name>/byteorder`).
+//! PyTorch checkpoints without PyTorch: a reader for state dicts in `torch.save`'s zip format
+//! (PyTorch ≥ 1.6: stored zip entries, a pickle subset, tensor storages) and in its legacy
+//! format (PyTorch 0.4–1.5, and later with `_use_new_zipfile_serialization=False`: pickles in
+//! sequence, then the raw storages — the format of the EDSR-PyTorch release models), and a
+//! writer producing the zip layout (`<name>/data.pkl`, `<name>/data/<key>`, `<name>/version`,
+//! `<name>/byteorder`).
 //!
 //! Only what state dicts use is understood: dicts / OrderedDicts of tensors rebuilt with
 //! `torch._utils._rebuild_tensor_v2` (or `_rebuild_parameter`) on float, half, bfloat16 or
@@ -34,12 +37,6 @@ fn u32_at(b: &[u8], i: usize) -> Result<u32> {
 
 /// The stored entries of a zip archive, by name.
 pub fn read_zip(bytes: &[u8]) -> Result<HashMap<String, &[u8]>> {
-    if bytes.len() >= 2 && bytes[0] == 0x80 && bytes[1] <= 5 {
-        bail!(
-            "this is a legacy (pre-1.6) PyTorch checkpoint; re-save it with PyTorch ≥ 1.6 \
-             (torch.save(torch.load(f), g)) to get the zip format"
-        );
-    }
     if bytes.len() < 22 || &bytes[..4] != b"PK\x03\x04" {
         bail!("not a zip archive (a PyTorch .pt file is one)");
     }
@@ -218,7 +215,15 @@ enum Value {
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
     Global(String, String),
-    Storage { dtype: String, key: String },
+    /// A storage (its type's name and key), from `offset` elements on (legacy storage views).
+    Storage {
+        dtype: String,
+        key: String,
+        offset: usize,
+    },
+    /// An integer of more than 8 bytes (little-endian two's complement), e.g. the legacy
+    /// format's magic number.
+    Long(Vec<u8>),
     Tensor(TensorRef),
     Opaque(String),
     Mark,
@@ -258,13 +263,13 @@ fn call(f: Value, args: Value) -> Result<Value> {
     match (module.as_str(), name.as_str()) {
         ("collections", "OrderedDict") | ("builtins", "dict") => Ok(Value::Dict(Vec::new())),
         ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-            let Some(Value::Storage { dtype, key }) = args.first().cloned() else {
+            let Some(Value::Storage { dtype, key, offset }) = args.first().cloned() else {
                 bail!("tensor without a storage: {args:?}");
             };
             Ok(Value::Tensor(TensorRef {
                 dtype,
                 key,
-                offset: as_usize(args.get(1).context("tensor offset")?)?,
+                offset: offset + as_usize(args.get(1).context("tensor offset")?)?,
                 shape: usizes(args.get(2).context("tensor size")?)?,
                 stride: usizes(args.get(3).context("tensor stride")?)?,
             }))
@@ -277,10 +282,16 @@ fn call(f: Value, args: Value) -> Result<Value> {
     }
 }
 
-fn unpickle(data: &[u8]) -> Result<Value> {
+/// The pickle that starts at byte `start` of `data`: its value and the byte after its STOP.
+/// Every storage a persistent id names is recorded in `storages` (key → storage type).
+fn unpickle(
+    data: &[u8],
+    start: usize,
+    storages: &mut HashMap<String, String>,
+) -> Result<(Value, usize)> {
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: HashMap<u32, Value> = HashMap::new();
-    let mut i = 0usize;
+    let mut i = start;
     let take = |i: &mut usize, n: usize| -> Result<&[u8]> {
         let s = data.get(*i..*i + n).context("pickle is truncated")?;
         *i += n;
@@ -308,7 +319,7 @@ fn unpickle(data: &[u8]) -> Result<Value> {
             0x95 => {
                 take(&mut i, 8)?;
             } // FRAME
-            b'.' => return pop(&mut stack), // STOP
+            b'.' => return Ok((pop(&mut stack)?, i)), // STOP
             b'(' => stack.push(Value::Mark),
             b'}' => stack.push(Value::Dict(Vec::new())),
             b']' => stack.push(Value::List(Vec::new())),
@@ -333,7 +344,8 @@ fn unpickle(data: &[u8]) -> Result<Value> {
                 let n = take(&mut i, 1)?[0] as usize;
                 let b = take(&mut i, n)?;
                 if n > 8 {
-                    bail!("pickle integer too large");
+                    stack.push(Value::Long(b.to_vec()));
+                    continue;
                 }
                 let mut v: i64 = 0;
                 for (k, &x) in b.iter().enumerate() {
@@ -462,7 +474,8 @@ fn unpickle(data: &[u8]) -> Result<Value> {
                 pop(&mut stack)?;
             }
             b'Q' => {
-                // BINPERSID: ('storage', storage type, key, location, numel)
+                // BINPERSID: ('storage', storage type, key, location, numel), and in the
+                // legacy format a sixth item: None or a view (view key, offset, numel).
                 let pid = pop(&mut stack)?;
                 let Value::Tuple(t) = pid else {
                     bail!("unexpected persistent id {pid:?}");
@@ -475,7 +488,13 @@ fn unpickle(data: &[u8]) -> Result<Value> {
                     Some(Value::Str(k)) => k.clone(),
                     other => bail!("unexpected storage key {other:?}"),
                 };
-                stack.push(Value::Storage { dtype, key });
+                let offset = match t.get(5) {
+                    None | Some(Value::None) => 0,
+                    Some(Value::Tuple(view)) if view.len() == 3 => as_usize(&view[1])?,
+                    Some(other) => bail!("unexpected storage view {other:?}"),
+                };
+                storages.insert(key.clone(), dtype.clone());
+                stack.push(Value::Storage { dtype, key, offset });
             }
             b'0' => {
                 pop(&mut stack)?;
@@ -492,9 +511,25 @@ fn unpickle(data: &[u8]) -> Result<Value> {
     }
 }
 
-/// Reads the state dict of a PyTorch zip checkpoint. If the pickled object is a dict holding a
-/// `state_dict` or `model` dict (training checkpoints), that inner dict is read.
+/// Reads the state dict of a PyTorch checkpoint (zip or legacy format). If the pickled object
+/// is a dict holding a `state_dict` or `model` dict (training checkpoints), that inner dict is
+/// read.
 pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        read_zip_state_dict(bytes)
+    } else if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        read_legacy_state_dict(bytes)
+    } else if bytes.get(257..262) == Some(b"ustar") {
+        bail!(
+            "this is a tar-format PyTorch checkpoint (PyTorch before 0.1.10): load and re-save \
+             it with PyTorch (torch.save(torch.load(f), g))"
+        )
+    } else {
+        bail!("not a PyTorch checkpoint: neither a zip archive nor a legacy torch.save pickle")
+    }
+}
+
+fn read_zip_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     let zip = read_zip(bytes)?;
     let pkl_name = zip
         .keys()
@@ -502,7 +537,91 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         .context("no data.pkl in the archive: not a torch.save file")?
         .clone();
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    let root = unpickle(zip[&pkl_name]).context("data.pkl")?;
+    let (root, _) = unpickle(zip[&pkl_name], 0, &mut HashMap::new()).context("data.pkl")?;
+    state_dict_of(root, |key| zip.get(&format!("{prefix}data/{key}")).copied())
+}
+
+/// `torch.serialization`'s legacy magic number, 0x1950a86a20f9469cfc6c, little-endian.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+
+/// The legacy format: pickles of the magic number, the protocol version (1001), the system
+/// info and the object (storages as persistent ids), then a pickled list of storage keys, then
+/// each of those storages in that order as an i64 element count and the raw elements.
+fn read_legacy_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
+    let mut storages = HashMap::new();
+    let (magic, i) = unpickle(bytes, 0, &mut storages).context("legacy header")?;
+    if magic != Value::Long(LEGACY_MAGIC.to_vec()) {
+        bail!("not a PyTorch checkpoint: a pickle, but without torch.save's magic number");
+    }
+    let (version, i) = unpickle(bytes, i, &mut storages).context("legacy header")?;
+    if version != Value::Int(1001) {
+        bail!("legacy torch.save protocol version {version:?} is not 1001");
+    }
+    let (sys_info, i) = unpickle(bytes, i, &mut storages).context("legacy header")?;
+    let little = match &sys_info {
+        Value::Dict(d) => d
+            .iter()
+            .find(|(k, _)| *k == Value::Str("little_endian".into()))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    if little == Some(Value::Bool(false)) {
+        bail!("the checkpoint was saved on a big-endian machine; only little-endian is read");
+    }
+    let (root, i) = unpickle(bytes, i, &mut storages).context("the pickled object")?;
+    let (keys, mut i) = unpickle(bytes, i, &mut storages).context("the storage keys")?;
+    let Value::List(keys) = keys else {
+        bail!("the storage key list is {keys:?}");
+    };
+    let mut raw: HashMap<String, &[u8]> = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else {
+            bail!("storage key {key:?} is not a string");
+        };
+        let dtype = storages
+            .get(&key)
+            .with_context(|| format!("storage {key} is stored but never used"))?;
+        let size = element(dtype)?.0;
+        let count = bytes
+            .get(i..i + 8)
+            .with_context(|| format!("storage {key} is truncated"))?;
+        let count = usize::try_from(i64::from_le_bytes(count.try_into()?))
+            .with_context(|| format!("storage {key} has a negative size"))?;
+        let len = count
+            .checked_mul(size)
+            .with_context(|| format!("storage {key} is too large"))?;
+        let data = bytes
+            .get(i + 8..)
+            .and_then(|b| b.get(..len))
+            .with_context(|| format!("storage {key} is truncated"))?;
+        raw.insert(key, data);
+        i += 8 + len;
+    }
+    state_dict_of(root, |key| raw.get(key).copied())
+}
+
+/// One element's bytes to f32.
+type ToF32 = fn(&[u8]) -> f32;
+
+/// Element size and conversion to f32 of a storage type.
+fn element(dtype: &str) -> Result<(usize, ToF32)> {
+    Ok(match dtype {
+        "FloatStorage" => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        "DoubleStorage" => (8, |b| f64::from_le_bytes(b.try_into().unwrap()) as f32),
+        "HalfStorage" => (2, |b| half_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+        "BFloat16Storage" => (2, |b| {
+            f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+        }),
+        other => bail!("unsupported storage type {other}"),
+    })
+}
+
+/// The tensors of the unpickled `root` (a state dict, or a dict holding one), their storages'
+/// bytes looked up by key.
+fn state_dict_of<'a>(
+    root: Value,
+    storage: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut dict = match root {
         Value::Dict(d) => d,
         other => bail!("the checkpoint holds {other:?}, not a state dict"),
@@ -522,18 +641,9 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         let (Value::Str(name), Value::Tensor(t)) = (k, v) else {
             continue;
         };
-        let (size, conv): (usize, fn(&[u8]) -> f32) = match t.dtype.as_str() {
-            "FloatStorage" => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            "DoubleStorage" => (8, |b| f64::from_le_bytes(b.try_into().unwrap()) as f32),
-            "HalfStorage" => (2, |b| half_to_f32(u16::from_le_bytes([b[0], b[1]]))),
-            "BFloat16Storage" => (2, |b| {
-                f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
-            }),
-            other => bail!("tensor {name}: unsupported storage type {other}"),
-        };
-        let raw = zip
-            .get(&format!("{prefix}data/{}", t.key))
-            .with_context(|| format!("tensor {name}: storage {} missing", t.key))?;
+        let (size, conv) = element(&t.dtype).with_context(|| format!("tensor {name}"))?;
+        let raw =
+            storage(&t.key).with_context(|| format!("tensor {name}: storage {} missing", t.key))?;
         let numel: usize = t.shape.iter().product();
         // Contiguous (row-major) strides only: state dicts of convs are.
         let mut expect = 1;

@@ -92,8 +92,8 @@ fn broken_checkpoints_give_clear_errors() {
     let pt = torch::write_state_dict(&good);
     let err = |r: anyhow::Result<Vec<(String, Tensor)>>| format!("{:#}", r.unwrap_err());
     assert!(err(torch::read_state_dict(&pt[..pt.len() / 2])).contains("truncated"));
-    assert!(err(torch::read_state_dict(b"")).contains("not a zip"));
-    assert!(err(torch::read_state_dict(&[0x80, 2, b'K', 1, b'.'])).contains("legacy"));
+    assert!(err(torch::read_state_dict(b"")).contains("not a PyTorch checkpoint"));
+    assert!(err(torch::read_state_dict(&[0x80, 2, b'K', 1, b'.'])).contains("magic number"));
     let mut corrupt = pt.clone();
     let pkl = corrupt.windows(2).position(|w| w == [0x80, 2]).unwrap();
     corrupt[pkl + 2] = 0xff; // an opcode we do not know
@@ -147,23 +147,43 @@ fn run_py(args: &[&str]) -> String {
 }
 
 /// Checkpoints written by Python's own pickle (protocols 2 and 4) through the same globals and
-/// persistent ids as torch.save import with the values the script wrote.
+/// persistent ids as torch.save import with the values the script wrote — in the zip format
+/// and in the legacy one (PyTorch < 1.6: the EDSR-PyTorch release models), the latter with a
+/// storage view and tensors at offsets into a shared storage.
 #[test]
 fn reads_checkpoints_pickled_by_python() {
     if python().is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for (proto, scale, naming) in [("2", "2", "edsr"), ("4", "4", "adabm"), ("4", "3", "edsr")] {
-        let path = dir.path().join(format!("p{proto}x{scale}.pt"));
+    for (mode, proto, scale, naming) in [
+        ("write", "2", "2", "edsr"),
+        ("write", "4", "4", "adabm"),
+        ("write", "4", "3", "edsr"),
+        ("write-legacy", "2", "2", "edsr"),
+        ("write-legacy", "2", "4", "edsr"),
+        ("write-legacy", "4", "3", "adabm"),
+    ] {
+        let path = dir.path().join(format!("{mode}-p{proto}x{scale}.pt"));
         let p = path.to_str().unwrap();
-        run_py(&["write", p, proto, scale, "2", "8", naming]);
+        run_py(&[mode, p, proto, scale, "2", "8", naming]);
         let (m, n) = convert::import(
             torch::read_state_dict(&std::fs::read(&path).unwrap()).unwrap(),
             &ImportOptions::default(),
         )
         .unwrap();
-        assert_eq!(n == Naming::Edsr, naming == "edsr");
+        assert_eq!(n == Naming::Edsr, naming == "edsr", "{mode} x{scale}");
+        if mode == "write-legacy" {
+            // Cut anywhere — in a pickle or in the storages — it is an error, not a panic.
+            let bytes = std::fs::read(&path).unwrap();
+            for cut in [3, 20, bytes.len() / 3, bytes.len() - 40, bytes.len() - 1] {
+                let e = torch::read_state_dict(&bytes[..cut]).unwrap_err();
+                assert!(
+                    format!("{e:#}").contains("truncated"),
+                    "cut at {cut}: {e:#}"
+                );
+            }
+        }
         assert_eq!(m.config.scale.to_string(), scale);
         assert_eq!((m.config.n_resblocks, m.config.n_feats), (2, 8));
         assert!((m.config.rgb_mean[0] - 0.4488).abs() < 1e-6);
@@ -174,7 +194,15 @@ fn reads_checkpoints_pickled_by_python() {
             );
             for (i, &v) in c.weight.iter().enumerate() {
                 let want = (((name.len() * 7 + i * 13) % 101) as f32 - 50.0) / 64.0;
-                assert_eq!(v, want, "{name}[{i}]");
+                assert_eq!(v, want, "{mode} x{scale}: {name}[{i}]");
+            }
+            let bias = format!(
+                "{}.bias",
+                convert::reference_name(&c.spec.name, c.spec.role, n)
+            );
+            for (i, &v) in c.bias.iter().enumerate() {
+                let want = (((bias.len() * 7 + i * 13) % 101) as f32 - 50.0) / 64.0;
+                assert_eq!(v, want, "{mode} x{scale}: {bias}[{i}]");
             }
         }
     }
