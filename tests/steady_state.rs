@@ -132,11 +132,7 @@ fn steady_state_frames_allocate_no_frame_buffers() {
             }
             // The same frame again: nothing allocated but bookkeeping. (A frame whose bits
             // take a kernel path not taken before may still size that path's buffers once.)
-            reset();
-            let got = process(&engine, &src, w, h, layout);
-            let (calls, bytes) = (CALLS.load(Relaxed), BYTES.load(Relaxed));
-            // The output buffer is the test's own.
-            let bytes = bytes - got.len();
+            let (calls, bytes, got) = quietest(|| process(&engine, &src, w, h, layout));
             eprintln!(
                 "{name}: {calls} allocations, {bytes} bytes (largest {})",
                 LARGEST.load(Relaxed)
@@ -172,10 +168,7 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         for _ in 0..3 {
             process_yuv(&engine, &src, w, h, layout);
         }
-        reset();
-        let got = process_yuv(&engine, &src, w, h, layout);
-        let (calls, bytes) = (CALLS.load(Relaxed), BYTES.load(Relaxed));
-        let bytes = bytes - got.len();
+        let (calls, bytes, got) = quietest(|| process_yuv(&engine, &src, w, h, layout));
         eprintln!("{name}: {calls} allocations, {bytes} bytes");
         assert!(
             bytes <= 4096 && calls <= 16,
@@ -183,6 +176,23 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         );
         assert_eq!(got, fresh, "{name}");
     }
+}
+
+/// Allocation calls and bytes of the quietest of 3 frames made by `frame` (less the output
+/// buffer, which is the test's own), and its output. Which rayon worker runs which part of a
+/// frame changes from frame to frame, so a worker may meet a kind of work — and size its own
+/// row buffer for it, once — only after the warm-up; an allocation made on every frame shows
+/// in all three.
+fn quietest(mut frame: impl FnMut() -> Vec<u8>) -> (usize, usize, Vec<u8>) {
+    (0..3)
+        .map(|_| {
+            reset();
+            let got = frame();
+            let (calls, bytes) = (CALLS.load(Relaxed), BYTES.load(Relaxed));
+            (calls, bytes - got.len(), got)
+        })
+        .min_by_key(|&(calls, bytes, _)| (bytes, calls))
+        .unwrap()
 }
 
 /// The element's per-frame call on a YUV frame: `src` holds the planes one after the other
