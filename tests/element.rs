@@ -576,12 +576,33 @@ fn model_changes_while_playing() {
     std::fs::write(&bad, b"not a model").unwrap();
     let el = gst::ElementFactory::make("adabmupscale")
         .property_from_str("backend", "cpu")
+        .property("post-stats", true)
         .build()
         .unwrap();
     let bus = gst::Bus::new();
     el.set_bus(Some(&bus));
     let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
     h.play();
+    // The model and scale of the last frame's adabm-stats, and the warnings, since last asked.
+    let posted = || {
+        let (mut last, mut warnings) = (None, Vec::new());
+        for m in bus.iter_timed(gst::ClockTime::ZERO) {
+            match m.view() {
+                gst::MessageView::Element(e) => {
+                    let s = e.structure().unwrap();
+                    last = Some((
+                        s.get::<String>("model").unwrap(),
+                        s.get::<u32>("scale").unwrap(),
+                    ));
+                }
+                gst::MessageView::Warning(w) => {
+                    warnings.push(format!("{} {:?}", w.error(), w.debug()))
+                }
+                _ => {}
+            }
+        }
+        (last, warnings)
+    };
     let builtin = |precision| {
         gstadabm::engine::builtin::find(2, precision)
             .unwrap()
@@ -604,9 +625,12 @@ fn model_changes_while_playing() {
             "{what}: output is not the model's"
         );
     };
+    let named = |name: &str, scale: u32| (Some((name.to_string(), scale)), Vec::<String>::new());
     check(&mut h, &builtin("fp32"), 2, "fp32 at start");
+    assert_eq!(posted(), named("edsr-r8f32-x2", 2));
     el.set_property_from_str("precision", "w4a4");
     check(&mut h, &builtin("w4a4"), 2, "precision changed to w4a4");
+    assert_eq!(posted(), named("edsr-r8f32-x2-w4a4", 2));
     // The same input caps (no new caps event): the element renegotiates its output itself.
     el.set_property("model-location", x3_path.to_str().unwrap());
     let out = h
@@ -617,18 +641,16 @@ fn model_changes_while_playing() {
     assert_eq!((info.width(), info.height()), (60, 33));
     assert_eq!(out.size(), info.size());
     check(&mut h, &x3, 3, "model-location changed to an x3 file");
+    assert_eq!(posted(), named(x3_path.to_str().unwrap(), 3));
     el.set_property("model-location", bad.to_str().unwrap());
     check(&mut h, &x3, 3, "after a bad file, the x3 model still");
-    let warning = bus
-        .iter_timed(gst::ClockTime::ZERO)
-        .find_map(|m| match m.view() {
-            gst::MessageView::Warning(w) => Some(format!("{} {:?}", w.error(), w.debug())),
-            _ => None,
-        })
-        .expect("a warning for the bad model file");
+    let (last, warnings) = posted();
+    assert_eq!(last, Some((x3_path.to_str().unwrap().to_string(), 3)));
     assert!(
-        warning.contains("bad.safetensors") && warning.contains("running model stays"),
-        "{warning}"
+        warnings.len() == 1
+            && warnings[0].contains("bad.safetensors")
+            && warnings[0].contains("running model stays"),
+        "{warnings:?}"
     );
     el.set_property("model-location", None::<&str>);
     check(&mut h, &builtin("w4a4"), 2, "back to the built-in w4a4");
@@ -638,6 +660,7 @@ fn model_changes_while_playing() {
         .load()
         .unwrap();
     check(&mut h, &x4, 4, "scale changed to 4");
+    assert_eq!(posted(), named("edsr-r8f32-x4-w4a4", 4));
 }
 
 /// `backend`: auto picks CUDA only where it is usable (never on a machine without an NVIDIA

@@ -255,6 +255,8 @@ struct State {
     loaded: Settings,
     /// The scales negotiation may pick (each a built-in model), or empty: the engine's only.
     auto_scales: Vec<u32>,
+    /// The running model, as `adabm-stats` names it: the built-in's name or the file's path.
+    model: Arc<str>,
     /// The CUDA engine when the backend is CUDA, shared with the other element instances that
     /// run the same model on the same device (their frames share launches).
     cuda: Option<Arc<SharedCuda>>,
@@ -643,6 +645,18 @@ fn load_model(s: &Settings, builtin_scale: u32) -> Result<Model, LoadError> {
     Ok(model)
 }
 
+/// The name of the model `s` loads at `scale` (the engine's): the file's path, or the built-in's
+/// name.
+fn model_name(s: &Settings, scale: u32) -> Arc<str> {
+    match &s.model_location {
+        Some(path) => path.as_str().into(),
+        None => engine::builtin::find(scale, s.precision.nick())
+            .map(|b| b.name)
+            .unwrap_or("built-in")
+            .into(),
+    }
+}
+
 /// Maps a width/height caps value by `f` (fixed values) or `range` (ranges).
 fn map_dim(
     v: &glib::SendValue,
@@ -726,6 +740,7 @@ impl AdabmUpscale {
             Ok((engine, cuda)) => {
                 let scale = engine.scale() as u32;
                 if let Some(st) = self.state.lock().unwrap().as_mut() {
+                    st.model = model_name(&settings, scale);
                     st.engine = engine;
                     st.cuda = cuda;
                     st.auto_scales = settings.auto_scales().unwrap_or_default();
@@ -795,10 +810,13 @@ impl AdabmUpscale {
         pts: Option<gst::ClockTime>,
         field: Option<&str>,
         st: &engine::Stats,
+        (scale, model): (u32, &str),
     ) {
         let bits: Vec<String> = st.layer_bits.iter().map(|b| b.to_string()).collect();
         let mut b = gst::Structure::builder("adabm-stats")
             .field("frame", frame)
+            .field("model", model)
+            .field("scale", scale)
             .field("complexity", st.complexity as f64)
             .field("image-bits", st.image_bits)
             .field("fab", st.fab as f64)
@@ -840,6 +858,7 @@ impl BaseTransformImpl for AdabmUpscale {
             );
         }
         *self.state.lock().unwrap() = Some(State {
+            model: model_name(&settings, engine.scale() as u32),
             engine,
             auto_scales: settings.auto_scales().unwrap_or_default(),
             loaded: settings,
@@ -972,6 +991,7 @@ impl BaseTransformImpl for AdabmUpscale {
             })?;
             gst::info!(CAT, imp = self, "the caps ask for x{scale}: switched model");
             if let Some(st) = self.state.lock().unwrap().as_mut() {
+                st.model = model_name(&loaded, scale);
                 st.engine = engine;
                 st.cuda = cuda;
                 st.warned_thresholds = false;
@@ -1069,7 +1089,7 @@ impl BaseTransformImpl for AdabmUpscale {
         let t0 = std::time::Instant::now();
         let settings = self.settings.lock().unwrap().clone();
         let opts = settings.options();
-        let (engine, mut cuda, in_info, out_info, layout, frame_no, warn, warn_metric) = {
+        let (engine, mut cuda, model, in_info, out_info, layout, frame_no, warn, warn_metric) = {
             let mut guard = self.state.lock().unwrap();
             let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let Some((in_info, out_info, layout)) = st.caps.clone() else {
@@ -1093,6 +1113,7 @@ impl BaseTransformImpl for AdabmUpscale {
             (
                 st.engine.clone(),
                 st.cuda.clone(),
+                st.model.clone(),
                 in_info,
                 out_info,
                 layout,
@@ -1276,7 +1297,8 @@ impl BaseTransformImpl for AdabmUpscale {
             })?;
             gst::trace!(CAT, imp = self, "frame {frame_no} {field:?}: {stats:?}");
             if settings.post_stats {
-                self.post_stats(frame_no, inbuf.pts(), field, &stats);
+                let scale = engine.scale() as u32;
+                self.post_stats(frame_no, inbuf.pts(), field, &stats, (scale, &model));
             }
         }
         Ok(gst::FlowSuccess::Ok)
