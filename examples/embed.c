@@ -6,9 +6,12 @@
  *
  * Stream "low" gets one bit less on every frame after its thresholds are raised above any
  * complexity (image-lower = image-upper = 1e6: b_I = -1); stream "high" one bit more after
- * they are lowered to 0 (b_I = +1). Exits 0 when both streams ran to the end, their frames
- * before the change had another b_I and every frame after it (past the few already in
- * flight) had the new one; 1 otherwise. */
+ * they are lowered to 0 (b_I = +1). Halfway, stream "low" also changes its model: the
+ * built-in w4a4 to the built-in w8a6 (precision=w8a6), as a server might when it has room to
+ * spare; each frame's stats name the model that ran it. Exits 0 when both streams ran to the
+ * end, their frames before the change had another b_I, every frame after it (past the few
+ * already in flight) had the new one, and every frame of "low" after its model change ran
+ * the new model; 1 otherwise. */
 #include <gst/gst.h>
 #include <stdlib.h>
 
@@ -24,6 +27,10 @@ typedef struct {
   guint64 checked;      /* later frames with the wanted b_I */
   guint64 wrong;        /* later frames without it */
   guint64 before;       /* frames before the change with another b_I */
+  const char *switch_to; /* precision to change to halfway (NULL: none) */
+  guint64 switched_at;   /* frame at which the precision changed (0: not yet) */
+  guint64 new_model;     /* later frames run by the new model */
+  guint64 old_model;     /* later frames run by another */
   gboolean done;
 } Stream;
 
@@ -55,6 +62,21 @@ static gboolean on_message(GstBus *bus, GstMessage *msg, gpointer data) {
     gst_structure_get_double(st, "complexity", &complexity);
     gst_structure_get_double(st, "fab", &fab);
     s->frames++;
+    if (s->switch_to) {
+      const gchar *model = gst_structure_get_string(st, "model");
+      if (s->switched_at == 0 && frame >= s->change_after * 2) {
+        /* An enum property from its nick: gst_util_set_object_arg parses it. */
+        gst_util_set_object_arg(G_OBJECT(s->upscale), "precision", s->switch_to);
+        s->switched_at = frame;
+        g_print("%-4s frame %3" G_GUINT64_FORMAT ": precision = %s (was %s)\n", s->name, frame,
+                s->switch_to, model ? model : "?");
+      } else if (s->switched_at > 0 && frame > s->switched_at + IN_FLIGHT) {
+        if (model && g_str_has_suffix(model, s->switch_to))
+          s->new_model++;
+        else
+          s->old_model++;
+      }
+    }
     if (frame % 10 == 0)
       g_print("%-4s frame %3" G_GUINT64_FORMAT ": complexity %.4f, b_I %+d, FAB %.2f\n",
               s->name, frame, complexity, bits, fab);
@@ -106,6 +128,7 @@ int main(int argc, char **argv) {
   double thresholds[2] = {1e6, 0.0};
   int want[2] = {-1, +1};
   const char *names[2] = {"low", "high"};
+  const char *switch_to[2] = {"w8a6", NULL};
   int i, ok;
 
   gst_init(&argc, &argv);
@@ -127,6 +150,7 @@ int main(int argc, char **argv) {
     s->threshold = thresholds[i];
     s->want_bits = want[i];
     s->change_after = n / 4;
+    s->switch_to = switch_to[i];
     s->pipeline = gst_parse_launch(desc, &err);
     g_free(desc);
     if (!s->pipeline || err) {
@@ -161,6 +185,13 @@ int main(int argc, char **argv) {
     g_free(backend);
     if (s->frames != (guint64)n || s->before == 0 || s->checked == 0 || s->wrong > 0)
       ok = FALSE;
+    if (s->switch_to) {
+      g_print("%-4s after precision = %s: %" G_GUINT64_FORMAT " frames by the new model, %"
+              G_GUINT64_FORMAT " by another\n",
+              s->name, s->switch_to, s->new_model, s->old_model);
+      if (s->new_model == 0 || s->old_model > 0)
+        ok = FALSE;
+    }
     gst_element_set_state(s->pipeline, GST_STATE_NULL);
     gst_object_unref(s->upscale);
     gst_object_unref(s->pipeline);
