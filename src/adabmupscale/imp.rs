@@ -843,6 +843,9 @@ impl BaseTransformImpl for AdabmUpscale {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
+        // A change made before this start is loaded now, not again at the first frame.
+        self.reload
+            .store(false, std::sync::atomic::Ordering::Release);
         let settings = self.settings.lock().unwrap().clone();
         let (engine, cuda) = self
             .make_engine(&settings, engine::builtin::DEFAULT_SCALE)
