@@ -619,16 +619,18 @@ impl LoadError {
 }
 
 /// Loads the model the settings name (a file, checked against the `scale` property, or the
-/// built-in one for `precision` and `scale` — or `builtin_scale` when the scale is automatic).
-fn load_model(s: &Settings, builtin_scale: u32) -> Result<Model, LoadError> {
+/// built-in one for `precision` and `scale` — or `builtin_scale` when the scale is automatic),
+/// with its name as `adabm-stats` gives it: the built-in's name or the file's path.
+fn load_model(s: &Settings, builtin_scale: u32) -> Result<(Model, Arc<str>), LoadError> {
     let model = match s.model_location.as_deref() {
         None => {
             let scale = if s.scale == 0 { builtin_scale } else { s.scale };
             let builtin = engine::builtin::find(scale, s.precision.nick())
                 .map_err(|e| LoadError::Settings(e.to_string()))?;
-            builtin.load().map_err(|e| {
+            let model = builtin.load().map_err(|e| {
                 LoadError::Init(format!("Built-in model {} is corrupt: {e}", builtin.name))
-            })?
+            })?;
+            (model, builtin.name.into())
         }
         Some(path) => {
             let model = Model::load(path)
@@ -639,21 +641,28 @@ fn load_model(s: &Settings, builtin_scale: u32) -> Result<Model, LoadError> {
                     s.scale, path, model.config.scale, s.scale
                 )));
             }
-            model
+            (model, path.into())
         }
     };
     Ok(model)
 }
 
-/// The name of the model `s` loads at `scale` (the engine's): the file's path, or the built-in's
-/// name.
-fn model_name(s: &Settings, scale: u32) -> Arc<str> {
-    match &s.model_location {
-        Some(path) => path.as_str().into(),
-        None => engine::builtin::find(scale, s.precision.nick())
-            .map(|b| b.name)
-            .unwrap_or("built-in")
-            .into(),
+/// A model made ready to run: its engine, the CUDA engine for that backend, its name.
+struct Loaded {
+    engine: Arc<Engine>,
+    cuda: Option<Arc<SharedCuda>>,
+    model: Arc<str>,
+}
+
+impl State {
+    /// Runs `l` from the next frame on; the warnings about the old model's thresholds and
+    /// metric may be given again.
+    fn install(&mut self, l: Loaded) {
+        self.engine = l.engine;
+        self.cuda = l.cuda;
+        self.model = l.model;
+        self.warned_thresholds = false;
+        self.warned_metric = None;
     }
 }
 
@@ -698,12 +707,8 @@ impl AdabmUpscale {
 
     /// The engine (and CUDA engine, for that backend) of the model `s` names, with
     /// `builtin_scale` for the built-in model when the scale is automatic.
-    fn make_engine(
-        &self,
-        s: &Settings,
-        builtin_scale: u32,
-    ) -> Result<(Arc<Engine>, Option<Arc<SharedCuda>>), LoadError> {
-        let model = load_model(s, builtin_scale)?;
+    fn make_engine(&self, s: &Settings, builtin_scale: u32) -> Result<Loaded, LoadError> {
+        let (model, name) = load_model(s, builtin_scale)?;
         let engine = Engine::new(&model, s.n_threads as usize)
             .map_err(|e| LoadError::Init(e.to_string()))?;
         let cuda = self.start_cuda(s, &model)?;
@@ -715,7 +720,11 @@ impl AdabmUpscale {
             engine.network().quant.as_ref().map(|q| q.mode),
             CpuLevel::detect()
         );
-        Ok((Arc::new(engine), cuda))
+        Ok(Loaded {
+            engine: Arc::new(engine),
+            cuda,
+            model: name,
+        })
     }
 
     /// Loads the model the settings now name and runs it from the next frame; a model that
@@ -737,16 +746,12 @@ impl AdabmUpscale {
             _ => engine::builtin::DEFAULT_SCALE,
         };
         match self.make_engine(&settings, builtin_scale) {
-            Ok((engine, cuda)) => {
-                let scale = engine.scale() as u32;
+            Ok(loaded) => {
+                let scale = loaded.engine.scale() as u32;
                 if let Some(st) = self.state.lock().unwrap().as_mut() {
-                    st.model = model_name(&settings, scale);
-                    st.engine = engine;
-                    st.cuda = cuda;
+                    st.install(loaded);
                     st.auto_scales = settings.auto_scales().unwrap_or_default();
                     st.loaded = settings;
-                    st.warned_thresholds = false;
-                    st.warned_metric = None;
                 }
                 gst::info!(CAT, imp = self, "switched to the new model (x{scale})");
                 if scale != current {
@@ -847,7 +852,7 @@ impl BaseTransformImpl for AdabmUpscale {
         self.reload
             .store(false, std::sync::atomic::Ordering::Release);
         let settings = self.settings.lock().unwrap().clone();
-        let (engine, cuda) = self
+        let loaded = self
             .make_engine(&settings, engine::builtin::DEFAULT_SCALE)
             .map_err(|e| e.to_error_message())?;
         let failed = CpuLevel::failed_self_checks();
@@ -861,11 +866,11 @@ impl BaseTransformImpl for AdabmUpscale {
             );
         }
         *self.state.lock().unwrap() = Some(State {
-            model: model_name(&settings, engine.scale() as u32),
-            engine,
+            engine: loaded.engine,
+            cuda: loaded.cuda,
+            model: loaded.model,
             auto_scales: settings.auto_scales().unwrap_or_default(),
             loaded: settings,
-            cuda,
             caps: None,
             frames: 0,
             warned_thresholds: false,
@@ -988,17 +993,13 @@ impl BaseTransformImpl for AdabmUpscale {
                 .map(|s| (s, st.loaded.clone()))
         };
         if let Some((scale, loaded)) = swap {
-            let (engine, cuda) = self.make_engine(&loaded, scale).map_err(|e| {
+            let new = self.make_engine(&loaded, scale).map_err(|e| {
                 self.post_error_message(e.to_error_message());
                 gst::loggable_error!(CAT, "cannot load the built-in x{scale} model: {}", e.text())
             })?;
             gst::info!(CAT, imp = self, "the caps ask for x{scale}: switched model");
             if let Some(st) = self.state.lock().unwrap().as_mut() {
-                st.model = model_name(&loaded, scale);
-                st.engine = engine;
-                st.cuda = cuda;
-                st.warned_thresholds = false;
-                st.warned_metric = None;
+                st.install(new);
             }
         }
         let mut guard = self.state.lock().unwrap();
