@@ -25,6 +25,14 @@ fn model_file(dir: &tempfile::TempDir, model: &gstadabm::engine::Model, name: &s
     p
 }
 
+/// The built-in model for `scale` and `precision`.
+fn builtin(scale: u32, precision: &str) -> gstadabm::engine::Model {
+    gstadabm::engine::builtin::find(scale, precision)
+        .unwrap()
+        .load()
+        .unwrap()
+}
+
 const FORMATS: [(&str, PixelLayout); 10] = [
     ("RGB", PixelLayout::Rgb),
     ("BGR", PixelLayout::Bgr),
@@ -470,10 +478,7 @@ fn builtin_models_run_without_a_file() {
                 (out_info.width(), out_info.height()),
                 (20 * want, 11 * want)
             );
-            let model = gstadabm::engine::builtin::find(scale, precision)
-                .unwrap()
-                .load()
-                .unwrap();
+            let model = builtin(scale, precision);
             assert_eq!(model.config.scale, want);
             assert_eq!(model.quant.is_some(), precision != "fp32");
             assert!(
@@ -509,10 +514,7 @@ fn builtin_scale_follows_the_output_caps() {
         for (w, hh, scale) in [(20, 11, 4), (40, 22, 2)] {
             let (out_info, out, in_info, data) = push_frame(&mut h, "RGB", w, hh, 5);
             assert_eq!((out_info.width(), out_info.height()), (80, 44));
-            let model = gstadabm::engine::builtin::find(scale, precision)
-                .unwrap()
-                .load()
-                .unwrap();
+            let model = builtin(scale, precision);
             assert!(
                 visible(&out, &out_info)
                     == visible(
@@ -603,12 +605,6 @@ fn model_changes_while_playing() {
         }
         (last, warnings)
     };
-    let builtin = |precision| {
-        gstadabm::engine::builtin::find(2, precision)
-            .unwrap()
-            .load()
-            .unwrap()
-    };
     let check = |h: &mut Harness, model: &gstadabm::engine::Model, scale: u32, what: &str| {
         let (out_info, out, in_info, data) = push_frame(h, "RGB", 20, 11, 9);
         assert_eq!(
@@ -626,10 +622,10 @@ fn model_changes_while_playing() {
         );
     };
     let named = |name: &str, scale: u32| (Some((name.to_string(), scale)), Vec::<String>::new());
-    check(&mut h, &builtin("fp32"), 2, "fp32 at start");
+    check(&mut h, &builtin(2, "fp32"), 2, "fp32 at start");
     assert_eq!(posted(), named("edsr-r8f32-x2", 2));
     el.set_property_from_str("precision", "w4a4");
-    check(&mut h, &builtin("w4a4"), 2, "precision changed to w4a4");
+    check(&mut h, &builtin(2, "w4a4"), 2, "precision changed to w4a4");
     assert_eq!(posted(), named("edsr-r8f32-x2-w4a4", 2));
     // The same input caps (no new caps event): the element renegotiates its output itself.
     el.set_property("model-location", x3_path.to_str().unwrap());
@@ -653,12 +649,9 @@ fn model_changes_while_playing() {
         "{warnings:?}"
     );
     el.set_property("model-location", None::<&str>);
-    check(&mut h, &builtin("w4a4"), 2, "back to the built-in w4a4");
+    check(&mut h, &builtin(2, "w4a4"), 2, "back to the built-in w4a4");
     el.set_property("scale", 4u32);
-    let x4 = gstadabm::engine::builtin::find(4, "w4a4")
-        .unwrap()
-        .load()
-        .unwrap();
+    let x4 = builtin(4, "w4a4");
     check(&mut h, &x4, 4, "scale changed to 4");
     assert_eq!(posted(), named("edsr-r8f32-x4-w4a4", 4));
 }
@@ -739,10 +732,7 @@ fn cuda_backend_matches_the_integer_reference() {
             .unwrap();
         let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
         h.play();
-        let model = gstadabm::engine::builtin::find(scale, precision)
-            .unwrap()
-            .load()
-            .unwrap();
+        let model = builtin(scale, precision);
         let cpu = Engine::new(&model, 1).unwrap();
         let int = gstadabm::engine::intnet::IntNetwork::new(&model).unwrap();
         // Frames of other sizes and layouts in turn: the element's host buffers, reused from
