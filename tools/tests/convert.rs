@@ -188,21 +188,13 @@ fn reads_checkpoints_pickled_by_python() {
         assert_eq!((m.config.n_resblocks, m.config.n_feats), (2, 8));
         assert!((m.config.rgb_mean[0] - 0.4488).abs() < 1e-6);
         for c in &m.convs {
-            let name = format!(
-                "{}.weight",
-                convert::reference_name(&c.spec.name, c.spec.role, n)
-            );
-            for (i, &v) in c.weight.iter().enumerate() {
-                let want = (((name.len() * 7 + i * 13) % 101) as f32 - 50.0) / 64.0;
-                assert_eq!(v, want, "{mode} x{scale}: {name}[{i}]");
-            }
-            let bias = format!(
-                "{}.bias",
-                convert::reference_name(&c.spec.name, c.spec.role, n)
-            );
-            for (i, &v) in c.bias.iter().enumerate() {
-                let want = (((bias.len() * 7 + i * 13) % 101) as f32 - 50.0) / 64.0;
-                assert_eq!(v, want, "{mode} x{scale}: {bias}[{i}]");
+            let rn = convert::reference_name(&c.spec.name, c.spec.role, n);
+            for (kind, values) in [("weight", &c.weight), ("bias", &c.bias)] {
+                let name = format!("{rn}.{kind}");
+                for (i, &v) in values.iter().enumerate() {
+                    let want = (((name.len() * 7 + i * 13) % 101) as f32 - 50.0) / 64.0;
+                    assert_eq!(v, want, "{mode} x{scale}: {name}[{i}]");
+                }
             }
         }
     }
