@@ -3,9 +3,9 @@
 Builds EDSR-PyTorch's baseline module layout (MeanShift sub_mean/add_mean, head, ResBlocks with
 body.{0,2}, the body's last conv, Upsampler + tail conv) with random weights, saves its state
 dict with torch.save in the zip format and in the legacy format
-(`_use_new_zipfile_serialization=False`, what PyTorch < 1.6 wrote, e.g. the EDSR-PyTorch release
-models; pickle protocols 2 and 4), imports each with `adabm-convert import`, exports the result back to a zip .pt and
-loads that with torch.load: every conv tensor must come back bit-identical (the mean shifts,
+(`_use_new_zipfile_serialization=False`, what PyTorch < 1.6 wrote, in the era of the
+EDSR-PyTorch release models; pickle protocols 2 and 4), imports each with `adabm-convert
+import`, exports the result back to a zip .pt and loads that with torch.load: every conv tensor must come back bit-identical (the mean shifts,
 kept as the RGB mean and rebuilt as mean x rgb_range, within 1e-6 relative).
 
   python3 scripts/torch-formats-check.py ADABM_CONVERT WORKDIR

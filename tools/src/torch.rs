@@ -1,7 +1,7 @@
 //! PyTorch checkpoints without PyTorch: a reader for state dicts in `torch.save`'s zip format
 //! (PyTorch ≥ 1.6: stored zip entries, a pickle subset, tensor storages) and in its legacy
 //! format (PyTorch 0.4–1.5, and later with `_use_new_zipfile_serialization=False`: pickles in
-//! sequence, then the raw storages — the format of the EDSR-PyTorch release models), and a
+//! sequence, then the raw storages — the era of the EDSR-PyTorch release models), and a
 //! writer producing the zip layout (`<name>/data.pkl`, `<name>/data/<key>`, `<name>/version`,
 //! `<name>/byteorder`).
 //!

@@ -148,8 +148,8 @@ fn run_py(args: &[&str]) -> String {
 
 /// Checkpoints written by Python's own pickle (protocols 2 and 4) through the same globals and
 /// persistent ids as torch.save import with the values the script wrote — in the zip format
-/// and in the legacy one (PyTorch < 1.6: the EDSR-PyTorch release models), the latter with a
-/// storage view and tensors at offsets into a shared storage.
+/// and in the legacy one (PyTorch < 1.6, the era of the EDSR-PyTorch release models), the
+/// latter with a storage view and tensors at offsets into a shared storage.
 #[test]
 fn reads_checkpoints_pickled_by_python() {
     if python().is_none() {

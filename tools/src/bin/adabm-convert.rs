@@ -12,8 +12,8 @@ const USAGE: &str = "\
 adabm-convert import IN.pt|IN.safetensors OUT.safetensors [options]
     Reads an EDSR-PyTorch (body.{i}.body.{0,2}) or AdaBM (body.{i}.conv{1,2} with lower_a,
     upper_a, upper_w, measure_layer, measure_l, measure_u) checkpoint — PyTorch zip format,
-    PyTorch's legacy format (before 1.6: the EDSR-PyTorch release models) or safetensors with
-    the reference names — and writes our model file.
+    PyTorch's legacy format (before 1.6, the era of the EDSR-PyTorch release models) or
+    safetensors with the reference names — and writes our model file.
       --res-scale R    residual scaling (default 1, or 0.1 for 256-feature EDSR)
       --rgb-range R    the checkpoint's rgb_range (default 255)
       --w-bits B --a-bits B   bit-widths of an AdaBM checkpoint (it does not store them)
