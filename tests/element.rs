@@ -232,6 +232,79 @@ fn caps_keep_framerate_and_par_and_refuse_other_formats() {
     );
 }
 
+/// Raw frames from a file, as `filesrc ! video/x-raw,... ! adabmupscale` (or `fdsrc` from a
+/// pipe) gives them: the capsfilter's caps name no interlace mode and must stay fixed through
+/// the element, and a truncated last frame is dropped with a warning, not the stream ended
+/// with an error — every whole frame before it comes out.
+#[test]
+fn raw_frames_from_a_file_and_a_truncated_last_one() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_fp(2, 3);
+    let path = model_file(&dir, &model, "x2.safetensors");
+    let (w, h) = (8u32, 6u32);
+    let frame = (w * h * 3) as usize;
+    let data: Vec<u8> = (0..3 * frame + frame / 2)
+        .map(|i| ((i * 37) % 253) as u8)
+        .collect();
+    let raw = dir.path().join("frames.rgb");
+    std::fs::write(&raw, &data).unwrap();
+    let p = gst::parse::launch(&format!(
+        "filesrc location={} blocksize={frame} ! video/x-raw,format=RGB,width={w},height={h},framerate=25/1 ! adabmupscale backend=cpu model-location={} ! appsink name=out sync=false",
+        raw.display(),
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = p
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let mut outputs = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        outputs.push(sample.buffer().unwrap().map_readable().unwrap().to_vec());
+    }
+    let mut warnings = Vec::new();
+    for m in bus.iter_timed(gst::ClockTime::ZERO) {
+        match m.view() {
+            gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
+            gst::MessageView::Warning(w) => warnings.push(format!("{:?}", w.debug())),
+            _ => {}
+        }
+    }
+    p.set_state(gst::State::Null).unwrap();
+    assert_eq!(outputs.len(), 3, "the three whole frames");
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, w, h)
+        .build()
+        .unwrap();
+    let out_info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, 2 * w, 2 * h)
+        .build()
+        .unwrap();
+    for (i, out) in outputs.iter().enumerate() {
+        let input = &data[i * frame..(i + 1) * frame];
+        assert_eq!(
+            visible(out, &out_info),
+            visible(
+                &expected(&model, PixelLayout::Rgb, &info, input, &out_info),
+                &out_info
+            ),
+            "frame {i}"
+        );
+    }
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&format!(
+            "Dropped a buffer of {} bytes: a 8x6 RGB frame of the negotiated caps takes {frame} bytes",
+            frame / 2
+        )),
+        "{warnings:?}"
+    );
+}
+
 /// Runs `desc` to EOS or error; returns (error text, element messages).
 fn run_pipeline(desc: &str) -> (Option<String>, Vec<gst::Structure>) {
     init();
@@ -1027,6 +1100,33 @@ fn odd_height_interlaced_and_alternate_fields_are_refused() {
     let mut query = gst::query::AcceptCaps::new(&alternate);
     sink.query(&mut query);
     assert!(!query.result(), "alternate fields must be refused");
+    // The same without the caps feature (which GStreamer requires for alternate): refused
+    // when set, with the way out.
+    let el = gst::ElementFactory::make("adabmupscale")
+        .property("model-location", path.to_str().unwrap())
+        .property_from_str("backend", "cpu")
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
+    h.play();
+    h.set_src_caps_str("video/x-raw,format=RGB,width=8,height=8,interlace-mode=alternate");
+    assert!(
+        h.push(gst::Buffer::from_slice(vec![0u8; 8 * 8 * 3]))
+            .is_err()
+    );
+    let err = bus
+        .iter_timed(gst::ClockTime::ZERO)
+        .find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(format!("{:?}", e.debug())),
+            _ => None,
+        })
+        .expect("an error on the bus");
+    assert!(
+        err.contains("interlace-mode=(string)alternate") && err.contains("deinterlace"),
+        "{err}"
+    );
 }
 
 /// A frame downstream reports late (a QoS event, as a synchronising sink sends when the

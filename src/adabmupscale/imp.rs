@@ -264,6 +264,8 @@ struct State {
     caps: Option<(gst_video::VideoInfo, gst_video::VideoInfo, Layout)>,
     frames: u64,
     warned_thresholds: bool,
+    /// A buffer too short for a frame of the caps was reported (once per caps).
+    warned_size: bool,
     /// The metric override was reported (thresholds on another scale / CUDA fallback).
     warned_metric: Option<Metric>,
 }
@@ -562,12 +564,11 @@ impl ElementImpl for AdabmUpscale {
                         .map(|(f, _)| *f)
                         .chain(YUV_FORMATS.iter().map(|(f, _)| *f)),
                 )
+                // No `interlace-mode` field: like `videoconvert`, any mode is offered, so that
+                // caps without one (a capsfilter after `filesrc` or `fdsrc`) stay fixed.
                 // Interleaved frames (and the interlaced frames of mixed streams) are upscaled
-                // field by field; alternate (one field per buffer) is not supported.
-                .field(
-                    "interlace-mode",
-                    gst::List::new(["progressive", "interleaved", "mixed"]),
-                )
+                // field by field; alternate (one field per buffer) needs the
+                // `format:Interlaced` caps feature, which this template lacks.
                 .build();
             vec![
                 gst::PadTemplate::new(
@@ -874,6 +875,7 @@ impl BaseTransformImpl for AdabmUpscale {
             caps: None,
             frames: 0,
             warned_thresholds: false,
+            warned_size: false,
             warned_metric: None,
         });
         Ok(())
@@ -970,10 +972,24 @@ impl BaseTransformImpl for AdabmUpscale {
     }
 
     fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let in_info = gst_video::VideoInfo::from_caps(incaps)
-            .map_err(|_| gst::loggable_error!(CAT, "invalid input caps {incaps}"))?;
-        let out_info = gst_video::VideoInfo::from_caps(outcaps)
-            .map_err(|_| gst::loggable_error!(CAT, "invalid output caps {outcaps}"))?;
+        // Caps GStreamer cannot map frames of (such as interlace-mode=alternate without its
+        // caps feature): an error on the bus that names them, not a bare not-negotiated.
+        let info = |caps: &gst::Caps, side: &str| {
+            gst_video::VideoInfo::from_caps(caps).map_err(|_| {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    [
+                        "The {} caps {} do not describe video frames GStreamer can map (`GST_DEBUG=video-info:1` says why); for interlace-mode=alternate, `deinterlace` first",
+                        side,
+                        caps
+                    ]
+                );
+                gst::loggable_error!(CAT, "invalid {side} caps {caps}")
+            })
+        };
+        let in_info = info(incaps, "input")?;
+        let out_info = info(outcaps, "output")?;
         let layout = Layout::of(in_info.format()).ok_or_else(|| {
             gst::loggable_error!(CAT, "unsupported format {:?}", in_info.format())
         })?;
@@ -1063,6 +1079,7 @@ impl BaseTransformImpl for AdabmUpscale {
             in_info.interlace_mode().to_str()
         );
         st.caps = Some((in_info, out_info, layout));
+        st.warned_size = false;
         Ok(())
     }
 
@@ -1077,6 +1094,22 @@ impl BaseTransformImpl for AdabmUpscale {
             self.reload_model();
         }
         self.parent_submit_input_buffer(is_discont, inbuf)
+    }
+
+    /// The output frame's size whatever the input buffer's: a buffer that does not hold a
+    /// frame of the caps (a truncated last frame of a raw file) reaches `transform`, which
+    /// drops it with a warning that says so, instead of the base class stopping the stream.
+    fn transform_size(
+        &self,
+        direction: gst::PadDirection,
+        _caps: &gst::Caps,
+        _size: usize,
+        othercaps: &gst::Caps,
+    ) -> Option<usize> {
+        (direction == gst::PadDirection::Sink)
+            .then(|| gst_video::VideoInfo::from_caps(othercaps).ok())
+            .flatten()
+            .map(|info| info.size())
     }
 
     fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {
@@ -1166,15 +1199,37 @@ impl BaseTransformImpl for AdabmUpscale {
                 ]
             );
         }
-        let in_frame = gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info)
-            .map_err(|_| {
-                gst::element_imp_error!(
-                    self,
-                    gst::CoreError::Failed,
-                    ["Failed to map the input buffer"]
-                );
-                gst::FlowError::Error
-            })?;
+        let Ok(in_frame) =
+            gst_video::VideoFrameRef::from_buffer_ref_readable(inbuf.as_ref(), &in_info)
+        else {
+            // Too short for a frame of the caps (or a video meta that does not fit them): drop
+            // it and go on; the first one of a stream is a bus warning.
+            let first = self
+                .state
+                .lock()
+                .unwrap()
+                .as_mut()
+                .is_some_and(|st| !std::mem::replace(&mut st.warned_size, true));
+            let text = format!(
+                "Dropped a buffer of {} bytes: a {}x{} {} frame of the negotiated caps takes {} bytes{}",
+                inbuf.size(),
+                in_info.width(),
+                in_info.height(),
+                in_info.format().to_str(),
+                in_info.size(),
+                if first {
+                    " (a truncated frame, or caps that do not describe the data?); later ones are dropped with a debug log only"
+                } else {
+                    ""
+                }
+            );
+            if first {
+                gst::element_imp_warning!(self, gst::StreamError::Format, ["{}", text]);
+            } else {
+                gst::warning!(CAT, imp = self, "{text}");
+            }
+            return Ok(gst_base::BASE_TRANSFORM_FLOW_DROPPED);
+        };
         let mut out_frame = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out_info)
             .map_err(|_| {
             gst::element_imp_error!(
