@@ -1096,19 +1096,19 @@ impl BaseTransformImpl for AdabmUpscale {
         self.parent_submit_input_buffer(is_discont, inbuf)
     }
 
-    /// The output frame's size whatever the input buffer's: a buffer that does not hold a
-    /// frame of the caps (a truncated last frame of a raw file) reaches `transform`, which
-    /// drops it with a warning that says so, instead of the base class stopping the stream.
+    /// A frame of the other side's caps, whatever the buffer's size: a buffer that does not
+    /// hold a frame of its caps (a truncated last frame of raw data) reaches `transform`,
+    /// which drops it with a warning that says so, instead of the base class stopping the
+    /// stream.
     fn transform_size(
         &self,
-        direction: gst::PadDirection,
+        _direction: gst::PadDirection,
         _caps: &gst::Caps,
         _size: usize,
         othercaps: &gst::Caps,
     ) -> Option<usize> {
-        (direction == gst::PadDirection::Sink)
-            .then(|| gst_video::VideoInfo::from_caps(othercaps).ok())
-            .flatten()
+        gst_video::VideoInfo::from_caps(othercaps)
+            .ok()
             .map(|info| info.size())
     }
 
