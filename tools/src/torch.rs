@@ -25,13 +25,25 @@ pub struct Tensor {
 
 fn u16_at(b: &[u8], i: usize) -> Result<u16> {
     Ok(u16::from_le_bytes(
-        b.get(i..i + 2).context("truncated zip")?.try_into()?,
+        b.get(i..i.saturating_add(2))
+            .context("truncated zip")?
+            .try_into()?,
     ))
 }
 
 fn u32_at(b: &[u8], i: usize) -> Result<u32> {
     Ok(u32::from_le_bytes(
-        b.get(i..i + 4).context("truncated zip")?.try_into()?,
+        b.get(i..i.saturating_add(4))
+            .context("truncated zip")?
+            .try_into()?,
+    ))
+}
+
+fn u64_at(b: &[u8], i: usize) -> Result<u64> {
+    Ok(u64::from_le_bytes(
+        b.get(i..i.saturating_add(8))
+            .context("truncated zip")?
+            .try_into()?,
     ))
 }
 
@@ -54,12 +66,12 @@ pub fn read_zip(bytes: &[u8]) -> Result<HashMap<String, &[u8]>> {
         if &bytes[loc..loc + 4] != b"PK\x06\x07" {
             bail!("zip64 locator missing");
         }
-        let rec = u64::from_le_bytes(bytes[loc + 8..loc + 16].try_into()?) as usize;
-        if bytes.get(rec..rec + 4) != Some(b"PK\x06\x06") {
+        let rec = u64_at(bytes, loc + 8)? as usize;
+        if u32_at(bytes, rec).ok() != Some(0x0606_4b50) {
             bail!("zip64 end-of-central-directory record missing");
         }
-        n = u64::from_le_bytes(bytes[rec + 32..rec + 40].try_into()?) as usize;
-        cd = u64::from_le_bytes(bytes[rec + 48..rec + 56].try_into()?) as usize;
+        n = u64_at(bytes, rec.saturating_add(32))? as usize;
+        cd = u64_at(bytes, rec.saturating_add(48))? as usize;
     }
     let mut out = HashMap::new();
     let mut p = cd;
@@ -68,6 +80,7 @@ pub fn read_zip(bytes: &[u8]) -> Result<HashMap<String, &[u8]>> {
             bail!("corrupt zip central directory");
         }
         let method = u16_at(bytes, p + 10)?;
+        let crc = u32_at(bytes, p + 16)?;
         let mut csize = u32_at(bytes, p + 20)? as u64;
         let mut usize_ = u32_at(bytes, p + 24)? as u64;
         let name_len = u16_at(bytes, p + 28)? as usize;
@@ -114,8 +127,18 @@ pub fn read_zip(bytes: &[u8]) -> Result<HashMap<String, &[u8]>> {
         }
         let start = l + 30 + u16_at(bytes, l + 26)? as usize + u16_at(bytes, l + 28)? as usize;
         let data = bytes
-            .get(start..start + csize as usize)
+            .get(start..start.saturating_add(csize as usize))
             .with_context(|| format!("zip entry {name} is truncated"))?;
+        // A stored entry whose bytes changed after writing is an error (torch.load does not
+        // check, and loads the damaged values). A recorded 0 means none was computed
+        // (`torch.serialization.set_crc32_options(False)`, PyTorch ≥ 2.4).
+        let found = crc32(data);
+        if crc != 0 && found != crc {
+            bail!(
+                "zip entry {name} is damaged: its CRC-32 is {found:08x}, the archive records \
+                 {crc:08x} (the file changed after it was written)"
+            );
+        }
         out.insert(name, data);
         p += 46 + name_len + extra_len + comment_len;
     }

@@ -97,7 +97,25 @@ fn broken_checkpoints_give_clear_errors() {
     let mut corrupt = pt.clone();
     let pkl = corrupt.windows(2).position(|w| w == [0x80, 2]).unwrap();
     corrupt[pkl + 2] = 0xff; // an opcode we do not know
-    assert!(err(torch::read_state_dict(&corrupt)).contains("opcode"));
+    // The archive's CRC-32 of the pickle no longer matches (torch.load would not notice).
+    let e = err(torch::read_state_dict(&corrupt));
+    assert!(e.contains("data.pkl is damaged"), "{e}");
+    // Without recorded CRCs the pickle parser meets the opcode.
+    assert!(err(torch::read_state_dict(&without_crcs(&corrupt))).contains("opcode"));
+    // One bit of one weight: refused with the entry named, where torch.load returns the
+    // changed value.
+    let mut flipped = pt.clone();
+    let data0 = find_entry(&pt, "data/0");
+    flipped[data0 + 5] ^= 1;
+    let e = err(torch::read_state_dict(&flipped));
+    assert!(e.contains("data/0 is damaged"), "{e}");
+    // Files written with `torch.serialization.set_crc32_options(False)` record 0: read as
+    // they are.
+    let read = torch::read_state_dict(&without_crcs(&pt)).unwrap();
+    assert_eq!(read.len(), good.len());
+    for ((n, a), (m, b)) in read.iter().zip(&good) {
+        assert_eq!((n, &a.shape, &a.data), (m, &b.shape, &b.data));
+    }
 
     let without = |name: &str| -> Vec<(String, Tensor)> {
         good.iter().filter(|(n, _)| n != name).cloned().collect()
@@ -115,6 +133,38 @@ fn broken_checkpoints_give_clear_errors() {
     assert!(format!("{e:#}").contains("expected [8, 8, 3, 3]"), "{e:#}");
     let e = convert::import(Vec::new(), &ImportOptions::default()).unwrap_err();
     assert!(format!("{e:#}").contains("head.0.weight"), "{e:#}");
+}
+
+/// `pt` with every central-directory record's CRC-32 zeroed, as PyTorch ≥ 2.4 writes files
+/// under `torch.serialization.set_crc32_options(False)`.
+fn without_crcs(pt: &[u8]) -> Vec<u8> {
+    let mut b = pt.to_vec();
+    let cd = b.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    let mut at = cd;
+    while b[at..at + 4] == *b"PK\x01\x02" {
+        b[at + 16..at + 20].fill(0);
+        let len = |i: usize| u16::from_le_bytes([b[at + i], b[at + i + 1]]) as usize;
+        at += 46 + len(28) + len(30) + len(32);
+    }
+    b
+}
+
+/// Where the bytes of the zip entry whose name ends with `suffix` start in `pt`.
+fn find_entry(pt: &[u8], suffix: &str) -> usize {
+    let mut at = 0;
+    while pt[at..at + 4] == *b"PK\x03\x04" {
+        let len = |i: usize| u16::from_le_bytes([pt[at + i], pt[at + i + 1]]) as usize;
+        let (name, size) = (
+            &pt[at + 30..at + 30 + len(26)],
+            u32::from_le_bytes(pt[at + 18..at + 22].try_into().unwrap()) as usize,
+        );
+        let data = at + 30 + len(26) + len(28);
+        if name.ends_with(suffix.as_bytes()) {
+            return data;
+        }
+        at = data + size;
+    }
+    panic!("no entry {suffix}")
 }
 
 fn python() -> Option<()> {
