@@ -667,19 +667,24 @@ fn state_dict_of<'a>(
         let (size, conv) = element(&t.dtype).with_context(|| format!("tensor {name}"))?;
         let raw =
             storage(&t.key).with_context(|| format!("tensor {name}: storage {} missing", t.key))?;
-        let numel: usize = t.shape.iter().product();
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .with_context(|| format!("tensor {name}: shape {:?} too large", t.shape))?;
         // Contiguous (row-major) strides only: state dicts of convs are.
         let mut expect = 1;
         for (d, &s) in t.shape.iter().zip(&t.stride).rev() {
             if *d > 1 && s != expect {
                 bail!("tensor {name}: non-contiguous strides {:?}", t.stride);
             }
-            expect *= d;
+            expect = expect.saturating_mul(*d);
         }
-        let start = t.offset * size;
-        let end = start + numel * size;
-        let b = raw
-            .get(start..end)
+        let b = t
+            .offset
+            .checked_mul(size)
+            .zip(numel.checked_mul(size))
+            .and_then(|(start, len)| raw.get(start..start.checked_add(len)?))
             .with_context(|| format!("tensor {name}: storage {} too short", t.key))?;
         out.push((
             name,

@@ -135,6 +135,71 @@ fn broken_checkpoints_give_clear_errors() {
     assert!(format!("{e:#}").contains("head.0.weight"), "{e:#}");
 }
 
+/// Damage at random places — mostly in the pickles, with the zip's CRCs zeroed so that the
+/// parser, not the checksum, meets it — is an error or a readable checkpoint, never a panic.
+#[test]
+fn randomly_damaged_checkpoints_never_panic() {
+    let m = random::random_model(small(2), 4).unwrap();
+    let mut files = vec![without_crcs(&torch::write_state_dict(&convert::export(
+        &m,
+        Naming::Edsr,
+    )))];
+    let dir = tempfile::tempdir().unwrap();
+    if python().is_some() {
+        let path = dir.path().join("legacy.pt");
+        run_py(&[
+            "write-legacy",
+            path.to_str().unwrap(),
+            "2",
+            "2",
+            "2",
+            "8",
+            "edsr",
+        ]);
+        files.push(std::fs::read(&path).unwrap());
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut refused, mut read) = (0, 0);
+    for bytes in &files {
+        // The pickles: the zip's data.pkl near the start, the legacy file's first 3 pickles
+        // and its key list before the storages.
+        let pickles = 4000.min(bytes.len());
+        for _ in 0..1000 {
+            let mut b = bytes.clone();
+            for _ in 0..1 + rnd() % 3 {
+                let at = if rnd() % 4 == 0 {
+                    rnd() as usize % b.len()
+                } else {
+                    rnd() as usize % pickles
+                };
+                b[at] = match rnd() % 3 {
+                    0 => b[at] ^ (1 << (rnd() % 8)),
+                    1 => 0xff,
+                    _ => rnd() as u8,
+                };
+            }
+            let outcome = std::panic::catch_unwind(|| {
+                torch::read_state_dict(&b)
+                    .and_then(|t| convert::import(t, &ImportOptions::default()))
+                    .is_ok()
+            });
+            match outcome {
+                Ok(true) => read += 1,
+                Ok(false) => refused += 1,
+                Err(_) => panic!("a damaged checkpoint panicked"),
+            }
+        }
+    }
+    eprintln!("damaged checkpoints: {refused} refused, {read} read");
+    assert!(refused > 300, "refused {refused}, read {read}");
+}
+
 /// `pt` with every central-directory record's CRC-32 zeroed, as PyTorch ≥ 2.4 writes files
 /// under `torch.serialization.set_crc32_options(False)`.
 fn without_crcs(pt: &[u8]) -> Vec<u8> {
