@@ -1258,6 +1258,10 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::I42210le => L::I422p10,
         F::Y44410le => L::Y444p10,
         F::P01010le => L::P010,
+        F::I42012le => L::I420p12,
+        F::I42212le => L::I422p12,
+        F::Y44412le => L::Y444p12,
+        F::P012Le => L::P012,
         F::Gray8 => L::Gray8,
         F::Gray16Le => L::Gray16,
         f => panic!("not a YUV format: {f:?}"),
@@ -1371,7 +1375,7 @@ fn yuv_frames(
     buf
 }
 
-/// The YUV formats (4:2:0, 4:2:2, 4:4:4, 8 and 10 bits) go straight through the element (no
+/// The YUV formats (4:2:0, 4:2:2, 4:4:4, 8, 10 and 12 bits) go straight through the element (no
 /// videoconvert): its output equals the engine's for the frame's colour matrix, range and
 /// chroma siting from the caps — odd and even sizes, padded strides, interlaced field by field.
 #[test]
@@ -1467,6 +1471,42 @@ fn yuv_formats_match_the_engine() {
         (
             "Y444_10LE",
             (12, 7),
+            ",colorimetry=bt709",
+            YuvMatrix::BT709,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "I420_12LE",
+            (19, 11),
+            ",colorimetry=bt2020,chroma-site=mpeg2",
+            YuvMatrix::BT2020,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "P012_LE",
+            (20, 12),
+            ",colorimetry=bt2020,chroma-site=mpeg2",
+            YuvMatrix::BT2020,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "I422_12LE",
+            (15, 8),
+            ",colorimetry=1:4:0:0,interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            true,
+            (false, false),
+            true,
+        ),
+        (
+            "Y444_12LE",
+            (9, 5),
             ",colorimetry=bt709",
             YuvMatrix::BT709,
             false,
@@ -1660,6 +1700,10 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("P010_10LE", 2, 6, 2.0, 1.0),
         ("I422_10LE", 2, 0, 2.5, 1.5),
         ("Y444_10LE", 2, 0, 3.0, 3.5),
+        ("I420_12LE", 2, 0, 2.0, 1.0),
+        ("P012_LE", 2, 4, 2.0, 1.0),
+        ("I422_12LE", 2, 0, 2.5, 1.5),
+        ("Y444_12LE", 2, 0, 3.0, 3.5),
         ("GRAY8", 1, 0, 1.0, 0.0),
         ("GRAY16_LE", 2, 0, 1.0, 0.0),
     ];
@@ -1667,20 +1711,18 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         let src = format!(
             "videotestsrc num-buffers=1 pattern=smpte ! video/x-raw,format={fmt},width=64,height=48"
         );
-        // Samples in 8-bit units (10-bit ones / 4).
+        // Samples in 8-bit units (10-bit ones / 4, 12-bit ones / 16).
+        let per_level = match fmt {
+            "GRAY16_LE" => 256.0,
+            f if f.contains("12") => 16.0,
+            _ => 4.0,
+        };
         let samples = |b: Vec<u8>| -> Vec<f64> {
             match word {
                 1 => b.into_iter().map(f64::from).collect(),
                 _ => b
                     .chunks_exact(2)
-                    .map(|c| {
-                        let v = (u16::from_le_bytes([c[0], c[1]]) >> shift) as f64;
-                        if fmt == "GRAY16_LE" {
-                            v / 256.0
-                        } else {
-                            v / 4.0
-                        }
-                    })
+                    .map(|c| (u16::from_le_bytes([c[0], c[1]]) >> shift) as f64 / per_level)
                     .collect(),
             }
         };
@@ -1711,7 +1753,9 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         eprintln!("{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}");
         // Measured (Debian 12, GStreamer 1.22, in 8-bit units): I420 3.4 / 4.3, NV12 2.5 / 1.0,
         // Y42B 2.6 / 1.3, Y444 3.0 / 2.8, I420_10LE and P010_10LE 1.3 / 0.5, Y444_10LE 2.1 / 2.2,
-        // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8.
+        // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8; the 12-bit
+        // formats as their 10-bit ones (I420_12LE and P012_LE 1.26 / 0.50, I422_12LE 1.44 /
+        // 0.79, Y444_12LE 2.08 / 2.22).
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"

@@ -1,13 +1,14 @@
-//! YUV frames in and out of the engine — 4:2:0 (I420, NV12, NV21, I420_10LE, P010_10LE), 4:2:2
-//! (Y42B, NV16, I422_10LE, packed YUY2 / UYVY / YVYU) and 4:4:4 (Y444, NV24, Y444_10LE), 8 and 10
-//! bits, and grey (GRAY8, GRAY16_LE: luma only) — converted straight to and from its RGB f32
+//! YUV frames in and out of the engine — 4:2:0 (I420, NV12, NV21, I420_10LE, P010_10LE,
+//! I420_12LE, P012_LE), 4:2:2 (Y42B, NV16, I422_10LE, I422_12LE, packed YUY2 / UYVY / YVYU) and
+//! 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE), 8, 10 and 12 bits, and grey (GRAY8, GRAY16_LE:
+//! luma only) — converted straight to and from its RGB f32
 //! (0–255) images: the colour matrix and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE
 //! 240M / FCC, limited or full range, at the format's depth), subsampled chroma upsampled and
 //! downsampled bilinearly at the caps' chroma siting (co-sited or centred, per axis).
 //!
 //! Against a `videoconvert` on each side of an RGB upscaler this saves two frame passes and
 //! the rounding of the network's input and output to 8-bit RGB: the network reads the exact
-//! RGB of the YUV samples (10-bit samples included) and its output is rounded once, to Y, U
+//! RGB of the YUV samples (10- and 12-bit samples included) and its output is rounded once, to Y, U
 //! and V at the format's depth.
 
 use super::error::{Error, Result};
@@ -23,7 +24,8 @@ thread_local! {
 }
 
 /// The YUV layouts: three planes (Y, U, V) or two (Y, interleaved UV); 8-bit samples in
-/// bytes, 10-bit ones in little-endian 16-bit words (in the low bits, P010 in the high bits).
+/// bytes, 10- and 12-bit ones in little-endian 16-bit words (in the low bits; P010 and P012 in
+/// the high bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum YuvLayout {
     /// 4:2:0 planar, 8 bits.
@@ -48,6 +50,14 @@ pub enum YuvLayout {
     Y444p10,
     /// P010_10LE: 4:2:0 Y and interleaved UV, 10 bits in the high bits of each word.
     P010,
+    /// I420_12LE: 4:2:0 planar, 12 bits.
+    I420p12,
+    /// I422_12LE: 4:2:2 planar, 12 bits.
+    I422p12,
+    /// Y444_12LE: 4:4:4 planar, 12 bits.
+    Y444p12,
+    /// P012_LE: 4:2:0 Y and interleaved UV, 12 bits in the high bits of each word.
+    P012,
     /// YUY2: packed 4:2:2, Y0 U Y1 V, 8 bits (webcams).
     Yuy2,
     /// UYVY: packed 4:2:2, U Y0 V Y1, 8 bits.
@@ -61,7 +71,7 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 20] = [
         Self::I420,
         Self::Nv12,
         Self::Nv21,
@@ -73,6 +83,10 @@ impl YuvLayout {
         Self::I422p10,
         Self::Y444p10,
         Self::P010,
+        Self::I420p12,
+        Self::I422p12,
+        Self::Y444p12,
+        Self::P012,
         Self::Yuy2,
         Self::Uyvy,
         Self::Yvyu,
@@ -106,11 +120,11 @@ impl YuvLayout {
         matches!(self, Self::Gray8 | Self::Gray16)
     }
 
-    /// U and V interleaved in one plane (NV12, NV21, NV16, NV24, P010).
+    /// U and V interleaved in one plane (NV12, NV21, NV16, NV24, P010, P012).
     pub fn interleaved(self) -> bool {
         matches!(
             self,
-            Self::Nv12 | Self::Nv21 | Self::Nv16 | Self::Nv24 | Self::P010
+            Self::Nv12 | Self::Nv21 | Self::Nv16 | Self::Nv24 | Self::P010 | Self::P012
         )
     }
 
@@ -122,11 +136,26 @@ impl YuvLayout {
     /// Chroma subsampling factors (x, y): 2 or 1 (grey: 1, no chroma planes).
     pub fn subsampling(self) -> (usize, usize) {
         match self {
-            Self::I420 | Self::Nv12 | Self::Nv21 | Self::I420p10 | Self::P010 => (2, 2),
-            Self::Y42b | Self::Nv16 | Self::I422p10 | Self::Yuy2 | Self::Uyvy | Self::Yvyu => {
-                (2, 1)
-            }
-            Self::Y444 | Self::Nv24 | Self::Y444p10 | Self::Gray8 | Self::Gray16 => (1, 1),
+            Self::I420
+            | Self::Nv12
+            | Self::Nv21
+            | Self::I420p10
+            | Self::P010
+            | Self::I420p12
+            | Self::P012 => (2, 2),
+            Self::Y42b
+            | Self::Nv16
+            | Self::I422p10
+            | Self::I422p12
+            | Self::Yuy2
+            | Self::Uyvy
+            | Self::Yvyu => (2, 1),
+            Self::Y444
+            | Self::Nv24
+            | Self::Y444p10
+            | Self::Y444p12
+            | Self::Gray8
+            | Self::Gray16 => (1, 1),
         }
     }
 
@@ -145,7 +174,8 @@ impl YuvLayout {
             | Self::Yvyu
             | Self::Gray8 => 8,
             Self::Gray16 => 16,
-            _ => 10,
+            Self::I420p10 | Self::I422p10 | Self::Y444p10 | Self::P010 => 10,
+            Self::I420p12 | Self::I422p12 | Self::Y444p12 | Self::P012 => 12,
         }
     }
 
@@ -156,7 +186,11 @@ impl YuvLayout {
 
     /// Where a sample's bits start in its word.
     fn shift(self) -> u32 {
-        if self == Self::P010 { 6 } else { 0 }
+        match self {
+            Self::P010 => 6,
+            Self::P012 => 4,
+            _ => 0,
+        }
     }
 
     /// Chroma plane size (samples per row, rows) of a `w x h` frame.
@@ -481,6 +515,7 @@ pub fn unpack_with<T: Copy + Default + Send>(
     match (f.layout.word(), f.layout.shift()) {
         (1, _) => unpack_rows::<W8, T>(f, conv, out),
         (_, 0) => unpack_rows::<W16<0>, T>(f, conv, out),
+        (_, 4) => unpack_rows::<W16<4>, T>(f, conv, out),
         _ => unpack_rows::<W16<6>, T>(f, conv, out),
     }
     Ok(())
@@ -608,6 +643,7 @@ pub fn pack_with<T: Sync>(
     match (f.layout.word(), f.layout.shift()) {
         (1, _) => pack_rows::<W8, T>(src, f, conv),
         (_, 0) => pack_rows::<W16<0>, T>(src, f, conv),
+        (_, 4) => pack_rows::<W16<4>, T>(src, f, conv),
         _ => pack_rows::<W16<6>, T>(src, f, conv),
     }
     Ok(())
@@ -935,7 +971,7 @@ mod tests {
     }
 
     /// Known colours: white, black and the primaries in BT.601 and BT.709, limited range,
-    /// as the standards give them (8 and 10 bits).
+    /// as the standards give them (8, 10 and 12 bits).
     #[test]
     fn primaries_have_their_standard_codes() {
         let cases = [
@@ -953,6 +989,14 @@ mod tests {
             (10, YuvMatrix::BT709, [0.0, 0.0, 255.0], (127, 960, 471)),
             (10, YuvMatrix::BT709, [255.0, 255.0, 255.0], (940, 512, 512)),
             (10, YuvMatrix::BT709, [0.0, 0.0, 0.0], (64, 512, 512)),
+            // 12 bits (ITU-R BT.2020-2 table 5: Y 256–3760, C 256–3840 around 2048).
+            (
+                12,
+                YuvMatrix::BT2020,
+                [255.0, 255.0, 255.0],
+                (3760, 2048, 2048),
+            ),
+            (12, YuvMatrix::BT2020, [0.0, 0.0, 0.0], (256, 2048, 2048)),
         ];
         for (depth, k, rgb, (y, u, v)) in cases {
             let m = YuvMatrix::new(k, false).coeffs(depth);
@@ -972,7 +1016,7 @@ mod tests {
             }
         }
         // Full range: Y spans 0–2^depth − 1.
-        for (depth, max) in [(8, 255), (10, 1023)] {
+        for (depth, max) in [(8, 255), (10, 1023), (12, 4095)] {
             let m = YuvMatrix::new(YuvMatrix::BT601, true).coeffs(depth);
             assert_eq!(m.code(m.luma([255.0; 3])), max);
             assert_eq!(m.code(m.luma([0.0; 3])), 0);
@@ -981,8 +1025,9 @@ mod tests {
         }
     }
 
-    /// The samples land where each format keeps them: P010 in the high bits of little-endian
-    /// words, the 10-bit planar formats in the low bits, chroma planes of the subsampled size.
+    /// The samples land where each format keeps them: P010 and P012 in the high bits of
+    /// little-endian words, the 10- and 12-bit planar formats in the low bits, chroma planes of
+    /// the subsampled size.
     #[test]
     fn samples_are_stored_as_the_formats_say() {
         let (w, h) = (5, 3);
@@ -994,6 +1039,7 @@ mod tests {
             let (white, grey) = match layout.depth() {
                 8 => (235u32, 128u32),
                 10 => (940, 512),
+                12 => (3760, 2048),
                 _ => (235 * 256, 0),
             };
             let word = |p: usize, row: usize, i: usize| {
@@ -1024,10 +1070,9 @@ mod tests {
         }
         assert_eq!(YuvLayout::Y42b.chroma_size(5, 3), (3, 3));
         assert_eq!(YuvLayout::Y444p10.chroma_size(5, 3), (5, 3));
-        assert_eq!(
-            YuvLayout::P010.plane_sizes(5, 3),
-            [(10, 3), (12, 2), (0, 0)]
-        );
+        for p0xx in [YuvLayout::P010, YuvLayout::P012] {
+            assert_eq!(p0xx.plane_sizes(5, 3), [(10, 3), (12, 2), (0, 0)]);
+        }
         assert_eq!(
             YuvLayout::Gray16.plane_sizes(5, 3),
             [(10, 3), (0, 0), (0, 0)]
@@ -1153,7 +1198,8 @@ mod tests {
     }
 
     /// Ten bits keep what eight round away: an image of fractional levels comes back from
-    /// 10-bit 4:4:4 within a quarter level, from 8-bit 4:4:4 only within about one.
+    /// 10-bit 4:4:4 within a quarter level, from 8-bit 4:4:4 only within about one; twelve
+    /// bits (planar and P012's high bits) come closer still.
     #[test]
     fn ten_bits_keep_what_eight_bits_round_away() {
         let (w, h) = (16, 9);
@@ -1167,6 +1213,11 @@ mod tests {
         let eight = worst(&img, &round_trip(YuvLayout::Y444, &img, m, s));
         assert!(ten < 0.3, "10-bit worst {ten}");
         assert!(eight > 0.6, "8-bit worst {eight}");
+        let twelve = worst(&img, &round_trip(YuvLayout::Y444p12, &img, m, s));
+        assert!(twelve < ten / 2.0, "12-bit worst {twelve}, 10-bit {ten}");
+        let p012 = worst(&img, &round_trip(YuvLayout::P012, &img, m, s));
+        let p010 = worst(&img, &round_trip(YuvLayout::P010, &img, m, s));
+        assert!(p012 < p010, "P012 worst {p012}, P010 {p010}");
     }
 
     /// A flat colour survives exactly (up to rounding), whatever the filters.
