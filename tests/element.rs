@@ -1262,6 +1262,7 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::I42212le => L::I422p12,
         F::Y44412le => L::Y444p12,
         F::P012Le => L::P012,
+        F::V210 => L::V210,
         F::Gray8 => L::Gray8,
         F::Gray16Le => L::Gray16,
         f => panic!("not a YUV format: {f:?}"),
@@ -1505,6 +1506,24 @@ fn yuv_formats_match_the_engine() {
             true,
         ),
         (
+            "v210",
+            (13, 6),
+            ",colorimetry=bt709",
+            YuvMatrix::BT709,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "v210",
+            (6, 4),
+            ",colorimetry=1:4:0:0,interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            true,
+            (false, false),
+            true,
+        ),
+        (
             "Y444_12LE",
             (9, 5),
             ",colorimetry=bt709",
@@ -1704,6 +1723,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("P012_LE", 2, 4, 2.0, 1.0),
         ("I422_12LE", 2, 0, 2.5, 1.5),
         ("Y444_12LE", 2, 0, 3.0, 3.5),
+        ("v210", 4, 0, 2.5, 1.5),
         ("GRAY8", 1, 0, 1.0, 0.0),
         ("GRAY16_LE", 2, 0, 1.0, 0.0),
     ];
@@ -1720,6 +1740,16 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         let samples = |b: Vec<u8>| -> Vec<f64> {
             match word {
                 1 => b.into_iter().map(f64::from).collect(),
+                // v210: each row of the 128 x 96 frame (a 384-byte row of 22 groups of 6
+                // pixels) up to its last whole word of visible samples: 21 groups and the Cb Y
+                // Cr of pixels 126–127; luma and chroma in their word order.
+                4 => (0..96)
+                    .flat_map(|r| b[r * 384..][..352].chunks_exact(4).take(21 * 4 + 1))
+                    .flat_map(|c| {
+                        let w = u32::from_le_bytes(c.try_into().unwrap());
+                        [0, 10, 20].map(|s| ((w >> s) & 0x3ff) as f64 / per_level)
+                    })
+                    .collect(),
                 _ => b
                     .chunks_exact(2)
                     .map(|c| (u16::from_le_bytes([c[0], c[1]]) >> shift) as f64 / per_level)
@@ -1739,6 +1769,8 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         let format = gst_video::VideoFormat::from_string(fmt);
         let luma = |i: usize| match yuv_layout(format).packed() {
             Some(at) => i % 4 == at[0] || i % 4 == at[1],
+            // v210's word order: Cb Y Cr, Y Cb Y, Cr Y Cb, Y Cr Y.
+            None if word == 4 => i % 2 == 1,
             None => i < 128 * 96,
         };
         let mean = |want_luma: bool| {
@@ -1755,7 +1787,8 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         // Y42B 2.6 / 1.3, Y444 3.0 / 2.8, I420_10LE and P010_10LE 1.3 / 0.5, Y444_10LE 2.1 / 2.2,
         // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8; the 12-bit
         // formats as their 10-bit ones (I420_12LE and P012_LE 1.26 / 0.50, I422_12LE 1.44 /
-        // 0.79, Y444_12LE 2.08 / 2.22).
+        // 0.79, Y444_12LE 2.08 / 2.22); v210 1.09 / 1.16 (a Cb/Cr swap in its word order: 16.2 /
+        // 16.3).
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"

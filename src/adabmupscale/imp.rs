@@ -44,7 +44,7 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 20] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 21] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
     (gst_video::VideoFormat::Nv21, YuvLayout::Nv21),
@@ -60,6 +60,7 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 20] = [
     (gst_video::VideoFormat::I42212le, YuvLayout::I422p12),
     (gst_video::VideoFormat::Y44412le, YuvLayout::Y444p12),
     (gst_video::VideoFormat::P012Le, YuvLayout::P012),
+    (gst_video::VideoFormat::V210, YuvLayout::V210),
     (gst_video::VideoFormat::Yuy2, YuvLayout::Yuy2),
     (gst_video::VideoFormat::Uyvy, YuvLayout::Uyvy),
     (gst_video::VideoFormat::Yvyu, YuvLayout::Yvyu),

@@ -21,6 +21,8 @@ thread_local! {
     /// A worker's row of chroma (two planes' worth, unpacking) or of filtered RGB (packing),
     /// kept between rows and frames.
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A v210 frame as I422_10LE planes (the caller's thread), kept between frames.
+    static V210_PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The YUV layouts: three planes (Y, U, V) or two (Y, interleaved UV); 8-bit samples in
@@ -58,6 +60,10 @@ pub enum YuvLayout {
     Y444p12,
     /// P012_LE: 4:2:0 Y and interleaved UV, 12 bits in the high bits of each word.
     P012,
+    /// v210: packed 4:2:2, 10 bits, 6 pixels in 16 bytes — four little-endian 32-bit words of
+    /// three samples (bits 0–9, 10–19, 20–29): Cb0 Y0 Cr0, Y1 Cb1 Y2, Cr1 Y3 Cb2, Y4 Cr2 Y5
+    /// (SDI capture cards).
+    V210,
     /// YUY2: packed 4:2:2, Y0 U Y1 V, 8 bits (webcams).
     Yuy2,
     /// UYVY: packed 4:2:2, U Y0 V Y1, 8 bits.
@@ -71,7 +77,7 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 20] = [
+    pub const ALL: [Self; 21] = [
         Self::I420,
         Self::Nv12,
         Self::Nv21,
@@ -87,6 +93,7 @@ impl YuvLayout {
         Self::I422p12,
         Self::Y444p12,
         Self::P012,
+        Self::V210,
         Self::Yuy2,
         Self::Uyvy,
         Self::Yvyu,
@@ -95,7 +102,7 @@ impl YuvLayout {
     ];
 
     pub fn planes(self) -> usize {
-        if self.grey() || self.packed().is_some() {
+        if self.grey() || self.packed().is_some() || self == Self::V210 {
             1
         } else if self.interleaved() {
             2
@@ -147,6 +154,7 @@ impl YuvLayout {
             | Self::Nv16
             | Self::I422p10
             | Self::I422p12
+            | Self::V210
             | Self::Yuy2
             | Self::Uyvy
             | Self::Yvyu => (2, 1),
@@ -174,7 +182,7 @@ impl YuvLayout {
             | Self::Yvyu
             | Self::Gray8 => 8,
             Self::Gray16 => 16,
-            Self::I420p10 | Self::I422p10 | Self::Y444p10 | Self::P010 => 10,
+            Self::I420p10 | Self::I422p10 | Self::Y444p10 | Self::P010 | Self::V210 => 10,
             Self::I420p12 | Self::I422p12 | Self::Y444p12 | Self::P012 => 12,
         }
     }
@@ -203,7 +211,9 @@ impl YuvLayout {
     pub fn plane_sizes(self, w: usize, h: usize) -> [(usize, usize); 3] {
         let (cw, ch) = self.chroma_size(w, h);
         let b = self.word();
-        if self.packed().is_some() {
+        if self == Self::V210 {
+            [(w.div_ceil(6) * 16, h), (0, 0), (0, 0)]
+        } else if self.packed().is_some() {
             [(4 * cw, h), (0, 0), (0, 0)]
         } else if self.grey() {
             [(w * b, h), (0, 0), (0, 0)]
@@ -508,6 +518,13 @@ pub fn unpack_with<T: Copy + Default + Send>(
         f.height,
     )?;
     out.resize(f.width * f.height * 3, T::default());
+    if f.layout == YuvLayout::V210 {
+        V210_PLANES.with(|cell| {
+            let mut tmp = cell.borrow_mut();
+            unpack_rows::<W16<0>, T>(&v210_to_planar(f, &mut tmp), conv, out)
+        });
+        return Ok(());
+    }
     if let Some(at) = f.layout.packed() {
         unpack_packed(f, at, conv, out);
         return Ok(());
@@ -636,6 +653,28 @@ pub fn pack_with<T: Sync>(
             src.len()
         )));
     }
+    if f.layout == YuvLayout::V210 {
+        V210_PLANES.with(|cell| {
+            let mut tmp = cell.borrow_mut();
+            let cw = w.div_ceil(2);
+            tmp.clear();
+            tmp.resize(2 * (w + 2 * cw) * h, 0);
+            let (y, uv) = tmp.split_at_mut(2 * w * h);
+            let (u, v) = uv.split_at_mut(2 * cw * h);
+            let mut planar = YuvMut {
+                planes: [y, u, v],
+                strides: [2 * w, 2 * cw, 2 * cw],
+                width: w,
+                height: h,
+                layout: YuvLayout::I422p10,
+                matrix: f.matrix,
+                siting: f.siting,
+            };
+            pack_rows::<W16<0>, T>(src, &mut planar, conv);
+            planar_to_v210(&planar, f);
+        });
+        return Ok(());
+    }
     if let Some(at) = f.layout.packed() {
         pack_packed(src, f, at, conv);
         return Ok(());
@@ -647,6 +686,100 @@ pub fn pack_with<T: Sync>(
         _ => pack_rows::<W16<6>, T>(src, f, conv),
     }
     Ok(())
+}
+
+/// The 6 luma and 3 + 3 chroma samples (Cb, Cr of its pixel pairs) of a v210 group: words
+/// Cb0 Y0 Cr0, Y1 Cb1 Y2, Cr1 Y3 Cb2, Y4 Cr2 Y5.
+#[inline(always)]
+fn v210_group(g: &[u8]) -> ([u16; 6], [u16; 3], [u16; 3]) {
+    let s = |k: usize| {
+        let w = u32::from_le_bytes([g[4 * k], g[4 * k + 1], g[4 * k + 2], g[4 * k + 3]]);
+        [w & 0x3ff, (w >> 10) & 0x3ff, (w >> 20) & 0x3ff].map(|v| v as u16)
+    };
+    let ([cb0, y0, cr0], [y1, cb1, y2], [cr1, y3, cb2], [y4, cr2, y5]) = (s(0), s(1), s(2), s(3));
+    ([y0, y1, y2, y3, y4, y5], [cb0, cb1, cb2], [cr0, cr1, cr2])
+}
+
+/// [`v210_group`]'s inverse.
+#[inline(always)]
+fn v210_put(g: &mut [u8], y: [u16; 6], cb: [u16; 3], cr: [u16; 3]) {
+    let words = [
+        [cb[0], y[0], cr[0]],
+        [y[1], cb[1], y[2]],
+        [cr[1], y[3], cb[2]],
+        [y[4], cr[2], y[5]],
+    ];
+    for (k, [a, b, c]) in words.into_iter().enumerate() {
+        let w = a as u32 | (b as u32) << 10 | (c as u32) << 20;
+        g[4 * k..4 * k + 4].copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+/// A v210 frame as I422_10LE planes in `tmp` (Y, then Cb, then Cr; unpadded rows), rows in
+/// parallel.
+fn v210_to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
+    let (w, h) = (f.width, f.height);
+    let cw = w.div_ceil(2);
+    let sizes = [2 * w * h, 2 * cw * h, 2 * cw * h];
+    tmp.clear();
+    tmp.resize(sizes.iter().sum(), 0);
+    {
+        let (y, uv) = tmp.split_at_mut(sizes[0]);
+        let (u, v) = uv.split_at_mut(sizes[1]);
+        y.par_chunks_mut(2 * w)
+            .zip(u.par_chunks_mut(2 * cw))
+            .zip(v.par_chunks_mut(2 * cw))
+            .enumerate()
+            .for_each(|(r, ((y, u), v))| {
+                let row = &f.planes[0][r * f.strides[0]..][..w.div_ceil(6) * 16];
+                for (g, group) in row.chunks_exact(16).enumerate() {
+                    let (ys, cbs, crs) = v210_group(group);
+                    for (i, s) in ys.into_iter().enumerate().take(w - 6 * g) {
+                        y[2 * (6 * g + i)..][..2].copy_from_slice(&s.to_le_bytes());
+                    }
+                    for i in 0..3.min(cw - 3 * g) {
+                        let at = 2 * (3 * g + i);
+                        u[at..at + 2].copy_from_slice(&cbs[i].to_le_bytes());
+                        v[at..at + 2].copy_from_slice(&crs[i].to_le_bytes());
+                    }
+                }
+            });
+    }
+    let (y, uv) = tmp.split_at(sizes[0]);
+    let (u, v) = uv.split_at(sizes[1]);
+    YuvRef {
+        planes: [y, u, v],
+        strides: [2 * w, 2 * cw, 2 * cw],
+        width: w,
+        height: h,
+        layout: YuvLayout::I422p10,
+        matrix: f.matrix,
+        siting: f.siting,
+    }
+}
+
+/// I422_10LE planes `p` (unpadded rows) into the v210 frame `f`, rows in parallel; the samples
+/// past the row's end in its last group repeat the row's last ones.
+fn planar_to_v210(p: &YuvMut, f: &mut YuvMut) {
+    let (w, h) = (f.width, f.height);
+    let cw = w.div_ceil(2);
+    let row_bytes = w.div_ceil(6) * 16;
+    let stride = f.strides[0];
+    f.planes[0][..(h - 1) * stride + row_bytes]
+        .par_chunks_mut(stride)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let sample = |plane: &[u8], n: usize, i: usize| {
+                let at = 2 * (r * n + i.min(n - 1));
+                u16::from_le_bytes([plane[at], plane[at + 1]])
+            };
+            for (g, group) in row[..row_bytes].chunks_exact_mut(16).enumerate() {
+                let y = std::array::from_fn(|i| sample(p.planes[0], w, 6 * g + i));
+                let cb = std::array::from_fn(|i| sample(p.planes[1], cw, 3 * g + i));
+                let cr = std::array::from_fn(|i| sample(p.planes[2], cw, 3 * g + i));
+                v210_put(group, y, cb, cr);
+            }
+        });
 }
 
 fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f32 + Sync) {
@@ -1049,6 +1182,19 @@ mod tests {
                     _ => u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32,
                 }
             };
+            if layout == YuvLayout::V210 {
+                // One group of 6 for 5 pixels: the last word is Y4 Cr2 Y5, Y5 (past the row)
+                // repeating Y4; the third ends with Cb2; the top two bits of each word 0.
+                let g = &planes[0][(h - 1) * strides[0]..][..16];
+                let word = |k: usize| u32::from_le_bytes(g[4 * k..4 * k + 4].try_into().unwrap());
+                let sample = |k: usize, i: u32| (word(k) >> (10 * i)) & 0x3ff;
+                assert_eq!(
+                    [sample(3, 0), sample(3, 1), sample(3, 2), sample(2, 2)],
+                    [white, grey, white, grey]
+                );
+                assert!((0..4).all(|k| word(k) >> 30 == 0));
+                continue;
+            }
             if let Some(at) = layout.packed() {
                 // The last group (of the odd width's padding pixel too): Y Y U V where `at` says.
                 let g = &planes[0][(h - 1) * strides[0] + 8..][..4];
@@ -1078,6 +1224,52 @@ mod tests {
             [(10, 3), (0, 0), (0, 0)]
         );
         assert_eq!(YuvLayout::Uyvy.plane_sizes(5, 3), [(12, 3), (0, 0), (0, 0)]);
+        assert_eq!(YuvLayout::V210.plane_sizes(7, 3), [(32, 3), (0, 0), (0, 0)]);
+    }
+
+    /// v210 holds exactly the samples of I422_10LE: packed from the same image, its words
+    /// (decoded here the way SMPTE / Apple describe them) give I422_10LE's planes, and both
+    /// unpack to the same image — whole groups and partial last ones.
+    #[test]
+    fn v210_holds_the_samples_of_i422_10le() {
+        let (m, s) = (
+            YuvMatrix::new(YuvMatrix::BT709, false),
+            ChromaSiting::default(),
+        );
+        for (w, h) in [(1, 1), (5, 3), (6, 2), (13, 4), (48, 2), (50, 3)] {
+            let img = smooth(w, h);
+            let (back_v, v210, vs) = round_trip_planes(YuvLayout::V210, &img, m, s);
+            let (back_p, planar, ps) = round_trip_planes(YuvLayout::I422p10, &img, m, s);
+            assert_eq!(back_v.data, back_p.data, "{w}x{h}");
+            let cw = w.div_ceil(2);
+            let at = |p: usize, r: usize, i: usize| {
+                let b = &planar[p][r * ps[p] + 2 * i..];
+                u16::from_le_bytes([b[0], b[1]]) as u32
+            };
+            for r in 0..h {
+                let row = &v210[0][r * vs[0]..];
+                for g in 0..w.div_ceil(6) {
+                    let word = |k: usize| {
+                        u32::from_le_bytes(row[16 * g + 4 * k..][..4].try_into().unwrap())
+                    };
+                    let s3 = |k: usize| [0, 10, 20].map(|b| (word(k) >> b) & 0x3ff);
+                    let [cb0, y0, cr0] = s3(0);
+                    let [y1, cb1, y2] = s3(1);
+                    let [cr1, y3, cb2] = s3(2);
+                    let [y4, cr2, y5] = s3(3);
+                    for (i, y) in [y0, y1, y2, y3, y4, y5].into_iter().enumerate() {
+                        let x = 6 * g + i;
+                        assert_eq!(y, at(0, r, x.min(w - 1)), "{w}x{h} Y row {r} x {x}");
+                    }
+                    for (i, (cb, cr)) in
+                        [(cb0, cr0), (cb1, cr1), (cb2, cr2)].into_iter().enumerate()
+                    {
+                        let x = (3 * g + i).min(cw - 1);
+                        assert_eq!((cb, cr), (at(1, r, x), at(2, r, x)), "{w}x{h} C row {r}");
+                    }
+                }
+            }
+        }
     }
 
     /// RGB → YUV → RGB of a smooth image comes back within the rounding and the chroma
