@@ -519,10 +519,9 @@ pub fn unpack_with<T: Copy + Default + Send>(
     )?;
     out.resize(f.width * f.height * 3, T::default());
     if f.layout == YuvLayout::V210 {
-        V210_PLANES.with(|cell| {
-            let mut tmp = cell.borrow_mut();
-            unpack_rows::<W16<0>, T>(&v210_to_planar(f, &mut tmp), conv, out)
-        });
+        let mut tmp = take_v210_planes();
+        unpack_rows::<W16<0>, T>(&v210_to_planar(f, &mut tmp), conv, out);
+        V210_PLANES.with(|cell| *cell.borrow_mut() = tmp);
         return Ok(());
     }
     if let Some(at) = f.layout.packed() {
@@ -654,25 +653,24 @@ pub fn pack_with<T: Sync>(
         )));
     }
     if f.layout == YuvLayout::V210 {
-        V210_PLANES.with(|cell| {
-            let mut tmp = cell.borrow_mut();
-            let cw = w.div_ceil(2);
-            tmp.clear();
-            tmp.resize(2 * (w + 2 * cw) * h, 0);
-            let (y, uv) = tmp.split_at_mut(2 * w * h);
-            let (u, v) = uv.split_at_mut(2 * cw * h);
-            let mut planar = YuvMut {
-                planes: [y, u, v],
-                strides: [2 * w, 2 * cw, 2 * cw],
-                width: w,
-                height: h,
-                layout: YuvLayout::I422p10,
-                matrix: f.matrix,
-                siting: f.siting,
-            };
-            pack_rows::<W16<0>, T>(src, &mut planar, conv);
-            planar_to_v210(&planar, f);
-        });
+        let mut tmp = take_v210_planes();
+        let cw = w.div_ceil(2);
+        tmp.clear();
+        tmp.resize(2 * (w + 2 * cw) * h, 0);
+        let (y, uv) = tmp.split_at_mut(2 * w * h);
+        let (u, v) = uv.split_at_mut(2 * cw * h);
+        let mut planar = YuvMut {
+            planes: [y, u, v],
+            strides: [2 * w, 2 * cw, 2 * cw],
+            width: w,
+            height: h,
+            layout: YuvLayout::I422p10,
+            matrix: f.matrix,
+            siting: f.siting,
+        };
+        pack_rows::<W16<0>, T>(src, &mut planar, conv);
+        planar_to_v210(&planar, f);
+        V210_PLANES.with(|cell| *cell.borrow_mut() = tmp);
         return Ok(());
     }
     if let Some(at) = f.layout.packed() {
@@ -686,6 +684,14 @@ pub fn pack_with<T: Sync>(
         _ => pack_rows::<W16<6>, T>(src, f, conv),
     }
     Ok(())
+}
+
+/// This thread's v210 planes buffer, taken out of [`V210_PLANES`] (and put back by the caller
+/// when done) rather than borrowed: the conversion runs rows in parallel, and a rayon worker
+/// waiting in it can pick up another frame's conversion on this same thread, which then finds
+/// an empty buffer instead of a borrowed one.
+fn take_v210_planes() -> Vec<u8> {
+    V210_PLANES.with(|cell| std::mem::take(&mut *cell.borrow_mut()))
 }
 
 /// The 6 luma and 3 + 3 chroma samples (Cb, Cr of its pixel pairs) of a v210 group: words
