@@ -654,14 +654,10 @@ pub fn pack_with<T: Sync>(
     }
     if f.layout == YuvLayout::V210 {
         let mut tmp = take_v210_planes();
-        let cw = w.div_ceil(2);
-        tmp.clear();
-        tmp.resize(2 * (w + 2 * cw) * h, 0);
-        let (y, uv) = tmp.split_at_mut(2 * w * h);
-        let (u, v) = uv.split_at_mut(2 * cw * h);
+        let (planes, strides) = v210_planes(&mut tmp, w, h);
         let mut planar = YuvMut {
-            planes: [y, u, v],
-            strides: [2 * w, 2 * cw, 2 * cw],
+            planes,
+            strides,
             width: w,
             height: h,
             layout: YuvLayout::I422p10,
@@ -721,41 +717,44 @@ fn v210_put(g: &mut [u8], y: [u16; 6], cb: [u16; 3], cr: [u16; 3]) {
     }
 }
 
-/// A v210 frame as I422_10LE planes in `tmp` (Y, then Cb, then Cr; unpadded rows), rows in
-/// parallel.
+/// The I422_10LE planes a `w x h` v210 frame goes through, in `tmp` (resized; Y, then Cb,
+/// then Cr, unpadded rows), and their strides.
+fn v210_planes(tmp: &mut Vec<u8>, w: usize, h: usize) -> ([&mut [u8]; 3], [usize; 3]) {
+    let cw = w.div_ceil(2);
+    let strides = [2 * w, 2 * cw, 2 * cw];
+    tmp.clear();
+    tmp.resize(strides.iter().sum::<usize>() * h, 0);
+    let (y, uv) = tmp.split_at_mut(strides[0] * h);
+    let (u, v) = uv.split_at_mut(strides[1] * h);
+    ([y, u, v], strides)
+}
+
+/// A v210 frame as I422_10LE planes in `tmp` ([`v210_planes`]), rows in parallel.
 fn v210_to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
     let (w, h) = (f.width, f.height);
     let cw = w.div_ceil(2);
-    let sizes = [2 * w * h, 2 * cw * h, 2 * cw * h];
-    tmp.clear();
-    tmp.resize(sizes.iter().sum(), 0);
-    {
-        let (y, uv) = tmp.split_at_mut(sizes[0]);
-        let (u, v) = uv.split_at_mut(sizes[1]);
-        y.par_chunks_mut(2 * w)
-            .zip(u.par_chunks_mut(2 * cw))
-            .zip(v.par_chunks_mut(2 * cw))
-            .enumerate()
-            .for_each(|(r, ((y, u), v))| {
-                let row = &f.planes[0][r * f.strides[0]..][..w.div_ceil(6) * 16];
-                for (g, group) in row.chunks_exact(16).enumerate() {
-                    let (ys, cbs, crs) = v210_group(group);
-                    for (i, s) in ys.into_iter().enumerate().take(w - 6 * g) {
-                        y[2 * (6 * g + i)..][..2].copy_from_slice(&s.to_le_bytes());
-                    }
-                    for i in 0..3.min(cw - 3 * g) {
-                        let at = 2 * (3 * g + i);
-                        u[at..at + 2].copy_from_slice(&cbs[i].to_le_bytes());
-                        v[at..at + 2].copy_from_slice(&crs[i].to_le_bytes());
-                    }
+    let ([y, u, v], strides) = v210_planes(tmp, w, h);
+    y.par_chunks_mut(strides[0])
+        .zip(u.par_chunks_mut(strides[1]))
+        .zip(v.par_chunks_mut(strides[2]))
+        .enumerate()
+        .for_each(|(r, ((y, u), v))| {
+            let row = &f.planes[0][r * f.strides[0]..][..w.div_ceil(6) * 16];
+            for (g, group) in row.chunks_exact(16).enumerate() {
+                let (ys, cbs, crs) = v210_group(group);
+                for (i, s) in ys.into_iter().enumerate().take(w - 6 * g) {
+                    y[2 * (6 * g + i)..][..2].copy_from_slice(&s.to_le_bytes());
                 }
-            });
-    }
-    let (y, uv) = tmp.split_at(sizes[0]);
-    let (u, v) = uv.split_at(sizes[1]);
+                for i in 0..3.min(cw - 3 * g) {
+                    let at = 2 * (3 * g + i);
+                    u[at..at + 2].copy_from_slice(&cbs[i].to_le_bytes());
+                    v[at..at + 2].copy_from_slice(&crs[i].to_le_bytes());
+                }
+            }
+        });
     YuvRef {
-        planes: [y, u, v],
-        strides: [2 * w, 2 * cw, 2 * cw],
+        planes: [y, u, v].map(|p| -> &'a [u8] { p }),
+        strides,
         width: w,
         height: h,
         layout: YuvLayout::I422p10,
