@@ -1102,15 +1102,9 @@ fn odd_height_interlaced_and_alternate_fields_are_refused() {
     assert!(!query.result(), "alternate fields must be refused");
     // The same without the caps feature (which GStreamer requires for alternate): refused
     // when set, with the way out.
-    let el = gst::ElementFactory::make("adabmupscale")
-        .property("model-location", path.to_str().unwrap())
-        .property_from_str("backend", "cpu")
-        .build()
-        .unwrap();
+    let mut h = harness(&path);
     let bus = gst::Bus::new();
-    el.set_bus(Some(&bus));
-    let mut h = Harness::with_element(&el, Some("sink"), Some("src"));
-    h.play();
+    h.element().unwrap().set_bus(Some(&bus));
     h.set_src_caps_str("video/x-raw,format=RGB,width=8,height=8,interlace-mode=alternate");
     assert!(
         h.push(gst::Buffer::from_slice(vec![0u8; 8 * 8 * 3]))

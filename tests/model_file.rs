@@ -232,13 +232,8 @@ fn float_model_has_no_quantizers_and_runs_unquantized() {
 #[test]
 fn randomly_damaged_files_never_panic() {
     use gstadabm::engine::{Engine, FrameMut, FrameRef, Options, PixelLayout};
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = gstadabm::engine::random::Rng::new(1);
+    let mut rnd = move || rng.next_u64();
     let (mut refused, mut ran) = (0, 0);
     for (scale, precision) in [(2, "w4a4"), (2, "fp32"), (4, "w8a6")] {
         let bytes = gstadabm::engine::builtin::find(scale, precision)

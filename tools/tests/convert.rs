@@ -158,13 +158,8 @@ fn randomly_damaged_checkpoints_never_panic() {
         ]);
         files.push(std::fs::read(&path).unwrap());
     }
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = random::Rng::new(1);
+    let mut rnd = move || rng.next_u64();
     let (mut refused, mut read) = (0, 0);
     for bytes in &files {
         // The pickles: the zip's data.pkl near the start, the legacy file's first 3 pickles
