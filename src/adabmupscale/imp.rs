@@ -1117,12 +1117,6 @@ impl BaseTransformImpl for AdabmUpscale {
             .map(|info| info.size())
     }
 
-    fn unit_size(&self, caps: &gst::Caps) -> Option<usize> {
-        gst_video::VideoInfo::from_caps(caps)
-            .ok()
-            .map(|info| info.size())
-    }
-
     fn transform(
         &self,
         inbuf: &gst::Buffer,
