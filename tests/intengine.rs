@@ -230,3 +230,147 @@ fn one_engine_serves_several_threads_at_once() {
         }
     }
 }
+
+/// The element's frame paths write each tile's output straight into the output frame (no
+/// frame-sized RGB image): tiled (16-pixel tiles, so cores start at odd HR rows and columns
+/// at x3) or whole, YUV and packed RGB, the frames are byte for byte what packing the whole
+/// upscaled image gives — chroma at the tile seams included, which reads the one-pixel ring
+/// around each tile's core.
+#[test]
+fn frames_written_tile_by_tile_equal_packing_the_whole_image() {
+    use gstadabm::engine::yuv::{self, ChromaSiting, YuvLayout, YuvMatrix};
+    use gstadabm::engine::{FrameMut, FrameRef, PixelLayout, frame};
+    let (w, h) = (37, 23);
+    let img = test_image(w, h, 9);
+    let tiled = Options {
+        tile_size: 16,
+        ..Options::default()
+    };
+    let names = [
+        "x2 F16 Fq w4a4",
+        "x3 F8 Fq w8a6",
+        "x4 F12 Fq w4a4",
+        "x2 F16 NonFq w4a8",
+    ];
+    let chosen: Vec<_> = models()
+        .into_iter()
+        .filter(|(n, _)| names.contains(&n.as_str()))
+        .collect();
+    assert_eq!(chosen.len(), names.len());
+    for (name, model) in chosen {
+        let engine = Engine::new(&model, 2).unwrap();
+        let s = engine.scale();
+        let (hr, _) = engine.upscale(&img, &Options::default()).unwrap();
+        let m = YuvMatrix::new(YuvMatrix::BT709, false);
+        for (layout, (hc, vc)) in [
+            (YuvLayout::I420, (true, true)),
+            (YuvLayout::Nv12, (false, false)),
+            (YuvLayout::Yuy2, (true, false)),
+            (YuvLayout::V210, (true, false)),
+            (YuvLayout::Y444p10, (false, false)),
+            (YuvLayout::I422p12, (false, false)),
+        ] {
+            let siting = ChromaSiting {
+                h_cosited: hc,
+                v_cosited: vc,
+            };
+            // The input frame: the test image packed into the layout.
+            let new_planes = |w: usize, h: usize| -> (Vec<Vec<u8>>, [usize; 3]) {
+                let sizes = layout.plane_sizes(w, h);
+                let strides = sizes.map(|(row, _)| row + 3);
+                let planes = (0..3).map(|p| vec![0u8; strides[p] * sizes[p].1]).collect();
+                (planes, strides)
+            };
+            let (mut lr, ls) = new_planes(w, h);
+            let (mut want, os) = new_planes(w * s, h * s);
+            fn frame_of(
+                planes: &mut [Vec<u8>],
+                strides: [usize; 3],
+                (width, height): (usize, usize),
+                (layout, matrix, siting): (YuvLayout, YuvMatrix, ChromaSiting),
+            ) -> yuv::YuvMut<'_> {
+                yuv::YuvMut {
+                    planes: yuv::planes_mut(planes),
+                    strides,
+                    width,
+                    height,
+                    layout,
+                    matrix,
+                    siting,
+                }
+            }
+            let fmt = (layout, m, siting);
+            yuv::pack(&img, &mut frame_of(&mut lr, ls, (w, h), fmt)).unwrap();
+            let src = yuv::YuvRef {
+                planes: yuv::planes_ref(&lr),
+                strides: ls,
+                width: w,
+                height: h,
+                layout,
+                matrix: m,
+                siting,
+            };
+            // What it was: the frame unpacked, upscaled to an RGB image, the image packed.
+            let mut rgb = Image::default();
+            yuv::unpack_into(&src, &mut rgb).unwrap();
+            let (up, _) = engine.upscale(&rgb, &Options::default()).unwrap();
+            yuv::pack(&up, &mut frame_of(&mut want, os, (w * s, h * s), fmt)).unwrap();
+            for opts in [Options::default(), tiled] {
+                let (mut got, _) = new_planes(w * s, h * s);
+                let st = engine
+                    .process_yuv_frame(
+                        &src,
+                        &mut frame_of(&mut got, os, (w * s, h * s), fmt),
+                        &opts,
+                    )
+                    .unwrap();
+                assert_eq!(st.tiles > 1, opts.tile_size > 0);
+                assert!(
+                    got == want,
+                    "{name} {layout:?} {siting:?}, {} tiles",
+                    st.tiles
+                );
+            }
+        }
+        // Packed RGB with alpha and without.
+        for layout in [PixelLayout::Rgba, PixelLayout::Bgrx, PixelLayout::Rgb] {
+            let bpp = layout.bytes_per_pixel();
+            let data: Vec<u8> = (0..w * h * bpp).map(|i| (i * 7 % 253) as u8).collect();
+            let src = FrameRef {
+                data: &data,
+                stride: w * bpp,
+                width: w,
+                height: h,
+                layout,
+            };
+            let (rgb, alpha) = frame::unpack(&src).unwrap();
+            let (up, _) = engine.upscale(&rgb, &Options::default()).unwrap();
+            let alpha_hr = alpha.map(|a| frame::upscale_plane_bilinear(&a, w, h, s));
+            let out = |f: &mut dyn FnMut(&mut FrameMut)| {
+                let mut data = vec![0u8; w * s * bpp * h * s];
+                f(&mut FrameMut {
+                    data: &mut data,
+                    stride: w * s * bpp,
+                    width: w * s,
+                    height: h * s,
+                    layout,
+                });
+                data
+            };
+            let want = out(&mut |f| frame::pack(&up, alpha_hr.as_deref(), f).unwrap());
+            for opts in [Options::default(), tiled] {
+                let got = out(&mut |f| {
+                    engine.process_frame(&src, f, &opts).unwrap();
+                });
+                assert!(
+                    got == want,
+                    "{name} {layout:?} tile size {}",
+                    opts.tile_size
+                );
+            }
+        }
+        // The RGB image path (`upscale`) tiled, as before: bit-identical to the whole frame.
+        let (t, _) = engine.upscale(&img, &tiled).unwrap();
+        assert!(bits_equal(&t, &hr), "{name}: tiled image");
+    }
+}

@@ -144,6 +144,130 @@ impl Image {
     }
 }
 
+/// Rows `y0..y1` and columns `x0..x1` of a frame, in pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rect {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl Rect {
+    /// A whole `w x h` frame.
+    pub fn whole(w: usize, h: usize) -> Self {
+        Self {
+            x0: 0,
+            y0: 0,
+            x1: w,
+            y1: h,
+        }
+    }
+
+    /// This rectangle grown by one pixel on every side, clipped to a `w x h` frame: what
+    /// writing it reads (chroma is filtered over a pixel's neighbours).
+    pub fn ring(self, w: usize, h: usize) -> Self {
+        Self {
+            x0: self.x0.saturating_sub(1),
+            y0: self.y0.saturating_sub(1),
+            x1: (self.x1 + 1).min(w),
+            y1: (self.y1 + 1).min(h),
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.x0 >= self.x1 || self.y0 >= self.y1
+    }
+}
+
+/// Part of a frame's interleaved RGB values (0–255): pixel `(x, y)` of the frame, for `x` in
+/// `x0..x0 + width` and `y` in `y0..y0 + height`, is at `data[(y - y0) * stride + 3 * (x - x0)..]`
+/// (R, G, B). A whole image is [`Window::whole`]; the engine writes frames from the windows of
+/// its tiles' outputs.
+#[derive(Clone, Copy, Debug)]
+pub struct Window<'a, T> {
+    pub data: &'a [T],
+    pub x0: usize,
+    pub y0: usize,
+    pub width: usize,
+    pub height: usize,
+    pub stride: usize,
+}
+
+impl<'a, T> Window<'a, T> {
+    /// All of a `width x height` image of interleaved RGB values.
+    pub fn whole(data: &'a [T], width: usize, height: usize) -> Self {
+        Self {
+            data,
+            x0: 0,
+            y0: 0,
+            width,
+            height,
+            stride: 3 * width,
+        }
+    }
+
+    /// The window's pixels as a rectangle of the frame.
+    pub fn rect(&self) -> Rect {
+        Rect {
+            x0: self.x0,
+            y0: self.y0,
+            x1: self.x0 + self.width,
+            y1: self.y0 + self.height,
+        }
+    }
+
+    /// Whether the window holds every pixel of `r`, and its data is long enough for them.
+    pub fn holds(&self, r: Rect) -> bool {
+        let me = self.rect();
+        r.is_empty()
+            || (me.x0 <= r.x0
+                && me.y0 <= r.y0
+                && r.x1 <= me.x1
+                && r.y1 <= me.y1
+                && self.stride >= 3 * self.width
+                && self.data.len() >= (self.height - 1) * self.stride + 3 * self.width)
+    }
+
+    /// Pixels `xa..xb` of frame row `y` (which the window holds): `3 * (xb - xa)` values.
+    #[inline]
+    pub fn line(&self, y: usize, xa: usize, xb: usize) -> &'a [T] {
+        let i = (y - self.y0) * self.stride;
+        &self.data[i + 3 * (xa - self.x0)..i + 3 * (xb - self.x0)]
+    }
+
+    /// Checks that the window holds `need` (the pixels writing `r` of a `w x h` frame reads).
+    pub(crate) fn check(&self, r: Rect, need: Rect, w: usize, h: usize) -> Result<()> {
+        if r.x1 > w || r.y1 > h || !self.holds(need) {
+            return Err(Error::Input(format!(
+                "cannot write {r:?} of a {w}x{h} frame from a window of {:?} ({} values, stride {}): it reads {need:?}",
+                self.rect(),
+                self.data.len(),
+                self.stride
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Copies rectangle `r` of `src` into the same pixels of `out` (an image of the frame's size),
+/// rows in parallel on the current thread pool.
+pub fn copy_rect(src: Window<f32>, r: Rect, out: &mut Image) -> Result<()> {
+    use rayon::prelude::*;
+    src.check(r, r, out.width, out.height)?;
+    let row = out.width * 3;
+    out.data
+        .par_chunks_mut(row)
+        .skip(r.y0)
+        .take(r.y1 - r.y0)
+        .enumerate()
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(i, dst)| {
+            dst[3 * r.x0..3 * r.x1].copy_from_slice(src.line(r.y0 + i, r.x0, r.x1));
+        });
+    Ok(())
+}
+
 #[inline]
 pub fn to_u8(v: f32) -> u8 {
     // Clamped first, then rounded half to even without the `rintf` call `round_ties_even` is
@@ -286,7 +410,28 @@ fn pack_row<T, const BPP: usize, const R: usize, const G: usize, const B: usize,
 
 /// Packs an RGB image (and alpha, for alpha layouts) into a frame. Padding bytes become 255.
 pub fn pack(img: &Image, alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<()> {
-    pack_with(&img.data, img.width, img.height, alpha, f, |&v| to_u8(v))
+    if (img.width, img.height) != (f.width, f.height) || img.data.len() < img.width * img.height * 3
+    {
+        return Err(Error::Input(format!(
+            "output frame is {}x{}, image is {}x{} with {} values",
+            f.width,
+            f.height,
+            img.width,
+            img.height,
+            img.data.len()
+        )));
+    }
+    let src = Window::whole(&img.data[..], img.width, img.height);
+    pack_with(src, Rect::whole(img.width, img.height), alpha, f, |&v| {
+        to_u8(v)
+    })
+}
+
+/// [`pack`] of rectangle `r` of the frame only, from a window holding it (values in 0–255;
+/// `alpha`, for alpha layouts, is the whole frame's plane). The engine writes its tiles' cores
+/// this way, with no frame-sized RGB image in between.
+pub fn pack_rect(src: Window<f32>, r: Rect, alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<()> {
+    pack_with(src, r, alpha, f, |&v| to_u8(v))
 }
 
 /// [`pack`] from interleaved RGB bytes of `f`'s size.
@@ -312,33 +457,36 @@ pub fn pack_rgb8(rgb: &[u8], alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<(
             .for_each(|(row, s)| row[..w * 3].copy_from_slice(s));
         return Ok(());
     }
-    pack_with(rgb, w, h, alpha, f, |&v| v)
+    pack_with(
+        Window::whole(rgb, w, h),
+        Rect::whole(w, h),
+        alpha,
+        f,
+        |&v| v,
+    )
 }
 
-/// Rows in parallel, as [`unpack_with`].
+/// Rectangle `r` of the frame from `src`, rows in parallel, as [`unpack_with`].
 fn pack_with<T: Sync>(
-    src: &[T],
-    width: usize,
-    height: usize,
+    src: Window<T>,
+    r: Rect,
     alpha: Option<&[u8]>,
     f: &mut FrameMut,
     conv: impl Fn(&T) -> u8 + Sync,
 ) -> Result<()> {
     use rayon::prelude::*;
     let bpp = f.layout.bytes_per_pixel();
-    check_geometry("output", f.data.len(), f.stride, f.width, f.height, bpp)?;
-    if (width, height) != (f.width, f.height) {
-        return Err(Error::Input(format!(
-            "output frame is {}x{}, image is {width}x{height}",
-            f.width, f.height
-        )));
+    let (w, h) = (f.width, f.height);
+    check_geometry("output", f.data.len(), f.stride, w, h, bpp)?;
+    src.check(r, r, w, h)?;
+    if r.is_empty() {
+        return Ok(());
     }
-    let w = f.width;
     if let Some(a) = alpha
-        && a.len() < w * height
+        && a.len() < w * h
     {
         return Err(Error::Input(format!(
-            "alpha plane has {} values for a {w}x{height} frame",
+            "alpha plane has {} values for a {w}x{h} frame",
             a.len()
         )));
     }
@@ -346,13 +494,16 @@ fn pack_with<T: Sync>(
     use PixelLayout as L;
     f.data
         .par_chunks_mut(f.stride)
-        .take(height)
-        .zip(src.par_chunks(w * 3))
+        .take(h)
+        .skip(r.y0)
+        .take(r.y1 - r.y0)
         .enumerate()
         .with_min_len(ROWS_PER_TASK)
-        .for_each(|(y, (row, line))| {
-            let row = &mut row[..w * bpp];
-            let a = alpha.map(|a| &a[y * w..(y + 1) * w]);
+        .for_each(|(i, row)| {
+            let y = r.y0 + i;
+            let row = &mut row[r.x0 * bpp..r.x1 * bpp];
+            let line = src.line(y, r.x0, r.x1);
+            let a = alpha.map(|a| &a[y * w + r.x0..y * w + r.x1]);
             match layout {
                 L::Rgb => pack_row::<T, 3, 0, 1, 2, 3>(row, line, a, &conv),
                 L::Bgr => pack_row::<T, 3, 2, 1, 0, 3>(row, line, a, &conv),
@@ -410,13 +561,115 @@ pub fn upscale_plane_bilinear_into(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Buffers reused from frames of other sizes and layouts give what fresh ones give (the
     /// element's CUDA path unpacks every frame into the same buffers).
     /// `to_u8` equals rounding half to even, then clamping — on every quarter step across
     /// and around the range, the specials, and a million random bit patterns.
+    /// Rectangle `r` (grown by `ring` pixels within the frame) of `img` copied into a buffer
+    /// of its own, with a stride of one pixel more than it needs: a window holding exactly
+    /// that, so that reading past it fails.
+    pub(crate) fn tight_copy(img: &Image, r: Rect, ring: bool) -> (Vec<f32>, Rect) {
+        let g = if ring {
+            r.ring(img.width, img.height)
+        } else {
+            r
+        };
+        let stride = 3 * (g.x1 - g.x0 + 1);
+        let mut data = vec![f32::NAN; stride * (g.y1 - g.y0)];
+        for y in g.y0..g.y1 {
+            let src = &img.data[3 * (y * img.width + g.x0)..3 * (y * img.width + g.x1)];
+            data[(y - g.y0) * stride..][..src.len()].copy_from_slice(src);
+        }
+        (data, g)
+    }
+
+    pub(crate) fn window_of(data: &[f32], g: Rect) -> Window<'_, f32> {
+        Window {
+            data,
+            x0: g.x0,
+            y0: g.y0,
+            width: g.x1 - g.x0,
+            height: g.y1 - g.y0,
+            stride: 3 * (g.x1 - g.x0 + 1),
+        }
+    }
+
+    /// The rectangles of the grid cut at columns `xs` and rows `ys` of a `w x h` frame.
+    pub(crate) fn grid(w: usize, h: usize, xs: &[usize], ys: &[usize]) -> Vec<Rect> {
+        let cuts = |n: usize, c: &[usize]| {
+            let mut v: Vec<usize> = [0]
+                .into_iter()
+                .chain(c.iter().copied().filter(|&c| c < n))
+                .collect();
+            v.push(n);
+            v.dedup();
+            v
+        };
+        let (xs, ys) = (cuts(w, xs), cuts(h, ys));
+        let mut out = Vec::new();
+        for y in ys.windows(2) {
+            for x in xs.windows(2) {
+                out.push(Rect {
+                    x0: x[0],
+                    y0: y[0],
+                    x1: x[1],
+                    y1: y[1],
+                });
+            }
+        }
+        out
+    }
+
+    /// The engine writes frames tile by tile: every layout, written rectangle by rectangle
+    /// from windows that hold only each rectangle, is the frame `pack` writes whole.
+    #[test]
+    fn packing_in_rectangles_equals_packing_the_frame() {
+        let (w, h) = (13, 7);
+        let img = crate::engine::random::test_image(w, h, 5);
+        let alpha: Vec<u8> = (0..w * h).map(|i| (i * 29 % 256) as u8).collect();
+        for layout in PixelLayout::ALL {
+            let bpp = layout.bytes_per_pixel();
+            let stride = w * bpp + 5;
+            let a = layout.has_alpha().then_some(&alpha[..]);
+            let frame = |f: &mut dyn FnMut(&mut FrameMut)| {
+                let mut out = vec![7u8; stride * h];
+                f(&mut FrameMut {
+                    data: &mut out,
+                    stride,
+                    width: w,
+                    height: h,
+                    layout,
+                });
+                out
+            };
+            let whole = frame(&mut |f| pack(&img, a, f).unwrap());
+            for cuts in [(&[3, 4, 11][..], &[1, 6][..]), (&[6], &[3]), (&[], &[])] {
+                let parts = frame(&mut |f| {
+                    for r in grid(w, h, cuts.0, cuts.1) {
+                        let (data, g) = tight_copy(&img, r, false);
+                        pack_rect(window_of(&data, g), r, a, f).unwrap();
+                    }
+                });
+                assert!(parts == whole, "{layout:?} {cuts:?}");
+            }
+            // A window that does not hold the rectangle is an error, not a panic.
+            let r = Rect {
+                x0: 2,
+                y0: 1,
+                x1: 9,
+                y1: 5,
+            };
+            let (data, g) = tight_copy(&img, Rect { x1: 8, ..r }, false);
+            frame(&mut |f| {
+                let e = pack_rect(window_of(&data, g), r, a, f).unwrap_err();
+                assert!(e.to_string().contains("cannot write"), "{e}");
+            });
+        }
+    }
+
     #[test]
     fn to_u8_rounds_half_to_even() {
         let reference = |v: f32| v.round_ties_even().clamp(0.0, 255.0) as u8;

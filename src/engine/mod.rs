@@ -111,16 +111,18 @@ pub struct Engine {
     scratch: std::sync::Mutex<Vec<Scratch>>,
 }
 
-/// What a frame reuses: the element path's unpacked input, HR image and alpha planes, and the
-/// network's maps (every engine path's: [`Maps`]).
+/// What a frame reuses: the element path's unpacked input and alpha planes, and the network's
+/// maps (every engine path's: [`Maps`]). There is no frame-sized HR image: the frame paths
+/// write each tile's output straight into the output frame.
 #[derive(Default)]
 struct Scratch {
     lr: Image,
-    hr: Image,
     /// Alpha layouts: the input's alpha plane, its bilinear upscale and that one's columns.
     alpha: Vec<u8>,
     alpha_hr: Vec<u8>,
     alpha_cols: Vec<(usize, usize, f32)>,
+    /// A v210 output frame's staged I422_10LE planes.
+    v210: Vec<u8>,
     maps: Maps,
 }
 
@@ -239,7 +241,37 @@ impl Engine {
     /// a size seen before allocates no frame-sized memory (whatever the model: float, fq or
     /// non-fq).
     pub fn upscale_into(&self, img: &Image, opts: &Options, out: &mut Image) -> Result<Stats> {
-        self.with_scratch(|sc| self.upscale_with(img, opts, out, &mut sc.maps))
+        let s = self.scale();
+        let (w, h) = (img.width, img.height);
+        // The tiles' cores cover the frame, so every value is written: no zeroing.
+        (out.width, out.height) = (w * s, h * s);
+        out.data.resize(w * s * h * s * 3, 0.0);
+        self.with_scratch(|sc| {
+            self.upscale_with(img, opts, &mut sc.maps, &mut |src, r| {
+                frame::copy_rect(src, r, out)
+            })
+        })
+    }
+
+    /// Upscales an RGB image into a packed 8-bit frame of `scale` times its size (any
+    /// [`PixelLayout`]; alpha and padding bytes 255), each tile's output written straight into
+    /// the frame: no frame-sized f32 image (12 bytes per output pixel) as [`Engine::upscale`]
+    /// returns.
+    pub fn upscale_to_frame(
+        &self,
+        img: &Image,
+        dst: &mut FrameMut,
+        opts: &Options,
+    ) -> Result<Stats> {
+        self.check_scaled(
+            (img.width, img.height, &dst.layout),
+            (dst.width, dst.height, &dst.layout),
+        )?;
+        self.with_scratch(|sc| {
+            self.upscale_with(img, opts, &mut sc.maps, &mut |src, r| {
+                frame::pack_rect(src, r, None, dst)
+            })
+        })
     }
 
     /// `f` with a scratch set of its own (one from the pool, or a new one), returned to the
@@ -252,12 +284,16 @@ impl Engine {
         r
     }
 
+    /// Runs the network on `img` tile by tile; `put` writes each tile's core (the rectangle,
+    /// in HR pixels) from a window of the tile's output (RGB in 0–255) that also holds the
+    /// one-pixel ring around the core within the frame, exact as the core is (the halo has a
+    /// pixel to spare: [`Network::halo`]). The cores cover the HR frame once.
     fn upscale_with(
         &self,
         img: &Image,
         opts: &Options,
-        out: &mut Image,
         maps: &mut Maps,
+        put: &mut (dyn FnMut(frame::Window<f32>, frame::Rect) -> Result<()> + Send),
     ) -> Result<Stats> {
         let t0 = Instant::now();
         let (w, h) = (img.width, img.height);
@@ -292,20 +328,20 @@ impl Engine {
             estimate,
         );
         let s = self.scale();
-        // The tiles' cores cover the frame, so every value is pasted: no zeroing.
-        (out.width, out.height) = (w * s, h * s);
-        out.data.resize(w * s * h * s * 3, 0.0);
-        // HR outputs are in model units before `add_mean`: each tile's core is pasted as
+        // HR outputs are in model units before `add_mean`: each tile's core and ring become
         // `(v + mean) · 255 / rgb_range`.
         let cfg = &self.net.config;
         let add = cfg.rgb_mean.map(|m| m * cfg.rgb_range);
         let mul = 255.0 / cfg.rgb_range;
-        self.pool.install(|| {
+        self.pool.install(|| -> Result<()> {
             for t in &tiles {
                 self.run_tile(img, t, &plan, maps);
-                t.paste(&maps.y, s, add, mul, out);
+                let core = t.hr_core(s);
+                let window = t.to_pixels(&mut maps.y, s, core.ring(w * s, h * s), add, mul);
+                put(window, core)?;
             }
-        });
+            Ok(())
+        })?;
         let layer_bits: Vec<u8> = self.net.adaptive_layers().map(|k| plan.bits[k]).collect();
         let fab = if layer_bits.is_empty() {
             0.0
@@ -383,8 +419,10 @@ impl Engine {
         )?;
         self.with_scratch(|sc| {
             self.pool.install(|| yuv::unpack_into(src, &mut sc.lr))?;
-            let stats = self.upscale_with(&sc.lr, opts, &mut sc.hr, &mut sc.maps)?;
-            self.pool.install(|| yuv::pack(&sc.hr, dst))?;
+            let mut out = yuv::YuvPacker::new(dst, &mut sc.v210)?;
+            let stats =
+                self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| out.put(src, r))?;
+            self.pool.install(|| out.finish());
             Ok(stats)
         })
     }
@@ -401,21 +439,21 @@ impl Engine {
         let has_alpha = self
             .pool
             .install(|| frame::unpack_into(src, &mut sc.lr, &mut sc.alpha))?;
-        let stats = self.upscale_with(&sc.lr, opts, &mut sc.hr, &mut sc.maps)?;
-        self.pool.install(|| {
-            if has_alpha {
-                let (w, h) = (src.width, src.height);
+        if has_alpha {
+            self.pool.install(|| {
                 frame::upscale_plane_bilinear_into(
                     &sc.alpha,
-                    w,
-                    h,
+                    src.width,
+                    src.height,
                     s,
                     &mut sc.alpha_hr,
                     &mut sc.alpha_cols,
-                );
-            }
-            frame::pack(&sc.hr, has_alpha.then_some(&sc.alpha_hr[..]), dst)
-        })?;
-        Ok(stats)
+                )
+            });
+        }
+        let alpha = has_alpha.then_some(&sc.alpha_hr[..]);
+        self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| {
+            frame::pack_rect(src, r, alpha, dst)
+        })
     }
 }

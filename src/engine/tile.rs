@@ -2,13 +2,14 @@
 //!
 //! A tile is a core rectangle of the LR frame plus a halo of the network's receptive-field
 //! radius on every side (clipped at the frame border). The network runs on the extended
-//! rectangle with zero padding at its edge; only the core's HR output is kept. Since every
-//! core output depends only on inputs within the halo, tiled and untiled outputs agree up to
+//! rectangle with zero padding at its edge; only the core's HR output is kept, with the
+//! one-pixel HR ring around it that chroma filtering reads. Since every core and ring output
+//! depends only on inputs within the halo, tiled and untiled outputs agree up to
 //! floating-point summation order.
 
 use super::conv::FeatureMap;
 use super::edsr::Network;
-use super::frame::Image;
+use super::frame::{Rect, Window};
 use super::model::Role;
 
 /// One tile: core `(x, y, w, h)` and extended region `(ex, ey, ew, eh)`, in LR pixels.
@@ -25,27 +26,52 @@ pub struct Tile {
 }
 
 impl Tile {
-    /// Copies the core part of the tile's HR output into `out` as `(v + add[c]) · mul`
-    /// (channel `c` of RGB), rows in parallel on the current rayon pool.
-    pub fn paste(&self, hr: &FeatureMap, s: usize, add: [f32; 3], mul: f32, out: &mut Image) {
+    /// The core in HR pixels at scale `s`.
+    pub fn hr_core(&self, s: usize) -> Rect {
+        Rect {
+            x0: self.x * s,
+            y0: self.y * s,
+            x1: (self.x + self.w) * s,
+            y1: (self.y + self.h) * s,
+        }
+    }
+
+    /// Converts the pixels `r` (HR, within the extended region) of this tile's HR output `hr`
+    /// (model units, before `add_mean`) to RGB in 0–255, `(v + add[c]) · mul`, in place, rows
+    /// in parallel on the current rayon pool, and returns the window of `hr` they are in.
+    pub fn to_pixels<'a>(
+        &self,
+        hr: &'a mut FeatureMap,
+        s: usize,
+        r: Rect,
+        add: [f32; 3],
+        mul: f32,
+    ) -> Window<'a, f32> {
         use rayon::prelude::*;
-        let (ox, oy) = ((self.x - self.ex) * s, (self.y - self.ey) * s);
-        let row = out.width * 3;
-        out.data
-            .par_chunks_mut(row)
-            .skip(self.y * s)
-            .take(self.h * s)
-            .enumerate()
+        let (ox, oy) = (self.ex * s, self.ey * s);
+        let (wp, w, h) = (hr.wp(), hr.w, hr.h);
+        debug_assert!((w, h, hr.c) == (self.ew * s, self.eh * s, 3));
+        let start = hr.idx(0, 0);
+        hr.data[start..]
+            .par_chunks_mut(wp * 3)
+            .skip(r.y0 - oy)
+            .take(r.y1 - r.y0)
             .with_min_len(super::frame::ROWS_PER_TASK)
-            .for_each(|(y, dst)| {
-                let src = &hr.row(oy + y)[ox * 3..(ox + self.w * s) * 3];
-                let dst = &mut dst[self.x * s * 3..][..src.len()];
-                for (d, v) in dst.chunks_exact_mut(3).zip(src.chunks_exact(3)) {
+            .for_each(|row| {
+                for v in row[3 * (r.x0 - ox)..3 * (r.x1 - ox)].chunks_exact_mut(3) {
                     for c in 0..3 {
-                        d[c] = (v[c] + add[c]) * mul;
+                        v[c] = (v[c] + add[c]) * mul;
                     }
                 }
             });
+        Window {
+            data: &hr.data[start..],
+            x0: ox,
+            y0: oy,
+            width: w,
+            height: h,
+            stride: wp * 3,
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! Y, U and V at the format's depth.
 
 use super::error::{Error, Result};
-use super::frame::Image;
+use super::frame::{Image, Rect, Window};
 use super::quant::{clamp, round_even_small};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -652,34 +652,99 @@ pub fn pack_with<T: Sync>(
             src.len()
         )));
     }
+    let (src, all) = (Window::whole(src, w, h), Rect::whole(w, h));
     if f.layout == YuvLayout::V210 {
         let mut tmp = take_v210_planes();
-        let (planes, strides) = v210_planes(&mut tmp, w, h);
-        let mut planar = YuvMut {
-            planes,
-            strides,
-            width: w,
-            height: h,
-            layout: YuvLayout::I422p10,
-            matrix: f.matrix,
-            siting: f.siting,
-        };
-        pack_rows::<W16<0>, T>(src, &mut planar, conv);
-        planar_to_v210(&planar, f);
+        v210_planes(&mut tmp, w, h);
+        pack_part(src, all, &mut v210_staged(&mut tmp, f), &conv);
+        planar_to_v210(&v210_staged(&mut tmp, f), f);
         V210_PLANES.with(|cell| *cell.borrow_mut() = tmp);
         return Ok(());
     }
+    pack_part(src, all, f, &conv);
+    Ok(())
+}
+
+/// Rectangle `r` of frame `f` (any layout but v210) from `src`, which holds `r`'s ring
+/// ([`Rect::ring`]): the pixels in `r`, and the chroma samples sited in it.
+fn pack_part<T: Sync>(src: Window<T>, r: Rect, f: &mut YuvMut, conv: &(impl Fn(&T) -> f32 + Sync)) {
     if let Some(at) = f.layout.packed() {
-        pack_packed(src, f, at, conv);
-        return Ok(());
+        pack_packed(src, r, f, at, conv);
+        return;
     }
     match (f.layout.word(), f.layout.shift()) {
-        (1, _) => pack_rows::<W8, T>(src, f, conv),
-        (_, 0) => pack_rows::<W16<0>, T>(src, f, conv),
-        (_, 4) => pack_rows::<W16<4>, T>(src, f, conv),
-        _ => pack_rows::<W16<6>, T>(src, f, conv),
+        (1, _) => pack_rows::<W8, T>(src, r, f, conv),
+        (_, 0) => pack_rows::<W16<0>, T>(src, r, f, conv),
+        (_, 4) => pack_rows::<W16<4>, T>(src, r, f, conv),
+        _ => pack_rows::<W16<6>, T>(src, r, f, conv),
     }
-    Ok(())
+}
+
+/// A frame written rectangle by rectangle (the engine's tiles, straight from each tile's
+/// output: no frame-sized RGB image in between): [`YuvPacker::put`] each part of the frame,
+/// then [`YuvPacker::finish`]. A v210 frame is staged as I422_10LE planes (2 bytes a sample)
+/// in the caller's `staging` buffer (kept between frames) and repacked by `finish`.
+pub struct YuvPacker<'f, 'a, 's> {
+    f: &'f mut YuvMut<'a>,
+    /// The staged I422_10LE planes of a v210 frame.
+    v210: Option<&'s mut Vec<u8>>,
+}
+
+impl<'f, 'a, 's> YuvPacker<'f, 'a, 's> {
+    pub fn new(f: &'f mut YuvMut<'a>, staging: &'s mut Vec<u8>) -> Result<Self> {
+        check_planes(
+            "output",
+            f.layout,
+            [f.planes[0].len(), f.planes[1].len(), f.planes[2].len()],
+            f.strides,
+            f.width,
+            f.height,
+        )?;
+        let v210 = (f.layout == YuvLayout::V210).then(|| {
+            v210_planes(staging, f.width, f.height);
+            staging
+        });
+        Ok(Self { f, v210 })
+    }
+
+    /// Writes rectangle `r` of the frame from `src` (RGB in 0–255), which must hold `r` grown
+    /// by one pixel on every side within the frame (chroma is filtered across that ring):
+    /// every pixel of `r`, and every chroma sample whose first luma pixel is in `r`. Putting
+    /// rectangles that cover the frame once writes it all, as [`pack`] would.
+    pub fn put(&mut self, src: Window<f32>, r: Rect) -> Result<()> {
+        let (w, h) = (self.f.width, self.f.height);
+        src.check(r, r.ring(w, h), w, h)?;
+        if r.is_empty() {
+            return Ok(());
+        }
+        let conv = |&v: &f32| v;
+        match &mut self.v210 {
+            Some(tmp) => pack_part(src, r, &mut v210_staged(tmp, self.f), &conv),
+            None => pack_part(src, r, self.f, &conv),
+        }
+        Ok(())
+    }
+
+    /// Completes the frame (repacks a v210 frame from its staged planes).
+    pub fn finish(self) {
+        if let Some(tmp) = self.v210 {
+            planar_to_v210(&v210_staged(tmp, self.f), self.f);
+        }
+    }
+}
+
+/// The I422_10LE frame of `tmp` (sized by [`v210_planes`]) that v210 frame `f` is staged in.
+fn v210_staged<'t>(tmp: &'t mut [u8], f: &YuvMut) -> YuvMut<'t> {
+    let (planes, strides) = split_v210_planes(tmp, f.width, f.height);
+    YuvMut {
+        planes,
+        strides,
+        width: f.width,
+        height: f.height,
+        layout: YuvLayout::I422p10,
+        matrix: f.matrix,
+        siting: f.siting,
+    }
 }
 
 /// This thread's v210 planes buffer, taken out of [`V210_PLANES`] (and put back by the caller
@@ -721,9 +786,15 @@ fn v210_put(g: &mut [u8], y: [u16; 6], cb: [u16; 3], cr: [u16; 3]) {
 /// then Cr, unpadded rows), and their strides.
 fn v210_planes(tmp: &mut Vec<u8>, w: usize, h: usize) -> ([&mut [u8]; 3], [usize; 3]) {
     let cw = w.div_ceil(2);
-    let strides = [2 * w, 2 * cw, 2 * cw];
     tmp.clear();
-    tmp.resize(strides.iter().sum::<usize>() * h, 0);
+    tmp.resize((2 * w + 4 * cw) * h, 0);
+    split_v210_planes(tmp, w, h)
+}
+
+/// [`v210_planes`] of a `tmp` already sized.
+fn split_v210_planes(tmp: &mut [u8], w: usize, h: usize) -> ([&mut [u8]; 3], [usize; 3]) {
+    let cw = w.div_ceil(2);
+    let strides = [2 * w, 2 * cw, 2 * cw];
     let (y, uv) = tmp.split_at_mut(strides[0] * h);
     let (u, v) = uv.split_at_mut(strides[1] * h);
     ([y, u, v], strides)
@@ -787,14 +858,21 @@ fn planar_to_v210(p: &YuvMut, f: &mut YuvMut) {
         });
 }
 
-fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f32 + Sync) {
+/// Rectangle `r` of a planar or semi-planar frame ([`pack_part`]).
+fn pack_rows<W: Word, T: Sync>(
+    src: Window<T>,
+    r: Rect,
+    f: &mut YuvMut,
+    conv: &(impl Fn(&T) -> f32 + Sync),
+) {
     let (w, h) = (f.width, f.height);
     let (cw, ch) = f.layout.chroma_size(w, h);
     let (sx, sy) = f.layout.subsampling();
     let (m, s) = (f.matrix.coeffs(f.layout.depth()), f.siting);
     let b = W::BYTES;
     let put = |c: &mut [u8], v: f32| W::put(c, &m, v);
-    let line = |y: usize| &src[y * w * 3..(y + 1) * w * 3];
+    let line = |y: usize| src.line(y, r.x0, r.x1);
+    let (rows, xs) = (r.y1 - r.y0, r.x0 * b..r.x1 * b);
     if (sx, sy) == (1, 1) && !f.layout.grey() {
         // 4:4:4: nothing to filter, Y, U and V of each pixel in one pass.
         let [py, pu, pv] = &mut f.planes;
@@ -804,13 +882,15 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
             py.par_chunks_mut(st[0])
                 .take(h)
                 .zip(pu.par_chunks_mut(st[1]))
+                .skip(r.y0)
+                .take(rows)
                 .enumerate()
                 .with_min_len(super::frame::ROWS_PER_TASK)
-                .for_each(|(y, (ry, ruv))| {
-                    let out = ry[..w * b]
+                .for_each(|(i, (ry, ruv))| {
+                    let out = ry[xs.clone()]
                         .chunks_exact_mut(b)
-                        .zip(ruv[..2 * w * b].chunks_exact_mut(2 * b));
-                    for ((oy, ouv), p) in out.zip(line(y).chunks_exact(3)) {
+                        .zip(ruv[2 * r.x0 * b..2 * r.x1 * b].chunks_exact_mut(2 * b));
+                    for ((oy, ouv), p) in out.zip(line(r.y0 + i).chunks_exact(3)) {
                         let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
                         let (u, v) = m.chroma(rgb);
                         let (ou, ov) = ouv.split_at_mut(b);
@@ -825,15 +905,17 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
             .take(h)
             .zip(pu.par_chunks_mut(st[1]))
             .zip(pv.par_chunks_mut(st[2]))
+            .skip(r.y0)
+            .take(rows)
             .enumerate()
             .with_min_len(super::frame::ROWS_PER_TASK)
-            .for_each(|(y, ((ry, ru), rv))| {
-                let out = ry[..w * b]
+            .for_each(|(i, ((ry, ru), rv))| {
+                let out = ry[xs.clone()]
                     .chunks_exact_mut(b)
-                    .zip(ru[..w * b].chunks_exact_mut(b));
+                    .zip(ru[xs.clone()].chunks_exact_mut(b));
                 for (((oy, ou), ov), p) in out
-                    .zip(rv[..w * b].chunks_exact_mut(b))
-                    .zip(line(y).chunks_exact(3))
+                    .zip(rv[xs.clone()].chunks_exact_mut(b))
+                    .zip(line(r.y0 + i).chunks_exact(3))
                 {
                     let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
                     let (u, v) = m.chroma(rgb);
@@ -848,12 +930,14 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
     f.planes[0]
         .par_chunks_mut(f.strides[0])
         .take(h)
+        .skip(r.y0)
+        .take(rows)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
-        .for_each(|(y, row)| {
-            for (o, p) in row[..w * b]
+        .for_each(|(i, row)| {
+            for (o, p) in row[xs.clone()]
                 .chunks_exact_mut(b)
-                .zip(line(y).chunks_exact(3))
+                .zip(line(r.y0 + i).chunks_exact(3))
             {
                 put(o, m.luma([conv(&p[0]), conv(&p[1]), conv(&p[2])]));
             }
@@ -861,13 +945,19 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
     if f.layout.grey() {
         return;
     }
-    // Chroma: the chroma row's RGB filtered along y, then along x at each chroma sample.
+    // Chroma: the samples sited in `r` (the first luma pixel of each in `r`), each chroma
+    // row's RGB filtered along y, then along x at each chroma sample.
+    let (cx0, cx1) = (r.x0.div_ceil(sx), r.x1.div_ceil(sx).min(cw));
+    let (cy0, cy1) = (r.y0.div_ceil(sy), r.y1.div_ceil(sy).min(ch));
+    if cx0 >= cx1 || cy0 >= cy1 {
+        return;
+    }
     let chroma = Chroma {
         src,
-        conv: &conv,
+        conv,
         w,
         h,
-        cw,
+        cols: (cx0, cx1),
         sub: (sx, sy),
         m,
         s,
@@ -877,45 +967,57 @@ fn pack_rows<W: Word, T: Sync>(src: &[T], f: &mut YuvMut, conv: impl Fn(&T) -> f
         f.planes[1]
             .par_chunks_mut(f.strides[1])
             .take(ch)
+            .skip(cy0)
+            .take(cy1 - cy0)
             .enumerate()
             .with_min_len(min_len)
-            .for_each(|(cy, row)| {
+            .for_each(|(i, row)| {
                 let vu = f.layout.vu();
-                let pairs = row[..2 * cw * b].chunks_exact_mut(2 * b).map(|c| {
-                    let (first, second) = c.split_at_mut(b);
-                    if vu { (second, first) } else { (first, second) }
-                });
-                chroma.row(cy, pairs, put);
+                let pairs = row[2 * cx0 * b..2 * cx1 * b]
+                    .chunks_exact_mut(2 * b)
+                    .map(|c| {
+                        let (first, second) = c.split_at_mut(b);
+                        if vu { (second, first) } else { (first, second) }
+                    });
+                chroma.row(cy0 + i, pairs, put);
             });
     } else {
         let [_, pu, pv] = &mut f.planes;
         pu.par_chunks_mut(f.strides[1])
             .zip(pv.par_chunks_mut(f.strides[2]))
             .take(ch)
+            .skip(cy0)
+            .take(cy1 - cy0)
             .enumerate()
             .with_min_len(min_len)
-            .for_each(|(cy, (ru, rv))| {
-                let uv = ru[..cw * b].chunks_exact_mut(b);
-                chroma.row(cy, uv.zip(rv[..cw * b].chunks_exact_mut(b)), put);
+            .for_each(|(i, (ru, rv))| {
+                let uv = ru[cx0 * b..cx1 * b].chunks_exact_mut(b);
+                chroma.row(
+                    cy0 + i,
+                    uv.zip(rv[cx0 * b..cx1 * b].chunks_exact_mut(b)),
+                    put,
+                );
             });
     }
 }
 
-/// What packing a frame's chroma rows needs: the RGB source and the frame's geometry.
+/// What packing a frame's chroma rows needs: the RGB source, the frame's geometry and the
+/// chroma columns `cols` to write.
 struct Chroma<'a, T, C> {
-    src: &'a [T],
+    src: Window<'a, T>,
     conv: &'a C,
     w: usize,
     h: usize,
-    cw: usize,
+    cols: (usize, usize),
     sub: (usize, usize),
     m: Coeffs,
     s: ChromaSiting,
 }
 
 impl<T, C: Fn(&T) -> f32> Chroma<'_, T, C> {
-    /// Chroma row `cy` into `out` (one (U, V) pair of sample slots per chroma column): the
-    /// RGB filtered along y into the worker's row buffer, then along x at each sample.
+    /// Chroma row `cy` into `out` (one (U, V) pair of sample slots per chroma column of
+    /// `cols`): the RGB filtered along y into the worker's row buffer, then along x at each
+    /// sample.
     #[inline(always)]
     fn row<'o>(
         &self,
@@ -923,24 +1025,27 @@ impl<T, C: Fn(&T) -> f32> Chroma<'_, T, C> {
         out: impl Iterator<Item = (&'o mut [u8], &'o mut [u8])>,
         put: impl Fn(&mut [u8], f32),
     ) {
-        let (w, (sx, sy)) = (self.w, self.sub);
+        let (w, (sx, sy), (cx0, cx1)) = (self.w, self.sub, self.cols);
+        // The luma columns the samples' taps read.
+        let xa = (sx * cx0).saturating_sub(sx - 1);
+        let xb = (sx * cx1).min(w);
         ROW.with_borrow_mut(|acc| {
             acc.clear();
-            acc.resize(3 * w, 0.0);
+            acc.resize(3 * (xb - xa), 0.0);
             for (yy, wy) in down_taps(cy, self.h, self.s.v_cosited, sy) {
                 if wy != 0.0 {
-                    let line = &self.src[yy * w * 3..(yy + 1) * w * 3];
+                    let line = self.src.line(yy, xa, xb);
                     for (a, v) in acc.iter_mut().zip(line) {
                         *a += wy * (self.conv)(v);
                     }
                 }
             }
-            for (cx, (ou, ov)) in out.take(self.cw).enumerate() {
+            for (cx, (ou, ov)) in (cx0..cx1).zip(out) {
                 let mut rgb = [0.0f32; 3];
                 for (xx, wx) in down_taps(cx, w, self.s.h_cosited, sx) {
                     if wx != 0.0 {
                         for c in 0..3 {
-                            rgb[c] += wx * acc[3 * xx + c];
+                            rgb[c] += wx * acc[3 * (xx - xa) + c];
                         }
                     }
                 }
@@ -982,24 +1087,35 @@ fn unpack_packed<T: Copy + Send>(
 }
 
 /// RGB into packed 4:2:2 rows: Y per pixel, U and V filtered along x at the chroma siting.
+/// Rectangle `r` of the frame: the groups (two pixels, one chroma sample) whose first pixel is
+/// in `r`.
 fn pack_packed<T: Sync>(
-    src: &[T],
+    src: Window<T>,
+    r: Rect,
     f: &mut YuvMut,
     at: [usize; 4],
-    conv: impl Fn(&T) -> f32 + Sync,
+    conv: &(impl Fn(&T) -> f32 + Sync),
 ) {
     let (w, h, cw) = (f.width, f.height, f.width.div_ceil(2));
     let m = f.matrix.coeffs(8);
     let cosited = f.siting.h_cosited;
+    let (k0, k1) = (r.x0.div_ceil(2), r.x1.div_ceil(2).min(cw));
+    if k0 >= k1 {
+        return;
+    }
+    // The pixels the groups' luma and chroma taps read.
+    let (xa, xb) = ((2 * k0).saturating_sub(1), (2 * k1).min(w));
     f.planes[0]
         .par_chunks_mut(f.strides[0])
         .take(h)
+        .skip(r.y0)
+        .take(r.y1 - r.y0)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
-        .for_each(|(y, row)| {
-            let line = &src[y * w * 3..(y + 1) * w * 3];
-            let rgb = |x: usize| [0, 1, 2].map(|c| conv(&line[3 * x + c]));
-            for (k, g) in row[..4 * cw].chunks_exact_mut(4).enumerate() {
+        .for_each(|(i, row)| {
+            let line = src.line(r.y0 + i, xa, xb);
+            let rgb = |x: usize| [0, 1, 2].map(|c| conv(&line[3 * (x - xa) + c]));
+            for (k, g) in (k0..k1).zip(row[4 * k0..4 * k1].chunks_exact_mut(4)) {
                 for i in 0..2 {
                     // An odd width's last group repeats its pixel.
                     let x = (2 * k + i).min(w - 1);
@@ -1106,6 +1222,75 @@ mod tests {
             .zip(&b.data)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max)
+    }
+
+    /// The engine writes frames tile by tile: every layout, each siting, written rectangle by
+    /// rectangle (cuts at odd and even columns and rows, as x3 tiles give) from windows that
+    /// hold only each rectangle and its one-pixel ring, is byte for byte the frame `pack`
+    /// writes whole.
+    #[test]
+    fn packing_in_rectangles_equals_packing_the_frame() {
+        use crate::engine::frame::tests::{grid, tight_copy, window_of};
+        for (w, h) in [(13, 9), (1, 1), (2, 3), (41, 22)] {
+            let img = crate::engine::random::test_image(w, h, w as u64);
+            for layout in YuvLayout::ALL {
+                for (hc, vc) in [(false, false), (true, false), (true, true)] {
+                    let s = ChromaSiting {
+                        h_cosited: hc,
+                        v_cosited: vc,
+                    };
+                    let m = YuvMatrix::new(YuvMatrix::BT709, false);
+                    let frame = |f: &mut dyn FnMut(&mut YuvMut)| {
+                        let (mut planes, strides) = frame(layout, w, h);
+                        for p in &mut planes {
+                            p.fill(7);
+                        }
+                        f(&mut YuvMut {
+                            planes: planes_mut(&mut planes),
+                            strides,
+                            width: w,
+                            height: h,
+                            layout,
+                            matrix: m,
+                            siting: s,
+                        });
+                        planes
+                    };
+                    let whole = frame(&mut |f| pack(&img, f).unwrap());
+                    let mut staging = Vec::new();
+                    for cuts in [
+                        (&[3, 4, 9, 24][..], &[1, 2, 5, 15][..]),
+                        (&[6, 12][..], &[3, 6][..]),
+                        (&[][..], &[][..]),
+                    ] {
+                        let parts = frame(&mut |f| {
+                            let mut out = YuvPacker::new(f, &mut staging).unwrap();
+                            for r in grid(w, h, cuts.0, cuts.1) {
+                                let (data, g) = tight_copy(&img, r, true);
+                                out.put(window_of(&data, g), r).unwrap();
+                            }
+                            out.finish();
+                        });
+                        assert!(parts == whole, "{layout:?} {w}x{h} {s:?} {cuts:?}");
+                    }
+                    // A window without the ring is an error, not a panic.
+                    if w > 4 && h > 4 {
+                        let r = Rect {
+                            x0: 2,
+                            y0: 2,
+                            x1: 4,
+                            y1: 4,
+                        };
+                        let (data, g) = tight_copy(&img, r, false);
+                        frame(&mut |f| {
+                            let mut out = YuvPacker::new(f, &mut staging).unwrap();
+                            let e = out.put(window_of(&data, g), r).unwrap_err();
+                            assert!(e.to_string().contains("cannot write"), "{e}");
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Known colours: white, black and the primaries in BT.601 and BT.709, limited range,

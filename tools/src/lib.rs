@@ -162,15 +162,16 @@ pub fn read_png(path: &Path) -> Result<Image> {
 
 /// Writes an RGB image as an 8-bit PNG (rounded, clamped).
 pub fn write_png(path: &Path, img: &Image) -> Result<()> {
+    write_png_rgb8(path, img.width, img.height, &img.to_rgb8())
+}
+
+/// An 8-bit RGB PNG of `width x height` interleaved RGB bytes.
+pub fn write_png_rgb8(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let mut enc = png::Encoder::new(
-        std::io::BufWriter::new(file),
-        img.width as u32,
-        img.height as u32,
-    );
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut w = enc.write_header()?;
-    w.write_image_data(&img.to_rgb8())?;
+    w.write_image_data(rgb)?;
     Ok(())
 }

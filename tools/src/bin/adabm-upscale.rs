@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use adabm_tools::{Args, read_png, write_png};
+use adabm_tools::{Args, read_png, write_png_rgb8};
 use anyhow::{Context, Result};
-use gstadabm::engine::{Engine, Model, Options};
+use gstadabm::engine::{Engine, FrameMut, Model, Options, PixelLayout};
 
 const USAGE: &str = "\
 adabm-upscale --model FILE [options] IN.png OUT.png
@@ -41,19 +41,25 @@ fn main() -> Result<()> {
         ..Options::default()
     };
     let img = read_png(Path::new(input))?;
-    let (hr, st) = engine.upscale(&img, &opts)?;
-    write_png(Path::new(output), &hr)?;
+    // Straight into 8-bit RGB, tile by tile: no f32 image of the output's size.
+    let s = engine.scale();
+    let (w, h) = (img.width * s, img.height * s);
+    let mut rgb = vec![0u8; w * h * 3];
+    let st = engine.upscale_to_frame(
+        &img,
+        &mut FrameMut {
+            data: &mut rgb,
+            stride: w * 3,
+            width: w,
+            height: h,
+            layout: PixelLayout::Rgb,
+        },
+        &opts,
+    )?;
+    write_png_rgb8(Path::new(output), w, h, &rgb)?;
     println!(
         "{input} {}x{} -> {output} {}x{}: complexity {:.3}, b_I {:+}, FAB {:.3}, {} tile(s), {:.1} ms",
-        img.width,
-        img.height,
-        hr.width,
-        hr.height,
-        st.complexity,
-        st.image_bits,
-        st.fab,
-        st.tiles,
-        st.millis
+        img.width, img.height, w, h, st.complexity, st.image_bits, st.fab, st.tiles, st.millis
     );
     Ok(())
 }
