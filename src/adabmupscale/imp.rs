@@ -415,7 +415,7 @@ impl ObjectImpl for AdabmUpscale {
                     .build(),
                 glib::ParamSpecUInt::builder("n-threads")
                     .nick("Threads")
-                    .blurb("Worker threads; 0: one per CPU")
+                    .blurb("Worker threads; 0: one per CPU. Elements with the same count share one pool of threads")
                     .minimum(0)
                     .maximum(1024)
                     .default_value(DEFAULT_N_THREADS)

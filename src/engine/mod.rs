@@ -30,6 +30,32 @@ pub use tile::Tile;
 
 use conv::FeatureMap;
 
+/// The worker pool of `threads` threads that every engine of the process asking for that many
+/// shares (a server's streams, each with its own element and engine, run on one pool of a
+/// thread per CPU, instead of a pool each that together oversubscribe the CPUs); it ends with
+/// the last engine holding it.
+fn shared_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
+    use std::sync::{Arc, Mutex, Weak};
+    static POOLS: Mutex<Vec<(usize, Weak<rayon::ThreadPool>)>> = Mutex::new(Vec::new());
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    pools.retain(|(_, p)| p.strong_count() > 0);
+    if let Some(p) = pools
+        .iter()
+        .filter(|(n, _)| *n == threads)
+        .find_map(|(_, p)| p.upgrade())
+    {
+        return Ok(p);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("adabm-{i}"))
+        .build()
+        .map_err(|e| Error::Setting(format!("cannot start {threads} worker threads: {e}")))?;
+    let pool = Arc::new(pool);
+    pools.push((threads, Arc::downgrade(&pool)));
+    Ok(pool)
+}
+
 /// Default working-memory budget of one tile, in bytes (see `tile::estimate_bytes` and
 /// `tile::estimate_bytes_fused`).
 pub const DEFAULT_TILE_BUDGET: usize = 512 << 20;
@@ -97,14 +123,14 @@ pub enum Execution {
     IntegerAt(intcpu::CpuLevel),
 }
 
-/// The CPU engine: one model, one thread pool.
+/// The CPU engine: one model, and the process's worker pool of its thread count.
 pub struct Engine {
     net: Network,
     /// Integer execution of a quantized model.
     int: Option<intnet::IntNetwork>,
     /// The fused integer path of an fq model.
     fused: Option<intcpu::FusedNet>,
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
     threads: usize,
     /// Frame-sized buffers kept between frames (one set per frame in flight), so that frames
     /// of a size seen before allocate none.
@@ -150,11 +176,7 @@ impl Engine {
         } else {
             threads
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("adabm-{i}"))
-            .build()
-            .map_err(|e| Error::Setting(format!("cannot start {threads} worker threads: {e}")))?;
+        let pool = shared_pool(threads)?;
         let int = match exec {
             Execution::Integer => {
                 intnet::IntNetwork::new(model).map(|n| n.with_kernels(intcpu::CpuLevel::detect()))
@@ -455,5 +477,58 @@ impl Engine {
         self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| {
             frame::pack_rect(src, r, alpha, dst)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Engines asking for the same number of threads share one pool, which ends with the last
+    /// of them; engines on a shared pool, run at once from several threads, give what each
+    /// gives alone.
+    #[test]
+    fn engines_share_a_pool_per_thread_count() {
+        let fp = builtin::find(2, "fp32").unwrap().load().unwrap();
+        let q = builtin::find(2, "w4a4").unwrap().load().unwrap();
+        // 5 threads: no other test asks for that many.
+        let (a, b) = (Engine::new(&fp, 5).unwrap(), Engine::new(&q, 5).unwrap());
+        let c = Engine::new(&q, 6).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a.pool, &b.pool));
+        assert!(!std::sync::Arc::ptr_eq(&a.pool, &c.pool));
+        assert_eq!(a.pool.current_num_threads(), 5);
+        let weak = std::sync::Arc::downgrade(&a.pool);
+        let imgs: Vec<Image> = (0..3).map(|k| random::test_image(40, 24, k)).collect();
+        let engines = [&a, &b, &c];
+        let alone: Vec<Vec<Image>> = engines
+            .iter()
+            .map(|e| {
+                imgs.iter()
+                    .map(|i| e.upscale(i, &Options::default()).unwrap().0)
+                    .collect()
+            })
+            .collect();
+        let together: Vec<Vec<Image>> = std::thread::scope(|s| {
+            let runs: Vec<_> = engines
+                .into_iter()
+                .map(|e| {
+                    let imgs = &imgs;
+                    s.spawn(move || {
+                        (0..4)
+                            .flat_map(|_| imgs.iter())
+                            .map(|i| e.upscale(i, &Options::default()).unwrap().0)
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for (one, all) in alone.iter().zip(&together) {
+            for (k, got) in all.iter().enumerate() {
+                assert!(got == &one[k % 3], "frame {k}");
+            }
+        }
+        drop((a, b, c));
+        assert_eq!(weak.strong_count(), 0, "the pool outlived its engines");
     }
 }
