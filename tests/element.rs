@@ -1246,6 +1246,8 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::Yuy2 => L::Yuy2,
         F::Uyvy => L::Uyvy,
         F::Yvyu => L::Yvyu,
+        F::Ayuv => L::Ayuv,
+        F::Vuya => L::Vuya,
         F::Y42b => L::Y42b,
         F::Y444 => L::Y444,
         F::I42010le => L::I420p10,
@@ -1580,6 +1582,25 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             false,
         ),
+        // Packed 4:4:4 with alpha.
+        (
+            "AYUV",
+            (13, 7),
+            ",colorimetry=bt709",
+            YuvMatrix::BT709,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "VUYA",
+            (8, 6),
+            ",interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            true,
+        ),
         // Grey: full-range BT.601 luma, GStreamer's default for GRAY caps.
         (
             "GRAY8",
@@ -1684,6 +1705,27 @@ fn yuv_formats_match_the_engine() {
             yuv_visible(&got, &out_info) == yuv_visible(&want, &out_info),
             "{caps}: output differs from the engine's"
         );
+        // Alpha (AYUV, VUYA): the input's, upscaled bilinearly (each field of an interlaced
+        // frame on its own).
+        if let Some(at) = layout.packed444() {
+            let alpha = |b: &[u8], i: &gst_video::VideoInfo, field: usize, k: usize| {
+                let (w, stride) = (i.width() as usize, i.stride()[0] as usize);
+                (0..i.height() as usize / k)
+                    .flat_map(|y| {
+                        let row = &b[(k * y + field) * stride..][..4 * w];
+                        row.chunks_exact(4).map(|px| px[at[3]]).collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<u8>>()
+            };
+            let k = if interlaced { 2 } else { 1 };
+            for field in 0..k {
+                let a = alpha(&data, &info, field, k);
+                let (lw, lh) = (w as usize, hh as usize / k);
+                let want = gstadabm::engine::frame::upscale_plane_bilinear(&a, lw, lh, 2);
+                assert_eq!(alpha(&got, &out_info, field, k), want, "{caps}: alpha");
+                assert!(a.iter().any(|&v| v != a[0]), "{caps}: constant alpha");
+            }
+        }
     }
 }
 
@@ -1718,6 +1760,8 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("I422_12LE", 2, 0, 2.5, 1.5),
         ("Y444_12LE", 2, 0, 3.0, 3.5),
         ("v210", 4, 0, 2.5, 1.5),
+        ("AYUV", 1, 0, 4.5, 4.0),
+        ("VUYA", 1, 0, 4.5, 4.0),
         ("GRAY8", 1, 0, 1.0, 0.0),
         ("GRAY16_LE", 2, 0, 1.0, 0.0),
     ];
@@ -1761,15 +1805,22 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         // Which samples are luma: the first 128 x 96 (planar), or the Y bytes of each group of
         // four (packed 4:2:2).
         let format = gst_video::VideoFormat::from_string(fmt);
-        let luma = |i: usize| match yuv_layout(format).packed() {
-            Some(at) => i % 4 == at[0] || i % 4 == at[1],
+        let layout = yuv_layout(format);
+        let luma = |i: usize| match (layout.packed(), layout.packed444()) {
+            (Some(at), _) => i % 4 == at[0] || i % 4 == at[1],
+            (_, Some(at)) => i % 4 == at[0],
             // v210's word order: Cb Y Cr, Y Cb Y, Cr Y Cb, Y Cr Y.
-            None if word == 4 => i % 2 == 1,
-            None => i < 128 * 96,
+            _ if word == 4 => i % 2 == 1,
+            _ => i < 128 * 96,
         };
+        // AYUV, VUYA: `videotestsrc`'s alpha is opaque, and stays so both ways.
+        let alpha = |i: usize| layout.packed444().is_some_and(|at| i % 4 == at[3]);
+        for i in (0..direct.len()).filter(|&i| alpha(i)) {
+            assert_eq!((direct[i], around[i]), (255.0, 255.0), "{fmt}: alpha");
+        }
         let mean = |want_luma: bool| {
             let d: Vec<f64> = (0..direct.len())
-                .filter(|&i| luma(i) == want_luma)
+                .filter(|&i| luma(i) == want_luma && !alpha(i))
                 .map(|i| (direct[i] - around[i]).abs())
                 .collect();
             // (The grey formats have no chroma.)
@@ -1782,7 +1833,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8; the 12-bit
         // formats as their 10-bit ones (I420_12LE and P012_LE 1.26 / 0.50, I422_12LE 1.44 /
         // 0.79, Y444_12LE 2.08 / 2.22); v210 1.09 / 1.16 (a Cb/Cr swap in its word order: 16.2 /
-        // 16.3).
+        // 16.3); AYUV and VUYA 2.98 / 2.75, as Y444 (VUYA with U and V swapped: 10.3 / 8.7).
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"

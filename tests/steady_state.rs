@@ -162,6 +162,7 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         (40, 22, YuvLayout::Gray8),
         (41, 22, YuvLayout::Yuy2),
         (41, 22, YuvLayout::V210),
+        (41, 22, YuvLayout::Ayuv),
     ] {
         let name = format!("{name} {w}x{h} {layout:?}");
         let src = pixels(w, h * 6, 1, w);

@@ -44,7 +44,7 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 21] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 23] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
     (gst_video::VideoFormat::Nv21, YuvLayout::Nv21),
@@ -64,6 +64,8 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 21] = [
     (gst_video::VideoFormat::Yuy2, YuvLayout::Yuy2),
     (gst_video::VideoFormat::Uyvy, YuvLayout::Uyvy),
     (gst_video::VideoFormat::Yvyu, YuvLayout::Yvyu),
+    (gst_video::VideoFormat::Ayuv, YuvLayout::Ayuv),
+    (gst_video::VideoFormat::Vuya, YuvLayout::Vuya),
     (gst_video::VideoFormat::Gray8, YuvLayout::Gray8),
     (gst_video::VideoFormat::Gray16Le, YuvLayout::Gray16),
 ];
@@ -1535,10 +1537,24 @@ fn cuda_yuv_frame(
 ) -> Result<engine::Stats, String> {
     let t0 = std::time::Instant::now();
     let (w, h) = (src.width, src.height);
-    cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
-    engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(|e| e.to_string())?;
+    let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
+    let err = |e: engine::Error| e.to_string();
+    engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(err)?;
+    let has_alpha = engine::yuv::unpack_alpha_into(src, &mut bufs.alpha).map_err(err)?;
     let fs = bufs.upscale(c, w, h, opts)?;
-    engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(|e| e.to_string())?;
+    engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(err)?;
+    if has_alpha {
+        // AYUV, VUYA: alpha upscaled bilinearly, as on the CPU.
+        engine::frame::upscale_plane_bilinear_into(
+            &bufs.alpha,
+            w,
+            h,
+            s,
+            &mut bufs.alpha_hr,
+            &mut bufs.alpha_cols,
+        );
+        engine::yuv::pack_alpha(&bufs.alpha_hr, dst).map_err(err)?;
+    }
     Ok(cuda_stats(fs, t0))
 }
 

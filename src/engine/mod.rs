@@ -439,12 +439,31 @@ impl Engine {
             (src.width, src.height, &src.layout),
             (dst.width, dst.height, &dst.layout),
         )?;
+        let s = self.scale();
         self.with_scratch(|sc| {
-            self.pool.install(|| yuv::unpack_into(src, &mut sc.lr))?;
+            let has_alpha = self.pool.install(|| -> Result<bool> {
+                yuv::unpack_into(src, &mut sc.lr)?;
+                let has_alpha = yuv::unpack_alpha_into(src, &mut sc.alpha)?;
+                if has_alpha {
+                    // Alpha (AYUV, VUYA) is upscaled apart, bilinearly, as in packed RGB.
+                    frame::upscale_plane_bilinear_into(
+                        &sc.alpha,
+                        src.width,
+                        src.height,
+                        s,
+                        &mut sc.alpha_hr,
+                        &mut sc.alpha_cols,
+                    );
+                }
+                Ok(has_alpha)
+            })?;
             let mut out = yuv::YuvPacker::new(dst, &mut sc.v210)?;
             let stats =
                 self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| out.put(src, r))?;
             self.pool.install(|| out.finish());
+            if has_alpha {
+                self.pool.install(|| yuv::pack_alpha(&sc.alpha_hr, dst))?;
+            }
             Ok(stats)
         })
     }

@@ -70,6 +70,11 @@ pub enum YuvLayout {
     Uyvy,
     /// YVYU: packed 4:2:2, Y0 V Y1 U, 8 bits.
     Yvyu,
+    /// AYUV: packed 4:4:4 with alpha, A Y U V, 8 bits.
+    Ayuv,
+    /// VUYA: packed 4:4:4 with alpha, V U Y A, 8 bits (hardware decoders' and encoders'
+    /// 4:4:4).
+    Vuya,
     /// GRAY8: Y only (grey: U = V = the centre), 8 bits.
     Gray8,
     /// GRAY16_LE: Y only, 16 bits.
@@ -77,7 +82,7 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::I420,
         Self::Nv12,
         Self::Nv21,
@@ -97,12 +102,18 @@ impl YuvLayout {
         Self::Yuy2,
         Self::Uyvy,
         Self::Yvyu,
+        Self::Ayuv,
+        Self::Vuya,
         Self::Gray8,
         Self::Gray16,
     ];
 
     pub fn planes(self) -> usize {
-        if self.grey() || self.packed().is_some() || self == Self::V210 {
+        if self.grey()
+            || self.packed().is_some()
+            || self.packed444().is_some()
+            || self == Self::V210
+        {
             1
         } else if self.interleaved() {
             2
@@ -120,6 +131,21 @@ impl YuvLayout {
             Self::Yvyu => Some([0, 2, 3, 1]),
             _ => None,
         }
+    }
+
+    /// Packed 4:4:4 with alpha (one plane of 4-byte pixels): the byte offsets of Y, U, V and
+    /// alpha in a pixel.
+    pub fn packed444(self) -> Option<[usize; 4]> {
+        match self {
+            Self::Ayuv => Some([1, 2, 3, 0]),
+            Self::Vuya => Some([2, 1, 0, 3]),
+            _ => None,
+        }
+    }
+
+    /// Carries an alpha channel (AYUV, VUYA): the engine upscales it apart, bilinearly.
+    pub fn has_alpha(self) -> bool {
+        self.packed444().is_some()
     }
 
     /// Luma only (GRAY8, GRAY16_LE).
@@ -162,6 +188,8 @@ impl YuvLayout {
             | Self::Nv24
             | Self::Y444p10
             | Self::Y444p12
+            | Self::Ayuv
+            | Self::Vuya
             | Self::Gray8
             | Self::Gray16 => (1, 1),
         }
@@ -180,6 +208,8 @@ impl YuvLayout {
             | Self::Yuy2
             | Self::Uyvy
             | Self::Yvyu
+            | Self::Ayuv
+            | Self::Vuya
             | Self::Gray8 => 8,
             Self::Gray16 => 16,
             Self::I420p10 | Self::I422p10 | Self::Y444p10 | Self::P010 | Self::V210 => 10,
@@ -215,6 +245,8 @@ impl YuvLayout {
             [(w.div_ceil(6) * 16, h), (0, 0), (0, 0)]
         } else if self.packed().is_some() {
             [(4 * cw, h), (0, 0), (0, 0)]
+        } else if self.packed444().is_some() {
+            [(4 * w, h), (0, 0), (0, 0)]
         } else if self.grey() {
             [(w * b, h), (0, 0), (0, 0)]
         } else if self.interleaved() {
@@ -528,6 +560,10 @@ pub fn unpack_with<T: Copy + Default + Send>(
         unpack_packed(f, at, conv, out);
         return Ok(());
     }
+    if let Some(at) = f.layout.packed444() {
+        unpack_packed444(f, at, conv, out);
+        return Ok(());
+    }
     match (f.layout.word(), f.layout.shift()) {
         (1, _) => unpack_rows::<W8, T>(f, conv, out),
         (_, 0) => unpack_rows::<W16<0>, T>(f, conv, out),
@@ -670,6 +706,10 @@ pub fn pack_with<T: Sync>(
 fn pack_part<T: Sync>(src: Window<T>, r: Rect, f: &mut YuvMut, conv: &(impl Fn(&T) -> f32 + Sync)) {
     if let Some(at) = f.layout.packed() {
         pack_packed(src, r, f, at, conv);
+        return;
+    }
+    if let Some(at) = f.layout.packed444() {
+        pack_packed444(src, r, f, at, conv);
         return;
     }
     match (f.layout.word(), f.layout.shift()) {
@@ -1086,6 +1126,126 @@ fn unpack_packed<T: Copy + Send>(
         });
 }
 
+/// Packed 4:4:4 pixels (`at`: [`YuvLayout::packed444`]) into RGB; alpha is left to
+/// [`unpack_alpha_into`].
+fn unpack_packed444<T: Copy + Send>(
+    f: &YuvRef,
+    at: [usize; 4],
+    conv: impl Fn(f32) -> T + Sync,
+    out: &mut [T],
+) {
+    let w = f.width;
+    let m = f.matrix.coeffs(8);
+    out.par_chunks_mut(w * 3)
+        .enumerate()
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(y, dst)| {
+            let row = &f.planes[0][y * f.strides[0]..][..4 * w];
+            for (o, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(4)) {
+                let rgb = m.rgb(px[at[0]] as f32, px[at[1]] as f32, px[at[2]] as f32);
+                o[0] = conv(rgb[0]);
+                o[1] = conv(rgb[1]);
+                o[2] = conv(rgb[2]);
+            }
+        });
+}
+
+/// RGB into packed 4:4:4 pixels, rectangle `r` of the frame; alpha 255 (opaque) until
+/// [`pack_alpha`] writes it.
+fn pack_packed444<T: Sync>(
+    src: Window<T>,
+    r: Rect,
+    f: &mut YuvMut,
+    at: [usize; 4],
+    conv: &(impl Fn(&T) -> f32 + Sync),
+) {
+    let m = f.matrix.coeffs(8);
+    f.planes[0]
+        .par_chunks_mut(f.strides[0])
+        .take(f.height)
+        .skip(r.y0)
+        .take(r.y1 - r.y0)
+        .enumerate()
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(i, row)| {
+            let line = src.line(r.y0 + i, r.x0, r.x1);
+            for (px, p) in row[4 * r.x0..4 * r.x1]
+                .chunks_exact_mut(4)
+                .zip(line.chunks_exact(3))
+            {
+                let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
+                let (u, v) = m.chroma(rgb);
+                px[at[0]] = super::frame::to_u8(m.luma(rgb));
+                px[at[1]] = super::frame::to_u8(u);
+                px[at[2]] = super::frame::to_u8(v);
+                px[at[3]] = 255;
+            }
+        });
+}
+
+/// The alpha plane of a frame with alpha ([`YuvLayout::has_alpha`]) into `alpha` (resized to
+/// `width * height`, rows in parallel), and true; false, `alpha` untouched, for the others.
+pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u8>) -> Result<bool> {
+    let Some(at) = f.layout.packed444() else {
+        return Ok(false);
+    };
+    check_planes(
+        "input",
+        f.layout,
+        f.planes.map(|p| p.len()),
+        f.strides,
+        f.width,
+        f.height,
+    )?;
+    let w = f.width;
+    alpha.resize(w * f.height, 0);
+    alpha
+        .par_chunks_mut(w)
+        .enumerate()
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(y, dst)| {
+            let row = &f.planes[0][y * f.strides[0]..][..4 * w];
+            for (o, px) in dst.iter_mut().zip(row.chunks_exact(4)) {
+                *o = px[at[3]];
+            }
+        });
+    Ok(true)
+}
+
+/// Writes a `width * height` alpha plane into a frame with alpha (after its colour: packing
+/// writes alpha 255); nothing for the layouts without.
+pub fn pack_alpha(alpha: &[u8], f: &mut YuvMut) -> Result<()> {
+    let Some(at) = f.layout.packed444() else {
+        return Ok(());
+    };
+    let (w, h) = (f.width, f.height);
+    check_planes(
+        "output",
+        f.layout,
+        [f.planes[0].len(), f.planes[1].len(), f.planes[2].len()],
+        f.strides,
+        w,
+        h,
+    )?;
+    if alpha.len() < w * h {
+        return Err(Error::Input(format!(
+            "alpha plane has {} values for a {w}x{h} frame",
+            alpha.len()
+        )));
+    }
+    f.planes[0]
+        .par_chunks_mut(f.strides[0])
+        .take(h)
+        .zip(alpha.par_chunks(w))
+        .with_min_len(super::frame::ROWS_PER_TASK)
+        .for_each(|(row, a)| {
+            for (px, &v) in row[..4 * w].chunks_exact_mut(4).zip(a) {
+                px[at[3]] = v;
+            }
+        });
+    Ok(())
+}
+
 /// RGB into packed 4:2:2 rows: Y per pixel, U and V filtered along x at the chroma siting.
 /// Rectangle `r` of the frame: the groups (two pixels, one chroma sample) whose first pixel is
 /// in `r`.
@@ -1392,6 +1552,13 @@ mod tests {
                 assert_eq!(at.map(|i| g[i] as u32), want, "{layout:?} {g:?}");
                 continue;
             }
+            if let Some(at) = layout.packed444() {
+                // The last pixel: Y U V A where `at` says, alpha opaque until `pack_alpha`.
+                let px = &planes[0][(h - 1) * strides[0] + 4 * (w - 1)..][..4];
+                let want = [white, grey, grey, 255];
+                assert_eq!(at.map(|i| px[i] as u32), want, "{layout:?} {px:?}");
+                continue;
+            }
             let s = layout.shift();
             assert_eq!(word(0, h - 1, w - 1), white << s, "{layout:?} Y");
             let (cw, ch) = layout.chroma_size(w, h);
@@ -1415,6 +1582,43 @@ mod tests {
         );
         assert_eq!(YuvLayout::Uyvy.plane_sizes(5, 3), [(12, 3), (0, 0), (0, 0)]);
         assert_eq!(YuvLayout::V210.plane_sizes(7, 3), [(32, 3), (0, 0), (0, 0)]);
+        assert_eq!(YuvLayout::Vuya.plane_sizes(5, 3), [(20, 3), (0, 0), (0, 0)]);
+        // AYUV's alpha: out of a frame and back into one, where its byte is.
+        let (mut planes, strides) = frame(YuvLayout::Ayuv, w, h);
+        let a: Vec<u8> = (0..w * h).map(|i| 10 * i as u8).collect();
+        let mut f = YuvMut {
+            planes: planes_mut(&mut planes),
+            strides,
+            width: w,
+            height: h,
+            layout: YuvLayout::Ayuv,
+            matrix: m,
+            siting: ChromaSiting::default(),
+        };
+        pack_alpha(&a, &mut f).unwrap();
+        assert_eq!(planes[0][(h - 1) * strides[0] + 4 * (w - 1)], a[w * h - 1]);
+        let f = YuvRef {
+            planes: planes_ref(&planes),
+            strides,
+            width: w,
+            height: h,
+            layout: YuvLayout::Ayuv,
+            matrix: m,
+            siting: ChromaSiting::default(),
+        };
+        let mut back = Vec::new();
+        assert!(unpack_alpha_into(&f, &mut back).unwrap());
+        assert_eq!(back, a);
+        assert!(
+            !unpack_alpha_into(
+                &YuvRef {
+                    layout: YuvLayout::Y444,
+                    ..f
+                },
+                &mut back
+            )
+            .unwrap()
+        );
     }
 
     /// v210 holds exactly the samples of I422_10LE: packed from the same image, its words
