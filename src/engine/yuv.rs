@@ -1127,10 +1127,23 @@ fn unpack_packed<T: Copy + Send>(
 }
 
 /// Packed 4:4:4 pixels (`at`: [`YuvLayout::packed444`]) into RGB; alpha is left to
-/// [`unpack_alpha_into`].
+/// [`unpack_alpha_into`]. The byte offsets as constants, one loop per layout (offsets read at
+/// run time made the conversion about 2x slower).
 fn unpack_packed444<T: Copy + Send>(
     f: &YuvRef,
     at: [usize; 4],
+    conv: impl Fn(f32) -> T + Sync,
+    out: &mut [T],
+) {
+    match at {
+        [1, 2, 3, _] => unpack_444_rows::<T, 1, 2, 3>(f, conv, out),
+        [2, 1, 0, _] => unpack_444_rows::<T, 2, 1, 0>(f, conv, out),
+        _ => unreachable!("packed 4:4:4 offsets {at:?}"),
+    }
+}
+
+fn unpack_444_rows<T: Copy + Send, const Y: usize, const U: usize, const V: usize>(
+    f: &YuvRef,
     conv: impl Fn(f32) -> T + Sync,
     out: &mut [T],
 ) {
@@ -1142,7 +1155,7 @@ fn unpack_packed444<T: Copy + Send>(
         .for_each(|(y, dst)| {
             let row = &f.planes[0][y * f.strides[0]..][..4 * w];
             for (o, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(4)) {
-                let rgb = m.rgb(px[at[0]] as f32, px[at[1]] as f32, px[at[2]] as f32);
+                let rgb = m.rgb(px[Y] as f32, px[U] as f32, px[V] as f32);
                 o[0] = conv(rgb[0]);
                 o[1] = conv(rgb[1]);
                 o[2] = conv(rgb[2]);
@@ -1151,12 +1164,25 @@ fn unpack_packed444<T: Copy + Send>(
 }
 
 /// RGB into packed 4:4:4 pixels, rectangle `r` of the frame; alpha 255 (opaque) until
-/// [`pack_alpha`] writes it.
+/// [`pack_alpha`] writes it. Offsets as constants, as [`unpack_packed444`].
 fn pack_packed444<T: Sync>(
     src: Window<T>,
     r: Rect,
     f: &mut YuvMut,
     at: [usize; 4],
+    conv: &(impl Fn(&T) -> f32 + Sync),
+) {
+    match at {
+        [1, 2, 3, 0] => pack_444_rows::<T, 1, 2, 3, 0>(src, r, f, conv),
+        [2, 1, 0, 3] => pack_444_rows::<T, 2, 1, 0, 3>(src, r, f, conv),
+        _ => unreachable!("packed 4:4:4 offsets {at:?}"),
+    }
+}
+
+fn pack_444_rows<T: Sync, const Y: usize, const U: usize, const V: usize, const A: usize>(
+    src: Window<T>,
+    r: Rect,
+    f: &mut YuvMut,
     conv: &(impl Fn(&T) -> f32 + Sync),
 ) {
     let m = f.matrix.coeffs(8);
@@ -1175,10 +1201,10 @@ fn pack_packed444<T: Sync>(
             {
                 let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
                 let (u, v) = m.chroma(rgb);
-                px[at[0]] = super::frame::to_u8(m.luma(rgb));
-                px[at[1]] = super::frame::to_u8(u);
-                px[at[2]] = super::frame::to_u8(v);
-                px[at[3]] = 255;
+                px[Y] = super::frame::to_u8(m.luma(rgb));
+                px[U] = super::frame::to_u8(u);
+                px[V] = super::frame::to_u8(v);
+                px[A] = 255;
             }
         });
 }
