@@ -463,6 +463,36 @@ pub fn planes_mut(planes: &mut [Vec<u8>]) -> [&mut [u8]; 3] {
     [(); 3].map(|_| it.next().unwrap_or_default())
 }
 
+impl YuvRef<'_> {
+    /// Checks that each plane holds its rows ([`check_planes`]).
+    fn check(&self) -> Result<()> {
+        let lens = self.planes.map(|p| p.len());
+        check_planes(
+            "input",
+            self.layout,
+            lens,
+            self.strides,
+            self.width,
+            self.height,
+        )
+    }
+}
+
+impl YuvMut<'_> {
+    /// Checks that each plane holds its rows ([`check_planes`]).
+    fn check(&self) -> Result<()> {
+        let lens = [0, 1, 2].map(|p| self.planes[p].len());
+        check_planes(
+            "output",
+            self.layout,
+            lens,
+            self.strides,
+            self.width,
+            self.height,
+        )
+    }
+}
+
 /// Checks that each plane holds its rows (the row bytes and rows of each plane of the layout).
 fn check_planes(
     what: &str,
@@ -541,14 +571,7 @@ pub fn unpack_with<T: Copy + Default + Send>(
     conv: impl Fn(f32) -> T + Sync,
     out: &mut Vec<T>,
 ) -> Result<()> {
-    check_planes(
-        "input",
-        f.layout,
-        f.planes.map(|p| p.len()),
-        f.strides,
-        f.width,
-        f.height,
-    )?;
+    f.check()?;
     out.resize(f.width * f.height * 3, T::default());
     if f.layout == YuvLayout::V210 {
         let mut tmp = take_v210_planes();
@@ -674,14 +697,7 @@ pub fn pack_with<T: Sync>(
     conv: impl Fn(&T) -> f32 + Sync,
 ) -> Result<()> {
     let (w, h) = (f.width, f.height);
-    check_planes(
-        "output",
-        f.layout,
-        [f.planes[0].len(), f.planes[1].len(), f.planes[2].len()],
-        f.strides,
-        w,
-        h,
-    )?;
+    f.check()?;
     if (width, height) != (w, h) || src.len() < w * h * 3 {
         return Err(Error::Input(format!(
             "output frame is {w}x{h}, image is {width}x{height} with {} values",
@@ -732,14 +748,7 @@ pub struct YuvPacker<'f, 'a, 's> {
 
 impl<'f, 'a, 's> YuvPacker<'f, 'a, 's> {
     pub fn new(f: &'f mut YuvMut<'a>, staging: &'s mut Vec<u8>) -> Result<Self> {
-        check_planes(
-            "output",
-            f.layout,
-            [f.planes[0].len(), f.planes[1].len(), f.planes[2].len()],
-            f.strides,
-            f.width,
-            f.height,
-        )?;
+        f.check()?;
         let v210 = (f.layout == YuvLayout::V210).then(|| {
             v210_planes(staging, f.width, f.height);
             staging
@@ -1215,14 +1224,7 @@ pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u8>) -> Result<bool> {
     let Some(at) = f.layout.packed444() else {
         return Ok(false);
     };
-    check_planes(
-        "input",
-        f.layout,
-        f.planes.map(|p| p.len()),
-        f.strides,
-        f.width,
-        f.height,
-    )?;
+    f.check()?;
     let w = f.width;
     alpha.resize(w * f.height, 0);
     alpha
@@ -1245,14 +1247,7 @@ pub fn pack_alpha(alpha: &[u8], f: &mut YuvMut) -> Result<()> {
         return Ok(());
     };
     let (w, h) = (f.width, f.height);
-    check_planes(
-        "output",
-        f.layout,
-        [f.planes[0].len(), f.planes[1].len(), f.planes[2].len()],
-        f.strides,
-        w,
-        h,
-    )?;
+    f.check()?;
     if alpha.len() < w * h {
         return Err(Error::Input(format!(
             "alpha plane has {} values for a {w}x{h} frame",
