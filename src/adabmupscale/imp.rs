@@ -1492,6 +1492,18 @@ fn cuda_scale(
 }
 
 impl CudaBufs {
+    /// `alpha` (a `w x h` plane) upscaled bilinearly by `s` into `alpha_hr`, as on the CPU.
+    fn upscale_alpha(&mut self, w: usize, h: usize, s: usize) {
+        engine::frame::upscale_plane_bilinear_into(
+            &self.alpha,
+            w,
+            h,
+            s,
+            &mut self.alpha_hr,
+            &mut self.alpha_cols,
+        );
+    }
+
     /// `self.rgb` (a `w x h` frame, packed RGB) through the shared CUDA engine into `self.hr`.
     /// The buffers travel with the job and come back with the frame (lost on an error: the
     /// next frame allocates them again).
@@ -1545,14 +1557,7 @@ fn cuda_yuv_frame(
     engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(err)?;
     if has_alpha {
         // AYUV, VUYA: alpha upscaled bilinearly, as on the CPU.
-        engine::frame::upscale_plane_bilinear_into(
-            &bufs.alpha,
-            w,
-            h,
-            s,
-            &mut bufs.alpha_hr,
-            &mut bufs.alpha_cols,
-        );
+        bufs.upscale_alpha(w, h, s);
         engine::yuv::pack_alpha(&bufs.alpha_hr, dst).map_err(err)?;
     }
     Ok(cuda_stats(fs, t0))
@@ -1574,14 +1579,7 @@ fn cuda_frame(
         .map_err(|e| e.to_string())?;
     let fs = bufs.upscale(c, w, h, opts)?;
     if has_alpha {
-        engine::frame::upscale_plane_bilinear_into(
-            &bufs.alpha,
-            w,
-            h,
-            s,
-            &mut bufs.alpha_hr,
-            &mut bufs.alpha_cols,
-        );
+        bufs.upscale_alpha(w, h, s);
     }
     engine::frame::pack_rgb8(&bufs.hr, has_alpha.then_some(&bufs.alpha_hr[..]), dst)
         .map_err(|e| e.to_string())?;

@@ -152,6 +152,20 @@ struct Scratch {
     maps: Maps,
 }
 
+impl Scratch {
+    /// `alpha` (a `w x h` plane) upscaled bilinearly by `s` into `alpha_hr`.
+    fn upscale_alpha(&mut self, w: usize, h: usize, s: usize) {
+        frame::upscale_plane_bilinear_into(
+            &self.alpha,
+            w,
+            h,
+            s,
+            &mut self.alpha_hr,
+            &mut self.alpha_cols,
+        );
+    }
+}
+
 /// A frame's luma plane (complexity), a tile's input map and network output, and the feature
 /// maps of the f32 and non-fq integer forward passes.
 #[derive(Default)]
@@ -446,14 +460,7 @@ impl Engine {
                 let has_alpha = yuv::unpack_alpha_into(src, &mut sc.alpha)?;
                 if has_alpha {
                     // Alpha (AYUV, VUYA) is upscaled apart, bilinearly, as in packed RGB.
-                    frame::upscale_plane_bilinear_into(
-                        &sc.alpha,
-                        src.width,
-                        src.height,
-                        s,
-                        &mut sc.alpha_hr,
-                        &mut sc.alpha_cols,
-                    );
+                    sc.upscale_alpha(src.width, src.height, s);
                 }
                 Ok(has_alpha)
             })?;
@@ -481,16 +488,8 @@ impl Engine {
             .pool
             .install(|| frame::unpack_into(src, &mut sc.lr, &mut sc.alpha))?;
         if has_alpha {
-            self.pool.install(|| {
-                frame::upscale_plane_bilinear_into(
-                    &sc.alpha,
-                    src.width,
-                    src.height,
-                    s,
-                    &mut sc.alpha_hr,
-                    &mut sc.alpha_cols,
-                )
-            });
+            self.pool
+                .install(|| sc.upscale_alpha(src.width, src.height, s));
         }
         let alpha = has_alpha.then_some(&sc.alpha_hr[..]);
         self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| {
