@@ -422,9 +422,7 @@ pub fn pack(img: &Image, alpha: Option<&[u8]>, f: &mut FrameMut) -> Result<()> {
         )));
     }
     let src = Window::whole(&img.data[..], img.width, img.height);
-    pack_with(src, Rect::whole(img.width, img.height), alpha, f, |&v| {
-        to_u8(v)
-    })
+    pack_rect(src, Rect::whole(img.width, img.height), alpha, f)
 }
 
 /// [`pack`] of rectangle `r` of the frame only, from a window holding it (values in 0–255;

@@ -704,16 +704,12 @@ pub fn pack_with<T: Sync>(
             src.len()
         )));
     }
-    let (src, all) = (Window::whole(src, w, h), Rect::whole(w, h));
-    if f.layout == YuvLayout::V210 {
-        let mut tmp = take_v210_planes();
-        v210_planes(&mut tmp, w, h);
-        pack_part(src, all, &mut v210_staged(&mut tmp, f), &conv);
-        planar_to_v210(&v210_staged(&mut tmp, f), f);
-        V210_PLANES.with(|cell| *cell.borrow_mut() = tmp);
-        return Ok(());
-    }
-    pack_part(src, all, f, &conv);
+    // The whole frame as one rectangle; v210 staged in this thread's planes buffer.
+    let mut tmp = take_v210_planes();
+    let mut out = YuvPacker::new(f, &mut tmp)?;
+    out.put_with(Window::whole(src, w, h), Rect::whole(w, h), &conv)?;
+    out.finish();
+    V210_PLANES.with(|cell| *cell.borrow_mut() = tmp);
     Ok(())
 }
 
@@ -761,15 +757,24 @@ impl<'f, 'a, 's> YuvPacker<'f, 'a, 's> {
     /// every pixel of `r`, and every chroma sample whose first luma pixel is in `r`. Putting
     /// rectangles that cover the frame once writes it all, as [`pack`] would.
     pub fn put(&mut self, src: Window<f32>, r: Rect) -> Result<()> {
+        self.put_with(src, r, &|&v: &f32| v)
+    }
+
+    /// [`YuvPacker::put`] from values of any type, `conv` of each giving 0–255.
+    fn put_with<T: Sync>(
+        &mut self,
+        src: Window<T>,
+        r: Rect,
+        conv: &(impl Fn(&T) -> f32 + Sync),
+    ) -> Result<()> {
         let (w, h) = (self.f.width, self.f.height);
         src.check(r, r.ring(w, h), w, h)?;
         if r.is_empty() {
             return Ok(());
         }
-        let conv = |&v: &f32| v;
         match &mut self.v210 {
-            Some(tmp) => pack_part(src, r, &mut v210_staged(tmp, self.f), &conv),
-            None => pack_part(src, r, self.f, &conv),
+            Some(tmp) => pack_part(src, r, &mut v210_staged(tmp, self.f), conv),
+            None => pack_part(src, r, self.f, conv),
         }
         Ok(())
     }
