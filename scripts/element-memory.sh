@@ -8,6 +8,7 @@
 # e.g. build the base commit into another target dir and compare:
 #   scripts/element-memory.sh 2 /tmp/plug-base target/release
 set -euo pipefail
+[ -x /usr/bin/time ] || { echo "$0 needs GNU time: apt-get install time" >&2; exit 2; }
 rounds="${1:-1}"
 shift
 [ $# -ge 1 ] || { echo "usage: $0 [ROUNDS] PLUGIN_DIR..." >&2; exit 2; }

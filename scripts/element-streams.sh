@@ -7,6 +7,7 @@
 #   scripts/element-streams.sh ROUNDS STREAMS PRECISION PLUGIN_DIR...
 #   e.g. scripts/element-streams.sh 3 8 fp32 /tmp/plug-base target/release
 set -euo pipefail
+[ -x /usr/bin/time ] || { echo "$0 needs GNU time: apt-get install time" >&2; exit 2; }
 [ $# -ge 4 ] || { echo "usage: $0 ROUNDS STREAMS PRECISION PLUGIN_DIR..." >&2; exit 2; }
 rounds=$1 streams=$2 precision=$3
 shift 3
