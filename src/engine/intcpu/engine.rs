@@ -68,7 +68,7 @@ pub fn conv_forward_into(
     let cout = ic.cout;
     // Every interior pixel is written; the border stays zero.
     out.reshape(h, w, cout);
-    // F(4x4, 3x3) on i16 where the fused path would use it (AVX-512 VNNI, `ADABM_WINOGRAD`
+    // F(4x4, 3x3) on i16 where the fused path would use it (AVX-512 VNNI or AVX2, `ADABM_WINOGRAD`
     // mode `tiles`, a conv that fits it): four rows per task, 32-pixel chunks; else the
     // direct kernels, a row per task.
     let four =

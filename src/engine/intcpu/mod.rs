@@ -213,8 +213,9 @@ pub enum Winograd {
     Off,
     /// F(2,3) along x ([`wino::WinoWeights`], [`wino::WinoWeights16`]).
     Rows,
-    /// F(2x2, 3x3) ([`wino::Wino2Weights`]) where exact, else as `Rows` (the default at
-    /// AVX-512 VNNI, opt-in elsewhere).
+    /// Tiles: at AVX-512 VNNI F(2x2, 3x3) ([`wino::Wino2Weights`]) where exact, else
+    /// F(4x4, 3x3) on i16 ([`wino4`]) where the conv fits it; at AVX2 F(4x4, 3x3) where it
+    /// fits; else as `Rows` (the default at AVX-512 VNNI and AVX2).
     Tiles,
 }
 
@@ -226,15 +227,16 @@ const DEFAULT: u8 = MODES.len() as u8 + 1;
 const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 
 /// The Winograd kernels the fused engine uses at `level`: the mode `ADABM_WINOGRAD`
-/// (`0`/`off`, `rows`, `tiles`) or [`set_winograd`] chose, else the default: `Tiles` where
-/// F(2x2, 3x3) has i32 sums ([`has_wino2_i32`]: AVX-512 VNNI), `Rows` (F(2,3) along x, 1.5x
-/// fewer multiplies) at the other levels. `Tiles` does 1.5x fewer again; on AVX2 its
-/// per-element widening and output transform cost more than the multiplies it saves at
-/// 32–64 channels (BENCHMARKS.md), at AVX-512 VNNI it measured 1.03–1.11x faster than F(2,3)
-/// end to end on Zen 4 (EDSR-baseline and the 32-channel built-ins, x2 and x4), F(2,3)
-/// 1.02–1.17x faster than the direct 512-bit kernel. `Tiles` at AVX-512 VNNI also runs the
-/// convs no u8 transform fits (8-bit codes or weights) as F(4x4, 3x3) on i16
-/// ([`row_sums_wino4`]).
+/// (`0`/`off`, `rows`, `tiles`) or [`set_winograd`] chose, else the default: `Tiles` at
+/// AVX-512 VNNI (F(2x2, 3x3) with i32 sums, [`has_wino2_i32`]) and at AVX2 (F(4x4, 3x3) on
+/// i16, [`row_sums_wino4`]), `Rows` (F(2,3) along x, 1.5x fewer multiplies than direct) at
+/// AVX-VNNI. At AVX-512 VNNI F(2x2, 3x3) measured 1.03–1.11x faster than F(2,3) end to end
+/// on Zen 4 (EDSR-baseline and the 32-channel built-ins, x2 and x4), F(2,3) 1.02–1.17x faster
+/// than the direct 512-bit kernel, and the convs no u8 transform fits (8-bit codes or
+/// weights) run as F(4x4, 3x3). At AVX2, F(4x4, 3x3) — 2.25 multiplies per output, at 16
+/// per `vpmaddwd` + `vpaddd` — measured 1.45x faster than F(2,3) on EDSR-baseline x2 w4a4 and
+/// 1.22–1.25x on the 32-channel built-ins (BENCHMARKS.md, session 21); at AVX-VNNI F(2,3) on
+/// `vpdpbusd` takes fewer instructions than F(4x4, 3x3) would on `vpdpwssd`, unmeasured.
 pub fn winograd_for(level: CpuLevel) -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
     if WINOGRAD.load(Relaxed) == 0 {
@@ -246,7 +248,7 @@ pub fn winograd_for(level: CpuLevel) -> Winograd {
         });
     }
     match WINOGRAD.load(Relaxed) {
-        DEFAULT if has_wino2_i32(level) => Winograd::Tiles,
+        DEFAULT if has_wino2_i32(level) || level == CpuLevel::Avx2 => Winograd::Tiles,
         DEFAULT => Winograd::Rows,
         v => MODES[v as usize - 1],
     }
@@ -633,7 +635,7 @@ pub fn row_sums_wino2_i32(
 
 /// [`row_sums`] of output rows `y0 .. y0 + 4` (those below `x.h`; row `r` at
 /// `out[r · x.w · cout8..]`) by Winograd F(4x4, 3x3) on i16 ([`wino4`]): the same `S` to the
-/// bit, offset correction included. Only at AVX-512 VNNI ([`has_wino4`]), for convs with
+/// bit, offset correction included. At AVX-512 VNNI and AVX2 ([`has_wino4`]), for convs with
 /// [`PackedConv::wino4`] weights; `tiles` is scratch.
 pub fn row_sums_wino4(
     level: CpuLevel,
@@ -660,6 +662,8 @@ pub fn row_sums_wino4(
         CpuLevel::Avx512Vnni => unsafe {
             wino4::row_sums_avx512(x, pc, ww, y0, cols.clone(), tiles, out)
         },
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx2 => unsafe { wino4::row_sums_avx2(x, pc, ww, y0, cols.clone(), tiles, out) },
         _ => panic!("no F(4x4, 3x3) kernel at {level:?}"),
     }
     if pc.offset {
@@ -671,7 +675,7 @@ pub fn row_sums_wino4(
 
 /// Whether [`row_sums_wino4`] has a kernel at `level`.
 pub fn has_wino4(level: CpuLevel) -> bool {
-    level == CpuLevel::Avx512Vnni
+    matches!(level, CpuLevel::Avx2 | CpuLevel::Avx512Vnni)
 }
 
 /// Whether [`row_sums_wino2_i32`] has a kernel at `level`.

@@ -14,7 +14,7 @@ use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
     Codes, CpuLevel, PackedConv, Winograd, has_wino2_i32, has_wino4, row_sums, row_sums_wino,
-    row_sums_wino_i32, row_sums_wino2, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16,
+    row_sums_wino_i32, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16,
 };
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
@@ -381,18 +381,14 @@ impl FusedNet {
         } else {
             Winograd::Off
         };
-        // F(2x2, 3x3): with i32 sums at AVX-512 VNNI (codes up to 6 bits), else the AVX2
-        // kernel where its widening schedule exists.
-        let tiles2_i32 = mode >= Winograd::Tiles
+        // F(2x2, 3x3) with i32 sums at AVX-512 VNNI (codes up to 6 bits); else F(4x4, 3x3) on
+        // i16 (AVX-512 VNNI, AVX2) for the convs it fits — at AVX-512 VNNI those no u8
+        // transform is exact for: 8-bit weights or codes (fq upsamplers, w8a6 bodies), at AVX2
+        // all of them (2.25 multiplies per output against F(2,3)'s 6).
+        let tiles2 = mode >= Winograd::Tiles
             && has_wino2_i32(level)
             && max_code <= 63
             && pc.wino2().is_some();
-        let sched2 = (mode >= Winograd::Tiles && !tiles2_i32)
-            .then(|| pc.wino2_schedule(max_code))
-            .flatten();
-        let tiles2 = tiles2_i32 || sched2.is_some();
-        // F(4x4, 3x3) on i16 (AVX-512 VNNI) for the convs no u8 transform is exact for: 8-bit
-        // weights or codes (fq upsamplers, w8a6 bodies).
         let tiles4 = !tiles2 && mode >= Winograd::Tiles && has_wino4(level) && pc.wino4().is_some();
         let rows_i32 =
             vnni && !tiles2 && mode >= Winograd::Rows && pc.wino.is_some() && max_code <= 127;
@@ -474,12 +470,7 @@ impl FusedNet {
                                 cstride: pc.cstride,
                                 max_code,
                             };
-                            match &sched2 {
-                                Some(sched2) => {
-                                    row_sums_wino2(level, &v, pc, sched2, cols.clone(), &mut sums)
-                                }
-                                None => row_sums_wino2_i32(level, &v, pc, cols.clone(), &mut sums),
-                            }
+                            row_sums_wino2_i32(level, &v, pc, cols.clone(), &mut sums);
                             epilogue(&sums, cols, run);
                         }
                     });

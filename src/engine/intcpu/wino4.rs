@@ -14,9 +14,12 @@
 //! [`Wino4Weights::new`] requires of the conv (`255 · max|g| · 9 · cstride < 2^25`: any
 //! 8-bit conv of up to 64 input channels).
 //!
-//! AVX-512 VNNI only (the other levels keep their kernels for these convs); used by the fused
-//! path of fq models and by the non-fq integer engine. The sums are those of
-//! [`super::row_sums`] before its offset correction, bit for bit.
+//! Written once over the vector width ([`Wide`]): AVX-512 VNNI (`vpdpwssd` on 512-bit
+//! registers) and AVX2 (`vpmaddwd` + `vpaddd` on 256-bit ones, the same sums modulo 2^32 —
+//! where, with 2.25 instead of 6 multiplies per output of F(2,3), it also runs the 4-bit convs
+//! the u8 transforms cover at the VNNI levels); used by the fused path of fq models and by the
+//! non-fq integer engine. The sums are those of [`super::row_sums`] before its offset
+//! correction, bit for bit.
 
 use std::ops::Range;
 
@@ -95,6 +98,284 @@ pub fn tiles_len(tiles: usize, cstride: usize) -> usize {
     tiles * ELEMENTS * cstride
 }
 
+/// The vector operations the F(4x4, 3x3) kernel is written over, once for 512-bit registers
+/// ([`Zmm`]: `vpdpwssd`) and once for 256-bit ones ([`Ymm`]: AVX2's `vpmaddwd` + `vpaddd`,
+/// the same i32 sums modulo 2^32 — the pair sums cannot wrap: `2 · 25,500 · 6,272 < 2^31`).
+/// Implementations are called only from the `#[target_feature]` entry points of their level.
+#[cfg(target_arch = "x86_64")]
+trait Wide: Copy {
+    /// i32 lanes per vector (two i16 per lane).
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    /// `2 · LANES` codes as i16.
+    unsafe fn codes16(p: *const u8) -> Self;
+    unsafe fn store(p: *mut u8, v: Self);
+    unsafe fn load(p: *const u8) -> Self;
+    unsafe fn set1(v: i32) -> Self;
+    unsafe fn add16(a: Self, b: Self) -> Self;
+    unsafe fn sub16(a: Self, b: Self) -> Self;
+    /// `v << k` on i16 lanes, k ≤ 2.
+    unsafe fn shl16(v: Self, k: u32) -> Self;
+    unsafe fn add32(a: Self, b: Self) -> Self;
+    unsafe fn sub32(a: Self, b: Self) -> Self;
+    /// `v << k` on i32 lanes, k ≤ 6.
+    unsafe fn shl32(v: Self, k: u32) -> Self;
+    /// `S` from `576·S mod 2^32` (exact for `|S| < 2^25`): `9·S mod 2^26` by an arithmetic
+    /// shift of 6, times the inverse of 9 modulo 2^32, low 26 bits sign-extended.
+    unsafe fn recover(v: Self) -> Self;
+    /// `acc + a₀·b₀ + a₁·b₁` per i32 lane of i16 pairs, wrapping.
+    unsafe fn dot(acc: Self, a: Self, b: Self) -> Self;
+    /// [`block`] of the output lanes `lane0 .. lane0 + lanes` (one weight block) and as many
+    /// tiles from `t` as the register blocking takes (at most `left`); returns how many.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_at(
+        x: &Codes,
+        pc: &PackedConv,
+        ww: &Wino4Weights,
+        tiles: &[i16],
+        tl: Tiles,
+        lane0: usize,
+        y0: usize,
+        cols: &Range<usize>,
+        out: &mut [i32],
+    ) -> usize;
+}
+
+/// Which tiles a [`block`] call takes: `t .. t + P` of the transformed tiles from `t0`, `left`
+/// of them before the end of the row's chunk.
+#[derive(Clone, Copy)]
+struct Tiles {
+    t0: usize,
+    t: usize,
+    left: usize,
+}
+
+/// 512-bit registers (AVX-512 F/BW/VNNI).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Zmm(std::arch::x86_64::__m512i);
+
+/// 256-bit registers (AVX2).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Ymm(std::arch::x86_64::__m256i);
+
+/// The shift intrinsics take their count as a constant: `$f::<k>` for the counts used.
+#[cfg(target_arch = "x86_64")]
+macro_rules! shift {
+    ($f:ident, $v:expr, $k:expr) => {
+        match $k {
+            1 => $f::<1>($v),
+            2 => $f::<2>($v),
+            3 => $f::<3>($v),
+            4 => $f::<4>($v),
+            6 => $f::<6>($v),
+            _ => unreachable!("shift count"),
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wide for Zmm {
+    const LANES: usize = 16;
+    // SAFETY (every method): AVX-512 F/BW/VNNI per the entry points; loads and stores of 64
+    // (codes16: 32) bytes at the caller's pointers.
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_setzero_si512()) }
+    }
+    #[inline(always)]
+    unsafe fn codes16(p: *const u8) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_cvtepu8_epi16(_mm256_loadu_si256(p.cast()))) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut u8, v: Self) {
+        use std::arch::x86_64::*;
+        unsafe { _mm512_storeu_si512(p.cast(), v.0) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_loadu_si512(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn set1(v: i32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_set1_epi32(v)) }
+    }
+    #[inline(always)]
+    unsafe fn add16(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_add_epi16(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub16(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_sub_epi16(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn shl16(v: Self, k: u32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(shift!(_mm512_slli_epi16, v.0, k)) }
+    }
+    #[inline(always)]
+    unsafe fn add32(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_add_epi32(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub32(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_sub_epi32(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn shl32(v: Self, k: u32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(shift!(_mm512_slli_epi32, v.0, k)) }
+    }
+    #[inline(always)]
+    unsafe fn recover(v: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            let z = _mm512_mullo_epi32(_mm512_srai_epi32::<6>(v.0), _mm512_set1_epi32(INV9));
+            Self(_mm512_srai_epi32::<6>(_mm512_slli_epi32::<6>(z)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: Self, a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm512_dpwssd_epi32(acc.0, a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn block_at(
+        x: &Codes,
+        pc: &PackedConv,
+        ww: &Wino4Weights,
+        tiles: &[i16],
+        tl: Tiles,
+        lane0: usize,
+        y0: usize,
+        cols: &Range<usize>,
+        out: &mut [i32],
+    ) -> usize {
+        // Blocks of 32 lanes in two registers (the last block of 16: one), 4 tiles per weight
+        // load.
+        // SAFETY: forwarded contract.
+        unsafe {
+            match (BLOCK.min(pc.cout8 - lane0) / 16, tl.left >= 4) {
+                (2, true) => block::<Self, 2, 4>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (2, false) => block::<Self, 2, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, true) => block::<Self, 1, 4>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, false) => block::<Self, 1, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Wide for Ymm {
+    const LANES: usize = 8;
+    // SAFETY (every method): AVX2 per the entry points; loads and stores of 32 (codes16: 16)
+    // bytes at the caller's pointers.
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_setzero_si256()) }
+    }
+    #[inline(always)]
+    unsafe fn codes16(p: *const u8) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast()))) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut u8, v: Self) {
+        use std::arch::x86_64::*;
+        unsafe { _mm256_storeu_si256(p.cast(), v.0) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_loadu_si256(p.cast())) }
+    }
+    #[inline(always)]
+    unsafe fn set1(v: i32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_set1_epi32(v)) }
+    }
+    #[inline(always)]
+    unsafe fn add16(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_add_epi16(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub16(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_sub_epi16(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn shl16(v: Self, k: u32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(shift!(_mm256_slli_epi16, v.0, k)) }
+    }
+    #[inline(always)]
+    unsafe fn add32(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_add_epi32(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn sub32(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_sub_epi32(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn shl32(v: Self, k: u32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(shift!(_mm256_slli_epi32, v.0, k)) }
+    }
+    #[inline(always)]
+    unsafe fn recover(v: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            let z = _mm256_mullo_epi32(_mm256_srai_epi32::<6>(v.0), _mm256_set1_epi32(INV9));
+            Self(_mm256_srai_epi32::<6>(_mm256_slli_epi32::<6>(z)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: Self, a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Self(_mm256_add_epi32(acc.0, _mm256_madd_epi16(a.0, b.0))) }
+    }
+    #[inline(always)]
+    unsafe fn block_at(
+        x: &Codes,
+        pc: &PackedConv,
+        ww: &Wino4Weights,
+        tiles: &[i16],
+        tl: Tiles,
+        lane0: usize,
+        y0: usize,
+        cols: &Range<usize>,
+        out: &mut [i32],
+    ) -> usize {
+        // Blocks of 32 lanes in four registers (the last block of 16: two), 2 tiles per weight
+        // load (16 registers).
+        // SAFETY: forwarded contract.
+        unsafe {
+            match (BLOCK.min(pc.cout8 - lane0) / 8, tl.left >= 2) {
+                (4, true) => block::<Self, 4, 2>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (4, false) => block::<Self, 4, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, true) => block::<Self, 2, 2>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, false) => block::<Self, 2, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+            }
+        }
+    }
+}
+
+/// The inverse of 9 modulo 2^32.
+const INV9: i32 = 0x38e3_8e39;
+
 /// `S` (before the offset correction) of output rows `y0 .. y0 + 4` (those below `x.h`) at the
 /// pixels `cols`: `out[r · x.w · cout8 + x · cout8 + o]`; `tiles` is scratch of at least
 /// [`tiles_len`] of the tiles that cover `cols`.
@@ -113,34 +394,63 @@ pub(super) unsafe fn row_sums_avx512(
     tiles: &mut [i16],
     out: &mut [i32],
 ) {
+    // SAFETY: forwarded contract.
+    unsafe { sums::<Zmm>(x, pc, ww, y0, cols, tiles, out) }
+}
+
+/// [`row_sums_avx512`] on AVX2: the same sums on 256-bit registers (`vpmaddwd` + `vpaddd`).
+///
+/// # Safety
+/// The CPU must support AVX2; otherwise as [`row_sums_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn row_sums_avx2(
+    x: &Codes,
+    pc: &PackedConv,
+    ww: &Wino4Weights,
+    y0: usize,
+    cols: Range<usize>,
+    tiles: &mut [i16],
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { sums::<Ymm>(x, pc, ww, y0, cols, tiles, out) }
+}
+
+/// The kernel on `W`'s registers: the tiles' input transforms, then every weight block
+/// against the tiles.
+///
+/// # Safety
+/// As the entry points; inlined into them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn sums<W: Wide>(
+    x: &Codes,
+    pc: &PackedConv,
+    ww: &Wino4Weights,
+    y0: usize,
+    cols: Range<usize>,
+    tiles: &mut [i16],
+    out: &mut [i32],
+) {
     let (t0, t1) = (cols.start / 4, cols.end.div_ceil(4));
     assert!(tiles.len() >= tiles_len(t1 - t0, pc.cstride));
     // SAFETY: the caller's contract; the transforms read inside the map (positions outside
     // it are zero) and write tiles[..tiles_len(t1 - t0)].
     unsafe {
         for t in t0..t1 {
-            input(x, y0, t, &mut tiles[(t - t0) * ELEMENTS * pc.cstride..]);
+            input::<W>(x, y0, t, &mut tiles[(t - t0) * ELEMENTS * pc.cstride..]);
         }
-        let nb = pc.cout8 / 16;
-        let mut b0 = 0;
-        while b0 < nb {
+        for lane0 in (0..pc.cout8).step_by(BLOCK) {
             let mut t = t0;
             while t < t1 {
-                if nb - b0 >= 2 && t1 - t >= 4 {
-                    block::<2, 4>(x, pc, ww, tiles, t0, t, b0, y0, &cols, out);
-                    t += 4;
-                } else if nb - b0 >= 2 {
-                    block::<2, 1>(x, pc, ww, tiles, t0, t, b0, y0, &cols, out);
-                    t += 1;
-                } else if t1 - t >= 4 {
-                    block::<1, 4>(x, pc, ww, tiles, t0, t, b0, y0, &cols, out);
-                    t += 4;
-                } else {
-                    block::<1, 1>(x, pc, ww, tiles, t0, t, b0, y0, &cols, out);
-                    t += 1;
-                }
+                let tl = Tiles {
+                    t0,
+                    t,
+                    left: t1 - t,
+                };
+                t += W::block_at(x, pc, ww, tiles, tl, lane0, y0, &cols, out);
             }
-            b0 += if nb - b0 >= 2 { 2 } else { 1 };
         }
     }
 }
@@ -149,31 +459,24 @@ pub(super) unsafe fn row_sums_avx512(
 /// 0 4 −4 −1 1 0 / 0 −2 −1 2 1 0 / 0 2 −1 −2 1 0 / 0 4 0 −5 0 1), on i16 lanes.
 ///
 /// # Safety
-/// AVX-512 BW.
+/// `W`'s instructions.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn bt(d: [std::arch::x86_64::__m512i; 6]) -> [std::arch::x86_64::__m512i; 6] {
-    use std::arch::x86_64::*;
+unsafe fn bt<W: Wide>(d: [W; 6]) -> [W; 6] {
     // SAFETY: register arithmetic; the caller's contract. (No closures: they would not get
     // the caller's target features.)
     unsafe {
-        let p = _mm512_sub_epi16(d[4], _mm512_slli_epi16::<2>(d[2]));
-        let q = _mm512_sub_epi16(d[3], _mm512_slli_epi16::<2>(d[1]));
-        let s = _mm512_sub_epi16(d[4], d[2]);
-        let u = _mm512_slli_epi16::<1>(_mm512_sub_epi16(d[3], d[1]));
+        let p = W::sub16(d[4], W::shl16(d[2], 2));
+        let q = W::sub16(d[3], W::shl16(d[1], 2));
+        let s = W::sub16(d[4], d[2]);
+        let u = W::shl16(W::sub16(d[3], d[1]), 1);
         [
-            _mm512_add_epi16(
-                _mm512_sub_epi16(_mm512_slli_epi16::<2>(d[0]), times5(d[2])),
-                d[4],
-            ),
-            _mm512_add_epi16(p, q),
-            _mm512_sub_epi16(p, q),
-            _mm512_add_epi16(s, u),
-            _mm512_sub_epi16(s, u),
-            _mm512_add_epi16(
-                _mm512_sub_epi16(_mm512_slli_epi16::<2>(d[1]), times5(d[3])),
-                d[5],
-            ),
+            W::add16(W::sub16(W::shl16(d[0], 2), times5(d[2])), d[4]),
+            W::add16(p, q),
+            W::sub16(p, q),
+            W::add16(s, u),
+            W::sub16(s, u),
+            W::add16(W::sub16(W::shl16(d[1], 2), times5(d[3])), d[5]),
         ]
     }
 }
@@ -181,31 +484,29 @@ unsafe fn bt(d: [std::arch::x86_64::__m512i; 6]) -> [std::arch::x86_64::__m512i;
 /// `5·v` on i16 lanes.
 ///
 /// # Safety
-/// AVX-512 BW.
+/// `W`'s instructions.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn times5(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
+unsafe fn times5<W: Wide>(v: W) -> W {
     // SAFETY: register arithmetic; the caller's contract.
-    unsafe { _mm512_add_epi16(_mm512_slli_epi16::<2>(v), v) }
+    unsafe { W::add16(W::shl16(v, 2), v) }
 }
 
-/// Codes `g .. g + 32` of the padded map's pixel (`yy`, `xx`) as i16, zero outside the map.
+/// Codes `g .. g + 2·W::LANES` of the padded map's pixel (`yy`, `xx`) as i16, zero outside the
+/// map.
 ///
 /// # Safety
-/// AVX-512 BW; `g + 32 ≤ x.cstride`.
+/// `W`'s instructions; `g + 2·W::LANES ≤ x.cstride`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn codes16(x: &Codes, yy: usize, xx: usize, g: usize) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
+unsafe fn codes16<W: Wide>(x: &Codes, yy: usize, xx: usize, g: usize) -> W {
     let wp = x.w + 2;
-    // SAFETY: an in-map pixel's 32 codes from channel g; the caller's contract.
+    // SAFETY: an in-map pixel's codes from channel g; the caller's contract.
     unsafe {
         if yy < x.h + 2 && xx < wp {
-            let p = x.data.as_ptr().add((yy * wp + xx) * x.cstride + g);
-            _mm512_cvtepu8_epi16(_mm256_loadu_si256(p.cast()))
+            W::codes16(x.data.as_ptr().add((yy * wp + xx) * x.cstride + g))
         } else {
-            _mm512_setzero_si512()
+            W::zero()
         }
     }
 }
@@ -215,19 +516,19 @@ unsafe fn codes16(x: &Codes, yy: usize, xx: usize, g: usize) -> std::arch::x86_6
 /// into `out`.
 ///
 /// # Safety
-/// AVX-512 F/BW; `out` holds `36 · cstride` values; `x.cstride` a multiple of 32.
+/// `W`'s instructions; `out` holds `36 · cstride` values; `x.cstride` a multiple of 32.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+#[inline(always)]
 #[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
-unsafe fn input(x: &Codes, y0: usize, t: usize, out: &mut [i16]) {
-    use std::arch::x86_64::*;
+unsafe fn input<W: Wide>(x: &Codes, y0: usize, t: usize, out: &mut [i16]) {
     let cs = x.cstride;
     debug_assert!(out.len() >= ELEMENTS * cs && cs.is_multiple_of(32));
-    // SAFETY: loads at in-map positions, `cs` bytes each; stores inside out[..36 · cs].
+    // SAFETY: loads at in-map positions, `2·W::LANES` bytes each; stores inside
+    // out[..36 · cs].
     unsafe {
-        for g in (0..cs).step_by(32) {
+        for g in (0..cs).step_by(2 * W::LANES) {
             // Columns first: Bᵀ along y for each of the 6 columns.
-            let mut cols = [[_mm512_setzero_si512(); 6]; 6];
+            let mut cols = [[W::zero(); 6]; 6];
             for (c, col) in cols.iter_mut().enumerate() {
                 let xx = 4 * t + c;
                 *col = bt([
@@ -245,7 +546,7 @@ unsafe fn input(x: &Codes, y0: usize, t: usize, out: &mut [i16]) {
                     cols[0][k], cols[1][k], cols[2][k], cols[3][k], cols[4][k], cols[5][k],
                 ]);
                 for (l, vl) in v.iter().enumerate() {
-                    _mm512_storeu_si512(out.as_mut_ptr().add((k * 6 + l) * cs + g).cast(), *vl);
+                    W::store(out.as_mut_ptr().add((k * 6 + l) * cs + g).cast(), *vl);
                 }
             }
         }
@@ -256,108 +557,88 @@ unsafe fn input(x: &Codes, y0: usize, t: usize, out: &mut [i16]) {
 /// 0 4 −4 2 −2 0 / 0 4 4 4 4 0 / 0 4 −4 8 −8 24), i32 lanes, wrapping.
 ///
 /// # Safety
-/// AVX-512 F.
+/// `W`'s instructions.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn at(m: [std::arch::x86_64::__m512i; 6]) -> [std::arch::x86_64::__m512i; 4] {
-    use std::arch::x86_64::*;
+unsafe fn at<W: Wide>(m: [W; 6]) -> [W; 4] {
     // SAFETY: register arithmetic; the caller's contract.
     unsafe {
-        let s12 = _mm512_add_epi32(m[1], m[2]);
-        let d12 = _mm512_sub_epi32(m[1], m[2]);
-        let s34 = _mm512_add_epi32(m[3], m[4]);
-        let d34 = _mm512_sub_epi32(m[3], m[4]);
-        let x6 = _mm512_add_epi32(_mm512_slli_epi32::<1>(m[0]), _mm512_slli_epi32::<2>(m[0]));
-        let x24 = _mm512_add_epi32(_mm512_slli_epi32::<3>(m[5]), _mm512_slli_epi32::<4>(m[5]));
-        let d4 = _mm512_slli_epi32::<2>(d12);
+        let s12 = W::add32(m[1], m[2]);
+        let d12 = W::sub32(m[1], m[2]);
+        let s34 = W::add32(m[3], m[4]);
+        let d34 = W::sub32(m[3], m[4]);
+        let x6 = W::add32(W::shl32(m[0], 1), W::shl32(m[0], 2));
+        let x24 = W::add32(W::shl32(m[5], 3), W::shl32(m[5], 4));
+        let d4 = W::shl32(d12, 2);
         [
-            _mm512_add_epi32(_mm512_add_epi32(x6, _mm512_slli_epi32::<2>(s12)), s34),
-            _mm512_add_epi32(d4, _mm512_slli_epi32::<1>(d34)),
-            _mm512_slli_epi32::<2>(_mm512_add_epi32(s12, s34)),
-            _mm512_add_epi32(_mm512_add_epi32(d4, _mm512_slli_epi32::<3>(d34)), x24),
+            W::add32(W::add32(x6, W::shl32(s12, 2)), s34),
+            W::add32(d4, W::shl32(d34, 1)),
+            W::shl32(W::add32(s12, s34), 2),
+            W::add32(W::add32(d4, W::shl32(d34, 3)), x24),
         ]
     }
 }
 
-/// `S` from `576·S mod 2^32` (exact for `|S| < 2^25`): `9·S mod 2^26` by an arithmetic shift
-/// of 6, times the inverse of 9 modulo 2^32, low 26 bits sign-extended.
+/// Output lanes `lane0 .. lane0 + N·W::LANES` (inside one weight block) of tiles
+/// `tl.t .. tl.t + P`: the 36 element sums, then the output transform and the recovery of
+/// `S`, stored for the rows below `x.h` and the pixels in `cols`. Returns `P`.
 ///
 /// # Safety
-/// AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn recover(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
-    // SAFETY: register arithmetic; the caller's contract.
-    unsafe {
-        let inv9 = _mm512_set1_epi32(0x38e3_8e39);
-        let z = _mm512_mullo_epi32(_mm512_srai_epi32::<6>(v), inv9);
-        _mm512_srai_epi32::<6>(_mm512_slli_epi32::<6>(z))
-    }
-}
-
-/// Output channels `16·b0 .. 16·(b0 + N)` of tiles `t .. t + P`: the 36 element sums, then
-/// the output transform and the recovery of `S`, stored for the rows below `x.h` and the
-/// pixels in `cols`.
-///
-/// # Safety
-/// As [`row_sums_avx512`]; tiles `t .. t + P` transformed in `tiles` (from tile `t0`), blocks
-/// `b0 .. b0 + N` below `cout8 / 16`.
+/// As the entry points; tiles `tl.t .. tl.t + P` transformed in `tiles` (from tile `tl.t0`),
+/// `lane0` a multiple of [`BLOCK`], `N·W::LANES` at most the block's lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn block<const N: usize, const P: usize>(
+unsafe fn block<W: Wide, const N: usize, const P: usize>(
     x: &Codes,
     pc: &PackedConv,
     ww: &Wino4Weights,
     tiles: &[i16],
-    t0: usize,
-    t: usize,
-    b0: usize,
+    tl: Tiles,
+    lane0: usize,
     y0: usize,
     cols: &Range<usize>,
     out: &mut [i32],
-) {
-    use std::arch::x86_64::*;
+) -> usize {
     let (cs, cout8) = (pc.cstride, pc.cout8);
     let half = cs / 2;
+    let Tiles { t0, t, .. } = tl;
     // SAFETY: reads inside tiles (P tiles of 36 · cs values from tile t − t0) and the weights
-    // ([36][cs/2][cout8] pairs, lanes below cout8); writes inside out (rows below x.h, pixels
-    // in cols, channels below cout8).
+    // ([36][cs/2][lanes] pairs of the block), writes inside out (rows below x.h, pixels in
+    // cols, lanes below cout8).
     unsafe {
-        let mut a = [std::mem::MaybeUninit::<[[__m512i; N]; P]>::uninit(); ELEMENTS];
+        let lanes = BLOCK.min(cout8 - lane0);
+        debug_assert!(lane0.is_multiple_of(BLOCK) && N * W::LANES <= lanes);
+        let mut a = [std::mem::MaybeUninit::<[[W; N]; P]>::uninit(); ELEMENTS];
         for (e, ae) in a.iter_mut().enumerate() {
             let v = tiles.as_ptr().add(((t - t0) * ELEMENTS + e) * cs) as *const i32;
-            // The block of lanes 16·b0 .. (b0 is even: blocks of 32 lanes, N = 2, or the last
-            // 16, N = 1): element e's [cs/2][lanes] pairs.
-            let lanes = BLOCK.min(cout8 - b0 * 16);
-            debug_assert!(b0.is_multiple_of(2) && N * 16 <= lanes);
-            let w = ww.w.as_ptr().add(weight_at(cs, cout8, e, 0, b0 * 16)) as *const i32;
-            let mut acc = [[_mm512_setzero_si512(); N]; P];
+            // Element e's [cs/2][lanes] pairs of the block.
+            let w = ww.w.as_ptr().add(weight_at(cs, cout8, e, 0, lane0)) as *const i32;
+            let mut acc = [[W::zero(); N]; P];
             for g in 0..half {
                 let wg = w.add(g * lanes);
-                let mut wv = [_mm512_setzero_si512(); N];
+                let mut wv = [W::zero(); N];
                 for n in 0..N {
-                    wv[n] = _mm512_loadu_si512(wg.add(n * 16).cast());
+                    wv[n] = W::load(wg.add(n * W::LANES).cast());
                 }
                 for p in 0..P {
-                    let q = _mm512_set1_epi32(v.add(p * ELEMENTS * half + g).read_unaligned());
+                    let q = W::set1(v.add(p * ELEMENTS * half + g).read_unaligned());
                     for n in 0..N {
-                        acc[p][n] = _mm512_dpwssd_epi32(acc[p][n], q, wv[n]);
+                        acc[p][n] = W::dot(acc[p][n], q, wv[n]);
                     }
                 }
             }
             ae.write(acc);
         }
         // Every element was written; `MaybeUninit<T>` has the layout of `T`.
-        let a = &*(a.as_ptr() as *const [[[__m512i; N]; P]; ELEMENTS]);
+        let a = &*(a.as_ptr() as *const [[[W; N]; P]; ELEMENTS]);
         let plane = x.w * cout8;
         let rows = (x.h - y0).min(4);
         for p in 0..P {
             for n in 0..N {
                 let m = |k: usize, l: usize| a[k * 6 + l][p][n];
                 // A'ᵀ along y for each column l, then along x.
-                let c: [[__m512i; 4]; 6] = [
+                let c: [[W; 4]; 6] = [
                     at([m(0, 0), m(1, 0), m(2, 0), m(3, 0), m(4, 0), m(5, 0)]),
                     at([m(0, 1), m(1, 1), m(2, 1), m(3, 1), m(4, 1), m(5, 1)]),
                     at([m(0, 2), m(1, 2), m(2, 2), m(3, 2), m(4, 2), m(5, 2)]),
@@ -370,12 +651,15 @@ unsafe fn block<const N: usize, const P: usize>(
                     for (j, rj) in r.iter().enumerate() {
                         let xx = 4 * (t + p) + j;
                         if xx >= cols.start && xx < cols.end {
-                            let d = out.as_mut_ptr().add(i * plane + xx * cout8 + (b0 + n) * 16);
-                            _mm512_storeu_si512(d.cast(), recover(*rj));
+                            let d = out
+                                .as_mut_ptr()
+                                .add(i * plane + xx * cout8 + lane0 + n * W::LANES);
+                            W::store(d.cast(), W::recover(*rj));
                         }
                     }
                 }
             }
         }
     }
+    P
 }
