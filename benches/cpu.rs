@@ -174,7 +174,7 @@ fn tables(frames: usize, threads: usize) {
 fn kernels(frames: usize) {
     use gstadabm::engine::intcpu::{
         Codes, PackedConv, has_wino2_i32, has_wino4, row_sums, row_sums_wino, row_sums_wino_i32,
-        row_sums_wino2, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16, wino,
+        row_sums_wino2_i32, row_sums_wino4, row_sums_wino16, wino,
     };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
@@ -284,17 +284,10 @@ fn kernels(frames: usize) {
                 gmac / msp * 1e3
             );
         }
-        // F(2x2, 3x3) where it is exact: rows in pairs, tiles built per chunk of 16 (as the
-        // engine does), the input transform included.
-        // (At AVX-512 VNNI the engine's i32 form: no schedule, codes up to 6 bits.)
-        let f22 = if has_wino2_i32(level) {
-            (pc.wino2().is_some() && max_code <= 63).then_some(None)
-        } else {
-            pc.wino2_schedule(max_code)
-                .filter(|_| level != CpuLevel::Scalar)
-                .map(Some)
-        };
-        if let Some(sched) = f22 {
+        // F(2x2, 3x3) at AVX-512 VNNI where it is exact (codes up to 6 bits): rows in pairs,
+        // tiles built per chunk of 16 (as the engine does), the input transform included.
+        let i32_tiles = has_wino2_i32(level) && pc.wino2().is_some() && max_code <= 63;
+        if i32_tiles {
             let tiles = w.div_ceil(2);
             let pair = |(out, data): &mut (Vec<i32>, Vec<u8>), y: usize| {
                 for t0 in (0..tiles).step_by(16) {
@@ -310,10 +303,7 @@ fn kernels(frames: usize) {
                         max_code,
                     };
                     let cols = 2 * t0..(2 * t1).min(w);
-                    match &sched {
-                        Some(sched) => row_sums_wino2(level, &vi, &pc, sched, cols, out),
-                        None => row_sums_wino2_i32(level, &vi, &pc, cols, out),
-                    }
+                    row_sums_wino2_i32(level, &vi, &pc, cols, out);
                 }
                 std::hint::black_box(&out);
             };
@@ -336,9 +326,10 @@ fn kernels(frames: usize) {
                 gmac / msp * 1e3
             );
         }
-        // F(4x4, 3x3) on i16 (AVX-512 VNNI) where no u8 transform is exact: rows in fours,
-        // chunks of 32 pixels (as the engine runs it), both transforms included.
-        if has_wino4(level) && !(pc.wino2().is_some() && max_code <= 63) && pc.wino4().is_some() {
+        // F(4x4, 3x3) on i16 where the engine runs it (at AVX-512 VNNI where no u8 transform
+        // is exact, at AVX2 wherever it fits): rows in fours, chunks of 32 pixels (as the
+        // engine runs it), both transforms included.
+        if has_wino4(level) && !i32_tiles && pc.wino4().is_some() {
             let four = |(out, tiles): &mut (Vec<i32>, Vec<i16>), y: usize| {
                 for x0 in (0..w).step_by(32) {
                     row_sums_wino4(level, &map, &pc, y, x0..(x0 + 32).min(w), tiles, out);

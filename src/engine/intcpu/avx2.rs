@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::wino::{Wino2Input, Wino2Weights, WinoInput, WinoInput16, WinoWeights, WinoWeights16};
+use super::wino::{WinoInput, WinoInput16, WinoWeights, WinoWeights16};
 use super::{Codes, PackedConv};
 
 /// `vpmaddubsw` (u8 codes × i8 weights, pairs summed into i16) then `vpmaddwd` by ones.
@@ -610,119 +610,6 @@ unsafe fn chunk_wino16<const N: usize>(
                 _mm256_storeu_si256(d as *mut __m256i, _mm256_srai_epi32(s0, 1));
                 if x + 1 < v.w {
                     _mm256_storeu_si256(d.add(pc.cout8) as *mut __m256i, _mm256_srai_epi32(s1, 1));
-                }
-            }
-        }
-    }
-}
-
-/// Winograd F(2x2, 3x3) sums of output rows `y` and `y + 1` (see [`super::wino::Wino2Weights`])
-/// for the pixels `cols`: row `r` into `out[r · w · cout8 ..]`; the same `S` as
-/// [`row_sums_maddubs`].
-///
-/// # Safety
-/// The CPU must support AVX2; `v` built by `build_tiles2` for tiles covering `cols` from a map
-/// of `pc.cstride` codes up to `v.max_code`, `ww` from `pc`, `flush` from
-/// `ww.schedule(v.max_code)`, `out.len() ≥ 2 · v.w · pc.cout8` (all checked by
-/// [`super::row_sums_wino2`]).
-#[target_feature(enable = "avx2")]
-pub unsafe fn row_sums_wino2(
-    v: &Wino2Input,
-    pc: &PackedConv,
-    ww: &Wino2Weights,
-    flush: &[u8],
-    cols: Range<usize>,
-    out: &mut [i32],
-) {
-    for (c0, c1, b0, n) in chunks_and_blocks(&cols, pc.cout8 / 8) {
-        let mut t = c0;
-        while t < c1 {
-            let p = (c1 - t).min(2);
-            // SAFETY: blocks b0..b0+n exist; tiles t..t+p are inside v and the rows.
-            unsafe {
-                match (n, p) {
-                    (4, 2) => tiles_wino2::<4, 2>(v, pc, ww, t, b0, flush, out),
-                    (4, _) => tiles_wino2::<4, 1>(v, pc, ww, t, b0, flush, out),
-                    (2, 2) => tiles_wino2::<2, 2>(v, pc, ww, t, b0, flush, out),
-                    (2, _) => tiles_wino2::<2, 1>(v, pc, ww, t, b0, flush, out),
-                    (_, 2) => tiles_wino2::<1, 2>(v, pc, ww, t, b0, flush, out),
-                    _ => tiles_wino2::<1, 1>(v, pc, ww, t, b0, flush, out),
-                }
-            }
-            t += p;
-        }
-    }
-}
-
-/// `S` of output channels `8·b0 .. 8·(b0 + N)` for the 2x2 pixels of each of tiles
-/// `t .. t + P`: each element's sums accumulated in i16 (widened after the groups `flush`
-/// marks) into i32, then added into the four outputs with the signs of `Aᵀ ⊗ Aᵀ`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn tiles_wino2<const N: usize, const P: usize>(
-    v: &Wino2Input,
-    pc: &PackedConv,
-    ww: &Wino2Weights,
-    t: usize,
-    b0: usize,
-    flush: &[u8],
-    out: &mut [i32],
-) {
-    use super::wino::AT;
-    let cs = v.cstride;
-    let groups = cs / 4;
-    let gbytes = pc.cout8 * 4;
-    let w = ww.u8.as_ptr() as *const u8;
-    // SAFETY: reads inside v.data (tiles t..t+P) and the weights; writes inside out (two rows
-    // of v.w pixels, pixels below v.w).
-    unsafe {
-        // Every element's i32 sums (indexed by the element: kept in memory, so that the i16
-        // sums have the registers), combined into the four outputs at the end.
-        let mut a = [[[_mm256_setzero_si256(); N]; P]; 16];
-        for e in 0..16 {
-            let mut part = [[_mm256_setzero_si256(); N]; P];
-            let fl = flush.as_ptr().add(e * groups);
-            let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
-            let wt = w.add(e * groups * gbytes + b0 * 32);
-            for g in 0..groups {
-                maddubs_group(row.add(4 * g), 16 * cs, wt.add(g * gbytes), &mut part);
-                if *fl.add(g) != 0 {
-                    widen(&mut part, &mut a[e]);
-                }
-            }
-        }
-        let mut o = [[[_mm256_setzero_si256(); N]; P]; 4];
-        for (pos, op) in o.iter_mut().enumerate() {
-            for (e, ae) in a.iter().enumerate() {
-                let m = AT[pos / 2][e / 4] * AT[pos % 2][e % 4];
-                for i in 0..P {
-                    for b in 0..N {
-                        op[i][b] = match m {
-                            1 => _mm256_add_epi32(op[i][b], ae[i][b]),
-                            -1 => _mm256_sub_epi32(op[i][b], ae[i][b]),
-                            _ => op[i][b],
-                        };
-                    }
-                }
-            }
-        }
-        let q = _mm256_set1_epi32(v.max_code as i32);
-        let plane = v.w * pc.cout8;
-        for (pos, op) in o.iter().enumerate() {
-            let (r, j) = (pos / 2, pos % 2);
-            for b in 0..N {
-                let k =
-                    _mm256_loadu_si256(ww.kcorr.as_ptr().add(pos * pc.cout8 + (b0 + b) * 8).cast());
-                let qk = _mm256_mullo_epi32(q, k);
-                for i in 0..P {
-                    let x = 2 * (t + i) + j;
-                    if x < v.w {
-                        let s = _mm256_srai_epi32(_mm256_sub_epi32(op[i][b], qk), 2);
-                        let d = out
-                            .as_mut_ptr()
-                            .add(r * plane + x * pc.cout8 + (b0 + b) * 8);
-                        _mm256_storeu_si256(d as *mut __m256i, s);
-                    }
                 }
             }
         }

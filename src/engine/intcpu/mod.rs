@@ -395,12 +395,6 @@ impl PackedConv {
         self.wino.as_ref()?.schedule(max_code)
     }
 
-    /// The F(2x2, 3x3) schedule for codes up to `max_code` when that kernel is exact for them
-    /// and this conv has its weights.
-    pub fn wino2_schedule(&self, max_code: u32) -> Option<wino::Schedule> {
-        self.wino2()?.schedule(max_code)
-    }
-
     /// The F(2x2, 3x3) weights (None when the weights do not fit that transform), built on
     /// the first call.
     pub fn wino2(&self) -> Option<&wino::Wino2Weights> {
@@ -581,36 +575,8 @@ pub fn row_sums_wino16(
 /// [`row_sums`] of output rows `y` and `y + 1` by Winograd F(2x2, 3x3) from the transformed
 /// tiles `v` ([`wino::build_tiles2`] of those rows, tiles covering `cols`): row `r` into
 /// `out[r · w · cout8 ..]` (the second row's values are meaningless when `y + 1` is past the
-/// map); the same `S` to the bit. Only at levels with a Winograd kernel (AVX2), with the
-/// schedule of this conv for `v.max_code` ([`PackedConv::wino2_schedule`]).
-pub fn row_sums_wino2(
-    level: CpuLevel,
-    v: &wino::Wino2Input,
-    pc: &PackedConv,
-    sched: &wino::Schedule,
-    cols: Range<usize>,
-    out: &mut [i32],
-) {
-    check_wino2(v, pc, &cols, out);
-    let ww = pc.wino2().expect("a conv with F(2x2, 3x3) weights");
-    assert!(
-        sched.is_for(ww) && sched.max_code == v.max_code,
-        "a Winograd schedule of another conv or other codes"
-    );
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Avx2 and the levels above it are only selected on CPUs with AVX2; shapes
-        // checked above, the schedule is this conv's for these codes (so no i16 sum can
-        // overflow).
-        l if l >= CpuLevel::Avx2 => unsafe {
-            avx2::row_sums_wino2(v, pc, ww, &sched.flush, cols, out)
-        },
-        _ => panic!("no Winograd kernel at {level:?}"),
-    }
-}
-
-/// [`row_sums_wino2`] with i32 element sums, at the AVX-512 VNNI level (and its emulation):
-/// no schedule, exact whenever the conv has F(2x2, 3x3) weights and `4·max_code ≤ 255`.
+/// map); the same `S` to the bit. At the AVX-512 VNNI level (and its emulation), i32 element
+/// sums: exact whenever the conv has F(2x2, 3x3) weights and `4·max_code ≤ 255`.
 pub fn row_sums_wino2_i32(
     level: CpuLevel,
     v: &wino::Wino2Input,

@@ -492,10 +492,10 @@ fn column_chunks_give_the_whole_row() {
     }
 }
 
-/// The F(2x2, 3x3) kernel gives the reference sums of both rows exactly wherever it claims to
-/// be exact: odd heights (the last pair has no second row) and widths, 1-pixel maps, channel
-/// tails, weights of 2–4 bits, codes of 1–6 bits, tiles built and summed in chunks; and it
-/// does claim that for 4-bit weights and codes of up to 4 bits.
+/// The F(2x2, 3x3) kernels (i32 sums: AVX-512 VNNI and its emulation) give the reference sums
+/// of both rows exactly: odd heights (the last pair has no second row) and widths, 1-pixel
+/// maps, channel tails, weights of 2–4 bits (all of which fit the transform), codes of 1–6
+/// bits, tiles built and summed in chunks.
 #[test]
 fn winograd2_matches_the_reference_exactly() {
     let mut rng = Rng::new(11);
@@ -518,22 +518,10 @@ fn winograd2_matches_the_reference_exactly() {
             );
             for bits in 1u8..=6 {
                 let max_code = (1u32 << bits) - 1;
-                if w_bits == 4 && bits <= 4 {
-                    assert!(pc.wino2_schedule(max_code).is_some(), "w4 a{bits} is exact");
-                }
-                let sched = pc.wino2_schedule(max_code);
-                // The AVX2 kernel where its schedule exists; the i32 kernels (no schedule) for
-                // every code width up to 6 bits.
-                let mut kernels: Vec<Option<CpuLevel>> = Vec::new();
-                if sched.is_some() {
-                    kernels.push(None);
-                }
-                kernels.extend(
-                    CpuLevel::testable()
-                        .into_iter()
-                        .filter(|&l| has_wino2_i32(l))
-                        .map(Some),
-                );
+                let kernels: Vec<CpuLevel> = CpuLevel::testable()
+                    .into_iter()
+                    .filter(|&l| has_wino2_i32(l))
+                    .collect();
                 let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
                 let codes = Codes {
                     data: &padded,
@@ -549,9 +537,9 @@ fn winograd2_matches_the_reference_exactly() {
                     .flat_map(|&k| (0..h).step_by(2).map(move |y| (k, y)))
                 {
                     let mut out = vec![-1i32; 2 * w * pc.cout8];
-                    // Chunks of 3 tiles (6 columns) or, for the i32 kernels (4 tiles per
-                    // call), 6, each built on its own.
-                    let chunk = if kernel.is_some() { 6 } else { 3 };
+                    // Chunks of 6 tiles (the kernels take 4 tiles per call), each built on its
+                    // own.
+                    let chunk = 6;
                     for t0 in (0..w.div_ceil(2)).step_by(chunk) {
                         let t1 = (t0 + chunk).min(w.div_ceil(2));
                         let mut data = vec![0u8; wino::tiles2_len(t1 - t0, pc.cstride)];
@@ -572,13 +560,7 @@ fn winograd2_matches_the_reference_exactly() {
                             max_code,
                         };
                         let cols = 2 * t0..(2 * t1).min(w);
-                        match (kernel, &sched) {
-                            (Some(level), _) => row_sums_wino2_i32(level, &v, &pc, cols, &mut out),
-                            (None, Some(sched)) => {
-                                row_sums_wino2(CpuLevel::Avx2, &v, &pc, sched, cols, &mut out)
-                            }
-                            (None, None) => unreachable!("the AVX2 kernel only with a schedule"),
-                        }
+                        row_sums_wino2_i32(kernel, &v, &pc, cols, &mut out);
                     }
                     let mut want = vec![0i32; cout];
                     for r in 0..2.min(h - y) {
@@ -685,17 +667,11 @@ fn winograd2_refuses_what_it_cannot_do_exactly() {
             .wino2()
             .is_none()
     );
-    let pc = PackedConv::new(&random_conv(&mut rng, 64, 64, 4));
-    // 7-bit codes: V would need 9 bits.
-    assert!(pc.wino2_schedule(127).is_none());
-    let count = |s: &wino::Schedule| s.flush.iter().filter(|&&f| f != 0).count();
-    let (s3, s15) = (
-        pc.wino2_schedule(3).unwrap(),
-        pc.wino2_schedule(15).unwrap(),
+    assert!(
+        PackedConv::new(&random_conv(&mut rng, 64, 64, 4))
+            .wino2()
+            .is_some()
     );
-    assert!(count(&s3) >= 16 && count(&s3) < count(&s15));
-    assert!(s15.is_for(pc.wino2().unwrap()));
-    assert!(!s15.is_for(pc.wino.as_ref().unwrap()));
 }
 
 /// Every SIMD intrinsic the kernels use is inlined into them: none is left as a function of its

@@ -28,10 +28,11 @@
 //! (`|V| ≤ 510`, `|U| ≤ 3·128`, at most 3·2048 products).
 //!
 //! [`Wino2Weights`] / [`build_tiles2`]: F(2x2, 3x3), the same transform along y too (16
-//! products per 2x2 pixels). Exact, but slower than F(2,3) on AVX2 at 32–64 channels (its 16
-//! elements each end with a widening and feed a 16-to-4 output transform), so opt-in there
-//! (`ADABM_WINOGRAD=tiles`, [`super::Winograd::Tiles`]); the default at AVX-512 VNNI, where
-//! its sums are i32 (no widening) and it is faster.
+//! products per 2x2 pixels), with i32 sums (`vpdpbusd`): the default at AVX-512 VNNI
+//! ([`super::Winograd::Tiles`]). (An AVX2 form with i16 sums widened on a schedule was
+//! slower than F(2,3) end to end there; since session 21 AVX2 runs F(4x4, 3x3) on i16
+//! instead, [`super::wino4`], whose kernel is 1.4–2.2x faster than either on EDSR-baseline's
+//! body conv.)
 
 use std::ops::Range;
 
@@ -73,12 +74,6 @@ pub trait Transformed {
 }
 
 impl Transformed for WinoWeights {
-    fn id(&self) -> u64 {
-        self.id
-    }
-}
-
-impl Transformed for Wino2Weights {
     fn id(&self) -> u64 {
         self.id
     }
@@ -511,17 +506,13 @@ const CENTRE: usize = 5;
 /// ```
 ///
 /// with `K_ij = Σ_e Aᵀ[i][e_y]·Aᵀ[j][e_x]·(offset_e / Q)·C_e` and `C_e = Σ U_e` per output
-/// channel. Exact whenever `4Q ≤ 255`, every `|U| ≤ 127` and no `vpmaddubsw` pair sum can
-/// saturate (`4Q · (|U_a| + |U_b|) ≤ 32767`); the i16 sums are widened on a [`Schedule`].
+/// channel. Exact with i32 sums whenever `4Q ≤ 255` and every `|U| ≤ 127`.
 #[derive(Clone, Debug)]
 pub struct Wino2Weights {
     /// `[element 16][cstride/4][cout8][4]` i8, element `e = 4·e_y + e_x`.
     pub u8: Vec<i8>,
     /// `K_ij` per output channel: `[position 2i + j][cout8]`.
     pub kcorr: Vec<i32>,
-    /// The widening flags for codes of up to `b` bits (`flush[b − 1]`, see [`WinoWeights`]).
-    flush: Vec<Option<Vec<u8>>>,
-    id: u64,
 }
 
 impl Wino2Weights {
@@ -566,19 +557,7 @@ impl Wino2Weights {
                 }
             }
         }
-        let flush = flushes_per_bits(|| u8.chunks_exact(c8 * 4), groups, 4);
-        Some(Self {
-            u8,
-            kcorr,
-            flush,
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        })
-    }
-
-    /// Where the kernel widens its i16 sums for codes up to `max_code`; None when the
-    /// transform is not exact for such codes (`4Q > 255`, or a pair sum could saturate).
-    pub fn schedule(&self, max_code: u32) -> Option<Schedule> {
-        schedule_for(&self.flush, max_code, self.id)
+        Some(Self { u8, kcorr })
     }
 }
 
