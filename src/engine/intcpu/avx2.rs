@@ -213,6 +213,99 @@ pub unsafe fn row_sums_madd16(
     }
 }
 
+/// Sums of narrow convs ([`super::NarrowWeights`]: at most 4 output lanes, such as the
+/// 3-channel tail and its lane of ones) with the vector lanes over input channels, as the
+/// AVX-512 `narrow512` kernel: per pixel, tap and 16 channels, the codes widened to i16 once
+/// and `vpmaddwd` against each output lane's 16 weights (exact for any codes and weights:
+/// a pair sum is at most `2 · 255 · 128`), then one horizontal sum per lane. The other AVX2
+/// kernels put 8 output channels in a vector, 3 of them used, and multiply a channel pair per
+/// instruction. Lanes 4..8 of each pixel's sums are written 0.
+///
+/// # Safety
+/// The CPU must support AVX2; `x`, `pc`, `y` and `out` as checked by [`super::row_sums`], `nw`
+/// made from `pc`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn row_sums_narrow16(
+    x: &Codes,
+    pc: &PackedConv,
+    nw: &super::NarrowWeights,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    let mut xx = cols.start;
+    while xx < cols.end {
+        // SAFETY: forwarded contract; pixels xx..xx + P are inside the row.
+        unsafe {
+            if cols.end - xx >= 2 {
+                narrow16_pixels::<2>(x, pc, nw, y, xx, out);
+                xx += 2;
+            } else {
+                narrow16_pixels::<1>(x, pc, nw, y, xx, out);
+                xx += 1;
+            }
+        }
+    }
+}
+
+/// [`row_sums_narrow16`] for the `P` pixels from `(y, xx)`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn narrow16_pixels<const P: usize>(
+    x: &Codes,
+    pc: &PackedConv,
+    nw: &super::NarrowWeights,
+    y: usize,
+    xx: usize,
+    out: &mut [i32],
+) {
+    let (wp, cs, cs16) = (x.w + 2, x.cstride, nw.cs16);
+    // SAFETY: the code loads are masked to the `cs` codes of each pixel inside the padded map
+    // (`cs` is a multiple of 4: whole dwords), the weight loads inside nw.w16
+    // (`[9][4][cs16]`), the stores inside out (pixels below x.w, 8 lanes each: cout8 is 8).
+    unsafe {
+        let mut acc = [[_mm256_setzero_si256(); 4]; P];
+        for t in 0..9 {
+            let codes = x.data.as_ptr().add(((y + t / 3) * wp + xx + t % 3) * cs);
+            let wt = nw.w16.as_ptr().add(t * 4 * cs16);
+            let mut c0 = 0;
+            while c0 < cs {
+                // The 16 codes from c0, those below cs (a partial step: masked by dwords).
+                let whole = cs - c0 >= 16;
+                let left = ((cs - c0) / 4).min(4) as i32;
+                let m = _mm_cmpgt_epi32(_mm_set1_epi32(left), _mm_setr_epi32(0, 1, 2, 3));
+                let mut w = [_mm256_setzero_si256(); 4];
+                for (o, wo) in w.iter_mut().enumerate() {
+                    *wo = _mm256_loadu_si256(wt.add(o * cs16 + c0).cast());
+                }
+                for i in 0..P {
+                    let p = codes.add(i * cs + c0);
+                    let c = if whole {
+                        _mm_loadu_si128(p.cast())
+                    } else {
+                        _mm_maskload_epi32(p.cast(), m)
+                    };
+                    let a = _mm256_cvtepu8_epi16(c);
+                    for o in 0..4 {
+                        acc[i][o] = _mm256_add_epi32(acc[i][o], _mm256_madd_epi16(a, w[o]));
+                    }
+                }
+                c0 += 16;
+            }
+        }
+        for (i, [a, b, c, d]) in acc.into_iter().enumerate() {
+            // Per 128-bit half: the 4 accumulators' partial sums side by side, then the two
+            // halves added: [Σa, Σb, Σc, Σd].
+            let ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+            let cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+            let s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let d = out.as_mut_ptr().add((xx + i) * pc.cout8);
+            _mm256_storeu_si256(d.cast(), _mm256_set_m128i(_mm_setzero_si128(), s));
+        }
+    }
+}
+
 /// `S` of output channels `8·b0 .. 8·(b0 + N)` for the `P` pixels from `(y, xx)` with
 /// `vpmaddwd` on i16 codes and weights.
 #[inline(always)]

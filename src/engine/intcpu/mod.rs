@@ -305,11 +305,14 @@ pub struct PackedConv {
 }
 
 /// The weights of a conv with at most 4 output lanes, `[tap 9][lane 4][cs64]` i8 (`cs64`: the
-/// channel stride rounded up to 64, the padding 0), for the AVX-512 `narrow512` kernel.
+/// channel stride rounded up to 64, the padding 0), for the AVX-512 `narrow512` kernel, and
+/// the same as i16 `[tap 9][lane 4][cs16]` (`cs16`: rounded up to 16) for the AVX2 kernel.
 #[derive(Clone, Debug)]
 pub struct NarrowWeights {
     pub w: Vec<i8>,
     pub cs64: usize,
+    pub w16: Vec<i16>,
+    pub cs16: usize,
 }
 
 impl NarrowWeights {
@@ -319,17 +322,19 @@ impl NarrowWeights {
         if lanes > 4 {
             return None;
         }
-        let cs64 = cstride.div_ceil(64) * 64;
+        let (cs64, cs16) = (cstride.div_ceil(64) * 64, cstride.div_ceil(16) * 16);
         let mut w = vec![0i8; 9 * 4 * cs64];
+        let mut w16 = vec![0i16; 9 * 4 * cs16];
         for t in 0..9 {
             for o in 0..lanes {
                 for i in 0..cstride {
-                    w[(t * 4 + o) * cs64 + i] =
-                        w8[((t * cstride / 4 + i / 4) * cout8 + o) * 4 + i % 4];
+                    let k = w8[((t * cstride / 4 + i / 4) * cout8 + o) * 4 + i % 4];
+                    w[(t * 4 + o) * cs64 + i] = k;
+                    w16[(t * 4 + o) * cs16 + i] = k as i16;
                 }
             }
         }
-        Some(Self { w, cs64 })
+        Some(Self { w, cs64, w16, cs16 })
     }
 }
 
@@ -450,7 +455,9 @@ pub fn row_sums(
             // SAFETY: Avx2 is only ever selected when the CPU reports AVX2 (CpuLevel::detect /
             // available); shapes were checked above.
             unsafe {
-                if pc.pairs_fit_i16(max_code) {
+                if let Some(nw) = &pc.narrow {
+                    avx2::row_sums_narrow16(x, pc, nw, y, cols.clone(), out)
+                } else if pc.pairs_fit_i16(max_code) {
                     avx2::row_sums_maddubs(x, pc, y, max_code, cols.clone(), out)
                 } else {
                     avx2::row_sums_madd16(x, pc, y, cols.clone(), out)
