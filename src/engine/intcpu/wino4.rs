@@ -21,6 +21,8 @@
 //! non-fq integer engine. The sums are those of [`super::row_sums`] before its offset
 //! correction, bit for bit.
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{Codes, PackedConv};
@@ -120,9 +122,10 @@ trait Wide: Copy {
     unsafe fn sub32(a: Self, b: Self) -> Self;
     /// `v << k` on i32 lanes, k ≤ 6.
     unsafe fn shl32(v: Self, k: u32) -> Self;
-    /// `S` from `576·S mod 2^32` (exact for `|S| < 2^25`): `9·S mod 2^26` by an arithmetic
-    /// shift of 6, times the inverse of 9 modulo 2^32, low 26 bits sign-extended.
-    unsafe fn recover(v: Self) -> Self;
+    /// `v >> 6` on i32 lanes, arithmetic.
+    unsafe fn sra6(v: Self) -> Self;
+    /// The low 32 bits of `a · b` on i32 lanes.
+    unsafe fn mullo32(a: Self, b: Self) -> Self;
     /// `acc + a₀·b₀ + a₁·b₁` per i32 lane of i16 pairs, wrapping.
     unsafe fn dot(acc: Self, a: Self, b: Self) -> Self;
     /// [`block`] of the output lanes `lane0 .. lane0 + lanes` (one weight block) and as many
@@ -175,77 +178,92 @@ macro_rules! shift {
     };
 }
 
+/// The element-wise methods of [`Wide`]: the same for both widths but for the intrinsics.
+#[cfg(target_arch = "x86_64")]
+macro_rules! lane_ops {
+    (
+        $zero:ident, $set1:ident, $load:ident, $store:ident, $add16:ident, $sub16:ident,
+        $sll16:ident, $add32:ident, $sub32:ident, $sll32:ident, $sra32:ident, $mullo32:ident
+    ) => {
+        // SAFETY (every method): the instructions of the implementing width, enabled by the
+        // entry points that call them; loads and stores of one vector at the caller's
+        // pointers.
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { Self($zero()) }
+        }
+        #[inline(always)]
+        unsafe fn set1(v: i32) -> Self {
+            unsafe { Self($set1(v)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> Self {
+            unsafe { Self($load(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut u8, v: Self) {
+            unsafe { $store(p.cast(), v.0) }
+        }
+        #[inline(always)]
+        unsafe fn add16(a: Self, b: Self) -> Self {
+            unsafe { Self($add16(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn sub16(a: Self, b: Self) -> Self {
+            unsafe { Self($sub16(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn shl16(v: Self, k: u32) -> Self {
+            unsafe { Self(shift!($sll16, v.0, k)) }
+        }
+        #[inline(always)]
+        unsafe fn add32(a: Self, b: Self) -> Self {
+            unsafe { Self($add32(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn sub32(a: Self, b: Self) -> Self {
+            unsafe { Self($sub32(a.0, b.0)) }
+        }
+        #[inline(always)]
+        unsafe fn shl32(v: Self, k: u32) -> Self {
+            unsafe { Self(shift!($sll32, v.0, k)) }
+        }
+        #[inline(always)]
+        unsafe fn sra6(v: Self) -> Self {
+            unsafe { Self($sra32::<6>(v.0)) }
+        }
+        #[inline(always)]
+        unsafe fn mullo32(a: Self, b: Self) -> Self {
+            unsafe { Self($mullo32(a.0, b.0)) }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 impl Wide for Zmm {
     const LANES: usize = 16;
-    // SAFETY (every method): AVX-512 F/BW/VNNI per the entry points; loads and stores of 64
-    // (codes16: 32) bytes at the caller's pointers.
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm512_setzero_si512()) }
-    }
+    lane_ops!(
+        _mm512_setzero_si512,
+        _mm512_set1_epi32,
+        _mm512_loadu_si512,
+        _mm512_storeu_si512,
+        _mm512_add_epi16,
+        _mm512_sub_epi16,
+        _mm512_slli_epi16,
+        _mm512_add_epi32,
+        _mm512_sub_epi32,
+        _mm512_slli_epi32,
+        _mm512_srai_epi32,
+        _mm512_mullo_epi32
+    );
     #[inline(always)]
     unsafe fn codes16(p: *const u8) -> Self {
-        use std::arch::x86_64::*;
+        // SAFETY: AVX-512 BW; 32 bytes at the caller's pointer.
         unsafe { Self(_mm512_cvtepu8_epi16(_mm256_loadu_si256(p.cast()))) }
     }
     #[inline(always)]
-    unsafe fn store(p: *mut u8, v: Self) {
-        use std::arch::x86_64::*;
-        unsafe { _mm512_storeu_si512(p.cast(), v.0) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm512_loadu_si512(p.cast())) }
-    }
-    #[inline(always)]
-    unsafe fn set1(v: i32) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm512_set1_epi32(v)) }
-    }
-    #[inline(always)]
-    unsafe fn add16(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm512_add_epi16(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn sub16(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm512_sub_epi16(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn shl16(v: Self, k: u32) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(shift!(_mm512_slli_epi16, v.0, k)) }
-    }
-    #[inline(always)]
-    unsafe fn add32(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm512_add_epi32(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn sub32(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm512_sub_epi32(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn shl32(v: Self, k: u32) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(shift!(_mm512_slli_epi32, v.0, k)) }
-    }
-    #[inline(always)]
-    unsafe fn recover(v: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe {
-            let z = _mm512_mullo_epi32(_mm512_srai_epi32::<6>(v.0), _mm512_set1_epi32(INV9));
-            Self(_mm512_srai_epi32::<6>(_mm512_slli_epi32::<6>(z)))
-        }
-    }
-    #[inline(always)]
     unsafe fn dot(acc: Self, a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
+        // SAFETY: AVX-512 VNNI.
         unsafe { Self(_mm512_dpwssd_epi32(acc.0, a.0, b.0)) }
     }
     #[inline(always)]
@@ -277,74 +295,28 @@ impl Wide for Zmm {
 #[cfg(target_arch = "x86_64")]
 impl Wide for Ymm {
     const LANES: usize = 8;
-    // SAFETY (every method): AVX2 per the entry points; loads and stores of 32 (codes16: 16)
-    // bytes at the caller's pointers.
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm256_setzero_si256()) }
-    }
+    lane_ops!(
+        _mm256_setzero_si256,
+        _mm256_set1_epi32,
+        _mm256_loadu_si256,
+        _mm256_storeu_si256,
+        _mm256_add_epi16,
+        _mm256_sub_epi16,
+        _mm256_slli_epi16,
+        _mm256_add_epi32,
+        _mm256_sub_epi32,
+        _mm256_slli_epi32,
+        _mm256_srai_epi32,
+        _mm256_mullo_epi32
+    );
     #[inline(always)]
     unsafe fn codes16(p: *const u8) -> Self {
-        use std::arch::x86_64::*;
+        // SAFETY: AVX2; 16 bytes at the caller's pointer.
         unsafe { Self(_mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast()))) }
     }
     #[inline(always)]
-    unsafe fn store(p: *mut u8, v: Self) {
-        use std::arch::x86_64::*;
-        unsafe { _mm256_storeu_si256(p.cast(), v.0) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const u8) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm256_loadu_si256(p.cast())) }
-    }
-    #[inline(always)]
-    unsafe fn set1(v: i32) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm256_set1_epi32(v)) }
-    }
-    #[inline(always)]
-    unsafe fn add16(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm256_add_epi16(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn sub16(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm256_sub_epi16(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn shl16(v: Self, k: u32) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(shift!(_mm256_slli_epi16, v.0, k)) }
-    }
-    #[inline(always)]
-    unsafe fn add32(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm256_add_epi32(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn sub32(a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(_mm256_sub_epi32(a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn shl32(v: Self, k: u32) -> Self {
-        use std::arch::x86_64::*;
-        unsafe { Self(shift!(_mm256_slli_epi32, v.0, k)) }
-    }
-    #[inline(always)]
-    unsafe fn recover(v: Self) -> Self {
-        use std::arch::x86_64::*;
-        unsafe {
-            let z = _mm256_mullo_epi32(_mm256_srai_epi32::<6>(v.0), _mm256_set1_epi32(INV9));
-            Self(_mm256_srai_epi32::<6>(_mm256_slli_epi32::<6>(z)))
-        }
-    }
-    #[inline(always)]
     unsafe fn dot(acc: Self, a: Self, b: Self) -> Self {
-        use std::arch::x86_64::*;
+        // SAFETY: AVX2.
         unsafe { Self(_mm256_add_epi32(acc.0, _mm256_madd_epi16(a.0, b.0))) }
     }
     #[inline(always)]
@@ -370,6 +342,21 @@ impl Wide for Ymm {
                 (_, false) => block::<Self, 2, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
             }
         }
+    }
+}
+
+/// `S` from `576·S mod 2^32` (exact for `|S| < 2^25`): `9·S mod 2^26` by an arithmetic shift
+/// of 6, times the inverse of 9 modulo 2^32, low 26 bits sign-extended.
+///
+/// # Safety
+/// `W`'s instructions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn recover<W: Wide>(v: W) -> W {
+    // SAFETY: register arithmetic; the caller's contract.
+    unsafe {
+        let z = W::mullo32(W::sra6(v), W::set1(INV9));
+        W::sra6(W::shl32(z, 6))
     }
 }
 
@@ -654,7 +641,7 @@ unsafe fn block<W: Wide, const N: usize, const P: usize>(
                             let d = out
                                 .as_mut_ptr()
                                 .add(i * plane + xx * cout8 + lane0 + n * W::LANES);
-                            W::store(d.cast(), W::recover(*rj));
+                            W::store(d.cast(), recover(*rj));
                         }
                     }
                 }
