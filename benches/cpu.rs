@@ -326,9 +326,10 @@ fn kernels(frames: usize) {
                 gmac / msp * 1e3
             );
         }
-        // F(4x4, 3x3) on i16 where the engine runs it (at AVX-512 VNNI where no u8 transform
-        // is exact, at AVX2 wherever it fits): rows in fours, chunks of 32 pixels (as the
-        // engine runs it), both transforms included.
+        // F(4x4, 3x3) on i16 (the engine runs it at AVX-512 VNNI where no u8 transform is
+        // exact, at AVX2 wherever it fits, at AVX-VNNI for 8-bit codes or weights; shown for
+        // every conv it fits but the AVX-512 F(2x2) ones): rows in fours, chunks of 32 pixels
+        // (as the engine runs it), both transforms included.
         if has_wino4(level) && !i32_tiles && pc.wino4().is_some() {
             let four = |(out, tiles): &mut (Vec<i32>, Vec<i16>), y: usize| {
                 for x0 in (0..w).step_by(32) {

@@ -202,6 +202,40 @@ fn self_check(level: CpuLevel) -> bool {
             ok &= bits == 8;
         }
     }
+    // Winograd F(4x4, 3x3) on i16 (8-bit codes and weights, two blocks of four rows, a
+    // partial last one).
+    if has_wino4(level) {
+        let (h, w, cin, cout) = (6, 9, 32, 16);
+        let oihw: Vec<f32> = (0..cout * cin * 9).map(|_| rng.symmetric(0.5)).collect();
+        let pc = PackedConv::new(&IntConv::new(cin, cout, &oihw, &vec![0.0; cout], 0.4, 8));
+        let data: Vec<u8> = (0..(h + 2) * (w + 2) * cin)
+            .map(|i| {
+                let (y, x) = (i / cin / (w + 2), i / cin % (w + 2));
+                if (1..=h).contains(&y) && (1..=w).contains(&x) {
+                    rng.below(256) as u8
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let map = Codes {
+            data: &data,
+            h,
+            w,
+            cstride: cin,
+        };
+        let plane = w * pc.cout8;
+        let mut tiles = Vec::new();
+        for y0 in [0, 4] {
+            let mut got = vec![1i32; 4 * plane];
+            row_sums_wino4(level, &map, &pc, y0, 0..w, &mut tiles, &mut got);
+            for r in 0..(h - y0).min(4) {
+                let mut want = vec![0i32; plane];
+                row_sums(CpuLevel::Scalar, &map, &pc, y0 + r, 255, 0..w, &mut want);
+                ok &= got[r * plane..(r + 1) * plane] == want[..];
+            }
+        }
+    }
     ok
 }
 
@@ -215,7 +249,8 @@ pub enum Winograd {
     Rows,
     /// Tiles: at AVX-512 VNNI F(2x2, 3x3) ([`wino::Wino2Weights`]) where exact, else
     /// F(4x4, 3x3) on i16 ([`wino4`]) where the conv fits it; at AVX2 F(4x4, 3x3) where it
-    /// fits; else as `Rows` (the default at AVX-512 VNNI and AVX2).
+    /// fits; at AVX-VNNI F(4x4, 3x3) for the convs it fits whose codes or weights are too
+    /// wide for F(2,3) on u8; else as `Rows` (the default from AVX2 up).
     Tiles,
 }
 
@@ -227,16 +262,21 @@ const DEFAULT: u8 = MODES.len() as u8 + 1;
 const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 
 /// The Winograd kernels the fused engine uses at `level`: the mode `ADABM_WINOGRAD`
-/// (`0`/`off`, `rows`, `tiles`) or [`set_winograd`] chose, else the default: `Tiles` at
-/// AVX-512 VNNI (F(2x2, 3x3) with i32 sums, [`has_wino2_i32`]) and at AVX2 (F(4x4, 3x3) on
-/// i16, [`row_sums_wino4`]), `Rows` (F(2,3) along x, 1.5x fewer multiplies than direct) at
-/// AVX-VNNI. At AVX-512 VNNI F(2x2, 3x3) measured 1.03–1.11x faster than F(2,3) end to end
+/// (`0`/`off`, `rows`, `tiles`) or [`set_winograd`] chose, else the default: `Tiles` from
+/// AVX2 up — at AVX-512 VNNI F(2x2, 3x3) with i32 sums ([`has_wino2_i32`]), at AVX2 F(4x4,
+/// 3x3) on i16 ([`row_sums_wino4`]), at AVX-VNNI F(4x4, 3x3) for the 8-bit convs and F(2,3)
+/// along x (1.5x fewer multiplies than direct) for the others. At AVX-512 VNNI F(2x2, 3x3)
+/// measured 1.03–1.11x faster than F(2,3) end to end
 /// on Zen 4 (EDSR-baseline and the 32-channel built-ins, x2 and x4), F(2,3) 1.02–1.17x faster
 /// than the direct 512-bit kernel, and the convs no u8 transform fits (8-bit codes or
 /// weights) run as F(4x4, 3x3). At AVX2, F(4x4, 3x3) — 2.25 multiplies per output, at 16
 /// per `vpmaddwd` + `vpaddd` — measured 1.45x faster than F(2,3) on EDSR-baseline x2 w4a4 and
-/// 1.22–1.25x on the 32-channel built-ins (BENCHMARKS.md, session 21); at AVX-VNNI F(2,3) on
-/// `vpdpbusd` takes fewer instructions than F(4x4, 3x3) would on `vpdpwssd`, unmeasured.
+/// 1.22–1.25x on the 32-channel built-ins (BENCHMARKS.md, session 21). At AVX-VNNI, as at
+/// AVX-512 VNNI, the 8-bit convs (fq upsamplers, w8a6 bodies) take half the multiply
+/// instructions as F(4x4, 3x3) on `vpdpwssd` than on the direct `vpdpbusd` kernel (the
+/// 512-bit pair measured 1.5–1.6x on those convs), the 4-bit ones about as many as F(2,3):
+/// unmeasured on an AVX-VNNI CPU (`scripts/gpu-check.sh` runs `--winograd-ab` on the GPU
+/// machine's host CPU).
 pub fn winograd_for(level: CpuLevel) -> Winograd {
     use std::sync::atomic::Ordering::Relaxed;
     if WINOGRAD.load(Relaxed) == 0 {
@@ -248,7 +288,7 @@ pub fn winograd_for(level: CpuLevel) -> Winograd {
         });
     }
     match WINOGRAD.load(Relaxed) {
-        DEFAULT if has_wino2_i32(level) || level == CpuLevel::Avx2 => Winograd::Tiles,
+        DEFAULT if level >= CpuLevel::Avx2 => Winograd::Tiles,
         DEFAULT => Winograd::Rows,
         v => MODES[v as usize - 1],
     }
@@ -636,7 +676,15 @@ pub fn row_sums_wino4(
             wino4::row_sums_avx512(x, pc, ww, y0, cols.clone(), tiles, out)
         },
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx2 => unsafe { wino4::row_sums_avx2(x, pc, ww, y0, cols.clone(), tiles, out) },
+        CpuLevel::AvxVnni => unsafe {
+            wino4::row_sums_avxvnni(x, pc, ww, y0, cols.clone(), tiles, out)
+        },
+        // The emulated AVX-VNNI level (tests only) runs the AVX-VNNI kernel's structure with
+        // AVX2's pair product.
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx2 | CpuLevel::EmulatedVnni => unsafe {
+            wino4::row_sums_avx2(x, pc, ww, y0, cols.clone(), tiles, out)
+        },
         _ => panic!("no F(4x4, 3x3) kernel at {level:?}"),
     }
     if pc.offset {
@@ -648,7 +696,10 @@ pub fn row_sums_wino4(
 
 /// Whether [`row_sums_wino4`] has a kernel at `level`.
 pub fn has_wino4(level: CpuLevel) -> bool {
-    matches!(level, CpuLevel::Avx2 | CpuLevel::Avx512Vnni)
+    matches!(
+        level,
+        CpuLevel::Avx2 | CpuLevel::EmulatedVnni | CpuLevel::AvxVnni | CpuLevel::Avx512Vnni
+    )
 }
 
 /// Whether [`row_sums_wino2_i32`] has a kernel at `level`.

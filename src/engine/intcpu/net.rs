@@ -382,14 +382,21 @@ impl FusedNet {
             Winograd::Off
         };
         // F(2x2, 3x3) with i32 sums at AVX-512 VNNI (codes up to 6 bits); else F(4x4, 3x3) on
-        // i16 (AVX-512 VNNI, AVX2) for the convs it fits — at AVX-512 VNNI those no u8
-        // transform is exact for: 8-bit weights or codes (fq upsamplers, w8a6 bodies), at AVX2
-        // all of them (2.25 multiplies per output against F(2,3)'s 6).
+        // i16 for the convs it fits — at AVX-512 VNNI those no u8 transform is exact for:
+        // 8-bit weights or codes (fq upsamplers, w8a6 bodies), at AVX2 all of them (2.25
+        // multiplies per output against F(2,3)'s 6), at AVX-VNNI (and its emulation) those
+        // F(2,3) on u8 with i32 sums is not exact for (8-bit weights or codes).
         let tiles2 = mode >= Winograd::Tiles
             && has_wino2_i32(level)
             && max_code <= 63
             && pc.wino2().is_some();
-        let tiles4 = !tiles2 && mode >= Winograd::Tiles && has_wino4(level) && pc.wino4().is_some();
+        let u8_rows_fit = pc.wino.is_some() && max_code <= 127;
+        let avx_vnni = matches!(level, CpuLevel::AvxVnni | CpuLevel::EmulatedVnni);
+        let tiles4 = !tiles2
+            && mode >= Winograd::Tiles
+            && has_wino4(level)
+            && pc.wino4().is_some()
+            && !(avx_vnni && u8_rows_fit);
         let rows_i32 =
             vnni && !tiles2 && mode >= Winograd::Rows && pc.wino.is_some() && max_code <= 127;
         let sched = (!vnni && !tiles2 && mode >= Winograd::Rows)

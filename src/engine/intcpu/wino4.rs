@@ -14,12 +14,12 @@
 //! [`Wino4Weights::new`] requires of the conv (`255 · max|g| · 9 · cstride < 2^25`: any
 //! 8-bit conv of up to 64 input channels).
 //!
-//! Written once over the vector width ([`Wide`]): AVX-512 VNNI (`vpdpwssd` on 512-bit
-//! registers) and AVX2 (`vpmaddwd` + `vpaddd` on 256-bit ones, the same sums modulo 2^32 —
-//! where, with 2.25 instead of 6 multiplies per output of F(2,3), it also runs the 4-bit convs
-//! the u8 transforms cover at the VNNI levels); used by the fused path of fq models and by the
-//! non-fq integer engine. The sums are those of [`super::row_sums`] before its offset
-//! correction, bit for bit.
+//! Written once over the vector width ([`Wide`]) and the pair product ([`PairDot`]): AVX-512
+//! VNNI (`vpdpwssd` on 512-bit registers), AVX-VNNI (`vpdpwssd` on 256-bit ones) and AVX2
+//! (`vpmaddwd` + `vpaddd`, the same sums modulo 2^32 — where, with 2.25 instead of 6
+//! multiplies per output of F(2,3), it also runs the 4-bit convs the u8 transforms cover at
+//! the VNNI levels); used by the fused path of fq models and by the non-fq integer engine.
+//! The sums are those of [`super::row_sums`] before its offset correction, bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -101,9 +101,10 @@ pub fn tiles_len(tiles: usize, cstride: usize) -> usize {
 }
 
 /// The vector operations the F(4x4, 3x3) kernel is written over, once for 512-bit registers
-/// ([`Zmm`]: `vpdpwssd`) and once for 256-bit ones ([`Ymm`]: AVX2's `vpmaddwd` + `vpaddd`,
-/// the same i32 sums modulo 2^32 — the pair sums cannot wrap: `2 · 25,500 · 6,272 < 2^31`).
-/// Implementations are called only from the `#[target_feature]` entry points of their level.
+/// ([`Zmm`]) and once for 256-bit ones ([`Ymm`]); the pair products come from a [`PairDot`]:
+/// `vpdpwssd` (AVX-512 VNNI, AVX-VNNI) or AVX2's `vpmaddwd` + `vpaddd` (the same i32 sums
+/// modulo 2^32 — the pair sums cannot wrap: `2 · 25,500 · 6,272 < 2^31`). Implementations are
+/// called only from the `#[target_feature]` entry points of their level.
 #[cfg(target_arch = "x86_64")]
 trait Wide: Copy {
     /// i32 lanes per vector (two i16 per lane).
@@ -126,12 +127,10 @@ trait Wide: Copy {
     unsafe fn sra6(v: Self) -> Self;
     /// The low 32 bits of `a · b` on i32 lanes.
     unsafe fn mullo32(a: Self, b: Self) -> Self;
-    /// `acc + a₀·b₀ + a₁·b₁` per i32 lane of i16 pairs, wrapping.
-    unsafe fn dot(acc: Self, a: Self, b: Self) -> Self;
     /// [`block`] of the output lanes `lane0 .. lane0 + lanes` (one weight block) and as many
     /// tiles from `t` as the register blocking takes (at most `left`); returns how many.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block_at(
+    unsafe fn block_at<D: PairDot<Self>>(
         x: &Codes,
         pc: &PackedConv,
         ww: &Wino4Weights,
@@ -262,12 +261,7 @@ impl Wide for Zmm {
         unsafe { Self(_mm512_cvtepu8_epi16(_mm256_loadu_si256(p.cast()))) }
     }
     #[inline(always)]
-    unsafe fn dot(acc: Self, a: Self, b: Self) -> Self {
-        // SAFETY: AVX-512 VNNI.
-        unsafe { Self(_mm512_dpwssd_epi32(acc.0, a.0, b.0)) }
-    }
-    #[inline(always)]
-    unsafe fn block_at(
+    unsafe fn block_at<D: PairDot<Self>>(
         x: &Codes,
         pc: &PackedConv,
         ww: &Wino4Weights,
@@ -283,10 +277,10 @@ impl Wide for Zmm {
         // SAFETY: forwarded contract.
         unsafe {
             match (BLOCK.min(pc.cout8 - lane0) / 16, tl.left >= 4) {
-                (2, true) => block::<Self, 2, 4>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
-                (2, false) => block::<Self, 2, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
-                (_, true) => block::<Self, 1, 4>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
-                (_, false) => block::<Self, 1, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (2, true) => block::<Self, D, 2, 4>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (2, false) => block::<Self, D, 2, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, true) => block::<Self, D, 1, 4>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, false) => block::<Self, D, 1, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
             }
         }
     }
@@ -315,12 +309,7 @@ impl Wide for Ymm {
         unsafe { Self(_mm256_cvtepu8_epi16(_mm_loadu_si128(p.cast()))) }
     }
     #[inline(always)]
-    unsafe fn dot(acc: Self, a: Self, b: Self) -> Self {
-        // SAFETY: AVX2.
-        unsafe { Self(_mm256_add_epi32(acc.0, _mm256_madd_epi16(a.0, b.0))) }
-    }
-    #[inline(always)]
-    unsafe fn block_at(
+    unsafe fn block_at<D: PairDot<Self>>(
         x: &Codes,
         pc: &PackedConv,
         ww: &Wino4Weights,
@@ -336,10 +325,10 @@ impl Wide for Ymm {
         // SAFETY: forwarded contract.
         unsafe {
             match (BLOCK.min(pc.cout8 - lane0) / 8, tl.left >= 2) {
-                (4, true) => block::<Self, 4, 2>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
-                (4, false) => block::<Self, 4, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
-                (_, true) => block::<Self, 2, 2>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
-                (_, false) => block::<Self, 2, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (4, true) => block::<Self, D, 4, 2>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (4, false) => block::<Self, D, 4, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, true) => block::<Self, D, 2, 2>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
+                (_, false) => block::<Self, D, 2, 1>(x, pc, ww, tiles, tl, lane0, y0, cols, out),
             }
         }
     }
@@ -357,6 +346,51 @@ unsafe fn recover<W: Wide>(v: W) -> W {
     unsafe {
         let z = W::mullo32(W::sra6(v), W::set1(INV9));
         W::sra6(W::shl32(z, 6))
+    }
+}
+
+/// `acc + a₀·b₀ + a₁·b₁` per i32 lane of i16 pairs, wrapping: the instruction that differs
+/// between the levels of one width.
+#[cfg(target_arch = "x86_64")]
+trait PairDot<W> {
+    /// # Safety
+    /// The instruction's features (called only from the entry points that enable them).
+    unsafe fn dot(acc: W, a: W, b: W) -> W;
+}
+
+/// `vpdpwssd`: the EVEX form on 512-bit registers (AVX-512 VNNI), the VEX form on 256-bit
+/// ones (AVX-VNNI).
+#[cfg(target_arch = "x86_64")]
+struct Vpdpwssd;
+
+/// AVX2's `vpmaddwd` + `vpaddd`: the same sums as `vpdpwssd` (the pair sum cannot wrap).
+#[cfg(target_arch = "x86_64")]
+struct Madd;
+
+#[cfg(target_arch = "x86_64")]
+impl PairDot<Zmm> for Vpdpwssd {
+    #[inline(always)]
+    unsafe fn dot(acc: Zmm, a: Zmm, b: Zmm) -> Zmm {
+        // SAFETY: AVX-512 VNNI per the contract.
+        unsafe { Zmm(_mm512_dpwssd_epi32(acc.0, a.0, b.0)) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PairDot<Ymm> for Vpdpwssd {
+    #[inline(always)]
+    unsafe fn dot(acc: Ymm, a: Ymm, b: Ymm) -> Ymm {
+        // SAFETY: AVX-VNNI per the contract.
+        unsafe { Ymm(_mm256_dpwssd_avx_epi32(acc.0, a.0, b.0)) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PairDot<Ymm> for Madd {
+    #[inline(always)]
+    unsafe fn dot(acc: Ymm, a: Ymm, b: Ymm) -> Ymm {
+        // SAFETY: AVX2 per the contract.
+        unsafe { Ymm(_mm256_add_epi32(acc.0, _mm256_madd_epi16(a.0, b.0))) }
     }
 }
 
@@ -382,7 +416,7 @@ pub(super) unsafe fn row_sums_avx512(
     out: &mut [i32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { sums::<Zmm>(x, pc, ww, y0, cols, tiles, out) }
+    unsafe { sums::<Zmm, Vpdpwssd>(x, pc, ww, y0, cols, tiles, out) }
 }
 
 /// [`row_sums_avx512`] on AVX2: the same sums on 256-bit registers (`vpmaddwd` + `vpaddd`).
@@ -401,7 +435,26 @@ pub(super) unsafe fn row_sums_avx2(
     out: &mut [i32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { sums::<Ymm>(x, pc, ww, y0, cols, tiles, out) }
+    unsafe { sums::<Ymm, Madd>(x, pc, ww, y0, cols, tiles, out) }
+}
+
+/// [`row_sums_avx512`] at AVX-VNNI: 256-bit registers with the VEX `vpdpwssd`.
+///
+/// # Safety
+/// The CPU must support AVX2 and AVX-VNNI; otherwise as [`row_sums_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) unsafe fn row_sums_avxvnni(
+    x: &Codes,
+    pc: &PackedConv,
+    ww: &Wino4Weights,
+    y0: usize,
+    cols: Range<usize>,
+    tiles: &mut [i16],
+    out: &mut [i32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { sums::<Ymm, Vpdpwssd>(x, pc, ww, y0, cols, tiles, out) }
 }
 
 /// The kernel on `W`'s registers: the tiles' input transforms, then every weight block
@@ -411,7 +464,7 @@ pub(super) unsafe fn row_sums_avx2(
 /// As the entry points; inlined into them.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn sums<W: Wide>(
+unsafe fn sums<W: Wide, D: PairDot<W>>(
     x: &Codes,
     pc: &PackedConv,
     ww: &Wino4Weights,
@@ -436,7 +489,7 @@ unsafe fn sums<W: Wide>(
                     t,
                     left: t1 - t,
                 };
-                t += W::block_at(x, pc, ww, tiles, tl, lane0, y0, &cols, out);
+                t += W::block_at::<D>(x, pc, ww, tiles, tl, lane0, y0, &cols, out);
             }
         }
     }
@@ -576,7 +629,7 @@ unsafe fn at<W: Wide>(m: [W; 6]) -> [W; 4] {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn block<W: Wide, const N: usize, const P: usize>(
+unsafe fn block<W: Wide, D: PairDot<W>, const N: usize, const P: usize>(
     x: &Codes,
     pc: &PackedConv,
     ww: &Wino4Weights,
@@ -611,7 +664,7 @@ unsafe fn block<W: Wide, const N: usize, const P: usize>(
                 for p in 0..P {
                     let q = W::set1(v.add(p * ELEMENTS * half + g).read_unaligned());
                     for n in 0..N {
-                        acc[p][n] = W::dot(acc[p][n], q, wv[n]);
+                        acc[p][n] = D::dot(acc[p][n], q, wv[n]);
                     }
                 }
             }
