@@ -125,11 +125,7 @@ mod tests {
                 for k in 0..=(1u32 << bits) {
                     // The input whose scaled value is k + 0.5, and its neighbours.
                     let x = l + (k as f32 + 0.5) / a.inv_step();
-                    xs.extend([
-                        x,
-                        f32::from_bits(x.to_bits() + 1),
-                        f32::from_bits(x.to_bits() - 1),
-                    ]);
+                    xs.extend([x, x.next_up(), x.next_down()]);
                     let scaled = (x.clamp(l, u) - l) * a.inv_step();
                     halves += (scaled.fract() == 0.5) as u32;
                 }

@@ -1,7 +1,8 @@
 //! AVX2 conv sums. A few output pixels at a time against up to 32 output channels held in
 //! accumulators; the 4 codes of a channel group are broadcast and multiplied with the 8 output
 //! channels' weights of the group (`vpmaddubsw` where no pair sum can saturate, else
-//! `vpmaddwd` on codes spread to i16).
+//! `vpmaddwd` on codes spread to i16). Convs of at most 4 output lanes (the tail) put the
+//! input channels in the vector lanes instead ([`row_sums_narrow16`]).
 
 #![cfg(target_arch = "x86_64")]
 

@@ -68,9 +68,9 @@ pub fn conv_forward_into(
     let cout = ic.cout;
     // Every interior pixel is written; the border stays zero.
     out.reshape(h, w, cout);
-    // F(4x4, 3x3) on i16 where the fused path would use it (AVX-512 VNNI or AVX2, `ADABM_WINOGRAD`
-    // mode `tiles`, a conv that fits it): four rows per task, 32-pixel chunks; else the
-    // direct kernels, a row per task.
+    // F(4x4, 3x3) on i16 at the levels that have it, in the `ADABM_WINOGRAD` mode `tiles`
+    // (the default), for every conv that fits it: four rows per task, 32-pixel chunks; else
+    // the direct kernels, a row per task.
     let four =
         has_wino4(level) && super::winograd_for(level) >= Winograd::Tiles && pc.wino4().is_some();
     let rows = if four { 4 } else { 1 };

@@ -6,7 +6,8 @@
 //! `scalar` is the readable reference, `avx2` the x86-64 AVX2 version (`vpmaddubsw` +
 //! `vpmaddwd` where no 16-bit pair sum can saturate, `vpmaddwd` on codes spread to i16 where
 //! it could), and the AVX2 Winograd F(2,3) kernels of [`wino`] (the same sums from 4
-//! products per 2 pixels and kernel row instead of 6), used wherever they are exact. `vnni`
+//! products per 2 pixels and kernel row instead of 6), used wherever they are exact; Winograd
+//! F(4x4, 3x3) on i16 ([`wino4`]: AVX2, AVX-VNNI and AVX-512 VNNI) where the channels fit it. `vnni`
 //! holds the AVX-VNNI and AVX-512 VNNI kernels (`vpdpbusd`: 4 u8·i8 products into an i32
 //! lane, exact for any codes and weights; direct and Winograd F(2,3) with i32 sums), written
 //! once over the instruction, plus an AVX2 emulation of it that the tests run on hosts
@@ -266,10 +267,9 @@ const MODES: [Winograd; 3] = [Winograd::Off, Winograd::Rows, Winograd::Tiles];
 /// AVX2 up — at AVX-512 VNNI F(2x2, 3x3) with i32 sums ([`has_wino2_i32`]), at AVX2 F(4x4,
 /// 3x3) on i16 ([`row_sums_wino4`]), at AVX-VNNI F(4x4, 3x3) for the 8-bit convs and F(2,3)
 /// along x (1.5x fewer multiplies than direct) for the others. At AVX-512 VNNI F(2x2, 3x3)
-/// measured 1.03–1.11x faster than F(2,3) end to end
-/// on Zen 4 (EDSR-baseline and the 32-channel built-ins, x2 and x4), F(2,3) 1.02–1.17x faster
-/// than the direct 512-bit kernel, and the convs no u8 transform fits (8-bit codes or
-/// weights) run as F(4x4, 3x3). At AVX2, F(4x4, 3x3) — 2.25 multiplies per output, at 16
+/// measured 1.03–1.11x faster than F(2,3) end to end on Zen 4 (EDSR-baseline and the
+/// 32-channel built-ins, x2 and x4), F(2,3) 1.02–1.17x faster than the direct 512-bit kernel,
+/// and the convs no u8 transform fits (8-bit codes or weights) run as F(4x4, 3x3). At AVX2, F(4x4, 3x3) — 2.25 multiplies per output, at 16
 /// per `vpmaddwd` + `vpaddd` — measured 1.45x faster than F(2,3) on EDSR-baseline x2 w4a4 and
 /// 1.22–1.25x on the 32-channel built-ins (BENCHMARKS.md, session 21). At AVX-VNNI, as at
 /// AVX-512 VNNI, the 8-bit convs (fq upsamplers, w8a6 bodies) take half the multiply
@@ -648,8 +648,8 @@ pub fn row_sums_wino2_i32(
 
 /// [`row_sums`] of output rows `y0 .. y0 + 4` (those below `x.h`; row `r` at
 /// `out[r · x.w · cout8..]`) by Winograd F(4x4, 3x3) on i16 ([`wino4`]): the same `S` to the
-/// bit, offset correction included. At AVX-512 VNNI and AVX2 ([`has_wino4`]), for convs with
-/// [`PackedConv::wino4`] weights; `tiles` is scratch.
+/// bit, offset correction included. At AVX-512 VNNI, AVX-VNNI and AVX2 ([`has_wino4`]), for
+/// convs with [`PackedConv::wino4`] weights; `tiles` is scratch.
 pub fn row_sums_wino4(
     level: CpuLevel,
     x: &Codes,
@@ -669,8 +669,9 @@ pub fn row_sums_wino4(
         tiles.resize(tiles_needed, 0);
     }
     match level {
-        // SAFETY: the level is only selected where the CPU has its features; shapes checked
-        // above, the weights' bound on the sums by `Wino4Weights::new`.
+        // SAFETY (each arm): the level is only selected where the CPU has its features (the
+        // emulated one: AVX2); shapes checked above, the weights' bound on the sums by
+        // `Wino4Weights::new`.
         #[cfg(target_arch = "x86_64")]
         CpuLevel::Avx512Vnni => unsafe {
             wino4::row_sums_avx512(x, pc, ww, y0, cols.clone(), tiles, out)
