@@ -294,16 +294,28 @@ unsafe fn narrow16_pixels<const P: usize>(
                 c0 += 16;
             }
         }
-        for (i, [a, b, c, d]) in acc.into_iter().enumerate() {
-            // Per 128-bit half: the 4 accumulators' partial sums side by side, then the two
-            // halves added: [Σa, Σb, Σc, Σd].
-            let ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
-            let cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
-            let s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
-            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-            let d = out.as_mut_ptr().add((xx + i) * pc.cout8);
-            _mm256_storeu_si256(d.cast(), _mm256_set_m128i(_mm_setzero_si128(), s));
+        for (i, lanes) in acc.into_iter().enumerate() {
+            store_lane_sums(lanes, out.as_mut_ptr().add((xx + i) * pc.cout8));
         }
+    }
+}
+
+/// The horizontal sums of 4 accumulators of i32 lanes into the 8 lanes at `d`: `[Σa, Σb, Σc,
+/// Σd, 0, 0, 0, 0]` (the narrow kernels' output lanes).
+///
+/// # Safety
+/// AVX2; `d` valid for 8 i32.
+#[inline(always)]
+pub(super) unsafe fn store_lane_sums([a, b, c, d]: [__m256i; 4], dst: *mut i32) {
+    // SAFETY: register operations and one 32-byte store at dst, per the contract.
+    unsafe {
+        // Per 128-bit half: the 4 accumulators' partial sums side by side, then the two halves
+        // added.
+        let ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+        let cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+        let s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        _mm256_storeu_si256(dst.cast(), _mm256_set_m128i(_mm_setzero_si128(), s));
     }
 }
 

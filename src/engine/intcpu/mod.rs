@@ -203,6 +203,30 @@ fn self_check(level: CpuLevel) -> bool {
             ok &= bits == 8;
         }
     }
+    // The narrow kernel (3 output channels and the ones lane of 8-bit weights; 36 channels: a
+    // partial step).
+    {
+        let (h, w, cin, cout) = (2, 5, 36, 3);
+        let oihw: Vec<f32> = (0..cout * cin * 9).map(|_| rng.symmetric(0.5)).collect();
+        let pc = PackedConv::new(&IntConv::new(cin, cout, &oihw, &vec![0.0; cout], 0.4, 8));
+        let data: Vec<u8> = (0..(h + 2) * (w + 2) * cin)
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let map = Codes {
+            data: &data,
+            h,
+            w,
+            cstride: cin,
+        };
+        ok &= pc.narrow.is_some();
+        for y in 0..h {
+            let mut want = vec![0i32; w * pc.cout8];
+            let mut got = vec![1i32; w * pc.cout8];
+            row_sums(CpuLevel::Scalar, &map, &pc, y, 255, 0..w, &mut want);
+            row_sums(level, &map, &pc, y, 255, 0..w, &mut got);
+            ok &= got == want;
+        }
+    }
     // Winograd F(4x4, 3x3) on i16 (8-bit codes and weights, two blocks of four rows, a
     // partial last one).
     if has_wino4(level) {

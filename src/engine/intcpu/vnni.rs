@@ -90,7 +90,97 @@ unsafe fn direct<D: Dot>(
     out: &mut [i32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { direct_from::<D>(x, pc, y, cols, 0, out) }
+    unsafe {
+        match &pc.narrow {
+            Some(nw) => narrow256::<D>(x, pc, nw, y, cols, out),
+            None => direct_from::<D>(x, pc, y, cols, 0, out),
+        }
+    }
+}
+
+/// Sums of narrow convs ([`super::NarrowWeights`]: at most 4 output lanes, the tail) on
+/// 256-bit vectors with the lanes over input channels, as [`narrow512_avx512vnni`]: per pixel,
+/// tap and 32 channels, one load of the codes (masked by dwords past the channel stride) and
+/// one `D::dp` per output lane, then one horizontal sum per lane — against the direct
+/// kernel's one `D::dp` per 4 channels for a block of 8 output lanes, 3 of them used.
+///
+/// # Safety
+/// As [`direct`]; `nw` made from `pc`.
+#[inline(always)]
+unsafe fn narrow256<D: Dot>(
+    x: &Codes,
+    pc: &PackedConv,
+    nw: &super::NarrowWeights,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    let mut xx = cols.start;
+    while xx < cols.end {
+        // SAFETY: forwarded contract; pixels xx..xx + P are inside the row.
+        unsafe {
+            if cols.end - xx >= 2 {
+                narrow256_pixels::<D, 2>(x, pc, nw, y, xx, out);
+                xx += 2;
+            } else {
+                narrow256_pixels::<D, 1>(x, pc, nw, y, xx, out);
+                xx += 1;
+            }
+        }
+    }
+}
+
+/// [`narrow256`] for the `P` pixels from `(y, xx)`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
+unsafe fn narrow256_pixels<D: Dot, const P: usize>(
+    x: &Codes,
+    pc: &PackedConv,
+    nw: &super::NarrowWeights,
+    y: usize,
+    xx: usize,
+    out: &mut [i32],
+) {
+    let (wp, cs, cs64) = (x.w + 2, x.cstride, nw.cs64);
+    // SAFETY: the code loads stay inside each pixel's `cs` codes (whole 32-byte loads, or
+    // masked by dwords: `cs` is a multiple of 4) of pixels inside the padded map, the weight
+    // loads inside nw.w (`[9][4][cs64]`, cs64 a multiple of 32), the stores inside out (pixels
+    // below x.w, 8 lanes each: cout8 is 8).
+    unsafe {
+        let mut acc = [[_mm256_setzero_si256(); 4]; P];
+        for t in 0..9 {
+            let codes = x.data.as_ptr().add(((y + t / 3) * wp + xx + t % 3) * cs);
+            let wt = nw.w.as_ptr().add(t * 4 * cs64);
+            let mut c0 = 0;
+            while c0 < cs {
+                let whole = cs - c0 >= 32;
+                let left = ((cs - c0) / 4).min(8) as i32;
+                let m = _mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(left),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                );
+                let mut w = [_mm256_setzero_si256(); 4];
+                for (o, wo) in w.iter_mut().enumerate() {
+                    *wo = _mm256_loadu_si256(wt.add(o * cs64 + c0).cast());
+                }
+                for i in 0..P {
+                    let q = codes.add(i * cs + c0);
+                    let a = if whole {
+                        _mm256_loadu_si256(q.cast())
+                    } else {
+                        _mm256_maskload_epi32(q.cast(), m)
+                    };
+                    for o in 0..4 {
+                        acc[i][o] = D::dp(acc[i][o], a, w[o]);
+                    }
+                }
+                c0 += 32;
+            }
+        }
+        for (i, lanes) in acc.into_iter().enumerate() {
+            super::avx2::store_lane_sums(lanes, out.as_mut_ptr().add((xx + i) * pc.cout8));
+        }
+    }
 }
 
 /// [`direct`] for the blocks of 8 output channels from `first` on.
