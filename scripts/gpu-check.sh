@@ -23,7 +23,7 @@
 # most, and a step killed at the time limit still leaves the earlier ones packed).
 # Files: device.txt, cpu.txt, parity.txt, parity-float.txt, sanitizer.txt, element.txt,
 # bench.md, bench-float.md, bench-ld32.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, torch-formats.txt, cpu-tests.txt, cpu-levels.txt,
-# cpu-winograd.txt, frame-io.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
+# cpu-winograd.txt, cpu-kernels-avxvnni.txt, frame-io.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -142,6 +142,15 @@ if [ "${VNNI:-1}" = 1 ] && [ -x "$BIN/lib-tests" ]; then
     start=$(date +%s)
     timeout "${CPU_BENCH_TIMEOUT:-150}" "$BIN/cpu-bench" --winograd-ab "${CPU_FRAMES:-3}" > "$RAW/cpu-winograd.txt" 2>&1
     summary "cpu winograd rc=$? ($(( $(date +%s) - start )) s): $(grep -E 'x2 integer w4a4 320x180' "$RAW/cpu-winograd.txt" | tr '\n' ' ')"
+    # AVX-VNNI's kernels alone, where the host has it: the direct kernel against F(4x4, 3x3)
+    # on vpdpwssd for the 8-bit convs, and the narrow tail kernel (session 21 made both the
+    # defaults there without an AVX-VNNI CPU to time them).
+    if grep -q avx_vnni "$RAW/cpu.txt"; then
+        start=$(date +%s)
+        ADABM_CPU_LEVEL=avxvnni timeout 120 "$BIN/cpu-bench" --kernels 1 --frames 3 \
+            > "$RAW/cpu-kernels-avxvnni.txt" 2>&1
+        summary "cpu kernels avxvnni rc=$? ($(( $(date +%s) - start )) s): $(grep -E '64->256|64->3 ' "$RAW/cpu-kernels-avxvnni.txt" | tr '\n' ' ')"
+    fi
 fi
 
 start=$(date +%s)
