@@ -397,8 +397,7 @@ impl FusedNet {
             && has_wino4(level)
             && pc.wino4().is_some()
             && !(avx_vnni && u8_rows_fit);
-        let rows_i32 =
-            vnni && !tiles2 && mode >= Winograd::Rows && pc.wino.is_some() && max_code <= 127;
+        let rows_i32 = vnni && !tiles2 && mode >= Winograd::Rows && u8_rows_fit;
         let sched = (!vnni && !tiles2 && mode >= Winograd::Rows)
             .then(|| pc.wino_schedule(max_code))
             .flatten();

@@ -145,6 +145,7 @@ trait Wide: Copy {
 
 /// Which tiles a [`block`] call takes: `t .. t + P` of the transformed tiles from `t0`, `left`
 /// of them before the end of the row's chunk.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Tiles {
     t0: usize,
@@ -395,6 +396,7 @@ impl PairDot<Ymm> for Madd {
 }
 
 /// The inverse of 9 modulo 2^32.
+#[cfg(target_arch = "x86_64")]
 const INV9: i32 = 0x38e3_8e39;
 
 /// `S` (before the offset correction) of output rows `y0 .. y0 + 4` (those below `x.h`) at the
