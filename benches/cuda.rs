@@ -6,7 +6,8 @@
 //! bench/torch_fp16.py (PyTorch fp16 on the same device, same weights).
 //!
 //! Then several streams (threads) sharing one engine, as element instances do: total fps and
-//! frames per launch for 1, 2 and 4 streams.
+//! frames per launch for 1, 2 and 4 streams. Then I420 frames as the element handles them,
+//! converted to and from RGB on the CPU (as before session 22) or on the GPU, alternating.
 //!
 //!   cargo bench --bench cuda -- [--iters 20] [--export DIR] [--peak-tops 1979]
 //!       [--only TEXT] [--skip TEXT]     (rows whose label contains / does not contain TEXT;
@@ -17,8 +18,9 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
-use gstadabm::cuda::{self, CudaEngine, SharedCuda};
+use gstadabm::cuda::{self, CudaEngine, Pixels, SharedCuda};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
+use gstadabm::engine::yuv::{self, ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvMut, YuvRef};
 use gstadabm::engine::{EdsrConfig, Model, Options, QuantMode, builtin};
 
 fn main() {
@@ -220,6 +222,110 @@ fn main() {
                 h * s,
                 fps / streams as f64,
                 (streams * iters) as f64 / launches as f64
+            );
+        }
+    }
+
+    yuv_frames(iters, &wanted);
+}
+
+/// One frame of [`yuv_frames`]: (input buffer, output buffer, the HR frame's tight planes).
+type FrameFn<'a> = dyn FnMut(&mut Vec<u8>, &mut Vec<u8>, &mut [u8]) + 'a;
+
+/// I420 1080p → 4K through a shared engine as the element runs it: the frame's planes unpacked
+/// to RGB bytes on the CPU, upscaled, packed back on the CPU (the path before session 22, and
+/// still that of packed layouts), against the planes sent as they are and converted on the GPU
+/// (`SharedCuda::upscale_as`); the two alternate, 3 rounds, median ms per frame of each.
+fn yuv_frames(iters: usize, wanted: &dyn Fn(&str) -> bool) {
+    println!();
+    println!(
+        "| YUV frames (I420, BT.709) | input → output | round | CPU conversion ms/frame | GPU conversion ms/frame | ratio |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    let fp = random_model(EdsrConfig::baseline(2), 1).unwrap();
+    let cases = [
+        (
+            "built-in edsr-r8f32-x2-w4a4",
+            builtin::find(2, "w4a4").unwrap().load().unwrap(),
+        ),
+        (
+            "EDSR-baseline x2 w4a4",
+            quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 2).unwrap(),
+        ),
+    ];
+    let (w, h) = (1920usize, 1080usize);
+    let f = YuvFormat {
+        layout: YuvLayout::I420,
+        matrix: YuvMatrix::new(YuvMatrix::BT709, false),
+        siting: ChromaSiting {
+            h_cosited: true,
+            v_cosited: false,
+        },
+    };
+    for (label, model) in cases {
+        if !wanted(label) {
+            continue;
+        }
+        let shared = SharedCuda::get(&model, 0).unwrap_or_else(|e| panic!("{label}: {e}"));
+        if let Err(e) = shared.yuv_on_device() {
+            println!("| {label} | YUV on the GPU failed its start-up check: {e} | | | | |");
+            continue;
+        }
+        let s = shared.scale();
+        let (hw, hh) = (w * s, h * s);
+        // The decoder's frame and the encoder's, as tight planes.
+        let mut lr = vec![0u8; f.tight_len(w, h)];
+        let rgb: Vec<u8> = test_image(w, h, 3).data.iter().map(|&v| v as u8).collect();
+        yuv::pack_rgb8(&rgb, &mut YuvMut::from_tight(&mut lr, f, w, h).unwrap()).unwrap();
+        let mut hr = vec![0u8; f.tight_len(hw, hh)];
+        let opts = Options::default();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut cpu_frame = |a: &mut Vec<u8>, b: &mut Vec<u8>, hr: &mut [u8]| {
+            let src = YuvRef::from_tight(&lr, f, w, h).unwrap();
+            yuv::unpack_rgb8_into(&src, a).unwrap();
+            let done = shared
+                .upscale_reusing(std::mem::take(a), std::mem::take(b), w, h, &opts)
+                .unwrap();
+            let mut dst = YuvMut::from_tight(hr, f, hw, hh).unwrap();
+            yuv::pack_rgb8(&done.hr, &mut dst).unwrap();
+            (*a, *b) = (done.rgb, done.hr);
+        };
+        let mut gpu_frame = |a: &mut Vec<u8>, b: &mut Vec<u8>, hr: &mut [u8]| {
+            let src = YuvRef::from_tight(&lr, f, w, h).unwrap();
+            src.copy_tight(a).unwrap();
+            let fmt = (Pixels::Yuv(f), Pixels::Yuv(f));
+            let done = shared
+                .upscale_as(std::mem::take(a), fmt, std::mem::take(b), w, h, &opts)
+                .unwrap();
+            YuvMut::from_tight(hr, f, hw, hh)
+                .unwrap()
+                .store_tight(&done.hr)
+                .unwrap();
+            (*a, *b) = (done.rgb, done.hr);
+        };
+        // Both paths give the same bytes.
+        let mut hr2 = hr.clone();
+        cpu_frame(&mut a, &mut b, &mut hr);
+        gpu_frame(&mut a, &mut b, &mut hr2);
+        assert!(
+            hr == hr2,
+            "{label}: the GPU conversion differs from the CPU's"
+        );
+        for round in 1..=3 {
+            let mut time = |run: &mut FrameFn| {
+                let mut t = Vec::new();
+                for _ in 0..iters.div_ceil(2).max(3) {
+                    let t0 = Instant::now();
+                    run(&mut a, &mut b, &mut hr);
+                    t.push(t0.elapsed().as_secs_f64());
+                }
+                median(t) * 1e3
+            };
+            let tc = time(&mut cpu_frame);
+            let tg = time(&mut gpu_frame);
+            println!(
+                "| {label} | {w}x{h} → {hw}x{hh} | {round} | {tc:.2} | {tg:.2} | {:.2}x |",
+                tc / tg
             );
         }
     }

@@ -161,6 +161,187 @@ extern "C" __global__ void input_codes(const u8* rgb, u8* codes, const Quant* pl
 }
 
 // ---------------------------------------------------------------------------------------
+// YUV <-> RGB bytes of planar and semi-planar frames (src/engine/yuv/device.rs, whose
+// unpack_pixel / pack_pixel are these kernels in Rust, tested against the host's row-wise
+// conversions): the frame's planes packed tightly one after the other, one thread per pixel.
+
+struct YuvParams {
+    u64 off[3];     // byte offset of each plane in the frame
+    int stride[3];  // row bytes of each plane
+    int w, h, cw, ch, sx, sy;
+    int bytes, shift;  // bytes per sample (1, 2); where the sample starts in a 2-byte word
+    int planes;        // 1 grey, 2 Y + interleaved chroma, 3 planar
+    int vu;            // interleaved chroma holds V first (NV21)
+    int h_cosited, v_cosited;
+    float yo, centre, maxc, ky, rv, gu, gv, bu;
+    float l[3], u[3], v[3];
+};
+
+__device__ __forceinline__ float yuv_get(const u8* f, const YuvParams& p, int plane, int row,
+                                         int byte) {
+    const u8* q = f + p.off[plane] + (size_t)row * p.stride[plane] + byte;
+    if (p.bytes == 1) return (float)q[0];
+    u32 v = (u32)q[0] | ((u32)q[1] << 8);
+    return (float)(int)(v >> p.shift);
+}
+
+// A sample from value v: rounded half to even, clamped to the depth's codes.
+__device__ __forceinline__ void yuv_put(u8* f, const YuvParams& p, int plane, int row, int byte,
+                                        float v) {
+    u8* q = f + p.off[plane] + (size_t)row * p.stride[plane] + byte;
+    if (p.bytes == 1) {
+        q[0] = to_u8(v);
+        return;
+    }
+    float c = v < 0.0f ? 0.0f : (v > p.maxc ? p.maxc : v);
+    u32 word = ((u32)(int)rintf(c) << p.shift) & 0xffffu;
+    q[0] = (u8)(word & 0xff);
+    q[1] = (u8)(word >> 8);
+}
+
+// Plane and byte in the row of chroma sample c's U (k = 0) or V (k = 1).
+__device__ __forceinline__ void yuv_chroma_at(const YuvParams& p, int c, int k, int* plane,
+                                              int* byte) {
+    if (p.planes == 2) {
+        int first = p.vu ? 1 - k : k;
+        *plane = 1;
+        *byte = (2 * c + first) * p.bytes;
+    } else {
+        *plane = 1 + k;
+        *byte = c * p.bytes;
+    }
+}
+
+// yuv.rs up_taps: the two (index, weight) taps of the bilinear upsampling of chroma to luma
+// position i (of n chroma samples, subsampled by sub), edges clamped.
+__device__ __forceinline__ void up_taps(int i, int n, int cosited, int sub, int* k0, float* a0,
+                                        int* k1, float* a1) {
+    if (sub == 1) {
+        *k0 = i; *a0 = 1.0f; *k1 = i; *a1 = 0.0f;
+        return;
+    }
+    int k = i / 2, last = n - 1;
+    if (cosited) {
+        if (i % 2 == 0) {
+            *k0 = k; *a0 = 1.0f; *k1 = k; *a1 = 0.0f;
+        } else {
+            *k0 = k; *a0 = 0.5f; *k1 = min(k + 1, last); *a1 = 0.5f;
+        }
+    } else if (i % 2 == 0) {
+        *k0 = k; *a0 = 0.75f; *k1 = max(k - 1, 0); *a1 = 0.25f;
+    } else {
+        *k0 = k; *a0 = 0.75f; *k1 = min(k + 1, last); *a1 = 0.25f;
+    }
+}
+
+// yuv.rs down_taps: the three taps of chroma sample k from luma positions (of n): centred
+// [1 1]/2, co-sited [1 2 1]/4, edges clamped.
+__device__ __forceinline__ void down_taps(int k, int n, int cosited, int sub, int* idx,
+                                          float* wt) {
+    if (sub == 1) {
+        idx[0] = idx[1] = idx[2] = k;
+        wt[0] = 1.0f; wt[1] = 0.0f; wt[2] = 0.0f;
+        return;
+    }
+    int last = n - 1, c = min(2 * k, last);
+    if (cosited) {
+        idx[0] = min(max(2 * k - 1, 0), last); idx[1] = c; idx[2] = min(2 * k + 1, last);
+        wt[0] = 0.25f; wt[1] = 0.5f; wt[2] = 0.25f;
+    } else {
+        idx[0] = c; idx[1] = min(2 * k + 1, last); idx[2] = c;
+        wt[0] = 0.5f; wt[1] = 0.5f; wt[2] = 0.0f;
+    }
+}
+
+// U and V of the pixel row y at chroma column c (interpolated along y; from 0, in tap order,
+// zero weights skipped).
+__device__ __forceinline__ void yuv_column(const u8* f, const YuvParams& p, int y, int c,
+                                           float* tu, float* tv) {
+    int r[2];
+    float a[2];
+    up_taps(y, p.ch, p.v_cosited, p.sy, &r[0], &a[0], &r[1], &a[1]);
+    int pu, bu, pv, bv;
+    yuv_chroma_at(p, c, 0, &pu, &bu);
+    yuv_chroma_at(p, c, 1, &pv, &bv);
+    float su = 0.0f, sv = 0.0f;
+    for (int t = 0; t < 2; t++) {
+        if (a[t] == 0.0f) continue;
+        su = su + a[t] * yuv_get(f, p, pu, r[t], bu);
+        sv = sv + a[t] * yuv_get(f, p, pv, r[t], bv);
+    }
+    *tu = su;
+    *tv = sv;
+}
+
+// A frame's tight planes -> its RGB bytes (w x h x 3).
+extern "C" __global__ void yuv_unpack(const u8* src, u8* rgb, YuvParams p) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)p.w * p.h) return;
+    int y = (int)(i / p.w), x = (int)(i - (size_t)y * p.w);
+    float luma = yuv_get(src, p, 0, y, x * p.bytes);
+    float u = p.centre, v = p.centre;
+    if (p.planes != 1) {
+        if (p.sx == 1) {
+            yuv_column(src, p, y, x, &u, &v);
+        } else {
+            int c0, c1;
+            float b0, b1, u0, v0, u1, v1;
+            up_taps(x, p.cw, p.h_cosited, 2, &c0, &b0, &c1, &b1);
+            yuv_column(src, p, y, c0, &u0, &v0);
+            yuv_column(src, p, y, c1, &u1, &v1);
+            u = b0 * u0 + b1 * u1;
+            v = b0 * v0 + b1 * v1;
+        }
+    }
+    float e = p.ky * (luma - p.yo);
+    u = u - p.centre;
+    v = v - p.centre;
+    float c[3] = {e + p.rv * v, e + p.gu * u + p.gv * v, e + p.bu * u};
+    u8* o = rgb + i * 3;
+    for (int k = 0; k < 3; k++) {
+        float t = c[k] < 0.0f ? 0.0f : (c[k] > 255.0f ? 255.0f : c[k]);
+        o[k] = to_u8(t);
+    }
+}
+
+// RGB bytes -> the frame: each pixel's luma, and the chroma sample whose first luma pixel it
+// is (the RGB filtered along y at each luma column of the sample's taps, then along x).
+extern "C" __global__ void yuv_pack(const u8* rgb, u8* dst, YuvParams p) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)p.w * p.h) return;
+    int y = (int)(i / p.w), x = (int)(i - (size_t)y * p.w);
+    const u8* s = rgb + i * 3;
+    float r = (float)s[0], g = (float)s[1], b = (float)s[2];
+    float luma = p.yo + p.l[0] * r + p.l[1] * g + p.l[2] * b;
+    yuv_put(dst, p, 0, y, x * p.bytes, luma);
+    if (p.planes == 1 || x % p.sx != 0 || y % p.sy != 0) return;
+    int cx = x / p.sx, cy = y / p.sy;
+    int xs[3], ys[3];
+    float wx[3], wy[3];
+    down_taps(cx, p.w, p.h_cosited, p.sx, xs, wx);
+    down_taps(cy, p.h, p.v_cosited, p.sy, ys, wy);
+    float c3[3] = {0.0f, 0.0f, 0.0f};
+    for (int tx = 0; tx < 3; tx++) {
+        if (wx[tx] == 0.0f) continue;
+        for (int c = 0; c < 3; c++) {
+            float acc = 0.0f;
+            for (int ty = 0; ty < 3; ty++) {
+                if (wy[ty] == 0.0f) continue;
+                acc = acc + wy[ty] * (float)rgb[((size_t)ys[ty] * p.w + xs[tx]) * 3 + c];
+            }
+            c3[c] = c3[c] + wx[tx] * acc;
+        }
+    }
+    float du = p.u[0] * c3[0] + p.u[1] * c3[1] + p.u[2] * c3[2];
+    float dv = p.v[0] * c3[0] + p.v[1] * c3[1] + p.v[2] * c3[2];
+    int pl, byte;
+    yuv_chroma_at(p, cx, 0, &pl, &byte);
+    yuv_put(dst, p, pl, cy, byte, p.centre + du);
+    yuv_chroma_at(p, cx, 1, &pl, &byte);
+    yuv_put(dst, p, pl, cy, byte, p.centre + dv);
+}
+
+// ---------------------------------------------------------------------------------------
 // Direct integer convs for the thin layers, unsigned codes with dp4a, S = 2·Σqk − M·Σq.
 // Head (4 input channels): one thread per (pixel, 4 output channels), float4 / u32 stores.
 // Tail (3 outputs): four threads per pixel, each a quarter of the input channels (one 16- or

@@ -18,7 +18,33 @@ pub enum CudaError {
     Input(String),
 }
 
+use crate::engine::yuv::YuvFormat;
+
 pub type Result<T, E = CudaError> = std::result::Result<T, E>;
+
+/// How a frame's bytes are laid out on their way into or out of a CUDA engine.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pixels {
+    /// Packed RGB, 3 bytes a pixel.
+    Rgb,
+    /// A planar or semi-planar YUV frame ([`YuvLayout::device_convertible`]) with its planes
+    /// packed tightly ([`YuvFormat::tight_len`]), converted to and from RGB bytes on the
+    /// device exactly as [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and
+    /// [`pack_rgb8`](crate::engine::yuv::pack_rgb8) do on the host.
+    ///
+    /// [`YuvLayout::device_convertible`]: crate::engine::yuv::YuvLayout::device_convertible
+    Yuv(YuvFormat),
+}
+
+impl Pixels {
+    /// Bytes of a `w x h` frame.
+    pub fn bytes(&self, w: usize, h: usize) -> usize {
+        match self {
+            Pixels::Rgb => w * h * 3,
+            Pixels::Yuv(f) => f.tight_len(w, h),
+        }
+    }
+}
 
 /// Stats of one frame computed on the device.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,7 +4,7 @@
 
 use crate::engine::{Model, Options};
 
-pub use crate::cuda_common::{CudaError, Done, FrameStats, Result};
+pub use crate::cuda_common::{CudaError, Done, FrameStats, Pixels, Result};
 
 const NOT_BUILT: &str = "this build of adabm has no CUDA support (rebuild with the `cuda` feature)";
 
@@ -81,6 +81,22 @@ impl SharedCuda {
         _h: usize,
         _opts: &Options,
     ) -> std::result::Result<Done, String> {
+        match *self {}
+    }
+
+    pub fn upscale_as(
+        &self,
+        _frame: Vec<u8>,
+        _fmt: (Pixels, Pixels),
+        _out: Vec<u8>,
+        _w: usize,
+        _h: usize,
+        _opts: &Options,
+    ) -> std::result::Result<Done, String> {
+        match *self {}
+    }
+
+    pub fn yuv_on_device(&self) -> std::result::Result<(), &str> {
         match *self {}
     }
 

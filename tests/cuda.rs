@@ -12,9 +12,10 @@
 //! Without NVRTC or a GPU the tests say so on stderr and pass, unless `ADABM_REQUIRE_NVRTC=1`
 //! / `ADABM_REQUIRE_GPU=1` (CI sets the first, scripts/gpu-check.sh the second).
 
-use gstadabm::cuda::{self, CudaEngine, CudaError, SharedCuda};
+use gstadabm::cuda::{self, CudaEngine, CudaError, Pixels, SharedCuda};
 use gstadabm::engine::intnet::IntNetwork;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
+use gstadabm::engine::yuv::{self, ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvMut, YuvRef};
 
 use gstadabm::engine::{EdsrConfig, Engine, Image, Model, Options, QuantMode, builtin, complexity};
 
@@ -455,6 +456,193 @@ fn parity_builtin_models() {
         let imgs = [frame(48, 30, 1), frame(48, 30, 2)];
         check_batch(&model, &mut eng, &imgs, &Options::default(), b.name);
     }
+}
+
+/// Every YUV format the GPU converts, with a matrix, range and siting each (all four sitings
+/// and both ranges across the list).
+fn yuv_formats() -> Vec<YuvFormat> {
+    let mut out = Vec::new();
+    for (i, layout) in YuvLayout::ALL.into_iter().enumerate() {
+        if !layout.device_convertible() {
+            continue;
+        }
+        for k in 0..4 {
+            out.push(YuvFormat {
+                layout,
+                matrix: YuvMatrix::new(
+                    [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT2020][(i + k) % 3],
+                    k % 2 == 1,
+                ),
+                siting: ChromaSiting {
+                    h_cosited: k & 1 == 0,
+                    v_cosited: k & 2 != 0,
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Pseudo-random bytes.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// The host's conversions of a tight YUV frame to RGB bytes and of RGB bytes to one.
+fn host_unpack(data: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    yuv::unpack_rgb8_into(&YuvRef::from_tight(data, f, w, h).unwrap(), &mut out).unwrap();
+    out
+}
+
+fn host_pack(rgb: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
+    let mut out = vec![0u8; f.tight_len(w, h)];
+    yuv::pack_rgb8(rgb, &mut YuvMut::from_tight(&mut out, f, w, h).unwrap()).unwrap();
+    out
+}
+
+/// `yuv_unpack` and `yuv_pack` give the host's bytes for every device layout, range, matrix
+/// and siting, on random samples and pixels, at odd sizes and at 1080p; the start-up check
+/// passes; frames the device does not convert are refused with a reason.
+#[test]
+fn yuv_kernels_match_the_host_conversion() {
+    let Some(dev) = gpu("yuv_kernels_match_the_host_conversion") else {
+        return;
+    };
+    let model = random_fq(32, 1, 2, 4, 4, 5);
+    let eng = CudaEngine::new(&model, dev).unwrap();
+    cuda::yuv_self_check(&eng).unwrap();
+    let mut n = 0;
+    for (i, f) in yuv_formats().into_iter().enumerate() {
+        for (j, &(w, h)) in [(1, 1), (2, 1), (1, 3), (7, 5), (33, 17), (130, 66)]
+            .iter()
+            .enumerate()
+        {
+            let seed = (i * 10 + j) as u64;
+            let data = noise(f.tight_len(w, h), seed);
+            let got = eng.yuv_to_rgb(&data, f, w, h).unwrap();
+            assert!(
+                got == host_unpack(&data, f, w, h),
+                "yuv_unpack {f:?} {w}x{h}"
+            );
+            let rgb = noise(w * h * 3, seed + 5000);
+            let got = eng.rgb_to_yuv(&rgb, f, w, h).unwrap();
+            assert!(got == host_pack(&rgb, f, w, h), "yuv_pack {f:?} {w}x{h}");
+            n += 1;
+        }
+    }
+    for layout in [YuvLayout::I420, YuvLayout::Nv12, YuvLayout::P010] {
+        let f = YuvFormat {
+            layout,
+            matrix: YuvMatrix::new(YuvMatrix::BT709, false),
+            siting: ChromaSiting {
+                h_cosited: true,
+                v_cosited: false,
+            },
+        };
+        let (w, h) = (1920, 1080);
+        let data = noise(f.tight_len(w, h), 77);
+        assert!(eng.yuv_to_rgb(&data, f, w, h).unwrap() == host_unpack(&data, f, w, h));
+        let rgb = noise(w * h * 3, 78);
+        assert!(eng.rgb_to_yuv(&rgb, f, w, h).unwrap() == host_pack(&rgb, f, w, h));
+    }
+    eprintln!("yuv kernels: {n} format/size cases and 1080p I420, NV12, P010 equal the host's");
+    let f = yuv_formats()[0];
+    let short = noise(f.tight_len(8, 8) - 1, 1);
+    assert!(matches!(
+        eng.yuv_to_rgb(&short, f, 8, 8),
+        Err(CudaError::Input(_))
+    ));
+    let packed = YuvFormat {
+        layout: YuvLayout::Yuy2,
+        ..f
+    };
+    let e = eng
+        .yuv_to_rgb(&noise(packed.tight_len(8, 8), 2), packed, 8, 8)
+        .unwrap_err();
+    assert!(e.to_string().contains("planar"), "{e}");
+}
+
+/// YUV frames through the whole engine, mixed with RGB frames and other YUV layouts in one
+/// launch, give the bytes of the host conversions around the RGB engine; through a shared
+/// engine too.
+#[test]
+fn yuv_frames_through_the_engine_match_the_host_path() {
+    let Some(dev) = gpu("yuv_frames_through_the_engine_match_the_host_path") else {
+        return;
+    };
+    let model = random_fq(64, 2, 2, 4, 4, 9);
+    let mut eng = CudaEngine::new(&model, dev).unwrap();
+    let (w, h, s) = (37, 21, 2);
+    let all = yuv_formats();
+    let pick = |l: YuvLayout, k: usize| *all.iter().filter(|f| f.layout == l).nth(k).unwrap();
+    let fmts = [
+        (
+            Pixels::Yuv(pick(YuvLayout::I420, 0)),
+            Pixels::Yuv(pick(YuvLayout::I420, 0)),
+        ),
+        (Pixels::Rgb, Pixels::Rgb),
+        (
+            Pixels::Yuv(pick(YuvLayout::Nv12, 1)),
+            Pixels::Yuv(pick(YuvLayout::Nv12, 2)),
+        ),
+        (Pixels::Yuv(pick(YuvLayout::P010, 3)), Pixels::Rgb),
+    ];
+    let inputs: Vec<Vec<u8>> = fmts
+        .iter()
+        .enumerate()
+        .map(|(i, (fi, _))| match fi {
+            Pixels::Rgb => rgb8(&frame(w, h, 60 + i as u64)),
+            // Smooth content, so that the network sees an image rather than noise.
+            Pixels::Yuv(f) => host_pack(&rgb8(&frame(w, h, 60 + i as u64)), *f, w, h),
+        })
+        .collect();
+    let refs: Vec<&[u8]> = inputs.iter().map(|v| &v[..]).collect();
+    let opts = [Options::default()];
+    let mut outs = vec![Vec::new(); fmts.len()];
+    let stats = eng
+        .upscale_formats_into(&refs, &fmts, w, h, &opts, &mut outs)
+        .unwrap();
+    // The host path: unpack, the RGB engine, pack.
+    let rgb_in: Vec<Vec<u8>> = fmts
+        .iter()
+        .zip(&inputs)
+        .map(|((fi, _), d)| match fi {
+            Pixels::Rgb => d.clone(),
+            Pixels::Yuv(f) => host_unpack(d, *f, w, h),
+        })
+        .collect();
+    let rgb_refs: Vec<&[u8]> = rgb_in.iter().map(|v| &v[..]).collect();
+    let want = eng.upscale_frames(&rgb_refs, w, h, &opts).unwrap();
+    for (i, ((_, fo), (hr, st))) in fmts.iter().zip(&want).enumerate() {
+        let want_bytes = match fo {
+            Pixels::Rgb => hr.clone(),
+            Pixels::Yuv(f) => host_pack(hr, *f, w * s, h * s),
+        };
+        assert!(outs[i] == want_bytes, "frame {i} ({:?})", fmts[i]);
+        assert_eq!(stats[i], *st, "frame {i} stats");
+    }
+    // One shared engine, a YUV frame in and out.
+    let shared = SharedCuda::get(&model, dev).unwrap();
+    shared.yuv_on_device().unwrap();
+    let done = shared
+        .upscale_as(inputs[0].clone(), fmts[0], Vec::new(), w, h, &opts[0])
+        .unwrap();
+    assert!(done.hr == outs[0], "shared engine, I420");
+    // Wrong sizes are refused before anything runs.
+    let bad = [&inputs[0][1..]];
+    assert!(
+        eng.upscale_formats_into(&bad, &fmts[..1], w, h, &opts, &mut outs[..1])
+            .is_err()
+    );
 }
 
 /// Checks one batch of a model with floating-point layers against the CPU engine: stats

@@ -846,16 +846,21 @@ fn cuda_backend_matches_the_integer_reference() {
                 "x{scale} {precision} {fmt} {w}x{hh}: CUDA element output differs from the integer reference"
             );
         }
-        // YUV formats (the CUDA path converts them to and from 8-bit RGB on the CPU).
-        for fmt in ["I420", "NV12", "P010_10LE", "Y444", "I420"] {
+        // YUV formats: planar and semi-planar ones converted to and from 8-bit RGB on the GPU,
+        // packed ones (YUY2) on the CPU — the same bytes either way.
+        for fmt in [
+            "I420",
+            "NV12",
+            "P010_10LE",
+            "Y444",
+            "YUY2",
+            "NV21",
+            "I422_10LE",
+            "GRAY8",
+            "I420",
+        ] {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
-            let (matrix, siting) = (
-                gstadabm::engine::yuv::YuvMatrix::new(
-                    gstadabm::engine::yuv::YuvMatrix::BT601,
-                    false,
-                ),
-                gstadabm::engine::yuv::ChromaSiting::default(),
-            );
+            let (matrix, siting) = caps_colour(&in_info);
             let want = yuv_frames(
                 &in_info,
                 &data,
@@ -1263,6 +1268,32 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::Gray16Le => L::Gray16,
         f => panic!("not a YUV format: {f:?}"),
     }
+}
+
+/// The colour matrix, range and chroma siting GStreamer gives YUV caps `info` (with its
+/// defaults where the caps say nothing: BT.601 for SD sizes, full range for grey).
+fn caps_colour(
+    info: &gst_video::VideoInfo,
+) -> (
+    gstadabm::engine::yuv::YuvMatrix,
+    gstadabm::engine::yuv::ChromaSiting,
+) {
+    use gst_video::VideoColorMatrix as M;
+    use gstadabm::engine::yuv::{ChromaSiting, YuvMatrix};
+    let c = info.colorimetry();
+    let k = match c.matrix() {
+        M::Bt709 => YuvMatrix::BT709,
+        M::Bt2020 => YuvMatrix::BT2020,
+        _ => YuvMatrix::BT601,
+    };
+    let site = info.chroma_site();
+    (
+        YuvMatrix::new(k, c.range() == gst_video::VideoColorRange::Range0_255),
+        ChromaSiting {
+            h_cosited: site.contains(gst_video::VideoChromaSite::H_COSITED),
+            v_cosited: site.contains(gst_video::VideoChromaSite::V_COSITED),
+        },
+    )
 }
 
 /// The planes of a YUV frame in `bytes` laid out as `info` says: (offset, stride, row

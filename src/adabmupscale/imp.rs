@@ -6,7 +6,7 @@ use gst::subclass::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use crate::cuda::{CudaError, SharedCuda};
+use crate::cuda::{CudaError, Pixels, SharedCuda};
 use crate::engine::intcpu::CpuLevel;
 use crate::engine::yuv::{ChromaSiting, YuvLayout, YuvMatrix, YuvMut, YuvRef};
 use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
@@ -1514,8 +1514,21 @@ impl CudaBufs {
         h: usize,
         opts: &Options,
     ) -> Result<crate::cuda::FrameStats, String> {
-        let done = c.upscale_reusing(
+        self.upscale_as(c, (Pixels::Rgb, Pixels::Rgb), w, h, opts)
+    }
+
+    /// [`Self::upscale`] with `self.rgb` and `self.hr` laid out as `fmt` says.
+    fn upscale_as(
+        &mut self,
+        c: &SharedCuda,
+        fmt: (Pixels, Pixels),
+        w: usize,
+        h: usize,
+        opts: &Options,
+    ) -> Result<crate::cuda::FrameStats, String> {
+        let done = c.upscale_as(
             std::mem::take(&mut self.rgb),
+            fmt,
             std::mem::take(&mut self.hr),
             w,
             h,
@@ -1538,8 +1551,35 @@ fn cuda_stats(fs: crate::cuda::FrameStats, t0: std::time::Instant) -> engine::St
     }
 }
 
-/// One YUV frame through the CUDA engine: converted to RGB bytes on the CPU, upscaled,
-/// converted back (the GPU kernels take packed RGB).
+/// Whether YUV frames of `layout` are converted on the GPU: planar and semi-planar layouts,
+/// when the device passed its start-up check of the conversion (else a warning, once) and
+/// `ADABM_CUDA_YUV` is not `host` (which keeps the conversion on the CPU, for comparisons).
+fn yuv_on_gpu(c: &SharedCuda, layout: YuvLayout) -> bool {
+    static HOST: LazyLock<bool> =
+        LazyLock::new(|| std::env::var("ADABM_CUDA_YUV").is_ok_and(|v| v == "host"));
+    if !layout.device_convertible() || *HOST {
+        return false;
+    }
+    match c.yuv_on_device() {
+        Ok(()) => true,
+        Err(why) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                gst::warning!(
+                    CAT,
+                    "YUV conversion on {} failed its start-up check ({why}); converting YUV \
+                     frames on the CPU instead",
+                    c.device_name()
+                );
+            });
+            false
+        }
+    }
+}
+
+/// One YUV frame through the CUDA engine: planar and semi-planar frames go to the GPU as they
+/// are (planes packed tightly) and are converted there ([`yuv_on_gpu`]); the others are
+/// converted to RGB bytes on the CPU, upscaled, converted back. Both give the same bytes.
 fn cuda_yuv_frame(
     c: &SharedCuda,
     src: &YuvRef,
@@ -1551,6 +1591,13 @@ fn cuda_yuv_frame(
     let (w, h) = (src.width, src.height);
     let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
     let err = |e: engine::Error| e.to_string();
+    if yuv_on_gpu(c, src.layout) {
+        src.copy_tight(&mut bufs.rgb).map_err(err)?;
+        let fmt = (Pixels::Yuv(src.format()), Pixels::Yuv(dst.format()));
+        let fs = bufs.upscale_as(c, fmt, w, h, opts)?;
+        dst.store_tight(&bufs.hr).map_err(err)?;
+        return Ok(cuda_stats(fs, t0));
+    }
     engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(err)?;
     let has_alpha = engine::yuv::unpack_alpha_into(src, &mut bufs.alpha).map_err(err)?;
     let fs = bufs.upscale(c, w, h, opts)?;

@@ -7,11 +7,12 @@ use cudarc::driver::{
     LaunchConfig, PinnedHostSlice, PushKernelArg, sys,
 };
 
-use super::{CudaError, FrameStats, Result, compiled_for};
+use super::{CudaError, FrameStats, Pixels, Result, compiled_for};
 use crate::engine::conv::ConvWeights;
 use crate::engine::edsr::Network;
 use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
 use crate::engine::model::{LayerKind, Role};
+use crate::engine::yuv::{YuvFormat, YuvParams};
 use crate::engine::{Model, Options, quant};
 
 const TILE: usize = 16;
@@ -150,6 +151,10 @@ enum Layout {
     Float,
 }
 
+// SAFETY: `#[repr(C)]` plain data (u64, i32 and f32 fields), `struct YuvParams` of
+// kernels/adabm.cu field for field.
+unsafe impl DeviceRepr for YuvParams {}
+
 /// One conv on the device.
 struct DevConv {
     cout: usize,
@@ -228,6 +233,17 @@ struct Buffers {
     rgbf: Option<CudaSlice<f32>>,
     host_in: PinnedHostSlice<u8>,
     host_out: PinnedHostSlice<u8>,
+    /// Staging of YUV frames (tight planes), made when a batch first has one.
+    yuv: Option<YuvStage>,
+}
+
+/// Device and pinned host bytes of a batch's YUV frames: inputs before `yuv_unpack`, outputs
+/// after `yuv_pack` (each frame's at the sum of the sizes before it).
+struct YuvStage {
+    dev_in: CudaSlice<u8>,
+    dev_out: CudaSlice<u8>,
+    host_in: PinnedHostSlice<u8>,
+    host_out: PinnedHostSlice<u8>,
 }
 
 /// The integer EDSR on one CUDA device.
@@ -253,6 +269,8 @@ pub struct CudaEngine {
     f_hmma: Vec<CudaFunction>,
     f_fhead: CudaFunction,
     f_ftail: CudaFunction,
+    f_yuv_unpack: CudaFunction,
+    f_yuv_pack: CudaFunction,
     sms: u32,
     bufs: Option<Buffers>,
     name: String,
@@ -400,6 +418,8 @@ impl CudaEngine {
             f_tail: load(&format!("conv_tail_c{f}"))?,
             f_fhead: load(&format!("conv_fhead_c{f}"))?,
             f_ftail: load(&format!("conv_ftail_c{f}"))?,
+            f_yuv_unpack: load("yuv_unpack")?,
+            f_yuv_pack: load("yuv_pack")?,
             f_mma,
             f_mma_h,
             f_hmma,
@@ -507,6 +527,29 @@ impl CudaEngine {
             // SAFETY: written before read.
             host_in: unsafe { self.ctx.alloc_pinned_with_flags::<u8>(f * h * w * 3, 0)? },
             host_out: unsafe { self.ctx.alloc_pinned_with_flags::<u8>(out_px * 3, 0)? },
+            yuv: None,
+        });
+        Ok(())
+    }
+
+    /// Makes the YUV staging hold `inp` input and `out` output bytes (kept when it does).
+    fn ensure_yuv(&mut self, inp: usize, out: usize) -> Result<()> {
+        let b = self.bufs.as_mut().expect("buffers");
+        if let Some(y) = &b.yuv
+            && y.dev_in.len() >= inp
+            && y.dev_out.len() >= out
+        {
+            return Ok(());
+        }
+        b.yuv = None;
+        let (inp, out) = (inp.max(1), out.max(1));
+        let s = &self.stream;
+        b.yuv = Some(YuvStage {
+            dev_in: s.alloc_zeros::<u8>(inp)?,
+            dev_out: s.alloc_zeros::<u8>(out)?,
+            // SAFETY: written before read.
+            host_in: unsafe { self.ctx.alloc_pinned_with_flags::<u8>(inp, 0)? },
+            host_out: unsafe { self.ctx.alloc_pinned_with_flags::<u8>(out, 0)? },
         });
         Ok(())
     }
@@ -548,8 +591,59 @@ impl CudaEngine {
         opts: &[Options],
         outs: &mut [Vec<u8>],
     ) -> Result<Vec<FrameStats>> {
-        self.run_into(frames, w, h, opts, false, outs)
+        self.run_into(frames, &[], w, h, opts, false, outs)
             .map(|(stats, _)| stats)
+    }
+
+    /// [`Self::upscale_frames_into`] with each frame's layout in and out (`fmts[i]` for frame
+    /// `i`, or one pair for every frame): YUV frames ([`Pixels::Yuv`], tight planes) are
+    /// converted to RGB bytes and back on the device, with the host's arithmetic, so the
+    /// output is byte for byte the host conversions around [`Self::upscale_frames_into`].
+    pub fn upscale_formats_into(
+        &mut self,
+        frames: &[&[u8]],
+        fmts: &[(Pixels, Pixels)],
+        w: usize,
+        h: usize,
+        opts: &[Options],
+        outs: &mut [Vec<u8>],
+    ) -> Result<Vec<FrameStats>> {
+        if fmts.len() != 1 && fmts.len() != frames.len() {
+            return Err(CudaError::Input(format!(
+                "{} formats for {} frames: give one, or one per frame",
+                fmts.len(),
+                frames.len()
+            )));
+        }
+        self.run_into(frames, fmts, w, h, opts, false, outs)
+            .map(|(stats, _)| stats)
+    }
+
+    /// One YUV frame (tight planes) to RGB bytes with `yuv_unpack` alone, in buffers of its
+    /// own: what the parity tests and the start-up check compare with the host's conversion.
+    pub fn yuv_to_rgb(&self, frame: &[u8], f: YuvFormat, w: usize, h: usize) -> Result<Vec<u8>> {
+        let p = yuv_params(f, w, h, frame.len())?;
+        let st = &self.stream;
+        let src = st.clone_htod(frame)?;
+        let dst = st.alloc_zeros::<u8>(w * h * 3)?;
+        launch_yuv(st, &self.f_yuv_unpack, ptr(&src, st), ptr(&dst, st), &p)?;
+        Ok(st.clone_dtoh(&dst)?)
+    }
+
+    /// RGB bytes of a `w x h` frame to a YUV frame (tight planes) with `yuv_pack` alone.
+    pub fn rgb_to_yuv(&self, rgb: &[u8], f: YuvFormat, w: usize, h: usize) -> Result<Vec<u8>> {
+        let p = yuv_params(f, w, h, f.tight_len(w, h))?;
+        if rgb.len() != w * h * 3 {
+            return Err(CudaError::Input(format!(
+                "{} RGB bytes for a {w}x{h} frame",
+                rgb.len()
+            )));
+        }
+        let st = &self.stream;
+        let src = st.clone_htod(rgb)?;
+        let dst = st.alloc_zeros::<u8>(p.tight_len())?;
+        launch_yuv(st, &self.f_yuv_pack, ptr(&src, st), ptr(&dst, st), &p)?;
+        Ok(st.clone_dtoh(&dst)?)
     }
 
     /// [`Self::upscale_frames`] that also returns the unrounded f32 outputs.
@@ -586,38 +680,108 @@ impl CudaEngine {
     /// Prepares buffers for `frames` frames of `w x h` and uploads them once
     /// (for [`Self::run_resident`]).
     pub fn upload(&mut self, frames: &[&[u8]], w: usize, h: usize) -> Result<()> {
-        self.stage_input(frames, w, h, false)?;
+        self.stage_input(frames, &[], w, h, false)?;
         self.stream.synchronize()?;
         Ok(())
     }
 
-    /// Checks the frames, sizes the buffers and queues their upload through pinned memory.
-    fn stage_input(&mut self, frames: &[&[u8]], w: usize, h: usize, want_f32: bool) -> Result<()> {
-        self.check_input(frames, w, h)?;
+    /// Checks the frames, sizes the buffers and queues their upload through pinned memory
+    /// (`fmts`: [`Self::upscale_formats_into`]'s; empty: all RGB), and the conversion of YUV
+    /// frames into `rgb_in`.
+    fn stage_input(
+        &mut self,
+        frames: &[&[u8]],
+        fmts: &[(Pixels, Pixels)],
+        w: usize,
+        h: usize,
+        want_f32: bool,
+    ) -> Result<()> {
+        self.check_input(frames, fmts, w, h)?;
         self.ensure_buffers(frames.len(), h, w, want_f32)?;
-        let b = self.bufs.as_mut().expect("buffers");
-        let host = b.host_in.as_mut_slice()?;
-        for (i, fr) in frames.iter().enumerate() {
-            par_copy(&mut host[i * w * h * 3..][..w * h * 3], fr);
+        let n = w * h * 3;
+        if fmts.iter().all(|f| f.0 == Pixels::Rgb) {
+            let b = self.bufs.as_mut().expect("buffers");
+            let host = b.host_in.as_mut_slice()?;
+            for (i, fr) in frames.iter().enumerate() {
+                par_copy(&mut host[i * n..][..n], fr);
+            }
+            self.stream
+                .memcpy_htod(&host[..frames.len() * n], &mut b.rgb_in)?;
+            return Ok(());
         }
-        let n = frames.len() * w * h * 3;
-        self.stream.memcpy_htod(&host[..n], &mut b.rgb_in)?;
+        let s = self.scale();
+        let (mut yin, mut yout) = (0, 0);
+        for i in 0..frames.len() {
+            let (fi, fo) = format_of(fmts, i);
+            if let Pixels::Yuv(_) = fi {
+                yin += fi.bytes(w, h);
+            }
+            if let Pixels::Yuv(_) = fo {
+                yout += fo.bytes(w * s, h * s);
+            }
+        }
+        self.ensure_yuv(yin, yout)?;
+        let st = &self.stream;
+        let b = self.bufs.as_mut().expect("buffers");
+        let y = b.yuv.as_mut().expect("YUV staging");
+        let host = b.host_in.as_mut_slice()?;
+        let yhost = y.host_in.as_mut_slice()?;
+        let mut at = 0;
+        for (i, fr) in frames.iter().enumerate() {
+            match format_of(fmts, i).0 {
+                Pixels::Rgb => {
+                    let hs = &mut host[i * n..][..n];
+                    par_copy(hs, fr);
+                    st.memcpy_htod(&*hs, &mut b.rgb_in.slice_mut(i * n..(i + 1) * n))?;
+                }
+                Pixels::Yuv(f) => {
+                    let p = yuv_params(f, w, h, fr.len())?;
+                    let hs = &mut yhost[at..at + fr.len()];
+                    par_copy(hs, fr);
+                    st.memcpy_htod(&*hs, &mut y.dev_in.slice_mut(at..at + fr.len()))?;
+                    let (src, dst) = (ptr(&y.dev_in, st), ptr(&b.rgb_in, st));
+                    launch_yuv(
+                        st,
+                        &self.f_yuv_unpack,
+                        src + at as u64,
+                        dst + (i * n) as u64,
+                        &p,
+                    )?;
+                    at += fr.len();
+                }
+            }
+        }
         Ok(())
     }
 
-    fn check_input(&self, frames: &[&[u8]], w: usize, h: usize) -> Result<()> {
+    fn check_input(
+        &self,
+        frames: &[&[u8]],
+        fmts: &[(Pixels, Pixels)],
+        w: usize,
+        h: usize,
+    ) -> Result<()> {
         if frames.is_empty() || w == 0 || h == 0 {
             return Err(CudaError::Input(format!(
                 "{} frame(s) of {w}x{h}: expected at least one frame of at least 1x1",
                 frames.len()
             )));
         }
-        if let Some(bad) = frames.iter().position(|f| f.len() != w * h * 3) {
-            return Err(CudaError::Input(format!(
-                "frame {bad} has {} bytes, expected {w}x{h}x3 = {}",
-                frames[bad].len(),
-                w * h * 3
-            )));
+        let s = self.scale();
+        for (i, fr) in frames.iter().enumerate() {
+            let (fi, fo) = format_of(fmts, i);
+            if let Pixels::Yuv(f) = fi {
+                yuv_params(f, w, h, fr.len())?;
+            } else if fr.len() != w * h * 3 {
+                return Err(CudaError::Input(format!(
+                    "frame {i} has {} bytes, expected {w}x{h}x3 = {}",
+                    fr.len(),
+                    w * h * 3
+                )));
+            }
+            if let Pixels::Yuv(f) = fo {
+                yuv_params(f, w * s, h * s, f.tight_len(w * s, h * s))?;
+            }
         }
         Ok(())
     }
@@ -631,15 +795,17 @@ impl CudaEngine {
         want_f32: bool,
     ) -> Result<Batch> {
         let mut outs = vec![Vec::new(); frames.len()];
-        let (stats, f32s) = self.run_into(frames, w, h, opts, want_f32, &mut outs)?;
+        let (stats, f32s) = self.run_into(frames, &[], w, h, opts, want_f32, &mut outs)?;
         Ok((outs.into_iter().zip(stats).collect(), f32s))
     }
 
     /// [`Self::run`] into `outs`, one per frame; returns the frames' stats (and, with
     /// `want_f32`, the f32 outputs).
+    #[allow(clippy::too_many_arguments)]
     fn run_into(
         &mut self,
         frames: &[&[u8]],
+        fmts: &[(Pixels, Pixels)],
         w: usize,
         h: usize,
         opts: &[Options],
@@ -660,13 +826,47 @@ impl CudaEngine {
                 frames.len()
             )));
         }
-        self.stage_input(frames, w, h, want_f32)?;
+        self.stage_input(frames, fmts, w, h, want_f32)?;
         self.enqueue(opts)?;
         let s = self.scale();
+        let (hw, hh) = (w * s, h * s);
+        let n = hw * hh * 3;
+        let n_all = frames.len() * n;
+        let st = &self.stream;
         let b = self.bufs.as_mut().expect("buffers");
-        let n_all = frames.len() * w * s * h * s * 3;
-        self.stream
-            .memcpy_dtoh(&b.rgb_out.slice(0..n_all), &mut b.host_out)?;
+        // Where each YUV output starts in the staging.
+        let mut yuv_at = vec![0usize; frames.len()];
+        if fmts.iter().all(|f| f.1 == Pixels::Rgb) {
+            st.memcpy_dtoh(&b.rgb_out.slice(0..n_all), &mut b.host_out)?;
+        } else {
+            let y = b.yuv.as_mut().expect("YUV staging");
+            let host = b.host_out.as_mut_slice()?;
+            let yhost = y.host_out.as_mut_slice()?;
+            let mut at = 0;
+            for (i, start) in yuv_at.iter_mut().enumerate() {
+                match format_of(fmts, i).1 {
+                    Pixels::Rgb => st.memcpy_dtoh(
+                        &b.rgb_out.slice(i * n..(i + 1) * n),
+                        &mut host[i * n..(i + 1) * n],
+                    )?,
+                    Pixels::Yuv(f) => {
+                        let p = yuv_params(f, hw, hh, f.tight_len(hw, hh))?;
+                        let len = p.tight_len();
+                        let (src, dst) = (ptr(&b.rgb_out, st), ptr(&y.dev_out, st));
+                        launch_yuv(
+                            st,
+                            &self.f_yuv_pack,
+                            src + (i * n) as u64,
+                            dst + at as u64,
+                            &p,
+                        )?;
+                        st.memcpy_dtoh(&y.dev_out.slice(at..at + len), &mut yhost[at..at + len])?;
+                        *start = at;
+                        at += len;
+                    }
+                }
+            }
+        }
         let stats = self.stream.clone_dtoh(&b.stats)?;
         let bits = self.stream.clone_dtoh(&b.bits)?;
         let rgbf = match &b.rgbf {
@@ -674,8 +874,11 @@ impl CudaEngine {
             None => None,
         };
         self.stream.synchronize()?;
-        let n = w * s * h * s * 3;
         let host = b.host_out.as_slice()?;
+        let yhost = match &b.yuv {
+            Some(y) => y.host_out.as_slice()?,
+            None => &[],
+        };
         let l_count = self.convs.len();
         let adaptive: Vec<usize> = self.net.adaptive_layers().collect();
         let mut out = Vec::with_capacity(frames.len());
@@ -686,12 +889,16 @@ impl CudaEngine {
             } else {
                 layer_bits.iter().map(|&b| b as f32).sum::<f32>() / layer_bits.len() as f32
             };
+            let src = match format_of(fmts, i).1 {
+                Pixels::Rgb => &host[i * n..(i + 1) * n],
+                Pixels::Yuv(f) => &yhost[yuv_at[i]..][..f.tight_len(hw, hh)],
+            };
             // Every byte is overwritten: only a buffer of another size is resized.
-            if frame.len() != n {
+            if frame.len() != src.len() {
                 frame.clear();
-                frame.resize(n, 0);
+                frame.resize(src.len(), 0);
             }
-            par_copy(frame, &host[i * n..(i + 1) * n]);
+            par_copy(frame, src);
             out.push(FrameStats {
                 complexity: stats[2 * i],
                 image_bits: stats[2 * i + 1] as i32,
@@ -1073,6 +1280,62 @@ impl CudaEngine {
         }
         Ok(())
     }
+}
+
+/// Frame `i`'s layouts in and out of `fmts` ([`CudaEngine::upscale_formats_into`]'s: one pair
+/// per frame, one for all, or none for RGB).
+fn format_of(fmts: &[(Pixels, Pixels)], i: usize) -> (Pixels, Pixels) {
+    match fmts.len() {
+        0 => (Pixels::Rgb, Pixels::Rgb),
+        1 => fmts[0],
+        _ => fmts[i],
+    }
+}
+
+/// The kernels' parameters of a `w x h` YUV frame of format `f` given as `len` bytes of tight
+/// planes, or why the device cannot convert it.
+fn yuv_params(f: YuvFormat, w: usize, h: usize, len: usize) -> Result<YuvParams> {
+    let p = YuvParams::new(f, w, h).ok_or_else(|| {
+        CudaError::Input(format!(
+            "{:?} {w}x{h}: not a layout the device converts (planar and semi-planar only), \
+             or too large",
+            f.layout
+        ))
+    })?;
+    if len != p.tight_len() {
+        return Err(CudaError::Input(format!(
+            "{:?} frame {w}x{h} has {len} bytes, expected {} (planes packed tightly)",
+            f.layout,
+            p.tight_len()
+        )));
+    }
+    Ok(p)
+}
+
+/// Launches `yuv_unpack` or `yuv_pack` (`func`) on one frame: from device address `src` to
+/// `dst`, one thread per pixel.
+fn launch_yuv(
+    st: &Arc<CudaStream>,
+    func: &CudaFunction,
+    src: u64,
+    dst: u64,
+    p: &YuvParams,
+) -> Result<()> {
+    let px = p.w as usize * p.h as usize;
+    // SAFETY: `src` and `dst` hold the frame's bytes in the kernel's layouts (the callers'
+    // buffers are sized by the same `YuvParams`); the argument types are the kernel's.
+    unsafe {
+        st.launch_builder(func)
+            .arg(&src)
+            .arg(&dst)
+            .arg(p)
+            .launch(LaunchConfig {
+                grid_dim: (px.div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })?;
+    }
+    Ok(())
 }
 
 /// `dst.copy_from_slice(src)` in 1 MiB pieces over the thread pool: the frames' copies into and

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::{Arc, LazyLock, Mutex};
 
-pub use crate::cuda_common::{CudaError, Done, FrameStats, Result};
+pub use crate::cuda_common::{CudaError, Done, FrameStats, Pixels, Result};
 pub use engine::{Batch, CudaEngine};
-pub use shared::{MAX_BATCH, SharedCuda};
+pub use shared::{MAX_BATCH, SharedCuda, yuv_self_check};
 
 /// The kernel source, compiled by NVRTC at run time.
 pub const KERNEL_SOURCE: &str = include_str!("../../kernels/adabm.cu");
@@ -302,10 +302,16 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelUsage> {
 
 /// Names of the kernels the engine launches (every one must be in the compiled image).
 pub fn kernel_names() -> Vec<String> {
-    let mut v: Vec<String> = ["complexity", "plan_bits", "input_codes"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> = [
+        "complexity",
+        "plan_bits",
+        "input_codes",
+        "yuv_unpack",
+        "yuv_pack",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for c in [32, 64] {
         v.push(format!("conv_head_c{c}"));
         v.push(format!("conv_tail_c{c}"));

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
-use super::{CudaEngine, Done, FrameStats, Result};
+use super::{CudaEngine, Done, FrameStats, Pixels, Result};
 use crate::batch::{BatchExec, Batcher};
 use crate::engine::{Model, Options};
 
@@ -14,10 +14,12 @@ use crate::engine::{Model, Options};
 /// buffers grow to the largest batch seen).
 pub const MAX_BATCH: usize = 4;
 
-/// One frame to upscale: packed RGB bytes, its size and its stream's options, and the buffer
-/// its HR frame goes into (any memory it has is reused).
+/// One frame to upscale: its bytes (laid out as `fmt.0` says), its size and its stream's
+/// options, and the buffer its HR frame goes into (laid out as `fmt.1` says; any memory it has
+/// is reused).
 pub struct Job {
     pub rgb: Vec<u8>,
+    pub fmt: (Pixels, Pixels),
     pub w: usize,
     pub h: usize,
     pub opts: Options,
@@ -65,8 +67,9 @@ impl BatchExec for Exec {
         } else {
             let frames: Vec<&[u8]> = ok.iter().map(|&i| jobs[i].rgb.as_slice()).collect();
             let opts: Vec<Options> = ok.iter().map(|&i| jobs[i].opts).collect();
+            let fmts: Vec<(Pixels, Pixels)> = ok.iter().map(|&i| jobs[i].fmt).collect();
             self.engine
-                .upscale_frames_into(&frames, w, h, &opts, &mut outs)
+                .upscale_formats_into(&frames, &fmts, w, h, &opts, &mut outs)
                 .map_err(|e| e.to_string())
         };
         let mut done = match ran {
@@ -100,6 +103,9 @@ impl BatchExec for Exec {
 /// A CUDA engine shared by several streams.
 pub struct SharedCuda {
     batcher: Batcher<Exec>,
+    /// Whether the device's YUV conversion passed its start-up check ([`yuv_self_check`]),
+    /// or why not.
+    yuv: std::result::Result<(), String>,
     model: Model,
     device: usize,
     lanes: usize,
@@ -145,7 +151,9 @@ impl SharedCuda {
         let engines = (0..lanes)
             .map(|_| CudaEngine::new(model, device))
             .collect::<Result<Vec<_>>>()?;
+        let yuv = yuv_self_check(&engines[0]);
         let s = Arc::new(SharedCuda {
+            yuv,
             name: engines[0].device_name().to_string(),
             scale: engines[0].scale(),
             batcher: Batcher::with_executors(
@@ -177,8 +185,24 @@ impl SharedCuda {
         h: usize,
         opts: &Options,
     ) -> Reply {
+        self.upscale_as(rgb, (Pixels::Rgb, Pixels::Rgb), out, w, h, opts)
+    }
+
+    /// [`Self::upscale_reusing`] of a frame laid out as `fmt.0`, its HR frame as `fmt.1`: YUV
+    /// frames (tight planes) are converted on the device. Check [`Self::yuv_on_device`] first:
+    /// a device whose conversion failed its start-up check should be given RGB.
+    pub fn upscale_as(
+        &self,
+        frame: Vec<u8>,
+        fmt: (Pixels, Pixels),
+        out: Vec<u8>,
+        w: usize,
+        h: usize,
+        opts: &Options,
+    ) -> Reply {
         self.batcher.run(Job {
-            rgb,
+            rgb: frame,
+            fmt,
             w,
             h,
             opts: *opts,
@@ -188,6 +212,12 @@ impl SharedCuda {
 
     pub fn device_name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether YUV frames can be converted on the device ([`yuv_self_check`] passed at start),
+    /// or why not.
+    pub fn yuv_on_device(&self) -> std::result::Result<(), &str> {
+        self.yuv.as_ref().map(|_| ()).map_err(|e| e.as_str())
     }
 
     pub fn scale(&self) -> usize {
@@ -203,4 +233,71 @@ impl SharedCuda {
     pub fn batch_sizes(&self) -> Vec<usize> {
         self.batcher.run_sizes()
     }
+}
+
+/// Checks the device's YUV conversion against the host's on small frames of every layout it
+/// converts (random samples and pixels, odd sizes, limited and full range, co-sited and
+/// centred chroma): `yuv_unpack` must give the bytes of
+/// [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and `yuv_pack` those of
+/// [`pack_rgb8`](crate::engine::yuv::pack_rgb8). A device that fails gets RGB from the host, as
+/// before the kernels existed, instead of frames that differ from the CPU engine's.
+pub fn yuv_self_check(engine: &CudaEngine) -> std::result::Result<(), String> {
+    use crate::engine::yuv::{
+        ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvMut, YuvRef, pack_rgb8, unpack_rgb8_into,
+    };
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 24) as u8
+            })
+            .collect()
+    };
+    let (w, h) = (19, 11);
+    for (i, layout) in YuvLayout::ALL.into_iter().enumerate() {
+        if !layout.device_convertible() {
+            continue;
+        }
+        let f = YuvFormat {
+            layout,
+            matrix: YuvMatrix::new(
+                [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT2020][i % 3],
+                i % 2 == 1,
+            ),
+            siting: ChromaSiting {
+                h_cosited: i % 2 == 0,
+                v_cosited: i % 4 < 2,
+            },
+        };
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{layout:?} {what}: {e}");
+        let data = noise(f.tight_len(w, h));
+        let src = YuvRef::from_tight(&data, f, w, h).map_err(|e| fail("frame", &e))?;
+        let mut want = Vec::new();
+        unpack_rgb8_into(&src, &mut want).map_err(|e| fail("host unpack", &e))?;
+        let got = engine
+            .yuv_to_rgb(&data, f, w, h)
+            .map_err(|e| fail("yuv_unpack", &e))?;
+        if got != want {
+            return Err(format!(
+                "{layout:?}: yuv_unpack differs from the host's conversion"
+            ));
+        }
+        let rgb = noise(w * h * 3);
+        let mut want = vec![0u8; f.tight_len(w, h)];
+        YuvMut::from_tight(&mut want, f, w, h)
+            .and_then(|mut dst| pack_rgb8(&rgb, &mut dst))
+            .map_err(|e| fail("host pack", &e))?;
+        let got = engine
+            .rgb_to_yuv(&rgb, f, w, h)
+            .map_err(|e| fail("yuv_pack", &e))?;
+        if got != want {
+            return Err(format!(
+                "{layout:?}: yuv_pack differs from the host's conversion"
+            ));
+        }
+    }
+    Ok(())
 }

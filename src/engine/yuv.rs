@@ -17,6 +17,9 @@ use super::quant::{clamp, round_even_small};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+pub mod device;
+pub use device::{YuvFormat, YuvParams};
+
 thread_local! {
     /// A worker's row of chroma (two planes' worth, unpacking) or of filtered RGB (packing),
     /// kept between rows and frames.

@@ -1,0 +1,534 @@
+//! Planar and semi-planar YUV frames converted one pixel at a time, as the CUDA kernels
+//! `yuv_unpack` and `yuv_pack` (kernels/adabm.cu) do: the frame's planes packed tightly one
+//! after the other ([`YuvFormat::tight_len`]), described to a kernel by [`YuvParams`].
+//!
+//! [`unpack_pixel`] and [`pack_pixel`] are those kernels written in Rust, with the same
+//! operations in the same order; the tests check them against the row-wise conversions of the
+//! parent module ([`unpack_rgb8_into`](super::unpack_rgb8_into), [`pack_rgb8`](super::pack_rgb8)),
+//! which the GPU must reproduce bit for bit (the CUDA parity tests compare the kernels with
+//! those too). Packed 4:2:2, packed 4:4:4 with alpha and v210 stay on the host
+//! ([`YuvLayout::device_convertible`]).
+
+use super::{ChromaSiting, Coeffs, YuvLayout, YuvMatrix, YuvMut, YuvRef, down_taps, up_taps};
+use crate::engine::error::{Error, Result};
+use crate::engine::frame::to_u8;
+use crate::engine::quant::{clamp, round_even_small};
+
+/// A YUV frame's format without its size: layout, colour matrix and range, chroma siting.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YuvFormat {
+    pub layout: YuvLayout,
+    pub matrix: YuvMatrix,
+    pub siting: ChromaSiting,
+}
+
+impl YuvFormat {
+    /// Bytes of a `w x h` frame with its planes packed tightly (rows of exactly the plane's
+    /// row bytes, planes one after the other).
+    pub fn tight_len(&self, w: usize, h: usize) -> usize {
+        self.layout
+            .plane_sizes(w, h)
+            .iter()
+            .map(|(row, rows)| row * rows)
+            .sum()
+    }
+}
+
+impl YuvLayout {
+    /// Planar and semi-planar layouts (and grey): those the CUDA engine converts on the
+    /// device. Packed 4:2:2, packed 4:4:4 with alpha and v210 are converted on the host.
+    pub fn device_convertible(self) -> bool {
+        self.packed().is_none() && self.packed444().is_none() && self != Self::V210
+    }
+}
+
+impl<'a> YuvRef<'a> {
+    /// The format of this frame.
+    pub fn format(&self) -> YuvFormat {
+        YuvFormat {
+            layout: self.layout,
+            matrix: self.matrix,
+            siting: self.siting,
+        }
+    }
+
+    /// This frame's planes packed tightly into `out` (resized; [`YuvFormat::tight_len`]).
+    pub fn copy_tight(&self, out: &mut Vec<u8>) -> Result<()> {
+        self.check()?;
+        let (w, h) = (self.width, self.height);
+        out.clear();
+        out.reserve(self.format().tight_len(w, h));
+        for (p, (row, rows)) in self.layout.plane_sizes(w, h).into_iter().enumerate() {
+            for r in 0..rows {
+                out.extend_from_slice(&self.planes[p][r * self.strides[p]..][..row]);
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame over the tightly packed planes `data` of a `w x h` frame of format `f`.
+    pub fn from_tight(data: &'a [u8], f: YuvFormat, w: usize, h: usize) -> Result<Self> {
+        let sizes = f.layout.plane_sizes(w, h);
+        check_tight(data.len(), f, w, h)?;
+        let mut rest = data;
+        let planes = sizes.map(|(row, rows)| {
+            let (p, r) = rest.split_at(row * rows);
+            rest = r;
+            p
+        });
+        Ok(YuvRef {
+            planes,
+            strides: sizes.map(|(row, _)| row),
+            width: w,
+            height: h,
+            layout: f.layout,
+            matrix: f.matrix,
+            siting: f.siting,
+        })
+    }
+}
+
+impl<'a> YuvMut<'a> {
+    /// A frame over the tightly packed planes `data` of a `w x h` frame of format `f`.
+    pub fn from_tight(data: &'a mut [u8], f: YuvFormat, w: usize, h: usize) -> Result<Self> {
+        let sizes = f.layout.plane_sizes(w, h);
+        check_tight(data.len(), f, w, h)?;
+        let (a, rest) = data.split_at_mut(sizes[0].0 * sizes[0].1);
+        let (b, c) = rest.split_at_mut(sizes[1].0 * sizes[1].1);
+        Ok(YuvMut {
+            planes: [a, b, c],
+            strides: sizes.map(|(row, _)| row),
+            width: w,
+            height: h,
+            layout: f.layout,
+            matrix: f.matrix,
+            siting: f.siting,
+        })
+    }
+
+    /// The format of this frame.
+    pub fn format(&self) -> YuvFormat {
+        YuvFormat {
+            layout: self.layout,
+            matrix: self.matrix,
+            siting: self.siting,
+        }
+    }
+
+    /// Writes this frame's planes from their tightly packed bytes `data`
+    /// ([`YuvFormat::tight_len`]); padding past each row's bytes is left as it was.
+    pub fn store_tight(&mut self, data: &[u8]) -> Result<()> {
+        self.check()?;
+        let (w, h) = (self.width, self.height);
+        check_tight(data.len(), self.format(), w, h)?;
+        let mut at = 0;
+        for (p, (row, rows)) in self.layout.plane_sizes(w, h).into_iter().enumerate() {
+            let stride = self.strides[p];
+            for r in 0..rows {
+                self.planes[p][r * stride..][..row].copy_from_slice(&data[at..at + row]);
+                at += row;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_tight(len: usize, f: YuvFormat, w: usize, h: usize) -> Result<()> {
+    let want = f.tight_len(w, h);
+    if len != want || w == 0 || h == 0 {
+        return Err(Error::Input(format!(
+            "{:?} frame {w}x{h} with tightly packed planes: {len} bytes, expected {want}",
+            f.layout
+        )));
+    }
+    Ok(())
+}
+
+/// What `yuv_unpack` and `yuv_pack` know of a frame (`struct YuvParams` in kernels/adabm.cu,
+/// field for field): its tight planes, geometry, sample storage and the conversion's
+/// coefficients, computed once on the host ([`Coeffs`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct YuvParams {
+    /// Byte offset of each plane in the tight buffer (unused planes: the end).
+    pub off: [u64; 3],
+    /// Row bytes of each plane (0 when unused).
+    pub stride: [i32; 3],
+    pub w: i32,
+    pub h: i32,
+    /// Chroma plane size in samples.
+    pub cw: i32,
+    pub ch: i32,
+    /// Chroma subsampling (1 or 2).
+    pub sx: i32,
+    pub sy: i32,
+    /// Bytes per sample (1 or 2) and where the sample's bits start in a 2-byte word.
+    pub bytes: i32,
+    pub shift: i32,
+    /// 1: grey (luma only), 2: Y and interleaved chroma, 3: three planes.
+    pub planes: i32,
+    /// Interleaved chroma holds V first (NV21).
+    pub vu: i32,
+    pub h_cosited: i32,
+    pub v_cosited: i32,
+    pub yo: f32,
+    pub centre: f32,
+    pub max: f32,
+    pub ky: f32,
+    pub rv: f32,
+    pub gu: f32,
+    pub gv: f32,
+    pub bu: f32,
+    pub l: [f32; 3],
+    pub u: [f32; 3],
+    pub v: [f32; 3],
+}
+
+impl YuvParams {
+    /// The parameters of a `w x h` frame of format `f`; None for a layout the device does not
+    /// convert ([`YuvLayout::device_convertible`]) or a frame too large for the kernels' 32-bit
+    /// row arithmetic.
+    pub fn new(f: YuvFormat, w: usize, h: usize) -> Option<Self> {
+        let l = f.layout;
+        if !l.device_convertible() || w == 0 || h == 0 || w.max(h) > i32::MAX as usize / 8 {
+            return None;
+        }
+        let sizes = l.plane_sizes(w, h);
+        let mut off = [0u64; 3];
+        let mut at = 0u64;
+        for p in 0..3 {
+            off[p] = at;
+            at += (sizes[p].0 * sizes[p].1) as u64;
+        }
+        let (cw, ch) = l.chroma_size(w, h);
+        let (sx, sy) = l.subsampling();
+        let m: Coeffs = f.matrix.coeffs(l.depth());
+        Some(Self {
+            off,
+            stride: sizes.map(|(row, _)| row as i32),
+            w: w as i32,
+            h: h as i32,
+            cw: cw as i32,
+            ch: ch as i32,
+            sx: sx as i32,
+            sy: sy as i32,
+            bytes: l.word() as i32,
+            shift: l.shift() as i32,
+            planes: l.planes() as i32,
+            vu: l.vu() as i32,
+            h_cosited: f.siting.h_cosited as i32,
+            v_cosited: f.siting.v_cosited as i32,
+            yo: m.yo,
+            centre: m.centre,
+            max: m.max,
+            ky: m.y,
+            rv: m.rv,
+            gu: m.gu,
+            gv: m.gv,
+            bu: m.bu,
+            l: m.l,
+            u: m.u,
+            v: m.v,
+        })
+    }
+
+    /// Bytes of the tight frame.
+    pub fn tight_len(&self) -> usize {
+        let last = (0..3).rev().find(|&p| self.stride[p] > 0).unwrap_or(0);
+        let rows = if last == 0 { self.h } else { self.ch } as usize;
+        self.off[last] as usize + self.stride[last] as usize * rows
+    }
+
+    /// Sample at byte `byte` of row `row` of plane `plane`, as `yuv_get`.
+    fn get(&self, src: &[u8], plane: usize, row: usize, byte: usize) -> f32 {
+        let at = self.off[plane] as usize + row * self.stride[plane] as usize + byte;
+        if self.bytes == 1 {
+            src[at] as f32
+        } else {
+            let v = u16::from_le_bytes([src[at], src[at + 1]]) as u32;
+            (v >> self.shift) as i32 as f32
+        }
+    }
+
+    /// Stores `v` as a sample at byte `byte` of row `row` of plane `plane`, as `yuv_put`:
+    /// rounded half to even, clamped to the depth's codes.
+    fn put(&self, dst: &mut [u8], plane: usize, row: usize, byte: usize, v: f32) {
+        let at = self.off[plane] as usize + row * self.stride[plane] as usize + byte;
+        if self.bytes == 1 {
+            dst[at] = to_u8(v);
+        } else {
+            let code = round_even_small(clamp(v, 0.0, self.max)) as i32;
+            let word = ((code as u32) << self.shift) as u16;
+            dst[at..at + 2].copy_from_slice(&word.to_le_bytes());
+        }
+    }
+
+    /// Plane and byte (within the row) of chroma sample `c`'s U and V.
+    fn chroma_at(&self, c: usize) -> [(usize, usize); 2] {
+        let b = self.bytes as usize;
+        if self.planes == 2 {
+            let (iu, iv) = if self.vu != 0 { (b, 0) } else { (0, b) };
+            [(1, 2 * c * b + iu), (1, 2 * c * b + iv)]
+        } else {
+            [(1, c * b), (2, c * b)]
+        }
+    }
+}
+
+/// RGB bytes of pixel (x, y) of the tight frame `src`: `yuv_unpack`'s thread for that pixel.
+/// Chroma is interpolated along y at the (one or two) chroma columns the pixel reads, then
+/// along x, each sum from 0 in tap order skipping zero weights along y — the row-wise
+/// [`unpack_rgb8_into`](super::unpack_rgb8_into)'s operations.
+pub fn unpack_pixel(p: &YuvParams, src: &[u8], x: usize, y: usize) -> [u8; 3] {
+    let b = p.bytes as usize;
+    let luma = p.get(src, 0, y, x * b);
+    let (u, v) = if p.planes == 1 {
+        (p.centre, p.centre)
+    } else {
+        // This row's U and V at chroma column c (interpolated along y).
+        let column = |c: usize| -> (f32, f32) {
+            let [(pu, bu), (pv, bv)] = p.chroma_at(c);
+            let (mut tu, mut tv) = (0.0f32, 0.0f32);
+            for (r, a) in up_taps(y, p.ch as usize, p.v_cosited != 0, p.sy as usize) {
+                if a == 0.0 {
+                    continue;
+                }
+                tu += a * p.get(src, pu, r, bu);
+                tv += a * p.get(src, pv, r, bv);
+            }
+            (tu, tv)
+        };
+        if p.sx == 1 {
+            column(x)
+        } else {
+            let [(c0, b0), (c1, b1)] = up_taps(x, p.cw as usize, p.h_cosited != 0, 2);
+            let ((u0, v0), (u1, v1)) = (column(c0), column(c1));
+            (b0 * u0 + b1 * u1, b0 * v0 + b1 * v1)
+        }
+    };
+    // `Coeffs::rgb`, then `frame::to_u8`.
+    let (e, u, v) = (p.ky * (luma - p.yo), u - p.centre, v - p.centre);
+    [e + p.rv * v, e + p.gu * u + p.gv * v, e + p.bu * u].map(|c| to_u8(clamp(c, 0.0, 255.0)))
+}
+
+/// Writes pixel (x, y) of the tight frame `dst` from the RGB bytes `rgb` (`p.w x p.h x 3`):
+/// `yuv_pack`'s thread for that pixel. Its luma, and when it is the first luma pixel of a
+/// chroma sample, that sample: the RGB filtered along y at each luma column of the sample's
+/// taps, then along x, each sum from 0 in tap order skipping zero weights — the row-wise
+/// [`pack_rgb8`](super::pack_rgb8)'s operations (at 4:4:4 both filters have the single weight
+/// 1, so the sample is the pixel's own RGB, as there).
+pub fn pack_pixel(p: &YuvParams, rgb: &[u8], dst: &mut [u8], x: usize, y: usize) {
+    let (w, h) = (p.w as usize, p.h as usize);
+    let b = p.bytes as usize;
+    let px = |xx: usize, yy: usize, c: usize| rgb[(yy * w + xx) * 3 + c] as f32;
+    let rgb_at = [px(x, y, 0), px(x, y, 1), px(x, y, 2)];
+    // `Coeffs::luma`.
+    let luma = p.yo + p.l[0] * rgb_at[0] + p.l[1] * rgb_at[1] + p.l[2] * rgb_at[2];
+    p.put(dst, 0, y, x * b, luma);
+    let (sx, sy) = (p.sx as usize, p.sy as usize);
+    if p.planes == 1 || !x.is_multiple_of(sx) || !y.is_multiple_of(sy) {
+        return;
+    }
+    let (cx, cy) = (x / sx, y / sy);
+    let mut c3 = [0.0f32; 3];
+    for (xx, wx) in down_taps(cx, w, p.h_cosited != 0, sx) {
+        if wx == 0.0 {
+            continue;
+        }
+        for (c, out) in c3.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for (yy, wy) in down_taps(cy, h, p.v_cosited != 0, sy) {
+                if wy != 0.0 {
+                    acc += wy * px(xx, yy, c);
+                }
+            }
+            *out += wx * acc;
+        }
+    }
+    // `Coeffs::chroma`.
+    let d = |k: [f32; 3]| k[0] * c3[0] + k[1] * c3[1] + k[2] * c3[2];
+    let (u, v) = (p.centre + d(p.u), p.centre + d(p.v));
+    let [(pu, bu), (pv, bv)] = p.chroma_at(cx);
+    p.put(dst, pu, cy, bu, u);
+    p.put(dst, pv, cy, bv, v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{YuvMatrix, pack_rgb8, unpack_rgb8_into};
+    use super::*;
+
+    /// Formats covering every device layout, both ranges, several matrices and all four
+    /// sitings.
+    fn formats() -> Vec<YuvFormat> {
+        let mut out = Vec::new();
+        for (i, layout) in YuvLayout::ALL.into_iter().enumerate() {
+            if !layout.device_convertible() {
+                continue;
+            }
+            let kr_kb = [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT2020][i % 3];
+            for k in 0..4 {
+                out.push(YuvFormat {
+                    layout,
+                    matrix: YuvMatrix::new(kr_kb, k % 2 == 1),
+                    siting: ChromaSiting {
+                        h_cosited: k & 1 == 0,
+                        v_cosited: k & 2 != 0,
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    /// Pseudo-random bytes (every value of a sample's word reachable).
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    const SIZES: [(usize, usize); 7] =
+        [(1, 1), (2, 1), (1, 3), (7, 5), (16, 9), (33, 17), (128, 96)];
+
+    #[test]
+    fn device_layouts_are_the_planar_and_semi_planar_ones() {
+        let on: Vec<YuvLayout> = YuvLayout::ALL
+            .into_iter()
+            .filter(|l| l.device_convertible())
+            .collect();
+        assert_eq!(on.len(), 17, "{on:?}");
+        for l in [
+            YuvLayout::V210,
+            YuvLayout::Yuy2,
+            YuvLayout::Uyvy,
+            YuvLayout::Yvyu,
+            YuvLayout::Ayuv,
+            YuvLayout::Vuya,
+        ] {
+            assert!(!l.device_convertible(), "{l:?}");
+            let f = YuvFormat {
+                layout: l,
+                matrix: YuvMatrix::new(YuvMatrix::BT709, false),
+                siting: ChromaSiting::default(),
+            };
+            assert_eq!(YuvParams::new(f, 8, 8), None, "{l:?}");
+        }
+    }
+
+    /// The per-pixel unpack (the kernel's) gives the bytes of the row-wise one, for every
+    /// device layout, size, range, matrix and siting — on random samples, so that every
+    /// chroma tap and clamp is exercised (16-bit words with bits above the depth too: both
+    /// read a word the same way, and clamp what it gives).
+    #[test]
+    fn unpack_pixel_is_the_row_wise_unpack() {
+        for (i, f) in formats().into_iter().enumerate() {
+            for (j, &(w, h)) in SIZES.iter().enumerate() {
+                let p = YuvParams::new(f, w, h).expect("device layout");
+                assert_eq!(p.tight_len(), f.tight_len(w, h), "{f:?} {w}x{h}");
+                let data = noise(f.tight_len(w, h), (i * 31 + j) as u64);
+                let frame = YuvRef::from_tight(&data, f, w, h).unwrap();
+                let mut want = Vec::new();
+                unpack_rgb8_into(&frame, &mut want).unwrap();
+                for y in 0..h {
+                    for x in 0..w {
+                        let got = unpack_pixel(&p, &data, x, y);
+                        assert_eq!(
+                            got,
+                            want[(y * w + x) * 3..][..3],
+                            "{f:?} {w}x{h} pixel ({x}, {y})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The per-pixel pack (the kernel's) writes the bytes of the row-wise one.
+    #[test]
+    fn pack_pixel_is_the_row_wise_pack() {
+        for (i, f) in formats().into_iter().enumerate() {
+            for (j, &(w, h)) in SIZES.iter().enumerate() {
+                let p = YuvParams::new(f, w, h).expect("device layout");
+                let rgb = noise(w * h * 3, (i * 37 + j + 1000) as u64);
+                let n = f.tight_len(w, h);
+                let mut want = vec![0u8; n];
+                pack_rgb8(&rgb, &mut YuvMut::from_tight(&mut want, f, w, h).unwrap()).unwrap();
+                // Every byte written: a sentinel fill that survives shows.
+                let mut got = vec![0xA5u8; n];
+                for y in 0..h {
+                    for x in 0..w {
+                        pack_pixel(&p, &rgb, &mut got, x, y);
+                    }
+                }
+                assert_eq!(got, want, "{f:?} {w}x{h}");
+            }
+        }
+    }
+
+    /// Padded planes to tight bytes and back are the identity on the samples, and padding is
+    /// left alone; wrong lengths are errors.
+    #[test]
+    fn tight_planes_round_trip() {
+        let f = YuvFormat {
+            layout: YuvLayout::P010,
+            matrix: YuvMatrix::new(YuvMatrix::BT2020, false),
+            siting: ChromaSiting::default(),
+        };
+        let (w, h) = (7, 5);
+        let sizes = f.layout.plane_sizes(w, h);
+        let strides = [sizes[0].0 + 3, sizes[1].0 + 5, 0];
+        let planes: Vec<Vec<u8>> = (0..2)
+            .map(|p| noise(strides[p] * sizes[p].1, p as u64 + 7))
+            .collect();
+        let src = YuvRef {
+            planes: super::super::planes_ref(&planes),
+            strides,
+            width: w,
+            height: h,
+            layout: f.layout,
+            matrix: f.matrix,
+            siting: f.siting,
+        };
+        let mut tight = Vec::new();
+        src.copy_tight(&mut tight).unwrap();
+        assert_eq!(tight.len(), f.tight_len(w, h));
+        assert_eq!(tight.len(), w * h * 2 + 4 * 3 * 2 * 2);
+        let mut out: Vec<Vec<u8>> = (0..2)
+            .map(|p| vec![0x5Au8; strides[p] * sizes[p].1])
+            .collect();
+        {
+            let mut dst = YuvMut {
+                planes: super::super::planes_mut(&mut out),
+                strides,
+                width: w,
+                height: h,
+                layout: f.layout,
+                matrix: f.matrix,
+                siting: f.siting,
+            };
+            dst.store_tight(&tight).unwrap();
+            assert!(dst.store_tight(&tight[1..]).is_err());
+        }
+        for p in 0..2 {
+            for r in 0..sizes[p].1 {
+                let row = &out[p][r * strides[p]..][..strides[p]];
+                assert_eq!(row[..sizes[p].0], planes[p][r * strides[p]..][..sizes[p].0]);
+                assert!(row[sizes[p].0..].iter().all(|&b| b == 0x5A), "padding kept");
+            }
+        }
+        assert!(YuvRef::from_tight(&tight[..tight.len() - 1], f, w, h).is_err());
+        assert!(YuvMut::from_tight(&mut tight.clone()[1..], f, w, h).is_err());
+        let back = YuvRef::from_tight(&tight, f, w, h).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        unpack_rgb8_into(&src, &mut a).unwrap();
+        unpack_rgb8_into(&back, &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+}
