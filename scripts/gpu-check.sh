@@ -5,7 +5,7 @@
 #   2. compute-sanitizer memcheck (mixed-batch and float-layer parity) and racecheck;
 #   3. the element tests that need a GPU (backend=cuda / auto), with GStreamer carried along;
 #   4. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models, shared
-#      engine with 1 and 2 lanes), its f16 rows, (LD32=1, the default) the 32-bit fragment-load variant
+#      engine with 1 and 2 lanes, I420 frames converted on the CPU vs the GPU), its f16 rows, (LD32=1, the default) the 32-bit fragment-load variant
 #      (ADABM_CUDA_LDMATRIX=0) for comparison with the default ldmatrix loads of the integer
 #      convs, and (LDALL=1, the default) ldmatrix in the f16 convs too: parity, memcheck, bench;
 #   5. PyTorch fp16 on the same weights and device; adabm-convert against real torch.save files
@@ -91,6 +91,8 @@ fi
 start=$(date +%s)
 timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" --export /tmp/adabm-weights --skip "[f16]" > "$RAW/bench.md" 2>&1
 summary "bench rc=$? ($(( $(date +%s) - start )) s)"
+# I420 through a shared engine, converted on the CPU vs on the GPU (session 22), round 3 rows.
+summary "yuv on the GPU: $(grep -E '^\| (built-in|EDSR).* \| 3 \| ' "$RAW/bench.md" | tr '\n' ' ')"
 start=$(date +%s)
 timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" --only "[f16]" > "$RAW/bench-float.md" 2>&1
 summary "bench (float layers, f16) rc=$? ($(( $(date +%s) - start )) s)"

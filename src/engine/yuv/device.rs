@@ -184,6 +184,9 @@ pub struct YuvParams {
     pub v: [f32; 3],
 }
 
+// The kernels' struct: 3 u64, 15 i32 and 17 f32, no padding.
+const _: () = assert!(std::mem::size_of::<YuvParams>() == 152);
+
 impl YuvParams {
     /// The parameters of a `w x h` frame of format `f`; None for a layout the device does not
     /// convert ([`YuvLayout::device_convertible`]) or a frame too large for the kernels' 32-bit
