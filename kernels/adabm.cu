@@ -103,10 +103,13 @@ extern "C" __global__ void complexity(const u8* rgb, u64* csum, int h, int w) {
 }
 
 // What each frame of a batch asks for (frames of several streams share a launch, each with
-// its own element properties): base bits, image thresholds, adaptive on/off.
+// its own element properties): base bits, image thresholds, adaptive on/off, and for metrics
+// other than the gradient density the complexity the host measured.
 struct FrameParams {
     float lower, upper;
     int base, adaptive;
+    float c_host;  // the complexity measured on the host (has_c = 1: frequency or attention)
+    int has_c;
 };
 
 // One thread per frame: complexity, b_I, the bits of every layer and their quantizers.
@@ -118,7 +121,9 @@ extern "C" __global__ void plan_bits(const u64* csum, const LayerInfo* layers, Q
     if (f >= frames) return;
     const FrameParams p = params[f];
     const int base = p.base;
-    float c = (float)(1000.0 * (double)csum[f] / 16777216.0 / (2.0 * (double)((long long)w * h)));
+    float c = p.has_c ? p.c_host
+                      : (float)(1000.0 * (double)csum[f] / 16777216.0 /
+                                (2.0 * (double)((long long)w * h)));
     int b_i = 0;
     if (p.adaptive) b_i = c < p.lower ? -1 : (c > p.upper ? 1 : 0);
     stats[2 * f] = c;

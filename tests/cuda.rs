@@ -174,7 +174,7 @@ fn check_frames(model: &Model, eng: &mut CudaEngine, imgs: &[Image], opts: &[Opt
     let int = IntNetwork::new(model).unwrap();
     for (i, img) in imgs.iter().enumerate() {
         let opts = &opts[if opts.len() == 1 { 0 } else { i }];
-        let c = complexity::gradient_density(&img.data, w, h);
+        let c = complexity::measure(cpu.metric(opts), &img.data, w, h);
         let (plan, b_i) = cpu.bit_plan(c, opts).unwrap();
         let want = int.upscale(img, &plan);
         let (rgb, stats) = &out[i];
@@ -630,6 +630,23 @@ fn yuv_frames_through_the_engine_match_the_host_path() {
         assert!(outs[i] == want_bytes, "frame {i} ({:?})", fmts[i]);
         assert_eq!(stats[i], *st, "frame {i} stats");
     }
+    // RGB in and YUV out only (no YUV input in the batch; one format pair for all frames).
+    let f = pick(YuvLayout::Nv21, 0);
+    let mut outs2 = vec![Vec::new(); 2];
+    eng.upscale_formats_into(
+        &[&rgb_in[1][..], &rgb_in[1][..]],
+        &[(Pixels::Rgb, Pixels::Yuv(f))],
+        w,
+        h,
+        &opts,
+        &mut outs2,
+    )
+    .unwrap();
+    let want_nv21 = host_pack(&want[1].0, f, w * s, h * s);
+    assert!(
+        outs2[0] == want_nv21 && outs2[1] == want_nv21,
+        "RGB in, NV21 out"
+    );
     // One shared engine, a YUV frame in and out.
     let shared = SharedCuda::get(&model, dev).unwrap();
     shared.yuv_on_device().unwrap();
@@ -818,11 +835,61 @@ fn unsupported_models_are_refused_with_a_reason() {
     if let Err(CudaError::Unsupported(e)) = CudaEngine::new(&m, 0) {
         panic!("non-fq model refused: {e}");
     }
-    let mut m = builtin::find(2, "w4a4").unwrap().load().unwrap();
-    m.quant.as_mut().unwrap().complexity = gstadabm::engine::ComplexityMetric::Frequency;
-    let err = CudaEngine::new(&m, 0)
-        .err()
-        .expect("frequency metric refused")
-        .to_string();
-    assert!(err.contains("complexity metric"), "{err}");
+}
+
+/// Models calibrated with the frequency or attention metric, and per-frame metric overrides
+/// mixed in one launch: the host measures those frames' complexity (the GPU the gradient
+/// density), and everything equals the CPU integer reference; resident frames (the
+/// benchmark's) refuse a metric the GPU does not measure.
+#[test]
+fn parity_complexity_metrics_measured_on_the_host() {
+    use gstadabm::engine::ComplexityMetric as M;
+    let Some(dev) = gpu("parity_complexity_metrics_measured_on_the_host") else {
+        return;
+    };
+    let mut model = random_fq(32, 2, 2, 4, 4, 31);
+    let imgs: Vec<Image> = (0..3).map(|i| frame(40, 24, 80 + i)).collect();
+    let (w, h) = (40, 24);
+    let q = model.quant.as_mut().unwrap();
+    q.complexity = M::Frequency;
+    // Thresholds around the middle image's frequency metric, so that b_I differs by frame.
+    let c1 = complexity::measure(M::Frequency, &imgs[1].data, w, h);
+    (q.image_lower, q.image_upper) = (c1 - 1e-3, c1 + 1e-3);
+    let mut eng = CudaEngine::new(&model, dev).unwrap();
+    check_batch(
+        &model,
+        &mut eng,
+        &imgs,
+        &Options::default(),
+        "frequency model",
+    );
+    let ca = complexity::measure(M::Attention, &imgs[0].data, w, h);
+    let opts = [
+        Options::default(),
+        Options {
+            metric: Some(M::Gradient),
+            ..Options::default()
+        },
+        Options {
+            metric: Some(M::Attention),
+            image_lower: Some(ca + 1.0),
+            image_upper: Some(ca + 2.0),
+            ..Options::default()
+        },
+    ];
+    check_frames(
+        &model,
+        &mut eng,
+        &imgs,
+        &opts,
+        "metrics mixed in one launch",
+    );
+    let refs: Vec<Vec<u8>> = imgs.iter().map(rgb8).collect();
+    let refs: Vec<&[u8]> = refs.iter().map(|v| &v[..]).collect();
+    eng.upload(&refs, w, h).unwrap();
+    assert!(matches!(
+        eng.run_resident(&Options::default()),
+        Err(CudaError::Unsupported(_))
+    ));
+    eng.run_resident(&opts[1]).unwrap();
 }

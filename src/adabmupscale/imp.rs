@@ -1127,7 +1127,7 @@ impl BaseTransformImpl for AdabmUpscale {
         let t0 = std::time::Instant::now();
         let settings = self.settings.lock().unwrap().clone();
         let opts = settings.options();
-        let (engine, mut cuda, model, in_info, out_info, layout, frame_no, warn, warn_metric) = {
+        let (engine, cuda, model, in_info, out_info, layout, frame_no, warn, warn_metric) = {
             let mut guard = self.state.lock().unwrap();
             let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let Some((in_info, out_info, layout)) = st.caps.clone() else {
@@ -1160,16 +1160,13 @@ impl BaseTransformImpl for AdabmUpscale {
                 warn_metric,
             )
         };
-        let cuda_metric = opts
-            .metric
-            .is_none_or(|m| m == engine::ComplexityMetric::Gradient);
         if warn_metric {
             let (l, u) = engine.thresholds(&opts).unwrap_or((f32::NAN, f32::NAN));
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
                 [
-                    "complexity-metric={:?} differs from the model's metric; b_I compares it with the thresholds {} / {}{}{}",
+                    "complexity-metric={:?} differs from the model's metric; b_I compares it with the thresholds {} / {}{}",
                     opts.metric.expect("override"),
                     l,
                     u,
@@ -1177,17 +1174,9 @@ impl BaseTransformImpl for AdabmUpscale {
                         " calibrated on the model's metric's scale (set image-lower and image-upper for this metric)"
                     } else {
                         ""
-                    },
-                    if cuda.is_some() && !cuda_metric {
-                        "; the GPU measures the gradient metric only, so these frames run on the CPU"
-                    } else {
-                        ""
                     }
                 ]
             );
-        }
-        if !cuda_metric {
-            cuda = None;
         }
         if warn {
             gst::element_imp_warning!(

@@ -13,7 +13,7 @@ use crate::engine::edsr::Network;
 use crate::engine::intnet::{IntConv, IntLayer, IntNetwork};
 use crate::engine::model::{LayerKind, Role};
 use crate::engine::yuv::{YuvFormat, YuvParams};
-use crate::engine::{Model, Options, quant};
+use crate::engine::{ComplexityMetric, Model, Options, complexity, quant};
 
 const TILE: usize = 16;
 const HALO: usize = TILE + 2;
@@ -108,6 +108,10 @@ struct FrameParams {
     upper: f32,
     base: i32,
     adaptive: i32,
+    /// The frame's complexity measured on the host (`has_c` = 1: a metric other than the
+    /// gradient density, which the GPU measures itself).
+    c_host: f32,
+    has_c: i32,
 }
 unsafe impl DeviceRepr for FrameParams {}
 unsafe impl cudarc::driver::ValidAsZeroBits for FrameParams {}
@@ -319,14 +323,6 @@ impl CudaEngine {
                 ));
             }
         };
-        if let Some(q) = &net.quant
-            && q.complexity != crate::engine::ComplexityMetric::Gradient
-        {
-            return Err(CudaError::Unsupported(format!(
-                "complexity metric {:?}: the GPU computes the gradient density only",
-                q.complexity
-            )));
-        }
         let f = net.config.n_feats;
         if f != 32 && f != 64 {
             return Err(CudaError::Unsupported(format!(
@@ -672,7 +668,14 @@ impl CudaEngine {
     /// Queues the whole network for a batch already in device memory (`rgb_in`), without
     /// transfers: what the throughput benchmark times.
     pub fn run_resident(&mut self, opts: &Options) -> Result<()> {
-        self.enqueue(std::slice::from_ref(opts))?;
+        if self.metric(opts) != ComplexityMetric::Gradient {
+            return Err(CudaError::Unsupported(
+                "resident frames get the gradient metric only (the GPU's); other metrics are \
+                 measured on the host's copy of a frame"
+                    .into(),
+            ));
+        }
+        self.enqueue(std::slice::from_ref(opts), &[])?;
         self.stream.synchronize()?;
         Ok(())
     }
@@ -699,16 +702,7 @@ impl CudaEngine {
         self.check_input(frames, fmts, w, h)?;
         self.ensure_buffers(frames.len(), h, w, want_f32)?;
         let n = w * h * 3;
-        if fmts.iter().all(|f| f.0 == Pixels::Rgb) {
-            let b = self.bufs.as_mut().expect("buffers");
-            let host = b.host_in.as_mut_slice()?;
-            for (i, fr) in frames.iter().enumerate() {
-                par_copy(&mut host[i * n..][..n], fr);
-            }
-            self.stream
-                .memcpy_htod(&host[..frames.len() * n], &mut b.rgb_in)?;
-            return Ok(());
-        }
+        // YUV staging for the inputs and the HR outputs that are YUV.
         let s = self.scale();
         let (mut yin, mut yout) = (0, 0);
         for i in 0..frames.len() {
@@ -720,7 +714,19 @@ impl CudaEngine {
                 yout += fo.bytes(w * s, h * s);
             }
         }
-        self.ensure_yuv(yin, yout)?;
+        if yin + yout > 0 {
+            self.ensure_yuv(yin, yout)?;
+        }
+        if yin == 0 {
+            let b = self.bufs.as_mut().expect("buffers");
+            let host = b.host_in.as_mut_slice()?;
+            for (i, fr) in frames.iter().enumerate() {
+                par_copy(&mut host[i * n..][..n], fr);
+            }
+            self.stream
+                .memcpy_htod(&host[..frames.len() * n], &mut b.rgb_in)?;
+            return Ok(());
+        }
         let st = &self.stream;
         let b = self.bufs.as_mut().expect("buffers");
         let y = b.yuv.as_mut().expect("YUV staging");
@@ -826,8 +832,9 @@ impl CudaEngine {
                 frames.len()
             )));
         }
+        let host_c = self.host_complexities(frames, fmts, w, h, opts)?;
         self.stage_input(frames, fmts, w, h, want_f32)?;
-        self.enqueue(opts)?;
+        self.enqueue(opts, &host_c)?;
         let s = self.scale();
         let (hw, hh) = (w * s, h * s);
         let n = hw * hh * 3;
@@ -913,6 +920,62 @@ impl CudaEngine {
     }
 
     /// Queues complexity, bit plan and every layer for the batch in `rgb_in`.
+    /// The complexity metric deciding b_I under `opts`: its override, else the model's.
+    pub fn metric(&self, opts: &Options) -> ComplexityMetric {
+        opts.metric.unwrap_or(
+            self.net
+                .quant
+                .as_ref()
+                .map_or(ComplexityMetric::Gradient, |q| q.complexity),
+        )
+    }
+
+    /// Per frame, its complexity when its metric is not the gradient density (which the GPU
+    /// measures): the frequency and attention metrics are measured here on the host, from the
+    /// frame's RGB bytes (YUV frames unpacked as the device does), exactly as the CPU engine
+    /// measures a frame of those bytes; None for gradient frames.
+    fn host_complexities(
+        &self,
+        frames: &[&[u8]],
+        fmts: &[(Pixels, Pixels)],
+        w: usize,
+        h: usize,
+        opts: &[Options],
+    ) -> Result<Vec<Option<f32>>> {
+        let mut rgb = Vec::new();
+        let mut img = crate::engine::Image::default();
+        (0..frames.len())
+            .map(|i| {
+                let metric = self.metric(&opts[if opts.len() == 1 { 0 } else { i }]);
+                if metric == ComplexityMetric::Gradient {
+                    return Ok(None);
+                }
+                let bytes = match format_of(fmts, i).0 {
+                    Pixels::Rgb => frames[i],
+                    Pixels::Yuv(f) => {
+                        let src = crate::engine::yuv::YuvRef::from_tight(frames[i], f, w, h)
+                            .and_then(|src| crate::engine::yuv::unpack_rgb8_into(&src, &mut rgb))
+                            .map_err(|e| CudaError::Input(e.to_string()));
+                        src?;
+                        &rgb[..]
+                    }
+                };
+                if bytes.len() != w * h * 3 {
+                    return Err(CudaError::Input(format!(
+                        "frame {i} has {} bytes, expected {w}x{h}x3 = {}",
+                        bytes.len(),
+                        w * h * 3
+                    )));
+                }
+                img.width = w;
+                img.height = h;
+                img.data.clear();
+                img.data.extend(bytes.iter().map(|&v| v as f32));
+                Ok(Some(complexity::measure(metric, &img.data, w, h)))
+            })
+            .collect()
+    }
+
     /// Checks what the device path of `opts` uses; returns the frame's base bits.
     pub fn check_options(&self, opts: &Options) -> Result<u8> {
         let q = self.net.quant.as_ref();
@@ -926,7 +989,9 @@ impl CudaEngine {
     }
 
     /// `opts`: one set for every frame, or one per frame.
-    fn enqueue(&mut self, opts: &[Options]) -> Result<()> {
+    /// `host_c[i]`: frame `i`'s complexity measured on the host, for metrics the GPU does
+    /// not measure ([`Self::host_complexities`]; empty: none).
+    fn enqueue(&mut self, opts: &[Options], host_c: &[Option<f32>]) -> Result<()> {
         // A floating-point model still gets its complexity (stats); no bits to plan.
         let q = self.net.quant.clone();
         let frames = self.bufs.as_ref().expect("buffers").frames;
@@ -943,6 +1008,8 @@ impl CudaEngine {
                     .unwrap_or(q.as_ref().map_or(0.0, |q| q.image_upper)),
                 base: base as i32,
                 adaptive: (o.adaptive && q.is_some()) as i32,
+                c_host: host_c.get(i).copied().flatten().unwrap_or(0.0),
+                has_c: host_c.get(i).is_some_and(|c| c.is_some()) as i32,
             });
         }
         {
