@@ -518,8 +518,8 @@ fn yuv_kernels_match_the_host_conversion() {
         return;
     };
     let model = random_fq(32, 1, 2, 4, 4, 5);
-    let eng = CudaEngine::new(&model, dev).unwrap();
-    cuda::yuv_self_check(&eng).unwrap();
+    let mut eng = CudaEngine::new(&model, dev).unwrap();
+    cuda::yuv_self_check(&mut eng).unwrap();
     let mut n = 0;
     for (i, f) in yuv_formats().into_iter().enumerate() {
         for (j, &(w, h)) in [(1, 1), (2, 1), (1, 3), (7, 5), (33, 17), (130, 66)]

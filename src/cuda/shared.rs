@@ -148,10 +148,10 @@ impl SharedCuda {
         {
             return Ok(s);
         }
-        let engines = (0..lanes)
+        let mut engines = (0..lanes)
             .map(|_| CudaEngine::new(model, device))
             .collect::<Result<Vec<_>>>()?;
-        let yuv = yuv_self_check(&engines[0]);
+        let yuv = yuv_self_check(&mut engines[0]);
         let s = Arc::new(SharedCuda {
             yuv,
             name: engines[0].device_name().to_string(),
@@ -239,11 +239,27 @@ impl SharedCuda {
 /// converts (random samples and pixels, odd sizes, limited and full range, co-sited and
 /// centred chroma): `yuv_unpack` must give the bytes of
 /// [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and `yuv_pack` those of
-/// [`pack_rgb8`](crate::engine::yuv::pack_rgb8). A device that fails gets RGB from the host, as
-/// before the kernels existed, instead of frames that differ from the CPU engine's.
-pub fn yuv_self_check(engine: &CudaEngine) -> std::result::Result<(), String> {
+/// [`pack_rgb8`](crate::engine::yuv::pack_rgb8); then one batch of YUV and RGB frames through
+/// the whole engine must give the host conversions around the RGB path. A device that fails
+/// gets RGB from the host, as before the kernels existed, instead of frames that differ from
+/// the CPU engine's.
+pub fn yuv_self_check(engine: &mut CudaEngine) -> std::result::Result<(), String> {
     use crate::engine::yuv::{
         ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvMut, YuvRef, pack_rgb8, unpack_rgb8_into,
+    };
+    let host_unpack = |data: &[u8], f: YuvFormat, w: usize, h: usize| {
+        let mut out = Vec::new();
+        YuvRef::from_tight(data, f, w, h)
+            .and_then(|src| unpack_rgb8_into(&src, &mut out))
+            .map(|_| out)
+            .map_err(|e| format!("{:?} host unpack: {e}", f.layout))
+    };
+    let host_pack = |rgb: &[u8], f: YuvFormat, w: usize, h: usize| {
+        let mut out = vec![0u8; f.tight_len(w, h)];
+        YuvMut::from_tight(&mut out, f, w, h)
+            .and_then(|mut dst| pack_rgb8(rgb, &mut dst))
+            .map(|_| out)
+            .map_err(|e| format!("{:?} host pack: {e}", f.layout))
     };
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut noise = |n: usize| -> Vec<u8> {
@@ -274,30 +290,76 @@ pub fn yuv_self_check(engine: &CudaEngine) -> std::result::Result<(), String> {
         };
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{layout:?} {what}: {e}");
         let data = noise(f.tight_len(w, h));
-        let src = YuvRef::from_tight(&data, f, w, h).map_err(|e| fail("frame", &e))?;
-        let mut want = Vec::new();
-        unpack_rgb8_into(&src, &mut want).map_err(|e| fail("host unpack", &e))?;
         let got = engine
             .yuv_to_rgb(&data, f, w, h)
             .map_err(|e| fail("yuv_unpack", &e))?;
-        if got != want {
+        if got != host_unpack(&data, f, w, h)? {
             return Err(format!(
                 "{layout:?}: yuv_unpack differs from the host's conversion"
             ));
         }
         let rgb = noise(w * h * 3);
-        let mut want = vec![0u8; f.tight_len(w, h)];
-        YuvMut::from_tight(&mut want, f, w, h)
-            .and_then(|mut dst| pack_rgb8(&rgb, &mut dst))
-            .map_err(|e| fail("host pack", &e))?;
         let got = engine
             .rgb_to_yuv(&rgb, f, w, h)
             .map_err(|e| fail("yuv_pack", &e))?;
-        if got != want {
+        if got != host_pack(&rgb, f, w, h)? {
             return Err(format!(
                 "{layout:?}: yuv_pack differs from the host's conversion"
             ));
         }
+    }
+    // A batch mixing YUV and RGB in and out, against the RGB path with the host's
+    // conversions around it: the engine's staging of YUV frames.
+    let (w, h) = (9, 7);
+    let (s, opts) = (engine.scale(), [crate::engine::Options::default()]);
+    let fa = YuvFormat {
+        layout: YuvLayout::I420,
+        matrix: YuvMatrix::new(YuvMatrix::BT709, false),
+        siting: ChromaSiting::default(),
+    };
+    let fb = YuvFormat {
+        layout: YuvLayout::P010,
+        matrix: YuvMatrix::new(YuvMatrix::BT2020, true),
+        siting: ChromaSiting {
+            h_cosited: true,
+            v_cosited: true,
+        },
+    };
+    let rgb: Vec<Vec<u8>> = (0..3).map(|_| noise(w * h * 3)).collect();
+    let fmts = [
+        (Pixels::Yuv(fa), Pixels::Yuv(fa)),
+        (Pixels::Rgb, Pixels::Yuv(fb)),
+        (Pixels::Yuv(fb), Pixels::Rgb),
+    ];
+    let inputs = [
+        host_pack(&rgb[0], fa, w, h)?,
+        rgb[1].clone(),
+        host_pack(&rgb[2], fb, w, h)?,
+    ];
+    let rgb_in = [
+        host_unpack(&inputs[0], fa, w, h)?,
+        rgb[1].clone(),
+        host_unpack(&inputs[2], fb, w, h)?,
+    ];
+    let refs: Vec<&[u8]> = inputs.iter().map(|v| &v[..]).collect();
+    let mut got = vec![Vec::new(); 3];
+    engine
+        .upscale_formats_into(&refs, &fmts, w, h, &opts, &mut got)
+        .map_err(|e| format!("a batch of YUV frames: {e}"))?;
+    let refs: Vec<&[u8]> = rgb_in.iter().map(|v| &v[..]).collect();
+    let mut want = vec![Vec::new(); 3];
+    engine
+        .upscale_frames_into(&refs, w, h, &opts, &mut want)
+        .map_err(|e| format!("a batch of RGB frames: {e}"))?;
+    let want = [
+        host_pack(&want[0], fa, w * s, h * s)?,
+        host_pack(&want[1], fb, w * s, h * s)?,
+        want[2].clone(),
+    ];
+    if let Some(i) = (0..3).find(|&i| got[i] != want[i]) {
+        return Err(format!(
+            "frame {i} of a batch of YUV and RGB frames differs from the host's conversions"
+        ));
     }
     Ok(())
 }
