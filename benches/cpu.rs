@@ -10,6 +10,7 @@
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
+//!   cargo bench --bench cpu -- --metrics 10      # b_I's complexity metrics, 1080p: 1 thread vs all
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
 //! `--export DIR` writes the EDSR-baseline networks' weights for bench/peers/peers.py.
@@ -78,6 +79,10 @@ fn main() {
     }
     if let Some(n) = arg("--frame-io").and_then(|v| v.parse().ok()) {
         frame_io(n);
+        return;
+    }
+    if let Some(n) = arg("--metrics").and_then(|v| v.parse().ok()) {
+        metrics(n);
         return;
     }
     if arg("--kernels").is_some() {
@@ -407,6 +412,30 @@ fn fastest(frames: usize, mut pass: impl FnMut()) -> f64 {
             t.elapsed().as_secs_f64() * 1e3
         })
         .fold(f64::INFINITY, f64::min)
+}
+
+/// Each image-complexity metric on a 1920x1080 frame: one thread vs the pool (fastest of
+/// `frames`; the values are the same, checked).
+fn metrics(frames: usize) {
+    use gstadabm::engine::ComplexityMetric as M;
+    use gstadabm::engine::complexity::measure;
+    let img = test_image(1920, 1080, 1);
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let n = rayon::current_num_threads();
+    println!("| metric, 1920x1080 | 1 thread | {n} threads | ratio |");
+    println!("|---|---:|---:|---:|");
+    for m in [M::Gradient, M::Frequency, M::Attention] {
+        let (mut a, mut b) = (0.0, 0.0);
+        let t1 = fastest(frames, || {
+            a = one.install(|| measure(m, &img.data, 1920, 1080))
+        });
+        let tn = fastest(frames, || b = measure(m, &img.data, 1920, 1080));
+        assert_eq!(a.to_bits(), b.to_bits(), "{m:?}: {a} vs {b}");
+        println!("| {m:?} | {t1:.1} ms | {tn:.1} ms | {:.2}x |", t1 / tn);
+    }
 }
 
 /// The networks of the A/B benchmarks: EDSR-baseline (random weights) quantized to `kind`

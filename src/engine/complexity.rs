@@ -6,6 +6,13 @@
 //! The per-pixel terms `|Gx|/8 + |Gy|/8` (at most 1) are summed in 2^-24 fixed point: an
 //! exact integer sum whatever the order, so the GPU's parallel reduction gives the same `c` to
 //! the bit (the fixed-point rounding moves `c` by less than 1e-7 relative).
+//!
+//! All three metrics run on the current rayon pool with the results of a sequential pass:
+//! the per-pixel, per-block and per-query terms are computed in parallel, and the f64 sums of
+//! the frequency and attention metrics are then taken in their defined order (block, window
+//! and query order), so a value never depends on the thread count.
+
+use rayon::prelude::*;
 
 /// Fixed-point scale of the per-pixel terms.
 pub const FIXED_ONE: f32 = 16_777_216.0;
@@ -20,8 +27,8 @@ fn luma(rgb: &[f32], w: usize, h: usize) -> Option<Vec<f32>> {
 fn luma_into(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> bool {
     assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
     y.clear();
-    y.extend(
-        rgb.chunks_exact(3)
+    y.par_extend(
+        rgb.par_chunks_exact(3)
             .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0),
     );
     w > 0 && h > 0
@@ -42,28 +49,28 @@ fn gradient_density_with(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> f
         let xx = xx.clamp(0, w as isize - 1) as usize;
         y[yy * w + xx]
     };
-    let mut sum = 0u64;
-    for r in 0..h as isize {
-        for c in 0..w as isize {
-            let gx = (at(r - 1, c + 1) - at(r - 1, c - 1))
-                + 2.0 * (at(r, c + 1) - at(r, c - 1))
-                + (at(r + 1, c + 1) - at(r + 1, c - 1));
-            let gy = (at(r + 1, c - 1) - at(r - 1, c - 1))
-                + 2.0 * (at(r + 1, c) - at(r - 1, c))
-                + (at(r + 1, c + 1) - at(r - 1, c + 1));
-            let t = gx.abs() / 8.0 + gy.abs() / 8.0;
-            sum += (t * FIXED_ONE).round_ties_even() as u64;
-        }
-    }
+    // Integer sums: the same whatever the order, so rows run in parallel.
+    let sum: u64 = (0..h as isize)
+        .into_par_iter()
+        .with_min_len(8)
+        .map(|r| {
+            let mut sum = 0u64;
+            for c in 0..w as isize {
+                let gx = (at(r - 1, c + 1) - at(r - 1, c - 1))
+                    + 2.0 * (at(r, c + 1) - at(r, c - 1))
+                    + (at(r + 1, c + 1) - at(r + 1, c - 1));
+                let gy = (at(r + 1, c - 1) - at(r - 1, c - 1))
+                    + 2.0 * (at(r + 1, c) - at(r - 1, c))
+                    + (at(r + 1, c + 1) - at(r - 1, c + 1));
+                let t = gx.abs() / 8.0 + gy.abs() / 8.0;
+                sum += (t * FIXED_ONE).round_ties_even() as u64;
+            }
+            sum
+        })
+        .sum();
     density_from_fixed(sum, w, h)
 }
 
-/// Frequency-domain complexity: the share (per mille) of the luma's AC spectral energy that
-/// lies at high frequencies. The luma (same weights as [`gradient_density`]) is cut into 8x8
-/// blocks (edges replicated), each transformed by an orthonormal 2-D DCT-II; `c = 1000 ·
-/// Σ C²(u,v) over u + v ≥ 4 / Σ C²(u,v) over (u,v) ≠ (0,0)`, summed over all blocks (f64, in
-/// block order). Flat images give 0; noise and fine texture approach 1000·(share of the
-/// high-frequency coefficients). Unlike the gradient density it ignores contrast.
 /// Orthonormal 8-point DCT-II basis: `basis[k][n] = a(k) cos((2n + 1) k π / 16)`.
 fn dct_basis() -> [[f64; 8]; 8] {
     let mut basis = [[0f64; 8]; 8];
@@ -123,19 +130,23 @@ pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
         return 0.0;
     };
     let basis = dct_basis();
+    // The blocks' DCTs in parallel, their energies summed in block order.
+    let tw = w.div_ceil(8);
+    let blocks: Vec<[[f64; 8]; 8]> = (0..tw * h.div_ceil(8))
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|i| block_dct(&y, w, h, i % tw * 8, i / tw * 8, &basis))
+        .collect();
     let (mut high, mut ac) = (0f64, 0f64);
-    for by in (0..h).step_by(8) {
-        for bx in (0..w).step_by(8) {
-            let c = block_dct(&y, w, h, bx, by, &basis);
-            for (u, row) in c.iter().enumerate() {
-                for (v, &x) in row.iter().enumerate() {
-                    let e = x * x;
-                    if u + v > 0 {
-                        ac += e;
-                    }
-                    if u + v >= 4 {
-                        high += e;
-                    }
+    for c in &blocks {
+        for (u, row) in c.iter().enumerate() {
+            for (v, &x) in row.iter().enumerate() {
+                let e = x * x;
+                if u + v > 0 {
+                    ac += e;
+                }
+                if u + v >= 4 {
+                    high += e;
                 }
             }
         }
@@ -173,27 +184,32 @@ pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
     const D: usize = 14;
     let basis = dct_basis();
     let (tw, th) = (w.div_ceil(8), h.div_ceil(8));
-    let mut tokens = vec![[0f64; D]; tw * th];
-    for ty in 0..th {
-        for tx in 0..tw {
-            let c = block_dct(&y, w, h, tx * 8, ty * 8, &basis);
-            let t = &mut tokens[ty * tw + tx];
-            let mut i = 0;
+    let tokens: Vec<[f64; D]> = (0..tw * th)
+        .into_par_iter()
+        .with_min_len(64)
+        .map(|i| {
+            let c = block_dct(&y, w, h, i % tw * 8, i / tw * 8, &basis);
+            let mut t = [0f64; D];
+            let mut k = 0;
             for s in 1..=4 {
                 for u in 0..=s {
-                    t[i] = c[u][s - u];
-                    i += 1;
+                    t[k] = c[u][s - u];
+                    k += 1;
                 }
             }
-        }
-    }
+            t
+        })
+        .collect();
     let scale = 1.0 / ((D as f64).sqrt() * ATTENTION_TEMPERATURE);
-    let (mut sum, mut count) = (0f64, 0usize);
-    let mut win: Vec<&[f64; D]> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
-    let mut logits = vec![0f64; ATTENTION_WINDOW * ATTENTION_WINDOW];
-    for wy in (0..th).step_by(ATTENTION_WINDOW) {
-        for wx in (0..tw).step_by(ATTENTION_WINDOW) {
-            win.clear();
+    // Each window's per-query terms in parallel, then summed in window and query order.
+    let windows: Vec<(usize, usize)> = (0..th)
+        .step_by(ATTENTION_WINDOW)
+        .flat_map(|wy| (0..tw).step_by(ATTENTION_WINDOW).map(move |wx| (wy, wx)))
+        .collect();
+    let terms: Vec<Vec<f64>> = windows
+        .par_iter()
+        .map(|&(wy, wx)| {
+            let mut win: Vec<&[f64; D]> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
             for ty in wy..(wy + ATTENTION_WINDOW).min(th) {
                 for tx in wx..(wx + ATTENTION_WINDOW).min(tw) {
                     win.push(&tokens[ty * tw + tx]);
@@ -201,27 +217,34 @@ pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
             }
             let n = win.len();
             if n < 2 {
-                continue;
+                return Vec::new();
             }
             let ln_n = (n as f64).ln();
-            for q in &win {
-                let mut max = f64::NEG_INFINITY;
-                for (l, k) in logits.iter_mut().zip(&win) {
-                    *l = scale * q.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>();
-                    max = max.max(*l);
-                }
-                // H = log Z − Σ p·(l − max), with Z = Σ exp(l − max).
-                let (mut z, mut zl) = (0f64, 0f64);
-                for &l in &logits[..n] {
-                    let e = (l - max).exp();
-                    z += e;
-                    zl += e * (l - max);
-                }
-                let entropy = z.ln() - zl / z;
-                sum += 1.0 - (entropy / ln_n).clamp(0.0, 1.0);
-                count += 1;
-            }
-        }
+            let mut logits = vec![0f64; n];
+            win.iter()
+                .map(|q| {
+                    let mut max = f64::NEG_INFINITY;
+                    for (l, k) in logits.iter_mut().zip(&win) {
+                        *l = scale * q.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>();
+                        max = max.max(*l);
+                    }
+                    // H = log Z − Σ p·(l − max), with Z = Σ exp(l − max).
+                    let (mut z, mut zl) = (0f64, 0f64);
+                    for &l in &logits {
+                        let e = (l - max).exp();
+                        z += e;
+                        zl += e * (l - max);
+                    }
+                    let entropy = z.ln() - zl / z;
+                    1.0 - (entropy / ln_n).clamp(0.0, 1.0)
+                })
+                .collect()
+        })
+        .collect();
+    let (mut sum, mut count) = (0f64, 0usize);
+    for t in terms.iter().flatten() {
+        sum += t;
+        count += 1;
     }
     if count == 0 {
         0.0
@@ -259,6 +282,188 @@ pub fn density_from_fixed(sum: u64, w: usize, h: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The metrics as they were written before they ran in parallel (one thread, one pass):
+    /// the parallel ones must give their values to the bit.
+    mod sequential {
+        use super::super::{
+            ATTENTION_TEMPERATURE, ATTENTION_WINDOW, FIXED_ONE, block_dct, dct_basis,
+            density_from_fixed,
+        };
+
+        fn luma(rgb: &[f32], w: usize, h: usize) -> Option<Vec<f32>> {
+            let mut y = Vec::new();
+            luma_into(rgb, w, h, &mut y).then_some(y)
+        }
+
+        fn luma_into(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> bool {
+            assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
+            y.clear();
+            y.extend(
+                rgb.chunks_exact(3)
+                    .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0),
+            );
+            w > 0 && h > 0
+        }
+
+        pub fn gradient_density_with(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> f32 {
+            if !luma_into(rgb, w, h, y) {
+                return 0.0;
+            }
+            let at = |yy: isize, xx: isize| {
+                let yy = yy.clamp(0, h as isize - 1) as usize;
+                let xx = xx.clamp(0, w as isize - 1) as usize;
+                y[yy * w + xx]
+            };
+            let mut sum = 0u64;
+            for r in 0..h as isize {
+                for c in 0..w as isize {
+                    let gx = (at(r - 1, c + 1) - at(r - 1, c - 1))
+                        + 2.0 * (at(r, c + 1) - at(r, c - 1))
+                        + (at(r + 1, c + 1) - at(r + 1, c - 1));
+                    let gy = (at(r + 1, c - 1) - at(r - 1, c - 1))
+                        + 2.0 * (at(r + 1, c) - at(r - 1, c))
+                        + (at(r + 1, c + 1) - at(r - 1, c + 1));
+                    let t = gx.abs() / 8.0 + gy.abs() / 8.0;
+                    sum += (t * FIXED_ONE).round_ties_even() as u64;
+                }
+            }
+            density_from_fixed(sum, w, h)
+        }
+
+        pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
+            let Some(y) = luma(rgb, w, h) else {
+                return 0.0;
+            };
+            let basis = dct_basis();
+            let (mut high, mut ac) = (0f64, 0f64);
+            for by in (0..h).step_by(8) {
+                for bx in (0..w).step_by(8) {
+                    let c = block_dct(&y, w, h, bx, by, &basis);
+                    for (u, row) in c.iter().enumerate() {
+                        for (v, &x) in row.iter().enumerate() {
+                            let e = x * x;
+                            if u + v > 0 {
+                                ac += e;
+                            }
+                            if u + v >= 4 {
+                                high += e;
+                            }
+                        }
+                    }
+                }
+            }
+            if ac <= 1e-12 {
+                0.0
+            } else {
+                (1000.0 * high / ac) as f32
+            }
+        }
+
+        pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
+            let Some(y) = luma(rgb, w, h) else {
+                return 0.0;
+            };
+            const D: usize = 14;
+            let basis = dct_basis();
+            let (tw, th) = (w.div_ceil(8), h.div_ceil(8));
+            let mut tokens = vec![[0f64; D]; tw * th];
+            for ty in 0..th {
+                for tx in 0..tw {
+                    let c = block_dct(&y, w, h, tx * 8, ty * 8, &basis);
+                    let t = &mut tokens[ty * tw + tx];
+                    let mut i = 0;
+                    for s in 1..=4 {
+                        for u in 0..=s {
+                            t[i] = c[u][s - u];
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            let scale = 1.0 / ((D as f64).sqrt() * ATTENTION_TEMPERATURE);
+            let (mut sum, mut count) = (0f64, 0usize);
+            let mut win: Vec<&[f64; D]> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
+            let mut logits = vec![0f64; ATTENTION_WINDOW * ATTENTION_WINDOW];
+            for wy in (0..th).step_by(ATTENTION_WINDOW) {
+                for wx in (0..tw).step_by(ATTENTION_WINDOW) {
+                    win.clear();
+                    for ty in wy..(wy + ATTENTION_WINDOW).min(th) {
+                        for tx in wx..(wx + ATTENTION_WINDOW).min(tw) {
+                            win.push(&tokens[ty * tw + tx]);
+                        }
+                    }
+                    let n = win.len();
+                    if n < 2 {
+                        continue;
+                    }
+                    let ln_n = (n as f64).ln();
+                    for q in &win {
+                        let mut max = f64::NEG_INFINITY;
+                        for (l, k) in logits.iter_mut().zip(&win) {
+                            *l = scale * q.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>();
+                            max = max.max(*l);
+                        }
+                        // H = log Z − Σ p·(l − max), with Z = Σ exp(l − max).
+                        let (mut z, mut zl) = (0f64, 0f64);
+                        for &l in &logits[..n] {
+                            let e = (l - max).exp();
+                            z += e;
+                            zl += e * (l - max);
+                        }
+                        let entropy = z.ln() - zl / z;
+                        sum += 1.0 - (entropy / ln_n).clamp(0.0, 1.0);
+                        count += 1;
+                    }
+                }
+            }
+            if count == 0 {
+                0.0
+            } else {
+                (1000.0 * sum / count as f64) as f32
+            }
+        }
+    }
+
+    /// Parallel metrics equal the sequential definitions bit for bit, on sizes with partial
+    /// blocks and windows, from one thread and from several.
+    #[test]
+    fn parallel_metrics_equal_the_sequential_ones() {
+        let mut r = crate::engine::random::Rng::new(11);
+        for (w, h) in [(1, 1), (7, 5), (64, 64), (130, 67), (333, 201)] {
+            // Noise on a gradient: neither flat nor pure noise.
+            let rgb: Vec<f32> = (0..w * h * 3)
+                .map(|i| {
+                    ((i / 3 % w) as f32 * 0.7 + r.uniform() * 60.0)
+                        .round()
+                        .min(255.0)
+                })
+                .collect();
+            let want = [
+                sequential::gradient_density_with(&rgb, w, h, &mut Vec::new()),
+                sequential::frequency_density(&rgb, w, h),
+                sequential::attention_density(&rgb, w, h),
+            ];
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| {
+                    [
+                        gradient_density(&rgb, w, h),
+                        frequency_density(&rgb, w, h),
+                        attention_density(&rgb, w, h),
+                    ]
+                });
+                assert_eq!(
+                    got.map(f32::to_bits),
+                    want.map(f32::to_bits),
+                    "{w}x{h}, {threads} threads: {got:?} vs {want:?}"
+                );
+            }
+        }
+    }
 
     fn gray(w: usize, h: usize, f: impl Fn(usize, usize) -> f32) -> Vec<f32> {
         let mut v = Vec::with_capacity(w * h * 3);

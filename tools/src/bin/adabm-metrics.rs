@@ -215,8 +215,9 @@ fn main() -> Result<()> {
         let t = Instant::now();
         std::hint::black_box(complexity::measure(m, &img.data, 1920, 1080));
         println!(
-            "{name}: {:.1} ms per 1080p frame (one thread)",
-            t.elapsed().as_secs_f64() * 1e3
+            "{name}: {:.1} ms per 1080p frame ({} threads)",
+            t.elapsed().as_secs_f64() * 1e3,
+            rayon::current_num_threads()
         );
     }
     Ok(())
