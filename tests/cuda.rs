@@ -15,7 +15,7 @@
 use gstadabm::cuda::{self, CudaEngine, CudaError, Pixels, SharedCuda};
 use gstadabm::engine::intnet::IntNetwork;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
-use gstadabm::engine::yuv::{self, ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvMut, YuvRef};
+use gstadabm::engine::yuv::{self, ChromaSiting, YuvFormat, YuvLayout, YuvMatrix};
 
 use gstadabm::engine::{EdsrConfig, Engine, Image, Model, Options, QuantMode, builtin, complexity};
 
@@ -458,55 +458,17 @@ fn parity_builtin_models() {
     }
 }
 
-/// Every YUV format the GPU converts, with a matrix, range and siting each (all four sitings
-/// and both ranges across the list).
-fn yuv_formats() -> Vec<YuvFormat> {
-    let mut out = Vec::new();
-    for (i, layout) in YuvLayout::ALL.into_iter().enumerate() {
-        if !layout.device_convertible() {
-            continue;
-        }
-        for k in 0..4 {
-            out.push(YuvFormat {
-                layout,
-                matrix: YuvMatrix::new(
-                    [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT2020][(i + k) % 3],
-                    k % 2 == 1,
-                ),
-                siting: ChromaSiting {
-                    h_cosited: k & 1 == 0,
-                    v_cosited: k & 2 != 0,
-                },
-            });
-        }
-    }
-    out
-}
-
-/// Pseudo-random bytes.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
+    gstadabm::engine::random::Rng::new(seed).bytes(n)
 }
 
 /// The host's conversions of a tight YUV frame to RGB bytes and of RGB bytes to one.
 fn host_unpack(data: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    yuv::unpack_rgb8_into(&YuvRef::from_tight(data, f, w, h).unwrap(), &mut out).unwrap();
-    out
+    f.unpack_tight(data, w, h).unwrap()
 }
 
 fn host_pack(rgb: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
-    let mut out = vec![0u8; f.tight_len(w, h)];
-    yuv::pack_rgb8(rgb, &mut YuvMut::from_tight(&mut out, f, w, h).unwrap()).unwrap();
-    out
+    f.pack_tight(rgb, w, h).unwrap()
 }
 
 /// `yuv_unpack` and `yuv_pack` give the host's bytes for every device layout, range, matrix
@@ -521,7 +483,7 @@ fn yuv_kernels_match_the_host_conversion() {
     let mut eng = CudaEngine::new(&model, dev).unwrap();
     cuda::yuv_self_check(&mut eng).unwrap();
     let mut n = 0;
-    for (i, f) in yuv_formats().into_iter().enumerate() {
+    for (i, f) in yuv::device::device_formats().into_iter().enumerate() {
         for (j, &(w, h)) in [(1, 1), (2, 1), (1, 3), (7, 5), (33, 17), (130, 66)]
             .iter()
             .enumerate()
@@ -555,7 +517,7 @@ fn yuv_kernels_match_the_host_conversion() {
         assert!(eng.rgb_to_yuv(&rgb, f, w, h).unwrap() == host_pack(&rgb, f, w, h));
     }
     eprintln!("yuv kernels: {n} format/size cases and 1080p I420, NV12, P010 equal the host's");
-    let f = yuv_formats()[0];
+    let f = yuv::device::device_formats()[0];
     let short = noise(f.tight_len(8, 8) - 1, 1);
     assert!(matches!(
         eng.yuv_to_rgb(&short, f, 8, 8),
@@ -582,7 +544,7 @@ fn yuv_frames_through_the_engine_match_the_host_path() {
     let model = random_fq(64, 2, 2, 4, 4, 9);
     let mut eng = CudaEngine::new(&model, dev).unwrap();
     let (w, h, s) = (37, 21, 2);
-    let all = yuv_formats();
+    let all = yuv::device::device_formats();
     let pick = |l: YuvLayout, k: usize| *all.iter().filter(|f| f.layout == l).nth(k).unwrap();
     let fmts = [
         (

@@ -922,12 +922,7 @@ impl CudaEngine {
     /// Queues complexity, bit plan and every layer for the batch in `rgb_in`.
     /// The complexity metric deciding b_I under `opts`: its override, else the model's.
     pub fn metric(&self, opts: &Options) -> ComplexityMetric {
-        opts.metric.unwrap_or(
-            self.net
-                .quant
-                .as_ref()
-                .map_or(ComplexityMetric::Gradient, |q| q.complexity),
-        )
+        self.net.metric(opts.metric)
     }
 
     /// Per frame, its complexity when its metric is not the gradient density (which the GPU

@@ -236,58 +236,29 @@ impl SharedCuda {
 }
 
 /// Checks the device's YUV conversion against the host's on small frames of every layout it
-/// converts (random samples and pixels, odd sizes, limited and full range, co-sited and
-/// centred chroma): `yuv_unpack` must give the bytes of
+/// converts, in the four variants of [`device_formats`](crate::engine::yuv::device::device_formats)
+/// (random samples and pixels, an odd size, limited and full range, co-sited and centred
+/// chroma): `yuv_unpack` must give the bytes of
 /// [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and `yuv_pack` those of
 /// [`pack_rgb8`](crate::engine::yuv::pack_rgb8); then one batch of YUV and RGB frames through
 /// the whole engine must give the host conversions around the RGB path. A device that fails
 /// gets RGB from the host, as before the kernels existed, instead of frames that differ from
 /// the CPU engine's.
 pub fn yuv_self_check(engine: &mut CudaEngine) -> std::result::Result<(), String> {
-    use crate::engine::yuv::{
-        ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvMut, YuvRef, pack_rgb8, unpack_rgb8_into,
-    };
+    use crate::engine::yuv::{ChromaSiting, YuvFormat, YuvLayout, YuvMatrix};
     let host_unpack = |data: &[u8], f: YuvFormat, w: usize, h: usize| {
-        let mut out = Vec::new();
-        YuvRef::from_tight(data, f, w, h)
-            .and_then(|src| unpack_rgb8_into(&src, &mut out))
-            .map(|_| out)
+        f.unpack_tight(data, w, h)
             .map_err(|e| format!("{:?} host unpack: {e}", f.layout))
     };
     let host_pack = |rgb: &[u8], f: YuvFormat, w: usize, h: usize| {
-        let mut out = vec![0u8; f.tight_len(w, h)];
-        YuvMut::from_tight(&mut out, f, w, h)
-            .and_then(|mut dst| pack_rgb8(rgb, &mut dst))
-            .map(|_| out)
+        f.pack_tight(rgb, w, h)
             .map_err(|e| format!("{:?} host pack: {e}", f.layout))
     };
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 24) as u8
-            })
-            .collect()
-    };
-    let (w, h) = (19, 11);
-    for (i, layout) in YuvLayout::ALL.into_iter().enumerate() {
-        if !layout.device_convertible() {
-            continue;
-        }
-        let f = YuvFormat {
-            layout,
-            matrix: YuvMatrix::new(
-                [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT2020][i % 3],
-                i % 2 == 1,
-            ),
-            siting: ChromaSiting {
-                h_cosited: i % 2 == 0,
-                v_cosited: i % 4 < 2,
-            },
-        };
+    let mut rng = crate::engine::random::Rng::new(0x2545_F491_4F6C_DD1D);
+    let mut noise = |n: usize| rng.bytes(n);
+    let (w, h) = (11, 7);
+    for f in crate::engine::yuv::device::device_formats() {
+        let layout = f.layout;
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{layout:?} {what}: {e}");
         let data = noise(f.tight_len(w, h));
         let got = engine

@@ -127,6 +127,16 @@ fn copy_map(x: &FeatureMap, dst: &mut FeatureMap) {
 }
 
 impl Network {
+    /// The complexity metric deciding b_I: `overridden`, else the model's (gradient for a
+    /// floating-point model).
+    pub fn metric(&self, overridden: Option<super::ComplexityMetric>) -> super::ComplexityMetric {
+        overridden.unwrap_or(
+            self.quant
+                .as_ref()
+                .map_or(super::ComplexityMetric::Gradient, |q| q.complexity),
+        )
+    }
+
     pub fn new(model: &Model) -> Self {
         let mode = model.quant.as_ref().map(|q| q.mode);
         let layers = model

@@ -236,12 +236,7 @@ impl Engine {
 
     /// The complexity metric frames are measured with under `opts`.
     pub fn metric(&self, opts: &Options) -> ComplexityMetric {
-        opts.metric.unwrap_or(
-            self.net
-                .quant
-                .as_ref()
-                .map_or(ComplexityMetric::Gradient, |q| q.complexity),
-        )
+        self.net.metric(opts.metric)
     }
 
     /// Bits per layer and stats skeleton for an image of complexity `c`.

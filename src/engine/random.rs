@@ -51,6 +51,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// `n` uniform bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next_u64() >> 56) as u8).collect()
+    }
+
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32

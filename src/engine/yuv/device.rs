@@ -32,6 +32,22 @@ impl YuvFormat {
             .map(|(row, rows)| row * rows)
             .sum()
     }
+
+    /// RGB bytes of a `w x h` frame of this format given as tight planes (the host's
+    /// [`unpack_rgb8_into`](super::unpack_rgb8_into)).
+    pub fn unpack_tight(&self, data: &[u8], w: usize, h: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        super::unpack_rgb8_into(&YuvRef::from_tight(data, *self, w, h)?, &mut out)?;
+        Ok(out)
+    }
+
+    /// A `w x h` frame of this format as tight planes from RGB bytes (the host's
+    /// [`pack_rgb8`](super::pack_rgb8)).
+    pub fn pack_tight(&self, rgb: &[u8], w: usize, h: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.tight_len(w, h)];
+        super::pack_rgb8(rgb, &mut YuvMut::from_tight(&mut out, *self, w, h)?)?;
+        Ok(out)
+    }
 }
 
 impl YuvLayout {
@@ -356,45 +372,39 @@ pub fn pack_pixel(p: &YuvParams, rgb: &[u8], dst: &mut [u8], x: usize, y: usize)
     p.put(dst, pv, cy, bv, v);
 }
 
+/// Every layout the device converts, each in four variants (BT.601 / BT.709 / BT.2020 in
+/// turn, limited and full range, all four chroma sitings): what the tests of the device
+/// conversion and its start-up check cover.
+pub fn device_formats() -> Vec<YuvFormat> {
+    let mut out = Vec::new();
+    for (i, layout) in YuvLayout::ALL.into_iter().enumerate() {
+        if !layout.device_convertible() {
+            continue;
+        }
+        for k in 0..4 {
+            out.push(YuvFormat {
+                layout,
+                matrix: YuvMatrix::new(
+                    [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT2020][(i + k) % 3],
+                    k % 2 == 1,
+                ),
+                siting: ChromaSiting {
+                    h_cosited: k & 1 == 0,
+                    v_cosited: k & 2 != 0,
+                },
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::{YuvMatrix, pack_rgb8, unpack_rgb8_into};
+    use super::super::{pack_rgb8, unpack_rgb8_into};
     use super::*;
 
-    /// Formats covering every device layout, both ranges, several matrices and all four
-    /// sitings.
-    fn formats() -> Vec<YuvFormat> {
-        let mut out = Vec::new();
-        for (i, layout) in YuvLayout::ALL.into_iter().enumerate() {
-            if !layout.device_convertible() {
-                continue;
-            }
-            let kr_kb = [YuvMatrix::BT601, YuvMatrix::BT709, YuvMatrix::BT2020][i % 3];
-            for k in 0..4 {
-                out.push(YuvFormat {
-                    layout,
-                    matrix: YuvMatrix::new(kr_kb, k % 2 == 1),
-                    siting: ChromaSiting {
-                        h_cosited: k & 1 == 0,
-                        v_cosited: k & 2 != 0,
-                    },
-                });
-            }
-        }
-        out
-    }
-
-    /// Pseudo-random bytes (every value of a sample's word reachable).
     fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 24) as u8
-            })
-            .collect()
+        crate::engine::random::Rng::new(seed).bytes(n)
     }
 
     const SIZES: [(usize, usize); 7] =
@@ -431,7 +441,7 @@ mod tests {
     /// read a word the same way, and clamp what it gives).
     #[test]
     fn unpack_pixel_is_the_row_wise_unpack() {
-        for (i, f) in formats().into_iter().enumerate() {
+        for (i, f) in device_formats().into_iter().enumerate() {
             for (j, &(w, h)) in SIZES.iter().enumerate() {
                 let p = YuvParams::new(f, w, h).expect("device layout");
                 assert_eq!(p.tight_len(), f.tight_len(w, h), "{f:?} {w}x{h}");
@@ -456,7 +466,7 @@ mod tests {
     /// The per-pixel pack (the kernel's) writes the bytes of the row-wise one.
     #[test]
     fn pack_pixel_is_the_row_wise_pack() {
-        for (i, f) in formats().into_iter().enumerate() {
+        for (i, f) in device_formats().into_iter().enumerate() {
             for (j, &(w, h)) in SIZES.iter().enumerate() {
                 let p = YuvParams::new(f, w, h).expect("device layout");
                 let rgb = noise(w * h * 3, (i * 37 + j + 1000) as u64);
