@@ -277,6 +277,9 @@ pub struct CudaEngine {
     f_yuv_pack: CudaFunction,
     sms: u32,
     bufs: Option<Buffers>,
+    /// RGB bytes and f32 values of a frame whose complexity the host measures (kept between
+    /// frames).
+    host_frame: (Vec<u8>, Vec<f32>),
     name: String,
 }
 
@@ -428,6 +431,7 @@ impl CudaEngine {
             layer_info,
             sms,
             bufs: None,
+            host_frame: Default::default(),
             name,
         };
         for func in engine
@@ -930,16 +934,15 @@ impl CudaEngine {
     /// frame's RGB bytes (YUV frames unpacked as the device does), exactly as the CPU engine
     /// measures a frame of those bytes; None for gradient frames.
     fn host_complexities(
-        &self,
+        &mut self,
         frames: &[&[u8]],
         fmts: &[(Pixels, Pixels)],
         w: usize,
         h: usize,
         opts: &[Options],
     ) -> Result<Vec<Option<f32>>> {
-        let mut rgb = Vec::new();
-        let mut img = crate::engine::Image::default();
-        (0..frames.len())
+        let (mut rgb, mut values) = std::mem::take(&mut self.host_frame);
+        let c = (0..frames.len())
             .map(|i| {
                 let metric = self.metric(&opts[if opts.len() == 1 { 0 } else { i }]);
                 if metric == ComplexityMetric::Gradient {
@@ -962,13 +965,13 @@ impl CudaEngine {
                         w * h * 3
                     )));
                 }
-                img.width = w;
-                img.height = h;
-                img.data.clear();
-                img.data.extend(bytes.iter().map(|&v| v as f32));
-                Ok(Some(complexity::measure(metric, &img.data, w, h)))
+                values.clear();
+                values.extend(bytes.iter().map(|&v| v as f32));
+                Ok(Some(complexity::measure(metric, &values, w, h)))
             })
-            .collect()
+            .collect();
+        self.host_frame = (rgb, values);
+        c
     }
 
     /// Checks what the device path of `opts` uses; returns the frame's base bits.
