@@ -15,7 +15,7 @@
 use gstadabm::cuda::{self, CudaEngine, CudaError, Pixels, SharedCuda};
 use gstadabm::engine::intnet::IntNetwork;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
-use gstadabm::engine::yuv::{self, ChromaSiting, YuvFormat, YuvLayout, YuvMatrix};
+use gstadabm::engine::yuv::{self, ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvParams};
 
 use gstadabm::engine::{EdsrConfig, Engine, Image, Model, Options, QuantMode, builtin, complexity};
 
@@ -531,6 +531,162 @@ fn yuv_kernels_match_the_host_conversion() {
         .yuv_to_rgb(&noise(packed.tight_len(8, 8), 2), packed, 8, 8)
         .unwrap_err();
     assert!(e.to_string().contains("planar"), "{e}");
+}
+
+/// The YUV kernels' own source (kernels/adabm.cu, its YUV section and `to_u8`), compiled for
+/// the host CPU by the system C++ compiler with CUDA's keywords defined away, run thread by
+/// thread: byte for byte the host's conversions for every device format at odd sizes. x86-64
+/// floats are IEEE single precision like the GPU's, and `-ffp-contract=off` keeps the
+/// `--fmad=false` order, so this checks the kernels' arithmetic without a GPU (what remains
+/// for one is the launch). Skips, saying so, without a C++ compiler.
+#[test]
+fn yuv_kernel_source_on_the_host_matches_the_host_conversion() {
+    let src = include_str!("../kernels/adabm.cu");
+    let section = |from: &str, to: &str| -> &str {
+        let a = src
+            .find(from)
+            .unwrap_or_else(|| panic!("{from:?} not in adabm.cu"));
+        let b = a + src[a..]
+            .find(to)
+            .unwrap_or_else(|| panic!("{to:?} not in adabm.cu"));
+        &src[a..b]
+    };
+    let typedefs = section("typedef unsigned char u8;", "\n\n");
+    let to_u8 = section("// Rust's `v.round_ties_even()", "\n}\n");
+    let yuv = section("// YUV <-> RGB bytes", "// -----------------");
+    let program = format!(
+        r#"#include <math.h>
+#include <stdio.h>
+#include <algorithm>
+#include <vector>
+#define __device__
+#define __forceinline__ inline
+#define __global__
+using std::max;
+using std::min;
+struct Dim3 {{ unsigned x, y, z; }};
+static Dim3 blockIdx, threadIdx, blockDim;
+{typedefs}
+{to_u8}
+}}
+{yuv}
+// Records from stdin: mode (0 unpack, 1 pack), YuvParams, input length, input bytes; the
+// output of each to stdout.
+int main() {{
+    unsigned mode;
+    YuvParams p;
+    unsigned long long n;
+    while (fread(&mode, 4, 1, stdin) == 1) {{
+        if (fread(&p, sizeof p, 1, stdin) != 1 || fread(&n, 8, 1, stdin) != 1) return 2;
+        std::vector<u8> in(n);
+        if (n && fread(in.data(), 1, n, stdin) != n) return 3;
+        size_t px = (size_t)p.w * p.h;
+        size_t out_n = mode == 0 ? px * 3 : (size_t)n;
+        if (mode == 1) {{
+            out_n = 0;
+            for (int k = 0; k < 3; k++) {{
+                size_t rows = k == 0 ? p.h : p.ch;
+                size_t end = p.off[k] + (size_t)p.stride[k] * rows;
+                if (p.stride[k] && end > out_n) out_n = end;
+            }}
+        }}
+        std::vector<u8> out(out_n, 0xA5);
+        blockDim.x = 256;
+        for (blockIdx.x = 0; (size_t)blockIdx.x * 256 < px; blockIdx.x++)
+            for (threadIdx.x = 0; threadIdx.x < 256; threadIdx.x++) {{
+                if (mode == 0) yuv_unpack(in.data(), out.data(), p);
+                else yuv_pack(in.data(), out.data(), p);
+            }}
+        fwrite(out.data(), 1, out.size(), stdout);
+    }}
+    return 0;
+}}
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (cpp, exe) = (dir.path().join("yuv.cpp"), dir.path().join("yuv"));
+    std::fs::write(&cpp, program).unwrap();
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let built = std::process::Command::new(&cxx)
+        .args(["-O1", "-ffp-contract=off", "-o"])
+        .arg(&exe)
+        .arg(&cpp)
+        .output();
+    let built = match built {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!(
+                "SKIP yuv_kernel_source_on_the_host_matches_the_host_conversion: no C++ compiler ({cxx}: {e})"
+            );
+            return;
+        }
+    };
+    assert!(
+        built.status.success(),
+        "the YUV section of kernels/adabm.cu does not compile for the host:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    // Every case as one record; the expected outputs in the same order.
+    let (mut input, mut want) = (Vec::new(), Vec::new());
+    let mut record = |mode: u32, p: &YuvParams, data: &[u8], expected: Vec<u8>| {
+        input.extend_from_slice(&mode.to_le_bytes());
+        // SAFETY: `YuvParams` is `#[repr(C)]` plain data without padding (its size is
+        // asserted), laid out as the C++ struct on the same target.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((p as *const YuvParams).cast::<u8>(), size_of::<YuvParams>())
+        };
+        input.extend_from_slice(bytes);
+        input.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        input.extend_from_slice(data);
+        want.push(expected);
+    };
+    let mut cases = 0;
+    for (i, f) in yuv::device::device_formats().into_iter().enumerate() {
+        for (j, &(w, h)) in [(1, 1), (2, 1), (1, 3), (7, 5), (33, 17), (128, 96)]
+            .iter()
+            .enumerate()
+        {
+            let p = YuvParams::new(f, w, h).unwrap();
+            let seed = (i * 10 + j) as u64;
+            let data = noise(f.tight_len(w, h), seed);
+            record(0, &p, &data, host_unpack(&data, f, w, h));
+            let rgb = noise(w * h * 3, seed + 5000);
+            record(1, &p, &rgb, host_pack(&rgb, f, w, h));
+            cases += 1;
+        }
+    }
+    let mut child = std::process::Command::new(&exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(&input).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(
+        out.status.success(),
+        "host build of the kernels: {:?}",
+        out.status
+    );
+    let mut at = 0;
+    for (k, w) in want.iter().enumerate() {
+        let got = &out.stdout[at..at + w.len()];
+        let what = if k % 2 == 0 { "yuv_unpack" } else { "yuv_pack" };
+        assert!(
+            got == &w[..],
+            "{what} differs from the host in format/size case {}",
+            k / 2
+        );
+        at += w.len();
+    }
+    assert_eq!(at, out.stdout.len(), "output length");
+    eprintln!(
+        "YUV kernels built for the host: {cases} format/size cases, unpack and pack, equal the host's conversions"
+    );
 }
 
 /// YUV frames through the whole engine, mixed with RGB frames and other YUV layouts in one
