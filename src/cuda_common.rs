@@ -1,6 +1,8 @@
 //! What the CUDA backend and its stub (built without the `cuda` feature) share: the error type,
 //! the per-frame stats and a shared engine's finished frame.
 
+use crate::engine::yuv::YuvFormat;
+
 /// Everything that can go wrong on the CUDA path, with a message a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -17,8 +19,6 @@ pub enum CudaError {
     #[error("invalid input: {0}")]
     Input(String),
 }
-
-use crate::engine::yuv::YuvFormat;
 
 pub type Result<T, E = CudaError> = std::result::Result<T, E>;
 

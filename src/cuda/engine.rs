@@ -641,7 +641,7 @@ impl CudaEngine {
         }
         let st = &self.stream;
         let src = st.clone_htod(rgb)?;
-        let dst = st.alloc_zeros::<u8>(p.tight_len())?;
+        let dst = st.alloc_zeros::<u8>(f.tight_len(w, h))?;
         launch_yuv(st, &self.f_yuv_pack, ptr(&src, st), ptr(&dst, st), &p)?;
         Ok(st.clone_dtoh(&dst)?)
     }
@@ -687,14 +687,15 @@ impl CudaEngine {
     /// Prepares buffers for `frames` frames of `w x h` and uploads them once
     /// (for [`Self::run_resident`]).
     pub fn upload(&mut self, frames: &[&[u8]], w: usize, h: usize) -> Result<()> {
+        self.check_input(frames, &[], w, h)?;
         self.stage_input(frames, &[], w, h, false)?;
         self.stream.synchronize()?;
         Ok(())
     }
 
-    /// Checks the frames, sizes the buffers and queues their upload through pinned memory
-    /// (`fmts`: [`Self::upscale_formats_into`]'s; empty: all RGB), and the conversion of YUV
-    /// frames into `rgb_in`.
+    /// Sizes the buffers and queues the upload of frames [`Self::check_input`] accepted
+    /// through pinned memory (`fmts`: [`Self::upscale_formats_into`]'s; empty: all RGB), and
+    /// the conversion of YUV frames into `rgb_in`.
     fn stage_input(
         &mut self,
         frames: &[&[u8]],
@@ -703,7 +704,6 @@ impl CudaEngine {
         h: usize,
         want_f32: bool,
     ) -> Result<()> {
-        self.check_input(frames, fmts, w, h)?;
         self.ensure_buffers(frames.len(), h, w, want_f32)?;
         let n = w * h * 3;
         // YUV staging for the inputs and the HR outputs that are YUV.
@@ -836,6 +836,7 @@ impl CudaEngine {
                 frames.len()
             )));
         }
+        self.check_input(frames, fmts, w, h)?;
         let host_c = self.host_complexities(frames, fmts, w, h, opts)?;
         self.stage_input(frames, fmts, w, h, want_f32)?;
         self.enqueue(opts, &host_c)?;
@@ -862,7 +863,7 @@ impl CudaEngine {
                     )?,
                     Pixels::Yuv(f) => {
                         let p = yuv_params(f, hw, hh, f.tight_len(hw, hh))?;
-                        let len = p.tight_len();
+                        let len = f.tight_len(hw, hh);
                         let (src, dst) = (ptr(&b.rgb_out, st), ptr(&y.dev_out, st));
                         launch_yuv(
                             st,
@@ -948,23 +949,16 @@ impl CudaEngine {
                 if metric == ComplexityMetric::Gradient {
                     return Ok(None);
                 }
+                // Frames as `check_input` accepted them.
                 let bytes = match format_of(fmts, i).0 {
                     Pixels::Rgb => frames[i],
                     Pixels::Yuv(f) => {
-                        let src = crate::engine::yuv::YuvRef::from_tight(frames[i], f, w, h)
+                        crate::engine::yuv::YuvRef::from_tight(frames[i], f, w, h)
                             .and_then(|src| crate::engine::yuv::unpack_rgb8_into(&src, &mut rgb))
-                            .map_err(|e| CudaError::Input(e.to_string()));
-                        src?;
+                            .map_err(|e| CudaError::Input(e.to_string()))?;
                         &rgb[..]
                     }
                 };
-                if bytes.len() != w * h * 3 {
-                    return Err(CudaError::Input(format!(
-                        "frame {i} has {} bytes, expected {w}x{h}x3 = {}",
-                        bytes.len(),
-                        w * h * 3
-                    )));
-                }
                 values.clear();
                 values.extend(bytes.iter().map(|&v| v as f32));
                 Ok(Some(complexity::measure(metric, &values, w, h)))
@@ -1367,11 +1361,11 @@ fn yuv_params(f: YuvFormat, w: usize, h: usize, len: usize) -> Result<YuvParams>
             f.layout
         ))
     })?;
-    if len != p.tight_len() {
+    if len != f.tight_len(w, h) {
         return Err(CudaError::Input(format!(
             "{:?} frame {w}x{h} has {len} bytes, expected {} (planes packed tightly)",
             f.layout,
-            p.tight_len()
+            f.tight_len(w, h)
         )));
     }
     Ok(p)

@@ -251,13 +251,6 @@ impl YuvParams {
         })
     }
 
-    /// Bytes of the tight frame.
-    pub fn tight_len(&self) -> usize {
-        let last = (0..3).rev().find(|&p| self.stride[p] > 0).unwrap_or(0);
-        let rows = if last == 0 { self.h } else { self.ch } as usize;
-        self.off[last] as usize + self.stride[last] as usize * rows
-    }
-
     /// Sample at byte `byte` of row `row` of plane `plane`, as `yuv_get`.
     fn get(&self, src: &[u8], plane: usize, row: usize, byte: usize) -> f32 {
         let at = self.off[plane] as usize + row * self.stride[plane] as usize + byte;
@@ -444,7 +437,11 @@ mod tests {
         for (i, f) in device_formats().into_iter().enumerate() {
             for (j, &(w, h)) in SIZES.iter().enumerate() {
                 let p = YuvParams::new(f, w, h).expect("device layout");
-                assert_eq!(p.tight_len(), f.tight_len(w, h), "{f:?} {w}x{h}");
+                // The planes where `YuvFormat`'s tight layout puts them.
+                let sizes = f.layout.plane_sizes(w, h);
+                let ends = [0, 1, 2].map(|k| p.off[k] as usize + sizes[k].0 * sizes[k].1);
+                assert_eq!((p.off[0], ends[2]), (0, f.tight_len(w, h)), "{f:?} {w}x{h}");
+                assert_eq!([p.off[1], p.off[2]].map(|o| o as usize), [ends[0], ends[1]]);
                 let data = noise(f.tight_len(w, h), (i * 31 + j) as u64);
                 let frame = YuvRef::from_tight(&data, f, w, h).unwrap();
                 let mut want = Vec::new();
