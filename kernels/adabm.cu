@@ -166,17 +166,23 @@ extern "C" __global__ void input_codes(const u8* rgb, u8* codes, const Quant* pl
 }
 
 // ---------------------------------------------------------------------------------------
-// YUV <-> RGB bytes of planar and semi-planar frames (src/engine/yuv/device.rs, whose
-// unpack_pixel / pack_pixel are these kernels in Rust, tested against the host's row-wise
-// conversions): the frame's planes packed tightly one after the other, one thread per pixel.
+// YUV <-> RGB bytes of planar, semi-planar and packed (4:2:2, 4:4:4) frames
+// (src/engine/yuv/device.rs, whose unpack_pixel / pack_pixel are these kernels in Rust, tested
+// against the host's row-wise conversions): the frame's planes packed tightly one after the
+// other, one thread per pixel; where a sample is in its plane's row is given by steps and
+// offsets (YuvParams).
 
 struct YuvParams {
     u64 off[3];     // byte offset of each plane in the frame
     int stride[3];  // row bytes of each plane
     int w, h, cw, ch, sx, sy;
     int bytes, shift;  // bytes per sample (1, 2); where the sample starts in a 2-byte word
-    int planes;        // 1 grey, 2 Y + interleaved chroma, 3 planar
-    int vu;            // interleaved chroma holds V first (NV21)
+    int chroma;        // 0 grey (luma only), 1 with chroma
+    int ystep, yoff;   // luma of pixel x: byte x * ystep + yoff of plane 0's row
+    int cstep;         // chroma sample c's U (k = 0) and V (k = 1): byte c * cstep + coff[k]
+    int coff[2], cplane[2];  // of plane cplane[k]'s row
+    int aoff;          // packed 4:4:4 with alpha: the alpha byte of a pixel (written 255), or -1
+    int ypad;          // packed 4:2:2 of odd width: the last group's second luma repeats the last
     int h_cosited, v_cosited;
     float yo, centre, maxc, ky, rv, gu, gv, bu;
     float l[3], u[3], v[3];
@@ -207,14 +213,8 @@ __device__ __forceinline__ void yuv_put(u8* f, const YuvParams& p, int plane, in
 // Plane and byte in the row of chroma sample c's U (k = 0) or V (k = 1).
 __device__ __forceinline__ void yuv_chroma_at(const YuvParams& p, int c, int k, int* plane,
                                               int* byte) {
-    if (p.planes == 2) {
-        int first = p.vu ? 1 - k : k;
-        *plane = 1;
-        *byte = (2 * c + first) * p.bytes;
-    } else {
-        *plane = 1 + k;
-        *byte = c * p.bytes;
-    }
+    *plane = p.cplane[k];
+    *byte = c * p.cstep + p.coff[k];
 }
 
 // yuv.rs up_taps: the two (index, weight) taps of the bilinear upsampling of chroma to luma
@@ -283,9 +283,9 @@ extern "C" __global__ void yuv_unpack(const u8* src, u8* rgb, YuvParams p) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)p.w * p.h) return;
     int y = (int)(i / p.w), x = (int)(i - (size_t)y * p.w);
-    float luma = yuv_get(src, p, 0, y, x * p.bytes);
+    float luma = yuv_get(src, p, 0, y, x * p.ystep + p.yoff);
     float u = p.centre, v = p.centre;
-    if (p.planes != 1) {
+    if (p.chroma) {
         if (p.sx == 1) {
             yuv_column(src, p, y, x, &u, &v);
         } else {
@@ -318,8 +318,11 @@ extern "C" __global__ void yuv_pack(const u8* rgb, u8* dst, YuvParams p) {
     const u8* s = rgb + i * 3;
     float r = (float)s[0], g = (float)s[1], b = (float)s[2];
     float luma = p.yo + p.l[0] * r + p.l[1] * g + p.l[2] * b;
-    yuv_put(dst, p, 0, y, x * p.bytes, luma);
-    if (p.planes == 1 || x % p.sx != 0 || y % p.sy != 0) return;
+    yuv_put(dst, p, 0, y, x * p.ystep + p.yoff, luma);
+    // Packed 4:2:2 of odd width: the last group's second luma is the last pixel's.
+    if (p.ypad && x == p.w - 1) yuv_put(dst, p, 0, y, (x + 1) * p.ystep + p.yoff, luma);
+    if (p.aoff >= 0) dst[p.off[0] + (size_t)y * p.stride[0] + x * p.ystep + p.aoff] = 255;
+    if (!p.chroma || x % p.sx != 0 || y % p.sy != 0) return;
     int cx = x / p.sx, cy = y / p.sy;
     int xs[3], ys[3];
     float wx[3], wy[3];

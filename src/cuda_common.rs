@@ -27,10 +27,12 @@ pub type Result<T, E = CudaError> = std::result::Result<T, E>;
 pub enum Pixels {
     /// Packed RGB, 3 bytes a pixel.
     Rgb,
-    /// A planar or semi-planar YUV frame ([`YuvLayout::device_convertible`]) with its planes
-    /// packed tightly ([`YuvFormat::tight_len`]), converted to and from RGB bytes on the
-    /// device exactly as [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and
-    /// [`pack_rgb8`](crate::engine::yuv::pack_rgb8) do on the host.
+    /// A YUV frame of a layout the device converts ([`YuvLayout::device_convertible`]: all
+    /// but v210, which goes as I422_10LE) with its planes packed tightly
+    /// ([`YuvFormat::tight_len`]), converted to and from RGB bytes on the device exactly as
+    /// [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and
+    /// [`pack_rgb8`](crate::engine::yuv::pack_rgb8) do on the host (packed 4:4:4's alpha
+    /// bytes are ignored in and written 255 out).
     ///
     /// [`YuvLayout::device_convertible`]: crate::engine::yuv::YuvLayout::device_convertible
     Yuv(YuvFormat),

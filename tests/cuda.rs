@@ -473,7 +473,7 @@ fn host_pack(rgb: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
 
 /// `yuv_unpack` and `yuv_pack` give the host's bytes for every device layout, range, matrix
 /// and siting, on random samples and pixels, at odd sizes and at 1080p; the start-up check
-/// passes; frames the device does not convert are refused with a reason.
+/// passes; v210's own bytes (which go as I422_10LE planes) are refused with a reason.
 #[test]
 fn yuv_kernels_match_the_host_conversion() {
     let Some(dev) = gpu("yuv_kernels_match_the_host_conversion") else {
@@ -501,7 +501,13 @@ fn yuv_kernels_match_the_host_conversion() {
             n += 1;
         }
     }
-    for layout in [YuvLayout::I420, YuvLayout::Nv12, YuvLayout::P010] {
+    for layout in [
+        YuvLayout::I420,
+        YuvLayout::Nv12,
+        YuvLayout::P010,
+        YuvLayout::Uyvy,
+        YuvLayout::Ayuv,
+    ] {
         let f = YuvFormat {
             layout,
             matrix: YuvMatrix::new(YuvMatrix::BT709, false),
@@ -516,21 +522,24 @@ fn yuv_kernels_match_the_host_conversion() {
         let rgb = noise(w * h * 3, 78);
         assert!(eng.rgb_to_yuv(&rgb, f, w, h).unwrap() == host_pack(&rgb, f, w, h));
     }
-    eprintln!("yuv kernels: {n} format/size cases and 1080p I420, NV12, P010 equal the host's");
+    eprintln!(
+        "yuv kernels: {n} format/size cases and 1080p I420, NV12, P010, UYVY, AYUV equal the host's"
+    );
     let f = yuv::device::device_formats()[0];
     let short = noise(f.tight_len(8, 8) - 1, 1);
     assert!(matches!(
         eng.yuv_to_rgb(&short, f, 8, 8),
         Err(CudaError::Input(_))
     ));
-    let packed = YuvFormat {
-        layout: YuvLayout::Yuy2,
+    // v210 goes as I422_10LE planes (`YuvFormat::device`); its own bytes are refused.
+    let v210 = YuvFormat {
+        layout: YuvLayout::V210,
         ..f
     };
     let e = eng
-        .yuv_to_rgb(&noise(packed.tight_len(8, 8), 2), packed, 8, 8)
+        .yuv_to_rgb(&noise(v210.tight_len(8, 8), 2), v210, 8, 8)
         .unwrap_err();
-    assert!(e.to_string().contains("planar"), "{e}");
+    assert!(e.to_string().contains("I422_10LE"), "{e}");
 }
 
 /// The YUV kernels' own source (kernels/adabm.cu, its YUV section and `to_u8`), compiled for

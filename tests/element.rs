@@ -846,8 +846,8 @@ fn cuda_backend_matches_the_integer_reference() {
                 "x{scale} {precision} {fmt} {w}x{hh}: CUDA element output differs from the integer reference"
             );
         }
-        // YUV formats: planar and semi-planar ones converted to and from 8-bit RGB on the GPU,
-        // packed ones (YUY2) on the CPU — the same bytes either way.
+        // YUV formats, converted to and from 8-bit RGB on the GPU (v210 as I422_10LE planes;
+        // VUYA's alpha upscaled bilinearly on the CPU) — the bytes of the CPU conversions.
         for fmt in [
             "I420",
             "NV12",
@@ -857,6 +857,9 @@ fn cuda_backend_matches_the_integer_reference() {
             "NV21",
             "I422_10LE",
             "GRAY8",
+            "UYVY",
+            "VUYA",
+            "v210",
             "I420",
         ] {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
@@ -878,6 +881,12 @@ fn cuda_backend_matches_the_integer_reference() {
                     let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
                     let hr = int.upscale(&img, &plan);
                     gstadabm::engine::yuv::pack_rgb8(&hr.to_rgb8(), dst).unwrap();
+                    let mut a = Vec::new();
+                    if gstadabm::engine::yuv::unpack_alpha_into(src, &mut a).unwrap() {
+                        let (w, h, s) = (src.width, src.height, scale as usize);
+                        let a = gstadabm::engine::frame::upscale_plane_bilinear(&a, w, h, s);
+                        gstadabm::engine::yuv::pack_alpha(&a, dst).unwrap();
+                    }
                 },
             );
             assert!(

@@ -1540,13 +1540,14 @@ fn cuda_stats(fs: crate::cuda::FrameStats, t0: std::time::Instant) -> engine::St
     }
 }
 
-/// Whether YUV frames of `layout` are converted on the GPU: planar and semi-planar layouts,
-/// when the device passed its start-up check of the conversion (else a warning, once) and
-/// `ADABM_CUDA_YUV` is not `host` (which keeps the conversion on the CPU, for comparisons).
-fn yuv_on_gpu(c: &SharedCuda, layout: YuvLayout) -> bool {
+/// Whether YUV frames are converted on the GPU (every layout: v210 goes as I422_10LE planes,
+/// [`YuvFormat::device`](engine::yuv::YuvFormat::device)): when the device passed its
+/// start-up check of the conversion (else a warning, once) and `ADABM_CUDA_YUV` is not `host`
+/// (which keeps the conversion on the CPU, for comparisons).
+fn yuv_on_gpu(c: &SharedCuda) -> bool {
     static HOST: LazyLock<bool> =
         LazyLock::new(|| std::env::var("ADABM_CUDA_YUV").is_ok_and(|v| v == "host"));
-    if !layout.device_convertible() || *HOST {
+    if *HOST {
         return false;
     }
     match c.yuv_on_device() {
@@ -1566,9 +1567,10 @@ fn yuv_on_gpu(c: &SharedCuda, layout: YuvLayout) -> bool {
     }
 }
 
-/// One YUV frame through the CUDA engine: planar and semi-planar frames go to the GPU as they
-/// are (planes packed tightly) and are converted there ([`yuv_on_gpu`]); the others are
-/// converted to RGB bytes on the CPU, upscaled, converted back. Both give the same bytes.
+/// One YUV frame through the CUDA engine: frames go to the GPU as they are (planes packed
+/// tightly; v210 repacked to I422_10LE planes) and are converted there ([`yuv_on_gpu`]), or
+/// are converted to RGB bytes on the CPU, upscaled, converted back. Both give the same bytes.
+/// Alpha (AYUV, VUYA) is upscaled bilinearly on the CPU, as the CPU engine does.
 fn cuda_yuv_frame(
     c: &SharedCuda,
     src: &YuvRef,
@@ -1580,19 +1582,22 @@ fn cuda_yuv_frame(
     let (w, h) = (src.width, src.height);
     let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
     let err = |e: engine::Error| e.to_string();
-    if yuv_on_gpu(c, src.layout) {
+    let fs = if yuv_on_gpu(c) {
         src.copy_tight(&mut bufs.rgb).map_err(err)?;
-        let fmt = (Pixels::Yuv(src.format()), Pixels::Yuv(dst.format()));
+        let fmt = (
+            Pixels::Yuv(src.format().device()),
+            Pixels::Yuv(dst.format().device()),
+        );
         let fs = bufs.upscale_as(c, fmt, w, h, opts)?;
         dst.store_tight(&bufs.hr).map_err(err)?;
-        return Ok(cuda_stats(fs, t0));
-    }
-    engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(err)?;
-    let has_alpha = engine::yuv::unpack_alpha_into(src, &mut bufs.alpha).map_err(err)?;
-    let fs = bufs.upscale(c, w, h, opts)?;
-    engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(err)?;
-    if has_alpha {
-        // AYUV, VUYA: alpha upscaled bilinearly, as on the CPU.
+        fs
+    } else {
+        engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(err)?;
+        let fs = bufs.upscale(c, w, h, opts)?;
+        engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(err)?;
+        fs
+    };
+    if engine::yuv::unpack_alpha_into(src, &mut bufs.alpha).map_err(err)? {
         bufs.upscale_alpha(w, h, s);
         engine::yuv::pack_alpha(&bufs.alpha_hr, dst).map_err(err)?;
     }

@@ -1356,8 +1356,8 @@ fn format_of(fmts: &[(Pixels, Pixels)], i: usize) -> (Pixels, Pixels) {
 fn yuv_params(f: YuvFormat, w: usize, h: usize, len: usize) -> Result<YuvParams> {
     let p = YuvParams::new(f, w, h).ok_or_else(|| {
         CudaError::Input(format!(
-            "{:?} {w}x{h}: not a layout the device converts (planar and semi-planar only), \
-             or too large",
+            "{:?} {w}x{h}: not a layout the device converts (v210 goes as I422_10LE planes: \
+             YuvFormat::device), or too large",
             f.layout
         ))
     })?;

@@ -785,7 +785,9 @@ impl<'f, 'a, 's> YuvPacker<'f, 'a, 's> {
     /// Completes the frame (repacks a v210 frame from its staged planes).
     pub fn finish(self) {
         if let Some(tmp) = self.v210 {
-            planar_to_v210(&v210_staged(tmp, self.f), self.f);
+            let (w, h) = (self.f.width, self.f.height);
+            let ([y, u, v], _) = split_v210_planes(tmp, w, h);
+            planar_to_v210([y, u, v].map(|p| &*p), self.f);
         }
     }
 }
@@ -891,9 +893,10 @@ fn v210_to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
     }
 }
 
-/// I422_10LE planes `p` (unpadded rows) into the v210 frame `f`, rows in parallel; the samples
-/// past the row's end in its last group repeat the row's last ones.
-fn planar_to_v210(p: &YuvMut, f: &mut YuvMut) {
+/// I422_10LE planes `p` (Y, Cb, Cr, unpadded rows: [`v210_planes`]) into the v210 frame `f`,
+/// rows in parallel; the samples past the row's end in its last group repeat the row's last
+/// ones.
+fn planar_to_v210(p: [&[u8]; 3], f: &mut YuvMut) {
     let (w, h) = (f.width, f.height);
     let cw = w.div_ceil(2);
     let row_bytes = w.div_ceil(6) * 16;
@@ -907,9 +910,9 @@ fn planar_to_v210(p: &YuvMut, f: &mut YuvMut) {
                 u16::from_le_bytes([plane[at], plane[at + 1]])
             };
             for (g, group) in row[..row_bytes].chunks_exact_mut(16).enumerate() {
-                let y = std::array::from_fn(|i| sample(p.planes[0], w, 6 * g + i));
-                let cb = std::array::from_fn(|i| sample(p.planes[1], cw, 3 * g + i));
-                let cr = std::array::from_fn(|i| sample(p.planes[2], cw, 3 * g + i));
+                let y = std::array::from_fn(|i| sample(p[0], w, 6 * g + i));
+                let cb = std::array::from_fn(|i| sample(p[1], cw, 3 * g + i));
+                let cr = std::array::from_fn(|i| sample(p[2], cw, 3 * g + i));
                 v210_put(group, y, cb, cr);
             }
         });

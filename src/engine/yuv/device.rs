@@ -1,13 +1,15 @@
-//! Planar and semi-planar YUV frames converted one pixel at a time, as the CUDA kernels
-//! `yuv_unpack` and `yuv_pack` (kernels/adabm.cu) do: the frame's planes packed tightly one
-//! after the other ([`YuvFormat::tight_len`]), described to a kernel by [`YuvParams`].
+//! YUV frames converted one pixel at a time, as the CUDA kernels `yuv_unpack` and `yuv_pack`
+//! (kernels/adabm.cu) do: the frame's planes packed tightly one after the other
+//! ([`YuvFormat::tight_len`]), described to a kernel by [`YuvParams`].
 //!
 //! [`unpack_pixel`] and [`pack_pixel`] are those kernels written in Rust, with the same
 //! operations in the same order; the tests check them against the row-wise conversions of the
 //! parent module ([`unpack_rgb8_into`](super::unpack_rgb8_into), [`pack_rgb8`](super::pack_rgb8)),
 //! which the GPU must reproduce bit for bit (the CUDA parity tests compare the kernels with
-//! those too). Packed 4:2:2, packed 4:4:4 with alpha and v210 stay on the host
-//! ([`YuvLayout::device_convertible`]).
+//! those too). Every layout but v210 ([`YuvLayout::device_convertible`]): planar,
+//! semi-planar, grey, packed 4:2:2 (YUY2, UYVY, YVYU) and packed 4:4:4 (AYUV, VUYA; their
+//! alpha is the host's, [`unpack_alpha_into`](super::unpack_alpha_into) and
+//! [`pack_alpha`](super::pack_alpha)).
 
 use super::{ChromaSiting, Coeffs, YuvLayout, YuvMatrix, YuvMut, YuvRef, down_taps, up_taps};
 use crate::engine::error::{Error, Result};
@@ -23,6 +25,19 @@ pub struct YuvFormat {
 }
 
 impl YuvFormat {
+    /// The format a frame of this one has on the device: itself, but v210's samples go as
+    /// I422_10LE planes (the host's own v210 conversion goes through those too, so the
+    /// pixels are the same), with [`YuvRef::copy_tight`] and [`YuvMut::store_tight`].
+    pub fn device(self) -> YuvFormat {
+        match self.layout {
+            YuvLayout::V210 => YuvFormat {
+                layout: YuvLayout::I422p10,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     /// Bytes of a `w x h` frame with its planes packed tightly (rows of exactly the plane's
     /// row bytes, planes one after the other).
     pub fn tight_len(&self, w: usize, h: usize) -> usize {
@@ -51,10 +66,11 @@ impl YuvFormat {
 }
 
 impl YuvLayout {
-    /// Planar and semi-planar layouts (and grey): those the CUDA engine converts on the
-    /// device. Packed 4:2:2, packed 4:4:4 with alpha and v210 are converted on the host.
+    /// The layouts the CUDA engine converts on the device: all but v210 (6 pixels in 16 bytes
+    /// of 10-bit words), which the host repacks to and from I422_10LE planes
+    /// ([`YuvRef::copy_tight`]).
     pub fn device_convertible(self) -> bool {
-        self.packed().is_none() && self.packed444().is_none() && self != Self::V210
+        self != Self::V210
     }
 }
 
@@ -68,10 +84,15 @@ impl<'a> YuvRef<'a> {
         }
     }
 
-    /// This frame's planes packed tightly into `out` (resized; [`YuvFormat::tight_len`]).
+    /// This frame's planes packed tightly into `out` (resized), in its device format
+    /// ([`YuvFormat::device`]: v210 as I422_10LE planes): [`YuvFormat::tight_len`] of that.
     pub fn copy_tight(&self, out: &mut Vec<u8>) -> Result<()> {
         self.check()?;
         let (w, h) = (self.width, self.height);
+        if self.layout == YuvLayout::V210 {
+            super::v210_to_planar(self, out);
+            return Ok(());
+        }
         out.clear();
         out.reserve(self.format().tight_len(w, h));
         for (p, (row, rows)) in self.layout.plane_sizes(w, h).into_iter().enumerate() {
@@ -131,12 +152,19 @@ impl<'a> YuvMut<'a> {
         }
     }
 
-    /// Writes this frame's planes from their tightly packed bytes `data`
-    /// ([`YuvFormat::tight_len`]); padding past each row's bytes is left as it was.
+    /// Writes this frame's planes from their tightly packed bytes `data` in its device format
+    /// ([`YuvFormat::device`]: a v210 frame from I422_10LE planes, repacked);
+    /// padding past each row's bytes is left as it was.
     pub fn store_tight(&mut self, data: &[u8]) -> Result<()> {
         self.check()?;
         let (w, h) = (self.width, self.height);
-        check_tight(data.len(), self.format(), w, h)?;
+        let device = self.format().device();
+        check_tight(data.len(), device, w, h)?;
+        if self.layout == YuvLayout::V210 {
+            let planes = YuvRef::from_tight(data, device, w, h)?.planes;
+            super::planar_to_v210(planes, self);
+            return Ok(());
+        }
         let mut at = 0;
         for (p, (row, rows)) in self.layout.plane_sizes(w, h).into_iter().enumerate() {
             let stride = self.strides[p];
@@ -181,10 +209,21 @@ pub struct YuvParams {
     /// Bytes per sample (1 or 2) and where the sample's bits start in a 2-byte word.
     pub bytes: i32,
     pub shift: i32,
-    /// 1: grey (luma only), 2: Y and interleaved chroma, 3: three planes.
-    pub planes: i32,
-    /// Interleaved chroma holds V first (NV21).
-    pub vu: i32,
+    /// 0: grey (luma only), 1: with chroma.
+    pub chroma: i32,
+    /// The luma of pixel x: byte `x * ystep + yoff` of plane 0's row.
+    pub ystep: i32,
+    pub yoff: i32,
+    /// Chroma sample c's U (k = 0) and V (k = 1): byte `c * cstep + coff[k]` of plane
+    /// `cplane[k]`'s row.
+    pub cstep: i32,
+    pub coff: [i32; 2],
+    pub cplane: [i32; 2],
+    /// Packed 4:4:4 with alpha: the alpha byte of a pixel (packing writes 255, as the host's
+    /// colour packing does before [`pack_alpha`](super::pack_alpha)); -1 without.
+    pub aoff: i32,
+    /// Packed 4:2:2 of odd width: the last group's second luma repeats the last pixel's.
+    pub ypad: i32,
     pub h_cosited: i32,
     pub v_cosited: i32,
     pub yo: f32,
@@ -200,8 +239,8 @@ pub struct YuvParams {
     pub v: [f32; 3],
 }
 
-// The kernels' struct: 3 u64, 15 i32 and 17 f32, no padding.
-const _: () = assert!(std::mem::size_of::<YuvParams>() == 152);
+// The kernels' struct: 3 u64, 23 i32 and 17 f32, no padding.
+const _: () = assert!(std::mem::size_of::<YuvParams>() == 184);
 
 impl YuvParams {
     /// The parameters of a `w x h` frame of format `f`; None for a layout the device does not
@@ -222,6 +261,19 @@ impl YuvParams {
         let (cw, ch) = l.chroma_size(w, h);
         let (sx, sy) = l.subsampling();
         let m: Coeffs = f.matrix.coeffs(l.depth());
+        let b = l.word();
+        // Where samples sit in their rows: (luma step, luma offset, chroma step, U and V
+        // offsets, U and V planes, alpha offset).
+        let (ystep, yoff, cstep, coff, cplane, aoff) = if let Some(at) = l.packed() {
+            (2, at[0], 4, [at[2], at[3]], [0, 0], -1)
+        } else if let Some(at) = l.packed444() {
+            (4, at[0], 4, [at[1], at[2]], [0, 0], at[3] as i32)
+        } else if l.interleaved() {
+            let coff = if l.vu() { [b, 0] } else { [0, b] };
+            (b, 0, 2 * b, coff, [1, 1], -1)
+        } else {
+            (b, 0, b, [0, 0], [1, 2], -1)
+        };
         Some(Self {
             off,
             stride: sizes.map(|(row, _)| row as i32),
@@ -231,10 +283,16 @@ impl YuvParams {
             ch: ch as i32,
             sx: sx as i32,
             sy: sy as i32,
-            bytes: l.word() as i32,
+            bytes: b as i32,
             shift: l.shift() as i32,
-            planes: l.planes() as i32,
-            vu: l.vu() as i32,
+            chroma: !l.grey() as i32,
+            ystep: ystep as i32,
+            yoff: yoff as i32,
+            cstep: cstep as i32,
+            coff: coff.map(|o| o as i32),
+            cplane,
+            aoff,
+            ypad: (l.packed().is_some() && w % 2 == 1) as i32,
             h_cosited: f.siting.h_cosited as i32,
             v_cosited: f.siting.v_cosited as i32,
             yo: m.yo,
@@ -277,13 +335,15 @@ impl YuvParams {
 
     /// Plane and byte (within the row) of chroma sample `c`'s U and V.
     fn chroma_at(&self, c: usize) -> [(usize, usize); 2] {
-        let b = self.bytes as usize;
-        if self.planes == 2 {
-            let (iu, iv) = if self.vu != 0 { (b, 0) } else { (0, b) };
-            [(1, 2 * c * b + iu), (1, 2 * c * b + iv)]
-        } else {
-            [(1, c * b), (2, c * b)]
-        }
+        [0, 1].map(|k| {
+            let byte = c * self.cstep as usize + self.coff[k] as usize;
+            (self.cplane[k] as usize, byte)
+        })
+    }
+
+    /// Byte of pixel `x`'s luma in its row.
+    fn luma_at(&self, x: usize) -> usize {
+        x * self.ystep as usize + self.yoff as usize
     }
 }
 
@@ -292,9 +352,8 @@ impl YuvParams {
 /// along x, each sum from 0 in tap order skipping zero weights along y — the row-wise
 /// [`unpack_rgb8_into`](super::unpack_rgb8_into)'s operations.
 pub fn unpack_pixel(p: &YuvParams, src: &[u8], x: usize, y: usize) -> [u8; 3] {
-    let b = p.bytes as usize;
-    let luma = p.get(src, 0, y, x * b);
-    let (u, v) = if p.planes == 1 {
+    let luma = p.get(src, 0, y, p.luma_at(x));
+    let (u, v) = if p.chroma == 0 {
         (p.centre, p.centre)
     } else {
         // This row's U and V at chroma column c (interpolated along y).
@@ -331,14 +390,22 @@ pub fn unpack_pixel(p: &YuvParams, src: &[u8], x: usize, y: usize) -> [u8; 3] {
 /// 1, so the sample is the pixel's own RGB, as there).
 pub fn pack_pixel(p: &YuvParams, rgb: &[u8], dst: &mut [u8], x: usize, y: usize) {
     let (w, h) = (p.w as usize, p.h as usize);
-    let b = p.bytes as usize;
     let px = |xx: usize, yy: usize, c: usize| rgb[(yy * w + xx) * 3 + c] as f32;
     let rgb_at = [px(x, y, 0), px(x, y, 1), px(x, y, 2)];
     // `Coeffs::luma`.
     let luma = p.yo + p.l[0] * rgb_at[0] + p.l[1] * rgb_at[1] + p.l[2] * rgb_at[2];
-    p.put(dst, 0, y, x * b, luma);
+    p.put(dst, 0, y, p.luma_at(x), luma);
+    if p.ypad != 0 && x == w - 1 {
+        p.put(dst, 0, y, p.luma_at(x + 1), luma);
+    }
+    if p.aoff >= 0 {
+        dst[p.off[0] as usize
+            + y * p.stride[0] as usize
+            + x * p.ystep as usize
+            + p.aoff as usize] = 255;
+    }
     let (sx, sy) = (p.sx as usize, p.sy as usize);
-    if p.planes == 1 || !x.is_multiple_of(sx) || !y.is_multiple_of(sy) {
+    if p.chroma == 0 || !x.is_multiple_of(sx) || !y.is_multiple_of(sy) {
         return;
     }
     let (cx, cy) = (x / sx, y / sy);
@@ -404,28 +471,19 @@ mod tests {
         [(1, 1), (2, 1), (1, 3), (7, 5), (16, 9), (33, 17), (128, 96)];
 
     #[test]
-    fn device_layouts_are_the_planar_and_semi_planar_ones() {
+    fn every_layout_but_v210_is_converted_on_the_device() {
         let on: Vec<YuvLayout> = YuvLayout::ALL
             .into_iter()
             .filter(|l| l.device_convertible())
             .collect();
-        assert_eq!(on.len(), 17, "{on:?}");
-        for l in [
-            YuvLayout::V210,
-            YuvLayout::Yuy2,
-            YuvLayout::Uyvy,
-            YuvLayout::Yvyu,
-            YuvLayout::Ayuv,
-            YuvLayout::Vuya,
-        ] {
-            assert!(!l.device_convertible(), "{l:?}");
-            let f = YuvFormat {
-                layout: l,
-                matrix: YuvMatrix::new(YuvMatrix::BT709, false),
-                siting: ChromaSiting::default(),
-            };
-            assert_eq!(YuvParams::new(f, 8, 8), None, "{l:?}");
-        }
+        assert_eq!(on.len(), YuvLayout::ALL.len() - 1, "{on:?}");
+        assert!(!YuvLayout::V210.device_convertible());
+        let f = YuvFormat {
+            layout: YuvLayout::V210,
+            matrix: YuvMatrix::new(YuvMatrix::BT709, false),
+            siting: ChromaSiting::default(),
+        };
+        assert_eq!(YuvParams::new(f, 8, 8), None);
     }
 
     /// The per-pixel unpack (the kernel's) gives the bytes of the row-wise one, for every
@@ -479,6 +537,73 @@ mod tests {
                 }
                 assert_eq!(got, want, "{f:?} {w}x{h}");
             }
+        }
+    }
+
+    fn v210_frame(data: &mut [u8], stride: usize, w: usize, h: usize, f: YuvFormat) -> YuvMut<'_> {
+        YuvMut {
+            planes: [data, &mut [], &mut []],
+            strides: [stride, 0, 0],
+            width: w,
+            height: h,
+            layout: f.layout,
+            matrix: f.matrix,
+            siting: f.siting,
+        }
+    }
+
+    /// A v210 frame goes to the device as I422_10LE planes and comes back from them: the
+    /// pixels and the frame's bytes are the host's own v210 conversions'.
+    #[test]
+    fn v210_goes_to_the_device_as_i422_10le_planes() {
+        for (k, &(w, h)) in [(1, 1), (5, 2), (6, 3), (13, 5), (50, 4)]
+            .iter()
+            .enumerate()
+        {
+            let f = YuvFormat {
+                layout: YuvLayout::V210,
+                matrix: YuvMatrix::new(YuvMatrix::BT709, k % 2 == 1),
+                siting: ChromaSiting::default(),
+            };
+            let dev = f.device();
+            assert_eq!(dev.layout, YuvLayout::I422p10);
+            let row = f.layout.plane_sizes(w, h)[0].0;
+            let stride = row + 16;
+            let rgb = noise(w * h * 3, k as u64 + 300);
+            // The host's v210 frame of `rgb`, padding marked.
+            let mut frame = vec![0x5Au8; stride * h];
+            pack_rgb8(&rgb, &mut v210_frame(&mut frame, stride, w, h, f)).unwrap();
+            let src = YuvRef {
+                planes: [&frame, &[], &[]],
+                strides: [stride, 0, 0],
+                width: w,
+                height: h,
+                layout: f.layout,
+                matrix: f.matrix,
+                siting: f.siting,
+            };
+            let mut tight = Vec::new();
+            src.copy_tight(&mut tight).unwrap();
+            assert_eq!(tight.len(), dev.tight_len(w, h), "{w}x{h}");
+            let mut want = Vec::new();
+            unpack_rgb8_into(&src, &mut want).unwrap();
+            assert_eq!(
+                dev.unpack_tight(&tight, w, h).unwrap(),
+                want,
+                "{w}x{h} unpack"
+            );
+            // Back: the device's I422_10LE planes of `rgb`, stored into a v210 frame.
+            let planes = dev.pack_tight(&rgb, w, h).unwrap();
+            let mut got = vec![0x5Au8; stride * h];
+            v210_frame(&mut got, stride, w, h, f)
+                .store_tight(&planes)
+                .unwrap();
+            assert!(got == frame, "{w}x{h} pack");
+            assert!(
+                v210_frame(&mut got, stride, w, h, f)
+                    .store_tight(&planes[1..])
+                    .is_err()
+            );
         }
     }
 
