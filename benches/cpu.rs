@@ -156,7 +156,8 @@ fn tables(frames: usize, threads: usize) {
             continue;
         }
         let m = b.load().unwrap();
-        let (w, h) = if m.config.scale == 2 {
+        // x2 and x3 from 320x180 (to 640x360 and 960x540), x4 from 480x270 (to 1080p).
+        let (w, h) = if m.config.scale < 4 {
             (320, 180)
         } else {
             (480, 270)

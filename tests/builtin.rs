@@ -23,8 +23,16 @@ fn every_builtin_model_loads_and_is_small() {
         builtin::find(0, "fp32").unwrap().scale,
         builtin::DEFAULT_SCALE
     );
-    let err = builtin::find(3, "fp32").unwrap_err().to_string();
-    assert!(err.contains("no built-in x3"), "{err}");
+    for scale in [2, 3, 4] {
+        for precision in ["fp32", "w8a6", "w4a4"] {
+            assert_eq!(builtin::find(scale, precision).unwrap().scale, scale);
+        }
+    }
+    let err = builtin::find(5, "fp32").unwrap_err().to_string();
+    assert!(
+        err.contains("no built-in x5") && err.contains("x3 w4a4"),
+        "{err}"
+    );
 }
 
 /// A synthetic HR scene of sharp-edged shapes — discs, rings and bars at random angles over a

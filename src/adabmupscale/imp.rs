@@ -365,7 +365,7 @@ impl ObjectImpl for AdabmUpscale {
                     .build(),
                 glib::ParamSpecUInt::builder("scale")
                     .nick("Scale")
-                    .blurb("Upscaling factor 2, 3 or 4; 0: the model's own — with the built-in models x2, or x4 when the output caps ask for 4x the input size. Must match a model file's scale; without a model file, 2 and 4 pick the built-in x2 and x4 models")
+                    .blurb("Upscaling factor 2, 3 or 4; 0: the model's own — with the built-in models x2, or x3 / x4 when the output caps ask for 3x / 4x the input size. Must match a model file's scale; without a model file, 2, 3 and 4 pick the built-in x2, x3 and x4 models")
                     .minimum(0)
                     .maximum(4)
                     .default_value(DEFAULT_SCALE)

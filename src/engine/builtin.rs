@@ -43,6 +43,24 @@ pub const MODELS: &[Builtin] = &[
         bytes: include_bytes!("../../models/edsr-r8f32-x2-w4a4.safetensors"),
     },
     Builtin {
+        name: "edsr-r8f32-x3",
+        scale: 3,
+        precision: "fp32",
+        bytes: include_bytes!("../../models/edsr-r8f32-x3.safetensors"),
+    },
+    Builtin {
+        name: "edsr-r8f32-x3-w8a6",
+        scale: 3,
+        precision: "w8a6",
+        bytes: include_bytes!("../../models/edsr-r8f32-x3-w8a6.safetensors"),
+    },
+    Builtin {
+        name: "edsr-r8f32-x3-w4a4",
+        scale: 3,
+        precision: "w4a4",
+        bytes: include_bytes!("../../models/edsr-r8f32-x3-w4a4.safetensors"),
+    },
+    Builtin {
         name: "edsr-r8f32-x4",
         scale: 4,
         precision: "fp32",
