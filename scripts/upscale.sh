@@ -4,8 +4,8 @@
 #   scripts/upscale.sh [IN.mp4] [OUT.mp4] [MODEL.safetensors]
 #
 # IN defaults to a 1-second 320x180 test clip made here; OUT to out-x2.mp4 next to it.
-# MODEL defaults to the built-in x2 model (trained by us, embedded in the plugin); set SCALE=4
-# in the environment for the built-in x4 model.
+# MODEL defaults to the built-in x2 model (trained by us, embedded in the plugin); set SCALE=3
+# or SCALE=4 in the environment for the built-in x3 / x4 model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
