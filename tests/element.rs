@@ -712,8 +712,10 @@ fn model_changes_while_playing() {
             && warnings[0].contains("running model stays"),
         "{warnings:?}"
     );
+    // Back to the built-ins: the running scale's (x3; no renegotiation).
     el.set_property("model-location", None::<&str>);
-    check(&mut h, &builtin(2, "w4a4"), 2, "back to the built-in w4a4");
+    check(&mut h, &builtin(3, "w4a4"), 3, "back to the built-in w4a4");
+    assert_eq!(posted(), named("edsr-r8f32-x3-w4a4", 3));
     el.set_property("scale", 4u32);
     let x4 = builtin(4, "w4a4");
     check(&mut h, &x4, 4, "scale changed to 4");
