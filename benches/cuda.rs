@@ -81,10 +81,11 @@ fn main() {
     }
     for b in builtin::MODELS.iter().filter(|m| m.name.contains("-w")) {
         let m = b.load().unwrap();
-        let (w, h) = if m.config.scale == 2 {
-            (1920, 1080)
-        } else {
-            (960, 540)
+        // To 4K: 1080p at x2, 720p at x3, 960x540 at x4.
+        let (w, h) = match m.config.scale {
+            2 => (1920, 1080),
+            3 => (1280, 720),
+            _ => (960, 540),
         };
         cases.push((format!("built-in {}", b.name), m, w, h, 1));
     }
