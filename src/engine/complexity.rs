@@ -44,31 +44,27 @@ fn gradient_density_with(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> f
     if !luma_into(rgb, w, h, y) {
         return 0.0;
     }
-    let at = |yy: isize, xx: isize| {
-        let yy = yy.clamp(0, h as isize - 1) as usize;
-        let xx = xx.clamp(0, w as isize - 1) as usize;
-        y[yy * w + xx]
-    };
     // Integer sums: the same whatever the order, so rows run in parallel.
-    let sum: u64 = (0..h as isize)
+    let sum: u64 = (0..h)
         .into_par_iter()
         .with_min_len(8)
-        .map(|r| {
-            let mut sum = 0u64;
-            for c in 0..w as isize {
-                let gx = (at(r - 1, c + 1) - at(r - 1, c - 1))
-                    + 2.0 * (at(r, c + 1) - at(r, c - 1))
-                    + (at(r + 1, c + 1) - at(r + 1, c - 1));
-                let gy = (at(r + 1, c - 1) - at(r - 1, c - 1))
-                    + 2.0 * (at(r + 1, c) - at(r - 1, c))
-                    + (at(r + 1, c + 1) - at(r - 1, c + 1));
-                let t = gx.abs() / 8.0 + gy.abs() / 8.0;
-                sum += (t * FIXED_ONE).round_ties_even() as u64;
-            }
-            sum
-        })
+        .map(|r| (0..w).map(|c| sobel_fixed(y, w, h, r, c)).sum::<u64>())
         .sum();
     density_from_fixed(sum, w, h)
+}
+
+/// The gradient density's term of pixel (r, c) of luma `y` (edges replicated): `|Sobel x| / 8
+/// + |Sobel y| / 8`, in [`FIXED_ONE`] fixed point.
+fn sobel_fixed(y: &[f32], w: usize, h: usize, r: usize, c: usize) -> u64 {
+    let at = |dy: isize, dx: isize| {
+        let yy = (r as isize + dy).clamp(0, h as isize - 1) as usize;
+        let xx = (c as isize + dx).clamp(0, w as isize - 1) as usize;
+        y[yy * w + xx]
+    };
+    let gx = (at(-1, 1) - at(-1, -1)) + 2.0 * (at(0, 1) - at(0, -1)) + (at(1, 1) - at(1, -1));
+    let gy = (at(1, -1) - at(-1, -1)) + 2.0 * (at(1, 0) - at(-1, 0)) + (at(1, 1) - at(-1, 1));
+    let t = gx.abs() / 8.0 + gy.abs() / 8.0;
+    (t * FIXED_ONE).round_ties_even() as u64
 }
 
 /// Orthonormal 8-point DCT-II basis: `basis[k][n] = a(k) cos((2n + 1) k π / 16)`.
@@ -130,27 +126,43 @@ pub fn frequency_density(rgb: &[f32], w: usize, h: usize) -> f32 {
         return 0.0;
     };
     let basis = dct_basis();
-    // The blocks' DCTs in parallel, their energies summed in block order.
-    let tw = w.div_ceil(8);
-    let blocks: Vec<[[f64; 8]; 8]> = (0..tw * h.div_ceil(8))
-        .into_par_iter()
-        .with_min_len(64)
-        .map(|i| block_dct(&y, w, h, i % tw * 8, i / tw * 8, &basis))
-        .collect();
+    // The blocks' DCTs in parallel, a chunk at a time (so that only a chunk's DCTs are held),
+    // their energies summed in block order.
+    const CHUNK: usize = 4096;
+    let (tw, n) = (w.div_ceil(8), w.div_ceil(8) * h.div_ceil(8));
+    let mut blocks = Vec::with_capacity(CHUNK.min(n));
     let (mut high, mut ac) = (0f64, 0f64);
-    for c in &blocks {
-        for (u, row) in c.iter().enumerate() {
-            for (v, &x) in row.iter().enumerate() {
-                let e = x * x;
-                if u + v > 0 {
-                    ac += e;
-                }
-                if u + v >= 4 {
-                    high += e;
-                }
+    for start in (0..n).step_by(CHUNK) {
+        (start..(start + CHUNK).min(n))
+            .into_par_iter()
+            .with_min_len(64)
+            .map(|i| block_dct(&y, w, h, i % tw * 8, i / tw * 8, &basis))
+            .collect_into_vec(&mut blocks);
+        for c in &blocks {
+            add_energies(c, &mut high, &mut ac);
+        }
+    }
+    high_share(high, ac)
+}
+
+/// Adds block `c`'s AC energy to `ac` and its high-frequency energy (u + v ≥ 4) to `high`,
+/// coefficient by coefficient in row order.
+fn add_energies(c: &[[f64; 8]; 8], high: &mut f64, ac: &mut f64) {
+    for (u, row) in c.iter().enumerate() {
+        for (v, &x) in row.iter().enumerate() {
+            let e = x * x;
+            if u + v > 0 {
+                *ac += e;
+            }
+            if u + v >= 4 {
+                *high += e;
             }
         }
     }
+}
+
+/// The frequency metric from the summed energies: per mille of the AC energy that is high.
+fn high_share(high: f64, ac: f64) -> f32 {
     if ac <= 1e-12 {
         0.0
     } else {
@@ -181,26 +193,14 @@ pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
     let Some(y) = luma(rgb, w, h) else {
         return 0.0;
     };
-    const D: usize = 14;
     let basis = dct_basis();
     let (tw, th) = (w.div_ceil(8), h.div_ceil(8));
-    let tokens: Vec<[f64; D]> = (0..tw * th)
+    let tokens: Vec<Token> = (0..tw * th)
         .into_par_iter()
         .with_min_len(64)
-        .map(|i| {
-            let c = block_dct(&y, w, h, i % tw * 8, i / tw * 8, &basis);
-            let mut t = [0f64; D];
-            let mut k = 0;
-            for s in 1..=4 {
-                for u in 0..=s {
-                    t[k] = c[u][s - u];
-                    k += 1;
-                }
-            }
-            t
-        })
+        .map(|i| token(&block_dct(&y, w, h, i % tw * 8, i / tw * 8, &basis)))
         .collect();
-    let scale = 1.0 / ((D as f64).sqrt() * ATTENTION_TEMPERATURE);
+    let scale = 1.0 / ((TOKEN_DIM as f64).sqrt() * ATTENTION_TEMPERATURE);
     // Each window's per-query terms in parallel, then summed in window and query order.
     let windows: Vec<(usize, usize)> = (0..th)
         .step_by(ATTENTION_WINDOW)
@@ -209,7 +209,7 @@ pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
     let terms: Vec<Vec<f64>> = windows
         .par_iter()
         .map(|&(wy, wx)| {
-            let mut win: Vec<&[f64; D]> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
+            let mut win: Vec<&Token> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
             for ty in wy..(wy + ATTENTION_WINDOW).min(th) {
                 for tx in wx..(wx + ATTENTION_WINDOW).min(tw) {
                     win.push(&tokens[ty * tw + tx]);
@@ -219,25 +219,9 @@ pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
             if n < 2 {
                 return Vec::new();
             }
-            let ln_n = (n as f64).ln();
-            let mut logits = vec![0f64; n];
+            let (ln_n, mut logits) = ((n as f64).ln(), vec![0f64; n]);
             win.iter()
-                .map(|q| {
-                    let mut max = f64::NEG_INFINITY;
-                    for (l, k) in logits.iter_mut().zip(&win) {
-                        *l = scale * q.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>();
-                        max = max.max(*l);
-                    }
-                    // H = log Z − Σ p·(l − max), with Z = Σ exp(l − max).
-                    let (mut z, mut zl) = (0f64, 0f64);
-                    for &l in &logits {
-                        let e = (l - max).exp();
-                        z += e;
-                        zl += e * (l - max);
-                    }
-                    let entropy = z.ln() - zl / z;
-                    1.0 - (entropy / ln_n).clamp(0.0, 1.0)
-                })
+                .map(|q| attention_term(q, &win, scale, ln_n, &mut logits))
                 .collect()
         })
         .collect();
@@ -246,6 +230,49 @@ pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
         sum += t;
         count += 1;
     }
+    attention_mean(sum, count)
+}
+
+/// Query and key dimension of the attention metric's tokens.
+const TOKEN_DIM: usize = 14;
+type Token = [f64; TOKEN_DIM];
+
+/// A block's token: its DCT's 14 lowest-frequency AC coefficients (`1 ≤ u + v ≤ 4`), by
+/// anti-diagonal.
+fn token(c: &[[f64; 8]; 8]) -> Token {
+    let mut t = [0f64; TOKEN_DIM];
+    let mut k = 0;
+    for s in 1..=4 {
+        for u in 0..=s {
+            t[k] = c[u][s - u];
+            k += 1;
+        }
+    }
+    t
+}
+
+/// Query `q`'s term `1 − H / ln n` over the n ≥ 2 tokens of its window `win` (`ln_n` = ln n;
+/// `logits`, at least n long, is scratch).
+fn attention_term(q: &Token, win: &[&Token], scale: f64, ln_n: f64, logits: &mut [f64]) -> f64 {
+    let logits = &mut logits[..win.len()];
+    let mut max = f64::NEG_INFINITY;
+    for (l, k) in logits.iter_mut().zip(win) {
+        *l = scale * q.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>();
+        max = max.max(*l);
+    }
+    // H = log Z − Σ p·(l − max), with Z = Σ exp(l − max).
+    let (mut z, mut zl) = (0f64, 0f64);
+    for &l in logits.iter() {
+        let e = (l - max).exp();
+        z += e;
+        zl += e * (l - max);
+    }
+    let entropy = z.ln() - zl / z;
+    1.0 - (entropy / ln_n).clamp(0.0, 1.0)
+}
+
+/// The attention metric from the summed query terms.
+fn attention_mean(sum: f64, count: usize) -> f32 {
     if count == 0 {
         0.0
     } else {
@@ -283,49 +310,24 @@ pub fn density_from_fixed(sum: u64, w: usize, h: usize) -> f32 {
 mod tests {
     use super::*;
 
-    /// The metrics as they were written before they ran in parallel (one thread, one pass):
-    /// the parallel ones must give their values to the bit.
+    /// The metrics as they were written before they ran in parallel (one thread, one pass, the
+    /// sums in block, window and query order), over the same per-pixel, per-block and
+    /// per-query terms: the parallel ones must give their values to the bit.
     mod sequential {
         use super::super::{
-            ATTENTION_TEMPERATURE, ATTENTION_WINDOW, FIXED_ONE, block_dct, dct_basis,
-            density_from_fixed,
+            ATTENTION_TEMPERATURE, ATTENTION_WINDOW, TOKEN_DIM, Token, add_energies,
+            attention_mean, attention_term, block_dct, dct_basis, density_from_fixed, high_share,
+            luma, luma_into, sobel_fixed, token,
         };
-
-        fn luma(rgb: &[f32], w: usize, h: usize) -> Option<Vec<f32>> {
-            let mut y = Vec::new();
-            luma_into(rgb, w, h, &mut y).then_some(y)
-        }
-
-        fn luma_into(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> bool {
-            assert_eq!(rgb.len(), w * h * 3, "complexity: image length");
-            y.clear();
-            y.extend(
-                rgb.chunks_exact(3)
-                    .map(|p| (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]) / 255.0),
-            );
-            w > 0 && h > 0
-        }
 
         pub fn gradient_density_with(rgb: &[f32], w: usize, h: usize, y: &mut Vec<f32>) -> f32 {
             if !luma_into(rgb, w, h, y) {
                 return 0.0;
             }
-            let at = |yy: isize, xx: isize| {
-                let yy = yy.clamp(0, h as isize - 1) as usize;
-                let xx = xx.clamp(0, w as isize - 1) as usize;
-                y[yy * w + xx]
-            };
             let mut sum = 0u64;
-            for r in 0..h as isize {
-                for c in 0..w as isize {
-                    let gx = (at(r - 1, c + 1) - at(r - 1, c - 1))
-                        + 2.0 * (at(r, c + 1) - at(r, c - 1))
-                        + (at(r + 1, c + 1) - at(r + 1, c - 1));
-                    let gy = (at(r + 1, c - 1) - at(r - 1, c - 1))
-                        + 2.0 * (at(r + 1, c) - at(r - 1, c))
-                        + (at(r + 1, c + 1) - at(r - 1, c + 1));
-                    let t = gx.abs() / 8.0 + gy.abs() / 8.0;
-                    sum += (t * FIXED_ONE).round_ties_even() as u64;
+            for r in 0..h {
+                for c in 0..w {
+                    sum += sobel_fixed(y, w, h, r, c);
                 }
             }
             density_from_fixed(sum, w, h)
@@ -339,51 +341,27 @@ mod tests {
             let (mut high, mut ac) = (0f64, 0f64);
             for by in (0..h).step_by(8) {
                 for bx in (0..w).step_by(8) {
-                    let c = block_dct(&y, w, h, bx, by, &basis);
-                    for (u, row) in c.iter().enumerate() {
-                        for (v, &x) in row.iter().enumerate() {
-                            let e = x * x;
-                            if u + v > 0 {
-                                ac += e;
-                            }
-                            if u + v >= 4 {
-                                high += e;
-                            }
-                        }
-                    }
+                    add_energies(&block_dct(&y, w, h, bx, by, &basis), &mut high, &mut ac);
                 }
             }
-            if ac <= 1e-12 {
-                0.0
-            } else {
-                (1000.0 * high / ac) as f32
-            }
+            high_share(high, ac)
         }
 
         pub fn attention_density(rgb: &[f32], w: usize, h: usize) -> f32 {
             let Some(y) = luma(rgb, w, h) else {
                 return 0.0;
             };
-            const D: usize = 14;
             let basis = dct_basis();
             let (tw, th) = (w.div_ceil(8), h.div_ceil(8));
-            let mut tokens = vec![[0f64; D]; tw * th];
+            let mut tokens = vec![[0f64; TOKEN_DIM]; tw * th];
             for ty in 0..th {
                 for tx in 0..tw {
-                    let c = block_dct(&y, w, h, tx * 8, ty * 8, &basis);
-                    let t = &mut tokens[ty * tw + tx];
-                    let mut i = 0;
-                    for s in 1..=4 {
-                        for u in 0..=s {
-                            t[i] = c[u][s - u];
-                            i += 1;
-                        }
-                    }
+                    tokens[ty * tw + tx] = token(&block_dct(&y, w, h, tx * 8, ty * 8, &basis));
                 }
             }
-            let scale = 1.0 / ((D as f64).sqrt() * ATTENTION_TEMPERATURE);
+            let scale = 1.0 / ((TOKEN_DIM as f64).sqrt() * ATTENTION_TEMPERATURE);
             let (mut sum, mut count) = (0f64, 0usize);
-            let mut win: Vec<&[f64; D]> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
+            let mut win: Vec<&Token> = Vec::with_capacity(ATTENTION_WINDOW * ATTENTION_WINDOW);
             let mut logits = vec![0f64; ATTENTION_WINDOW * ATTENTION_WINDOW];
             for wy in (0..th).step_by(ATTENTION_WINDOW) {
                 for wx in (0..tw).step_by(ATTENTION_WINDOW) {
@@ -399,29 +377,12 @@ mod tests {
                     }
                     let ln_n = (n as f64).ln();
                     for q in &win {
-                        let mut max = f64::NEG_INFINITY;
-                        for (l, k) in logits.iter_mut().zip(&win) {
-                            *l = scale * q.iter().zip(k.iter()).map(|(a, b)| a * b).sum::<f64>();
-                            max = max.max(*l);
-                        }
-                        // H = log Z − Σ p·(l − max), with Z = Σ exp(l − max).
-                        let (mut z, mut zl) = (0f64, 0f64);
-                        for &l in &logits[..n] {
-                            let e = (l - max).exp();
-                            z += e;
-                            zl += e * (l - max);
-                        }
-                        let entropy = z.ln() - zl / z;
-                        sum += 1.0 - (entropy / ln_n).clamp(0.0, 1.0);
+                        sum += attention_term(q, &win, scale, ln_n, &mut logits);
                         count += 1;
                     }
                 }
             }
-            if count == 0 {
-                0.0
-            } else {
-                (1000.0 * sum / count as f64) as f32
-            }
+            attention_mean(sum, count)
         }
     }
 
