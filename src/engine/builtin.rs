@@ -22,62 +22,29 @@ impl Builtin {
     }
 }
 
+/// A [`Builtin`] whose file is `models/<name>.safetensors`.
+macro_rules! builtin {
+    ($name:literal, $scale:literal, $precision:literal) => {
+        Builtin {
+            name: $name,
+            scale: $scale,
+            precision: $precision,
+            bytes: include_bytes!(concat!("../../models/", $name, ".safetensors")),
+        }
+    };
+}
+
 /// Every built-in model.
 pub const MODELS: &[Builtin] = &[
-    Builtin {
-        name: "edsr-r8f32-x2",
-        scale: 2,
-        precision: "fp32",
-        bytes: include_bytes!("../../models/edsr-r8f32-x2.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x2-w8a6",
-        scale: 2,
-        precision: "w8a6",
-        bytes: include_bytes!("../../models/edsr-r8f32-x2-w8a6.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x2-w4a4",
-        scale: 2,
-        precision: "w4a4",
-        bytes: include_bytes!("../../models/edsr-r8f32-x2-w4a4.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x3",
-        scale: 3,
-        precision: "fp32",
-        bytes: include_bytes!("../../models/edsr-r8f32-x3.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x3-w8a6",
-        scale: 3,
-        precision: "w8a6",
-        bytes: include_bytes!("../../models/edsr-r8f32-x3-w8a6.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x3-w4a4",
-        scale: 3,
-        precision: "w4a4",
-        bytes: include_bytes!("../../models/edsr-r8f32-x3-w4a4.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x4",
-        scale: 4,
-        precision: "fp32",
-        bytes: include_bytes!("../../models/edsr-r8f32-x4.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x4-w8a6",
-        scale: 4,
-        precision: "w8a6",
-        bytes: include_bytes!("../../models/edsr-r8f32-x4-w8a6.safetensors"),
-    },
-    Builtin {
-        name: "edsr-r8f32-x4-w4a4",
-        scale: 4,
-        precision: "w4a4",
-        bytes: include_bytes!("../../models/edsr-r8f32-x4-w4a4.safetensors"),
-    },
+    builtin!("edsr-r8f32-x2", 2, "fp32"),
+    builtin!("edsr-r8f32-x2-w8a6", 2, "w8a6"),
+    builtin!("edsr-r8f32-x2-w4a4", 2, "w4a4"),
+    builtin!("edsr-r8f32-x3", 3, "fp32"),
+    builtin!("edsr-r8f32-x3-w8a6", 3, "w8a6"),
+    builtin!("edsr-r8f32-x3-w4a4", 3, "w4a4"),
+    builtin!("edsr-r8f32-x4", 4, "fp32"),
+    builtin!("edsr-r8f32-x4-w8a6", 4, "w8a6"),
+    builtin!("edsr-r8f32-x4-w4a4", 4, "w4a4"),
 ];
 
 /// Scale used when neither a model file nor a scale is given.
