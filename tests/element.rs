@@ -1268,6 +1268,7 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::V210 => L::V210,
         F::Gray8 => L::Gray8,
         F::Gray16Le => L::Gray16,
+        F::Gray16Be => L::Gray16Be,
         f => panic!("not a YUV format: {f:?}"),
     }
 }
@@ -1653,6 +1654,15 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             true,
         ),
+        (
+            "GRAY16_BE",
+            (9, 7),
+            "",
+            YuvMatrix::BT601,
+            true,
+            (false, false),
+            false,
+        ),
         // One pixel, one row, one column.
         (
             "P010_10LE",
@@ -1797,6 +1807,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("VUYA", 1, 0, 4.5, 4.0),
         ("GRAY8", 1, 0, 1.0, 0.0),
         ("GRAY16_LE", 2, 0, 1.0, 0.0),
+        ("GRAY16_BE", 2, 0, 1.0, 0.0),
     ];
     for (fmt, word, shift, y_limit, c_limit) in cases {
         let src = format!(
@@ -1804,7 +1815,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         );
         // Samples in 8-bit units (10-bit ones / 4, 12-bit ones / 16).
         let per_level = match fmt {
-            "GRAY16_LE" => 256.0,
+            "GRAY16_LE" | "GRAY16_BE" => 256.0,
             f if f.contains("12") => 16.0,
             _ => 4.0,
         };
@@ -1823,7 +1834,15 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
                     .collect(),
                 _ => b
                     .chunks_exact(2)
-                    .map(|c| (u16::from_le_bytes([c[0], c[1]]) >> shift) as f64 / per_level)
+                    .map(|c| {
+                        let c = [c[0], c[1]];
+                        let v = if fmt.ends_with("_BE") {
+                            u16::from_be_bytes(c)
+                        } else {
+                            u16::from_le_bytes(c)
+                        };
+                        (v >> shift) as f64 / per_level
+                    })
                     .collect(),
             }
         };
@@ -1863,7 +1882,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         eprintln!("{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}");
         // Measured (Debian 12, GStreamer 1.22, in 8-bit units): I420 3.4 / 4.3, NV12 2.5 / 1.0,
         // Y42B 2.6 / 1.3, Y444 3.0 / 2.8, I420_10LE and P010_10LE 1.3 / 0.5, Y444_10LE 2.1 / 2.2,
-        // GRAY8 0.2, GRAY16_LE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8; the 12-bit
+        // GRAY8 0.2, GRAY16_LE and GRAY16_BE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8; the 12-bit
         // formats as their 10-bit ones (I420_12LE and P012_LE 1.26 / 0.50, I422_12LE 1.44 /
         // 0.79, Y444_12LE 2.08 / 2.22); v210 1.09 / 1.16 (a Cb/Cr swap in its word order: 16.2 /
         // 16.3); AYUV and VUYA 2.98 / 2.75, as Y444 (VUYA with U and V swapped: 10.3 / 8.7).

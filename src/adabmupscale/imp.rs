@@ -44,7 +44,7 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 23] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 24] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
     (gst_video::VideoFormat::Nv21, YuvLayout::Nv21),
@@ -68,6 +68,7 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 23] = [
     (gst_video::VideoFormat::Vuya, YuvLayout::Vuya),
     (gst_video::VideoFormat::Gray8, YuvLayout::Gray8),
     (gst_video::VideoFormat::Gray16Le, YuvLayout::Gray16),
+    (gst_video::VideoFormat::Gray16Be, YuvLayout::Gray16Be),
 ];
 
 /// A negotiated format's memory layout.

@@ -1,7 +1,7 @@
 //! YUV frames in and out of the engine — 4:2:0 (I420, NV12, NV21, I420_10LE, P010_10LE,
 //! I420_12LE, P012_LE), 4:2:2 (Y42B, NV16, I422_10LE, I422_12LE, packed YUY2 / UYVY / YVYU) and
-//! 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE), 8, 10 and 12 bits, and grey (GRAY8, GRAY16_LE:
-//! luma only) — converted straight to and from its RGB f32 (0–255) images: the colour matrix
+//! 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE), 8, 10 and 12 bits, and grey (GRAY8, GRAY16_LE,
+//! GRAY16_BE: luma only) — converted straight to and from its RGB f32 (0–255) images: the colour matrix
 //! and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited or full range,
 //! at the format's depth), subsampled chroma upsampled and downsampled bilinearly at the caps'
 //! chroma siting (co-sited or centred, per axis).
@@ -82,10 +82,12 @@ pub enum YuvLayout {
     Gray8,
     /// GRAY16_LE: Y only, 16 bits.
     Gray16,
+    /// GRAY16_BE: Y only, 16 bits, big-endian words (16-bit grey PNGs: `pngdec`, `pngenc`).
+    Gray16Be,
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::I420,
         Self::Nv12,
         Self::Nv21,
@@ -109,6 +111,7 @@ impl YuvLayout {
         Self::Vuya,
         Self::Gray8,
         Self::Gray16,
+        Self::Gray16Be,
     ];
 
     pub fn planes(self) -> usize {
@@ -151,9 +154,14 @@ impl YuvLayout {
         self.packed444().is_some()
     }
 
-    /// Luma only (GRAY8, GRAY16_LE).
+    /// Luma only (GRAY8, GRAY16_LE, GRAY16_BE).
     pub fn grey(self) -> bool {
-        matches!(self, Self::Gray8 | Self::Gray16)
+        matches!(self, Self::Gray8 | Self::Gray16 | Self::Gray16Be)
+    }
+
+    /// 16-bit words stored big-endian (GRAY16_BE); all others are little-endian.
+    pub fn big_endian(self) -> bool {
+        self == Self::Gray16Be
     }
 
     /// U and V interleaved in one plane (NV12, NV21, NV16, NV24, P010, P012).
@@ -194,7 +202,8 @@ impl YuvLayout {
             | Self::Ayuv
             | Self::Vuya
             | Self::Gray8
-            | Self::Gray16 => (1, 1),
+            | Self::Gray16
+            | Self::Gray16Be => (1, 1),
         }
     }
 
@@ -214,7 +223,7 @@ impl YuvLayout {
             | Self::Ayuv
             | Self::Vuya
             | Self::Gray8 => 8,
-            Self::Gray16 => 16,
+            Self::Gray16 | Self::Gray16Be => 16,
             Self::I420p10 | Self::I422p10 | Self::Y444p10 | Self::P010 | Self::V210 => 10,
             Self::I420p12 | Self::I422p12 | Self::Y444p12 | Self::P012 => 12,
         }
@@ -376,8 +385,8 @@ impl Coeffs {
     }
 }
 
-/// A sample's storage: a byte, or a little-endian 16-bit word with the sample `SHIFT` bits up
-/// (`c`: its `BYTES` bytes). Codes pass as `i32`, whose conversions to and from `f32` are
+/// A sample's storage: a byte, a little-endian 16-bit word with the sample `SHIFT` bits up,
+/// or a big-endian 16-bit word (`c`: its `BYTES` bytes). Codes pass as `i32`, whose conversions to and from `f32` are
 /// single instructions on baseline x86-64 (those of `u32` are not).
 trait Word {
     const BYTES: usize;
@@ -392,6 +401,7 @@ trait Word {
 
 struct W8;
 struct W16<const SHIFT: u32>;
+struct W16Be;
 
 impl Word for W8 {
     const BYTES: usize = 1;
@@ -420,6 +430,18 @@ impl<const SHIFT: u32> Word for W16<SHIFT> {
     #[inline(always)]
     fn store(c: &mut [u8], code: i32) {
         c[..2].copy_from_slice(&((code as u16) << SHIFT).to_le_bytes());
+    }
+}
+
+impl Word for W16Be {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    fn load(c: &[u8]) -> i32 {
+        u16::from_be_bytes([c[0], c[1]]) as i32
+    }
+    #[inline(always)]
+    fn store(c: &mut [u8], code: i32) {
+        c[..2].copy_from_slice(&(code as u16).to_be_bytes());
     }
 }
 
@@ -590,6 +612,10 @@ pub fn unpack_with<T: Copy + Default + Send>(
         unpack_packed444(f, at, conv, out);
         return Ok(());
     }
+    if f.layout.big_endian() {
+        unpack_rows::<W16Be, T>(f, conv, out);
+        return Ok(());
+    }
     match (f.layout.word(), f.layout.shift()) {
         (1, _) => unpack_rows::<W8, T>(f, conv, out),
         (_, 0) => unpack_rows::<W16<0>, T>(f, conv, out),
@@ -725,6 +751,10 @@ fn pack_part<T: Sync>(src: Window<T>, r: Rect, f: &mut YuvMut, conv: &(impl Fn(&
     }
     if let Some(at) = f.layout.packed444() {
         pack_packed444(src, r, f, at, conv);
+        return;
+    }
+    if f.layout.big_endian() {
+        pack_rows::<W16Be, T>(src, r, f, conv);
         return;
     }
     match (f.layout.word(), f.layout.shift()) {
@@ -1559,9 +1589,10 @@ mod tests {
             };
             let word = |p: usize, row: usize, i: usize| {
                 let b = &planes[p][row * strides[p]..];
-                match layout.word() {
-                    1 => b[i] as u32,
-                    _ => u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32,
+                match (layout.word(), layout.big_endian()) {
+                    (1, _) => b[i] as u32,
+                    (_, false) => u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32,
+                    (_, true) => u16::from_be_bytes([b[2 * i], b[2 * i + 1]]) as u32,
                 }
             };
             if layout == YuvLayout::V210 {
@@ -1813,6 +1844,41 @@ mod tests {
             let y = 0.299 * a[0] + 0.587 * a[1] + 0.114 * a[2];
             assert!(b.iter().all(|&v| (v - y).abs() <= 0.5), "{a:?} -> {b:?}");
         }
+    }
+
+    /// GRAY16_BE is GRAY16_LE with each word's bytes swapped, both ways: the frame `pack`
+    /// writes and the image `unpack` reads.
+    #[test]
+    fn gray16_be_is_gray16_le_byte_swapped() {
+        let (w, h) = (9, 4);
+        let img = crate::engine::random::test_image(w, h, 5);
+        let m = YuvMatrix::new(YuvMatrix::BT709, true);
+        let s = ChromaSiting::default();
+        let (back_le, le, strides) = round_trip_planes(YuvLayout::Gray16, &img, m, s);
+        let (back_be, be, strides_be) = round_trip_planes(YuvLayout::Gray16Be, &img, m, s);
+        assert_eq!(strides, strides_be);
+        assert_eq!(back_le.data, back_be.data);
+        for y in 0..h {
+            let row = |p: &[u8]| p[y * strides[0]..][..2 * w].to_vec();
+            let mut swapped = row(&le[0]);
+            swapped.chunks_exact_mut(2).for_each(|c| c.swap(0, 1));
+            assert_eq!(swapped, row(&be[0]), "row {y}");
+            // Not a palindrome by luck: the words are not all symmetric.
+            assert_ne!(row(&le[0]), row(&be[0]), "row {y}");
+        }
+        // Read as the other endianness, the same bytes are a different image.
+        let as_le = YuvRef {
+            planes: planes_ref(&be),
+            strides,
+            width: w,
+            height: h,
+            layout: YuvLayout::Gray16,
+            matrix: m,
+            siting: s,
+        };
+        let mut wrong = Image::default();
+        unpack_into(&as_le, &mut wrong).unwrap();
+        assert!(worst(&back_be, &wrong) > 10.0);
     }
 
     /// Ten bits keep what eight round away: an image of fractional levels comes back from

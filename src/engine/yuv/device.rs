@@ -6,8 +6,8 @@
 //! operations in the same order; the tests check them against the row-wise conversions of the
 //! parent module ([`unpack_rgb8_into`](super::unpack_rgb8_into), [`pack_rgb8`](super::pack_rgb8)),
 //! which the GPU must reproduce bit for bit (the CUDA parity tests compare the kernels with
-//! those too). Every layout but v210 ([`YuvLayout::device_convertible`]): planar,
-//! semi-planar, grey, packed 4:2:2 (YUY2, UYVY, YVYU) and packed 4:4:4 (AYUV, VUYA; their
+//! those too). Every layout but v210 and GRAY16_BE ([`YuvLayout::device_convertible`]; the
+//! host repacks those two, [`YuvFormat::device`]): planar, semi-planar, grey, packed 4:2:2 (YUY2, UYVY, YVYU) and packed 4:4:4 (AYUV, VUYA; their
 //! alpha is the host's, [`unpack_alpha_into`](super::unpack_alpha_into) and
 //! [`pack_alpha`](super::pack_alpha)).
 
@@ -27,15 +27,15 @@ pub struct YuvFormat {
 impl YuvFormat {
     /// The format a frame of this one has on the device: itself, but v210's samples go as
     /// I422_10LE planes (the host's own v210 conversion goes through those too, so the
-    /// pixels are the same), with [`YuvRef::copy_tight`] and [`YuvMut::store_tight`].
+    /// pixels are the same) and GRAY16_BE's as GRAY16_LE (its words byte-swapped), with
+    /// [`YuvRef::copy_tight`] and [`YuvMut::store_tight`].
     pub fn device(self) -> YuvFormat {
-        match self.layout {
-            YuvLayout::V210 => YuvFormat {
-                layout: YuvLayout::I422p10,
-                ..self
-            },
-            _ => self,
-        }
+        let layout = match self.layout {
+            YuvLayout::V210 => YuvLayout::I422p10,
+            YuvLayout::Gray16Be => YuvLayout::Gray16,
+            l => l,
+        };
+        YuvFormat { layout, ..self }
     }
 
     /// Bytes of a `w x h` frame with its planes packed tightly (rows of exactly the plane's
@@ -67,10 +67,10 @@ impl YuvFormat {
 
 impl YuvLayout {
     /// The layouts the CUDA engine converts on the device: all but v210 (6 pixels in 16 bytes
-    /// of 10-bit words), which the host repacks to and from I422_10LE planes
-    /// ([`YuvRef::copy_tight`]).
+    /// of 10-bit words) and GRAY16_BE, which the host repacks to and from I422_10LE planes
+    /// and GRAY16_LE ([`YuvRef::copy_tight`]; [`YuvFormat::device`]).
     pub fn device_convertible(self) -> bool {
-        self != Self::V210
+        !matches!(self, Self::V210 | Self::Gray16Be)
     }
 }
 
@@ -85,7 +85,8 @@ impl<'a> YuvRef<'a> {
     }
 
     /// This frame's planes packed tightly into `out` (resized), in its device format
-    /// ([`YuvFormat::device`]: v210 as I422_10LE planes): [`YuvFormat::tight_len`] of that.
+    /// ([`YuvFormat::device`]: v210 as I422_10LE planes, GRAY16_BE as GRAY16_LE):
+    /// [`YuvFormat::tight_len`] of that.
     pub fn copy_tight(&self, out: &mut Vec<u8>) -> Result<()> {
         self.check()?;
         let (w, h) = (self.width, self.height);
@@ -99,6 +100,9 @@ impl<'a> YuvRef<'a> {
             for r in 0..rows {
                 out.extend_from_slice(&self.planes[p][r * self.strides[p]..][..row]);
             }
+        }
+        if self.layout.big_endian() {
+            swap_words(out);
         }
         Ok(())
     }
@@ -153,7 +157,8 @@ impl<'a> YuvMut<'a> {
     }
 
     /// Writes this frame's planes from their tightly packed bytes `data` in its device format
-    /// ([`YuvFormat::device`]: a v210 frame from I422_10LE planes, repacked);
+    /// ([`YuvFormat::device`]: a v210 frame from I422_10LE planes, repacked; GRAY16_BE from
+    /// GRAY16_LE, byte-swapped);
     /// padding past each row's bytes is left as it was.
     pub fn store_tight(&mut self, data: &[u8]) -> Result<()> {
         self.check()?;
@@ -166,14 +171,26 @@ impl<'a> YuvMut<'a> {
             return Ok(());
         }
         let mut at = 0;
+        let swap = self.layout.big_endian();
         for (p, (row, rows)) in self.layout.plane_sizes(w, h).into_iter().enumerate() {
             let stride = self.strides[p];
             for r in 0..rows {
-                self.planes[p][r * stride..][..row].copy_from_slice(&data[at..at + row]);
+                let dst = &mut self.planes[p][r * stride..][..row];
+                dst.copy_from_slice(&data[at..at + row]);
+                if swap {
+                    swap_words(dst);
+                }
                 at += row;
             }
         }
         Ok(())
+    }
+}
+
+/// Swaps the bytes of each 16-bit word of `b` (big- to little-endian and back).
+fn swap_words(b: &mut [u8]) {
+    for w in b.chunks_exact_mut(2) {
+        w.swap(0, 1);
     }
 }
 
@@ -471,19 +488,23 @@ mod tests {
         [(1, 1), (2, 1), (1, 3), (7, 5), (16, 9), (33, 17), (128, 96)];
 
     #[test]
-    fn every_layout_but_v210_is_converted_on_the_device() {
+    fn every_layout_but_v210_and_gray16_be_is_converted_on_the_device() {
         let on: Vec<YuvLayout> = YuvLayout::ALL
             .into_iter()
             .filter(|l| l.device_convertible())
             .collect();
-        assert_eq!(on.len(), YuvLayout::ALL.len() - 1, "{on:?}");
-        assert!(!YuvLayout::V210.device_convertible());
-        let f = YuvFormat {
-            layout: YuvLayout::V210,
-            matrix: YuvMatrix::new(YuvMatrix::BT709, false),
-            siting: ChromaSiting::default(),
-        };
-        assert_eq!(YuvParams::new(f, 8, 8), None);
+        assert_eq!(on.len(), YuvLayout::ALL.len() - 2, "{on:?}");
+        for layout in [YuvLayout::V210, YuvLayout::Gray16Be] {
+            assert!(!layout.device_convertible());
+            let f = YuvFormat {
+                layout,
+                matrix: YuvMatrix::new(YuvMatrix::BT709, false),
+                siting: ChromaSiting::default(),
+            };
+            assert_eq!(YuvParams::new(f, 8, 8), None);
+            // What the host repacks them to is converted there.
+            assert!(f.device().layout.device_convertible());
+        }
     }
 
     /// The per-pixel unpack (the kernel's) gives the bytes of the row-wise one, for every
@@ -540,7 +561,7 @@ mod tests {
         }
     }
 
-    fn v210_frame(data: &mut [u8], stride: usize, w: usize, h: usize, f: YuvFormat) -> YuvMut<'_> {
+    fn one_plane(data: &mut [u8], stride: usize, w: usize, h: usize, f: YuvFormat) -> YuvMut<'_> {
         YuvMut {
             planes: [data, &mut [], &mut []],
             strides: [stride, 0, 0],
@@ -552,27 +573,37 @@ mod tests {
         }
     }
 
-    /// A v210 frame goes to the device as I422_10LE planes and comes back from them: the
-    /// pixels and the frame's bytes are the host's own v210 conversions'.
+    /// A v210 frame goes to the device as I422_10LE planes and a GRAY16_BE one as GRAY16_LE,
+    /// and each comes back from them: the pixels and the frame's bytes are the host's own
+    /// conversions' of that layout.
     #[test]
-    fn v210_goes_to_the_device_as_i422_10le_planes() {
-        for (k, &(w, h)) in [(1, 1), (5, 2), (6, 3), (13, 5), (50, 4)]
-            .iter()
+    fn v210_and_gray16_be_go_to_the_device_as_little_endian_planes() {
+        let cases = [
+            (YuvLayout::V210, YuvLayout::I422p10),
+            (YuvLayout::Gray16Be, YuvLayout::Gray16),
+        ];
+        for (k, ((layout, on_device), &(w, h))) in cases
+            .into_iter()
+            .flat_map(|c| {
+                [(1, 1), (5, 2), (6, 3), (13, 5), (50, 4)]
+                    .iter()
+                    .map(move |s| (c, s))
+            })
             .enumerate()
         {
             let f = YuvFormat {
-                layout: YuvLayout::V210,
+                layout,
                 matrix: YuvMatrix::new(YuvMatrix::BT709, k % 2 == 1),
                 siting: ChromaSiting::default(),
             };
             let dev = f.device();
-            assert_eq!(dev.layout, YuvLayout::I422p10);
+            assert_eq!(dev.layout, on_device);
             let row = f.layout.plane_sizes(w, h)[0].0;
             let stride = row + 16;
             let rgb = noise(w * h * 3, k as u64 + 300);
-            // The host's v210 frame of `rgb`, padding marked.
+            // The host's frame of `rgb`, padding marked.
             let mut frame = vec![0x5Au8; stride * h];
-            pack_rgb8(&rgb, &mut v210_frame(&mut frame, stride, w, h, f)).unwrap();
+            pack_rgb8(&rgb, &mut one_plane(&mut frame, stride, w, h, f)).unwrap();
             let src = YuvRef {
                 planes: [&frame, &[], &[]],
                 strides: [stride, 0, 0],
@@ -584,23 +615,23 @@ mod tests {
             };
             let mut tight = Vec::new();
             src.copy_tight(&mut tight).unwrap();
-            assert_eq!(tight.len(), dev.tight_len(w, h), "{w}x{h}");
+            assert_eq!(tight.len(), dev.tight_len(w, h), "{layout:?} {w}x{h}");
             let mut want = Vec::new();
             unpack_rgb8_into(&src, &mut want).unwrap();
             assert_eq!(
                 dev.unpack_tight(&tight, w, h).unwrap(),
                 want,
-                "{w}x{h} unpack"
+                "{layout:?} {w}x{h} unpack"
             );
-            // Back: the device's I422_10LE planes of `rgb`, stored into a v210 frame.
+            // Back: the device's planes of `rgb`, stored into a frame of the layout.
             let planes = dev.pack_tight(&rgb, w, h).unwrap();
             let mut got = vec![0x5Au8; stride * h];
-            v210_frame(&mut got, stride, w, h, f)
+            one_plane(&mut got, stride, w, h, f)
                 .store_tight(&planes)
                 .unwrap();
-            assert!(got == frame, "{w}x{h} pack");
+            assert!(got == frame, "{layout:?} {w}x{h} pack");
             assert!(
-                v210_frame(&mut got, stride, w, h, f)
+                one_plane(&mut got, stride, w, h, f)
                     .store_tight(&planes[1..])
                     .is_err()
             );
