@@ -137,6 +137,141 @@ fn every_format_upscales_and_matches_the_engine() {
     }
 }
 
+/// The 64-bit RGBA formats (16 bits per channel: `pngdec`'s ARGB64 for 16-bit PNGs, and the
+/// explicit-endian ones) go through without `videoconvert`, at 16 bits both ways: the output
+/// is the engine's for the same frame, alpha included, interlaced frames field by field; and
+/// the 16 bits matter — the same frame through RGBA (8 bits) differs below one 8-bit level.
+#[test]
+fn rgba64_formats_match_the_engine_at_16_bits() {
+    use gstadabm::engine::rgba64::Rgba64Layout as L;
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_fp(2, 4);
+    let path = model_file(&dir, &model, "x2.safetensors");
+    let native = if cfg!(target_endian = "big") {
+        L::ArgbBe
+    } else {
+        L::ArgbLe
+    };
+    let cases = [
+        ("ARGB64", native, (7, 5), ""),
+        (
+            "ARGB64_LE",
+            L::ArgbLe,
+            (6, 4),
+            ",interlace-mode=interleaved",
+        ),
+        ("ARGB64_BE", L::ArgbBe, (5, 3), ""),
+        ("RGBA64_LE", L::RgbaLe, (1, 1), ""),
+        ("RGBA64_BE", L::RgbaBe, (9, 2), ""),
+        ("BGRA64_LE", L::BgraLe, (3, 7), ""),
+        (
+            "BGRA64_BE",
+            L::BgraBe,
+            (4, 4),
+            ",interlace-mode=interleaved",
+        ),
+        ("ABGR64_LE", L::AbgrLe, (8, 1), ""),
+        ("ABGR64_BE", L::AbgrBe, (2, 6), ""),
+    ];
+    let engine = Engine::new(&model, 1).unwrap();
+    for (k, (fmt, layout, (w, hh), extra)) in cases.into_iter().enumerate() {
+        let mut h = harness(&path);
+        let caps = format!("video/x-raw,format={fmt},width={w},height={hh},framerate=25/1{extra}");
+        h.set_src_caps_str(&caps);
+        let info = gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().unwrap()).unwrap();
+        let mut rng = gstadabm::engine::random::Rng::new(k as u64 + 40);
+        let data = rng.bytes(info.size());
+        let out = h
+            .push_and_pull(gst::Buffer::from_slice(data.clone()))
+            .unwrap();
+        let out = out.map_readable().unwrap().to_vec();
+        let out_info =
+            gst_video::VideoInfo::from_caps(&h.sinkpad().unwrap().current_caps().unwrap()).unwrap();
+        assert_eq!(out_info.format(), info.format(), "{fmt}");
+        assert_eq!((out_info.width(), out_info.height()), (2 * w, 2 * hh));
+        let mut want = vec![0u8; out_info.size()];
+        let (si, so) = (info.stride()[0] as usize, out_info.stride()[0] as usize);
+        let fields: &[(usize, usize)] = if extra.is_empty() {
+            &[(0, 1)]
+        } else {
+            &[(0, 2), (1, 2)]
+        };
+        for &(f, n) in fields {
+            let src = FrameRef {
+                data: &data[f * si..],
+                stride: n * si,
+                width: w as usize,
+                height: hh as usize / n,
+                layout,
+            };
+            let mut dst = FrameMut {
+                data: &mut want[f * so..],
+                stride: n * so,
+                width: 2 * w as usize,
+                height: 2 * hh as usize / n,
+                layout,
+            };
+            engine
+                .process_rgba64_frame(&src, &mut dst, &Options::default())
+                .unwrap();
+        }
+        assert!(
+            visible(&out, &out_info) == visible(&want, &out_info),
+            "{fmt} {w}x{hh}{extra}"
+        );
+    }
+    // 16 bits against 8: 8-bit levels lifted to 16 bits (`v · 257`) are the same input to
+    // the network, and the 16-bit output is the 8-bit one with its fraction kept: within half
+    // an 8-bit level (and its own rounding) of it, and mostly between the 8-bit levels.
+    let (w, hh) = (16u32, 8u32);
+    let ramp16: Vec<u8> = (0..w * hh)
+        .flat_map(|i| {
+            let v = (i * 2 % 256) as u16 * 257;
+            [65535u16, v, v / 257 / 2 * 257, 65535 - v]
+                .into_iter()
+                .flat_map(|x| x.to_ne_bytes())
+        })
+        .collect();
+    let ramp8: Vec<u8> = ramp16
+        .chunks_exact(2)
+        .map(|c| (u16::from_ne_bytes([c[0], c[1]]) / 257) as u8)
+        .collect();
+    let mut h16 = harness(&path);
+    h16.set_src_caps_str(&format!(
+        "video/x-raw,format=ARGB64,width={w},height={hh},framerate=25/1"
+    ));
+    let o16 = h16.push_and_pull(gst::Buffer::from_slice(ramp16)).unwrap();
+    let o16: Vec<u16> = o16
+        .map_readable()
+        .unwrap()
+        .chunks_exact(2)
+        .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+        .collect();
+    let mut h8 = harness(&path);
+    h8.set_src_caps_str(&format!(
+        "video/x-raw,format=ARGB,width={w},height={hh},framerate=25/1"
+    ));
+    let o8 = h8.push_and_pull(gst::Buffer::from_slice(ramp8)).unwrap();
+    let o8 = o8.map_readable().unwrap().to_vec();
+    assert_eq!(o16.len(), o8.len());
+    let worst = o16
+        .iter()
+        .zip(&o8)
+        .map(|(&a, &b)| (a as f64 / 257.0 - b as f64).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= 0.5 + 1e-3,
+        "16-bit and 8-bit outputs differ by {worst} levels"
+    );
+    let off_level = o16.iter().filter(|&&v| v % 257 != 0).count();
+    assert!(
+        off_level > o16.len() / 2,
+        "{off_level} of {} samples off the 8-bit levels",
+        o16.len()
+    );
+}
+
 #[test]
 fn odd_sizes_one_pixel_and_padded_strides() {
     init();

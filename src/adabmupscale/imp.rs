@@ -8,6 +8,7 @@ use gst_video::prelude::*;
 
 use crate::cuda::{CudaError, Pixels, SharedCuda};
 use crate::engine::intcpu::CpuLevel;
+use crate::engine::rgba64::Rgba64Layout;
 use crate::engine::yuv::{ChromaSiting, YuvLayout, YuvMatrix, YuvMut, YuvRef};
 use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
 
@@ -71,10 +72,24 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 24] = [
     (gst_video::VideoFormat::Gray16Be, YuvLayout::Gray16Be),
 ];
 
+/// The 64-bit RGBA formats (16 bits per channel; `pngdec`'s ARGB64 for 16-bit PNGs).
+const RGBA64_FORMATS: [(gst_video::VideoFormat, Rgba64Layout); 9] = [
+    (gst_video::VideoFormat::Argb64, Rgba64Layout::ARGB64_NATIVE),
+    (gst_video::VideoFormat::Argb64Le, Rgba64Layout::ArgbLe),
+    (gst_video::VideoFormat::Argb64Be, Rgba64Layout::ArgbBe),
+    (gst_video::VideoFormat::Rgba64Le, Rgba64Layout::RgbaLe),
+    (gst_video::VideoFormat::Rgba64Be, Rgba64Layout::RgbaBe),
+    (gst_video::VideoFormat::Bgra64Le, Rgba64Layout::BgraLe),
+    (gst_video::VideoFormat::Bgra64Be, Rgba64Layout::BgraBe),
+    (gst_video::VideoFormat::Abgr64Le, Rgba64Layout::AbgrLe),
+    (gst_video::VideoFormat::Abgr64Be, Rgba64Layout::AbgrBe),
+];
+
 /// A negotiated format's memory layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
     Packed(PixelLayout),
+    Rgba64(Rgba64Layout),
     Yuv(YuvLayout),
 }
 
@@ -84,6 +99,12 @@ impl Layout {
             .iter()
             .find(|(f, _)| *f == format)
             .map(|(_, l)| Self::Packed(*l))
+            .or_else(|| {
+                RGBA64_FORMATS
+                    .iter()
+                    .find(|(f, _)| *f == format)
+                    .map(|(_, l)| Self::Rgba64(*l))
+            })
             .or_else(|| {
                 YUV_FORMATS
                     .iter()
@@ -341,6 +362,9 @@ struct CudaBufs {
     alpha: Vec<u8>,
     alpha_hr: Vec<u8>,
     alpha_cols: Vec<(usize, usize, f32)>,
+    /// The 16-bit alpha of the 64-bit RGBA formats.
+    alpha16: Vec<u16>,
+    alpha16_hr: Vec<u16>,
 }
 
 #[glib::object_subclass]
@@ -570,6 +594,7 @@ impl ElementImpl for AdabmUpscale {
                     FORMATS
                         .iter()
                         .map(|(f, _)| *f)
+                        .chain(RGBA64_FORMATS.iter().map(|(f, _)| *f))
                         .chain(YUV_FORMATS.iter().map(|(f, _)| *f)),
                 )
                 // No `interlace-mode` field: like `videoconvert`, any mode is offered, so that
@@ -1044,7 +1069,7 @@ impl BaseTransformImpl for AdabmUpscale {
         // chroma rows of their own.
         let field_rows = match layout {
             Layout::Yuv(l) => 2 * l.subsampling().1 as u32,
-            Layout::Packed(_) => 2,
+            Layout::Packed(_) | Layout::Rgba64(_) => 2,
         };
         if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive
             && in_info.height() % field_rows != 0
@@ -1232,10 +1257,19 @@ impl BaseTransformImpl for AdabmUpscale {
         })?;
         let (w, h) = (in_info.width() as usize, in_info.height() as usize);
         let (ow, oh) = (out_info.width() as usize, out_info.height() as usize);
+        let in_data = || in_frame.plane_data(0).map_err(|_| gst::FlowError::Error);
+        let in_stride = in_frame.plane_stride()[0] as usize;
         let src = match layout {
             Layout::Packed(layout) => InFrame::Packed(FrameRef {
-                data: in_frame.plane_data(0).map_err(|_| gst::FlowError::Error)?,
-                stride: in_frame.plane_stride()[0] as usize,
+                data: in_data()?,
+                stride: in_stride,
+                width: w,
+                height: h,
+                layout,
+            }),
+            Layout::Rgba64(layout) => InFrame::Rgba64(FrameRef {
+                data: in_data()?,
+                stride: in_stride,
                 width: w,
                 height: h,
                 layout,
@@ -1269,6 +1303,15 @@ impl BaseTransformImpl for AdabmUpscale {
                 height: oh,
                 layout,
             }),
+            Layout::Rgba64(layout) => OutFrame::Rgba64(FrameMut {
+                data: out_frame
+                    .plane_data_mut(0)
+                    .map_err(|_| gst::FlowError::Error)?,
+                stride: out_strides[0],
+                width: ow,
+                height: oh,
+                layout,
+            }),
             Layout::Yuv(layout) => {
                 let (matrix, siting) = yuv_params(&out_info);
                 let [p0, p1, p2, _] = out_frame.planes_data_mut();
@@ -1293,6 +1336,12 @@ impl BaseTransformImpl for AdabmUpscale {
                 (InFrame::Packed(s), OutFrame::Packed(d), None) => {
                     engine.process_frame(s, d, &opts).map_err(|e| e.to_string())
                 }
+                (InFrame::Rgba64(s), OutFrame::Rgba64(d), Some(c)) => {
+                    cuda_rgba64_frame(c, s, d, &opts, &mut bufs())
+                }
+                (InFrame::Rgba64(s), OutFrame::Rgba64(d), None) => engine
+                    .process_rgba64_frame(s, d, &opts)
+                    .map_err(|e| e.to_string()),
                 (InFrame::Yuv(s), OutFrame::Yuv(d), Some(c)) => {
                     cuda_yuv_frame(c, s, d, &opts, &mut bufs())
                 }
@@ -1358,13 +1407,41 @@ impl BaseTransformImpl for AdabmUpscale {
 /// An input frame as the element maps it.
 enum InFrame<'a> {
     Packed(FrameRef<'a>),
+    Rgba64(FrameRef<'a, Rgba64Layout>),
     Yuv(YuvRef<'a>),
 }
 
 /// An output frame as the element maps it.
 enum OutFrame<'a> {
     Packed(FrameMut<'a>),
+    Rgba64(FrameMut<'a, Rgba64Layout>),
     Yuv(YuvMut<'a>),
+}
+
+/// Field `f` of an interlaced packed frame (8- or 16-bit samples).
+fn packed_field<'a, L: Copy>(frame: &FrameRef<'a, L>, f: usize) -> Result<FrameRef<'a, L>, String> {
+    let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
+    Ok(FrameRef {
+        data: frame.data.get(at..).unwrap_or_default(),
+        stride,
+        height,
+        ..*frame
+    })
+}
+
+/// [`packed_field`] of an output frame.
+fn packed_field_mut<'b, L: Copy>(
+    frame: &'b mut FrameMut<'_, L>,
+    f: usize,
+) -> Result<FrameMut<'b, L>, String> {
+    let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
+    Ok(FrameMut {
+        data: frame.data.get_mut(at..).unwrap_or_default(),
+        stride,
+        width: frame.width,
+        height,
+        layout: frame.layout,
+    })
 }
 
 /// Where field `f` (0: top, the even rows; 1: bottom) of a plane of an interlaced frame
@@ -1403,15 +1480,8 @@ impl<'a> InFrame<'a> {
     /// Field `f` of an interlaced frame.
     fn field(&self, f: usize) -> Result<InFrame<'a>, String> {
         Ok(match self {
-            Self::Packed(frame) => {
-                let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
-                Self::Packed(FrameRef {
-                    data: frame.data.get(at..).unwrap_or_default(),
-                    stride,
-                    height,
-                    ..*frame
-                })
-            }
+            Self::Packed(frame) => Self::Packed(packed_field(frame, f)?),
+            Self::Rgba64(frame) => Self::Rgba64(packed_field(frame, f)?),
             Self::Yuv(frame) => {
                 let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
                 Self::Yuv(YuvRef {
@@ -1434,16 +1504,8 @@ impl OutFrame<'_> {
     /// [`InFrame::field`] of an output frame.
     fn field(&mut self, f: usize) -> Result<OutFrame<'_>, String> {
         Ok(match self {
-            Self::Packed(frame) => {
-                let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
-                OutFrame::Packed(FrameMut {
-                    data: frame.data.get_mut(at..).unwrap_or_default(),
-                    stride,
-                    width: frame.width,
-                    height,
-                    layout: frame.layout,
-                })
-            }
+            Self::Packed(frame) => OutFrame::Packed(packed_field_mut(frame, f)?),
+            Self::Rgba64(frame) => OutFrame::Rgba64(packed_field_mut(frame, f)?),
             Self::Yuv(frame) => {
                 let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
                 let [p0, p1, p2] = &mut frame.planes;
@@ -1625,6 +1687,34 @@ fn cuda_frame(
     }
     engine::frame::pack_rgb8(&bufs.hr, has_alpha.then_some(&bufs.alpha_hr[..]), dst)
         .map_err(|e| e.to_string())?;
+    Ok(cuda_stats(fs, t0))
+}
+
+/// [`cuda_frame`] of a 64-bit RGBA frame: its samples go to the GPU rounded to RGB bytes and
+/// come back as `v · 257` (the CUDA engine's RGB is 8-bit); alpha is upscaled at 16 bits on
+/// the CPU, as the CPU engine does.
+fn cuda_rgba64_frame(
+    c: &SharedCuda,
+    src: &FrameRef<Rgba64Layout>,
+    dst: &mut FrameMut<Rgba64Layout>,
+    opts: &Options,
+    bufs: &mut CudaBufs,
+) -> Result<engine::Stats, String> {
+    let t0 = std::time::Instant::now();
+    let (w, h) = (src.width, src.height);
+    let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
+    let err = |e: engine::Error| e.to_string();
+    engine::rgba64::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha16).map_err(err)?;
+    let fs = bufs.upscale(c, w, h, opts)?;
+    engine::frame::upscale_plane_bilinear_into(
+        &bufs.alpha16,
+        w,
+        h,
+        s,
+        &mut bufs.alpha16_hr,
+        &mut bufs.alpha_cols,
+    );
+    engine::rgba64::pack_rgb8(&bufs.hr, &bufs.alpha16_hr, dst).map_err(err)?;
     Ok(cuda_stats(fs, t0))
 }
 

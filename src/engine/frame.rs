@@ -64,27 +64,28 @@ impl PixelLayout {
     }
 }
 
-/// A borrowed packed frame.
+/// A borrowed packed frame: 8-bit samples ([`PixelLayout`]), or 16-bit ones
+/// ([`Rgba64Layout`](super::rgba64::Rgba64Layout)).
 #[derive(Clone, Copy, Debug)]
-pub struct FrameRef<'a> {
+pub struct FrameRef<'a, L = PixelLayout> {
     pub data: &'a [u8],
     pub stride: usize,
     pub width: usize,
     pub height: usize,
-    pub layout: PixelLayout,
+    pub layout: L,
 }
 
 /// A mutable packed frame.
 #[derive(Debug)]
-pub struct FrameMut<'a> {
+pub struct FrameMut<'a, L = PixelLayout> {
     pub data: &'a mut [u8],
     pub stride: usize,
     pub width: usize,
     pub height: usize,
-    pub layout: PixelLayout,
+    pub layout: L,
 }
 
-fn check_geometry(
+pub(crate) fn check_geometry(
     what: &str,
     len: usize,
     stride: usize,
@@ -514,8 +515,38 @@ fn pack_with<T: Sync>(
     Ok(())
 }
 
+/// A sample of an alpha plane: a byte, or a 16-bit word (the 64-bit RGBA layouts).
+pub trait PlaneSample: Copy + Default + Send + Sync {
+    fn to_f32(self) -> f32;
+    /// `v` rounded half to even and clamped to the sample's range.
+    fn from_f32(v: f32) -> Self;
+}
+
+impl PlaneSample for u8 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        to_u8(v)
+    }
+}
+
+impl PlaneSample for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        use super::quant::{clamp, round_even_small};
+        round_even_small(clamp(v, 0.0, 65535.0)) as u16
+    }
+}
+
 /// Bilinear upscaling of a plane by an integer factor (pixel centres aligned, edges clamped).
-pub fn upscale_plane_bilinear(src: &[u8], w: usize, h: usize, s: usize) -> Vec<u8> {
+pub fn upscale_plane_bilinear<S: PlaneSample>(src: &[S], w: usize, h: usize, s: usize) -> Vec<S> {
     let mut out = Vec::new();
     upscale_plane_bilinear_into(src, w, h, s, &mut out, &mut Vec::new());
     out
@@ -523,12 +554,12 @@ pub fn upscale_plane_bilinear(src: &[u8], w: usize, h: usize, s: usize) -> Vec<u
 
 /// [`upscale_plane_bilinear`] into `out`, with `cols` for the column coefficients, reusing
 /// their memory.
-pub fn upscale_plane_bilinear_into(
-    src: &[u8],
+pub fn upscale_plane_bilinear_into<S: PlaneSample>(
+    src: &[S],
     w: usize,
     h: usize,
     s: usize,
-    out: &mut Vec<u8>,
+    out: &mut Vec<S>,
     cols: &mut Vec<(usize, usize, f32)>,
 ) {
     assert_eq!(src.len(), w * h);
@@ -544,16 +575,17 @@ pub fn upscale_plane_bilinear_into(
     cols.extend((0..ow).map(|ox| coord(ox, w)));
     let cols = &cols[..];
     // Every value is written.
-    out.resize(ow * oh, 0);
+    out.resize(ow * oh, S::default());
     out.par_chunks_mut(ow)
         .enumerate()
         .with_min_len(ROWS_PER_TASK)
         .for_each(|(oy, row)| {
             let (y0, y1, fy) = coord(oy, h);
+            let v = |i: usize| src[i].to_f32();
             for (o, &(x0, x1, fx)) in row.iter_mut().zip(cols) {
-                let top = src[y0 * w + x0] as f32 * (1.0 - fx) + src[y0 * w + x1] as f32 * fx;
-                let bot = src[y1 * w + x0] as f32 * (1.0 - fx) + src[y1 * w + x1] as f32 * fx;
-                *o = to_u8(top * (1.0 - fy) + bot * fy);
+                let top = v(y0 * w + x0) * (1.0 - fx) + v(y0 * w + x1) * fx;
+                let bot = v(y1 * w + x0) * (1.0 - fx) + v(y1 * w + x1) * fx;
+                *o = S::from_f32(top * (1.0 - fy) + bot * fy);
             }
         });
 }
@@ -869,9 +901,12 @@ pub(crate) mod tests {
 
     #[test]
     fn bilinear_keeps_constants_and_edges() {
-        let up = upscale_plane_bilinear(&[7; 6], 3, 2, 2);
+        let up = upscale_plane_bilinear(&[7u8; 6], 3, 2, 2);
         assert!(up.iter().all(|&v| v == 7));
-        let up = upscale_plane_bilinear(&[0, 255], 2, 1, 2);
+        let up = upscale_plane_bilinear(&[0u8, 255], 2, 1, 2);
         assert_eq!(up, vec![0, 64, 191, 255, 0, 64, 191, 255]);
+        // 16-bit planes (the 64-bit RGBA layouts' alpha) at their own precision.
+        let up = upscale_plane_bilinear(&[0u16, 65535], 2, 1, 2);
+        assert_eq!(up, vec![0, 16384, 49151, 65535, 0, 16384, 49151, 65535]);
     }
 }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod quant;
 pub mod random;
 pub mod resize;
+pub mod rgba64;
 mod tile;
 pub mod yuv;
 
@@ -147,6 +148,9 @@ struct Scratch {
     alpha: Vec<u8>,
     alpha_hr: Vec<u8>,
     alpha_cols: Vec<(usize, usize, f32)>,
+    /// The same for the 16-bit alpha of the 64-bit RGBA layouts.
+    alpha16: Vec<u16>,
+    alpha16_hr: Vec<u16>,
     /// A v210 output frame's staged I422_10LE planes.
     v210: Vec<u8>,
     maps: Maps,
@@ -467,6 +471,42 @@ impl Engine {
                 self.pool.install(|| yuv::pack_alpha(&sc.alpha_hr, dst))?;
             }
             Ok(stats)
+        })
+    }
+
+    /// Upscales a 64-bit RGBA frame (16 bits per channel, any [`rgba64::Rgba64Layout`]) into
+    /// one of the same layout and `scale` times the size: samples straight to the network's
+    /// RGB and its output straight back at 16 bits ([`rgba64`]), alpha upscaled bilinearly at
+    /// 16 bits.
+    pub fn process_rgba64_frame(
+        &self,
+        src: &FrameRef<rgba64::Rgba64Layout>,
+        dst: &mut FrameMut<rgba64::Rgba64Layout>,
+        opts: &Options,
+    ) -> Result<Stats> {
+        self.check_scaled(
+            (src.width, src.height, &src.layout),
+            (dst.width, dst.height, &dst.layout),
+        )?;
+        let s = self.scale();
+        self.with_scratch(|sc| {
+            self.pool.install(|| -> Result<()> {
+                rgba64::unpack_into(src, &mut sc.lr, &mut sc.alpha16)?;
+                let (w, h) = (src.width, src.height);
+                frame::upscale_plane_bilinear_into(
+                    &sc.alpha16,
+                    w,
+                    h,
+                    s,
+                    &mut sc.alpha16_hr,
+                    &mut sc.alpha_cols,
+                );
+                Ok(())
+            })?;
+            let alpha = &sc.alpha16_hr[..];
+            self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| {
+                rgba64::pack_rect(src, r, alpha, dst)
+            })
         })
     }
 
