@@ -974,8 +974,44 @@ fn cuda_backend_matches_the_integer_reference() {
                 "x{scale} {precision} {fmt} {w}x{hh}: CUDA element output differs from the integer reference"
             );
         }
-        // YUV formats, converted to and from 8-bit RGB on the GPU (v210 as I422_10LE planes;
-        // VUYA's alpha upscaled bilinearly on the CPU) — the bytes of the CPU conversions.
+        // 64-bit RGBA: rounded to RGB bytes for the GPU, written back as `v · 257`, 16-bit
+        // alpha upscaled on the CPU.
+        {
+            use gstadabm::engine::rgba64::{self, Rgba64Layout};
+            let (out_info, out, in_info, data) = push_frame(&mut h, "RGBA64_BE", 13, 9, 4);
+            let (w, hh) = (13, 9);
+            let src = FrameRef {
+                data: &data,
+                stride: in_info.stride()[0] as usize,
+                width: w,
+                height: hh,
+                layout: Rgba64Layout::RgbaBe,
+            };
+            let (mut rgb, mut alpha) = (Vec::new(), Vec::new());
+            rgba64::unpack_rgb8_into(&src, &mut rgb, &mut alpha).unwrap();
+            let img = gstadabm::engine::Image::from_rgb8(w, hh, &rgb);
+            let c = gstadabm::engine::complexity::gradient_density(&img.data, w, hh);
+            let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
+            let hr = int.upscale(&img, &plan);
+            let s = scale as usize;
+            let alpha = gstadabm::engine::frame::upscale_plane_bilinear(&alpha, w, hh, s);
+            let mut want = vec![0u8; out_info.size()];
+            let mut dst = FrameMut {
+                data: &mut want,
+                stride: out_info.stride()[0] as usize,
+                width: out_info.width() as usize,
+                height: out_info.height() as usize,
+                layout: Rgba64Layout::RgbaBe,
+            };
+            rgba64::pack_rgb8(&hr.to_rgb8(), &alpha, &mut dst).unwrap();
+            assert!(
+                visible(&out, &out_info) == visible(&want, &out_info),
+                "x{scale} {precision} RGBA64_BE: CUDA element output differs from the integer reference"
+            );
+        }
+        // YUV formats, converted to and from 8-bit RGB on the GPU (v210 as I422_10LE planes,
+        // GRAY16_BE as GRAY16_LE; VUYA's alpha upscaled bilinearly on the CPU) — the bytes of
+        // the CPU conversions.
         for fmt in [
             "I420",
             "NV12",
@@ -988,6 +1024,7 @@ fn cuda_backend_matches_the_integer_reference() {
             "UYVY",
             "VUYA",
             "v210",
+            "GRAY16_BE",
             "I420",
         ] {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
