@@ -1,5 +1,6 @@
-//! Allocation per frame in steady state: the element's CPU path (`Engine::process_frame`) on
-//! the built-in quantized models, counted by a global allocator.
+//! Allocation per frame in steady state: the element's CPU paths (`Engine::process_frame`,
+//! `process_yuv_frame`, `process_rgba64_frame`) on the built-in models, counted by a global
+//! allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use gstadabm::engine::builtin::MODELS;
 use gstadabm::engine::frame::{FrameMut, FrameRef, PixelLayout};
 use gstadabm::engine::random::quantize_on_synthetic;
+use gstadabm::engine::rgba64::Rgba64Layout;
 use gstadabm::engine::yuv::{self, YuvLayout};
 use gstadabm::engine::{Engine, Model, Options, QuantMode};
 
@@ -178,6 +180,56 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         );
         assert_eq!(got, fresh, "{name}");
     }
+    // The 64-bit RGBA path (`Engine::process_rgba64_frame`, 16-bit alpha plane too).
+    for (w, h, layout) in [
+        (61, 37, Rgba64Layout::ArgbLe),
+        (40, 22, Rgba64Layout::RgbaBe),
+        (61, 37, Rgba64Layout::ArgbLe),
+    ] {
+        let name = format!("{name} {w}x{h} {layout:?}");
+        let src = pixels(w, h, 8, w);
+        let fresh = process_rgba64(&Engine::new(model, 2).unwrap(), &src, w, h, layout);
+        for _ in 0..3 {
+            process_rgba64(&engine, &src, w, h, layout);
+        }
+        let (calls, bytes, got) = quietest(|| process_rgba64(&engine, &src, w, h, layout));
+        eprintln!("{name}: {calls} allocations, {bytes} bytes");
+        assert!(
+            bytes <= 4096 && calls <= 16,
+            "{name}: a frame allocated {calls} times, {bytes} bytes"
+        );
+        assert_eq!(got, fresh, "{name}");
+    }
+}
+
+/// The element's per-frame call on a 64-bit RGBA frame (no row padding).
+fn process_rgba64(
+    engine: &Engine,
+    src: &[u8],
+    w: usize,
+    h: usize,
+    layout: Rgba64Layout,
+) -> Vec<u8> {
+    let s = engine.scale();
+    let mut dst = vec![0u8; w * s * h * s * 8];
+    let f = FrameRef {
+        data: src,
+        stride: w * 8,
+        width: w,
+        height: h,
+        layout,
+    };
+    let mut d = FrameMut {
+        data: &mut dst,
+        stride: w * s * 8,
+        width: w * s,
+        height: h * s,
+        layout,
+    };
+    engine
+        .process_rgba64_frame(&f, &mut d, &Options::default())
+        .unwrap();
+    dst
 }
 
 /// Allocation calls and bytes of the quietest of 3 frames made by `frame` (less the output
