@@ -1,6 +1,6 @@
 //! Packed 8-bit frames in and out of the engine: RGB, BGR, the padded 32-bit layouts and the
-//! alpha layouts. The engine works on interleaved RGB f32 (0–255); alpha is upscaled apart by
-//! bilinear interpolation.
+//! alpha layouts (16-bit ones: [`super::rgba64`]). The engine works on interleaved RGB f32
+//! (0–255); alpha is upscaled apart by bilinear interpolation.
 
 use super::error::{Error, Result};
 
