@@ -473,14 +473,35 @@ fn pack_with<T: Sync>(
     f: &mut FrameMut,
     conv: impl Fn(&T) -> u8 + Sync,
 ) -> Result<()> {
-    use rayon::prelude::*;
     let bpp = f.layout.bytes_per_pixel();
+    let layout = f.layout;
+    use PixelLayout as L;
+    rect_rows(f, bpp, src, r, alpha, |row, line, a| match layout {
+        L::Rgb => pack_row::<T, 3, 0, 1, 2, 3>(row, line, a, &conv),
+        L::Bgr => pack_row::<T, 3, 2, 1, 0, 3>(row, line, a, &conv),
+        L::Rgbx | L::Rgba => pack_row::<T, 4, 0, 1, 2, 3>(row, line, a, &conv),
+        L::Bgrx | L::Bgra => pack_row::<T, 4, 2, 1, 0, 3>(row, line, a, &conv),
+        L::Xrgb | L::Argb => pack_row::<T, 4, 1, 2, 3, 0>(row, line, a, &conv),
+        L::Xbgr | L::Abgr => pack_row::<T, 4, 3, 2, 1, 0>(row, line, a, &conv),
+    })
+}
+
+/// The rows of rectangle `r` of a packed frame of `bpp`-byte pixels, in parallel on the
+/// current thread pool: `each` gets a row's bytes of pixels `r.x0..r.x1`, their values in
+/// `src` and, with a frame-sized `alpha` plane, their alpha. Checks the frame's geometry, that
+/// `src` holds `r` and that `alpha` covers the frame.
+pub(crate) fn rect_rows<L, T: Sync, S: Sync>(
+    f: &mut FrameMut<L>,
+    bpp: usize,
+    src: Window<T>,
+    r: Rect,
+    alpha: Option<&[S]>,
+    each: impl Fn(&mut [u8], &[T], Option<&[S]>) + Sync,
+) -> Result<()> {
+    use rayon::prelude::*;
     let (w, h) = (f.width, f.height);
     check_geometry("output", f.data.len(), f.stride, w, h, bpp)?;
     src.check(r, r, w, h)?;
-    if r.is_empty() {
-        return Ok(());
-    }
     if let Some(a) = alpha
         && a.len() < w * h
     {
@@ -489,8 +510,9 @@ fn pack_with<T: Sync>(
             a.len()
         )));
     }
-    let layout = f.layout;
-    use PixelLayout as L;
+    if r.is_empty() {
+        return Ok(());
+    }
     f.data
         .par_chunks_mut(f.stride)
         .take(h)
@@ -501,16 +523,8 @@ fn pack_with<T: Sync>(
         .for_each(|(i, row)| {
             let y = r.y0 + i;
             let row = &mut row[r.x0 * bpp..r.x1 * bpp];
-            let line = src.line(y, r.x0, r.x1);
             let a = alpha.map(|a| &a[y * w + r.x0..y * w + r.x1]);
-            match layout {
-                L::Rgb => pack_row::<T, 3, 0, 1, 2, 3>(row, line, a, &conv),
-                L::Bgr => pack_row::<T, 3, 2, 1, 0, 3>(row, line, a, &conv),
-                L::Rgbx | L::Rgba => pack_row::<T, 4, 0, 1, 2, 3>(row, line, a, &conv),
-                L::Bgrx | L::Bgra => pack_row::<T, 4, 2, 1, 0, 3>(row, line, a, &conv),
-                L::Xrgb | L::Argb => pack_row::<T, 4, 1, 2, 3, 0>(row, line, a, &conv),
-                L::Xbgr | L::Abgr => pack_row::<T, 4, 3, 2, 1, 0>(row, line, a, &conv),
-            }
+            each(row, src.line(y, r.x0, r.x1), a);
         });
     Ok(())
 }

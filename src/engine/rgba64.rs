@@ -6,7 +6,9 @@
 //! side. Alpha is upscaled apart, bilinearly, at 16 bits.
 
 use super::error::{Error, Result};
-use super::frame::{FrameMut, FrameRef, ROWS_PER_TASK, Rect, Window, check_geometry, to_u8};
+use super::frame::{
+    FrameMut, FrameRef, ROWS_PER_TASK, Rect, Window, check_geometry, rect_rows, to_u8,
+};
 use super::quant::{clamp, round_even_small};
 use rayon::prelude::*;
 
@@ -173,57 +175,28 @@ fn pack_with<T: Sync>(
     f: &mut FrameMut<Rgba64Layout>,
     conv: impl Fn(&T) -> u16 + Sync,
 ) -> Result<()> {
-    let (w, h) = (f.width, f.height);
-    check_geometry(
-        "output",
-        f.data.len(),
-        f.stride,
-        w,
-        h,
-        Rgba64Layout::BYTES_PER_PIXEL,
-    )?;
-    src.check(r, r, w, h)?;
-    if alpha.len() < w * h {
-        return Err(Error::Input(format!(
-            "alpha plane has {} values for a {w}x{h} frame",
-            alpha.len()
-        )));
-    }
-    if r.is_empty() {
-        return Ok(());
-    }
     let [ro, go, bo, ao] = f.layout.order();
     let be = f.layout.big_endian();
-    f.data
-        .par_chunks_mut(f.stride)
-        .take(h)
-        .skip(r.y0)
-        .take(r.y1 - r.y0)
-        .enumerate()
-        .with_min_len(ROWS_PER_TASK)
-        .for_each(|(i, row)| {
-            let y = r.y0 + i;
-            let row = &mut row[r.x0 * 8..r.x1 * 8];
-            let line = src.line(y, r.x0, r.x1);
-            let a = &alpha[y * w + r.x0..y * w + r.x1];
-            let px = row.chunks_exact_mut(8).zip(line.chunks_exact(3)).zip(a);
-            if be {
-                for ((p, s), &va) in px {
-                    store::<true>(p, ro, conv(&s[0]));
-                    store::<true>(p, go, conv(&s[1]));
-                    store::<true>(p, bo, conv(&s[2]));
-                    store::<true>(p, ao, va);
-                }
-            } else {
-                for ((p, s), &va) in px {
-                    store::<false>(p, ro, conv(&s[0]));
-                    store::<false>(p, go, conv(&s[1]));
-                    store::<false>(p, bo, conv(&s[2]));
-                    store::<false>(p, ao, va);
-                }
+    let bpp = Rgba64Layout::BYTES_PER_PIXEL;
+    rect_rows(f, bpp, src, r, Some(alpha), |row, line, a| {
+        let px = row.chunks_exact_mut(8).zip(line.chunks_exact(3));
+        let px = px.zip(a.unwrap_or_default());
+        if be {
+            for ((p, s), &va) in px {
+                store::<true>(p, ro, conv(&s[0]));
+                store::<true>(p, go, conv(&s[1]));
+                store::<true>(p, bo, conv(&s[2]));
+                store::<true>(p, ao, va);
             }
-        });
-    Ok(())
+        } else {
+            for ((p, s), &va) in px {
+                store::<false>(p, ro, conv(&s[0]));
+                store::<false>(p, go, conv(&s[1]));
+                store::<false>(p, bo, conv(&s[2]));
+                store::<false>(p, ao, va);
+            }
+        }
+    })
 }
 
 /// Writes rectangle `r` of the frame from a window holding it (values in 0–255, each written
