@@ -7,9 +7,9 @@
 //! parent module ([`unpack_rgb8_into`](super::unpack_rgb8_into), [`pack_rgb8`](super::pack_rgb8)),
 //! which the GPU must reproduce bit for bit (the CUDA parity tests compare the kernels with
 //! those too). Every layout but v210 and GRAY16_BE ([`YuvLayout::device_convertible`]; the
-//! host repacks those two, [`YuvFormat::device`]): planar, semi-planar, grey, packed 4:2:2 (YUY2, UYVY, YVYU) and packed 4:4:4 (AYUV, VUYA; their
-//! alpha is the host's, [`unpack_alpha_into`](super::unpack_alpha_into) and
-//! [`pack_alpha`](super::pack_alpha)).
+//! host repacks those two, [`YuvFormat::device`]): planar, semi-planar, grey, packed 4:2:2
+//! (YUY2, UYVY, YVYU) and packed 4:4:4 (AYUV, VUYA; their alpha is the host's,
+//! [`unpack_alpha_into`](super::unpack_alpha_into) and [`pack_alpha`](super::pack_alpha)).
 
 use super::{ChromaSiting, Coeffs, YuvLayout, YuvMatrix, YuvMut, YuvRef, down_taps, up_taps};
 use crate::engine::error::{Error, Result};
