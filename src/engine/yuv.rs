@@ -1,10 +1,10 @@
 //! YUV frames in and out of the engine — 4:2:0 (I420, NV12, NV21, I420_10LE, P010_10LE,
 //! I420_12LE, P012_LE), 4:2:2 (Y42B, NV16, I422_10LE, I422_12LE, packed YUY2 / UYVY / YVYU) and
 //! 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE), 8, 10 and 12 bits, and grey (GRAY8, GRAY16_LE,
-//! GRAY16_BE: luma only) — converted straight to and from its RGB f32 (0–255) images: the colour matrix
-//! and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited or full range,
-//! at the format's depth), subsampled chroma upsampled and downsampled bilinearly at the caps'
-//! chroma siting (co-sited or centred, per axis).
+//! GRAY16_BE: luma only) — converted straight to and from its RGB f32 (0–255) images: the
+//! colour matrix and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited
+//! or full range, at the format's depth), subsampled chroma upsampled and downsampled
+//! bilinearly at the caps' chroma siting (co-sited or centred, per axis).
 //!
 //! Against a `videoconvert` on each side of an RGB upscaler this saves two frame passes and
 //! the rounding of the network's input and output to 8-bit RGB: the network reads the exact
