@@ -112,36 +112,40 @@ fn unpack_with<T: Copy + Default + Send>(
     let w = f.width;
     out.resize(w * f.height * 3, T::default());
     alpha.resize(w * f.height, 0);
-    let [r, g, b, a] = f.layout.order();
-    let be = f.layout.big_endian();
+    let (order, be) = (f.layout.order(), f.layout.big_endian());
     out.par_chunks_mut(w * 3)
         .zip(alpha.par_chunks_mut(w))
         .zip(f.data.par_chunks(f.stride))
         .with_min_len(ROWS_PER_TASK)
         .for_each(|((dst, da), row)| {
             let row = &row[..w * Rgba64Layout::BYTES_PER_PIXEL];
-            let px = row.chunks_exact(8).zip(dst.chunks_exact_mut(3)).zip(da);
             if be {
-                for ((p, o), oa) in px {
-                    (o[0], o[1], o[2]) = (
-                        conv(load::<true>(p, r)),
-                        conv(load::<true>(p, g)),
-                        conv(load::<true>(p, b)),
-                    );
-                    *oa = load::<true>(p, a);
-                }
+                unpack_row::<true, T>(row, order, dst, da, &conv);
             } else {
-                for ((p, o), oa) in px {
-                    (o[0], o[1], o[2]) = (
-                        conv(load::<false>(p, r)),
-                        conv(load::<false>(p, g)),
-                        conv(load::<false>(p, b)),
-                    );
-                    *oa = load::<false>(p, a);
-                }
+                unpack_row::<false, T>(row, order, dst, da, &conv);
             }
         });
     Ok(())
+}
+
+/// One row of [`unpack_with`]: pixels of samples in byte order `BE`, R, G, B, A at `order`.
+#[inline(always)]
+fn unpack_row<const BE: bool, T>(
+    row: &[u8],
+    [r, g, b, a]: [usize; 4],
+    dst: &mut [T],
+    alpha: &mut [u16],
+    conv: &impl Fn(u16) -> T,
+) {
+    let px = row.chunks_exact(8).zip(dst.chunks_exact_mut(3)).zip(alpha);
+    for ((p, o), oa) in px {
+        (o[0], o[1], o[2]) = (
+            conv(load::<BE>(p, r)),
+            conv(load::<BE>(p, g)),
+            conv(load::<BE>(p, b)),
+        );
+        *oa = load::<BE>(p, a);
+    }
 }
 
 /// Unpacks a frame into an RGB image (0–255, [`to_unit`]) and its alpha plane, reusing their
@@ -175,28 +179,34 @@ fn pack_with<T: Sync>(
     f: &mut FrameMut<Rgba64Layout>,
     conv: impl Fn(&T) -> u16 + Sync,
 ) -> Result<()> {
-    let [ro, go, bo, ao] = f.layout.order();
-    let be = f.layout.big_endian();
+    let (order, be) = (f.layout.order(), f.layout.big_endian());
     let bpp = Rgba64Layout::BYTES_PER_PIXEL;
     rect_rows(f, bpp, src, r, Some(alpha), |row, line, a| {
-        let px = row.chunks_exact_mut(8).zip(line.chunks_exact(3));
-        let px = px.zip(a.unwrap_or_default());
+        let a = a.unwrap_or_default();
         if be {
-            for ((p, s), &va) in px {
-                store::<true>(p, ro, conv(&s[0]));
-                store::<true>(p, go, conv(&s[1]));
-                store::<true>(p, bo, conv(&s[2]));
-                store::<true>(p, ao, va);
-            }
+            pack_row::<true, T>(row, order, line, a, &conv);
         } else {
-            for ((p, s), &va) in px {
-                store::<false>(p, ro, conv(&s[0]));
-                store::<false>(p, go, conv(&s[1]));
-                store::<false>(p, bo, conv(&s[2]));
-                store::<false>(p, ao, va);
-            }
+            pack_row::<false, T>(row, order, line, a, &conv);
         }
     })
+}
+
+/// One row of [`pack_with`]: pixels of samples in byte order `BE`, R, G, B, A at `order`.
+#[inline(always)]
+fn pack_row<const BE: bool, T>(
+    row: &mut [u8],
+    [r, g, b, a]: [usize; 4],
+    line: &[T],
+    alpha: &[u16],
+    conv: &impl Fn(&T) -> u16,
+) {
+    let px = row.chunks_exact_mut(8).zip(line.chunks_exact(3)).zip(alpha);
+    for ((p, s), &va) in px {
+        store::<BE>(p, r, conv(&s[0]));
+        store::<BE>(p, g, conv(&s[1]));
+        store::<BE>(p, b, conv(&s[2]));
+        store::<BE>(p, a, va);
+    }
 }
 
 /// Writes rectangle `r` of the frame from a window holding it (values in 0–255, each written
