@@ -10,6 +10,7 @@
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
+//!   cargo bench --bench cpu -- --rgb-io 10       # only its 64-bit / 10-bit / planar RGB part
 //!   cargo bench --bench cpu -- --metrics 10      # b_I's complexity metrics, 1080p: 1 thread vs all
 //!   ADABM_CPU_LEVEL=scalar cargo bench --bench cpu      # the scalar kernels
 //!
@@ -79,6 +80,10 @@ fn main() {
     }
     if let Some(n) = arg("--frame-io").and_then(|v| v.parse().ok()) {
         frame_io(n);
+        return;
+    }
+    if let Some(n) = arg("--rgb-io").and_then(|v| v.parse().ok()) {
+        rgb_io(n);
         return;
     }
     if let Some(n) = arg("--metrics").and_then(|v| v.parse().ok()) {
@@ -689,7 +694,110 @@ fn frame_io(frames: usize) {
     }
     alpha_io(frames, &one);
     yuv_io(frames);
+    rgb_io(frames);
     cuda_host_path(frames);
+}
+
+/// The element's CPU host work per x2 1080p frame with the network left out for the RGB
+/// formats beyond 8-bit packed (`rgbfmt`: 64-bit RGBA, 10-bit packed, planar GBR): the
+/// 1920x1080 input to the engine's f32 RGB (and alpha, upscaled) and the 3840x2160 output
+/// back, and the CUDA path's (via RGB bytes), beside BGRx in the same run.
+fn rgb_io(frames: usize) {
+    use gstadabm::engine::frame::{pack, unpack_into, upscale_plane_bilinear_into};
+    use gstadabm::engine::rgbfmt::{self, RgbFormat, RgbMut, RgbRef};
+    use gstadabm::engine::{FrameMut, FrameRef, PixelLayout};
+    let (w, h) = (1920usize, 1080usize);
+    let (ow, oh) = (2 * w, 2 * h);
+    let hr = Image {
+        width: ow,
+        height: oh,
+        data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
+    };
+    let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
+    let (mut lr, mut alpha8, mut cols, mut rgb) =
+        (Image::default(), Vec::new(), Vec::new(), Vec::new());
+    let (mut alpha, mut alpha_hr) = (Vec::<u16>::new(), Vec::new());
+    println!();
+    println!(
+        "| format | 1080p in + 4K out, {} threads | ratio to BGRx | the CUDA path's via 8-bit RGB |",
+        rayon::current_num_threads()
+    );
+    println!("|---|---:|---:|---:|");
+    let bgrx_in: Vec<u8> = (0..w * h * 4).map(|i| (i * 31 % 251) as u8).collect();
+    let mut bgrx_out = vec![0u8; ow * oh * 4];
+    let f = FrameRef {
+        data: &bgrx_in,
+        stride: w * 4,
+        width: w,
+        height: h,
+        layout: PixelLayout::Bgrx,
+    };
+    let mut o = FrameMut {
+        data: &mut bgrx_out,
+        stride: ow * 4,
+        width: ow,
+        height: oh,
+        layout: PixelLayout::Bgrx,
+    };
+    let bgrx = fastest(frames, || {
+        unpack_into(&f, &mut lr, &mut alpha8).unwrap();
+        pack(&hr, None, &mut o).unwrap();
+    });
+    println!("| BGRx | {bgrx:.1} ms | 1.00 | |");
+    for format in [
+        RgbFormat::ARGB64,
+        RgbFormat::RGBA64_BE,
+        RgbFormat::BGR10A2_LE,
+        RgbFormat::R210,
+        RgbFormat::GBR,
+        RgbFormat::GBRA,
+        RgbFormat::GBR_10LE,
+        RgbFormat::GBRA_12BE,
+    ] {
+        let (row, out_row) = (w * format.step, ow * format.step);
+        let input: Vec<u8> = (0..row * h * format.planes)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let mut output = vec![0u8; out_row * oh * format.planes];
+        let src = RgbRef {
+            planes: [0, 1, 2, 3].map(|p| input.get(p * row * h..).unwrap_or_default()),
+            strides: [row; 4],
+            width: w,
+            height: h,
+            format,
+        };
+        let mut pass = |via8: bool| {
+            if via8 {
+                rgbfmt::unpack_rgb8_into(&src, &mut rgb, &mut alpha).unwrap();
+            } else {
+                rgbfmt::unpack_into(&src, &mut lr, &mut alpha).unwrap();
+            }
+            if format.has_alpha() {
+                upscale_plane_bilinear_into(&alpha, w, h, 2, &mut alpha_hr, &mut cols);
+            }
+            let mut planes = output.chunks_mut(out_row * oh);
+            let mut dst = RgbMut {
+                planes: [(); 4].map(|_| planes.next().unwrap_or_default()),
+                strides: [out_row; 4],
+                width: ow,
+                height: oh,
+                format,
+            };
+            if via8 {
+                rgbfmt::pack_rgb8(&hr8, &alpha_hr, &mut dst).unwrap();
+            } else {
+                let whole = gstadabm::engine::frame::Window::whole(&hr.data[..], ow, oh);
+                let r = gstadabm::engine::frame::Rect::whole(ow, oh);
+                rgbfmt::pack_rect(whole, r, &alpha_hr, &mut dst).unwrap();
+            }
+        };
+        let best = fastest(frames, || pass(false));
+        let best8 = fastest(frames, || pass(true));
+        println!(
+            "| {format:?} | {best:.1} ms | {:.2} | {best8:.1} ms |",
+            best / bgrx
+        );
+    }
 }
 
 /// The element's CPU host work per x2 1080p frame with the network left out: the 1920x1080

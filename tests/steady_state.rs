@@ -1,5 +1,5 @@
 //! Allocation per frame in steady state: the element's CPU paths (`Engine::process_frame`,
-//! `process_yuv_frame`, `process_rgba64_frame`) on the built-in models, counted by a global
+//! `process_yuv_frame`, `process_rgb_frame`) on the built-in models, counted by a global
 //! allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use gstadabm::engine::builtin::MODELS;
 use gstadabm::engine::frame::{FrameMut, FrameRef, PixelLayout};
 use gstadabm::engine::random::quantize_on_synthetic;
-use gstadabm::engine::rgba64::Rgba64Layout;
+use gstadabm::engine::rgbfmt::{RgbFormat, RgbMut, RgbRef};
 use gstadabm::engine::yuv::{self, YuvLayout};
 use gstadabm::engine::{Engine, Model, Options, QuantMode};
 
@@ -180,19 +180,21 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         );
         assert_eq!(got, fresh, "{name}");
     }
-    // The 64-bit RGBA path (`Engine::process_rgba64_frame`, 16-bit alpha plane too).
-    for (w, h, layout) in [
-        (61, 37, Rgba64Layout::ArgbLe),
-        (40, 22, Rgba64Layout::RgbaBe),
-        (61, 37, Rgba64Layout::ArgbLe),
+    // The RGB formats' path (`Engine::process_rgb_frame`: 64-bit RGBA, planar RGB with a
+    // 10-bit alpha plane, packed 10-bit RGB).
+    for (w, h, format) in [
+        (61, 37, RgbFormat::ARGB64_LE),
+        (40, 22, RgbFormat::GBRA_10LE),
+        (33, 20, RgbFormat::R210),
+        (61, 37, RgbFormat::ARGB64_LE),
     ] {
-        let name = format!("{name} {w}x{h} {layout:?}");
-        let src = pixels(w, h, 8, w);
-        let fresh = process_rgba64(&Engine::new(model, 2).unwrap(), &src, w, h, layout);
+        let name = format!("{name} {w}x{h} {format:?}");
+        let src = pixels(w, h, format.step * format.planes, w);
+        let fresh = process_rgb(&Engine::new(model, 2).unwrap(), &src, w, h, format);
         for _ in 0..3 {
-            process_rgba64(&engine, &src, w, h, layout);
+            process_rgb(&engine, &src, w, h, format);
         }
-        let (calls, bytes, got) = quietest(|| process_rgba64(&engine, &src, w, h, layout));
+        let (calls, bytes, got) = quietest(|| process_rgb(&engine, &src, w, h, format));
         eprintln!("{name}: {calls} allocations, {bytes} bytes");
         assert!(
             bytes <= 4096 && calls <= 16,
@@ -202,32 +204,29 @@ fn steady_state_frames_allocate_no_frame_buffers() {
     }
 }
 
-/// The element's per-frame call on a 64-bit RGBA frame (no row padding).
-fn process_rgba64(
-    engine: &Engine,
-    src: &[u8],
-    w: usize,
-    h: usize,
-    layout: Rgba64Layout,
-) -> Vec<u8> {
+/// The element's per-frame call on an [`RgbFormat`] frame (planes one after another, no
+/// row padding).
+fn process_rgb(engine: &Engine, src: &[u8], w: usize, h: usize, format: RgbFormat) -> Vec<u8> {
     let s = engine.scale();
-    let mut dst = vec![0u8; w * s * h * s * 8];
-    let f = FrameRef {
-        data: src,
-        stride: w * 8,
+    let (row, out_row) = (w * format.step, w * s * format.step);
+    let mut dst = vec![0u8; out_row * h * s * format.planes];
+    let f = RgbRef {
+        planes: [0, 1, 2, 3].map(|p| src.get(p * row * h..).unwrap_or_default()),
+        strides: [row; 4],
         width: w,
         height: h,
-        layout,
+        format,
     };
-    let mut d = FrameMut {
-        data: &mut dst,
-        stride: w * s * 8,
+    let mut planes = dst.chunks_mut(out_row * h * s);
+    let mut d = RgbMut {
+        planes: [(); 4].map(|_| planes.next().unwrap_or_default()),
+        strides: [out_row; 4],
         width: w * s,
         height: h * s,
-        layout,
+        format,
     };
     engine
-        .process_rgba64_frame(&f, &mut d, &Options::default())
+        .process_rgb_frame(&f, &mut d, &Options::default())
         .unwrap();
     dst
 }

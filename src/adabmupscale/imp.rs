@@ -8,7 +8,7 @@ use gst_video::prelude::*;
 
 use crate::cuda::{CudaError, Pixels, SharedCuda};
 use crate::engine::intcpu::CpuLevel;
-use crate::engine::rgba64::Rgba64Layout;
+use crate::engine::rgbfmt::{RgbFormat, RgbMut, RgbRef};
 use crate::engine::yuv::{ChromaSiting, YuvLayout, YuvMatrix, YuvMut, YuvRef};
 use crate::engine::{self, Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
 
@@ -72,24 +72,43 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 24] = [
     (gst_video::VideoFormat::Gray16Be, YuvLayout::Gray16Be),
 ];
 
-/// The 64-bit RGBA formats (16 bits per channel; `pngdec`'s ARGB64 for 16-bit PNGs).
-const RGBA64_FORMATS: [(gst_video::VideoFormat, Rgba64Layout); 9] = [
-    (gst_video::VideoFormat::Argb64, Rgba64Layout::ARGB64_NATIVE),
-    (gst_video::VideoFormat::Argb64Le, Rgba64Layout::ArgbLe),
-    (gst_video::VideoFormat::Argb64Be, Rgba64Layout::ArgbBe),
-    (gst_video::VideoFormat::Rgba64Le, Rgba64Layout::RgbaLe),
-    (gst_video::VideoFormat::Rgba64Be, Rgba64Layout::RgbaBe),
-    (gst_video::VideoFormat::Bgra64Le, Rgba64Layout::BgraLe),
-    (gst_video::VideoFormat::Bgra64Be, Rgba64Layout::BgraBe),
-    (gst_video::VideoFormat::Abgr64Le, Rgba64Layout::AbgrLe),
-    (gst_video::VideoFormat::Abgr64Be, Rgba64Layout::AbgrBe),
-];
+/// The RGB formats beyond 8-bit packed: 64-bit RGBA (16 bits per channel; `pngdec`'s ARGB64
+/// for 16-bit PNGs), 10-bit packed RGB and planar RGB (FFmpeg's decoders' GBR formats).
+const RGB_FORMATS: [(gst_video::VideoFormat, RgbFormat); 24] = {
+    use gst_video::VideoFormat as V;
+    [
+        (V::Argb64, RgbFormat::ARGB64),
+        (V::Argb64Le, RgbFormat::ARGB64_LE),
+        (V::Argb64Be, RgbFormat::ARGB64_BE),
+        (V::Rgba64Le, RgbFormat::RGBA64_LE),
+        (V::Rgba64Be, RgbFormat::RGBA64_BE),
+        (V::Bgra64Le, RgbFormat::BGRA64_LE),
+        (V::Bgra64Be, RgbFormat::BGRA64_BE),
+        (V::Abgr64Le, RgbFormat::ABGR64_LE),
+        (V::Abgr64Be, RgbFormat::ABGR64_BE),
+        (V::Bgr10a2Le, RgbFormat::BGR10A2_LE),
+        (V::Rgb10a2Le, RgbFormat::RGB10A2_LE),
+        (V::R210, RgbFormat::R210),
+        (V::Gbr, RgbFormat::GBR),
+        (V::Gbra, RgbFormat::GBRA),
+        (V::Rgbp, RgbFormat::RGBP),
+        (V::Bgrp, RgbFormat::BGRP),
+        (V::Gbr10le, RgbFormat::GBR_10LE),
+        (V::Gbr10be, RgbFormat::GBR_10BE),
+        (V::Gbra10le, RgbFormat::GBRA_10LE),
+        (V::Gbra10be, RgbFormat::GBRA_10BE),
+        (V::Gbr12le, RgbFormat::GBR_12LE),
+        (V::Gbr12be, RgbFormat::GBR_12BE),
+        (V::Gbra12le, RgbFormat::GBRA_12LE),
+        (V::Gbra12be, RgbFormat::GBRA_12BE),
+    ]
+};
 
 /// A negotiated format's memory layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
     Packed(PixelLayout),
-    Rgba64(Rgba64Layout),
+    Rgb(RgbFormat),
     Yuv(YuvLayout),
 }
 
@@ -100,10 +119,10 @@ impl Layout {
             .find(|(f, _)| *f == format)
             .map(|(_, l)| Self::Packed(*l))
             .or_else(|| {
-                RGBA64_FORMATS
+                RGB_FORMATS
                     .iter()
                     .find(|(f, _)| *f == format)
-                    .map(|(_, l)| Self::Rgba64(*l))
+                    .map(|(_, l)| Self::Rgb(*l))
             })
             .or_else(|| {
                 YUV_FORMATS
@@ -594,7 +613,7 @@ impl ElementImpl for AdabmUpscale {
                     FORMATS
                         .iter()
                         .map(|(f, _)| *f)
-                        .chain(RGBA64_FORMATS.iter().map(|(f, _)| *f))
+                        .chain(RGB_FORMATS.iter().map(|(f, _)| *f))
                         .chain(YUV_FORMATS.iter().map(|(f, _)| *f)),
                 )
                 // No `interlace-mode` field: like `videoconvert`, any mode is offered, so that
@@ -1069,7 +1088,7 @@ impl BaseTransformImpl for AdabmUpscale {
         // chroma rows of their own.
         let field_rows = match layout {
             Layout::Yuv(l) => 2 * l.subsampling().1 as u32,
-            Layout::Packed(_) | Layout::Rgba64(_) => 2,
+            Layout::Packed(_) | Layout::Rgb(_) => 2,
         };
         if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive
             && in_info.height() % field_rows != 0
@@ -1267,12 +1286,12 @@ impl BaseTransformImpl for AdabmUpscale {
                 height: h,
                 layout,
             }),
-            Layout::Rgba64(layout) => InFrame::Rgba64(FrameRef {
-                data: in_data()?,
-                stride: in_stride,
+            Layout::Rgb(format) => InFrame::Rgb(RgbRef {
+                planes: in_frame.planes_data(),
+                strides: plane_strides(in_frame.plane_stride()),
                 width: w,
                 height: h,
-                layout,
+                format,
             }),
             Layout::Yuv(layout) => {
                 let (matrix, siting) = yuv_params(&in_info);
@@ -1303,14 +1322,12 @@ impl BaseTransformImpl for AdabmUpscale {
                 height: oh,
                 layout,
             }),
-            Layout::Rgba64(layout) => OutFrame::Rgba64(FrameMut {
-                data: out_frame
-                    .plane_data_mut(0)
-                    .map_err(|_| gst::FlowError::Error)?,
-                stride: out_strides[0],
+            Layout::Rgb(format) => OutFrame::Rgb(RgbMut {
+                strides: plane_strides(out_frame.plane_stride()),
+                planes: out_frame.planes_data_mut(),
                 width: ow,
                 height: oh,
-                layout,
+                format,
             }),
             Layout::Yuv(layout) => {
                 let (matrix, siting) = yuv_params(&out_info);
@@ -1336,11 +1353,11 @@ impl BaseTransformImpl for AdabmUpscale {
                 (InFrame::Packed(s), OutFrame::Packed(d), None) => {
                     engine.process_frame(s, d, &opts).map_err(|e| e.to_string())
                 }
-                (InFrame::Rgba64(s), OutFrame::Rgba64(d), Some(c)) => {
-                    cuda_rgba64_frame(c, s, d, &opts, &mut bufs())
+                (InFrame::Rgb(s), OutFrame::Rgb(d), Some(c)) => {
+                    cuda_rgb_frame(c, s, d, &opts, &mut bufs())
                 }
-                (InFrame::Rgba64(s), OutFrame::Rgba64(d), None) => engine
-                    .process_rgba64_frame(s, d, &opts)
+                (InFrame::Rgb(s), OutFrame::Rgb(d), None) => engine
+                    .process_rgb_frame(s, d, &opts)
                     .map_err(|e| e.to_string()),
                 (InFrame::Yuv(s), OutFrame::Yuv(d), Some(c)) => {
                     cuda_yuv_frame(c, s, d, &opts, &mut bufs())
@@ -1407,18 +1424,18 @@ impl BaseTransformImpl for AdabmUpscale {
 /// An input frame as the element maps it.
 enum InFrame<'a> {
     Packed(FrameRef<'a>),
-    Rgba64(FrameRef<'a, Rgba64Layout>),
+    Rgb(RgbRef<'a>),
     Yuv(YuvRef<'a>),
 }
 
 /// An output frame as the element maps it.
 enum OutFrame<'a> {
     Packed(FrameMut<'a>),
-    Rgba64(FrameMut<'a, Rgba64Layout>),
+    Rgb(RgbMut<'a>),
     Yuv(YuvMut<'a>),
 }
 
-/// Field `f` of an interlaced packed frame (8- or 16-bit samples).
+/// Field `f` of an interlaced packed frame.
 fn packed_field<'a, L: Copy>(frame: &FrameRef<'a, L>, f: usize) -> Result<FrameRef<'a, L>, String> {
     let (at, stride, height) = field_geometry(frame.height, frame.stride, f)?;
     Ok(FrameRef {
@@ -1476,12 +1493,40 @@ fn plane_fields(
     Ok(out)
 }
 
+/// Field `f` of each plane of an RGB frame (all full height; planes a format lacks have
+/// stride 0): `(start, stride)`.
+fn rgb_plane_fields(
+    height: usize,
+    strides: [usize; 4],
+    f: usize,
+) -> Result<[(usize, usize); 4], String> {
+    let mut out = [(0, 0); 4];
+    for (o, &stride) in out.iter_mut().zip(&strides) {
+        let (at, stride, _) = field_geometry(height, stride, f)?;
+        *o = (at, stride);
+    }
+    Ok(out)
+}
+
+/// The row strides of a mapped frame's planes (0 for planes it lacks).
+fn plane_strides(st: &[i32]) -> [usize; 4] {
+    [0, 1, 2, 3].map(|p| st.get(p).map_or(0, |&v| v as usize))
+}
+
 impl<'a> InFrame<'a> {
     /// Field `f` of an interlaced frame.
     fn field(&self, f: usize) -> Result<InFrame<'a>, String> {
         Ok(match self {
             Self::Packed(frame) => Self::Packed(packed_field(frame, f)?),
-            Self::Rgba64(frame) => Self::Rgba64(packed_field(frame, f)?),
+            Self::Rgb(frame) => {
+                let g = rgb_plane_fields(frame.height, frame.strides, f)?;
+                Self::Rgb(RgbRef {
+                    planes: [0, 1, 2, 3].map(|p| frame.planes[p].get(g[p].0..).unwrap_or_default()),
+                    strides: g.map(|(_, s)| s),
+                    height: frame.height / 2,
+                    ..*frame
+                })
+            }
             Self::Yuv(frame) => {
                 let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
                 Self::Yuv(YuvRef {
@@ -1505,7 +1550,22 @@ impl OutFrame<'_> {
     fn field(&mut self, f: usize) -> Result<OutFrame<'_>, String> {
         Ok(match self {
             Self::Packed(frame) => OutFrame::Packed(packed_field_mut(frame, f)?),
-            Self::Rgba64(frame) => OutFrame::Rgba64(packed_field_mut(frame, f)?),
+            Self::Rgb(frame) => {
+                let g = rgb_plane_fields(frame.height, frame.strides, f)?;
+                let [p0, p1, p2, p3] = &mut frame.planes;
+                OutFrame::Rgb(RgbMut {
+                    planes: [
+                        tail_mut(p0, g[0].0),
+                        tail_mut(p1, g[1].0),
+                        tail_mut(p2, g[2].0),
+                        tail_mut(p3, g[3].0),
+                    ],
+                    strides: g.map(|(_, s)| s),
+                    width: frame.width,
+                    height: frame.height / 2,
+                    format: frame.format,
+                })
+            }
             Self::Yuv(frame) => {
                 let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
                 let [p0, p1, p2] = &mut frame.planes;
@@ -1690,31 +1750,33 @@ fn cuda_frame(
     Ok(cuda_stats(fs, t0))
 }
 
-/// [`cuda_frame`] of a 64-bit RGBA frame: its samples go to the GPU rounded to RGB bytes and
-/// come back as `v · 257` (the CUDA engine's RGB is 8-bit); alpha is upscaled at 16 bits on
-/// the CPU, as the CPU engine does.
-fn cuda_rgba64_frame(
+/// [`cuda_frame`] of an [`RgbFormat`] frame: its samples go to the GPU rounded to RGB bytes
+/// and come back as samples of the format's depth (the CUDA engine's RGB is 8-bit); alpha is
+/// upscaled at its own depth on the CPU, as the CPU engine does.
+fn cuda_rgb_frame(
     c: &SharedCuda,
-    src: &FrameRef<Rgba64Layout>,
-    dst: &mut FrameMut<Rgba64Layout>,
+    src: &RgbRef,
+    dst: &mut RgbMut,
     opts: &Options,
     bufs: &mut CudaBufs,
 ) -> Result<engine::Stats, String> {
     let t0 = std::time::Instant::now();
     let (w, h) = (src.width, src.height);
-    let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
+    let s = cuda_scale(c, src.format == dst.format, (w, h), (dst.width, dst.height))?;
     let err = |e: engine::Error| e.to_string();
-    engine::rgba64::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha16).map_err(err)?;
+    engine::rgbfmt::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha16).map_err(err)?;
     let fs = bufs.upscale(c, w, h, opts)?;
-    engine::frame::upscale_plane_bilinear_into(
-        &bufs.alpha16,
-        w,
-        h,
-        s,
-        &mut bufs.alpha16_hr,
-        &mut bufs.alpha_cols,
-    );
-    engine::rgba64::pack_rgb8(&bufs.hr, &bufs.alpha16_hr, dst).map_err(err)?;
+    if src.format.has_alpha() {
+        engine::frame::upscale_plane_bilinear_into(
+            &bufs.alpha16,
+            w,
+            h,
+            s,
+            &mut bufs.alpha16_hr,
+            &mut bufs.alpha_cols,
+        );
+    }
+    engine::rgbfmt::pack_rgb8(&bufs.hr, &bufs.alpha16_hr, dst).map_err(err)?;
     Ok(cuda_stats(fs, t0))
 }
 

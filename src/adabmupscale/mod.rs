@@ -1,8 +1,10 @@
 //! `adabmupscale`: video super-resolution with an adaptive-bit quantized EDSR (AdaBM).
 //!
-//! Upscales packed 8-bit RGB video (RGB, BGR, RGBx, BGRx, xRGB, xBGR, RGBA, BGRA, ARGB, ABGR)
-//! by the model's scale. Alpha is upscaled apart with bilinear interpolation. Framerate and
-//! pixel-aspect-ratio pass through.
+//! Upscales video by the model's scale: packed 8-bit RGB (RGB, BGR, RGBx, BGRx, xRGB, xBGR,
+//! RGBA, BGRA, ARGB, ABGR), the deeper and planar RGB formats (64-bit RGBA, 10-bit packed RGB,
+//! planar GBR / RGBP / BGRP at 8–12 bits: `engine::rgbfmt`), YUV at 8–12 bits and grey
+//! (`engine::yuv`), each read and written at its own depth. Alpha is upscaled apart with
+//! bilinear interpolation. Framerate and pixel-aspect-ratio pass through.
 //!
 //! ```text
 //! gst-launch-1.0 filesrc location=in.mp4 ! decodebin ! videoconvert ! \

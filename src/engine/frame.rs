@@ -1,5 +1,5 @@
 //! Packed 8-bit frames in and out of the engine: RGB, BGR, the padded 32-bit layouts and the
-//! alpha layouts (16-bit ones: [`super::rgba64`]). The engine works on interleaved RGB f32
+//! alpha layouts (deeper and planar RGB: [`super::rgbfmt`]). The engine works on interleaved RGB f32
 //! (0–255); alpha is upscaled apart by bilinear interpolation.
 
 use super::error::{Error, Result};
@@ -64,8 +64,8 @@ impl PixelLayout {
     }
 }
 
-/// A borrowed packed frame: 8-bit samples ([`PixelLayout`]), or 16-bit ones
-/// ([`Rgba64Layout`](super::rgba64::Rgba64Layout)).
+/// A borrowed packed frame: 8-bit samples ([`PixelLayout`]), or a plane of an
+/// [`RgbFormat`](super::rgbfmt::RgbFormat) frame.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameRef<'a, L = PixelLayout> {
     pub data: &'a [u8],
@@ -185,7 +185,7 @@ impl Rect {
 /// `x0..x0 + width` and `y` in `y0..y0 + height`, is at `data[(y - y0) * stride + 3 * (x - x0)..]`
 /// (R, G, B). A whole image is [`Window::whole`]; the engine writes frames from the windows of
 /// its tiles' outputs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Window<'a, T> {
     pub data: &'a [T],
     pub x0: usize,
@@ -194,6 +194,15 @@ pub struct Window<'a, T> {
     pub height: usize,
     pub stride: usize,
 }
+
+// A view: copied whatever `T` is (derive would ask for `T: Copy`).
+impl<T> Clone for Window<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Window<'_, T> {}
 
 impl<'a, T> Window<'a, T> {
     /// All of a `width x height` image of interleaved RGB values.

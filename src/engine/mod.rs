@@ -15,7 +15,7 @@ pub mod model;
 pub mod quant;
 pub mod random;
 pub mod resize;
-pub mod rgba64;
+pub mod rgbfmt;
 mod tile;
 pub mod yuv;
 
@@ -474,38 +474,39 @@ impl Engine {
         })
     }
 
-    /// Upscales a 64-bit RGBA frame (16 bits per channel, any [`rgba64::Rgba64Layout`]) into
-    /// one of the same layout and `scale` times the size: samples straight to the network's
-    /// RGB and its output straight back at 16 bits ([`rgba64`]), alpha upscaled bilinearly at
-    /// 16 bits.
-    pub fn process_rgba64_frame(
+    /// Upscales an RGB frame of an [`rgbfmt::RgbFormat`] (64-bit RGBA, 10-bit packed RGB,
+    /// planar RGB at 8–12 bits) into one of the same format and `scale` times the size:
+    /// samples straight to the network's RGB and its output straight back at the format's
+    /// depth ([`rgbfmt`]), alpha upscaled bilinearly at its own depth.
+    pub fn process_rgb_frame(
         &self,
-        src: &FrameRef<rgba64::Rgba64Layout>,
-        dst: &mut FrameMut<rgba64::Rgba64Layout>,
+        src: &rgbfmt::RgbRef,
+        dst: &mut rgbfmt::RgbMut,
         opts: &Options,
     ) -> Result<Stats> {
         self.check_scaled(
-            (src.width, src.height, &src.layout),
-            (dst.width, dst.height, &dst.layout),
+            (src.width, src.height, &src.format),
+            (dst.width, dst.height, &dst.format),
         )?;
         let s = self.scale();
         self.with_scratch(|sc| {
             self.pool.install(|| -> Result<()> {
-                rgba64::unpack_into(src, &mut sc.lr, &mut sc.alpha16)?;
-                let (w, h) = (src.width, src.height);
-                frame::upscale_plane_bilinear_into(
-                    &sc.alpha16,
-                    w,
-                    h,
-                    s,
-                    &mut sc.alpha16_hr,
-                    &mut sc.alpha_cols,
-                );
+                rgbfmt::unpack_into(src, &mut sc.lr, &mut sc.alpha16)?;
+                if src.format.has_alpha() {
+                    frame::upscale_plane_bilinear_into(
+                        &sc.alpha16,
+                        src.width,
+                        src.height,
+                        s,
+                        &mut sc.alpha16_hr,
+                        &mut sc.alpha_cols,
+                    );
+                }
                 Ok(())
             })?;
             let alpha = &sc.alpha16_hr[..];
             self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| {
-                rgba64::pack_rect(src, r, alpha, dst)
+                rgbfmt::pack_rect(src, r, alpha, dst)
             })
         })
     }
