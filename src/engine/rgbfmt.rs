@@ -19,6 +19,52 @@ use super::frame::{FrameMut, ROWS_PER_TASK, Rect, Window, check_geometry, rect_r
 use super::quant::{clamp, round_even_small};
 use rayon::prelude::*;
 
+/// `$body` with `$S` the [`Store`] of format `$fm`'s words and `$STEP` its pixel step, both
+/// known to the compiler (one copy of `$body` per pair; `$other` for a pair no format has,
+/// which [`RgbFormat::check`] refuses first).
+macro_rules! with_store {
+    ($fm:expr, $S:ident, $STEP:ident => $body:expr, $other:expr) => {
+        match ($fm.word, $fm.step) {
+            (Word::U8, 1) => {
+                type $S = B8;
+                const $STEP: usize = 1;
+                $body
+            }
+            (Word::U16 { be: false }, 2) => {
+                type $S = W16<false>;
+                const $STEP: usize = 2;
+                $body
+            }
+            (Word::U16 { be: true }, 2) => {
+                type $S = W16<true>;
+                const $STEP: usize = 2;
+                $body
+            }
+            (Word::U16 { be: false }, 8) => {
+                type $S = W16<false>;
+                const $STEP: usize = 8;
+                $body
+            }
+            (Word::U16 { be: true }, 8) => {
+                type $S = W16<true>;
+                const $STEP: usize = 8;
+                $body
+            }
+            (Word::U32 { be: false }, 4) => {
+                type $S = W32<false>;
+                const $STEP: usize = 4;
+                $body
+            }
+            (Word::U32 { be: true }, 4) => {
+                type $S = W32<true>;
+                const $STEP: usize = 4;
+                $body
+            }
+            _ => $other,
+        }
+    };
+}
+
 /// How a format stores its samples: bytes, or 16- or 32-bit words of a byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Word {
@@ -215,6 +261,62 @@ impl RgbFormat {
         self.max() as f32 / 255.0
     }
 
+    /// Checks that the format is one this module can read and write: a word and pixel step of
+    /// the formats above, each channel inside its pixel and word, depths of 1 to 16 bits.
+    pub fn check(self) -> Result<()> {
+        let bad = |why: &str| {
+            Err(Error::Input(format!(
+                "unsupported RGB format {self:?}: {why}"
+            )))
+        };
+        if with_store!(self, _S, _STEP => false, true) {
+            return bad("no such word size and pixel step");
+        }
+        if !(1..=4).contains(&self.planes) {
+            return bad("1 to 4 planes");
+        }
+        if !(1..=16).contains(&self.depth) || self.alpha_depth > 16 {
+            return bad("1 to 16 bits a sample");
+        }
+        let bits = 8 * self.word.bytes() as u32;
+        let n = if self.has_alpha() { 4 } else { 3 };
+        for c in 0..n {
+            let depth = if c == 3 { self.alpha_depth } else { self.depth };
+            if self.plane[c] >= self.planes
+                || (self.index[c] + 1) * self.word.bytes() > self.step
+                || self.shift[c] + depth > bits
+            {
+                return bad("a channel outside its plane, pixel or word");
+            }
+        }
+        // Channels share a word only in 32-bit words, of one plane, whose bits they split;
+        // bytes and 16-bit words hold one channel each.
+        if bits == 32 {
+            let (mut seen, mut overlap) = (0u32, false);
+            for c in 0..n {
+                let depth = if c == 3 { self.alpha_depth } else { self.depth };
+                let m = (((1u64 << depth) - 1) << self.shift[c]) as u32;
+                overlap |= seen & m != 0;
+                seen |= m;
+            }
+            if self.planes != 1 || overlap {
+                return bad("32-bit words: one plane, channels on separate bits");
+            }
+        } else {
+            for a in 0..n {
+                for b in 0..a {
+                    if (self.plane[a], self.index[a]) == (self.plane[b], self.index[b]) {
+                        return bad("two channels in one word");
+                    }
+                }
+                if self.shift[a] != 0 {
+                    return bad("a shifted sample in a byte or 16-bit word");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The channels (0–3) in plane `p`: their word index and shift.
     fn in_plane(self, p: usize) -> [Option<(usize, u32)>; 4] {
         let has = [true, true, true, self.has_alpha()];
@@ -252,6 +354,7 @@ pub struct RgbMut<'a> {
 
 /// A sample store: byte, or word of a size and byte order.
 trait Store {
+    const BYTES: usize;
     fn load(p: &[u8], i: usize) -> u32;
     fn store(p: &mut [u8], i: usize, v: u32);
 }
@@ -261,6 +364,7 @@ struct W16<const BE: bool>;
 struct W32<const BE: bool>;
 
 impl Store for B8 {
+    const BYTES: usize = 1;
     #[inline(always)]
     fn load(p: &[u8], i: usize) -> u32 {
         p[i] as u32
@@ -272,6 +376,7 @@ impl Store for B8 {
 }
 
 impl<const BE: bool> Store for W16<BE> {
+    const BYTES: usize = 2;
     #[inline(always)]
     fn load(p: &[u8], i: usize) -> u32 {
         let w = [p[2 * i], p[2 * i + 1]];
@@ -290,6 +395,7 @@ impl<const BE: bool> Store for W16<BE> {
 }
 
 impl<const BE: bool> Store for W32<BE> {
+    const BYTES: usize = 4;
     #[inline(always)]
     fn load(p: &[u8], i: usize) -> u32 {
         let w = [p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]];
@@ -306,36 +412,9 @@ impl<const BE: bool> Store for W32<BE> {
     }
 }
 
-/// `$body` with `$S` the [`Store`] of `$word` (one copy of `$body` per store).
-macro_rules! with_store {
-    ($word:expr, $S:ident => $body:expr) => {
-        match $word {
-            Word::U8 => {
-                type $S = B8;
-                $body
-            }
-            Word::U16 { be: false } => {
-                type $S = W16<false>;
-                $body
-            }
-            Word::U16 { be: true } => {
-                type $S = W16<true>;
-                $body
-            }
-            Word::U32 { be: false } => {
-                type $S = W32<false>;
-                $body
-            }
-            Word::U32 { be: true } => {
-                type $S = W32<true>;
-                $body
-            }
-        }
-    };
-}
-
 impl RgbRef<'_> {
     fn check(&self) -> Result<()> {
+        self.format.check()?;
         for p in 0..self.format.planes {
             check_geometry(
                 "input",
@@ -397,40 +476,55 @@ fn unpack_row_any<T>(
             &[][..]
         }
     });
-    with_store!(fm.word, S => unpack_row::<S, _>(fm, rows, dst, alpha, conv))
+    // `check` has refused any other word and step.
+    with_store!(fm, S, STEP => unpack_row::<S, STEP, _>(fm, rows, dst, alpha, conv), ())
 }
 
-/// One row of [`unpack_with`]: `rows` are the row's bytes in each plane.
+/// One row of [`unpack_with`]: `rows` are the row's bytes in each plane, of `STEP`-byte
+/// pixels of `S` words.
 #[inline(always)]
-fn unpack_row<S: Store, T>(
+fn unpack_row<S: Store, const STEP: usize, T>(
     fm: RgbFormat,
     rows: [&[u8]; 4],
     dst: &mut [T],
     alpha: Option<&mut [u16]>,
     conv: &impl Fn(u32) -> T,
 ) {
-    let step = fm.step;
-    let sample = |c: usize, x: usize, bits: u32| {
-        let v = S::load(&rows[fm.plane[c]][x * step..], fm.index[c]) >> fm.shift[c];
-        v & ((1u32 << bits) - 1)
+    let mask = |bits: u32| (1u32 << bits) - 1;
+    let m = mask(fm.depth);
+    // Each channel's pixels (in its plane), word index and shift.
+    let chan = |c: usize| {
+        (
+            rows[fm.plane[c]].chunks_exact(STEP),
+            fm.index[c],
+            fm.shift[c],
+        )
     };
-    for (x, px) in dst.chunks_exact_mut(3).enumerate() {
-        for (c, o) in px.iter_mut().enumerate() {
-            *o = conv(sample(c, x, fm.depth));
+    let ([(r, ri, rs), (g, gi, gs), (b, bi, bs)], a) = ([0, 1, 2].map(chan), chan(3));
+    let rgb = r.zip(g).zip(b).zip(dst.chunks_exact_mut(3));
+    let px = |((r, g), b): ((&[u8], &[u8]), &[u8]), o: &mut [T]| {
+        o[0] = conv(S::load(r, ri) >> rs & m);
+        o[1] = conv(S::load(g, gi) >> gs & m);
+        o[2] = conv(S::load(b, bi) >> bs & m);
+    };
+    match alpha {
+        Some(alpha) => {
+            let (a, ai, ashift, ma) = (a.0, a.1, a.2, mask(fm.alpha_depth));
+            for (((p, o), pa), oa) in rgb.zip(a).zip(alpha) {
+                px(p, o);
+                *oa = (S::load(pa, ai) >> ashift & ma) as u16;
+            }
         }
-    }
-    if let Some(alpha) = alpha {
-        for (x, a) in alpha.iter_mut().enumerate() {
-            *a = sample(3, x, fm.alpha_depth) as u16;
-        }
+        None => rgb.for_each(|(p, o)| px(p, o)),
     }
 }
 
 /// Unpacks a frame into an RGB image (0–255, [`RgbFormat::to_unit`]) and, with alpha, its
 /// alpha plane, reusing their memory.
 pub fn unpack_into(f: &RgbRef, img: &mut super::frame::Image, alpha: &mut Vec<u16>) -> Result<()> {
-    let fm = f.format;
-    unpack_with(f, |v| fm.to_unit(v), &mut img.data, alpha)?;
+    let k = f.format.unit_scale();
+    // `RgbFormat::to_unit`, its scale computed once.
+    unpack_with(f, |v| v as f32 * k, &mut img.data, alpha)?;
     (img.width, img.height) = (f.width, f.height);
     Ok(())
 }
@@ -438,8 +532,8 @@ pub fn unpack_into(f: &RgbRef, img: &mut super::frame::Image, alpha: &mut Vec<u1
 /// Unpacks a frame into interleaved RGB bytes (each sample's value rounded: the CUDA path's
 /// input) and, with alpha, its alpha plane.
 pub fn unpack_rgb8_into(f: &RgbRef, out: &mut Vec<u8>, alpha: &mut Vec<u16>) -> Result<()> {
-    let fm = f.format;
-    unpack_with(f, |v| to_u8(fm.to_unit(v)), out, alpha)
+    let k = f.format.unit_scale();
+    unpack_with(f, |v| to_u8(v as f32 * k), out, alpha)
 }
 
 /// Rectangle `r` of the frame from `src`, each value `conv`erted to a sample, alpha (for a
@@ -452,6 +546,7 @@ fn pack_with<T: Sync>(
     conv: impl Fn(&T) -> u32 + Sync,
 ) -> Result<()> {
     let fm = f.format;
+    fm.check()?;
     let alpha = fm.has_alpha().then_some(alpha);
     for p in 0..fm.planes {
         let chans = fm.in_plane(p);
@@ -468,40 +563,44 @@ fn pack_with<T: Sync>(
             src,
             r,
             alpha,
-            |row, line, a| with_store!(fm.word, S => pack_row::<S, _>(fm, chans, row, line, a, &conv)),
+            |row, line, a| with_store!(fm, S, STEP => pack_row::<S, STEP, _>(chans, row, line, a, &conv), ()),
         )?;
     }
     Ok(())
 }
 
-/// One row of [`pack_with`] in one plane: each pixel's words of the channels `chans` (their
-/// word index and shift), composed and stored whole.
+/// One row of [`pack_with`] in one plane of `STEP`-byte pixels of `S` words: the channels
+/// `chans` (their word index and shift; `None`: in another plane) each stored in its word —
+/// or, for 32-bit words (packed 10-bit RGB: one word a pixel), composed into the word and
+/// stored whole, its unused bits 0.
 #[inline(always)]
-fn pack_row<S: Store, T>(
-    fm: RgbFormat,
+fn pack_row<S: Store, const STEP: usize, T>(
     chans: [Option<(usize, u32)>; 4],
     row: &mut [u8],
     line: &[T],
     alpha: Option<&[u16]>,
     conv: &impl Fn(&T) -> u32,
 ) {
-    let words = fm.step / fm.word.bytes();
-    for (x, (p, s)) in row
-        .chunks_exact_mut(fm.step)
-        .zip(line.chunks_exact(3))
-        .enumerate()
-    {
-        let mut out = [0u32; 4];
+    let px = row.chunks_exact_mut(STEP).zip(line.chunks_exact(3));
+    if S::BYTES == 4 {
+        let shift = chans.map(|c| c.map_or(0, |(_, s)| s));
+        for (x, (p, s)) in px.enumerate() {
+            let mut w = conv(&s[0]) << shift[0] | conv(&s[1]) << shift[1] | conv(&s[2]) << shift[2];
+            if let Some(a) = alpha {
+                w |= (a[x] as u32) << shift[3];
+            }
+            S::store(p, 0, w);
+        }
+        return;
+    }
+    for (x, (p, s)) in px.enumerate() {
         for c in 0..3 {
-            if let Some((i, shift)) = chans[c] {
-                out[i] |= conv(&s[c]) << shift;
+            if let Some((i, _)) = chans[c] {
+                S::store(p, i, conv(&s[c]));
             }
         }
-        if let (Some((i, shift)), Some(a)) = (chans[3], alpha) {
-            out[i] |= (a[x] as u32) << shift;
-        }
-        for (i, &v) in out[..words].iter().enumerate() {
-            S::store(p, i, v);
+        if let (Some((i, _)), Some(a)) = (chans[3], alpha) {
+            S::store(p, i, a[x] as u32);
         }
     }
 }
@@ -510,8 +609,11 @@ fn pack_row<S: Store, T>(
 /// [`RgbFormat::from_unit`]) and, for a format with alpha, alpha from the frame-sized plane
 /// `alpha`: the engine writes its tiles' cores this way.
 pub fn pack_rect(src: Window<f32>, r: Rect, alpha: &[u16], f: &mut RgbMut) -> Result<()> {
-    let fm = f.format;
-    pack_with(src, r, alpha, f, |&v| fm.from_unit(v))
+    let (k, max) = (f.format.sample_scale(), f.format.max() as f32);
+    // `RgbFormat::from_unit`, its scale computed once.
+    pack_with(src, r, alpha, f, |&v| {
+        round_even_small(clamp(v * k, 0.0, max)) as u32
+    })
 }
 
 /// Writes the frame from interleaved RGB bytes of its size (each byte's value as a sample,
@@ -525,12 +627,13 @@ pub fn pack_rgb8(rgb: &[u8], alpha: &[u16], f: &mut RgbMut) -> Result<()> {
         )));
     }
     let fm = f.format;
+    let samples: [u32; 256] = std::array::from_fn(|v| fm.from_unit(v as f32));
     pack_with(
         Window::whole(rgb, w, h),
         Rect::whole(w, h),
         alpha,
         f,
-        |&v| fm.from_unit(v as f32),
+        |&v| samples[v as usize],
     )
 }
 
@@ -567,7 +670,7 @@ mod tests {
                     }
                     let px = &mut planes[p][y * stride + x * fm.step..][..fm.step];
                     for (i, &v) in words[..fm.step / fm.word.bytes()].iter().enumerate() {
-                        with_store!(fm.word, S => S::store(px, i, v));
+                        with_store!(fm, S, _STEP => S::store(px, i, v), ());
                     }
                 }
             }
@@ -759,6 +862,97 @@ mod tests {
             if fm.has_alpha() {
                 assert_eq!(back_alpha, alpha, "{fm:?}");
             }
+        }
+    }
+
+    /// Every format above passes [`RgbFormat::check`]; descriptions the row code cannot
+    /// serve are refused with the reason, before any row is touched.
+    #[test]
+    fn odd_descriptions_are_refused() {
+        for fm in RgbFormat::ALL {
+            fm.check().unwrap();
+        }
+        let bad = [
+            (
+                RgbFormat {
+                    step: 3,
+                    ..RgbFormat::GBR
+                },
+                "word size and pixel step",
+            ),
+            (
+                RgbFormat {
+                    planes: 5,
+                    ..RgbFormat::GBR
+                },
+                "1 to 4 planes",
+            ),
+            (
+                RgbFormat {
+                    depth: 17,
+                    ..RgbFormat::GBR_12LE
+                },
+                "1 to 16 bits",
+            ),
+            (
+                RgbFormat {
+                    plane: [0, 1, 3, 3],
+                    ..RgbFormat::GBR
+                },
+                "outside",
+            ),
+            (
+                RgbFormat {
+                    index: [0, 1, 2, 4],
+                    ..RgbFormat::ARGB64
+                },
+                "outside",
+            ),
+            (
+                RgbFormat {
+                    shift: [0, 10, 25, 30],
+                    ..RgbFormat::R210
+                },
+                "outside",
+            ),
+            (
+                RgbFormat {
+                    shift: [0, 10, 5, 30],
+                    ..RgbFormat::BGR10A2_LE
+                },
+                "separate bits",
+            ),
+            (
+                RgbFormat {
+                    planes: 2,
+                    ..RgbFormat::R210
+                },
+                "one plane",
+            ),
+            (
+                RgbFormat {
+                    index: [0, 0, 2, 3],
+                    ..RgbFormat::RGBA64_LE
+                },
+                "two channels",
+            ),
+            (
+                RgbFormat {
+                    shift: [2, 0, 0, 0],
+                    ..RgbFormat::GBR_10LE
+                },
+                "shifted",
+            ),
+        ];
+        for (fm, why) in bad {
+            let e = fm.check().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+            let data = vec![vec![0u8; 64]; 4];
+            let f = rgb_ref(&data, 16, 2, 2, fm);
+            assert!(unpack_into(&f, &mut Image::default(), &mut Vec::new()).is_err());
+            let mut out = vec![vec![0u8; 64]; 4];
+            let mut fo = rgb_mut(&mut out, 16, 2, 2, fm);
+            assert!(pack_rgb8(&[0; 12], &[0; 4], &mut fo).is_err());
         }
     }
 
