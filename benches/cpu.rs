@@ -698,31 +698,14 @@ fn frame_io(frames: usize) {
     cuda_host_path(frames);
 }
 
-/// The element's CPU host work per x2 1080p frame with the network left out for the RGB
-/// formats beyond 8-bit packed (`rgbfmt`: 64-bit RGBA, 10-bit packed, planar GBR): the
-/// 1920x1080 input to the engine's f32 RGB (and alpha, upscaled) and the 3840x2160 output
-/// back, and the CUDA path's (via RGB bytes), beside BGRx in the same run.
-fn rgb_io(frames: usize) {
-    use gstadabm::engine::frame::{pack, unpack_into, upscale_plane_bilinear_into};
-    use gstadabm::engine::rgbfmt::{self, RgbFormat, RgbMut, RgbRef};
+/// A 1920x1080 BGRx frame to the engine's f32 RGB and the 3840x2160 image `hr` back (fastest
+/// of `frames`), and the CUDA path's (via RGB bytes, device work excluded): the baseline of
+/// the host-work tables.
+fn bgrx_io(frames: usize, hr: &Image) -> (f64, f64) {
+    use gstadabm::engine::frame::{pack, pack_rgb8, unpack_into, unpack_rgb8_into};
     use gstadabm::engine::{FrameMut, FrameRef, PixelLayout};
-    let (w, h) = (1920usize, 1080usize);
-    let (ow, oh) = (2 * w, 2 * h);
-    let hr = Image {
-        width: ow,
-        height: oh,
-        data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
-    };
-    let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
-    let (mut lr, mut alpha8, mut cols, mut rgb) =
-        (Image::default(), Vec::new(), Vec::new(), Vec::new());
-    let (mut alpha, mut alpha_hr) = (Vec::<u16>::new(), Vec::new());
-    println!();
-    println!(
-        "| format | 1080p in + 4K out, {} threads | ratio to BGRx | the CUDA path's via 8-bit RGB |",
-        rayon::current_num_threads()
-    );
-    println!("|---|---:|---:|---:|");
+    let (ow, oh) = (hr.width, hr.height);
+    let (w, h) = (ow / 2, oh / 2);
     let bgrx_in: Vec<u8> = (0..w * h * 4).map(|i| (i * 31 % 251) as u8).collect();
     let mut bgrx_out = vec![0u8; ow * oh * 4];
     let f = FrameRef {
@@ -739,10 +722,43 @@ fn rgb_io(frames: usize) {
         height: oh,
         layout: PixelLayout::Bgrx,
     };
-    let bgrx = fastest(frames, || {
-        unpack_into(&f, &mut lr, &mut alpha8).unwrap();
-        pack(&hr, None, &mut o).unwrap();
+    let (mut lr, mut alpha, mut rgb) = (Image::default(), Vec::new(), Vec::new());
+    let best = fastest(frames, || {
+        unpack_into(&f, &mut lr, &mut alpha).unwrap();
+        pack(hr, None, &mut o).unwrap();
     });
+    let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
+    let best8 = fastest(frames, || {
+        unpack_rgb8_into(&f, &mut rgb, &mut alpha).unwrap();
+        pack_rgb8(&hr8, None, &mut o).unwrap();
+    });
+    (best, best8)
+}
+
+/// The element's CPU host work per x2 1080p frame with the network left out for the RGB
+/// formats beyond 8-bit packed (`rgbfmt`: 64-bit RGBA, 10-bit packed, planar GBR): the
+/// 1920x1080 input to the engine's f32 RGB (and alpha, upscaled) and the 3840x2160 output
+/// back, and the CUDA path's (via RGB bytes), beside BGRx in the same run.
+fn rgb_io(frames: usize) {
+    use gstadabm::engine::frame::upscale_plane_bilinear_into;
+    use gstadabm::engine::rgbfmt::{self, RgbFormat, RgbMut, RgbRef};
+    let (w, h) = (1920usize, 1080usize);
+    let (ow, oh) = (2 * w, 2 * h);
+    let hr = Image {
+        width: ow,
+        height: oh,
+        data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
+    };
+    let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
+    let (mut lr, mut cols, mut rgb) = (Image::default(), Vec::new(), Vec::new());
+    let (mut alpha, mut alpha_hr) = (Vec::<u16>::new(), Vec::new());
+    println!();
+    println!(
+        "| format | 1080p in + 4K out, {} threads | ratio to BGRx | the CUDA path's via 8-bit RGB |",
+        rayon::current_num_threads()
+    );
+    println!("|---|---:|---:|---:|");
+    let bgrx = bgrx_io(frames, &hr).0;
     println!("| BGRx | {bgrx:.1} ms | 1.00 | |");
     for format in [
         RgbFormat::ARGB64,
@@ -805,9 +821,7 @@ fn rgb_io(frames: usize) {
 /// (`frame::unpack_into` / `frame::pack`) and for every YUV format (`yuv::unpack_into` /
 /// `yuv::pack`, colour conversion and chroma filtering included).
 fn yuv_io(frames: usize) {
-    use gstadabm::engine::frame::{pack, unpack_into};
     use gstadabm::engine::yuv::{self, ChromaSiting, YuvLayout, YuvMatrix, YuvMut, YuvRef};
-    use gstadabm::engine::{FrameMut, FrameRef, PixelLayout};
     let (w, h) = (1920usize, 1080usize);
     let (ow, oh) = (2 * w, 2 * h);
     let hr = Image {
@@ -816,40 +830,15 @@ fn yuv_io(frames: usize) {
         data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
     };
     let mut lr = Image::default();
-    let mut alpha = Vec::new();
     println!();
     println!(
         "| format | 1080p in + 4K out, {} threads | the CUDA path's via 8-bit RGB | the CUDA path's, conversion on the GPU |",
         rayon::current_num_threads()
     );
     println!("|---|---:|---:|---:|");
-    let bgrx_in: Vec<u8> = (0..w * h * 4).map(|i| (i * 31 % 251) as u8).collect();
-    let mut bgrx_out = vec![0u8; ow * oh * 4];
-    let f = FrameRef {
-        data: &bgrx_in,
-        stride: w * 4,
-        width: w,
-        height: h,
-        layout: PixelLayout::Bgrx,
-    };
-    let mut o = FrameMut {
-        data: &mut bgrx_out,
-        stride: ow * 4,
-        width: ow,
-        height: oh,
-        layout: PixelLayout::Bgrx,
-    };
-    let best = fastest(frames, || {
-        unpack_into(&f, &mut lr, &mut alpha).unwrap();
-        pack(&hr, None, &mut o).unwrap();
-    });
-    // The CUDA path's: packed frame to RGB bytes and RGB bytes back (device work excluded).
+    let (best, best8) = bgrx_io(frames, &hr);
     let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
     let mut rgb = Vec::new();
-    let best8 = fastest(frames, || {
-        gstadabm::engine::frame::unpack_rgb8_into(&f, &mut rgb, &mut alpha).unwrap();
-        gstadabm::engine::frame::pack_rgb8(&hr8, None, &mut o).unwrap();
-    });
     println!("| BGRx | {best:.1} ms | {best8:.1} ms | (RGB) |");
     let m = YuvMatrix::new(YuvMatrix::BT709, false);
     let s = ChromaSiting {

@@ -1545,6 +1545,17 @@ fn tail_mut(p: &mut [u8], at: usize) -> &mut [u8] {
     p.get_mut(at..).unwrap_or_default()
 }
 
+/// Each plane from its field's start `g[p].0` on.
+fn field_planes_mut<'b, const N: usize>(
+    planes: &'b mut [&mut [u8]; N],
+    g: [(usize, usize); N],
+) -> [&'b mut [u8]; N] {
+    let mut starts = g.into_iter().map(|(at, _)| at);
+    planes
+        .each_mut()
+        .map(|p| tail_mut(p, starts.next().unwrap_or_default()))
+}
+
 impl OutFrame<'_> {
     /// [`InFrame::field`] of an output frame.
     fn field(&mut self, f: usize) -> Result<OutFrame<'_>, String> {
@@ -1552,14 +1563,8 @@ impl OutFrame<'_> {
             Self::Packed(frame) => OutFrame::Packed(packed_field_mut(frame, f)?),
             Self::Rgb(frame) => {
                 let g = rgb_plane_fields(frame.height, frame.strides, f)?;
-                let [p0, p1, p2, p3] = &mut frame.planes;
                 OutFrame::Rgb(RgbMut {
-                    planes: [
-                        tail_mut(p0, g[0].0),
-                        tail_mut(p1, g[1].0),
-                        tail_mut(p2, g[2].0),
-                        tail_mut(p3, g[3].0),
-                    ],
+                    planes: field_planes_mut(&mut frame.planes, g),
                     strides: g.map(|(_, s)| s),
                     width: frame.width,
                     height: frame.height / 2,
@@ -1568,13 +1573,8 @@ impl OutFrame<'_> {
             }
             Self::Yuv(frame) => {
                 let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
-                let [p0, p1, p2] = &mut frame.planes;
                 OutFrame::Yuv(YuvMut {
-                    planes: [
-                        tail_mut(p0, g[0].0),
-                        tail_mut(p1, g[1].0),
-                        tail_mut(p2, g[2].0),
-                    ],
+                    planes: field_planes_mut(&mut frame.planes, g),
                     strides: g.map(|(_, s)| s),
                     width: frame.width,
                     height: frame.height / 2,
