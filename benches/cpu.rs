@@ -698,6 +698,16 @@ fn frame_io(frames: usize) {
     cuda_host_path(frames);
 }
 
+/// The network's 3840x2160 output of the host-work tables (a pattern of 0–255 values).
+fn output_4k() -> Image {
+    let (ow, oh) = (3840, 2160);
+    Image {
+        width: ow,
+        height: oh,
+        data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
+    }
+}
+
 /// A 1920x1080 BGRx frame to the engine's f32 RGB and the 3840x2160 image `hr` back (fastest
 /// of `frames`), and the CUDA path's (via RGB bytes, device work excluded): the baseline of
 /// the host-work tables.
@@ -744,11 +754,7 @@ fn rgb_io(frames: usize) {
     use gstadabm::engine::rgbfmt::{self, RgbFormat, RgbMut, RgbRef};
     let (w, h) = (1920usize, 1080usize);
     let (ow, oh) = (2 * w, 2 * h);
-    let hr = Image {
-        width: ow,
-        height: oh,
-        data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
-    };
+    let hr = output_4k();
     let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
     let (mut lr, mut cols, mut rgb) = (Image::default(), Vec::new(), Vec::new());
     let (mut alpha, mut alpha_hr) = (Vec::<u16>::new(), Vec::new());
@@ -824,11 +830,7 @@ fn yuv_io(frames: usize) {
     use gstadabm::engine::yuv::{self, ChromaSiting, YuvLayout, YuvMatrix, YuvMut, YuvRef};
     let (w, h) = (1920usize, 1080usize);
     let (ow, oh) = (2 * w, 2 * h);
-    let hr = Image {
-        width: ow,
-        height: oh,
-        data: (0..ow * oh * 3).map(|i| (i * 13 % 256) as f32).collect(),
-    };
+    let hr = output_4k();
     let mut lr = Image::default();
     println!();
     println!(
