@@ -240,7 +240,7 @@ impl RgbFormat {
     /// A sample of R, G or B as a value of the network's 0–255 scale.
     #[inline(always)]
     pub fn to_unit(self, v: u32) -> f32 {
-        v as f32 * self.unit_scale()
+        sample_f32(v) * self.unit_scale()
     }
 
     /// A value of the network's 0–255 scale as a sample of R, G or B (rounded half to even,
@@ -248,7 +248,7 @@ impl RgbFormat {
     #[inline(always)]
     pub fn from_unit(self, x: f32) -> u32 {
         let max = self.max() as f32;
-        round_even_small(clamp(x * self.sample_scale(), 0.0, max)) as u32
+        round_even_small(clamp(x * self.sample_scale(), 0.0, max)) as i32 as u32
     }
 
     /// `255 / max`: at 16 bits exactly `1 / 257` rounded to f32, at 8 bits 1.
@@ -289,6 +289,16 @@ impl RgbFormat {
                 return bad("a channel outside its plane, pixel or word");
             }
         }
+        // A planar format holds one channel a plane, one word a pixel.
+        if self.planes > 1 {
+            let mut count = [0; 4];
+            for c in 0..n {
+                count[self.plane[c]] += 1;
+            }
+            if self.step != self.word.bytes() || count[..self.planes].iter().any(|&k| k != 1) {
+                return bad("planar: one channel a plane, one word a pixel");
+            }
+        }
         // Channels share a word only in 32-bit words, of one plane, whose bits they split;
         // bytes and 16-bit words hold one channel each.
         if bits == 32 {
@@ -323,6 +333,13 @@ impl RgbFormat {
         [0, 1, 2, 3]
             .map(|c| (has[c] && self.plane[c] == p).then_some((self.index[c], self.shift[c])))
     }
+}
+
+/// A sample (at most 16 bits) as f32, through `i32`: one instruction on baseline x86-64,
+/// where `u32 as f32` is several.
+#[inline(always)]
+fn sample_f32(v: u32) -> f32 {
+    v as i32 as f32
 }
 
 impl std::fmt::Debug for RgbFormat {
@@ -481,7 +498,8 @@ fn unpack_row_any<T>(
 }
 
 /// One row of [`unpack_with`]: `rows` are the row's bytes in each plane, of `STEP`-byte
-/// pixels of `S` words.
+/// pixels of `S` words. Packed formats read every channel from each pixel in one pass;
+/// planar ones (one channel a plane, in word 0: [`RgbFormat::check`]) a plane at a time.
 #[inline(always)]
 fn unpack_row<S: Store, const STEP: usize, T>(
     fm: RgbFormat,
@@ -491,31 +509,45 @@ fn unpack_row<S: Store, const STEP: usize, T>(
     conv: &impl Fn(u32) -> T,
 ) {
     let mask = |bits: u32| (1u32 << bits) - 1;
-    let m = mask(fm.depth);
-    // Each channel's pixels (in its plane), word index and shift.
-    let chan = |c: usize| {
-        (
-            rows[fm.plane[c]].chunks_exact(STEP),
-            fm.index[c],
-            fm.shift[c],
-        )
-    };
-    let ([(r, ri, rs), (g, gi, gs), (b, bi, bs)], a) = ([0, 1, 2].map(chan), chan(3));
-    let rgb = r.zip(g).zip(b).zip(dst.chunks_exact_mut(3));
-    let px = |((r, g), b): ((&[u8], &[u8]), &[u8]), o: &mut [T]| {
-        o[0] = conv(S::load(r, ri) >> rs & m);
-        o[1] = conv(S::load(g, gi) >> gs & m);
-        o[2] = conv(S::load(b, bi) >> bs & m);
-    };
-    match alpha {
-        Some(alpha) => {
-            let (a, ai, ashift, ma) = (a.0, a.1, a.2, mask(fm.alpha_depth));
-            for (((p, o), pa), oa) in rgb.zip(a).zip(alpha) {
-                px(p, o);
-                *oa = (S::load(pa, ai) >> ashift & ma) as u16;
+    let (m, ma) = (mask(fm.depth), mask(fm.alpha_depth));
+    if fm.planes == 1 {
+        let ([ri, gi, bi, ai], [rs, gs, bs, ashift]) = (fm.index, fm.shift);
+        let px = rows[0].chunks_exact(STEP).zip(dst.chunks_exact_mut(3));
+        // A macro, not a closure: a closure here is not inlined into the loops.
+        macro_rules! rgb {
+            ($p:expr, $o:expr) => {
+                $o[0] = conv(S::load($p, ri) >> rs & m);
+                $o[1] = conv(S::load($p, gi) >> gs & m);
+                $o[2] = conv(S::load($p, bi) >> bs & m);
+            };
+        }
+        match alpha {
+            Some(alpha) => {
+                for ((p, o), oa) in px.zip(alpha) {
+                    rgb!(p, o);
+                    *oa = (S::load(p, ai) >> ashift & ma) as u16;
+                }
+            }
+            None => {
+                for (p, o) in px {
+                    rgb!(p, o);
+                }
             }
         }
-        None => rgb.for_each(|(p, o)| px(p, o)),
+        return;
+    }
+    for c in 0..3 {
+        let px = rows[fm.plane[c]]
+            .chunks_exact(STEP)
+            .zip(dst.chunks_exact_mut(3));
+        for (p, o) in px {
+            o[c] = conv(S::load(p, 0) & m);
+        }
+    }
+    if let Some(alpha) = alpha {
+        for (p, oa) in rows[fm.plane[3]].chunks_exact(STEP).zip(alpha) {
+            *oa = (S::load(p, 0) & ma) as u16;
+        }
     }
 }
 
@@ -524,7 +556,7 @@ fn unpack_row<S: Store, const STEP: usize, T>(
 pub fn unpack_into(f: &RgbRef, img: &mut super::frame::Image, alpha: &mut Vec<u16>) -> Result<()> {
     let k = f.format.unit_scale();
     // `RgbFormat::to_unit`, its scale computed once.
-    unpack_with(f, |v| v as f32 * k, &mut img.data, alpha)?;
+    unpack_with(f, |v| sample_f32(v) * k, &mut img.data, alpha)?;
     (img.width, img.height) = (f.width, f.height);
     Ok(())
 }
@@ -533,7 +565,7 @@ pub fn unpack_into(f: &RgbRef, img: &mut super::frame::Image, alpha: &mut Vec<u1
 /// input) and, with alpha, its alpha plane.
 pub fn unpack_rgb8_into(f: &RgbRef, out: &mut Vec<u8>, alpha: &mut Vec<u16>) -> Result<()> {
     let k = f.format.unit_scale();
-    unpack_with(f, |v| to_u8(v as f32 * k), out, alpha)
+    unpack_with(f, |v| to_u8(sample_f32(v) * k), out, alpha)
 }
 
 /// Rectangle `r` of the frame from `src`, each value `conv`erted to a sample, alpha (for a
@@ -570,9 +602,10 @@ fn pack_with<T: Sync>(
 }
 
 /// One row of [`pack_with`] in one plane of `STEP`-byte pixels of `S` words: the channels
-/// `chans` (their word index and shift; `None`: in another plane) each stored in its word —
-/// or, for 32-bit words (packed 10-bit RGB: one word a pixel), composed into the word and
-/// stored whole, its unused bits 0.
+/// `chans` (their word index and shift; `None`: in another plane) — for 32-bit words
+/// (packed 10-bit RGB: one word a pixel) composed into the word and stored whole, its unused
+/// bits 0; for packed 16-bit words (64-bit RGBA) each stored in its word; for a plane of a
+/// planar format its one channel, in word 0 ([`RgbFormat::check`]).
 #[inline(always)]
 fn pack_row<S: Store, const STEP: usize, T>(
     chans: [Option<(usize, u32)>; 4],
@@ -582,25 +615,42 @@ fn pack_row<S: Store, const STEP: usize, T>(
     conv: &impl Fn(&T) -> u32,
 ) {
     let px = row.chunks_exact_mut(STEP).zip(line.chunks_exact(3));
-    if S::BYTES == 4 {
-        let shift = chans.map(|c| c.map_or(0, |(_, s)| s));
-        for (x, (p, s)) in px.enumerate() {
-            let mut w = conv(&s[0]) << shift[0] | conv(&s[1]) << shift[1] | conv(&s[2]) << shift[2];
-            if let Some(a) = alpha {
-                w |= (a[x] as u32) << shift[3];
-            }
-            S::store(p, 0, w);
-        }
-        return;
-    }
-    for (x, (p, s)) in px.enumerate() {
-        for c in 0..3 {
-            if let Some((i, _)) = chans[c] {
-                S::store(p, i, conv(&s[c]));
+    match (chans, alpha) {
+        _ if S::BYTES == 4 => {
+            let shift = chans.map(|c| c.map_or(0, |(_, s)| s));
+            for (x, (p, s)) in px.enumerate() {
+                let rgb =
+                    conv(&s[0]) << shift[0] | conv(&s[1]) << shift[1] | conv(&s[2]) << shift[2];
+                let a = alpha.map_or(0, |a| (a[x] as u32) << shift[3]);
+                S::store(p, 0, rgb | a);
             }
         }
-        if let (Some((i, _)), Some(a)) = (chans[3], alpha) {
-            S::store(p, i, a[x] as u32);
+        ([Some((r, _)), Some((g, _)), Some((b, _)), Some((ai, _))], Some(alpha)) => {
+            for ((p, s), &a) in px.zip(alpha) {
+                S::store(p, r, conv(&s[0]));
+                S::store(p, g, conv(&s[1]));
+                S::store(p, b, conv(&s[2]));
+                S::store(p, ai, a as u32);
+            }
+        }
+        ([Some((r, _)), Some((g, _)), Some((b, _)), _], _) => {
+            for (p, s) in px {
+                S::store(p, r, conv(&s[0]));
+                S::store(p, g, conv(&s[1]));
+                S::store(p, b, conv(&s[2]));
+            }
+        }
+        ([.., Some(_)], Some(alpha)) => {
+            for (p, &a) in row.chunks_exact_mut(STEP).zip(alpha) {
+                S::store(p, 0, a as u32);
+            }
+        }
+        _ => {
+            if let Some(c) = chans[..3].iter().position(Option::is_some) {
+                for (p, s) in px {
+                    S::store(p, 0, conv(&s[c]));
+                }
+            }
         }
     }
 }
@@ -612,7 +662,7 @@ pub fn pack_rect(src: Window<f32>, r: Rect, alpha: &[u16], f: &mut RgbMut) -> Re
     let (k, max) = (f.format.sample_scale(), f.format.max() as f32);
     // `RgbFormat::from_unit`, its scale computed once.
     pack_with(src, r, alpha, f, |&v| {
-        round_even_small(clamp(v * k, 0.0, max)) as u32
+        round_even_small(clamp(v * k, 0.0, max)) as i32 as u32
     })
 }
 
@@ -927,7 +977,22 @@ mod tests {
                     planes: 2,
                     ..RgbFormat::R210
                 },
-                "one plane",
+                "planar: one channel a plane",
+            ),
+            (
+                RgbFormat {
+                    planes: 3,
+                    plane: [0, 1, 2, 3],
+                    ..RgbFormat::R210
+                },
+                "32-bit words: one plane",
+            ),
+            (
+                RgbFormat {
+                    plane: [2, 0, 0, 3],
+                    ..RgbFormat::GBR
+                },
+                "planar: one channel a plane",
             ),
             (
                 RgbFormat {
