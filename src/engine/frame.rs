@@ -1,6 +1,6 @@
 //! Packed 8-bit frames in and out of the engine: RGB, BGR, the padded 32-bit layouts and the
-//! alpha layouts (deeper and planar RGB: [`super::rgbfmt`]). The engine works on interleaved RGB f32
-//! (0–255); alpha is upscaled apart by bilinear interpolation.
+//! alpha layouts (deeper and planar RGB: [`super::rgbfmt`]). The engine works on interleaved
+//! RGB f32 (0–255); alpha is upscaled apart by bilinear interpolation.
 
 use super::error::{Error, Result};
 
@@ -64,8 +64,8 @@ impl PixelLayout {
     }
 }
 
-/// A borrowed packed frame: 8-bit samples ([`PixelLayout`]), or a plane of an
-/// [`RgbFormat`](super::rgbfmt::RgbFormat) frame.
+/// A borrowed packed frame of 8-bit samples ([`PixelLayout`]); [`super::rgbfmt`] writes each
+/// plane of its frames as a `FrameMut` of its [`RgbFormat`](super::rgbfmt::RgbFormat).
 #[derive(Clone, Copy, Debug)]
 pub struct FrameRef<'a, L = PixelLayout> {
     pub data: &'a [u8],

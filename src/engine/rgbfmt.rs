@@ -589,14 +589,10 @@ fn pack_with<T: Sync>(
             height: f.height,
             layout: fm,
         };
-        rect_rows(
-            &mut plane,
-            fm.step,
-            src,
-            r,
-            alpha,
-            |row, line, a| with_store!(fm, S, STEP => pack_row::<S, STEP, _>(chans, row, line, a, &conv), ()),
-        )?;
+        rect_rows(&mut plane, fm.step, src, r, alpha, |row, line, a| {
+            let conv = &conv;
+            with_store!(fm, S, STEP => pack_row::<S, STEP, _>(chans, row, line, a, conv), ())
+        })?;
     }
     Ok(())
 }
