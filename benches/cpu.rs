@@ -764,8 +764,8 @@ fn rgb_io(frames: usize) {
         rayon::current_num_threads()
     );
     println!("|---|---:|---:|---:|");
-    let bgrx = bgrx_io(frames, &hr).0;
-    println!("| BGRx | {bgrx:.1} ms | 1.00 | |");
+    let (bgrx, bgrx8) = bgrx_io(frames, &hr);
+    println!("| BGRx | {bgrx:.1} ms | 1.00 | {bgrx8:.1} ms |");
     for format in [
         RgbFormat::ARGB64,
         RgbFormat::RGBA64_BE,

@@ -1299,7 +1299,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 let st = in_frame.plane_stride();
                 InFrame::Yuv(YuvRef {
                     planes: [p0, p1, p2],
-                    strides: [0, 1, 2].map(|p| st.get(p).map_or(0, |&v| v as usize)),
+                    strides: plane_strides(st),
                     width: w,
                     height: h,
                     layout,
@@ -1308,10 +1308,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 })
             }
         };
-        let out_strides = {
-            let st = out_frame.plane_stride();
-            [0, 1, 2].map(|p| st.get(p).map_or(0, |&v| v as usize))
-        };
+        let out_strides: [usize; 3] = plane_strides(out_frame.plane_stride());
         let mut dst = match layout {
             Layout::Packed(layout) => OutFrame::Packed(FrameMut {
                 data: out_frame
@@ -1508,9 +1505,9 @@ fn rgb_plane_fields(
     Ok(out)
 }
 
-/// The row strides of a mapped frame's planes (0 for planes it lacks).
-fn plane_strides(st: &[i32]) -> [usize; 4] {
-    [0, 1, 2, 3].map(|p| st.get(p).map_or(0, |&v| v as usize))
+/// The row strides of a mapped frame's first `N` planes (0 for planes it lacks).
+fn plane_strides<const N: usize>(st: &[i32]) -> [usize; N] {
+    std::array::from_fn(|p| st.get(p).map_or(0, |&v| v as usize))
 }
 
 impl<'a> InFrame<'a> {
@@ -1521,7 +1518,7 @@ impl<'a> InFrame<'a> {
             Self::Rgb(frame) => {
                 let g = rgb_plane_fields(frame.height, frame.strides, f)?;
                 Self::Rgb(RgbRef {
-                    planes: [0, 1, 2, 3].map(|p| frame.planes[p].get(g[p].0..).unwrap_or_default()),
+                    planes: field_planes(frame.planes, g),
                     strides: g.map(|(_, s)| s),
                     height: frame.height / 2,
                     ..*frame
@@ -1530,7 +1527,7 @@ impl<'a> InFrame<'a> {
             Self::Yuv(frame) => {
                 let g = plane_fields(frame.height, frame.strides, frame.layout, f)?;
                 Self::Yuv(YuvRef {
-                    planes: [0, 1, 2].map(|p| frame.planes[p].get(g[p].0..).unwrap_or_default()),
+                    planes: field_planes(frame.planes, g),
                     strides: g.map(|(_, s)| s),
                     height: frame.height / 2,
                     ..*frame
@@ -1538,6 +1535,11 @@ impl<'a> InFrame<'a> {
             }
         })
     }
+}
+
+/// Each plane from its field's start `g[p].0` on (empty past its end).
+fn field_planes<const N: usize>(planes: [&[u8]; N], g: [(usize, usize); N]) -> [&[u8]; N] {
+    std::array::from_fn(|p| planes[p].get(g[p].0..).unwrap_or_default())
 }
 
 /// `p` from `at` on (empty past its end).
