@@ -1152,6 +1152,9 @@ fn cuda_backend_matches_the_integer_reference() {
             "VUYA",
             "v210",
             "GRAY16_BE",
+            "YV12",
+            "Y210",
+            "P016_LE",
             "I420",
         ] {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
@@ -1545,13 +1548,17 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
     use gstadabm::engine::yuv::YuvLayout as L;
     match format {
         F::I420 => L::I420,
+        F::Yv12 => L::Yv12,
         F::Nv12 => L::Nv12,
         F::Nv21 => L::Nv21,
         F::Nv16 => L::Nv16,
+        F::Nv61 => L::Nv61,
         F::Nv24 => L::Nv24,
         F::Yuy2 => L::Yuy2,
         F::Uyvy => L::Uyvy,
         F::Yvyu => L::Yvyu,
+        F::Y210 => L::Y210,
+        F::Y212Le => L::Y212,
         F::Ayuv => L::Ayuv,
         F::Vuya => L::Vuya,
         F::Y42b => L::Y42b,
@@ -1564,6 +1571,8 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::I42212le => L::I422p12,
         F::Y44412le => L::Y444p12,
         F::P012Le => L::P012,
+        F::P016Le => L::P016,
+        F::Y44416le => L::Y444p16,
         F::V210 => L::V210,
         F::Gray8 => L::Gray8,
         F::Gray16Le => L::Gray16,
@@ -1705,7 +1714,7 @@ fn yuv_frames(
     buf
 }
 
-/// The YUV formats (4:2:0, 4:2:2, 4:4:4, 8, 10 and 12 bits) go straight through the element (no
+/// The YUV formats (4:2:0, 4:2:2, 4:4:4, 8, 10, 12 and 16 bits) go straight through the element (no
 /// videoconvert): its output equals the engine's for the frame's colour matrix, range and
 /// chroma siting from the caps — odd and even sizes, padded strides, interlaced field by field.
 #[test]
@@ -1915,6 +1924,61 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             false,
         ),
+        // Hardware decoders' formats (NVDEC, VA-API, D3D11) and the swapped-chroma ones.
+        (
+            "YV12",
+            (21, 13),
+            ",colorimetry=bt709,chroma-site=mpeg2",
+            YuvMatrix::BT709,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "NV61",
+            (15, 10),
+            ",interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            true,
+        ),
+        (
+            "P016_LE",
+            (19, 11),
+            ",colorimetry=bt2020,chroma-site=mpeg2",
+            YuvMatrix::BT2020,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "Y444_16LE",
+            (9, 5),
+            ",colorimetry=1:4:0:0",
+            YuvMatrix::BT601,
+            true,
+            (false, false),
+            false,
+        ),
+        (
+            "Y210",
+            (15, 9),
+            ",colorimetry=bt2020,chroma-site=mpeg2",
+            YuvMatrix::BT2020,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "Y212_LE",
+            (16, 10),
+            ",colorimetry=bt709,interlace-mode=interleaved",
+            YuvMatrix::BT709,
+            false,
+            (false, false),
+            true,
+        ),
         // Packed 4:4:4 with alpha.
         (
             "AYUV",
@@ -2093,6 +2157,8 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("YVYU", 1, 0, 4.0, 2.5),
         ("Y42B", 1, 0, 4.0, 2.5),
         ("Y444", 1, 0, 4.5, 4.0),
+        ("YV12", 1, 0, 5.0, 6.5),
+        ("NV61", 1, 0, 4.0, 2.5),
         ("I420_10LE", 2, 0, 2.0, 1.0),
         ("P010_10LE", 2, 6, 2.0, 1.0),
         ("I422_10LE", 2, 0, 2.5, 1.5),
@@ -2101,6 +2167,10 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("P012_LE", 2, 4, 2.0, 1.0),
         ("I422_12LE", 2, 0, 2.5, 1.5),
         ("Y444_12LE", 2, 0, 3.0, 3.5),
+        ("P016_LE", 2, 0, 2.0, 1.0),
+        ("Y444_16LE", 2, 0, 3.0, 3.5),
+        ("Y210", 2, 6, 2.5, 1.5),
+        ("Y212_LE", 2, 4, 2.5, 1.5),
         ("v210", 4, 0, 2.5, 1.5),
         ("AYUV", 1, 0, 4.5, 4.0),
         ("VUYA", 1, 0, 4.5, 4.0),
@@ -2114,7 +2184,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         );
         // Samples in 8-bit units (10-bit ones / 4, 12-bit ones / 16).
         let per_level = match fmt {
-            "GRAY16_LE" | "GRAY16_BE" => 256.0,
+            "GRAY16_LE" | "GRAY16_BE" | "P016_LE" | "Y444_16LE" => 256.0,
             f if f.contains("12") => 16.0,
             _ => 4.0,
         };
@@ -2184,7 +2254,10 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         // GRAY8 0.2, GRAY16_LE and GRAY16_BE 0.3, YUY2 / UYVY / YVYU 2.6 / 1.3, I422_10LE 1.5 / 0.8; the 12-bit
         // formats as their 10-bit ones (I420_12LE and P012_LE 1.26 / 0.50, I422_12LE 1.44 /
         // 0.79, Y444_12LE 2.08 / 2.22); v210 1.09 / 1.16 (a Cb/Cr swap in its word order: 16.2 /
-        // 16.3); AYUV and VUYA 2.98 / 2.75, as Y444 (VUYA with U and V swapped: 10.3 / 8.7).
+        // 16.3); AYUV and VUYA 2.98 / 2.75, as Y444 (VUYA with U and V swapped: 10.3 / 8.7);
+        // YV12 and NV61 as I420 and NV16 (YV12 read with I420's plane order: 9.9 / 10.0), P016_LE
+        // 1.29 / 0.49, Y444_16LE 2.17 / 2.24, Y210 and Y212_LE as I422_10LE and I422_12LE (Y210
+        // with U and V swapped: 9.5 / 7.9).
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"

@@ -45,11 +45,13 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 24] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 30] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
+    (gst_video::VideoFormat::Yv12, YuvLayout::Yv12),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
     (gst_video::VideoFormat::Nv21, YuvLayout::Nv21),
     (gst_video::VideoFormat::Nv16, YuvLayout::Nv16),
+    (gst_video::VideoFormat::Nv61, YuvLayout::Nv61),
     (gst_video::VideoFormat::Nv24, YuvLayout::Nv24),
     (gst_video::VideoFormat::Y42b, YuvLayout::Y42b),
     (gst_video::VideoFormat::Y444, YuvLayout::Y444),
@@ -61,10 +63,14 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 24] = [
     (gst_video::VideoFormat::I42212le, YuvLayout::I422p12),
     (gst_video::VideoFormat::Y44412le, YuvLayout::Y444p12),
     (gst_video::VideoFormat::P012Le, YuvLayout::P012),
+    (gst_video::VideoFormat::P016Le, YuvLayout::P016),
+    (gst_video::VideoFormat::Y44416le, YuvLayout::Y444p16),
     (gst_video::VideoFormat::V210, YuvLayout::V210),
     (gst_video::VideoFormat::Yuy2, YuvLayout::Yuy2),
     (gst_video::VideoFormat::Uyvy, YuvLayout::Uyvy),
     (gst_video::VideoFormat::Yvyu, YuvLayout::Yvyu),
+    (gst_video::VideoFormat::Y210, YuvLayout::Y210),
+    (gst_video::VideoFormat::Y212Le, YuvLayout::Y212),
     (gst_video::VideoFormat::Ayuv, YuvLayout::Ayuv),
     (gst_video::VideoFormat::Vuya, YuvLayout::Vuya),
     (gst_video::VideoFormat::Gray8, YuvLayout::Gray8),

@@ -2,7 +2,7 @@
 //!
 //! Upscales video by the model's scale: packed 8-bit RGB (RGB, BGR, RGBx, BGRx, xRGB, xBGR,
 //! RGBA, BGRA, ARGB, ABGR), the deeper and planar RGB formats (64-bit RGBA, 10-bit packed RGB,
-//! planar GBR / RGBP / BGRP at 8–12 bits: `engine::rgbfmt`), YUV at 8–12 bits and grey
+//! planar GBR / RGBP / BGRP at 8–12 bits: `engine::rgbfmt`), YUV at 8–16 bits and grey
 //! (`engine::yuv`), each read and written at its own depth. Alpha is upscaled apart with
 //! bilinear interpolation. Framerate and pixel-aspect-ratio pass through.
 //!

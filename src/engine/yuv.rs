@@ -1,7 +1,8 @@
-//! YUV frames in and out of the engine — 4:2:0 (I420, NV12, NV21, I420_10LE, P010_10LE,
-//! I420_12LE, P012_LE), 4:2:2 (Y42B, NV16, I422_10LE, I422_12LE, packed YUY2 / UYVY / YVYU) and
-//! 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE), 8, 10 and 12 bits, and grey (GRAY8, GRAY16_LE,
-//! GRAY16_BE: luma only) — converted straight to and from its RGB f32 (0–255) images: the
+//! YUV frames in and out of the engine — 4:2:0 (I420, YV12, NV12, NV21, I420_10LE, P010_10LE,
+//! I420_12LE, P012_LE, P016_LE), 4:2:2 (Y42B, NV16, NV61, I422_10LE, I422_12LE, v210, packed
+//! YUY2 / UYVY / YVYU, Y210, Y212_LE) and 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE, Y444_16LE,
+//! packed AYUV / VUYA), 8, 10, 12 and 16 bits, and grey (GRAY8, GRAY16_LE, GRAY16_BE: luma
+//! only) — converted straight to and from its RGB f32 (0–255) images: the
 //! colour matrix and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited
 //! or full range, at the format's depth), subsampled chroma upsampled and downsampled
 //! bilinearly at the caps' chroma siting (co-sited or centred, per axis).
@@ -28,19 +29,23 @@ thread_local! {
     static V210_PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The YUV layouts: three planes (Y, U, V) or two (Y, interleaved UV); 8-bit samples in
-/// bytes, 10- and 12-bit ones in little-endian 16-bit words (in the low bits; P010 and P012 in
-/// the high bits).
+/// The YUV layouts: three planes (Y, U, V) or two (Y, interleaved UV), or one of packed
+/// pixels; 8-bit samples in bytes, deeper ones in little-endian 16-bit words (in the low bits;
+/// P010, P012, Y210 and Y212_LE in the high bits; GRAY16_BE big-endian, v210 its own packing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum YuvLayout {
     /// 4:2:0 planar, 8 bits.
     I420,
+    /// YV12: I420 with the V plane before the U plane.
+    Yv12,
     /// 4:2:0 Y and interleaved UV, 8 bits.
     Nv12,
     /// 4:2:0 Y and interleaved VU, 8 bits.
     Nv21,
     /// 4:2:2 Y and interleaved UV, 8 bits.
     Nv16,
+    /// 4:2:2 Y and interleaved VU, 8 bits.
+    Nv61,
     /// 4:4:4 Y and interleaved UV, 8 bits.
     Nv24,
     /// 4:2:2 planar, 8 bits.
@@ -63,6 +68,10 @@ pub enum YuvLayout {
     Y444p12,
     /// P012_LE: 4:2:0 Y and interleaved UV, 12 bits in the high bits of each word.
     P012,
+    /// P016_LE: 4:2:0 Y and interleaved UV, 16 bits (NVDEC's 12-bit output).
+    P016,
+    /// Y444_16LE: 4:4:4 planar, 16 bits (NVDEC's 10- and 12-bit 4:4:4 output).
+    Y444p16,
     /// v210: packed 4:2:2, 10 bits, 6 pixels in 16 bytes — four little-endian 32-bit words of
     /// three samples (bits 0–9, 10–19, 20–29): Cb0 Y0 Cr0, Y1 Cb1 Y2, Cr1 Y3 Cb2, Y4 Cr2 Y5
     /// (SDI capture cards).
@@ -73,6 +82,11 @@ pub enum YuvLayout {
     Uyvy,
     /// YVYU: packed 4:2:2, Y0 V Y1 U, 8 bits.
     Yvyu,
+    /// Y210: packed 4:2:2, Y0 U Y1 V in little-endian 16-bit words, 10 bits in the high bits
+    /// (VA-API's and D3D11's 10-bit 4:2:2 decoder output).
+    Y210,
+    /// Y212_LE: Y210's layout with 12 bits in the high bits of each word.
+    Y212,
     /// AYUV: packed 4:4:4 with alpha, A Y U V, 8 bits.
     Ayuv,
     /// VUYA: packed 4:4:4 with alpha, V U Y A, 8 bits (hardware decoders' and encoders'
@@ -87,11 +101,13 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 30] = [
         Self::I420,
+        Self::Yv12,
         Self::Nv12,
         Self::Nv21,
         Self::Nv16,
+        Self::Nv61,
         Self::Nv24,
         Self::Y42b,
         Self::Y444,
@@ -103,10 +119,14 @@ impl YuvLayout {
         Self::I422p12,
         Self::Y444p12,
         Self::P012,
+        Self::P016,
+        Self::Y444p16,
         Self::V210,
         Self::Yuy2,
         Self::Uyvy,
         Self::Yvyu,
+        Self::Y210,
+        Self::Y212,
         Self::Ayuv,
         Self::Vuya,
         Self::Gray8,
@@ -128,11 +148,11 @@ impl YuvLayout {
         }
     }
 
-    /// Packed 4:2:2 (one plane of 4-byte groups, two pixels each): the byte offsets of Y0,
-    /// Y1, U and V in a group.
+    /// Packed 4:2:2 (one plane of groups of four samples, two pixels each): where Y0, Y1, U
+    /// and V are in a group, in samples ([`Self::word`] bytes each).
     pub fn packed(self) -> Option<[usize; 4]> {
         match self {
-            Self::Yuy2 => Some([0, 2, 1, 3]),
+            Self::Yuy2 | Self::Y210 | Self::Y212 => Some([0, 2, 1, 3]),
             Self::Uyvy => Some([1, 3, 0, 2]),
             Self::Yvyu => Some([0, 2, 3, 1]),
             _ => None,
@@ -164,41 +184,66 @@ impl YuvLayout {
         self == Self::Gray16Be
     }
 
-    /// U and V interleaved in one plane (NV12, NV21, NV16, NV24, P010, P012).
+    /// U and V interleaved in one plane (NV12, NV21, NV16, NV61, NV24, P010, P012, P016).
     pub fn interleaved(self) -> bool {
         matches!(
             self,
-            Self::Nv12 | Self::Nv21 | Self::Nv16 | Self::Nv24 | Self::P010 | Self::P012
+            Self::Nv12
+                | Self::Nv21
+                | Self::Nv16
+                | Self::Nv61
+                | Self::Nv24
+                | Self::P010
+                | Self::P012
+                | Self::P016
         )
     }
 
-    /// The interleaved chroma plane holds V first (NV21).
+    /// The chroma plane(s) hold V first: interleaved VU (NV21, NV61), or the V plane before
+    /// the U plane (YV12).
     fn vu(self) -> bool {
-        self == Self::Nv21
+        matches!(self, Self::Nv21 | Self::Nv61 | Self::Yv12)
+    }
+
+    /// The planes of U and V: (1, 2), or (2, 1) for YV12 (semi-planar layouts: both in 1).
+    pub fn uv_planes(self) -> (usize, usize) {
+        if self.interleaved() {
+            (1, 1)
+        } else if self.vu() {
+            (2, 1)
+        } else {
+            (1, 2)
+        }
     }
 
     /// Chroma subsampling factors (x, y): 2 or 1 (grey: 1, no chroma planes).
     pub fn subsampling(self) -> (usize, usize) {
         match self {
             Self::I420
+            | Self::Yv12
             | Self::Nv12
             | Self::Nv21
             | Self::I420p10
             | Self::P010
             | Self::I420p12
-            | Self::P012 => (2, 2),
+            | Self::P012
+            | Self::P016 => (2, 2),
             Self::Y42b
             | Self::Nv16
+            | Self::Nv61
             | Self::I422p10
             | Self::I422p12
             | Self::V210
             | Self::Yuy2
             | Self::Uyvy
-            | Self::Yvyu => (2, 1),
+            | Self::Yvyu
+            | Self::Y210
+            | Self::Y212 => (2, 1),
             Self::Y444
             | Self::Nv24
             | Self::Y444p10
             | Self::Y444p12
+            | Self::Y444p16
             | Self::Ayuv
             | Self::Vuya
             | Self::Gray8
@@ -211,9 +256,11 @@ impl YuvLayout {
     pub fn depth(self) -> u32 {
         match self {
             Self::I420
+            | Self::Yv12
             | Self::Nv12
             | Self::Nv21
             | Self::Nv16
+            | Self::Nv61
             | Self::Nv24
             | Self::Y42b
             | Self::Y444
@@ -223,9 +270,14 @@ impl YuvLayout {
             | Self::Ayuv
             | Self::Vuya
             | Self::Gray8 => 8,
-            Self::Gray16 | Self::Gray16Be => 16,
-            Self::I420p10 | Self::I422p10 | Self::Y444p10 | Self::P010 | Self::V210 => 10,
-            Self::I420p12 | Self::I422p12 | Self::Y444p12 | Self::P012 => 12,
+            Self::Gray16 | Self::Gray16Be | Self::P016 | Self::Y444p16 => 16,
+            Self::I420p10
+            | Self::I422p10
+            | Self::Y444p10
+            | Self::P010
+            | Self::V210
+            | Self::Y210 => 10,
+            Self::I420p12 | Self::I422p12 | Self::Y444p12 | Self::P012 | Self::Y212 => 12,
         }
     }
 
@@ -237,8 +289,8 @@ impl YuvLayout {
     /// Where a sample's bits start in its word.
     fn shift(self) -> u32 {
         match self {
-            Self::P010 => 6,
-            Self::P012 => 4,
+            Self::P010 | Self::Y210 => 6,
+            Self::P012 | Self::Y212 => 4,
             _ => 0,
         }
     }
@@ -256,7 +308,7 @@ impl YuvLayout {
         if self == Self::V210 {
             [(w.div_ceil(6) * 16, h), (0, 0), (0, 0)]
         } else if self.packed().is_some() {
-            [(4 * cw, h), (0, 0), (0, 0)]
+            [(4 * cw * b, h), (0, 0), (0, 0)]
         } else if self.packed444().is_some() {
             [(4 * w, h), (0, 0), (0, 0)]
         } else if self.grey() {
@@ -503,7 +555,17 @@ impl YuvRef<'_> {
     }
 }
 
-impl YuvMut<'_> {
+impl<'a> YuvMut<'a> {
+    /// The luma plane, then the U and V planes (YV12's V plane is plane 1).
+    fn uv_planes_mut(&mut self) -> [&mut &'a mut [u8]; 3] {
+        let [py, p1, p2] = &mut self.planes;
+        if self.layout.uv_planes() == (2, 1) {
+            [py, p2, p1]
+        } else {
+            [py, p1, p2]
+        }
+    }
+
     /// Checks that each plane holds its rows ([`check_planes`]).
     fn check(&self) -> Result<()> {
         let lens = [0, 1, 2].map(|p| self.planes[p].len());
@@ -605,7 +667,11 @@ pub fn unpack_with<T: Copy + Default + Send>(
         return Ok(());
     }
     if let Some(at) = f.layout.packed() {
-        unpack_packed(f, at, conv, out);
+        match f.layout.shift() {
+            0 => unpack_packed::<W8, T>(f, at, conv, out),
+            4 => unpack_packed::<W16<4>, T>(f, at, conv, out),
+            _ => unpack_packed::<W16<6>, T>(f, at, conv, out),
+        }
         return Ok(());
     }
     if let Some(at) = f.layout.packed444() {
@@ -635,6 +701,7 @@ fn unpack_rows<W: Word, T: Copy + Send>(f: &YuvRef, conv: impl Fn(f32) -> T + Sy
     let b = W::BYTES;
     // Where U and V start in an interleaved pair.
     let (iu, iv) = if f.layout.vu() { (b, 0) } else { (0, b) };
+    let (pu, pv) = f.layout.uv_planes();
     let get = |c: &[u8]| W::load(c) as f32;
     let emit = |o: &mut [T], rgb: [f32; 3]| {
         o[0] = conv(rgb[0]);
@@ -677,8 +744,8 @@ fn unpack_rows<W: Word, T: Copy + Send>(f: &YuvRef, conv: impl Fn(f32) -> T + Sy
                             *ov += a * get(&c[iv..]);
                         }
                     } else {
-                        let u = &f.planes[1][r * f.strides[1]..][..cw * b];
-                        let v = &f.planes[2][r * f.strides[2]..][..cw * b];
+                        let u = &f.planes[pu][r * f.strides[pu]..][..cw * b];
+                        let v = &f.planes[pv][r * f.strides[pv]..][..cw * b];
                         for (o, c) in tu.iter_mut().zip(u.chunks_exact(b)) {
                             *o += a * get(c);
                         }
@@ -746,7 +813,11 @@ pub fn pack_with<T: Sync>(
 /// ([`Rect::ring`]): the pixels in `r`, and the chroma samples sited in it.
 fn pack_part<T: Sync>(src: Window<T>, r: Rect, f: &mut YuvMut, conv: &(impl Fn(&T) -> f32 + Sync)) {
     if let Some(at) = f.layout.packed() {
-        pack_packed(src, r, f, at, conv);
+        match f.layout.shift() {
+            0 => pack_packed::<W8, T>(src, r, f, at, conv),
+            4 => pack_packed::<W16<4>, T>(src, r, f, at, conv),
+            _ => pack_packed::<W16<6>, T>(src, r, f, at, conv),
+        }
         return;
     }
     if let Some(at) = f.layout.packed444() {
@@ -960,14 +1031,15 @@ fn pack_rows<W: Word, T: Sync>(
     let (sx, sy) = f.layout.subsampling();
     let (m, s) = (f.matrix.coeffs(f.layout.depth()), f.siting);
     let b = W::BYTES;
+    let (pu_index, pv_index) = f.layout.uv_planes();
     let put = |c: &mut [u8], v: f32| W::put(c, &m, v);
     let line = |y: usize| src.line(y, r.x0, r.x1);
     let (rows, xs) = (r.y1 - r.y0, r.x0 * b..r.x1 * b);
     if (sx, sy) == (1, 1) && !f.layout.grey() {
         // 4:4:4: nothing to filter, Y, U and V of each pixel in one pass.
-        let [py, pu, pv] = &mut f.planes;
-        let st = f.strides;
-        if f.layout.interleaved() {
+        let (st, interleaved) = (f.strides, f.layout.interleaved());
+        let [py, pu, pv] = f.uv_planes_mut();
+        if interleaved {
             // NV24.
             py.par_chunks_mut(st[0])
                 .take(h)
@@ -993,8 +1065,8 @@ fn pack_rows<W: Word, T: Sync>(
         }
         py.par_chunks_mut(st[0])
             .take(h)
-            .zip(pu.par_chunks_mut(st[1]))
-            .zip(pv.par_chunks_mut(st[2]))
+            .zip(pu.par_chunks_mut(st[pu_index]))
+            .zip(pv.par_chunks_mut(st[pv_index]))
             .skip(r.y0)
             .take(rows)
             .enumerate()
@@ -1072,9 +1144,10 @@ fn pack_rows<W: Word, T: Sync>(
                 chroma.row(cy0 + i, pairs, put);
             });
     } else {
-        let [_, pu, pv] = &mut f.planes;
-        pu.par_chunks_mut(f.strides[1])
-            .zip(pv.par_chunks_mut(f.strides[2]))
+        let (su, sv) = (f.strides[pu_index], f.strides[pv_index]);
+        let [_, pu, pv] = f.uv_planes_mut();
+        pu.par_chunks_mut(su)
+            .zip(pv.par_chunks_mut(sv))
             .take(ch)
             .skip(cy0)
             .take(cy1 - cy0)
@@ -1147,23 +1220,23 @@ impl<T, C: Fn(&T) -> f32> Chroma<'_, T, C> {
     }
 }
 
-/// Packed 4:2:2 rows (`at`: [`YuvLayout::packed`]) into RGB: each row's chroma upsampled along
-/// x as in the planar formats.
-fn unpack_packed<T: Copy + Send>(
+/// Packed 4:2:2 rows (`at`: [`YuvLayout::packed`]; samples stored as `W`) into RGB: each
+/// row's chroma upsampled along x as in the planar formats.
+fn unpack_packed<W: Word, T: Copy + Send>(
     f: &YuvRef,
     at: [usize; 4],
     conv: impl Fn(f32) -> T + Sync,
     out: &mut [T],
 ) {
-    let (w, cw) = (f.width, f.width.div_ceil(2));
-    let m = f.matrix.coeffs(8);
+    let (w, cw, b) = (f.width, f.width.div_ceil(2), W::BYTES);
+    let m = f.matrix.coeffs(f.layout.depth());
     let cosited = f.siting.h_cosited;
     out.par_chunks_mut(w * 3)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
-            let row = &f.planes[0][y * f.strides[0]..][..4 * cw];
-            let c = |k: usize, o: usize| row[4 * k + o] as f32;
+            let row = &f.planes[0][y * f.strides[0]..][..4 * cw * b];
+            let c = |k: usize, o: usize| W::load(&row[(4 * k + o) * b..]) as f32;
             for (x, o) in dst.chunks_exact_mut(3).enumerate() {
                 let [(c0, b0), (c1, b1)] = up_taps(x, cw, cosited, 2);
                 let u = b0 * c(c0, at[2]) + b1 * c(c1, at[2]);
@@ -1311,15 +1384,15 @@ pub fn pack_alpha(alpha: &[u8], f: &mut YuvMut) -> Result<()> {
 /// RGB into packed 4:2:2 rows: Y per pixel, U and V filtered along x at the chroma siting.
 /// Rectangle `r` of the frame: the groups (two pixels, one chroma sample) whose first pixel is
 /// in `r`.
-fn pack_packed<T: Sync>(
+fn pack_packed<W: Word, T: Sync>(
     src: Window<T>,
     r: Rect,
     f: &mut YuvMut,
     at: [usize; 4],
     conv: &(impl Fn(&T) -> f32 + Sync),
 ) {
-    let (w, h, cw) = (f.width, f.height, f.width.div_ceil(2));
-    let m = f.matrix.coeffs(8);
+    let (w, h, cw, b) = (f.width, f.height, f.width.div_ceil(2), W::BYTES);
+    let m = f.matrix.coeffs(f.layout.depth());
     let cosited = f.siting.h_cosited;
     let (k0, k1) = (r.x0.div_ceil(2), r.x1.div_ceil(2).min(cw));
     if k0 >= k1 {
@@ -1337,11 +1410,12 @@ fn pack_packed<T: Sync>(
         .for_each(|(i, row)| {
             let line = src.line(r.y0 + i, xa, xb);
             let rgb = |x: usize| [0, 1, 2].map(|c| conv(&line[3 * (x - xa) + c]));
-            for (k, g) in (k0..k1).zip(row[4 * k0..4 * k1].chunks_exact_mut(4)) {
+            let groups = row[4 * k0 * b..4 * k1 * b].chunks_exact_mut(4 * b);
+            for (k, g) in (k0..k1).zip(groups) {
                 for i in 0..2 {
                     // An odd width's last group repeats its pixel.
                     let x = (2 * k + i).min(w - 1);
-                    g[at[i]] = super::frame::to_u8(m.luma(rgb(x)));
+                    W::put(&mut g[at[i] * b..], &m, m.luma(rgb(x)));
                 }
                 let mut c = [0.0f32; 3];
                 for (xx, wx) in down_taps(k, w, cosited, 2) {
@@ -1353,8 +1427,8 @@ fn pack_packed<T: Sync>(
                     }
                 }
                 let (u, v) = m.chroma(c);
-                g[at[2]] = super::frame::to_u8(u);
-                g[at[3]] = super::frame::to_u8(v);
+                W::put(&mut g[at[2] * b..], &m, u);
+                W::put(&mut g[at[3] * b..], &m, v);
             }
         });
 }
@@ -1570,9 +1644,9 @@ mod tests {
         }
     }
 
-    /// The samples land where each format keeps them: P010 and P012 in the high bits of
-    /// little-endian words, the 10- and 12-bit planar formats in the low bits, chroma planes of
-    /// the subsampled size.
+    /// The samples land where each format keeps them: P010, P012, Y210 and Y212_LE in the high
+    /// bits of little-endian words, the 10- and 12-bit planar formats in the low bits, chroma
+    /// planes of the subsampled size.
     #[test]
     fn samples_are_stored_as_the_formats_say() {
         let (w, h) = (5, 3);
@@ -1585,7 +1659,7 @@ mod tests {
                 8 => (235u32, 128u32),
                 10 => (940, 512),
                 12 => (3760, 2048),
-                _ => (235 * 256, 0),
+                _ => (235 * 256, 128 * 256),
             };
             let word = |p: usize, row: usize, i: usize| {
                 let b = &planes[p][row * strides[p]..];
@@ -1608,11 +1682,12 @@ mod tests {
                 assert!((0..4).all(|k| word(k) >> 30 == 0));
                 continue;
             }
+            let s = layout.shift();
             if let Some(at) = layout.packed() {
-                // The last group (of the odd width's padding pixel too): Y Y U V where `at` says.
-                let g = &planes[0][(h - 1) * strides[0] + 8..][..4];
-                let want = [white, white, grey, grey];
-                assert_eq!(at.map(|i| g[i] as u32), want, "{layout:?} {g:?}");
+                // The last group (of the odd width's padding pixel too): Y Y U V where `at` says
+                // (Y210 and Y212_LE in the high bits of their words).
+                let want = [white, white, grey, grey].map(|v| v << s);
+                assert_eq!(at.map(|i| word(0, h - 1, 8 + i)), want, "{layout:?}");
                 continue;
             }
             if let Some(at) = layout.packed444() {
@@ -1622,7 +1697,6 @@ mod tests {
                 assert_eq!(at.map(|i| px[i] as u32), want, "{layout:?} {px:?}");
                 continue;
             }
-            let s = layout.shift();
             assert_eq!(word(0, h - 1, w - 1), white << s, "{layout:?} Y");
             let (cw, ch) = layout.chroma_size(w, h);
             let per_row = if layout.interleaved() { 2 * cw } else { cw };
@@ -1644,6 +1718,15 @@ mod tests {
             [(10, 3), (0, 0), (0, 0)]
         );
         assert_eq!(YuvLayout::Uyvy.plane_sizes(5, 3), [(12, 3), (0, 0), (0, 0)]);
+        assert_eq!(YuvLayout::Y210.plane_sizes(5, 3), [(24, 3), (0, 0), (0, 0)]);
+        assert_eq!(
+            YuvLayout::P016.plane_sizes(5, 3),
+            [(10, 3), (12, 2), (0, 0)]
+        );
+        assert_eq!(
+            YuvLayout::Y444p16.plane_sizes(5, 3),
+            [(10, 3), (10, 3), (10, 3)]
+        );
         assert_eq!(YuvLayout::V210.plane_sizes(7, 3), [(32, 3), (0, 0), (0, 0)]);
         assert_eq!(YuvLayout::Vuya.plane_sizes(5, 3), [(20, 3), (0, 0), (0, 0)]);
         // AYUV's alpha: out of a frame and back into one, where its byte is.
@@ -1757,8 +1840,10 @@ mod tests {
         }
     }
 
-    /// NV21 is NV12 with V before U in each pair; NV16 and NV24 are I422 / Y444 with the
-    /// chroma planes interleaved; YUY2, UYVY and YVYU are Y42B packed in pixel pairs.
+    /// NV21 and NV61 are NV12 / NV16 with V before U in each pair; NV16 and NV24 are I422 /
+    /// Y444 with the chroma planes interleaved; YV12 is I420 with its chroma planes swapped;
+    /// YUY2, UYVY and YVYU are Y42B packed in pixel pairs, Y210 and Y212_LE I422_10LE and
+    /// I422_12LE.
     #[test]
     fn semi_planar_formats_interleave_the_planar_ones() {
         let img = smooth(9, 7);
@@ -1784,6 +1869,7 @@ mod tests {
             (YuvLayout::Nv12, YuvLayout::I420, false),
             (YuvLayout::Nv21, YuvLayout::I420, true),
             (YuvLayout::Nv16, YuvLayout::Y42b, false),
+            (YuvLayout::Nv61, YuvLayout::Y42b, true),
             (YuvLayout::Nv24, YuvLayout::Y444, false),
         ] {
             let (back_s, sp) = visible(semi);
@@ -1802,16 +1888,39 @@ mod tests {
             assert_eq!(sp[1], pairs, "{semi:?} chroma");
             assert_eq!(back_s.data, back_p.data, "{semi:?} unpacked");
         }
-        // Packed 4:2:2: Y42B's samples in groups of two pixels (an odd width's last group
-        // repeats its last Y).
-        let (back_p, pp) = visible(YuvLayout::Y42b);
-        for packed in [YuvLayout::Yuy2, YuvLayout::Uyvy, YuvLayout::Yvyu] {
+        // YV12: I420 with the chroma planes the other way round.
+        let (back_yv, yv) = visible(YuvLayout::Yv12);
+        let (back_i, i420) = visible(YuvLayout::I420);
+        assert_eq!([&yv[0], &yv[1], &yv[2]], [&i420[0], &i420[2], &i420[1]]);
+        assert_eq!(back_yv.data, back_i.data, "YV12 unpacked");
+        // Packed 4:2:2: the planar format's samples in groups of two pixels (an odd width's
+        // last group repeats its last Y); Y210 and Y212_LE are I422_10LE / I422_12LE's words
+        // with the sample in the high bits.
+        let words = |b: &[u8], size: usize, shift: u32| -> Vec<u32> {
+            match size {
+                1 => b.iter().map(|&v| v as u32).collect(),
+                _ => b
+                    .chunks_exact(2)
+                    .map(|c| (u16::from_le_bytes([c[0], c[1]]) >> shift) as u32)
+                    .collect(),
+            }
+        };
+        for (packed, planar) in [
+            (YuvLayout::Yuy2, YuvLayout::Y42b),
+            (YuvLayout::Uyvy, YuvLayout::Y42b),
+            (YuvLayout::Yvyu, YuvLayout::Y42b),
+            (YuvLayout::Y210, YuvLayout::I422p10),
+            (YuvLayout::Y212, YuvLayout::I422p12),
+        ] {
+            let (back_p, pp) = visible(planar);
+            let pp: Vec<Vec<u32>> = pp.iter().map(|p| words(p, planar.word(), 0)).collect();
             let at = packed.packed().unwrap();
             let (back, rows) = visible(packed);
+            let row = words(&rows[0], packed.word(), packed.shift());
             let (w, cw) = (9, 5);
             for y in 0..7 {
                 for k in 0..cw {
-                    let g = &rows[0][y * 4 * cw + 4 * k..][..4];
+                    let g = &row[y * 4 * cw + 4 * k..][..4];
                     let want = [
                         pp[0][y * w + 2 * k],
                         pp[0][y * w + (2 * k + 1).min(w - 1)],
@@ -1822,6 +1931,15 @@ mod tests {
                 }
             }
             assert_eq!(back.data, back_p.data, "{packed:?} unpacked");
+        }
+        // The bits below Y210's and Y212_LE's samples are zero.
+        for packed in [YuvLayout::Y210, YuvLayout::Y212] {
+            let (_, rows) = visible(packed);
+            let low = (1u32 << packed.shift()) - 1;
+            assert!(
+                words(&rows[0], 2, 0).iter().all(|&v| v & low == 0),
+                "{packed:?}"
+            );
         }
     }
 

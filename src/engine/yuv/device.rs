@@ -282,14 +282,15 @@ impl YuvParams {
         // Where samples sit in their rows: (luma step, luma offset, chroma step, U and V
         // offsets, U and V planes, alpha offset).
         let (ystep, yoff, cstep, coff, cplane, aoff) = if let Some(at) = l.packed() {
-            (2, at[0], 4, [at[2], at[3]], [0, 0], -1)
+            (2 * b, at[0] * b, 4 * b, [at[2] * b, at[3] * b], [0, 0], -1)
         } else if let Some(at) = l.packed444() {
             (4, at[0], 4, [at[1], at[2]], [0, 0], at[3] as i32)
         } else if l.interleaved() {
             let coff = if l.vu() { [b, 0] } else { [0, b] };
             (b, 0, 2 * b, coff, [1, 1], -1)
         } else {
-            (b, 0, b, [0, 0], [1, 2], -1)
+            let (pu, pv) = l.uv_planes();
+            (b, 0, b, [0, 0], [pu as i32, pv as i32], -1)
         };
         Some(Self {
             off,
