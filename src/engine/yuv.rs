@@ -667,10 +667,11 @@ pub fn unpack_with<T: Copy + Default + Send>(
         return Ok(());
     }
     if let Some(at) = f.layout.packed() {
-        match f.layout.shift() {
-            0 => unpack_packed::<W8, T>(f, at, conv, out),
-            4 => unpack_packed::<W16<4>, T>(f, at, conv, out),
-            _ => unpack_packed::<W16<6>, T>(f, at, conv, out),
+        match (f.layout.word(), f.layout.shift()) {
+            (1, _) => unpack_packed::<W8, T>(f, at, conv, out),
+            (_, 4) => unpack_packed::<W16<4>, T>(f, at, conv, out),
+            (_, 6) => unpack_packed::<W16<6>, T>(f, at, conv, out),
+            _ => unpack_packed::<W16<0>, T>(f, at, conv, out),
         }
         return Ok(());
     }
@@ -813,10 +814,11 @@ pub fn pack_with<T: Sync>(
 /// ([`Rect::ring`]): the pixels in `r`, and the chroma samples sited in it.
 fn pack_part<T: Sync>(src: Window<T>, r: Rect, f: &mut YuvMut, conv: &(impl Fn(&T) -> f32 + Sync)) {
     if let Some(at) = f.layout.packed() {
-        match f.layout.shift() {
-            0 => pack_packed::<W8, T>(src, r, f, at, conv),
-            4 => pack_packed::<W16<4>, T>(src, r, f, at, conv),
-            _ => pack_packed::<W16<6>, T>(src, r, f, at, conv),
+        match (f.layout.word(), f.layout.shift()) {
+            (1, _) => pack_packed::<W8, T>(src, r, f, at, conv),
+            (_, 4) => pack_packed::<W16<4>, T>(src, r, f, at, conv),
+            (_, 6) => pack_packed::<W16<6>, T>(src, r, f, at, conv),
+            _ => pack_packed::<W16<0>, T>(src, r, f, at, conv),
         }
         return;
     }
