@@ -11,6 +11,11 @@ and 90th percentile, over the frames that are not scene cuts: |change| < 3) and 
         avdec_h264 ! videoconvert ! adabmupscale scale=2 precision=w4a4 post-stats=true ! \\
         fakesink > x2-w4a4.log
     python3 scripts/image-bits-over-a-clip.py x2-w4a4.log [more.log ...]
+
+With `--hysteresis H --thresholds L,U` (the model's l_i2b, u_i2b: `adabm-model info`) it also
+replays each log's complexities through the element's `image-hysteresis=H` rule
+(`quant::sticky_thresholds`) and prints the b_I runs that would give: the same frames, so the
+two differ only by the rule.
 """
 import re
 import sys
@@ -21,7 +26,43 @@ def field(line, name, kind):
     return float(m.group(1)) if m else None
 
 
-def main(paths):
+def image_bit(c, lower, upper):
+    return -1 if c < lower else (1 if c > upper else 0)
+
+
+def sticky(c, lower, upper, h):
+    """b_I per frame with the element's hysteresis (quant::sticky_thresholds)."""
+    out, prev = [], None
+    for x in c:
+        lo, up = lower, upper
+        if prev is not None and h > 0:
+            lo = lower - h * abs(lower) if prev >= 0 else lower + h * abs(lower)
+            up = upper - h * abs(upper) if prev >= 1 else upper + h * abs(upper)
+        prev = image_bit(x, lo, up)
+        out.append(prev)
+    return out
+
+
+def runs_of(b):
+    runs = []
+    for x in b:
+        if runs and runs[-1][0] == x:
+            runs[-1][1] += 1
+        else:
+            runs.append([x, 1])
+    return runs
+
+
+def main(argv):
+    replay = None
+    if "--hysteresis" in argv:
+        i = argv.index("--hysteresis")
+        h = float(argv[i + 1])
+        j = argv.index("--thresholds")
+        lower, upper = (float(v) for v in argv[j + 1].split(","))
+        replay = (h, lower, upper)
+        argv = [a for k, a in enumerate(argv) if k not in (i, i + 1, j, j + 1)]
+    paths = argv
     if not paths:
         sys.exit(__doc__)
     for path in paths:
@@ -36,12 +77,7 @@ def main(paths):
         if not b:
             print(f"{path}: no adabm-stats messages (was post-stats=true and gst-launch -m used?)")
             continue
-        runs = []
-        for x in b:
-            if runs and runs[-1][0] == x:
-                runs[-1][1] += 1
-            else:
-                runs.append([x, 1])
+        runs = runs_of(b)
         changes = [i for i in range(1, len(b)) if b[i] != b[i - 1]]
         short = sum(1 for _, n in runs[1:-1] if n < 3)
         d = sorted(abs(c[i] - c[i - 1]) for i in range(1, len(c)))
@@ -53,6 +89,15 @@ def main(paths):
             f"|complexity change| median {d[len(d) // 2]:.3f} p90 {d[int(0.9 * (len(d) - 1))]:.3f}, "
             f"mean FAB {sum(fab) / len(fab):.3f}"
         )
+        if replay:
+            h, lower, upper = replay
+            r = runs_of(sticky(c, lower, upper, h))
+            plain = runs_of(sticky(c, lower, upper, 0.0))
+            print(
+                f"  replayed: thresholds {lower}, {upper}: hysteresis 0 runs {[tuple(x) for x in plain]} "
+                f"(short {sum(1 for _, n in plain[1:-1] if n < 3)}); hysteresis {h} runs "
+                f"{[tuple(x) for x in r]} (short {sum(1 for _, n in r[1:-1] if n < 3)})"
+            )
 
 
 if __name__ == "__main__":

@@ -1244,6 +1244,90 @@ fn complexity_metric_override_while_playing() {
     );
 }
 
+/// `image-hysteresis`: a stream whose complexity hovers at a threshold keeps its b_I instead of
+/// toggling it every frame; a clear crossing switches at once; 0 is the method's per-frame
+/// decision; a flush forgets the previous frame.
+#[test]
+fn image_hysteresis_keeps_b_i_near_a_threshold() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
+    let mut h = harness(&path);
+    let el = h.element().unwrap();
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    el.set_property("post-stats", true);
+    let (w, hh) = (24usize, 16usize);
+    h.set_src_caps_str(&format!(
+        "video/x-raw,format=RGB,width={w},height={hh},framerate=25/1"
+    ));
+    // Vertical stripes two pixels wide, `k` levels above and below grey: complexity grows
+    // with k. Returns (complexity, b_I).
+    let frame = |h: &mut Harness, k: u8| -> (f64, i32) {
+        let data: Vec<u8> = (0..w * hh * 3)
+            .map(|i| {
+                if (i / 3 % w / 2) % 2 == 0 {
+                    128 + k
+                } else {
+                    128 - k
+                }
+            })
+            .collect();
+        h.push_and_pull(gst::Buffer::from_slice(data)).unwrap();
+        let mut last = None;
+        while let Some(m) = bus.pop_filtered(&[gst::MessageType::Element]) {
+            let s = m.structure().unwrap();
+            last = Some((
+                s.get::<f64>("complexity").unwrap(),
+                s.get::<i32>("image-bits").unwrap(),
+            ));
+        }
+        last.expect("stats")
+    };
+    let c: Vec<f64> = [10, 20, 22, 40]
+        .into_iter()
+        .map(|k| frame(&mut h, k).0)
+        .collect();
+    let lower = (c[1] + c[2]) / 2.0;
+    el.set_property("image-lower", lower);
+    el.set_property("image-upper", 100.0 * c[3]);
+    let h20 = 0.2;
+    // The frames used below sit where the test needs them against the margin.
+    assert!(
+        c[0] < lower * (1.0 - h20) && c[3] > lower * (1.0 + h20),
+        "{c:?}"
+    );
+    assert!(
+        c[1] > lower * (1.0 - h20) && c[2] < lower * (1.0 + h20),
+        "{c:?}"
+    );
+    let run =
+        |h: &mut Harness, ks: &[u8]| -> Vec<i32> { ks.iter().map(|&k| frame(h, k).1).collect() };
+    // The method: each frame on its own, so the two frames at the threshold alternate.
+    assert_eq!(run(&mut h, &[20, 22, 20, 22]), [-1, 0, -1, 0]);
+    el.set_property("image-hysteresis", h20);
+    assert_eq!(el.property::<f64>("image-hysteresis"), h20);
+    // From b_I = 0 the frames near the threshold keep 0; a clearly smooth one goes to -1
+    // and the near ones then keep -1; a clearly complex one goes back to 0 at once.
+    assert_eq!(
+        run(&mut h, &[20, 22, 20, 10, 22, 20, 22, 40, 20]),
+        [0, 0, 0, -1, -1, -1, -1, 0, 0]
+    );
+    // A flush forgets the last frame: the next is decided on its own.
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    h.set_src_caps_str(&format!(
+        "video/x-raw,format=RGB,width={w},height={hh},framerate=25/1"
+    ));
+    h.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+        gst::ClockTime,
+    >::new()));
+    assert_eq!(run(&mut h, &[20, 22]), [-1, -1]);
+    // Back to 0: the method's alternation again.
+    el.set_property("image-hysteresis", 0.0);
+    assert_eq!(run(&mut h, &[22, 20, 22]), [0, -1, 0]);
+}
+
 /// The engine's output for one field (`f`: 0 top, 1 bottom) of an interlaced frame, written
 /// into the same field of `buf` (the output frame).
 fn expected_field(

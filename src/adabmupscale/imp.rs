@@ -27,6 +27,7 @@ const DEFAULT_SCALE: u32 = 0;
 const DEFAULT_ADAPTIVE: bool = true;
 const DEFAULT_BASE_BITS: u32 = 0;
 const DEFAULT_THRESHOLD: f64 = -1.0;
+const DEFAULT_HYSTERESIS: f64 = 0.0;
 const DEFAULT_POST_STATS: bool = false;
 const DEFAULT_TILE_SIZE: u32 = 0;
 const DEFAULT_N_THREADS: u32 = 0;
@@ -242,6 +243,7 @@ struct Settings {
     base_bits: u32,
     image_lower: f64,
     image_upper: f64,
+    image_hysteresis: f64,
     post_stats: bool,
     tile_size: u32,
     n_threads: u32,
@@ -260,6 +262,7 @@ impl Default for Settings {
             base_bits: DEFAULT_BASE_BITS,
             image_lower: DEFAULT_THRESHOLD,
             image_upper: DEFAULT_THRESHOLD,
+            image_hysteresis: DEFAULT_HYSTERESIS,
             post_stats: DEFAULT_POST_STATS,
             tile_size: DEFAULT_TILE_SIZE,
             n_threads: DEFAULT_N_THREADS,
@@ -322,6 +325,9 @@ struct State {
     warned_size: bool,
     /// The metric override was reported (thresholds on another scale / CUDA fallback).
     warned_metric: Option<Metric>,
+    /// b_I of the last frame (of each field: top, bottom) of this stream, for
+    /// `image-hysteresis`; forgotten on a flush and on new caps.
+    last_bits: [Option<i32>; 2],
 }
 
 #[derive(Default)]
@@ -451,6 +457,14 @@ impl ObjectImpl for AdabmUpscale {
                     .default_value(DEFAULT_THRESHOLD)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecDouble::builder("image-hysteresis")
+                    .nick("Image threshold hysteresis")
+                    .blurb("Keep the previous frame's b_I until the complexity is past a threshold by this fraction of it (0: decide each frame alone, as the method does)")
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_HYSTERESIS)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("post-stats")
                     .nick("Post stats")
                     .blurb("Post an element message 'adabm-stats' per frame (complexity, b_I, FAB, bits, time)")
@@ -532,6 +546,7 @@ impl ObjectImpl for AdabmUpscale {
             "base-bits" => s.base_bits = value.get().expect("type checked upstream"),
             "image-lower" => s.image_lower = value.get().expect("type checked upstream"),
             "image-upper" => s.image_upper = value.get().expect("type checked upstream"),
+            "image-hysteresis" => s.image_hysteresis = value.get().expect("type checked upstream"),
             "post-stats" => s.post_stats = value.get().expect("type checked upstream"),
             "tile-size" => {
                 let v: u32 = value.get().expect("type checked upstream");
@@ -576,6 +591,7 @@ impl ObjectImpl for AdabmUpscale {
             "base-bits" => s.base_bits.to_value(),
             "image-lower" => s.image_lower.to_value(),
             "image-upper" => s.image_upper.to_value(),
+            "image-hysteresis" => s.image_hysteresis.to_value(),
             "post-stats" => s.post_stats.to_value(),
             "tile-size" => s.tile_size.to_value(),
             "n-threads" => s.n_threads.to_value(),
@@ -932,11 +948,22 @@ impl BaseTransformImpl for AdabmUpscale {
             loaded: settings,
             caps: None,
             frames: 0,
+            last_bits: [None; 2],
             warned_thresholds: false,
             warned_size: false,
             warned_metric: None,
         });
         Ok(())
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        // After a flush (a seek) the next frame is not its predecessor's neighbour in time.
+        if let gst::EventView::FlushStop(_) = event.view()
+            && let Some(st) = self.state.lock().unwrap().as_mut()
+        {
+            st.last_bits = [None; 2];
+        }
+        self.parent_sink_event(event)
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
@@ -1136,6 +1163,9 @@ impl BaseTransformImpl for AdabmUpscale {
             layout,
             in_info.interlace_mode().to_str()
         );
+        if st.caps.as_ref().is_none_or(|(i, _, _)| *i != in_info) {
+            st.last_bits = [None; 2];
+        }
         st.caps = Some((in_info, out_info, layout));
         st.warned_size = false;
         Ok(())
@@ -1178,7 +1208,7 @@ impl BaseTransformImpl for AdabmUpscale {
         let t0 = std::time::Instant::now();
         let settings = self.settings.lock().unwrap().clone();
         let opts = settings.options();
-        let (engine, cuda, model, in_info, out_info, layout, frame_no, warn, warn_metric) = {
+        let (engine, cuda, model, in_info, out_info, layout, frame_no, warn, warn_metric, last) = {
             let mut guard = self.state.lock().unwrap();
             let st = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
             let Some((in_info, out_info, layout)) = st.caps.clone() else {
@@ -1209,7 +1239,22 @@ impl BaseTransformImpl for AdabmUpscale {
                 st.frames - 1,
                 warn,
                 warn_metric,
+                st.last_bits,
             )
+        };
+        // Field (or frame) `f`'s options: with `image-hysteresis`, the thresholds moved away
+        // from its predecessor's b_I.
+        let hysteresis = settings.image_hysteresis as f32;
+        let field_opts = |f: usize| match (engine.thresholds(&opts), last[f]) {
+            (Some((l, u)), Some(prev)) if hysteresis > 0.0 && opts.adaptive => {
+                let (l, u) = engine::quant::sticky_thresholds(l, u, prev, hysteresis);
+                Options {
+                    image_lower: Some(l),
+                    image_upper: Some(u),
+                    ..opts
+                }
+            }
+            _ => opts,
         };
         if warn_metric {
             let (l, u) = engine.thresholds(&opts).unwrap_or((f32::NAN, f32::NAN));
@@ -1347,30 +1392,31 @@ impl BaseTransformImpl for AdabmUpscale {
                 })
             }
         };
-        let upscale = |src: &InFrame, dst: &mut OutFrame| -> Result<engine::Stats, String> {
-            let bufs = || self.cuda_bufs.lock().unwrap_or_else(|e| e.into_inner());
-            match (src, dst, &cuda) {
-                (InFrame::Packed(s), OutFrame::Packed(d), Some(c)) => {
-                    cuda_frame(c, s, d, &opts, &mut bufs())
+        let upscale =
+            |src: &InFrame, dst: &mut OutFrame, opts: &Options| -> Result<engine::Stats, String> {
+                let bufs = || self.cuda_bufs.lock().unwrap_or_else(|e| e.into_inner());
+                match (src, dst, &cuda) {
+                    (InFrame::Packed(s), OutFrame::Packed(d), Some(c)) => {
+                        cuda_frame(c, s, d, opts, &mut bufs())
+                    }
+                    (InFrame::Packed(s), OutFrame::Packed(d), None) => {
+                        engine.process_frame(s, d, opts).map_err(|e| e.to_string())
+                    }
+                    (InFrame::Rgb(s), OutFrame::Rgb(d), Some(c)) => {
+                        cuda_rgb_frame(c, s, d, opts, &mut bufs())
+                    }
+                    (InFrame::Rgb(s), OutFrame::Rgb(d), None) => engine
+                        .process_rgb_frame(s, d, opts)
+                        .map_err(|e| e.to_string()),
+                    (InFrame::Yuv(s), OutFrame::Yuv(d), Some(c)) => {
+                        cuda_yuv_frame(c, s, d, opts, &mut bufs())
+                    }
+                    (InFrame::Yuv(s), OutFrame::Yuv(d), None) => engine
+                        .process_yuv_frame(s, d, opts)
+                        .map_err(|e| e.to_string()),
+                    _ => Err("input and output frames of different layouts".into()),
                 }
-                (InFrame::Packed(s), OutFrame::Packed(d), None) => {
-                    engine.process_frame(s, d, &opts).map_err(|e| e.to_string())
-                }
-                (InFrame::Rgb(s), OutFrame::Rgb(d), Some(c)) => {
-                    cuda_rgb_frame(c, s, d, &opts, &mut bufs())
-                }
-                (InFrame::Rgb(s), OutFrame::Rgb(d), None) => engine
-                    .process_rgb_frame(s, d, &opts)
-                    .map_err(|e| e.to_string()),
-                (InFrame::Yuv(s), OutFrame::Yuv(d), Some(c)) => {
-                    cuda_yuv_frame(c, s, d, &opts, &mut bufs())
-                }
-                (InFrame::Yuv(s), OutFrame::Yuv(d), None) => engine
-                    .process_yuv_frame(s, d, &opts)
-                    .map_err(|e| e.to_string()),
-                _ => Err("input and output frames of different layouts".into()),
-            }
-        };
+            };
         // An interlaced frame holds two fields taken at different times: each is upscaled
         // on its own (its own complexity and b_I) into the same field of the output.
         let interlaced = match in_info.interlace_mode() {
@@ -1390,13 +1436,13 @@ impl BaseTransformImpl for AdabmUpscale {
                 .map(|&(name, f)| {
                     let r = src.field(f).and_then(|s| {
                         let mut d = dst.field(f)?;
-                        upscale(&s, &mut d)
+                        upscale(&s, &mut d, &field_opts(f))
                     });
                     (Some(name), r)
                 })
                 .collect()
         } else {
-            vec![(None, upscale(&src, &mut dst))]
+            vec![(None, upscale(&src, &mut dst, &field_opts(0)))]
         };
         let took = gst::ClockTime::from_nseconds(t0.elapsed().as_nanos() as u64);
         if self.latency.lock().unwrap().record(took) {
@@ -1405,7 +1451,8 @@ impl BaseTransformImpl for AdabmUpscale {
                 .obj()
                 .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
         }
-        for (field, result) in results {
+        let mut bits = last;
+        for (f, (field, result)) in results.into_iter().enumerate() {
             let stats = result.map_err(|e| {
                 gst::element_imp_error!(
                     self,
@@ -1419,6 +1466,10 @@ impl BaseTransformImpl for AdabmUpscale {
                 let scale = engine.scale() as u32;
                 self.post_stats(frame_no, inbuf.pts(), field, &stats, (scale, &model));
             }
+            bits[f] = Some(stats.image_bits);
+        }
+        if let Some(st) = self.state.lock().unwrap().as_mut() {
+            st.last_bits = bits;
         }
         Ok(gst::FlowSuccess::Ok)
     }

@@ -70,6 +70,19 @@ pub fn image_bit(c: f32, lower: f32, upper: f32) -> i32 {
     }
 }
 
+/// The image thresholds `(lower, upper)` with hysteresis for a frame whose predecessor had
+/// b_I = `prev`: each threshold moved by `h · |threshold|` away from `prev`'s side, so that
+/// [`image_bit`] with them changes b_I only when the complexity crosses a threshold by that
+/// margin (a video whose complexity hovers at a threshold keeps its bits instead of toggling
+/// them frame by frame). `h = 0` gives the thresholds unchanged.
+pub fn sticky_thresholds(lower: f32, upper: f32, prev: i32, h: f32) -> (f32, f32) {
+    let (ml, mu) = (h * lower.abs(), h * upper.abs());
+    (
+        if prev >= 0 { lower - ml } else { lower + ml },
+        if prev >= 1 { upper - mu } else { upper + mu },
+    )
+}
+
 /// Layer-level bit offset from the stored factor m_k: `round(clamp(m_k, -1, 1))`.
 #[inline]
 pub fn layer_bit(m: f32) -> i32 {
@@ -194,6 +207,36 @@ mod tests {
         assert_eq!(image_bit(1.0, 2.0, 3.0), -1);
         assert_eq!(image_bit(2.5, 2.0, 3.0), 0);
         assert_eq!(image_bit(3.5, 2.0, 3.0), 1);
+    }
+
+    /// With hysteresis b_I keeps the previous frame's value until the complexity is past a
+    /// threshold by the margin, in either direction and at either threshold; without, it is
+    /// `image_bit`'s.
+    #[test]
+    fn sticky_thresholds_keep_the_bits_near_a_threshold() {
+        let (l, u, h) = (10.0, 20.0, 0.1);
+        let b = |c: f32, prev: i32| {
+            let (l, u) = sticky_thresholds(l, u, prev, h);
+            image_bit(c, l, u)
+        };
+        // Around the lower threshold (margin 1).
+        assert_eq!(
+            [b(9.5, 0), b(8.9, 0), b(10.5, -1), b(11.1, -1)],
+            [0, -1, -1, 0]
+        );
+        // Around the upper one (margin 2).
+        assert_eq!(
+            [b(21.0, 0), b(22.1, 0), b(19.0, 1), b(17.9, 1)],
+            [0, 1, 1, 0]
+        );
+        // Far past both: the jump is taken at once.
+        assert_eq!([b(5.0, 1), b(30.0, -1)], [-1, 1]);
+        for c in [5.0, 9.5, 10.0, 10.5, 15.0, 20.0, 21.0, 30.0] {
+            for prev in [-1, 0, 1] {
+                let (l0, u0) = sticky_thresholds(l, u, prev, 0.0);
+                assert_eq!(image_bit(c, l0, u0), image_bit(c, l, u));
+            }
+        }
         assert_eq!(layer_bit(-0.7), -1);
         assert_eq!(layer_bit(0.4), 0);
         assert_eq!(layer_bit(3.0), 1);
