@@ -58,6 +58,18 @@ fn harness(model: &std::path::Path) -> Harness {
     h
 }
 
+/// A harness on a small quantized x2 model (file in `dir`) whose element posts its
+/// `adabm-stats` to the returned bus.
+fn stats_harness(dir: &tempfile::TempDir) -> (Harness, gst::Element, gst::Bus) {
+    let path = model_file(dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
+    let h = harness(&path);
+    let el = h.element().unwrap();
+    let bus = gst::Bus::new();
+    el.set_bus(Some(&bus));
+    el.set_property("post-stats", true);
+    (h, el, bus)
+}
+
 /// Pushes one frame of `fmt` at w x h and returns (output caps, output bytes, input bytes, strides).
 fn push_frame(
     h: &mut Harness,
@@ -642,12 +654,7 @@ fn posts_stats_per_frame() {
 fn thresholds_change_while_playing() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
-    let mut h = harness(&path);
-    let el = h.element().unwrap();
-    let bus = gst::Bus::new();
-    el.set_bus(Some(&bus));
-    el.set_property("post-stats", true);
+    let (mut h, el, bus) = stats_harness(&dir);
     let bits = |h: &mut Harness, bus: &gst::Bus| {
         push_frame(h, "RGB", 12, 10, 1);
         let m = bus.pop_filtered(&[gst::MessageType::Element]).unwrap();
@@ -1197,12 +1204,7 @@ fn cuda_backend_matches_the_integer_reference() {
 fn complexity_metric_override_while_playing() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
-    let mut h = harness(&path);
-    let el = h.element().unwrap();
-    let bus = gst::Bus::new();
-    el.set_bus(Some(&bus));
-    el.set_property("post-stats", true);
+    let (mut h, el, bus) = stats_harness(&dir);
     // One frame (the same content each time): its complexity and the warnings it caused.
     let frame = |h: &mut Harness, bus: &gst::Bus| {
         push_frame(h, "RGB", 24, 16, 3);
@@ -1251,12 +1253,7 @@ fn complexity_metric_override_while_playing() {
 fn image_hysteresis_keeps_b_i_near_a_threshold() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
-    let mut h = harness(&path);
-    let el = h.element().unwrap();
-    let bus = gst::Bus::new();
-    el.set_bus(Some(&bus));
-    el.set_property("post-stats", true);
+    let (mut h, el, bus) = stats_harness(&dir);
     let (w, hh) = (24usize, 16usize);
     h.set_src_caps_str(&format!(
         "video/x-raw,format=RGB,width={w},height={hh},framerate=25/1"
@@ -1578,12 +1575,7 @@ fn late_frames_are_dropped_on_qos() {
 fn latency_includes_processing_time() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let path = model_file(&dir, &small_quant(2, QuantMode::Fq, 6), "q.safetensors");
-    let mut h = harness(&path);
-    let el = h.element().unwrap();
-    el.set_property("post-stats", true);
-    let bus = gst::Bus::new();
-    el.set_bus(Some(&bus));
+    let (mut h, _, bus) = stats_harness(&dir);
     let upstream = gst::ClockTime::from_mseconds(10);
     h.set_upstream_latency(upstream);
     assert_eq!(
