@@ -1248,7 +1248,7 @@ fn complexity_metric_override_while_playing() {
 
 /// `image-hysteresis`: a stream whose complexity hovers at a threshold keeps its b_I instead of
 /// toggling it every frame; a clear crossing switches at once; 0 is the method's per-frame
-/// decision; a flush forgets the previous frame.
+/// decision (the default is 0.02); a flush forgets the previous frame.
 #[test]
 fn image_hysteresis_keeps_b_i_near_a_threshold() {
     init();
@@ -1300,7 +1300,10 @@ fn image_hysteresis_keeps_b_i_near_a_threshold() {
     );
     let run =
         |h: &mut Harness, ks: &[u8]| -> Vec<i32> { ks.iter().map(|&k| frame(h, k).1).collect() };
-    // The method: each frame on its own, so the two frames at the threshold alternate.
+    // The method (hysteresis 0; the default is 0.02): each frame on its own, so the two
+    // frames at the threshold alternate.
+    assert_eq!(el.property::<f64>("image-hysteresis"), 0.02);
+    el.set_property("image-hysteresis", 0.0);
     assert_eq!(run(&mut h, &[20, 22, 20, 22]), [-1, 0, -1, 0]);
     el.set_property("image-hysteresis", h20);
     assert_eq!(el.property::<f64>("image-hysteresis"), h20);
