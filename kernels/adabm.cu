@@ -181,7 +181,7 @@ struct YuvParams {
     int ystep, yoff;   // luma of pixel x: byte x * ystep + yoff of plane 0's row
     int cstep;         // chroma sample c's U (k = 0) and V (k = 1): byte c * cstep + coff[k]
     int coff[2], cplane[2];  // of plane cplane[k]'s row
-    int aoff;          // packed 4:4:4 with alpha: the alpha byte of a pixel (written 255), or -1
+    int aoff;          // packed 4:4:4 with alpha: the alpha sample of a pixel (written opaque), or -1
     int ypad;          // packed 4:2:2 of odd width: the last group's second luma repeats the last
     int h_cosited, v_cosited;
     float yo, centre, maxc, ky, rv, gu, gv, bu;
@@ -321,7 +321,8 @@ extern "C" __global__ void yuv_pack(const u8* rgb, u8* dst, YuvParams p) {
     yuv_put(dst, p, 0, y, x * p.ystep + p.yoff, luma);
     // Packed 4:2:2 of odd width: the last group's second luma is the last pixel's.
     if (p.ypad && x == p.w - 1) yuv_put(dst, p, 0, y, (x + 1) * p.ystep + p.yoff, luma);
-    if (p.aoff >= 0) dst[p.off[0] + (size_t)y * p.stride[0] + x * p.ystep + p.aoff] = 255;
+    // Alpha opaque: the depth's largest code (255 in a byte).
+    if (p.aoff >= 0) yuv_put(dst, p, 0, y, x * p.ystep + p.aoff, p.maxc);
     if (!p.chroma || x % p.sx != 0 || y % p.sy != 0) return;
     int cx = x / p.sx, cy = y / p.sy;
     int xs[3], ys[3];

@@ -1144,7 +1144,7 @@ fn cuda_backend_matches_the_integer_reference() {
             );
         }
         // YUV formats, converted to and from 8-bit RGB on the GPU (v210 as I422_10LE planes,
-        // GRAY16_BE as GRAY16_LE; VUYA's alpha upscaled bilinearly on the CPU) — the bytes of
+        // GRAY16_BE as GRAY16_LE; alpha upscaled bilinearly on the CPU) — the bytes of
         // the CPU conversions.
         for fmt in [
             "I420",
@@ -1162,6 +1162,8 @@ fn cuda_backend_matches_the_integer_reference() {
             "YV12",
             "Y210",
             "P016_LE",
+            "Y412_LE",
+            "AYUV64",
             "I420",
         ] {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
@@ -1640,6 +1642,8 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::Y212Le => L::Y212,
         F::Ayuv => L::Ayuv,
         F::Vuya => L::Vuya,
+        F::Y412Le => L::Y412,
+        F::Ayuv64 => L::Ayuv64,
         F::Y42b => L::Y42b,
         F::Y444 => L::Y444,
         F::I42010le => L::I420p10,
@@ -2060,6 +2064,24 @@ fn yuv_formats_match_the_engine() {
         ),
         // Packed 4:4:4 with alpha.
         (
+            "Y412_LE",
+            (11, 7),
+            ",colorimetry=bt2020",
+            YuvMatrix::BT2020,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "AYUV64",
+            (8, 6),
+            ",colorimetry=1:4:0:0,interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            true,
+            (false, false),
+            true,
+        ),
+        (
             "AYUV",
             (13, 7),
             ",colorimetry=bt709",
@@ -2190,17 +2212,25 @@ fn yuv_formats_match_the_engine() {
             yuv_visible(&got, &out_info) == yuv_visible(&want, &out_info),
             "{caps}: output differs from the engine's"
         );
-        // Alpha (AYUV, VUYA): the input's, upscaled bilinearly (each field of an interlaced
-        // frame on its own).
+        // Alpha (AYUV, VUYA, Y412_LE, AYUV64): the input's codes, upscaled bilinearly at
+        // their depth (each field of an interlaced frame on its own).
         if let Some(at) = layout.packed444() {
-            let alpha = |b: &[u8], i: &gst_video::VideoInfo, field: usize, k: usize| {
+            let (b, shift) = (layout.word(), layout.shift());
+            let alpha = |bytes: &[u8], i: &gst_video::VideoInfo, field: usize, k: usize| {
                 let (w, stride) = (i.width() as usize, i.stride()[0] as usize);
                 (0..i.height() as usize / k)
                     .flat_map(|y| {
-                        let row = &b[(k * y + field) * stride..][..4 * w];
-                        row.chunks_exact(4).map(|px| px[at[3]]).collect::<Vec<_>>()
+                        let row = &bytes[(k * y + field) * stride..][..4 * w * b];
+                        row.chunks_exact(4 * b)
+                            .map(|px| match b {
+                                1 => px[at[3]] as u16,
+                                _ => {
+                                    u16::from_le_bytes([px[2 * at[3]], px[2 * at[3] + 1]]) >> shift
+                                }
+                            })
+                            .collect::<Vec<_>>()
                     })
-                    .collect::<Vec<u8>>()
+                    .collect::<Vec<u16>>()
             };
             let k = if interlaced { 2 } else { 1 };
             for field in 0..k {
@@ -2253,6 +2283,8 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("v210", 4, 0, 2.5, 1.5),
         ("AYUV", 1, 0, 4.5, 4.0),
         ("VUYA", 1, 0, 4.5, 4.0),
+        ("Y412_LE", 2, 4, 3.0, 3.5),
+        ("AYUV64", 2, 0, 3.0, 3.5),
         ("GRAY8", 1, 0, 1.0, 0.0),
         ("GRAY16_LE", 2, 0, 1.0, 0.0),
         ("GRAY16_BE", 2, 0, 1.0, 0.0),
@@ -2263,7 +2295,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         );
         // Samples in 8-bit units (10-bit ones / 4, 12-bit ones / 16).
         let per_level = match fmt {
-            "GRAY16_LE" | "GRAY16_BE" | "P016_LE" | "Y444_16LE" => 256.0,
+            "GRAY16_LE" | "GRAY16_BE" | "P016_LE" | "Y444_16LE" | "AYUV64" => 256.0,
             f if f.contains("12") => 16.0,
             _ => 4.0,
         };
@@ -2313,10 +2345,13 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
             _ if word == 4 => i % 2 == 1,
             _ => i < 128 * 96,
         };
-        // AYUV, VUYA: `videotestsrc`'s alpha is opaque, and stays so both ways.
+        // AYUV, VUYA, Y412_LE, AYUV64: `videotestsrc`'s alpha is opaque (the largest code),
+        // and stays so both ways.
         let alpha = |i: usize| layout.packed444().is_some_and(|at| i % 4 == at[3]);
+        let opaque = ((1u32 << layout.depth()) - 1) as f64 / per_level.max(1.0);
+        let opaque = if word == 1 { 255.0 } else { opaque };
         for i in (0..direct.len()).filter(|&i| alpha(i)) {
-            assert_eq!((direct[i], around[i]), (255.0, 255.0), "{fmt}: alpha");
+            assert_eq!((direct[i], around[i]), (opaque, opaque), "{fmt}: alpha");
         }
         let mean = |want_luma: bool| {
             let d: Vec<f64> = (0..direct.len())
@@ -2336,7 +2371,8 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         // 16.3); AYUV and VUYA 2.98 / 2.75, as Y444 (VUYA with U and V swapped: 10.3 / 8.7);
         // YV12 and NV61 as I420 and NV16 (YV12 read with I420's plane order: 9.9 / 10.0), P016_LE
         // 1.29 / 0.49, Y444_16LE 2.17 / 2.24, Y210 and Y212_LE as I422_10LE and I422_12LE (Y210
-        // with U and V swapped: 9.5 / 7.9).
+        // with U and V swapped: 9.5 / 7.9), Y412_LE and AYUV64 as Y444_12LE and Y444_16LE
+        // (Y412_LE read as U V Y A: 10.3 / 8.9).
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"

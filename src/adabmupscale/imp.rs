@@ -46,7 +46,7 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 30] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 32] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Yv12, YuvLayout::Yv12),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
@@ -74,6 +74,8 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 30] = [
     (gst_video::VideoFormat::Y212Le, YuvLayout::Y212),
     (gst_video::VideoFormat::Ayuv, YuvLayout::Ayuv),
     (gst_video::VideoFormat::Vuya, YuvLayout::Vuya),
+    (gst_video::VideoFormat::Y412Le, YuvLayout::Y412),
+    (gst_video::VideoFormat::Ayuv64, YuvLayout::Ayuv64),
     (gst_video::VideoFormat::Gray8, YuvLayout::Gray8),
     (gst_video::VideoFormat::Gray16Le, YuvLayout::Gray16),
     (gst_video::VideoFormat::Gray16Be, YuvLayout::Gray16Be),
@@ -1779,9 +1781,16 @@ fn cuda_yuv_frame(
         engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(err)?;
         fs
     };
-    if engine::yuv::unpack_alpha_into(src, &mut bufs.alpha).map_err(err)? {
-        bufs.upscale_alpha(w, h, s);
-        engine::yuv::pack_alpha(&bufs.alpha_hr, dst).map_err(err)?;
+    if engine::yuv::unpack_alpha_into(src, &mut bufs.alpha16).map_err(err)? {
+        engine::frame::upscale_plane_bilinear_into(
+            &bufs.alpha16,
+            w,
+            h,
+            s,
+            &mut bufs.alpha16_hr,
+            &mut bufs.alpha_cols,
+        );
+        engine::yuv::pack_alpha(&bufs.alpha16_hr, dst).map_err(err)?;
     }
     Ok(cuda_stats(fs, t0))
 }

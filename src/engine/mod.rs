@@ -456,10 +456,18 @@ impl Engine {
         self.with_scratch(|sc| {
             let has_alpha = self.pool.install(|| -> Result<bool> {
                 yuv::unpack_into(src, &mut sc.lr)?;
-                let has_alpha = yuv::unpack_alpha_into(src, &mut sc.alpha)?;
+                let has_alpha = yuv::unpack_alpha_into(src, &mut sc.alpha16)?;
                 if has_alpha {
-                    // Alpha (AYUV, VUYA) is upscaled apart, bilinearly, as in packed RGB.
-                    sc.upscale_alpha(src.width, src.height, s);
+                    // Alpha (AYUV, VUYA, Y412_LE, AYUV64) is upscaled apart, bilinearly, at
+                    // its depth, as in the RGB formats.
+                    frame::upscale_plane_bilinear_into(
+                        &sc.alpha16,
+                        src.width,
+                        src.height,
+                        s,
+                        &mut sc.alpha16_hr,
+                        &mut sc.alpha_cols,
+                    );
                 }
                 Ok(has_alpha)
             })?;
@@ -468,7 +476,7 @@ impl Engine {
                 self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| out.put(src, r))?;
             self.pool.install(|| out.finish());
             if has_alpha {
-                self.pool.install(|| yuv::pack_alpha(&sc.alpha_hr, dst))?;
+                self.pool.install(|| yuv::pack_alpha(&sc.alpha16_hr, dst))?;
             }
             Ok(stats)
         })

@@ -1,8 +1,9 @@
 //! YUV frames in and out of the engine — 4:2:0 (I420, YV12, NV12, NV21, I420_10LE, P010_10LE,
 //! I420_12LE, P012_LE, P016_LE), 4:2:2 (Y42B, NV16, NV61, I422_10LE, I422_12LE, v210, packed
 //! YUY2 / UYVY / YVYU, Y210, Y212_LE) and 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE, Y444_16LE,
-//! packed AYUV / VUYA), 8, 10, 12 and 16 bits, and grey (GRAY8, GRAY16_LE, GRAY16_BE: luma
-//! only) — converted straight to and from its RGB f32 (0–255) images: the
+//! packed AYUV / VUYA / Y412_LE / AYUV64 with alpha), 8, 10, 12 and 16 bits, and grey (GRAY8,
+//! GRAY16_LE, GRAY16_BE: luma only) — converted straight to and from its RGB f32 (0–255)
+//! images: the
 //! colour matrix and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited
 //! or full range, at the format's depth), subsampled chroma upsampled and downsampled
 //! bilinearly at the caps' chroma siting (co-sited or centred, per axis).
@@ -31,7 +32,8 @@ thread_local! {
 
 /// The YUV layouts: three planes (Y, U, V) or two (Y, interleaved UV), or one of packed
 /// pixels; 8-bit samples in bytes, deeper ones in little-endian 16-bit words (in the low bits;
-/// P010, P012, Y210 and Y212_LE in the high bits; GRAY16_BE big-endian, v210 its own packing).
+/// P010, P012, Y210, Y212_LE and Y412_LE in the high bits; GRAY16_BE big-endian, v210 its own
+/// packing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum YuvLayout {
     /// 4:2:0 planar, 8 bits.
@@ -92,6 +94,11 @@ pub enum YuvLayout {
     /// VUYA: packed 4:4:4 with alpha, V U Y A, 8 bits (hardware decoders' and encoders'
     /// 4:4:4).
     Vuya,
+    /// Y412_LE: packed 4:4:4 with alpha, U Y V A in little-endian 16-bit words, 12 bits in the
+    /// high bits (VA-API's and D3D11's 12-bit 4:4:4 decoder output).
+    Y412,
+    /// AYUV64: packed 4:4:4 with alpha, A Y U V in little-endian 16-bit words, 16 bits.
+    Ayuv64,
     /// GRAY8: Y only (grey: U = V = the centre), 8 bits.
     Gray8,
     /// GRAY16_LE: Y only, 16 bits.
@@ -101,7 +108,7 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 30] = [
+    pub const ALL: [Self; 32] = [
         Self::I420,
         Self::Yv12,
         Self::Nv12,
@@ -129,6 +136,8 @@ impl YuvLayout {
         Self::Y212,
         Self::Ayuv,
         Self::Vuya,
+        Self::Y412,
+        Self::Ayuv64,
         Self::Gray8,
         Self::Gray16,
         Self::Gray16Be,
@@ -159,17 +168,19 @@ impl YuvLayout {
         }
     }
 
-    /// Packed 4:4:4 with alpha (one plane of 4-byte pixels): the byte offsets of Y, U, V and
-    /// alpha in a pixel.
+    /// Packed 4:4:4 with alpha (one plane of pixels of four samples): where Y, U, V and alpha
+    /// are in a pixel, in samples ([`Self::word`] bytes each).
     pub fn packed444(self) -> Option<[usize; 4]> {
         match self {
-            Self::Ayuv => Some([1, 2, 3, 0]),
+            Self::Ayuv | Self::Ayuv64 => Some([1, 2, 3, 0]),
             Self::Vuya => Some([2, 1, 0, 3]),
+            Self::Y412 => Some([1, 0, 2, 3]),
             _ => None,
         }
     }
 
-    /// Carries an alpha channel (AYUV, VUYA): the engine upscales it apart, bilinearly.
+    /// Carries an alpha channel (AYUV, VUYA, Y412_LE, AYUV64): the engine upscales it apart,
+    /// bilinearly, at its depth.
     pub fn has_alpha(self) -> bool {
         self.packed444().is_some()
     }
@@ -246,6 +257,8 @@ impl YuvLayout {
             | Self::Y444p16
             | Self::Ayuv
             | Self::Vuya
+            | Self::Y412
+            | Self::Ayuv64
             | Self::Gray8
             | Self::Gray16
             | Self::Gray16Be => (1, 1),
@@ -270,14 +283,19 @@ impl YuvLayout {
             | Self::Ayuv
             | Self::Vuya
             | Self::Gray8 => 8,
-            Self::Gray16 | Self::Gray16Be | Self::P016 | Self::Y444p16 => 16,
+            Self::Gray16 | Self::Gray16Be | Self::P016 | Self::Y444p16 | Self::Ayuv64 => 16,
             Self::I420p10
             | Self::I422p10
             | Self::Y444p10
             | Self::P010
             | Self::V210
             | Self::Y210 => 10,
-            Self::I420p12 | Self::I422p12 | Self::Y444p12 | Self::P012 | Self::Y212 => 12,
+            Self::I420p12
+            | Self::I422p12
+            | Self::Y444p12
+            | Self::P012
+            | Self::Y212
+            | Self::Y412 => 12,
         }
     }
 
@@ -287,10 +305,10 @@ impl YuvLayout {
     }
 
     /// Where a sample's bits start in its word.
-    fn shift(self) -> u32 {
+    pub fn shift(self) -> u32 {
         match self {
             Self::P010 | Self::Y210 => 6,
-            Self::P012 | Self::Y212 => 4,
+            Self::P012 | Self::Y212 | Self::Y412 => 4,
             _ => 0,
         }
     }
@@ -310,7 +328,7 @@ impl YuvLayout {
         } else if self.packed().is_some() {
             [(4 * cw * b, h), (0, 0), (0, 0)]
         } else if self.packed444().is_some() {
-            [(4 * w, h), (0, 0), (0, 0)]
+            [(4 * w * b, h), (0, 0), (0, 0)]
         } else if self.grey() {
             [(w * b, h), (0, 0), (0, 0)]
         } else if self.interleaved() {
@@ -1252,35 +1270,42 @@ fn unpack_packed<W: Word, T: Copy + Send>(
 }
 
 /// Packed 4:4:4 pixels (`at`: [`YuvLayout::packed444`]) into RGB; alpha is left to
-/// [`unpack_alpha_into`]. The byte offsets as constants, one loop per layout (offsets read at
-/// run time made the conversion about 2x slower).
+/// [`unpack_alpha_into`]. The sample offsets as constants, one loop per layout (offsets read
+/// at run time made the conversion about 2x slower).
 fn unpack_packed444<T: Copy + Send>(
     f: &YuvRef,
     at: [usize; 4],
     conv: impl Fn(f32) -> T + Sync,
     out: &mut [T],
 ) {
-    match at {
-        [1, 2, 3, _] => unpack_444_rows::<T, 1, 2, 3>(f, conv, out),
-        [2, 1, 0, _] => unpack_444_rows::<T, 2, 1, 0>(f, conv, out),
-        _ => unreachable!("packed 4:4:4 offsets {at:?}"),
+    match (at, f.layout.word(), f.layout.shift()) {
+        ([1, 2, 3, _], 1, _) => unpack_444_rows::<W8, T, 1, 2, 3>(f, conv, out),
+        ([2, 1, 0, _], 1, _) => unpack_444_rows::<W8, T, 2, 1, 0>(f, conv, out),
+        ([1, 2, 3, _], 2, 0) => unpack_444_rows::<W16<0>, T, 1, 2, 3>(f, conv, out),
+        ([1, 0, 2, _], 2, 4) => unpack_444_rows::<W16<4>, T, 1, 0, 2>(f, conv, out),
+        _ => unreachable!("packed 4:4:4 offsets {at:?} of {:?}", f.layout),
     }
 }
 
-fn unpack_444_rows<T: Copy + Send, const Y: usize, const U: usize, const V: usize>(
+fn unpack_444_rows<W: Word, T: Copy + Send, const Y: usize, const U: usize, const V: usize>(
     f: &YuvRef,
     conv: impl Fn(f32) -> T + Sync,
     out: &mut [T],
 ) {
-    let w = f.width;
-    let m = f.matrix.coeffs(8);
+    let (w, b) = (f.width, W::BYTES);
+    let m = f.matrix.coeffs(f.layout.depth());
     out.par_chunks_mut(w * 3)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
-            let row = &f.planes[0][y * f.strides[0]..][..4 * w];
-            for (o, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(4)) {
-                let rgb = m.rgb(px[Y] as f32, px[U] as f32, px[V] as f32);
+            let row = &f.planes[0][y * f.strides[0]..][..4 * w * b];
+            for (o, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(4 * b)) {
+                // (Samples by index in a pixel of known size: no bounds checks at 8 bits.)
+                let px = &px[..4 * b];
+                let y = W::load(&px[Y * b..Y * b + b]) as f32;
+                let u = W::load(&px[U * b..U * b + b]) as f32;
+                let v = W::load(&px[V * b..V * b + b]) as f32;
+                let rgb = m.rgb(y, u, v);
                 o[0] = conv(rgb[0]);
                 o[1] = conv(rgb[1]);
                 o[2] = conv(rgb[2]);
@@ -1288,8 +1313,8 @@ fn unpack_444_rows<T: Copy + Send, const Y: usize, const U: usize, const V: usiz
         });
 }
 
-/// RGB into packed 4:4:4 pixels, rectangle `r` of the frame; alpha 255 (opaque) until
-/// [`pack_alpha`] writes it. Offsets as constants, as [`unpack_packed444`].
+/// RGB into packed 4:4:4 pixels, rectangle `r` of the frame; alpha opaque (the depth's largest
+/// code) until [`pack_alpha`] writes it. Offsets as constants, as [`unpack_packed444`].
 fn pack_packed444<T: Sync>(
     src: Window<T>,
     r: Rect,
@@ -1297,20 +1322,31 @@ fn pack_packed444<T: Sync>(
     at: [usize; 4],
     conv: &(impl Fn(&T) -> f32 + Sync),
 ) {
-    match at {
-        [1, 2, 3, 0] => pack_444_rows::<T, 1, 2, 3, 0>(src, r, f, conv),
-        [2, 1, 0, 3] => pack_444_rows::<T, 2, 1, 0, 3>(src, r, f, conv),
-        _ => unreachable!("packed 4:4:4 offsets {at:?}"),
+    match (at, f.layout.word(), f.layout.shift()) {
+        ([1, 2, 3, 0], 1, _) => pack_444_rows::<W8, T, 1, 2, 3, 0>(src, r, f, conv),
+        ([2, 1, 0, 3], 1, _) => pack_444_rows::<W8, T, 2, 1, 0, 3>(src, r, f, conv),
+        ([1, 2, 3, 0], 2, 0) => pack_444_rows::<W16<0>, T, 1, 2, 3, 0>(src, r, f, conv),
+        ([1, 0, 2, 3], 2, 4) => pack_444_rows::<W16<4>, T, 1, 0, 2, 3>(src, r, f, conv),
+        _ => unreachable!("packed 4:4:4 offsets {at:?} of {:?}", f.layout),
     }
 }
 
-fn pack_444_rows<T: Sync, const Y: usize, const U: usize, const V: usize, const A: usize>(
+fn pack_444_rows<
+    W: Word,
+    T: Sync,
+    const Y: usize,
+    const U: usize,
+    const V: usize,
+    const A: usize,
+>(
     src: Window<T>,
     r: Rect,
     f: &mut YuvMut,
     conv: &(impl Fn(&T) -> f32 + Sync),
 ) {
-    let m = f.matrix.coeffs(8);
+    let b = W::BYTES;
+    let m = f.matrix.coeffs(f.layout.depth());
+    let opaque = m.code(m.max);
     f.planes[0]
         .par_chunks_mut(f.strides[0])
         .take(f.height)
@@ -1320,45 +1356,52 @@ fn pack_444_rows<T: Sync, const Y: usize, const U: usize, const V: usize, const 
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(i, row)| {
             let line = src.line(r.y0 + i, r.x0, r.x1);
-            for (px, p) in row[4 * r.x0..4 * r.x1]
-                .chunks_exact_mut(4)
+            for (px, p) in row[4 * r.x0 * b..4 * r.x1 * b]
+                .chunks_exact_mut(4 * b)
                 .zip(line.chunks_exact(3))
             {
                 let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
                 let (u, v) = m.chroma(rgb);
-                px[Y] = super::frame::to_u8(m.luma(rgb));
-                px[U] = super::frame::to_u8(u);
-                px[V] = super::frame::to_u8(v);
-                px[A] = 255;
+                let px = &mut px[..4 * b];
+                W::put(&mut px[Y * b..Y * b + b], &m, m.luma(rgb));
+                W::put(&mut px[U * b..U * b + b], &m, u);
+                W::put(&mut px[V * b..V * b + b], &m, v);
+                W::store(&mut px[A * b..A * b + b], opaque);
             }
         });
 }
 
 /// The alpha plane of a frame with alpha ([`YuvLayout::has_alpha`]) into `alpha` (resized to
-/// `width * height`, rows in parallel), and true; false, `alpha` untouched, for the others.
-pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u8>) -> Result<bool> {
+/// `width * height`, rows in parallel): codes of the layout's depth (0–255 for AYUV and VUYA,
+/// 0–4095 for Y412_LE, 0–65535 for AYUV64), and true; false, `alpha` untouched, for the
+/// others.
+pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u16>) -> Result<bool> {
     let Some(at) = f.layout.packed444() else {
         return Ok(false);
     };
     f.check()?;
-    let w = f.width;
+    let (w, b, shift) = (f.width, f.layout.word(), f.layout.shift());
     alpha.resize(w * f.height, 0);
     alpha
         .par_chunks_mut(w)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
-            let row = &f.planes[0][y * f.strides[0]..][..4 * w];
-            for (o, px) in dst.iter_mut().zip(row.chunks_exact(4)) {
-                *o = px[at[3]];
+            let row = &f.planes[0][y * f.strides[0]..][..4 * w * b];
+            for (o, px) in dst.iter_mut().zip(row.chunks_exact(4 * b)) {
+                let c = &px[at[3] * b..];
+                *o = match b {
+                    1 => c[0] as u16,
+                    _ => u16::from_le_bytes([c[0], c[1]]) >> shift,
+                };
             }
         });
     Ok(true)
 }
 
-/// Writes a `width * height` alpha plane into a frame with alpha (after its colour: packing
-/// writes alpha 255); nothing for the layouts without.
-pub fn pack_alpha(alpha: &[u8], f: &mut YuvMut) -> Result<()> {
+/// Writes a `width * height` alpha plane of the layout's codes into a frame with alpha (after
+/// its colour: packing writes alpha opaque); nothing for the layouts without.
+pub fn pack_alpha(alpha: &[u16], f: &mut YuvMut) -> Result<()> {
     let Some(at) = f.layout.packed444() else {
         return Ok(());
     };
@@ -1370,14 +1413,20 @@ pub fn pack_alpha(alpha: &[u8], f: &mut YuvMut) -> Result<()> {
             alpha.len()
         )));
     }
+    let (b, shift) = (f.layout.word(), f.layout.shift());
+    let max = ((1u32 << f.layout.depth()) - 1) as u16;
     f.planes[0]
         .par_chunks_mut(f.strides[0])
         .take(h)
         .zip(alpha.par_chunks(w))
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(row, a)| {
-            for (px, &v) in row[..4 * w].chunks_exact_mut(4).zip(a) {
-                px[at[3]] = v;
+            for (px, &v) in row[..4 * w * b].chunks_exact_mut(4 * b).zip(a) {
+                let c = &mut px[at[3] * b..];
+                match b {
+                    1 => c[0] = v.min(max) as u8,
+                    _ => c[..2].copy_from_slice(&(v.min(max) << shift).to_le_bytes()),
+                }
             }
         });
     Ok(())
@@ -1693,10 +1742,12 @@ mod tests {
                 continue;
             }
             if let Some(at) = layout.packed444() {
-                // The last pixel: Y U V A where `at` says, alpha opaque until `pack_alpha`.
-                let px = &planes[0][(h - 1) * strides[0] + 4 * (w - 1)..][..4];
-                let want = [white, grey, grey, 255];
-                assert_eq!(at.map(|i| px[i] as u32), want, "{layout:?} {px:?}");
+                // The last pixel: Y U V A where `at` says, alpha opaque (the largest code)
+                // until `pack_alpha`.
+                let max = (1u32 << layout.depth()) - 1;
+                let want = [white, grey, grey, max].map(|v| v << s);
+                let got = at.map(|i| word(0, h - 1, 4 * (w - 1) + i));
+                assert_eq!(got, want, "{layout:?}");
                 continue;
             }
             assert_eq!(word(0, h - 1, w - 1), white << s, "{layout:?} Y");
@@ -1731,42 +1782,64 @@ mod tests {
         );
         assert_eq!(YuvLayout::V210.plane_sizes(7, 3), [(32, 3), (0, 0), (0, 0)]);
         assert_eq!(YuvLayout::Vuya.plane_sizes(5, 3), [(20, 3), (0, 0), (0, 0)]);
-        // AYUV's alpha: out of a frame and back into one, where its byte is.
-        let (mut planes, strides) = frame(YuvLayout::Ayuv, w, h);
-        let a: Vec<u8> = (0..w * h).map(|i| 10 * i as u8).collect();
-        let mut f = YuvMut {
-            planes: planes_mut(&mut planes),
-            strides,
-            width: w,
-            height: h,
-            layout: YuvLayout::Ayuv,
-            matrix: m,
-            siting: ChromaSiting::default(),
-        };
-        pack_alpha(&a, &mut f).unwrap();
-        assert_eq!(planes[0][(h - 1) * strides[0] + 4 * (w - 1)], a[w * h - 1]);
-        let f = YuvRef {
-            planes: planes_ref(&planes),
-            strides,
-            width: w,
-            height: h,
-            layout: YuvLayout::Ayuv,
-            matrix: m,
-            siting: ChromaSiting::default(),
-        };
-        let mut back = Vec::new();
-        assert!(unpack_alpha_into(&f, &mut back).unwrap());
-        assert_eq!(back, a);
-        assert!(
-            !unpack_alpha_into(
-                &YuvRef {
-                    layout: YuvLayout::Y444,
-                    ..f
-                },
-                &mut back
-            )
-            .unwrap()
-        );
+        assert_eq!(YuvLayout::Y412.plane_sizes(5, 3), [(40, 3), (0, 0), (0, 0)]);
+        // Alpha: out of a frame and back into one at its depth, where its sample is (AYUV's
+        // first byte, Y412_LE's fourth word in its high 12 bits, AYUV64's first word).
+        for (layout, first_byte) in [
+            (YuvLayout::Ayuv, 0),
+            (YuvLayout::Vuya, 3),
+            (YuvLayout::Y412, 6),
+            (YuvLayout::Ayuv64, 0),
+        ] {
+            let (mut planes, strides) = frame(layout, w, h);
+            let max = (1u32 << layout.depth()) - 1;
+            let a: Vec<u16> = (0..w * h)
+                .map(|i| (i as u32 * 977 % (max + 1)) as u16)
+                .collect();
+            let mut f = YuvMut {
+                planes: planes_mut(&mut planes),
+                strides,
+                width: w,
+                height: h,
+                layout,
+                matrix: m,
+                siting: ChromaSiting::default(),
+            };
+            pack_alpha(&a, &mut f).unwrap();
+            let b = layout.word();
+            let at = (h - 1) * strides[0] + 4 * b * (w - 1) + first_byte;
+            let stored = match b {
+                1 => planes[0][at] as u32,
+                _ => u16::from_le_bytes([planes[0][at], planes[0][at + 1]]) as u32,
+            };
+            assert_eq!(
+                stored,
+                (a[w * h - 1] as u32) << layout.shift(),
+                "{layout:?}"
+            );
+            let f = YuvRef {
+                planes: planes_ref(&planes),
+                strides,
+                width: w,
+                height: h,
+                layout,
+                matrix: m,
+                siting: ChromaSiting::default(),
+            };
+            let mut back = Vec::new();
+            assert!(unpack_alpha_into(&f, &mut back).unwrap());
+            assert_eq!(back, a, "{layout:?}");
+            assert!(
+                !unpack_alpha_into(
+                    &YuvRef {
+                        layout: YuvLayout::Y444,
+                        ..f
+                    },
+                    &mut back
+                )
+                .unwrap()
+            );
+        }
     }
 
     /// v210 holds exactly the samples of I422_10LE: packed from the same image, its words
@@ -1845,7 +1918,7 @@ mod tests {
     /// NV21 and NV61 are NV12 / NV16 with V before U in each pair; NV16 and NV24 are I422 /
     /// Y444 with the chroma planes interleaved; YV12 is I420 with its chroma planes swapped;
     /// YUY2, UYVY and YVYU are Y42B packed in pixel pairs, Y210 and Y212_LE I422_10LE and
-    /// I422_12LE.
+    /// I422_12LE; AYUV / VUYA, Y412_LE and AYUV64 are Y444, Y444_12LE and Y444_16LE per pixel.
     #[test]
     fn semi_planar_formats_interleave_the_planar_ones() {
         let img = smooth(9, 7);
@@ -1931,6 +2004,29 @@ mod tests {
                     ];
                     assert_eq!(at.map(|i| g[i]), want, "{packed:?} row {y} group {k}");
                 }
+            }
+            assert_eq!(back.data, back_p.data, "{packed:?} unpacked");
+        }
+        // Packed 4:4:4: the planar format's samples pixel by pixel.
+        for (packed, planar) in [
+            (YuvLayout::Ayuv, YuvLayout::Y444),
+            (YuvLayout::Vuya, YuvLayout::Y444),
+            (YuvLayout::Y412, YuvLayout::Y444p12),
+            (YuvLayout::Ayuv64, YuvLayout::Y444p16),
+        ] {
+            let (back_p, pp) = visible(planar);
+            let pp: Vec<Vec<u32>> = pp.iter().map(|p| words(p, planar.word(), 0)).collect();
+            let at = packed.packed444().unwrap();
+            let (back, rows) = visible(packed);
+            let row = words(&rows[0], packed.word(), packed.shift());
+            for i in 0..9 * 7 {
+                let px = &row[4 * i..][..4];
+                let want = [pp[0][i], pp[1][i], pp[2][i]];
+                assert_eq!(
+                    [px[at[0]], px[at[1]], px[at[2]]],
+                    want,
+                    "{packed:?} pixel {i}"
+                );
             }
             assert_eq!(back.data, back_p.data, "{packed:?} unpacked");
         }

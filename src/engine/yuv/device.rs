@@ -236,8 +236,9 @@ pub struct YuvParams {
     pub cstep: i32,
     pub coff: [i32; 2],
     pub cplane: [i32; 2],
-    /// Packed 4:4:4 with alpha: the alpha byte of a pixel (packing writes 255, as the host's
-    /// colour packing does before [`pack_alpha`](super::pack_alpha)); -1 without.
+    /// Packed 4:4:4 with alpha: the alpha sample's first byte in a pixel (packing writes the
+    /// depth's largest code, as the host's colour packing does before
+    /// [`pack_alpha`](super::pack_alpha)); -1 without.
     pub aoff: i32,
     /// Packed 4:2:2 of odd width: the last group's second luma repeats the last pixel's.
     pub ypad: i32,
@@ -284,7 +285,8 @@ impl YuvParams {
         let (ystep, yoff, cstep, coff, cplane, aoff) = if let Some(at) = l.packed() {
             (2 * b, at[0] * b, 4 * b, [at[2] * b, at[3] * b], [0, 0], -1)
         } else if let Some(at) = l.packed444() {
-            (4, at[0], 4, [at[1], at[2]], [0, 0], at[3] as i32)
+            let a = (at[3] * b) as i32;
+            (4 * b, at[0] * b, 4 * b, [at[1] * b, at[2] * b], [0, 0], a)
         } else if l.interleaved() {
             let coff = if l.vu() { [b, 0] } else { [0, b] };
             (b, 0, 2 * b, coff, [1, 1], -1)
@@ -417,10 +419,8 @@ pub fn pack_pixel(p: &YuvParams, rgb: &[u8], dst: &mut [u8], x: usize, y: usize)
         p.put(dst, 0, y, p.luma_at(x + 1), luma);
     }
     if p.aoff >= 0 {
-        dst[p.off[0] as usize
-            + y * p.stride[0] as usize
-            + x * p.ystep as usize
-            + p.aoff as usize] = 255;
+        // Opaque: the depth's largest code.
+        p.put(dst, 0, y, x * p.ystep as usize + p.aoff as usize, p.max);
     }
     let (sx, sy) = (p.sx as usize, p.sy as usize);
     if p.chroma == 0 || !x.is_multiple_of(sx) || !y.is_multiple_of(sy) {
