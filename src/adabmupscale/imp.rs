@@ -1677,6 +1677,18 @@ impl CudaBufs {
         );
     }
 
+    /// The same for `alpha16` (codes of up to 16 bits) into `alpha16_hr`.
+    fn upscale_alpha16(&mut self, w: usize, h: usize, s: usize) {
+        engine::frame::upscale_plane_bilinear_into(
+            &self.alpha16,
+            w,
+            h,
+            s,
+            &mut self.alpha16_hr,
+            &mut self.alpha_cols,
+        );
+    }
+
     /// `self.rgb` (a `w x h` frame, packed RGB) through the shared CUDA engine into `self.hr`.
     /// The buffers travel with the job and come back with the frame (lost on an error: the
     /// next frame allocates them again).
@@ -1782,14 +1794,7 @@ fn cuda_yuv_frame(
         fs
     };
     if engine::yuv::unpack_alpha_into(src, &mut bufs.alpha16).map_err(err)? {
-        engine::frame::upscale_plane_bilinear_into(
-            &bufs.alpha16,
-            w,
-            h,
-            s,
-            &mut bufs.alpha16_hr,
-            &mut bufs.alpha_cols,
-        );
+        bufs.upscale_alpha16(w, h, s);
         engine::yuv::pack_alpha(&bufs.alpha16_hr, dst).map_err(err)?;
     }
     Ok(cuda_stats(fs, t0))
@@ -1835,14 +1840,7 @@ fn cuda_rgb_frame(
     engine::rgbfmt::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha16).map_err(err)?;
     let fs = bufs.upscale(c, w, h, opts)?;
     if src.format.has_alpha() {
-        engine::frame::upscale_plane_bilinear_into(
-            &bufs.alpha16,
-            w,
-            h,
-            s,
-            &mut bufs.alpha16_hr,
-            &mut bufs.alpha_cols,
-        );
+        bufs.upscale_alpha16(w, h, s);
     }
     engine::rgbfmt::pack_rgb8(&bufs.hr, &bufs.alpha16_hr, dst).map_err(err)?;
     Ok(cuda_stats(fs, t0))

@@ -168,6 +168,18 @@ impl Scratch {
             &mut self.alpha_cols,
         );
     }
+
+    /// The same for `alpha16` (codes of up to 16 bits) into `alpha16_hr`.
+    fn upscale_alpha16(&mut self, w: usize, h: usize, s: usize) {
+        frame::upscale_plane_bilinear_into(
+            &self.alpha16,
+            w,
+            h,
+            s,
+            &mut self.alpha16_hr,
+            &mut self.alpha_cols,
+        );
+    }
 }
 
 /// A frame's luma plane (complexity), a tile's input map and network output, and the feature
@@ -460,14 +472,7 @@ impl Engine {
                 if has_alpha {
                     // Alpha (AYUV, VUYA, Y412_LE, AYUV64) is upscaled apart, bilinearly, at
                     // its depth, as in the RGB formats.
-                    frame::upscale_plane_bilinear_into(
-                        &sc.alpha16,
-                        src.width,
-                        src.height,
-                        s,
-                        &mut sc.alpha16_hr,
-                        &mut sc.alpha_cols,
-                    );
+                    sc.upscale_alpha16(src.width, src.height, s);
                 }
                 Ok(has_alpha)
             })?;
@@ -501,14 +506,7 @@ impl Engine {
             self.pool.install(|| -> Result<()> {
                 rgbfmt::unpack_into(src, &mut sc.lr, &mut sc.alpha16)?;
                 if src.format.has_alpha() {
-                    frame::upscale_plane_bilinear_into(
-                        &sc.alpha16,
-                        src.width,
-                        src.height,
-                        s,
-                        &mut sc.alpha16_hr,
-                        &mut sc.alpha_cols,
-                    );
+                    sc.upscale_alpha16(src.width, src.height, s);
                 }
                 Ok(())
             })?;

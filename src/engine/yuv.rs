@@ -1980,6 +1980,15 @@ mod tests {
                     .collect(),
             }
         };
+        // A layout's image back and its planes' samples (shifted down to their values).
+        let sampled = |layout: YuvLayout| {
+            let (back, planes) = visible(layout);
+            let samples: Vec<Vec<u32>> = planes
+                .iter()
+                .map(|p| words(p, layout.word(), layout.shift()))
+                .collect();
+            (back, samples)
+        };
         for (packed, planar) in [
             (YuvLayout::Yuy2, YuvLayout::Y42b),
             (YuvLayout::Uyvy, YuvLayout::Y42b),
@@ -1987,11 +1996,10 @@ mod tests {
             (YuvLayout::Y210, YuvLayout::I422p10),
             (YuvLayout::Y212, YuvLayout::I422p12),
         ] {
-            let (back_p, pp) = visible(planar);
-            let pp: Vec<Vec<u32>> = pp.iter().map(|p| words(p, planar.word(), 0)).collect();
+            let (back_p, pp) = sampled(planar);
             let at = packed.packed().unwrap();
-            let (back, rows) = visible(packed);
-            let row = words(&rows[0], packed.word(), packed.shift());
+            let (back, rows) = sampled(packed);
+            let row = &rows[0];
             let (w, cw) = (9, 5);
             for y in 0..7 {
                 for k in 0..cw {
@@ -2014,11 +2022,10 @@ mod tests {
             (YuvLayout::Y412, YuvLayout::Y444p12),
             (YuvLayout::Ayuv64, YuvLayout::Y444p16),
         ] {
-            let (back_p, pp) = visible(planar);
-            let pp: Vec<Vec<u32>> = pp.iter().map(|p| words(p, planar.word(), 0)).collect();
+            let (back_p, pp) = sampled(planar);
             let at = packed.packed444().unwrap();
-            let (back, rows) = visible(packed);
-            let row = words(&rows[0], packed.word(), packed.shift());
+            let (back, rows) = sampled(packed);
+            let row = &rows[0];
             for i in 0..9 * 7 {
                 let px = &row[4 * i..][..4];
                 let want = [pp[0][i], pp[1][i], pp[2][i]];
