@@ -2,7 +2,8 @@
 """How often a clip's per-frame image bit b_I changes (per-frame bit switching can flicker).
 
 Reads the output of `gst-launch-1.0 -m ... ! adabmupscale post-stats=true ! ...` (one
-`adabm-stats` element message per frame) and prints, per log: the frames, the count of each
+`adabm-stats` element message per frame; progressive video: the per-field messages of an
+interlaced stream are skipped) and prints, per log: the frames, the count of each
 b_I, the frames where b_I changed, the runs of equal b_I, how many runs are shorter than 3
 frames (a toggle a viewer could see as a flicker), the complexity change between frames (median
 and 90th percentile, over the frames that are not scene cuts: |change| < 3) and the mean FAB.

@@ -1300,12 +1300,9 @@ fn unpack_444_rows<W: Word, T: Copy + Send, const Y: usize, const U: usize, cons
         .for_each(|(y, dst)| {
             let row = &f.planes[0][y * f.strides[0]..][..4 * w * b];
             for (o, px) in dst.chunks_exact_mut(3).zip(row.chunks_exact(4 * b)) {
-                // (Samples by index in a pixel of known size: no bounds checks at 8 bits.)
-                let px = &px[..4 * b];
-                let y = W::load(&px[Y * b..Y * b + b]) as f32;
-                let u = W::load(&px[U * b..U * b + b]) as f32;
-                let v = W::load(&px[V * b..V * b + b]) as f32;
-                let rgb = m.rgb(y, u, v);
+                let y = W::load(&px[Y * b..]) as f32;
+                let u = W::load(&px[U * b..]) as f32;
+                let rgb = m.rgb(y, u, W::load(&px[V * b..]) as f32);
                 o[0] = conv(rgb[0]);
                 o[1] = conv(rgb[1]);
                 o[2] = conv(rgb[2]);
@@ -1362,11 +1359,10 @@ fn pack_444_rows<
             {
                 let rgb = [conv(&p[0]), conv(&p[1]), conv(&p[2])];
                 let (u, v) = m.chroma(rgb);
-                let px = &mut px[..4 * b];
-                W::put(&mut px[Y * b..Y * b + b], &m, m.luma(rgb));
-                W::put(&mut px[U * b..U * b + b], &m, u);
-                W::put(&mut px[V * b..V * b + b], &m, v);
-                W::store(&mut px[A * b..A * b + b], opaque);
+                W::put(&mut px[Y * b..], &m, m.luma(rgb));
+                W::put(&mut px[U * b..], &m, u);
+                W::put(&mut px[V * b..], &m, v);
+                W::store(&mut px[A * b..], opaque);
             }
         });
 }
