@@ -834,21 +834,22 @@ fn yuv_io(frames: usize) {
     let mut lr = Image::default();
     println!();
     println!(
-        "| format | 1080p in + 4K out, {} threads | the CUDA path's via 8-bit RGB | the CUDA path's, conversion on the GPU |",
+        "| format | 1080p in + 4K out, {} threads | the CUDA path's via 8-bit RGB | the CUDA path's, conversion on the GPU | alpha: out, x2 bilinear, in |",
         rayon::current_num_threads()
     );
-    println!("|---|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|");
     let (best, best8) = bgrx_io(frames, &hr);
     let hr8: Vec<u8> = hr.data.iter().map(|&v| v as u8).collect();
     let mut rgb = Vec::new();
-    println!("| BGRx | {best:.1} ms | {best8:.1} ms | (RGB) |");
+    println!("| BGRx | {best:.1} ms | {best8:.1} ms | (RGB) | |");
+    let (mut a, mut a_hr, mut cols) = (Vec::new(), Vec::new(), Vec::new());
     let m = YuvMatrix::new(YuvMatrix::BT709, false);
     let s = ChromaSiting {
         h_cosited: true,
         v_cosited: false,
     };
     for layout in YuvLayout::ALL {
-        let planes = |w: usize, h: usize| -> (Vec<Vec<u8>>, [usize; 3]) {
+        let planes = |w: usize, h: usize| -> (Vec<Vec<u8>>, [usize; 4]) {
             let sizes = layout.plane_sizes(w, h);
             let p = (0..layout.planes())
                 .map(|p| {
@@ -901,7 +902,21 @@ fn yuv_io(frames: usize) {
             f.copy_tight(&mut rgb).unwrap();
             o.store_tight(&hr_tight).unwrap();
         });
-        println!("| {layout:?} | {best:.1} ms | {best8:.1} ms | {tight:.1} ms |");
+        // Alpha (AYUV … AYUV64, A420 and its kin), on the host on both paths: the engine's
+        // `unpack_alpha_into`, its 16-bit bilinear upscale and `pack_alpha`.
+        let alpha = if layout.has_alpha() {
+            let t = fastest(frames, || {
+                yuv::unpack_alpha_into(&f, &mut a).unwrap();
+                gstadabm::engine::frame::upscale_plane_bilinear_into(
+                    &a, w, h, 2, &mut a_hr, &mut cols,
+                );
+                yuv::pack_alpha(&a_hr, &mut o).unwrap();
+            });
+            format!("{t:.1} ms")
+        } else {
+            String::new()
+        };
+        println!("| {layout:?} | {best:.1} ms | {best8:.1} ms | {tight:.1} ms | {alpha} |");
     }
 }
 

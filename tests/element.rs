@@ -1144,8 +1144,8 @@ fn cuda_backend_matches_the_integer_reference() {
             );
         }
         // YUV formats, converted to and from 8-bit RGB on the GPU (v210 as I422_10LE planes,
-        // GRAY16_BE as GRAY16_LE; alpha upscaled bilinearly on the CPU) — the bytes of
-        // the CPU conversions.
+        // GRAY16_BE as GRAY16_LE, A420 and A422_10LE as I420 and I422_10LE; alpha upscaled
+        // bilinearly on the CPU) — the bytes of the CPU conversions.
         for fmt in [
             "I420",
             "NV12",
@@ -1164,6 +1164,8 @@ fn cuda_backend_matches_the_integer_reference() {
             "P016_LE",
             "Y412_LE",
             "AYUV64",
+            "A420",
+            "A422_10LE",
             "I420",
         ] {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
@@ -1644,6 +1646,10 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::Vuya => L::Vuya,
         F::Y412Le => L::Y412,
         F::Ayuv64 => L::Ayuv64,
+        F::A420 => L::A420,
+        F::A42010le => L::A420p10,
+        F::A42210le => L::A422p10,
+        F::A44410le => L::A444p10,
         F::Y42b => L::Y42b,
         F::Y444 => L::Y444,
         F::I42010le => L::I420p10,
@@ -1754,8 +1760,8 @@ fn yuv_frames(
     for &f in fields {
         let ip = yuv_planes(inp);
         let op = yuv_planes(out);
-        let mut planes_in: [&[u8]; 3] = [&[], &[], &[]];
-        let mut strides_in = [0; 3];
+        let mut planes_in: [&[u8]; 4] = [&[], &[], &[], &[]];
+        let mut strides_in = [0; 4];
         for (p, &(off, stride, _, _)) in ip.iter().enumerate() {
             planes_in[p] = &data[off + f * stride..];
             strides_in[p] = k * stride;
@@ -1772,8 +1778,8 @@ fn yuv_frames(
         // Split the output buffer into its planes (they follow each other).
         let mut rest: &mut [u8] = &mut buf;
         let mut taken = 0;
-        let mut planes_out: [&mut [u8]; 3] = [&mut [], &mut [], &mut []];
-        let mut strides_out = [0; 3];
+        let mut planes_out: [&mut [u8]; 4] = [&mut [], &mut [], &mut [], &mut []];
+        let mut strides_out = [0; 4];
         for (p, &(off, stride, _, _)) in op.iter().enumerate() {
             let end = op.get(p + 1).map_or(out.size(), |q| q.0);
             let (_, tail) = std::mem::take(&mut rest).split_at_mut(off - taken);
@@ -2099,6 +2105,61 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             true,
         ),
+        // Planar with an alpha plane (VP8 / VP9 with alpha).
+        (
+            "A420",
+            (21, 13),
+            ",colorimetry=bt709,chroma-site=mpeg2",
+            YuvMatrix::BT709,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "A420",
+            (10, 8),
+            ",interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            false,
+            (false, false),
+            true,
+        ),
+        (
+            "A420_10LE",
+            (19, 11),
+            ",colorimetry=bt2020,chroma-site=mpeg2",
+            YuvMatrix::BT2020,
+            false,
+            (true, false),
+            false,
+        ),
+        (
+            "A422_10LE",
+            (15, 10),
+            ",colorimetry=1:4:0:0,chroma-site=cosited,interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            true,
+            (true, true),
+            true,
+        ),
+        (
+            "A444_10LE",
+            (1, 1),
+            ",colorimetry=bt709",
+            YuvMatrix::BT709,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "A444_10LE",
+            (12, 7),
+            ",colorimetry=bt709",
+            YuvMatrix::BT709,
+            false,
+            (false, false),
+            false,
+        ),
         // Grey: full-range BT.601 luma, GStreamer's default for GRAY caps.
         (
             "GRAY8",
@@ -2212,20 +2273,28 @@ fn yuv_formats_match_the_engine() {
             yuv_visible(&got, &out_info) == yuv_visible(&want, &out_info),
             "{caps}: output differs from the engine's"
         );
-        // Alpha (AYUV, VUYA, Y412_LE, AYUV64): the input's codes, upscaled bilinearly at
-        // their depth (each field of an interlaced frame on its own).
-        if let Some(at) = layout.packed444() {
+        // Alpha (AYUV, VUYA, Y412_LE, AYUV64; A420's and its kin's fourth plane): the
+        // input's codes, upscaled bilinearly at their depth (each field of an interlaced frame
+        // on its own).
+        let samples = match (layout.packed444(), layout.alpha_plane()) {
+            // (plane, first byte of a row's first sample, bytes from one to the next)
+            (Some(at), _) => Some((0, at[3] * layout.word(), 4 * layout.word())),
+            (_, true) => Some((3, 0, layout.word())),
+            _ => None,
+        };
+        if let Some((plane, first, step)) = samples {
             let (b, shift) = (layout.word(), layout.shift());
             let alpha = |bytes: &[u8], i: &gst_video::VideoInfo, field: usize, k: usize| {
-                let (w, stride) = (i.width() as usize, i.stride()[0] as usize);
+                let (w, stride) = (i.width() as usize, i.stride()[plane] as usize);
+                let base = i.offset()[plane];
                 (0..i.height() as usize / k)
                     .flat_map(|y| {
-                        let row = &bytes[(k * y + field) * stride..][..4 * w * b];
-                        row.chunks_exact(4 * b)
-                            .map(|px| match b {
-                                1 => px[at[3]] as u16,
+                        let row = &bytes[base + (k * y + field) * stride + first..];
+                        (0..w)
+                            .map(|x| match b {
+                                1 => row[x * step] as u16,
                                 _ => {
-                                    u16::from_le_bytes([px[2 * at[3]], px[2 * at[3] + 1]]) >> shift
+                                    u16::from_le_bytes([row[x * step], row[x * step + 1]]) >> shift
                                 }
                             })
                             .collect::<Vec<_>>()
@@ -2238,7 +2307,10 @@ fn yuv_formats_match_the_engine() {
                 let (lw, lh) = (w as usize, hh as usize / k);
                 let want = gstadabm::engine::frame::upscale_plane_bilinear(&a, lw, lh, 2);
                 assert_eq!(alpha(&got, &out_info, field, k), want, "{caps}: alpha");
-                assert!(a.iter().any(|&v| v != a[0]), "{caps}: constant alpha");
+                assert!(
+                    a.iter().any(|&v| v != a[0]) || lw * lh == 1,
+                    "{caps}: constant alpha"
+                );
             }
         }
     }
@@ -2285,6 +2357,10 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("VUYA", 1, 0, 4.5, 4.0),
         ("Y412_LE", 2, 4, 3.0, 3.5),
         ("AYUV64", 2, 0, 3.0, 3.5),
+        ("A420", 1, 0, 5.0, 6.5),
+        ("A420_10LE", 2, 0, 2.0, 1.0),
+        ("A422_10LE", 2, 0, 2.5, 1.5),
+        ("A444_10LE", 2, 0, 3.0, 3.5),
         ("GRAY8", 1, 0, 1.0, 0.0),
         ("GRAY16_LE", 2, 0, 1.0, 0.0),
         ("GRAY16_BE", 2, 0, 1.0, 0.0),
@@ -2345,9 +2421,17 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
             _ if word == 4 => i % 2 == 1,
             _ => i < 128 * 96,
         };
-        // AYUV, VUYA, Y412_LE, AYUV64: `videotestsrc`'s alpha is opaque (the largest code),
-        // and stays so both ways.
-        let alpha = |i: usize| layout.packed444().is_some_and(|at| i % 4 == at[3]);
+        // AYUV, VUYA, Y412_LE, AYUV64, A420 and its kin: `videotestsrc`'s alpha is opaque (the
+        // largest code), and stays so both ways. (A420's alpha plane follows its colour
+        // planes: the samples past theirs.)
+        let colour_samples: usize = layout.colour().plane_sizes(128, 96)[..3]
+            .iter()
+            .map(|(row, rows)| row / word.min(2) * rows)
+            .sum();
+        let alpha = |i: usize| {
+            layout.packed444().is_some_and(|at| i % 4 == at[3])
+                || (layout.alpha_plane() && i >= colour_samples)
+        };
         let opaque = ((1u32 << layout.depth()) - 1) as f64 / per_level.max(1.0);
         let opaque = if word == 1 { 255.0 } else { opaque };
         for i in (0..direct.len()).filter(|&i| alpha(i)) {

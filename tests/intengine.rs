@@ -275,17 +275,17 @@ fn frames_written_tile_by_tile_equal_packing_the_whole_image() {
                 v_cosited: vc,
             };
             // The input frame: the test image packed into the layout.
-            let new_planes = |w: usize, h: usize| -> (Vec<Vec<u8>>, [usize; 3]) {
+            let new_planes = |w: usize, h: usize| -> (Vec<Vec<u8>>, [usize; 4]) {
                 let sizes = layout.plane_sizes(w, h);
                 let strides = sizes.map(|(row, _)| row + 3);
-                let planes = (0..3).map(|p| vec![0u8; strides[p] * sizes[p].1]).collect();
+                let planes = (0..4).map(|p| vec![0u8; strides[p] * sizes[p].1]).collect();
                 (planes, strides)
             };
             let (mut lr, ls) = new_planes(w, h);
             let (mut want, os) = new_planes(w * s, h * s);
             fn frame_of(
                 planes: &mut [Vec<u8>],
-                strides: [usize; 3],
+                strides: [usize; 4],
                 (width, height): (usize, usize),
                 (layout, matrix, siting): (YuvLayout, YuvMatrix, ChromaSiting),
             ) -> yuv::YuvMut<'_> {

@@ -165,6 +165,7 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         (41, 22, YuvLayout::Yuy2),
         (41, 22, YuvLayout::V210),
         (41, 22, YuvLayout::Ayuv),
+        (41, 22, YuvLayout::A420p10),
     ] {
         let name = format!("{name} {w}x{h} {layout:?}");
         let src = pixels(w, h * 6, 1, w);
@@ -251,7 +252,7 @@ fn quietest(mut frame: impl FnMut() -> Vec<u8>) -> (usize, usize, Vec<u8>) {
 /// The element's per-frame call on a YUV frame: `src` holds the planes one after the other
 /// (no row padding); returns the output planes likewise.
 fn process_yuv(engine: &Engine, src: &[u8], w: usize, h: usize, layout: YuvLayout) -> Vec<u8> {
-    let planes = |w: usize, h: usize| -> ([usize; 3], [usize; 3]) {
+    let planes = |w: usize, h: usize| -> ([usize; 4], [usize; 4]) {
         let sizes = layout.plane_sizes(w, h);
         (
             sizes.map(|(row, _)| row),
@@ -264,7 +265,8 @@ fn process_yuv(engine: &Engine, src: &[u8], w: usize, h: usize, layout: YuvLayou
     let mut dst = vec![0u8; ol.iter().sum()];
     let (a, rest) = src.split_at(il[0]);
     let (b, rest) = rest.split_at(il[1]);
-    let c = &rest[..il[2]];
+    let (c, rest) = rest.split_at(il[2]);
+    let d = &rest[..il[3]];
     let (matrix, siting) = (
         yuv::YuvMatrix::new(yuv::YuvMatrix::BT709, false),
         yuv::ChromaSiting {
@@ -273,7 +275,7 @@ fn process_yuv(engine: &Engine, src: &[u8], w: usize, h: usize, layout: YuvLayou
         },
     );
     let f = yuv::YuvRef {
-        planes: [a, b, c],
+        planes: [a, b, c, d],
         strides: is,
         width: w,
         height: h,
@@ -283,9 +285,10 @@ fn process_yuv(engine: &Engine, src: &[u8], w: usize, h: usize, layout: YuvLayou
     };
     {
         let (a, rest) = dst.split_at_mut(ol[0]);
-        let (b, c) = rest.split_at_mut(ol[1]);
+        let (b, rest) = rest.split_at_mut(ol[1]);
+        let (c, e) = rest.split_at_mut(ol[2]);
         let mut d = yuv::YuvMut {
-            planes: [a, b, c],
+            planes: [a, b, c, e],
             strides: os,
             width: w * s,
             height: h * s,

@@ -46,7 +46,7 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 32] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 36] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Yv12, YuvLayout::Yv12),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
@@ -76,6 +76,10 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 32] = [
     (gst_video::VideoFormat::Vuya, YuvLayout::Vuya),
     (gst_video::VideoFormat::Y412Le, YuvLayout::Y412),
     (gst_video::VideoFormat::Ayuv64, YuvLayout::Ayuv64),
+    (gst_video::VideoFormat::A420, YuvLayout::A420),
+    (gst_video::VideoFormat::A42010le, YuvLayout::A420p10),
+    (gst_video::VideoFormat::A42210le, YuvLayout::A422p10),
+    (gst_video::VideoFormat::A44410le, YuvLayout::A444p10),
     (gst_video::VideoFormat::Gray8, YuvLayout::Gray8),
     (gst_video::VideoFormat::Gray16Le, YuvLayout::Gray16),
     (gst_video::VideoFormat::Gray16Be, YuvLayout::Gray16Be),
@@ -1348,11 +1352,9 @@ impl BaseTransformImpl for AdabmUpscale {
             }),
             Layout::Yuv(layout) => {
                 let (matrix, siting) = yuv_params(&in_info);
-                let [p0, p1, p2, _] = in_frame.planes_data();
-                let st = in_frame.plane_stride();
                 InFrame::Yuv(YuvRef {
-                    planes: [p0, p1, p2],
-                    strides: plane_strides(st),
+                    planes: in_frame.planes_data(),
+                    strides: plane_strides(in_frame.plane_stride()),
                     width: w,
                     height: h,
                     layout,
@@ -1361,7 +1363,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 })
             }
         };
-        let out_strides: [usize; 3] = plane_strides(out_frame.plane_stride());
+        let out_strides: [usize; 4] = plane_strides(out_frame.plane_stride());
         let mut dst = match layout {
             Layout::Packed(layout) => OutFrame::Packed(FrameMut {
                 data: out_frame
@@ -1381,10 +1383,8 @@ impl BaseTransformImpl for AdabmUpscale {
             }),
             Layout::Yuv(layout) => {
                 let (matrix, siting) = yuv_params(&out_info);
-                let [p0, p1, p2, _] = out_frame.planes_data_mut();
-                let planes = [p0, p1, p2];
                 OutFrame::Yuv(YuvMut {
-                    planes,
+                    planes: out_frame.planes_data_mut(),
                     strides: out_strides,
                     width: ow,
                     height: oh,
@@ -1531,14 +1531,15 @@ fn field_geometry(height: usize, stride: usize, f: usize) -> Result<(usize, usiz
 /// give every other chroma row to each field.
 fn plane_fields(
     height: usize,
-    strides: [usize; 3],
+    strides: [usize; 4],
     layout: YuvLayout,
     f: usize,
-) -> Result<[(usize, usize); 3], String> {
-    let mut out = [(0, 0); 3];
+) -> Result<[(usize, usize); 4], String> {
+    let mut out = [(0, 0); 4];
     let (_, ch) = layout.chroma_size(1, height);
     for p in 0..layout.planes() {
-        let rows = if p == 0 { height } else { ch };
+        // Luma and alpha planes have the frame's rows, chroma planes the chroma rows.
+        let rows = if p == 0 || p == 3 { height } else { ch };
         let (at, stride, _) = field_geometry(rows, strides[p], f).map_err(|_| {
             format!(
                 "interlaced {layout:?} frame of height {height}: its fields need whole chroma rows"
@@ -1766,7 +1767,8 @@ fn yuv_on_gpu(c: &SharedCuda) -> bool {
 /// One YUV frame through the CUDA engine: frames go to the GPU as they are (planes packed
 /// tightly; v210 repacked to I422_10LE planes) and are converted there ([`yuv_on_gpu`]), or
 /// are converted to RGB bytes on the CPU, upscaled, converted back. Both give the same bytes.
-/// Alpha (AYUV, VUYA) is upscaled bilinearly on the CPU, as the CPU engine does.
+/// Alpha (AYUV, VUYA, Y412_LE, AYUV64, A420's and its kin's alpha plane) is upscaled
+/// bilinearly on the CPU, as the CPU engine does.
 fn cuda_yuv_frame(
     c: &SharedCuda,
     src: &YuvRef,

@@ -1,7 +1,8 @@
 //! YUV frames in and out of the engine — 4:2:0 (I420, YV12, NV12, NV21, I420_10LE, P010_10LE,
 //! I420_12LE, P012_LE, P016_LE), 4:2:2 (Y42B, NV16, NV61, I422_10LE, I422_12LE, v210, packed
 //! YUY2 / UYVY / YVYU, Y210, Y212_LE) and 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE, Y444_16LE,
-//! packed AYUV / VUYA / Y412_LE / AYUV64 with alpha), 8, 10, 12 and 16 bits, and grey (GRAY8,
+//! packed AYUV / VUYA / Y412_LE / AYUV64 with alpha), planar with an alpha plane (A420,
+//! A420_10LE, A422_10LE, A444_10LE), 8, 10, 12 and 16 bits, and grey (GRAY8,
 //! GRAY16_LE, GRAY16_BE: luma only) — converted straight to and from its RGB f32 (0–255)
 //! images: the
 //! colour matrix and range of the caps (BT.601 / BT.709 / BT.2020 / SMPTE 240M / FCC, limited
@@ -30,8 +31,8 @@ thread_local! {
     static V210_PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The YUV layouts: three planes (Y, U, V) or two (Y, interleaved UV), or one of packed
-/// pixels; 8-bit samples in bytes, deeper ones in little-endian 16-bit words (in the low bits;
+/// The YUV layouts: three planes (Y, U, V), four (and alpha), two (Y, interleaved UV), or one
+/// of packed pixels; 8-bit samples in bytes, deeper ones in little-endian 16-bit words (in the low bits;
 /// P010, P012, Y210, Y212_LE and Y412_LE in the high bits; GRAY16_BE big-endian, v210 its own
 /// packing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +100,15 @@ pub enum YuvLayout {
     Y412,
     /// AYUV64: packed 4:4:4 with alpha, A Y U V in little-endian 16-bit words, 16 bits.
     Ayuv64,
+    /// A420: I420 and a fourth plane of alpha at the luma's size, 8 bits (VP8 / VP9 with
+    /// alpha decoded by `vp8alphadecodebin` / `vp9alphadecodebin`).
+    A420,
+    /// A420_10LE: I420_10LE and a 10-bit alpha plane.
+    A420p10,
+    /// A422_10LE: I422_10LE and a 10-bit alpha plane.
+    A422p10,
+    /// A444_10LE: Y444_10LE and a 10-bit alpha plane.
+    A444p10,
     /// GRAY8: Y only (grey: U = V = the centre), 8 bits.
     Gray8,
     /// GRAY16_LE: Y only, 16 bits.
@@ -108,7 +118,7 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 32] = [
+    pub const ALL: [Self; 36] = [
         Self::I420,
         Self::Yv12,
         Self::Nv12,
@@ -138,6 +148,10 @@ impl YuvLayout {
         Self::Vuya,
         Self::Y412,
         Self::Ayuv64,
+        Self::A420,
+        Self::A420p10,
+        Self::A422p10,
+        Self::A444p10,
         Self::Gray8,
         Self::Gray16,
         Self::Gray16Be,
@@ -152,6 +166,8 @@ impl YuvLayout {
             1
         } else if self.interleaved() {
             2
+        } else if self.alpha_plane() {
+            4
         } else {
             3
         }
@@ -179,10 +195,31 @@ impl YuvLayout {
         }
     }
 
-    /// Carries an alpha channel (AYUV, VUYA, Y412_LE, AYUV64): the engine upscales it apart,
-    /// bilinearly, at its depth.
+    /// Carries an alpha channel (AYUV, VUYA, Y412_LE, AYUV64, and the planar A420, A420_10LE,
+    /// A422_10LE, A444_10LE): the engine upscales it apart, bilinearly, at its depth.
     pub fn has_alpha(self) -> bool {
-        self.packed444().is_some()
+        self.packed444().is_some() || self.alpha_plane()
+    }
+
+    /// Planar with alpha in a fourth plane at the luma's size (A420, A420_10LE, A422_10LE,
+    /// A444_10LE): Y, U and V as [`Self::colour`]'s.
+    pub fn alpha_plane(self) -> bool {
+        matches!(
+            self,
+            Self::A420 | Self::A420p10 | Self::A422p10 | Self::A444p10
+        )
+    }
+
+    /// The layout of the colour planes: the planar layout without the alpha plane (A420:
+    /// I420, …); the layout itself for the others.
+    pub fn colour(self) -> Self {
+        match self {
+            Self::A420 => Self::I420,
+            Self::A420p10 => Self::I420p10,
+            Self::A422p10 => Self::I422p10,
+            Self::A444p10 => Self::Y444p10,
+            l => l,
+        }
     }
 
     /// Luma only (GRAY8, GRAY16_LE, GRAY16_BE).
@@ -238,7 +275,9 @@ impl YuvLayout {
             | Self::P010
             | Self::I420p12
             | Self::P012
-            | Self::P016 => (2, 2),
+            | Self::P016
+            | Self::A420
+            | Self::A420p10 => (2, 2),
             Self::Y42b
             | Self::Nv16
             | Self::Nv61
@@ -249,7 +288,8 @@ impl YuvLayout {
             | Self::Uyvy
             | Self::Yvyu
             | Self::Y210
-            | Self::Y212 => (2, 1),
+            | Self::Y212
+            | Self::A422p10 => (2, 1),
             Self::Y444
             | Self::Nv24
             | Self::Y444p10
@@ -259,6 +299,7 @@ impl YuvLayout {
             | Self::Vuya
             | Self::Y412
             | Self::Ayuv64
+            | Self::A444p10
             | Self::Gray8
             | Self::Gray16
             | Self::Gray16Be => (1, 1),
@@ -282,6 +323,7 @@ impl YuvLayout {
             | Self::Yvyu
             | Self::Ayuv
             | Self::Vuya
+            | Self::A420
             | Self::Gray8 => 8,
             Self::Gray16 | Self::Gray16Be | Self::P016 | Self::Y444p16 | Self::Ayuv64 => 16,
             Self::I420p10
@@ -289,7 +331,10 @@ impl YuvLayout {
             | Self::Y444p10
             | Self::P010
             | Self::V210
-            | Self::Y210 => 10,
+            | Self::Y210
+            | Self::A420p10
+            | Self::A422p10
+            | Self::A444p10 => 10,
             Self::I420p12
             | Self::I422p12
             | Self::Y444p12
@@ -319,22 +364,25 @@ impl YuvLayout {
         (w.div_ceil(sx), h.div_ceil(sy))
     }
 
-    /// Bytes in a row and rows of each plane of a `w x h` frame (unused planes 0).
-    pub fn plane_sizes(self, w: usize, h: usize) -> [(usize, usize); 3] {
+    /// Bytes in a row and rows of each plane of a `w x h` frame (unused planes 0; the fourth
+    /// is the alpha plane of A420 and its kin).
+    pub fn plane_sizes(self, w: usize, h: usize) -> [(usize, usize); 4] {
         let (cw, ch) = self.chroma_size(w, h);
         let b = self.word();
+        let none = (0, 0);
         if self == Self::V210 {
-            [(w.div_ceil(6) * 16, h), (0, 0), (0, 0)]
+            [(w.div_ceil(6) * 16, h), none, none, none]
         } else if self.packed().is_some() {
-            [(4 * cw * b, h), (0, 0), (0, 0)]
+            [(4 * cw * b, h), none, none, none]
         } else if self.packed444().is_some() {
-            [(4 * w * b, h), (0, 0), (0, 0)]
+            [(4 * w * b, h), none, none, none]
         } else if self.grey() {
-            [(w * b, h), (0, 0), (0, 0)]
+            [(w * b, h), none, none, none]
         } else if self.interleaved() {
-            [(w * b, h), (2 * cw * b, ch), (0, 0)]
+            [(w * b, h), (2 * cw * b, ch), none, none]
         } else {
-            [(w * b, h), (cw * b, ch), (cw * b, ch)]
+            let alpha = if self.alpha_plane() { (w * b, h) } else { none };
+            [(w * b, h), (cw * b, ch), (cw * b, ch), alpha]
         }
     }
 }
@@ -523,11 +571,12 @@ pub struct ChromaSiting {
     pub v_cosited: bool,
 }
 
-/// A borrowed YUV frame: planes with their strides in bytes (NV12 / P010: Y and UV).
+/// A borrowed YUV frame: planes with their strides in bytes (NV12 / P010: Y and UV; A420:
+/// Y, U, V and alpha).
 #[derive(Clone, Copy, Debug)]
 pub struct YuvRef<'a> {
-    pub planes: [&'a [u8]; 3],
-    pub strides: [usize; 3],
+    pub planes: [&'a [u8]; 4],
+    pub strides: [usize; 4],
     pub width: usize,
     pub height: usize,
     pub layout: YuvLayout,
@@ -538,8 +587,8 @@ pub struct YuvRef<'a> {
 /// A mutable YUV frame.
 #[derive(Debug)]
 pub struct YuvMut<'a> {
-    pub planes: [&'a mut [u8]; 3],
-    pub strides: [usize; 3],
+    pub planes: [&'a mut [u8]; 4],
+    pub strides: [usize; 4],
     pub width: usize,
     pub height: usize,
     pub layout: YuvLayout,
@@ -547,15 +596,15 @@ pub struct YuvMut<'a> {
     pub siting: ChromaSiting,
 }
 
-/// Owned planes (one to three, in order) as the plane slices of a [`YuvRef`] (missing: empty).
-pub fn planes_ref(planes: &[Vec<u8>]) -> [&[u8]; 3] {
-    [0, 1, 2].map(|p| planes.get(p).map_or(&[][..], |v| &v[..]))
+/// Owned planes (one to four, in order) as the plane slices of a [`YuvRef`] (missing: empty).
+pub fn planes_ref(planes: &[Vec<u8>]) -> [&[u8]; 4] {
+    [0, 1, 2, 3].map(|p| planes.get(p).map_or(&[][..], |v| &v[..]))
 }
 
 /// Owned planes as the plane slices of a [`YuvMut`] (missing: empty).
-pub fn planes_mut(planes: &mut [Vec<u8>]) -> [&mut [u8]; 3] {
+pub fn planes_mut(planes: &mut [Vec<u8>]) -> [&mut [u8]; 4] {
     let mut it = planes.iter_mut().map(|p| &mut p[..]);
-    [(); 3].map(|_| it.next().unwrap_or_default())
+    [(); 4].map(|_| it.next().unwrap_or_default())
 }
 
 impl YuvRef<'_> {
@@ -576,7 +625,7 @@ impl YuvRef<'_> {
 impl<'a> YuvMut<'a> {
     /// The luma plane, then the U and V planes (YV12's V plane is plane 1).
     fn uv_planes_mut(&mut self) -> [&mut &'a mut [u8]; 3] {
-        let [py, p1, p2] = &mut self.planes;
+        let [py, p1, p2, _] = &mut self.planes;
         if self.layout.uv_planes() == (2, 1) {
             [py, p2, p1]
         } else {
@@ -586,7 +635,7 @@ impl<'a> YuvMut<'a> {
 
     /// Checks that each plane holds its rows ([`check_planes`]).
     fn check(&self) -> Result<()> {
-        let lens = [0, 1, 2].map(|p| self.planes[p].len());
+        let lens = [0, 1, 2, 3].map(|p| self.planes[p].len());
         check_planes(
             "output",
             self.layout,
@@ -602,8 +651,8 @@ impl<'a> YuvMut<'a> {
 fn check_planes(
     what: &str,
     layout: YuvLayout,
-    lens: [usize; 3],
-    strides: [usize; 3],
+    lens: [usize; 4],
+    strides: [usize; 4],
     w: usize,
     h: usize,
 ) -> Result<()> {
@@ -907,7 +956,7 @@ impl<'f, 'a, 's> YuvPacker<'f, 'a, 's> {
     pub fn finish(self) {
         if let Some(tmp) = self.v210 {
             let (w, h) = (self.f.width, self.f.height);
-            let ([y, u, v], _) = split_v210_planes(tmp, w, h);
+            let ([y, u, v, _], _) = split_v210_planes(tmp, w, h);
             planar_to_v210([y, u, v].map(|p| &*p), self.f);
         }
     }
@@ -964,7 +1013,7 @@ fn v210_put(g: &mut [u8], y: [u16; 6], cb: [u16; 3], cr: [u16; 3]) {
 
 /// The I422_10LE planes a `w x h` v210 frame goes through, in `tmp` (resized; Y, then Cb,
 /// then Cr, unpadded rows), and their strides.
-fn v210_planes(tmp: &mut Vec<u8>, w: usize, h: usize) -> ([&mut [u8]; 3], [usize; 3]) {
+fn v210_planes(tmp: &mut Vec<u8>, w: usize, h: usize) -> ([&mut [u8]; 4], [usize; 4]) {
     let cw = w.div_ceil(2);
     tmp.clear();
     tmp.resize((2 * w + 4 * cw) * h, 0);
@@ -972,19 +1021,19 @@ fn v210_planes(tmp: &mut Vec<u8>, w: usize, h: usize) -> ([&mut [u8]; 3], [usize
 }
 
 /// [`v210_planes`] of a `tmp` already sized.
-fn split_v210_planes(tmp: &mut [u8], w: usize, h: usize) -> ([&mut [u8]; 3], [usize; 3]) {
+fn split_v210_planes(tmp: &mut [u8], w: usize, h: usize) -> ([&mut [u8]; 4], [usize; 4]) {
     let cw = w.div_ceil(2);
-    let strides = [2 * w, 2 * cw, 2 * cw];
+    let strides = [2 * w, 2 * cw, 2 * cw, 0];
     let (y, uv) = tmp.split_at_mut(strides[0] * h);
     let (u, v) = uv.split_at_mut(strides[1] * h);
-    ([y, u, v], strides)
+    ([y, u, v, &mut []], strides)
 }
 
 /// A v210 frame as I422_10LE planes in `tmp` ([`v210_planes`]), rows in parallel.
 fn v210_to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
     let (w, h) = (f.width, f.height);
     let cw = w.div_ceil(2);
-    let ([y, u, v], strides) = v210_planes(tmp, w, h);
+    let ([y, u, v, _], strides) = v210_planes(tmp, w, h);
     y.par_chunks_mut(strides[0])
         .zip(u.par_chunks_mut(strides[1]))
         .zip(v.par_chunks_mut(strides[2]))
@@ -1004,7 +1053,7 @@ fn v210_to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
             }
         });
     YuvRef {
-        planes: [y, u, v].map(|p| -> &'a [u8] { p }),
+        planes: [y, u, v, &mut []].map(|p| -> &'a [u8] { p }),
         strides,
         width: w,
         height: h,
@@ -1367,12 +1416,25 @@ fn pack_444_rows<
         });
 }
 
+/// Where a frame's alpha samples are: (plane, first byte, bytes from one pixel's to the
+/// next); None without alpha.
+fn alpha_samples(layout: YuvLayout) -> Option<(usize, usize, usize)> {
+    let b = layout.word();
+    if let Some(at) = layout.packed444() {
+        Some((0, at[3] * b, 4 * b))
+    } else if layout.alpha_plane() {
+        Some((3, 0, b))
+    } else {
+        None
+    }
+}
+
 /// The alpha plane of a frame with alpha ([`YuvLayout::has_alpha`]) into `alpha` (resized to
-/// `width * height`, rows in parallel): codes of the layout's depth (0–255 for AYUV and VUYA,
-/// 0–4095 for Y412_LE, 0–65535 for AYUV64), and true; false, `alpha` untouched, for the
-/// others.
+/// `width * height`, rows in parallel): codes of the layout's depth (0–255 for AYUV, VUYA and
+/// A420, 0–1023 for A420_10LE and its kin, 0–4095 for Y412_LE, 0–65535 for AYUV64), and true;
+/// false, `alpha` untouched, for the others.
 pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u16>) -> Result<bool> {
-    let Some(at) = f.layout.packed444() else {
+    let Some((plane, first, step)) = alpha_samples(f.layout) else {
         return Ok(false);
     };
     f.check()?;
@@ -1383,22 +1445,28 @@ pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u16>) -> Result<bool> {
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
-            let row = &f.planes[0][y * f.strides[0]..][..4 * w * b];
-            for (o, px) in dst.iter_mut().zip(row.chunks_exact(4 * b)) {
-                let c = &px[at[3] * b..];
-                *o = match b {
-                    1 => c[0] as u16,
-                    _ => u16::from_le_bytes([c[0], c[1]]) >> shift,
-                };
+            let row = &f.planes[plane][y * f.strides[plane]..][first..][..(w - 1) * step + b];
+            match b {
+                1 => {
+                    for (o, &c) in dst.iter_mut().zip(row.iter().step_by(step)) {
+                        *o = c as u16;
+                    }
+                }
+                _ => {
+                    for (o, i) in dst.iter_mut().zip((0..row.len()).step_by(step)) {
+                        *o = u16::from_le_bytes([row[i], row[i + 1]]) >> shift;
+                    }
+                }
             }
         });
     Ok(true)
 }
 
 /// Writes a `width * height` alpha plane of the layout's codes into a frame with alpha (after
-/// its colour: packing writes alpha opaque); nothing for the layouts without.
+/// its colour: packing writes a packed format's alpha opaque, and leaves an alpha plane
+/// alone); nothing for the layouts without.
 pub fn pack_alpha(alpha: &[u16], f: &mut YuvMut) -> Result<()> {
-    let Some(at) = f.layout.packed444() else {
+    let Some((plane, first, step)) = alpha_samples(f.layout) else {
         return Ok(());
     };
     let (w, h) = (f.width, f.height);
@@ -1411,17 +1479,23 @@ pub fn pack_alpha(alpha: &[u16], f: &mut YuvMut) -> Result<()> {
     }
     let (b, shift) = (f.layout.word(), f.layout.shift());
     let max = ((1u32 << f.layout.depth()) - 1) as u16;
-    f.planes[0]
-        .par_chunks_mut(f.strides[0])
+    f.planes[plane]
+        .par_chunks_mut(f.strides[plane])
         .take(h)
         .zip(alpha.par_chunks(w))
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(row, a)| {
-            for (px, &v) in row[..4 * w * b].chunks_exact_mut(4 * b).zip(a) {
-                let c = &mut px[at[3] * b..];
-                match b {
-                    1 => c[0] = v.min(max) as u8,
-                    _ => c[..2].copy_from_slice(&(v.min(max) << shift).to_le_bytes()),
+            let row = &mut row[first..][..(w - 1) * step + b];
+            match b {
+                1 => {
+                    for (c, &v) in row.iter_mut().step_by(step).zip(a) {
+                        *c = v.min(max) as u8;
+                    }
+                }
+                _ => {
+                    for (i, &v) in (0..row.len()).step_by(step).zip(a) {
+                        row[i..i + 2].copy_from_slice(&(v.min(max) << shift).to_le_bytes());
+                    }
                 }
             }
         });
@@ -1496,10 +1570,10 @@ mod tests {
     use super::*;
     use crate::engine::frame::to_u8;
 
-    fn frame(layout: YuvLayout, w: usize, h: usize) -> (Vec<Vec<u8>>, [usize; 3]) {
+    fn frame(layout: YuvLayout, w: usize, h: usize) -> (Vec<Vec<u8>>, [usize; 4]) {
         let sizes = layout.plane_sizes(w, h);
         // Padded strides (odd ones too), so that a stride mix-up shows.
-        let strides = [0, 1, 2].map(|p| sizes[p].0 + if sizes[p].1 > 0 { 3 + 2 * p } else { 0 });
+        let strides = [0, 1, 2, 3].map(|p| sizes[p].0 + if sizes[p].1 > 0 { 3 + 2 * p } else { 0 });
         let planes = (0..layout.planes())
             .map(|p| vec![0u8; strides[p] * sizes[p].1])
             .collect();
@@ -1526,7 +1600,7 @@ mod tests {
         img: &Image,
         m: YuvMatrix,
         s: ChromaSiting,
-    ) -> (Image, Vec<Vec<u8>>, [usize; 3]) {
+    ) -> (Image, Vec<Vec<u8>>, [usize; 4]) {
         let (w, h) = (img.width, img.height);
         let (mut planes, strides) = frame(layout, w, h);
         {
@@ -1747,9 +1821,13 @@ mod tests {
                 continue;
             }
             assert_eq!(word(0, h - 1, w - 1), white << s, "{layout:?} Y");
+            if layout.alpha_plane() {
+                // The alpha plane is `pack_alpha`'s: colour packing leaves it as it was.
+                assert!(planes[3].iter().all(|&b| b == 0), "{layout:?} alpha");
+            }
             let (cw, ch) = layout.chroma_size(w, h);
             let per_row = if layout.interleaved() { 2 * cw } else { cw };
-            for p in 1..layout.planes() {
+            for p in 1..layout.colour().planes() {
                 assert_eq!(
                     word(p, ch - 1, per_row - 1),
                     grey << s,
@@ -1760,32 +1838,60 @@ mod tests {
         assert_eq!(YuvLayout::Y42b.chroma_size(5, 3), (3, 3));
         assert_eq!(YuvLayout::Y444p10.chroma_size(5, 3), (5, 3));
         for p0xx in [YuvLayout::P010, YuvLayout::P012] {
-            assert_eq!(p0xx.plane_sizes(5, 3), [(10, 3), (12, 2), (0, 0)]);
+            assert_eq!(p0xx.plane_sizes(5, 3), [(10, 3), (12, 2), (0, 0), (0, 0)]);
         }
         assert_eq!(
             YuvLayout::Gray16.plane_sizes(5, 3),
-            [(10, 3), (0, 0), (0, 0)]
+            [(10, 3), (0, 0), (0, 0), (0, 0)]
         );
-        assert_eq!(YuvLayout::Uyvy.plane_sizes(5, 3), [(12, 3), (0, 0), (0, 0)]);
-        assert_eq!(YuvLayout::Y210.plane_sizes(5, 3), [(24, 3), (0, 0), (0, 0)]);
+        assert_eq!(
+            YuvLayout::Uyvy.plane_sizes(5, 3),
+            [(12, 3), (0, 0), (0, 0), (0, 0)]
+        );
+        assert_eq!(
+            YuvLayout::Y210.plane_sizes(5, 3),
+            [(24, 3), (0, 0), (0, 0), (0, 0)]
+        );
         assert_eq!(
             YuvLayout::P016.plane_sizes(5, 3),
-            [(10, 3), (12, 2), (0, 0)]
+            [(10, 3), (12, 2), (0, 0), (0, 0)]
         );
         assert_eq!(
             YuvLayout::Y444p16.plane_sizes(5, 3),
-            [(10, 3), (10, 3), (10, 3)]
+            [(10, 3), (10, 3), (10, 3), (0, 0)]
         );
-        assert_eq!(YuvLayout::V210.plane_sizes(7, 3), [(32, 3), (0, 0), (0, 0)]);
-        assert_eq!(YuvLayout::Vuya.plane_sizes(5, 3), [(20, 3), (0, 0), (0, 0)]);
-        assert_eq!(YuvLayout::Y412.plane_sizes(5, 3), [(40, 3), (0, 0), (0, 0)]);
+        assert_eq!(
+            YuvLayout::V210.plane_sizes(7, 3),
+            [(32, 3), (0, 0), (0, 0), (0, 0)]
+        );
+        assert_eq!(
+            YuvLayout::Vuya.plane_sizes(5, 3),
+            [(20, 3), (0, 0), (0, 0), (0, 0)]
+        );
+        assert_eq!(
+            YuvLayout::Y412.plane_sizes(5, 3),
+            [(40, 3), (0, 0), (0, 0), (0, 0)]
+        );
+        assert_eq!(
+            YuvLayout::A420.plane_sizes(5, 3),
+            [(5, 3), (3, 2), (3, 2), (5, 3)]
+        );
+        assert_eq!(
+            YuvLayout::A422p10.plane_sizes(5, 3),
+            [(10, 3), (6, 3), (6, 3), (10, 3)]
+        );
         // Alpha: out of a frame and back into one at its depth, where its sample is (AYUV's
-        // first byte, Y412_LE's fourth word in its high 12 bits, AYUV64's first word).
-        for (layout, first_byte) in [
-            (YuvLayout::Ayuv, 0),
-            (YuvLayout::Vuya, 3),
-            (YuvLayout::Y412, 6),
-            (YuvLayout::Ayuv64, 0),
+        // first byte, Y412_LE's fourth word in its high 12 bits, AYUV64's first word, A420's
+        // fourth plane): (layout, plane, first byte of the last pixel's sample).
+        for (layout, plane, last) in [
+            (YuvLayout::Ayuv, 0, 4 * (w - 1)),
+            (YuvLayout::Vuya, 0, 4 * (w - 1) + 3),
+            (YuvLayout::Y412, 0, 8 * (w - 1) + 6),
+            (YuvLayout::Ayuv64, 0, 8 * (w - 1)),
+            (YuvLayout::A420, 3, w - 1),
+            (YuvLayout::A420p10, 3, 2 * (w - 1)),
+            (YuvLayout::A422p10, 3, 2 * (w - 1)),
+            (YuvLayout::A444p10, 3, 2 * (w - 1)),
         ] {
             let (mut planes, strides) = frame(layout, w, h);
             let max = (1u32 << layout.depth()) - 1;
@@ -1802,11 +1908,10 @@ mod tests {
                 siting: ChromaSiting::default(),
             };
             pack_alpha(&a, &mut f).unwrap();
-            let b = layout.word();
-            let at = (h - 1) * strides[0] + 4 * b * (w - 1) + first_byte;
-            let stored = match b {
-                1 => planes[0][at] as u32,
-                _ => u16::from_le_bytes([planes[0][at], planes[0][at + 1]]) as u32,
+            let at = (h - 1) * strides[plane] + last;
+            let stored = match layout.word() {
+                1 => planes[plane][at] as u32,
+                _ => u16::from_le_bytes([planes[plane][at], planes[plane][at + 1]]) as u32,
             };
             assert_eq!(
                 stored,
@@ -2152,8 +2257,8 @@ mod tests {
         let y = vec![0u8; 16];
         let c = vec![0u8; 3];
         let f = YuvRef {
-            planes: [&y, &c, &c],
-            strides: [4, 2, 2],
+            planes: [&y, &c, &c, &[]],
+            strides: [4, 2, 2, 0],
             width: 4,
             height: 4,
             layout: YuvLayout::I420,
@@ -2167,11 +2272,34 @@ mod tests {
         let y = vec![0u8; 16];
         let c = vec![0u8; 4];
         let f = YuvRef {
-            planes: [&y, &c, &c],
+            planes: [&y, &c, &c, &[]],
             layout: YuvLayout::I420p10,
             ..f
         };
         let e = unpack_into(&f, &mut img).unwrap_err().to_string();
         assert!(e.contains("plane 0"), "{e}");
+        // A420 needs its alpha plane (luma-sized), for colour and alpha alike.
+        let f = YuvRef {
+            planes: [&y, &c, &c, &y[..15]],
+            strides: [4, 2, 2, 4],
+            layout: YuvLayout::A420,
+            ..f
+        };
+        let e = unpack_into(&f, &mut img).unwrap_err().to_string();
+        assert!(e.contains("plane 3"), "{e}");
+        let e = unpack_alpha_into(&f, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plane 3"), "{e}");
+        assert!(
+            unpack_alpha_into(
+                &YuvRef {
+                    planes: [&y, &c, &c, &y],
+                    ..f
+                },
+                &mut Vec::new()
+            )
+            .unwrap()
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! parent module ([`unpack_rgb8_into`](super::unpack_rgb8_into), [`pack_rgb8`](super::pack_rgb8)),
 //! which the GPU must reproduce bit for bit (the CUDA parity tests compare the kernels with
 //! those too). Every layout but v210 and GRAY16_BE ([`YuvLayout::device_convertible`]; the
-//! host repacks those two, [`YuvFormat::device`]): planar, semi-planar, grey, packed 4:2:2
+//! host repacks those two, [`YuvFormat::device`]) and the planar ones with an alpha plane
+//! (A420 and its kin, whose colour planes go as I420, …): planar, semi-planar, grey, packed 4:2:2
 //! (YUY2, UYVY, YVYU) and packed 4:4:4 (AYUV, VUYA; their alpha is the host's,
 //! [`unpack_alpha_into`](super::unpack_alpha_into) and [`pack_alpha`](super::pack_alpha)).
 
@@ -27,13 +28,14 @@ pub struct YuvFormat {
 impl YuvFormat {
     /// The format a frame of this one has on the device: itself, but v210's samples go as
     /// I422_10LE planes (the host's own v210 conversion goes through those too, so the
-    /// pixels are the same) and GRAY16_BE's as GRAY16_LE (its words byte-swapped), with
+    /// pixels are the same), GRAY16_BE's as GRAY16_LE (its words byte-swapped) and A420's
+    /// and its kin's colour planes alone (their alpha plane stays on the host), with
     /// [`YuvRef::copy_tight`] and [`YuvMut::store_tight`].
     pub fn device(self) -> YuvFormat {
         let layout = match self.layout {
             YuvLayout::V210 => YuvLayout::I422p10,
             YuvLayout::Gray16Be => YuvLayout::Gray16,
-            l => l,
+            l => l.colour(),
         };
         YuvFormat { layout, ..self }
     }
@@ -68,9 +70,10 @@ impl YuvFormat {
 impl YuvLayout {
     /// The layouts the CUDA engine converts on the device: all but v210 (6 pixels in 16 bytes
     /// of 10-bit words) and GRAY16_BE, which the host repacks to and from I422_10LE planes
-    /// and GRAY16_LE ([`YuvRef::copy_tight`]; [`YuvFormat::device`]).
+    /// and GRAY16_LE ([`YuvRef::copy_tight`]; [`YuvFormat::device`]), and the planar layouts
+    /// with an alpha plane, whose colour planes go as their layout without it (A420 as I420).
     pub fn device_convertible(self) -> bool {
-        !matches!(self, Self::V210 | Self::Gray16Be)
+        !matches!(self, Self::V210 | Self::Gray16Be) && !self.alpha_plane()
     }
 }
 
@@ -85,7 +88,8 @@ impl<'a> YuvRef<'a> {
     }
 
     /// This frame's planes packed tightly into `out` (resized), in its device format
-    /// ([`YuvFormat::device`]: v210 as I422_10LE planes, GRAY16_BE as GRAY16_LE):
+    /// ([`YuvFormat::device`]: v210 as I422_10LE planes, GRAY16_BE as GRAY16_LE, A420 and
+    /// its kin without their alpha plane):
     /// [`YuvFormat::tight_len`] of that.
     pub fn copy_tight(&self, out: &mut Vec<u8>) -> Result<()> {
         self.check()?;
@@ -95,8 +99,14 @@ impl<'a> YuvRef<'a> {
             return Ok(());
         }
         out.clear();
-        out.reserve(self.format().tight_len(w, h));
-        for (p, (row, rows)) in self.layout.plane_sizes(w, h).into_iter().enumerate() {
+        out.reserve(self.format().device().tight_len(w, h));
+        for (p, (row, rows)) in self
+            .layout
+            .colour()
+            .plane_sizes(w, h)
+            .into_iter()
+            .enumerate()
+        {
             for r in 0..rows {
                 out.extend_from_slice(&self.planes[p][r * self.strides[p]..][..row]);
             }
@@ -135,9 +145,10 @@ impl<'a> YuvMut<'a> {
         let sizes = f.layout.plane_sizes(w, h);
         check_tight(data.len(), f, w, h)?;
         let (a, rest) = data.split_at_mut(sizes[0].0 * sizes[0].1);
-        let (b, c) = rest.split_at_mut(sizes[1].0 * sizes[1].1);
+        let (b, rest) = rest.split_at_mut(sizes[1].0 * sizes[1].1);
+        let (c, d) = rest.split_at_mut(sizes[2].0 * sizes[2].1);
         Ok(YuvMut {
-            planes: [a, b, c],
+            planes: [a, b, c, d],
             strides: sizes.map(|(row, _)| row),
             width: w,
             height: h,
@@ -166,13 +177,19 @@ impl<'a> YuvMut<'a> {
         let device = self.format().device();
         check_tight(data.len(), device, w, h)?;
         if self.layout == YuvLayout::V210 {
-            let planes = YuvRef::from_tight(data, device, w, h)?.planes;
-            super::planar_to_v210(planes, self);
+            let [y, u, v, _] = YuvRef::from_tight(data, device, w, h)?.planes;
+            super::planar_to_v210([y, u, v], self);
             return Ok(());
         }
         let mut at = 0;
         let swap = self.layout.big_endian();
-        for (p, (row, rows)) in self.layout.plane_sizes(w, h).into_iter().enumerate() {
+        for (p, (row, rows)) in self
+            .layout
+            .colour()
+            .plane_sizes(w, h)
+            .into_iter()
+            .enumerate()
+        {
             let stride = self.strides[p];
             for r in 0..rows {
                 let dst = &mut self.planes[p][r * stride..][..row];
@@ -296,7 +313,7 @@ impl YuvParams {
         };
         Some(Self {
             off,
-            stride: sizes.map(|(row, _)| row as i32),
+            stride: [0, 1, 2].map(|p| sizes[p].0 as i32),
             w: w as i32,
             h: h as i32,
             cw: cw as i32,
@@ -489,13 +506,20 @@ mod tests {
         [(1, 1), (2, 1), (1, 3), (7, 5), (16, 9), (33, 17), (128, 96)];
 
     #[test]
-    fn every_layout_but_v210_and_gray16_be_is_converted_on_the_device() {
+    fn every_layout_but_v210_gray16_be_and_alpha_planes_is_converted_on_the_device() {
         let on: Vec<YuvLayout> = YuvLayout::ALL
             .into_iter()
             .filter(|l| l.device_convertible())
             .collect();
-        assert_eq!(on.len(), YuvLayout::ALL.len() - 2, "{on:?}");
-        for layout in [YuvLayout::V210, YuvLayout::Gray16Be] {
+        assert_eq!(on.len(), YuvLayout::ALL.len() - 6, "{on:?}");
+        for layout in [
+            YuvLayout::V210,
+            YuvLayout::Gray16Be,
+            YuvLayout::A420,
+            YuvLayout::A420p10,
+            YuvLayout::A422p10,
+            YuvLayout::A444p10,
+        ] {
             assert!(!layout.device_convertible());
             let f = YuvFormat {
                 layout,
@@ -564,8 +588,8 @@ mod tests {
 
     fn one_plane(data: &mut [u8], stride: usize, w: usize, h: usize, f: YuvFormat) -> YuvMut<'_> {
         YuvMut {
-            planes: [data, &mut [], &mut []],
-            strides: [stride, 0, 0],
+            planes: [data, &mut [], &mut [], &mut []],
+            strides: [stride, 0, 0, 0],
             width: w,
             height: h,
             layout: f.layout,
@@ -606,8 +630,8 @@ mod tests {
             let mut frame = vec![0x5Au8; stride * h];
             pack_rgb8(&rgb, &mut one_plane(&mut frame, stride, w, h, f)).unwrap();
             let src = YuvRef {
-                planes: [&frame, &[], &[]],
-                strides: [stride, 0, 0],
+                planes: [&frame, &[], &[], &[]],
+                strides: [stride, 0, 0, 0],
                 width: w,
                 height: h,
                 layout: f.layout,
@@ -639,6 +663,72 @@ mod tests {
         }
     }
 
+    /// A420 and its kin go to the device as their colour planes (I420, …): the alpha plane is
+    /// neither copied nor written (the host upscales it), and the colour is the same.
+    #[test]
+    fn alpha_planes_stay_on_the_host() {
+        for (layout, colour) in [
+            (YuvLayout::A420, YuvLayout::I420),
+            (YuvLayout::A420p10, YuvLayout::I420p10),
+            (YuvLayout::A422p10, YuvLayout::I422p10),
+            (YuvLayout::A444p10, YuvLayout::Y444p10),
+        ] {
+            let f = YuvFormat {
+                layout,
+                matrix: YuvMatrix::new(YuvMatrix::BT709, false),
+                siting: ChromaSiting::default(),
+            };
+            assert_eq!(f.device().layout, colour);
+            let (w, h) = (7, 5);
+            let sizes = layout.plane_sizes(w, h);
+            let strides = sizes.map(|(row, _)| row + 3);
+            let planes: Vec<Vec<u8>> = (0..4)
+                .map(|p| noise(strides[p] * sizes[p].1, p as u64 + 40))
+                .collect();
+            let src = YuvRef {
+                planes: super::super::planes_ref(&planes),
+                strides,
+                width: w,
+                height: h,
+                layout,
+                matrix: f.matrix,
+                siting: f.siting,
+            };
+            let mut tight = Vec::new();
+            src.copy_tight(&mut tight).unwrap();
+            assert_eq!(tight.len(), f.device().tight_len(w, h), "{layout:?}");
+            let colour_only = YuvRef {
+                layout: colour,
+                ..src
+            };
+            let mut want = Vec::new();
+            colour_only.copy_tight(&mut want).unwrap();
+            assert_eq!(tight, want, "{layout:?}");
+            let mut out = planes.clone();
+            for p in &mut out[..3] {
+                p.fill(0);
+            }
+            let mut dst = YuvMut {
+                planes: super::super::planes_mut(&mut out),
+                strides,
+                width: w,
+                height: h,
+                layout,
+                matrix: f.matrix,
+                siting: f.siting,
+            };
+            dst.store_tight(&tight).unwrap();
+            assert_eq!(out[3], planes[3], "{layout:?}: alpha written");
+            let back = YuvRef {
+                planes: super::super::planes_ref(&out),
+                ..src
+            };
+            let mut again = Vec::new();
+            back.copy_tight(&mut again).unwrap();
+            assert_eq!(again, tight, "{layout:?}");
+        }
+    }
+
     /// Padded planes to tight bytes and back are the identity on the samples, and padding is
     /// left alone; wrong lengths are errors.
     #[test]
@@ -650,7 +740,7 @@ mod tests {
         };
         let (w, h) = (7, 5);
         let sizes = f.layout.plane_sizes(w, h);
-        let strides = [sizes[0].0 + 3, sizes[1].0 + 5, 0];
+        let strides = [sizes[0].0 + 3, sizes[1].0 + 5, 0, 0];
         let planes: Vec<Vec<u8>> = (0..2)
             .map(|p| noise(strides[p] * sizes[p].1, p as u64 + 7))
             .collect();
