@@ -1144,8 +1144,8 @@ fn cuda_backend_matches_the_integer_reference() {
             );
         }
         // YUV formats, converted to and from 8-bit RGB on the GPU (v210 as I422_10LE planes,
-        // GRAY16_BE as GRAY16_LE, A420 and A422_10LE as I420 and I422_10LE; alpha upscaled
-        // bilinearly on the CPU) — the bytes of the CPU conversions.
+        // GRAY16_BE as GRAY16_LE, Y410 as Y444_10LE planes, A420 and A422_10LE as I420 and
+        // I422_10LE; alpha upscaled bilinearly on the CPU) — the bytes of the CPU conversions.
         for fmt in [
             "I420",
             "NV12",
@@ -1166,6 +1166,7 @@ fn cuda_backend_matches_the_integer_reference() {
             "AYUV64",
             "A420",
             "A422_10LE",
+            "Y410",
             "I420",
         ] {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 21, 14, 9);
@@ -1646,6 +1647,7 @@ fn yuv_layout(format: gst_video::VideoFormat) -> gstadabm::engine::yuv::YuvLayou
         F::Vuya => L::Vuya,
         F::Y412Le => L::Y412,
         F::Ayuv64 => L::Ayuv64,
+        F::Y410 => L::Y410,
         F::A420 => L::A420,
         F::A42010le => L::A420p10,
         F::A42210le => L::A422p10,
@@ -2105,6 +2107,25 @@ fn yuv_formats_match_the_engine() {
             (false, false),
             true,
         ),
+        // 10-bit 4:4:4 in 32-bit words, 2-bit alpha.
+        (
+            "Y410",
+            (11, 7),
+            ",colorimetry=bt2020",
+            YuvMatrix::BT2020,
+            false,
+            (false, false),
+            false,
+        ),
+        (
+            "Y410",
+            (6, 4),
+            ",colorimetry=1:4:0:0,interlace-mode=interleaved",
+            YuvMatrix::BT601,
+            true,
+            (false, false),
+            true,
+        ),
         // Planar with an alpha plane (VP8 / VP9 with alpha).
         (
             "A420",
@@ -2233,7 +2254,8 @@ fn yuv_formats_match_the_engine() {
         let info = gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().unwrap()).unwrap();
         let layout = yuv_layout(info.format());
         let data: Vec<u8> = match layout.depth() {
-            8 => (0..info.size())
+            // (Y410: any bytes, 2-bit alpha included.)
+            8 | 10 if fmt == "Y410" || layout.depth() == 8 => (0..info.size())
                 .map(|i| ((i * 37 + 11) % 241) as u8)
                 .collect(),
             16 => (0..info.size())
@@ -2276,14 +2298,17 @@ fn yuv_formats_match_the_engine() {
         // Alpha (AYUV, VUYA, Y412_LE, AYUV64; A420's and its kin's fourth plane): the
         // input's codes, upscaled bilinearly at their depth (each field of an interlaced frame
         // on its own).
+        let (b, shift) = (layout.word(), layout.shift());
         let samples = match (layout.packed444(), layout.alpha_plane()) {
-            // (plane, first byte of a row's first sample, bytes from one to the next)
-            (Some(at), _) => Some((0, at[3] * layout.word(), 4 * layout.word())),
-            (_, true) => Some((3, 0, layout.word())),
+            // (plane, first byte of a row's first sample, bytes from one to the next, bytes
+            // of a sample, its shift)
+            (Some(at), _) => Some((0, at[3] * b, 4 * b, b, shift)),
+            (_, true) => Some((3, 0, b, b, shift)),
+            // Y410: the top two bits of each little-endian 32-bit word.
+            _ if fmt == "Y410" => Some((0, 3, 4, 1, 6)),
             _ => None,
         };
-        if let Some((plane, first, step)) = samples {
-            let (b, shift) = (layout.word(), layout.shift());
+        if let Some((plane, first, step, b, shift)) = samples {
             let alpha = |bytes: &[u8], i: &gst_video::VideoInfo, field: usize, k: usize| {
                 let (w, stride) = (i.width() as usize, i.stride()[plane] as usize);
                 let base = i.offset()[plane];
@@ -2292,7 +2317,7 @@ fn yuv_formats_match_the_engine() {
                         let row = &bytes[base + (k * y + field) * stride + first..];
                         (0..w)
                             .map(|x| match b {
-                                1 => row[x * step] as u16,
+                                1 => row[x * step] as u16 >> shift,
                                 _ => {
                                     u16::from_le_bytes([row[x * step], row[x * step + 1]]) >> shift
                                 }
@@ -2357,6 +2382,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         ("VUYA", 1, 0, 4.5, 4.0),
         ("Y412_LE", 2, 4, 3.0, 3.5),
         ("AYUV64", 2, 0, 3.0, 3.5),
+        ("Y410", 4, 0, 3.0, 3.5),
         ("A420", 1, 0, 5.0, 6.5),
         ("A420_10LE", 2, 0, 2.0, 1.0),
         ("A422_10LE", 2, 0, 2.5, 1.5),
@@ -2378,6 +2404,15 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         let samples = |b: Vec<u8>| -> Vec<f64> {
             match word {
                 1 => b.into_iter().map(f64::from).collect(),
+                // Y410: U, Y, V (10 bits) and the 2-bit alpha of each 32-bit word.
+                4 if fmt == "Y410" => b
+                    .chunks_exact(4)
+                    .flat_map(|c| {
+                        let w = u32::from_le_bytes(c.try_into().unwrap());
+                        let s = |at: u32| ((w >> at) & 0x3ff) as f64 / per_level;
+                        [s(0), s(10), s(20), (w >> 30) as f64]
+                    })
+                    .collect(),
                 // v210: each row of the 128 x 96 frame (a 384-byte row of 22 groups of 6
                 // pixels) up to its last whole word of visible samples: 21 groups and the Cb Y
                 // Cr of pixels 126–127; luma and chroma in their word order.
@@ -2417,6 +2452,7 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         let luma = |i: usize| match (layout.packed(), layout.packed444()) {
             (Some(at), _) => i % 4 == at[0] || i % 4 == at[1],
             (_, Some(at)) => i % 4 == at[0],
+            _ if fmt == "Y410" => i % 4 == 1,
             // v210's word order: Cb Y Cr, Y Cb Y, Cr Y Cb, Y Cr Y.
             _ if word == 4 => i % 2 == 1,
             _ => i < 128 * 96,
@@ -2431,9 +2467,14 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         let alpha = |i: usize| {
             layout.packed444().is_some_and(|at| i % 4 == at[3])
                 || (layout.alpha_plane() && i >= colour_samples)
+                || (fmt == "Y410" && i % 4 == 3)
         };
         let opaque = ((1u32 << layout.depth()) - 1) as f64 / per_level.max(1.0);
-        let opaque = if word == 1 { 255.0 } else { opaque };
+        let opaque = match (word, fmt) {
+            (1, _) => 255.0,
+            (_, "Y410") => 3.0,
+            _ => opaque,
+        };
         for i in (0..direct.len()).filter(|&i| alpha(i)) {
             assert_eq!((direct[i], around[i]), (opaque, opaque), "{fmt}: alpha");
         }
@@ -2456,7 +2497,8 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
         // YV12 and NV61 as I420 and NV16 (YV12 read with I420's plane order: 9.9 / 10.0), P016_LE
         // 1.29 / 0.49, Y444_16LE 2.17 / 2.24, Y210 and Y212_LE as I422_10LE and I422_12LE (Y210
         // with U and V swapped: 9.5 / 7.9), Y412_LE and AYUV64 as Y444_12LE and Y444_16LE
-        // (Y412_LE read as U V Y A: 10.3 / 8.9).
+        // (Y412_LE read as U V Y A: 10.3 / 8.9); Y410 as Y444_10LE; A420, A420_10LE,
+        // A422_10LE and A444_10LE as I420, I420_10LE, I422_10LE and Y444_10LE.
         assert!(
             y < y_limit && c <= c_limit,
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"

@@ -166,6 +166,7 @@ fn steady_state_frames_allocate_no_frame_buffers() {
         (41, 22, YuvLayout::V210),
         (41, 22, YuvLayout::Ayuv),
         (41, 22, YuvLayout::A420p10),
+        (41, 22, YuvLayout::Y410),
     ] {
         let name = format!("{name} {w}x{h} {layout:?}");
         let src = pixels(w, h * 6, 1, w);

@@ -46,7 +46,7 @@ const FORMATS: [(gst_video::VideoFormat, PixelLayout); 10] = [
 ];
 
 /// The YUV (and grey) formats, converted to and from the network's RGB inside the element.
-const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 36] = [
+const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 37] = [
     (gst_video::VideoFormat::I420, YuvLayout::I420),
     (gst_video::VideoFormat::Yv12, YuvLayout::Yv12),
     (gst_video::VideoFormat::Nv12, YuvLayout::Nv12),
@@ -76,6 +76,7 @@ const YUV_FORMATS: [(gst_video::VideoFormat, YuvLayout); 36] = [
     (gst_video::VideoFormat::Vuya, YuvLayout::Vuya),
     (gst_video::VideoFormat::Y412Le, YuvLayout::Y412),
     (gst_video::VideoFormat::Ayuv64, YuvLayout::Ayuv64),
+    (gst_video::VideoFormat::Y410, YuvLayout::Y410),
     (gst_video::VideoFormat::A420, YuvLayout::A420),
     (gst_video::VideoFormat::A42010le, YuvLayout::A420p10),
     (gst_video::VideoFormat::A42210le, YuvLayout::A422p10),

@@ -27,8 +27,9 @@ thread_local! {
     /// A worker's row of chroma (two planes' worth, unpacking) or of filtered RGB (packing),
     /// kept between rows and frames.
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// A v210 frame as I422_10LE planes (the caller's thread), kept between frames.
-    static V210_PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A v210 or Y410 frame as I422_10LE or Y444_10LE planes (the caller's thread), kept
+    /// between frames.
+    static STAGED_PLANES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The YUV layouts: three planes (Y, U, V), four (and alpha), two (Y, interleaved UV), or one
@@ -100,6 +101,10 @@ pub enum YuvLayout {
     Y412,
     /// AYUV64: packed 4:4:4 with alpha, A Y U V in little-endian 16-bit words, 16 bits.
     Ayuv64,
+    /// Y410: packed 4:4:4, 10 bits, one little-endian 32-bit word a pixel: U in bits 0–9, Y in
+    /// 10–19, V in 20–29, a 2-bit alpha in 30–31 (VA-API's and D3D11's 10-bit 4:4:4 decoder
+    /// output).
+    Y410,
     /// A420: I420 and a fourth plane of alpha at the luma's size, 8 bits (VP8 / VP9 with
     /// alpha decoded by `vp8alphadecodebin` / `vp9alphadecodebin`).
     A420,
@@ -118,7 +123,7 @@ pub enum YuvLayout {
 }
 
 impl YuvLayout {
-    pub const ALL: [Self; 36] = [
+    pub const ALL: [Self; 37] = [
         Self::I420,
         Self::Yv12,
         Self::Nv12,
@@ -148,6 +153,7 @@ impl YuvLayout {
         Self::Vuya,
         Self::Y412,
         Self::Ayuv64,
+        Self::Y410,
         Self::A420,
         Self::A420p10,
         Self::A422p10,
@@ -161,7 +167,7 @@ impl YuvLayout {
         if self.grey()
             || self.packed().is_some()
             || self.packed444().is_some()
-            || self == Self::V210
+            || self.staged().is_some()
         {
             1
         } else if self.interleaved() {
@@ -198,7 +204,23 @@ impl YuvLayout {
     /// Carries an alpha channel (AYUV, VUYA, Y412_LE, AYUV64, and the planar A420, A420_10LE,
     /// A422_10LE, A444_10LE): the engine upscales it apart, bilinearly, at its depth.
     pub fn has_alpha(self) -> bool {
-        self.packed444().is_some() || self.alpha_plane()
+        self.packed444().is_some() || self.alpha_plane() || self == Self::Y410
+    }
+
+    /// Bits of an alpha sample: Y410's 2, the layout's depth for the others with alpha.
+    pub fn alpha_depth(self) -> u32 {
+        if self == Self::Y410 { 2 } else { self.depth() }
+    }
+
+    /// The planar layout a frame of this one is converted through, its samples repacked to
+    /// and from planes of 16-bit words first: v210 as I422_10LE, Y410 as Y444_10LE (their
+    /// samples are bit fields of 32-bit words); None for the others, converted as they are.
+    pub fn staged(self) -> Option<Self> {
+        match self {
+            Self::V210 => Some(Self::I422p10),
+            Self::Y410 => Some(Self::Y444p10),
+            _ => None,
+        }
     }
 
     /// Planar with alpha in a fourth plane at the luma's size (A420, A420_10LE, A422_10LE,
@@ -299,6 +321,7 @@ impl YuvLayout {
             | Self::Vuya
             | Self::Y412
             | Self::Ayuv64
+            | Self::Y410
             | Self::A444p10
             | Self::Gray8
             | Self::Gray16
@@ -332,6 +355,7 @@ impl YuvLayout {
             | Self::P010
             | Self::V210
             | Self::Y210
+            | Self::Y410
             | Self::A420p10
             | Self::A422p10
             | Self::A444p10 => 10,
@@ -376,6 +400,8 @@ impl YuvLayout {
             [(4 * cw * b, h), none, none, none]
         } else if self.packed444().is_some() {
             [(4 * w * b, h), none, none, none]
+        } else if self == Self::Y410 {
+            [(4 * w, h), none, none, none]
         } else if self.grey() {
             [(w * b, h), none, none, none]
         } else if self.interleaved() {
@@ -727,10 +753,10 @@ pub fn unpack_with<T: Copy + Default + Send>(
 ) -> Result<()> {
     f.check()?;
     out.resize(f.width * f.height * 3, T::default());
-    if f.layout == YuvLayout::V210 {
-        let mut tmp = take_v210_planes();
-        unpack_rows::<W16<0>, T>(&v210_to_planar(f, &mut tmp), conv, out);
-        V210_PLANES.with(|cell| *cell.borrow_mut() = tmp);
+    if f.layout.staged().is_some() {
+        let mut tmp = take_staged_planes();
+        unpack_rows::<W16<0>, T>(&to_planar(f, &mut tmp), conv, out);
+        STAGED_PLANES.with(|cell| *cell.borrow_mut() = tmp);
         return Ok(());
     }
     if let Some(at) = f.layout.packed() {
@@ -868,16 +894,16 @@ pub fn pack_with<T: Sync>(
             src.len()
         )));
     }
-    // The whole frame as one rectangle; v210 staged in this thread's planes buffer.
-    let mut tmp = take_v210_planes();
+    // The whole frame as one rectangle; v210 and Y410 staged in this thread's planes buffer.
+    let mut tmp = take_staged_planes();
     let mut out = YuvPacker::new(f, &mut tmp)?;
     out.put_with(Window::whole(src, w, h), Rect::whole(w, h), &conv)?;
     out.finish();
-    V210_PLANES.with(|cell| *cell.borrow_mut() = tmp);
+    STAGED_PLANES.with(|cell| *cell.borrow_mut() = tmp);
     Ok(())
 }
 
-/// Rectangle `r` of frame `f` (any layout but v210) from `src`, which holds `r`'s ring
+/// Rectangle `r` of frame `f` (any layout but v210 and Y410) from `src`, which holds `r`'s ring
 /// ([`Rect::ring`]): the pixels in `r`, and the chroma samples sited in it.
 fn pack_part<T: Sync>(src: Window<T>, r: Rect, f: &mut YuvMut, conv: &(impl Fn(&T) -> f32 + Sync)) {
     if let Some(at) = f.layout.packed() {
@@ -907,22 +933,23 @@ fn pack_part<T: Sync>(src: Window<T>, r: Rect, f: &mut YuvMut, conv: &(impl Fn(&
 
 /// A frame written rectangle by rectangle (the engine's tiles, straight from each tile's
 /// output: no frame-sized RGB image in between): [`YuvPacker::put`] each part of the frame,
-/// then [`YuvPacker::finish`]. A v210 frame is staged as I422_10LE planes (2 bytes a sample)
-/// in the caller's `staging` buffer (kept between frames) and repacked by `finish`.
+/// then [`YuvPacker::finish`]. A v210 or Y410 frame is staged as I422_10LE or Y444_10LE
+/// planes (2 bytes a sample, [`YuvLayout::staged`]) in the caller's `staging` buffer (kept
+/// between frames) and repacked by `finish`.
 pub struct YuvPacker<'f, 'a, 's> {
     f: &'f mut YuvMut<'a>,
-    /// The staged I422_10LE planes of a v210 frame.
-    v210: Option<&'s mut Vec<u8>>,
+    /// The staged planes of a v210 or Y410 frame.
+    staged: Option<&'s mut Vec<u8>>,
 }
 
 impl<'f, 'a, 's> YuvPacker<'f, 'a, 's> {
     pub fn new(f: &'f mut YuvMut<'a>, staging: &'s mut Vec<u8>) -> Result<Self> {
         f.check()?;
-        let v210 = (f.layout == YuvLayout::V210).then(|| {
-            v210_planes(staging, f.width, f.height);
+        let staged = f.layout.staged().map(|l| {
+            staged_planes(staging, l, f.width, f.height);
             staging
         });
-        Ok(Self { f, v210 })
+        Ok(Self { f, staged })
     }
 
     /// Writes rectangle `r` of the frame from `src` (RGB in 0–255), which must hold `r` grown
@@ -945,43 +972,46 @@ impl<'f, 'a, 's> YuvPacker<'f, 'a, 's> {
         if r.is_empty() {
             return Ok(());
         }
-        match &mut self.v210 {
-            Some(tmp) => pack_part(src, r, &mut v210_staged(tmp, self.f), conv),
+        match &mut self.staged {
+            Some(tmp) => pack_part(src, r, &mut staged_frame(tmp, self.f), conv),
             None => pack_part(src, r, self.f, conv),
         }
         Ok(())
     }
 
-    /// Completes the frame (repacks a v210 frame from its staged planes).
+    /// Completes the frame (repacks a v210 or Y410 frame from its staged planes).
     pub fn finish(self) {
-        if let Some(tmp) = self.v210 {
+        if let Some(tmp) = self.staged {
             let (w, h) = (self.f.width, self.f.height);
-            let ([y, u, v, _], _) = split_v210_planes(tmp, w, h);
-            planar_to_v210([y, u, v].map(|p| &*p), self.f);
+            let staged = self.f.layout.staged().expect("a staged layout");
+            let ([y, u, v, _], _) = split_staged_planes(tmp, staged, w, h);
+            from_planar([y, u, v].map(|p| &*p), self.f);
         }
     }
 }
 
-/// The I422_10LE frame of `tmp` (sized by [`v210_planes`]) that v210 frame `f` is staged in.
-fn v210_staged<'t>(tmp: &'t mut [u8], f: &YuvMut) -> YuvMut<'t> {
-    let (planes, strides) = split_v210_planes(tmp, f.width, f.height);
+/// The planar frame of `tmp` (sized by [`staged_planes`]) that the v210 or Y410 frame `f` is
+/// staged in.
+fn staged_frame<'t>(tmp: &'t mut [u8], f: &YuvMut) -> YuvMut<'t> {
+    let layout = f.layout.staged().expect("a staged layout");
+    let (planes, strides) = split_staged_planes(tmp, layout, f.width, f.height);
     YuvMut {
         planes,
         strides,
         width: f.width,
         height: f.height,
-        layout: YuvLayout::I422p10,
+        layout,
         matrix: f.matrix,
         siting: f.siting,
     }
 }
 
-/// This thread's v210 planes buffer, taken out of [`V210_PLANES`] (and put back by the caller
-/// when done) rather than borrowed: the conversion runs rows in parallel, and a rayon worker
-/// waiting in it can pick up another frame's conversion on this same thread, which then finds
-/// an empty buffer instead of a borrowed one.
-fn take_v210_planes() -> Vec<u8> {
-    V210_PLANES.with(|cell| std::mem::take(&mut *cell.borrow_mut()))
+/// This thread's staged planes buffer, taken out of [`STAGED_PLANES`] (and put back by the
+/// caller when done) rather than borrowed: the conversion runs rows in parallel, and a rayon
+/// worker waiting in it can pick up another frame's conversion on this same thread, which then
+/// finds an empty buffer instead of a borrowed one.
+fn take_staged_planes() -> Vec<u8> {
+    STAGED_PLANES.with(|cell| std::mem::take(&mut *cell.borrow_mut()))
 }
 
 /// The 6 luma and 3 + 3 chroma samples (Cb, Cr of its pixel pairs) of a v210 group: words
@@ -1011,34 +1041,57 @@ fn v210_put(g: &mut [u8], y: [u16; 6], cb: [u16; 3], cr: [u16; 3]) {
     }
 }
 
-/// The I422_10LE planes a `w x h` v210 frame goes through, in `tmp` (resized; Y, then Cb,
-/// then Cr, unpadded rows), and their strides.
-fn v210_planes(tmp: &mut Vec<u8>, w: usize, h: usize) -> ([&mut [u8]; 4], [usize; 4]) {
-    let cw = w.div_ceil(2);
+/// The planes of the `staged` layout (I422_10LE for v210, Y444_10LE for Y410) a `w x h`
+/// frame goes through, in `tmp` (resized; Y, then Cb, then Cr, unpadded rows), and their
+/// strides.
+fn staged_planes(
+    tmp: &mut Vec<u8>,
+    staged: YuvLayout,
+    w: usize,
+    h: usize,
+) -> ([&mut [u8]; 4], [usize; 4]) {
     tmp.clear();
-    tmp.resize((2 * w + 4 * cw) * h, 0);
-    split_v210_planes(tmp, w, h)
+    tmp.resize(staged.plane_sizes(w, h).iter().map(|(r, n)| r * n).sum(), 0);
+    split_staged_planes(tmp, staged, w, h)
 }
 
-/// [`v210_planes`] of a `tmp` already sized.
-fn split_v210_planes(tmp: &mut [u8], w: usize, h: usize) -> ([&mut [u8]; 4], [usize; 4]) {
-    let cw = w.div_ceil(2);
-    let strides = [2 * w, 2 * cw, 2 * cw, 0];
-    let (y, uv) = tmp.split_at_mut(strides[0] * h);
-    let (u, v) = uv.split_at_mut(strides[1] * h);
-    ([y, u, v, &mut []], strides)
+/// [`staged_planes`] of a `tmp` already sized.
+fn split_staged_planes(
+    tmp: &mut [u8],
+    staged: YuvLayout,
+    w: usize,
+    h: usize,
+) -> ([&mut [u8]; 4], [usize; 4]) {
+    let [(ry, ny), (rc, nc), (rv, _), _] = staged.plane_sizes(w, h);
+    let (y, uv) = tmp.split_at_mut(ry * ny);
+    let (u, v) = uv.split_at_mut(rc * nc);
+    ([y, u, v, &mut []], [ry, rc, rv, 0])
 }
 
-/// A v210 frame as I422_10LE planes in `tmp` ([`v210_planes`]), rows in parallel.
-fn v210_to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
+/// A v210 or Y410 frame as the planes of its staged layout in `tmp` ([`staged_planes`]),
+/// rows in parallel.
+fn to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
     let (w, h) = (f.width, f.height);
-    let cw = w.div_ceil(2);
-    let ([y, u, v, _], strides) = v210_planes(tmp, w, h);
-    y.par_chunks_mut(strides[0])
+    let layout = f.layout.staged().expect("a staged layout");
+    let ([y, u, v, _], strides) = staged_planes(tmp, layout, w, h);
+    let rows = y
+        .par_chunks_mut(strides[0])
         .zip(u.par_chunks_mut(strides[1]))
         .zip(v.par_chunks_mut(strides[2]))
-        .enumerate()
-        .for_each(|(r, ((y, u), v))| {
+        .enumerate();
+    if f.layout == YuvLayout::Y410 {
+        rows.for_each(|(r, ((y, u), v))| {
+            let row = &f.planes[0][r * f.strides[0]..][..4 * w];
+            for (i, px) in row.chunks_exact(4).enumerate() {
+                let [cb, l, cr] = y410_samples(px);
+                y[2 * i..2 * i + 2].copy_from_slice(&l.to_le_bytes());
+                u[2 * i..2 * i + 2].copy_from_slice(&cb.to_le_bytes());
+                v[2 * i..2 * i + 2].copy_from_slice(&cr.to_le_bytes());
+            }
+        });
+    } else {
+        let cw = w.div_ceil(2);
+        rows.for_each(|(r, ((y, u), v))| {
             let row = &f.planes[0][r * f.strides[0]..][..w.div_ceil(6) * 16];
             for (g, group) in row.chunks_exact(16).enumerate() {
                 let (ys, cbs, crs) = v210_group(group);
@@ -1052,18 +1105,57 @@ fn v210_to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
                 }
             }
         });
+    }
     YuvRef {
         planes: [y, u, v, &mut []].map(|p| -> &'a [u8] { p }),
         strides,
         width: w,
         height: h,
-        layout: YuvLayout::I422p10,
+        layout,
         matrix: f.matrix,
         siting: f.siting,
     }
 }
 
-/// I422_10LE planes `p` (Y, Cb, Cr, unpadded rows: [`v210_planes`]) into the v210 frame `f`,
+/// The planes of a staged layout (Y, Cb, Cr, unpadded rows: [`staged_planes`]) into the v210
+/// or Y410 frame `f`.
+fn from_planar(p: [&[u8]; 3], f: &mut YuvMut) {
+    if f.layout == YuvLayout::Y410 {
+        planar_to_y410(p, f);
+    } else {
+        planar_to_v210(p, f);
+    }
+}
+
+/// A Y410 pixel's U, Y and V (bits 0–9, 10–19, 20–29 of its little-endian word).
+#[inline(always)]
+fn y410_samples(px: &[u8]) -> [u16; 3] {
+    let w = u32::from_le_bytes([px[0], px[1], px[2], px[3]]);
+    [w & 0x3ff, (w >> 10) & 0x3ff, (w >> 20) & 0x3ff].map(|v| v as u16)
+}
+
+/// Y444_10LE planes `p` (Y, Cb, Cr, unpadded rows) into the Y410 frame `f`, rows in parallel;
+/// alpha opaque (3) until [`pack_alpha`] writes it.
+fn planar_to_y410(p: [&[u8]; 3], f: &mut YuvMut) {
+    let (w, h) = (f.width, f.height);
+    let stride = f.strides[0];
+    f.planes[0][..(h - 1) * stride + 4 * w]
+        .par_chunks_mut(stride)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let rows = p.map(|plane| &plane[2 * w * r..][..2 * w]);
+            for (i, px) in row[..4 * w].chunks_exact_mut(4).enumerate() {
+                let s = |k: usize| {
+                    let at = 2 * i;
+                    (u16::from_le_bytes([rows[k][at], rows[k][at + 1]]) & 0x3ff) as u32
+                };
+                let word = s(1) | s(0) << 10 | s(2) << 20 | 3 << 30;
+                px.copy_from_slice(&word.to_le_bytes());
+            }
+        });
+}
+
+/// I422_10LE planes `p` (Y, Cb, Cr, unpadded rows: [`staged_planes`]) into the v210 frame `f`,
 /// rows in parallel; the samples past the row's end in its last group repeat the row's last
 /// ones.
 fn planar_to_v210(p: [&[u8]; 3], f: &mut YuvMut) {
@@ -1416,45 +1508,72 @@ fn pack_444_rows<
         });
 }
 
-/// Where a frame's alpha samples are: (plane, first byte, bytes from one pixel's to the
-/// next); None without alpha.
-fn alpha_samples(layout: YuvLayout) -> Option<(usize, usize, usize)> {
-    let b = layout.word();
-    if let Some(at) = layout.packed444() {
-        Some((0, at[3] * b, 4 * b))
-    } else if layout.alpha_plane() {
-        Some((3, 0, b))
-    } else {
-        None
+/// Where a frame's alpha samples are and how they are stored.
+#[derive(Clone, Copy)]
+struct AlphaSamples {
+    /// The plane, the first sample's first byte in a row, bytes from one sample to the next.
+    plane: usize,
+    first: usize,
+    step: usize,
+    /// A byte or a little-endian 16-bit word, the sample's bits from `shift` up.
+    bytes: usize,
+    shift: u32,
+    /// The largest code.
+    max: u16,
+}
+
+impl AlphaSamples {
+    fn of(layout: YuvLayout) -> Option<Self> {
+        let (bytes, shift) = (layout.word(), layout.shift());
+        let (plane, first, step, bytes, shift) = if let Some(at) = layout.packed444() {
+            (0, at[3] * bytes, 4 * bytes, bytes, shift)
+        } else if layout.alpha_plane() {
+            (3, 0, bytes, bytes, shift)
+        } else if layout == YuvLayout::Y410 {
+            // The top two bits of the word: of its fourth byte.
+            (0, 3, 4, 1, 6)
+        } else {
+            return None;
+        };
+        let max = ((1u32 << layout.alpha_depth()) - 1) as u16;
+        Some(Self {
+            plane,
+            first,
+            step,
+            bytes,
+            shift,
+            max,
+        })
     }
 }
 
 /// The alpha plane of a frame with alpha ([`YuvLayout::has_alpha`]) into `alpha` (resized to
-/// `width * height`, rows in parallel): codes of the layout's depth (0–255 for AYUV, VUYA and
-/// A420, 0–1023 for A420_10LE and its kin, 0–4095 for Y412_LE, 0–65535 for AYUV64), and true;
-/// false, `alpha` untouched, for the others.
+/// `width * height`, rows in parallel): codes of the layout's alpha depth (0–255 for AYUV,
+/// VUYA and A420, 0–1023 for A420_10LE and its kin, 0–4095 for Y412_LE, 0–65535 for AYUV64,
+/// 0–3 for Y410), and true; false, `alpha` untouched, for the others.
 pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u16>) -> Result<bool> {
-    let Some((plane, first, step)) = alpha_samples(f.layout) else {
+    let Some(a) = AlphaSamples::of(f.layout) else {
         return Ok(false);
     };
     f.check()?;
-    let (w, b, shift) = (f.width, f.layout.word(), f.layout.shift());
+    let w = f.width;
     alpha.resize(w * f.height, 0);
     alpha
         .par_chunks_mut(w)
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
-            let row = &f.planes[plane][y * f.strides[plane]..][first..][..(w - 1) * step + b];
-            match b {
+            let row = &f.planes[a.plane][y * f.strides[a.plane]..][a.first..];
+            let row = &row[..(w - 1) * a.step + a.bytes];
+            match a.bytes {
                 1 => {
-                    for (o, &c) in dst.iter_mut().zip(row.iter().step_by(step)) {
-                        *o = c as u16;
+                    for (o, &c) in dst.iter_mut().zip(row.iter().step_by(a.step)) {
+                        *o = c as u16 >> a.shift;
                     }
                 }
                 _ => {
-                    for (o, i) in dst.iter_mut().zip((0..row.len()).step_by(step)) {
-                        *o = u16::from_le_bytes([row[i], row[i + 1]]) >> shift;
+                    for (o, i) in dst.iter_mut().zip((0..row.len()).step_by(a.step)) {
+                        *o = u16::from_le_bytes([row[i], row[i + 1]]) >> a.shift;
                     }
                 }
             }
@@ -1466,7 +1585,7 @@ pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u16>) -> Result<bool> {
 /// its colour: packing writes a packed format's alpha opaque, and leaves an alpha plane
 /// alone); nothing for the layouts without.
 pub fn pack_alpha(alpha: &[u16], f: &mut YuvMut) -> Result<()> {
-    let Some((plane, first, step)) = alpha_samples(f.layout) else {
+    let Some(a) = AlphaSamples::of(f.layout) else {
         return Ok(());
     };
     let (w, h) = (f.width, f.height);
@@ -1477,24 +1596,25 @@ pub fn pack_alpha(alpha: &[u16], f: &mut YuvMut) -> Result<()> {
             alpha.len()
         )));
     }
-    let (b, shift) = (f.layout.word(), f.layout.shift());
-    let max = ((1u32 << f.layout.depth()) - 1) as u16;
-    f.planes[plane]
-        .par_chunks_mut(f.strides[plane])
+    // A byte's bits other than the sample's (Y410's V) are kept.
+    let keep = !((a.max << a.shift) as u8);
+    f.planes[a.plane]
+        .par_chunks_mut(f.strides[a.plane])
         .take(h)
         .zip(alpha.par_chunks(w))
         .with_min_len(super::frame::ROWS_PER_TASK)
-        .for_each(|(row, a)| {
-            let row = &mut row[first..][..(w - 1) * step + b];
-            match b {
+        .for_each(|(row, v)| {
+            let row = &mut row[a.first..][..(w - 1) * a.step + a.bytes];
+            match a.bytes {
                 1 => {
-                    for (c, &v) in row.iter_mut().step_by(step).zip(a) {
-                        *c = v.min(max) as u8;
+                    for (c, &v) in row.iter_mut().step_by(a.step).zip(v) {
+                        *c = (*c & keep) | (v.min(a.max) << a.shift) as u8;
                     }
                 }
                 _ => {
-                    for (i, &v) in (0..row.len()).step_by(step).zip(a) {
-                        row[i..i + 2].copy_from_slice(&(v.min(max) << shift).to_le_bytes());
+                    for (i, &v) in (0..row.len()).step_by(a.step).zip(v) {
+                        let word = v.min(a.max) << a.shift;
+                        row[i..i + 2].copy_from_slice(&word.to_le_bytes());
                     }
                 }
             }
@@ -1766,7 +1886,7 @@ mod tests {
     }
 
     /// The samples land where each format keeps them: P010, P012, Y210 and Y212_LE in the high
-    /// bits of little-endian words, the 10- and 12-bit planar formats in the low bits, chroma
+    /// bits of little-endian words, Y410's in the bit fields of 32-bit words, the 10- and 12-bit planar formats in the low bits, chroma
     /// planes of the subsampled size.
     #[test]
     fn samples_are_stored_as_the_formats_say() {
@@ -1801,6 +1921,15 @@ mod tests {
                     [white, grey, white, grey]
                 );
                 assert!((0..4).all(|k| word(k) >> 30 == 0));
+                continue;
+            }
+            if layout == YuvLayout::Y410 {
+                // The last pixel's word: U, Y, V from bit 0, 10, 20, alpha opaque (3) in the
+                // top two bits until `pack_alpha`.
+                let px = &planes[0][(h - 1) * strides[0] + 4 * (w - 1)..][..4];
+                let word = u32::from_le_bytes(px.try_into().unwrap());
+                let got = [0, 10, 20, 30].map(|at| (word >> at) & 0x3ff);
+                assert_eq!(got, [grey, white, grey, 3]);
                 continue;
             }
             let s = layout.shift();
@@ -1888,13 +2017,16 @@ mod tests {
             (YuvLayout::Vuya, 0, 4 * (w - 1) + 3),
             (YuvLayout::Y412, 0, 8 * (w - 1) + 6),
             (YuvLayout::Ayuv64, 0, 8 * (w - 1)),
+            (YuvLayout::Y410, 0, 4 * (w - 1) + 3),
             (YuvLayout::A420, 3, w - 1),
             (YuvLayout::A420p10, 3, 2 * (w - 1)),
             (YuvLayout::A422p10, 3, 2 * (w - 1)),
             (YuvLayout::A444p10, 3, 2 * (w - 1)),
         ] {
             let (mut planes, strides) = frame(layout, w, h);
-            let max = (1u32 << layout.depth()) - 1;
+            // Y410's alpha shares its byte with V's top bits, which stay.
+            planes[0].fill(0x15);
+            let max = (1u32 << layout.alpha_depth()) - 1;
             let a: Vec<u16> = (0..w * h)
                 .map(|i| (i as u32 * 977 % (max + 1)) as u16)
                 .collect();
@@ -1909,15 +2041,18 @@ mod tests {
             };
             pack_alpha(&a, &mut f).unwrap();
             let at = (h - 1) * strides[plane] + last;
-            let stored = match layout.word() {
-                1 => planes[plane][at] as u32,
-                _ => u16::from_le_bytes([planes[plane][at], planes[plane][at + 1]]) as u32,
+            let stored = match (layout.word(), layout) {
+                (_, YuvLayout::Y410) => {
+                    assert_eq!(planes[0][at] & 0x3f, 0x15, "Y410: V's bits kept");
+                    (planes[0][at] >> 6) as u32
+                }
+                (1, _) => planes[plane][at] as u32,
+                _ => {
+                    let word = u16::from_le_bytes([planes[plane][at], planes[plane][at + 1]]);
+                    word as u32 >> layout.shift()
+                }
             };
-            assert_eq!(
-                stored,
-                (a[w * h - 1] as u32) << layout.shift(),
-                "{layout:?}"
-            );
+            assert_eq!(stored, a[w * h - 1] as u32, "{layout:?}");
             let f = YuvRef {
                 planes: planes_ref(&planes),
                 strides,
@@ -1983,6 +2118,34 @@ mod tests {
                         let x = (3 * g + i).min(cw - 1);
                         assert_eq!((cb, cr), (at(1, r, x), at(2, r, x)), "{w}x{h} C row {r}");
                     }
+                }
+            }
+        }
+    }
+
+    /// Y410's words (U, Y, V from bits 0, 10, 20) hold Y444_10LE's samples, and both unpack
+    /// to the same image.
+    #[test]
+    fn y410_holds_the_samples_of_y444_10le() {
+        let (m, s) = (
+            YuvMatrix::new(YuvMatrix::BT2020, false),
+            ChromaSiting::default(),
+        );
+        for (w, h) in [(1, 1), (5, 3), (13, 4)] {
+            let img = smooth(w, h);
+            let (back_y, y410, ys) = round_trip_planes(YuvLayout::Y410, &img, m, s);
+            let (back_p, planar, ps) = round_trip_planes(YuvLayout::Y444p10, &img, m, s);
+            assert_eq!(back_y.data, back_p.data, "{w}x{h}");
+            for r in 0..h {
+                for x in 0..w {
+                    let at = |p: usize| {
+                        let b = &planar[p][r * ps[p] + 2 * x..];
+                        u16::from_le_bytes([b[0], b[1]]) as u32
+                    };
+                    let px = &y410[0][r * ys[0] + 4 * x..][..4];
+                    let word = u32::from_le_bytes(px.try_into().unwrap());
+                    let got = [0, 10, 20].map(|b| (word >> b) & 0x3ff);
+                    assert_eq!(got, [at(1), at(0), at(2)], "{w}x{h} row {r} x {x}");
                 }
             }
         }

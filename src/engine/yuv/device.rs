@@ -33,9 +33,8 @@ impl YuvFormat {
     /// [`YuvRef::copy_tight`] and [`YuvMut::store_tight`].
     pub fn device(self) -> YuvFormat {
         let layout = match self.layout {
-            YuvLayout::V210 => YuvLayout::I422p10,
             YuvLayout::Gray16Be => YuvLayout::Gray16,
-            l => l.colour(),
+            l => l.staged().unwrap_or(l.colour()),
         };
         YuvFormat { layout, ..self }
     }
@@ -73,7 +72,7 @@ impl YuvLayout {
     /// and GRAY16_LE ([`YuvRef::copy_tight`]; [`YuvFormat::device`]), and the planar layouts
     /// with an alpha plane, whose colour planes go as their layout without it (A420 as I420).
     pub fn device_convertible(self) -> bool {
-        !matches!(self, Self::V210 | Self::Gray16Be) && !self.alpha_plane()
+        self != Self::Gray16Be && self.staged().is_none() && !self.alpha_plane()
     }
 }
 
@@ -94,8 +93,8 @@ impl<'a> YuvRef<'a> {
     pub fn copy_tight(&self, out: &mut Vec<u8>) -> Result<()> {
         self.check()?;
         let (w, h) = (self.width, self.height);
-        if self.layout == YuvLayout::V210 {
-            super::v210_to_planar(self, out);
+        if self.layout.staged().is_some() {
+            super::to_planar(self, out);
             return Ok(());
         }
         out.clear();
@@ -176,9 +175,9 @@ impl<'a> YuvMut<'a> {
         let (w, h) = (self.width, self.height);
         let device = self.format().device();
         check_tight(data.len(), device, w, h)?;
-        if self.layout == YuvLayout::V210 {
+        if self.layout.staged().is_some() {
             let [y, u, v, _] = YuvRef::from_tight(data, device, w, h)?.planes;
-            super::planar_to_v210([y, u, v], self);
+            super::from_planar([y, u, v], self);
             return Ok(());
         }
         let mut at = 0;
@@ -506,14 +505,15 @@ mod tests {
         [(1, 1), (2, 1), (1, 3), (7, 5), (16, 9), (33, 17), (128, 96)];
 
     #[test]
-    fn every_layout_but_v210_gray16_be_and_alpha_planes_is_converted_on_the_device() {
+    fn every_layout_but_v210_y410_gray16_be_and_alpha_planes_is_converted_on_the_device() {
         let on: Vec<YuvLayout> = YuvLayout::ALL
             .into_iter()
             .filter(|l| l.device_convertible())
             .collect();
-        assert_eq!(on.len(), YuvLayout::ALL.len() - 6, "{on:?}");
+        assert_eq!(on.len(), YuvLayout::ALL.len() - 7, "{on:?}");
         for layout in [
             YuvLayout::V210,
+            YuvLayout::Y410,
             YuvLayout::Gray16Be,
             YuvLayout::A420,
             YuvLayout::A420p10,
@@ -598,13 +598,14 @@ mod tests {
         }
     }
 
-    /// A v210 frame goes to the device as I422_10LE planes and a GRAY16_BE one as GRAY16_LE,
-    /// and each comes back from them: the pixels and the frame's bytes are the host's own
-    /// conversions' of that layout.
+    /// A v210 frame goes to the device as I422_10LE planes, a Y410 one as Y444_10LE and a
+    /// GRAY16_BE one as GRAY16_LE, and each comes back from them: the pixels and the frame's
+    /// bytes are the host's own conversions' of that layout.
     #[test]
-    fn v210_and_gray16_be_go_to_the_device_as_little_endian_planes() {
+    fn v210_y410_and_gray16_be_go_to_the_device_as_little_endian_planes() {
         let cases = [
             (YuvLayout::V210, YuvLayout::I422p10),
+            (YuvLayout::Y410, YuvLayout::Y444p10),
             (YuvLayout::Gray16Be, YuvLayout::Gray16),
         ];
         for (k, ((layout, on_device), &(w, h))) in cases
