@@ -501,6 +501,38 @@ mod tests {
         crate::engine::random::Rng::new(seed).bytes(n)
     }
 
+    /// A `w x h` frame of format `f`, noise in its planes, each row padded (plane p's by
+    /// 3 + 2p bytes, so that a stride mix-up shows).
+    fn noisy_frame(f: YuvFormat, w: usize, h: usize, seed: u64) -> (Vec<Vec<u8>>, [usize; 4]) {
+        let sizes = f.layout.plane_sizes(w, h);
+        let strides = [0, 1, 2, 3].map(|p| match sizes[p] {
+            (_, 0) => 0,
+            (row, _) => row + 3 + 2 * p,
+        });
+        let planes = (0..f.layout.planes())
+            .map(|p| noise(strides[p] * sizes[p].1, seed + p as u64))
+            .collect();
+        (planes, strides)
+    }
+
+    fn frame_ref(
+        planes: &[Vec<u8>],
+        strides: [usize; 4],
+        f: YuvFormat,
+        w: usize,
+        h: usize,
+    ) -> YuvRef<'_> {
+        YuvRef {
+            planes: super::super::planes_ref(planes),
+            strides,
+            width: w,
+            height: h,
+            layout: f.layout,
+            matrix: f.matrix,
+            siting: f.siting,
+        }
+    }
+
     const SIZES: [(usize, usize); 7] =
         [(1, 1), (2, 1), (1, 3), (7, 5), (16, 9), (33, 17), (128, 96)];
 
@@ -681,20 +713,8 @@ mod tests {
             };
             assert_eq!(f.device().layout, colour);
             let (w, h) = (7, 5);
-            let sizes = layout.plane_sizes(w, h);
-            let strides = sizes.map(|(row, _)| row + 3);
-            let planes: Vec<Vec<u8>> = (0..4)
-                .map(|p| noise(strides[p] * sizes[p].1, p as u64 + 40))
-                .collect();
-            let src = YuvRef {
-                planes: super::super::planes_ref(&planes),
-                strides,
-                width: w,
-                height: h,
-                layout,
-                matrix: f.matrix,
-                siting: f.siting,
-            };
+            let (planes, strides) = noisy_frame(f, w, h, 40);
+            let src = frame_ref(&planes, strides, f, w, h);
             let mut tight = Vec::new();
             src.copy_tight(&mut tight).unwrap();
             assert_eq!(tight.len(), f.device().tight_len(w, h), "{layout:?}");
@@ -741,19 +761,8 @@ mod tests {
         };
         let (w, h) = (7, 5);
         let sizes = f.layout.plane_sizes(w, h);
-        let strides = [sizes[0].0 + 3, sizes[1].0 + 5, 0, 0];
-        let planes: Vec<Vec<u8>> = (0..2)
-            .map(|p| noise(strides[p] * sizes[p].1, p as u64 + 7))
-            .collect();
-        let src = YuvRef {
-            planes: super::super::planes_ref(&planes),
-            strides,
-            width: w,
-            height: h,
-            layout: f.layout,
-            matrix: f.matrix,
-            siting: f.siting,
-        };
+        let (planes, strides) = noisy_frame(f, w, h, 7);
+        let src = frame_ref(&planes, strides, f, w, h);
         let mut tight = Vec::new();
         src.copy_tight(&mut tight).unwrap();
         assert_eq!(tight.len(), f.tight_len(w, h));
