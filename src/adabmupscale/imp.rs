@@ -1766,9 +1766,9 @@ fn yuv_on_gpu(c: &SharedCuda) -> bool {
 }
 
 /// One YUV frame through the CUDA engine: frames go to the GPU as they are (planes packed
-/// tightly; v210 repacked to I422_10LE planes) and are converted there ([`yuv_on_gpu`]), or
+/// tightly; v210 and Y410 repacked to I422_10LE and Y444_10LE planes) and are converted there ([`yuv_on_gpu`]), or
 /// are converted to RGB bytes on the CPU, upscaled, converted back. Both give the same bytes.
-/// Alpha (AYUV, VUYA, Y412_LE, AYUV64, A420's and its kin's alpha plane) is upscaled
+/// Alpha (AYUV, VUYA, Y412_LE, AYUV64, Y410, A420's and its kin's alpha plane) is upscaled
 /// bilinearly on the CPU, as the CPU engine does.
 fn cuda_yuv_frame(
     c: &SharedCuda,

@@ -470,8 +470,9 @@ impl Engine {
                 yuv::unpack_into(src, &mut sc.lr)?;
                 let has_alpha = yuv::unpack_alpha_into(src, &mut sc.alpha16)?;
                 if has_alpha {
-                    // Alpha (AYUV, VUYA, Y412_LE, AYUV64, A420's and its kin's alpha plane)
-                    // is upscaled apart, bilinearly, at its depth, as in the RGB formats.
+                    // Alpha (AYUV, VUYA, Y412_LE, AYUV64, Y410, A420's and its kin's alpha
+                    // plane) is upscaled apart, bilinearly, at its depth, as in the RGB
+                    // formats.
                     sc.upscale_alpha16(src.width, src.height, s);
                 }
                 Ok(has_alpha)

@@ -1,7 +1,7 @@
 //! YUV frames in and out of the engine — 4:2:0 (I420, YV12, NV12, NV21, I420_10LE, P010_10LE,
 //! I420_12LE, P012_LE, P016_LE), 4:2:2 (Y42B, NV16, NV61, I422_10LE, I422_12LE, v210, packed
 //! YUY2 / UYVY / YVYU, Y210, Y212_LE) and 4:4:4 (Y444, NV24, Y444_10LE, Y444_12LE, Y444_16LE,
-//! packed AYUV / VUYA / Y412_LE / AYUV64 with alpha), planar with an alpha plane (A420,
+//! packed AYUV / VUYA / Y412_LE / AYUV64 / Y410 with alpha), planar with an alpha plane (A420,
 //! A420_10LE, A422_10LE, A444_10LE), 8, 10, 12 and 16 bits, and grey (GRAY8,
 //! GRAY16_LE, GRAY16_BE: luma only) — converted straight to and from its RGB f32 (0–255)
 //! images: the
@@ -34,8 +34,8 @@ thread_local! {
 
 /// The YUV layouts: three planes (Y, U, V), four (and alpha), two (Y, interleaved UV), or one
 /// of packed pixels; 8-bit samples in bytes, deeper ones in little-endian 16-bit words (in the low bits;
-/// P010, P012, Y210, Y212_LE and Y412_LE in the high bits; GRAY16_BE big-endian, v210 its own
-/// packing).
+/// P010, P012, Y210, Y212_LE and Y412_LE in the high bits; GRAY16_BE big-endian, v210 and Y410
+/// their own packings in 32-bit words).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum YuvLayout {
     /// 4:2:0 planar, 8 bits.
