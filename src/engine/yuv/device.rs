@@ -99,13 +99,9 @@ impl<'a> YuvRef<'a> {
         }
         out.clear();
         out.reserve(self.format().device().tight_len(w, h));
-        for (p, (row, rows)) in self
-            .layout
-            .colour()
-            .plane_sizes(w, h)
-            .into_iter()
-            .enumerate()
-        {
+        // The colour planes (A420's alpha plane stays on the host).
+        let sizes = self.layout.colour().plane_sizes(w, h);
+        for (p, (row, rows)) in sizes.into_iter().enumerate() {
             for r in 0..rows {
                 out.extend_from_slice(&self.planes[p][r * self.strides[p]..][..row]);
             }
@@ -182,13 +178,9 @@ impl<'a> YuvMut<'a> {
         }
         let mut at = 0;
         let swap = self.layout.big_endian();
-        for (p, (row, rows)) in self
-            .layout
-            .colour()
-            .plane_sizes(w, h)
-            .into_iter()
-            .enumerate()
-        {
+        // The colour planes (A420's alpha plane stays on the host).
+        let sizes = self.layout.colour().plane_sizes(w, h);
+        for (p, (row, rows)) in sizes.into_iter().enumerate() {
             let stride = self.strides[p];
             for r in 0..rows {
                 let dst = &mut self.planes[p][r * stride..][..row];
