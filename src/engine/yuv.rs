@@ -1018,10 +1018,7 @@ fn take_staged_planes() -> Vec<u8> {
 /// Cb0 Y0 Cr0, Y1 Cb1 Y2, Cr1 Y3 Cb2, Y4 Cr2 Y5.
 #[inline(always)]
 fn v210_group(g: &[u8]) -> ([u16; 6], [u16; 3], [u16; 3]) {
-    let s = |k: usize| {
-        let w = u32::from_le_bytes([g[4 * k], g[4 * k + 1], g[4 * k + 2], g[4 * k + 3]]);
-        [w & 0x3ff, (w >> 10) & 0x3ff, (w >> 20) & 0x3ff].map(|v| v as u16)
-    };
+    let s = |k: usize| ten_bit_fields(&g[4 * k..]);
     let ([cb0, y0, cr0], [y1, cb1, y2], [cr1, y3, cb2], [y4, cr2, y5]) = (s(0), s(1), s(2), s(3));
     ([y0, y1, y2, y3, y4, y5], [cb0, cb1, cb2], [cr0, cr1, cr2])
 }
@@ -1035,10 +1032,24 @@ fn v210_put(g: &mut [u8], y: [u16; 6], cb: [u16; 3], cr: [u16; 3]) {
         [cr[1], y[3], cb[2]],
         [y[4], cr[2], y[5]],
     ];
-    for (k, [a, b, c]) in words.into_iter().enumerate() {
-        let w = a as u32 | (b as u32) << 10 | (c as u32) << 20;
-        g[4 * k..4 * k + 4].copy_from_slice(&w.to_le_bytes());
+    for (k, fields) in words.into_iter().enumerate() {
+        g[4 * k..4 * k + 4].copy_from_slice(&ten_bit_word(fields, 0));
     }
+}
+
+/// The three 10-bit samples of a little-endian 32-bit word, from bits 0–9, 10–19 and 20–29
+/// (v210's words; Y410's U, Y, V).
+#[inline(always)]
+fn ten_bit_fields(word: &[u8]) -> [u16; 3] {
+    let w = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+    [w & 0x3ff, (w >> 10) & 0x3ff, (w >> 20) & 0x3ff].map(|v| v as u16)
+}
+
+/// [`ten_bit_fields`]' inverse, with `top` in bits 30–31 (Y410's alpha; 0 in v210).
+#[inline(always)]
+fn ten_bit_word(fields: [u16; 3], top: u32) -> [u8; 4] {
+    let [a, b, c] = fields.map(|v| (v & 0x3ff) as u32);
+    (a | b << 10 | c << 20 | top << 30).to_le_bytes()
 }
 
 /// The planes of the `staged` layout (I422_10LE for v210, Y444_10LE for Y410) a `w x h`
@@ -1083,7 +1094,7 @@ fn to_planar<'a>(f: &YuvRef, tmp: &'a mut Vec<u8>) -> YuvRef<'a> {
         rows.for_each(|(r, ((y, u), v))| {
             let row = &f.planes[0][r * f.strides[0]..][..4 * w];
             for (i, px) in row.chunks_exact(4).enumerate() {
-                let [cb, l, cr] = y410_samples(px);
+                let [cb, l, cr] = ten_bit_fields(px);
                 y[2 * i..2 * i + 2].copy_from_slice(&l.to_le_bytes());
                 u[2 * i..2 * i + 2].copy_from_slice(&cb.to_le_bytes());
                 v[2 * i..2 * i + 2].copy_from_slice(&cr.to_le_bytes());
@@ -1127,13 +1138,6 @@ fn from_planar(p: [&[u8]; 3], f: &mut YuvMut) {
     }
 }
 
-/// A Y410 pixel's U, Y and V (bits 0–9, 10–19, 20–29 of its little-endian word).
-#[inline(always)]
-fn y410_samples(px: &[u8]) -> [u16; 3] {
-    let w = u32::from_le_bytes([px[0], px[1], px[2], px[3]]);
-    [w & 0x3ff, (w >> 10) & 0x3ff, (w >> 20) & 0x3ff].map(|v| v as u16)
-}
-
 /// Y444_10LE planes `p` (Y, Cb, Cr, unpadded rows) into the Y410 frame `f`, rows in parallel;
 /// alpha opaque (3) until [`pack_alpha`] writes it.
 fn planar_to_y410(p: [&[u8]; 3], f: &mut YuvMut) {
@@ -1145,12 +1149,8 @@ fn planar_to_y410(p: [&[u8]; 3], f: &mut YuvMut) {
         .for_each(|(r, row)| {
             let rows = p.map(|plane| &plane[2 * w * r..][..2 * w]);
             for (i, px) in row[..4 * w].chunks_exact_mut(4).enumerate() {
-                let s = |k: usize| {
-                    let at = 2 * i;
-                    (u16::from_le_bytes([rows[k][at], rows[k][at + 1]]) & 0x3ff) as u32
-                };
-                let word = s(1) | s(0) << 10 | s(2) << 20 | 3 << 30;
-                px.copy_from_slice(&word.to_le_bytes());
+                let s = |k: usize| u16::from_le_bytes([rows[k][2 * i], rows[k][2 * i + 1]]);
+                px.copy_from_slice(&ten_bit_word([s(1), s(0), s(2)], 3));
             }
         });
 }
@@ -1545,6 +1545,11 @@ impl AlphaSamples {
             max,
         })
     }
+
+    /// The bytes of a `w`-pixel row that hold its samples, from the first one's first byte.
+    fn span(&self, w: usize) -> usize {
+        (w - 1) * self.step + self.bytes
+    }
 }
 
 /// The alpha plane of a frame with alpha ([`YuvLayout::has_alpha`]) into `alpha` (resized to
@@ -1563,8 +1568,7 @@ pub fn unpack_alpha_into(f: &YuvRef, alpha: &mut Vec<u16>) -> Result<bool> {
         .enumerate()
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(y, dst)| {
-            let row = &f.planes[a.plane][y * f.strides[a.plane]..][a.first..];
-            let row = &row[..(w - 1) * a.step + a.bytes];
+            let row = &f.planes[a.plane][y * f.strides[a.plane] + a.first..][..a.span(w)];
             match a.bytes {
                 1 => {
                     for (o, &c) in dst.iter_mut().zip(row.iter().step_by(a.step)) {
@@ -1604,7 +1608,7 @@ pub fn pack_alpha(alpha: &[u16], f: &mut YuvMut) -> Result<()> {
         .zip(alpha.par_chunks(w))
         .with_min_len(super::frame::ROWS_PER_TASK)
         .for_each(|(row, v)| {
-            let row = &mut row[a.first..][..(w - 1) * a.step + a.bytes];
+            let row = &mut row[a.first..][..a.span(w)];
             match a.bytes {
                 1 => {
                     for (c, &v) in row.iter_mut().step_by(a.step).zip(v) {
