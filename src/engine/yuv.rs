@@ -1694,7 +1694,8 @@ mod tests {
     use super::*;
     use crate::engine::frame::to_u8;
 
-    fn frame(layout: YuvLayout, w: usize, h: usize) -> (Vec<Vec<u8>>, [usize; 4]) {
+    /// Zeroed planes of a `w x h` frame of `layout`, with their strides.
+    pub(super) fn frame(layout: YuvLayout, w: usize, h: usize) -> (Vec<Vec<u8>>, [usize; 4]) {
         let sizes = layout.plane_sizes(w, h);
         // Padded strides (odd ones too), so that a stride mix-up shows.
         let strides = [0, 1, 2, 3].map(|p| sizes[p].0 + if sizes[p].1 > 0 { 3 + 2 * p } else { 0 });
@@ -1970,49 +1971,31 @@ mod tests {
         }
         assert_eq!(YuvLayout::Y42b.chroma_size(5, 3), (3, 3));
         assert_eq!(YuvLayout::Y444p10.chroma_size(5, 3), (5, 3));
-        for p0xx in [YuvLayout::P010, YuvLayout::P012] {
-            assert_eq!(p0xx.plane_sizes(5, 3), [(10, 3), (12, 2), (0, 0), (0, 0)]);
+        let none = (0, 0);
+        for (layout, (w, h), want) in [
+            (YuvLayout::P010, (5, 3), [(10, 3), (12, 2), none, none]),
+            (YuvLayout::P012, (5, 3), [(10, 3), (12, 2), none, none]),
+            (YuvLayout::Gray16, (5, 3), [(10, 3), none, none, none]),
+            (YuvLayout::Uyvy, (5, 3), [(12, 3), none, none, none]),
+            (YuvLayout::Y210, (5, 3), [(24, 3), none, none, none]),
+            (YuvLayout::P016, (5, 3), [(10, 3), (12, 2), none, none]),
+            (
+                YuvLayout::Y444p16,
+                (5, 3),
+                [(10, 3), (10, 3), (10, 3), none],
+            ),
+            (YuvLayout::V210, (7, 3), [(32, 3), none, none, none]),
+            (YuvLayout::Vuya, (5, 3), [(20, 3), none, none, none]),
+            (YuvLayout::Y412, (5, 3), [(40, 3), none, none, none]),
+            (YuvLayout::A420, (5, 3), [(5, 3), (3, 2), (3, 2), (5, 3)]),
+            (
+                YuvLayout::A422p10,
+                (5, 3),
+                [(10, 3), (6, 3), (6, 3), (10, 3)],
+            ),
+        ] {
+            assert_eq!(layout.plane_sizes(w, h), want, "{layout:?} {w}x{h}");
         }
-        assert_eq!(
-            YuvLayout::Gray16.plane_sizes(5, 3),
-            [(10, 3), (0, 0), (0, 0), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::Uyvy.plane_sizes(5, 3),
-            [(12, 3), (0, 0), (0, 0), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::Y210.plane_sizes(5, 3),
-            [(24, 3), (0, 0), (0, 0), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::P016.plane_sizes(5, 3),
-            [(10, 3), (12, 2), (0, 0), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::Y444p16.plane_sizes(5, 3),
-            [(10, 3), (10, 3), (10, 3), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::V210.plane_sizes(7, 3),
-            [(32, 3), (0, 0), (0, 0), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::Vuya.plane_sizes(5, 3),
-            [(20, 3), (0, 0), (0, 0), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::Y412.plane_sizes(5, 3),
-            [(40, 3), (0, 0), (0, 0), (0, 0)]
-        );
-        assert_eq!(
-            YuvLayout::A420.plane_sizes(5, 3),
-            [(5, 3), (3, 2), (3, 2), (5, 3)]
-        );
-        assert_eq!(
-            YuvLayout::A422p10.plane_sizes(5, 3),
-            [(10, 3), (6, 3), (6, 3), (10, 3)]
-        );
         // Alpha: out of a frame and back into one at its depth, where its sample is (AYUV's
         // first byte, Y412_LE's fourth word in its high 12 bits, AYUV64's first word, A420's
         // fourth plane): (layout, plane, first byte of the last pixel's sample).

@@ -493,17 +493,13 @@ mod tests {
         crate::engine::random::Rng::new(seed).bytes(n)
     }
 
-    /// A `w x h` frame of format `f`, noise in its planes, each row padded (plane p's by
-    /// 3 + 2p bytes, so that a stride mix-up shows).
+    /// A `w x h` frame of format `f` with padded rows (the parent's tests' frame), noise in
+    /// its planes.
     fn noisy_frame(f: YuvFormat, w: usize, h: usize, seed: u64) -> (Vec<Vec<u8>>, [usize; 4]) {
-        let sizes = f.layout.plane_sizes(w, h);
-        let strides = [0, 1, 2, 3].map(|p| match sizes[p] {
-            (_, 0) => 0,
-            (row, _) => row + 3 + 2 * p,
-        });
-        let planes = (0..f.layout.planes())
-            .map(|p| noise(strides[p] * sizes[p].1, seed + p as u64))
-            .collect();
+        let (mut planes, strides) = super::super::tests::frame(f.layout, w, h);
+        for (p, plane) in planes.iter_mut().enumerate() {
+            *plane = noise(plane.len(), seed + p as u64);
+        }
         (planes, strides)
     }
 
