@@ -397,12 +397,7 @@ impl Latency {
 struct CudaBufs {
     rgb: Vec<u8>,
     hr: Vec<u8>,
-    alpha: Vec<u8>,
-    alpha_hr: Vec<u8>,
-    alpha_cols: Vec<(usize, usize, f32)>,
-    /// The 16-bit alpha of the 64-bit RGBA formats.
-    alpha16: Vec<u16>,
-    alpha16_hr: Vec<u16>,
+    alpha: engine::frame::AlphaBufs,
 }
 
 #[glib::object_subclass]
@@ -1667,30 +1662,6 @@ fn cuda_scale(
 }
 
 impl CudaBufs {
-    /// `alpha` (a `w x h` plane) upscaled bilinearly by `s` into `alpha_hr`, as on the CPU.
-    fn upscale_alpha(&mut self, w: usize, h: usize, s: usize) {
-        engine::frame::upscale_plane_bilinear_into(
-            &self.alpha,
-            w,
-            h,
-            s,
-            &mut self.alpha_hr,
-            &mut self.alpha_cols,
-        );
-    }
-
-    /// The same for `alpha16` (codes of up to 16 bits) into `alpha16_hr`.
-    fn upscale_alpha16(&mut self, w: usize, h: usize, s: usize) {
-        engine::frame::upscale_plane_bilinear_into(
-            &self.alpha16,
-            w,
-            h,
-            s,
-            &mut self.alpha16_hr,
-            &mut self.alpha_cols,
-        );
-    }
-
     /// `self.rgb` (a `w x h` frame, packed RGB) through the shared CUDA engine into `self.hr`.
     /// The buffers travel with the job and come back with the frame (lost on an error: the
     /// next frame allocates them again).
@@ -1796,9 +1767,9 @@ fn cuda_yuv_frame(
         engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(err)?;
         fs
     };
-    if engine::yuv::unpack_alpha_into(src, &mut bufs.alpha16).map_err(err)? {
-        bufs.upscale_alpha16(w, h, s);
-        engine::yuv::pack_alpha(&bufs.alpha16_hr, dst).map_err(err)?;
+    if engine::yuv::unpack_alpha_into(src, &mut bufs.alpha.lr16).map_err(err)? {
+        bufs.alpha.upscale16(w, h, s);
+        engine::yuv::pack_alpha(&bufs.alpha.hr16, dst).map_err(err)?;
     }
     Ok(cuda_stats(fs, t0))
 }
@@ -1815,13 +1786,13 @@ fn cuda_frame(
     let t0 = std::time::Instant::now();
     let (w, h) = (src.width, src.height);
     let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
-    let has_alpha = engine::frame::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha)
+    let has_alpha = engine::frame::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha.lr)
         .map_err(|e| e.to_string())?;
     let fs = bufs.upscale(c, w, h, opts)?;
     if has_alpha {
-        bufs.upscale_alpha(w, h, s);
+        bufs.alpha.upscale(w, h, s);
     }
-    engine::frame::pack_rgb8(&bufs.hr, has_alpha.then_some(&bufs.alpha_hr[..]), dst)
+    engine::frame::pack_rgb8(&bufs.hr, has_alpha.then_some(&bufs.alpha.hr[..]), dst)
         .map_err(|e| e.to_string())?;
     Ok(cuda_stats(fs, t0))
 }
@@ -1840,12 +1811,12 @@ fn cuda_rgb_frame(
     let (w, h) = (src.width, src.height);
     let s = cuda_scale(c, src.format == dst.format, (w, h), (dst.width, dst.height))?;
     let err = |e: engine::Error| e.to_string();
-    engine::rgbfmt::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha16).map_err(err)?;
+    engine::rgbfmt::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha.lr16).map_err(err)?;
     let fs = bufs.upscale(c, w, h, opts)?;
     if src.format.has_alpha() {
-        bufs.upscale_alpha16(w, h, s);
+        bufs.alpha.upscale16(w, h, s);
     }
-    engine::rgbfmt::pack_rgb8(&bufs.hr, &bufs.alpha16_hr, dst).map_err(err)?;
+    engine::rgbfmt::pack_rgb8(&bufs.hr, &bufs.alpha.hr16, dst).map_err(err)?;
     Ok(cuda_stats(fs, t0))
 }
 

@@ -633,6 +633,32 @@ pub fn upscale_plane_bilinear_into<S: PlaneSample>(
         });
 }
 
+/// A frame's alpha plane and its bilinear upscale, kept between frames (the CPU engine's and
+/// the element's CUDA path's reusable buffers): 8-bit for the byte RGBA formats, 16-bit codes
+/// of the format's depth for the others.
+#[derive(Default)]
+pub struct AlphaBufs {
+    /// The input's alpha plane (byte formats) and its upscale.
+    pub lr: Vec<u8>,
+    pub hr: Vec<u8>,
+    /// The same for alpha codes of up to 16 bits.
+    pub lr16: Vec<u16>,
+    pub hr16: Vec<u16>,
+    cols: Vec<(usize, usize, f32)>,
+}
+
+impl AlphaBufs {
+    /// `lr` (a `w x h` plane) upscaled bilinearly by `s` into `hr`.
+    pub fn upscale(&mut self, w: usize, h: usize, s: usize) {
+        upscale_plane_bilinear_into(&self.lr, w, h, s, &mut self.hr, &mut self.cols);
+    }
+
+    /// `lr16` upscaled the same way into `hr16`.
+    pub fn upscale16(&mut self, w: usize, h: usize, s: usize) {
+        upscale_plane_bilinear_into(&self.lr16, w, h, s, &mut self.hr16, &mut self.cols);
+    }
+}
+
 /// Output rows per task of [`upscale_plane_bilinear_into`].
 const BAND_ROWS: usize = 16;
 

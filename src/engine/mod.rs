@@ -144,42 +144,11 @@ pub struct Engine {
 #[derive(Default)]
 struct Scratch {
     lr: Image,
-    /// Alpha layouts: the input's alpha plane, its bilinear upscale and that one's columns.
-    alpha: Vec<u8>,
-    alpha_hr: Vec<u8>,
-    alpha_cols: Vec<(usize, usize, f32)>,
-    /// The same for the 16-bit alpha of the 64-bit RGBA layouts.
-    alpha16: Vec<u16>,
-    alpha16_hr: Vec<u16>,
+    /// Alpha layouts: the input's alpha plane and its bilinear upscale.
+    alpha: frame::AlphaBufs,
     /// A v210 output frame's staged I422_10LE planes.
     v210: Vec<u8>,
     maps: Maps,
-}
-
-impl Scratch {
-    /// `alpha` (a `w x h` plane) upscaled bilinearly by `s` into `alpha_hr`.
-    fn upscale_alpha(&mut self, w: usize, h: usize, s: usize) {
-        frame::upscale_plane_bilinear_into(
-            &self.alpha,
-            w,
-            h,
-            s,
-            &mut self.alpha_hr,
-            &mut self.alpha_cols,
-        );
-    }
-
-    /// The same for `alpha16` (codes of up to 16 bits) into `alpha16_hr`.
-    fn upscale_alpha16(&mut self, w: usize, h: usize, s: usize) {
-        frame::upscale_plane_bilinear_into(
-            &self.alpha16,
-            w,
-            h,
-            s,
-            &mut self.alpha16_hr,
-            &mut self.alpha_cols,
-        );
-    }
 }
 
 /// A frame's luma plane (complexity), a tile's input map and network output, and the feature
@@ -468,12 +437,12 @@ impl Engine {
         self.with_scratch(|sc| {
             let has_alpha = self.pool.install(|| -> Result<bool> {
                 yuv::unpack_into(src, &mut sc.lr)?;
-                let has_alpha = yuv::unpack_alpha_into(src, &mut sc.alpha16)?;
+                let has_alpha = yuv::unpack_alpha_into(src, &mut sc.alpha.lr16)?;
                 if has_alpha {
                     // Alpha (AYUV, VUYA, Y412_LE, AYUV64, Y410, A420's and its kin's alpha
                     // plane) is upscaled apart, bilinearly, at its depth, as in the RGB
                     // formats.
-                    sc.upscale_alpha16(src.width, src.height, s);
+                    sc.alpha.upscale16(src.width, src.height, s);
                 }
                 Ok(has_alpha)
             })?;
@@ -482,7 +451,7 @@ impl Engine {
                 self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| out.put(src, r))?;
             self.pool.install(|| out.finish());
             if has_alpha {
-                self.pool.install(|| yuv::pack_alpha(&sc.alpha16_hr, dst))?;
+                self.pool.install(|| yuv::pack_alpha(&sc.alpha.hr16, dst))?;
             }
             Ok(stats)
         })
@@ -505,13 +474,13 @@ impl Engine {
         let s = self.scale();
         self.with_scratch(|sc| {
             self.pool.install(|| -> Result<()> {
-                rgbfmt::unpack_into(src, &mut sc.lr, &mut sc.alpha16)?;
+                rgbfmt::unpack_into(src, &mut sc.lr, &mut sc.alpha.lr16)?;
                 if src.format.has_alpha() {
-                    sc.upscale_alpha16(src.width, src.height, s);
+                    sc.alpha.upscale16(src.width, src.height, s);
                 }
                 Ok(())
             })?;
-            let alpha = &sc.alpha16_hr[..];
+            let alpha = &sc.alpha.hr16[..];
             self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| {
                 rgbfmt::pack_rect(src, r, alpha, dst)
             })
@@ -529,12 +498,12 @@ impl Engine {
         // The frame copies run on this engine's threads too (they are parallel by rows).
         let has_alpha = self
             .pool
-            .install(|| frame::unpack_into(src, &mut sc.lr, &mut sc.alpha))?;
+            .install(|| frame::unpack_into(src, &mut sc.lr, &mut sc.alpha.lr))?;
         if has_alpha {
             self.pool
-                .install(|| sc.upscale_alpha(src.width, src.height, s));
+                .install(|| sc.alpha.upscale(src.width, src.height, s));
         }
-        let alpha = has_alpha.then_some(&sc.alpha_hr[..]);
+        let alpha = has_alpha.then_some(&sc.alpha.hr[..]);
         self.upscale_with(&sc.lr, opts, &mut sc.maps, &mut |src, r| {
             frame::pack_rect(src, r, alpha, dst)
         })
