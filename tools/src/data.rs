@@ -133,8 +133,9 @@ pub fn load_calibration(dirs: &[PathBuf], s: usize, lr: bool) -> Result<Vec<Pair
     Ok(v)
 }
 
-/// A benchmark set: `root/HR/*.png`, with `root/LR_bicubic/X{s}/{stem}x{s}.png` when present
-/// (otherwise the LR is made from the mod-cropped HR with our bicubic).
+/// A benchmark set: `root/HR/*.png` (or BMP, JPEG: a folder of training images serves as a
+/// validation set), with `root/LR_bicubic/X{s}/{stem}x{s}.png` when present (otherwise the LR
+/// is made from the mod-cropped HR with our bicubic).
 pub fn load_benchmark(root: &Path, s: usize) -> Result<Vec<Pair>> {
     let hr_dir = root.join("HR");
     let dir = if hr_dir.is_dir() {
@@ -142,15 +143,15 @@ pub fn load_benchmark(root: &Path, s: usize) -> Result<Vec<Pair>> {
     } else {
         root.to_path_buf()
     };
-    let files = list_pngs(&dir)?;
+    let files = list_training_images(&dir)?;
     if files.is_empty() {
-        bail!("no PNG images in {}", dir.display());
+        bail!("no images (PNG, BMP, JPEG) in {}", dir.display());
     }
     files
         .par_iter()
         .map(|p| {
             let name = stem(p);
-            let img = read_png(p)?;
+            let img = read_image(p)?;
             let lr_path = root.join(format!("LR_bicubic/X{s}/{name}x{s}.png"));
             if lr_path.is_file() {
                 let lr = read_png(&lr_path)?;

@@ -111,3 +111,36 @@ fn bad_arguments_are_refused() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
 }
+
+/// A folder of training images (no `HR/`, BMP and JPEG beside PNG, in subfolders) serves as a
+/// validation set: every image is found, and a BMP holding a PNG's pixels scores the same.
+#[test]
+fn a_folder_of_training_images_is_a_validation_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = tmp.path().join("Train");
+    std::fs::create_dir_all(set.join("sub")).unwrap();
+    let img = test_image(48, 40, 4);
+    write_png(&set.join("a.png"), &img).unwrap();
+    let rgb = image::RgbImage::from_raw(48, 40, img.to_rgb8()).unwrap();
+    rgb.save(set.join("b.bmp")).unwrap();
+    rgb.save(set.join("sub/c.jpg")).unwrap();
+    let cfg = EdsrConfig {
+        n_resblocks: 1,
+        n_feats: 8,
+        ..EdsrConfig::baseline(2)
+    };
+    let mpath = tmp.path().join("fp.safetensors");
+    random_model(cfg, 5).unwrap().save(&mpath).unwrap();
+    let (_, doc) = run(&[
+        "--model",
+        mpath.to_str().unwrap(),
+        "--sets",
+        set.to_str().unwrap(),
+        "--per-image",
+    ]);
+    let imgs = doc["sets"][0]["model"]["images"].as_array().unwrap();
+    let names: Vec<&str> = imgs.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(imgs[0]["psnr"], imgs[1]["psnr"]);
+    assert_ne!(imgs[0]["psnr"], imgs[2]["psnr"], "the JPEG is lossy");
+}

@@ -18,7 +18,8 @@ adabm-eval [--model FILE] [--bicubic] [options]
   --bicubic         also score MATLAB-style bicubic upscaling (alone when --model is absent)
   --scale S         scale of the bicubic baseline / check of the model's scale (default: model's, else 2)
   --sets DIRS       comma-separated benchmark folders (HR/ and optional LR_bicubic/X{s}/; LR is
-                    made from HR when absent) (default ../shared/data/test/{Set5,Set14,B100})
+                    made from HR when absent), or folders of HR images (PNG, BMP, JPEG; a
+                    validation set) (default ../shared/data/test/{Set5,Set14,B100})
   --patch N         evaluate on independent N x N LR patches, step N, each with its own b_I (the
                     reference's patch mode uses 96); 0 = whole images (default 0)
   --no-adaptive     b_I = 0 for every image (quantized models)
