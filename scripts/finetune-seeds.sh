@@ -9,8 +9,9 @@
 #       c2="--crop-seed 2" c3="--crop-seed 3"
 #
 # Validation set: every 5th image of train/BSD200 and every 8th of train/SunHays80 (50 images,
-# HR degraded with our bicubic by adabm-eval). A run whose model exists in OUTDIR is not run
-# again. Needs target/release/adabm-{finetune,eval} (cargo build --release --workspace) and
+# HR degraded with our bicubic by adabm-eval). MAX_FAB=X in the environment leaves out runs
+# whose validation FAB is above X (a bit budget, e.g. 4.0 for w4a4). A run whose model exists
+# in OUTDIR is not run again. Needs target/release/adabm-{finetune,eval} (cargo build --release --workspace) and
 # ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,9 +53,9 @@ for name in "${names[@]}"; do
   eval_to "$OUT/ft-$name.safetensors" "$TEST" "$OUT/test-$name.json"
 done
 
-python3 - "$OUT" "${names[@]}" <<'EOF'
+python3 - "$OUT" "${MAX_FAB:-inf}" "${names[@]}" <<'EOF'
 import json, sys
-out, names = sys.argv[1], sys.argv[2:]
+out, max_fab, names = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 def sets(p):
     return {s['set']: s['model']['mean'] for s in json.load(open(p))['sets']}
 def drop(kind, name):
@@ -69,7 +70,10 @@ print(f"{'run':6s} {'val drop':>9s} {'val FAB':>8s} | {'test drop':>9s} {'test F
 for vd, n, vf, td, tf, tq in rows:
     per = ' / '.join(f"{k} {v['psnr']:.3f}" for k, v in tq.items())
     print(f"{n:6s} {vd:9.4f} {vf:8.2f} | {td:9.4f} {tf:8.2f}  {per}")
-best = min(rows)
+within = [r for r in rows if r[2] <= max_fab]
+if not within:
+    sys.exit(f"no run has a validation FAB of at most {max_fab}")
+best = min(within)
 print(f"selected on the validation set: {best[1]} ({out}/ft-{best[1]}.safetensors): "
       f"test drop {best[3]:.4f} dB at FAB {best[4]:.2f}")
 EOF
