@@ -673,6 +673,9 @@ pub mod direct {
     }
 
     /// Never called: [`available`] is false off x86-64.
+    ///
+    /// # Safety
+    /// None needed (it only panics); unsafe to match the x86-64 kernel's signature.
     #[allow(clippy::too_many_arguments)]
     #[cfg(not(target_arch = "x86_64"))]
     pub unsafe fn conv_rows_rgb(
@@ -688,6 +691,9 @@ pub mod direct {
     }
 
     /// Never called: [`available`] is false off x86-64.
+    ///
+    /// # Safety
+    /// None needed (it only panics); unsafe to match the x86-64 kernel's signature.
     #[allow(clippy::too_many_arguments)]
     #[cfg(not(target_arch = "x86_64"))]
     pub unsafe fn conv_rows(
@@ -716,6 +722,7 @@ pub mod direct {
 /// output's scale.
 pub mod winograd {
     use super::FeatureMap;
+    #[cfg(target_arch = "x86_64")]
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -783,13 +790,17 @@ pub mod winograd {
     }
 
     /// Shares the output pointer between the threads; each work item writes its own tiles.
+    #[cfg(target_arch = "x86_64")]
     #[derive(Clone, Copy)]
     struct OutPtr(*mut f32);
     // SAFETY: the work items write disjoint positions (distinct tile rows or column ranges).
+    #[cfg(target_arch = "x86_64")]
     unsafe impl Send for OutPtr {}
+    #[cfg(target_arch = "x86_64")]
     unsafe impl Sync for OutPtr {}
 
     /// Where the outputs go.
+    #[cfg(target_arch = "x86_64")]
     #[derive(Clone, Copy)]
     enum Dest {
         /// The positions of [`super::conv3x3_rows`]'s layout (`cout` values each) from
@@ -1213,6 +1224,9 @@ pub mod winograd {
     }
 
     /// Never called: [`enabled`] is false off x86-64.
+    ///
+    /// # Safety
+    /// None needed (it only panics); unsafe to match the x86-64 kernel's signature.
     #[cfg(not(target_arch = "x86_64"))]
     pub unsafe fn conv_rows_shuffled<const MM: usize>(
         _src: &FeatureMap,
@@ -1227,6 +1241,9 @@ pub mod winograd {
     }
 
     /// Never called: [`enabled`] is false off x86-64.
+    ///
+    /// # Safety
+    /// None needed (it only panics); unsafe to match the x86-64 kernel's signature.
     #[allow(clippy::too_many_arguments)]
     #[cfg(not(target_arch = "x86_64"))]
     pub unsafe fn conv_rows<const MM: usize>(

@@ -525,7 +525,10 @@ pub fn row_sums(
             }
         },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => scalar::row_sums(x, pc, y, cols.clone(), out),
+        _ => {
+            let _ = max_code; // picks among the AVX2 kernels only
+            scalar::row_sums(x, pc, y, cols.clone(), out)
+        }
     }
     if pc.offset {
         finish_offset(x, pc, y, cols, out);
@@ -536,6 +539,9 @@ pub fn row_sums(
 /// output row's three input rows); the same `S` to the bit. Only at levels with a Winograd
 /// kernel (AVX2), with the schedule of this conv for `v.max_code`
 /// ([`PackedConv::wino_schedule`]).
+// Off x86-64 there is no Winograd kernel (only the scalar level, which never asks for one), so
+// the weights go unused and the match ends in its panic.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unreachable_code))]
 pub fn row_sums_wino(
     level: CpuLevel,
     v: &wino::WinoInput,
@@ -565,6 +571,9 @@ pub fn row_sums_wino(
 /// [`row_sums`] by Winograd F(2,3) from the transformed rows `v` ([`wino::build_row`]) with
 /// i32 element sums (VNNI levels: no widening schedule); the same `S` to the bit. Exact for
 /// codes up to 127 (`2Q` fits u8) when the conv has Winograd weights.
+// Off x86-64 there is no Winograd kernel (only the scalar level, which never asks for one), so
+// the weights go unused and the match ends in its panic.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unreachable_code))]
 pub fn row_sums_wino_i32(
     level: CpuLevel,
     v: &wino::WinoInput,
@@ -594,6 +603,9 @@ pub fn row_sums_wino_i32(
 /// [`row_sums`] of output row `y` of `x` by Winograd F(2,3) in i16 from the transformed rows
 /// `v` ([`wino::build_row16`] of rows `y .. y + 3` of `x`); the same `S` to the bit, for any
 /// codes and weights. Only at levels with a Winograd kernel (AVX2).
+// Off x86-64 there is no Winograd kernel (only the scalar level, which never asks for one), so
+// the weights go unused and the match ends in its panic.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unreachable_code))]
 pub fn row_sums_wino16(
     level: CpuLevel,
     v: &wino::WinoInput16,
@@ -627,6 +639,9 @@ pub fn row_sums_wino16(
 /// `out[r · w · cout8 ..]` (the second row's values are meaningless when `y + 1` is past the
 /// map); the same `S` to the bit. At the AVX-512 VNNI level (and its emulation), i32 element
 /// sums: exact whenever the conv has F(2x2, 3x3) weights and `4·max_code ≤ 255`.
+// Off x86-64 there is no Winograd kernel (only the scalar level, which never asks for one), so
+// the weights go unused and the match ends in its panic.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unreachable_code))]
 pub fn row_sums_wino2_i32(
     level: CpuLevel,
     v: &wino::Wino2Input,
@@ -653,6 +668,9 @@ pub fn row_sums_wino2_i32(
 /// `out[r · x.w · cout8..]`) by Winograd F(4x4, 3x3) on i16 ([`wino4`]): the same `S` to the
 /// bit, offset correction included. At AVX-512 VNNI, AVX-VNNI and AVX2 ([`has_wino4`]), for
 /// convs with [`PackedConv::wino4`] weights; `tiles` is scratch.
+// Off x86-64 there is no Winograd kernel (only the scalar level, which never asks for one), so
+// the weights go unused and the match ends in its panic.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unreachable_code))]
 pub fn row_sums_wino4(
     level: CpuLevel,
     x: &Codes,

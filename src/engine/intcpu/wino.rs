@@ -382,24 +382,29 @@ fn add16<const L: usize>(a: [u8; L], b: [u8; L]) -> [i16; L] {
 macro_rules! multiversion {
     ($name:ident($($a:ident: $t:ty),*) => $body:ident) => {
         fn $name(level: CpuLevel, $($a: $t),*) {
-            #[target_feature(enable = "avx2,avx512f,avx512bw")]
-            unsafe fn w512($($a: $t),*) {
-                $body($($a),*)
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,avx512f,avx512bw")]
+                unsafe fn w512($($a: $t),*) {
+                    $body($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn w256($($a: $t),*) {
+                    $body($($a),*)
+                }
+                if level == CpuLevel::Avx512Vnni {
+                    // SAFETY: that level is only chosen where AVX-512 F/BW/VL/VNNI are
+                    // (`CpuLevel::supported`).
+                    return unsafe { w512($($a),*) };
+                } else if level >= CpuLevel::Avx2 {
+                    // SAFETY: every level from AVX2 up needs AVX2.
+                    return unsafe { w256($($a),*) };
+                }
             }
-            #[target_feature(enable = "avx2")]
-            unsafe fn w256($($a: $t),*) {
-                $body($($a),*)
-            }
-            if level == CpuLevel::Avx512Vnni {
-                // SAFETY: that level is only chosen where AVX-512 F/BW/VL/VNNI are
-                // (`CpuLevel::supported`).
-                unsafe { w512($($a),*) }
-            } else if level >= CpuLevel::Avx2 {
-                // SAFETY: every level from AVX2 up needs AVX2.
-                unsafe { w256($($a),*) }
-            } else {
-                $body($($a),*)
-            }
+            // Other architectures have the scalar level only (their vector unit is the
+            // baseline's: NEON on aarch64).
+            let _ = level;
+            $body($($a),*)
         }
     };
 }

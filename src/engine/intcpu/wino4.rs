@@ -23,9 +23,12 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+#[cfg(target_arch = "x86_64")]
 use std::ops::Range;
 
-use super::{Codes, PackedConv};
+#[cfg(target_arch = "x86_64")]
+use super::Codes;
+use super::PackedConv;
 
 /// Elements of a 6x6 tile.
 const ELEMENTS: usize = 36;
