@@ -9,9 +9,13 @@
 #   scripts/aarch64-check.sh --all    also the built-in models, the integer engine and the
 #                                     element (about 10 minutes under qemu)
 #
-# Installs with apt what it needs (the arm64 architecture for GStreamer's development files,
-# the cross linker, qemu-user) and the Rust target with rustup. The element test that runs
-# the host's gst-launch-1.0 cannot load an aarch64 plugin and is skipped here.
+# Installs with apt what it needs (the arm64 architecture for GStreamer's libraries and core
+# development files, the cross linker, qemu-user) and the Rust target with rustup. Debian 12's
+# libgstreamer-plugins-base1.0-dev cannot be installed for two architectures at once (apt
+# would remove the host's), so the aarch64 link uses the arm64 runtime libraries through
+# pkg-config files and .so links made here from the host's (target/aarch64-pkgconfig). The
+# element test that runs the host's gst-launch-1.0 cannot load an aarch64 plugin and is
+# skipped here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 all=0
@@ -19,14 +23,15 @@ all=0
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
+A=/usr/lib/aarch64-linux-gnu
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null \
-    || [ ! -f /usr/lib/aarch64-linux-gnu/pkgconfig/gstreamer-video-1.0.pc ]; then
+    || [ ! -f $A/pkgconfig/gstreamer-base-1.0.pc ] || [ ! -e $A/libgstvideo-1.0.so.0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO dpkg --add-architecture arm64
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends qemu-user gcc-aarch64-linux-gnu \
         libc6-dev-arm64-cross libc6:arm64 libgstreamer1.0-dev:arm64 \
-        libgstreamer-plugins-base1.0-dev:arm64 >/dev/null
+        libgstreamer-plugins-base1.0-0:arm64 >/dev/null
 fi
 if [ "$all" = 1 ] && [ ! -d /usr/lib/aarch64-linux-gnu/gstreamer-1.0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends gstreamer1.0-plugins-base:arm64 \
@@ -35,13 +40,27 @@ fi
 rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
     || rustup target add aarch64-unknown-linux-gnu
 
+# The plugins-base libraries (gstreamer-video, -app, ...): the host's .pc files pointed at a
+# directory of links to the arm64 runtime libraries.
+PC=$PWD/target/aarch64-pkgconfig
+mkdir -p "$PC/lib"
+H=/usr/lib/x86_64-linux-gnu
+[ -f "$H/pkgconfig/gstreamer-video-1.0.pc" ] || {
+    echo "no $H/pkgconfig/gstreamer-video-1.0.pc: run scripts/install-deps.sh first" >&2; exit 1; }
+for pc in "$H"/pkgconfig/gstreamer-{app,audio,pbutils,tag,video}-1.0.pc; do
+    lib=$(sed -n 's/^Libs: .*-l\(gst[a-z]*-1.0\).*/\1/p' "$pc")
+    [ -e "$A/lib$lib.so.0" ] || { echo "no $A/lib$lib.so.0" >&2; exit 1; }
+    ln -sf "$A/lib$lib.so.0" "$PC/lib/lib$lib.so"
+    sed "s|^libdir=.*|libdir=$PC/lib|" "$pc" > "$PC/$(basename "$pc")"
+done
+
 T=aarch64-unknown-linux-gnu
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 # The multiarch libc (libc6:arm64) and libraries, found through the normal paths: qemu's -L
 # with the cross toolchain's older libc copy hangs at the first thread.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
 export PKG_CONFIG_ALLOW_CROSS=1
-export PKG_CONFIG_LIBDIR=/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig
+export PKG_CONFIG_LIBDIR=$PC:$A/pkgconfig:/usr/share/pkgconfig
 # The registry is scanned in-process (an aarch64 gst-plugin-scanner cannot run as a child).
 export GST_REGISTRY_FORK=no GST_REGISTRY=${TMPDIR:-/tmp}/adabm-aarch64-registry.bin
 
