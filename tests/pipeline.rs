@@ -6,17 +6,30 @@ mod common;
 use common::*;
 use gstadabm::engine::QuantMode;
 
-#[test]
-fn decode_upscale_encode_mp4() {
+/// Initialises GStreamer with the element registered; false (after a visible SKIPPED line
+/// naming what to install) when one of `elements` is missing.
+fn init_with(elements: &[&str], install: &str) -> bool {
     gst::init().unwrap();
     gstadabm::plugin_register_static().unwrap();
-    for f in ["x264enc", "mp4mux", "qtdemux", "decodebin", "avdec_h264"] {
-        if gst::ElementFactory::find(f).is_none() {
-            eprintln!(
-                "SKIPPED: GStreamer element {f} is missing (install gstreamer1.0-plugins-ugly/-good and gstreamer1.0-libav)"
-            );
-            return;
+    match elements
+        .iter()
+        .find(|f| gst::ElementFactory::find(f).is_none())
+    {
+        Some(f) => {
+            eprintln!("SKIPPED: GStreamer element {f} is missing (install {install})");
+            false
         }
+        None => true,
+    }
+}
+
+#[test]
+fn decode_upscale_encode_mp4() {
+    if !init_with(
+        &["x264enc", "mp4mux", "qtdemux", "decodebin", "avdec_h264"],
+        "gstreamer1.0-plugins-ugly/-good and gstreamer1.0-libav",
+    ) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("x2.safetensors");
@@ -49,15 +62,11 @@ fn decode_upscale_encode_mp4() {
 /// alpha plane upscaled bilinearly.
 #[test]
 fn webm_with_alpha_goes_through_as_a420() {
-    gst::init().unwrap();
-    gstadabm::plugin_register_static().unwrap();
-    for f in ["matroskademux", "vp9alphadecodebin", "vp9dec", "decodebin"] {
-        if gst::ElementFactory::find(f).is_none() {
-            eprintln!(
-                "SKIPPED: GStreamer element {f} is missing (install gstreamer1.0-plugins-good and -bad)"
-            );
-            return;
-        }
+    if !init_with(
+        &["matroskademux", "vp9alphadecodebin", "vp9dec", "decodebin"],
+        "gstreamer1.0-plugins-good and -bad",
+    ) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("x2.safetensors");
