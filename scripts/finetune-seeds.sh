@@ -11,8 +11,8 @@
 # Validation set: every 5th image of train/BSD200 and every 8th of train/SunHays80 (50 images,
 # HR degraded with our bicubic by adabm-eval). MAX_FAB=X in the environment leaves out runs
 # whose validation FAB is above X (a bit budget, e.g. 4.0 for w4a4). A run whose model exists
-# in OUTDIR is not run again. Needs target/release/adabm-{finetune,eval} (cargo build --release --workspace) and
-# ../shared/data.
+# in OUTDIR is not run again, nor an evaluation whose JSON is newer than its model. Needs
+# target/release/adabm-{finetune,eval} (cargo build --release --workspace) and ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 4 ] || { sed -n 5,9p "$0" >&2; exit 2; }
@@ -44,7 +44,7 @@ for spec in "$@"; do
   echo "$name: fine-tuned in $(($(date +%s) - s)) s"
 done
 eval_to() { # model, sets, json
-  [ -f "$3" ] || target/release/adabm-eval --model "$1" --sets "$2" --json "$3" > "${3%.json}.log"
+  [ "$3" -nt "$1" ] || target/release/adabm-eval --model "$1" --sets "$2" --json "$3" > "${3%.json}.log"
 }
 eval_to "$FP" "$VAL" "$OUT/val-fp32.json"
 eval_to "$FP" "$TEST" "$OUT/test-fp32.json"
