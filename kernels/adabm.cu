@@ -14,6 +14,11 @@ typedef unsigned long long u64;
 #define HALO (TILE + 2)
 #define MMA_THREADS 256
 
+#ifndef ADABM_HOST
+// The kernel's dynamic shared memory (the host build gives each emulated block its own).
+#define DYNAMIC_SMEM(name) extern __shared__ __align__(16) u8 name[]
+#endif
+
 // Input quantizer of one layer for one frame (see intnet.rs): code(x) and Δa.
 // s = N / (u - l).
 struct Quant {
@@ -39,6 +44,7 @@ __device__ __forceinline__ u8 to_u8(float v) {
     return (u8)(r < 255.0f ? r : 255.0f);
 }
 
+#ifndef ADABM_HOST  // the host build (tests/cuda_host/emu.hpp) brings its own
 __device__ __forceinline__ u32 dp4a_u(u32 a, u32 b, u32 c) {
     u32 d;
     asm("dp4a.u32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -64,6 +70,7 @@ __device__ __forceinline__ float h2f(u16 h) {
     asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
     return f;
 }
+#endif
 
 // Border class of intnet.rs: bit 0 when the -1 tap is outside, bit 1 when the +1 tap is.
 __device__ __forceinline__ int border_bits(int v, int len) {
@@ -370,6 +377,7 @@ struct DirectArgs {
     int h, w, hp_in, wp_in, hp_out, wp_out;
     int m, layer, next, L;
     float hw, mean0, mean1, mean2, inv;
+    int pad;  // no implicit padding: the struct is 144 bytes on the host and the GPU alike
 };
 
 // A head output of 4 channels (float4 index i): the global skip and the residual stream.
@@ -630,8 +638,10 @@ struct MmaArgs {
     int h, w, hp, wp, tiles_x, tiles_y, frames;
     int hp_out, wp_out, cout, m, layer, next, L, r;
     float hw, res_scale;
+    int pad;  // no implicit padding: the struct is 144 bytes on the host and the GPU alike
 };
 
+#ifndef ADABM_HOST  // the host build (tests/cuda_host/emu.hpp) brings its own
 __device__ __forceinline__ void mma_u8u8(int* d, const u32* a, u32 b0, u32 b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.u8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
@@ -658,6 +668,7 @@ __device__ __forceinline__ void mma_u8s8(int* d, const u32* a, u32 b0, u32 b1) {
         : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 // CIN: bytes per halo pixel and weight row (channels × element size); ESZ: bytes per output
 // element (1: codes, 2: f16).
@@ -681,6 +692,7 @@ __device__ __forceinline__ int swz(int hp, int chunk) {
     return chunk ^ ((hp / (128 / CIN)) & (CIN / 16 - 1));
 }
 
+#ifndef ADABM_HOST  // the host build (tests/cuda_host/emu.hpp) brings its own
 // Shared-state-space address of a pointer into shared memory.
 __device__ __forceinline__ u32 smem_u32(const void* p) {
     u32 s;
@@ -694,23 +706,47 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(smem)), "l"(gmem));
 }
 
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+// Waits for every copy this thread queued.
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;"); }
+
+// Asks for the 128-byte line at `p` (inside a buffer) to be brought into L2: no register
+// written, no effect on results.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+#endif
+
 // ADABM_LDSM (NVRTC option -DADABM_LDSM=N, from ADABM_CUDA_LDMATRIX): which tensor-core convs
 // load their A and B fragments with ldmatrix.x4 (4 registers per instruction) instead of one
 // 32-bit shared load per register. Same registers, same results. 0: none; 1 (the engine's
 // default): the integer convs, measured 1.08-1.09x faster on an H200 and bit-exact; 2: the
-// f16 convs of floating-point layers too (not yet run on a GPU).
+// f16 convs of floating-point layers too (checked on the emulated GPU of tests/cuda_host.rs,
+// not yet run on a GPU).
 #ifndef ADABM_LDSM
 #define ADABM_LDSM 0
+#endif
+
+// ADABM_PREFETCH (NVRTC option -DADABM_PREFETCH=1, from ADABM_CUDA_PREFETCH=1): the convs that
+// read the residual stream or the head output in their epilogue (EPI_RES, EPI_SKIP) ask for
+// their tile's lines in L2 when the tile starts, so that those reads, which wait on DRAM
+// after the tile's products, find them there. Same results; not yet measured on a GPU, so off
+// by default.
+#ifndef ADABM_PREFETCH
+#define ADABM_PREFETCH 0
 #endif
 
 // ldmatrix.x4 of four 8x8 b16 matrices: lanes 8j..8j+7 give the 16-byte rows of matrix j, and
 // register j of lane i receives bytes 4·(i%4)..4·(i%4)+3 of row i/4 of matrix j, which is
 // the m16n8k32 fragment layout of 8-bit A (rows g, g+8 × k halves) and B (n rows × k halves).
+#ifndef ADABM_HOST  // the host build (tests/cuda_host/emu.hpp) brings its own
 __device__ __forceinline__ void ldsm_x4(u32* r, u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
 }
+#endif
 
 // Queues the asynchronous copy of one tile's 18x18 code halo into `halo`.
 template <int CIN>
@@ -726,7 +762,7 @@ __device__ __forceinline__ void load_halo(const MmaArgs& a, int tile, u8* halo) 
             (const uint4*)(a.in + (((size_t)f * a.hp + ty * TILE + hy) * a.wp + tx * TILE + hx) * CIN) + c;
         cp_async16(halo + (hp * NC + swz<CIN>(hp, c)) * 16, src);
     }
-    asm volatile("cp.async.commit_group;");
+    cp_async_commit();
 }
 
 template <bool F> struct AccOf { typedef int T; };
@@ -744,7 +780,7 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
     constexpr int CIN = F16 ? 2 * C : C;  // bytes per halo pixel
     constexpr int ESZ = HOUT ? 2 : 1;
     typedef MmaShape<CIN, NS, ESZ> S;
-    extern __shared__ __align__(16) u8 smem[];
+    DYNAMIC_SMEM(smem);
     u8* sw = smem;
     int* ktab = (int*)(smem + S::WBYTES);  // [16][NS] of this slice
     float* bias = (float*)(ktab + 16 * NS);
@@ -770,12 +806,24 @@ __device__ __forceinline__ void conv_mma(const MmaArgs& a) {
         const int f = tile / (a.tiles_y * a.tiles_x);
         const int rem = tile - f * a.tiles_y * a.tiles_x;
         const int ty = rem / a.tiles_x, tx = rem - (rem / a.tiles_x) * a.tiles_x;
-        asm volatile("cp.async.wait_group 0;");
+        cp_async_wait_all();
         __syncthreads();  // this tile's halo is in; every warp is done with the other buffer
         if (tile + (int)gridDim.x < ntiles)
             load_halo<CIN>(a, tile + gridDim.x, halos + (buf ^ 1) * S::HBYTES);
         const u8* halo = halos + buf * S::HBYTES;
         buf ^= 1;
+        // (Not in the non-fq last block's conv2 with its f16 output, `_h`, which runs once a
+        // frame and would spill on sm_90 with the extra addresses.)
+        if constexpr (ADABM_PREFETCH && (MODE == EPI_RES || MODE == EPI_SKIP) && !(HOUT && !F16)) {
+            // This warp's two rows of 16 pixels × the slice's NS floats: NS / 32 lines a pixel.
+            constexpr int LPP = NS / 32;
+            const float* src = MODE == EPI_RES ? a.res : a.head;
+            for (int i = lane; i < 32 * LPP; i += 32) {
+                const int p = i / LPP, y = ty * TILE + warp * 2 + p / TILE, x = tx * TILE + p % TILE;
+                if (y < a.h && x < a.w)
+                    prefetch_l2(src + (((size_t)f * a.h + y) * a.w + x) * a.cout + slice * NS + (i % LPP) * 32);
+            }
+        }
 
         typename AccOf<F16>::T acc[2][S::NT][4];
 #pragma unroll

@@ -62,19 +62,26 @@ fn kernels_compile_for_every_arch_without_spills() {
         return;
     }
     // The default fragment loads (ldmatrix in the integer convs) for every arch, the 32-bit
-    // loads everywhere (ADABM_CUDA_LDMATRIX=0) and ldmatrix everywhere (=all) too.
-    for (arch, ldsm) in [
-        ("sm_80", 1),
-        ("sm_89", 1),
-        ("sm_90", 1),
-        ("sm_80", 0),
-        ("sm_89", 0),
-        ("sm_90", 0),
-        ("sm_80", 2),
-        ("sm_90", 2),
+    // loads everywhere (ADABM_CUDA_LDMATRIX=0) and ldmatrix everywhere (=all) too; the L2
+    // prefetch of the epilogue operands (ADABM_CUDA_PREFETCH=1) with the default loads.
+    for (arch, ldsm, prefetch) in [
+        ("sm_80", 1, false),
+        ("sm_89", 1, false),
+        ("sm_90", 1, false),
+        ("sm_80", 0, false),
+        ("sm_89", 0, false),
+        ("sm_90", 0, false),
+        ("sm_80", 2, false),
+        ("sm_90", 2, false),
+        ("sm_80", 1, true),
+        ("sm_90", 1, true),
     ] {
-        let c = cuda::compile_variant(arch, true, ldsm).unwrap_or_else(|e| panic!("{e}"));
-        let arch = format!("{arch} (ADABM_LDSM={ldsm})");
+        let v = cuda::Variant { ldsm, prefetch };
+        let c = cuda::compile_variant(arch, true, v).unwrap_or_else(|e| panic!("{e}"));
+        let arch = format!(
+            "{arch} (ADABM_LDSM={ldsm}, ADABM_PREFETCH={})",
+            prefetch as u8
+        );
         assert!(
             c.cubin.len() > 1000,
             "{arch}: cubin of {} bytes",

@@ -19,137 +19,158 @@ const TILE: usize = 16;
 const HALO: usize = TILE + 2;
 const MMA_THREADS: u32 = 256;
 
+/// kernels/adabm.cu `Quant`, field for field (public for the emulated-GPU tests,
+/// tests/cuda_host.rs).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct Quant {
-    l: f32,
-    u: f32,
-    s: f32,
-    da: f32,
+pub struct Quant {
+    pub l: f32,
+    pub u: f32,
+    pub s: f32,
+    pub da: f32,
 }
 unsafe impl DeviceRepr for Quant {}
 unsafe impl cudarc::driver::ValidAsZeroBits for Quant {}
 
+/// kernels/adabm.cu `LayerInfo`, field for field (public for the emulated-GPU tests,
+/// tests/cuda_host.rs).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct LayerInfo {
-    l: f32,
-    u: f32,
-    kind: i32,
-    b_l: i32,
+pub struct LayerInfo {
+    pub l: f32,
+    pub u: f32,
+    pub kind: i32,
+    pub b_l: i32,
 }
 unsafe impl DeviceRepr for LayerInfo {}
 
+/// kernels/adabm.cu `DirectArgs`, field for field (public for the emulated-GPU tests,
+/// tests/cuda_host.rs).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct DirectArgs {
-    input: u64,
-    wts: u64,
-    bias: u64,
-    ktab: u64,
-    plan: u64,
-    head: u64,
-    res: u64,
-    out: u64,
-    rgb: u64,
-    rgbf: u64,
-    h: i32,
-    w: i32,
-    hp_in: i32,
-    wp_in: i32,
-    hp_out: i32,
-    wp_out: i32,
-    m: i32,
-    layer: i32,
-    next: i32,
-    l_count: i32,
-    hw: f32,
-    mean: [f32; 3],
-    inv: f32,
+pub struct DirectArgs {
+    pub input: u64,
+    pub wts: u64,
+    pub bias: u64,
+    pub ktab: u64,
+    pub plan: u64,
+    pub head: u64,
+    pub res: u64,
+    pub out: u64,
+    pub rgb: u64,
+    pub rgbf: u64,
+    pub h: i32,
+    pub w: i32,
+    pub hp_in: i32,
+    pub wp_in: i32,
+    pub hp_out: i32,
+    pub wp_out: i32,
+    pub m: i32,
+    pub layer: i32,
+    pub next: i32,
+    pub l_count: i32,
+    pub hw: f32,
+    pub mean: [f32; 3],
+    pub inv: f32,
+    /// No implicit padding (the emulated-GPU tests send the struct's bytes).
+    pub pad: i32,
 }
 unsafe impl DeviceRepr for DirectArgs {}
 
+/// kernels/adabm.cu `MmaArgs`, field for field (public for the emulated-GPU tests,
+/// tests/cuda_host.rs).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct MmaArgs {
-    input: u64,
-    wts: u64,
-    bias: u64,
-    ktab: u64,
-    plan: u64,
-    res: u64,
-    head: u64,
-    out: u64,
-    h: i32,
-    w: i32,
-    hp: i32,
-    wp: i32,
-    tiles_x: i32,
-    tiles_y: i32,
-    frames: i32,
-    hp_out: i32,
-    wp_out: i32,
-    cout: i32,
-    m: i32,
-    layer: i32,
-    next: i32,
-    l_count: i32,
-    r: i32,
-    hw: f32,
-    res_scale: f32,
+pub struct MmaArgs {
+    pub input: u64,
+    pub wts: u64,
+    pub bias: u64,
+    pub ktab: u64,
+    pub plan: u64,
+    pub res: u64,
+    pub head: u64,
+    pub out: u64,
+    pub h: i32,
+    pub w: i32,
+    pub hp: i32,
+    pub wp: i32,
+    pub tiles_x: i32,
+    pub tiles_y: i32,
+    pub frames: i32,
+    pub hp_out: i32,
+    pub wp_out: i32,
+    pub cout: i32,
+    pub m: i32,
+    pub layer: i32,
+    pub next: i32,
+    pub l_count: i32,
+    pub r: i32,
+    pub hw: f32,
+    pub res_scale: f32,
+    /// No implicit padding (the emulated-GPU tests send the struct's bytes).
+    pub pad: i32,
 }
 unsafe impl DeviceRepr for MmaArgs {}
 
-/// What one frame of a batch asks for (kernels/adabm.cu `FrameParams`).
+/// What one frame of a batch asks for (kernels/adabm.cu `FrameParams`; public for the
+/// emulated-GPU tests).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct FrameParams {
-    lower: f32,
-    upper: f32,
-    base: i32,
-    adaptive: i32,
+pub struct FrameParams {
+    pub lower: f32,
+    pub upper: f32,
+    pub base: i32,
+    pub adaptive: i32,
     /// The frame's complexity measured on the host (`has_c` = 1: a metric other than the
     /// gradient density, which the GPU measures itself).
-    c_host: f32,
-    has_c: i32,
+    pub c_host: f32,
+    pub has_c: i32,
 }
 unsafe impl DeviceRepr for FrameParams {}
 unsafe impl cudarc::driver::ValidAsZeroBits for FrameParams {}
 
-/// Arguments of the floating-point head and tail (kernels/adabm.cu `FloatArgs`).
+/// Arguments of the floating-point head and tail (kernels/adabm.cu `FloatArgs`, field for
+/// field; public for the emulated-GPU tests, tests/cuda_host.rs).
+#[doc(hidden)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct FloatArgs {
-    rgb: u64,
-    input: u64,
-    wts: u64,
-    bias: u64,
-    plan: u64,
-    head: u64,
-    res: u64,
-    out: u64,
-    rgbo: u64,
-    rgbf: u64,
-    h: i32,
-    w: i32,
-    hp_in: i32,
-    wp_in: i32,
-    hp_out: i32,
-    wp_out: i32,
-    next: i32,
-    l_count: i32,
-    codes: i32,
-    k: f32,
-    mean: [f32; 3],
-    inv: f32,
+pub struct FloatArgs {
+    pub rgb: u64,
+    pub input: u64,
+    pub wts: u64,
+    pub bias: u64,
+    pub plan: u64,
+    pub head: u64,
+    pub res: u64,
+    pub out: u64,
+    pub rgbo: u64,
+    pub rgbf: u64,
+    pub h: i32,
+    pub w: i32,
+    pub hp_in: i32,
+    pub wp_in: i32,
+    pub hp_out: i32,
+    pub wp_out: i32,
+    pub next: i32,
+    pub l_count: i32,
+    pub codes: i32,
+    pub k: f32,
+    pub mean: [f32; 3],
+    pub inv: f32,
 }
 unsafe impl DeviceRepr for FloatArgs {}
 
 /// Where the network's layers run: every layer on integer codes (fq), a floating-point head,
 /// upsampler and tail around an integer body (non-fq), or every layer in floating point
 /// (f16 tensor cores, f32 head and tail).
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
+pub enum Layout {
     Fq,
     NonFq,
     Float,
@@ -179,19 +200,21 @@ struct DevConv {
 /// HR frames with their stats, and (when asked for) the unrounded f32 outputs.
 pub type Batch = (Vec<(Vec<u8>, FrameStats)>, Vec<Vec<f32>>);
 
-/// Padded geometry of a code map: `hp x wp` pixels, tiles of 16.
+/// Padded geometry of a code map: `hp x wp` pixels, tiles of 16 (public for the emulated-GPU
+/// tests, tests/cuda_host.rs).
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    h: usize,
-    w: usize,
-    hp: usize,
-    wp: usize,
-    tiles_y: usize,
-    tiles_x: usize,
+pub struct Geom {
+    pub h: usize,
+    pub w: usize,
+    pub hp: usize,
+    pub wp: usize,
+    pub tiles_y: usize,
+    pub tiles_x: usize,
 }
 
 impl Geom {
-    fn new(h: usize, w: usize) -> Self {
+    pub fn new(h: usize, w: usize) -> Self {
         let (ty, tx) = (h.div_ceil(TILE), w.div_ceil(TILE));
         Self {
             h,
@@ -283,6 +306,44 @@ pub struct CudaEngine {
     name: String,
 }
 
+/// How the engine reads a model: its network, each layer as it runs on the device (integer
+/// codes or floating point; a float model has only floating-point layers), and where they run.
+#[doc(hidden)]
+pub fn device_network(model: &Model) -> Result<(Network, Vec<IntLayer>, Layout)> {
+    let (net, layers) = match IntNetwork::new(model) {
+        Some(n) => (n.net, n.layers),
+        None => {
+            let net = Network::new(model);
+            let layers = net
+                .layers
+                .iter()
+                .map(|l| IntLayer::Float(l.weights.clone()))
+                .collect();
+            (net, layers)
+        }
+    };
+    // Which layers of each part (residual blocks; the rest) run on integer codes. Non-fq
+    // quantizes the blocks only: its last body conv is a float layer.
+    let part = |body: bool| {
+        let mut it = layers.iter().zip(&net.layers).filter(|(_, l)| {
+            body == matches!(l.spec.role, Role::BlockConv1(_) | Role::BlockConv2(_))
+        });
+        let int = |(c, _): (&IntLayer, _)| matches!(c, IntLayer::Int(_));
+        (it.clone().all(int), it.any(int))
+    };
+    let layout = match (part(true), part(false)) {
+        ((_, false), (_, false)) => Layout::Float,
+        ((true, _), (true, _)) => Layout::Fq,
+        ((true, _), (_, false)) => Layout::NonFq,
+        _ => {
+            return Err(CudaError::Unsupported(
+                "a model quantized neither fq (every layer) nor non-fq (the body)".into(),
+            ));
+        }
+    };
+    Ok((net, layers, layout))
+}
+
 fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     let (p, _sync) = s.device_ptr(stream);
     p
@@ -295,37 +356,7 @@ impl CudaEngine {
         model
             .validate()
             .map_err(|e| CudaError::Input(e.to_string()))?;
-        let (net, layers) = match IntNetwork::new(model) {
-            Some(n) => (n.net, n.layers),
-            None => {
-                let net = Network::new(model);
-                let layers = net
-                    .layers
-                    .iter()
-                    .map(|l| IntLayer::Float(l.weights.clone()))
-                    .collect();
-                (net, layers)
-            }
-        };
-        // Which layers of each part (residual blocks; the rest) run on integer codes. Non-fq
-        // quantizes the blocks only: its last body conv is a float layer.
-        let part = |body: bool| {
-            let mut it = layers.iter().zip(&net.layers).filter(|(_, l)| {
-                body == matches!(l.spec.role, Role::BlockConv1(_) | Role::BlockConv2(_))
-            });
-            let int = |(c, _): (&IntLayer, _)| matches!(c, IntLayer::Int(_));
-            (it.clone().all(int), it.any(int))
-        };
-        let layout = match (part(true), part(false)) {
-            ((_, false), (_, false)) => Layout::Float,
-            ((true, _), (true, _)) => Layout::Fq,
-            ((true, _), (_, false)) => Layout::NonFq,
-            _ => {
-                return Err(CudaError::Unsupported(
-                    "a model quantized neither fq (every layer) nor non-fq (the body)".into(),
-                ));
-            }
-        };
+        let (net, layers, layout) = device_network(model)?;
         let f = net.config.n_feats;
         if f != 32 && f != 64 {
             return Err(CudaError::Unsupported(format!(
@@ -1324,6 +1355,7 @@ impl CudaEngine {
             r: r as i32,
             hw: c.hw,
             res_scale: self.net.config.res_scale,
+            pad: 0,
         };
         let tiles = b.frames * gi.tiles_x * gi.tiles_y;
         let per_sm = func
@@ -1409,7 +1441,51 @@ fn par_copy(dst: &mut [u8], src: &[u8]) {
 }
 
 /// Lays out one conv's weights for its kernel and uploads them.
+/// What the device holds of one conv, laid out on the host: the kernels' weight image, bias
+/// and K table, and how the conv is launched. [`conv_image`] and [`float_conv_image`] build
+/// it; the engine uploads it, and the host build of the kernels (tests/cuda_host.rs) runs on
+/// it.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct ConvImage {
+    pub cout: usize,
+    /// A floating-point layer: f16 weights on the tensor-core path, f32 in the head and tail.
+    pub float: bool,
+    pub m: i32,
+    pub hw: f32,
+    /// Signed centred weights (weight bits ≤ 7) on the tensor-core path.
+    pub signed: bool,
+    pub wts: Vec<u8>,
+    pub bias: Vec<f32>,
+    pub ktab: Vec<i32>,
+    /// Tensor-core path: slice width and dynamic shared memory.
+    pub ns: usize,
+    pub smem: u32,
+}
+
 fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevConv> {
+    upload_image(stream, conv_image(c, role)?)
+}
+
+fn upload_image(stream: &Arc<CudaStream>, c: ConvImage) -> Result<DevConv> {
+    Ok(DevConv {
+        cout: c.cout,
+        float: c.float,
+        m: c.m,
+        hw: c.hw,
+        signed: c.signed,
+        wts: stream.clone_htod(&c.wts)?,
+        bias: stream.clone_htod(&c.bias)?,
+        ktab: stream.clone_htod(&c.ktab)?,
+        ns: c.ns,
+        smem: c.smem,
+    })
+}
+
+/// The device form of an integer conv in role `role` (head and tail: the direct `dp4a`
+/// kernels' `[cout][9][cin/4]` words; otherwise the tensor-core kernels' slices).
+#[doc(hidden)]
+pub fn conv_image(c: &IntConv, role: Role) -> Result<ConvImage> {
     let (cin, cout) = (c.cin, c.cout);
     let direct = matches!(role, Role::Head | Role::Tail);
     let signed = !direct && c.m <= 127;
@@ -1440,15 +1516,15 @@ fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevC
         return Err(CudaError::Unsupported(format!("{cin} input channels")));
     }
     debug_assert!(quant::levels(8) as i32 == 255);
-    Ok(DevConv {
+    Ok(ConvImage {
         cout,
         float: false,
         m: c.m,
         hw: c.hw,
         signed,
-        wts: stream.clone_htod(&wts)?,
-        bias: stream.clone_htod(&c.bias)?,
-        ktab: stream.clone_htod(&c.ktab)?,
+        wts,
+        bias: c.bias.clone(),
+        ktab: c.ktab.clone(),
         ns,
         smem,
     })
@@ -1493,6 +1569,12 @@ fn mma_image<const E: usize>(
 /// (`[9][3][cout]`) and tail (`[3][9][cin]`), f16 slices for the tensor-core path
 /// (`[cout/ns][9][ns][2·cin + 16 bytes]`, the byte image of the shared memory).
 fn upload_float_conv(stream: &Arc<CudaStream>, c: &ConvWeights, role: Role) -> Result<DevConv> {
+    upload_image(stream, float_conv_image(c, role)?)
+}
+
+/// The device form of a floating-point conv (see [`upload_float_conv`]).
+#[doc(hidden)]
+pub fn float_conv_image(c: &ConvWeights, role: Role) -> Result<ConvImage> {
     let (cin, cout) = (c.cin, c.cout);
     // c.w is [9·cin][cout]: index (t·cin + i)·cout + o.
     let at = |t: usize, i: usize, o: usize| c.w[(t * cin + i) * cout + o];
@@ -1530,15 +1612,15 @@ fn upload_float_conv(stream: &Arc<CudaStream>, c: &ConvWeights, role: Role) -> R
             (v, ns, smem)
         }
     };
-    Ok(DevConv {
+    Ok(ConvImage {
         cout,
         float: true,
         m: 0,
         hw: 0.0,
         signed: false,
-        wts: stream.clone_htod(&wts)?,
-        bias: stream.clone_htod(&c.bias)?,
-        ktab: stream.clone_htod(&vec![0i32; 16 * cout])?,
+        wts,
+        bias: c.bias.clone(),
+        ktab: vec![0i32; 16 * cout],
         ns,
         smem,
     })

@@ -14,6 +14,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 pub use crate::cuda_common::{CudaError, Done, FrameStats, Pixels, Result};
 pub use engine::{Batch, CudaEngine};
+#[doc(hidden)]
+pub use engine::{
+    ConvImage, DirectArgs, FloatArgs, FrameParams, Geom, LayerInfo, Layout, MmaArgs, Quant,
+    conv_image, device_network, float_conv_image,
+};
 pub use shared::{MAX_BATCH, SharedCuda, yuv_self_check};
 
 /// The kernel source, compiled by NVRTC at run time.
@@ -59,8 +64,8 @@ const OPTIONS: [&str; 3] = ["--fmad=false", "--std=c++17", "--maxrregcount=192"]
 /// Which tensor-core convs load their fragments with `ldmatrix` (kernels/README.md; the
 /// kernels' `ADABM_LDSM`): 1, the default, the integer convs (measured 1.08–1.09x faster on an
 /// H200 with bit-identical output); `ADABM_CUDA_LDMATRIX=0`: none (32-bit shared loads);
-/// `ADABM_CUDA_LDMATRIX=all`: the f16 convs of floating-point layers too (2; not yet run on a
-/// GPU, so not the default).
+/// `ADABM_CUDA_LDMATRIX=all`: the f16 convs of floating-point layers too (2; checked on the
+/// emulated GPU of tests/cuda_host.rs but not yet run on a GPU, so not the default).
 pub fn ldmatrix_level() -> u8 {
     match std::env::var("ADABM_CUDA_LDMATRIX").as_deref() {
         Ok("0") => 0,
@@ -69,10 +74,37 @@ pub fn ldmatrix_level() -> u8 {
     }
 }
 
-/// [`OPTIONS`], plus the kernels' `ADABM_LDSM` define ([`ldmatrix_level`]).
-fn options(ldsm: u8) -> Vec<String> {
+/// Whether the convs that read the residual stream or the head output in their epilogue ask
+/// for those lines in L2 when their tile starts (the kernels' `ADABM_PREFETCH`):
+/// `ADABM_CUDA_PREFETCH=1`. Same results (checked on the emulated GPU of tests/cuda_host.rs);
+/// not yet measured on a GPU, so off by default.
+pub fn prefetch_enabled() -> bool {
+    std::env::var("ADABM_CUDA_PREFETCH").is_ok_and(|v| v == "1")
+}
+
+/// A build of the kernels: which convs use `ldmatrix` ([`ldmatrix_level`]) and whether the
+/// epilogue operands are prefetched ([`prefetch_enabled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub ldsm: u8,
+    pub prefetch: bool,
+}
+
+impl Variant {
+    /// The variant the environment asks for (the defaults without it).
+    pub fn from_env() -> Self {
+        Variant {
+            ldsm: ldmatrix_level(),
+            prefetch: prefetch_enabled(),
+        }
+    }
+}
+
+/// [`OPTIONS`], plus the kernels' `ADABM_LDSM` and `ADABM_PREFETCH` defines.
+fn options(v: Variant) -> Vec<String> {
     let mut o: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
-    o.push(format!("-DADABM_LDSM={ldsm}"));
+    o.push(format!("-DADABM_LDSM={}", v.ldsm));
+    o.push(format!("-DADABM_PREFETCH={}", v.prefetch as u8));
     o
 }
 
@@ -144,11 +176,11 @@ pub struct Compiled {
 /// Compiles the kernels for `sm_XY` (`arch` = "sm_90"). `verbose` asks ptxas for its
 /// per-kernel register and spill report in the log. Needs only libnvrtc, no GPU.
 pub fn compile(arch: &str, verbose: bool) -> Result<Compiled> {
-    compile_variant(arch, verbose, ldmatrix_level())
+    compile_variant(arch, verbose, Variant::from_env())
 }
 
-/// [`compile`] with the fragment loads of `ldsm` ([`ldmatrix_level`]'s values).
-pub fn compile_variant(arch: &str, verbose: bool, ldsm: u8) -> Result<Compiled> {
+/// [`compile`] of variant `v`.
+pub fn compile_variant(arch: &str, verbose: bool, v: Variant) -> Result<Compiled> {
     if !nvrtc_present() {
         return Err(CudaError::Unavailable(
             "libnvrtc.so.13 was not found (see README, CUDA)".into(),
@@ -162,7 +194,7 @@ pub fn compile_variant(arch: &str, verbose: bool, ldsm: u8) -> Result<Compiled> 
         log: format!("{e:?}"),
     })?;
     let mut opts = vec![format!("--gpu-architecture={arch}")];
-    opts.extend(options(ldsm));
+    opts.extend(options(v));
     if verbose {
         opts.push("--ptxas-options=-v".to_string());
     }
@@ -251,7 +283,7 @@ fn cache_dir() -> Option<std::path::PathBuf> {
 /// FNV-1a of the kernel source and the compile options (stable across builds).
 fn source_hash() -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let opts = options(ldmatrix_level()).join(" ");
+    let opts = options(Variant::from_env()).join(" ");
     for b in KERNEL_SOURCE.bytes().chain(opts.bytes()) {
         h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
     }
