@@ -7,7 +7,9 @@
 #   4. the CUDA benchmark (EDSR-baseline x2 1080p->4K, x4 270p->1080p, built-in models, shared
 #      engine with 1 and 2 lanes, I420 frames converted on the CPU vs the GPU), its f16 rows, (LD32=1, the default) the 32-bit fragment-load variant
 #      (ADABM_CUDA_LDMATRIX=0) for comparison with the default ldmatrix loads of the integer
-#      convs, and (LDALL=1, the default) ldmatrix in the f16 convs too: parity, memcheck, bench;
+#      convs, (PREFETCH=1, the default) the L2 prefetch of the epilogue operands
+#      (ADABM_CUDA_PREFETCH=1): integer parity and bench, and (LDALL=1, the default) ldmatrix
+#      in the f16 convs too: parity, memcheck, bench;
 #   5. PyTorch fp16 on the same weights and device; adabm-convert against real torch.save files
 #      (zip and legacy formats: scripts/torch-formats-check.py);
 #   6. (VNNI=1, the default) the integer CPU engine on the host CPU, which has the VNNI
@@ -22,7 +24,7 @@
 # results.tar.gz of everything, re-packed after each step (the device tool returns 8 files at
 # most, and a step killed at the time limit still leaves the earlier ones packed).
 # Files: device.txt, cpu.txt, parity.txt, parity-float.txt, sanitizer.txt, element.txt,
-# bench.md, bench-float.md, bench-ld32.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, torch-formats.txt, cpu-tests.txt, cpu-levels.txt,
+# bench.md, bench-float.md, bench-ld32.md, parity-prefetch.txt, bench-prefetch.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, torch-formats.txt, cpu-tests.txt, cpu-levels.txt,
 # cpu-winograd.txt, cpu-kernels-avxvnni.txt, frame-io.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
 cd "$(dirname "$0")/.."
@@ -104,6 +106,20 @@ if [ "${LD32:-1}" = 1 ]; then
     ADABM_CUDA_LDMATRIX=0 timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" \
         --skip "[f16]" > "$RAW/bench-ld32.md" 2>&1
     summary "bench (32-bit fragment loads) rc=$? ($(( $(date +%s) - start )) s)"
+fi
+# The L2 prefetch of the residual / head operands (ADABM_CUDA_PREFETCH=1, session 29, not yet
+# the default): the integer parity tests, then the benchmark to compare with bench.md.
+if [ "${PREFETCH:-1}" = 1 ]; then
+    start=$(date +%s)
+    ADABM_CUDA_PREFETCH=1 timeout "${PARITY_TIMEOUT:-240}" "$BIN/cuda-tests"         parity_random_models_odd_sizes parity_mixed_bits_in_one_batch parity_builtin_models         --test-threads=1 --nocapture > "$RAW/parity-prefetch.txt" 2>&1
+    rc=$?
+    summary "parity (L2 prefetch) rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^test result' "$RAW/parity-prefetch.txt" | tail -1)"
+    if [ $rc = 0 ]; then
+        start=$(date +%s)
+        ADABM_CUDA_PREFETCH=1 timeout "${BENCH_TIMEOUT:-200}" "$BIN/cuda-bench" --iters "${ITERS:-20}" \
+            --skip "[f16]" > "$RAW/bench-prefetch.md" 2>&1
+        summary "bench (L2 prefetch) rc=$? ($(( $(date +%s) - start )) s)"
+    fi
 fi
 # ldmatrix in the f16 convs too (ADABM_CUDA_LDMATRIX=all, not yet the default): their parity
 # and memcheck, then the f16 rows to compare with bench-float.md.
