@@ -51,7 +51,9 @@ for pc in "$H"/pkgconfig/gstreamer-{app,audio,pbutils,tag,video}-1.0.pc; do
     lib=$(sed -n 's/^Libs: .*-l\(gst[a-z]*-1.0\).*/\1/p' "$pc")
     [ -e "$A/lib$lib.so.0" ] || { echo "no $A/lib$lib.so.0" >&2; exit 1; }
     ln -sf "$A/lib$lib.so.0" "$PC/lib/lib$lib.so"
-    sed "s|^libdir=.*|libdir=$PC/lib|" "$pc" > "$PC/$(basename "$pc")"
+    # Requires.private (orc-0.4, zlib: static linking only) would send pkg-config looking
+    # for arm64 .pc files that only their -dev packages bring.
+    sed -e "s|^libdir=.*|libdir=$PC/lib|" -e '/^Requires\.private:/d' "$pc" > "$PC/$(basename "$pc")"
 done
 
 T=aarch64-unknown-linux-gnu
