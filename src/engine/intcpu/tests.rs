@@ -495,7 +495,7 @@ fn column_chunks_give_the_whole_row() {
 /// The F(2x2, 3x3) kernels (i32 sums: AVX-512 VNNI and its emulation) give the reference sums
 /// of both rows exactly: odd heights (the last pair has no second row) and widths, 1-pixel
 /// maps, channel tails, weights of 2–4 bits (all of which fit the transform), codes of 1–6
-/// bits, tiles built and summed in chunks.
+/// bits, tiles built and summed in chunks and whole rows.
 #[test]
 fn winograd2_matches_the_reference_exactly() {
     let mut rng = Rng::new(11);
@@ -532,14 +532,14 @@ fn winograd2_matches_the_reference_exactly() {
                 if !CpuLevel::available().contains(&CpuLevel::Avx2) {
                     continue;
                 }
-                for (kernel, y) in kernels
-                    .iter()
-                    .flat_map(|&k| (0..h).step_by(2).map(move |y| (k, y)))
-                {
+                // Chunks of 6 tiles (the kernels take 4 tiles per call), each built on its
+                // own, and whole rows (where the 512-bit kernel takes 8 tiles at a time).
+                for (kernel, y, chunk) in kernels.iter().flat_map(|&k| {
+                    (0..h)
+                        .step_by(2)
+                        .flat_map(move |y| [(k, y, 6), (k, y, w.div_ceil(2))])
+                }) {
                     let mut out = vec![-1i32; 2 * w * pc.cout8];
-                    // Chunks of 6 tiles (the kernels take 4 tiles per call), each built on its
-                    // own.
-                    let chunk = 6;
                     for t0 in (0..w.div_ceil(2)).step_by(chunk) {
                         let t1 = (t0 + chunk).min(w.div_ceil(2));
                         let mut data = vec![0u8; wino::tiles2_len(t1 - t0, pc.cstride)];

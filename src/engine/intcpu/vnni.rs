@@ -970,6 +970,12 @@ unsafe fn wino2_512<W: Wide, D: Dot>(
             _ => 1,
         };
         let mut t = t0;
+        // Two groups of 4 tiles at a time where the row has them ([`tiles2_512_pair`]).
+        while n == 4 && t1 - t >= 8 {
+            // SAFETY: blocks b0..b0 + 8 exist; tiles t..t + 8 are inside v and the rows.
+            unsafe { tiles2_512_pair::<W, 4, 4>(v, pc, ww, t, b0, out) }
+            t += 8;
+        }
         while t < t1 {
             let p = (t1 - t).min(4);
             // SAFETY: blocks b0..b0 + 2n exist; tiles t..t + p are inside v and the rows.
@@ -1023,6 +1029,76 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
         }
         // Every element was written; `MaybeUninit<T>` has the layout of `T` (see `tiles512`).
         let a = &*(a.as_ptr() as *const [[[W::R; N]; P]; 16]);
+        wino2_out::<W, N, P>(a, v, pc, ww, t, b0, out);
+    }
+}
+
+/// [`tiles2_512`] for two groups of `P` tiles (`t .. t + 2P`), element by element across
+/// both: each element's weights (4 KB at N = 4 and 64 input channels) are read from L2 once
+/// for 8 tiles instead of once for 4. On a CPU that issues two `vpdpbusd` a cycle (Intel
+/// Xeon, Sapphire / Emerald Rapids) the 4-tile kernel waits on its weights: EDSR-baseline x2
+/// w4a4 measured 1.03x faster end to end with pairs, the 64->64 conv 1.1x (BENCHMARKS.md,
+/// session 30). The sums and their order are [`tiles2_512`]'s.
+///
+/// # Safety
+/// As [`tiles2_512`], for tiles `t .. t + 2P`.
+#[inline(always)]
+unsafe fn tiles2_512_pair<W: Wide, const N: usize, const P: usize>(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    let cs = v.cstride;
+    let groups = cs / 4;
+    let gbytes = pc.cout8 * 4;
+    let w = ww.u8.as_ptr() as *const u8;
+    // SAFETY: as in `tiles2_512`, for the two groups.
+    unsafe {
+        let mut a = [[std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 16]; 2];
+        for e in 0..16 {
+            let wt = w.add(e * groups * gbytes + b0 * 32);
+            for (gi, ag) in a.iter_mut().enumerate() {
+                let row = v.data.as_ptr().add(((t + gi * P - v.t0) * 16 + e) * cs);
+                let mut acc = [[W::zero(); N]; P];
+                for g in 0..groups {
+                    dot_group_wide::<W, N, P>(
+                        row.add(4 * g),
+                        16 * cs,
+                        wt.add(g * gbytes),
+                        &mut acc,
+                    );
+                }
+                ag[e].write(acc);
+            }
+        }
+        for (gi, ag) in a.iter().enumerate() {
+            // Every element of both groups was written (see `tiles2_512`).
+            let ag = &*(ag.as_ptr() as *const [[[W::R; N]; P]; 16]);
+            wino2_out::<W, N, P>(ag, v, pc, ww, t + gi * P, b0, out);
+        }
+    }
+}
+
+/// The output transform of [`tiles2_512`]: `Aᵀ · A · A` and `(· − Q·K) / 4` of tiles
+/// `t .. t + P`, from their 16 element sums `a`.
+///
+/// # Safety
+/// As [`tiles2_512`].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn wino2_out<W: Wide, const N: usize, const P: usize>(
+    a: &[[[W::R; N]; P]; 16],
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    unsafe {
         let q = v.max_code as i32;
         let plane = v.w * pc.cout8;
         // (No closures here: they would not get the entry point's target features.)
