@@ -1007,10 +1007,6 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
     b0: usize,
     out: &mut [i32],
 ) {
-    let cs = v.cstride;
-    let groups = cs / 4;
-    let gbytes = pc.cout8 * 4;
-    let w = ww.u8.as_ptr() as *const u8;
     // SAFETY: reads inside v.data (tiles t..t + P, 16 · cs bytes each) and the weights; writes
     // inside out (two rows of v.w pixels, pixels below v.w, channels below cout8).
     unsafe {
@@ -1019,13 +1015,7 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
         // store per two cycles allows beside the products. Written element by element below.
         let mut a = [std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 16];
         for (e, ae) in a.iter_mut().enumerate() {
-            let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
-            let wt = w.add(e * groups * gbytes + b0 * 32);
-            let mut acc = [[W::zero(); N]; P];
-            for g in 0..groups {
-                dot_group_wide::<W, N, P>(row.add(4 * g), 16 * cs, wt.add(g * gbytes), &mut acc);
-            }
-            ae.write(acc);
+            ae.write(element_sums::<W, N, P>(v, pc, ww, t, b0, e));
         }
         // Every element was written; `MaybeUninit<T>` has the layout of `T` (see `tiles512`).
         let a = &*(a.as_ptr() as *const [[[W::R; N]; P]; 16]);
@@ -1051,27 +1041,12 @@ unsafe fn tiles2_512_pair<W: Wide, const N: usize, const P: usize>(
     b0: usize,
     out: &mut [i32],
 ) {
-    let cs = v.cstride;
-    let groups = cs / 4;
-    let gbytes = pc.cout8 * 4;
-    let w = ww.u8.as_ptr() as *const u8;
     // SAFETY: as in `tiles2_512`, for the two groups.
     unsafe {
         let mut a = [[std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 16]; 2];
         for e in 0..16 {
-            let wt = w.add(e * groups * gbytes + b0 * 32);
             for (gi, ag) in a.iter_mut().enumerate() {
-                let row = v.data.as_ptr().add(((t + gi * P - v.t0) * 16 + e) * cs);
-                let mut acc = [[W::zero(); N]; P];
-                for g in 0..groups {
-                    dot_group_wide::<W, N, P>(
-                        row.add(4 * g),
-                        16 * cs,
-                        wt.add(g * gbytes),
-                        &mut acc,
-                    );
-                }
-                ag[e].write(acc);
+                ag[e].write(element_sums::<W, N, P>(v, pc, ww, t + gi * P, b0, e));
             }
         }
         for (gi, ag) in a.iter().enumerate() {
@@ -1079,6 +1054,35 @@ unsafe fn tiles2_512_pair<W: Wide, const N: usize, const P: usize>(
             let ag = &*(ag.as_ptr() as *const [[[W::R; N]; P]; 16]);
             wino2_out::<W, N, P>(ag, v, pc, ww, t + gi * P, b0, out);
         }
+    }
+}
+
+/// The sums of element `e` of tiles `t .. t + P` for output channels `8·b0 .. 8·b0 + N·LANES`
+/// (kept in registers by the callers' inlining).
+///
+/// # Safety
+/// As [`tiles2_512`].
+#[inline(always)]
+unsafe fn element_sums<W: Wide, const N: usize, const P: usize>(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    t: usize,
+    b0: usize,
+    e: usize,
+) -> [[W::R; N]; P] {
+    let cs = v.cstride;
+    let groups = cs / 4;
+    let gbytes = pc.cout8 * 4;
+    // SAFETY: the caller's contract: tiles t..t + P of v.data and the weights of blocks b0.. .
+    unsafe {
+        let row = v.data.as_ptr().add(((t - v.t0) * 16 + e) * cs);
+        let wt = (ww.u8.as_ptr() as *const u8).add(e * groups * gbytes + b0 * 32);
+        let mut acc = [[W::zero(); N]; P];
+        for g in 0..groups {
+            dot_group_wide::<W, N, P>(row.add(4 * g), 16 * cs, wt.add(g * gbytes), &mut acc);
+        }
+        acc
     }
 }
 
