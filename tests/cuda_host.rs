@@ -27,7 +27,7 @@ use gstadabm::engine::conv::{ConvWeights, FeatureMap};
 use gstadabm::engine::frame::to_u8;
 use gstadabm::engine::intconv::{ActQuant, CodeMap};
 use gstadabm::engine::intnet::{IntConv, IntLayer, IntNetwork};
-use gstadabm::engine::model::{LayerKind, Role};
+use gstadabm::engine::model::{LayerKind, Role, f32_bytes};
 use gstadabm::engine::random::{Rng, quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{
     ComplexityMetric, EdsrConfig, Engine, Model, Options, QuantMode, builtin, complexity,
@@ -214,10 +214,6 @@ impl Drop for Gpu {
 fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
     // SAFETY: T is plain data without padding bytes, so every byte is initialised.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn i32_bytes(v: &[i32]) -> Vec<u8> {

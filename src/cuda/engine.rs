@@ -1440,7 +1440,6 @@ fn par_copy(dst: &mut [u8], src: &[u8]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// Lays out one conv's weights for its kernel and uploads them.
 /// What the device holds of one conv, laid out on the host: the kernels' weight image, bias
 /// and K table, and how the conv is launched. [`conv_image`] and [`float_conv_image`] build
 /// it; the engine uploads it, and the host build of the kernels (tests/cuda_host.rs) runs on
@@ -1463,6 +1462,7 @@ pub struct ConvImage {
     pub smem: u32,
 }
 
+/// Lays out one conv's weights for its kernel and uploads them.
 fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevConv> {
     upload_image(stream, conv_image(c, role)?)
 }
