@@ -7,6 +7,8 @@
 //!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
 //!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4: direct, F(2,3), F(2x2,3x3)
 //!                                                # at every level (--best-level: the best)
+//!   cargo bench --bench cpu -- --sizes 3         # integer x2 w4a4: time per pixel from a
+//!                                                # 320x180 frame down to 320x8 (cache-resident)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -88,6 +90,10 @@ fn main() {
     }
     if let Some(n) = arg("--metrics").and_then(|v| v.parse().ok()) {
         metrics(n);
+        return;
+    }
+    if let Some(n) = arg("--sizes").and_then(|v| v.parse().ok()) {
+        sizes(n, threads);
         return;
     }
     if arg("--kernels").is_some() {
@@ -483,10 +489,12 @@ fn from_avx2(levels: Vec<CpuLevel>) -> Vec<CpuLevel> {
 fn winograd_ab(frames: usize, threads: usize) {
     use gstadabm::engine::intcpu::{Winograd, set_winograd};
     let modes = [
-        (Winograd::Off, "direct"),
-        (Winograd::Rows, "Winograd F(2,3)"),
+        (Some(Winograd::Off), "direct"),
+        (Some(Winograd::Rows), "Winograd F(2,3)"),
         // At AVX-512 VNNI `Tiles` also runs the 8-bit convs as F(4x4,3x3) on i16.
-        (Winograd::Tiles, "Winograd tiles"),
+        (Some(Winograd::Tiles), "Winograd tiles"),
+        // The default: tiles, the 8-bit convs direct where a probe found that faster.
+        (None, "default"),
     ];
     let only = arg("--only").unwrap_or_default();
     // Every level from AVX2 up that this host has (the best one alone with `--best-level`).
@@ -511,11 +519,11 @@ fn winograd_ab(frames: usize, threads: usize) {
         let gmac = q.macs_per_lr_pixel() * (w * h) as f64 / 1e9;
         for &level in &levels {
             let engine = Engine::with_execution(&q, threads, Execution::IntegerAt(level)).unwrap();
-            let mut best = [f64::INFINITY; 3];
-            let mut outs = [None, None, None];
+            let mut best = [f64::INFINITY; 4];
+            let mut outs = [None, None, None, None];
             for _ in 0..frames.max(1) + 1 {
                 for (i, &(mode, _)) in modes.iter().enumerate() {
-                    set_winograd(Some(mode));
+                    set_winograd(mode);
                     let t = Instant::now();
                     let out = engine.upscale(&img, &Options::default()).unwrap();
                     best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
@@ -524,7 +532,7 @@ fn winograd_ab(frames: usize, threads: usize) {
             }
             set_winograd(None);
             let data = |i: usize| outs[i].as_ref().map(|o| &o.0.data);
-            let same = data(0) == data(1) && data(1) == data(2);
+            let same = (1..4).all(|i| data(0) == data(i));
             for (i, (_, mode)) in modes.iter().enumerate() {
                 println!(
                     "{name} {w}x{h}, {level:?} {mode}: {:.0} ms ({:.0} GMAC/s, {:.2}x direct)",
@@ -534,9 +542,9 @@ fn winograd_ab(frames: usize, threads: usize) {
                 );
             }
             println!(
-                "{name}, {level:?}: tiles / F(2,3) {:.2}x faster; default {:?}; outputs identical: {same}",
+                "{name}, {level:?}: tiles / F(2,3) {:.2}x faster; default / tiles {:.2}x; outputs identical: {same}",
                 best[1] / best[2],
-                gstadabm::engine::intcpu::winograd_for(level)
+                best[2] / best[3],
             );
         }
     }
@@ -1055,4 +1063,49 @@ fn cuda_host_path(frames: usize) {
         best[1],
         best[0] / best[1]
     );
+}
+
+/// EDSR-baseline x2 integer w4a4 at frame sizes from 320x180 (every feature map far larger than
+/// L2: the f32 residual stream alone 14.7 MB) down to 320x8 (all of a layer's maps in L2): if
+/// memory traffic between layers cost time, the small frames would run faster per pixel.
+/// Best of `rounds` runs of about 20 frames' worth of pixels each.
+fn sizes(rounds: usize, threads: usize) {
+    let fp = random_model(EdsrConfig::baseline(2), 1).unwrap();
+    let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
+    let engine = Engine::new(&q, threads).unwrap();
+    println!("| input | ms/frame | ns per LR pixel | as ms per 320x180 |");
+    println!("|---|---:|---:|---:|");
+    for (w, h) in [
+        (320usize, 180usize),
+        (320, 48),
+        (320, 16),
+        (320, 8),
+        (64, 180),
+        (32, 32),
+    ] {
+        let img = test_image(w, h, 3);
+        let mut out = Image::default();
+        engine
+            .upscale_into(&img, &Options::default(), &mut out)
+            .unwrap();
+        let n = (20 * 320 * 180 / (w * h)).max(1);
+        let best = (0..rounds.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..n {
+                    engine
+                        .upscale_into(&img, &Options::default(), &mut out)
+                        .unwrap();
+                }
+                t.elapsed().as_secs_f64() / n as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        let px = (w * h) as f64;
+        println!(
+            "| {w}x{h} | {:.2} | {:.0} | {:.1} |",
+            best * 1e3,
+            best * 1e9 / px,
+            best * 1e3 * 57600.0 / px
+        );
+    }
 }

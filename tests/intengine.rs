@@ -3,7 +3,7 @@
 //! the method page (±1 on at least 99.9% of output values for random models, FAB identical).
 
 use gstadabm::engine::complexity::gradient_density;
-use gstadabm::engine::intcpu::{CpuLevel, Winograd, set_winograd};
+use gstadabm::engine::intcpu::{CpuLevel, Winograd, direct_beats_wino4, set_winograd};
 use gstadabm::engine::intnet::IntNetwork;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Model, Options, QuantMode, builtin};
@@ -65,13 +65,35 @@ fn kernels_equal_the_scalar_reference_at_every_level() {
         // (16-pixel tiles) at the detected level, agree exactly too.
         for level in CpuLevel::testable() {
             let at = Engine::with_execution(&model, 2, Execution::IntegerAt(level)).unwrap();
-            for mode in [Winograd::Off, Winograd::Tiles, Winograd::Rows] {
-                set_winograd(Some(mode));
+            // `None`: the default, whose 8-bit convs run direct where the start-up probe
+            // found that faster ([`direct_beats_wino4`]).
+            for mode in [
+                Some(Winograd::Off),
+                Some(Winograd::Tiles),
+                Some(Winograd::Rows),
+                None,
+            ] {
+                set_winograd(mode);
                 let (whole, _) = at.upscale(&img, &Options::default()).unwrap();
                 assert!(
                     bits_equal(&whole, &want),
                     "{name}: engine at {level:?} with {mode:?} differs from the reference"
                 );
+            }
+        }
+        // An explicit mode is kept: the probe never takes a conv off F(4x4) under `tiles`.
+        set_winograd(Some(Winograd::Tiles));
+        let packed = IntNetwork::new(&model)
+            .unwrap()
+            .with_kernels(CpuLevel::detect());
+        for k in 0..packed.layers.len() {
+            if let Some((_, pc)) = packed.kernels(k) {
+                for level in CpuLevel::available() {
+                    assert!(
+                        !direct_beats_wino4(level, pc),
+                        "{name}: layer {k} at {level:?}"
+                    );
+                }
             }
         }
         set_winograd(None);

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{Codes, CpuLevel, PackedConv, Winograd, has_wino4, row_sums, row_sums_wino4};
+use super::{Codes, CpuLevel, PackedConv, row_sums, row_sums_wino4};
 use crate::engine::conv::FeatureMap;
 use crate::engine::intconv::ActQuant;
 use crate::engine::intnet::IntConv;
@@ -71,8 +71,7 @@ pub fn conv_forward_into(
     // F(4x4, 3x3) on i16 at the levels that have it, in the `ADABM_WINOGRAD` mode `tiles`
     // (the default), for every conv that fits it: four rows per task, 32-pixel chunks; else
     // the direct kernels, a row per task.
-    let four =
-        has_wino4(level) && super::winograd_for(level) >= Winograd::Tiles && pc.wino4().is_some();
+    let four = super::wino4_for(level, pc);
     let rows = if four { 4 } else { 1 };
     let plane = w * pc.cout8;
     out.data[wp * cout..(h + 1) * wp * cout]

@@ -306,6 +306,86 @@ pub fn set_winograd(mode: Option<Winograd>) {
     WINOGRAD.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether the fused and non-fused engines run `pc` as F(4x4, 3x3) on i16
+/// ([`row_sums_wino4`]) at `level`: the level has the kernel, the Winograd mode is `tiles`,
+/// the conv's transformed weights fit, and — in the default mode only — the direct kernel
+/// is not measurably faster for this conv's shape on this CPU ([`direct_beats_wino4`]).
+pub fn wino4_for(level: CpuLevel, pc: &PackedConv) -> bool {
+    has_wino4(level)
+        && winograd_for(level) >= Winograd::Tiles
+        && pc.wino4().is_some()
+        && !direct_beats_wino4(level, pc)
+}
+
+/// Whether the direct kernel ([`row_sums`]) computes the sums of a conv shaped like `pc`
+/// faster than F(4x4, 3x3) on i16 on this CPU: both timed once per process, level and shape
+/// (input channel stride, output lanes) on a 64x8 map of random codes, one thread, best of 7
+/// rounds alternating, a few milliseconds; direct wins only when 5% faster. F(4x4) issues
+/// half the multiply instructions of the direct `vpdpbusd` kernel for 8-bit convs, 1.5–1.6x
+/// faster on Zen 4, which issues one 512-bit `vpdpbusd` a cycle; an Intel Xeon issues two, and
+/// there the 8-bit 64->64 conv ran 1.26x faster direct while the x2 upsampler (64->256)
+/// stayed faster as F(4x4) (BENCHMARKS.md, sessions 30–31). Both kernels give the same sums,
+/// so the choice changes speed only. Only at the real VNNI levels in the default Winograd
+/// mode: an explicit `ADABM_WINOGRAD=tiles` (or [`set_winograd`]) keeps F(4x4) everywhere.
+pub fn direct_beats_wino4(level: CpuLevel, pc: &PackedConv) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    type Key = (CpuLevel, usize, usize);
+    static CHOICES: std::sync::Mutex<Vec<(Key, bool)>> = std::sync::Mutex::new(Vec::new());
+    winograd_for(level); // reads `ADABM_WINOGRAD` on the first call
+    if !matches!(level, CpuLevel::AvxVnni | CpuLevel::Avx512Vnni)
+        || WINOGRAD.load(Relaxed) != DEFAULT
+        || pc.wino4().is_none()
+    {
+        return false;
+    }
+    let key = (level, pc.cstride, pc.cout8);
+    let mut choices = CHOICES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&(_, direct)) = choices.iter().find(|(k, _)| *k == key) {
+        return direct;
+    }
+    let (direct, wino4) = probe_direct_wino4(level, pc);
+    let choice = direct < 0.95 * wino4;
+    choices.push((key, choice));
+    choice
+}
+
+/// Best seconds of the direct kernel and of F(4x4, 3x3) on i16 for `pc` on a 64x8 map (the
+/// engines' 32-pixel column chunks), alternating 7 rounds.
+fn probe_direct_wino4(level: CpuLevel, pc: &PackedConv) -> (f64, f64) {
+    use std::time::Instant;
+    let (h, w) = (8usize, 64usize);
+    let mut rng = crate::engine::random::Rng::new(0x9b0e);
+    let data: Vec<u8> = (0..(h + 2) * (w + 2) * pc.cstride)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let map = Codes {
+        data: &data,
+        h,
+        w,
+        cstride: pc.cstride,
+    };
+    let mut sums = vec![0i32; 4 * w * pc.cout8];
+    let mut tiles = Vec::new();
+    let (mut direct, mut wino4) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..7 {
+        let t = Instant::now();
+        for y in 0..h {
+            row_sums(level, &map, pc, y, 255, 0..w, &mut sums);
+        }
+        std::hint::black_box(&sums);
+        direct = direct.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for y0 in (0..h).step_by(4) {
+            for x0 in (0..w).step_by(32) {
+                row_sums_wino4(level, &map, pc, y0, x0..x0 + 32, &mut tiles, &mut sums);
+            }
+        }
+        std::hint::black_box(&sums);
+        wino4 = wino4.min(t.elapsed().as_secs_f64());
+    }
+    (direct, wino4)
+}
+
 /// Weights of one quantized conv laid out for the kernels.
 ///
 /// Values `w` per (tap, input channel, output channel): centred codes `k̃ = 2k − M` when they fit

@@ -13,7 +13,7 @@ use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
-    Codes, CpuLevel, PackedConv, Winograd, has_wino2_i32, has_wino4, row_sums, row_sums_wino,
+    Codes, CpuLevel, PackedConv, Winograd, has_wino2_i32, row_sums, row_sums_wino,
     row_sums_wino_i32, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16,
 };
 use crate::engine::conv::FeatureMap;
@@ -392,11 +392,7 @@ impl FusedNet {
             && pc.wino2().is_some();
         let u8_rows_fit = pc.wino.is_some() && max_code <= 127;
         let avx_vnni = matches!(level, CpuLevel::AvxVnni | CpuLevel::EmulatedVnni);
-        let tiles4 = !tiles2
-            && mode >= Winograd::Tiles
-            && has_wino4(level)
-            && pc.wino4().is_some()
-            && !(avx_vnni && u8_rows_fit);
+        let tiles4 = !tiles2 && super::wino4_for(level, pc) && !(avx_vnni && u8_rows_fit);
         let rows_i32 = vnni && !tiles2 && mode >= Winograd::Rows && u8_rows_fit;
         let sched = (!vnni && !tiles2 && mode >= Winograd::Rows)
             .then(|| pc.wino_schedule(max_code))

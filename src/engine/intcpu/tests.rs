@@ -837,3 +837,27 @@ fn winograd4_refuses_what_it_cannot_do() {
         assert_eq!(pc.wino4().is_some(), fits, "{cin}->{cout} w{w_bits}");
     }
 }
+
+/// The start-up choice between the direct kernel and F(4x4, 3x3) for 8-bit convs: made once
+/// per level and shape (a conv keeps its kernel for the life of the process), only at the
+/// real VNNI levels, never for a conv F(4x4) does not fit.
+#[test]
+fn the_kernel_probe_decides_once_and_only_where_it_may() {
+    let mut rng = Rng::new(31);
+    let body = PackedConv::new(&random_conv(&mut rng, 64, 64, 8));
+    let tail = PackedConv::new(&random_conv(&mut rng, 64, 3, 8));
+    assert!(body.wino4().is_some() && tail.wino4().is_none());
+    for level in CpuLevel::testable() {
+        let first = direct_beats_wino4(level, &body);
+        for _ in 0..3 {
+            assert_eq!(direct_beats_wino4(level, &body), first, "{level:?}");
+        }
+        if !matches!(level, CpuLevel::AvxVnni | CpuLevel::Avx512Vnni) {
+            assert!(!first, "{level:?} probed");
+        }
+        assert!(!direct_beats_wino4(level, &tail), "{level:?}: the tail");
+        // `wino4_for` follows the probe.
+        let tiles = has_wino4(level) && winograd_for(level) >= Winograd::Tiles;
+        assert_eq!(wino4_for(level, &body), tiles && !first, "{level:?}");
+    }
+}
