@@ -181,21 +181,7 @@ pub enum Layout {
 unsafe impl DeviceRepr for YuvParams {}
 
 /// One conv on the device.
-struct DevConv {
-    cout: usize,
-    /// A floating-point layer: f16 weights on the tensor-core path, f32 in the head and tail.
-    float: bool,
-    m: i32,
-    hw: f32,
-    /// Signed centred weights (weight bits ≤ 7) on the tensor-core path.
-    signed: bool,
-    wts: CudaSlice<u8>,
-    bias: CudaSlice<f32>,
-    ktab: CudaSlice<i32>,
-    /// Tensor-core path: slice width and dynamic shared memory.
-    ns: usize,
-    smem: u32,
-}
+type DevConv = Conv<CudaSlice<u8>, CudaSlice<f32>, CudaSlice<i32>>;
 
 /// HR frames with their stats, and (when asked for) the unrounded f32 outputs.
 pub type Batch = (Vec<(Vec<u8>, FrameStats)>, Vec<Vec<f32>>);
@@ -1440,13 +1426,11 @@ fn par_copy(dst: &mut [u8], src: &[u8]) {
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// What the device holds of one conv, laid out on the host: the kernels' weight image, bias
-/// and K table, and how the conv is launched. [`conv_image`] and [`float_conv_image`] build
-/// it; the engine uploads it, and the host build of the kernels (tests/cuda_host.rs) runs on
-/// it.
+/// One conv as the kernels take it: how it is launched, and its weight image `W`, bias `B`
+/// and K table `K` — host vectors in a [`ConvImage`], device buffers in the engine.
 #[doc(hidden)]
 #[derive(Clone, Debug)]
-pub struct ConvImage {
+pub struct Conv<W, B, K> {
     pub cout: usize,
     /// A floating-point layer: f16 weights on the tensor-core path, f32 in the head and tail.
     pub float: bool,
@@ -1454,12 +1438,40 @@ pub struct ConvImage {
     pub hw: f32,
     /// Signed centred weights (weight bits ≤ 7) on the tensor-core path.
     pub signed: bool,
-    pub wts: Vec<u8>,
-    pub bias: Vec<f32>,
-    pub ktab: Vec<i32>,
+    pub wts: W,
+    pub bias: B,
+    pub ktab: K,
     /// Tensor-core path: slice width and dynamic shared memory.
     pub ns: usize,
     pub smem: u32,
+}
+
+/// What the device holds of one conv, laid out on the host. [`conv_image`] and
+/// [`float_conv_image`] build it; the engine uploads it, and the host build of the kernels
+/// (tests/cuda_host.rs) runs on it.
+#[doc(hidden)]
+pub type ConvImage = Conv<Vec<u8>, Vec<f32>, Vec<i32>>;
+
+impl<W, B, K> Conv<W, B, K> {
+    /// The same conv with its three buffers replaced by `f`'s.
+    fn with_buffers<W2, B2, K2>(
+        self,
+        f: impl FnOnce(W, B, K) -> Result<(W2, B2, K2)>,
+    ) -> Result<Conv<W2, B2, K2>> {
+        let (wts, bias, ktab) = f(self.wts, self.bias, self.ktab)?;
+        Ok(Conv {
+            cout: self.cout,
+            float: self.float,
+            m: self.m,
+            hw: self.hw,
+            signed: self.signed,
+            wts,
+            bias,
+            ktab,
+            ns: self.ns,
+            smem: self.smem,
+        })
+    }
 }
 
 /// Lays out one conv's weights for its kernel and uploads them.
@@ -1467,18 +1479,14 @@ fn upload_conv(stream: &Arc<CudaStream>, c: &IntConv, role: Role) -> Result<DevC
     upload_image(stream, conv_image(c, role)?)
 }
 
+/// Uploads a conv's weight image, bias and K table.
 fn upload_image(stream: &Arc<CudaStream>, c: ConvImage) -> Result<DevConv> {
-    Ok(DevConv {
-        cout: c.cout,
-        float: c.float,
-        m: c.m,
-        hw: c.hw,
-        signed: c.signed,
-        wts: stream.clone_htod(&c.wts)?,
-        bias: stream.clone_htod(&c.bias)?,
-        ktab: stream.clone_htod(&c.ktab)?,
-        ns: c.ns,
-        smem: c.smem,
+    c.with_buffers(|w, b, k| {
+        Ok((
+            stream.clone_htod(&w)?,
+            stream.clone_htod(&b)?,
+            stream.clone_htod(&k)?,
+        ))
     })
 }
 
@@ -1516,7 +1524,7 @@ pub fn conv_image(c: &IntConv, role: Role) -> Result<ConvImage> {
         return Err(CudaError::Unsupported(format!("{cin} input channels")));
     }
     debug_assert!(quant::levels(8) as i32 == 255);
-    Ok(ConvImage {
+    Ok(Conv {
         cout,
         float: false,
         m: c.m,
@@ -1612,7 +1620,7 @@ pub fn float_conv_image(c: &ConvWeights, role: Role) -> Result<ConvImage> {
             (v, ns, smem)
         }
     };
-    Ok(ConvImage {
+    Ok(Conv {
         cout,
         float: true,
         m: 0,
