@@ -320,7 +320,8 @@ pub fn wino4_for(level: CpuLevel, pc: &PackedConv) -> bool {
 /// Whether the direct kernel ([`row_sums`]) computes the sums of a conv shaped like `pc`
 /// faster than F(4x4, 3x3) on i16 on this CPU: both timed once per process, level and shape
 /// (input channel stride, output lanes) on a 64x8 map of random codes, one thread, best of 7
-/// rounds alternating, a few milliseconds; direct wins only when 5% faster. F(4x4) issues
+/// rounds alternating, a few milliseconds, when a fused engine is built (non-fq models: at
+/// their first frame); direct wins only when 5% faster. F(4x4) issues
 /// half the multiply instructions of the direct `vpdpbusd` kernel for 8-bit convs, 1.5–1.6x
 /// faster on Zen 4, which issues one 512-bit `vpdpbusd` a cycle; an Intel Xeon issues two, and
 /// there the 8-bit 64->64 conv ran 1.26x faster direct while the x2 upsampler (64->256)

@@ -171,9 +171,12 @@ impl FusedNet {
         let mut shuffled = Vec::new();
         for (k, l) in net.layers.iter().enumerate() {
             let IntLayer::Int(c) = l else { return None };
-            if c.cout > MAX_COUT || net.kernels(k).is_none() {
+            let (level, pc) = net.kernels(k)?;
+            if c.cout > MAX_COUT {
                 return None;
             }
+            // The 8-bit convs' kernel probe runs now, not in the first frame.
+            super::wino4_for(level, pc);
             let epi = match net.net.layers[k].spec.role {
                 Role::Head => Epi::Head,
                 Role::BlockConv1(_) => Epi::Relu,
