@@ -996,9 +996,12 @@ unsafe fn wino2_512<W: Wide, D: Dot>(
 }
 
 /// The 16 element sums of tiles `t .. t + P` for output channels `8·b0 .. 8·b0 + N·LANES`,
-/// then their output transform `Aᵀ · A · A` and `(· − Q·K) / 4`.
+/// then their output transform `Aᵀ · A · A` and `(· − Q·K) / 4` ([`tiles2_groups`] with
+/// one group).
+///
+/// # Safety
+/// As [`tiles2_groups`].
 #[inline(always)]
-#[allow(clippy::needless_range_loop)] // register arrays indexed in lockstep
 unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
     v: &Wino2Input,
     pc: &PackedConv,
@@ -1007,20 +1010,8 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
     b0: usize,
     out: &mut [i32],
 ) {
-    // SAFETY: reads inside v.data (tiles t..t + P, 16 · cs bytes each) and the weights; writes
-    // inside out (two rows of v.w pixels, pixels below v.w, channels below cout8).
-    unsafe {
-        // Each element's sums in registers (P·N of the 32), stored once: a read-modify-write of
-        // the four outputs' sums per element instead cost more stores than Zen 4's one 512-bit
-        // store per two cycles allows beside the products. Written element by element below.
-        let mut a = [std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 16];
-        for (e, ae) in a.iter_mut().enumerate() {
-            ae.write(element_sums::<W, N, P>(v, pc, ww, t, b0, e));
-        }
-        // Every element was written; `MaybeUninit<T>` has the layout of `T` (see `tiles512`).
-        let a = &*(a.as_ptr() as *const [[[W::R; N]; P]; 16]);
-        wino2_out::<W, N, P>(a, v, pc, ww, t, b0, out);
-    }
+    // SAFETY: forwarded contract.
+    unsafe { tiles2_groups::<W, N, P, 1>(v, pc, ww, t, b0, out) }
 }
 
 /// [`tiles2_512`] for two groups of `P` tiles (`t .. t + 2P`), element by element across
@@ -1031,7 +1022,7 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
 /// session 30). The sums and their order are [`tiles2_512`]'s.
 ///
 /// # Safety
-/// As [`tiles2_512`], for tiles `t .. t + 2P`.
+/// As [`tiles2_groups`].
 #[inline(always)]
 unsafe fn tiles2_512_pair<W: Wide, const N: usize, const P: usize>(
     v: &Wino2Input,
@@ -1041,16 +1032,40 @@ unsafe fn tiles2_512_pair<W: Wide, const N: usize, const P: usize>(
     b0: usize,
     out: &mut [i32],
 ) {
-    // SAFETY: as in `tiles2_512`, for the two groups.
+    // SAFETY: forwarded contract.
+    unsafe { tiles2_groups::<W, N, P, 2>(v, pc, ww, t, b0, out) }
+}
+
+/// The element sums of `G` groups of `P` tiles (`t .. t + G·P`) for output channels
+/// `8·b0 .. 8·b0 + N·LANES`, element by element across the groups (each element's weights
+/// read once for all of them), then each group's output transform.
+///
+/// # Safety
+/// Reads inside v.data (tiles t..t + G·P, 16 · cs bytes each) and the weights; writes inside
+/// out (two rows of v.w pixels, pixels below v.w, channels below cout8).
+#[inline(always)]
+unsafe fn tiles2_groups<W: Wide, const N: usize, const P: usize, const G: usize>(
+    v: &Wino2Input,
+    pc: &PackedConv,
+    ww: &Wino2Weights,
+    t: usize,
+    b0: usize,
+    out: &mut [i32],
+) {
+    // SAFETY: the caller's contract.
     unsafe {
-        let mut a = [[std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 16]; 2];
+        // Each element's sums in registers (P·N of the 32), stored once: a read-modify-write of
+        // the four outputs' sums per element instead cost more stores than Zen 4's one 512-bit
+        // store per two cycles allows beside the products. Written element by element below.
+        let mut a = [[std::mem::MaybeUninit::<[[W::R; N]; P]>::uninit(); 16]; G];
         for e in 0..16 {
             for (gi, ag) in a.iter_mut().enumerate() {
                 ag[e].write(element_sums::<W, N, P>(v, pc, ww, t + gi * P, b0, e));
             }
         }
         for (gi, ag) in a.iter().enumerate() {
-            // Every element of both groups was written (see `tiles2_512`).
+            // Every element of every group was written; `MaybeUninit<T>` has the layout of `T`
+            // (see `tiles512`).
             let ag = &*(ag.as_ptr() as *const [[[W::R; N]; P]; 16]);
             wino2_out::<W, N, P>(ag, v, pc, ww, t + gi * P, b0, out);
         }
@@ -1061,7 +1076,7 @@ unsafe fn tiles2_512_pair<W: Wide, const N: usize, const P: usize>(
 /// (kept in registers by the callers' inlining).
 ///
 /// # Safety
-/// As [`tiles2_512`].
+/// As [`tiles2_groups`].
 #[inline(always)]
 unsafe fn element_sums<W: Wide, const N: usize, const P: usize>(
     v: &Wino2Input,
@@ -1090,7 +1105,7 @@ unsafe fn element_sums<W: Wide, const N: usize, const P: usize>(
 /// `t .. t + P`, from their 16 element sums `a`.
 ///
 /// # Safety
-/// As [`tiles2_512`].
+/// As [`tiles2_groups`].
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 unsafe fn wino2_out<W: Wide, const N: usize, const P: usize>(
