@@ -1068,7 +1068,7 @@ fn cuda_host_path(frames: usize) {
 /// EDSR-baseline x2 integer w4a4 at frame sizes from 320x180 (every feature map far larger than
 /// L2: the f32 residual stream alone 14.7 MB) down to 320x8 (all of a layer's maps in L2): if
 /// memory traffic between layers cost time, the small frames would run faster per pixel.
-/// Best of `rounds` runs of about 20 frames' worth of pixels each.
+/// Best of `rounds` (at least 5, [`fastest`]) runs of about 20 frames' worth of pixels each.
 fn sizes(rounds: usize, threads: usize) {
     let fp = random_model(EdsrConfig::baseline(2), 1).unwrap();
     let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 1).unwrap();
@@ -1085,21 +1085,16 @@ fn sizes(rounds: usize, threads: usize) {
     ] {
         let img = test_image(w, h, 3);
         let mut out = Image::default();
-        engine
-            .upscale_into(&img, &Options::default(), &mut out)
-            .unwrap();
         let n = (20 * 320 * 180 / (w * h)).max(1);
-        let best = (0..rounds.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                for _ in 0..n {
-                    engine
-                        .upscale_into(&img, &Options::default(), &mut out)
-                        .unwrap();
-                }
-                t.elapsed().as_secs_f64() / n as f64
-            })
-            .fold(f64::INFINITY, f64::min);
+        // ms per pass of n frames, then per frame in seconds.
+        let best = fastest(rounds, || {
+            for _ in 0..n {
+                engine
+                    .upscale_into(&img, &Options::default(), &mut out)
+                    .unwrap();
+            }
+        }) / 1e3
+            / n as f64;
         let px = (w * h) as f64;
         println!(
             "| {w}x{h} | {:.2} | {:.0} | {:.1} |",
