@@ -970,10 +970,10 @@ unsafe fn wino2_512<W: Wide, D: Dot>(
             _ => 1,
         };
         let mut t = t0;
-        // Two groups of 4 tiles at a time where the row has them ([`tiles2_512_pair`]).
+        // Two groups of 4 tiles at a time where the row has them ([`tiles2_groups`]).
         while n == 4 && t1 - t >= 8 {
             // SAFETY: blocks b0..b0 + 8 exist; tiles t..t + 8 are inside v and the rows.
-            unsafe { tiles2_512_pair::<W, 4, 4>(v, pc, ww, t, b0, out) }
+            unsafe { tiles2_groups::<W, 4, 4, 2>(v, pc, ww, t, b0, out) }
             t += 8;
         }
         while t < t1 {
@@ -1014,31 +1014,14 @@ unsafe fn tiles2_512<W: Wide, const N: usize, const P: usize>(
     unsafe { tiles2_groups::<W, N, P, 1>(v, pc, ww, t, b0, out) }
 }
 
-/// [`tiles2_512`] for two groups of `P` tiles (`t .. t + 2P`), element by element across
-/// both: each element's weights (4 KB at N = 4 and 64 input channels) are read from L2 once
-/// for 8 tiles instead of once for 4. On a CPU that issues two `vpdpbusd` a cycle (Intel
-/// Xeon, Sapphire / Emerald Rapids) the 4-tile kernel waits on its weights: EDSR-baseline x2
-/// w4a4 measured 1.03x faster end to end with pairs, the 64->64 conv 1.1x (BENCHMARKS.md,
-/// session 30). The sums and their order are [`tiles2_512`]'s.
-///
-/// # Safety
-/// As [`tiles2_groups`].
-#[inline(always)]
-unsafe fn tiles2_512_pair<W: Wide, const N: usize, const P: usize>(
-    v: &Wino2Input,
-    pc: &PackedConv,
-    ww: &Wino2Weights,
-    t: usize,
-    b0: usize,
-    out: &mut [i32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { tiles2_groups::<W, N, P, 2>(v, pc, ww, t, b0, out) }
-}
-
 /// The element sums of `G` groups of `P` tiles (`t .. t + G·P`) for output channels
 /// `8·b0 .. 8·b0 + N·LANES`, element by element across the groups (each element's weights
-/// read once for all of them), then each group's output transform.
+/// read once for all of them), then each group's output transform. Two groups of 4 tiles:
+/// each element's weights (4 KB at N = 4 and 64 input channels) read from L2 once for 8
+/// tiles instead of once for 4 — on a CPU that issues two `vpdpbusd` a cycle (Intel Xeon,
+/// Sapphire / Emerald Rapids) the 4-tile kernel waits on its weights: EDSR-baseline x2 w4a4
+/// measured 1.03x faster end to end with pairs, the 64->64 conv 1.1x (BENCHMARKS.md, session
+/// 30). The sums and their order are the same for every `G`.
 ///
 /// # Safety
 /// Reads inside v.data (tiles t..t + G·P, 16 · cs bytes each) and the weights; writes inside
