@@ -768,7 +768,7 @@ fn rgb_io(frames: usize) {
     let (mut alpha, mut alpha_hr) = (Vec::<u16>::new(), Vec::new());
     println!();
     println!(
-        "| format | 1080p in + 4K out, {} threads | ratio to BGRx | the CUDA path's via 8-bit RGB |",
+        "| format | 1080p in + 4K out, {} threads | ratio to BGRx | via 8-bit RGB (the CUDA path's until session 32) |",
         rayon::current_num_threads()
     );
     println!("|---|---:|---:|---:|");

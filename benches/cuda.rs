@@ -275,8 +275,7 @@ fn yuv_frames(iters: usize, wanted: &dyn Fn(&str) -> bool) {
         let s = shared.scale();
         let (hw, hh) = (w * s, h * s);
         // The decoder's frame and the encoder's, as tight planes.
-        let rgb: Vec<u8> = test_image(w, h, 3).data.iter().map(|&v| v as u8).collect();
-        let lr = f.pack_tight(&rgb, w, h).unwrap();
+        let lr = f.pack_tight(&test_image(w, h, 3).data, w, h).unwrap();
         let mut hr = vec![0u8; f.tight_len(hw, hh)];
         let opts = Options::default();
         let (mut a, mut b) = (Vec::new(), Vec::new());

@@ -81,19 +81,19 @@ __device__ __forceinline__ int border_bits(int v, int len) {
 // Image complexity (gradient density, complexity.rs): one thread per pixel; the per-pixel
 // terms are summed in 2^-24 fixed point (exact in any order) into csum[f] with atomics.
 
-__device__ __forceinline__ float luma(const u8* img, int w, int h, int y, int x) {
+__device__ __forceinline__ float luma(const float* img, int w, int h, int y, int x) {
     y = y < 0 ? 0 : (y >= h ? h - 1 : y);
     x = x < 0 ? 0 : (x >= w ? w - 1 : x);
-    const u8* p = img + ((size_t)y * w + x) * 3;
-    return (0.299f * (float)p[0] + 0.587f * (float)p[1] + 0.114f * (float)p[2]) / 255.0f;
+    const float* p = img + ((size_t)y * w + x) * 3;
+    return (0.299f * p[0] + 0.587f * p[1] + 0.114f * p[2]) / 255.0f;
 }
 
-extern "C" __global__ void complexity(const u8* rgb, u64* csum, int h, int w) {
+extern "C" __global__ void complexity(const float* rgb, u64* csum, int h, int w) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int f = blockIdx.y;
     u64 v = 0;
     if (i < h * w) {
-        const u8* img = rgb + (size_t)f * h * w * 3;
+        const float* img = rgb + (size_t)f * h * w * 3;
         int r = i / w, c = i - (i / w) * w;
         float gx = (luma(img, w, h, r - 1, c + 1) - luma(img, w, h, r - 1, c - 1)) +
                    2.0f * (luma(img, w, h, r, c + 1) - luma(img, w, h, r, c - 1)) +
@@ -107,6 +107,23 @@ extern "C" __global__ void complexity(const u8* rgb, u64* csum, int h, int w) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     if ((threadIdx.x & 31) == 0 && v) atomicAdd(csum + f, v);
+}
+
+// RGB bytes (frames of the 8-bit RGB formats) -> the f32 values every later kernel reads:
+// the CPU engine's input is the bytes as f32 too. n values, one thread per 4.
+extern "C" __global__ void rgb_widen(const u8* src, float* dst, u64 n) {
+    u64 i = ((u64)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (i + 4 <= n && ((u64)src & 3) == 0 && ((u64)dst & 15) == 0) {
+        u32 v = *(const u32*)(src + i);
+        float4 o;
+        o.x = (float)(v & 0xff);
+        o.y = (float)((v >> 8) & 0xff);
+        o.z = (float)((v >> 16) & 0xff);
+        o.w = (float)(v >> 24);
+        *(float4*)(dst + i) = o;
+        return;
+    }
+    for (u64 j = i; j < n && j < i + 4; j++) dst[j] = (float)src[j];
 }
 
 // What each frame of a batch asks for (frames of several streams share a launch, each with
@@ -155,9 +172,10 @@ extern "C" __global__ void plan_bits(const u64* csum, const LayerInfo* layers, Q
     }
 }
 
-// RGB bytes -> head input codes (4 channels per pixel, the 4th 0), zero-padded map.
-// x = s * (rgb_range/255) - rgb_range * mean_c, quantized with the head's quantizer.
-extern "C" __global__ void input_codes(const u8* rgb, u8* codes, const Quant* plan, int h, int w,
+// RGB values (0-255 scale, f32) -> head input codes (4 channels per pixel, the 4th 0),
+// zero-padded map. x = s * (rgb_range/255) - rgb_range * mean_c, quantized with the head's
+// quantizer.
+extern "C" __global__ void input_codes(const float* rgb, u8* codes, const Quant* plan, int h, int w,
                                        int hp, int wp, int L, float k, float m0, float m1,
                                        float m2) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -165,19 +183,19 @@ extern "C" __global__ void input_codes(const u8* rgb, u8* codes, const Quant* pl
     if (i >= h * w) return;
     int y = i / w, x = i - (i / w) * w;
     Quant q = plan[f * L];
-    const u8* s = rgb + ((size_t)f * h * w + i) * 3;
-    u32 c0 = act_code((float)s[0] * k - m0, q);
-    u32 c1 = act_code((float)s[1] * k - m1, q);
-    u32 c2 = act_code((float)s[2] * k - m2, q);
+    const float* s = rgb + ((size_t)f * h * w + i) * 3;
+    u32 c0 = act_code(s[0] * k - m0, q);
+    u32 c1 = act_code(s[1] * k - m1, q);
+    u32 c2 = act_code(s[2] * k - m2, q);
     ((u32*)codes)[((size_t)f * hp + y + 1) * wp + x + 1] = c0 | (c1 << 8) | (c2 << 16);
 }
 
 // ---------------------------------------------------------------------------------------
-// YUV <-> RGB bytes of planar, semi-planar and packed (4:2:2, 4:4:4) frames
-// (src/engine/yuv/device.rs, whose unpack_pixel / pack_pixel are these kernels in Rust, tested
-// against the host's row-wise conversions): the frame's planes packed tightly one after the
-// other, one thread per pixel; where a sample is in its plane's row is given by steps and
-// offsets (YuvParams).
+// YUV <-> the network's RGB (f32, 0-255 scale) of planar, semi-planar and packed (4:2:2,
+// 4:4:4) frames (src/engine/yuv/device.rs, whose unpack_pixel / pack_pixel are these kernels
+// in Rust, tested against the host's row-wise conversions): the frame's planes packed tightly
+// one after the other, one thread per pixel; where a sample is in its plane's row is given by
+// steps and offsets (YuvParams).
 
 struct YuvParams {
     u64 off[3];     // byte offset of each plane in the frame
@@ -285,8 +303,9 @@ __device__ __forceinline__ void yuv_column(const u8* f, const YuvParams& p, int 
     *tv = sv;
 }
 
-// A frame's tight planes -> its RGB bytes (w x h x 3).
-extern "C" __global__ void yuv_unpack(const u8* src, u8* rgb, YuvParams p) {
+// A frame's tight planes -> its RGB values (w x h x 3 f32, 0-255, clamped, not rounded: the
+// CPU engine's input).
+extern "C" __global__ void yuv_unpack(const u8* src, float* rgb, YuvParams p) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)p.w * p.h) return;
     int y = (int)(i / p.w), x = (int)(i - (size_t)y * p.w);
@@ -309,21 +328,18 @@ extern "C" __global__ void yuv_unpack(const u8* src, u8* rgb, YuvParams p) {
     u = u - p.centre;
     v = v - p.centre;
     float c[3] = {e + p.rv * v, e + p.gu * u + p.gv * v, e + p.bu * u};
-    u8* o = rgb + i * 3;
-    for (int k = 0; k < 3; k++) {
-        float t = c[k] < 0.0f ? 0.0f : (c[k] > 255.0f ? 255.0f : c[k]);
-        o[k] = to_u8(t);
-    }
+    float* o = rgb + i * 3;
+    for (int k = 0; k < 3; k++) o[k] = c[k] < 0.0f ? 0.0f : (c[k] > 255.0f ? 255.0f : c[k]);
 }
 
-// RGB bytes -> the frame: each pixel's luma, and the chroma sample whose first luma pixel it
+// RGB values (the network's unrounded f32 output, 0-255 scale) -> the frame: each pixel's luma, and the chroma sample whose first luma pixel it
 // is (the RGB filtered along y at each luma column of the sample's taps, then along x).
-extern "C" __global__ void yuv_pack(const u8* rgb, u8* dst, YuvParams p) {
+extern "C" __global__ void yuv_pack(const float* rgb, u8* dst, YuvParams p) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)p.w * p.h) return;
     int y = (int)(i / p.w), x = (int)(i - (size_t)y * p.w);
-    const u8* s = rgb + i * 3;
-    float r = (float)s[0], g = (float)s[1], b = (float)s[2];
+    const float* s = rgb + i * 3;
+    float r = s[0], g = s[1], b = s[2];
     float luma = p.yo + p.l[0] * r + p.l[1] * g + p.l[2] * b;
     yuv_put(dst, p, 0, y, x * p.ystep + p.yoff, luma);
     // Packed 4:2:2 of odd width: the last group's second luma is the last pixel's.
@@ -343,7 +359,7 @@ extern "C" __global__ void yuv_pack(const u8* rgb, u8* dst, YuvParams p) {
             float acc = 0.0f;
             for (int ty = 0; ty < 3; ty++) {
                 if (wy[ty] == 0.0f) continue;
-                acc = acc + wy[ty] * (float)rgb[((size_t)ys[ty] * p.w + xs[tx]) * 3 + c];
+                acc = acc + wy[ty] * rgb[((size_t)ys[ty] * p.w + xs[tx]) * 3 + c];
             }
             c3[c] = c3[c] + wx[tx] * acc;
         }
@@ -501,7 +517,7 @@ DIRECT_KERNEL(conv_tail, DirectArgs, 64)
 // Tail: from an f16 map, four threads per pixel as in conv_tail; bytes and (optionally) f32.
 
 struct FloatArgs {
-    const u8* rgb;     // HEAD: frames [F][h][w][3]
+    const float* rgb;  // HEAD: frames [F][h][w][3], 0-255 scale
     const u8* in;      // TAIL: f16 map [F][hp_in][wp_in][CIN]
     const float* wts;  // HEAD: [9][3][COUT]; TAIL: [3][9][CIN]
     const float* bias; // [COUT]
@@ -526,15 +542,14 @@ __device__ __forceinline__ void conv_fhead(const FloatArgs& a) {
     int p = i / groups, o4 = i - (i / groups) * groups;
     if (p >= a.h * a.w) return;
     int y = p / a.w, x = p - (p / a.w) * a.w;
-    const u8* img = a.rgb + (size_t)f * a.h * a.w * 3;
+    const float* img = a.rgb + (size_t)f * a.h * a.w * 3;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int t = 0; t < 9; t++) {
         int yy = y + t / 3 - 1, xx = x + t % 3 - 1;
         if (yy < 0 || yy >= a.h || xx < 0 || xx >= a.w) continue;
-        const u8* s = img + ((size_t)yy * a.w + xx) * 3;
-        float xs[3] = {(float)s[0] * a.k - a.mean0, (float)s[1] * a.k - a.mean1,
-                       (float)s[2] * a.k - a.mean2};
+        const float* s = img + ((size_t)yy * a.w + xx) * 3;
+        float xs[3] = {s[0] * a.k - a.mean0, s[1] * a.k - a.mean1, s[2] * a.k - a.mean2};
 #pragma unroll
         for (int c = 0; c < 3; c++)
 #pragma unroll

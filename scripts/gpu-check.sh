@@ -24,6 +24,7 @@
 # results.tar.gz of everything, re-packed after each step (the device tool returns 8 files at
 # most, and a step killed at the time limit still leaves the earlier ones packed).
 # Files: device.txt, cpu.txt, parity.txt, parity-float.txt, sanitizer.txt, element.txt,
+#   element-yuv-host.txt,
 # bench.md, bench-float.md, bench-ld32.md, parity-prefetch.txt, bench-prefetch.md, parity-float-ldall.txt, bench-float-ldall.md, torch.md, torch-formats.txt, cpu-tests.txt, cpu-levels.txt,
 # cpu-winograd.txt, cpu-kernels-avxvnni.txt, frame-io.txt, cpu-bench.md, peers.md, summary.txt (ncu-*.txt with NCU=1).
 set -u
@@ -88,6 +89,15 @@ if [ -x "$BIN/element-tests" ]; then
         backend_selection_and_fallback cuda_backend_matches_the_integer_reference \
         --test-threads=1 --nocapture > "$RAW/element.txt" 2>&1
     summary "element rc=$? ($(( $(date +%s) - start )) s): $(grep -E '^test result' "$RAW/element.txt" | tail -1)"
+    # The same with YUV converted on the CPU (the fallback of a device that fails the start-up
+    # check): frames go as f32 RGB (Pixels::RgbF32), the same bytes.
+    start=$(date +%s)
+    ADABM_CUDA_YUV=host GST_PLUGIN_SYSTEM_PATH="$G/plugins" GST_PLUGIN_PATH="$G/plugins" \
+        GST_REGISTRY="/tmp/adabm-registry.bin" GST_REGISTRY_FORK=no timeout "${ELEMENT_TIMEOUT:-120}" \
+        "$G/ld-linux-x86-64.so.2" --library-path "$G:${LD_LIBRARY_PATH:-}" "$BIN/element-tests" \
+        cuda_backend_matches_the_integer_reference \
+        --test-threads=1 --nocapture > "$RAW/element-yuv-host.txt" 2>&1
+    summary "element, YUV on the CPU rc=$? ($(( $(date +%s) - start )) s): $(grep -E '^test result' "$RAW/element-yuv-host.txt" | tail -1)"
 fi
 
 start=$(date +%s)

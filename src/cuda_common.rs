@@ -29,13 +29,18 @@ pub enum Pixels {
     Rgb,
     /// A YUV frame of a layout the device converts ([`YuvLayout::device_convertible`]: all
     /// but v210, which goes as I422_10LE) with its planes packed tightly
-    /// ([`YuvFormat::tight_len`]), converted to and from RGB bytes on the device exactly as
-    /// [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and
-    /// [`pack_rgb8`](crate::engine::yuv::pack_rgb8) do on the host (packed 4:4:4's alpha
-    /// bytes are ignored in and written 255 out).
+    /// ([`YuvFormat::tight_len`]), converted on the device to and from the network's f32 RGB
+    /// exactly as the CPU engine converts it ([`unpack_with`](crate::engine::yuv::unpack_with)
+    /// and [`pack_with`](crate::engine::yuv::pack_with); no 8-bit RGB in between; packed
+    /// 4:4:4's alpha bytes are ignored in and written opaque out).
     ///
     /// [`YuvLayout::device_convertible`]: crate::engine::yuv::YuvLayout::device_convertible
     Yuv(YuvFormat),
+    /// The network's RGB values as f32 (0–255 scale, little-endian), 12 bytes a pixel: in,
+    /// what the host converted from a format the device does not (deep RGB, a YUV layout with
+    /// the device's conversion off); out, the unrounded output, for the host to pack at the
+    /// format's own depth as the CPU engine does.
+    RgbF32,
 }
 
 impl Pixels {
@@ -44,6 +49,7 @@ impl Pixels {
         match self {
             Pixels::Rgb => w * h * 3,
             Pixels::Yuv(f) => f.tight_len(w, h),
+            Pixels::RgbF32 => w * h * 12,
         }
     }
 }

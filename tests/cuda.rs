@@ -14,6 +14,7 @@
 
 use gstadabm::cuda::{self, CudaEngine, CudaError, Pixels, SharedCuda};
 use gstadabm::engine::intnet::IntNetwork;
+use gstadabm::engine::model::{f32_bytes, f32_from_bytes};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::yuv::{self, ChromaSiting, YuvFormat, YuvLayout, YuvMatrix, YuvParams};
 
@@ -469,16 +470,27 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
     gstadabm::engine::random::Rng::new(seed).bytes(n)
 }
 
-/// The host's conversions of a tight YUV frame to RGB bytes and of RGB bytes to one.
-fn host_unpack(data: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
+/// The CPU engine's conversions of a tight YUV frame to the network's f32 RGB and of that
+/// (unrounded) to one.
+fn host_unpack(data: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<f32> {
     f.unpack_tight(data, w, h).unwrap()
 }
 
-fn host_pack(rgb: &[u8], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
+fn host_pack(rgb: &[f32], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
     f.pack_tight(rgb, w, h).unwrap()
 }
 
-/// `yuv_unpack` and `yuv_pack` give the host's bytes for every device layout, range, matrix
+/// RGB values as the network gives them: fractions, some below 0 and above 255.
+fn noise_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = gstadabm::engine::random::Rng::new(seed);
+    (0..n).map(|_| -20.0 + 295.0 * r.uniform()).collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `yuv_unpack` and `yuv_pack` give the host's values and bytes for every device layout, range, matrix
 /// and siting, on random samples and pixels, at odd sizes and at 1080p; the start-up check
 /// passes; v210's own bytes (which go as I422_10LE planes) are refused with a reason.
 #[test]
@@ -499,10 +511,10 @@ fn yuv_kernels_match_the_host_conversion() {
             let data = noise(f.tight_len(w, h), seed);
             let got = eng.yuv_to_rgb(&data, f, w, h).unwrap();
             assert!(
-                got == host_unpack(&data, f, w, h),
+                bits(&got) == bits(&host_unpack(&data, f, w, h)),
                 "yuv_unpack {f:?} {w}x{h}"
             );
-            let rgb = noise(w * h * 3, seed + 5000);
+            let rgb = noise_f32(w * h * 3, seed + 5000);
             let got = eng.rgb_to_yuv(&rgb, f, w, h).unwrap();
             assert!(got == host_pack(&rgb, f, w, h), "yuv_pack {f:?} {w}x{h}");
             n += 1;
@@ -525,8 +537,9 @@ fn yuv_kernels_match_the_host_conversion() {
         };
         let (w, h) = (1920, 1080);
         let data = noise(f.tight_len(w, h), 77);
-        assert!(eng.yuv_to_rgb(&data, f, w, h).unwrap() == host_unpack(&data, f, w, h));
-        let rgb = noise(w * h * 3, 78);
+        let got = eng.yuv_to_rgb(&data, f, w, h).unwrap();
+        assert!(bits(&got) == bits(&host_unpack(&data, f, w, h)));
+        let rgb = noise_f32(w * h * 3, 78);
         assert!(eng.rgb_to_yuv(&rgb, f, w, h).unwrap() == host_pack(&rgb, f, w, h));
     }
     eprintln!(
@@ -551,7 +564,8 @@ fn yuv_kernels_match_the_host_conversion() {
 
 /// The YUV kernels' own source (kernels/adabm.cu, its YUV section and `to_u8`), compiled for
 /// the host CPU by the system C++ compiler with CUDA's keywords defined away, run thread by
-/// thread: byte for byte the host's conversions for every device format at odd sizes. x86-64
+/// thread: bit for bit the CPU engine's conversions (frame to f32 RGB, unrounded f32 RGB to
+/// frame) for every device format at odd sizes. x86-64
 /// floats are IEEE single precision like the GPU's, and `-ffp-contract=off` keeps the
 /// `--fmad=false` order, so this checks the kernels' arithmetic without a GPU (what remains
 /// for one is the launch). Skips, saying so, without a C++ compiler.
@@ -569,10 +583,11 @@ fn yuv_kernel_source_on_the_host_matches_the_host_conversion() {
     };
     let typedefs = section("typedef unsigned char u8;", "\n\n");
     let to_u8 = section("// Rust's `v.round_ties_even()", "\n}\n");
-    let yuv = section("// YUV <-> RGB bytes", "// -----------------");
+    let yuv = section("// YUV <-> the network's RGB", "// -----------------");
     let program = format!(
         r#"#include <math.h>
 #include <stdio.h>
+#include <string.h>
 #include <algorithm>
 #include <vector>
 #define __device__
@@ -586,18 +601,18 @@ static Dim3 blockIdx, threadIdx, blockDim;
 {to_u8}
 }}
 {yuv}
-// Records from stdin: mode (0 unpack, 1 pack), YuvParams, input length, input bytes; the
-// output of each to stdout.
+// Records from stdin: mode (0 unpack, 1 pack), YuvParams, input length, input bytes (pack:
+// f32 RGB); the output of each to stdout (unpack: f32 RGB).
 int main() {{
     unsigned mode;
     YuvParams p;
     unsigned long long n;
     while (fread(&mode, 4, 1, stdin) == 1) {{
         if (fread(&p, sizeof p, 1, stdin) != 1 || fread(&n, 8, 1, stdin) != 1) return 2;
-        std::vector<u8> in(n);
+        std::vector<u8> in(n + 4);
         if (n && fread(in.data(), 1, n, stdin) != n) return 3;
         size_t px = (size_t)p.w * p.h;
-        size_t out_n = mode == 0 ? px * 3 : (size_t)n;
+        size_t out_n = mode == 0 ? px * 3 * 4 : (size_t)n;
         if (mode == 1) {{
             out_n = 0;
             for (int k = 0; k < 3; k++) {{
@@ -606,13 +621,16 @@ int main() {{
                 if (p.stride[k] && end > out_n) out_n = end;
             }}
         }}
-        std::vector<u8> out(out_n, 0xA5);
+        std::vector<u8> out(out_n + 4, 0xA5);
+        std::vector<float> rgb(mode == 1 ? n / 4 + 1 : 0);
+        if (mode == 1) memcpy(rgb.data(), in.data(), n);
         blockDim.x = 256;
         for (blockIdx.x = 0; (size_t)blockIdx.x * 256 < px; blockIdx.x++)
             for (threadIdx.x = 0; threadIdx.x < 256; threadIdx.x++) {{
-                if (mode == 0) yuv_unpack(in.data(), out.data(), p);
-                else yuv_pack(in.data(), out.data(), p);
+                if (mode == 0) yuv_unpack(in.data(), (float*)out.data(), p);
+                else yuv_pack(rgb.data(), out.data(), p);
             }}
+        out.resize(out_n);
         fwrite(out.data(), 1, out.size(), stdout);
     }}
     return 0;
@@ -665,9 +683,9 @@ int main() {{
             let p = YuvParams::new(f, w, h).unwrap();
             let seed = (i * 10 + j) as u64;
             let data = noise(f.tight_len(w, h), seed);
-            record(0, &p, &data, host_unpack(&data, f, w, h));
-            let rgb = noise(w * h * 3, seed + 5000);
-            record(1, &p, &rgb, host_pack(&rgb, f, w, h));
+            record(0, &p, &data, f32_bytes(&host_unpack(&data, f, w, h)));
+            let rgb = noise_f32(w * h * 3, seed + 5000);
+            record(1, &p, &f32_bytes(&rgb), host_pack(&rgb, f, w, h));
             cases += 1;
         }
     }
@@ -705,9 +723,10 @@ int main() {{
     );
 }
 
-/// YUV frames through the whole engine, mixed with RGB frames and other YUV layouts in one
-/// launch, give the bytes of the host conversions around the RGB engine; through a shared
-/// engine too.
+/// YUV frames through the whole engine, mixed with RGB and f32 frames and other YUV layouts
+/// in one launch, give the CPU engine's bytes: the frame converted to f32 RGB as the CPU does
+/// (10-bit P010 keeps its 10 bits: no 8-bit RGB in between), the CPU integer reference's
+/// output packed as the CPU packs it; through a shared engine too.
 #[test]
 fn yuv_frames_through_the_engine_match_the_host_path() {
     let Some(dev) = gpu("yuv_frames_through_the_engine_match_the_host_path") else {
@@ -729,14 +748,20 @@ fn yuv_frames_through_the_engine_match_the_host_path() {
             Pixels::Yuv(pick(YuvLayout::Nv12, 2)),
         ),
         (Pixels::Yuv(pick(YuvLayout::P010, 3)), Pixels::Rgb),
+        (Pixels::RgbF32, Pixels::Yuv(pick(YuvLayout::P010, 0))),
+        (Pixels::Rgb, Pixels::RgbF32),
     ];
     let inputs: Vec<Vec<u8>> = fmts
         .iter()
         .enumerate()
-        .map(|(i, (fi, _))| match fi {
-            Pixels::Rgb => rgb8(&frame(w, h, 60 + i as u64)),
+        .map(|(i, (fi, _))| {
             // Smooth content, so that the network sees an image rather than noise.
-            Pixels::Yuv(f) => host_pack(&rgb8(&frame(w, h, 60 + i as u64)), *f, w, h),
+            let img = test_image(w, h, 60 + i as u64);
+            match fi {
+                Pixels::Rgb => rgb8(&frame(w, h, 60 + i as u64)),
+                Pixels::Yuv(f) => host_pack(&img.data, *f, w, h),
+                Pixels::RgbF32 => f32_bytes(&img.data),
+            }
         })
         .collect();
     let refs: Vec<&[u8]> = inputs.iter().map(|v| &v[..]).collect();
@@ -745,30 +770,54 @@ fn yuv_frames_through_the_engine_match_the_host_path() {
     let stats = eng
         .upscale_formats_into(&refs, &fmts, w, h, &opts, &mut outs)
         .unwrap();
-    // The host path: unpack, the RGB engine, pack.
-    let rgb_in: Vec<Vec<u8>> = fmts
+    // The CPU's path: the frame's f32 values, the integer reference, packed.
+    let values: Vec<Vec<f32>> = fmts
         .iter()
         .zip(&inputs)
         .map(|((fi, _), d)| match fi {
-            Pixels::Rgb => d.clone(),
+            Pixels::Rgb => d.iter().map(|&v| v as f32).collect(),
             Pixels::Yuv(f) => host_unpack(d, *f, w, h),
+            Pixels::RgbF32 => f32_from_bytes(d),
         })
         .collect();
-    let rgb_refs: Vec<&[u8]> = rgb_in.iter().map(|v| &v[..]).collect();
-    let want = eng.upscale_frames(&rgb_refs, w, h, &opts).unwrap();
-    for (i, ((_, fo), (hr, st))) in fmts.iter().zip(&want).enumerate() {
+    assert!(
+        values[3].iter().any(|v| v.fract() != 0.0),
+        "P010 is not 8-bit RGB"
+    );
+    let cpu = Engine::new(&model, 0).unwrap();
+    let int = IntNetwork::new(&model).unwrap();
+    let mut hr = Vec::new();
+    for (i, ((_, fo), v)) in fmts.iter().zip(&values).enumerate() {
+        let img = Image {
+            width: w,
+            height: h,
+            data: v.clone(),
+        };
+        let c = complexity::measure(cpu.metric(&opts[0]), &img.data, w, h);
+        let (plan, b_i) = cpu.bit_plan(c, &opts[0]).unwrap();
+        let want = int.upscale(&img, &plan).data;
         let want_bytes = match fo {
-            Pixels::Rgb => hr.clone(),
-            Pixels::Yuv(f) => host_pack(hr, *f, w * s, h * s),
+            Pixels::Rgb => want
+                .iter()
+                .map(|&v| gstadabm::engine::frame::to_u8(v))
+                .collect(),
+            Pixels::Yuv(f) => host_pack(&want, *f, w * s, h * s),
+            Pixels::RgbF32 => f32_bytes(&want),
         };
         assert!(outs[i] == want_bytes, "frame {i} ({:?})", fmts[i]);
-        assert_eq!(stats[i], *st, "frame {i} stats");
+        assert_eq!(
+            stats[i].complexity.to_bits(),
+            c.to_bits(),
+            "frame {i} complexity"
+        );
+        assert_eq!(stats[i].image_bits, b_i, "frame {i} b_I");
+        hr.push(want);
     }
     // RGB in and YUV out only (no YUV input in the batch; one format pair for all frames).
     let f = pick(YuvLayout::Nv21, 0);
     let mut outs2 = vec![Vec::new(); 2];
     eng.upscale_formats_into(
-        &[&rgb_in[1][..], &rgb_in[1][..]],
+        &[&inputs[1][..], &inputs[1][..]],
         &[(Pixels::Rgb, Pixels::Yuv(f))],
         w,
         h,
@@ -776,7 +825,7 @@ fn yuv_frames_through_the_engine_match_the_host_path() {
         &mut outs2,
     )
     .unwrap();
-    let want_nv21 = host_pack(&want[1].0, f, w * s, h * s);
+    let want_nv21 = host_pack(&hr[1], f, w * s, h * s);
     assert!(
         outs2[0] == want_nv21 && outs2[1] == want_nv21,
         "RGB in, NV21 out"

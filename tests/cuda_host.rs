@@ -768,6 +768,14 @@ struct PlanBitsParams {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+struct WidenParams {
+    src: u64,
+    dst: u64,
+    n: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 struct InputCodesParams {
     rgb: u64,
     codes: u64,
@@ -786,13 +794,16 @@ struct InputCodesParams {
 /// `CudaEngine::enqueue`'s order and buffers (complexity, plan_bits; fq: input_codes and
 /// conv_head, otherwise the f32 head conv_fhead; the body's tensor-core convs — integer, f16,
 /// or integer with the last block's conv2 writing f16 for a non-fq model; the upsampler
-/// stages; conv_tail or the f32 conv_ftail), for RGB frames each with its own options: each
-/// frame's HR bytes, f32 outputs, complexity and b_I.
+/// stages; conv_tail or the f32 conv_ftail), for RGB frames (0–255 values; `bytes`: given
+/// as bytes and widened by rgb_widen, as the engine does for the RGB formats, else as the f32
+/// values the YUV conversion gives) each with its own options: each frame's HR bytes, f32
+/// outputs, complexity and b_I.
 #[allow(clippy::type_complexity)]
 fn network(
     gpu: &mut Gpu,
     model: &Model,
-    frames: &[Vec<u8>],
+    frames: &[Vec<f32>],
+    bytes: bool,
     w: usize,
     h: usize,
     opts: &[Options],
@@ -807,12 +818,39 @@ fn network(
         IntLayer::Int(c) => cuda::conv_image(c, net.layers[k].spec.role).unwrap(),
         IntLayer::Float(w) => cuda::float_conv_image(w, net.layers[k].spec.role).unwrap(),
     };
-    // Buffers: 0 RGB in, 1 csum, 2 layer infos, 3 plan, 4 stats, 5 bits, 6 frame params,
+    // Buffers: 0 RGB in (f32), 1 csum, 2 layer infos, 3 plan, 4 stats, 5 bits, 6 frame params,
     // 7 input codes, 8 head, 9 res, 10 / 11 code maps A / B, 12 RGB out, 13 f32 out,
     // 14.. the upsampler stages' HR code maps, 30 / 31 f16 maps A / B, 40.. the stages' HR
-    // f16 maps, 100 + 3k.. conv k's weights, bias, K table.
+    // f16 maps, 99 RGB bytes in, 100 + 3k.. conv k's weights, bias, K table.
     let (hp, wp, _, _) = geom(h, w);
-    gpu.upload(0, &frames.concat());
+    let values = frames.concat();
+    if bytes {
+        let b: Vec<u8> = values.iter().map(|&v| v as u8).collect();
+        assert!(
+            b.iter().zip(&values).all(|(&b, &v)| b as f32 == v),
+            "frames of bytes"
+        );
+        gpu.upload(99, &b);
+        gpu.upload(0, &vec![0u8; values.len() * 4]);
+        let p = WidenParams {
+            src: 0,
+            dst: 0,
+            n: values.len() as u64,
+        };
+        gpu.launch(
+            "rgb_widen",
+            [values.len().div_ceil(4 * 256) as u32, 1, 1],
+            256,
+            0,
+            &bytes_of(&p),
+            &[
+                (offset_of!(WidenParams, src), 99),
+                (offset_of!(WidenParams, dst), 0),
+            ],
+        );
+    } else {
+        gpu.upload(0, &f32_bytes(&values));
+    }
     gpu.upload(1, &vec![0u8; nf * 8]);
     let mut infos = Vec::new();
     for (k, layer) in net.layers.iter().enumerate() {
@@ -846,13 +884,12 @@ fn network(
     gpu.upload(5, &vec![0u8; nf * l_count]);
     let cpu = Engine::new(model, 1).unwrap();
     let mut params = Vec::new();
-    for (o, bytes) in opts.iter().zip(frames) {
+    for (o, values) in opts.iter().zip(frames) {
         // A metric other than the gradient density is measured on the host (as
         // `CudaEngine::host_complexities` does) and handed to plan_bits.
         let metric = cpu.metric(o);
-        let values: Vec<f32> = bytes.iter().map(|&v| v as f32).collect();
         let c_host = (metric != ComplexityMetric::Gradient)
-            .then(|| complexity::measure(metric, &values, w, h));
+            .then(|| complexity::measure(metric, values, w, h));
         let p = FrameParams {
             lower: o.image_lower.unwrap_or(q.map_or(0.0, |q| q.image_lower)),
             upper: o.image_upper.unwrap_or(q.map_or(0.0, |q| q.image_upper)),
@@ -1203,14 +1240,21 @@ fn fq_networks_match_the_cpu_on_the_emulated_gpu() {
         cases.push((n.clone(), m, w, h));
     }
     let mut gpu = Gpu::start(&exe, false);
-    for (name, model, w, h) in cases {
+    for (ci, (name, model, w, h)) in cases.into_iter().enumerate() {
         let (name, model) = (&name, model);
-        // Frames of bytes, as the GPU receives them.
+        // Every other case frames of bytes (the RGB formats, widened on the GPU), the others
+        // f32 values with fractions (what a YUV frame's conversion gives).
+        let bytes = ci % 2 == 0;
         let imgs = [5u64, 6, 7].map(|seed| {
             let mut m = test_image(w, h, seed);
-            m.data.iter_mut().for_each(|v| *v = to_u8(*v) as f32);
+            if bytes {
+                m.data.iter_mut().for_each(|v| *v = to_u8(*v) as f32);
+            }
             m
         });
+        if !bytes {
+            assert!(imgs[0].data.iter().any(|v| v.fract() != 0.0));
+        }
         let cpu = Engine::new(model, 1).unwrap();
         let int = IntNetwork::new(model).unwrap();
         // Frame 0 with thresholds below its complexity (b_I = +1), frame 1 the model's own
@@ -1236,11 +1280,8 @@ fn fq_networks_match_the_cpu_on_the_emulated_gpu() {
                 ..Options::default()
             },
         ];
-        let bytes: Vec<Vec<u8>> = imgs
-            .iter()
-            .map(|m| m.data.iter().map(|&v| v as u8).collect())
-            .collect();
-        let got = network(&mut gpu, model, &bytes, w, h, &opts);
+        let frames: Vec<Vec<f32>> = imgs.iter().map(|m| m.data.clone()).collect();
+        let got = network(&mut gpu, model, &frames, bytes, w, h, &opts);
         for (i, (img, (rgb, f32s, c, b_i))) in imgs.iter().zip(&got).enumerate() {
             let cc = complexity::measure(cpu.metric(&opts[i]), &img.data, w, h);
             let (plan, want_b_i) = cpu.bit_plan(cc, &opts[i]).unwrap();
@@ -1264,7 +1305,8 @@ fn fq_networks_match_the_cpu_on_the_emulated_gpu() {
             assert_eq!(got[0].3, 1, "{name}: frame 0 is above its upper threshold");
             assert_eq!(got[2].3, -1, "{name}: frame 2 is below its lower threshold");
         }
-        eprintln!("emulated GPU: {name}: 3 frames equal the CPU integer engine");
+        let what = if bytes { "byte" } else { "f32" };
+        eprintln!("emulated GPU: {name}: 3 {what} frames equal the CPU integer engine");
     }
 }
 
@@ -1321,25 +1363,26 @@ fn float_and_non_fq_networks_agree_with_the_cpu_on_the_emulated_gpu() {
         .unwrap();
     models.push((b.name.to_string(), b.load().unwrap()));
     let mut gpu = Gpu::start(&exe, false);
-    for (name, model) in &models {
+    for (mi, (name, model)) in models.iter().enumerate() {
         // Two tiles of 16 each way for the small models; one for the built-in's 17 convs.
         let (w, h) = if name.starts_with("edsr") {
             (13, 9)
         } else {
             (19, 17)
         };
+        // Frames of bytes and of f32 values with fractions, in turn.
+        let bytes = mi % 2 == 0;
         let imgs = [8u64, 9].map(|seed| {
             let mut m = test_image(w, h, seed);
-            m.data.iter_mut().for_each(|v| *v = to_u8(*v) as f32);
+            if bytes {
+                m.data.iter_mut().for_each(|v| *v = to_u8(*v) as f32);
+            }
             m
         });
         let cpu = Engine::new(model, 1).unwrap();
         let opts = [Options::default(), Options::default()];
-        let bytes: Vec<Vec<u8>> = imgs
-            .iter()
-            .map(|m| m.data.iter().map(|&v| v as u8).collect())
-            .collect();
-        let got = network(&mut gpu, model, &bytes, w, h, &opts);
+        let frames: Vec<Vec<f32>> = imgs.iter().map(|m| m.data.clone()).collect();
+        let got = network(&mut gpu, model, &frames, bytes, w, h, &opts);
         for (i, (img, (rgb, f32s, c, b_i))) in imgs.iter().zip(&got).enumerate() {
             let (want, stats) = cpu.upscale(img, &opts[i]).unwrap();
             if model.quant.is_some() {

@@ -1117,8 +1117,8 @@ fn cuda_backend_matches_the_integer_reference() {
                 "x{scale} {precision} {fmt} {w}x{hh}: CUDA element output differs from the integer reference"
             );
         }
-        // RGB formats beyond 8-bit packed: rounded to RGB bytes for the GPU, written back at
-        // their depth, alpha upscaled on the CPU at its own.
+        // RGB formats beyond 8-bit packed: their f32 values to the GPU (no rounding to bytes),
+        // written back at their depth, alpha upscaled on the CPU at its own.
         for (fmt, format) in [
             ("RGBA64_BE", RgbFormat::RGBA64_BE),
             ("GBRA_10LE", RgbFormat::GBRA_10LE),
@@ -1127,9 +1127,8 @@ fn cuda_backend_matches_the_integer_reference() {
             let (out_info, out, in_info, data) = push_frame(&mut h, fmt, 13, 9, 4);
             let (w, hh) = (13, 9);
             let src = rgb_ref(&data, &in_info, format, (0, 1));
-            let (mut rgb, mut alpha) = (Vec::new(), Vec::new());
-            rgbfmt::unpack_rgb8_into(&src, &mut rgb, &mut alpha).unwrap();
-            let img = gstadabm::engine::Image::from_rgb8(w, hh, &rgb);
+            let (mut img, mut alpha) = (gstadabm::engine::Image::default(), Vec::new());
+            rgbfmt::unpack_into(&src, &mut img, &mut alpha).unwrap();
             let c = gstadabm::engine::complexity::gradient_density(&img.data, w, hh);
             let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
             let hr = int.upscale(&img, &plan);
@@ -1137,15 +1136,19 @@ fn cuda_backend_matches_the_integer_reference() {
             let alpha = gstadabm::engine::frame::upscale_plane_bilinear(&alpha, w, hh, s);
             let mut want = vec![0u8; out_info.size()];
             let mut dst = rgb_mut(&mut want, &out_info, format, (0, 1));
-            rgbfmt::pack_rgb8(&hr.to_rgb8(), &alpha, &mut dst).unwrap();
+            let (hw, hh) = (hr.width, hr.height);
+            let whole = gstadabm::engine::frame::Window::whole(&hr.data, hw, hh);
+            let r = gstadabm::engine::frame::Rect::whole(hw, hh);
+            rgbfmt::pack_rect(whole, r, &alpha, &mut dst).unwrap();
             assert!(
                 rgb_visible(&out, &out_info, format) == rgb_visible(&want, &out_info, format),
                 "x{scale} {precision} {fmt}: CUDA element output differs from the integer reference"
             );
         }
-        // YUV formats, converted to and from 8-bit RGB on the GPU (v210 as I422_10LE planes,
-        // GRAY16_BE as GRAY16_LE, Y410 as Y444_10LE planes, A420 and A422_10LE as I420 and
-        // I422_10LE; alpha upscaled bilinearly on the CPU) — the bytes of the CPU conversions.
+        // YUV formats, converted to and from the network's f32 RGB on the GPU (v210 as
+        // I422_10LE planes, GRAY16_BE as GRAY16_LE, Y410 as Y444_10LE planes, A420 and
+        // A422_10LE as I420 and I422_10LE; alpha upscaled bilinearly on the CPU) — the bytes of
+        // the CPU conversions around the integer reference.
         for fmt in [
             "I420",
             "NV12",
@@ -1179,15 +1182,14 @@ fn cuda_backend_matches_the_integer_reference() {
                 siting,
                 false,
                 |src, dst| {
-                    let mut rgb = Vec::new();
-                    gstadabm::engine::yuv::unpack_rgb8_into(src, &mut rgb).unwrap();
-                    let img = gstadabm::engine::Image::from_rgb8(src.width, src.height, &rgb);
+                    let mut img = gstadabm::engine::Image::default();
+                    gstadabm::engine::yuv::unpack_into(src, &mut img).unwrap();
                     let c = gstadabm::engine::complexity::gradient_density(
                         &img.data, src.width, src.height,
                     );
                     let (plan, _) = cpu.bit_plan(c, &Options::default()).unwrap();
                     let hr = int.upscale(&img, &plan);
-                    gstadabm::engine::yuv::pack_rgb8(&hr.to_rgb8(), dst).unwrap();
+                    gstadabm::engine::yuv::pack(&hr, dst).unwrap();
                     let mut a = Vec::new();
                     if gstadabm::engine::yuv::unpack_alpha_into(src, &mut a).unwrap() {
                         let (w, h, s) = (src.width, src.height, scale as usize);

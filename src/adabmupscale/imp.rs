@@ -390,13 +390,16 @@ impl Latency {
     }
 }
 
-/// What a frame on the CUDA path reuses: its packed RGB input, HR output and alpha planes, so
-/// that frames of a size seen before allocate no frame-sized memory (fresh buffers made the
-/// host side of an x2 1080p frame 1.2–1.3x slower: `cargo bench --bench cpu -- --frame-io`).
+/// What a frame on the CUDA path reuses: its input and HR output as the engine takes them
+/// (packed RGB bytes, tight YUV planes or f32 bytes), the f32 values of frames the CPU
+/// converts, and alpha planes, so that frames of a size seen before allocate no frame-sized
+/// memory (fresh buffers made the host side of an x2 1080p frame 1.2–1.3x slower: `cargo
+/// bench --bench cpu -- --frame-io`).
 #[derive(Default)]
 struct CudaBufs {
     rgb: Vec<u8>,
     hr: Vec<u8>,
+    values: engine::frame::Image,
     alpha: engine::frame::AlphaBufs,
 }
 
@@ -1675,6 +1678,24 @@ impl CudaBufs {
         self.upscale_as(c, (Pixels::Rgb, Pixels::Rgb), w, h, opts)
     }
 
+    /// `self.values` (a `w x h` frame of f32 RGB, 0–255 scale: what the CPU engine reads)
+    /// through the shared CUDA engine as [`Pixels::RgbF32`]; its unrounded output (what the
+    /// CPU engine writes) replaces it.
+    fn upscale_f32(
+        &mut self,
+        c: &SharedCuda,
+        w: usize,
+        h: usize,
+        opts: &Options,
+    ) -> Result<crate::cuda::FrameStats, String> {
+        f32_to_bytes(&self.values.data, &mut self.rgb);
+        let fs = self.upscale_as(c, (Pixels::RgbF32, Pixels::RgbF32), w, h, opts)?;
+        let s = c.scale();
+        bytes_to_f32(&self.hr, &mut self.values.data);
+        (self.values.width, self.values.height) = (w * s, h * s);
+        Ok(fs)
+    }
+
     /// [`Self::upscale`] with `self.rgb` and `self.hr` laid out as `fmt` says.
     fn upscale_as(
         &mut self,
@@ -1737,8 +1758,9 @@ fn yuv_on_gpu(c: &SharedCuda) -> bool {
 }
 
 /// One YUV frame through the CUDA engine: frames go to the GPU as they are (planes packed
-/// tightly; v210 and Y410 repacked to I422_10LE and Y444_10LE planes) and are converted there ([`yuv_on_gpu`]), or
-/// are converted to RGB bytes on the CPU, upscaled, converted back. Both give the same bytes.
+/// tightly; v210 and Y410 repacked to I422_10LE and Y444_10LE planes) and are converted there
+/// ([`yuv_on_gpu`]), or are converted to the network's f32 RGB on the CPU, upscaled, converted
+/// back. Both give the CPU engine's bytes (no 8-bit RGB in between).
 /// Alpha (AYUV, VUYA, Y412_LE, AYUV64, Y410, A420's and its kin's alpha plane) is upscaled
 /// bilinearly on the CPU, as the CPU engine does.
 fn cuda_yuv_frame(
@@ -1762,9 +1784,9 @@ fn cuda_yuv_frame(
         dst.store_tight(&bufs.hr).map_err(err)?;
         fs
     } else {
-        engine::yuv::unpack_rgb8_into(src, &mut bufs.rgb).map_err(err)?;
-        let fs = bufs.upscale(c, w, h, opts)?;
-        engine::yuv::pack_rgb8(&bufs.hr, dst).map_err(err)?;
+        engine::yuv::unpack_into(src, &mut bufs.values).map_err(err)?;
+        let fs = bufs.upscale_f32(c, w, h, opts)?;
+        engine::yuv::pack(&bufs.values, dst).map_err(err)?;
         fs
     };
     if engine::yuv::unpack_alpha_into(src, &mut bufs.alpha.lr16).map_err(err)? {
@@ -1797,9 +1819,9 @@ fn cuda_frame(
     Ok(cuda_stats(fs, t0))
 }
 
-/// [`cuda_frame`] of an [`RgbFormat`] frame: its samples go to the GPU rounded to RGB bytes
-/// and come back as samples of the format's depth (the CUDA engine's RGB is 8-bit); alpha is
-/// upscaled at its own depth on the CPU, as the CPU engine does.
+/// [`cuda_frame`] of an [`RgbFormat`] frame: its samples go to the GPU as the network's f32
+/// values and come back unrounded, each rounded once to the format's depth, as on the CPU;
+/// alpha is upscaled at its own depth on the CPU, as the CPU engine does.
 fn cuda_rgb_frame(
     c: &SharedCuda,
     src: &RgbRef,
@@ -1811,19 +1833,66 @@ fn cuda_rgb_frame(
     let (w, h) = (src.width, src.height);
     let s = cuda_scale(c, src.format == dst.format, (w, h), (dst.width, dst.height))?;
     let err = |e: engine::Error| e.to_string();
-    engine::rgbfmt::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha.lr16).map_err(err)?;
-    let fs = bufs.upscale(c, w, h, opts)?;
+    engine::rgbfmt::unpack_into(src, &mut bufs.values, &mut bufs.alpha.lr16).map_err(err)?;
+    let fs = bufs.upscale_f32(c, w, h, opts)?;
     if src.format.has_alpha() {
         bufs.alpha.upscale16(w, h, s);
     }
-    engine::rgbfmt::pack_rgb8(&bufs.hr, &bufs.alpha.hr16, dst).map_err(err)?;
+    let (hw, hh) = (w * s, h * s);
+    let hr = engine::frame::Window::whole(&bufs.values.data, hw, hh);
+    let r = engine::frame::Rect::whole(hw, hh);
+    engine::rgbfmt::pack_rect(hr, r, &bufs.alpha.hr16, dst).map_err(err)?;
     Ok(cuda_stats(fs, t0))
+}
+
+/// f32 values as the little-endian bytes of a [`Pixels::RgbF32`] frame, into `out` (resized;
+/// rows in parallel: a 4K frame is 100 MB).
+fn f32_to_bytes(v: &[f32], out: &mut Vec<u8>) {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 16;
+    out.resize(v.len() * 4, 0);
+    out.par_chunks_mut(PIECE * 4)
+        .zip(v.par_chunks(PIECE))
+        .for_each(|(o, v)| {
+            for (o, x) in o.chunks_exact_mut(4).zip(v) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        });
+}
+
+/// The f32 values of a [`Pixels::RgbF32`] frame's bytes, into `out` (resized).
+fn bytes_to_f32(b: &[u8], out: &mut Vec<f32>) {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 16;
+    out.resize(b.len() / 4, 0.0);
+    out.par_chunks_mut(PIECE)
+        .zip(b.par_chunks(PIECE * 4))
+        .for_each(|(o, b)| {
+            for (o, c) in o.iter_mut().zip(b.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        });
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Latency;
+    use super::{Latency, bytes_to_f32, f32_to_bytes};
     use gst::ClockTime;
+
+    /// The f32 frames of the CUDA path's host conversions (deep RGB formats, YUV converted on
+    /// the CPU) are the values' little-endian bytes and back, at sizes across the parallel
+    /// pieces, in buffers that held a larger frame before.
+    #[test]
+    fn f32_frames_round_trip_through_their_bytes() {
+        let (mut bytes, mut back) = (vec![7u8; 1 << 20], vec![1.0f32; 1 << 18]);
+        for n in [0usize, 1, 3, (1 << 16) - 1, 1 << 16, (1 << 16) * 3 + 5] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 20.5).collect();
+            f32_to_bytes(&v, &mut bytes);
+            assert_eq!(bytes, crate::engine::model::f32_bytes(&v), "{n} values");
+            bytes_to_f32(&bytes, &mut back);
+            assert_eq!(back, v, "{n} values back");
+        }
+    }
 
     /// The estimate is the longest of the last 16 frames, reported again when it grows by
     /// more than a quarter or falls below half.

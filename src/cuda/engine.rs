@@ -225,7 +225,12 @@ struct Buffers {
     lr: Geom,
     /// Geometry after each upsampler stage.
     hr: Vec<Geom>,
+    /// The RGB frames' bytes as uploaded.
     rgb_in: CudaSlice<u8>,
+    /// Every frame's RGB values (f32, 0–255 scale) that the network reads: RGB bytes widened
+    /// (`rgb_widen`), YUV frames converted (`yuv_unpack`) without rounding, as the CPU engine
+    /// reads them.
+    rgbf_in: CudaSlice<u8>,
     csum: CudaSlice<u64>,
     params: CudaSlice<FrameParams>,
     plan: CudaSlice<Quant>,
@@ -243,7 +248,8 @@ struct Buffers {
     half_b: CudaSlice<u8>,
     hr_half: Vec<CudaSlice<u8>>,
     rgb_out: CudaSlice<u8>,
-    rgbf: Option<CudaSlice<f32>>,
+    /// The unrounded f32 output, when a caller asks for it or a frame is packed to YUV from it.
+    rgbf: Option<CudaSlice<u8>>,
     host_in: PinnedHostSlice<u8>,
     host_out: PinnedHostSlice<u8>,
     /// Staging of YUV frames (tight planes), made when a batch first has one.
@@ -284,11 +290,11 @@ pub struct CudaEngine {
     f_ftail: CudaFunction,
     f_yuv_unpack: CudaFunction,
     f_yuv_pack: CudaFunction,
+    f_widen: CudaFunction,
     sms: u32,
     bufs: Option<Buffers>,
-    /// RGB bytes and f32 values of a frame whose complexity the host measures (kept between
-    /// frames).
-    host_frame: (Vec<u8>, Vec<f32>),
+    /// f32 values of a frame whose complexity the host measures (kept between frames).
+    host_frame: Vec<f32>,
     name: String,
 }
 
@@ -436,6 +442,7 @@ impl CudaEngine {
             f_ftail: load(&format!("conv_ftail_c{f}"))?,
             f_yuv_unpack: load("yuv_unpack")?,
             f_yuv_pack: load("yuv_pack")?,
+            f_widen: load("rgb_widen")?,
             f_mma,
             f_mma_h,
             f_hmma,
@@ -476,12 +483,14 @@ impl CudaEngine {
         self.net.config.scale as usize
     }
 
+    /// Buffers for `frames` frames of `w x h` (kept when they fit); `want_f32`: with the f32
+    /// output (buffers that have it are kept for batches that do not need it).
     fn ensure_buffers(&mut self, frames: usize, h: usize, w: usize, want_f32: bool) -> Result<()> {
         if let Some(b) = &mut self.bufs
             && b.cap >= frames
             && b.lr.h == h
             && b.lr.w == w
-            && b.rgbf.is_some() == want_f32
+            && (b.rgbf.is_some() || !want_f32)
         {
             b.frames = frames;
             return Ok(());
@@ -520,6 +529,7 @@ impl CudaEngine {
             cap: frames,
             lr,
             rgb_in: bytes(f * h * w * 3)?,
+            rgbf_in: bytes(f * h * w * 12)?,
             csum: s.alloc_zeros::<u64>(f)?,
             params: s.alloc_zeros::<FrameParams>(f)?,
             plan: s.alloc_zeros::<Quant>(f * l_count)?,
@@ -537,7 +547,7 @@ impl CudaEngine {
             hr_codes,
             rgb_out: bytes(out_px * 3)?,
             rgbf: if want_f32 {
-                Some(floats(out_px * 3)?)
+                Some(bytes(out_px * 12)?)
             } else {
                 None
             },
@@ -614,8 +624,9 @@ impl CudaEngine {
 
     /// [`Self::upscale_frames_into`] with each frame's layout in and out (`fmts[i]` for frame
     /// `i`, or one pair for every frame): YUV frames ([`Pixels::Yuv`], tight planes) are
-    /// converted to RGB bytes and back on the device, with the host's arithmetic, so the
-    /// output is byte for byte the host conversions around [`Self::upscale_frames_into`].
+    /// converted to the network's f32 RGB and back on the device with the CPU engine's
+    /// arithmetic, so the output is byte for byte the CPU engine's; [`Pixels::RgbF32`] frames
+    /// go in and come out as the network's f32 values.
     pub fn upscale_formats_into(
         &mut self,
         frames: &[&[u8]],
@@ -636,23 +647,25 @@ impl CudaEngine {
             .map(|(stats, _)| stats)
     }
 
-    /// One YUV frame (tight planes) to RGB bytes with `yuv_unpack` alone, in buffers of its
-    /// own: what the parity tests and the start-up check compare with the host's conversion.
-    pub fn yuv_to_rgb(&self, frame: &[u8], f: YuvFormat, w: usize, h: usize) -> Result<Vec<u8>> {
+    /// One YUV frame (tight planes) to the network's RGB values (f32, 0–255) with
+    /// `yuv_unpack` alone, in buffers of its own: what the parity tests and the start-up check
+    /// compare with the host's conversion.
+    pub fn yuv_to_rgb(&self, frame: &[u8], f: YuvFormat, w: usize, h: usize) -> Result<Vec<f32>> {
         let p = yuv_params(f, w, h, frame.len())?;
         let st = &self.stream;
         let src = st.clone_htod(frame)?;
-        let dst = st.alloc_zeros::<u8>(w * h * 3)?;
+        let dst = st.alloc_zeros::<f32>(w * h * 3)?;
         launch_yuv(st, &self.f_yuv_unpack, ptr(&src, st), ptr(&dst, st), &p)?;
         Ok(st.clone_dtoh(&dst)?)
     }
 
-    /// RGB bytes of a `w x h` frame to a YUV frame (tight planes) with `yuv_pack` alone.
-    pub fn rgb_to_yuv(&self, rgb: &[u8], f: YuvFormat, w: usize, h: usize) -> Result<Vec<u8>> {
+    /// RGB values (f32, 0–255 scale, as the network gives them) of a `w x h` frame to a YUV
+    /// frame (tight planes) with `yuv_pack` alone.
+    pub fn rgb_to_yuv(&self, rgb: &[f32], f: YuvFormat, w: usize, h: usize) -> Result<Vec<u8>> {
         let p = yuv_params(f, w, h, f.tight_len(w, h))?;
         if rgb.len() != w * h * 3 {
             return Err(CudaError::Input(format!(
-                "{} RGB bytes for a {w}x{h} frame",
+                "{} RGB values for a {w}x{h} frame",
                 rgb.len()
             )));
         }
@@ -686,7 +699,7 @@ impl CudaEngine {
         self.run(frames, w, h, std::slice::from_ref(opts), true)
     }
 
-    /// Queues the whole network for a batch already in device memory (`rgb_in`), without
+    /// Queues the whole network for a batch already in device memory (`rgbf_in`), without
     /// transfers: what the throughput benchmark times.
     pub fn run_resident(&mut self, opts: &Options) -> Result<()> {
         if self.metric(opts) != ComplexityMetric::Gradient {
@@ -712,7 +725,7 @@ impl CudaEngine {
 
     /// Sizes the buffers and queues the upload of frames [`Self::check_input`] accepted
     /// through pinned memory (`fmts`: [`Self::upscale_formats_into`]'s; empty: all RGB), and
-    /// the conversion of YUV frames into `rgb_in`.
+    /// their conversion into `rgbf_in`: RGB bytes widened, YUV frames converted.
     fn stage_input(
         &mut self,
         frames: &[&[u8]],
@@ -723,15 +736,15 @@ impl CudaEngine {
     ) -> Result<()> {
         self.ensure_buffers(frames.len(), h, w, want_f32)?;
         let n = w * h * 3;
-        // YUV staging for the inputs and the HR outputs that are YUV.
+        // Staging for the inputs and the HR outputs that are YUV or f32.
         let s = self.scale();
         let (mut yin, mut yout) = (0, 0);
         for i in 0..frames.len() {
             let (fi, fo) = format_of(fmts, i);
-            if let Pixels::Yuv(_) = fi {
+            if fi != Pixels::Rgb {
                 yin += fi.bytes(w, h);
             }
-            if let Pixels::Yuv(_) = fo {
+            if fo != Pixels::Rgb {
                 yout += fo.bytes(w * s, h * s);
             }
         }
@@ -744,9 +757,10 @@ impl CudaEngine {
             for (i, fr) in frames.iter().enumerate() {
                 par_copy(&mut host[i * n..][..n], fr);
             }
-            self.stream
-                .memcpy_htod(&host[..frames.len() * n], &mut b.rgb_in)?;
-            return Ok(());
+            let st = &self.stream;
+            st.memcpy_htod(&host[..frames.len() * n], &mut b.rgb_in)?;
+            let (src, dst) = (ptr(&b.rgb_in, st), ptr(&b.rgbf_in, st));
+            return launch_widen(st, &self.f_widen, src, dst, frames.len() * n);
         }
         let st = &self.stream;
         let b = self.bufs.as_mut().expect("buffers");
@@ -760,20 +774,30 @@ impl CudaEngine {
                     let hs = &mut host[i * n..][..n];
                     par_copy(hs, fr);
                     st.memcpy_htod(&*hs, &mut b.rgb_in.slice_mut(i * n..(i + 1) * n))?;
+                    let (src, dst) = (ptr(&b.rgb_in, st), ptr(&b.rgbf_in, st));
+                    let (src, dst) = (src + (i * n) as u64, dst + (i * n * 4) as u64);
+                    launch_widen(st, &self.f_widen, src, dst, n)?;
                 }
                 Pixels::Yuv(f) => {
                     let p = yuv_params(f, w, h, fr.len())?;
                     let hs = &mut yhost[at..at + fr.len()];
                     par_copy(hs, fr);
                     st.memcpy_htod(&*hs, &mut y.dev_in.slice_mut(at..at + fr.len()))?;
-                    let (src, dst) = (ptr(&y.dev_in, st), ptr(&b.rgb_in, st));
+                    let (src, dst) = (ptr(&y.dev_in, st), ptr(&b.rgbf_in, st));
                     launch_yuv(
                         st,
                         &self.f_yuv_unpack,
                         src + at as u64,
-                        dst + (i * n) as u64,
+                        dst + (i * n * 4) as u64,
                         &p,
                     )?;
+                    at += fr.len();
+                }
+                Pixels::RgbF32 => {
+                    let hs = &mut yhost[at..at + fr.len()];
+                    par_copy(hs, fr);
+                    let dst = &mut b.rgbf_in.slice_mut(i * n * 4..(i + 1) * n * 4);
+                    st.memcpy_htod(&*hs, dst)?;
                     at += fr.len();
                 }
             }
@@ -799,11 +823,12 @@ impl CudaEngine {
             let (fi, fo) = format_of(fmts, i);
             if let Pixels::Yuv(f) = fi {
                 yuv_params(f, w, h, fr.len())?;
-            } else if fr.len() != w * h * 3 {
+            } else if fr.len() != fi.bytes(w, h) {
+                let per = if fi == Pixels::Rgb { 3 } else { 12 };
                 return Err(CudaError::Input(format!(
-                    "frame {i} has {} bytes, expected {w}x{h}x3 = {}",
+                    "frame {i} has {} bytes, expected {w}x{h}x{per} = {}",
                     fr.len(),
-                    w * h * 3
+                    fi.bytes(w, h)
                 )));
             }
             if let Pixels::Yuv(f) = fo {
@@ -855,7 +880,10 @@ impl CudaEngine {
         }
         self.check_input(frames, fmts, w, h)?;
         let host_c = self.host_complexities(frames, fmts, w, h, opts)?;
-        self.stage_input(frames, fmts, w, h, want_f32)?;
+        // YUV and f32 outputs come from the unrounded f32 output (YUV packed from it as the CPU
+        // engine packs it).
+        let f32_out = (0..frames.len()).any(|i| format_of(fmts, i).1 != Pixels::Rgb);
+        self.stage_input(frames, fmts, w, h, want_f32 || f32_out)?;
         self.enqueue(opts, &host_c)?;
         let s = self.scale();
         let (hw, hh) = (w * s, h * s);
@@ -863,7 +891,7 @@ impl CudaEngine {
         let n_all = frames.len() * n;
         let st = &self.stream;
         let b = self.bufs.as_mut().expect("buffers");
-        // Where each YUV output starts in the staging.
+        // Where each YUV or f32 output starts in the staging.
         let mut yuv_at = vec![0usize; frames.len()];
         if fmts.iter().all(|f| f.1 == Pixels::Rgb) {
             st.memcpy_dtoh(&b.rgb_out.slice(0..n_all), &mut b.host_out)?;
@@ -881,15 +909,24 @@ impl CudaEngine {
                     Pixels::Yuv(f) => {
                         let p = yuv_params(f, hw, hh, f.tight_len(hw, hh))?;
                         let len = f.tight_len(hw, hh);
-                        let (src, dst) = (ptr(&b.rgb_out, st), ptr(&y.dev_out, st));
+                        let rgbf = b.rgbf.as_ref().expect("f32 output for YUV frames");
+                        let (src, dst) = (ptr(rgbf, st), ptr(&y.dev_out, st));
                         launch_yuv(
                             st,
                             &self.f_yuv_pack,
-                            src + (i * n) as u64,
+                            src + (i * n * 4) as u64,
                             dst + at as u64,
                             &p,
                         )?;
                         st.memcpy_dtoh(&y.dev_out.slice(at..at + len), &mut yhost[at..at + len])?;
+                        *start = at;
+                        at += len;
+                    }
+                    Pixels::RgbF32 => {
+                        let rgbf = b.rgbf.as_ref().expect("f32 output for f32 frames");
+                        let len = n * 4;
+                        let src = rgbf.slice(i * len..(i + 1) * len);
+                        st.memcpy_dtoh(&src, &mut yhost[at..at + len])?;
                         *start = at;
                         at += len;
                     }
@@ -899,8 +936,8 @@ impl CudaEngine {
         let stats = self.stream.clone_dtoh(&b.stats)?;
         let bits = self.stream.clone_dtoh(&b.bits)?;
         let rgbf = match &b.rgbf {
-            Some(d) => Some(self.stream.clone_dtoh(&d.slice(0..n_all))?),
-            None => None,
+            Some(d) if want_f32 => Some(self.stream.clone_dtoh(&d.slice(0..n_all * 4))?),
+            _ => None,
         };
         self.stream.synchronize()?;
         let host = b.host_out.as_slice()?;
@@ -920,7 +957,7 @@ impl CudaEngine {
             };
             let src = match format_of(fmts, i).1 {
                 Pixels::Rgb => &host[i * n..(i + 1) * n],
-                Pixels::Yuv(f) => &yhost[yuv_at[i]..][..f.tight_len(hw, hh)],
+                f => &yhost[yuv_at[i]..][..f.bytes(hw, hh)],
             };
             // Every byte is overwritten: only a buffer of another size is resized.
             if frame.len() != src.len() {
@@ -936,12 +973,15 @@ impl CudaEngine {
             });
         }
         let f32s = rgbf
-            .map(|v| v.chunks(n).map(|c| c.to_vec()).collect())
+            .map(|v| {
+                v.chunks(n * 4)
+                    .map(crate::engine::model::f32_from_bytes)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok((out, f32s))
     }
 
-    /// Queues complexity, bit plan and every layer for the batch in `rgb_in`.
     /// The complexity metric deciding b_I under `opts`: its override, else the model's.
     pub fn metric(&self, opts: &Options) -> ComplexityMetric {
         self.net.metric(opts.metric)
@@ -949,8 +989,8 @@ impl CudaEngine {
 
     /// Per frame, its complexity when its metric is not the gradient density (which the GPU
     /// measures): the frequency and attention metrics are measured here on the host, from the
-    /// frame's RGB bytes (YUV frames unpacked as the device does), exactly as the CPU engine
-    /// measures a frame of those bytes; None for gradient frames.
+    /// frame's RGB values (YUV frames unpacked to f32 as the device and the CPU engine do),
+    /// exactly as the CPU engine measures the frame; None for gradient frames.
     fn host_complexities(
         &mut self,
         frames: &[&[u8]],
@@ -959,7 +999,7 @@ impl CudaEngine {
         h: usize,
         opts: &[Options],
     ) -> Result<Vec<Option<f32>>> {
-        let (mut rgb, mut values) = std::mem::take(&mut self.host_frame);
+        let mut values = std::mem::take(&mut self.host_frame);
         let c = (0..frames.len())
             .map(|i| {
                 let metric = self.metric(&opts[if opts.len() == 1 { 0 } else { i }]);
@@ -967,21 +1007,27 @@ impl CudaEngine {
                     return Ok(None);
                 }
                 // Frames as `check_input` accepted them.
-                let bytes = match format_of(fmts, i).0 {
-                    Pixels::Rgb => frames[i],
-                    Pixels::Yuv(f) => {
-                        crate::engine::yuv::YuvRef::from_tight(frames[i], f, w, h)
-                            .and_then(|src| crate::engine::yuv::unpack_rgb8_into(&src, &mut rgb))
-                            .map_err(|e| CudaError::Input(e.to_string()))?;
-                        &rgb[..]
+                match format_of(fmts, i).0 {
+                    Pixels::Rgb => {
+                        values.clear();
+                        values.extend(frames[i].iter().map(|&v| v as f32));
                     }
-                };
-                values.clear();
-                values.extend(bytes.iter().map(|&v| v as f32));
+                    Pixels::RgbF32 => {
+                        values.clear();
+                        let f32s = frames[i].chunks_exact(4);
+                        values.extend(f32s.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                    }
+                    Pixels::Yuv(f) => {
+                        use crate::engine::yuv::{YuvRef, unpack_with};
+                        YuvRef::from_tight(frames[i], f, w, h)
+                            .and_then(|src| unpack_with(&src, |v| v, &mut values))
+                            .map_err(|e| CudaError::Input(e.to_string()))?;
+                    }
+                }
                 Ok(Some(complexity::measure(metric, &values, w, h)))
             })
             .collect();
-        self.host_frame = (rgb, values);
+        self.host_frame = values;
         c
     }
 
@@ -997,6 +1043,7 @@ impl CudaEngine {
         Ok(base)
     }
 
+    /// Queues complexity, bit plan and every layer for the batch in `rgbf_in`.
     /// `opts`: one set for every frame, or one per frame.
     /// `host_c[i]`: frame `i`'s complexity measured on the host, for metrics the GPU does
     /// not measure ([`Self::host_complexities`]; empty: none).
@@ -1037,7 +1084,7 @@ impl CudaEngine {
         let grid = |n: usize, t: usize| (n.div_ceil(t) as u32, f as u32, 1);
         unsafe {
             st.launch_builder(&self.f_complexity)
-                .arg(&b.rgb_in)
+                .arg(&b.rgbf_in)
                 .arg(&b.csum)
                 .arg(&h)
                 .arg(&w)
@@ -1069,13 +1116,13 @@ impl CudaEngine {
         if self.layout == Layout::Fq {
             self.int_head(b, k_in, mean, l_count)?;
         } else {
-            // Floating-point head from the RGB bytes: head, res, and the first body conv's
+            // Floating-point head from the RGB values: head, res, and the first body conv's
             // codes (non-fq) or its f16 input (float).
             let head = &self.convs[0];
             // (NonFq with blocks; without blocks it is classified Float.)
             let codes = self.layout == Layout::NonFq;
             let args = FloatArgs {
-                rgb: ptr(&b.rgb_in, st),
+                rgb: ptr(&b.rgbf_in, st),
                 wts: ptr(&head.wts, st),
                 bias: ptr(&head.bias, st),
                 plan: ptr(&b.plan, st),
@@ -1200,7 +1247,7 @@ impl CudaEngine {
         let (hp, wp) = (b.lr.hp as i32, b.lr.wp as i32);
         unsafe {
             st.launch_builder(&self.f_input)
-                .arg(&b.rgb_in)
+                .arg(&b.rgbf_in)
                 .arg(&b.input)
                 .arg(&b.plan)
                 .arg(&h)
@@ -1408,6 +1455,31 @@ fn launch_yuv(
             .arg(p)
             .launch(LaunchConfig {
                 grid_dim: (px.div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })?;
+    }
+    Ok(())
+}
+
+/// Launches `rgb_widen`: `n` RGB bytes at device address `src` to f32 at `dst`.
+fn launch_widen(
+    st: &Arc<CudaStream>,
+    func: &CudaFunction,
+    src: u64,
+    dst: u64,
+    n: usize,
+) -> Result<()> {
+    let n64 = n as u64;
+    // SAFETY: `src` holds `n` bytes and `dst` `n` f32 (the callers' buffers hold the batch's
+    // frames of `n` values); the argument types are the kernel's.
+    unsafe {
+        st.launch_builder(func)
+            .arg(&src)
+            .arg(&dst)
+            .arg(&n64)
+            .launch(LaunchConfig {
+                grid_dim: (n.div_ceil(4 * 256) as u32, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             })?;

@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use super::{CudaEngine, Done, FrameStats, Pixels, Result};
 use crate::batch::{BatchExec, Batcher};
+use crate::engine::model::{f32_bytes, f32_from_bytes};
 use crate::engine::{Model, Options};
 
 /// Frames per launch at most: enough for several streams, bounded device memory (the
@@ -238,24 +239,28 @@ impl SharedCuda {
 /// Checks the device's YUV conversion against the host's on small frames of every layout it
 /// converts, in the four variants of [`device_formats`](crate::engine::yuv::device::device_formats)
 /// (random samples and pixels, an odd size, limited and full range, co-sited and centred
-/// chroma): `yuv_unpack` must give the bytes of
-/// [`unpack_rgb8_into`](crate::engine::yuv::unpack_rgb8_into) and `yuv_pack` those of
-/// [`pack_rgb8`](crate::engine::yuv::pack_rgb8); then one batch of YUV and RGB frames through
-/// the whole engine must give the host conversions around the RGB path. A device that fails
-/// gets RGB from the host, as before the kernels existed, instead of frames that differ from
-/// the CPU engine's.
+/// chroma): `yuv_unpack` must give the f32 values of
+/// [`unpack_with`](crate::engine::yuv::unpack_with) and `yuv_pack` the bytes of
+/// [`pack_with`](crate::engine::yuv::pack_with) (the CPU engine's conversions); then one batch
+/// of YUV, RGB and f32 frames through the whole engine must give the host conversions around
+/// the f32 path. A device that fails gets its frames converted by the host
+/// ([`Pixels::RgbF32`]) instead of frames that differ from the CPU engine's.
 pub fn yuv_self_check(engine: &mut CudaEngine) -> std::result::Result<(), String> {
     use crate::engine::yuv::{ChromaSiting, YuvFormat, YuvLayout, YuvMatrix};
     let host_unpack = |data: &[u8], f: YuvFormat, w: usize, h: usize| {
         f.unpack_tight(data, w, h)
             .map_err(|e| format!("{:?} host unpack: {e}", f.layout))
     };
-    let host_pack = |rgb: &[u8], f: YuvFormat, w: usize, h: usize| {
+    let host_pack = |rgb: &[f32], f: YuvFormat, w: usize, h: usize| {
         f.pack_tight(rgb, w, h)
             .map_err(|e| format!("{:?} host pack: {e}", f.layout))
     };
     let mut rng = crate::engine::random::Rng::new(0x2545_F491_4F6C_DD1D);
     let mut noise = |n: usize| rng.bytes(n);
+    // The network's output: fractions, some outside 0–255.
+    let mut rng_f = crate::engine::random::Rng::new(0x9E37_79B9_7F4A_7C15);
+    let mut noise_f =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| -20.0 + 295.0 * rng_f.uniform()).collect() };
     let (w, h) = (11, 7);
     for f in crate::engine::yuv::device::device_formats() {
         let layout = f.layout;
@@ -264,12 +269,17 @@ pub fn yuv_self_check(engine: &mut CudaEngine) -> std::result::Result<(), String
         let got = engine
             .yuv_to_rgb(&data, f, w, h)
             .map_err(|e| fail("yuv_unpack", &e))?;
-        if got != host_unpack(&data, f, w, h)? {
+        let want = host_unpack(&data, f, w, h)?;
+        if got
+            .iter()
+            .map(|v| v.to_bits())
+            .ne(want.iter().map(|v| v.to_bits()))
+        {
             return Err(format!(
                 "{layout:?}: yuv_unpack differs from the host's conversion"
             ));
         }
-        let rgb = noise(w * h * 3);
+        let rgb = noise_f(w * h * 3);
         let got = engine
             .rgb_to_yuv(&rgb, f, w, h)
             .map_err(|e| fail("yuv_pack", &e))?;
@@ -279,7 +289,7 @@ pub fn yuv_self_check(engine: &mut CudaEngine) -> std::result::Result<(), String
             ));
         }
     }
-    // A batch mixing YUV and RGB in and out, against the RGB path with the host's
+    // A batch mixing YUV, RGB and f32 in and out, against the f32 path with the host's
     // conversions around it: the engine's staging of YUV frames.
     let (w, h) = (9, 7);
     let (s, opts) = (engine.scale(), [crate::engine::Options::default()]);
@@ -296,40 +306,57 @@ pub fn yuv_self_check(engine: &mut CudaEngine) -> std::result::Result<(), String
             v_cosited: true,
         },
     };
-    let rgb: Vec<Vec<u8>> = (0..3).map(|_| noise(w * h * 3)).collect();
+    let rgb: Vec<Vec<f32>> = (0..4).map(|_| noise_f(w * h * 3)).collect();
+    let bytes = noise(w * h * 3);
     let fmts = [
         (Pixels::Yuv(fa), Pixels::Yuv(fa)),
         (Pixels::Rgb, Pixels::Yuv(fb)),
         (Pixels::Yuv(fb), Pixels::Rgb),
+        (Pixels::RgbF32, Pixels::RgbF32),
     ];
     let inputs = [
         host_pack(&rgb[0], fa, w, h)?,
-        rgb[1].clone(),
+        bytes.clone(),
         host_pack(&rgb[2], fb, w, h)?,
+        f32_bytes(&rgb[3]),
     ];
-    let rgb_in = [
+    let as_f32 = [
         host_unpack(&inputs[0], fa, w, h)?,
-        rgb[1].clone(),
+        bytes.iter().map(|&v| v as f32).collect(),
         host_unpack(&inputs[2], fb, w, h)?,
+        rgb[3].clone(),
     ];
     let refs: Vec<&[u8]> = inputs.iter().map(|v| &v[..]).collect();
-    let mut got = vec![Vec::new(); 3];
+    let mut got = vec![Vec::new(); 4];
     engine
         .upscale_formats_into(&refs, &fmts, w, h, &opts, &mut got)
         .map_err(|e| format!("a batch of YUV frames: {e}"))?;
-    let refs: Vec<&[u8]> = rgb_in.iter().map(|v| &v[..]).collect();
-    let mut want = vec![Vec::new(); 3];
+    let f32_in: Vec<Vec<u8>> = as_f32.iter().map(|v| f32_bytes(v)).collect();
+    let refs: Vec<&[u8]> = f32_in.iter().map(|v| &v[..]).collect();
+    let mut out = vec![Vec::new(); 4];
     engine
-        .upscale_frames_into(&refs, w, h, &opts, &mut want)
-        .map_err(|e| format!("a batch of RGB frames: {e}"))?;
+        .upscale_formats_into(
+            &refs,
+            &[(Pixels::RgbF32, Pixels::RgbF32)],
+            w,
+            h,
+            &opts,
+            &mut out,
+        )
+        .map_err(|e| format!("a batch of f32 frames: {e}"))?;
+    let out: Vec<Vec<f32>> = out.iter().map(|v| f32_from_bytes(v)).collect();
     let want = [
-        host_pack(&want[0], fa, w * s, h * s)?,
-        host_pack(&want[1], fb, w * s, h * s)?,
-        want[2].clone(),
+        host_pack(&out[0], fa, w * s, h * s)?,
+        host_pack(&out[1], fb, w * s, h * s)?,
+        out[2]
+            .iter()
+            .map(|&v| crate::engine::frame::to_u8(v))
+            .collect(),
+        f32_bytes(&out[3]),
     ];
-    if let Some(i) = (0..3).find(|&i| got[i] != want[i]) {
+    if let Some(i) = (0..4).find(|&i| got[i] != want[i]) {
         return Err(format!(
-            "frame {i} of a batch of YUV and RGB frames differs from the host's conversions"
+            "frame {i} of a batch of YUV, RGB and f32 frames differs from the host's conversions"
         ));
     }
     Ok(())

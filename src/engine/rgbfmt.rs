@@ -561,8 +561,8 @@ pub fn unpack_into(f: &RgbRef, img: &mut super::frame::Image, alpha: &mut Vec<u1
     Ok(())
 }
 
-/// Unpacks a frame into interleaved RGB bytes (each sample's value rounded: the CUDA path's
-/// input) and, with alpha, its alpha plane.
+/// Unpacks a frame into interleaved RGB bytes (each sample's value rounded; the CUDA path's
+/// input until it took f32 values) and, with alpha, its alpha plane.
 pub fn unpack_rgb8_into(f: &RgbRef, out: &mut Vec<u8>, alpha: &mut Vec<u16>) -> Result<()> {
     let k = f.format.unit_scale();
     unpack_with(f, |v| to_u8(sample_f32(v) * k), out, alpha)
@@ -662,8 +662,8 @@ pub fn pack_rect(src: Window<f32>, r: Rect, alpha: &[u16], f: &mut RgbMut) -> Re
     })
 }
 
-/// Writes the frame from interleaved RGB bytes of its size (each byte's value as a sample,
-/// the CUDA path's output) and, with alpha, the alpha plane.
+/// Writes the frame from interleaved RGB bytes of its size (each byte's value as a sample;
+/// the CUDA path's output until it gave f32 values) and, with alpha, the alpha plane.
 pub fn pack_rgb8(rgb: &[u8], alpha: &[u16], f: &mut RgbMut) -> Result<()> {
     let (w, h) = (f.width, f.height);
     if rgb.len() != w * h * 3 {

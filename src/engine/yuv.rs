@@ -872,7 +872,8 @@ pub fn unpack_into(f: &YuvRef, img: &mut Image) -> Result<()> {
     Ok(())
 }
 
-/// [`unpack_with`] into interleaved RGB bytes (rounded; the CUDA path's input).
+/// [`unpack_with`] into interleaved RGB bytes (rounded; the CUDA path's input until it took
+/// f32 values).
 pub fn unpack_rgb8_into(f: &YuvRef, out: &mut Vec<u8>) -> Result<()> {
     unpack_with(f, super::frame::to_u8, out)
 }
@@ -1683,7 +1684,7 @@ pub fn pack(img: &Image, f: &mut YuvMut) -> Result<()> {
     pack_with(&img.data, img.width, img.height, f, |&v| v)
 }
 
-/// [`pack_with`] from interleaved RGB bytes (the CUDA path's output).
+/// [`pack_with`] from interleaved RGB bytes (the CUDA path's output until it gave f32 values).
 pub fn pack_rgb8(rgb: &[u8], f: &mut YuvMut) -> Result<()> {
     let (w, h) = (f.width, f.height);
     pack_with(rgb, w, h, f, |&v| v as f32)

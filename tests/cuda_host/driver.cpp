@@ -12,7 +12,7 @@
 // - 'S': writes the `ldmatrix` phases since the last 'S', the extra wavefronts their bank
 //   conflicts cost, and the L2 prefetches (u64 each).
 struct ComplexityParams {
-    const u8* rgb;
+    const float* rgb;
     u64* csum;
     int h, w;
 };
@@ -27,8 +27,14 @@ struct PlanBitsParams {
     const FrameParams* params;
 };
 
+struct WidenParams {
+    const u8* src;
+    float* dst;
+    u64 n;
+};
+
 struct InputCodesParams {
-    const u8* rgb;
+    const float* rgb;
     u8* codes;
     const Quant* plan;
     int h, w, hp, wp, L;
@@ -71,6 +77,11 @@ static const Entry KERNELS[] = {
      [](const u8* b) {
          auto p = blob_as<ComplexityParams>(b);
          complexity(p.rgb, p.csum, p.h, p.w);
+     }},
+    {"rgb_widen", sizeof(WidenParams),
+     [](const u8* b) {
+         auto p = blob_as<WidenParams>(b);
+         rgb_widen(p.src, p.dst, p.n);
      }},
     {"plan_bits", sizeof(PlanBitsParams),
      [](const u8* b) {

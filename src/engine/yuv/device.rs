@@ -4,8 +4,9 @@
 //!
 //! [`unpack_pixel`] and [`pack_pixel`] are those kernels written in Rust, with the same
 //! operations in the same order; the tests check them against the row-wise conversions of the
-//! parent module ([`unpack_rgb8_into`](super::unpack_rgb8_into), [`pack_rgb8`](super::pack_rgb8)),
-//! which the GPU must reproduce bit for bit (the CUDA parity tests compare the kernels with
+//! parent module between a frame and the network's f32 RGB ([`unpack_with`](super::unpack_with),
+//! [`pack_with`](super::pack_with), what the CPU engine runs on), which the GPU must reproduce
+//! bit for bit (the CUDA parity tests compare the kernels with
 //! those too). Every layout but v210 and GRAY16_BE ([`YuvLayout::device_convertible`]; the
 //! host repacks those two, [`YuvFormat::device`]) and the planar ones with an alpha plane
 //! (A420 and its kin, whose colour planes go as I420, …): planar, semi-planar, grey, packed 4:2:2
@@ -49,19 +50,25 @@ impl YuvFormat {
             .sum()
     }
 
-    /// RGB bytes of a `w x h` frame of this format given as tight planes (the host's
-    /// [`unpack_rgb8_into`](super::unpack_rgb8_into)).
-    pub fn unpack_tight(&self, data: &[u8], w: usize, h: usize) -> Result<Vec<u8>> {
+    /// The network's RGB values (f32, 0–255) of a `w x h` frame of this format given as tight
+    /// planes: the host's [`unpack_with`](super::unpack_with), what the CPU engine upscales.
+    pub fn unpack_tight(&self, data: &[u8], w: usize, h: usize) -> Result<Vec<f32>> {
         let mut out = Vec::new();
-        super::unpack_rgb8_into(&YuvRef::from_tight(data, *self, w, h)?, &mut out)?;
+        super::unpack_with(&YuvRef::from_tight(data, *self, w, h)?, |v| v, &mut out)?;
         Ok(out)
     }
 
-    /// A `w x h` frame of this format as tight planes from RGB bytes (the host's
-    /// [`pack_rgb8`](super::pack_rgb8)).
-    pub fn pack_tight(&self, rgb: &[u8], w: usize, h: usize) -> Result<Vec<u8>> {
+    /// A `w x h` frame of this format as tight planes from RGB values (f32, 0–255 scale,
+    /// unrounded): the host's [`pack_with`](super::pack_with), what the CPU engine writes.
+    pub fn pack_tight(&self, rgb: &[f32], w: usize, h: usize) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.tight_len(w, h)];
-        super::pack_rgb8(rgb, &mut YuvMut::from_tight(&mut out, *self, w, h)?)?;
+        super::pack_with(
+            rgb,
+            w,
+            h,
+            &mut YuvMut::from_tight(&mut out, *self, w, h)?,
+            |&v| v,
+        )?;
         Ok(out)
     }
 }
@@ -375,11 +382,11 @@ impl YuvParams {
     }
 }
 
-/// RGB bytes of pixel (x, y) of the tight frame `src`: `yuv_unpack`'s thread for that pixel.
-/// Chroma is interpolated along y at the (one or two) chroma columns the pixel reads, then
-/// along x, each sum from 0 in tap order skipping zero weights along y — the row-wise
-/// [`unpack_rgb8_into`](super::unpack_rgb8_into)'s operations.
-pub fn unpack_pixel(p: &YuvParams, src: &[u8], x: usize, y: usize) -> [u8; 3] {
+/// RGB values (f32, clamped to 0–255) of pixel (x, y) of the tight frame `src`: `yuv_unpack`'s
+/// thread for that pixel. Chroma is interpolated along y at the (one or two) chroma columns
+/// the pixel reads, then along x, each sum from 0 in tap order skipping zero weights along y —
+/// the row-wise [`unpack_with`](super::unpack_with)'s operations.
+pub fn unpack_pixel(p: &YuvParams, src: &[u8], x: usize, y: usize) -> [f32; 3] {
     let luma = p.get(src, 0, y, p.luma_at(x));
     let (u, v) = if p.chroma == 0 {
         (p.centre, p.centre)
@@ -405,20 +412,20 @@ pub fn unpack_pixel(p: &YuvParams, src: &[u8], x: usize, y: usize) -> [u8; 3] {
             (b0 * u0 + b1 * u1, b0 * v0 + b1 * v1)
         }
     };
-    // `Coeffs::rgb`, then `frame::to_u8`.
+    // `Coeffs::rgb`.
     let (e, u, v) = (p.ky * (luma - p.yo), u - p.centre, v - p.centre);
-    [e + p.rv * v, e + p.gu * u + p.gv * v, e + p.bu * u].map(|c| to_u8(clamp(c, 0.0, 255.0)))
+    [e + p.rv * v, e + p.gu * u + p.gv * v, e + p.bu * u].map(|c| clamp(c, 0.0, 255.0))
 }
 
-/// Writes pixel (x, y) of the tight frame `dst` from the RGB bytes `rgb` (`p.w x p.h x 3`):
-/// `yuv_pack`'s thread for that pixel. Its luma, and when it is the first luma pixel of a
-/// chroma sample, that sample: the RGB filtered along y at each luma column of the sample's
-/// taps, then along x, each sum from 0 in tap order skipping zero weights — the row-wise
-/// [`pack_rgb8`](super::pack_rgb8)'s operations (at 4:4:4 both filters have the single weight
-/// 1, so the sample is the pixel's own RGB, as there).
-pub fn pack_pixel(p: &YuvParams, rgb: &[u8], dst: &mut [u8], x: usize, y: usize) {
+/// Writes pixel (x, y) of the tight frame `dst` from the RGB values `rgb` (`p.w x p.h x 3`
+/// f32, 0–255 scale, unrounded: the network's output): `yuv_pack`'s thread for that pixel. Its
+/// luma, and when it is the first luma pixel of a chroma sample, that sample: the RGB filtered
+/// along y at each luma column of the sample's taps, then along x, each sum from 0 in tap
+/// order skipping zero weights — the row-wise [`pack_with`](super::pack_with)'s operations (at
+/// 4:4:4 both filters have the single weight 1, so the sample is the pixel's own RGB, as there).
+pub fn pack_pixel(p: &YuvParams, rgb: &[f32], dst: &mut [u8], x: usize, y: usize) {
     let (w, h) = (p.w as usize, p.h as usize);
-    let px = |xx: usize, yy: usize, c: usize| rgb[(yy * w + xx) * 3 + c] as f32;
+    let px = |xx: usize, yy: usize, c: usize| rgb[(yy * w + xx) * 3 + c];
     let rgb_at = [px(x, y, 0), px(x, y, 1), px(x, y, 2)];
     // `Coeffs::luma`.
     let luma = p.yo + p.l[0] * rgb_at[0] + p.l[1] * rgb_at[1] + p.l[2] * rgb_at[2];
@@ -486,11 +493,31 @@ pub fn device_formats() -> Vec<YuvFormat> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{pack_rgb8, unpack_rgb8_into};
+    use super::super::{pack_with, unpack_with};
     use super::*;
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
         crate::engine::random::Rng::new(seed).bytes(n)
+    }
+
+    /// RGB values as the network gives them: fractions, and some below 0 and above 255
+    /// (every rounding and clamp of the packing is exercised).
+    fn noise_rgb(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::engine::random::Rng::new(seed);
+        (0..n).map(|_| -20.0 + 295.0 * r.uniform()).collect()
+    }
+
+    /// [`unpack_with`] into f32: the CPU engine's input.
+    fn unpack_f32(f: &YuvRef) -> Vec<f32> {
+        let mut out = Vec::new();
+        unpack_with(f, |v| v, &mut out).unwrap();
+        out
+    }
+
+    /// [`pack_with`] from f32: the CPU engine's output.
+    fn pack_f32(rgb: &[f32], f: &mut YuvMut) {
+        let (w, h) = (f.width, f.height);
+        pack_with(rgb, w, h, f, |&v| v).unwrap();
     }
 
     /// A `w x h` frame of format `f` with padded rows (the parent's tests' frame), noise in
@@ -552,7 +579,7 @@ mod tests {
         }
     }
 
-    /// The per-pixel unpack (the kernel's) gives the bytes of the row-wise one, for every
+    /// The per-pixel unpack (the kernel's) gives the values of the row-wise one, for every
     /// device layout, size, range, matrix and siting — on random samples, so that every
     /// chroma tap and clamp is exercised (16-bit words with bits above the depth too: both
     /// read a word the same way, and clamp what it gives).
@@ -568,16 +595,15 @@ mod tests {
                 assert_eq!([p.off[1], p.off[2]].map(|o| o as usize), [ends[0], ends[1]]);
                 let data = noise(f.tight_len(w, h), (i * 31 + j) as u64);
                 let frame = YuvRef::from_tight(&data, f, w, h).unwrap();
-                let mut want = Vec::new();
-                unpack_rgb8_into(&frame, &mut want).unwrap();
+                let want = unpack_f32(&frame);
                 for y in 0..h {
                     for x in 0..w {
-                        let got = unpack_pixel(&p, &data, x, y);
-                        assert_eq!(
-                            got,
-                            want[(y * w + x) * 3..][..3],
-                            "{f:?} {w}x{h} pixel ({x}, {y})"
-                        );
+                        let got = unpack_pixel(&p, &data, x, y).map(f32::to_bits);
+                        let want: Vec<u32> = want[(y * w + x) * 3..][..3]
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect();
+                        assert_eq!(got[..], want[..], "{f:?} {w}x{h} pixel ({x}, {y})");
                     }
                 }
             }
@@ -590,10 +616,10 @@ mod tests {
         for (i, f) in device_formats().into_iter().enumerate() {
             for (j, &(w, h)) in SIZES.iter().enumerate() {
                 let p = YuvParams::new(f, w, h).expect("device layout");
-                let rgb = noise(w * h * 3, (i * 37 + j + 1000) as u64);
+                let rgb = noise_rgb(w * h * 3, (i * 37 + j + 1000) as u64);
                 let n = f.tight_len(w, h);
                 let mut want = vec![0u8; n];
-                pack_rgb8(&rgb, &mut YuvMut::from_tight(&mut want, f, w, h).unwrap()).unwrap();
+                pack_f32(&rgb, &mut YuvMut::from_tight(&mut want, f, w, h).unwrap());
                 // Every byte written: a sentinel fill that survives shows.
                 let mut got = vec![0xA5u8; n];
                 for y in 0..h {
@@ -646,10 +672,10 @@ mod tests {
             assert_eq!(dev.layout, on_device);
             let row = f.layout.plane_sizes(w, h)[0].0;
             let stride = row + 16;
-            let rgb = noise(w * h * 3, k as u64 + 300);
+            let rgb = noise_rgb(w * h * 3, k as u64 + 300);
             // The host's frame of `rgb`, padding marked.
             let mut frame = vec![0x5Au8; stride * h];
-            pack_rgb8(&rgb, &mut one_plane(&mut frame, stride, w, h, f)).unwrap();
+            pack_f32(&rgb, &mut one_plane(&mut frame, stride, w, h, f));
             let src = YuvRef {
                 planes: [&frame, &[], &[], &[]],
                 strides: [stride, 0, 0, 0],
@@ -662,8 +688,7 @@ mod tests {
             let mut tight = Vec::new();
             src.copy_tight(&mut tight).unwrap();
             assert_eq!(tight.len(), dev.tight_len(w, h), "{layout:?} {w}x{h}");
-            let mut want = Vec::new();
-            unpack_rgb8_into(&src, &mut want).unwrap();
+            let want = unpack_f32(&src);
             assert_eq!(
                 dev.unpack_tight(&tight, w, h).unwrap(),
                 want,
@@ -781,9 +806,6 @@ mod tests {
         assert!(YuvRef::from_tight(&tight[..tight.len() - 1], f, w, h).is_err());
         assert!(YuvMut::from_tight(&mut tight.clone()[1..], f, w, h).is_err());
         let back = YuvRef::from_tight(&tight, f, w, h).unwrap();
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        unpack_rgb8_into(&src, &mut a).unwrap();
-        unpack_rgb8_into(&back, &mut b).unwrap();
-        assert_eq!(a, b);
+        assert_eq!(unpack_f32(&src), unpack_f32(&back));
     }
 }
