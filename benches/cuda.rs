@@ -234,9 +234,11 @@ fn main() {
 type FrameFn<'a> = dyn FnMut(&mut Vec<u8>, &mut Vec<u8>, &mut [u8]) + 'a;
 
 /// I420 1080p → 4K through a shared engine as the element runs it: the frame's planes unpacked
-/// to RGB bytes on the CPU, upscaled, packed back on the CPU (the path before session 22, and
-/// still that of packed layouts), against the planes sent as they are and converted on the GPU
-/// (`SharedCuda::upscale_as`); the two alternate, 3 rounds, median ms per frame of each.
+/// to the network's f32 RGB on the CPU, sent as `Pixels::RgbF32`, its unrounded output packed
+/// back on the CPU (the element's fallback when the device fails its start-up check of the
+/// conversion; until session 32 through RGB bytes), against the planes sent as they are and
+/// converted on the GPU (`SharedCuda::upscale_as`); the two alternate, 3 rounds, median ms per
+/// frame of each.
 fn yuv_frames(iters: usize, wanted: &dyn Fn(&str) -> bool) {
     println!();
     println!(
@@ -279,14 +281,19 @@ fn yuv_frames(iters: usize, wanted: &dyn Fn(&str) -> bool) {
         let mut hr = vec![0u8; f.tight_len(hw, hh)];
         let opts = Options::default();
         let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut img = gstadabm::engine::Image::default();
         let mut cpu_frame = |a: &mut Vec<u8>, b: &mut Vec<u8>, hr: &mut [u8]| {
             let src = YuvRef::from_tight(&lr, f, w, h).unwrap();
-            yuv::unpack_rgb8_into(&src, a).unwrap();
+            yuv::unpack_into(&src, &mut img).unwrap();
+            cuda::f32_frame_bytes(&img.data, a);
+            let fmt = (Pixels::RgbF32, Pixels::RgbF32);
             let done = shared
-                .upscale_reusing(std::mem::take(a), std::mem::take(b), w, h, &opts)
+                .upscale_as(std::mem::take(a), fmt, std::mem::take(b), w, h, &opts)
                 .unwrap();
+            cuda::f32_frame_values(&done.hr, &mut img.data);
+            (img.width, img.height) = (hw, hh);
             let mut dst = YuvMut::from_tight(hr, f, hw, hh).unwrap();
-            yuv::pack_rgb8(&done.hr, &mut dst).unwrap();
+            yuv::pack(&img, &mut dst).unwrap();
             (*a, *b) = (done.rgb, done.hr);
         };
         let mut gpu_frame = |a: &mut Vec<u8>, b: &mut Vec<u8>, hr: &mut [u8]| {

@@ -71,3 +71,52 @@ pub struct Done {
     pub stats: FrameStats,
     pub rgb: Vec<u8>,
 }
+
+/// f32 values as the little-endian bytes of a [`Pixels::RgbF32`] frame, into `out` (resized;
+/// rows in parallel: a 4K frame is 100 MB).
+pub fn f32_frame_bytes(v: &[f32], out: &mut Vec<u8>) {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 16;
+    out.resize(v.len() * 4, 0);
+    out.par_chunks_mut(PIECE * 4)
+        .zip(v.par_chunks(PIECE))
+        .for_each(|(o, v)| {
+            for (o, x) in o.chunks_exact_mut(4).zip(v) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        });
+}
+
+/// The f32 values of a [`Pixels::RgbF32`] frame's bytes, into `out` (resized).
+pub fn f32_frame_values(b: &[u8], out: &mut Vec<f32>) {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 16;
+    out.resize(b.len() / 4, 0.0);
+    out.par_chunks_mut(PIECE)
+        .zip(b.par_chunks(PIECE * 4))
+        .for_each(|(o, b)| {
+            for (o, c) in o.iter_mut().zip(b.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{f32_frame_bytes, f32_frame_values};
+
+    /// The f32 frames of the CUDA path's host conversions (deep RGB formats, YUV converted on
+    /// the CPU) are the values' little-endian bytes and back, at sizes across the parallel
+    /// pieces, in buffers that held a larger frame before.
+    #[test]
+    fn f32_frames_round_trip_through_their_bytes() {
+        let (mut bytes, mut back) = (vec![7u8; 1 << 20], vec![1.0f32; 1 << 18]);
+        for n in [0usize, 1, 3, (1 << 16) - 1, 1 << 16, (1 << 16) * 3 + 5] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 20.5).collect();
+            f32_frame_bytes(&v, &mut bytes);
+            assert_eq!(bytes, crate::engine::model::f32_bytes(&v), "{n} values");
+            f32_frame_values(&bytes, &mut back);
+            assert_eq!(back, v, "{n} values back");
+        }
+    }
+}

@@ -4,7 +4,9 @@
 
 use crate::engine::{Model, Options};
 
-pub use crate::cuda_common::{CudaError, Done, FrameStats, Pixels, Result};
+pub use crate::cuda_common::{
+    CudaError, Done, FrameStats, Pixels, Result, f32_frame_bytes, f32_frame_values,
+};
 
 const NOT_BUILT: &str = "this build of adabm has no CUDA support (rebuild with the `cuda` feature)";
 

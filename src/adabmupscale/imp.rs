@@ -1665,19 +1665,6 @@ fn cuda_scale(
 }
 
 impl CudaBufs {
-    /// `self.rgb` (a `w x h` frame, packed RGB) through the shared CUDA engine into `self.hr`.
-    /// The buffers travel with the job and come back with the frame (lost on an error: the
-    /// next frame allocates them again).
-    fn upscale(
-        &mut self,
-        c: &SharedCuda,
-        w: usize,
-        h: usize,
-        opts: &Options,
-    ) -> Result<crate::cuda::FrameStats, String> {
-        self.upscale_as(c, (Pixels::Rgb, Pixels::Rgb), w, h, opts)
-    }
-
     /// `self.values` (a `w x h` frame of f32 RGB, 0–255 scale: what the CPU engine reads)
     /// through the shared CUDA engine as [`Pixels::RgbF32`]; its unrounded output (what the
     /// CPU engine writes) replaces it.
@@ -1688,15 +1675,18 @@ impl CudaBufs {
         h: usize,
         opts: &Options,
     ) -> Result<crate::cuda::FrameStats, String> {
-        f32_to_bytes(&self.values.data, &mut self.rgb);
+        crate::cuda::f32_frame_bytes(&self.values.data, &mut self.rgb);
         let fs = self.upscale_as(c, (Pixels::RgbF32, Pixels::RgbF32), w, h, opts)?;
         let s = c.scale();
-        bytes_to_f32(&self.hr, &mut self.values.data);
+        crate::cuda::f32_frame_values(&self.hr, &mut self.values.data);
         (self.values.width, self.values.height) = (w * s, h * s);
         Ok(fs)
     }
 
-    /// [`Self::upscale`] with `self.rgb` and `self.hr` laid out as `fmt` says.
+    /// `self.rgb` (a `w x h` frame laid out as `fmt.0` says: packed RGB, tight YUV planes, f32
+    /// bytes) through the shared CUDA engine into `self.hr` (laid out as `fmt.1`). The
+    /// buffers travel with the job and come back with the frame (lost on an error: the next
+    /// frame allocates them again).
     fn upscale_as(
         &mut self,
         c: &SharedCuda,
@@ -1810,7 +1800,7 @@ fn cuda_frame(
     let s = cuda_scale(c, src.layout == dst.layout, (w, h), (dst.width, dst.height))?;
     let has_alpha = engine::frame::unpack_rgb8_into(src, &mut bufs.rgb, &mut bufs.alpha.lr)
         .map_err(|e| e.to_string())?;
-    let fs = bufs.upscale(c, w, h, opts)?;
+    let fs = bufs.upscale_as(c, (Pixels::Rgb, Pixels::Rgb), w, h, opts)?;
     if has_alpha {
         bufs.alpha.upscale(w, h, s);
     }
@@ -1845,54 +1835,10 @@ fn cuda_rgb_frame(
     Ok(cuda_stats(fs, t0))
 }
 
-/// f32 values as the little-endian bytes of a [`Pixels::RgbF32`] frame, into `out` (resized;
-/// rows in parallel: a 4K frame is 100 MB).
-fn f32_to_bytes(v: &[f32], out: &mut Vec<u8>) {
-    use rayon::prelude::*;
-    const PIECE: usize = 1 << 16;
-    out.resize(v.len() * 4, 0);
-    out.par_chunks_mut(PIECE * 4)
-        .zip(v.par_chunks(PIECE))
-        .for_each(|(o, v)| {
-            for (o, x) in o.chunks_exact_mut(4).zip(v) {
-                o.copy_from_slice(&x.to_le_bytes());
-            }
-        });
-}
-
-/// The f32 values of a [`Pixels::RgbF32`] frame's bytes, into `out` (resized).
-fn bytes_to_f32(b: &[u8], out: &mut Vec<f32>) {
-    use rayon::prelude::*;
-    const PIECE: usize = 1 << 16;
-    out.resize(b.len() / 4, 0.0);
-    out.par_chunks_mut(PIECE)
-        .zip(b.par_chunks(PIECE * 4))
-        .for_each(|(o, b)| {
-            for (o, c) in o.iter_mut().zip(b.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        });
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Latency, bytes_to_f32, f32_to_bytes};
+    use super::Latency;
     use gst::ClockTime;
-
-    /// The f32 frames of the CUDA path's host conversions (deep RGB formats, YUV converted on
-    /// the CPU) are the values' little-endian bytes and back, at sizes across the parallel
-    /// pieces, in buffers that held a larger frame before.
-    #[test]
-    fn f32_frames_round_trip_through_their_bytes() {
-        let (mut bytes, mut back) = (vec![7u8; 1 << 20], vec![1.0f32; 1 << 18]);
-        for n in [0usize, 1, 3, (1 << 16) - 1, 1 << 16, (1 << 16) * 3 + 5] {
-            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 20.5).collect();
-            f32_to_bytes(&v, &mut bytes);
-            assert_eq!(bytes, crate::engine::model::f32_bytes(&v), "{n} values");
-            bytes_to_f32(&bytes, &mut back);
-            assert_eq!(back, v, "{n} values back");
-        }
-    }
 
     /// The estimate is the longest of the last 16 frames, reported again when it grows by
     /// more than a quarter or falls below half.

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::{Arc, LazyLock, Mutex};
 
-pub use crate::cuda_common::{CudaError, Done, FrameStats, Pixels, Result};
+pub use crate::cuda_common::{
+    CudaError, Done, FrameStats, Pixels, Result, f32_frame_bytes, f32_frame_values,
+};
 pub use engine::{Batch, CudaEngine};
 #[doc(hidden)]
 pub use engine::{
