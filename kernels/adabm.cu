@@ -332,8 +332,9 @@ extern "C" __global__ void yuv_unpack(const u8* src, float* rgb, YuvParams p) {
     for (int k = 0; k < 3; k++) o[k] = c[k] < 0.0f ? 0.0f : (c[k] > 255.0f ? 255.0f : c[k]);
 }
 
-// RGB values (the network's unrounded f32 output, 0-255 scale) -> the frame: each pixel's luma, and the chroma sample whose first luma pixel it
-// is (the RGB filtered along y at each luma column of the sample's taps, then along x).
+// RGB values (the network's unrounded f32 output, 0-255 scale) -> the frame: each pixel's
+// luma, and the chroma sample whose first luma pixel it is (the RGB filtered along y at each
+// luma column of the sample's taps, then along x).
 extern "C" __global__ void yuv_pack(const float* rgb, u8* dst, YuvParams p) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)p.w * p.h) return;

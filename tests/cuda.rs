@@ -480,10 +480,9 @@ fn host_pack(rgb: &[f32], f: YuvFormat, w: usize, h: usize) -> Vec<u8> {
     f.pack_tight(rgb, w, h).unwrap()
 }
 
-/// RGB values as the network gives them: fractions, some below 0 and above 255.
+/// RGB values as the network gives them (`Rng::network_rgb`).
 fn noise_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = gstadabm::engine::random::Rng::new(seed);
-    (0..n).map(|_| -20.0 + 295.0 * r.uniform()).collect()
+    gstadabm::engine::random::Rng::new(seed).network_rgb(n)
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

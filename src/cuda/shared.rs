@@ -259,8 +259,7 @@ pub fn yuv_self_check(engine: &mut CudaEngine) -> std::result::Result<(), String
     let mut noise = |n: usize| rng.bytes(n);
     // The network's output: fractions, some outside 0–255.
     let mut rng_f = crate::engine::random::Rng::new(0x9E37_79B9_7F4A_7C15);
-    let mut noise_f =
-        |n: usize| -> Vec<f32> { (0..n).map(|_| -20.0 + 295.0 * rng_f.uniform()).collect() };
+    let mut noise_f = |n: usize| rng_f.network_rgb(n);
     let (w, h) = (11, 7);
     for f in crate::engine::yuv::device::device_formats() {
         let layout = f.layout;

@@ -65,6 +65,13 @@ impl Rng {
     pub fn symmetric(&mut self, a: f32) -> f32 {
         (2.0 * self.uniform() - 1.0) * a
     }
+
+    /// `n` RGB values as the network gives them: fractions on the 0–255 scale, some below 0
+    /// and above 255 (uniform in [-20, 275)), so that every rounding and clamp of the packing
+    /// that follows is exercised.
+    pub fn network_rgb(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| -20.0 + 295.0 * self.uniform()).collect()
+    }
 }
 
 /// A floating-point EDSR with random weights (Kaiming-uniform scale, residual branches damped

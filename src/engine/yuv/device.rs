@@ -500,11 +500,8 @@ mod tests {
         crate::engine::random::Rng::new(seed).bytes(n)
     }
 
-    /// RGB values as the network gives them: fractions, and some below 0 and above 255
-    /// (every rounding and clamp of the packing is exercised).
     fn noise_rgb(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = crate::engine::random::Rng::new(seed);
-        (0..n).map(|_| -20.0 + 295.0 * r.uniform()).collect()
+        crate::engine::random::Rng::new(seed).network_rgb(n)
     }
 
     /// [`unpack_with`] into f32: the CPU engine's input.
