@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds adabm for 64-bit ARM (aarch64: NVIDIA Jetson, AWS Graviton, Ampere, Raspberry Pi 4/5)
 # on an x86-64 Debian 12 machine and runs its tests there under qemu-user: there the integer
-# engine has only its scalar level and the f32 convolutions only the im2col GEMM, code that
-# no x86-64 run reaches.
+# engine has its scalar level and the `sdot` level (NeonDot, src/engine/intcpu/neon.rs), and
+# the f32 convolutions only the im2col GEMM, code that no x86-64 run reaches.
 #
 #   scripts/aarch64-check.sh          clippy for aarch64, then the engine's tests under qemu
-#                                     (library, engine, model file: about 1 minute of tests)
+#                                     (library, engine, model file, the integer engine at
+#                                     every level: about 3 minutes of tests)
 #   scripts/aarch64-check.sh --all    also the built-in models, the integer engine and the
 #                                     element (about 10 minutes under qemu)
 #
@@ -65,11 +66,17 @@ export PKG_CONFIG_ALLOW_CROSS=1
 export PKG_CONFIG_LIBDIR=$PC:$A/pkgconfig:/usr/share/pkgconfig
 # The registry is scanned in-process (an aarch64 gst-plugin-scanner cannot run as a child).
 export GST_REGISTRY_FORK=no GST_REGISTRY=${TMPDIR:-/tmp}/adabm-aarch64-registry.bin
+# Every feature qemu emulates, `dotprod` among them: the tests run the integer engine's `sdot`
+# level (NeonDot) beside the scalar one.
+export QEMU_CPU=max
 
 echo "== clippy, aarch64"
 cargo clippy --locked --target $T --workspace --all-targets -- -D warnings
 echo "== tests, aarch64 under qemu-user"
 cargo test --locked --target $T -p gst-adabm --lib --test engine --test model_file
+# The fused integer engine at every level (scalar and `sdot`) against the integer reference.
+cargo test --locked --target $T -p gst-adabm --test intengine \
+    kernels_equal_the_scalar_reference_at_every_level
 if [ "$all" = 1 ]; then
     cargo test --locked --target $T -p gst-adabm --test builtin --test intengine
     cargo test --locked --target $T -p gst-adabm --test element -- \

@@ -18,6 +18,8 @@
 mod avx2;
 mod engine;
 mod epilogue;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod net;
 mod scalar;
 mod vnni;
@@ -38,6 +40,9 @@ use super::intnet::IntConv;
 #[allow(clippy::manual_non_exhaustive)]
 pub enum CpuLevel {
     Scalar,
+    /// 64-bit ARM with the dot-product extension (ARMv8.2 `dotprod`: `sdot`, 4 i8·i8 products
+    /// into an i32 lane): the direct kernel of [`neon`] (no Winograd kernels).
+    NeonDot,
     Avx2,
     /// The VNNI kernels with `vpdpbusd` emulated by AVX2 instructions: never detected, for
     /// testing those kernels (layout, tails, offsets, engine dispatch) on hosts without VNNI.
@@ -59,6 +64,7 @@ impl CpuLevel {
     pub fn detect() -> Self {
         let cap = match std::env::var("ADABM_CPU_LEVEL").ok().as_deref() {
             Some("scalar") => Self::Scalar,
+            Some("neon") => Self::NeonDot,
             Some("avx2") => Self::Avx2,
             Some("avxvnni" | "avx-vnni") => Self::AvxVnni,
             _ => Self::Avx512Vnni,
@@ -72,10 +78,16 @@ impl CpuLevel {
 
     /// Every level this host can run, lowest first (for tests and benchmarks).
     pub fn available() -> Vec<Self> {
-        [Self::Scalar, Self::Avx2, Self::AvxVnni, Self::Avx512Vnni]
-            .into_iter()
-            .filter(|l| l.supported())
-            .collect()
+        [
+            Self::Scalar,
+            Self::NeonDot,
+            Self::Avx2,
+            Self::AvxVnni,
+            Self::Avx512Vnni,
+        ]
+        .into_iter()
+        .filter(|l| l.supported())
+        .collect()
     }
 
     /// [`Self::available`] plus the emulated VNNI levels where AVX2 is (what the kernel tests
@@ -91,9 +103,15 @@ impl CpuLevel {
     }
 
     /// Whether this host can run the level's kernels: the CPU has its features and, for the
-    /// VNNI levels, their kernels passed [`Self::self_check`] here.
+    /// VNNI and `sdot` levels, their kernels passed [`Self::self_check`] here.
     pub fn supported(self) -> bool {
-        self.has_features() && (!self.is_vnni() || self.self_check())
+        self.has_features() && (!self.is_checked() || self.self_check())
+    }
+
+    /// The levels [`Self::self_check`] guards: those whose kernels rest on instructions
+    /// beyond AVX2 (`vpdpbusd`, `sdot`).
+    fn is_checked(self) -> bool {
+        self.is_vnni() || self == Self::NeonDot
     }
 
     /// Whether the CPU reports the level's instruction-set features.
@@ -103,6 +121,7 @@ impl CpuLevel {
             let avx2 = is_x86_feature_detected!("avx2");
             match self {
                 Self::Scalar => true,
+                Self::NeonDot => false,
                 Self::Avx2 | Self::EmulatedVnni | Self::EmulatedVnni512 => avx2,
                 Self::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
                 Self::Avx512Vnni => {
@@ -113,7 +132,15 @@ impl CpuLevel {
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            match self {
+                Self::Scalar => true,
+                Self::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+                _ => false,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             self == Self::Scalar
         }
@@ -126,13 +153,13 @@ impl CpuLevel {
     /// logs it), so a miscompiled or misbehaving instruction costs speed, never pixels.
     pub fn self_check(self) -> bool {
         use std::sync::OnceLock;
-        static CHECKS: [OnceLock<bool>; 6] = [const { OnceLock::new() }; 6];
+        static CHECKS: [OnceLock<bool>; 7] = [const { OnceLock::new() }; 7];
         *CHECKS[self as usize].get_or_init(|| self.has_features() && self_check(self))
     }
 
     /// Levels whose features this CPU has but whose kernels failed [`Self::self_check`].
     pub fn failed_self_checks() -> Vec<Self> {
-        [Self::AvxVnni, Self::Avx512Vnni]
+        [Self::NeonDot, Self::AvxVnni, Self::Avx512Vnni]
             .into_iter()
             .filter(|l| l.has_features() && !l.self_check())
             .collect()
@@ -173,16 +200,20 @@ fn self_check(level: CpuLevel) -> bool {
             cstride: cs,
         };
         ok &= cout > 4 || pc.narrow.is_some();
-        for y in 0..h {
-            let mut want = vec![0i32; w * pc.cout8];
-            let mut got = vec![1i32; w * pc.cout8];
-            row_sums(CpuLevel::Scalar, &map, &pc, y, 255, 0..w, &mut want);
-            row_sums(level, &map, &pc, y, 255, 0..w, &mut got);
-            ok &= got == want;
+        // 8-bit codes, and 7-bit ones (which the `sdot` kernel reads without the 128 shift).
+        let q7: Vec<u8> = data.iter().map(|&v| v >> 1).collect();
+        for (codes, max_code) in [(&data, 255), (&q7, 127)] {
+            let map = Codes { data: codes, ..map };
+            for y in 0..h {
+                let mut want = vec![0i32; w * pc.cout8];
+                let mut got = vec![1i32; w * pc.cout8];
+                row_sums(CpuLevel::Scalar, &map, &pc, y, max_code, 0..w, &mut want);
+                row_sums(level, &map, &pc, y, max_code, 0..w, &mut got);
+                ok &= got == want;
+            }
         }
         // Winograd with i32 sums on 7-bit codes (the transform needs 2Q ≤ 255).
-        if pc.wino.is_some() {
-            let q7: Vec<u8> = data.iter().map(|&v| v >> 1).collect();
+        if pc.wino.is_some() && level.is_vnni() {
             let map7 = Codes { data: &q7, ..map };
             let tl = wino::row_len(w, cs);
             let mut rows = vec![0u8; (h + 2) * tl];
@@ -203,7 +234,7 @@ fn self_check(level: CpuLevel) -> bool {
                 ok &= got == want;
             }
         } else {
-            ok &= bits == 8;
+            ok &= bits == 8 || !level.is_vnni();
         }
     }
     // Winograd F(4x4, 3x3) on i16 (8-bit codes and weights, two blocks of four rows, a
@@ -416,6 +447,10 @@ pub struct PackedConv {
     pub w8: Vec<i8>,
     /// `[9][cstride/2][cout8][2]` i16.
     pub w16: Vec<i16>,
+    /// Per output lane (`cout8`), the sum of its `w8` values over taps and channels: what the
+    /// `sdot` kernel ([`CpuLevel::NeonDot`]), which reads 8-bit codes as `q − 128`, adds back
+    /// 128 times.
+    pub wsum: Vec<i32>,
     /// Winograd F(2,3) weights when the weights fit the transform ([`wino`]).
     pub wino: Option<wino::WinoWeights>,
     /// The i16 form of the Winograd weights (any weight codes).
@@ -486,11 +521,13 @@ impl PackedConv {
         let mut w8 = vec![0i8; 9 * cstride * cout8];
         let mut w16 = vec![0i16; 9 * cstride * cout8];
         let mut wabs = 0;
+        let mut wsum = vec![0i32; cout8];
         for t in 0..9 {
             for i in 0..cstride {
                 for o in 0..cout8 {
                     let v = value(t, i, o);
                     wabs = wabs.max(v.abs());
+                    wsum[o] += v;
                     w8[((t * cstride / 4 + i / 4) * cout8 + o) * 4 + i % 4] = v as i8;
                     w16[((t * cstride / 2 + i / 2) * cout8 + o) * 2 + i % 2] = v as i16;
                 }
@@ -508,6 +545,7 @@ impl PackedConv {
             narrow,
             w8,
             w16,
+            wsum,
             wino: None,
             wino16: None,
             wino2: std::sync::OnceLock::new(),
@@ -605,11 +643,15 @@ pub fn row_sums(
                 None => vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out),
             }
         },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => {
-            let _ = max_code; // picks among the AVX2 kernels only
-            scalar::row_sums(x, pc, y, cols.clone(), out)
-        }
+        // SAFETY: NeonDot is only selected where the CPU reports `dotprod`
+        // (CpuLevel::supported); shapes checked above.
+        #[cfg(target_arch = "aarch64")]
+        CpuLevel::NeonDot => unsafe {
+            neon::row_sums_sdot(x, pc, y, max_code > 127, cols.clone(), out)
+        },
+        // The other architecture's levels, never selected here.
+        #[allow(unreachable_patterns)]
+        _ => scalar::row_sums(x, pc, y, cols.clone(), out),
     }
     if pc.offset {
         finish_offset(x, pc, y, cols, out);

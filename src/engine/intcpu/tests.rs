@@ -122,18 +122,23 @@ fn level_override_only_lowers() {
     eprintln!("CPU levels on this host: {avail:?} (tests also run {t:?})");
 }
 
-/// The start-up check passes at every VNNI level this host runs (the emulated one here), and
-/// it is what `supported` requires of a VNNI level.
+/// The start-up check passes at every VNNI and `sdot` level this host runs (the emulated
+/// ones too), and it is what `supported` requires of those levels: a CPU with the features
+/// runs them.
 #[test]
-fn vnni_levels_pass_their_self_check() {
-    for level in CpuLevel::testable().into_iter().filter(|l| l.is_vnni()) {
+fn checked_levels_pass_their_self_check() {
+    for level in CpuLevel::testable().into_iter().filter(|l| l.is_checked()) {
         assert!(level.self_check(), "{level:?}");
         assert!(level.supported());
     }
     assert!(CpuLevel::failed_self_checks().is_empty());
-    assert!(
-        !CpuLevel::Avx512Vnni.has_features()
-            || CpuLevel::available().contains(&CpuLevel::Avx512Vnni)
+    for level in [CpuLevel::NeonDot, CpuLevel::Avx512Vnni] {
+        assert!(!level.has_features() || CpuLevel::available().contains(&level));
+    }
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(
+        CpuLevel::NeonDot.has_features(),
+        std::arch::is_aarch64_feature_detected!("dotprod")
     );
 }
 
@@ -274,8 +279,9 @@ fn winograd_matches_the_reference_exactly() {
                     wino::build_row(CpuLevel::Scalar, &codes, r, max_code, row);
                 }
                 let rows: Vec<&[u8]> = vt.chunks_exact(tl).collect();
+                // The levels with the F(2,3) kernels (AVX2 and up).
                 for level in CpuLevel::available() {
-                    if level == CpuLevel::Scalar {
+                    if level < CpuLevel::Avx2 {
                         continue;
                     }
                     for y in 0..h {
@@ -365,8 +371,9 @@ fn winograd16_matches_the_reference_exactly() {
                     wino::build_row16(CpuLevel::Scalar, &codes, r, row);
                 }
                 let rows: Vec<&[i16]> = vt.chunks_exact(tl).collect();
+                // The levels with the F(2,3) kernels (AVX2 and up).
                 for level in CpuLevel::available() {
-                    if level == CpuLevel::Scalar {
+                    if level < CpuLevel::Avx2 {
                         continue;
                     }
                     for y in 0..h {
