@@ -94,6 +94,9 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
         // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI; buffers
         // checked above.
         CpuLevel::Avx512Vnni => unsafe { avx512_run(op, c, n, span, px) },
+        // SAFETY: buffers checked above.
+        #[cfg(target_arch = "aarch64")]
+        CpuLevel::NeonDot => unsafe { neon_run(op, c, n, span, px) },
         _ => {
             for i in 0..span.count {
                 let x = span.x0 + i;
@@ -243,22 +246,24 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
     scalar(op, c, s, lk, px, full);
 }
 
-/// [`avx2`] on 64-bit ARM: 4 channels per step, the same IEEE operations in the same order
-/// (separate multiplies and adds, no fused `fmla`), codes by `fcvtns` (nearest even, NaN to 0)
-/// and saturating narrows, ReLU by `fmaxnm` (NaN to 0, as `f32::max`).
+/// [`avx2`] on 64-bit ARM: 8 channels per step (two 4-lane vectors, then one, then the
+/// scalar tail), the same IEEE operations in the same order (separate multiplies and adds, no
+/// fused `fmla`), codes by `fcvtns` (nearest even, NaN to 0) and saturating narrows, ReLU by
+/// `fmaxnm` (NaN to 0, as `f32::max`). Inlined into [`neon_run`] once per op; NEON is part
+/// of aarch64, so it needs no feature check.
 ///
 /// # Safety
-/// `s`, `k` and the buffers `op` uses hold at least `s.len()` values, `c.bias` too (checked).
+/// None beyond the checks it makes: `s`, `k` and the buffers `op` uses must hold at least
+/// `s.len()` values, `c.bias` too (asserted).
 #[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
+#[inline(always)]
 unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
     use std::arch::aarch64::*;
     let n = s.len();
     assert!(lk.len() >= n && c.bias.len() >= n, "epilogue inputs");
     assert!(px.holds(op, n), "epilogue buffers");
-    let full = n / 4 * 4;
-    // SAFETY: every access is at channel o..o + 4 ≤ full ≤ n of a buffer `op` uses, checked
-    // above; NEON is part of aarch64.
+    // SAFETY: every access is at channels o..o + 8 (or o + 4) ≤ n of a buffer `op` uses,
+    // checked above; NEON is part of aarch64.
     unsafe {
         let (hw, da) = (vdupq_n_f32(c.hw), vdupq_n_f32(c.da));
         let rs = vdupq_n_f32(c.res_scale);
@@ -268,43 +273,95 @@ unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
             vdupq_n_f32(c.next.inv_step()),
         );
         let zero = vdupq_n_f32(0.0);
-        // Codes of 4 values as 4 bytes (values in 0..=255 after the clamp; NaN gives 0).
-        let code = |x: float32x4_t| -> u32 {
+        // Codes of 4 values as saturated u16 (values in 0..=255 after the clamp; NaN gives 0).
+        let code = |x: float32x4_t| -> uint16x4_t {
             let x = vminq_f32(vmaxq_f32(x, nl), nu);
-            let i = vcvtnq_s32_f32(vmulq_f32(vsubq_f32(x, nl), ns));
-            let h = vqmovun_s32(i);
-            let b = vqmovn_u16(vcombine_u16(h, h));
-            vget_lane_u32::<0>(vreinterpret_u32_u8(b))
+            vqmovun_s32(vcvtnq_s32_f32(vmulq_f32(vsubq_f32(x, nl), ns)))
         };
-        for o in (0..full).step_by(4) {
+        let (out, res, head) = (
+            px.out.as_mut_ptr(),
+            px.res.as_mut_ptr(),
+            px.head.as_mut_ptr(),
+        );
+        let d = px.d.as_mut_ptr();
+        // The value of channels o..o + 4 and what `op` does with it: the map it writes (`out`
+        // for Values, `res` / `head` for Head and Res) written here, the codes' input returned.
+        let step = |o: usize| -> float32x4_t {
             let si = vcvtq_f32_s32(vld1q_s32(s.as_ptr().add(o)));
             let lk = vld1q_f32(lk.as_ptr().add(o));
             let b = vld1q_f32(c.bias.as_ptr().add(o));
             let v = vaddq_f32(b, vmulq_f32(hw, vaddq_f32(vmulq_f32(da, si), lk)));
-            let mut d = || px.d.as_mut_ptr().add(o).cast::<u32>();
             match op {
-                Op::Values => vst1q_f32(px.out.as_mut_ptr().add(o), v),
-                Op::Codes => d().write_unaligned(code(v)),
-                Op::Head => {
-                    vst1q_f32(px.head.as_mut_ptr().add(o), v);
-                    vst1q_f32(px.res.as_mut_ptr().add(o), v);
-                    d().write_unaligned(code(v));
+                Op::Values => {
+                    vst1q_f32(out.add(o), v);
+                    v
                 }
-                Op::Relu => d().write_unaligned(code(vmaxnmq_f32(v, zero))),
+                Op::Codes => v,
+                Op::Head => {
+                    vst1q_f32(head.add(o), v);
+                    vst1q_f32(res.add(o), v);
+                    v
+                }
+                Op::Relu => vmaxnmq_f32(v, zero),
                 Op::Res => {
-                    let r = px.res.as_mut_ptr().add(o);
+                    let r = res.add(o);
                     let nr = vaddq_f32(vld1q_f32(r), vmulq_f32(rs, v));
                     vst1q_f32(r, nr);
-                    d().write_unaligned(code(nr));
+                    nr
                 }
-                Op::Skip => {
-                    let hd = vld1q_f32(px.head.as_ptr().add(o));
-                    d().write_unaligned(code(vaddq_f32(v, hd)));
-                }
+                Op::Skip => vaddq_f32(v, vld1q_f32(head.add(o))),
             }
+        };
+        let mut o = 0;
+        while o + 8 <= n {
+            let (a, b) = (step(o), step(o + 4));
+            if op != Op::Values {
+                let q = vqmovn_u16(vcombine_u16(code(a), code(b)));
+                vst1_u8(d.add(o), q);
+            }
+            o += 8;
+        }
+        if o + 4 <= n {
+            let a = step(o);
+            if op != Op::Values {
+                let q = vqmovn_u16(vcombine_u16(code(a), code(a)));
+                d.add(o)
+                    .cast::<u32>()
+                    .write_unaligned(vget_lane_u32::<0>(vreinterpret_u32_u8(q)));
+            }
+            o += 4;
+        }
+        scalar(op, c, s, lk, px, o);
+    }
+}
+
+/// [`run`] at the `sdot` level: [`neon`] pixel by pixel, one copy of the loop per op (the op
+/// a constant in each).
+///
+/// # Safety
+/// The buffers as checked by [`run`].
+#[cfg(target_arch = "aarch64")]
+unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
+    #[inline(always)]
+    unsafe fn each(op: Op, c: &Consts, n: usize, span: &Span, px: &mut Pixel) {
+        for i in 0..span.count {
+            let k = span.lk[crate::engine::intnet::border_bits(span.x0 + i, span.w)];
+            let s = &span.s[i * span.sstride..][..n];
+            // SAFETY: `neon` checks its slices.
+            unsafe { neon(op, c, s, &k[..n], px.at(i, n)) }
         }
     }
-    scalar(op, c, s, lk, px, full);
+    // SAFETY: forwarded contract; each arm inlines the loop with its op a constant.
+    unsafe {
+        match op {
+            Op::Values => each(Op::Values, c, n, span, &mut px),
+            Op::Codes => each(Op::Codes, c, n, span, &mut px),
+            Op::Head => each(Op::Head, c, n, span, &mut px),
+            Op::Relu => each(Op::Relu, c, n, span, &mut px),
+            Op::Res => each(Op::Res, c, n, span, &mut px),
+            Op::Skip => each(Op::Skip, c, n, span, &mut px),
+        }
+    }
 }
 
 /// [`avx2`] for a run of pixels, 16 channels per step on 512-bit vectors, the last step of a
