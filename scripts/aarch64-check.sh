@@ -9,6 +9,14 @@
 #                                     every level: about 3 minutes of tests)
 #   scripts/aarch64-check.sh --all    also the built-in models, the integer engine and the
 #                                     element (about 10 minutes under qemu)
+#   scripts/aarch64-check.sh --instructions ROW [LEVEL...]
+#                                     no tests: the guest instructions one frame of the bench
+#                                     row ROW (`cargo bench --bench cpu -- --only ROW`) executes
+#                                     under qemu at each ADABM_CPU_LEVEL (default: scalar neon),
+#                                     from runs of 1 and 3 timed frames (the difference over
+#                                     2), and the functions taking them at the last level;
+#                                     counted by bench/qemu/insn.c, a qemu plugin, on one core.
+#                                     Not a speed: qemu's time says nothing of an ARM core's.
 #
 # Installs with apt what it needs (the arm64 architecture for GStreamer's libraries and core
 # development files, the cross linker, qemu-user) and the Rust target with rustup. Debian 12's
@@ -21,6 +29,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 all=0
 [ "${1:-}" = --all ] && all=1
+insn_row=""
+if [ "${1:-}" = --instructions ]; then
+    insn_row=${2:?"--instructions ROW [LEVEL...]"}
+    shift 2
+    insn_levels=("$@")
+    [ $# -gt 0 ] || insn_levels=(scalar neon)
+fi
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -69,6 +84,48 @@ export GST_REGISTRY_FORK=no GST_REGISTRY=${TMPDIR:-/tmp}/adabm-aarch64-registry.
 # Every feature qemu emulates, `dotprod` among them: the tests run the integer engine's `sdot`
 # level (NeonDot) beside the scalar one.
 export QEMU_CPU=max
+
+if [ -n "$insn_row" ]; then
+    plugin=$PWD/target/qemu-insn.so
+    gcc -shared -fPIC -O2 -o "$plugin" bench/qemu/insn.c
+    bin=$(cargo bench --locked --target $T --bench cpu --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cpu" and m.get("executable"):
+        print(m["executable"])')
+    count() { # level frames [profile file] -> guest instructions of the whole run
+        ADABM_CPU_LEVEL=$1 QPROF=${3:-} taskset -c 0 qemu-aarch64 -plugin "$plugin" "$bin" \
+            --only "$insn_row" --frames "$2" 2>&1 >/dev/null | sed -n 's/^guest instructions: //p'
+    }
+    prof=$PWD/target/qemu-insn-profile.txt
+    for level in "${insn_levels[@]}"; do
+        one=$(count "$level" 1)
+        three=$(count "$level" 3 "$prof")
+        echo "$insn_row, ADABM_CPU_LEVEL=$level: $(( (three - one) / 2 )) guest instructions a frame"
+    done
+    # Where the last level's instructions went (the 3-frame run, start-up included). qemu-user
+    # loads the PIE binary at 0x5500000000.
+    python3 - "$bin" "$prof" <<'PY'
+import bisect, collections, subprocess, sys
+binary, prof = sys.argv[1:3]
+syms = sorted((int(a, 16), n) for a, t, n in (
+    l.split(" ", 2) for l in subprocess.run(
+        ["aarch64-linux-gnu-nm", "-C", "--defined-only", binary],
+        capture_output=True, text=True, check=True).stdout.splitlines() if l.count(" ") >= 2)
+    if t in "tTwW")
+addrs = [a for a, _ in syms]
+by = collections.Counter()
+for line in open(prof):
+    v, n = line.split()
+    i = bisect.bisect_right(addrs, int(v, 16) - 0x5500000000) - 1
+    by[syms[i][1][:100] if i >= 0 else "?"] += int(n)
+total = sum(by.values())
+for name, n in by.most_common(6):
+    print(f"  {100 * n / total:5.1f}%  {name}")
+PY
+    exit 0
+fi
 
 echo "== clippy, aarch64"
 cargo clippy --locked --target $T --workspace --all-targets -- -D warnings

@@ -947,7 +947,8 @@ fn finish_offset(x: &Codes, pc: &PackedConv, y: usize, range: Range<usize>, out:
 }
 
 /// The sum of a pixel's codes: `psadbw` on 16 bytes at a time on x86-64 (SSE2, part of the
-/// base ISA; a plain byte loop here cost 8% of a built-in x4 w4a4 frame), the rest one by one.
+/// base ISA; a plain byte loop here cost 8% of a built-in x4 w4a4 frame), `uaddlv` on aarch64
+/// (the byte loop: 8.5% of a built-in x2 w8a6 frame's instructions), the rest one by one.
 #[inline]
 fn code_sum(codes: &[u8]) -> i32 {
     let chunks = codes.chunks_exact(16);
@@ -966,7 +967,16 @@ fn code_sum(codes: &[u8]) -> i32 {
             rest + (_mm_cvtsi128_si64(acc) + _mm_cvtsi128_si64(hi)) as i32
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::aarch64::*;
+        // SAFETY: NEON is part of aarch64; each load reads the 16 bytes of its chunk.
+        let sum: u32 = chunks
+            .map(|c| unsafe { vaddlvq_u8(vld1q_u8(c.as_ptr())) } as u32)
+            .sum();
+        rest + sum as i32
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         rest + chunks.flatten().map(|&q| q as i32).sum::<i32>()
     }
