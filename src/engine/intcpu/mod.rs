@@ -11,9 +11,10 @@
 //! holds the AVX-VNNI and AVX-512 VNNI kernels (`vpdpbusd`: 4 u8·i8 products into an i32
 //! lane, exact for any codes and weights; direct and Winograd F(2,3) with i32 sums), written
 //! once over the instruction, plus an AVX2 emulation of it that the tests run on hosts
-//! without VNNI ([`CpuLevel::EmulatedVnni`]).
+//! without VNNI ([`CpuLevel::EmulatedVnni`]). On 64-bit ARM, `neon` holds the direct kernel on
+//! `sdot` ([`CpuLevel::NeonDot`], the dot-product extension; no Winograd kernels there).
 //! Epilogues (values, ReLU / residual / skip, the next layer's codes) are the `epilogue`
-//! family, scalar and AVX2, bit-identical.
+//! family, scalar, AVX2, AVX-512 and NEON, bit-identical.
 
 mod avx2;
 mod engine;
@@ -41,7 +42,7 @@ use super::intnet::IntConv;
 pub enum CpuLevel {
     Scalar,
     /// 64-bit ARM with the dot-product extension (ARMv8.2 `dotprod`: `sdot`, 4 i8·i8 products
-    /// into an i32 lane): the direct kernel of [`neon`] (no Winograd kernels).
+    /// into an i32 lane): the direct kernel of `neon.rs` (no Winograd kernels).
     NeonDot,
     Avx2,
     /// The VNNI kernels with `vpdpbusd` emulated by AVX2 instructions: never detected, for
