@@ -149,8 +149,8 @@ impl CpuLevel {
 
     /// Once per process and level (the CPU must have its features): the level's conv kernels
     /// against the scalar reference on a small random conv — direct with 4-bit (centred) and
-    /// 8-bit (offset) weights, 8-bit codes, channel and pixel tails, and Winograd F(2,3) with
-    /// i32 sums. A level that fails is not used ([`Self::supported`] is false; the element
+    /// 8-bit (offset) weights, 8- and 7-bit codes, channel and pixel tails, and at the VNNI
+    /// levels Winograd F(2,3) with i32 sums. A level that fails is not used ([`Self::supported`] is false; the element
     /// logs it), so a miscompiled or misbehaving instruction costs speed, never pixels.
     pub fn self_check(self) -> bool {
         use std::sync::OnceLock;
