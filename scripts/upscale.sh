@@ -7,22 +7,33 @@
 # MODEL defaults to the built-in x2 model (trained by us, embedded in the plugin); set SCALE=3
 # or SCALE=4 in the environment for the built-in x3 / x4 model.
 set -euo pipefail
+# The paths as given, from the caller's directory (the script runs from the repository's).
+abs() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+in_arg=${1:+$(abs "$1")}
+out_arg=${2:+$(abs "$2")}
+model_arg=${3:+$(abs "$3")}
+for f in "$in_arg" "$model_arg"; do
+    if [ -n "$f" ] && [ ! -f "$f" ]; then
+        echo "scripts/upscale.sh: no such file: $f" >&2
+        exit 1
+    fi
+done
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --locked -p gst-adabm -p adabm-tools
 export GST_PLUGIN_PATH="$PWD/target/release${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
 work="${TMPDIR:-/tmp}/adabm-upscale"
 mkdir -p "$work"
-in="${1:-}"
+in="$in_arg"
 if [ -z "$in" ]; then
     in="$work/clip.mp4"
     gst-launch-1.0 -q videotestsrc num-buffers=25 pattern=ball ! \
         video/x-raw,format=I420,width=320,height=180,framerate=25/1 ! x264enc ! mp4mux ! filesink location="$in"
 fi
 scale="${SCALE:-2}"
-out="${2:-$work/out-x$scale.mp4}"
-if [ -n "${3:-}" ]; then
-    prop=("model-location=$3")
+out="${out_arg:-$work/out-x$scale.mp4}"
+if [ -n "$model_arg" ]; then
+    prop=("model-location=$model_arg")
 else
     prop=("scale=$scale")
 fi
@@ -30,7 +41,9 @@ log="$work/upscale.log"
 start=$(date +%s.%N)
 gst-launch-1.0 -m filesrc location="$in" ! decodebin ! videoconvert ! \
     adabmupscale "${prop[@]}" post-stats=true ! videoconvert ! video/x-raw,format=I420 ! \
-    x264enc ! mp4mux ! filesink location="$out" >"$log" 2>&1 || { tail -20 "$log"; exit 1; }
+    x264enc ! mp4mux ! filesink location="$out" >"$log" 2>&1 || {
+    # What filesink wrote of a failed run is no playable file (mp4mux writes its index last).
+    tail -20 "$log"; rm -f "$out"; echo "scripts/upscale.sh: failed (log: $log)" >&2; exit 1; }
 end=$(date +%s.%N)
 frames=$(grep -c "adabm-stats" "$log" || true)
 fab=$(grep -o "fab=(double)[0-9.]*" "$log" | awk -F')' '{s+=$2; n++} END {if (n) printf "%.2f", s/n}')
