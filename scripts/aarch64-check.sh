@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds adabm for 64-bit ARM (aarch64: NVIDIA Jetson, AWS Graviton, Ampere, Raspberry Pi 4/5)
 # on an x86-64 Debian 12 machine and runs its tests there under qemu-user: there the integer
-# engine has its scalar level and the `sdot` level (NeonDot, src/engine/intcpu/neon.rs), and
+# engine has its scalar level, the `sdot` level (NeonDot) and the `usmmla` level (NeonI8mm,
+# both src/engine/intcpu/neon.rs), and
 # the f32 convolutions only the im2col GEMM, code that no x86-64 run reaches.
 #
 #   scripts/aarch64-check.sh          clippy for aarch64, then the engine's tests under qemu
@@ -12,7 +13,8 @@
 #   scripts/aarch64-check.sh --instructions ROW [LEVEL...]
 #                                     no tests: the guest instructions one frame of the bench
 #                                     row ROW (`cargo bench --bench cpu -- --only ROW`) executes
-#                                     under qemu at each ADABM_CPU_LEVEL (default: scalar neon),
+#                                     under qemu at each ADABM_CPU_LEVEL (default: scalar neon
+#                                     i8mm),
 #                                     from runs of 1 and 3 timed frames (the difference over
 #                                     2), and the functions taking them at the last level;
 #                                     counted by bench/qemu/insn.c, a qemu plugin, on one core.
@@ -34,7 +36,7 @@ if [ "${1:-}" = --instructions ]; then
     insn_row=${2:?"--instructions ROW [LEVEL...]"}
     shift 2
     insn_levels=("$@")
-    [ $# -gt 0 ] || insn_levels=(scalar neon)
+    [ $# -gt 0 ] || insn_levels=(scalar neon i8mm)
 fi
 
 SUDO=""
@@ -81,8 +83,8 @@ export PKG_CONFIG_ALLOW_CROSS=1
 export PKG_CONFIG_LIBDIR=$PC:$A/pkgconfig:/usr/share/pkgconfig
 # The registry is scanned in-process (an aarch64 gst-plugin-scanner cannot run as a child).
 export GST_REGISTRY_FORK=no GST_REGISTRY=${TMPDIR:-/tmp}/adabm-aarch64-registry.bin
-# Every feature qemu emulates, `dotprod` among them: the tests run the integer engine's `sdot`
-# level (NeonDot) beside the scalar one.
+# Every feature qemu emulates, `dotprod` and `i8mm` among them: the tests run the integer
+# engine's `sdot` and `usmmla` levels (NeonDot, NeonI8mm) beside the scalar one.
 export QEMU_CPU=max
 
 if [ -n "$insn_row" ]; then
@@ -131,7 +133,8 @@ echo "== clippy, aarch64"
 cargo clippy --locked --target $T --workspace --all-targets -- -D warnings
 echo "== tests, aarch64 under qemu-user"
 cargo test --locked --target $T -p gst-adabm --lib --test engine --test model_file
-# The fused integer engine at every level (scalar and `sdot`) against the integer reference.
+# The fused integer engine at every level (scalar, `sdot`, `usmmla`) against the integer
+# reference.
 cargo test --locked --target $T -p gst-adabm --test intengine \
     kernels_equal_the_scalar_reference_at_every_level
 if [ "$all" = 1 ]; then

@@ -44,6 +44,10 @@ pub enum CpuLevel {
     /// 64-bit ARM with the dot-product extension (ARMv8.2 `dotprod`: `sdot`, 4 i8·i8 products
     /// into an i32 lane): the direct kernel of `neon.rs` (no Winograd kernels).
     NeonDot,
+    /// 64-bit ARM with the 8-bit matrix multiply (ARMv8.6 `i8mm`, with `dotprod`: `usmmla`,
+    /// a 2x8 by 8x2 u8·i8 product into 4 i32 lanes, twice the products of an `sdot`): the
+    /// direct kernel of `neon.rs` on [`PackedConv::wmm`].
+    NeonI8mm,
     Avx2,
     /// The VNNI kernels with `vpdpbusd` emulated by AVX2 instructions: never detected, for
     /// testing those kernels (layout, tails, offsets, engine dispatch) on hosts without VNNI.
@@ -66,6 +70,7 @@ impl CpuLevel {
         let cap = match std::env::var("ADABM_CPU_LEVEL").ok().as_deref() {
             Some("scalar") => Self::Scalar,
             Some("neon") => Self::NeonDot,
+            Some("i8mm") => Self::NeonI8mm,
             Some("avx2") => Self::Avx2,
             Some("avxvnni" | "avx-vnni") => Self::AvxVnni,
             _ => Self::Avx512Vnni,
@@ -82,6 +87,7 @@ impl CpuLevel {
         [
             Self::Scalar,
             Self::NeonDot,
+            Self::NeonI8mm,
             Self::Avx2,
             Self::AvxVnni,
             Self::Avx512Vnni,
@@ -110,9 +116,14 @@ impl CpuLevel {
     }
 
     /// The levels [`Self::self_check`] guards: those whose kernels rest on instructions
-    /// beyond AVX2 (`vpdpbusd`, `sdot`).
+    /// beyond AVX2 (`vpdpbusd`, `sdot`, `usmmla`).
     fn is_checked(self) -> bool {
-        self.is_vnni() || self == Self::NeonDot
+        self.is_vnni() || self.is_neon()
+    }
+
+    /// The 64-bit ARM levels (the NEON epilogue, no Winograd kernels).
+    pub fn is_neon(self) -> bool {
+        matches!(self, Self::NeonDot | Self::NeonI8mm)
     }
 
     /// Whether the CPU reports the level's instruction-set features.
@@ -122,7 +133,7 @@ impl CpuLevel {
             let avx2 = is_x86_feature_detected!("avx2");
             match self {
                 Self::Scalar => true,
-                Self::NeonDot => false,
+                Self::NeonDot | Self::NeonI8mm => false,
                 Self::Avx2 | Self::EmulatedVnni | Self::EmulatedVnni512 => avx2,
                 Self::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
                 Self::Avx512Vnni => {
@@ -138,6 +149,10 @@ impl CpuLevel {
             match self {
                 Self::Scalar => true,
                 Self::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+                Self::NeonI8mm => {
+                    std::arch::is_aarch64_feature_detected!("dotprod")
+                        && std::arch::is_aarch64_feature_detected!("i8mm")
+                }
                 _ => false,
             }
         }
@@ -154,16 +169,21 @@ impl CpuLevel {
     /// logs it), so a miscompiled or misbehaving instruction costs speed, never pixels.
     pub fn self_check(self) -> bool {
         use std::sync::OnceLock;
-        static CHECKS: [OnceLock<bool>; 7] = [const { OnceLock::new() }; 7];
+        static CHECKS: [OnceLock<bool>; 8] = [const { OnceLock::new() }; 8];
         *CHECKS[self as usize].get_or_init(|| self.has_features() && self_check(self))
     }
 
     /// Levels whose features this CPU has but whose kernels failed [`Self::self_check`].
     pub fn failed_self_checks() -> Vec<Self> {
-        [Self::NeonDot, Self::AvxVnni, Self::Avx512Vnni]
-            .into_iter()
-            .filter(|l| l.has_features() && !l.self_check())
-            .collect()
+        [
+            Self::NeonDot,
+            Self::NeonI8mm,
+            Self::AvxVnni,
+            Self::Avx512Vnni,
+        ]
+        .into_iter()
+        .filter(|l| l.has_features() && !l.self_check())
+        .collect()
     }
 
     /// Levels whose conv kernels are `vpdpbusd` (`vnni`): i32 sums for any codes and
@@ -177,10 +197,11 @@ impl CpuLevel {
 fn self_check(level: CpuLevel) -> bool {
     use crate::engine::random::Rng;
     let mut rng = Rng::new(0x5e1f);
-    let (h, w, cin) = (2, 7, 36);
+    let (h, w, cin) = (2, 7, 44);
     let mut ok = true;
     // 40 output channels of 4- and 8-bit weights, and a narrow conv (3 channels and the ones
-    // lane of 8-bit weights: the tail's kernel; 36 channels leave it a partial step).
+    // lane of 8-bit weights: the tail's kernel; 44 channels leave it a partial step, and the
+    // `usmmla` kernel two 16-channel steps, an 8-channel and a 4-channel group).
     for (cout, bits) in [(40, 4u8), (40, 8), (3, 8)] {
         let oihw: Vec<f32> = (0..cout * cin * 9).map(|_| rng.symmetric(0.5)).collect();
         let bias = vec![0.0; cout];
@@ -450,8 +471,12 @@ pub struct PackedConv {
     pub w16: Vec<i16>,
     /// Per output lane (`cout8`), the sum of its `w8` values over taps and channels: what the
     /// `sdot` kernel ([`CpuLevel::NeonDot`]), which reads 8-bit codes as `q − 128`, adds back
-    /// 128 times.
+    /// 128 times. Empty off aarch64.
     pub wsum: Vec<i32>,
+    /// `[9][cstride/8 rounded up][cout8/2][2][8]` i8 (the padding channels 0): 2 output
+    /// channels × 8 input channels per 16 bytes, the right-hand operand of the i8mm kernel's
+    /// `usmmla` ([`CpuLevel::NeonI8mm`]). Empty off aarch64.
+    pub wmm: Vec<i8>,
     /// Winograd F(2,3) weights when the weights fit the transform ([`wino`]).
     pub wino: Option<wino::WinoWeights>,
     /// The i16 form of the Winograd weights (any weight codes).
@@ -498,6 +523,21 @@ impl NarrowWeights {
     }
 }
 
+/// The `usmmla` layout [`PackedConv::wmm`] of the weights `w8` (`[9][cstride/4][cout8][4]`).
+fn mm_weights(cstride: usize, cout8: usize, w8: &[i8]) -> Vec<i8> {
+    let groups = cstride.div_ceil(8);
+    let mut w = vec![0i8; 9 * groups * cout8 * 8];
+    for t in 0..9 {
+        for i in 0..cstride {
+            for o in 0..cout8 {
+                w[((t * groups + i / 8) * cout8 / 2 + o / 2) * 16 + (o % 2) * 8 + i % 8] =
+                    w8[((t * cstride / 4 + i / 4) * cout8 + o) * 4 + i % 4];
+            }
+        }
+    }
+    w
+}
+
 impl PackedConv {
     pub fn new(c: &IntConv) -> Self {
         let (cin, cout) = (c.cin, c.cout);
@@ -535,6 +575,11 @@ impl PackedConv {
             }
         }
         let narrow = NarrowWeights::new(cout + ones.is_some() as usize, cstride, cout8, &w8);
+        let (wsum, wmm) = if cfg!(target_arch = "aarch64") {
+            (wsum, mm_weights(cstride, cout8, &w8))
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut pc = Self {
             cin,
             cout,
@@ -547,6 +592,7 @@ impl PackedConv {
             w8,
             w16,
             wsum,
+            wmm,
             wino: None,
             wino16: None,
             wino2: std::sync::OnceLock::new(),
@@ -650,6 +696,10 @@ pub fn row_sums(
         CpuLevel::NeonDot => unsafe {
             neon::row_sums_sdot(x, pc, y, max_code > 127, cols.clone(), out)
         },
+        // SAFETY: NeonI8mm is only selected where the CPU reports `i8mm` and `dotprod`
+        // (CpuLevel::supported); shapes checked above.
+        #[cfg(target_arch = "aarch64")]
+        CpuLevel::NeonI8mm => unsafe { neon::row_sums_mmla(x, pc, y, cols.clone(), out) },
         // The other architecture's levels, never selected here.
         #[allow(unreachable_patterns)]
         _ => scalar::row_sums(x, pc, y, cols.clone(), out),

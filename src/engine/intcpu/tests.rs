@@ -49,6 +49,7 @@ fn kernels_match_the_reference_exactly() {
         (1, 3, 64, 256),
         (4, 9, 64, 3),
         (3, 2, 8, 24),
+        (2, 5, 44, 16),
         // Narrow convs (at most 4 lanes with the ones lane) with a partial and with two
         // 64-channel steps per tap.
         (2, 5, 36, 2),
@@ -122,7 +123,7 @@ fn level_override_only_lowers() {
     eprintln!("CPU levels on this host: {avail:?} (tests also run {t:?})");
 }
 
-/// The start-up check passes at every VNNI and `sdot` level this host runs (the emulated
+/// The start-up check passes at every VNNI, `sdot` and `usmmla` level this host runs (the emulated
 /// ones too), and it is what `supported` requires of those levels: a CPU with the features
 /// runs them.
 #[test]
@@ -132,14 +133,18 @@ fn checked_levels_pass_their_self_check() {
         assert!(level.supported());
     }
     assert!(CpuLevel::failed_self_checks().is_empty());
-    for level in [CpuLevel::NeonDot, CpuLevel::Avx512Vnni] {
+    for level in [CpuLevel::NeonDot, CpuLevel::NeonI8mm, CpuLevel::Avx512Vnni] {
         assert!(!level.has_features() || CpuLevel::available().contains(&level));
     }
     #[cfg(target_arch = "aarch64")]
-    assert_eq!(
-        CpuLevel::NeonDot.has_features(),
-        std::arch::is_aarch64_feature_detected!("dotprod")
-    );
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        assert_eq!(CpuLevel::NeonDot.has_features(), has!("dotprod"));
+        assert_eq!(
+            CpuLevel::NeonI8mm.has_features(),
+            has!("dotprod") && has!("i8mm")
+        );
+    }
 }
 
 /// The i32 Winograd F(2,3) kernel of the VNNI levels gives the reference sums exactly for
