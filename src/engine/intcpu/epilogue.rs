@@ -127,8 +127,11 @@ impl Pixel<'_> {
         }
     }
 
-    /// Pixel `i` of a run of `n`-channel pixels (the empty buffers stay empty).
+    /// Pixel `i` of a run of `n`-channel pixels (the empty buffers stay empty). Inlined: a
+    /// call per pixel was 4% of a w4a4 frame's instructions on ARM.
+    #[inline(always)]
     fn at(&mut self, i: usize, n: usize) -> Pixel<'_> {
+        #[inline(always)]
         fn part<T>(b: &mut [T], i: usize, n: usize) -> &mut [T] {
             if b.is_empty() {
                 b

@@ -65,7 +65,7 @@ pub unsafe fn row_sums_sdot(
         data: x.data.as_ptr(),
         w8: pc.w8.as_ptr(),
         wsum: pc.wsum.as_ptr(),
-        row: (x.w + 2) * x.cstride,
+        taps: std::array::from_fn(|t| ((t / 3) * (x.w + 2) + t % 3) * x.cstride),
         cs: x.cstride,
         cout8: pc.cout8,
         flip,
@@ -94,8 +94,8 @@ struct Kernel {
     data: *const u8,
     w8: *const i8,
     wsum: *const i32,
-    /// Bytes per padded row of the code map.
-    row: usize,
+    /// The byte offsets of the 3x3 window's codes from its top-left ones.
+    taps: [usize; 9],
     cs: usize,
     cout8: usize,
     flip: bool,
@@ -142,8 +142,7 @@ impl Kernel {
             let x80 = vdupq_n_u8(0x80);
             let codes =
                 |v: uint8x16_t| vreinterpretq_s8_u8(if self.flip { veorq_u8(v, x80) } else { v });
-            for t in 0..9 {
-                let toff = (t / 3) * self.row + (t % 3) * cs;
+            for (t, &toff) in self.taps.iter().enumerate() {
                 // Weights of tap t, group g, lanes o0 + 4i ..: 16 bytes.
                 let wt = self.w8.add((t * groups * cout8 + o0) * 4);
                 let wload = |g: usize, i: usize| vld1q_s8(wt.add((g * cout8 + 4 * i) * 4));
@@ -246,7 +245,7 @@ pub unsafe fn row_sums_mmla(
     let k = MmKernel {
         data: x.data.as_ptr(),
         wmm: pc.wmm.as_ptr(),
-        row: (x.w + 2) * x.cstride,
+        taps: std::array::from_fn(|t| ((t / 3) * (x.w + 2) + t % 3) * x.cstride),
         cs: x.cstride,
         cout8: pc.cout8,
     };
@@ -276,8 +275,9 @@ pub unsafe fn row_sums_mmla(
 struct MmKernel {
     data: *const u8,
     wmm: *const i8,
-    /// Bytes per padded row of the code map.
-    row: usize,
+    /// The byte offsets of the 3x3 window's codes from its top-left ones (a table: computing
+    /// them per tap took a tenth of the kernel's instructions).
+    taps: [usize; 9],
     cs: usize,
     cout8: usize,
 }
@@ -327,19 +327,16 @@ impl MmKernel {
         unsafe {
             let zero = vdupq_n_s32(0);
             let mut acc = [[zero; NO]; NPP];
+            let pix = pix.map(|p| p.map(|p| self.data.add(p)));
             // The left operand of pixel pair j: 8 codes of each pixel from `off`.
             let pair8 = |j: usize, off: usize| {
-                vcombine_u8(
-                    vld1_u8(self.data.add(pix[j][0] + off)),
-                    vld1_u8(self.data.add(pix[j][1] + off)),
-                )
+                vcombine_u8(vld1_u8(pix[j][0].add(off)), vld1_u8(pix[j][1].add(off)))
             };
             let pair4 = |j: usize, off: usize| {
-                let q = |p: usize| self.data.add(p + off).cast::<u32>().read_unaligned() as u64;
+                let q = |p: *const u8| p.add(off).cast::<u32>().read_unaligned() as u64;
                 vcombine_u8(vcreate_u8(q(pix[j][0])), vcreate_u8(q(pix[j][1])))
             };
-            for t in 0..9 {
-                let toff = (t / 3) * self.row + (t % 3) * cs;
+            for (t, &toff) in self.taps.iter().enumerate() {
                 // Weights of tap t, group g, output pair o0 / 2 + i: 16 bytes.
                 let wt = self.wmm.add((t * groups * cout8 / 2 + o0 / 2) * 16);
                 let wload = |g: usize, i: usize| vld1q_s8(wt.add((g * cout8 / 2 + i) * 16));
@@ -358,9 +355,7 @@ impl MmKernel {
                 // Two groups a step: 16 codes a pixel, the pairs' 64-bit halves interleaved.
                 while g + 2 <= whole {
                     let a: [[uint8x16_t; 2]; NPP] = std::array::from_fn(|j| {
-                        let q = |p: usize| {
-                            vreinterpretq_u64_u8(vld1q_u8(self.data.add(p + toff + 8 * g)))
-                        };
+                        let q = |p: *const u8| vreinterpretq_u64_u8(vld1q_u8(p.add(toff + 8 * g)));
                         let (p0, p1) = (q(pix[j][0]), q(pix[j][1]));
                         [vzip1q_u64(p0, p1), vzip2q_u64(p0, p1)].map(|v| vreinterpretq_u8_u64(v))
                     });
