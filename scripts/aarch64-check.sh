@@ -51,7 +51,8 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/
         libc6-dev-arm64-cross libc6:arm64 libgstreamer1.0-dev:arm64 \
         libgstreamer-plugins-base1.0-0:arm64 >/dev/null
 fi
-if [ "$all" = 1 ] && [ ! -d /usr/lib/aarch64-linux-gnu/gstreamer-1.0 ]; then
+# (libgstreamer1.0-0:arm64 makes the plugin directory with the core elements only.)
+if [ "$all" = 1 ] && [ ! -e $A/gstreamer-1.0/libgstvideotestsrc.so ]; then
     $SUDO apt-get install -y -qq --no-install-recommends gstreamer1.0-plugins-base:arm64 \
         gstreamer1.0-plugins-good:arm64 >/dev/null
 fi
