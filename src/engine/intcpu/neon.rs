@@ -65,7 +65,7 @@ pub unsafe fn row_sums_sdot(
         data: x.data.as_ptr(),
         w8: pc.w8.as_ptr(),
         wsum: pc.wsum.as_ptr(),
-        taps: std::array::from_fn(|t| ((t / 3) * (x.w + 2) + t % 3) * x.cstride),
+        taps: tap_offsets(x),
         cs: x.cstride,
         cout8: pc.cout8,
         flip,
@@ -89,12 +89,19 @@ pub unsafe fn row_sums_sdot(
     }
 }
 
+/// The byte offsets of a 3x3 window's codes in the padded map `x` from its top-left ones, tap
+/// by tap (a table both kernels read: computing them per tap took a tenth of the `usmmla`
+/// kernel's instructions).
+fn tap_offsets(x: &Codes) -> [usize; 9] {
+    std::array::from_fn(|t| ((t / 3) * (x.w + 2) + t % 3) * x.cstride)
+}
+
 /// One conv's pointers and strides for the blocks of [`row_sums_sdot`].
 struct Kernel {
     data: *const u8,
     w8: *const i8,
     wsum: *const i32,
-    /// The byte offsets of the 3x3 window's codes from its top-left ones.
+    /// [`tap_offsets`].
     taps: [usize; 9],
     cs: usize,
     cout8: usize,
@@ -245,7 +252,7 @@ pub unsafe fn row_sums_mmla(
     let k = MmKernel {
         data: x.data.as_ptr(),
         wmm: pc.wmm.as_ptr(),
-        taps: std::array::from_fn(|t| ((t / 3) * (x.w + 2) + t % 3) * x.cstride),
+        taps: tap_offsets(x),
         cs: x.cstride,
         cout8: pc.cout8,
     };
@@ -275,8 +282,7 @@ pub unsafe fn row_sums_mmla(
 struct MmKernel {
     data: *const u8,
     wmm: *const i8,
-    /// The byte offsets of the 3x3 window's codes from its top-left ones (a table: computing
-    /// them per tap took a tenth of the kernel's instructions).
+    /// [`tap_offsets`].
     taps: [usize; 9],
     cs: usize,
     cout8: usize,
