@@ -221,6 +221,7 @@ fn kernels(frames: usize) {
             h,
             w,
             cstride: pc.cstride,
+            sums: None,
         };
         let max_code = (1u32 << bits) - 1;
         let level = CpuLevel::detect();

@@ -26,6 +26,8 @@ pub fn conv_forward(
 #[derive(Default)]
 pub struct CodeBuffer {
     data: Vec<u8>,
+    /// Its pixels' code sums ([`super::pixel_sums`], for convs with 8-bit weights).
+    sums: Vec<i32>,
     /// `(h, w, cstride)` of the map `data` holds.
     shape: (usize, usize, usize),
 }
@@ -57,12 +59,17 @@ pub fn conv_forward_into(
         codes.data.resize((h + 2) * wp * cs, 0);
     }
     quantize_into(x, a, cs, &mut codes.data);
-    let map = Codes {
+    let mut map = Codes {
         data: &codes.data,
         h,
         w,
         cstride: cs,
+        sums: None,
     };
+    if pc.offset && pc.ones.is_none() {
+        super::pixel_sums(&map, &mut codes.sums);
+        map.sums = Some(&codes.sums[..]);
+    }
     let max_code = a.n as u32;
     let da = a.step();
     let cout = ic.cout;

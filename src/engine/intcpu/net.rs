@@ -52,6 +52,8 @@ struct Buffers {
     hr: Vec<Vec<u8>>,
     /// The running conv's `l·K` table ([`epilogue::l_times_k`]).
     lk: Vec<f32>,
+    /// The running conv's input pixels' code sums ([`super::pixel_sums`], 8-bit weights).
+    psums: Vec<i32>,
 }
 
 /// The fused integer path of an fq [`IntNetwork`] running on the kernels: what each layer's
@@ -251,13 +253,17 @@ impl FusedNet {
                 res,
                 hr,
                 lk,
+                psums,
                 ..
             } = &mut *b;
+            let scratch = (&mut *lk, &mut *psums);
             match epi {
-                Epi::Head => self.conv(net, k, input, h, w, q(k), next, head, res, a, None, lk),
-                Epi::Relu => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, lk),
-                Epi::Res => self.conv(net, k, bb, h, w, q(k), next, head, res, a, None, lk),
-                Epi::Skip => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, lk),
+                Epi::Head => {
+                    self.conv(net, k, input, h, w, q(k), next, head, res, a, None, scratch)
+                }
+                Epi::Relu => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, scratch),
+                Epi::Res => self.conv(net, k, bb, h, w, q(k), next, head, res, a, None, scratch),
+                Epi::Skip => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, scratch),
                 Epi::Shuffle(r) => {
                     let (src, dst) = if stage == 0 {
                         (&bb[..], &mut hr[0])
@@ -265,7 +271,20 @@ impl FusedNet {
                         let (lo, hi) = hr.split_at_mut(stage);
                         (&lo[stage - 1][..], &mut hi[0])
                     };
-                    self.conv(net, k, src, hh, ww, q(k), next, head, res, dst, None, lk);
+                    self.conv(
+                        net,
+                        k,
+                        src,
+                        hh,
+                        ww,
+                        q(k),
+                        next,
+                        head,
+                        res,
+                        dst,
+                        None,
+                        scratch,
+                    );
                     hh *= r;
                     ww *= r;
                     stage += 1;
@@ -290,7 +309,7 @@ impl FusedNet {
                         res,
                         &mut [],
                         Some(&mut *out),
-                        lk,
+                        scratch,
                     );
                 }
             }
@@ -344,7 +363,7 @@ impl FusedNet {
         res: &mut [f32],
         dst: &mut [u8],
         out: Option<&mut FeatureMap>,
-        lk: &mut Vec<f32>,
+        (lk, psums): (&mut Vec<f32>, &mut Vec<i32>),
     ) {
         let IntLayer::Int(ic) = &net.layers[k] else {
             unreachable!("checked in FusedNet::new")
@@ -357,12 +376,17 @@ impl FusedNet {
         let epi = &self.epis[k];
         epilogue::l_times_k(a.l, &ic.ktab, lk);
         let lk = &lk[..];
-        let map = Codes {
+        let mut map = Codes {
             data: src,
             h,
             w,
             cstride: pc.cstride,
+            sums: None,
         };
+        if pc.offset && pc.ones.is_none() {
+            super::pixel_sums(&map, psums);
+            map.sums = Some(&psums[..]);
+        }
         let cout = ic.cout;
         let max_code = a.n as u32;
         let consts = Consts {

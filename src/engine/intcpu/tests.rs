@@ -67,19 +67,34 @@ fn kernels_match_the_reference_exactly() {
                     h,
                     w,
                     cstride: pc.cstride,
+                    sums: None,
+                };
+                // And with the pixels' code sums made beforehand (the engines' way for 8-bit
+                // weights), the row in two column ranges.
+                let mut ps = Vec::new();
+                pixel_sums(&codes, &mut ps);
+                let with_sums = Codes {
+                    sums: Some(&ps),
+                    ..codes
                 };
                 for level in CpuLevel::testable() {
-                    for y in 0..h {
-                        let mut out = vec![0i32; w * pc.cout8];
-                        row_sums(level, &codes, &pc, y, (1 << bits) - 1, 0..w, &mut out);
-                        let mut want = vec![0i32; cout];
-                        for x in 0..w {
-                            ic.sums(&m, y, x, &mut want);
-                            assert_eq!(
-                                &out[x * pc.cout8..x * pc.cout8 + cout],
-                                &want[..],
-                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
-                            );
+                    for (codes, split) in [(&codes, 0), (&with_sums, w / 2)] {
+                        for y in 0..h {
+                            let mut out = vec![0i32; w * pc.cout8];
+                            let max = (1 << bits) - 1;
+                            row_sums(level, codes, &pc, y, max, 0..split, &mut out);
+                            row_sums(level, codes, &pc, y, max, split..w, &mut out);
+                            let mut want = vec![0i32; cout];
+                            for x in 0..w {
+                                ic.sums(&m, y, x, &mut want);
+                                assert_eq!(
+                                    &out[x * pc.cout8..x * pc.cout8 + cout],
+                                    &want[..],
+                                    "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at \
+                                     ({y},{x}), sums {}",
+                                    codes.sums.is_some()
+                                );
+                            }
                         }
                     }
                 }
@@ -181,6 +196,7 @@ fn winograd_i32_matches_the_reference_exactly() {
                     h,
                     w,
                     cstride: pc.cstride,
+                    sums: None,
                 };
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0u8; (h + 2) * tl];
@@ -277,6 +293,7 @@ fn winograd_matches_the_reference_exactly() {
                     h,
                     w,
                     cstride: pc.cstride,
+                    sums: None,
                 };
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0u8; (h + 2) * tl];
@@ -369,6 +386,7 @@ fn winograd16_matches_the_reference_exactly() {
                     h,
                     w,
                     cstride: pc.cstride,
+                    sums: None,
                 };
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0i16; (h + 2) * tl];
@@ -425,6 +443,7 @@ fn column_chunks_give_the_whole_row() {
             h,
             w,
             cstride: pc.cstride,
+            sums: None,
         };
         let max_code = (1u32 << bits) - 1;
         let tl = wino::row_len(w, pc.cstride);
@@ -540,6 +559,7 @@ fn winograd2_matches_the_reference_exactly() {
                     h,
                     w,
                     cstride: pc.cstride,
+                    sums: None,
                 };
                 if !CpuLevel::available().contains(&CpuLevel::Avx2) {
                     continue;
@@ -616,6 +636,7 @@ fn input_transforms_match_their_definition_at_every_level() {
                 h,
                 w,
                 cstride: cs,
+                sums: None,
             };
             let q = (1i32 << bits) - 1;
             // Padded code (0 past the padded map), as i32.
@@ -749,15 +770,24 @@ fn winograd4_at(level: CpuLevel) {
             h,
             w,
             cstride: pc.cstride,
+            sums: None,
+        };
+        // The chunked runs with the pixels' code sums made beforehand (the engines' way).
+        let mut ps = Vec::new();
+        pixel_sums(&codes, &mut ps);
+        let with_sums = Codes {
+            sums: Some(&ps),
+            ..codes
         };
         let mut tiles = Vec::new();
         let mut rows = 0;
         for chunk in [w, 8, 6] {
+            let codes = if chunk == w { &codes } else { &with_sums };
             for y0 in (0..h).step_by(4) {
                 let mut out = vec![-1i32; 4 * w * pc.cout8];
                 for x0 in (0..w).step_by(chunk) {
                     let cols = x0..(x0 + chunk).min(w);
-                    row_sums_wino4(level, &codes, &pc, y0, cols, &mut tiles, &mut out);
+                    row_sums_wino4(level, codes, &pc, y0, cols, &mut tiles, &mut out);
                 }
                 let mut want = vec![0i32; ic.cout];
                 for r in 0..4.min(h - y0) {
