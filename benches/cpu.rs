@@ -222,6 +222,7 @@ fn kernels(frames: usize) {
             w,
             cstride: pc.cstride,
             sums: None,
+            defer_offset: false,
         };
         let max_code = (1u32 << bits) - 1;
         let level = CpuLevel::detect();

@@ -65,6 +65,7 @@ pub fn conv_forward_into(
         w,
         cstride: cs,
         sums: None,
+        defer_offset: false,
     };
     if pc.offset && pc.ones.is_none() {
         super::pixel_sums(&map, &mut codes.sums);

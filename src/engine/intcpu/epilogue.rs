@@ -64,6 +64,11 @@ pub struct Span<'a> {
     ///
     /// [`IntConv::ktab_row`]: crate::engine::intnet::IntConv::ktab_row
     pub lk: [&'a [f32]; 4],
+    /// Empty, or the window code sums `Σ q` of the pixels (one each) of a conv with 8-bit
+    /// weights in the offset form whose sums `s` are still `Σ q·(k − 128)`: then pixel `i`'s
+    /// sums are `2·s + sq[i]` ([`super::window_code_sums`]; the kernels' separate pass over
+    /// the sums for it cost 4–8% of a w8a6 frame).
+    pub sq: &'a [i32],
 }
 
 /// `l·K` for every entry of a conv's `K` table, the product `IntConv::values` forms (`l` times
@@ -89,6 +94,10 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
     );
     assert!(span.count == 0 || span.s.len() >= (span.count - 1) * span.sstride + n);
     assert!(span.x0 + span.count <= span.w && span.lk.iter().all(|k| k.len() >= n));
+    assert!(
+        span.sq.is_empty() || span.sq.len() >= span.count,
+        "window sums"
+    );
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI; buffers
@@ -107,6 +116,7 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
                     c,
                     &span.s[i * span.sstride..][..n],
                     &k[..n],
+                    span.sq.get(i).copied(),
                     px.at(i, n),
                 );
             }
@@ -148,26 +158,40 @@ impl Pixel<'_> {
     }
 }
 
-/// The epilogue `op` of one pixel: `s` and `k` hold the `n` channels' sums and border terms.
+/// The epilogue `op` of one pixel: `s` and `k` hold the `n` channels' sums and border terms;
+/// with `sq`, the sums are `2·s + sq` ([`Span::sq`]).
 #[inline]
-pub fn pixel(level: CpuLevel, op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
+pub fn pixel(
+    level: CpuLevel,
+    op: Op,
+    c: &Consts,
+    s: &[i32],
+    lk: &[f32],
+    sq: Option<i32>,
+    px: Pixel,
+) {
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and the levels above it are selected only on CPUs with AVX2.
-        l if l >= CpuLevel::Avx2 => unsafe { avx2(op, c, s, lk, px) },
+        l if l >= CpuLevel::Avx2 => unsafe { avx2(op, c, s, lk, sq, px) },
         // SAFETY: NEON is part of aarch64.
         #[cfg(target_arch = "aarch64")]
-        l if l.is_neon() => unsafe { neon(op, c, s, lk, px) },
-        _ => scalar(op, c, s, lk, px, 0),
+        l if l.is_neon() => unsafe { neon(op, c, s, lk, sq, px) },
+        _ => scalar(op, c, s, lk, sq, px, 0),
     }
 }
 
 /// The reference, from channel `from` on.
 #[inline(always)]
-fn scalar(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel, from: usize) {
+fn scalar(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: Pixel, from: usize) {
     let n = s.len();
     let q = c.next;
-    let value = |o: usize| c.bias[o] + c.hw * (c.da * s[o] as f32 + lk[o]);
+    // (Wrapping, as the vector levels' integer adds.)
+    let sum = |o: usize| match sq {
+        Some(sq) => s[o].wrapping_mul(2).wrapping_add(sq),
+        None => s[o],
+    };
+    let value = |o: usize| c.bias[o] + c.hw * (c.da * sum(o) as f32 + lk[o]);
     match op {
         Op::Values => (from..n).for_each(|o| px.out[o] = value(o)),
         Op::Codes => (from..n).for_each(|o| px.d[o] = q.code(value(o))),
@@ -191,7 +215,7 @@ fn scalar(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel, from: usize) {
 /// values, `c.bias` too.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
+unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: Pixel) {
     use std::arch::x86_64::*;
     let n = s.len();
     assert!(lk.len() >= n && c.bias.len() >= n, "epilogue inputs");
@@ -208,6 +232,7 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
             _mm256_set1_ps(c.next.inv_step()),
         );
         let zero = _mm256_setzero_ps();
+        let sqv = sq.map(|q| _mm256_set1_epi32(q));
         // Codes of 8 values as 8 bytes (values in 0..=255 after the clamp).
         let code = |x: __m256| -> u64 {
             let x = _mm256_min_ps(_mm256_max_ps(x, nl), nu);
@@ -216,7 +241,12 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
             _mm_cvtsi128_si64(_mm_packus_epi16(w, w)) as u64
         };
         for o in (0..full).step_by(8) {
-            let si = _mm256_cvtepi32_ps(_mm256_loadu_si256(s.as_ptr().add(o).cast()));
+            let si = _mm256_loadu_si256(s.as_ptr().add(o).cast());
+            let si = match sqv {
+                Some(q) => _mm256_add_epi32(_mm256_add_epi32(si, si), q),
+                None => si,
+            };
+            let si = _mm256_cvtepi32_ps(si);
             let lk = _mm256_loadu_ps(lk.as_ptr().add(o));
             let b = _mm256_loadu_ps(c.bias.as_ptr().add(o));
             let v = _mm256_add_ps(
@@ -246,7 +276,7 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
             }
         }
     }
-    scalar(op, c, s, lk, px, full);
+    scalar(op, c, s, lk, sq, px, full);
 }
 
 /// [`avx2`] on 64-bit ARM: 8 channels per step (two 4-lane vectors, then one, then the
@@ -260,7 +290,7 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
 /// `s.len()` values, `c.bias` too (asserted).
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
+unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: Pixel) {
     use std::arch::aarch64::*;
     let n = s.len();
     assert!(lk.len() >= n && c.bias.len() >= n, "epilogue inputs");
@@ -276,6 +306,7 @@ unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
             vdupq_n_f32(c.next.inv_step()),
         );
         let zero = vdupq_n_f32(0.0);
+        let sqv = sq.map(|q| vdupq_n_s32(q));
         // Codes of 4 values as saturated u16 (values in 0..=255 after the clamp; NaN gives 0).
         let code = |x: float32x4_t| -> uint16x4_t {
             let x = vminq_f32(vmaxq_f32(x, nl), nu);
@@ -290,7 +321,12 @@ unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
         // The value of channels o..o + 4 and what `op` does with it: the map it writes (`out`
         // for Values, `res` / `head` for Head and Res) written here, the codes' input returned.
         let step = |o: usize| -> float32x4_t {
-            let si = vcvtq_f32_s32(vld1q_s32(s.as_ptr().add(o)));
+            let si = vld1q_s32(s.as_ptr().add(o));
+            let si = match sqv {
+                Some(q) => vaddq_s32(vaddq_s32(si, si), q),
+                None => si,
+            };
+            let si = vcvtq_f32_s32(si);
             let lk = vld1q_f32(lk.as_ptr().add(o));
             let b = vld1q_f32(c.bias.as_ptr().add(o));
             let v = vaddq_f32(b, vmulq_f32(hw, vaddq_f32(vmulq_f32(da, si), lk)));
@@ -334,7 +370,7 @@ unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], px: Pixel) {
             }
             o += 4;
         }
-        scalar(op, c, s, lk, px, o);
+        scalar(op, c, s, lk, sq, px, o);
     }
 }
 
@@ -352,8 +388,9 @@ unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
         for i in 0..span.count {
             let k = span.lk[crate::engine::intnet::border_bits(span.x0 + i, span.w)];
             let s = &span.s[i * span.sstride..][..n];
+            let sq = span.sq.get(i).copied();
             // SAFETY: `neon` checks its slices.
-            unsafe { neon(op, c, s, &k[..n], px.at(i, n)) }
+            unsafe { neon(op, c, s, &k[..n], sq, px.at(i, n)) }
         }
     }
     // SAFETY: forwarded contract; each arm inlines the loop with its op a constant.
@@ -382,15 +419,22 @@ unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
 unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
-    // SAFETY: forwarded contract; each arm inlines the loop with its op a constant.
+    // SAFETY: forwarded contract; each arm inlines the loop with its op (and whether it folds
+    // the offset correction) a constant.
     unsafe {
-        match op {
-            Op::Values => avx512_loop(Op::Values, c, n, span, px),
-            Op::Codes => avx512_loop(Op::Codes, c, n, span, px),
-            Op::Head => avx512_loop(Op::Head, c, n, span, px),
-            Op::Relu => avx512_loop(Op::Relu, c, n, span, px),
-            Op::Res => avx512_loop(Op::Res, c, n, span, px),
-            Op::Skip => avx512_loop(Op::Skip, c, n, span, px),
+        match (op, span.sq.is_empty()) {
+            (Op::Values, true) => avx512_loop::<false>(Op::Values, c, n, span, px),
+            (Op::Codes, true) => avx512_loop::<false>(Op::Codes, c, n, span, px),
+            (Op::Head, true) => avx512_loop::<false>(Op::Head, c, n, span, px),
+            (Op::Relu, true) => avx512_loop::<false>(Op::Relu, c, n, span, px),
+            (Op::Res, true) => avx512_loop::<false>(Op::Res, c, n, span, px),
+            (Op::Skip, true) => avx512_loop::<false>(Op::Skip, c, n, span, px),
+            (Op::Values, false) => avx512_loop::<true>(Op::Values, c, n, span, px),
+            (Op::Codes, false) => avx512_loop::<true>(Op::Codes, c, n, span, px),
+            (Op::Head, false) => avx512_loop::<true>(Op::Head, c, n, span, px),
+            (Op::Relu, false) => avx512_loop::<true>(Op::Relu, c, n, span, px),
+            (Op::Res, false) => avx512_loop::<true>(Op::Res, c, n, span, px),
+            (Op::Skip, false) => avx512_loop::<true>(Op::Skip, c, n, span, px),
         }
     }
 }
@@ -403,7 +447,7 @@ unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
 /// As [`avx512_run`]; inlined into it.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn avx512_loop(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
+unsafe fn avx512_loop<const FOLD: bool>(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
     use std::arch::x86_64::*;
     assert!(c.bias.len() >= n, "epilogue bias");
     // SAFETY: pixel i's accesses are at channels o..o + 16 ≤ n (o..o + 64 ≤ n in the blocks),
@@ -425,6 +469,11 @@ unsafe fn avx512_loop(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
             let p = PixelPtrs {
                 s: span.s.as_ptr().add(i * span.sstride),
                 lk: span.lk[crate::engine::intnet::border_bits(x, span.w)].as_ptr(),
+                sq: if FOLD {
+                    Some(_mm512_set1_epi32(span.sq[i]))
+                } else {
+                    None
+                },
                 res: px.res.as_mut_ptr().wrapping_add(i * n),
                 head: px.head.as_mut_ptr().wrapping_add(i * n),
             };
@@ -478,6 +527,8 @@ struct Steps {
 struct PixelPtrs {
     s: *const i32,
     lk: *const f32,
+    /// `Σ q` in every lane when the sums are `2·s + Σ q` ([`Span::sq`]).
+    sq: Option<std::arch::x86_64::__m512i>,
     res: *mut f32,
     head: *mut f32,
 }
@@ -500,7 +551,12 @@ unsafe fn step(
     use std::arch::x86_64::*;
     // SAFETY: the caller's contract.
     unsafe {
-        let si = _mm512_cvtepi32_ps(load_i32(p.s.add(o), m));
+        let si = load_i32(p.s.add(o), m);
+        let si = match p.sq {
+            Some(q) => _mm512_add_epi32(_mm512_add_epi32(si, si), q),
+            None => si,
+        };
+        let si = _mm512_cvtepi32_ps(si);
         let lk = load_ps(p.lk.add(o), m);
         let b = load_ps(k.bias.add(o), m);
         let v = _mm512_add_ps(
@@ -669,79 +725,104 @@ mod tests {
     use crate::engine::random::Rng;
 
     /// A run of pixels gives, pixel by pixel, the scalar reference of each (its own sums and
-    /// the `K` of its column's border class), at every level, for channel counts with tails.
+    /// the `K` of its column's border class), at every level, for channel counts with tails;
+    /// and with window code sums ([`Span::sq`]) the reference of the sums `2·s + sq`.
     #[test]
     fn runs_match_the_pixels() {
         let mut rng = Rng::new(9);
         for n in [3usize, 16, 64, 67] {
             for op in [Op::Values, Op::Codes, Op::Head, Op::Relu, Op::Res, Op::Skip] {
                 for (x0, count, w) in [(0usize, 5usize, 5usize), (3, 4, 9), (0, 1, 1), (6, 3, 9)] {
-                    let sstride = n + 5;
-                    let s: Vec<i32> = (0..count * sstride)
-                        .map(|_| rng.below(6000) as i32 - 3000)
-                        .collect();
-                    let ktab: Vec<i32> = (0..4 * n).map(|_| rng.below(300) as i32 - 150).collect();
-                    let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
-                    let (hw, da) = (rng.uniform() * 0.1, rng.uniform());
-                    let mut lktab = Vec::new();
-                    l_times_k(rng.symmetric(3.0), &ktab, &mut lktab);
-                    let c = Consts {
-                        bias: &bias,
-                        hw,
-                        da,
-                        res_scale: 0.1,
-                        next: ActQuant::new(-rng.uniform() * 40.0, rng.uniform() * 40.0, 4),
-                    };
-                    let res0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
-                    let head0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
-                    let k: [&[f32]; 4] = std::array::from_fn(|b| &lktab[b * n..(b + 1) * n]);
-                    let span = Span {
-                        x0,
-                        count,
-                        w,
-                        s: &s,
-                        sstride,
-                        lk: k,
-                    };
-                    let bits = |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
-                    // The reference: scalar, pixel by pixel.
-                    let (mut out, mut res, mut head, mut d) = (
-                        vec![0f32; count * n],
-                        res0.clone(),
-                        head0.clone(),
-                        vec![0u8; count * n],
-                    );
-                    for i in 0..count {
-                        let kk = k[crate::engine::intnet::border_bits(x0 + i, w)];
-                        let r = i * n..(i + 1) * n;
-                        let px = Pixel {
-                            out: &mut out[r.clone()],
-                            res: &mut res[r.clone()],
-                            head: &mut head[r.clone()],
-                            d: &mut d[r],
+                    for fold in [false, true] {
+                        let sstride = n + 5;
+                        let s: Vec<i32> = (0..count * sstride)
+                            .map(|_| rng.below(6000) as i32 - 3000)
+                            .collect();
+                        let sq: Vec<i32> = if fold {
+                            (0..count).map(|_| rng.below(3000) as i32).collect()
+                        } else {
+                            Vec::new()
                         };
-                        pixel(CpuLevel::Scalar, op, &c, &s[i * sstride..][..n], kk, px);
-                    }
-                    let want = (bits(&out), bits(&res), bits(&head), d);
-                    for level in CpuLevel::testable() {
+                        // The sums the reference gets.
+                        let s_ref: Vec<i32> = s
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &v)| if fold { 2 * v + sq[j / sstride] } else { v })
+                            .collect();
+                        let ktab: Vec<i32> =
+                            (0..4 * n).map(|_| rng.below(300) as i32 - 150).collect();
+                        let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
+                        let (hw, da) = (rng.uniform() * 0.1, rng.uniform());
+                        let mut lktab = Vec::new();
+                        l_times_k(rng.symmetric(3.0), &ktab, &mut lktab);
+                        let c = Consts {
+                            bias: &bias,
+                            hw,
+                            da,
+                            res_scale: 0.1,
+                            next: ActQuant::new(-rng.uniform() * 40.0, rng.uniform() * 40.0, 4),
+                        };
+                        let res0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
+                        let head0: Vec<f32> = (0..count * n).map(|_| rng.symmetric(50.0)).collect();
+                        let k: [&[f32]; 4] = std::array::from_fn(|b| &lktab[b * n..(b + 1) * n]);
+                        let span = Span {
+                            x0,
+                            count,
+                            w,
+                            s: &s,
+                            sstride,
+                            lk: k,
+                            sq: &sq,
+                        };
+                        let bits =
+                            |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+                        // The reference: scalar, pixel by pixel.
                         let (mut out, mut res, mut head, mut d) = (
                             vec![0f32; count * n],
                             res0.clone(),
                             head0.clone(),
                             vec![0u8; count * n],
                         );
-                        let px = Pixel {
-                            out: &mut out,
-                            res: &mut res,
-                            head: &mut head,
-                            d: &mut d,
-                        };
-                        run(level, op, &c, n, &span, px);
-                        let got = (bits(&out), bits(&res), bits(&head), d);
-                        assert_eq!(
-                            got, want,
-                            "{level:?} {op:?} n={n} x0={x0} count={count} w={w}"
-                        );
+                        for i in 0..count {
+                            let kk = k[crate::engine::intnet::border_bits(x0 + i, w)];
+                            let r = i * n..(i + 1) * n;
+                            let px = Pixel {
+                                out: &mut out[r.clone()],
+                                res: &mut res[r.clone()],
+                                head: &mut head[r.clone()],
+                                d: &mut d[r],
+                            };
+                            pixel(
+                                CpuLevel::Scalar,
+                                op,
+                                &c,
+                                &s_ref[i * sstride..][..n],
+                                kk,
+                                None,
+                                px,
+                            );
+                        }
+                        let want = (bits(&out), bits(&res), bits(&head), d);
+                        for level in CpuLevel::testable() {
+                            let (mut out, mut res, mut head, mut d) = (
+                                vec![0f32; count * n],
+                                res0.clone(),
+                                head0.clone(),
+                                vec![0u8; count * n],
+                            );
+                            let px = Pixel {
+                                out: &mut out,
+                                res: &mut res,
+                                head: &mut head,
+                                d: &mut d,
+                            };
+                            run(level, op, &c, n, &span, px);
+                            let got = (bits(&out), bits(&res), bits(&head), d);
+                            assert_eq!(
+                                got, want,
+                                "{level:?} {op:?} n={n} x0={x0} count={count} w={w} fold {fold}"
+                            );
+                        }
                     }
                 }
             }
@@ -793,7 +874,13 @@ mod tests {
                     };
                     let res0: Vec<f32> = (0..n).map(|_| rng.symmetric(50.0)).collect();
                     let head: Vec<f32> = (0..n).map(|_| rng.symmetric(50.0)).collect();
-                    let go = |level: CpuLevel, by_run: bool| {
+                    // With a window code sum (`Span::sq`), the reference of `2·s + sq`.
+                    let sq = rng.below(5000) as i32;
+                    let s_fold: Vec<i32> = s
+                        .iter()
+                        .map(|&v| v.wrapping_mul(2).wrapping_add(sq))
+                        .collect();
+                    let go = |level: CpuLevel, by_run: bool, fold: bool| {
                         let mut out = vec![0f32; n];
                         let mut res = res0.clone();
                         let mut hd = head.clone();
@@ -812,16 +899,17 @@ mod tests {
                                 s: &s,
                                 sstride: n,
                                 lk: [&lk[..]; 4],
+                                sq: if fold { std::slice::from_ref(&sq) } else { &[] },
                             };
                             run(level, op, &c, n, &span, px);
                         } else {
-                            pixel(level, op, &c, &s, &lk, px);
+                            pixel(level, op, &c, &s, &lk, fold.then_some(sq), px);
                         }
                         let bits =
                             |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
                         (bits(&out), bits(&res), bits(&hd), d)
                     };
-                    let want = go(CpuLevel::Scalar, false);
+                    let want = go(CpuLevel::Scalar, false, false);
                     if op == Op::Values {
                         // The reference is the layer's values (`IntConv::values`'s formula).
                         let v: Vec<u32> = (0..n)
@@ -831,12 +919,33 @@ mod tests {
                             .collect();
                         assert_eq!(want.0, v, "n={n} case {case}");
                     }
+                    let want_fold = {
+                        let mut out = vec![0f32; n];
+                        let mut res = res0.clone();
+                        let mut hd = head.clone();
+                        let mut d = vec![0u8; n];
+                        let px = Pixel {
+                            out: &mut out,
+                            res: &mut res,
+                            head: &mut hd,
+                            d: &mut d,
+                        };
+                        pixel(CpuLevel::Scalar, op, &c, &s_fold, &lk, None, px);
+                        let bits =
+                            |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
+                        (bits(&out), bits(&res), bits(&hd), d)
+                    };
                     for level in CpuLevel::testable() {
                         for by_run in [false, true] {
                             assert_eq!(
-                                go(level, by_run),
+                                go(level, by_run, false),
                                 want,
                                 "{level:?} {op:?} n={n} case {case} run {by_run}"
+                            );
+                            assert_eq!(
+                                go(level, by_run, true),
+                                want_fold,
+                                "{level:?} {op:?} n={n} case {case} run {by_run}, folded"
                             );
                         }
                     }

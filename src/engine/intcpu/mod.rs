@@ -222,6 +222,7 @@ fn self_check(level: CpuLevel) -> bool {
             w,
             cstride: cs,
             sums: None,
+            defer_offset: false,
         };
         ok &= cout > 4 || pc.narrow.is_some();
         // 8-bit codes, and 7-bit ones (which the `sdot` kernel reads without the 128 shift).
@@ -283,6 +284,7 @@ fn self_check(level: CpuLevel) -> bool {
             w,
             cstride: cin,
             sums: None,
+            defer_offset: false,
         };
         let plane = w * pc.cout8;
         let mut tiles = Vec::new();
@@ -421,6 +423,7 @@ fn probe_direct_wino4(level: CpuLevel, pc: &PackedConv) -> (f64, f64) {
         w,
         cstride: pc.cstride,
         sums: None,
+        defer_offset: false,
     };
     // The pixels' code sums as the engines make them for the offset correction.
     let mut psums = Vec::new();
@@ -655,6 +658,10 @@ pub struct Codes<'a> {
     /// summing each pixel's codes again for every output row that reads it (that was 21% of a
     /// built-in x2 w8a6 frame).
     pub sums: Option<&'a [i32]>,
+    /// The caller applies the offset correction of 8-bit weights itself (the fused engine, in
+    /// its epilogue, with [`window_code_sums`]): the row-sum functions then leave
+    /// `Σ q·(k − 128)` as the kernels make it.
+    pub defer_offset: bool,
 }
 
 /// Each pixel's code sum of the padded map `x` (border pixels included), `(h + 2) · (w + 2)`
@@ -735,7 +742,7 @@ pub fn row_sums(
         #[allow(unreachable_patterns)]
         _ => scalar::row_sums(x, pc, y, cols.clone(), out),
     }
-    if pc.offset {
+    if pc.offset && !x.defer_offset {
         finish_offset(level, x, pc, y, cols, out);
     }
 }
@@ -834,7 +841,7 @@ pub fn row_sums_wino16(
         l if l >= CpuLevel::Avx2 => unsafe { avx2::row_sums_wino16(v, pc, ww, cols.clone(), out) },
         _ => panic!("no Winograd kernel at {level:?}"),
     }
-    if pc.offset {
+    if pc.offset && !x.defer_offset {
         finish_offset(level, x, pc, y, cols, out);
     }
 }
@@ -914,7 +921,7 @@ pub fn row_sums_wino4(
         },
         _ => panic!("no F(4x4, 3x3) kernel at {level:?}"),
     }
-    if pc.offset {
+    if pc.offset && !x.defer_offset {
         for r in 0..rows {
             finish_offset(level, x, pc, y0 + r, cols.clone(), &mut out[r * plane..]);
         }
@@ -1035,6 +1042,52 @@ unsafe fn finish_offset_avx2(
 /// that the AVX2 copy's loops are AVX2 too).
 #[inline(always)]
 fn finish_offset_with(x: &Codes, pc: &PackedConv, y: usize, range: Range<usize>, out: &mut [i32]) {
+    let mut sq = [0i32; 64];
+    for x0 in range.clone().step_by(sq.len()) {
+        let cols = x0..(x0 + sq.len()).min(range.end);
+        let sq = &mut sq[..cols.len()];
+        window_sums_with(x, pc, y, cols.clone(), &out[x0 * pc.cout8..], sq);
+        for (s, &sq) in out[x0 * pc.cout8..cols.end * pc.cout8]
+            .chunks_exact_mut(pc.cout8)
+            .zip(sq.iter())
+        {
+            for s in s.iter_mut() {
+                *s = 2 * *s + sq;
+            }
+        }
+    }
+}
+
+/// The window code sums `Σ q` of the 8-bit weights' offset correction `S = 2·Σ q·(k − 128) +
+/// Σ q` ([`PackedConv::offset`]) for the pixels `cols` of output row `y`, into `sq`: from the
+/// ones lane of the kernels' sums `s` (pixel `cols.start` first, `pc.cout8` apart) when the
+/// conv has one, else from the map's pixel sums ([`Codes::sums`]) or its codes.
+pub fn window_code_sums(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    s: &[i32],
+    sq: &mut [i32],
+) {
+    assert!(pc.offset, "a conv with the offset form");
+    check_codes(x, pc, y, &cols);
+    assert!(
+        sq.len() >= cols.len() && s.len() >= cols.len() * pc.cout8,
+        "window sums buffers"
+    );
+    window_sums_with(x, pc, y, cols, s, sq)
+}
+
+#[inline(always)]
+fn window_sums_with(
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    cols: Range<usize>,
+    s: &[i32],
+    sq: &mut [i32],
+) {
     let wp = x.w + 2;
     // Column `xx`'s code sum over the window's 3 rows.
     #[inline(always)]
@@ -1053,24 +1106,23 @@ fn finish_offset_with(x: &Codes, pc: &PackedConv, y: usize, range: Range<usize>,
     if let Some(p) = x.sums {
         assert!(p.len() >= (y + 3) * wp, "pixel sums of another map");
     }
-    // Without a ones lane: a sliding window of 3 column sums.
-    let (mut c0, mut c1) = match pc.ones {
-        None if !range.is_empty() => (column(x, y, range.start), column(x, y, range.start + 1)),
-        _ => (0, 0),
-    };
-    for xx in range {
-        let s = &mut out[xx * pc.cout8..(xx + 1) * pc.cout8];
-        let sq = match pc.ones {
-            Some(lane) => s[lane],
-            None => {
-                let c2 = column(x, y, xx + 2);
-                let sq = c0 + c1 + c2;
-                (c0, c1) = (c1, c2);
-                sq
+    if cols.is_empty() {
+        return;
+    }
+    match pc.ones {
+        Some(lane) => {
+            for (q, s) in sq.iter_mut().zip(s.chunks_exact(pc.cout8)).take(cols.len()) {
+                *q = s[lane];
             }
-        };
-        for s in s.iter_mut() {
-            *s = 2 * *s + sq;
+        }
+        // A sliding window of 3 column sums.
+        None => {
+            let (mut c0, mut c1) = (column(x, y, cols.start), column(x, y, cols.start + 1));
+            for (q, xx) in sq.iter_mut().zip(cols) {
+                let c2 = column(x, y, xx + 2);
+                *q = c0 + c1 + c2;
+                (c0, c1) = (c1, c2);
+            }
         }
     }
 }

@@ -76,7 +76,7 @@ const MAX_COUT: usize = 1024;
 
 /// The epilogue of pixels `cols` of row `r` of a task's rows, given their sums `S` (those of
 /// the first pixel at the start of the slice, `cout8` apart).
-type RunFn<'a> = dyn FnMut(usize, Range<usize>, &[i32]) + 'a;
+type RunFn<'a> = dyn FnMut(usize, Range<usize>, &[i32], &[i32]) + 'a;
 
 /// Prefetches what the epilogue of pixels `cols` of row `r` of a task's rows will read.
 type PrefetchFn<'a> = dyn Fn(usize, Range<usize>) + 'a;
@@ -99,7 +99,9 @@ fn prefetch(at: usize, len: usize) {
 }
 
 /// The pixels `cols` of output row `y` of an `h x w` map of the conv `pc`, with their sums
-/// `s` (`pc.cout8` apart) and the conv's `l·K` table `lk`.
+/// `s` (`pc.cout8` apart), their window code sums `sq` (empty unless the epilogue applies
+/// the offset correction, [`Span::sq`]) and the conv's `l·K` table `lk`.
+#[allow(clippy::too_many_arguments)]
 fn span_of<'a>(
     pc: &super::PackedConv,
     y: usize,
@@ -107,6 +109,7 @@ fn span_of<'a>(
     w: usize,
     cols: Range<usize>,
     s: &'a [i32],
+    sq: &'a [i32],
     lk: &'a [f32],
 ) -> Span<'a> {
     let by = crate::engine::intnet::border_bits(y, h);
@@ -117,6 +120,7 @@ fn span_of<'a>(
         s,
         sstride: pc.cout8,
         lk: std::array::from_fn(|bx| &lk[(by * 4 + bx) * pc.cout..][..pc.cout]),
+        sq,
     }
 }
 
@@ -382,6 +386,8 @@ impl FusedNet {
             w,
             cstride: pc.cstride,
             sums: None,
+            // The epilogue applies it (`Span::sq`).
+            defer_offset: pc.offset,
         };
         if pc.offset && pc.ones.is_none() {
             super::pixel_sums(&map, psums);
@@ -454,9 +460,19 @@ impl FusedNet {
             let n = rows.min(h - y0);
             let pre = |cols: &Range<usize>| (0..n).for_each(|r| pre(r, cols.clone()));
             // The epilogue of columns `cols` of the task's rows from their sums.
+            // With 8-bit weights, the window code sums of the offset correction, which the
+            // epilogue applies.
             let epilogue = |sums: &[i32], cols: Range<usize>, run: &mut RunFn| {
+                let mut sq = [0i32; COL_CHUNK];
                 for r in 0..n {
-                    run(r, cols.clone(), &sums[r * plane + cols.start * pc.cout8..]);
+                    let s = &sums[r * plane + cols.start * pc.cout8..];
+                    let sq: &[i32] = if map.defer_offset {
+                        super::window_code_sums(&map, pc, y0 + r, cols.clone(), s, &mut sq);
+                        &sq[..cols.len()]
+                    } else {
+                        &[]
+                    };
+                    run(r, cols.clone(), s, sq);
                 }
             };
             SUMS.with(|cell| {
@@ -566,7 +582,7 @@ impl FusedNet {
                     .for_each(|(i, chunk)| {
                         row_work(
                             i * rows,
-                            &mut |r, cols, s| {
+                            &mut |r, cols, s, sq| {
                                 let row = &mut chunk[r * owp * cout..];
                                 let px = Pixel {
                                     out: &mut row[(cols.start + 1) * cout..][..cols.len() * cout],
@@ -574,7 +590,7 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut [],
                                 };
-                                let span = span_of(pc, i * rows + r, h, w, cols, s, lk);
+                                let span = span_of(pc, i * rows + r, h, w, cols, s, sq, lk);
                                 epilogue::run(level, Op::Values, &consts, cout, &span, px);
                             },
                             &|_, _| (),
@@ -591,7 +607,7 @@ impl FusedNet {
                         let mut codes = [0u8; COL_CHUNK * MAX_COUT];
                         row_work(
                             i * rows,
-                            &mut |ry, cols, s| {
+                            &mut |ry, cols, s, sq| {
                                 let hr = &mut chunk[ry * r * hwp * c..];
                                 let px = Pixel {
                                     out: &mut [],
@@ -599,7 +615,8 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut codes[..cols.len() * cout],
                                 };
-                                let span = span_of(pc, i * rows + ry, h, w, cols.clone(), s, lk);
+                                let span =
+                                    span_of(pc, i * rows + ry, h, w, cols.clone(), s, sq, lk);
                                 epilogue::run(level, Op::Codes, &consts, cout, &span, px);
                                 // Sub-pixel-major codes (`shuffled`): HR row `i` of pixel
                                 // `xx` is the pixel's codes `i·r·c .. (i + 1)·r·c`.
@@ -644,7 +661,7 @@ impl FusedNet {
                         };
                         row_work(
                             i * rows,
-                            &mut |r, cols, s| {
+                            &mut |r, cols, s, sq| {
                                 let (row, res, head) = (
                                     &mut dst[r * wp * cout..],
                                     &mut res[r * fw..],
@@ -657,7 +674,7 @@ impl FusedNet {
                                     head: &mut head[cols.start * cout..][..len],
                                     d: &mut row[(cols.start + 1) * cout..][..len],
                                 };
-                                let span = span_of(pc, i * rows + r, h, w, cols, s, lk);
+                                let span = span_of(pc, i * rows + r, h, w, cols, s, sq, lk);
                                 epilogue::run(level, op, &consts, cout, &span, px);
                             },
                             &pre,

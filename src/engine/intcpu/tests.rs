@@ -68,6 +68,7 @@ fn kernels_match_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                     sums: None,
+                    defer_offset: false,
                 };
                 // And with the pixels' code sums made beforehand (the engines' way for 8-bit
                 // weights), the row in two column ranges.
@@ -197,6 +198,7 @@ fn winograd_i32_matches_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                     sums: None,
+                    defer_offset: false,
                 };
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0u8; (h + 2) * tl];
@@ -294,6 +296,7 @@ fn winograd_matches_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                     sums: None,
+                    defer_offset: false,
                 };
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0u8; (h + 2) * tl];
@@ -387,6 +390,7 @@ fn winograd16_matches_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                     sums: None,
+                    defer_offset: false,
                 };
                 let tl = wino::row_len(w, pc.cstride);
                 let mut vt = vec![0i16; (h + 2) * tl];
@@ -444,6 +448,7 @@ fn column_chunks_give_the_whole_row() {
             w,
             cstride: pc.cstride,
             sums: None,
+            defer_offset: false,
         };
         let max_code = (1u32 << bits) - 1;
         let tl = wino::row_len(w, pc.cstride);
@@ -560,6 +565,7 @@ fn winograd2_matches_the_reference_exactly() {
                     w,
                     cstride: pc.cstride,
                     sums: None,
+                    defer_offset: false,
                 };
                 if !CpuLevel::available().contains(&CpuLevel::Avx2) {
                     continue;
@@ -637,6 +643,7 @@ fn input_transforms_match_their_definition_at_every_level() {
                 w,
                 cstride: cs,
                 sums: None,
+                defer_offset: false,
             };
             let q = (1i32 << bits) - 1;
             // Padded code (0 past the padded map), as i32.
@@ -771,6 +778,7 @@ fn winograd4_at(level: CpuLevel) {
             w,
             cstride: pc.cstride,
             sums: None,
+            defer_offset: false,
         };
         // The chunked runs with the pixels' code sums made beforehand (the engines' way).
         let mut ps = Vec::new();
