@@ -173,7 +173,13 @@ pub fn pixel(
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and the levels above it are selected only on CPUs with AVX2.
-        l if l >= CpuLevel::Avx2 => unsafe { avx2(op, c, s, lk, sq, px) },
+        // (One copy with the fold and one without: a test per vector is not free.)
+        l if l >= CpuLevel::Avx2 => unsafe {
+            match sq {
+                Some(sq) => avx2::<true>(op, c, s, lk, sq, px),
+                None => avx2::<false>(op, c, s, lk, 0, px),
+            }
+        },
         // SAFETY: NEON is part of aarch64.
         #[cfg(target_arch = "aarch64")]
         l if l.is_neon() => unsafe { neon(op, c, s, lk, sq, px) },
@@ -210,12 +216,15 @@ fn scalar(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: Pixel,
     }
 }
 
+/// [`pixel`] at AVX2: 8 channels a step, then [`scalar`]; with `FOLD` the sums are
+/// `2·s + sq`.
+///
 /// # Safety
 /// The CPU must support AVX2; `s`, `k` and the buffers `op` uses hold at least `s.len()`
 /// values, `c.bias` too.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: Pixel) {
+unsafe fn avx2<const FOLD: bool>(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: i32, px: Pixel) {
     use std::arch::x86_64::*;
     let n = s.len();
     assert!(lk.len() >= n && c.bias.len() >= n, "epilogue inputs");
@@ -232,7 +241,7 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: P
             _mm256_set1_ps(c.next.inv_step()),
         );
         let zero = _mm256_setzero_ps();
-        let sqv = sq.map(|q| _mm256_set1_epi32(q));
+        let sqv = _mm256_set1_epi32(sq);
         // Codes of 8 values as 8 bytes (values in 0..=255 after the clamp).
         let code = |x: __m256| -> u64 {
             let x = _mm256_min_ps(_mm256_max_ps(x, nl), nu);
@@ -242,9 +251,10 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: P
         };
         for o in (0..full).step_by(8) {
             let si = _mm256_loadu_si256(s.as_ptr().add(o).cast());
-            let si = match sqv {
-                Some(q) => _mm256_add_epi32(_mm256_add_epi32(si, si), q),
-                None => si,
+            let si = if FOLD {
+                _mm256_add_epi32(_mm256_add_epi32(si, si), sqv)
+            } else {
+                si
             };
             let si = _mm256_cvtepi32_ps(si);
             let lk = _mm256_loadu_ps(lk.as_ptr().add(o));
@@ -276,7 +286,7 @@ unsafe fn avx2(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: P
             }
         }
     }
-    scalar(op, c, s, lk, sq, px, full);
+    scalar(op, c, s, lk, FOLD.then_some(sq), px, full);
 }
 
 /// [`avx2`] on 64-bit ARM: 8 channels per step (two 4-lane vectors, then one, then the
@@ -384,24 +394,31 @@ unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: P
 #[cfg(target_arch = "aarch64")]
 unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
     #[inline(always)]
-    unsafe fn each(op: Op, c: &Consts, n: usize, span: &Span, px: &mut Pixel) {
+    unsafe fn each<const FOLD: bool>(op: Op, c: &Consts, n: usize, span: &Span, px: &mut Pixel) {
         for i in 0..span.count {
             let k = span.lk[crate::engine::intnet::border_bits(span.x0 + i, span.w)];
             let s = &span.s[i * span.sstride..][..n];
-            let sq = span.sq.get(i).copied();
+            let sq = if FOLD { Some(span.sq[i]) } else { None };
             // SAFETY: `neon` checks its slices.
             unsafe { neon(op, c, s, &k[..n], sq, px.at(i, n)) }
         }
     }
-    // SAFETY: forwarded contract; each arm inlines the loop with its op a constant.
+    // SAFETY: forwarded contract; each arm inlines the loop with its op (and whether it folds
+    // the offset correction: a test per vector cost more than the fold) a constant.
     unsafe {
-        match op {
-            Op::Values => each(Op::Values, c, n, span, &mut px),
-            Op::Codes => each(Op::Codes, c, n, span, &mut px),
-            Op::Head => each(Op::Head, c, n, span, &mut px),
-            Op::Relu => each(Op::Relu, c, n, span, &mut px),
-            Op::Res => each(Op::Res, c, n, span, &mut px),
-            Op::Skip => each(Op::Skip, c, n, span, &mut px),
+        match (op, span.sq.is_empty()) {
+            (Op::Values, true) => each::<false>(Op::Values, c, n, span, &mut px),
+            (Op::Codes, true) => each::<false>(Op::Codes, c, n, span, &mut px),
+            (Op::Head, true) => each::<false>(Op::Head, c, n, span, &mut px),
+            (Op::Relu, true) => each::<false>(Op::Relu, c, n, span, &mut px),
+            (Op::Res, true) => each::<false>(Op::Res, c, n, span, &mut px),
+            (Op::Skip, true) => each::<false>(Op::Skip, c, n, span, &mut px),
+            (Op::Values, false) => each::<true>(Op::Values, c, n, span, &mut px),
+            (Op::Codes, false) => each::<true>(Op::Codes, c, n, span, &mut px),
+            (Op::Head, false) => each::<true>(Op::Head, c, n, span, &mut px),
+            (Op::Relu, false) => each::<true>(Op::Relu, c, n, span, &mut px),
+            (Op::Res, false) => each::<true>(Op::Res, c, n, span, &mut px),
+            (Op::Skip, false) => each::<true>(Op::Skip, c, n, span, &mut px),
         }
     }
 }
