@@ -190,8 +190,8 @@ fn tables(frames: usize, threads: usize) {
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
     use gstadabm::engine::intcpu::{
-        Codes, PackedConv, has_wino2_i32, has_wino4, pixel_sums, row_sums, row_sums_wino,
-        row_sums_wino_i32, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16, wino,
+        Codes, PackedConv, has_wino2_i32, has_wino4, row_sums, row_sums_wino, row_sums_wino_i32,
+        row_sums_wino2_i32, row_sums_wino4, row_sums_wino16, wino,
     };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
@@ -216,21 +216,18 @@ fn kernels(frames: usize) {
         let data: Vec<u8> = (0..(h + 2) * (w + 2) * pc.cstride)
             .map(|_| rng.below(1 << bits) as u8)
             .collect();
-        let mut map = Codes {
+        // 8-bit weights: with the pixels' code sums for the offset correction, as the engines
+        // make them once per conv.
+        let mut psums = Vec::new();
+        let map = Codes {
             data: &data,
             h,
             w,
             cstride: pc.cstride,
             sums: None,
             defer_offset: false,
-        };
-        // 8-bit weights: the pixels' code sums for the offset correction, as the engines make
-        // them once per conv.
-        let mut psums = Vec::new();
-        if pc.offset && pc.ones.is_none() {
-            pixel_sums(&map, &mut psums);
-            map.sums = Some(&psums);
         }
+        .with_sums_for(&pc, &mut psums);
         let max_code = (1u32 << bits) - 1;
         let level = CpuLevel::detect();
         let mut out = vec![0i32; w * pc.cout8];

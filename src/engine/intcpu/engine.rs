@@ -59,18 +59,15 @@ pub fn conv_forward_into(
         codes.data.resize((h + 2) * wp * cs, 0);
     }
     quantize_into(x, a, cs, &mut codes.data);
-    let mut map = Codes {
+    let map = Codes {
         data: &codes.data,
         h,
         w,
         cstride: cs,
         sums: None,
         defer_offset: false,
-    };
-    if pc.offset && pc.ones.is_none() {
-        super::pixel_sums(&map, &mut codes.sums);
-        map.sums = Some(&codes.sums[..]);
     }
+    .with_sums_for(pc, &mut codes.sums);
     let max_code = a.n as u32;
     let da = a.step();
     let cout = ic.cout;

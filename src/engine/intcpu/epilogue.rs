@@ -897,7 +897,9 @@ mod tests {
                         .iter()
                         .map(|&v| v.wrapping_mul(2).wrapping_add(sq))
                         .collect();
-                    let go = |level: CpuLevel, by_run: bool, fold: bool| {
+                    // `op` at `level` on the sums `s` (with the window sum `sq`), per pixel
+                    // or as a run of one.
+                    let go = |level: CpuLevel, by_run: bool, s: &[i32], sq: Option<i32>| {
                         let mut out = vec![0f32; n];
                         let mut res = res0.clone();
                         let mut hd = head.clone();
@@ -913,20 +915,20 @@ mod tests {
                                 x0: 0,
                                 count: 1,
                                 w: 1,
-                                s: &s,
+                                s,
                                 sstride: n,
                                 lk: [&lk[..]; 4],
-                                sq: if fold { std::slice::from_ref(&sq) } else { &[] },
+                                sq: sq.as_slice(),
                             };
                             run(level, op, &c, n, &span, px);
                         } else {
-                            pixel(level, op, &c, &s, &lk, fold.then_some(sq), px);
+                            pixel(level, op, &c, s, &lk, sq, px);
                         }
                         let bits =
                             |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
                         (bits(&out), bits(&res), bits(&hd), d)
                     };
-                    let want = go(CpuLevel::Scalar, false, false);
+                    let want = go(CpuLevel::Scalar, false, &s, None);
                     if op == Op::Values {
                         // The reference is the layer's values (`IntConv::values`'s formula).
                         let v: Vec<u32> = (0..n)
@@ -936,31 +938,16 @@ mod tests {
                             .collect();
                         assert_eq!(want.0, v, "n={n} case {case}");
                     }
-                    let want_fold = {
-                        let mut out = vec![0f32; n];
-                        let mut res = res0.clone();
-                        let mut hd = head.clone();
-                        let mut d = vec![0u8; n];
-                        let px = Pixel {
-                            out: &mut out,
-                            res: &mut res,
-                            head: &mut hd,
-                            d: &mut d,
-                        };
-                        pixel(CpuLevel::Scalar, op, &c, &s_fold, &lk, None, px);
-                        let bits =
-                            |v: &[f32]| -> Vec<u32> { v.iter().map(|x| x.to_bits()).collect() };
-                        (bits(&out), bits(&res), bits(&hd), d)
-                    };
+                    let want_fold = go(CpuLevel::Scalar, false, &s_fold, None);
                     for level in CpuLevel::testable() {
                         for by_run in [false, true] {
                             assert_eq!(
-                                go(level, by_run, false),
+                                go(level, by_run, &s, None),
                                 want,
                                 "{level:?} {op:?} n={n} case {case} run {by_run}"
                             );
                             assert_eq!(
-                                go(level, by_run, true),
+                                go(level, by_run, &s, Some(sq)),
                                 want_fold,
                                 "{level:?} {op:?} n={n} case {case} run {by_run}, folded"
                             );

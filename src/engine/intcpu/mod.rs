@@ -417,20 +417,17 @@ fn probe_direct_wino4(level: CpuLevel, pc: &PackedConv) -> (f64, f64) {
     let data: Vec<u8> = (0..(h + 2) * (w + 2) * pc.cstride)
         .map(|_| rng.below(256) as u8)
         .collect();
-    let mut map = Codes {
+    // With the pixels' code sums, as the engines run it.
+    let mut psums = Vec::new();
+    let map = Codes {
         data: &data,
         h,
         w,
         cstride: pc.cstride,
         sums: None,
         defer_offset: false,
-    };
-    // The pixels' code sums as the engines make them for the offset correction.
-    let mut psums = Vec::new();
-    if pc.offset && pc.ones.is_none() {
-        pixel_sums(&map, &mut psums);
-        map.sums = Some(&psums);
     }
+    .with_sums_for(pc, &mut psums);
     let mut sums = vec![0i32; 4 * w * pc.cout8];
     let mut tiles = Vec::new();
     let (mut direct, mut wino4) = (f64::INFINITY, f64::INFINITY);
@@ -662,6 +659,22 @@ pub struct Codes<'a> {
     /// its epilogue, with [`window_code_sums`]): the row-sum functions then leave
     /// `Σ q·(k − 128)` as the kernels make it.
     pub defer_offset: bool,
+}
+
+impl<'a> Codes<'a> {
+    /// This map with its pixels' code sums ([`Codes::sums`], made in `buf`) when the conv `pc`
+    /// reads them: 8-bit weights (the offset form) and no ones lane.
+    pub fn with_sums_for(self, pc: &PackedConv, buf: &'a mut Vec<i32>) -> Codes<'a> {
+        if !(pc.offset && pc.ones.is_none()) {
+            return self;
+        }
+        pixel_sums(&self, buf);
+        let sums: &'a Vec<i32> = buf;
+        Codes {
+            sums: Some(sums),
+            ..self
+        }
+    }
 }
 
 /// Each pixel's code sum of the padded map `x` (border pixels included), `(h + 2) · (w + 2)`

@@ -380,7 +380,7 @@ impl FusedNet {
         let epi = &self.epis[k];
         epilogue::l_times_k(a.l, &ic.ktab, lk);
         let lk = &lk[..];
-        let mut map = Codes {
+        let map = Codes {
             data: src,
             h,
             w,
@@ -388,11 +388,8 @@ impl FusedNet {
             sums: None,
             // The epilogue applies it (`Span::sq`).
             defer_offset: pc.offset,
-        };
-        if pc.offset && pc.ones.is_none() {
-            super::pixel_sums(&map, psums);
-            map.sums = Some(&psums[..]);
         }
+        .with_sums_for(pc, psums);
         let cout = ic.cout;
         let max_code = a.n as u32;
         let consts = Consts {

@@ -73,11 +73,7 @@ fn kernels_match_the_reference_exactly() {
                 // And with the pixels' code sums made beforehand (the engines' way for 8-bit
                 // weights), the row in two column ranges.
                 let mut ps = Vec::new();
-                pixel_sums(&codes, &mut ps);
-                let with_sums = Codes {
-                    sums: Some(&ps),
-                    ..codes
-                };
+                let with_sums = codes.with_sums_for(&pc, &mut ps);
                 for level in CpuLevel::testable() {
                     for (codes, split) in [(&codes, 0), (&with_sums, w / 2)] {
                         for y in 0..h {
@@ -782,11 +778,7 @@ fn winograd4_at(level: CpuLevel) {
         };
         // The chunked runs with the pixels' code sums made beforehand (the engines' way).
         let mut ps = Vec::new();
-        pixel_sums(&codes, &mut ps);
-        let with_sums = Codes {
-            sums: Some(&ps),
-            ..codes
-        };
+        let with_sums = codes.with_sums_for(&pc, &mut ps);
         let mut tiles = Vec::new();
         let mut rows = 0;
         for chunk in [w, 8, 6] {
