@@ -1059,7 +1059,7 @@ fn finish_offset_with(x: &Codes, pc: &PackedConv, y: usize, range: Range<usize>,
     for x0 in range.clone().step_by(sq.len()) {
         let cols = x0..(x0 + sq.len()).min(range.end);
         let sq = &mut sq[..cols.len()];
-        window_sums_with(x, pc, y, cols.clone(), &out[x0 * pc.cout8..], sq);
+        window_code_sums(x, pc, y, cols.clone(), &out[x0 * pc.cout8..], sq);
         for (s, &sq) in out[x0 * pc.cout8..cols.end * pc.cout8]
             .chunks_exact_mut(pc.cout8)
             .zip(sq.iter())
@@ -1074,7 +1074,9 @@ fn finish_offset_with(x: &Codes, pc: &PackedConv, y: usize, range: Range<usize>,
 /// The window code sums `Σ q` of the 8-bit weights' offset correction `S = 2·Σ q·(k − 128) +
 /// Σ q` ([`PackedConv::offset`]) for the pixels `cols` of output row `y`, into `sq`: from the
 /// ones lane of the kernels' sums `s` (pixel `cols.start` first, `pc.cout8` apart) when the
-/// conv has one, else from the map's pixel sums ([`Codes::sums`]) or its codes.
+/// conv has one, else from the map's pixel sums ([`Codes::sums`]) or its codes. Inlined, so
+/// that [`finish_offset`]'s AVX2 copy has it in AVX2 too.
+#[inline(always)]
 pub fn window_code_sums(
     x: &Codes,
     pc: &PackedConv,
@@ -1089,18 +1091,6 @@ pub fn window_code_sums(
         sq.len() >= cols.len() && s.len() >= cols.len() * pc.cout8,
         "window sums buffers"
     );
-    window_sums_with(x, pc, y, cols, s, sq)
-}
-
-#[inline(always)]
-fn window_sums_with(
-    x: &Codes,
-    pc: &PackedConv,
-    y: usize,
-    cols: Range<usize>,
-    s: &[i32],
-    sq: &mut [i32],
-) {
     let wp = x.w + 2;
     // Column `xx`'s code sum over the window's 3 rows.
     #[inline(always)]

@@ -75,7 +75,8 @@ pub struct FusedNet {
 const MAX_COUT: usize = 1024;
 
 /// The epilogue of pixels `cols` of row `r` of a task's rows, given their sums `S` (those of
-/// the first pixel at the start of the slice, `cout8` apart).
+/// the first pixel at the start of the slice, `cout8` apart) and their window code sums
+/// (empty unless the epilogue applies the offset correction, [`Span::sq`]).
 type RunFn<'a> = dyn FnMut(usize, Range<usize>, &[i32], &[i32]) + 'a;
 
 /// Prefetches what the epilogue of pixels `cols` of row `r` of a task's rows will read.
@@ -456,9 +457,8 @@ impl FusedNet {
         let row_work = |y0: usize, run: &mut RunFn, pre: &PrefetchFn| {
             let n = rows.min(h - y0);
             let pre = |cols: &Range<usize>| (0..n).for_each(|r| pre(r, cols.clone()));
-            // The epilogue of columns `cols` of the task's rows from their sums.
-            // With 8-bit weights, the window code sums of the offset correction, which the
-            // epilogue applies.
+            // The epilogue of columns `cols` of the task's rows from their sums (and, with
+            // 8-bit weights, the window code sums of the offset correction it applies).
             let epilogue = |sums: &[i32], cols: Range<usize>, run: &mut RunFn| {
                 let mut sq = [0i32; COL_CHUNK];
                 for r in 0..n {
