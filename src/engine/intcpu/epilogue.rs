@@ -102,7 +102,7 @@ pub fn run(level: CpuLevel, op: Op, c: &Consts, n: usize, span: &Span, mut px: P
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512Vnni is selected only on CPUs with AVX-512 F/BW/VL/VNNI; buffers
         // checked above.
-        CpuLevel::Avx512Vnni => unsafe { avx512_run(op, c, n, span, px) },
+        CpuLevel::Avx512Vnni | CpuLevel::Amx => unsafe { avx512_run(op, c, n, span, px) },
         // SAFETY: buffers checked above.
         #[cfg(target_arch = "aarch64")]
         l if l.is_neon() => unsafe { neon_run(op, c, n, span, px) },

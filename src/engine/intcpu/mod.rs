@@ -17,6 +17,8 @@
 //! Epilogues (values, ReLU / residual / skip, the next layer's codes) are the `epilogue`
 //! family, scalar, AVX2, AVX-512 and NEON, bit-identical.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod avx2;
 mod engine;
 mod epilogue;
@@ -62,6 +64,10 @@ pub enum CpuLevel {
     /// AVX-512 VNNI with AVX512VL (EVEX `vpdpbusd`: the direct kernel on 512-bit registers,
     /// Winograd on 256-bit ones).
     Avx512Vnni,
+    /// Intel AMX (AMX-TILE and AMX-INT8, granted by the OS) on top of [`Self::Avx512Vnni`]:
+    /// the direct conv kernel on `tdpbusd` tiles ([`amx`]); everything else (epilogues,
+    /// narrow convs, any Winograd kernel asked for) as at AVX-512 VNNI.
+    Amx,
 }
 
 impl CpuLevel {
@@ -74,7 +80,8 @@ impl CpuLevel {
             Some("i8mm") => Self::NeonI8mm,
             Some("avx2") => Self::Avx2,
             Some("avxvnni" | "avx-vnni") => Self::AvxVnni,
-            _ => Self::Avx512Vnni,
+            Some("avx512vnni" | "avx512" | "avx-512") => Self::Avx512Vnni,
+            _ => Self::Amx,
         };
         Self::available()
             .into_iter()
@@ -92,6 +99,7 @@ impl CpuLevel {
             Self::Avx2,
             Self::AvxVnni,
             Self::Avx512Vnni,
+            Self::Amx,
         ]
         .into_iter()
         .filter(|l| l.supported())
@@ -143,6 +151,7 @@ impl CpuLevel {
                         && is_x86_feature_detected!("avx512vl")
                         && is_x86_feature_detected!("avx512vnni")
                 }
+                Self::Amx => Self::Avx512Vnni.has_features() && amx::available(),
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -170,7 +179,7 @@ impl CpuLevel {
     /// logs it), so a miscompiled or misbehaving instruction costs speed, never pixels.
     pub fn self_check(self) -> bool {
         use std::sync::OnceLock;
-        static CHECKS: [OnceLock<bool>; 8] = [const { OnceLock::new() }; 8];
+        static CHECKS: [OnceLock<bool>; 9] = [const { OnceLock::new() }; 9];
         *CHECKS[self as usize].get_or_init(|| self.has_features() && self_check(self))
     }
 
@@ -181,6 +190,7 @@ impl CpuLevel {
             Self::NeonI8mm,
             Self::AvxVnni,
             Self::Avx512Vnni,
+            Self::Amx,
         ]
         .into_iter()
         .filter(|l| l.has_features() && !l.self_check())
@@ -349,6 +359,9 @@ pub fn winograd_for(level: CpuLevel) -> Winograd {
         });
     }
     match WINOGRAD.load(Relaxed) {
+        // AMX's direct kernel makes 16,384 products an instruction: more than any Winograd
+        // kernel saves.
+        DEFAULT if level == CpuLevel::Amx => Winograd::Off,
         DEFAULT if level >= CpuLevel::Avx2 => Winograd::Tiles,
         DEFAULT => Winograd::Rows,
         v => MODES[v as usize - 1],
@@ -497,6 +510,9 @@ pub struct PackedConv {
     /// Winograd F(4x4, 3x3) i16 weights when the conv fits that kernel ([`wino4`]), built on
     /// first use ([`Self::wino4`]).
     wino4: std::sync::OnceLock<Option<wino4::Wino4Weights>>,
+    /// The weights as AMX tiles ([`amx::AmxWeights`]), built on first use ([`Self::amx`]).
+    #[cfg(target_arch = "x86_64")]
+    amx: std::sync::OnceLock<amx::AmxWeights>,
 }
 
 /// The weights of a conv with at most 4 output lanes, `[tap 9][lane 4][cs64]` i8 (`cs64`: the
@@ -607,6 +623,8 @@ impl PackedConv {
             wino16: None,
             wino2: std::sync::OnceLock::new(),
             wino4: std::sync::OnceLock::new(),
+            #[cfg(target_arch = "x86_64")]
+            amx: std::sync::OnceLock::new(),
         };
         pc.wino = wino::WinoWeights::new(&pc);
         pc.wino16 = wino::WinoWeights16::new(&pc);
@@ -633,6 +651,12 @@ impl PackedConv {
         self.wino4
             .get_or_init(|| wino4::Wino4Weights::new(self))
             .as_ref()
+    }
+
+    /// The weights as AMX tiles, built on the first call.
+    #[cfg(target_arch = "x86_64")]
+    fn amx(&self) -> &amx::AmxWeights {
+        self.amx.get_or_init(|| amx::AmxWeights::new(self))
     }
 
     /// Whether `vpmaddubsw` (u8·i8 pairs summed into saturating i16) is exact for codes up to
@@ -741,6 +765,14 @@ pub fn row_sums(
                 None => vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out),
             }
         },
+        // (Amx: the CPU has AMX-INT8 and the OS granted the tile state, `amx::available`.)
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Amx => unsafe {
+            match &pc.narrow {
+                Some(nw) => vnni::narrow512_avx512vnni(x, pc, nw, y, cols.clone(), out),
+                None => amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out),
+            }
+        },
         // SAFETY: NeonDot is only selected where the CPU reports `dotprod`
         // (CpuLevel::supported); shapes checked above.
         #[cfg(target_arch = "aarch64")]
@@ -820,7 +852,9 @@ pub fn row_sums_wino_i32(
         #[cfg(target_arch = "x86_64")]
         CpuLevel::AvxVnni => unsafe { vnni::wino_avxvnni(v, pc, ww, cols, out) },
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx512Vnni => unsafe { vnni::wino512_avx512vnni(v, pc, ww, cols, out) },
+        CpuLevel::Avx512Vnni | CpuLevel::Amx => unsafe {
+            vnni::wino512_avx512vnni(v, pc, ww, cols, out)
+        },
         _ => panic!("no i32 Winograd kernel at {level:?}"),
     }
 }
@@ -884,7 +918,9 @@ pub fn row_sums_wino2_i32(
         #[cfg(target_arch = "x86_64")]
         CpuLevel::EmulatedVnni512 => unsafe { vnni::wino2_512_emulated(v, pc, ww, cols, out) },
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx512Vnni => unsafe { vnni::wino2_512_avx512vnni(v, pc, ww, cols, out) },
+        CpuLevel::Avx512Vnni | CpuLevel::Amx => unsafe {
+            vnni::wino2_512_avx512vnni(v, pc, ww, cols, out)
+        },
         _ => panic!("no i32 F(2x2, 3x3) kernel at {level:?}"),
     }
 }
@@ -919,7 +955,7 @@ pub fn row_sums_wino4(
         // emulated one: AVX2); shapes checked above, the weights' bound on the sums by
         // `Wino4Weights::new`.
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx512Vnni => unsafe {
+        CpuLevel::Avx512Vnni | CpuLevel::Amx => unsafe {
             wino4::row_sums_avx512(x, pc, ww, y0, cols.clone(), tiles, out)
         },
         #[cfg(target_arch = "x86_64")]
@@ -945,13 +981,20 @@ pub fn row_sums_wino4(
 pub fn has_wino4(level: CpuLevel) -> bool {
     matches!(
         level,
-        CpuLevel::Avx2 | CpuLevel::EmulatedVnni | CpuLevel::AvxVnni | CpuLevel::Avx512Vnni
+        CpuLevel::Avx2
+            | CpuLevel::EmulatedVnni
+            | CpuLevel::AvxVnni
+            | CpuLevel::Avx512Vnni
+            | CpuLevel::Amx
     )
 }
 
 /// Whether [`row_sums_wino2_i32`] has a kernel at `level`.
 pub fn has_wino2_i32(level: CpuLevel) -> bool {
-    matches!(level, CpuLevel::Avx512Vnni | CpuLevel::EmulatedVnni512)
+    matches!(
+        level,
+        CpuLevel::Avx512Vnni | CpuLevel::Amx | CpuLevel::EmulatedVnni512
+    )
 }
 
 /// The shape checks of the F(2x2, 3x3) entry points.

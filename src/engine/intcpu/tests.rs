@@ -100,6 +100,77 @@ fn kernels_match_the_reference_exactly() {
     }
 }
 
+/// The direct kernels on maps wider than AMX's tiles (16 pixels, 16 lanes, 64-byte steps):
+/// two pixel blocks and a lone one, pixel tails of 1 to 15, lane blocks of 8, 16, 24 and 32
+/// (one or two per pass, a last pass of 8), kernel-row steps of 12, 44, 48, 60 and 64 bytes,
+/// column ranges that start inside a block; and two convs of different shapes alternating
+/// row by row in one thread (the AMX kernel keeps its tile configuration between calls and
+/// must reload it when the shape changes). Every level this host has, AMX where it is.
+#[test]
+fn direct_kernels_match_the_reference_on_wide_maps() {
+    if !CpuLevel::available().contains(&CpuLevel::Amx) {
+        eprintln!(
+            "note: direct_kernels_match_the_reference_on_wide_maps runs without the AMX level \
+             (this CPU or OS does not offer it)"
+        );
+    }
+    let mut rng = Rng::new(0xa3c);
+    let shapes = [
+        (2, 49, 64, 64, 4u8, 4u8),
+        (2, 33, 32, 40, 4, 6),
+        (1, 47, 100, 24, 8, 8),
+        (2, 17, 3, 16, 8, 8),
+        (1, 31, 44, 8, 4, 3),
+        (1, 40, 64, 264, 8, 8),
+    ];
+    let mut convs = Vec::new();
+    for &(h, w, cin, cout, w_bits, bits) in &shapes {
+        let ic = random_conv(&mut rng, cin, cout, w_bits);
+        let pc = PackedConv::new(&ic);
+        let (m, padded) = random_codes(&mut rng, h, w, cin, bits);
+        convs.push((ic, pc, m, padded, bits));
+    }
+    for level in CpuLevel::testable() {
+        // Pairs of neighbouring shapes, rows alternating between them.
+        for pair in convs.windows(2) {
+            let h = pair[0].2.h.max(pair[1].2.h);
+            for y in 0..h {
+                for (ic, pc, m, padded, bits) in pair {
+                    if y >= m.h {
+                        continue;
+                    }
+                    let codes = Codes {
+                        data: padded,
+                        h: m.h,
+                        w: m.w,
+                        cstride: pc.cstride,
+                        sums: None,
+                        defer_offset: false,
+                    };
+                    let max = (1u32 << bits) - 1;
+                    let mut out = vec![0i32; m.w * pc.cout8];
+                    let split = 5.min(m.w);
+                    row_sums(level, &codes, pc, y, max, 0..split, &mut out);
+                    row_sums(level, &codes, pc, y, max, split..m.w, &mut out);
+                    let mut want = vec![0i32; ic.cout];
+                    for x in 0..m.w {
+                        ic.sums(m, y, x, &mut want);
+                        assert_eq!(
+                            &out[x * pc.cout8..x * pc.cout8 + ic.cout],
+                            &want[..],
+                            "{level:?} {}x{} {}->{} a{bits} at ({y},{x})",
+                            m.h,
+                            m.w,
+                            ic.cin,
+                            ic.cout
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn saturation_guard_picks_the_exact_path() {
     let mut rng = Rng::new(5);
@@ -145,7 +216,12 @@ fn checked_levels_pass_their_self_check() {
         assert!(level.supported());
     }
     assert!(CpuLevel::failed_self_checks().is_empty());
-    for level in [CpuLevel::NeonDot, CpuLevel::NeonI8mm, CpuLevel::Avx512Vnni] {
+    for level in [
+        CpuLevel::NeonDot,
+        CpuLevel::NeonI8mm,
+        CpuLevel::Avx512Vnni,
+        CpuLevel::Amx,
+    ] {
         assert!(!level.has_features() || CpuLevel::available().contains(&level));
     }
     #[cfg(target_arch = "aarch64")]

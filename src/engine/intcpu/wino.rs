@@ -392,7 +392,7 @@ macro_rules! multiversion {
                 unsafe fn w256($($a: $t),*) {
                     $body($($a),*)
                 }
-                if level == CpuLevel::Avx512Vnni {
+                if level >= CpuLevel::Avx512Vnni {
                     // SAFETY: that level is only chosen where AVX-512 F/BW/VL/VNNI are
                     // (`CpuLevel::supported`).
                     return unsafe { w512($($a),*) };

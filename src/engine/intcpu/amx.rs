@@ -1,0 +1,324 @@
+//! The direct conv kernel on Intel AMX ([`super::CpuLevel::Amx`]: Sapphire Rapids and later
+//! Xeons). One `tdpbusd` multiplies a tile of 16 rows × 64 u8 by one of 16 rows × 64 i8 (16
+//! groups of 4 input channels × 16 output lanes) into 16 × 16 i32 sums: 16,384 products, 64
+//! times those of an AVX-512 `vpdpbusd`, in about 16 cycles.
+//!
+//! The conv is an implicit GEMM over one output row: a row of the left operand is one output
+//! pixel's window of one kernel row — taps `dx = 0, 1, 2` of the padded map are 3 neighbouring
+//! pixels, so their codes are `3 · cstride` consecutive bytes — and consecutive pixels are
+//! `cstride` bytes apart, so tiles load straight from the code map with that stride (rows
+//! overlapping). The packed weights `w8` (`[9][cstride/4][cout8][4]`) are already the right
+//! operand's layout (4 input channels of one output lane per 4 bytes, a kernel row's taps
+//! consecutive): tiles load straight from them with a stride of `4 · cout8` bytes. No repacking,
+//! no transform: the sums are the same i32 as every other kernel's (`vpdpbusd` semantics, u8
+//! codes times i8 weights, exact).
+//!
+//! Blocking: 2 pixel blocks of 16 (the engines' 32-pixel column chunks) × 2 output blocks of
+//! 16 lanes, 4 accumulator tiles, 2 left and 2 right operand tiles: the 8 tile registers.
+//! Each kernel row's `3 · cstride` bytes are cut into equal steps of at most 64 (a multiple of
+//! 4 dividing it), so one tile configuration serves the whole row; pixel, lane and step
+//! tails are shapes of the configuration (rows and bytes per tile), never reads past the map.
+//!
+//! Linux hands out AMX state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), once per
+//! process: [`available`] asks.
+
+use std::arch::asm;
+use std::ops::Range;
+
+use super::{Codes, PackedConv};
+
+/// Whether the CPU has AMX-TILE and AMX-INT8 and the OS granted this process the tile data
+/// state (asked once).
+pub fn available() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        edx & (3 << 24) == 3 << 24 && request_tile_data()
+    })
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: 0 when the kernel grants the
+/// process the tile data state (it refuses when the CPU or its XCR0 lacks it, or a thread's
+/// signal stack is too small for it).
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a plain system call with integer arguments; it reads and writes no memory of
+    // ours and clobbers only rcx and r11 (declared).
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+/// Other systems: not used (their AMX permission model is not wired here).
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
+}
+
+/// A tile configuration (palette 1): tiles 0–3 the sums of pixel block `i` and lane block `j`
+/// (tile `2i + j`), 4–5 the codes of pixel blocks 0 and 1, 6–7 the weights of lane blocks 0
+/// and 1. A block of 0 pixels or lanes leaves its tiles unconfigured (never touched).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new(m: [usize; 2], n: [usize; 2], step: usize) -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut set = |t: usize, rows: usize, bytes: usize| {
+            if rows > 0 && bytes > 0 {
+                c[16 + 2 * t..18 + 2 * t].copy_from_slice(&(bytes as u16).to_le_bytes());
+                c[48 + t] = rows as u8;
+            }
+        };
+        for (i, &mi) in m.iter().enumerate() {
+            for (j, &nj) in n.iter().enumerate() {
+                set(2 * i + j, mi, 4 * nj);
+            }
+            set(4 + i, mi, step);
+            set(6 + i, step / 4, 4 * n[i]);
+        }
+        TileConfig(c)
+    }
+}
+
+/// The step through a kernel row's `3 · cstride` bytes: the largest multiple of 4 up to 64
+/// that divides it (64 for 64-channel maps, 48 for 32 channels, 44 for 44).
+fn step_of(cstride: usize) -> usize {
+    let k = 3 * cstride;
+    (4..=64)
+        .rev()
+        .step_by(4)
+        .find(|&s| k.is_multiple_of(s))
+        .unwrap_or(4)
+}
+
+/// A conv's weights as the right-hand tiles of [`row_sums`]: for each block of 16 output
+/// lanes (the last one 8 when `cout8` is not a multiple of 16), kernel row and step of the
+/// row's `3 · cstride` bytes, a tile of `step / 4` rows of 64 bytes (4 input channels of each
+/// of the block's lanes; a block of 8 lanes uses the first 32), contiguous: the packed `w8`
+/// read at its stride of `4 · cout8` bytes made the 64->64 kernel 2–2.5x slower (`cargo bench
+/// --bench cpu -- --kernels`, session 36: 5.9 ms against 2.3–2.9 ms a 320x180 map).
+#[derive(Clone, Debug)]
+pub struct AmxWeights {
+    w: Vec<i8>,
+    step: usize,
+}
+
+impl AmxWeights {
+    pub fn new(pc: &PackedConv) -> Self {
+        let krow = 3 * pc.cstride;
+        let step = step_of(pc.cstride);
+        let (blocks, rows) = (pc.cout8.div_ceil(16), krow / 4);
+        let mut w = vec![0i8; blocks * 3 * rows * 64];
+        for b in 0..blocks {
+            let lanes = (pc.cout8 - 16 * b).min(16);
+            for dy in 0..3 {
+                for r in 0..rows {
+                    // Row r of kernel row dy: w8 row dy·krow/4 + r, lanes 16b ...
+                    let src = &pc.w8[((dy * rows + r) * pc.cout8 + 16 * b) * 4..][..4 * lanes];
+                    w[((b * 3 + dy) * rows + r) * 64..][..4 * lanes].copy_from_slice(src);
+                }
+            }
+        }
+        AmxWeights { w, step }
+    }
+
+    /// The first tile of lane block `b`, kernel row `dy` (its steps follow, `step / 4 · 64`
+    /// bytes apart).
+    fn tiles(&self, b: usize, dy: usize, rows: usize) -> *const i8 {
+        self.w[((b * 3 + dy) * rows) * 64..].as_ptr()
+    }
+}
+
+/// See [`super::row_sums`] (before the offset correction).
+///
+/// # Safety
+/// The CPU has AMX-TILE and AMX-INT8 and [`available`] returned true in this process; the
+/// shapes are [`super::check_codes`]' (`out` holds `x.w · cout8` sums) and `aw` is `pc`'s.
+pub unsafe fn row_sums(
+    x: &Codes,
+    pc: &PackedConv,
+    aw: &AmxWeights,
+    y: usize,
+    cols: Range<usize>,
+    out: &mut [i32],
+) {
+    debug_assert!(out.len() >= x.w * pc.cout8 && cols.end <= x.w && y < x.h);
+    let cs = pc.cstride;
+    let krow = 3 * cs;
+    let step = aw.step;
+    debug_assert_eq!(aw.w.len(), pc.cout8.div_ceil(16) * krow / 4 * 3 * 64);
+    for x0 in cols.clone().step_by(32) {
+        let np = (cols.end - x0).min(32);
+        let m = [np.min(16), np.saturating_sub(16)];
+        // The padded map's column x0 is the window's left tap of output pixel x0.
+        let codes = |dy: usize| {
+            x.data
+                .as_ptr()
+                .wrapping_add(((y + dy) * (x.w + 2) + x0) * cs)
+        };
+        for o0 in (0..pc.cout8).step_by(32) {
+            let no = (pc.cout8 - o0).min(32);
+            let n = [no.min(16), no.saturating_sub(16)];
+            let cfg = TileConfig::new(m, n, step);
+            LOADED.with(|loaded| {
+                if loaded.get() != Some(cfg) {
+                    // SAFETY: a valid palette-1 configuration (rows ≤ 16, bytes ≤ 64).
+                    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack)) };
+                    loaded.set(Some(cfg));
+                }
+            });
+            let sums = out.as_mut_ptr().wrapping_add(x0 * pc.cout8 + o0);
+            let weights = |dy: usize| aw.tiles(o0 / 16, dy, krow / 4);
+            let sh = Shape {
+                krow,
+                step,
+                cs,
+                cout8: pc.cout8,
+            };
+            // SAFETY: every tile read stays inside the code map (pixel rows x0 .. x0 + np of
+            // rows y .. y + 2, `3·cs` bytes each from their left tap) and the weights (lane
+            // blocks o0/16 and the next when there is a second); the sums inside `out`.
+            unsafe {
+                match (m[1] > 0, n[1] > 0) {
+                    (true, true) => block::<true, true>(codes, weights, sh, sums),
+                    (true, false) => block::<true, false>(codes, weights, sh, sums),
+                    (false, true) => block::<false, true>(codes, weights, sh, sums),
+                    (false, false) => block::<false, false>(codes, weights, sh, sums),
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The tile configuration this thread loaded last: it stays loaded between calls (the
+    /// engines call [`row_sums`] per 32-pixel chunk, and a `ldtilecfg` + `tilerelease` pair
+    /// cost about 100 ns, 7% of such a call). Nothing else in the process configures tiles;
+    /// the OS keeps a thread's tile state across context switches and frees it with the
+    /// thread.
+    static LOADED: std::cell::Cell<Option<TileConfig>> = const { std::cell::Cell::new(None) };
+}
+
+/// The sizes [`block`] steps by: a kernel row's bytes, the step, the code map's channel stride
+/// and the sums' lanes per pixel.
+#[derive(Clone, Copy)]
+struct Shape {
+    krow: usize,
+    step: usize,
+    cs: usize,
+    cout8: usize,
+}
+
+/// The sums of one block of up to 32 pixels × 32 lanes (`M2`: a second pixel block, `N2`: a
+/// second lane block) with the tile configuration loaded, stored at `sums` (pixel stride
+/// `cout8` i32).
+#[inline(always)]
+unsafe fn block<const M2: bool, const N2: bool>(
+    codes: impl Fn(usize) -> *const u8,
+    weights: impl Fn(usize) -> *const i8,
+    Shape {
+        krow,
+        step,
+        cs,
+        cout8,
+    }: Shape,
+    sums: *mut i32,
+) {
+    // The second lane block's tiles follow the first's kernel rows.
+    let next_block = 3 * krow / 4 * 64;
+    let tile = step / 4 * 64;
+    // SAFETY (all): the caller's; the tiles used are the configured ones.
+    unsafe {
+        asm!("tilezero tmm0", options(nostack, nomem));
+        if N2 {
+            asm!("tilezero tmm1", options(nostack, nomem));
+        }
+        if M2 {
+            asm!("tilezero tmm2", options(nostack, nomem));
+            if N2 {
+                asm!("tilezero tmm3", options(nostack, nomem));
+            }
+        }
+        for dy in 0..3 {
+            let a = codes(dy);
+            let mut w = weights(dy);
+            for k in (0..krow).step_by(step) {
+                asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) w, s = in(reg) 64usize,
+                    options(nostack, readonly));
+                if N2 {
+                    asm!("tileloadd tmm7, [{p} + {s}*1]", p = in(reg) w.add(next_block),
+                        s = in(reg) 64usize, options(nostack, readonly));
+                }
+                asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) a.add(k), s = in(reg) cs,
+                    options(nostack, readonly));
+                asm!("tdpbusd tmm0, tmm4, tmm6", options(nostack, nomem));
+                if N2 {
+                    asm!("tdpbusd tmm1, tmm4, tmm7", options(nostack, nomem));
+                }
+                if M2 {
+                    asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) a.add(16 * cs + k),
+                        s = in(reg) cs, options(nostack, readonly));
+                    asm!("tdpbusd tmm2, tmm5, tmm6", options(nostack, nomem));
+                    if N2 {
+                        asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem));
+                    }
+                }
+                w = w.add(tile);
+            }
+        }
+        let stride = 4 * cout8;
+        asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) sums, s = in(reg) stride,
+            options(nostack));
+        if N2 {
+            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) sums.add(16), s = in(reg) stride,
+                options(nostack));
+        }
+        if M2 {
+            let lower = sums.add(16 * cout8);
+            asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) lower, s = in(reg) stride,
+                options(nostack));
+            if N2 {
+                asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) lower.add(16),
+                    s = in(reg) stride, options(nostack));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_divide_the_kernel_row() {
+        for cs in (4..=512).step_by(4) {
+            let s = step_of(cs);
+            assert!(
+                s.is_multiple_of(4) && s <= 64 && (3 * cs).is_multiple_of(s),
+                "{cs}: {s}"
+            );
+        }
+        assert_eq!(
+            [step_of(64), step_of(32), step_of(44), step_of(4)],
+            [64, 48, 44, 12]
+        );
+    }
+}
