@@ -11,7 +11,9 @@
 //! holds the AVX-VNNI and AVX-512 VNNI kernels (`vpdpbusd`: 4 u8·i8 products into an i32
 //! lane, exact for any codes and weights; direct and Winograd F(2,3) with i32 sums), written
 //! once over the instruction, plus an AVX2 emulation of it that the tests run on hosts
-//! without VNNI ([`CpuLevel::EmulatedVnni`]). On 64-bit ARM, `neon` holds the direct kernels on
+//! without VNNI ([`CpuLevel::EmulatedVnni`]). `amx` holds the direct kernel on Intel AMX tiles
+//! (`tdpbusd`, [`CpuLevel::Amx`]: 16,384 u8·i8 products an instruction, faster than any
+//! Winograd form, so that level runs every conv direct). On 64-bit ARM, `neon` holds the direct kernels on
 //! `sdot` ([`CpuLevel::NeonDot`], the dot-product extension) and on `usmmla`
 //! ([`CpuLevel::NeonI8mm`], the 8-bit matrix multiply); no Winograd kernels there.
 //! Epilogues (values, ReLU / residual / skip, the next layer's codes) are the `epilogue`
@@ -38,7 +40,7 @@ use std::ops::Range;
 use super::intnet::IntConv;
 
 /// SIMD level of the integer kernels, detected once; `ADABM_CPU_LEVEL` (`scalar`, `avx2`,
-/// `avxvnni`, `avx512vnni`; on ARM `neon`, `i8mm`) lowers it.
+/// `avxvnni`, `avx512vnni`, `amx`; on ARM `neon`, `i8mm`) lowers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 // The hidden variant is a real level (the tests run it), not a non-exhaustive marker.
 #[allow(clippy::manual_non_exhaustive)]
