@@ -761,18 +761,15 @@ pub fn row_sums(
             vnni::direct512_emulated(x, pc, y, cols.clone(), out)
         },
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Avx512Vnni => unsafe {
-            match &pc.narrow {
-                Some(nw) => vnni::narrow512_avx512vnni(x, pc, nw, y, cols.clone(), out),
-                None => vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out),
-            }
-        },
-        // (Amx: the CPU has AMX-INT8 and the OS granted the tile state, `amx::available`.)
+        // (Amx: also AMX-INT8, and the OS granted the tile state, `amx::available`.)
         #[cfg(target_arch = "x86_64")]
-        CpuLevel::Amx => unsafe {
+        CpuLevel::Avx512Vnni | CpuLevel::Amx => unsafe {
             match &pc.narrow {
                 Some(nw) => vnni::narrow512_avx512vnni(x, pc, nw, y, cols.clone(), out),
-                None => amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out),
+                None if level == CpuLevel::Amx => {
+                    amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out)
+                }
+                None => vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out),
             }
         },
         // SAFETY: NeonDot is only selected where the CPU reports `dotprod`
