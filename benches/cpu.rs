@@ -5,6 +5,7 @@
 //!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000 [--rss-only 1]] [--export DIR]
 //!                              [--only TEXT]   # rows whose network/engine contains TEXT
 //!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
+//!                              [--misalign N]  # their code maps N bytes past a cache line
 //!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4: direct, F(2,3), F(2x2,3x3)
 //!                                                # at every level (--best-level: the best)
 //!   cargo bench --bench cpu -- --sizes 3         # integer x2 w4a4: time per pixel from a
@@ -190,12 +191,13 @@ fn tables(frames: usize, threads: usize) {
 /// 3–6-bit codes, upsampler 64→256 and tail 64→3 with 8-bit weights and codes.
 fn kernels(frames: usize) {
     use gstadabm::engine::intcpu::{
-        Codes, PackedConv, has_wino2_i32, has_wino4, row_sums, row_sums_wino, row_sums_wino_i32,
-        row_sums_wino2_i32, row_sums_wino4, row_sums_wino16, wino,
+        Aligned, Codes, PackedConv, has_wino2_i32, has_wino4, row_sums, row_sums_wino,
+        row_sums_wino_i32, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16, wino,
     };
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
     let (h, w) = (180usize, 320usize);
+    let misalign: usize = arg("--misalign").map_or(0, |v| v.parse().expect("--misalign N"));
     use rayon::prelude::*;
     println!("| kernel | weights | codes | ms | GMAC/s | GMAC/s, all threads |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -213,14 +215,17 @@ fn kernels(frames: usize) {
         let b = vec![0.0; cout];
         let ic = IntConv::new(cin, cout, &wt, &b, 0.4, w_bits);
         let pc = PackedConv::new(&ic);
-        let data: Vec<u8> = (0..(h + 2) * (w + 2) * pc.cstride)
-            .map(|_| rng.below(1 << bits) as u8)
-            .collect();
+        // On a cache line as the engines' maps are (`Aligned`), or `--misalign` bytes past.
+        let len = (h + 2) * (w + 2) * pc.cstride;
+        let mut buf = Aligned::<u8>::new();
+        buf.resize(len + misalign);
+        buf.iter_mut().for_each(|q| *q = rng.below(1 << bits) as u8);
+        let data = &buf[misalign..];
         // 8-bit weights: with the pixels' code sums for the offset correction, as the engines
         // make them once per conv.
         let mut psums = Vec::new();
         let map = Codes {
-            data: &data,
+            data,
             h,
             w,
             cstride: pc.cstride,

@@ -7,11 +7,11 @@
 //! pixel's window of one kernel row — taps `dx = 0, 1, 2` of the padded map are 3 neighbouring
 //! pixels, so their codes are `3 · cstride` consecutive bytes — and consecutive pixels are
 //! `cstride` bytes apart, so tiles load straight from the code map with that stride (rows
-//! overlapping). The packed weights `w8` (`[9][cstride/4][cout8][4]`) are already the right
-//! operand's layout (4 input channels of one output lane per 4 bytes, a kernel row's taps
-//! consecutive): tiles load straight from them with a stride of `4 · cout8` bytes. No repacking,
-//! no transform: the sums are the same i32 as every other kernel's (`vpdpbusd` semantics, u8
-//! codes times i8 weights, exact).
+//! overlapping). The right operand is the packed weights `w8` (`[9][cstride/4][cout8][4]`: 4
+//! input channels of one output lane per 4 bytes, a kernel row's taps consecutive) cut once
+//! per conv into contiguous tiles of 16 lanes ([`AmxWeights`]; read in place at `w8`'s stride
+//! of `4 · cout8` bytes the kernel was 2–2.5x slower). No transform: the sums are the same i32
+//! as every other kernel's (`vpdpbusd` semantics, u8 codes times i8 weights, exact).
 //!
 //! Blocking: 2 pixel blocks of 16 (the engines' 32-pixel column chunks) × 2 output blocks of
 //! 16 lanes, 4 accumulator tiles, 2 left and 2 right operand tiles: the 8 tile registers.
@@ -117,23 +117,29 @@ fn step_of(cstride: usize) -> usize {
 /// --bench cpu -- --kernels`, session 36: 5.9 ms against 2.3–2.9 ms a 320x180 map).
 #[derive(Clone, Debug)]
 pub struct AmxWeights {
-    w: Vec<i8>,
+    /// One tile row (64 bytes) per element, each on its own cache line.
+    w: Vec<Line>,
     step: usize,
 }
+
+/// A tile row of weights, cache-line aligned.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+struct Line([i8; 64]);
 
 impl AmxWeights {
     pub fn new(pc: &PackedConv) -> Self {
         let krow = 3 * pc.cstride;
         let step = step_of(pc.cstride);
         let (blocks, rows) = (pc.cout8.div_ceil(16), krow / 4);
-        let mut w = vec![0i8; blocks * 3 * rows * 64];
+        let mut w = vec![Line([0; 64]); blocks * 3 * rows];
         for b in 0..blocks {
             let lanes = (pc.cout8 - 16 * b).min(16);
             for dy in 0..3 {
                 for r in 0..rows {
                     // Row r of kernel row dy: w8 row dy·krow/4 + r, lanes 16b ...
                     let src = &pc.w8[((dy * rows + r) * pc.cout8 + 16 * b) * 4..][..4 * lanes];
-                    w[((b * 3 + dy) * rows + r) * 64..][..4 * lanes].copy_from_slice(src);
+                    w[(b * 3 + dy) * rows + r].0[..4 * lanes].copy_from_slice(src);
                 }
             }
         }
@@ -143,7 +149,7 @@ impl AmxWeights {
     /// The first tile of lane block `b`, kernel row `dy` (its steps follow, `step / 4 · 64`
     /// bytes apart).
     fn tiles(&self, b: usize, dy: usize, rows: usize) -> *const i8 {
-        self.w[((b * 3 + dy) * rows) * 64..].as_ptr()
+        self.w[(b * 3 + dy) * rows..].as_ptr().cast()
     }
 }
 
@@ -164,7 +170,7 @@ pub unsafe fn row_sums(
     let cs = pc.cstride;
     let krow = 3 * cs;
     let step = aw.step;
-    debug_assert_eq!(aw.w.len(), pc.cout8.div_ceil(16) * krow / 4 * 3 * 64);
+    debug_assert_eq!(aw.w.len(), pc.cout8.div_ceil(16) * krow / 4 * 3);
     for x0 in cols.clone().step_by(32) {
         let np = (cols.end - x0).min(32);
         let m = [np.min(16), np.saturating_sub(16)];

@@ -25,7 +25,7 @@ pub fn conv_forward(
 /// stay as long as its shape does.
 #[derive(Default)]
 pub struct CodeBuffer {
-    data: Vec<u8>,
+    data: super::Aligned<u8>,
     /// Its pixels' code sums ([`super::pixel_sums`], for convs with 8-bit weights).
     sums: Vec<i32>,
     /// `(h, w, cstride)` of the map `data` holds.
@@ -34,7 +34,8 @@ pub struct CodeBuffer {
 
 thread_local! {
     /// A row's sums (a worker thread's own).
-    static SUMS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SUMS: std::cell::RefCell<super::Aligned<i32>> =
+        const { std::cell::RefCell::new(super::Aligned::new()) };
     /// Transformed tiles of the F(4x4, 3x3) path (a worker thread's own).
     static TILES4: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -55,8 +56,7 @@ pub fn conv_forward_into(
     let wp = w + 2;
     if codes.shape != (h, w, cs) {
         codes.shape = (h, w, cs);
-        codes.data.clear();
-        codes.data.resize((h + 2) * wp * cs, 0);
+        codes.data.zeroed((h + 2) * wp * cs);
     }
     quantize_into(x, a, cs, &mut codes.data);
     let map = Codes {
@@ -85,7 +85,7 @@ pub fn conv_forward_into(
         .for_each(|(i, chunk)| {
             let y0 = rows * i;
             SUMS.with_borrow_mut(|sums| {
-                sums.resize(rows * plane, 0);
+                sums.resize(rows * plane);
                 if four {
                     TILES4.with_borrow_mut(|tiles| {
                         for x0 in (0..w).step_by(32) {

@@ -8,7 +8,7 @@
 //! like `round_ties_even`, `max(x, l)` turning NaN into `l` as `clamp` + the saturating cast
 //! turn it into code 0), so both give the same bits.
 
-use super::CpuLevel;
+use super::{Aligned, CpuLevel};
 use crate::engine::intconv::ActQuant;
 
 /// What the epilogue does with the values `v`.
@@ -73,9 +73,11 @@ pub struct Span<'a> {
 
 /// `l·K` for every entry of a conv's `K` table, the product `IntConv::values` forms (`l` times
 /// `K` converted to f32, rounded once), so that the epilogues add it as it is.
-pub fn l_times_k(l: f32, ktab: &[i32], out: &mut Vec<f32>) {
-    out.clear();
-    out.extend(ktab.iter().map(|&k| l * k as f32));
+pub fn l_times_k(l: f32, ktab: &[i32], out: &mut Aligned<f32>) {
+    out.resize(ktab.len());
+    for (o, &k) in out.iter_mut().zip(ktab) {
+        *o = l * k as f32;
+    }
 }
 
 /// The epilogue `op` of the `n`-channel pixels of `span`; each buffer of `px` that `op` uses
@@ -384,6 +386,30 @@ unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: P
     }
 }
 
+/// `$f::<FOLD>(op, args…)` with the op and `FOLD` (whether the pixel sums fold the offset
+/// correction) constants: one inlined copy of a level's epilogue loop per op and fold (a
+/// dispatch per vector cost a few % of the epilogue; a test per vector for the fold more
+/// than the fold).
+#[allow(unused_macros)]
+macro_rules! per_op {
+    ($f:ident, $op:expr, $fold:expr, $($arg:expr),*) => {
+        match ($op, $fold) {
+            (Op::Values, false) => $f::<false>(Op::Values, $($arg),*),
+            (Op::Codes, false) => $f::<false>(Op::Codes, $($arg),*),
+            (Op::Head, false) => $f::<false>(Op::Head, $($arg),*),
+            (Op::Relu, false) => $f::<false>(Op::Relu, $($arg),*),
+            (Op::Res, false) => $f::<false>(Op::Res, $($arg),*),
+            (Op::Skip, false) => $f::<false>(Op::Skip, $($arg),*),
+            (Op::Values, true) => $f::<true>(Op::Values, $($arg),*),
+            (Op::Codes, true) => $f::<true>(Op::Codes, $($arg),*),
+            (Op::Head, true) => $f::<true>(Op::Head, $($arg),*),
+            (Op::Relu, true) => $f::<true>(Op::Relu, $($arg),*),
+            (Op::Res, true) => $f::<true>(Op::Res, $($arg),*),
+            (Op::Skip, true) => $f::<true>(Op::Skip, $($arg),*),
+        }
+    };
+}
+
 /// [`run`] at the ARM levels: [`neon`] pixel by pixel, one copy of the loop per op (the op a
 /// constant in each: the loop of `run`'s other levels, with `neon` inlined; a closure for
 /// the pixel, shared with that loop, was not inlined and cost 50% more epilogue
@@ -405,22 +431,7 @@ unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
     }
     // SAFETY: forwarded contract; each arm inlines the loop with its op (and whether it folds
     // the offset correction: a test per vector cost more than the fold) a constant.
-    unsafe {
-        match (op, span.sq.is_empty()) {
-            (Op::Values, true) => each::<false>(Op::Values, c, n, span, &mut px),
-            (Op::Codes, true) => each::<false>(Op::Codes, c, n, span, &mut px),
-            (Op::Head, true) => each::<false>(Op::Head, c, n, span, &mut px),
-            (Op::Relu, true) => each::<false>(Op::Relu, c, n, span, &mut px),
-            (Op::Res, true) => each::<false>(Op::Res, c, n, span, &mut px),
-            (Op::Skip, true) => each::<false>(Op::Skip, c, n, span, &mut px),
-            (Op::Values, false) => each::<true>(Op::Values, c, n, span, &mut px),
-            (Op::Codes, false) => each::<true>(Op::Codes, c, n, span, &mut px),
-            (Op::Head, false) => each::<true>(Op::Head, c, n, span, &mut px),
-            (Op::Relu, false) => each::<true>(Op::Relu, c, n, span, &mut px),
-            (Op::Res, false) => each::<true>(Op::Res, c, n, span, &mut px),
-            (Op::Skip, false) => each::<true>(Op::Skip, c, n, span, &mut px),
-        }
-    }
+    unsafe { per_op!(each, op, !span.sq.is_empty(), c, n, span, &mut px) }
 }
 
 /// [`avx2`] for a run of pixels, 16 channels per step on 512-bit vectors, the last step of a
@@ -438,22 +449,7 @@ unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
 unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
     // SAFETY: forwarded contract; each arm inlines the loop with its op (and whether it folds
     // the offset correction) a constant.
-    unsafe {
-        match (op, span.sq.is_empty()) {
-            (Op::Values, true) => avx512_loop::<false>(Op::Values, c, n, span, px),
-            (Op::Codes, true) => avx512_loop::<false>(Op::Codes, c, n, span, px),
-            (Op::Head, true) => avx512_loop::<false>(Op::Head, c, n, span, px),
-            (Op::Relu, true) => avx512_loop::<false>(Op::Relu, c, n, span, px),
-            (Op::Res, true) => avx512_loop::<false>(Op::Res, c, n, span, px),
-            (Op::Skip, true) => avx512_loop::<false>(Op::Skip, c, n, span, px),
-            (Op::Values, false) => avx512_loop::<true>(Op::Values, c, n, span, px),
-            (Op::Codes, false) => avx512_loop::<true>(Op::Codes, c, n, span, px),
-            (Op::Head, false) => avx512_loop::<true>(Op::Head, c, n, span, px),
-            (Op::Relu, false) => avx512_loop::<true>(Op::Relu, c, n, span, px),
-            (Op::Res, false) => avx512_loop::<true>(Op::Res, c, n, span, px),
-            (Op::Skip, false) => avx512_loop::<true>(Op::Skip, c, n, span, px),
-        }
-    }
+    unsafe { per_op!(avx512_loop, op, !span.sq.is_empty(), c, n, span, px) }
 }
 
 /// The loop of [`avx512_run`]: whole blocks of 64 channels first, their 64 codes packed
@@ -770,7 +766,7 @@ mod tests {
                             (0..4 * n).map(|_| rng.below(300) as i32 - 150).collect();
                         let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
                         let (hw, da) = (rng.uniform() * 0.1, rng.uniform());
-                        let mut lktab = Vec::new();
+                        let mut lktab = Aligned::new();
                         l_times_k(rng.symmetric(3.0), &ktab, &mut lktab);
                         let c = Consts {
                             bias: &bias,
@@ -867,7 +863,7 @@ mod tests {
                     let bias: Vec<f32> = (0..n).map(|_| rng.symmetric(2.0)).collect();
                     let bits = 1 + (case % 8) as u8;
                     let l = rng.symmetric(3.0);
-                    let mut lk = Vec::new();
+                    let mut lk = Aligned::new();
                     l_times_k(l, &k, &mut lk);
                     let c = Consts {
                         bias: &bias,

@@ -668,6 +668,92 @@ impl PackedConv {
     }
 }
 
+/// A buffer of plain numbers (`u8` codes, `i32` sums, `f32` values) that starts on a 64-byte
+/// cache line: the engines' code maps, sums and residual maps. With 64 channels every pixel
+/// then starts a line — the AMX kernel's tile rows (one pixel's 64 codes) and the epilogue's
+/// 512-bit vectors never straddle two. A large `Vec` starts 16 bytes into a line (glibc):
+/// from such a map the AMX kernels ran 1.03–1.22x slower (`cargo bench --bench cpu --
+/// --kernels 1 --frames 9 [--misalign 16]`, session 37), and a whole x2 network with every
+/// buffer so placed about 1.4x slower on one core.
+pub struct Aligned<T: Plain> {
+    lines: Vec<Line>,
+    len: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+/// Numbers whose every bit pattern, all zeros included, is a value, and whose size divides
+/// 64 (so a line holds a whole number of them, each aligned).
+pub trait Plain: Copy + sealed::Sealed {}
+impl Plain for u8 {}
+impl Plain for i16 {}
+impl Plain for i32 {}
+impl Plain for f32 {}
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for i16 {}
+    impl Sealed for i32 {}
+    impl Sealed for f32 {}
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+impl<T: Plain> Aligned<T> {
+    pub const fn new() -> Self {
+        Aligned {
+            lines: Vec::new(),
+            len: 0,
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    /// Makes the buffer `n` zeros (in the memory it had, when that is enough).
+    pub fn zeroed(&mut self, n: usize) {
+        self.lines.clear();
+        self.len = 0;
+        self.resize(n);
+    }
+
+    /// Makes the buffer `n` long, keeping its first elements; those it gains are zero (as
+    /// `Vec::resize` with 0).
+    pub fn resize(&mut self, n: usize) {
+        let size = std::mem::size_of::<T>();
+        let per_line = 64 / size;
+        // The old last line's elements past the old length may hold earlier contents.
+        let stale = self.len..n.min(self.len.div_ceil(per_line) * per_line);
+        if !stale.is_empty() {
+            let line = &mut self.lines[stale.start / per_line].0;
+            line[stale.start % per_line * size..][..stale.len() * size].fill(0);
+        }
+        self.lines.resize(n.div_ceil(per_line), Line([0; 64]));
+        self.len = n;
+    }
+}
+
+impl<T: Plain> Default for Aligned<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `Line` is 64 bytes without padding and `T`'s size divides 64 (`Plain`), so
+        // the lines are at least `len` initialised, aligned `T` (any bit pattern is one).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+}
+
+impl<T: Plain> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
 /// A padded code map as the kernels read it: `(h + 2) x (w + 2)` pixels of `cstride` codes,
 /// zero border.
 #[derive(Clone, Copy, Debug)]

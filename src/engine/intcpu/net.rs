@@ -13,7 +13,7 @@ use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
-    Codes, CpuLevel, PackedConv, Winograd, has_wino2_i32, row_sums, row_sums_wino,
+    Aligned, Codes, CpuLevel, PackedConv, Plain, Winograd, has_wino2_i32, row_sums, row_sums_wino,
     row_sums_wino_i32, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16,
 };
 use crate::engine::conv::FeatureMap;
@@ -44,14 +44,16 @@ enum Epi {
 struct Buffers {
     h: usize,
     w: usize,
-    input: Vec<u8>,
-    a: Vec<u8>,
-    b: Vec<u8>,
-    head: Vec<f32>,
-    res: Vec<f32>,
-    hr: Vec<Vec<u8>>,
-    /// The running conv's `l·K` table ([`epilogue::l_times_k`]).
-    lk: Vec<f32>,
+    input: Aligned<u8>,
+    a: Aligned<u8>,
+    b: Aligned<u8>,
+    head: Aligned<f32>,
+    res: Aligned<f32>,
+    hr: Vec<Aligned<u8>>,
+    /// The running conv's `l·K` table ([`epilogue::l_times_k`]) and bias, on cache lines
+    /// (the epilogue reads them by the vector, every pixel).
+    lk: Aligned<f32>,
+    bias: Aligned<f32>,
     /// The running conv's input pixels' code sums ([`super::pixel_sums`], 8-bit weights).
     psums: Vec<i32>,
 }
@@ -134,13 +136,13 @@ static NEXT_CALL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 
 /// The three transformed rows ([`super::wino`]) an output row reads, in slots `r % 3`.
 #[derive(Default)]
-struct WinoRows<T> {
+struct WinoRows<T: Plain> {
     call: u64,
     rows: [Option<usize>; 3],
-    data: [Vec<T>; 3],
+    data: [Aligned<T>; 3],
 }
 
-impl<T: Copy + Default> WinoRows<T> {
+impl<T: Plain> WinoRows<T> {
     /// Makes rows `y .. y + 3` of conv call `call` present, building the missing ones.
     fn prepare(&mut self, call: u64, y: usize, len: usize, mut build: impl FnMut(usize, &mut [T])) {
         if self.call != call {
@@ -150,7 +152,7 @@ impl<T: Copy + Default> WinoRows<T> {
         for r in y..y + 3 {
             let slot = r % 3;
             if self.rows[slot] != Some(r) {
-                self.data[slot].resize(len, T::default());
+                self.data[slot].resize(len);
                 build(r, &mut self.data[slot]);
                 self.rows[slot] = Some(r);
             }
@@ -166,8 +168,8 @@ impl<T: Copy + Default> WinoRows<T> {
 thread_local! {
     static ROWS8: RefCell<WinoRows<u8>> = RefCell::new(WinoRows::default());
     static ROWS16: RefCell<WinoRows<i16>> = RefCell::new(WinoRows::default());
-    static SUMS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
-    static TILES2: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static SUMS: RefCell<Aligned<i32>> = const { RefCell::new(Aligned::new()) };
+    static TILES2: RefCell<Aligned<u8>> = const { RefCell::new(Aligned::new()) };
     static TILES4: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -258,10 +260,11 @@ impl FusedNet {
                 res,
                 hr,
                 lk,
+                bias,
                 psums,
                 ..
             } = &mut *b;
-            let scratch = (&mut *lk, &mut *psums);
+            let scratch = (&mut *lk, &mut *bias, &mut *psums);
             match epi {
                 Epi::Head => {
                     self.conv(net, k, input, h, w, q(k), next, head, res, a, None, scratch)
@@ -330,25 +333,21 @@ impl FusedNet {
         b.h = h;
         b.w = w;
         // Zeroed, in the memory they had (tiles of a large frame change size between them).
-        fn zeroed<T: Copy>(v: &mut Vec<T>, n: usize, zero: T) {
-            v.clear();
-            v.resize(n, zero);
-        }
-        zeroed(&mut b.input, lr * 4, 0);
-        zeroed(&mut b.a, lr * f, 0);
-        zeroed(&mut b.b, lr * f, 0);
-        zeroed(&mut b.head, h * w * f, 0.0);
-        zeroed(&mut b.res, h * w * f, 0.0);
+        b.input.zeroed(lr * 4);
+        b.a.zeroed(lr * f);
+        b.b.zeroed(lr * f);
+        b.head.zeroed(h * w * f);
+        b.res.zeroed(h * w * f);
         // One HR code map per upsampler stage.
         let stages = self.epis.iter().filter_map(|e| match e {
             Epi::Shuffle(r) => Some(*r),
             _ => None,
         });
-        b.hr.resize_with(stages.clone().count(), Vec::new);
+        b.hr.resize_with(stages.clone().count(), Aligned::default);
         let mut s = 1;
         for (hr, r) in b.hr.iter_mut().zip(stages) {
             s *= r;
-            zeroed(hr, (h * s + 2) * (w * s + 2) * f, 0);
+            hr.zeroed((h * s + 2) * (w * s + 2) * f);
         }
     }
 
@@ -368,7 +367,7 @@ impl FusedNet {
         res: &mut [f32],
         dst: &mut [u8],
         out: Option<&mut FeatureMap>,
-        (lk, psums): (&mut Vec<f32>, &mut Vec<i32>),
+        (lk, bias, psums): (&mut Aligned<f32>, &mut Aligned<f32>, &mut Vec<i32>),
     ) {
         let IntLayer::Int(ic) = &net.layers[k] else {
             unreachable!("checked in FusedNet::new")
@@ -381,6 +380,8 @@ impl FusedNet {
         let epi = &self.epis[k];
         epilogue::l_times_k(a.l, &ic.ktab, lk);
         let lk = &lk[..];
+        bias.resize(ic.bias.len());
+        bias.copy_from_slice(&ic.bias);
         let map = Codes {
             data: src,
             h,
@@ -394,7 +395,7 @@ impl FusedNet {
         let cout = ic.cout;
         let max_code = a.n as u32;
         let consts = Consts {
-            bias: &ic.bias,
+            bias,
             hw: ic.hw,
             da: a.step(),
             res_scale: net.net.config.res_scale,
@@ -474,7 +475,7 @@ impl FusedNet {
             };
             SUMS.with(|cell| {
                 let mut sums = cell.borrow_mut();
-                sums.resize(rows * plane, 0);
+                sums.resize(rows * plane);
                 if tiles4 {
                     return TILES4.with(|cell| {
                         let mut tiles = cell.borrow_mut();
@@ -497,7 +498,7 @@ impl FusedNet {
                 if tiles2 {
                     return TILES2.with(|cell| {
                         let mut tiles = cell.borrow_mut();
-                        tiles.resize(wino::tiles2_len(COL_CHUNK / 2, pc.cstride), 0);
+                        tiles.resize(wino::tiles2_len(COL_CHUNK / 2, pc.cstride));
                         for x0 in (0..w).step_by(COL_CHUNK) {
                             let cols = x0..(x0 + COL_CHUNK).min(w);
                             let (t0, t1) = (x0 / 2, cols.end.div_ceil(2));

@@ -979,3 +979,30 @@ fn the_kernel_probe_decides_once_and_only_where_it_may() {
         assert_eq!(wino4_for(level, &body), tiles && !first, "{level:?}");
     }
 }
+
+#[test]
+fn aligned_buffers_start_on_a_line_and_keep_their_contents() {
+    fn check<T: Plain + PartialEq + std::fmt::Debug>(one: T, zero: T) {
+        let mut b = Aligned::<T>::new();
+        assert!(b.is_empty());
+        for n in [1, 15, 16, 17, 63, 64, 65, 4097, 3] {
+            b.resize(n);
+            assert_eq!(b.len(), n);
+            assert_eq!(b.as_ptr() as usize % 64, 0, "{n} elements");
+            b[n - 1] = one;
+        }
+        // Growing keeps what was written and adds zeros; `zeroed` clears everything.
+        b.resize(5000);
+        assert_eq!((b[2], b[3], b[14], b[4999]), (one, zero, zero, zero));
+        for n in [70, 9000, 3, 20] {
+            b.zeroed(n);
+            assert!(b.len() == n && b.iter().all(|&v| v == zero));
+            assert_eq!(b.as_ptr() as usize % 64, 0);
+            b[n - 1] = one;
+        }
+    }
+    check(7u8, 0);
+    check(-7i16, 0);
+    check(-7i32, 0);
+    check(0.5f32, 0.0);
+}
