@@ -515,6 +515,9 @@ pub struct PackedConv {
     /// The weights as AMX tiles ([`amx::AmxWeights`]), built on first use ([`Self::amx`]).
     #[cfg(target_arch = "x86_64")]
     amx: std::sync::OnceLock<amx::AmxWeights>,
+    /// The conv's bias (`IntConv::bias`) on a cache line: the fused epilogue reads it by the
+    /// vector at every pixel.
+    pub bias: Aligned<f32>,
 }
 
 /// The weights of a conv with at most 4 output lanes, `[tap 9][lane 4][cs64]` i8 (`cs64`: the
@@ -627,7 +630,10 @@ impl PackedConv {
             wino4: std::sync::OnceLock::new(),
             #[cfg(target_arch = "x86_64")]
             amx: std::sync::OnceLock::new(),
+            bias: Aligned::new(),
         };
+        pc.bias.resize(cout);
+        pc.bias.copy_from_slice(&c.bias);
         pc.wino = wino::WinoWeights::new(&pc);
         pc.wino16 = wino::WinoWeights16::new(&pc);
         pc
@@ -675,6 +681,7 @@ impl PackedConv {
 /// from such a map the AMX kernels ran 1.03–1.22x slower (`cargo bench --bench cpu --
 /// --kernels 1 --frames 9 [--misalign 16]`, session 37), and a whole x2 network with every
 /// buffer so placed about 1.4x slower on one core.
+#[derive(Clone)]
 pub struct Aligned<T: Plain> {
     lines: Vec<Line>,
     len: usize,
@@ -729,6 +736,12 @@ impl<T: Plain> Aligned<T> {
         }
         self.lines.resize(n.div_ceil(per_line), Line([0; 64]));
         self.len = n;
+    }
+}
+
+impl<T: Plain + std::fmt::Debug> std::fmt::Debug for Aligned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 

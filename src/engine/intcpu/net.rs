@@ -50,10 +50,9 @@ struct Buffers {
     head: Aligned<f32>,
     res: Aligned<f32>,
     hr: Vec<Aligned<u8>>,
-    /// The running conv's `l·K` table ([`epilogue::l_times_k`]) and bias, on cache lines
-    /// (the epilogue reads them by the vector, every pixel).
+    /// The running conv's `l·K` table ([`epilogue::l_times_k`]), on cache lines (the
+    /// epilogue reads it by the vector, every pixel).
     lk: Aligned<f32>,
-    bias: Aligned<f32>,
     /// The running conv's input pixels' code sums ([`super::pixel_sums`], 8-bit weights).
     psums: Vec<i32>,
 }
@@ -260,11 +259,10 @@ impl FusedNet {
                 res,
                 hr,
                 lk,
-                bias,
                 psums,
                 ..
             } = &mut *b;
-            let scratch = (&mut *lk, &mut *bias, &mut *psums);
+            let scratch = (&mut *lk, &mut *psums);
             match epi {
                 Epi::Head => {
                     self.conv(net, k, input, h, w, q(k), next, head, res, a, None, scratch)
@@ -367,7 +365,7 @@ impl FusedNet {
         res: &mut [f32],
         dst: &mut [u8],
         out: Option<&mut FeatureMap>,
-        (lk, bias, psums): (&mut Aligned<f32>, &mut Aligned<f32>, &mut Vec<i32>),
+        (lk, psums): (&mut Aligned<f32>, &mut Vec<i32>),
     ) {
         let IntLayer::Int(ic) = &net.layers[k] else {
             unreachable!("checked in FusedNet::new")
@@ -380,8 +378,6 @@ impl FusedNet {
         let epi = &self.epis[k];
         epilogue::l_times_k(a.l, &ic.ktab, lk);
         let lk = &lk[..];
-        bias.resize(ic.bias.len());
-        bias.copy_from_slice(&ic.bias);
         let map = Codes {
             data: src,
             h,
@@ -395,7 +391,7 @@ impl FusedNet {
         let cout = ic.cout;
         let max_code = a.n as u32;
         let consts = Consts {
-            bias,
+            bias: &pc.bias,
             hw: ic.hw,
             da: a.step(),
             res_scale: net.net.config.res_scale,
