@@ -10,6 +10,9 @@
 //!                                                # at every level (--best-level: the best)
 //!   cargo bench --bench cpu -- --sizes 3         # integer x2 w4a4: time per pixel from a
 //!                                                # 320x180 frame down to 320x8 (cache-resident)
+//!   cargo bench --bench cpu -- --bands-ab 9      # the fused body in row bands through
+//!                                                # groups of convs vs layer by layer
+//!                                                # (--bands off,8x4,4x2: band x group)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -24,7 +27,7 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
-use gstadabm::engine::intcpu::CpuLevel;
+use gstadabm::engine::intcpu::{CpuLevel, set_bands};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
 
@@ -75,6 +78,10 @@ fn main() {
     );
     if let Some(n) = arg("--winograd-ab").and_then(|v| v.parse().ok()) {
         winograd_ab(n, threads);
+        return;
+    }
+    if let Some(n) = arg("--bands-ab").and_then(|v| v.parse().ok()) {
+        bands_ab(n, threads);
         return;
     }
     if let Some(n) = arg("--levels-ab").and_then(|v| v.parse().ok()) {
@@ -611,6 +618,76 @@ fn levels_ab(frames: usize, threads: usize) {
             );
         }
         println!("{name}: outputs identical at every level: {same}");
+    }
+}
+
+/// The fused engine's body schedules ([`set_bands`]) frame by frame in turn, `rounds`
+/// rounds: each one's fastest and median frame, and the median over rounds of its ratio to
+/// the layer-by-layer order (`off`, a band as tall as the frame) of the same round.
+fn bands_ab(rounds: usize, threads: usize) {
+    let list = arg("--bands").unwrap_or_else(|| "off,8x4,4x4,8x8,16x4,8x2".into());
+    let configs: Vec<(String, Option<(usize, usize)>)> = list
+        .split(',')
+        .map(|c| {
+            let bands = match c.split_once('x') {
+                Some((b, g)) => Some((b.parse().expect("band"), g.parse().expect("group"))),
+                None if c == "off" => Some((usize::MAX / 8, 1)),
+                None => None,
+            };
+            (c.to_string(), bands)
+        })
+        .collect();
+    let only = arg("--only").unwrap_or_default();
+    for (scale, w, h, kind) in [
+        (2u32, 320usize, 180usize, "w4a4"),
+        (2, 320, 180, "w8a6"),
+        (4, 480, 270, "w4a4"),
+        (2, 320, 180, "built-in"),
+        (4, 480, 270, "built-in"),
+    ] {
+        let (name, q) = ab_model(scale, kind);
+        if !name.contains(&only) {
+            continue;
+        }
+        let img = test_image(w, h, 3);
+        let engine = Engine::new(&q, threads).unwrap();
+        let mut times = vec![Vec::new(); configs.len()];
+        let mut ratios = vec![Vec::new(); configs.len()];
+        let mut outs = vec![None; configs.len()];
+        for round in 0..rounds + 1 {
+            let mut row = Vec::new();
+            for (i, (_, bands)) in configs.iter().enumerate() {
+                set_bands(*bands);
+                let t = Instant::now();
+                let out = engine.upscale(&img, &Options::default()).unwrap();
+                row.push(t.elapsed().as_secs_f64() * 1e3);
+                outs[i] = Some(out.0.data);
+            }
+            // The first round warms the buffers up.
+            if round > 0 {
+                for i in 0..configs.len() {
+                    times[i].push(row[i]);
+                    ratios[i].push(row[0] / row[i]);
+                }
+            }
+        }
+        set_bands(None);
+        let same = outs.windows(2).all(|p| p[0] == p[1]);
+        println!("{name} {w}x{h}, {threads} threads, {rounds} rounds");
+        println!(
+            "| schedule | fastest | median | vs {} (median of rounds) |",
+            configs[0].0
+        );
+        println!("|---|---:|---:|---:|");
+        for (i, (c, _)) in configs.iter().enumerate() {
+            let fastest = times[i].iter().cloned().fold(f64::INFINITY, f64::min);
+            println!(
+                "| {c} | {fastest:.1} ms | {:.1} ms | {:.2}x |",
+                median(times[i].clone()),
+                median(ratios[i].clone())
+            );
+        }
+        println!("{name}: outputs identical under every schedule: {same}");
     }
 }
 

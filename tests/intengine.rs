@@ -3,7 +3,7 @@
 //! the method page (±1 on at least 99.9% of output values for random models, FAB identical).
 
 use gstadabm::engine::complexity::gradient_density;
-use gstadabm::engine::intcpu::{CpuLevel, Winograd, direct_beats_wino4, set_winograd};
+use gstadabm::engine::intcpu::{CpuLevel, Winograd, direct_beats_wino4, set_bands, set_winograd};
 use gstadabm::engine::intnet::IntNetwork;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Model, Options, QuantMode, builtin};
@@ -114,6 +114,44 @@ fn kernels_equal_the_scalar_reference_at_every_level() {
         );
         assert_eq!(stats.fab, tstats.fab);
     }
+}
+
+/// The fused engine's body in row bands through groups of convs gives the reference's output
+/// under every schedule: bands of 4 rows (one F(4x4, 3x3) task, two F(2x2) row pairs) and
+/// more, groups of one conv, groups that split a residual block, the whole body; one thread
+/// (bands by default) and two (rows of a band in parallel); heights that end mid-band.
+#[test]
+fn fused_body_in_bands_equals_the_reference() {
+    for (w, h) in [(27usize, 15usize), (9, 6), (5, 1)] {
+        let img = test_image(w, h, 5);
+        for (name, model) in models() {
+            let reference = IntNetwork::new(&model).unwrap();
+            let one = Engine::new(&model, 1).unwrap();
+            let two = Engine::new(&model, 2).unwrap();
+            let c = gradient_density(&img.data, img.width, img.height);
+            let (plan, _) = one.bit_plan(c, &Options::default()).unwrap();
+            let want = reference.upscale(&img, &plan);
+            for bands in [
+                None,
+                Some((4, 1)),
+                Some((4, 3)),
+                Some((8, 2)),
+                Some((12, 5)),
+                Some((4, 64)),
+                Some((1000, 64)),
+            ] {
+                set_bands(bands);
+                for (threads, engine) in [(1, &one), (2, &two)] {
+                    let (got, _) = engine.upscale(&img, &Options::default()).unwrap();
+                    assert!(
+                        bits_equal(&got, &want),
+                        "{name} {w}x{h}: bands {bands:?} on {threads} threads differ"
+                    );
+                }
+            }
+        }
+    }
+    set_bands(None);
 }
 
 #[test]

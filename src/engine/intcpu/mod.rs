@@ -33,7 +33,7 @@ pub mod wino;
 pub mod wino4;
 
 pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
-pub use net::FusedNet;
+pub use net::{FusedNet, set_bands};
 
 use std::ops::Range;
 
@@ -790,10 +790,21 @@ impl<'a> Codes<'a> {
     /// This map with its pixels' code sums ([`Codes::sums`], made in `buf`) when the conv `pc`
     /// reads them: 8-bit weights (the offset form) and no ones lane.
     pub fn with_sums_for(self, pc: &PackedConv, buf: &'a mut Vec<i32>) -> Codes<'a> {
+        self.with_sums_of_rows(pc, buf, 0..self.h)
+    }
+
+    /// [`Codes::with_sums_for`] where only output rows `ys` will be computed: the sums of the
+    /// padded rows they read (`ys.start .. ys.end + 2`) are made, the others left as they were.
+    pub fn with_sums_of_rows(
+        self,
+        pc: &PackedConv,
+        buf: &'a mut Vec<i32>,
+        ys: Range<usize>,
+    ) -> Codes<'a> {
         if !(pc.offset && pc.ones.is_none()) {
             return self;
         }
-        pixel_sums(&self, buf);
+        pixel_sums_of_rows(&self, ys.start..ys.end + 2, buf);
         let sums: &'a Vec<i32> = buf;
         Codes {
             sums: Some(sums),
@@ -805,12 +816,23 @@ impl<'a> Codes<'a> {
 /// Each pixel's code sum of the padded map `x` (border pixels included), `(h + 2) · (w + 2)`
 /// values in `out`, rows in parallel.
 pub fn pixel_sums(x: &Codes, out: &mut Vec<i32>) {
+    pixel_sums_of_rows(x, 0..x.h + 2, out);
+}
+
+/// [`pixel_sums`] of the padded rows `rows` only (`out` still sized for the whole map; its
+/// other rows keep their values).
+pub fn pixel_sums_of_rows(x: &Codes, rows: Range<usize>, out: &mut Vec<i32>) {
     use rayon::prelude::*;
     let wp = x.w + 2;
     assert_eq!(x.data.len(), (x.h + 2) * wp * x.cstride, "code map size");
+    assert!(rows.end <= x.h + 2, "rows of the padded map");
     out.resize((x.h + 2) * wp, 0);
-    out.par_chunks_mut(wp)
-        .zip(x.data.par_chunks(wp * x.cstride))
+    out[rows.start * wp..rows.end * wp]
+        .par_chunks_mut(wp)
+        .zip(
+            x.data[rows.start * wp * x.cstride..rows.end * wp * x.cstride]
+                .par_chunks(wp * x.cstride),
+        )
         .for_each(|(sums, row)| {
             for (s, px) in sums.iter_mut().zip(row.chunks_exact(x.cstride)) {
                 *s = code_sum(px);

@@ -55,6 +55,9 @@ struct Buffers {
     lk: Aligned<f32>,
     /// The running conv's input pixels' code sums ([`super::pixel_sums`], 8-bit weights).
     psums: Vec<i32>,
+    /// The body schedule's state: per conv of a group, its output rows per task and its
+    /// rows done.
+    progress: Vec<(usize, usize)>,
 }
 
 /// The fused integer path of an fq [`IntNetwork`] running on the kernels: what each layer's
@@ -128,6 +131,110 @@ fn span_of<'a>(
 
 /// Output pixels per chunk of a row (even: Winograd tiles are pairs of pixels).
 const COL_CHUNK: usize = 32;
+
+/// How a conv runs on a frame (its codes' bound `max_code`): the kernel form, and the output
+/// rows one task computes.
+struct Form {
+    tiles2: bool,
+    tiles4: bool,
+    rows_i32: bool,
+    sched: Option<wino::Schedule>,
+    use16: bool,
+    /// Output rows per task: F(2x2, 3x3) computes rows in pairs, F(4x4, 3x3) in fours.
+    rows: usize,
+}
+
+impl Form {
+    fn of(level: CpuLevel, pc: &PackedConv, max_code: u32) -> Self {
+        // In the chosen mode: Winograd F(2x2, 3x3) where it is exact (small weights and codes;
+        // i32 sums at AVX-512 VNNI), else F(2,3) along x, else its i16 form for layers too wide for vpmaddubsw (8-bit codes and
+        // weights), else direct. At VNNI levels F(2,3) has i32 sums (exact up to 7-bit codes,
+        // no schedule) and the direct kernel takes any codes and weights at 4 products per
+        // instruction, so the i16 form is not used.
+        let vnni = level.is_vnni();
+        let mode = if level >= CpuLevel::Avx2 {
+            super::winograd_for(level)
+        } else {
+            Winograd::Off
+        };
+        // F(2x2, 3x3) with i32 sums at AVX-512 VNNI (codes up to 6 bits); else F(4x4, 3x3) on
+        // i16 for the convs it fits — at AVX-512 VNNI those no u8 transform is exact for:
+        // 8-bit weights or codes (fq upsamplers, w8a6 bodies), at AVX2 all of them (2.25
+        // multiplies per output against F(2,3)'s 6), at AVX-VNNI (and its emulation) those
+        // F(2,3) on u8 with i32 sums is not exact for (8-bit weights or codes).
+        let tiles2 = mode >= Winograd::Tiles
+            && has_wino2_i32(level)
+            && max_code <= 63
+            && pc.wino2().is_some();
+        let u8_rows_fit = pc.wino.is_some() && max_code <= 127;
+        let avx_vnni = matches!(level, CpuLevel::AvxVnni | CpuLevel::EmulatedVnni);
+        let tiles4 = !tiles2 && super::wino4_for(level, pc) && !(avx_vnni && u8_rows_fit);
+        let rows_i32 = vnni && !tiles2 && mode >= Winograd::Rows && u8_rows_fit;
+        let sched = (!vnni && !tiles2 && mode >= Winograd::Rows)
+            .then(|| pc.wino_schedule(max_code))
+            .flatten();
+        // (Not for narrow convs such as the tail: with 8 output lanes for 3 channels the direct
+        // kernel's 4 pixels per weight load do better.)
+        let use16 = !vnni
+            && mode >= Winograd::Rows
+            && !tiles2
+            && sched.is_none()
+            && !pc.pairs_fit_i16(max_code)
+            && pc.cout8 >= 32
+            && pc.wino16.is_some();
+        // Output rows per task: F(2x2, 3x3) computes rows in pairs, F(4x4, 3x3) in fours.
+        let rows = if tiles4 {
+            4
+        } else if tiles2 {
+            2
+        } else {
+            1
+        };
+        Self {
+            tiles2,
+            tiles4,
+            rows_i32,
+            sched,
+            use16,
+            rows,
+        }
+    }
+}
+
+/// Rows per band of the first conv of a group of the body, by default on one thread
+/// ([`set_bands`]).
+const BAND: usize = 16;
+/// Convs per group of the body, by default on one thread: all of them (EDSR-baseline's 34).
+const GROUP: usize = 64;
+
+/// [`set_bands`]' values (0: the default).
+static BANDS: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
+/// Sets the fused engine's body schedule for the whole process (for comparisons and tests):
+/// bands of `band` rows (rounded down to a multiple of 4, at least 4; a band as tall as the
+/// frame is the layer-by-layer order) through groups of `group` convs. `None`: the default
+/// again — bands of 16 rows through the whole body on one thread, layer by layer on more
+/// (BENCHMARKS.md, "The body in row bands": on two threads each band's conv is a parallel
+/// step of its own, and the steps' joins cost what the cache saves).
+pub fn set_bands(bands: Option<(usize, usize)>) {
+    let (band, group) = bands.map_or((0, 0), |(b, g)| (b.max(4) / 4 * 4, g.max(1)));
+    BANDS[0].store(band, std::sync::atomic::Ordering::Relaxed);
+    BANDS[1].store(group, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Rows per band of the first conv of a group of the body, and convs per group, for a frame
+/// of `h` rows on the current thread pool.
+fn band_and_group(h: usize) -> (usize, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match (BANDS[0].load(Relaxed), BANDS[1].load(Relaxed)) {
+        (0, _) if rayon::current_num_threads() > 1 => (h, 1),
+        (0, _) => (BAND, GROUP),
+        bands => bands,
+    }
+}
 
 /// Numbers the conv calls, so that a thread's cached transformed rows are never taken for
 /// another call's.
@@ -247,13 +354,54 @@ impl FusedNet {
         let (h, w) = (x.h, x.w);
         // Input codes (4 channels per pixel, the 4th 0).
         quantize_into(x, q(0), 4, &mut b.input);
+        // The body (head, residual blocks, last body conv) in row bands through groups of
+        // convs: each conv of a group computes the rows its input has ready (a 3x3 conv's row
+        // `y` reads rows `y - 1 ..= y + 1`), so a band's codes and residual rows are read back
+        // from the core's cache by the next convs instead of from the shared cache or memory.
+        let body = self
+            .epis
+            .iter()
+            .take_while(|e| !matches!(e, Epi::Shuffle(_) | Epi::Out))
+            .count();
+        let (band, group) = band_and_group(h);
+        // Each conv of the group: its output rows per task (a band ends on a multiple of
+        // them) and its rows done.
+        let mut prog = std::mem::take(&mut b.progress);
+        for k0 in (0..body).step_by(group) {
+            let k1 = (k0 + group).min(body);
+            prog.clear();
+            prog.extend((k0..k1).map(|k| {
+                let (level, pc) = net.kernels(k).expect("checked in FusedNet::new");
+                (Form::of(level, pc, q(k).n as u32).rows, 0)
+            }));
+            while prog[k1 - k0 - 1].1 < h {
+                for k in k0..k1 {
+                    let j = k - k0;
+                    let ready = match j {
+                        0 => prog[0].1 + band,
+                        _ if prog[j - 1].1 >= h => h,
+                        // Row `y` needs row `y + 1` of the conv before.
+                        _ => prog[j - 1].1.saturating_sub(1),
+                    };
+                    let (per_task, done) = prog[j];
+                    let upto = if ready >= h {
+                        h
+                    } else {
+                        ready / per_task * per_task
+                    };
+                    if upto > done {
+                        self.body_conv(net, k, q, b, done..upto);
+                        prog[j].1 = upto;
+                    }
+                }
+            }
+        }
+        b.progress = prog;
         let (mut hh, mut ww) = (h, w);
         let mut stage = 0;
-        for (k, &epi) in self.epis.iter().enumerate() {
+        for (k, &epi) in self.epis.iter().enumerate().skip(body) {
             let next = (k + 1 < self.epis.len()).then(|| q(k + 1));
             let Buffers {
-                input,
-                a,
                 b: bb,
                 head,
                 res,
@@ -264,12 +412,9 @@ impl FusedNet {
             } = &mut *b;
             let scratch = (&mut *lk, &mut *psums);
             match epi {
-                Epi::Head => {
-                    self.conv(net, k, input, h, w, q(k), next, head, res, a, None, scratch)
+                Epi::Head | Epi::Relu | Epi::Res | Epi::Skip => {
+                    unreachable!("body layers run in bands")
                 }
-                Epi::Relu => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, scratch),
-                Epi::Res => self.conv(net, k, bb, h, w, q(k), next, head, res, a, None, scratch),
-                Epi::Skip => self.conv(net, k, a, h, w, q(k), next, head, res, bb, None, scratch),
                 Epi::Shuffle(r) => {
                     let (src, dst) = if stage == 0 {
                         (&bb[..], &mut hr[0])
@@ -283,6 +428,7 @@ impl FusedNet {
                         src,
                         hh,
                         ww,
+                        0..hh,
                         q(k),
                         next,
                         head,
@@ -309,6 +455,7 @@ impl FusedNet {
                         src,
                         hh,
                         ww,
+                        0..hh,
                         q(k),
                         None,
                         head,
@@ -320,6 +467,55 @@ impl FusedNet {
                 }
             }
         }
+    }
+
+    /// Output rows `ys` of body layer `k` (head, residual block conv, last body conv): from
+    /// the input codes to `a`, then between `a` and `b`. A conv writes the map the conv two
+    /// before it read: its row `y` only once the conv between them has computed row `y + 1`,
+    /// the last that reads it — which the bands' order guarantees, since row `y` of a conv
+    /// needs that row of the conv before.
+    fn body_conv(
+        &self,
+        net: &IntNetwork,
+        k: usize,
+        q: impl Fn(usize) -> ActQuant,
+        b: &mut Buffers,
+        ys: Range<usize>,
+    ) {
+        let (h, w) = (b.h, b.w);
+        let next = Some(q(k + 1));
+        let Buffers {
+            input,
+            a,
+            b: bb,
+            head,
+            res,
+            lk,
+            psums,
+            ..
+        } = b;
+        let scratch = (&mut *lk, &mut *psums);
+        let (src, dst) = match self.epis[k] {
+            Epi::Head => (&input[..], &mut a[..]),
+            Epi::Relu | Epi::Skip => (&a[..], &mut bb[..]),
+            Epi::Res => (&bb[..], &mut a[..]),
+            Epi::Shuffle(_) | Epi::Out => unreachable!("not a body layer"),
+        };
+        self.conv(
+            net,
+            k,
+            src,
+            h,
+            w,
+            ys,
+            q(k),
+            next,
+            head,
+            res,
+            dst,
+            None,
+            scratch,
+        );
     }
 
     /// Sizes the buffers for an `h x w` input (kept when the size repeats).
@@ -349,8 +545,9 @@ impl FusedNet {
         }
     }
 
-    /// Layer `k` on the `h x w` code map `src`, its epilogue writing into `dst` (codes),
-    /// `head`/`res` (f32) or `out`.
+    /// Output rows `ys` of layer `k` on the `h x w` code map `src`, its epilogue writing into
+    /// `dst` (codes), `head`/`res` (f32) or `out` (the tail and the upsamplers: `ys` is the
+    /// whole map).
     #[allow(clippy::too_many_arguments)]
     fn conv(
         &self,
@@ -359,6 +556,7 @@ impl FusedNet {
         src: &[u8],
         h: usize,
         w: usize,
+        ys: Range<usize>,
         a: ActQuant,
         next: Option<ActQuant>,
         head: &mut [f32],
@@ -387,7 +585,7 @@ impl FusedNet {
             // The epilogue applies it (`Span::sq`).
             defer_offset: pc.offset,
         }
-        .with_sums_for(pc, psums);
+        .with_sums_of_rows(pc, psums, ys.clone());
         let cout = ic.cout;
         let max_code = a.n as u32;
         let consts = Consts {
@@ -398,50 +596,14 @@ impl FusedNet {
             // Placeholder for the tail, whose epilogue writes values, not codes.
             next: next.unwrap_or(a),
         };
-        // In the chosen mode: Winograd F(2x2, 3x3) where it is exact (small weights and codes;
-        // i32 sums at AVX-512 VNNI), else F(2,3) along x, else its i16 form for layers too wide for vpmaddubsw (8-bit codes and
-        // weights), else direct. At VNNI levels F(2,3) has i32 sums (exact up to 7-bit codes,
-        // no schedule) and the direct kernel takes any codes and weights at 4 products per
-        // instruction, so the i16 form is not used.
-        let vnni = level.is_vnni();
-        let mode = if level >= CpuLevel::Avx2 {
-            super::winograd_for(level)
-        } else {
-            Winograd::Off
-        };
-        // F(2x2, 3x3) with i32 sums at AVX-512 VNNI (codes up to 6 bits); else F(4x4, 3x3) on
-        // i16 for the convs it fits — at AVX-512 VNNI those no u8 transform is exact for:
-        // 8-bit weights or codes (fq upsamplers, w8a6 bodies), at AVX2 all of them (2.25
-        // multiplies per output against F(2,3)'s 6), at AVX-VNNI (and its emulation) those
-        // F(2,3) on u8 with i32 sums is not exact for (8-bit weights or codes).
-        let tiles2 = mode >= Winograd::Tiles
-            && has_wino2_i32(level)
-            && max_code <= 63
-            && pc.wino2().is_some();
-        let u8_rows_fit = pc.wino.is_some() && max_code <= 127;
-        let avx_vnni = matches!(level, CpuLevel::AvxVnni | CpuLevel::EmulatedVnni);
-        let tiles4 = !tiles2 && super::wino4_for(level, pc) && !(avx_vnni && u8_rows_fit);
-        let rows_i32 = vnni && !tiles2 && mode >= Winograd::Rows && u8_rows_fit;
-        let sched = (!vnni && !tiles2 && mode >= Winograd::Rows)
-            .then(|| pc.wino_schedule(max_code))
-            .flatten();
-        // (Not for narrow convs such as the tail: with 8 output lanes for 3 channels the direct
-        // kernel's 4 pixels per weight load do better.)
-        let use16 = !vnni
-            && mode >= Winograd::Rows
-            && !tiles2
-            && sched.is_none()
-            && !pc.pairs_fit_i16(max_code)
-            && pc.cout8 >= 32
-            && pc.wino16.is_some();
-        // Output rows per task: F(2x2, 3x3) computes rows in pairs, F(4x4, 3x3) in fours.
-        let rows = if tiles4 {
-            4
-        } else if tiles2 {
-            2
-        } else {
-            1
-        };
+        let Form {
+            tiles2,
+            tiles4,
+            rows_i32,
+            sched,
+            use16,
+            rows,
+        } = Form::of(level, pc, max_code);
         // Each thread keeps the transformed rows of this call it built last (rows y, y+1, y+2
         // of consecutive output rows overlap), tagged with a number unique to this call.
         let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -452,7 +614,9 @@ impl FusedNet {
         // chunk's epilogue right after its sums, so that the sums are read back from cache
         // even in wide rows.
         let row_work = |y0: usize, run: &mut RunFn, pre: &PrefetchFn| {
-            let n = rows.min(h - y0);
+            // (`ys` ends on a multiple of `rows` or at `h`, unless the Winograd mode changed
+            // since the schedule was made: then the last task computes fewer rows.)
+            let n = rows.min(ys.end - y0);
             let pre = |cols: &Range<usize>| (0..n).for_each(|r| pre(r, cols.clone()));
             // The epilogue of columns `cols` of the task's rows from their sums (and, with
             // 8-bit weights, the window code sums of the offset correction it applies).
@@ -570,12 +734,12 @@ impl FusedNet {
             Epi::Out => {
                 let out = out.expect("output map");
                 let owp = out.wp();
-                out.data[owp * cout..(h + 1) * owp * cout]
+                out.data[(ys.start + 1) * owp * cout..(ys.end + 1) * owp * cout]
                     .par_chunks_mut(rows * owp * cout)
                     .enumerate()
                     .for_each(|(i, chunk)| {
                         row_work(
-                            i * rows,
+                            ys.start + i * rows,
                             &mut |r, cols, s, sq| {
                                 let row = &mut chunk[r * owp * cout..];
                                 let px = Pixel {
@@ -584,7 +748,8 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut [],
                                 };
-                                let span = span_of(pc, i * rows + r, h, w, cols, s, sq, lk);
+                                let span =
+                                    span_of(pc, ys.start + i * rows + r, h, w, cols, s, sq, lk);
                                 epilogue::run(level, Op::Values, &consts, cout, &span, px);
                             },
                             &|_, _| (),
@@ -594,13 +759,13 @@ impl FusedNet {
             Epi::Shuffle(r) => {
                 let c = cout / (r * r);
                 let hwp = w * r + 2;
-                dst[hwp * c..(h * r + 1) * hwp * c]
+                dst[(ys.start * r + 1) * hwp * c..(ys.end * r + 1) * hwp * c]
                     .par_chunks_mut(rows * r * hwp * c)
                     .enumerate()
                     .for_each(|(i, chunk)| {
                         let mut codes = [0u8; COL_CHUNK * MAX_COUT];
                         row_work(
-                            i * rows,
+                            ys.start + i * rows,
                             &mut |ry, cols, s, sq| {
                                 let hr = &mut chunk[ry * r * hwp * c..];
                                 let px = Pixel {
@@ -609,8 +774,16 @@ impl FusedNet {
                                     head: &mut [],
                                     d: &mut codes[..cols.len() * cout],
                                 };
-                                let span =
-                                    span_of(pc, i * rows + ry, h, w, cols.clone(), s, sq, lk);
+                                let span = span_of(
+                                    pc,
+                                    ys.start + i * rows + ry,
+                                    h,
+                                    w,
+                                    cols.clone(),
+                                    s,
+                                    sq,
+                                    lk,
+                                );
                                 epilogue::run(level, Op::Codes, &consts, cout, &span, px);
                                 // Sub-pixel-major codes (`shuffled`): HR row `i` of pixel
                                 // `xx` is the pixel's codes `i·r·c .. (i + 1)·r·c`.
@@ -633,10 +806,11 @@ impl FusedNet {
                     _ => Op::Skip,
                 };
                 let fw = w * cout;
-                dst[wp * cout..(h + 1) * wp * cout]
+                let band = ys.start * fw..ys.end * fw;
+                dst[(ys.start + 1) * wp * cout..(ys.end + 1) * wp * cout]
                     .par_chunks_mut(rows * wp * cout)
-                    .zip(res.par_chunks_mut(rows * fw))
-                    .zip(head.par_chunks_mut(rows * fw))
+                    .zip(res[band.clone()].par_chunks_mut(rows * fw))
+                    .zip(head[band].par_chunks_mut(rows * fw))
                     .enumerate()
                     .for_each(|(i, ((dst, res), head))| {
                         let (rbase, hbase) = (res.as_ptr() as usize, head.as_ptr() as usize);
@@ -654,7 +828,7 @@ impl FusedNet {
                             }
                         };
                         row_work(
-                            i * rows,
+                            ys.start + i * rows,
                             &mut |r, cols, s, sq| {
                                 let (row, res, head) = (
                                     &mut dst[r * wp * cout..],
@@ -668,7 +842,8 @@ impl FusedNet {
                                     head: &mut head[cols.start * cout..][..len],
                                     d: &mut row[(cols.start + 1) * cout..][..len],
                                 };
-                                let span = span_of(pc, i * rows + r, h, w, cols, s, sq, lk);
+                                let span =
+                                    span_of(pc, ys.start + i * rows + r, h, w, cols, s, sq, lk);
                                 epilogue::run(level, op, &consts, cout, &span, px);
                             },
                             &pre,
