@@ -171,18 +171,20 @@ pub unsafe fn row_sums(
     let krow = 3 * cs;
     let step = aw.step;
     debug_assert_eq!(aw.w.len(), pc.cout8.div_ceil(16) * krow / 4 * 3);
-    for x0 in cols.clone().step_by(32) {
-        let np = (cols.end - x0).min(32);
-        let m = [np.min(16), np.saturating_sub(16)];
-        // The padded map's column x0 is the window's left tap of output pixel x0.
-        let codes = |dy: usize| {
-            x.data
-                .as_ptr()
-                .wrapping_add(((y + dy) * (x.w + 2) + x0) * cs)
-        };
-        for o0 in (0..pc.cout8).step_by(32) {
-            let no = (pc.cout8 - o0).min(32);
-            let n = [no.min(16), no.saturating_sub(16)];
+    // Lane blocks outside, pixel blocks inside: a block's weight tiles (18 KB for 32 lanes of
+    // a 64-channel conv) are read once for every pixel block of `cols` from L1.
+    for o0 in (0..pc.cout8).step_by(32) {
+        let no = (pc.cout8 - o0).min(32);
+        let n = [no.min(16), no.saturating_sub(16)];
+        for x0 in cols.clone().step_by(32) {
+            let np = (cols.end - x0).min(32);
+            let m = [np.min(16), np.saturating_sub(16)];
+            // The padded map's column x0 is the window's left tap of output pixel x0.
+            let codes = |dy: usize| {
+                x.data
+                    .as_ptr()
+                    .wrapping_add(((y + dy) * (x.w + 2) + x0) * cs)
+            };
             let cfg = TileConfig::new(m, n, step);
             LOADED.with(|loaded| {
                 if loaded.get() != Some(cfg) {

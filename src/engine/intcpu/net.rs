@@ -129,8 +129,20 @@ fn span_of<'a>(
     }
 }
 
-/// Output pixels per chunk of a row (even: Winograd tiles are pairs of pixels).
-const COL_CHUNK: usize = 32;
+/// Output pixels per chunk of a row at `level` (even: Winograd tiles are pairs of pixels): a
+/// chunk's sums are computed, then its epilogue run while they are in cache. At AMX 128: the
+/// kernel reads a block of 32 output lanes' weight tiles (18 KB for a 64-channel conv) once
+/// per chunk, and with 32-pixel chunks that was a tenth of an x2 frame (BENCHMARKS.md,
+/// session 38); elsewhere 32.
+fn col_chunk(level: CpuLevel) -> usize {
+    match level {
+        CpuLevel::Amx => MAX_COL_CHUNK,
+        _ => 32,
+    }
+}
+
+/// The largest [`col_chunk`].
+const MAX_COL_CHUNK: usize = 128;
 
 /// How a conv runs on a frame (its codes' bound `max_code`): the kernel form, and the output
 /// rows one task computes.
@@ -277,6 +289,8 @@ thread_local! {
     static SUMS: RefCell<Aligned<i32>> = const { RefCell::new(Aligned::new()) };
     static TILES2: RefCell<Aligned<u8>> = const { RefCell::new(Aligned::new()) };
     static TILES4: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+    /// An upsampler's codes of a chunk of pixels, before they go to their HR rows.
+    static SHUFFLE: RefCell<Aligned<u8>> = const { RefCell::new(Aligned::new()) };
 }
 
 impl FusedNet {
@@ -604,6 +618,7 @@ impl FusedNet {
             use16,
             rows,
         } = Form::of(level, pc, max_code);
+        let chunk = col_chunk(level);
         // Each thread keeps the transformed rows of this call it built last (rows y, y+1, y+2
         // of consecutive output rows overlap), tagged with a number unique to this call.
         let call = NEXT_CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -621,7 +636,7 @@ impl FusedNet {
             // The epilogue of columns `cols` of the task's rows from their sums (and, with
             // 8-bit weights, the window code sums of the offset correction it applies).
             let epilogue = |sums: &[i32], cols: Range<usize>, run: &mut RunFn| {
-                let mut sq = [0i32; COL_CHUNK];
+                let mut sq = [0i32; MAX_COL_CHUNK];
                 for r in 0..n {
                     let s = &sums[r * plane + cols.start * pc.cout8..];
                     let sq: &[i32] = if map.defer_offset {
@@ -639,8 +654,8 @@ impl FusedNet {
                 if tiles4 {
                     return TILES4.with(|cell| {
                         let mut tiles = cell.borrow_mut();
-                        for x0 in (0..w).step_by(COL_CHUNK) {
-                            let cols = x0..(x0 + COL_CHUNK).min(w);
+                        for x0 in (0..w).step_by(chunk) {
+                            let cols = x0..(x0 + chunk).min(w);
                             pre(&cols);
                             row_sums_wino4(
                                 level,
@@ -658,9 +673,9 @@ impl FusedNet {
                 if tiles2 {
                     return TILES2.with(|cell| {
                         let mut tiles = cell.borrow_mut();
-                        tiles.resize(wino::tiles2_len(COL_CHUNK / 2, pc.cstride));
-                        for x0 in (0..w).step_by(COL_CHUNK) {
-                            let cols = x0..(x0 + COL_CHUNK).min(w);
+                        tiles.resize(wino::tiles2_len(chunk / 2, pc.cstride));
+                        for x0 in (0..w).step_by(chunk) {
+                            let cols = x0..(x0 + chunk).min(w);
                             let (t0, t1) = (x0 / 2, cols.end.div_ceil(2));
                             pre(&cols);
                             let data = &mut tiles[..wino::tiles2_len(t1 - t0, pc.cstride)];
@@ -693,8 +708,8 @@ impl FusedNet {
                         c.prepare(call, y, tl, |r, row| wino::build_row16(level, &map, r, row));
                     })
                 }
-                for x0 in (0..w).step_by(COL_CHUNK) {
-                    let cols = x0..(x0 + COL_CHUNK).min(w);
+                for x0 in (0..w).step_by(chunk) {
+                    let cols = x0..(x0 + chunk).min(w);
                     pre(&cols);
                     if let Some(()) = rows8 {
                         ROWS8.with(|cell| {
@@ -763,39 +778,42 @@ impl FusedNet {
                     .par_chunks_mut(rows * r * hwp * c)
                     .enumerate()
                     .for_each(|(i, chunk)| {
-                        let mut codes = [0u8; COL_CHUNK * MAX_COUT];
-                        row_work(
-                            ys.start + i * rows,
-                            &mut |ry, cols, s, sq| {
-                                let hr = &mut chunk[ry * r * hwp * c..];
-                                let px = Pixel {
-                                    out: &mut [],
-                                    res: &mut [],
-                                    head: &mut [],
-                                    d: &mut codes[..cols.len() * cout],
-                                };
-                                let span = span_of(
-                                    pc,
-                                    ys.start + i * rows + ry,
-                                    h,
-                                    w,
-                                    cols.clone(),
-                                    s,
-                                    sq,
-                                    lk,
-                                );
-                                epilogue::run(level, Op::Codes, &consts, cout, &span, px);
-                                // Sub-pixel-major codes (`shuffled`): HR row `i` of pixel
-                                // `xx` is the pixel's codes `i·r·c .. (i + 1)·r·c`.
-                                for (xx, px) in cols.zip(codes.chunks_exact(cout)) {
-                                    for (i, sub) in px.chunks_exact(r * c).enumerate() {
-                                        let at = (i * hwp + xx * r + 1) * c;
-                                        hr[at..at + r * c].copy_from_slice(sub);
+                        SHUFFLE.with(|cell| {
+                            let mut codes = cell.borrow_mut();
+                            codes.resize(col_chunk(level) * cout);
+                            row_work(
+                                ys.start + i * rows,
+                                &mut |ry, cols, s, sq| {
+                                    let hr = &mut chunk[ry * r * hwp * c..];
+                                    let px = Pixel {
+                                        out: &mut [],
+                                        res: &mut [],
+                                        head: &mut [],
+                                        d: &mut codes[..cols.len() * cout],
+                                    };
+                                    let span = span_of(
+                                        pc,
+                                        ys.start + i * rows + ry,
+                                        h,
+                                        w,
+                                        cols.clone(),
+                                        s,
+                                        sq,
+                                        lk,
+                                    );
+                                    epilogue::run(level, Op::Codes, &consts, cout, &span, px);
+                                    // Sub-pixel-major codes (`shuffled`): HR row `i` of pixel
+                                    // `xx` is the pixel's codes `i·r·c .. (i + 1)·r·c`.
+                                    for (xx, px) in cols.zip(codes.chunks_exact(cout)) {
+                                        for (i, sub) in px.chunks_exact(r * c).enumerate() {
+                                            let at = (i * hwp + xx * r + 1) * c;
+                                            hr[at..at + r * c].copy_from_slice(sub);
+                                        }
                                     }
-                                }
-                            },
-                            &|_, _| (),
-                        )
+                                },
+                                &|_, _| (),
+                            )
+                        })
                     });
             }
             Epi::Head | Epi::Relu | Epi::Res | Epi::Skip => {
