@@ -12,7 +12,8 @@
 //!                                                # 320x180 frame down to 320x8 (cache-resident)
 //!   cargo bench --bench cpu -- --bands-ab 9      # the fused body in row bands through
 //!                                                # groups of convs vs layer by layer
-//!                                                # (--bands off,8x4,4x2: band x group)
+//!                                                # (--bands off,8x4,4x2: band x group;
+//!                                                # default; /cN: N-pixel column chunks)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -27,7 +28,7 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
-use gstadabm::engine::intcpu::{CpuLevel, set_bands};
+use gstadabm::engine::intcpu::{CpuLevel, set_bands, set_col_chunk};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
 
@@ -626,15 +627,22 @@ fn levels_ab(frames: usize, threads: usize) {
 /// the layer-by-layer order (`off`, a band as tall as the frame) of the same round.
 fn bands_ab(rounds: usize, threads: usize) {
     let list = arg("--bands").unwrap_or_else(|| "off,8x4,4x4,8x8,16x4,8x2".into());
-    let configs: Vec<(String, Option<(usize, usize)>)> = list
+    // Each config: a schedule ("off", "default", or band x group) and optionally "/cN".
+    type Config = (String, Option<(usize, usize)>, Option<usize>);
+    let configs: Vec<Config> = list
         .split(',')
         .map(|c| {
-            let bands = match c.split_once('x') {
-                Some((b, g)) => Some((b.parse().expect("band"), g.parse().expect("group"))),
-                None if c == "off" => Some((usize::MAX / 8, 1)),
-                None => None,
+            let (sched, chunk) = match c.split_once("/c") {
+                Some((s, n)) => (s, Some(n.parse().expect("chunk"))),
+                None => (c, None),
             };
-            (c.to_string(), bands)
+            let bands = match sched.split_once('x') {
+                Some((b, g)) => Some((b.parse().expect("band"), g.parse().expect("group"))),
+                None if sched == "off" => Some((usize::MAX / 8, 1)),
+                None if sched == "default" => None,
+                None => panic!("--bands: {c}"),
+            };
+            (c.to_string(), bands, chunk)
         })
         .collect();
     let only = arg("--only").unwrap_or_default();
@@ -656,8 +664,9 @@ fn bands_ab(rounds: usize, threads: usize) {
         let mut outs = vec![None; configs.len()];
         for round in 0..rounds + 1 {
             let mut row = Vec::new();
-            for (i, (_, bands)) in configs.iter().enumerate() {
+            for (i, (_, bands, chunk)) in configs.iter().enumerate() {
                 set_bands(*bands);
+                set_col_chunk(*chunk);
                 let t = Instant::now();
                 let out = engine.upscale(&img, &Options::default()).unwrap();
                 row.push(t.elapsed().as_secs_f64() * 1e3);
@@ -672,6 +681,7 @@ fn bands_ab(rounds: usize, threads: usize) {
             }
         }
         set_bands(None);
+        set_col_chunk(None);
         let same = outs.windows(2).all(|p| p[0] == p[1]);
         println!("{name} {w}x{h}, {threads} threads, {rounds} rounds");
         println!(
@@ -679,7 +689,7 @@ fn bands_ab(rounds: usize, threads: usize) {
             configs[0].0
         );
         println!("|---|---:|---:|---:|");
-        for (i, (c, _)) in configs.iter().enumerate() {
+        for (i, (c, ..)) in configs.iter().enumerate() {
             let fastest = times[i].iter().cloned().fold(f64::INFINITY, f64::min);
             println!(
                 "| {c} | {fastest:.1} ms | {:.1} ms | {:.2}x |",

@@ -33,7 +33,7 @@ pub mod wino;
 pub mod wino4;
 
 pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
-pub use net::{FusedNet, set_bands};
+pub use net::{FusedNet, set_bands, set_col_chunk};
 
 use std::ops::Range;
 

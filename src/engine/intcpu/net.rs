@@ -135,10 +135,22 @@ fn span_of<'a>(
 /// per chunk, and with 32-pixel chunks that was a tenth of an x2 frame (BENCHMARKS.md,
 /// session 38); elsewhere 32.
 fn col_chunk(level: CpuLevel) -> usize {
-    match level {
-        CpuLevel::Amx => MAX_COL_CHUNK,
-        _ => 32,
+    match (CHUNK.load(std::sync::atomic::Ordering::Relaxed), level) {
+        (0, CpuLevel::Amx) => MAX_COL_CHUNK,
+        (0, _) => 32,
+        (n, _) => n,
     }
+}
+
+/// [`set_col_chunk`]'s value (0: the default).
+static CHUNK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the fused engine's pixels per chunk of a row for the whole process (for comparisons
+/// and tests): `n` rounded down to an even number in `2 ..= 128`. `None`: the default again
+/// (128 at AMX, else 32).
+pub fn set_col_chunk(n: Option<usize>) {
+    let v = n.map_or(0, |n| n.clamp(2, MAX_COL_CHUNK) / 2 * 2);
+    CHUNK.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The largest [`col_chunk`].
