@@ -469,6 +469,24 @@ fn metrics(frames: usize) {
     }
 }
 
+/// The rows of the A/B benchmarks whose network's name contains `--only`: the name, the model
+/// ([`ab_model`]) and its input (x2 at 320x180, x4 at 480x270), made as they are reached.
+fn ab_rows() -> impl Iterator<Item = (String, gstadabm::engine::Model, Image)> {
+    let only = arg("--only").unwrap_or_default();
+    [
+        (2u32, 320usize, 180usize, "w4a4"),
+        (2, 320, 180, "w8a6"),
+        (4, 480, 270, "w4a4"),
+        (2, 320, 180, "built-in"),
+        (4, 480, 270, "built-in"),
+    ]
+    .into_iter()
+    .filter_map(move |(scale, w, h, kind)| {
+        let (name, q) = ab_model(scale, kind);
+        name.contains(&only).then(|| (name, q, test_image(w, h, 3)))
+    })
+}
+
 /// The networks of the A/B benchmarks: EDSR-baseline (random weights) quantized to `kind`
 /// ("w4a4", "w8a6"), or the built-in w4a4 model of that scale (`kind` "built-in").
 fn ab_model(scale: u32, kind: &str) -> (String, gstadabm::engine::Model) {
@@ -581,19 +599,8 @@ fn levels_ab(frames: usize, threads: usize) {
         CpuLevel::available()
     });
     println!("levels: {levels:?}");
-    let only = arg("--only").unwrap_or_default();
-    for (scale, w, h, kind) in [
-        (2u32, 320usize, 180usize, "w4a4"),
-        (2, 320, 180, "w8a6"),
-        (4, 480, 270, "w4a4"),
-        (2, 320, 180, "built-in"),
-        (4, 480, 270, "built-in"),
-    ] {
-        let (name, q) = ab_model(scale, kind);
-        if !name.contains(&only) {
-            continue;
-        }
-        let img = test_image(w, h, 3);
+    for (name, q, img) in ab_rows() {
+        let (w, h) = (img.width, img.height);
         let engines: Vec<Engine> = levels
             .iter()
             .map(|&l| Engine::with_execution(&q, threads, Execution::IntegerAt(l)).unwrap())
@@ -645,19 +652,8 @@ fn bands_ab(rounds: usize, threads: usize) {
             (c.to_string(), bands, chunk)
         })
         .collect();
-    let only = arg("--only").unwrap_or_default();
-    for (scale, w, h, kind) in [
-        (2u32, 320usize, 180usize, "w4a4"),
-        (2, 320, 180, "w8a6"),
-        (4, 480, 270, "w4a4"),
-        (2, 320, 180, "built-in"),
-        (4, 480, 270, "built-in"),
-    ] {
-        let (name, q) = ab_model(scale, kind);
-        if !name.contains(&only) {
-            continue;
-        }
-        let img = test_image(w, h, 3);
+    for (name, q, img) in ab_rows() {
+        let (w, h) = (img.width, img.height);
         let engine = Engine::new(&q, threads).unwrap();
         let mut times = vec![Vec::new(); configs.len()];
         let mut ratios = vec![Vec::new(); configs.len()];

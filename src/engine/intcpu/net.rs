@@ -241,7 +241,7 @@ static BANDS: [std::sync::atomic::AtomicUsize; 2] = [
 /// bands of `band` rows (rounded down to a multiple of 4, at least 4; a band as tall as the
 /// frame is the layer-by-layer order) through groups of `group` convs. `None`: the default
 /// again — bands of 16 rows through the whole body on one thread, layer by layer on more
-/// (BENCHMARKS.md, "The body in row bands": on two threads each band's conv is a parallel
+/// (BENCHMARKS.md, "Row bands through the body": on two threads each band's conv is a parallel
 /// step of its own, and the steps' joins cost what the cache saves).
 pub fn set_bands(bands: Option<(usize, usize)>) {
     let (band, group) = bands.map_or((0, 0), |(b, g)| (b.max(4) / 4 * 4, g.max(1)));
