@@ -39,6 +39,28 @@ fn random_codes(rng: &mut Rng, h: usize, w: usize, cin: usize, bits: u8) -> (Cod
     (m, padded)
 }
 
+/// Asserts that `out` holds the reference conv `ic`'s sums of every pixel of output row `y` of
+/// `m` (pixel `x`'s at `x · cout8`); `case` names the case in the message.
+#[track_caller]
+fn assert_row_sums(
+    ic: &IntConv,
+    m: &CodeMap,
+    y: usize,
+    out: &[i32],
+    cout8: usize,
+    case: std::fmt::Arguments,
+) {
+    let mut want = vec![0i32; ic.cout];
+    for x in 0..m.w {
+        ic.sums(m, y, x, &mut want);
+        assert_eq!(
+            &out[x * cout8..x * cout8 + ic.cout],
+            &want[..],
+            "{case} at ({y},{x})"
+        );
+    }
+}
+
 #[test]
 fn kernels_match_the_reference_exactly() {
     let mut rng = Rng::new(99);
@@ -81,17 +103,17 @@ fn kernels_match_the_reference_exactly() {
                             let max = (1 << bits) - 1;
                             row_sums(level, codes, &pc, y, max, 0..split, &mut out);
                             row_sums(level, codes, &pc, y, max, split..w, &mut out);
-                            let mut want = vec![0i32; cout];
-                            for x in 0..w {
-                                ic.sums(&m, y, x, &mut want);
-                                assert_eq!(
-                                    &out[x * pc.cout8..x * pc.cout8 + cout],
-                                    &want[..],
-                                    "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at \
-                                     ({y},{x}), sums {}",
+                            assert_row_sums(
+                                &ic,
+                                &m,
+                                y,
+                                &out,
+                                pc.cout8,
+                                format_args!(
+                                    "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits}, sums {}",
                                     codes.sums.is_some()
-                                );
-                            }
+                                ),
+                            );
                         }
                     }
                 }
@@ -152,19 +174,14 @@ fn direct_kernels_match_the_reference_on_wide_maps() {
                     let split = 5.min(m.w);
                     row_sums(level, &codes, pc, y, max, 0..split, &mut out);
                     row_sums(level, &codes, pc, y, max, split..m.w, &mut out);
-                    let mut want = vec![0i32; ic.cout];
-                    for x in 0..m.w {
-                        ic.sums(m, y, x, &mut want);
-                        assert_eq!(
-                            &out[x * pc.cout8..x * pc.cout8 + ic.cout],
-                            &want[..],
-                            "{level:?} {}x{} {}->{} a{bits} at ({y},{x})",
-                            m.h,
-                            m.w,
-                            ic.cin,
-                            ic.cout
-                        );
-                    }
+                    assert_row_sums(
+                        ic,
+                        m,
+                        y,
+                        &out,
+                        pc.cout8,
+                        format_args!("{level:?} {}x{} {}->{} a{bits}", m.h, m.w, ic.cin, ic.cout),
+                    );
                 }
             }
         }
@@ -287,15 +304,14 @@ fn winograd_i32_matches_the_reference_exactly() {
                             max_code,
                         };
                         row_sums_wino_i32(level, &v, &pc, 0..w, &mut out);
-                        let mut want = vec![0i32; cout];
-                        for x in 0..w {
-                            ic.sums(&m, y, x, &mut want);
-                            assert_eq!(
-                                &out[x * pc.cout8..x * pc.cout8 + cout],
-                                &want[..],
-                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
-                            );
-                        }
+                        assert_row_sums(
+                            &ic,
+                            &m,
+                            y,
+                            &out,
+                            pc.cout8,
+                            format_args!("{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits}"),
+                        );
                         checked += 1;
                     }
                 }
@@ -390,15 +406,14 @@ fn winograd_matches_the_reference_exactly() {
                             max_code,
                         };
                         row_sums_wino(level, &v, &pc, &sched, 0..w, &mut out);
-                        let mut want = vec![0i32; cout];
-                        for x in 0..w {
-                            ic.sums(&m, y, x, &mut want);
-                            assert_eq!(
-                                &out[x * pc.cout8..x * pc.cout8 + cout],
-                                &want[..],
-                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
-                            );
-                        }
+                        assert_row_sums(
+                            &ic,
+                            &m,
+                            y,
+                            &out,
+                            pc.cout8,
+                            format_args!("{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits}"),
+                        );
                         checked += 1;
                     }
                 }
@@ -483,15 +498,14 @@ fn winograd16_matches_the_reference_exactly() {
                             cstride: pc.cstride,
                         };
                         row_sums_wino16(level, &v, &codes, &pc, y, 0..w, &mut out);
-                        let mut want = vec![0i32; cout];
-                        for x in 0..w {
-                            ic.sums(&m, y, x, &mut want);
-                            assert_eq!(
-                                &out[x * pc.cout8..x * pc.cout8 + cout],
-                                &want[..],
-                                "{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({y},{x})"
-                            );
-                        }
+                        assert_row_sums(
+                            &ic,
+                            &m,
+                            y,
+                            &out,
+                            pc.cout8,
+                            format_args!("{level:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits}"),
+                        );
                         checked += 1;
                     }
                 }
@@ -672,18 +686,15 @@ fn winograd2_matches_the_reference_exactly() {
                         let cols = 2 * t0..(2 * t1).min(w);
                         row_sums_wino2_i32(kernel, &v, &pc, cols, &mut out);
                     }
-                    let mut want = vec![0i32; cout];
                     for r in 0..2.min(h - y) {
-                        for x in 0..w {
-                            ic.sums(&m, y + r, x, &mut want);
-                            let at = (r * w + x) * pc.cout8;
-                            assert_eq!(
-                                &out[at..at + cout],
-                                &want[..],
-                                "{kernel:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits} at ({},{x})",
-                                y + r
-                            );
-                        }
+                        assert_row_sums(
+                            &ic,
+                            &m,
+                            y + r,
+                            &out[r * w * pc.cout8..],
+                            pc.cout8,
+                            format_args!("{kernel:?} {h}x{w} {cin}->{cout} w{w_bits} a{bits}"),
+                        );
                         checked += 1;
                     }
                 }
@@ -865,18 +876,15 @@ fn winograd4_at(level: CpuLevel) {
                     let cols = x0..(x0 + chunk).min(w);
                     row_sums_wino4(level, codes, &pc, y0, cols, &mut tiles, &mut out);
                 }
-                let mut want = vec![0i32; ic.cout];
                 for r in 0..4.min(h - y0) {
-                    for x in 0..w {
-                        ic.sums(m, y0 + r, x, &mut want);
-                        let at = (r * w + x) * pc.cout8;
-                        assert_eq!(
-                            &out[at..at + ic.cout],
-                            &want[..],
-                            "{level:?} {what}: chunk {chunk} at ({},{x})",
-                            y0 + r
-                        );
-                    }
+                    assert_row_sums(
+                        ic,
+                        m,
+                        y0 + r,
+                        &out[r * w * pc.cout8..],
+                        pc.cout8,
+                        format_args!("{level:?} {what}: chunk {chunk}"),
+                    );
                     rows += 1;
                 }
             }
