@@ -13,8 +13,9 @@
 //! of `4 · cout8` bytes the kernel was 2–2.5x slower). No transform: the sums are the same i32
 //! as every other kernel's (`vpdpbusd` semantics, u8 codes times i8 weights, exact).
 //!
-//! Blocking: 2 pixel blocks of 16 (the engines' 32-pixel column chunks) × 2 output blocks of
-//! 16 lanes, 4 accumulator tiles, 2 left and 2 right operand tiles: the 8 tile registers.
+//! Blocking: 2 pixel blocks of 16 × 2 output blocks of 16 lanes, 4 accumulator tiles, 2 left
+//! and 2 right operand tiles: the 8 tile registers. Each pair of lane blocks makes one pass
+//! over the pixel blocks of the columns asked for (128 a call from the fused engine).
 //! Each kernel row's `3 · cstride` bytes are cut into equal steps of at most 64 (a multiple of
 //! 4 dividing it), so one tile configuration serves the whole row; pixel, lane and step
 //! tails are shapes of the configuration (rows and bytes per tile), never reads past the map.
@@ -218,8 +219,9 @@ pub unsafe fn row_sums(
 
 thread_local! {
     /// The tile configuration this thread loaded last: it stays loaded between calls (the
-    /// engines call [`row_sums`] per 32-pixel chunk, and a `ldtilecfg` + `tilerelease` pair
-    /// cost about 100 ns, 7% of such a call). Nothing else in the process configures tiles;
+    /// engines call [`row_sums`] per chunk of a row — 32 pixels when this was measured, 128 in the
+    /// fused engine since — and a `ldtilecfg` + `tilerelease` pair cost about 100 ns, 7% of a
+    /// 32-pixel call). Nothing else in the process configures tiles;
     /// the OS keeps a thread's tile state across context switches and frees it with the
     /// thread.
     static LOADED: std::cell::Cell<Option<TileConfig>> = const { std::cell::Cell::new(None) };

@@ -132,8 +132,8 @@ fn span_of<'a>(
 /// Output pixels per chunk of a row at `level` (even: Winograd tiles are pairs of pixels): a
 /// chunk's sums are computed, then its epilogue run while they are in cache. At AMX 128: the
 /// kernel reads a block of 32 output lanes' weight tiles (18 KB for a 64-channel conv) once
-/// per chunk, and with 32-pixel chunks that was a tenth of an x2 frame (BENCHMARKS.md,
-/// session 38); elsewhere 32.
+/// per chunk: frames 1.05–1.13x against 32-pixel chunks (BENCHMARKS.md, session 38);
+/// elsewhere 32.
 fn col_chunk(level: CpuLevel) -> usize {
     match (CHUNK.load(std::sync::atomic::Ordering::Relaxed), level) {
         (0, CpuLevel::Amx) => MAX_COL_CHUNK,
