@@ -205,6 +205,13 @@ fn kernels(frames: usize) {
     use gstadabm::engine::intnet::IntConv;
     use gstadabm::engine::random::Rng;
     let (h, w) = (180usize, 320usize);
+    // The sums on cache lines, as the engines keep them (a `Vec` from `malloc` starts 16
+    // bytes past a line, and every AMX tile store of a row split two lines).
+    let sums_buf = |len: usize| {
+        let mut b = Aligned::<i32>::new();
+        b.resize(len);
+        b
+    };
     let misalign: usize = arg("--misalign").map_or(0, |v| v.parse().expect("--misalign N"));
     use rayon::prelude::*;
     println!("| kernel | weights | codes | ms | GMAC/s | GMAC/s, all threads |");
@@ -243,7 +250,7 @@ fn kernels(frames: usize) {
         .with_sums_for(&pc, &mut psums);
         let max_code = (1u32 << bits) - 1;
         let level = CpuLevel::detect();
-        let mut out = vec![0i32; w * pc.cout8];
+        let mut out = sums_buf(w * pc.cout8);
         let pass = || {
             for y in 0..h {
                 row_sums(level, &map, &pc, y, max_code, 0..w, &mut out);
@@ -254,7 +261,7 @@ fn kernels(frames: usize) {
         // Rows over every thread, as the engine runs them.
         let par = || {
             (0..h).into_par_iter().for_each_init(
-                || vec![0i32; w * pc.cout8],
+                || sums_buf(w * pc.cout8),
                 |out, y| {
                     row_sums(level, &map, &pc, y, max_code, 0..w, out);
                     std::hint::black_box(&out);
@@ -290,7 +297,7 @@ fn kernels(frames: usize) {
                     vt.chunks_mut(tl).enumerate().for_each(build);
                 }
                 let rows: Vec<&[u8]> = vt.chunks_exact(tl).collect();
-                let row = |out: &mut Vec<i32>, y: usize| {
+                let row = |out: &mut Aligned<i32>, y: usize| {
                     let vi = wino::WinoInput {
                         rows: [rows[y], rows[y + 1], rows[y + 2]],
                         w,
@@ -306,9 +313,9 @@ fn kernels(frames: usize) {
                 if par {
                     (0..h)
                         .into_par_iter()
-                        .for_each_init(|| vec![0i32; w * pc.cout8], row);
+                        .for_each_init(|| sums_buf(w * pc.cout8), row);
                 } else {
-                    let mut out = vec![0i32; w * pc.cout8];
+                    let mut out = sums_buf(w * pc.cout8);
                     (0..h).for_each(|y| row(&mut out, y));
                 }
             };
@@ -403,7 +410,7 @@ fn kernels(frames: usize) {
                     vt.chunks_mut(tl).enumerate().for_each(build);
                 }
                 let rows: Vec<&[i16]> = vt.chunks_exact(tl).collect();
-                let row = |out: &mut Vec<i32>, y: usize| {
+                let row = |out: &mut Aligned<i32>, y: usize| {
                     let vi = wino::WinoInput16 {
                         rows: [rows[y], rows[y + 1], rows[y + 2]],
                         w,
@@ -415,9 +422,9 @@ fn kernels(frames: usize) {
                 if par {
                     (0..h)
                         .into_par_iter()
-                        .for_each_init(|| vec![0i32; w * pc.cout8], row);
+                        .for_each_init(|| sums_buf(w * pc.cout8), row);
                 } else {
-                    let mut out = vec![0i32; w * pc.cout8];
+                    let mut out = sums_buf(w * pc.cout8);
                     (0..h).for_each(|y| row(&mut out, y));
                 }
             };
