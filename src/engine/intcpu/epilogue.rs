@@ -4,9 +4,11 @@
 //! the next layer's codes `rint((clamp(x, l, u) − l)·N/(u − l))`.
 //!
 //! [`scalar`] is the reference; [`avx2`] does 8 channels per step with the same IEEE
-//! operations (products and sums rounded one at a time, `vcvtps2dq` rounding to nearest even
-//! like `round_ties_even`, `max(x, l)` turning NaN into `l` as `clamp` + the saturating cast
-//! turn it into code 0), so both give the same bits.
+//! operations for the values (products and sums rounded one at a time) and the codes'
+//! `(x − l)·N/(u − l)` capped at the same product for `u` instead of clamping `x` first
+//! (`vcvtps2dq` rounding to nearest even like `round_ties_even`; values below `l` and NaN
+//! give negative lanes, which the saturating packs make 0 as the reference's clamp and cast
+//! do), so both give the same bits.
 
 use super::{Aligned, CpuLevel};
 use crate::engine::intconv::ActQuant;
@@ -237,17 +239,18 @@ unsafe fn avx2<const FOLD: bool>(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: 
     unsafe {
         let (hw, da) = (_mm256_set1_ps(c.hw), _mm256_set1_ps(c.da));
         let rs = _mm256_set1_ps(c.res_scale);
-        let (nl, nu, ns) = (
+        let (nl, ns, top) = (
             _mm256_set1_ps(c.next.l),
-            _mm256_set1_ps(c.next.u),
             _mm256_set1_ps(c.next.inv_step()),
+            _mm256_set1_ps((c.next.u - c.next.l) * c.next.inv_step()),
         );
         let zero = _mm256_setzero_ps();
         let sqv = _mm256_set1_epi32(sq);
-        // Codes of 8 values as 8 bytes (values in 0..=255 after the clamp).
+        // Codes of 8 values as 8 bytes, without the clamp's `max` as [`code_lanes`] (values
+        // below `l` and NaN give negative lanes, which `vpackusdw` makes 0).
         let code = |x: __m256| -> u64 {
-            let x = _mm256_min_ps(_mm256_max_ps(x, nl), nu);
-            let i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, nl), ns));
+            let p = _mm256_mul_ps(_mm256_sub_ps(x, nl), ns);
+            let i = _mm256_cvtps_epi32(_mm256_min_ps(top, p));
             let w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
             _mm_cvtsi128_si64(_mm_packus_epi16(w, w)) as u64
         };
@@ -312,17 +315,19 @@ unsafe fn neon(op: Op, c: &Consts, s: &[i32], lk: &[f32], sq: Option<i32>, px: P
     unsafe {
         let (hw, da) = (vdupq_n_f32(c.hw), vdupq_n_f32(c.da));
         let rs = vdupq_n_f32(c.res_scale);
-        let (nl, nu, ns) = (
+        let (nl, ns, top) = (
             vdupq_n_f32(c.next.l),
-            vdupq_n_f32(c.next.u),
             vdupq_n_f32(c.next.inv_step()),
+            vdupq_n_f32((c.next.u - c.next.l) * c.next.inv_step()),
         );
         let zero = vdupq_n_f32(0.0);
         let sqv = sq.map(|q| vdupq_n_s32(q));
-        // Codes of 4 values as saturated u16 (values in 0..=255 after the clamp; NaN gives 0).
+        // Codes of 4 values as saturated u16, without the clamp's `max` as [`code_lanes`]:
+        // values below `l` give negative lanes, which `vqmovun` makes 0; a NaN stays NaN
+        // (`fmin` returns NaN), which `fcvtns` makes 0.
         let code = |x: float32x4_t| -> uint16x4_t {
-            let x = vminq_f32(vmaxq_f32(x, nl), nu);
-            vqmovun_s32(vcvtnq_s32_f32(vmulq_f32(vsubq_f32(x, nl), ns)))
+            let p = vmulq_f32(vsubq_f32(x, nl), ns);
+            vqmovun_s32(vcvtnq_s32_f32(vminq_f32(top, p)))
         };
         let (out, res, head) = (
             px.out.as_mut_ptr(),
@@ -436,9 +441,9 @@ unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
 
 /// [`avx2`] for a run of pixels, 16 channels per step on 512-bit vectors, the last step of a
 /// pixel masked (no scalar tail), the constants loaded once per run. The same IEEE operations
-/// in the same order; codes by `vcvtps2dq` (nearest even), negative results (only the
-/// "integer indefinite" of a NaN product) to 0 and the rest saturated to 255, as the pair
-/// `vpackusdw`, `vpackuswb` does. One copy of the loop per op (no dispatch per vector: the
+/// in the same order for the values; codes without the clamp's `max` ([`code_lanes`]: values
+/// below `l` and NaN give negative lanes) by `vcvtps2dq` (nearest even), negative lanes to 0
+/// and the rest saturated to 255, as the pair `vpackssdw`, `vpackuswb` does. One copy of the loop per op (no dispatch per vector: the
 /// jump took a few % of the epilogue on an Intel Xeon).
 ///
 /// # Safety
@@ -473,8 +478,8 @@ unsafe fn avx512_loop<const FOLD: bool>(op: Op, c: &Consts, n: usize, span: &Spa
             da: _mm512_set1_ps(c.da),
             rs: _mm512_set1_ps(c.res_scale),
             nl: _mm512_set1_ps(c.next.l),
-            nu: _mm512_set1_ps(c.next.u),
             ns: _mm512_set1_ps(c.next.inv_step()),
+            top: _mm512_set1_ps((c.next.u - c.next.l) * c.next.inv_step()),
             bias: c.bias.as_ptr(),
         };
         for i in 0..span.count {
@@ -530,8 +535,9 @@ struct Steps {
     da: std::arch::x86_64::__m512,
     rs: std::arch::x86_64::__m512,
     nl: std::arch::x86_64::__m512,
-    nu: std::arch::x86_64::__m512,
     ns: std::arch::x86_64::__m512,
+    /// `(u − l)·N/(u − l)` as the codes compute it: the scaled value of `u`.
+    top: std::arch::x86_64::__m512,
     bias: *const f32,
 }
 
@@ -595,8 +601,15 @@ unsafe fn step(
     }
 }
 
-/// The next layer's codes of 16 values as i32 lanes: clamped to `[l, u]`, `(x − l)/Δ` rounded
-/// to nearest even (`vcvtps2dq`).
+/// The next layer's codes of 16 values as i32 lanes, the reference's `rint((clamp(x, l, u) −
+/// l)·N/(u − l))` where it is in `0 ..= 255` and negative where the reference gives 0, for the
+/// callers' saturation to bytes to make 0: `(x − l)·N/(u − l)` capped at `top`, the same
+/// product for `u`, then rounded to nearest even (`vcvtps2dq`). Three operations and the
+/// conversion where clamping first takes four: below `l` the product is negative (or −0)
+/// where the reference's is 0; above `u` it is at least `top` (rounding is monotonic), so the
+/// cap gives the reference's product for `u` itself; a NaN stays NaN (`vminps` returns its
+/// second operand when either is NaN), converted to the "integer indefinite" `i32::MIN`, where
+/// the reference's NaN gives 0.
 ///
 /// # Safety
 /// AVX-512 F.
@@ -606,8 +619,8 @@ unsafe fn code_lanes(k: &Steps, x: std::arch::x86_64::__m512) -> std::arch::x86_
     use std::arch::x86_64::*;
     // SAFETY: register arithmetic.
     unsafe {
-        let x = _mm512_min_ps(_mm512_max_ps(x, k.nl), k.nu);
-        _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, k.nl), k.ns))
+        let p = _mm512_mul_ps(_mm512_sub_ps(x, k.nl), k.ns);
+        _mm512_cvtps_epi32(_mm512_min_ps(k.top, p))
     }
 }
 
