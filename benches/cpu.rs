@@ -13,7 +13,8 @@
 //!   cargo bench --bench cpu -- --bands-ab 9      # the fused body in row bands through
 //!                                                # groups of convs vs layer by layer
 //!                                                # (--bands off,8x4,4x2: band x group;
-//!                                                # default; /cN: N-pixel column chunks)
+//!                                                # default; /cN: N-pixel column chunks;
+//!                                                # /s0: AMX tile stores not overlapped)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -28,7 +29,7 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
-use gstadabm::engine::intcpu::{CpuLevel, set_bands, set_col_chunk};
+use gstadabm::engine::intcpu::{CpuLevel, set_bands, set_col_chunk, set_store_overlap};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
 
@@ -641,14 +642,19 @@ fn levels_ab(frames: usize, threads: usize) {
 /// the layer-by-layer order (`off`, a band as tall as the frame) of the same round.
 fn bands_ab(rounds: usize, threads: usize) {
     let list = arg("--bands").unwrap_or_else(|| "off,8x4,4x4,8x8,16x4,8x2".into());
-    // Each config: a schedule ("off", "default", or band x group) and optionally "/cN".
-    type Config = (String, Option<(usize, usize)>, Option<usize>);
+    // Each config: a schedule ("off", "default", or band x group), optionally "/cN" (pixels
+    // per chunk) and "/s0" (the AMX kernel storing each block's sums before the next starts).
+    type Config = (String, Option<(usize, usize)>, Option<usize>, bool);
     let configs: Vec<Config> = list
         .split(',')
         .map(|c| {
-            let (sched, chunk) = match c.split_once("/c") {
+            let (c0, overlap) = match c.strip_suffix("/s0") {
+                Some(rest) => (rest, false),
+                None => (c, true),
+            };
+            let (sched, chunk) = match c0.split_once("/c") {
                 Some((s, n)) => (s, Some(n.parse().expect("chunk"))),
-                None => (c, None),
+                None => (c0, None),
             };
             let bands = match sched.split_once('x') {
                 Some((b, g)) => Some((b.parse().expect("band"), g.parse().expect("group"))),
@@ -656,7 +662,7 @@ fn bands_ab(rounds: usize, threads: usize) {
                 None if sched == "default" => None,
                 None => panic!("--bands: {c}"),
             };
-            (c.to_string(), bands, chunk)
+            (c.to_string(), bands, chunk, overlap)
         })
         .collect();
     for (name, q, img) in ab_rows() {
@@ -667,9 +673,10 @@ fn bands_ab(rounds: usize, threads: usize) {
         let mut outs = vec![None; configs.len()];
         for round in 0..rounds + 1 {
             let mut row = Vec::new();
-            for (i, (_, bands, chunk)) in configs.iter().enumerate() {
+            for (i, (_, bands, chunk, overlap)) in configs.iter().enumerate() {
                 set_bands(*bands);
                 set_col_chunk(*chunk);
+                set_store_overlap(*overlap);
                 let t = Instant::now();
                 let out = engine.upscale(&img, &Options::default()).unwrap();
                 row.push(t.elapsed().as_secs_f64() * 1e3);
@@ -685,6 +692,7 @@ fn bands_ab(rounds: usize, threads: usize) {
         }
         set_bands(None);
         set_col_chunk(None);
+        set_store_overlap(true);
         let same = outs.windows(2).all(|p| p[0] == p[1]);
         println!("{name} {w}x{h}, {threads} threads, {rounds} rounds");
         println!(

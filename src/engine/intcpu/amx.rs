@@ -177,6 +177,10 @@ pub unsafe fn row_sums(
     let krow = 3 * cs;
     let step = aw.step;
     debug_assert_eq!(aw.w.len(), pc.cout8.div_ceil(16) * krow / 4 * 3);
+    // The block before, whose sums are still in the tiles: the next block stores them if it
+    // has the same shape, else they are stored before its tile configuration is loaded.
+    let mut pending: Option<Pending> = None;
+    let overlap = OVERLAP.load(std::sync::atomic::Ordering::Relaxed);
     // Lane blocks outside, pixel blocks inside: a block's weight tiles (18 KB for 32 lanes of
     // a 64-channel conv) are read once for every pixel block of `cols` from L1.
     for o0 in (0..pc.cout8).step_by(32) {
@@ -195,6 +199,11 @@ pub unsafe fn row_sums(
             // the loaded one per block took 14% of the kernel's samples (`perf annotate`: its
             // byte stores stall the wide loads that read them back), 1.13x the kernel.
             let key = shape_key(m, n, step);
+            if let Some(p) = pending.filter(|p| p.key != key) {
+                // SAFETY: the configuration loaded is still that block's.
+                unsafe { p.store(pc.cout8) };
+                pending = None;
+            }
             LOADED.with(|loaded| {
                 if loaded.get() != key {
                     let cfg = TileConfig::new(m, n, step);
@@ -214,16 +223,40 @@ pub unsafe fn row_sums(
             // SAFETY: every tile read stays inside the code map (pixel rows x0 .. x0 + np of
             // rows y .. y + 2, `3·cs` bytes each from their left tap) and the weights (lane
             // blocks o0/16 and the next when there is a second); the sums inside `out`.
+            // `prev`, the block before (same shape): its sums inside `out` too.
+            let prev = pending.map_or(std::ptr::null_mut(), |p| p.sums);
+            let (m2, n2) = (m[1] > 0, n[1] > 0);
             unsafe {
-                match (m[1] > 0, n[1] > 0) {
-                    (true, true) => block::<true, true>(codes, weights, sh, sums),
-                    (true, false) => block::<true, false>(codes, weights, sh, sums),
-                    (false, true) => block::<false, true>(codes, weights, sh, sums),
-                    (false, false) => block::<false, false>(codes, weights, sh, sums),
+                match (m2, n2) {
+                    (true, true) => block::<true, true>(codes, weights, sh, prev),
+                    (true, false) => block::<true, false>(codes, weights, sh, prev),
+                    (false, true) => block::<false, true>(codes, weights, sh, prev),
+                    (false, false) => block::<false, false>(codes, weights, sh, prev),
                 }
+            }
+            let p = Pending { sums, key, m2, n2 };
+            if overlap {
+                pending = Some(p);
+            } else {
+                // SAFETY: this block's configuration is loaded; its sums inside `out`.
+                unsafe { p.store(pc.cout8) };
             }
         }
     }
+    if let Some(p) = pending {
+        // SAFETY: the last block's configuration is loaded; its sums inside `out`.
+        unsafe { p.store(pc.cout8) };
+    }
+}
+
+/// Whether a block's sums are stored by the next block of the same shape ([`block`]'s `prev`;
+/// [`set_store_overlap`]).
+static OVERLAP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets for the whole process (for comparisons) whether the AMX kernel stores a block's sums
+/// during the next block's first products (`true`, the default) or right after its own.
+pub fn set_store_overlap(on: bool) {
+    OVERLAP.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 thread_local! {
@@ -248,8 +281,12 @@ struct Shape {
 }
 
 /// The sums of one block of up to 32 pixels × 32 lanes (`M2`: a second pixel block, `N2`: a
-/// second lane block) with the tile configuration loaded, stored at `sums` (pixel stride
-/// `cout8` i32).
+/// second lane block) with the tile configuration loaded, left in the accumulator tiles 0–3
+/// for [`store`]. Unless `prev` is null, the tiles first hold the sums of the block before, of
+/// the same shape: they are stored at `prev`, each tile just before its first product of this
+/// block, so that the stores overlap this block's loads and products. (Storing a block's four
+/// tiles before the next one starts left the tile unit idle for a quarter of the kernel's
+/// time.)
 #[inline(always)]
 unsafe fn block<const M2: bool, const N2: bool>(
     codes: impl Fn(usize) -> *const u8,
@@ -260,27 +297,20 @@ unsafe fn block<const M2: bool, const N2: bool>(
         cs,
         cout8,
     }: Shape,
-    sums: *mut i32,
+    prev: *mut i32,
 ) {
     // The second lane block's tiles follow the first's kernel rows.
     let next_block = 3 * krow / 4 * 64;
     let tile = step / 4 * 64;
+    let stride = 4 * cout8;
+    let lower = prev.wrapping_add(16 * cout8);
     // SAFETY (all): the caller's; the tiles used are the configured ones.
     unsafe {
-        asm!("tilezero tmm0", options(nostack, nomem));
-        if N2 {
-            asm!("tilezero tmm1", options(nostack, nomem));
-        }
-        if M2 {
-            asm!("tilezero tmm2", options(nostack, nomem));
-            if N2 {
-                asm!("tilezero tmm3", options(nostack, nomem));
-            }
-        }
         for dy in 0..3 {
             let a = codes(dy);
             let mut w = weights(dy);
             for k in (0..krow).step_by(step) {
+                let first = dy == 0 && k == 0;
                 asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) w, s = in(reg) 64usize,
                     options(nostack, readonly));
                 if N2 {
@@ -289,22 +319,59 @@ unsafe fn block<const M2: bool, const N2: bool>(
                 }
                 asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) a.add(k), s = in(reg) cs,
                     options(nostack, readonly));
+                if first {
+                    if !prev.is_null() {
+                        asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) prev,
+                            s = in(reg) stride, options(nostack));
+                    }
+                    asm!("tilezero tmm0", options(nostack, nomem));
+                }
                 asm!("tdpbusd tmm0, tmm4, tmm6", options(nostack, nomem));
                 if N2 {
+                    if first {
+                        if !prev.is_null() {
+                            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) prev.add(16),
+                                s = in(reg) stride, options(nostack));
+                        }
+                        asm!("tilezero tmm1", options(nostack, nomem));
+                    }
                     asm!("tdpbusd tmm1, tmm4, tmm7", options(nostack, nomem));
                 }
                 if M2 {
                     asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) a.add(16 * cs + k),
                         s = in(reg) cs, options(nostack, readonly));
+                    if first {
+                        if !prev.is_null() {
+                            asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) lower,
+                                s = in(reg) stride, options(nostack));
+                        }
+                        asm!("tilezero tmm2", options(nostack, nomem));
+                    }
                     asm!("tdpbusd tmm2, tmm5, tmm6", options(nostack, nomem));
                     if N2 {
+                        if first {
+                            if !prev.is_null() {
+                                asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) lower.add(16),
+                                    s = in(reg) stride, options(nostack));
+                            }
+                            asm!("tilezero tmm3", options(nostack, nomem));
+                        }
                         asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem));
                     }
                 }
                 w = w.add(tile);
             }
         }
-        let stride = 4 * cout8;
+    }
+}
+
+/// Stores the sums [`block`] left in the accumulator tiles at `sums` (pixel stride `cout8`
+/// i32), the tile configuration still the block's.
+#[inline(always)]
+unsafe fn store<const M2: bool, const N2: bool>(sums: *mut i32, cout8: usize) {
+    let stride = 4 * cout8;
+    // SAFETY: the caller's; the tiles stored are the configured ones.
+    unsafe {
         asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) sums, s = in(reg) stride,
             options(nostack));
         if N2 {
@@ -318,6 +385,35 @@ unsafe fn block<const M2: bool, const N2: bool>(
             if N2 {
                 asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) lower.add(16),
                     s = in(reg) stride, options(nostack));
+            }
+        }
+    }
+}
+
+/// A block whose sums are still in the accumulator tiles: where they go, its shape's key and
+/// whether it has a second pixel block and a second lane block.
+#[derive(Clone, Copy)]
+struct Pending {
+    sums: *mut i32,
+    key: u64,
+    m2: bool,
+    n2: bool,
+}
+
+impl Pending {
+    /// Stores the sums ([`store`]).
+    ///
+    /// # Safety
+    /// As [`store`]: the configuration loaded is still this block's.
+    #[inline(always)]
+    unsafe fn store(self, cout8: usize) {
+        // SAFETY: forwarded.
+        unsafe {
+            match (self.m2, self.n2) {
+                (true, true) => store::<true, true>(self.sums, cout8),
+                (true, false) => store::<true, false>(self.sums, cout8),
+                (false, true) => store::<false, true>(self.sums, cout8),
+                (false, false) => store::<false, false>(self.sums, cout8),
             }
         }
     }

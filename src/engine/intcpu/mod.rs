@@ -35,6 +35,15 @@ pub mod wino4;
 pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
 pub use net::{FusedNet, set_bands, set_col_chunk};
 
+/// Sets for the whole process (for comparisons) whether the AMX kernel stores a block's sums
+/// while the next block multiplies (the default) or before it starts; elsewhere nothing.
+pub fn set_store_overlap(on: bool) {
+    #[cfg(target_arch = "x86_64")]
+    amx::set_store_overlap(on);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = on;
+}
+
 use std::ops::Range;
 
 use super::intnet::IntConv;
