@@ -15,7 +15,10 @@
 //!
 //! Blocking: 2 pixel blocks of 16 × 2 output blocks of 16 lanes, 4 accumulator tiles, 2 left
 //! and 2 right operand tiles: the 8 tile registers. Each pair of lane blocks makes one pass
-//! over the pixel blocks of the columns asked for (128 a call from the fused engine).
+//! over the pixel blocks of the columns asked for (128 a call from the fused engine). A
+//! block's sums stay in its accumulator tiles until the next block of the same shape stores
+//! them, each tile just before its first product of the new block (stores and products
+//! overlap: 1.06x the kernel), or until a block of another shape or the call's end.
 //! Each kernel row's `3 · cstride` bytes are cut into equal steps of at most 64 (a multiple of
 //! 4 dividing it), so one tile configuration serves the whole row; pixel, lane and step
 //! tails are shapes of the configuration (rows and bytes per tile), never reads past the map.
@@ -220,12 +223,12 @@ pub unsafe fn row_sums(
                 cs,
                 cout8: pc.cout8,
             };
-            // SAFETY: every tile read stays inside the code map (pixel rows x0 .. x0 + np of
-            // rows y .. y + 2, `3·cs` bytes each from their left tap) and the weights (lane
-            // blocks o0/16 and the next when there is a second); the sums inside `out`.
-            // `prev`, the block before (same shape): its sums inside `out` too.
             let prev = pending.map_or(std::ptr::null_mut(), |p| p.sums);
             let (m2, n2) = (m[1] > 0, n[1] > 0);
+            // SAFETY: every tile read stays inside the code map (pixel rows x0 .. x0 + np of
+            // rows y .. y + 2, `3·cs` bytes each from their left tap) and the weights (lane
+            // blocks o0/16 and the next when there is a second); `prev`, the block before (of
+            // this shape, so of the loaded configuration), stores inside `out`.
             unsafe {
                 match (m2, n2) {
                     (true, true) => block::<true, true>(codes, weights, sh, prev),
@@ -261,12 +264,11 @@ pub fn set_store_overlap(on: bool) {
 
 thread_local! {
     /// The shape ([`shape_key`]; 0: none) of the tile configuration this thread loaded last:
-    /// it stays loaded between calls (the
-    /// engines call [`row_sums`] per chunk of a row — 32 pixels when this was measured, 128 in the
-    /// fused engine since — and a `ldtilecfg` + `tilerelease` pair cost about 100 ns, 7% of a
-    /// 32-pixel call). Nothing else in the process configures tiles;
-    /// the OS keeps a thread's tile state across context switches and frees it with the
-    /// thread.
+    /// it stays loaded between calls (the engines call [`row_sums`] per chunk of a row — 32
+    /// pixels when this was measured, 128 in the fused engine since — and a `ldtilecfg` +
+    /// `tilerelease` pair cost about 100 ns, 7% of a 32-pixel call). Nothing else in the
+    /// process configures tiles; the OS keeps a thread's tile state across context switches
+    /// and frees it with the thread.
     static LOADED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
