@@ -443,8 +443,9 @@ unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
 /// pixel masked (no scalar tail), the constants loaded once per run. The same IEEE operations
 /// in the same order for the values; codes without the clamp's `max` ([`code_lanes`]: values
 /// below `l` and NaN give negative lanes) by `vcvtps2dq` (nearest even), negative lanes to 0
-/// and the rest saturated to 255, as the pair `vpackssdw`, `vpackuswb` does. One copy of the loop per op (no dispatch per vector: the
-/// jump took a few % of the epilogue on an Intel Xeon).
+/// and the rest saturated to 255, as the pair `vpackssdw`, `vpackuswb` does. One copy of the
+/// loop per op (no dispatch per vector: the jump took a few % of the epilogue on an Intel
+/// Xeon).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL; the buffers as checked by [`run`] (`c.bias` of at
