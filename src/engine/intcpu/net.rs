@@ -786,13 +786,15 @@ impl FusedNet {
             Epi::Shuffle(r) => {
                 let c = cout / (r * r);
                 let hwp = w * r + 2;
+                // A chunk's codes, for the chunk width `row_work` uses in this call.
+                let codes_len = chunk * cout;
                 dst[(ys.start * r + 1) * hwp * c..(ys.end * r + 1) * hwp * c]
                     .par_chunks_mut(rows * r * hwp * c)
                     .enumerate()
                     .for_each(|(i, chunk)| {
                         SHUFFLE.with(|cell| {
                             let mut codes = cell.borrow_mut();
-                            codes.resize(col_chunk(level) * cout);
+                            codes.resize(codes_len);
                             row_work(
                                 ys.start + i * rows,
                                 &mut |ry, cols, s, sq| {
