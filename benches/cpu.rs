@@ -14,7 +14,8 @@
 //!                                                # groups of convs vs layer by layer
 //!                                                # (--bands off,8x4,4x2: band x group;
 //!                                                # default; /cN: N-pixel column chunks;
-//!                                                # /s0: AMX tile stores not overlapped)
+//!                                                # /s0: AMX tile stores not overlapped;
+//!                                                # /p0: AMX prefetches not spread)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -29,7 +30,9 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
-use gstadabm::engine::intcpu::{CpuLevel, set_bands, set_col_chunk, set_store_overlap};
+use gstadabm::engine::intcpu::{
+    CpuLevel, set_bands, set_col_chunk, set_kernel_prefetch, set_store_overlap,
+};
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
 
@@ -643,14 +646,20 @@ fn levels_ab(frames: usize, threads: usize) {
 fn bands_ab(rounds: usize, threads: usize) {
     let list = arg("--bands").unwrap_or_else(|| "off,8x4,4x4,8x8,16x4,8x2".into());
     // Each config: a schedule ("off", "default", or band x group), optionally "/cN" (pixels
-    // per chunk) and "/s0" (the AMX kernel storing each block's sums before the next starts).
-    type Config = (String, Option<(usize, usize)>, Option<usize>, bool);
+    // per chunk), "/s0" (the AMX kernel storing each block's sums before the next starts) and
+    // "/p0" (the AMX kernel prefetching the epilogue's reads all before it starts), in that
+    // order.
+    type Config = (String, Option<(usize, usize)>, Option<usize>, bool, bool);
     let configs: Vec<Config> = list
         .split(',')
         .map(|c| {
-            let (c0, overlap) = match c.strip_suffix("/s0") {
+            let (c0, spread) = match c.strip_suffix("/p0") {
                 Some(rest) => (rest, false),
                 None => (c, true),
+            };
+            let (c0, overlap) = match c0.strip_suffix("/s0") {
+                Some(rest) => (rest, false),
+                None => (c0, true),
             };
             let (sched, chunk) = match c0.split_once("/c") {
                 Some((s, n)) => (s, Some(n.parse().expect("chunk"))),
@@ -662,7 +671,7 @@ fn bands_ab(rounds: usize, threads: usize) {
                 None if sched == "default" => None,
                 None => panic!("--bands: {c}"),
             };
-            (c.to_string(), bands, chunk, overlap)
+            (c.to_string(), bands, chunk, overlap, spread)
         })
         .collect();
     for (name, q, img) in ab_rows() {
@@ -673,10 +682,11 @@ fn bands_ab(rounds: usize, threads: usize) {
         let mut outs = vec![None; configs.len()];
         for round in 0..rounds + 1 {
             let mut row = Vec::new();
-            for (i, (_, bands, chunk, overlap)) in configs.iter().enumerate() {
+            for (i, (_, bands, chunk, overlap, spread)) in configs.iter().enumerate() {
                 set_bands(*bands);
                 set_col_chunk(*chunk);
                 set_store_overlap(*overlap);
+                set_kernel_prefetch(*spread);
                 let t = Instant::now();
                 let out = engine.upscale(&img, &Options::default()).unwrap();
                 row.push(t.elapsed().as_secs_f64() * 1e3);
@@ -693,6 +703,7 @@ fn bands_ab(rounds: usize, threads: usize) {
         set_bands(None);
         set_col_chunk(None);
         set_store_overlap(true);
+        set_kernel_prefetch(true);
         let same = outs.windows(2).all(|p| p[0] == p[1]);
         println!("{name} {w}x{h}, {threads} threads, {rounds} rounds");
         println!(

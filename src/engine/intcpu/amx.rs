@@ -29,7 +29,7 @@
 use std::arch::asm;
 use std::ops::Range;
 
-use super::{Codes, PackedConv};
+use super::{Codes, Hint, PackedConv};
 
 /// Whether the CPU has AMX-TILE and AMX-INT8 and the OS granted this process the tile data
 /// state (asked once).
@@ -174,6 +174,7 @@ pub unsafe fn row_sums(
     y: usize,
     cols: Range<usize>,
     out: &mut [i32],
+    hint: Hint,
 ) {
     debug_assert!(out.len() >= x.w * pc.cout8 && cols.end <= x.w && y < x.h);
     let cs = pc.cstride;
@@ -184,6 +185,14 @@ pub unsafe fn row_sums(
     // has the same shape, else they are stored before its tile configuration is loaded.
     let mut pending: Option<Pending> = None;
     let overlap = OVERLAP.load(std::sync::atomic::Ordering::Relaxed);
+    // What the caller reads next (a residual chunk for the epilogue: 32 KB for 128 pixels of
+    // 64 channels), asked for a few lines at a time between the products.
+    let steps = pc.cout8.div_ceil(32) * cols.len().div_ceil(32) * 3 * krow.div_ceil(step);
+    let mut lines = Lines::new(hint, steps);
+    if !SPREAD.load(std::sync::atomic::Ordering::Relaxed) {
+        hint.prefetch();
+        lines = Lines::new(Hint::NONE, 1);
+    }
     // Lane blocks outside, pixel blocks inside: a block's weight tiles (18 KB for 32 lanes of
     // a 64-channel conv) are read once for every pixel block of `cols` from L1.
     for o0 in (0..pc.cout8).step_by(32) {
@@ -230,11 +239,12 @@ pub unsafe fn row_sums(
             // blocks o0/16 and the next when there is a second); `prev`, the block before (of
             // this shape, so of the loaded configuration), stores inside `out`.
             unsafe {
+                let l = &mut lines;
                 match (m2, n2) {
-                    (true, true) => block::<true, true>(codes, weights, sh, prev),
-                    (true, false) => block::<true, false>(codes, weights, sh, prev),
-                    (false, true) => block::<false, true>(codes, weights, sh, prev),
-                    (false, false) => block::<false, false>(codes, weights, sh, prev),
+                    (true, true) => block::<true, true>(codes, weights, sh, prev, l),
+                    (true, false) => block::<true, false>(codes, weights, sh, prev, l),
+                    (false, true) => block::<false, true>(codes, weights, sh, prev, l),
+                    (false, false) => block::<false, false>(codes, weights, sh, prev, l),
                 }
             }
             let p = Pending { sums, key, m2, n2 };
@@ -250,6 +260,56 @@ pub unsafe fn row_sums(
         // SAFETY: the last block's configuration is loaded; its sums inside `out`.
         unsafe { p.store(pc.cout8) };
     }
+}
+
+/// The lines of a [`Hint`] not yet prefetched, and how many [`block`] asks for per step of
+/// its kernel rows: all of them over about the call's steps.
+struct Lines {
+    next: usize,
+    end: usize,
+    per_step: usize,
+}
+
+impl Lines {
+    fn new(hint: Hint, steps: usize) -> Self {
+        let (next, end) = (hint.at & !63, hint.at + hint.len);
+        let lines = end.saturating_sub(next).div_ceil(64);
+        Lines {
+            next,
+            end,
+            per_step: lines.div_ceil(steps.max(1)),
+        }
+    }
+
+    /// The next `per_step` lines (their addresses), taken.
+    #[inline(always)]
+    fn take(&mut self) -> std::ops::Range<usize> {
+        let from = self.next;
+        self.next = (from + 64 * self.per_step).min(self.end.max(from));
+        from..self.next
+    }
+
+    /// Prefetches the next `per_step` lines (`prefetcht0`, which never faults).
+    #[inline(always)]
+    fn step(&mut self) {
+        for line in self.take().step_by(64) {
+            // SAFETY: `prefetcht0` changes no architectural state and cannot fault.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+            }
+        }
+    }
+}
+
+/// Whether [`row_sums`] spreads its hint's prefetches between its products
+/// ([`set_kernel_prefetch`]).
+static SPREAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets for the whole process (for comparisons) whether the AMX kernel spreads the prefetches
+/// of its hint between its products (the default) or issues them all before it starts.
+pub fn set_kernel_prefetch(on: bool) {
+    SPREAD.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether a block's sums are stored by the next block of the same shape ([`block`]'s `prev`;
@@ -300,6 +360,7 @@ unsafe fn block<const M2: bool, const N2: bool>(
         cout8,
     }: Shape,
     prev: *mut i32,
+    lines: &mut Lines,
 ) {
     // The second lane block's tiles follow the first's kernel rows.
     let next_block = 3 * krow / 4 * 64;
@@ -361,6 +422,7 @@ unsafe fn block<const M2: bool, const N2: bool>(
                         asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem));
                     }
                 }
+                lines.step();
                 w = w.add(tile);
             }
         }
@@ -437,6 +499,24 @@ mod tests {
                     let key = shape_key(halves(pixels), halves(lanes), step);
                     assert!(key != 0 && seen.insert(key), "{pixels} {lanes} {step}");
                 }
+            }
+        }
+    }
+
+    /// The prefetches of a hint, taken step by step, ask for each of its lines once, all of
+    /// them within the call's steps, and none past it.
+    #[test]
+    fn lines_cover_the_hint_in_the_steps() {
+        for (at, len) in [(0, 0), (64, 64), (100, 1), (4096 + 8, 32768), (63, 2), (128, 200)] {
+            for steps in [1, 7, 72, 288, 1000] {
+                let mut l = Lines::new(Hint { at, len }, steps);
+                let mut got = Vec::new();
+                for _ in 0..steps {
+                    got.extend(l.take().step_by(64));
+                }
+                assert!(l.take().is_empty(), "{at} {len} {steps}");
+                let want: Vec<usize> = (at & !63..at + len).step_by(64).collect();
+                assert_eq!(got, want, "{at} {len} {steps}");
             }
         }
     }

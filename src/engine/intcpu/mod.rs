@@ -35,6 +35,16 @@ pub mod wino4;
 pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
 pub use net::{FusedNet, set_bands, set_col_chunk};
 
+/// Sets for the whole process (for comparisons) whether the AMX kernel spreads the prefetches
+/// of what its caller reads next between its products (the default) or issues them all before
+/// it starts; elsewhere nothing.
+pub fn set_kernel_prefetch(on: bool) {
+    #[cfg(target_arch = "x86_64")]
+    amx::set_kernel_prefetch(on);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = on;
+}
+
 /// Sets for the whole process (for comparisons) whether the AMX kernel stores a block's sums
 /// while the next block multiplies (the default) or before it starts; elsewhere nothing.
 pub fn set_store_overlap(on: bool) {
@@ -862,6 +872,57 @@ pub fn row_sums(
     cols: Range<usize>,
     out: &mut [i32],
 ) {
+    row_sums_hinted(level, x, pc, y, max_code, cols, out, Hint::NONE)
+}
+
+/// Memory a caller reads right after a kernel call: `len` bytes from address `at` (a hint: the
+/// address need not be valid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hint {
+    pub at: usize,
+    pub len: usize,
+}
+
+impl Hint {
+    pub const NONE: Hint = Hint { at: 0, len: 0 };
+
+    /// Asks the cache for the lines of the hint now (`prefetcht0`, which never faults), on
+    /// x86-64; nothing elsewhere.
+    #[inline]
+    pub fn prefetch(self) {
+        #[cfg(target_arch = "x86_64")]
+        for line in (self.at & !63..self.at + self.len).step_by(64) {
+            // SAFETY: `prefetcht0` changes no architectural state and cannot fault; SSE is
+            // part of x86-64.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+            }
+        }
+    }
+}
+
+/// [`row_sums`], with the memory the caller reads next: the AMX kernel spreads its
+/// prefetches between its products ([`set_kernel_prefetch`]); the other kernels have it
+/// prefetched before they start.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn row_sums_hinted(
+    level: CpuLevel,
+    x: &Codes,
+    pc: &PackedConv,
+    y: usize,
+    max_code: u32,
+    cols: Range<usize>,
+    out: &mut [i32],
+    hint: Hint,
+) {
+    #[cfg(target_arch = "x86_64")]
+    let amx = level == CpuLevel::Amx && pc.narrow.is_none();
+    #[cfg(not(target_arch = "x86_64"))]
+    let amx = false;
+    if !amx {
+        hint.prefetch();
+    }
     check_codes(x, pc, y, &cols);
     assert!(out.len() >= x.w * pc.cout8, "row sums buffer");
     match level {
@@ -897,7 +958,7 @@ pub fn row_sums(
             match &pc.narrow {
                 Some(nw) => vnni::narrow512_avx512vnni(x, pc, nw, y, cols.clone(), out),
                 None if level == CpuLevel::Amx => {
-                    amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out)
+                    amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out, hint)
                 }
                 None => vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out),
             }

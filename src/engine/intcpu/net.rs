@@ -13,8 +13,8 @@ use super::engine::quantize_into;
 use super::epilogue::{self, Consts, Op, Pixel, Span};
 use super::wino::{self, Wino2Input, WinoInput, WinoInput16};
 use super::{
-    Aligned, Codes, CpuLevel, PackedConv, Plain, Winograd, has_wino2_i32, row_sums, row_sums_wino,
-    row_sums_wino_i32, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16,
+    Aligned, Codes, CpuLevel, Hint, PackedConv, Plain, Winograd, has_wino2_i32, row_sums_hinted,
+    row_sums_wino, row_sums_wino_i32, row_sums_wino2_i32, row_sums_wino4, row_sums_wino16,
 };
 use crate::engine::conv::FeatureMap;
 use crate::engine::edsr::BitPlan;
@@ -83,25 +83,8 @@ const MAX_COUT: usize = 1024;
 /// (empty unless the epilogue applies the offset correction, [`Span::sq`]).
 type RunFn<'a> = dyn FnMut(usize, Range<usize>, &[i32], &[i32]) + 'a;
 
-/// Prefetches what the epilogue of pixels `cols` of row `r` of a task's rows will read.
-type PrefetchFn<'a> = dyn Fn(usize, Range<usize>) + 'a;
-
-/// Asks the cache for the `len` bytes from address `at`: a hint only (it never faults, so
-/// the address need not be valid), on x86-64; nothing elsewhere.
-#[inline]
-fn prefetch(at: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (at & !63..at + len).step_by(64) {
-        // SAFETY: `prefetcht0` changes no architectural state and cannot fault; SSE is part
-        // of x86-64.
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (at, len);
-}
+/// What the epilogue of pixels `cols` of row `r` of a task's rows will read, to prefetch.
+type HintFn<'a> = dyn Fn(usize, Range<usize>) -> Hint + 'a;
 
 /// The pixels `cols` of output row `y` of an `h x w` map of the conv `pc`, with their sums
 /// `s` (`pc.cout8` apart), their window code sums `sq` (empty unless the epilogue applies
@@ -640,11 +623,11 @@ impl FusedNet {
         // every chunk of columns of row `y0 + r`. Rows are computed in chunks of columns, each
         // chunk's epilogue right after its sums, so that the sums are read back from cache
         // even in wide rows.
-        let row_work = |y0: usize, run: &mut RunFn, pre: &PrefetchFn| {
+        let row_work = |y0: usize, run: &mut RunFn, hint: &HintFn| {
             // (`ys` ends on a multiple of `rows` or at `h`, unless the Winograd mode changed
             // since the schedule was made: then the last task computes fewer rows.)
             let n = rows.min(ys.end - y0);
-            let pre = |cols: &Range<usize>| (0..n).for_each(|r| pre(r, cols.clone()));
+            let pre = |cols: &Range<usize>| (0..n).for_each(|r| hint(r, cols.clone()).prefetch());
             // The epilogue of columns `cols` of the task's rows from their sums (and, with
             // 8-bit weights, the window code sums of the offset correction it applies).
             let epilogue = |sums: &[i32], cols: Range<usize>, run: &mut RunFn| {
@@ -722,7 +705,10 @@ impl FusedNet {
                 }
                 for x0 in (0..w).step_by(chunk) {
                     let cols = x0..(x0 + chunk).min(w);
-                    pre(&cols);
+                    let direct = rows8.is_none() && !use16;
+                    if !direct || n > 1 {
+                        pre(&cols);
+                    }
                     if let Some(()) = rows8 {
                         ROWS8.with(|cell| {
                             let c = cell.borrow();
@@ -750,7 +736,14 @@ impl FusedNet {
                             row_sums_wino16(level, &v, &map, pc, y, cols.clone(), &mut sums);
                         })
                     } else {
-                        row_sums(level, &map, pc, y, max_code, cols.clone(), &mut sums);
+                        // One row: the kernel takes the epilogue's reads (the AMX kernel
+                        // prefetches them between its products).
+                        let h = if n == 1 {
+                            hint(0, cols.clone())
+                        } else {
+                            Hint::NONE
+                        };
+                        row_sums_hinted(level, &map, pc, y, max_code, cols.clone(), &mut sums, h);
                     }
                     epilogue(&sums, cols, run);
                 }
@@ -779,7 +772,7 @@ impl FusedNet {
                                     span_of(pc, ys.start + i * rows + r, h, w, cols, s, sq, lk);
                                 epilogue::run(level, Op::Values, &consts, cout, &span, px);
                             },
-                            &|_, _| (),
+                            &|_, _| Hint::NONE,
                         )
                     });
             }
@@ -825,7 +818,7 @@ impl FusedNet {
                                         }
                                     }
                                 },
-                                &|_, _| (),
+                                &|_, _| Hint::NONE,
                             )
                         })
                     });
@@ -849,14 +842,19 @@ impl FusedNet {
                         // The f32 map the epilogue reads (not the codes it writes: their
                         // prefetch cost more than it saved, ≈ 0.8% of an x2 frame in perf
                         // sample counts).
-                        let pre = |r: usize, cols: Range<usize>| {
+                        let hint = |r: usize, cols: Range<usize>| {
                             let (at, len) =
                                 ((r * fw + cols.start * cout) * 4, cols.len() * cout * 4);
-                            if op == Op::Res {
-                                prefetch(rbase + at, len);
-                            }
-                            if op == Op::Skip {
-                                prefetch(hbase + at, len);
+                            match op {
+                                Op::Res => Hint {
+                                    at: rbase + at,
+                                    len,
+                                },
+                                Op::Skip => Hint {
+                                    at: hbase + at,
+                                    len,
+                                },
+                                _ => Hint::NONE,
                             }
                         };
                         row_work(
@@ -878,7 +876,7 @@ impl FusedNet {
                                     span_of(pc, ys.start + i * rows + r, h, w, cols, s, sq, lk);
                                 epilogue::run(level, op, &consts, cout, &span, px);
                             },
-                            &pre,
+                            &hint,
                         )
                     });
             }
