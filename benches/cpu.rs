@@ -15,7 +15,8 @@
 //!                                                # (--bands off,8x4,4x2: band x group;
 //!                                                # default; /cN: N-pixel column chunks;
 //!                                                # /s0: AMX tile stores not overlapped;
-//!                                                # /p0: AMX prefetches not spread)
+//!                                                # /p0: AMX prefetches not spread;
+//!                                                # /n0: narrow convs not on AMX)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -31,7 +32,7 @@ mod common;
 
 use common::{arg, export, median};
 use gstadabm::engine::intcpu::{
-    CpuLevel, set_bands, set_col_chunk, set_kernel_prefetch, set_store_overlap,
+    CpuLevel, set_bands, set_col_chunk, set_kernel_prefetch, set_narrow_amx, set_store_overlap,
 };
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
@@ -647,15 +648,26 @@ fn bands_ab(rounds: usize, threads: usize) {
     let list = arg("--bands").unwrap_or_else(|| "off,8x4,4x4,8x8,16x4,8x2".into());
     // Each config: a schedule ("off", "default", or band x group), optionally "/cN" (pixels
     // per chunk), "/s0" (the AMX kernel storing each block's sums before the next starts) and
-    // "/p0" (the AMX kernel prefetching the epilogue's reads all before it starts), in that
-    // order.
-    type Config = (String, Option<(usize, usize)>, Option<usize>, bool, bool);
+    // "/p0" (the AMX kernel prefetching the epilogue's reads all before it starts) and "/n0"
+    // (narrow convs on the AVX-512 VNNI kernel at the AMX level), in that order.
+    type Config = (
+        String,
+        Option<(usize, usize)>,
+        Option<usize>,
+        bool,
+        bool,
+        bool,
+    );
     let configs: Vec<Config> = list
         .split(',')
         .map(|c| {
-            let (c0, spread) = match c.strip_suffix("/p0") {
+            let (c0, narrow) = match c.strip_suffix("/n0") {
                 Some(rest) => (rest, false),
                 None => (c, true),
+            };
+            let (c0, spread) = match c0.strip_suffix("/p0") {
+                Some(rest) => (rest, false),
+                None => (c0, true),
             };
             let (c0, overlap) = match c0.strip_suffix("/s0") {
                 Some(rest) => (rest, false),
@@ -671,7 +683,7 @@ fn bands_ab(rounds: usize, threads: usize) {
                 None if sched == "default" => None,
                 None => panic!("--bands: {c}"),
             };
-            (c.to_string(), bands, chunk, overlap, spread)
+            (c.to_string(), bands, chunk, overlap, spread, narrow)
         })
         .collect();
     for (name, q, img) in ab_rows() {
@@ -682,7 +694,8 @@ fn bands_ab(rounds: usize, threads: usize) {
         let mut outs = vec![None; configs.len()];
         for round in 0..rounds + 1 {
             let mut row = Vec::new();
-            for (i, (_, bands, chunk, overlap, spread)) in configs.iter().enumerate() {
+            for (i, (_, bands, chunk, overlap, spread, narrow)) in configs.iter().enumerate() {
+                set_narrow_amx(*narrow);
                 set_bands(*bands);
                 set_col_chunk(*chunk);
                 set_store_overlap(*overlap);
@@ -704,6 +717,7 @@ fn bands_ab(rounds: usize, threads: usize) {
         set_col_chunk(None);
         set_store_overlap(true);
         set_kernel_prefetch(true);
+        set_narrow_amx(true);
         let same = outs.windows(2).all(|p| p[0] == p[1]);
         println!("{name} {w}x{h}, {threads} threads, {rounds} rounds");
         println!(

@@ -507,7 +507,14 @@ mod tests {
     /// them within the call's steps, and none past it.
     #[test]
     fn lines_cover_the_hint_in_the_steps() {
-        for (at, len) in [(0, 0), (64, 64), (100, 1), (4096 + 8, 32768), (63, 2), (128, 200)] {
+        for (at, len) in [
+            (0, 0),
+            (64, 64),
+            (100, 1),
+            (4096 + 8, 32768),
+            (63, 2),
+            (128, 200),
+        ] {
             for steps in [1, 7, 72, 288, 1000] {
                 let mut l = Lines::new(Hint { at, len }, steps);
                 let mut got = Vec::new();

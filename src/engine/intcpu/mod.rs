@@ -35,6 +35,17 @@ pub mod wino4;
 pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
 pub use net::{FusedNet, set_bands, set_col_chunk};
 
+/// Whether narrow convs (the tail's 3 channels) run on the AMX kernel at the AMX level: 8
+/// lanes of a 16-lane tile (3 of them used) still outrun the AVX-512 VNNI `narrow512` kernel —
+/// built-in x4 w4a4 frames 1.11x, x2 1.06x (BENCHMARKS.md, session 40).
+static NARROW_AMX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets for the whole process (for comparisons) whether narrow convs run on the AMX kernel
+/// (the default) or on the AVX-512 VNNI `narrow512` one at the AMX level; elsewhere nothing.
+pub fn set_narrow_amx(on: bool) {
+    NARROW_AMX.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Sets for the whole process (for comparisons) whether the AMX kernel spreads the prefetches
 /// of what its caller reads next between its products (the default) or issues them all before
 /// it starts; elsewhere nothing.
@@ -86,8 +97,8 @@ pub enum CpuLevel {
     /// Winograd on 256-bit ones).
     Avx512Vnni,
     /// Intel AMX (AMX-TILE and AMX-INT8, granted by the OS) on top of [`Self::Avx512Vnni`]:
-    /// the direct conv kernel on `tdpbusd` tiles ([`amx`]); everything else (epilogues,
-    /// narrow convs, any Winograd kernel asked for) as at AVX-512 VNNI.
+    /// the direct conv kernel on `tdpbusd` tiles ([`amx`]), narrow convs too; everything else
+    /// (epilogues, any Winograd kernel asked for) as at AVX-512 VNNI.
     Amx,
 }
 
@@ -917,7 +928,8 @@ pub(crate) fn row_sums_hinted(
     hint: Hint,
 ) {
     #[cfg(target_arch = "x86_64")]
-    let amx = level == CpuLevel::Amx && pc.narrow.is_none();
+    let amx = level == CpuLevel::Amx
+        && (pc.narrow.is_none() || NARROW_AMX.load(std::sync::atomic::Ordering::Relaxed));
     #[cfg(not(target_arch = "x86_64"))]
     let amx = false;
     if !amx {
@@ -956,6 +968,7 @@ pub(crate) fn row_sums_hinted(
         #[cfg(target_arch = "x86_64")]
         CpuLevel::Avx512Vnni | CpuLevel::Amx => unsafe {
             match &pc.narrow {
+                _ if amx => amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out, hint),
                 Some(nw) => vnni::narrow512_avx512vnni(x, pc, nw, y, cols.clone(), out),
                 None if level == CpuLevel::Amx => {
                     amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out, hint)
