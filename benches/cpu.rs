@@ -4,6 +4,7 @@
 //!
 //!   cargo bench --bench cpu -- [--frames 3] [--rss-frames 1000 [--rss-only 1]] [--export DIR]
 //!                              [--only TEXT]   # rows whose network/engine contains TEXT
+//!                              [--fastest]     # each row's fastest frame, not the median
 //!   cargo bench --bench cpu -- --kernels 1   # the conv-sum kernels alone, one thread
 //!                              [--misalign N]  # their code maps N bytes past a cache line
 //!   cargo bench --bench cpu -- --winograd-ab 5   # integer w4a4: direct, F(2,3), F(2x2,3x3)
@@ -37,13 +38,20 @@ use gstadabm::engine::intcpu::{
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
 
-/// Median ms per frame; frames into one reused output image, as the element's path does.
+/// Median ms per frame (`--fastest`: the fastest); frames into one reused output image, as the
+/// element's path does.
 fn time(engine: &Engine, img: &Image, frames: usize) -> f64 {
     let mut out = Image::default();
     engine
         .upscale_into(img, &Options::default(), &mut out)
         .unwrap();
-    median(
+    // `--fastest`: the fastest frame instead of the median (as bench/peers/peers.py's flag).
+    let stat = if std::env::args().any(|a| a == "--fastest") {
+        |t: Vec<f64>| t.into_iter().fold(f64::INFINITY, f64::min)
+    } else {
+        median
+    };
+    stat(
         (0..frames)
             .map(|_| {
                 let t = Instant::now();
