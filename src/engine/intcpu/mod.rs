@@ -37,7 +37,7 @@ pub use net::{FusedNet, set_bands, set_col_chunk};
 
 /// Whether narrow convs (the tail's 3 channels) run on the AMX kernel at the AMX level: 8
 /// lanes of a 16-lane tile (3 of them used) still outrun the AVX-512 VNNI `narrow512` kernel —
-/// built-in x4 w4a4 frames 1.11x, x2 1.06x (BENCHMARKS.md, session 40).
+/// built-in x4 w4a4 frames 1.10x, x2 1.05x on one core (BENCHMARKS.md, session 40).
 static NARROW_AMX: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Sets for the whole process (for comparisons) whether narrow convs run on the AMX kernel
@@ -970,9 +970,6 @@ pub(crate) fn row_sums_hinted(
             match &pc.narrow {
                 _ if amx => amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out, hint),
                 Some(nw) => vnni::narrow512_avx512vnni(x, pc, nw, y, cols.clone(), out),
-                None if level == CpuLevel::Amx => {
-                    amx::row_sums(x, pc, pc.amx(), y, cols.clone(), out, hint)
-                }
                 None => vnni::direct512_avx512vnni(x, pc, y, cols.clone(), out),
             }
         },
