@@ -29,7 +29,7 @@
 use std::arch::asm;
 use std::ops::Range;
 
-use super::{Codes, Hint, PackedConv};
+use super::{Codes, Hint, PackedConv, prefetch_line};
 
 /// Whether the CPU has AMX-TILE and AMX-INT8 and the OS granted this process the tile data
 /// state (asked once).
@@ -187,12 +187,13 @@ pub unsafe fn row_sums(
     let overlap = OVERLAP.load(std::sync::atomic::Ordering::Relaxed);
     // What the caller reads next (a residual chunk for the epilogue: 32 KB for 128 pixels of
     // 64 channels), asked for a few lines at a time between the products.
-    let steps = pc.cout8.div_ceil(32) * cols.len().div_ceil(32) * 3 * krow.div_ceil(step);
-    let mut lines = Lines::new(hint, steps);
-    if !SPREAD.load(std::sync::atomic::Ordering::Relaxed) {
+    let mut lines = if SPREAD.load(std::sync::atomic::Ordering::Relaxed) {
+        let steps = pc.cout8.div_ceil(32) * cols.len().div_ceil(32) * 3 * krow.div_ceil(step);
+        Lines::new(hint, steps)
+    } else {
         hint.prefetch();
-        lines = Lines::new(Hint::NONE, 1);
-    }
+        Lines::new(Hint::NONE, 1)
+    };
     // Lane blocks outside, pixel blocks inside: a block's weight tiles (18 KB for 32 lanes of
     // a 64-channel conv) are read once for every pixel block of `cols` from L1.
     for o0 in (0..pc.cout8).step_by(32) {
@@ -289,16 +290,10 @@ impl Lines {
         from..self.next
     }
 
-    /// Prefetches the next `per_step` lines (`prefetcht0`, which never faults).
+    /// Prefetches the next `per_step` lines.
     #[inline(always)]
     fn step(&mut self) {
-        for line in self.take().step_by(64) {
-            // SAFETY: `prefetcht0` changes no architectural state and cannot fault.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-            }
-        }
+        self.take().step_by(64).for_each(prefetch_line);
     }
 }
 

@@ -897,19 +897,26 @@ pub(crate) struct Hint {
 impl Hint {
     pub const NONE: Hint = Hint { at: 0, len: 0 };
 
-    /// Asks the cache for the lines of the hint now (`prefetcht0`, which never faults), on
-    /// x86-64; nothing elsewhere.
+    /// Asks the cache for the lines of the hint now, on x86-64; nothing elsewhere.
     #[inline]
     pub fn prefetch(self) {
         #[cfg(target_arch = "x86_64")]
         for line in (self.at & !63..self.at + self.len).step_by(64) {
-            // SAFETY: `prefetcht0` changes no architectural state and cannot fault; SSE is
-            // part of x86-64.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-            }
+            prefetch_line(line);
         }
+    }
+}
+
+/// Asks the cache for the line at address `at` (`prefetcht0`: it never faults, so the address
+/// need not be valid).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_line(at: usize) {
+    // SAFETY: `prefetcht0` changes no architectural state and cannot fault; SSE is part of
+    // x86-64.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
     }
 }
 

@@ -705,8 +705,11 @@ impl FusedNet {
                 }
                 for x0 in (0..w).step_by(chunk) {
                     let cols = x0..(x0 + chunk).min(w);
-                    let direct = rows8.is_none() && !use16;
-                    if !direct || n > 1 {
+                    // One row of the direct kernel: the kernel takes the epilogue's reads (the
+                    // AMX kernel prefetches them between its products); else they are
+                    // prefetched now.
+                    let kernel_hint = rows8.is_none() && !use16 && n == 1;
+                    if !kernel_hint {
                         pre(&cols);
                     }
                     if let Some(()) = rows8 {
@@ -736,9 +739,7 @@ impl FusedNet {
                             row_sums_wino16(level, &v, &map, pc, y, cols.clone(), &mut sums);
                         })
                     } else {
-                        // One row: the kernel takes the epilogue's reads (the AMX kernel
-                        // prefetches them between its products).
-                        let h = if n == 1 {
+                        let h = if kernel_hint {
                             hint(0, cols.clone())
                         } else {
                             Hint::NONE
