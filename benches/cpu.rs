@@ -17,7 +17,8 @@
 //!                                                # default; /cN: N-pixel column chunks;
 //!                                                # /s0: AMX tile stores not overlapped;
 //!                                                # /p0: AMX prefetches not spread;
-//!                                                # /n0: narrow convs not on AMX)
+//!                                                # /n0: narrow convs not on AMX;
+//!                                                # /e0: 32-channel codes in 2 steps)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -33,7 +34,8 @@ mod common;
 
 use common::{arg, export, median};
 use gstadabm::engine::intcpu::{
-    CpuLevel, set_bands, set_col_chunk, set_kernel_prefetch, set_narrow_amx, set_store_overlap,
+    CpuLevel, set_bands, set_codes32, set_col_chunk, set_kernel_prefetch, set_narrow_amx,
+    set_store_overlap,
 };
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
 use gstadabm::engine::{EdsrConfig, Engine, Execution, Image, Options, QuantMode, builtin};
@@ -655,35 +657,43 @@ fn levels_ab(frames: usize, threads: usize) {
 fn bands_ab(rounds: usize, threads: usize) {
     let list = arg("--bands").unwrap_or_else(|| "off,8x4,4x4,8x8,16x4,8x2".into());
     // Each config: a schedule ("off", "default", or band x group), optionally "/cN" (pixels
-    // per chunk), "/s0" (the AMX kernel storing each block's sums before the next starts) and
-    // "/p0" (the AMX kernel prefetching the epilogue's reads all before it starts) and "/n0"
-    // (narrow convs on the AVX-512 VNNI kernel at the AMX level), in that order.
-    type Config = (
-        String,
-        Option<(usize, usize)>,
-        Option<usize>,
-        bool,
-        bool,
-        bool,
-    );
+    // per chunk), "/s0" (the AMX kernel storing each block's sums before the next starts),
+    // "/p0" (the AMX kernel prefetching the epilogue's reads all before it starts), "/n0"
+    // (narrow convs on the AVX-512 VNNI kernel at the AMX level) and "/e0" (the AVX-512
+    // epilogue's 32-channel codes in two 16-channel steps), in that order.
+    struct Config {
+        name: String,
+        bands: Option<(usize, usize)>,
+        chunk: Option<usize>,
+        overlap: bool,
+        spread: bool,
+        narrow: bool,
+        codes32: bool,
+    }
+    impl Config {
+        fn set(&self) {
+            set_narrow_amx(self.narrow);
+            set_bands(self.bands);
+            set_col_chunk(self.chunk);
+            set_store_overlap(self.overlap);
+            set_kernel_prefetch(self.spread);
+            set_codes32(self.codes32);
+        }
+    }
     let configs: Vec<Config> = list
         .split(',')
         .map(|c| {
-            let (c0, narrow) = match c.strip_suffix("/n0") {
-                Some(rest) => (rest, false),
-                None => (c, true),
+            let off = |s: &str, suffix: &str| match s.strip_suffix(suffix) {
+                Some(rest) => (rest.to_string(), false),
+                None => (s.to_string(), true),
             };
-            let (c0, spread) = match c0.strip_suffix("/p0") {
-                Some(rest) => (rest, false),
-                None => (c0, true),
-            };
-            let (c0, overlap) = match c0.strip_suffix("/s0") {
-                Some(rest) => (rest, false),
-                None => (c0, true),
-            };
+            let (c0, codes32) = off(c, "/e0");
+            let (c0, narrow) = off(&c0, "/n0");
+            let (c0, spread) = off(&c0, "/p0");
+            let (c0, overlap) = off(&c0, "/s0");
             let (sched, chunk) = match c0.split_once("/c") {
                 Some((s, n)) => (s, Some(n.parse().expect("chunk"))),
-                None => (c0, None),
+                None => (c0.as_str(), None),
             };
             let bands = match sched.split_once('x') {
                 Some((b, g)) => Some((b.parse().expect("band"), g.parse().expect("group"))),
@@ -691,7 +701,15 @@ fn bands_ab(rounds: usize, threads: usize) {
                 None if sched == "default" => None,
                 None => panic!("--bands: {c}"),
             };
-            (c.to_string(), bands, chunk, overlap, spread, narrow)
+            Config {
+                name: c.to_string(),
+                bands,
+                chunk,
+                overlap,
+                spread,
+                narrow,
+                codes32,
+            }
         })
         .collect();
     for (name, q, img) in ab_rows() {
@@ -702,12 +720,8 @@ fn bands_ab(rounds: usize, threads: usize) {
         let mut outs = vec![None; configs.len()];
         for round in 0..rounds + 1 {
             let mut row = Vec::new();
-            for (i, (_, bands, chunk, overlap, spread, narrow)) in configs.iter().enumerate() {
-                set_narrow_amx(*narrow);
-                set_bands(*bands);
-                set_col_chunk(*chunk);
-                set_store_overlap(*overlap);
-                set_kernel_prefetch(*spread);
+            for (i, config) in configs.iter().enumerate() {
+                config.set();
                 let t = Instant::now();
                 let out = engine.upscale(&img, &Options::default()).unwrap();
                 row.push(t.elapsed().as_secs_f64() * 1e3);
@@ -726,14 +740,15 @@ fn bands_ab(rounds: usize, threads: usize) {
         set_store_overlap(true);
         set_kernel_prefetch(true);
         set_narrow_amx(true);
+        set_codes32(true);
         let same = outs.windows(2).all(|p| p[0] == p[1]);
         println!("{name} {w}x{h}, {threads} threads, {rounds} rounds");
         println!(
             "| schedule | fastest | median | vs {} (median of rounds) |",
-            configs[0].0
+            configs[0].name
         );
         println!("|---|---:|---:|---:|");
-        for (i, (c, ..)) in configs.iter().enumerate() {
+        for (i, Config { name: c, .. }) in configs.iter().enumerate() {
             let fastest = times[i].iter().cloned().fold(f64::INFINITY, f64::min);
             println!(
                 "| {c} | {fastest:.1} ms | {:.1} ms | {:.2}x |",
@@ -745,7 +760,6 @@ fn bands_ab(rounds: usize, threads: usize) {
     }
 }
 
-/// Resident memory over `rss_frames` frames of the built-in x2 w4a4.
 /// Resident memory over `rss_frames` frames of the built-in x2 model of `--rss-precision`
 /// (w4a4 by default; fp32 is the element's default), one model per process.
 fn rss(rss_frames: usize, threads: usize) {

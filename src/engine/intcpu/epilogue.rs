@@ -439,6 +439,16 @@ unsafe fn neon_run(op: Op, c: &Consts, n: usize, span: &Span, mut px: Pixel) {
     unsafe { per_op!(each, op, !span.sq.is_empty(), c, n, span, &mut px) }
 }
 
+/// Whether the AVX-512 epilogue packs a pixel's 32 remaining channels in one step
+/// ([`codes32`]) instead of two 16-channel steps.
+static CODES32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets for the whole process (for comparisons) whether the AVX-512 epilogue packs 32
+/// channels' codes in one step (the default) or in two 16-channel steps; elsewhere nothing.
+pub fn set_codes32(on: bool) {
+    CODES32.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// [`avx2`] for a run of pixels, 16 channels per step on 512-bit vectors, the last step of a
 /// pixel masked (no scalar tail), the constants loaded once per run. The same IEEE operations
 /// in the same order for the values; codes without the clamp's `max` ([`code_lanes`]: values
@@ -474,6 +484,7 @@ unsafe fn avx512_loop<const FOLD: bool>(op: Op, c: &Consts, n: usize, span: &Spa
     // s[i·sstride..][..n], lk[..n], bias[..n] and the buffers' [i·n..][..n] (checked by
     // `run`); AVX-512 F/BW/VL are enabled by the caller.
     unsafe {
+        let codes32_on = CODES32.load(std::sync::atomic::Ordering::Relaxed);
         let k = Steps {
             hw: _mm512_set1_ps(c.hw),
             da: _mm512_set1_ps(c.da),
@@ -511,6 +522,13 @@ unsafe fn avx512_loop<const FOLD: bool>(op: Op, c: &Consts, n: usize, span: &Spa
                     ];
                     _mm512_storeu_si512(d.add(o).cast(), codes64(&k, f));
                     o += 64;
+                }
+                // 32 channels (the built-in models' width): packed as the 64, half as many
+                // instructions as two 16-channel steps.
+                if codes32_on && n - o >= 32 {
+                    let f = [step(op, &k, &p, o, None), step(op, &k, &p, o + 16, None)];
+                    _mm256_storeu_si256(d.add(o).cast(), codes32(&k, f));
+                    o += 32;
                 }
             }
             while o < n {
@@ -664,6 +682,28 @@ unsafe fn codes64(k: &Steps, f: [std::arch::x86_64::__m512; 4]) -> std::arch::x8
     }
 }
 
+/// Codes of 32 values (two vectors of 16 consecutive channels) as 32 bytes in channel order,
+/// saturated as [`codes16`]: as [`codes64`], lane `q` of the packed bytes holds channels
+/// `4q .. 4q + 4` of each vector (the other half of each lane a copy); one `vpermd` puts the
+/// first 8 dwords in order.
+///
+/// # Safety
+/// AVX-512 F/BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn codes32(k: &Steps, f: [std::arch::x86_64::__m512; 2]) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: register arithmetic.
+    unsafe {
+        let words = _mm512_packs_epi32(code_lanes(k, f[0]), code_lanes(k, f[1]));
+        let bytes = _mm512_packus_epi16(words, words);
+        // Dword 4q of `bytes` is channels 4q .. 4q + 4 of vector 0, dword 4q + 1 those of
+        // vector 1.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, bytes))
+    }
+}
+
 /// 16 i32 from `p`, or the lanes of `m` (others 0).
 ///
 /// # Safety
@@ -757,7 +797,7 @@ mod tests {
     #[test]
     fn runs_match_the_pixels() {
         let mut rng = Rng::new(9);
-        for n in [3usize, 16, 64, 67] {
+        for n in [3usize, 16, 32, 64, 67, 96] {
             for op in [Op::Values, Op::Codes, Op::Head, Op::Relu, Op::Res, Op::Skip] {
                 for (x0, count, w) in [(0usize, 5usize, 5usize), (3, 4, 9), (0, 1, 1), (6, 3, 9)] {
                     for fold in [false, true] {
@@ -862,7 +902,7 @@ mod tests {
     #[test]
     fn every_level_matches_the_reference() {
         let mut rng = Rng::new(5);
-        for n in [1usize, 3, 8, 13, 64, 67] {
+        for n in [1usize, 3, 8, 13, 32, 48, 64, 67, 96, 99] {
             for op in [Op::Values, Op::Codes, Op::Head, Op::Relu, Op::Res, Op::Skip] {
                 for case in 0..40 {
                     let s: Vec<i32> = (0..n)

@@ -33,6 +33,7 @@ pub mod wino;
 pub mod wino4;
 
 pub use engine::{CodeBuffer, conv_forward, conv_forward_into};
+pub use epilogue::set_codes32;
 pub use net::{FusedNet, set_bands, set_col_chunk};
 
 /// Whether narrow convs (the tail's 3 channels) run on the AMX kernel at the AMX level: 8
