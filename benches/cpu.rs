@@ -19,6 +19,8 @@
 //!                                                # /p0: AMX prefetches not spread;
 //!                                                # /n0: narrow convs not on AMX;
 //!                                                # /e0: 32-channel codes in 2 steps)
+//!   cargo bench --bench cpu -- --f32-ab 7        # f32 models: Winograd products on AVX2
+//!                                                # vs AVX-512 F
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -33,6 +35,7 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
+use gstadabm::engine::conv::winograd;
 use gstadabm::engine::intcpu::{
     CpuLevel, set_bands, set_codes32, set_col_chunk, set_kernel_prefetch, set_narrow_amx,
     set_store_overlap,
@@ -98,6 +101,10 @@ fn main() {
     }
     if let Some(n) = arg("--bands-ab").and_then(|v| v.parse().ok()) {
         bands_ab(n, threads);
+        return;
+    }
+    if let Some(n) = arg("--f32-ab").and_then(|v| v.parse().ok()) {
+        f32_ab(n, threads);
         return;
     }
     if let Some(n) = arg("--levels-ab").and_then(|v| v.parse().ok()) {
@@ -187,7 +194,8 @@ fn tables(frames: usize, threads: usize) {
         }
     }
     for b in builtin::MODELS.iter() {
-        if !wanted(&format!("built-in {}", b.name)) {
+        // A space after the name: `--only "built-in edsr-r8f32-x2 "` picks the fp32 model alone.
+        if !wanted(&format!("built-in {} ", b.name)) {
             continue;
         }
         let m = b.load().unwrap();
@@ -488,6 +496,64 @@ fn metrics(frames: usize) {
         let tn = fastest(frames, || b = measure(m, &img.data, 1920, 1080));
         assert_eq!(a.to_bits(), b.to_bits(), "{m:?}: {a} vs {b}");
         println!("| {m:?} | {t1:.1} ms | {tn:.1} ms | {:.2}x |", t1 / tn);
+    }
+}
+
+/// The f32 engine's Winograd products on 256-bit and on 512-bit vectors
+/// ([`winograd::set_avx512`]) frame by frame in turn, `rounds` rounds, on the built-in fp32
+/// models (the element's default) and EDSR-baseline fp32: each one's fastest and median frame,
+/// the median over rounds of the ratio, and whether the outputs are the same bytes.
+fn f32_ab(rounds: usize, threads: usize) {
+    let only = arg("--only").unwrap_or_default();
+    let rows = [
+        (2u32, 320usize, 180usize, true),
+        (4, 480, 270, true),
+        (2, 320, 180, false),
+    ];
+    for (scale, w, h, built_in) in rows {
+        let (name, m) = if built_in {
+            let b = builtin::find(scale, "fp32").unwrap();
+            (format!("built-in {}", b.name), b.load().unwrap())
+        } else {
+            let m = random_model(EdsrConfig::baseline(scale), 1).unwrap();
+            (format!("EDSR-baseline x{scale} fp32"), m)
+        };
+        if !name.contains(&only) {
+            continue;
+        }
+        let img = test_image(w, h, 3);
+        let engine = Engine::new(&m, threads).unwrap();
+        let (mut t256, mut t512, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut outs = [None, None];
+        for round in 0..rounds + 1 {
+            let mut row = [0.0; 2];
+            for (i, on) in [false, true].into_iter().enumerate() {
+                winograd::set_avx512(on);
+                let t = Instant::now();
+                let out = engine.upscale(&img, &Options::default()).unwrap();
+                row[i] = t.elapsed().as_secs_f64() * 1e3;
+                outs[i] = Some(out.0.data);
+            }
+            // The first round warms the buffers up.
+            if round > 0 {
+                t256.push(row[0]);
+                t512.push(row[1]);
+                ratios.push(row[0] / row[1]);
+            }
+        }
+        winograd::set_avx512(true);
+        let fastest = |t: &[f64]| t.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!(
+            "{name} {w}x{h}, {threads} threads, {rounds} rounds: AVX2 products {:.1} ms fastest, \
+             {:.1} median; AVX-512 {:.1} / {:.1} ms; ratio {:.2}x (median of rounds); \
+             outputs identical: {}",
+            fastest(&t256),
+            median(t256.clone()),
+            fastest(&t512),
+            median(t512.clone()),
+            median(ratios),
+            outs[0] == outs[1]
+        );
     }
 }
 

@@ -1070,11 +1070,175 @@ pub mod winograd {
         }
     }
 
-    /// `m[u] = v[u] · U[u]` for the `a2` positions: `n` tiles x `cin` by `cin` x `cout`.
+    /// Whether the products run on 512-bit vectors where the CPU has AVX-512 F
+    /// ([`products512`]; the same sums bit for bit) or always on 256-bit ones.
+    static AVX512: AtomicBool = AtomicBool::new(true);
+
+    /// Sets for the whole process (for comparisons) whether the Winograd products use
+    /// AVX-512 F where the CPU has it (the default) or AVX2 everywhere: the outputs are the
+    /// same bits either way.
+    pub fn set_avx512(on: bool) {
+        AVX512.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether [`products`] takes its AVX-512 form on this CPU now.
+    #[cfg(target_arch = "x86_64")]
+    pub fn uses_avx512() -> bool {
+        static HAS: std::sync::LazyLock<bool> =
+            std::sync::LazyLock::new(|| std::is_x86_feature_detected!("avx512f"));
+        *HAS && AVX512.load(Ordering::Relaxed)
+    }
+
+    /// `m[u] = v[u] · U[u]` for the `a2` positions: `n` tiles x `cin` by `cin` x `cout`, on
+    /// 512-bit vectors where the CPU has them ([`uses_avx512`]), else 256-bit.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn products(
+        v: &[f32],
+        u: &[f32],
+        a2: usize,
+        cin: usize,
+        cout: usize,
+        n: usize,
+        tc: usize,
+        m: &mut [f32],
+    ) {
+        // SAFETY: the caller's promises; AVX-512 F checked by `uses_avx512`, AVX2 and FMA by
+        // `enabled`.
+        unsafe {
+            if uses_avx512() {
+                products512(v, u, a2, cin, cout, n, tc, m)
+            } else {
+                products256(v, u, a2, cin, cout, n, tc, m)
+            }
+        }
+    }
+
+    /// [`products`] on 512-bit vectors: blocks of up to 12 tiles x 32 output channels (24
+    /// accumulators; 12 x 16 where `cout / 16` is odd), each output summed from zero in `ci`
+    /// order by FMA — per lane the same operations as [`products256`], so the same bits.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn products512(
+        v: &[f32],
+        u: &[f32],
+        a2: usize,
+        cin: usize,
+        cout: usize,
+        n: usize,
+        tc: usize,
+        m: &mut [f32],
+    ) {
+        let nb = cout / 16;
+        debug_assert!(v.len() >= a2 * tc * cin && m.len() >= a2 * tc * cout && n <= tc);
+        debug_assert!(u.len() >= a2 * nb * cin * 16);
+        // SAFETY: v is a2 x tc x cin, m a2 x tc x cout, u a2 x nb x cin x 16 values; the
+        // kernels read rows tl..tl + k < n of v and the weight blocks ob, ob + 1 < nb of
+        // position q, and write the same rows of m at channels ob·16 .. ob·16 + 16·B ≤ cout.
+        unsafe {
+            for q in 0..a2 {
+                let mut ob = 0;
+                while ob < nb {
+                    let pair = nb - ob >= 2;
+                    let wt = u.as_ptr().add((q * nb + ob) * cin * 16);
+                    let mut tl = 0;
+                    while tl < n {
+                        let k = (n - tl).min(12);
+                        let x = v.as_ptr().add((q * tc + tl) * cin);
+                        let o = m.as_mut_ptr().add((q * tc + tl) * cout + ob * 16);
+                        if pair {
+                            gemm512_rows::<2>(k, x, cin, wt, o, cout);
+                        } else {
+                            gemm512_rows::<1>(k, x, cin, wt, o, cout);
+                        }
+                        tl += k;
+                    }
+                    ob += if pair { 2 } else { 1 };
+                }
+            }
+        }
+    }
+
+    /// [`gemm512`] for `k` ≤ 12 rows.
+    ///
+    /// # Safety
+    /// As [`gemm512`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn gemm512_rows<const B: usize>(
+        k: usize,
+        x: *const f32,
+        cin: usize,
+        w: *const f32,
+        out: *mut f32,
+        cout: usize,
+    ) {
+        // SAFETY: forwarded.
+        unsafe {
+            match k {
+                12 => gemm512::<12, B>(x, cin, w, out, cout),
+                11 => gemm512::<11, B>(x, cin, w, out, cout),
+                10 => gemm512::<10, B>(x, cin, w, out, cout),
+                9 => gemm512::<9, B>(x, cin, w, out, cout),
+                8 => gemm512::<8, B>(x, cin, w, out, cout),
+                7 => gemm512::<7, B>(x, cin, w, out, cout),
+                6 => gemm512::<6, B>(x, cin, w, out, cout),
+                5 => gemm512::<5, B>(x, cin, w, out, cout),
+                4 => gemm512::<4, B>(x, cin, w, out, cout),
+                3 => gemm512::<3, B>(x, cin, w, out, cout),
+                2 => gemm512::<2, B>(x, cin, w, out, cout),
+                _ => gemm512::<1, B>(x, cin, w, out, cout),
+            }
+        }
+    }
+
+    /// `N` rows (stride `cin`) times `B` consecutive blocks of `cin` x 16 weights into `N` x
+    /// 16·B outputs (stride `cout`), each sum from zero in `ci` order.
+    ///
+    /// # Safety
+    /// AVX-512 F; `x` readable for `N` rows of `cin`, `w` for `B·16·cin` values, `out` writable
+    /// for `N` rows of 16·B values at stride `cout`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn gemm512<const N: usize, const B: usize>(
+        x: *const f32,
+        cin: usize,
+        w: *const f32,
+        out: *mut f32,
+        cout: usize,
+    ) {
+        use std::arch::x86_64::*;
+        // SAFETY (whole body): the caller's bounds; unaligned loads and stores only.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); B]; N];
+            for ci in 0..cin {
+                let mut wv = [_mm512_setzero_ps(); B];
+                for (b, wb) in wv.iter_mut().enumerate() {
+                    *wb = _mm512_loadu_ps(w.add((b * cin + ci) * 16));
+                }
+                for (px, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.add(px * cin + ci));
+                    for (ab, wb) in a.iter_mut().zip(wv) {
+                        *ab = _mm512_fmadd_ps(xv, wb, *ab);
+                    }
+                }
+            }
+            for (px, a) in acc.iter().enumerate() {
+                for (b, ab) in a.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(px * cout + b * 16), *ab);
+                }
+            }
+        }
+    }
+
+    /// [`products`] on 256-bit vectors: blocks of up to 6 tiles x 16 output channels.
     #[allow(clippy::too_many_arguments)]
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn products(
+    unsafe fn products256(
         v: &[f32],
         u: &[f32],
         a2: usize,
@@ -1633,6 +1797,7 @@ mod tests {
     fn conv3x3_matches_a_plain_convolution() {
         let mut rng = Rng::new(3);
         let mut ran = [0usize; 4];
+        let mut ran_512 = 0;
         for (h, w, cin, cout) in [
             (1, 1, 3, 16),
             (1, 1, 64, 64),
@@ -1648,6 +1813,7 @@ mod tests {
             (6, 300, 32, 3), // several row blocks
             (4, 5, 12, 3),   // 3 outputs from a non-multiple of 8: GEMM only
             (3, 9, 16, 24),
+            (5, 61, 32, 48), // three 16-channel blocks: a pair and a single at AVX-512
         ] {
             let mut x = FeatureMap::zeros(h, w, cin);
             for y in 0..h {
@@ -1702,6 +1868,17 @@ mod tests {
                     path == ConvPath::Gemm || got.data == run(Parallelism::None, &[1, 2, 5]).data,
                     "{tag}: rows computed apart differ"
                 );
+                // The Winograd products on 512-bit vectors sum as the 256-bit ones.
+                #[cfg(target_arch = "x86_64")]
+                if matches!(path, ConvPath::Winograd | ConvPath::Winograd2)
+                    && winograd::uses_avx512()
+                {
+                    winograd::set_avx512(false);
+                    let narrow = run(Parallelism::None, &[]);
+                    winograd::set_avx512(true);
+                    assert!(got.data == narrow.data, "{tag}: AVX-512 products differ");
+                    ran_512 += 1;
+                }
                 for y in 0..h {
                     for xx in 0..w {
                         let d = got.idx(y, xx);
@@ -1721,11 +1898,14 @@ mod tests {
             }
         }
         let avx2 = direct::available();
-        assert_eq!(ran[0], 14);
+        assert_eq!(ran[0], 15);
         assert_eq!(ran[1] > 0, avx2, "direct kernel coverage");
         assert_eq!(ran[2] > 0 && ran[3] > 0, avx2, "Winograd coverage");
         if !avx2 {
             eprintln!("no AVX2+FMA here: only the im2col GEMM path was checked");
+        }
+        if ran_512 == 0 {
+            eprintln!("no AVX-512 F here: the 512-bit Winograd products were not checked");
         }
     }
 }
