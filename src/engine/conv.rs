@@ -930,9 +930,15 @@ pub mod winograd {
                 // SAFETY: the caller's promises; item (ty, t0..t0 + n) writes only the
                 // outputs of its own tiles, inside rows y0..y1.
                 unsafe {
-                    input_transform::<MM>(src, ty, t0, n, tc, v, zeros);
-                    products(v, u, a2, cin, cout, n, tc, m);
-                    output_transform::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest);
+                    if uses_avx512() {
+                        input_transform_512::<MM>(src, ty, t0, n, tc, v, zeros);
+                        products512(v, u, a2, cin, cout, n, tc, m);
+                        output_transform_512::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest);
+                    } else {
+                        input_transform::<MM>(src, ty, t0, n, tc, v, zeros);
+                        products(v, u, a2, cin, cout, n, tc, m);
+                        output_transform::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest);
+                    }
                 }
             });
         };
@@ -944,62 +950,162 @@ pub mod winograd {
         }
     }
 
-    /// `Bᵀ d` of one column of m + 2 input vectors (the first m + 2 of each array).
+    /// 8 (AVX2) or 16 (AVX-512 F) f32 lanes: the vector operations the transforms use, each
+    /// the same IEEE operation per lane at either width. The methods are inlined into the
+    /// kernels, whose entry points enable the width's features ([`input_transform`] and
+    /// [`output_transform`] for 8, their `_512` forms for 16).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn b_col<const MM: usize>(d: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; 6] {
-        use std::arch::x86_64::*;
-        let (add, sub) = (_mm256_add_ps, _mm256_sub_ps);
-        match MM {
-            2 => [
-                sub(d[0], d[2]),
-                add(d[1], d[2]),
-                sub(d[2], d[1]),
-                sub(d[1], d[3]),
-                d[4],
-                d[5],
-            ],
-            _ => {
-                let (c2, c4, c5) = (
-                    _mm256_set1_ps(2.0),
-                    _mm256_set1_ps(4.0),
-                    _mm256_set1_ps(5.0),
-                );
-                let fma = _mm256_fmadd_ps;
-                let nfma = _mm256_fnmadd_ps;
-                let (d42, d43) = (sub(d[4], d[2]), sub(d[4], d[3]));
-                [
-                    fma(c4, d[0], nfma(c5, d[2], d[4])),
-                    nfma(c4, add(d[1], d[2]), add(d[3], d[4])),
-                    fma(c4, sub(d[1], d[2]), d43),
-                    fma(c2, sub(d[3], d[1]), d42),
-                    fma(c2, sub(d[1], d[3]), d42),
-                    fma(c4, d[1], nfma(c5, d[3], d[5])),
-                ]
+    trait Lanes {
+        type V: Copy;
+        const N: usize;
+        /// # Safety (all methods)
+        /// The width's target features; pointers valid for `N` values.
+        unsafe fn splat(x: f32) -> Self::V;
+        unsafe fn load(p: *const f32) -> Self::V;
+        unsafe fn store(p: *mut f32, v: Self::V);
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+        /// `a·b + c`, one rounding.
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        /// `−(a·b) + c`, one rounding.
+        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    }
+
+    /// 8 lanes of `__m256`.
+    #[cfg(target_arch = "x86_64")]
+    struct L8;
+
+    /// 16 lanes of `__m512`.
+    #[cfg(target_arch = "x86_64")]
+    struct L16;
+
+    #[cfg(target_arch = "x86_64")]
+    impl Lanes for L8 {
+        type V = std::arch::x86_64::__m256;
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            unsafe { std::arch::x86_64::_mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_fnmadd_ps(a, b, c) }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Lanes for L16 {
+        type V = std::arch::x86_64::__m512;
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            unsafe { std::arch::x86_64::_mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_fnmadd_ps(a, b, c) }
+        }
+    }
+
+    /// `Bᵀ d` of one column of m + 2 input vectors (the first m + 2 of each array).
+    ///
+    /// # Safety
+    /// `L`'s target features.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn b_col<const MM: usize, L: Lanes>(d: [L::V; 6]) -> [L::V; 6] {
+        // SAFETY: register arithmetic under the caller's features.
+        unsafe {
+            let (add, sub) = (L::add, L::sub);
+            match MM {
+                2 => [
+                    sub(d[0], d[2]),
+                    add(d[1], d[2]),
+                    sub(d[2], d[1]),
+                    sub(d[1], d[3]),
+                    d[4],
+                    d[5],
+                ],
+                _ => {
+                    let (c2, c4, c5) = (L::splat(2.0), L::splat(4.0), L::splat(5.0));
+                    let (fma, nfma) = (L::fma, L::nfma);
+                    let (d42, d43) = (sub(d[4], d[2]), sub(d[4], d[3]));
+                    [
+                        fma(c4, d[0], nfma(c5, d[2], d[4])),
+                        nfma(c4, add(d[1], d[2]), add(d[3], d[4])),
+                        fma(c4, sub(d[1], d[2]), d43),
+                        fma(c2, sub(d[3], d[1]), d42),
+                        fma(c2, sub(d[1], d[3]), d42),
+                        fma(c4, d[1], nfma(c5, d[3], d[5])),
+                    ]
+                }
             }
         }
     }
 
     /// `Aᵀ m` of one column of m + 2 product vectors: m values (the first m of the array).
+    ///
+    /// # Safety
+    /// `L`'s target features.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn a_col<const MM: usize>(m: [std::arch::x86_64::__m256; 6]) -> [std::arch::x86_64::__m256; 4] {
-        use std::arch::x86_64::*;
-        let (add, sub) = (_mm256_add_ps, _mm256_sub_ps);
-        let (s12, d12) = (add(m[1], m[2]), sub(m[1], m[2]));
-        match MM {
-            2 => [add(m[0], s12), sub(d12, m[3]), m[4], m[5]],
-            _ => {
-                let (s34, d34) = (add(m[3], m[4]), sub(m[3], m[4]));
-                let fma = _mm256_fmadd_ps;
-                [
-                    add(add(m[0], s12), s34),
-                    fma(_mm256_set1_ps(2.0), d34, d12),
-                    fma(_mm256_set1_ps(4.0), s34, s12),
-                    add(fma(_mm256_set1_ps(8.0), d34, d12), m[5]),
-                ]
+    #[inline(always)]
+    unsafe fn a_col<const MM: usize, L: Lanes>(m: [L::V; 6]) -> [L::V; 4] {
+        // SAFETY: register arithmetic under the caller's features.
+        unsafe {
+            let (add, sub) = (L::add, L::sub);
+            let (s12, d12) = (add(m[1], m[2]), sub(m[1], m[2]));
+            match MM {
+                2 => [add(m[0], s12), sub(d12, m[3]), m[4], m[5]],
+                _ => {
+                    let (s34, d34) = (add(m[3], m[4]), sub(m[3], m[4]));
+                    let fma = L::fma;
+                    [
+                        add(add(m[0], s12), s34),
+                        fma(L::splat(2.0), d34, d12),
+                        fma(L::splat(4.0), s34, s12),
+                        add(fma(L::splat(8.0), d34, d12), m[5]),
+                    ]
+                }
             }
         }
     }
@@ -1019,16 +1125,64 @@ pub mod winograd {
         v: &mut [f32],
         zeros: &[f32],
     ) {
-        use std::arch::x86_64::*;
+        // SAFETY: the caller's promises; AVX2 and FMA enabled here.
+        unsafe { input_tiles::<MM, L8>(src, ty, t0, n, tc, v, zeros, 0..src.c) }
+    }
+
+    /// [`input_transform`] on 512-bit vectors, 16 channels at a time (a last 8 on 256-bit).
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn input_transform_512<const MM: usize>(
+        src: &FeatureMap,
+        ty: usize,
+        t0: usize,
+        n: usize,
+        tc: usize,
+        v: &mut [f32],
+        zeros: &[f32],
+    ) {
+        let c16 = src.c / 16 * 16;
+        // SAFETY: the caller's promises; AVX-512 F, AVX2 and FMA enabled here.
+        unsafe {
+            input_tiles::<MM, L16>(src, ty, t0, n, tc, v, zeros, 0..c16);
+            if c16 < src.c {
+                input_tiles::<MM, L8>(src, ty, t0, n, tc, v, zeros, c16..src.c);
+            }
+        }
+    }
+
+    /// The body of [`input_transform`] for the channels `chans` (a multiple of `L::N` long),
+    /// `L::N` at a time.
+    ///
+    /// # Safety
+    /// As [`input_transform`], with `L`'s target features.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn input_tiles<const MM: usize, L: Lanes>(
+        src: &FeatureMap,
+        ty: usize,
+        t0: usize,
+        n: usize,
+        tc: usize,
+        v: &mut [f32],
+        zeros: &[f32],
+        chans: std::ops::Range<usize>,
+    ) {
         let a = MM + 2;
         let (cin, wp) = (src.c, src.wp());
         let rows_p = src.h + 2;
         let base = src.data.as_ptr();
+        debug_assert!(chans.end <= cin && chans.len().is_multiple_of(L::N));
         // SAFETY (whole body): rows MM·ty + i < h + 2 and columns MM·tx + j < w + 2 are inside
         // the padded map; everything else reads `zeros` (cin values); v holds a² x tc x cin
-        // values.
+        // values; channels c..c + L::N ≤ cin.
         unsafe {
-            let zero = _mm256_setzero_ps();
+            let zero = L::splat(0.0);
+            // Every entry read below (i, j < a) is written first for each channel block: zeroed
+            // once per call, not per tile (a memset call per tile took 5% of an f32 frame).
+            let mut t = [[zero; 6]; 6];
             for tl in 0..n {
                 let tx = t0 + tl;
                 let mut at = [[zeros.as_ptr(); 6]; 6];
@@ -1041,28 +1195,23 @@ pub mod winograd {
                         }
                     }
                 }
-                // Every entry read below (i, j < a) is written first for each channel block:
-                // zeroed once here, not per block (a 1152-byte memset call per 8 channels).
-                let mut t = [[zero; 6]; 6];
-                for c in (0..cin).step_by(8) {
-                    // Bᵀ d per column j, then (Bᵀ d) B per row i.
+                for c in chans.clone().step_by(L::N) {
+                    // Bᵀ d per column j, then (Bᵀ d) B per row i. (Loops, not `from_fn`: its
+                    // closures are compiled without the entry point's target features.)
                     for j in 0..a {
-                        let d: [__m256; 6] = std::array::from_fn(|i| {
-                            if i < a {
-                                _mm256_loadu_ps(at[i][j].add(c))
-                            } else {
-                                zero
-                            }
-                        });
-                        for (ti, v) in t.iter_mut().zip(b_col::<MM>(d)) {
+                        let mut d = [zero; 6];
+                        for (i, di) in d.iter_mut().enumerate().take(a) {
+                            *di = L::load(at[i][j].add(c));
+                        }
+                        for (ti, v) in t.iter_mut().zip(b_col::<MM, L>(d)) {
                             ti[j] = v;
                         }
                     }
                     for (i, r) in t.iter().enumerate().take(a) {
-                        let vals = b_col::<MM>(*r);
+                        let vals = b_col::<MM, L>(*r);
                         for (j, x) in vals.into_iter().enumerate().take(a) {
                             let q = i * a + j;
-                            _mm256_storeu_ps(v.as_mut_ptr().add((q * tc + tl) * cin + c), x);
+                            L::store(v.as_mut_ptr().add((q * tc + tl) * cin + c), x);
                         }
                     }
                 }
@@ -1070,18 +1219,19 @@ pub mod winograd {
         }
     }
 
-    /// Whether the products run on 512-bit vectors where the CPU has AVX-512 F
-    /// ([`products512`]; the same sums bit for bit) or always on 256-bit ones.
+    /// Whether the transforms and products run on 512-bit vectors where the CPU has AVX-512
+    /// F ([`input_transform_512`], [`products512`], [`output_transform_512`]: the same
+    /// operations per lane, so the same bits) or always on 256-bit ones.
     static AVX512: AtomicBool = AtomicBool::new(true);
 
-    /// Sets for the whole process (for comparisons) whether the Winograd products use
-    /// AVX-512 F where the CPU has it (the default) or AVX2 everywhere: the outputs are the
-    /// same bits either way.
+    /// Sets for the whole process (for comparisons) whether the Winograd transforms and
+    /// products use AVX-512 F where the CPU has it (the default) or AVX2 everywhere: the
+    /// outputs are the same bits either way.
     pub fn set_avx512(on: bool) {
         AVX512.store(on, Ordering::Relaxed);
     }
 
-    /// Whether [`products`] takes its AVX-512 form on this CPU now.
+    /// Whether the Winograd convs take their AVX-512 forms on this CPU now.
     #[cfg(target_arch = "x86_64")]
     pub fn uses_avx512() -> bool {
         static HAS: std::sync::LazyLock<bool> =
@@ -1089,34 +1239,9 @@ pub mod winograd {
         *HAS && AVX512.load(Ordering::Relaxed)
     }
 
-    /// `m[u] = v[u] · U[u]` for the `a2` positions: `n` tiles x `cin` by `cin` x `cout`, on
-    /// 512-bit vectors where the CPU has them ([`uses_avx512`]), else 256-bit.
-    #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn products(
-        v: &[f32],
-        u: &[f32],
-        a2: usize,
-        cin: usize,
-        cout: usize,
-        n: usize,
-        tc: usize,
-        m: &mut [f32],
-    ) {
-        // SAFETY: the caller's promises; AVX-512 F checked by `uses_avx512`, AVX2 and FMA by
-        // `enabled`.
-        unsafe {
-            if uses_avx512() {
-                products512(v, u, a2, cin, cout, n, tc, m)
-            } else {
-                products256(v, u, a2, cin, cout, n, tc, m)
-            }
-        }
-    }
-
     /// [`products`] on 512-bit vectors: blocks of up to 12 tiles x 32 output channels (24
     /// accumulators; 12 x 16 where `cout / 16` is odd), each output summed from zero in `ci`
-    /// order by FMA — per lane the same operations as [`products256`], so the same bits.
+    /// order by FMA — per lane the same operations as [`products`], so the same bits.
     #[allow(clippy::too_many_arguments)]
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -1234,11 +1359,12 @@ pub mod winograd {
         }
     }
 
-    /// [`products`] on 256-bit vectors: blocks of up to 6 tiles x 16 output channels.
+    /// `m[u] = v[u] · U[u]` for the `a2` positions: `n` tiles x `cin` by `cin` x `cout`, in
+    /// blocks of up to 6 tiles x 16 output channels.
     #[allow(clippy::too_many_arguments)]
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn products256(
+    unsafe fn products(
         v: &[f32],
         u: &[f32],
         a2: usize,
@@ -1316,11 +1442,69 @@ pub mod winograd {
         y1: usize,
         dest: Dest,
     ) {
-        use std::arch::x86_64::*;
+        // SAFETY: the caller's promises; AVX2 and FMA enabled here.
+        unsafe { output_tiles::<MM, L8>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest, 0..cout) }
+    }
+
+    /// [`output_transform`] on 512-bit vectors, 16 channels at a time (a last 8 on 256-bit;
+    /// all on 256-bit when a PixelShuffle's sub-pixel rows, `r·c` channels each, are not whole
+    /// 16-channel blocks).
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn output_transform_512<const MM: usize>(
+        m: &[f32],
+        bias: &[f32],
+        src: &FeatureMap,
+        cout: usize,
+        ty: usize,
+        t0: usize,
+        n: usize,
+        tc: usize,
+        y0: usize,
+        y1: usize,
+        dest: Dest,
+    ) {
+        let c16 = match dest {
+            Dest::Shuffle { r, c, .. } if !(r * c).is_multiple_of(16) => 0,
+            _ => cout / 16 * 16,
+        };
+        // SAFETY: the caller's promises; AVX-512 F, AVX2 and FMA enabled here.
+        unsafe {
+            output_tiles::<MM, L16>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest, 0..c16);
+            if c16 < cout {
+                output_tiles::<MM, L8>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest, c16..cout);
+            }
+        }
+    }
+
+    /// The body of [`output_transform`] for the channels `chans` (a multiple of `L::N` long),
+    /// `L::N` at a time; for `Dest::Shuffle` each block of `L::N` inside one sub-pixel row.
+    ///
+    /// # Safety
+    /// As [`output_transform`], with `L`'s target features.
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn output_tiles<const MM: usize, L: Lanes>(
+        m: &[f32],
+        bias: &[f32],
+        src: &FeatureMap,
+        cout: usize,
+        ty: usize,
+        t0: usize,
+        n: usize,
+        tc: usize,
+        y0: usize,
+        y1: usize,
+        dest: Dest,
+        chans: std::ops::Range<usize>,
+    ) {
         let a = MM + 2;
         let (w, wp) = (src.w, src.wp());
         let p0 = (y0 + 1) * wp + 1;
-        // Output (y, x) at `pixel(y, x)`, its 8-channel block from channel `c` at `+ block(c)`.
+        debug_assert!(chans.end <= cout && chans.len().is_multiple_of(L::N));
+        // Output (y, x) at `pixel(y, x)`, its block of channels from `c` at `+ block(c)`.
         let pixel = |y: usize, x: usize| -> *mut f32 {
             match dest {
                 // SAFETY (both): in bounds for the positions written (the body's promise).
@@ -1340,9 +1524,12 @@ pub mod winograd {
         // SAFETY (whole body): m holds a² x tc x cout values; the outputs written are interior
         // positions of rows y0..y1 (columns < w): inside `out` (rows_len positions from p0)
         // for `Dest::Rows`, inside the r·h x r·w interior of the HR map for `Dest::Shuffle`
-        // (each 8-channel block in one sub-pixel row: r·c is a multiple of 8).
+        // (each block of L::N channels in one sub-pixel row: r·c is a multiple of 8, and of 16
+        // where L::N is 16, as the callers choose).
         unsafe {
-            let zero = _mm256_setzero_ps();
+            let zero = L::splat(0.0);
+            // As in the input transform: zeroed once per call, every entry read written first.
+            let mut t = [[zero; 6]; 4];
             for tl in 0..n {
                 let tx = t0 + tl;
                 let mut dst = [[std::ptr::null_mut::<f32>(); 4]; 4];
@@ -1355,30 +1542,25 @@ pub mod winograd {
                         }
                     }
                 }
-                // As in the input transform: zeroed once, every entry read is written first.
-                let mut t = [[zero; 6]; 4];
-                for c in (0..cout).step_by(8) {
+                for c in chans.clone().step_by(L::N) {
                     // Aᵀ m per column j, then (Aᵀ m) A per output row.
                     for j in 0..a {
-                        let col: [__m256; 6] = std::array::from_fn(|i| {
-                            if i < a {
-                                _mm256_loadu_ps(m.as_ptr().add(((i * a + j) * tc + tl) * cout + c))
-                            } else {
-                                zero
-                            }
-                        });
-                        for (ti, v) in t.iter_mut().zip(a_col::<MM>(col)) {
+                        let mut col = [zero; 6];
+                        for (i, ci) in col.iter_mut().enumerate().take(a) {
+                            *ci = L::load(m.as_ptr().add(((i * a + j) * tc + tl) * cout + c));
+                        }
+                        for (ti, v) in t.iter_mut().zip(a_col::<MM, L>(col)) {
                             ti[j] = v;
                         }
                     }
-                    let b = _mm256_loadu_ps(bias.as_ptr().add(c));
+                    let b = L::load(bias.as_ptr().add(c));
                     let off = block(c);
                     for (r, row) in t.iter().enumerate().take(MM) {
-                        let ys = a_col::<MM>(*row);
+                        let ys = a_col::<MM, L>(*row);
                         for (bc, yv) in ys.into_iter().enumerate().take(MM) {
                             let p = dst[r][bc];
                             if !p.is_null() {
-                                _mm256_storeu_ps(p.add(off), _mm256_add_ps(yv, b));
+                                L::store(p.add(off), L::add(yv, b));
                             }
                         }
                     }
