@@ -19,7 +19,7 @@
 //!                                                # /p0: AMX prefetches not spread;
 //!                                                # /n0: narrow convs not on AMX;
 //!                                                # /e0: 32-channel codes in 2 steps)
-//!   cargo bench --bench cpu -- --f32-ab 7        # f32 models: Winograd products on AVX2
+//!   cargo bench --bench cpu -- --f32-ab 7        # f32 models: Winograd on AVX2
 //!                                                # vs AVX-512 F
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
@@ -499,7 +499,7 @@ fn metrics(frames: usize) {
     }
 }
 
-/// The f32 engine's Winograd products on 256-bit and on 512-bit vectors
+/// The f32 engine's Winograd transforms and products on 256-bit and on 512-bit vectors
 /// ([`winograd::set_avx512`]) frame by frame in turn, `rounds` rounds, on the built-in fp32
 /// models (the element's default) and EDSR-baseline fp32: each one's fastest and median frame,
 /// the median over rounds of the ratio, and whether the outputs are the same bytes.
@@ -544,7 +544,7 @@ fn f32_ab(rounds: usize, threads: usize) {
         winograd::set_avx512(true);
         let fastest = |t: &[f64]| t.iter().cloned().fold(f64::INFINITY, f64::min);
         println!(
-            "{name} {w}x{h}, {threads} threads, {rounds} rounds: AVX2 products {:.1} ms fastest, \
+            "{name} {w}x{h}, {threads} threads, {rounds} rounds: AVX2 {:.1} ms fastest, \
              {:.1} median; AVX-512 {:.1} / {:.1} ms; ratio {:.2}x (median of rounds); \
              outputs identical: {}",
             fastest(&t256),
