@@ -1979,6 +1979,7 @@ mod tests {
     fn conv3x3_matches_a_plain_convolution() {
         let mut rng = Rng::new(3);
         let mut ran = [0usize; 4];
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut ran_512 = 0;
         for (h, w, cin, cout) in [
             (1, 1, 3, 16),

@@ -470,7 +470,8 @@ unsafe fn avx512_run(op: Op, c: &Consts, n: usize, span: &Span, px: Pixel) {
 
 /// The loop of [`avx512_run`]: whole blocks of 64 channels first, their 64 codes packed
 /// (`vpackssdw` + `vpackuswb` + one `vpermd`: 4 instructions where 16-channel steps take 12),
-/// then steps of 16 channels, a last partial one masked.
+/// then a block of 32 packed the same way ([`codes32`], unless [`set_codes32`] turned it
+/// off), then steps of 16 channels, a last partial one masked.
 ///
 /// # Safety
 /// As [`avx512_run`]; inlined into it.
