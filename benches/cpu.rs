@@ -20,7 +20,8 @@
 //!                                                # /n0: narrow convs not on AMX;
 //!                                                # /e0: 32-channel codes in 2 steps)
 //!   cargo bench --bench cpu -- --f32-ab 7        # f32 models: Winograd on AVX2
-//!                                                # vs AVX-512 F
+//!                                                # vs AVX-512 F (--f32-switch fuse:
+//!                                                # block passes vs fused into the convs)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -36,6 +37,7 @@ mod common;
 
 use common::{arg, export, median};
 use gstadabm::engine::conv::winograd;
+use gstadabm::engine::edsr::set_fuse;
 use gstadabm::engine::intcpu::{
     CpuLevel, set_bands, set_codes32, set_col_chunk, set_kernel_prefetch, set_narrow_amx,
     set_store_overlap,
@@ -500,11 +502,15 @@ fn metrics(frames: usize) {
 }
 
 /// The f32 engine's Winograd transforms and products on 256-bit and on 512-bit vectors
-/// ([`winograd::set_avx512`]) frame by frame in turn, `rounds` rounds, on the built-in fp32
+/// ([`winograd::set_avx512`]; or with `--f32-switch fuse` its block passes, [`set_fuse`]) frame
+/// by frame in turn, `rounds` rounds, on the built-in fp32
 /// models (the element's default) and EDSR-baseline fp32: each one's fastest and median frame,
 /// the median over rounds of the ratio, and whether the outputs are the same bytes.
 fn f32_ab(rounds: usize, threads: usize) {
     let only = arg("--only").unwrap_or_default();
+    // `--f32-switch fuse`: a block's ReLU and residual update as passes vs fused into its convs
+    // ([`set_fuse`]) instead.
+    let fuse = arg("--f32-switch").is_some_and(|v| v == "fuse");
     let rows = [
         (2u32, 320usize, 180usize, true),
         (4, 480, 270, true),
@@ -528,7 +534,11 @@ fn f32_ab(rounds: usize, threads: usize) {
         for round in 0..rounds + 1 {
             let mut row = [0.0; 2];
             for (i, on) in [false, true].into_iter().enumerate() {
-                winograd::set_avx512(on);
+                if fuse {
+                    set_fuse(on);
+                } else {
+                    winograd::set_avx512(on);
+                }
                 let t = Instant::now();
                 let out = engine.upscale(&img, &Options::default()).unwrap();
                 row[i] = t.elapsed().as_secs_f64() * 1e3;
@@ -542,10 +552,16 @@ fn f32_ab(rounds: usize, threads: usize) {
             }
         }
         winograd::set_avx512(true);
+        set_fuse(true);
         let fastest = |t: &[f64]| t.iter().cloned().fold(f64::INFINITY, f64::min);
+        let (off, on) = if fuse {
+            ("passes", "fused")
+        } else {
+            ("AVX2", "AVX-512")
+        };
         println!(
-            "{name} {w}x{h}, {threads} threads, {rounds} rounds: AVX2 {:.1} ms fastest, \
-             {:.1} median; AVX-512 {:.1} / {:.1} ms; ratio {:.2}x (median of rounds); \
+            "{name} {w}x{h}, {threads} threads, {rounds} rounds: {off} {:.1} ms fastest, \
+             {:.1} median; {on} {:.1} / {:.1} ms; ratio {:.2}x (median of rounds); \
              outputs identical: {}",
             fastest(&t256),
             median(t256.clone()),

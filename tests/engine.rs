@@ -7,7 +7,7 @@ use common::*;
 use gstadabm::engine::model::{LayerKind, Role, layer_kind};
 use gstadabm::engine::quant;
 use gstadabm::engine::random::test_image;
-use gstadabm::engine::{Engine, Image, Model, Options, QuantMode};
+use gstadabm::engine::{Engine, Execution, Image, Model, Options, QuantMode};
 
 fn run(model: &Model, img: &Image, opts: &Options) -> (Image, gstadabm::engine::Stats) {
     Engine::new(model, 2).unwrap().upscale(img, opts).unwrap()
@@ -372,4 +372,58 @@ fn bad_input_is_an_error_not_a_panic() {
     let one = test_image(1, 1, 1);
     let (out, _) = engine.upscale(&one, &Options::default()).unwrap();
     assert_eq!((out.width, out.height), (2, 2));
+}
+
+/// The f32 engine's fused ReLU and residual updates (a block's convs on the Winograd path
+/// store `max(v, 0)` and `res + k·v` themselves) give the bits of the passes they replace:
+/// floating-point and fake-quant models, res_scale 1 and 0.1, 16 and 32 features, several
+/// sizes (1x1, odd, a partial Winograd tile).
+#[test]
+fn fused_block_passes_give_the_same_bits() {
+    use gstadabm::engine::conv::{ConvWeights, post_fuses};
+    use gstadabm::engine::edsr::set_fuse;
+    use gstadabm::engine::random::{quantize_on_synthetic, random_model};
+    let fuses = post_fuses(&ConvWeights::from_oihw(
+        16,
+        16,
+        &[0.0; 16 * 16 * 9],
+        &[0.0; 16],
+    ));
+    if !fuses {
+        eprintln!(
+            "SKIP fused_block_passes_give_the_same_bits: no Winograd path here (no AVX2+FMA)"
+        );
+        return;
+    }
+    for (scale, feats, res_scale, seed) in [(2, 32, 1.0, 1), (3, 16, 0.1, 2), (4, 32, 0.1, 3)] {
+        let mut cfg = small_config(scale, feats, 3);
+        cfg.res_scale = res_scale;
+        let fp = random_model(cfg, seed).unwrap();
+        let fq = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, seed).unwrap();
+        // The quantized model on the fake-quant f32 engine (its default is the integer one).
+        for model in [fp, fq] {
+            let engine = match model.quant {
+                None => Engine::new(&model, 2),
+                Some(_) => Engine::with_execution(&model, 2, Execution::FakeQuant),
+            }
+            .unwrap();
+            for (w, h) in [(1, 1), (23, 17), (40, 9)] {
+                let img = test_image(w, h, seed);
+                set_fuse(false);
+                let passes = engine.upscale(&img, &Options::default()).unwrap().0;
+                set_fuse(true);
+                let fused = engine.upscale(&img, &Options::default()).unwrap().0;
+                let same = passes
+                    .data
+                    .iter()
+                    .zip(&fused.data)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same && passes.data.len() == fused.data.len(),
+                    "x{scale} {feats} features res_scale {res_scale} quant {} {w}x{h}",
+                    model.quant.is_some()
+                );
+            }
+        }
+    }
 }

@@ -710,6 +710,18 @@ pub mod direct {
     }
 }
 
+/// What a conv does with each output value before storing it (the Winograd path does it in
+/// its output transform: no pass over the map afterwards; see [`conv3x3_into_post`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Post {
+    /// Stores it.
+    None,
+    /// Stores `v.max(0.0)` (ReLU).
+    Relu,
+    /// Adds `k · v` to the value already there (`d + k·v`: a residual update).
+    Accumulate(f32),
+}
+
 /// Winograd convolution F(m x m, 3x3) with AVX2 + FMA: each m x m block of outputs comes from
 /// its (m+2) x (m+2) input patch `d` as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` (Lavin & Gray, 2016),
 /// so the channel products take (m+2)² multiply-adds per m² outputs instead of 9 each:
@@ -804,8 +816,8 @@ pub mod winograd {
     #[derive(Clone, Copy)]
     enum Dest {
         /// The positions of [`super::conv3x3_rows`]'s layout (`cout` values each) from
-        /// position `p0` of the padded grid.
-        Rows(OutPtr),
+        /// position `p0` of the padded grid, each value through the [`Post`].
+        Rows(OutPtr, super::Post),
         /// PixelShuffle(r) of outputs in [`super::subpixel_major`] order, straight into an
         /// HR map of `c` channels and padded width `hwp`: output channel `(i·r + j)·c + ch`
         /// of pixel (y, x) is channel `ch` of HR pixel (r·y + i, r·x + j). `r·c` is a multiple
@@ -844,8 +856,32 @@ pub mod winograd {
         out: &mut [f32],
         parallel: bool,
     ) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            conv_rows_post::<MM>(src, u, bias, cout, y0, y1, out, parallel, super::Post::None)
+        }
+    }
+
+    /// [`conv_rows`] with each output through `post` (for [`super::Post::Accumulate`] `out`
+    /// holds the values to add to).
+    ///
+    /// # Safety
+    /// As [`conv_rows`].
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn conv_rows_post<const MM: usize>(
+        src: &FeatureMap,
+        u: &[f32],
+        bias: &[f32],
+        cout: usize,
+        y0: usize,
+        y1: usize,
+        out: &mut [f32],
+        parallel: bool,
+        post: super::Post,
+    ) {
         debug_assert_eq!(out.len(), super::rows_len(src.w, y0, y1) * cout);
-        let dest = Dest::Rows(OutPtr(out.as_mut_ptr()));
+        let dest = Dest::Rows(OutPtr(out.as_mut_ptr()), post);
         // SAFETY: the caller's promises.
         unsafe { conv_to::<MM>(src, u, bias, cout, y0, y1, dest, parallel) }
     }
@@ -965,6 +1001,9 @@ pub mod winograd {
         unsafe fn store(p: *mut f32, v: Self::V);
         unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
         unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+        /// `a` where `a > b`, else `b` (`b` where either is NaN): `v.max(0.0)` as `max(v, 0)`.
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
         /// `a·b + c`, one rounding.
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
         /// `−(a·b) + c`, one rounding.
@@ -1004,6 +1043,14 @@ pub mod winograd {
             unsafe { std::arch::x86_64::_mm256_sub_ps(a, b) }
         }
         #[inline(always)]
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
         }
@@ -1036,6 +1083,14 @@ pub mod winograd {
         #[inline(always)]
         unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
             unsafe { std::arch::x86_64::_mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::_mm512_max_ps(a, b) }
         }
         #[inline(always)]
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
@@ -1508,7 +1563,7 @@ pub mod winograd {
         let pixel = |y: usize, x: usize| -> *mut f32 {
             match dest {
                 // SAFETY (both): in bounds for the positions written (the body's promise).
-                Dest::Rows(out) => unsafe { out.0.add(((y + 1) * wp + x + 1 - p0) * cout) },
+                Dest::Rows(out, _) => unsafe { out.0.add(((y + 1) * wp + x + 1 - p0) * cout) },
                 Dest::Shuffle { hr, r, c, hwp } => unsafe {
                     hr.0.add(((r * y + 1) * hwp + r * x + 1) * c)
                 },
@@ -1516,10 +1571,14 @@ pub mod winograd {
         };
         let block = |ch: usize| -> usize {
             match dest {
-                Dest::Rows(_) => ch,
+                Dest::Rows(..) => ch,
                 // Sub-pixel row i = ch / (r·c) is i HR rows further down.
                 Dest::Shuffle { r, c, hwp, .. } => ch + ch / (r * c) * (hwp - r) * c,
             }
+        };
+        let post = match dest {
+            Dest::Rows(_, post) => post,
+            Dest::Shuffle { .. } => super::Post::None,
         };
         // SAFETY (whole body): m holds a² x tc x cout values; the outputs written are interior
         // positions of rows y0..y1 (columns < w): inside `out` (rows_len positions from p0)
@@ -1528,6 +1587,10 @@ pub mod winograd {
         // where L::N is 16, as the callers choose).
         unsafe {
             let zero = L::splat(0.0);
+            let k = L::splat(match post {
+                super::Post::Accumulate(k) => k,
+                _ => 1.0,
+            });
             // As in the input transform: zeroed once per call, every entry read written first.
             let mut t = [[zero; 6]; 4];
             for tl in 0..n {
@@ -1560,7 +1623,14 @@ pub mod winograd {
                         for (bc, yv) in ys.into_iter().enumerate().take(MM) {
                             let p = dst[r][bc];
                             if !p.is_null() {
-                                L::store(p.add(off), L::add(yv, b));
+                                let (q, v) = (p.add(off), L::add(yv, b));
+                                // The ops of the passes they replace: `v.max(0.0)`, `d + k·v`.
+                                let v = match post {
+                                    super::Post::None => v,
+                                    super::Post::Relu => L::max(v, zero),
+                                    super::Post::Accumulate(_) => L::add(L::load(q), L::mul(k, v)),
+                                };
+                                L::store(q, v);
                             }
                         }
                     }
@@ -1662,6 +1732,63 @@ pub fn conv3x3_into_cached(
     assert_eq!((dst.h, dst.w, dst.c), (src.h, src.w, cw.cout));
     let path = ConvPath::for_shape(cw.cin, cw.cout);
     whole_map(path, src, cw, Some(cache), dst, par);
+}
+
+/// Whether [`conv3x3_into_post`] takes a conv of `cw`'s shape (on the Winograd path).
+pub fn post_fuses(cw: &ConvWeights) -> bool {
+    ConvPath::for_shape(cw.cin, cw.cout) == ConvPath::Winograd
+        && ConvPath::Winograd.can_run(cw.cin, cw.cout)
+}
+
+/// [`conv3x3_into_cached`] with each output through `post`, done as the Winograd path stores
+/// it: the same values as the conv followed by its pass ([`FeatureMap::map_interior`] with
+/// `v.max(0.0)`, or `d += k·v`), without the pass. For [`Post::Accumulate`] `dst` already has
+/// the output's shape and holds the values to add to. Returns false, writing nothing, where
+/// the conv does not run on the Winograd path ([`post_fuses`]).
+pub fn conv3x3_into_post(
+    src: &FeatureMap,
+    cw: &ConvWeights,
+    cache: &PackedWeights,
+    dst: &mut FeatureMap,
+    par: Parallelism,
+    post: Post,
+) -> bool {
+    if !post_fuses(cw) {
+        return false;
+    }
+    assert_eq!(src.c, cw.cin, "conv input channels");
+    assert_eq!(cw.bias.len(), cw.cout, "conv bias");
+    match post {
+        Post::Accumulate(_) => {
+            assert_eq!(
+                (dst.h, dst.w, dst.c),
+                (src.h, src.w, cw.cout),
+                "accumulated map"
+            );
+        }
+        _ => dst.reshape(src.h, src.w, cw.cout),
+    }
+    if src.h == 0 || src.w == 0 {
+        return true;
+    }
+    let packed = cache.get(ConvPath::Winograd, cw);
+    let p0 = src.wp() + 1;
+    let m = rows_len(src.w, 0, src.h);
+    let out = &mut dst.data[p0 * cw.cout..(p0 + m) * cw.cout];
+    let parallel = !matches!(par, Parallelism::None);
+    // SAFETY: AVX2 and FMA are present and the shape suits (`post_fuses`), `packed` is packed
+    // for this path and shape, `out` holds the rows of `dst`'s interior.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        winograd::conv_rows_post::<4>(
+            src, packed, &cw.bias, cw.cout, 0, src.h, out, parallel, post,
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (packed, out, parallel);
+    // Only interior positions are written; the border columns stay as they were (zero).
+    dst.clear_border_columns();
+    true
 }
 
 /// [`conv3x3_rows`] with the packed weights kept in `cache` (for `cw`).

@@ -1,8 +1,10 @@
 //! The EDSR forward pass, in floating point or with AdaBM fake quantization.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use gemm::Parallelism;
 
-use super::conv::{self, ConvWeights, FeatureMap};
+use super::conv::{self, ConvWeights, FeatureMap, Post};
 use super::frame::Image;
 use super::model::{
     EdsrConfig, LayerKind, LayerQuant, LayerSpec, Model, QuantConfig, Role, layer_kind,
@@ -75,6 +77,18 @@ impl ForwardScratch {
     }
 }
 
+/// Whether the f32 engine fuses a block's ReLU and residual update into its convs where they
+/// run on the Winograd path ([`conv::conv3x3_into_post`]: the same values, two passes over the
+/// map fewer per block).
+static FUSE: AtomicBool = AtomicBool::new(true);
+
+/// Sets for the whole process (for comparisons) whether the f32 engine fuses a block's ReLU
+/// and residual update into its convs (the default) or runs them as passes of their own; the
+/// outputs are the same bits either way.
+pub fn set_fuse(on: bool) {
+    FUSE.store(on, Ordering::Relaxed);
+}
+
 /// `acc += k · x` (`acc + x` when `k` is 1, which is the same in IEEE arithmetic) over every
 /// value, borders included (zero + zero), rows of the map in parallel (a serial pass left
 /// the other cores idle).
@@ -90,25 +104,32 @@ fn add_scaled(acc: &mut FeatureMap, x: &FeatureMap, k: f32) {
 
 /// What both engines run the same way: the head, the residual blocks (ReLU between their two
 /// convs, `res += res_scale · conv2`), the last body conv and the global skip, with
-/// `layer(k, input, output)` running conv `k` into `output`. The body's output is left in `t1`
+/// `layer(k, input, output, post)` running conv `k` into `output` with each value through
+/// `post` ([`conv::Post`]: ReLU, or added to `output` scaled) and returning true, or — for a
+/// `post` other than `None` that it does not fuse — doing nothing and returning false, and then
+/// the conv runs plain and a pass over the map does the rest. The body's output is left in `t1`
 /// (`maps` = head, res, t1, t2); returns the index of the layer after the body.
 pub(crate) fn body(
     config: &EdsrConfig,
     input: &FeatureMap,
     [head, res, t1, t2]: [&mut FeatureMap; 4],
-    mut layer: impl FnMut(usize, &FeatureMap, &mut FeatureMap),
+    mut layer: impl FnMut(usize, &FeatureMap, &mut FeatureMap, Post) -> bool,
 ) -> usize {
-    layer(0, input, head);
+    layer(0, input, head, Post::None);
     copy_map(head, res);
     let mut k = 1;
     for _ in 0..config.n_resblocks {
-        layer(k, res, t1);
-        t1.map_interior(|v| v.max(0.0));
-        layer(k + 1, t1, t2);
-        add_scaled(res, t2, config.res_scale);
+        if !layer(k, res, t1, Post::Relu) {
+            layer(k, res, t1, Post::None);
+            t1.map_interior(|v| v.max(0.0));
+        }
+        if !layer(k + 1, t1, res, Post::Accumulate(config.res_scale)) {
+            layer(k + 1, t1, t2, Post::None);
+            add_scaled(res, t2, config.res_scale);
+        }
         k += 2;
     }
-    layer(k, res, t1);
+    layer(k, res, t1, Post::None);
     add_scaled(t1, head, 1.0);
     k + 1
 }
@@ -250,8 +271,11 @@ impl Network {
         lr_convs + 1
     }
 
-    /// Runs layer `k` on `x` into `dst` (made the output's shape in its own memory):
-    /// quantizes the input at the planned bits (into `q`), then convolves.
+    /// Runs layer `k` on `x` into `dst` (made the output's shape in its own memory; for
+    /// [`Post::Accumulate`] added to what `dst` holds) with each value through `post`:
+    /// quantizes the input at the planned bits (into `q`), then convolves; returns true. A
+    /// `post` other than `None` that the conv cannot fuse ([`conv::post_fuses`], or [`set_fuse`]
+    /// off): returns false and does nothing.
     #[allow(clippy::too_many_arguments)]
     fn conv_into(
         &self,
@@ -262,18 +286,30 @@ impl Network {
         plan: &BitPlan,
         par: Parallelism,
         obs: &mut Option<Observer>,
-    ) {
+        post: Post,
+    ) -> bool {
+        let layer = &self.layers[k];
+        if post != Post::None
+            && (!FUSE.load(Ordering::Relaxed) || !conv::post_fuses(&layer.weights))
+        {
+            return false;
+        }
         if let Some(o) = obs.as_mut() {
             o(k, x);
         }
-        let layer = &self.layers[k];
-        dst.reshape(x.h, x.w, layer.weights.cout);
         let src = if self.quantized_input(k, x, plan, q) {
             &*q
         } else {
             x
         };
-        conv::conv3x3_into_cached(src, &layer.weights, &layer.packed, dst, par);
+        if post == Post::None {
+            dst.reshape(x.h, x.w, layer.weights.cout);
+            conv::conv3x3_into_cached(src, &layer.weights, &layer.packed, dst, par);
+        } else {
+            let fused = conv::conv3x3_into_post(src, &layer.weights, &layer.packed, dst, par, post);
+            debug_assert!(fused, "post_fuses said yes");
+        }
+        true
     }
 
     /// Writes the fake-quantized input of layer `k` into `q` and returns true, or returns
@@ -351,8 +387,8 @@ impl Network {
             ..
         } = sc;
         let maps = [&mut *head, &mut *res, &mut *t1, &mut *t2];
-        let mut k = body(&self.config, input, maps, |k, x, dst| {
-            self.conv_into(k, x, dst, q, plan, par, &mut obs)
+        let mut k = body(&self.config, input, maps, |k, x, dst, post| {
+            self.conv_into(k, x, dst, q, plan, par, &mut obs, post)
         });
         let mut x: &FeatureMap = t1;
         let mut stages = up.iter_mut();
@@ -362,7 +398,7 @@ impl Network {
             x = dst;
             k += 1;
         }
-        self.conv_into(k, x, out, q, plan, par, &mut obs);
+        self.conv_into(k, x, out, q, plan, par, &mut obs, Post::None);
     }
 
     /// Upsampler stage into `dst`: conv to r²F channels and PixelShuffle(r), in row chunks

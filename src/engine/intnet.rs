@@ -31,7 +31,7 @@
 
 use gemm::Parallelism;
 
-use super::conv::{self, ConvWeights, FeatureMap};
+use super::conv::{self, ConvWeights, FeatureMap, Post};
 use super::edsr::{self, BitPlan, ForwardScratch, Network, Observer};
 use super::frame::Image;
 use super::intconv::{ActQuant, CodeMap};
@@ -378,8 +378,12 @@ impl IntNetwork {
             ..
         } = sc;
         let maps = [&mut *head, &mut *res, &mut *t1, &mut *t2];
-        let mut k = edsr::body(&self.net.config, x, maps, |k, x, dst| {
-            self.layer_into(k, x, plan, &mut obs, codes, dst)
+        // Layer by layer, nothing fused: the ReLU and residual passes run on their own.
+        let mut k = edsr::body(&self.net.config, x, maps, |k, x, dst, post| {
+            post == Post::None && {
+                self.layer_into(k, x, plan, &mut obs, codes, dst);
+                true
+            }
         });
         let mut x: &FeatureMap = t1;
         let mut stages = up.iter_mut();
