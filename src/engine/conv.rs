@@ -1018,89 +1018,42 @@ pub mod winograd {
     #[cfg(target_arch = "x86_64")]
     struct L16;
 
-    #[cfg(target_arch = "x86_64")]
-    impl Lanes for L8 {
-        type V = std::arch::x86_64::__m256;
-        const N: usize = 8;
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: Self::V) {
-            unsafe { std::arch::x86_64::_mm256_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_max_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm256_fnmadd_ps(a, b, c) }
-        }
+    /// `impl Lanes` for one width: the type, its vector and lane count, and its intrinsics in the
+    /// order of the trait's methods.
+    macro_rules! lanes {
+        ($t:ident, $v:ident, $n:literal, $($f:ident: $i:ident($($a:ident),*)),*) => {
+            #[cfg(target_arch = "x86_64")]
+            impl Lanes for $t {
+                type V = std::arch::x86_64::$v;
+                const N: usize = $n;
+                $(
+                    #[inline(always)]
+                    #[allow(clippy::unused_unit)]
+                    unsafe fn $f($($a: lanes!(@ty $a)),*) -> lanes!(@ret $f) {
+                        // SAFETY: the caller's features and pointers.
+                        unsafe { std::arch::x86_64::$i($($a),*) }
+                    }
+                )*
+            }
+        };
+        (@ty x) => { f32 };
+        (@ty p) => { *const f32 };
+        (@ty q) => { *mut f32 };
+        (@ty $a:ident) => { Self::V };
+        (@ret store) => { () };
+        (@ret $f:ident) => { Self::V };
     }
 
-    #[cfg(target_arch = "x86_64")]
-    impl Lanes for L16 {
-        type V = std::arch::x86_64::__m512;
-        const N: usize = 16;
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: Self::V) {
-            unsafe { std::arch::x86_64::_mm512_storeu_ps(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_max_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            unsafe { std::arch::x86_64::_mm512_fnmadd_ps(a, b, c) }
-        }
-    }
+    lanes!(L8, __m256, 8,
+        splat: _mm256_set1_ps(x), load: _mm256_loadu_ps(p), store: _mm256_storeu_ps(q, v),
+        add: _mm256_add_ps(a, b), sub: _mm256_sub_ps(a, b), mul: _mm256_mul_ps(a, b),
+        max: _mm256_max_ps(a, b), fma: _mm256_fmadd_ps(a, b, c),
+        nfma: _mm256_fnmadd_ps(a, b, c));
+    lanes!(L16, __m512, 16,
+        splat: _mm512_set1_ps(x), load: _mm512_loadu_ps(p), store: _mm512_storeu_ps(q, v),
+        add: _mm512_add_ps(a, b), sub: _mm512_sub_ps(a, b), mul: _mm512_mul_ps(a, b),
+        max: _mm512_max_ps(a, b), fma: _mm512_fmadd_ps(a, b, c),
+        nfma: _mm512_fnmadd_ps(a, b, c));
 
     /// `Bᵀ d` of one column of m + 2 input vectors (the first m + 2 of each array).
     ///
