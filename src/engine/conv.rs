@@ -246,7 +246,7 @@ pub fn conv3x3_rows_by(
     out: &mut [f32],
     par: Parallelism,
 ) {
-    rows_with(path, src, cw, None, y0, y1, out, par);
+    rows_with(path, src, cw, None, y0, y1, out, par, Post::None);
 }
 
 /// The f32 kernels' packed weights of one conv, made on first use for each path and kept, so
@@ -302,7 +302,8 @@ impl PackedWeights {
     }
 }
 
-/// [`conv3x3_rows_by`] with the packed weights from `cache` (for `cw`) when given.
+/// [`conv3x3_rows_by`] with the packed weights from `cache` (for `cw`) when given, each output
+/// through `post` (anything but [`Post::None`] on the Winograd paths only).
 #[allow(clippy::too_many_arguments)]
 fn rows_with(
     path: ConvPath,
@@ -313,9 +314,14 @@ fn rows_with(
     y1: usize,
     out: &mut [f32],
     par: Parallelism,
+    post: Post,
 ) {
     assert_eq!(src.c, cw.cin, "conv input channels");
     assert!(y0 < y1 && y1 <= src.h, "conv rows {y0}..{y1} of {}", src.h);
+    assert!(
+        post == Post::None || matches!(path, ConvPath::Winograd | ConvPath::Winograd2),
+        "{post:?} on the {path:?} path"
+    );
     let wp = src.wp();
     let m = rows_len(src.w, y0, y1);
     let (cin, cout) = (cw.cin, cw.cout);
@@ -340,11 +346,15 @@ fn rows_with(
     // packed for this path, the rows, weights and `out` were checked above.
     match path {
         ConvPath::Winograd => {
-            unsafe { winograd::conv_rows::<4>(src, packed, &cw.bias, cout, y0, y1, out, parallel) };
+            unsafe {
+                winograd::conv_rows::<4>(src, packed, &cw.bias, cout, y0, y1, out, parallel, post)
+            };
             return;
         }
         ConvPath::Winograd2 => {
-            unsafe { winograd::conv_rows::<2>(src, packed, &cw.bias, cout, y0, y1, out, parallel) };
+            unsafe {
+                winograd::conv_rows::<2>(src, packed, &cw.bias, cout, y0, y1, out, parallel, post)
+            };
             return;
         }
         _ => {}
@@ -837,7 +847,8 @@ pub mod winograd {
 
     /// The outputs of interior rows `y0..y1` of `src` into `out`, laid out as
     /// [`super::conv3x3_rows`] does (positions on the border columns are left untouched), bias
-    /// included, from weights packed by [`pack`]`::<MM>`. Rows of tiles (and column ranges of
+    /// included, each through `post` (for [`super::Post::Accumulate`] `out` holds the values to
+    /// add to), from weights packed by [`pack`]`::<MM>`. Rows of tiles (and column ranges of
     /// long rows) run in parallel when `parallel`.
     ///
     /// # Safety
@@ -847,29 +858,6 @@ pub mod winograd {
     #[allow(clippy::too_many_arguments)]
     #[cfg(target_arch = "x86_64")]
     pub unsafe fn conv_rows<const MM: usize>(
-        src: &FeatureMap,
-        u: &[f32],
-        bias: &[f32],
-        cout: usize,
-        y0: usize,
-        y1: usize,
-        out: &mut [f32],
-        parallel: bool,
-    ) {
-        // SAFETY: the caller's promises.
-        unsafe {
-            conv_rows_post::<MM>(src, u, bias, cout, y0, y1, out, parallel, super::Post::None)
-        }
-    }
-
-    /// [`conv_rows`] with each output through `post` (for [`super::Post::Accumulate`] `out`
-    /// holds the values to add to).
-    ///
-    /// # Safety
-    /// As [`conv_rows`].
-    #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
-    pub unsafe fn conv_rows_post<const MM: usize>(
         src: &FeatureMap,
         u: &[f32],
         bias: &[f32],
@@ -1624,6 +1612,7 @@ pub mod winograd {
         _y1: usize,
         _out: &mut [f32],
         _parallel: bool,
+        _post: super::Post,
     ) {
         unreachable!("winograd::enabled() is false here")
     }
@@ -1649,7 +1638,7 @@ pub fn conv3x3(src: &FeatureMap, cw: &ConvWeights, par: Parallelism) -> FeatureM
 pub fn conv3x3_local(src: &FeatureMap, cw: &ConvWeights, par: Parallelism) -> FeatureMap {
     let mut dst = FeatureMap::zeros(src.h, src.w, cw.cout);
     let path = ConvPath::local_for_shape(cw.cin, cw.cout);
-    whole_map(path, src, cw, None, &mut dst, par);
+    whole_map(path, src, cw, None, &mut dst, par, Post::None);
     dst
 }
 
@@ -1664,14 +1653,14 @@ pub fn conv3x3_local_into(
 ) {
     dst.reshape(src.h, src.w, cw.cout);
     let path = ConvPath::local_for_shape(cw.cin, cw.cout);
-    whole_map(path, src, cw, Some(cache), dst, par);
+    whole_map(path, src, cw, Some(cache), dst, par, Post::None);
 }
 
 /// Like [`conv3x3`], writing into an existing map of the right shape.
 pub fn conv3x3_into(src: &FeatureMap, cw: &ConvWeights, dst: &mut FeatureMap, par: Parallelism) {
     assert_eq!((dst.h, dst.w, dst.c), (src.h, src.w, cw.cout));
     let path = ConvPath::for_shape(cw.cin, cw.cout);
-    whole_map(path, src, cw, None, dst, par);
+    whole_map(path, src, cw, None, dst, par, Post::None);
 }
 
 /// [`conv3x3_into`] with the packed weights kept in `cache` (for `cw`).
@@ -1684,7 +1673,7 @@ pub fn conv3x3_into_cached(
 ) {
     assert_eq!((dst.h, dst.w, dst.c), (src.h, src.w, cw.cout));
     let path = ConvPath::for_shape(cw.cin, cw.cout);
-    whole_map(path, src, cw, Some(cache), dst, par);
+    whole_map(path, src, cw, Some(cache), dst, par, Post::None);
 }
 
 /// Whether [`conv3x3_into_post`] takes a conv of `cw`'s shape (on the Winograd path).
@@ -1721,26 +1710,7 @@ pub fn conv3x3_into_post(
         }
         _ => dst.reshape(src.h, src.w, cw.cout),
     }
-    if src.h == 0 || src.w == 0 {
-        return true;
-    }
-    let packed = cache.get(ConvPath::Winograd, cw);
-    let p0 = src.wp() + 1;
-    let m = rows_len(src.w, 0, src.h);
-    let out = &mut dst.data[p0 * cw.cout..(p0 + m) * cw.cout];
-    let parallel = !matches!(par, Parallelism::None);
-    // SAFETY: AVX2 and FMA are present and the shape suits (`post_fuses`), `packed` is packed
-    // for this path and shape, `out` holds the rows of `dst`'s interior.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        winograd::conv_rows_post::<4>(
-            src, packed, &cw.bias, cw.cout, 0, src.h, out, parallel, post,
-        )
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (packed, out, parallel);
-    // Only interior positions are written; the border columns stay as they were (zero).
-    dst.clear_border_columns();
+    whole_map(ConvPath::Winograd, src, cw, Some(cache), dst, par, post);
     true
 }
 
@@ -1755,7 +1725,7 @@ pub fn conv3x3_rows_cached(
     par: Parallelism,
 ) {
     let path = ConvPath::for_shape(cw.cin, cw.cout);
-    rows_with(path, src, cw, Some(cache), y0, y1, out, par);
+    rows_with(path, src, cw, Some(cache), y0, y1, out, par, Post::None);
 }
 
 /// The conv of `src` by `cw` — an upsampler's weights in [`subpixel_major`] order, packed in
@@ -1793,7 +1763,7 @@ pub fn conv3x3_shuffled_into(
 }
 
 /// Every interior row of `src` through `path` into `dst` (of the output's shape; its border
-/// columns re-zeroed, its border rows untouched).
+/// columns re-zeroed, its border rows untouched), each output through `post`.
 fn whole_map(
     path: ConvPath,
     src: &FeatureMap,
@@ -1801,6 +1771,7 @@ fn whole_map(
     cache: Option<&PackedWeights>,
     dst: &mut FeatureMap,
     par: Parallelism,
+    post: Post,
 ) {
     if src.h == 0 || src.w == 0 {
         return;
@@ -1808,7 +1779,7 @@ fn whole_map(
     let p0 = src.wp() + 1;
     let m = rows_len(src.w, 0, src.h);
     let out = &mut dst.data[p0 * cw.cout..(p0 + m) * cw.cout];
-    rows_with(path, src, cw, cache, 0, src.h, out, par);
+    rows_with(path, src, cw, cache, 0, src.h, out, par, post);
     dst.clear_border_columns();
 }
 
