@@ -184,7 +184,7 @@ pub enum ConvPath {
     Gemm,
     /// [`direct`] (AVX2 + FMA, shapes of [`direct::suits`]).
     Direct,
-    /// [`winograd`] F(4x4, 3x3) (AVX2 + FMA, shapes of [`winograd::suits`]).
+    /// [`winograd`] F(4x4, 3x3) (AVX2 + FMA or NEON, shapes of [`winograd::suits`]).
     Winograd,
     /// [`winograd`] F(2x2, 3x3) (as [`ConvPath::Winograd`]; for comparison).
     Winograd2,
@@ -214,7 +214,7 @@ impl ConvPath {
         match self {
             Self::Gemm => true,
             Self::Direct => direct::available() && direct::suits(cin, cout),
-            Self::Winograd | Self::Winograd2 => direct::available() && winograd::suits(cin, cout),
+            Self::Winograd | Self::Winograd2 => winograd::available() && winograd::suits(cin, cout),
         }
     }
 }
@@ -342,8 +342,8 @@ fn rows_with(
             &owned[..]
         }
     };
-    // SAFETY (both): AVX2 and FMA are present and the shape suits (can_run), `packed` is
-    // packed for this path, the rows, weights and `out` were checked above.
+    // SAFETY (all three): the path's kernels can run here and the shape suits (can_run),
+    // `packed` is packed for this path, the rows, weights and `out` were checked above.
     match path {
         ConvPath::Winograd => {
             unsafe {
@@ -732,19 +732,19 @@ pub enum Post {
     Accumulate(f32),
 }
 
-/// Winograd convolution F(m x m, 3x3) with AVX2 + FMA: each m x m block of outputs comes from
-/// its (m+2) x (m+2) input patch `d` as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` (Lavin & Gray, 2016),
-/// so the channel products take (m+2)² multiply-adds per m² outputs instead of 9 each:
-/// (m+2)² small GEMMs (tiles x `cin` by `cin` x `cout`, one per transformed position) between
-/// an input and an output transform. The convolutions use F(4x4, 3x3) (2.25 products per
-/// output; F(2x2, 3x3), 4 per output, is kept for comparison). Tiles sit at multiples of m of
-/// the whole map whatever rows a call asks for, so a row's values do not depend on how the
-/// rows are split between calls or threads. f32 rounding differs from the direct sum (the
-/// transforms' constants 1/4, 1/6, 1/12, 1/24 are not exact in binary): about 1e-6 of the
-/// output's scale.
+/// Winograd convolution F(m x m, 3x3) on AVX2 + FMA, AVX-512 F or NEON: each m x m block of
+/// outputs comes from its (m+2) x (m+2) input patch `d` as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`
+/// (Lavin & Gray, 2016), so the channel products take (m+2)² multiply-adds per m² outputs
+/// instead of 9 each: (m+2)² small GEMMs (tiles x `cin` by `cin` x `cout`, one per transformed
+/// position) between an input and an output transform. The convolutions use F(4x4, 3x3) (2.25
+/// products per output; F(2x2, 3x3), 4 per output, is kept for comparison). Tiles sit at
+/// multiples of m of the whole map whatever rows a call asks for, so a row's values do not
+/// depend on how the rows are split between calls or threads. f32 rounding differs from the
+/// direct sum (the transforms' constants 1/4, 1/6, 1/12, 1/24 are not exact in binary): about
+/// 1e-6 of the output's scale. Every vector width computes the same operations per lane as
+/// the portable one-lane kernels, so the outputs are the same bits on every CPU.
 pub mod winograd {
     use super::FeatureMap;
-    #[cfg(target_arch = "x86_64")]
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -756,13 +756,75 @@ pub mod winograd {
         OFF.store(off, Ordering::Relaxed);
     }
 
-    /// Whether convolutions of a suitable shape ([`suits`]) use [`conv_rows`]: AVX2 and FMA
-    /// are present, and neither [`set_off`] nor `ADABM_F32_CONV=direct` or `=gemm` turned it
-    /// off.
+    /// Whether convolutions of a suitable shape ([`suits`]) use [`conv_rows`]: it can run here
+    /// ([`available`]), and neither [`set_off`] nor `ADABM_F32_CONV=direct` or `=gemm` turned
+    /// it off.
     pub fn enabled() -> bool {
-        super::direct::available()
-            && super::env_allows(super::ConvPath::Winograd)
-            && !OFF.load(Ordering::Relaxed)
+        available() && super::env_allows(super::ConvPath::Winograd) && !OFF.load(Ordering::Relaxed)
+    }
+
+    /// Whether [`conv_rows`] has vector kernels here: AVX2 and FMA on x86-64 (AVX-512 F used
+    /// where present), NEON on 64-bit ARM (always there).
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            super::direct::available()
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            true
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    }
+
+    /// The vector width the transforms and products run at: every one computes the same
+    /// IEEE operations per lane in the same order ([`Portable`](Kernels::Portable) one lane
+    /// at a time), so a conv gives the same bits on every CPU and at every width.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Kernels {
+        /// Plain `f32` arithmetic, `mul_add` for the fused operations: the definition the
+        /// vector kernels are checked against ([`set_portable`]).
+        Portable,
+        #[cfg(target_arch = "x86_64")]
+        Avx2,
+        #[cfg(target_arch = "x86_64")]
+        Avx512,
+        #[cfg(target_arch = "aarch64")]
+        Neon,
+    }
+
+    static PORTABLE: AtomicBool = AtomicBool::new(false);
+
+    /// Sets for the whole process (for tests and comparisons) whether the Winograd convs run
+    /// their portable one-lane kernels instead of the vector ones: the same bits, slower.
+    pub fn set_portable(on: bool) {
+        PORTABLE.store(on, Ordering::Relaxed);
+    }
+
+    /// The kernels [`conv_rows`] runs now (the caller has checked [`available`]).
+    fn kernels() -> Kernels {
+        if PORTABLE.load(Ordering::Relaxed) {
+            return Kernels::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if uses_avx512() {
+                Kernels::Avx512
+            } else {
+                Kernels::Avx2
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            Kernels::Neon
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            Kernels::Portable
+        }
     }
 
     /// Shapes this path takes: whole 8-channel input vectors, 16-channel output blocks, and
@@ -812,17 +874,13 @@ pub mod winograd {
     }
 
     /// Shares the output pointer between the threads; each work item writes its own tiles.
-    #[cfg(target_arch = "x86_64")]
     #[derive(Clone, Copy)]
     struct OutPtr(*mut f32);
     // SAFETY: the work items write disjoint positions (distinct tile rows or column ranges).
-    #[cfg(target_arch = "x86_64")]
     unsafe impl Send for OutPtr {}
-    #[cfg(target_arch = "x86_64")]
     unsafe impl Sync for OutPtr {}
 
     /// Where the outputs go.
-    #[cfg(target_arch = "x86_64")]
     #[derive(Clone, Copy)]
     enum Dest {
         /// The positions of [`super::conv3x3_rows`]'s layout (`cout` values each) from
@@ -852,11 +910,10 @@ pub mod winograd {
     /// long rows) run in parallel when `parallel`.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; [`suits`]`(src.c, cout)`; `MM` is 2 or 4; `u` from
+    /// [`available`]; [`suits`]`(src.c, cout)`; `MM` is 2 or 4; `u` from
     /// [`pack`]`::<MM>` for `src.c` x `cout`; `bias.len() == cout`; `y0 < y1 <= src.h`;
     /// `out.len()` as for [`super::conv3x3_rows`].
     #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
     pub unsafe fn conv_rows<const MM: usize>(
         src: &FeatureMap,
         u: &[f32],
@@ -882,7 +939,6 @@ pub mod winograd {
     /// As [`conv_rows`] for rows `0..src.h`, and `dst` of that shape with `(cout / r²)·r` a
     /// multiple of 8.
     #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
     pub unsafe fn conv_rows_shuffled<const MM: usize>(
         src: &FeatureMap,
         u: &[f32],
@@ -911,7 +967,6 @@ pub mod winograd {
     /// # Safety
     /// As [`conv_rows`], `dest` as its entry point says.
     #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
     unsafe fn conv_to<const MM: usize>(
         src: &FeatureMap,
         u: &[f32],
@@ -936,6 +991,7 @@ pub mod winograd {
         let tc = tiles.div_ceil(chunks).div_ceil(6) * 6;
         let chunks = tiles.div_ceil(tc);
         let (ty0, ty1) = (y0 / MM, (y1 - 1) / MM + 1);
+        let kernels = kernels();
         let item = |i: usize| {
             let (ty, t0) = (ty0 + i / chunks, (i % chunks) * tc);
             let n = tc.min(tiles - t0);
@@ -954,14 +1010,38 @@ pub mod winograd {
                 // SAFETY: the caller's promises; item (ty, t0..t0 + n) writes only the
                 // outputs of its own tiles, inside rows y0..y1.
                 unsafe {
-                    if uses_avx512() {
-                        input_transform_512::<MM>(src, ty, t0, n, tc, v, zeros);
-                        products512(v, u, a2, cin, cout, n, tc, m);
-                        output_transform_512::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest);
-                    } else {
-                        input_transform::<MM>(src, ty, t0, n, tc, v, zeros);
-                        products(v, u, a2, cin, cout, n, tc, m);
-                        output_transform::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest);
+                    match kernels {
+                        #[cfg(target_arch = "x86_64")]
+                        Kernels::Avx512 => {
+                            input_transform_512::<MM>(src, ty, t0, n, tc, v, zeros);
+                            products512(v, u, a2, cin, cout, n, tc, m);
+                            output_transform_512::<MM>(
+                                m, bias, src, cout, ty, t0, n, tc, y0, y1, dest,
+                            );
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        Kernels::Avx2 => {
+                            input_transform::<MM>(src, ty, t0, n, tc, v, zeros);
+                            products(v, u, a2, cin, cout, n, tc, m);
+                            output_transform::<MM>(m, bias, src, cout, ty, t0, n, tc, y0, y1, dest);
+                        }
+                        #[cfg(target_arch = "aarch64")]
+                        Kernels::Neon => {
+                            let all = (0..cin, 0..cout);
+                            input_tiles::<MM, L4>(src, ty, t0, n, tc, v, zeros, all.0);
+                            neon::products(v, u, a2, cin, cout, n, tc, m);
+                            output_tiles::<MM, L4>(
+                                m, bias, src, cout, ty, t0, n, tc, y0, y1, dest, all.1,
+                            );
+                        }
+                        Kernels::Portable => {
+                            let all = (0..cin, 0..cout);
+                            input_tiles::<MM, L1>(src, ty, t0, n, tc, v, zeros, all.0);
+                            products_portable(v, u, a2, cin, cout, n, tc, m);
+                            output_tiles::<MM, L1>(
+                                m, bias, src, cout, ty, t0, n, tc, y0, y1, dest, all.1,
+                            );
+                        }
                     }
                 }
             });
@@ -978,7 +1058,6 @@ pub mod winograd {
     /// the same IEEE operation per lane at either width. The methods are inlined into the
     /// kernels, whose entry points enable the width's features ([`input_transform`] and
     /// [`output_transform`] for 8, their `_512` forms for 16).
-    #[cfg(target_arch = "x86_64")]
     trait Lanes {
         type V: Copy;
         const N: usize;
@@ -1043,11 +1122,107 @@ pub mod winograd {
         max: _mm512_max_ps(a, b), fma: _mm512_fmadd_ps(a, b, c),
         nfma: _mm512_fnmadd_ps(a, b, c));
 
+    /// One lane of plain `f32`: the portable kernels ([`Kernels::Portable`]), the definition
+    /// each vector width computes lane by lane.
+    struct L1;
+
+    impl Lanes for L1 {
+        type V = f32;
+        const N: usize = 1;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> f32 {
+            x
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> f32 {
+            // SAFETY: the caller's pointer.
+            unsafe { *p }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: f32) {
+            // SAFETY: the caller's pointer.
+            unsafe { *p = v }
+        }
+        #[inline(always)]
+        unsafe fn add(a: f32, b: f32) -> f32 {
+            a + b
+        }
+        #[inline(always)]
+        unsafe fn sub(a: f32, b: f32) -> f32 {
+            a - b
+        }
+        #[inline(always)]
+        unsafe fn mul(a: f32, b: f32) -> f32 {
+            a * b
+        }
+        #[inline(always)]
+        unsafe fn max(a: f32, b: f32) -> f32 {
+            if a > b { a } else { b }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
+            a.mul_add(b, c)
+        }
+        #[inline(always)]
+        unsafe fn nfma(a: f32, b: f32, c: f32) -> f32 {
+            (-a).mul_add(b, c)
+        }
+    }
+
+    /// 4 lanes of `float32x4_t` (NEON, part of every 64-bit ARM core).
+    #[cfg(target_arch = "aarch64")]
+    struct L4;
+
+    #[cfg(target_arch = "aarch64")]
+    impl Lanes for L4 {
+        type V = std::arch::aarch64::float32x4_t;
+        const N: usize = 4;
+        // SAFETY (every method): NEON is always there on aarch64; the caller's pointers.
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self::V {
+            unsafe { std::arch::aarch64::vdupq_n_f32(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            unsafe { std::arch::aarch64::vld1q_f32(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            unsafe { std::arch::aarch64::vst1q_f32(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vaddq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vsubq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vmulq_f32(a, b) }
+        }
+        /// `fmax` treats NaN and ±0 otherwise than x86's `maxps`: compare and select instead.
+        #[inline(always)]
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+            use std::arch::aarch64::{vbslq_f32, vcgtq_f32};
+            unsafe { vbslq_f32(vcgtq_f32(a, b), a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vfmaq_f32(c, a, b) }
+        }
+        /// `c − a·b` with one rounding: the same value as `−(a·b) + c`.
+        #[inline(always)]
+        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vfmsq_f32(c, a, b) }
+        }
+    }
+
     /// `Bᵀ d` of one column of m + 2 input vectors (the first m + 2 of each array).
     ///
     /// # Safety
     /// `L`'s target features.
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn b_col<const MM: usize, L: Lanes>(d: [L::V; 6]) -> [L::V; 6] {
         // SAFETY: register arithmetic under the caller's features.
@@ -1083,7 +1258,6 @@ pub mod winograd {
     ///
     /// # Safety
     /// `L`'s target features.
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn a_col<const MM: usize, L: Lanes>(m: [L::V; 6]) -> [L::V; 4] {
         // SAFETY: register arithmetic under the caller's features.
@@ -1154,7 +1328,6 @@ pub mod winograd {
     /// # Safety
     /// As [`input_transform`], with `L`'s target features.
     #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn input_tiles<const MM: usize, L: Lanes>(
         src: &FeatureMap,
@@ -1355,6 +1528,131 @@ pub mod winograd {
         }
     }
 
+    /// [`products`] one output at a time: each sum from zero over `ci` in order by `mul_add`
+    /// (one rounding per step, as the vector kernels' FMAs).
+    #[allow(clippy::too_many_arguments)]
+    fn products_portable(
+        v: &[f32],
+        u: &[f32],
+        a2: usize,
+        cin: usize,
+        cout: usize,
+        n: usize,
+        tc: usize,
+        m: &mut [f32],
+    ) {
+        let nb = cout / 16;
+        for q in 0..a2 {
+            for tl in 0..n {
+                let x = &v[(q * tc + tl) * cin..][..cin];
+                let o = &mut m[(q * tc + tl) * cout..][..cout];
+                for (co, o) in o.iter_mut().enumerate() {
+                    let w = &u[(q * nb + co / 16) * cin * 16 + co % 16..];
+                    *o = x
+                        .iter()
+                        .zip(w.iter().step_by(16))
+                        .fold(0.0f32, |s, (&x, &w)| x.mul_add(w, s));
+                }
+            }
+        }
+    }
+
+    /// The products on 64-bit ARM.
+    #[cfg(target_arch = "aarch64")]
+    mod neon {
+        use std::arch::aarch64::*;
+
+        /// `m[u] = v[u] · U[u]` for the `a2` positions: `n` tiles x `cin` by `cin` x `cout`, in
+        /// blocks of up to 5 tiles x 16 output channels (20 accumulators of 4 lanes), each sum
+        /// from zero in `ci` order by FMA, as the x86-64 kernels.
+        ///
+        /// # Safety
+        /// `v` holds `a2 x tc x cin` values, `u` `a2 x cout/16 x cin x 16`, `m` `a2 x tc x
+        /// cout`; `n ≤ tc`; `cin` a multiple of 4, `cout` of 16.
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn products(
+            v: &[f32],
+            u: &[f32],
+            a2: usize,
+            cin: usize,
+            cout: usize,
+            n: usize,
+            tc: usize,
+            m: &mut [f32],
+        ) {
+            debug_assert!(v.len() >= a2 * tc * cin && m.len() >= a2 * tc * cout && n <= tc);
+            debug_assert!(u.len() >= a2 * cout * cin && cin.is_multiple_of(4));
+            // SAFETY: v is a2 x tc x cin, m a2 x tc x cout, u a2 x cout/16 x cin x 16 values;
+            // the kernels read rows tl..tl + k < n of v and write the same rows of m.
+            unsafe {
+                for b in super::blocks(a2, cin, cout, n, tc, 5) {
+                    let (x, w) = (v.as_ptr().add(b.x), u.as_ptr().add(b.w));
+                    let o = m.as_mut_ptr().add(b.o);
+                    match b.k {
+                        5 => block::<5>(x, cin, w, o, cout),
+                        4 => block::<4>(x, cin, w, o, cout),
+                        3 => block::<3>(x, cin, w, o, cout),
+                        2 => block::<2>(x, cin, w, o, cout),
+                        _ => block::<1>(x, cin, w, o, cout),
+                    }
+                }
+            }
+        }
+
+        /// `N` rows (stride `cin`) times `cin` x 16 weights into `N` x 16 outputs (stride
+        /// `cout`): four input channels of each row loaded at once, each multiplied in by
+        /// lane (`fmla` by element), the same FMA as with the value broadcast.
+        ///
+        /// # Safety
+        /// `x` readable for `N` rows of `cin` (a multiple of 4), `w` for `16·cin` values,
+        /// `out` writable for `N` rows of 16 values at stride `cout`.
+        #[inline(always)]
+        unsafe fn block<const N: usize>(
+            x: *const f32,
+            cin: usize,
+            w: *const f32,
+            out: *mut f32,
+            cout: usize,
+        ) {
+            // SAFETY (whole body): the caller's bounds.
+            unsafe {
+                let mut acc = [[vdupq_n_f32(0.0); 4]; N];
+                for c4 in (0..cin).step_by(4) {
+                    let mut xv = [vdupq_n_f32(0.0); N];
+                    for (px, xr) in xv.iter_mut().enumerate() {
+                        *xr = vld1q_f32(x.add(px * cin + c4));
+                    }
+                    let wp = w.add(c4 * 16);
+                    lane::<0, N>(&mut acc, &xv, vld1q_f32_x4(wp));
+                    lane::<1, N>(&mut acc, &xv, vld1q_f32_x4(wp.add(16)));
+                    lane::<2, N>(&mut acc, &xv, vld1q_f32_x4(wp.add(32)));
+                    lane::<3, N>(&mut acc, &xv, vld1q_f32_x4(wp.add(48)));
+                }
+                for (px, a) in acc.iter().enumerate() {
+                    for (b, ab) in a.iter().enumerate() {
+                        vst1q_f32(out.add(px * cout + b * 4), *ab);
+                    }
+                }
+            }
+        }
+
+        /// Input channel `L` of the rows' 4 in `xv` times its 16 weights `w`.
+        #[inline(always)]
+        fn lane<const L: i32, const N: usize>(
+            acc: &mut [[float32x4_t; 4]; N],
+            xv: &[float32x4_t; N],
+            w: float32x4x4_t,
+        ) {
+            let w = [w.0, w.1, w.2, w.3];
+            for (a, &x) in acc.iter_mut().zip(xv) {
+                for (ab, wb) in a.iter_mut().zip(w) {
+                    // SAFETY: register arithmetic; NEON is always there.
+                    *ab = unsafe { vfmaq_laneq_f32::<L>(*ab, wb, x) };
+                }
+            }
+        }
+    }
+
     /// `m[u] = v[u] · U[u]` for the `a2` positions: `n` tiles x `cin` by `cin` x `cout`, in
     /// blocks of up to 6 tiles x 16 output channels.
     #[allow(clippy::too_many_arguments)]
@@ -1370,31 +1668,59 @@ pub mod winograd {
         tc: usize,
         m: &mut [f32],
     ) {
-        let nb = cout / 16;
         // SAFETY: v is a2 x tc x cin, m a2 x tc x cout, u a2 x nb x cin x 16 values; the
-        // kernels read rows tl..tl + k < n of v and write the same rows of m.
+        // kernels read rows tl..tl + k < n of v and write the same rows of m ([`blocks`]).
         unsafe {
-            for q in 0..a2 {
-                for ob in 0..nb {
-                    let wt = u.as_ptr().add((q * nb + ob) * cin * 16);
-                    let mut tl = 0;
-                    while tl < n {
-                        let k = (n - tl).min(6);
-                        let x = v.as_ptr().add((q * tc + tl) * cin);
-                        let o = m.as_mut_ptr().add((q * tc + tl) * cout + ob * 16);
-                        match k {
-                            6 => gemm_block::<6>(x, cin, wt, o, cout),
-                            5 => gemm_block::<5>(x, cin, wt, o, cout),
-                            4 => gemm_block::<4>(x, cin, wt, o, cout),
-                            3 => gemm_block::<3>(x, cin, wt, o, cout),
-                            2 => gemm_block::<2>(x, cin, wt, o, cout),
-                            _ => gemm_block::<1>(x, cin, wt, o, cout),
-                        }
-                        tl += k;
-                    }
+            for b in blocks(a2, cin, cout, n, tc, 6) {
+                let (x, w, o) = (
+                    v.as_ptr().add(b.x),
+                    u.as_ptr().add(b.w),
+                    m.as_mut_ptr().add(b.o),
+                );
+                match b.k {
+                    6 => gemm_block::<6>(x, cin, w, o, cout),
+                    5 => gemm_block::<5>(x, cin, w, o, cout),
+                    4 => gemm_block::<4>(x, cin, w, o, cout),
+                    3 => gemm_block::<3>(x, cin, w, o, cout),
+                    2 => gemm_block::<2>(x, cin, w, o, cout),
+                    _ => gemm_block::<1>(x, cin, w, o, cout),
                 }
             }
         }
+    }
+
+    /// One block of the products: `k` tiles from row `x` of `v` (an offset), times the 16
+    /// output channels' weights from offset `w` of `u`, into offset `o` of `m`.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    struct Block {
+        x: usize,
+        w: usize,
+        o: usize,
+        k: usize,
+    }
+
+    /// The blocks of up to `most` tiles x 16 output channels that make the products of `n`
+    /// tiles (of `tc`) at the `a2` positions, `v`, `u` and `m` laid out as in [`conv_rows`]:
+    /// position by position, each 16-channel block over the tiles.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn blocks(
+        a2: usize,
+        cin: usize,
+        cout: usize,
+        n: usize,
+        tc: usize,
+        most: usize,
+    ) -> impl Iterator<Item = Block> {
+        let nb = cout / 16;
+        (0..a2 * nb).flat_map(move |qb| {
+            let (q, ob) = (qb / nb, qb % nb);
+            (0..n).step_by(most).map(move |tl| Block {
+                x: (q * tc + tl) * cin,
+                w: qb * cin * 16,
+                o: (q * tc + tl) * cout + ob * 16,
+                k: most.min(n - tl),
+            })
+        })
     }
 
     /// `N` rows (stride `cin`) times `cin` x 16 weights into `N` x 16 outputs (stride `cout`).
@@ -1480,7 +1806,6 @@ pub mod winograd {
     /// # Safety
     /// As [`output_transform`], with `L`'s target features.
     #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn output_tiles<const MM: usize, L: Lanes>(
         m: &[f32],
@@ -1578,43 +1903,6 @@ pub mod winograd {
                 }
             }
         }
-    }
-
-    /// Never called: [`enabled`] is false off x86-64.
-    ///
-    /// # Safety
-    /// None needed (it only panics); unsafe to match the x86-64 kernel's signature.
-    #[cfg(not(target_arch = "x86_64"))]
-    pub unsafe fn conv_rows_shuffled<const MM: usize>(
-        _src: &FeatureMap,
-        _u: &[f32],
-        _bias: &[f32],
-        _cout: usize,
-        _r: usize,
-        _dst: &mut FeatureMap,
-        _parallel: bool,
-    ) {
-        unreachable!("winograd::enabled() is false here")
-    }
-
-    /// Never called: [`enabled`] is false off x86-64.
-    ///
-    /// # Safety
-    /// None needed (it only panics); unsafe to match the x86-64 kernel's signature.
-    #[allow(clippy::too_many_arguments)]
-    #[cfg(not(target_arch = "x86_64"))]
-    pub unsafe fn conv_rows<const MM: usize>(
-        _src: &FeatureMap,
-        _u: &[f32],
-        _bias: &[f32],
-        _cout: usize,
-        _y0: usize,
-        _y1: usize,
-        _out: &mut [f32],
-        _parallel: bool,
-        _post: super::Post,
-    ) {
-        unreachable!("winograd::enabled() is false here")
     }
 }
 
@@ -1756,8 +2044,8 @@ pub fn conv3x3_shuffled_into(
     dst.reshape(r * src.h, r * src.w, c);
     let packed = cache.get(path, cw);
     let parallel = !matches!(par, Parallelism::None);
-    // SAFETY: AVX2 and FMA are present and the shape suits (can_run), `packed` is packed for
-    // this path and shape, `dst` has the shape and `r·c` is a multiple of 8 (checked above).
+    // SAFETY: the Winograd kernels can run here and the shape suits (can_run), `packed` is
+    // packed for this path and shape, `dst` has the shape and `r·c` is a multiple of 8 (checked above).
     unsafe { winograd::conv_rows_shuffled::<4>(src, packed, &cw.bias, cw.cout, r, dst, parallel) };
     true
 }
@@ -2023,15 +2311,17 @@ mod tests {
         }
     }
 
-    /// Each f32 path that can run here (im2col GEMM, direct AVX2 kernel, Winograd) gives the
-    /// convolution on 1x1, odd and even sizes, several row blocks, position and tile tails;
-    /// the same bits with and without threads, and for rows computed in separate calls.
+    /// Each f32 path that can run here (im2col GEMM, direct AVX2 kernel, Winograd on AVX2,
+    /// AVX-512 or NEON) gives the convolution on 1x1, odd and even sizes, several row blocks,
+    /// position and tile tails; the same bits with and without threads, for rows computed in
+    /// separate calls, and (Winograd) as its portable one-lane kernels.
     #[test]
     fn conv3x3_matches_a_plain_convolution() {
         let mut rng = Rng::new(3);
         let mut ran = [0usize; 4];
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut ran_512 = 0;
+        let mut ran_portable = 0;
         for (h, w, cin, cout) in [
             (1, 1, 3, 16),
             (1, 1, 64, 64),
@@ -2113,6 +2403,15 @@ mod tests {
                     assert!(got.data == narrow.data, "{tag}: AVX-512 products differ");
                     ran_512 += 1;
                 }
+                // Every vector width computes the portable one-lane definition bit for bit
+                // (so every CPU gives the same bits).
+                if matches!(path, ConvPath::Winograd | ConvPath::Winograd2) {
+                    winograd::set_portable(true);
+                    let portable = run(Parallelism::None, &[2]);
+                    winograd::set_portable(false);
+                    assert!(got.data == portable.data, "{tag}: not the portable bits");
+                    ran_portable += 1;
+                }
                 for y in 0..h {
                     for xx in 0..w {
                         let d = got.idx(y, xx);
@@ -2131,12 +2430,16 @@ mod tests {
                 );
             }
         }
-        let avx2 = direct::available();
         assert_eq!(ran[0], 15);
-        assert_eq!(ran[1] > 0, avx2, "direct kernel coverage");
-        assert_eq!(ran[2] > 0 && ran[3] > 0, avx2, "Winograd coverage");
-        if !avx2 {
-            eprintln!("no AVX2+FMA here: only the im2col GEMM path was checked");
+        assert_eq!(ran[1] > 0, direct::available(), "direct kernel coverage");
+        let wino = winograd::available();
+        assert_eq!(ran[2] > 0 && ran[3] > 0, wino, "Winograd coverage");
+        assert_eq!(ran_portable, ran[2] + ran[3]);
+        if !direct::available() {
+            eprintln!("no AVX2+FMA here: the direct kernels were not checked");
+        }
+        if !wino {
+            eprintln!("no Winograd kernels here: only the im2col GEMM path was checked");
         }
         if ran_512 == 0 {
             eprintln!("no AVX-512 F here: the 512-bit Winograd products were not checked");
