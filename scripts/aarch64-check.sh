@@ -2,8 +2,8 @@
 # Builds adabm for 64-bit ARM (aarch64: NVIDIA Jetson, AWS Graviton, Ampere, Raspberry Pi 4/5)
 # on an x86-64 Debian 12 machine and runs its tests there under qemu-user: there the integer
 # engine has its scalar level, the `sdot` level (NeonDot) and the `usmmla` level (NeonI8mm,
-# both in src/engine/intcpu/neon.rs), and the f32 convolutions their NEON Winograd kernels
-# (src/engine/conv.rs; other shapes the im2col GEMM), code that no x86-64 run reaches.
+# both in src/engine/intcpu/neon.rs), and the f32 convolutions their NEON Winograd and direct
+# kernels (src/engine/conv.rs; other shapes the im2col GEMM), code that no x86-64 run reaches.
 #
 #   scripts/aarch64-check.sh          clippy for aarch64, then the engine's tests under qemu
 #                                     (library, engine, model file, the integer engine at
