@@ -182,7 +182,7 @@ pub fn conv3x3_rows(
 pub enum ConvPath {
     /// im2col copy and a GEMM (any shape, any CPU).
     Gemm,
-    /// [`direct`] (AVX2 + FMA, shapes of [`direct::suits`]).
+    /// [`direct`] (AVX2 + FMA or NEON, shapes of [`direct::suits`]).
     Direct,
     /// [`winograd`] F(4x4, 3x3) (AVX2 + FMA or NEON, shapes of [`winograd::suits`]).
     Winograd,
@@ -446,7 +446,7 @@ fn rows_with(
     }
 }
 
-/// Direct 3x3 convolution with AVX2 + FMA (see the module documentation).
+/// Direct 3x3 convolution with AVX2 + FMA or NEON (see the module documentation).
 pub mod direct {
     use std::sync::atomic::{AtomicBool, Ordering};
 
