@@ -391,7 +391,7 @@ fn fused_block_passes_give_the_same_bits() {
     ));
     if !fuses {
         eprintln!(
-            "SKIP fused_block_passes_give_the_same_bits: no Winograd path here (no AVX2+FMA)"
+            "SKIP fused_block_passes_give_the_same_bits: no Winograd path here (no AVX2+FMA, no NEON)"
         );
         return;
     }

@@ -697,43 +697,8 @@ pub mod direct {
         }
     }
 
-    /// The NEON kernel on 64-bit ARM.
-    ///
-    /// # Safety
-    /// As the x86-64 kernel's.
     #[cfg(target_arch = "aarch64")]
-    pub unsafe fn conv_rows_rgb(
-        src: &[f32],
-        wp: usize,
-        cin: usize,
-        w: &[f32],
-        bias: &[f32],
-        pb: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY: the caller's promises.
-        unsafe { neon::conv_rows_rgb(src, wp, cin, w, bias, pb, out) }
-    }
-
-    /// The NEON kernel on 64-bit ARM.
-    ///
-    /// # Safety
-    /// As the x86-64 kernel's.
-    #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "aarch64")]
-    pub unsafe fn conv_rows(
-        src: &[f32],
-        wp: usize,
-        cin: usize,
-        w: &[f32],
-        bias: &[f32],
-        cout: usize,
-        pb: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY: the caller's promises.
-        unsafe { neon::conv_rows(src, wp, cin, w, bias, cout, pb, out) }
-    }
+    pub use neon::{conv_rows, conv_rows_rgb};
 
     /// Never called: [`available`] is false here.
     ///
@@ -839,13 +804,14 @@ pub mod direct {
     mod neon {
         use std::arch::aarch64::*;
 
-        /// [`super::conv_rows`] on NEON: blocks of up to 6 positions x 16 output channels (24
-        /// accumulators of 4 lanes), each from its bias, by FMA over the taps and `ci`.
+        /// The direct conv on NEON (as the x86-64 `conv_rows`): blocks of up to 6 positions x
+        /// 16 output channels (24 accumulators of 4 lanes), each from its bias, by FMA over the
+        /// taps and `ci`.
         ///
         /// # Safety
         /// As the x86-64 `conv_rows` (NEON is always there).
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn conv_rows(
+        pub unsafe fn conv_rows(
             src: &[f32],
             wp: usize,
             cin: usize,
@@ -918,12 +884,12 @@ pub mod direct {
             }
         }
 
-        /// [`super::conv_rows_rgb`] on NEON: blocks of up to 3 positions x 3 output channels,
-        /// each channel's 8 partial sums in two vectors, reduced as on x86-64.
+        /// The RGB tail on NEON (as the x86-64 `conv_rows_rgb`): blocks of up to 3 positions x 3
+        /// output channels, each channel's 8 partial sums in two vectors, reduced as on x86-64.
         ///
         /// # Safety
         /// As the x86-64 `conv_rows_rgb` (NEON is always there).
-        pub(super) unsafe fn conv_rows_rgb(
+        pub unsafe fn conv_rows_rgb(
             src: &[f32],
             wp: usize,
             cin: usize,
@@ -1041,21 +1007,10 @@ pub mod winograd {
         available() && super::env_allows(super::ConvPath::Winograd) && !OFF.load(Ordering::Relaxed)
     }
 
-    /// Whether [`conv_rows`] has vector kernels here: AVX2 and FMA on x86-64 (AVX-512 F used
-    /// where present), NEON on 64-bit ARM (always there).
+    /// Whether [`conv_rows`] has vector kernels here: on the CPUs of the direct kernels (AVX2
+    /// and FMA on x86-64, AVX-512 F used where present; NEON on 64-bit ARM).
     pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            super::direct::available()
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            true
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            false
-        }
+        super::direct::available()
     }
 
     /// The vector width the transforms and products run at: every one computes the same
