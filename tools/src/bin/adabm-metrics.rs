@@ -14,7 +14,11 @@
 //! (as many images at −1 as at +1, chosen knowing every image's PSNR): the bound on what image
 //! adaptation can gain over fixed bits at equal FAB with these quantizer ranges.
 //!
+//! `--json FILE` writes, per image, the three metrics and the PSNR at b_I = −1, 0, +1 and of the
+//! floating-point model, so that other assignments can be computed from it.
+//!
 //!   adabm-metrics --fp FP.safetensors --quant Q.safetensors --data DIR [--sets Set14,B100]
+//!                 [--json FILE]
 
 use std::path::Path;
 use std::time::Instant;
@@ -27,6 +31,7 @@ use gstadabm::engine::metrics::percentile;
 use gstadabm::engine::quant::image_bit;
 use gstadabm::engine::random::test_image;
 use gstadabm::engine::{ComplexityMetric, Model, Options, complexity};
+use serde_json::json;
 
 const METRICS: [(&str, ComplexityMetric); 3] = [
     ("gradient", ComplexityMetric::Gradient),
@@ -67,11 +72,12 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
 
 fn main() -> Result<()> {
     let a = Args::parse(&["help"])?;
-    a.reject_unknown(&["fp", "quant", "data", "sets", "help"])?;
+    a.reject_unknown(&["fp", "quant", "data", "sets", "json", "help"])?;
     a.reject_positional()?;
     if a.flag("help") {
         println!(
-            "adabm-metrics --fp FP.safetensors --quant Q.safetensors --data DIR [--sets Set14,B100]"
+            "adabm-metrics --fp FP.safetensors --quant Q.safetensors --data DIR [--sets Set14,B100] \
+             [--json FILE]"
         );
         return Ok(());
     }
@@ -99,6 +105,7 @@ fn main() -> Result<()> {
     };
     let mut equal = Vec::new();
     let mut worth = Vec::new();
+    let mut per_set = Vec::new();
     println!("| set | images | metric | Spearman(metric, PSNR drop) |");
     println!("|---|---:|---|---:|");
     for set in a.get("sets").unwrap_or("Set14,B100").split(',') {
@@ -127,6 +134,7 @@ fn main() -> Result<()> {
         let psnr = |b: usize| by_bit[b].iter().map(|x| x.psnr).collect::<Vec<f64>>();
         let bit = BitWorth::new(&psnr(0), &psnr(1), &psnr(2));
         let mut by_metric = Vec::new();
+        let mut values_of = Vec::new();
         for (name, m) in METRICS {
             let values: Vec<f64> = pairs
                 .iter()
@@ -141,6 +149,7 @@ fn main() -> Result<()> {
                 spearman(&values, &drop)
             );
             by_metric.push((name, bit.ranked(&values)));
+            values_of.push((name, values.clone()));
             let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
             // Midpoints between neighbouring values, so no image sits on a threshold.
             let at = |p: f32| {
@@ -177,6 +186,29 @@ fn main() -> Result<()> {
             ));
         }
         worth.push((set.to_string(), bit, by_metric));
+        let images: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let metrics: serde_json::Map<String, serde_json::Value> = values_of
+                    .iter()
+                    .map(|(name, v)| (name.to_string(), json!(v[i])))
+                    .collect();
+                json!({
+                    "name": p.name,
+                    "metrics": metrics,
+                    "psnr_fp": f[i].psnr,
+                    "psnr": [by_bit[0][i].psnr, by_bit[1][i].psnr, by_bit[2][i].psnr],
+                    "fab": [by_bit[0][i].fab, by_bit[1][i].fab, by_bit[2][i].fab],
+                })
+            })
+            .collect();
+        per_set.push(json!({ "set": set, "images": images }));
+    }
+    if let Some(path) = a.get("json") {
+        let doc = json!({ "fp": fp_path, "quant": q_path, "base_bits": base, "sets": per_set });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("--json {path}"))?;
     }
     println!();
     println!("| set | b_I from | mean PSNR | FAB |");
