@@ -799,6 +799,50 @@ fn gst_launch_exits_non_zero_on_a_bad_model() {
     assert!(!text.contains("panicked"), "{text}");
 }
 
+/// A quantized model on the scalar integer kernels (here forced by `ADABM_CPU_LEVEL=scalar`, as
+/// on a CPU without their SIMD levels) is a bus warning naming the remedy; the fp32 model is not.
+#[test]
+fn gst_launch_warns_of_a_quantized_model_on_scalar_kernels() {
+    let Some(dir) = common::plugin_dir() else {
+        eprintln!("SKIPPED: no libgstadabm.so beside the test binary");
+        return;
+    };
+    if std::process::Command::new("gst-launch-1.0")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: gst-launch-1.0 not found");
+        return;
+    }
+    for (precision, warned) in [("w4a4", true), ("fp32", false)] {
+        let out = std::process::Command::new("gst-launch-1.0")
+            .env("GST_PLUGIN_PATH", dir.path())
+            .env("ADABM_CPU_LEVEL", "scalar")
+            .args([
+                "videotestsrc",
+                "num-buffers=1",
+                "!",
+                "video/x-raw,format=RGB,width=16,height=16",
+                "!",
+                "adabmupscale",
+                "backend=cpu",
+            ])
+            .arg(format!("precision={precision}"))
+            .args(["!", "fakesink"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{precision}: {text}");
+        assert_eq!(
+            text.contains("scalar integer kernels") && text.contains("precision=fp32"),
+            warned,
+            "{precision}: {text}"
+        );
+    }
+}
+
 /// Without a model file the element runs the built-in models: x2 by default, x4 on request,
 /// at each precision, with exactly the engine's output for the embedded model.
 #[test]

@@ -792,6 +792,12 @@ impl AdabmUpscale {
         let engine = Engine::new(&model, s.n_threads as usize)
             .map_err(|e| LoadError::Init(e.to_string()))?;
         let cuda = self.start_cuda(s, &model)?;
+        if cuda.is_none()
+            && let Some(text) =
+                scalar_integer_warning(engine.network().quant.is_some(), CpuLevel::detect())
+        {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{text}"));
+        }
         gst::info!(
             CAT,
             imp = self,
@@ -1835,6 +1841,22 @@ fn cuda_rgb_frame(
     Ok(cuda_stats(fs, t0))
 }
 
+/// The bus warning for a quantized model whose convs will run on the scalar integer kernels
+/// (no SIMD level on this CPU, or `ADABM_CPU_LEVEL=scalar`): a built-in x2 w4a4 frame took
+/// 3.46 s there against 67 ms for the fp32 built-in on the same x86-64 host (BENCHMARKS.md,
+/// session 43); on 64-bit ARM without `sdot` the scalar level executes 34x the fp32 model's
+/// instructions (53.5 G against 1.57 G under qemu, sessions 33 and 42), whose convs run on NEON.
+fn scalar_integer_warning(quantized: bool, level: CpuLevel) -> Option<String> {
+    (quantized && level == CpuLevel::Scalar).then(|| {
+        "the quantized model's convs run on the scalar integer kernels here (the CPU has none \
+         of their SIMD levels: AVX2 on x86-64, the dot-product extension on 64-bit ARM, which \
+         Cortex-A53/A57/A72 cores lack; or ADABM_CPU_LEVEL=scalar): frames take 30 to 50 times \
+         as long as with the fp32 built-in model; for speed set precision=fp32 or use a \
+         floating-point model file"
+            .to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::Latency;
@@ -1842,6 +1864,23 @@ mod tests {
 
     /// The estimate is the longest of the last 16 frames, reported again when it grows by
     /// more than a quarter or falls below half.
+    #[test]
+    fn quantized_models_on_the_scalar_integer_level_are_a_warning() {
+        use super::{CpuLevel, scalar_integer_warning};
+        let text = scalar_integer_warning(true, CpuLevel::Scalar).expect("a warning");
+        assert!(
+            text.contains("precision=fp32") && text.contains("scalar"),
+            "{text}"
+        );
+        assert_eq!(scalar_integer_warning(false, CpuLevel::Scalar), None);
+        for level in CpuLevel::available()
+            .into_iter()
+            .filter(|&l| l != CpuLevel::Scalar)
+        {
+            assert_eq!(scalar_integer_warning(true, level), None, "{level:?}");
+        }
+    }
+
     #[test]
     fn latency_estimate_moves_with_the_recent_frames() {
         let ms = ClockTime::from_mseconds;
