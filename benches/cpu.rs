@@ -19,9 +19,10 @@
 //!                                                # /p0: AMX prefetches not spread;
 //!                                                # /n0: narrow convs not on AMX;
 //!                                                # /e0: 32-channel codes in 2 steps)
-//!   cargo bench --bench cpu -- --f32-ab 7        # f32 models: Winograd on AVX2
-//!                                                # vs AVX-512 F (--f32-switch fuse:
-//!                                                # block passes vs fused into the convs)
+//!   cargo bench --bench cpu -- --f32-ab 7        # f32 models: convs on AVX2
+//!                                                # vs AVX-512 F (--f32-switch direct:
+//!                                                # the direct kernels alone; fuse: block
+//!                                                # passes vs fused into the convs)
 //!   cargo bench --bench cpu -- --levels-ab 5     # AVX2 vs the VNNI levels the host has
 //!                                                # (--with-emulated: and the emulated ones)
 //!   cargo bench --bench cpu -- --frame-io 10     # 4K frame unpack + pack: 1 thread vs all
@@ -36,7 +37,7 @@ use std::time::Instant;
 mod common;
 
 use common::{arg, export, median};
-use gstadabm::engine::conv::winograd;
+use gstadabm::engine::conv::{direct, winograd};
 use gstadabm::engine::edsr::set_fuse;
 use gstadabm::engine::intcpu::{
     CpuLevel, set_bands, set_codes32, set_col_chunk, set_kernel_prefetch, set_narrow_amx,
@@ -502,15 +503,20 @@ fn metrics(frames: usize) {
 }
 
 /// The f32 engine's Winograd transforms and products on 256-bit and on 512-bit vectors
-/// ([`winograd::set_avx512`]; or with `--f32-switch fuse` its block passes, [`set_fuse`]) frame
+/// ([`winograd::set_avx512`] and [`direct::set_avx512`]; with `--f32-switch direct` the direct
+/// kernels alone; with `--f32-switch fuse` its block passes, [`set_fuse`]) frame
 /// by frame in turn, `rounds` rounds, on the built-in fp32
 /// models (the element's default) and EDSR-baseline fp32: each one's fastest and median frame,
 /// the median over rounds of the ratio, and whether the outputs are the same bytes.
 fn f32_ab(rounds: usize, threads: usize) {
     let only = arg("--only").unwrap_or_default();
     // `--f32-switch fuse`: a block's ReLU and residual update as passes vs fused into its convs
-    // ([`set_fuse`]) instead.
-    let fuse = arg("--f32-switch").is_some_and(|v| v == "fuse");
+    // ([`set_fuse`]) instead; `--f32-switch direct`: the direct kernels (the head and the RGB
+    // tail) on AVX2 vs AVX-512 F ([`direct::set_avx512`]), the Winograd convs on AVX-512 F
+    // throughout.
+    let switch = arg("--f32-switch");
+    let fuse = switch.as_deref() == Some("fuse");
+    let direct_only = switch.as_deref() == Some("direct");
     let rows = [
         (2u32, 320usize, 180usize, true),
         (4, 480, 270, true),
@@ -536,8 +542,11 @@ fn f32_ab(rounds: usize, threads: usize) {
             for (i, on) in [false, true].into_iter().enumerate() {
                 if fuse {
                     set_fuse(on);
+                } else if direct_only {
+                    direct::set_avx512(on);
                 } else {
                     winograd::set_avx512(on);
+                    direct::set_avx512(on);
                 }
                 let t = Instant::now();
                 let out = engine.upscale(&img, &Options::default()).unwrap();
@@ -552,6 +561,7 @@ fn f32_ab(rounds: usize, threads: usize) {
             }
         }
         winograd::set_avx512(true);
+        direct::set_avx512(true);
         set_fuse(true);
         let fastest = |t: &[f64]| t.iter().cloned().fold(f64::INFINITY, f64::min);
         let (off, on) = if fuse {

@@ -1,6 +1,6 @@
 //! Reference-engine benchmark: time per frame of an EDSR-baseline-size model (random weights),
-//! floating point and AdaBM fake-quant, plus the 64->64, 64->256 and 64->3 convs alone through each
-//! f32 conv path (Winograd, direct, im2col GEMM).
+//! floating point and AdaBM fake-quant, plus the 64->64, 64->256, 64->3 and 32->3 convs alone
+//! through each f32 conv path (Winograd, direct on 256-bit and on 512-bit vectors, im2col GEMM).
 //!
 //!   cargo bench --bench reference -- [--scale 2] [--width 320] [--height 180] [--frames 5]
 //!     [--convs-only]
@@ -38,13 +38,17 @@ fn main() {
         .num_threads(threads)
         .build()
         .unwrap();
+    // The direct kernels twice: on 256-bit vectors, and on 512-bit ones where the CPU has
+    // AVX-512 F (the default there; the same bits).
     let paths = [
-        ConvPath::Winograd,
-        ConvPath::Winograd2,
-        ConvPath::Direct,
-        ConvPath::Gemm,
+        ("Winograd", ConvPath::Winograd, true),
+        ("Winograd2", ConvPath::Winograd2, true),
+        ("Direct AVX2", ConvPath::Direct, false),
+        ("Direct", ConvPath::Direct, true),
+        ("Gemm", ConvPath::Gemm, true),
     ];
-    for (cin, cout) in [(64, 64), (64, 256), (64, 3)] {
+    // The built-ins' RGB tail is 32 -> 3; the heads 3 -> 64 (EDSR-baseline) and 3 -> 32.
+    for (cin, cout) in [(64, 64), (64, 256), (64, 3), (32, 3), (3, 64), (3, 32)] {
         let mut rng = Rng::new(7);
         let mut x = FeatureMap::zeros(h, w, cin);
         for v in x.data.iter_mut() {
@@ -58,11 +62,12 @@ fn main() {
         let cw = ConvWeights::from_oihw(cin, cout, &wts, &vec![0.0; cout]);
         let gmac = (w * h * cin * cout * 9) as f64 / 1e9;
         let mut out = vec![0.0f32; conv::rows_len(w, 0, h) * cout];
-        let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut times = [const { Vec::new() }; 5];
         pool.install(|| {
             for _ in 0..10 {
-                for (i, &p) in paths.iter().enumerate() {
+                for (i, &(_, p, wide)) in paths.iter().enumerate() {
                     if p.can_run(cin, cout) {
+                        conv::direct::set_avx512(wide);
                         let t = Instant::now();
                         conv::conv3x3_rows_by(
                             p,
@@ -79,13 +84,14 @@ fn main() {
                 }
             }
         });
+        conv::direct::set_avx512(true);
         let cells: Vec<String> = paths
             .iter()
             .zip(times)
             .filter(|(_, t)| !t.is_empty())
-            .map(|(p, t)| {
+            .map(|((name, ..), t)| {
                 let ms = median(t);
-                format!("{p:?} {ms:.2} ms ({:.1} GMAC/s)", gmac / ms * 1e3)
+                format!("{name} {ms:.2} ms ({:.1} GMAC/s)", gmac / ms * 1e3)
             })
             .collect();
         println!("conv3x3 {cin}->{cout} {w}x{h}: {}", cells.join(", "));

@@ -6,14 +6,14 @@
 //! gathered per block of output rows into a small im2col buffer and multiplied in one GEMM.
 //! The outputs that land on the border columns are garbage and are zeroed afterwards.
 //!
-//! On x86-64 with AVX2 and FMA, convolutions with a multiple of 16 output channels skip the
-//! im2col copy and the GEMM ([`ConvPath`]): with at least 16 input channels (a multiple of 8)
-//! they run as Winograd F(4x4, 3x3) ([`winograd`]: 2.25 instead of 9 products per output;
-//! about 2.0x the direct kernel on the 64->64 conv here and 2.6x on 64->256), otherwise
-//! [`direct`] keeps 6 output positions x 16 channels in registers and walks the 9 taps x `cin`
-//! inputs with broadcast-FMAs (1.12–1.25x the GEMM's speed on the 64->64 conv); the RGB tail
-//! (3 output channels) has a direct kernel of its own (about 5x the GEMM). `cargo bench
-//! --bench reference`, BENCHMARKS.md. `ADABM_F32_CONV=direct` or `=gemm` picks a slower path.
+//! On x86-64 with AVX2 and FMA (AVX-512 F where present) and on NEON, convolutions with a
+//! multiple of 16 output channels skip the im2col copy and the GEMM ([`ConvPath`]): with at
+//! least 16 input channels (a multiple of 8) they run as Winograd F(4x4, 3x3) ([`winograd`]:
+//! 2.25 instead of 9 products per output; 2.0x the direct kernel on the 64->64 conv on Zen 4
+//! and 2.6x on 64->256), otherwise [`direct`] keeps a few output positions x 16 channels in
+//! registers and walks the 9 taps x `cin` inputs with broadcast-FMAs; the RGB tail (3 output
+//! channels) has a direct kernel of its own (about 5x the GEMM). `cargo bench --bench
+//! reference`, BENCHMARKS.md. `ADABM_F32_CONV=direct` or `=gemm` picks a slower path.
 //! Each output is computed in one fixed order whatever the row blocks and threads, so results
 //! are deterministic.
 
@@ -182,7 +182,7 @@ pub fn conv3x3_rows(
 pub enum ConvPath {
     /// im2col copy and a GEMM (any shape, any CPU).
     Gemm,
-    /// [`direct`] (AVX2 + FMA or NEON, shapes of [`direct::suits`]).
+    /// [`direct`] (AVX2 + FMA, AVX-512 F or NEON, shapes of [`direct::suits`]).
     Direct,
     /// [`winograd`] F(4x4, 3x3) (AVX2 + FMA or NEON, shapes of [`winograd::suits`]).
     Winograd,
@@ -446,9 +446,184 @@ fn rows_with(
     }
 }
 
-/// Direct 3x3 convolution with AVX2 + FMA or NEON (see the module documentation).
+/// The f32 vector widths the direct and Winograd kernels are written over: 1 (portable), 4
+/// (NEON), 8 (AVX2) and 16 (AVX-512 F) lanes, each the same IEEE operation per lane.
+mod lanes {
+    /// 8 (AVX2) or 16 (AVX-512 F) f32 lanes: the vector operations the transforms use, each
+    /// the same IEEE operation per lane at either width. The methods are inlined into the
+    /// kernels, whose entry points enable the width's features ([`input_transform`] and
+    /// [`output_transform`] for 8, their `_512` forms for 16).
+    pub(super) trait Lanes {
+        type V: Copy;
+        const N: usize;
+        /// # Safety (all methods)
+        /// The width's target features; pointers valid for `N` values.
+        unsafe fn splat(x: f32) -> Self::V;
+        unsafe fn load(p: *const f32) -> Self::V;
+        unsafe fn store(p: *mut f32, v: Self::V);
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+        /// `a` where `a > b`, else `b` (`b` where either is NaN): `v.max(0.0)` as `max(v, 0)`.
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+        /// `a·b + c`, one rounding.
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        /// `−(a·b) + c`, one rounding.
+        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    }
+
+    /// 8 lanes of `__m256`.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) struct L8;
+
+    /// 16 lanes of `__m512`.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) struct L16;
+
+    /// `impl Lanes` for one width: the type, its vector and lane count, and its intrinsics in the
+    /// order of the trait's methods.
+    macro_rules! lanes {
+        ($t:ident, $v:ident, $n:literal, $($f:ident: $i:ident($($a:ident),*)),*) => {
+            #[cfg(target_arch = "x86_64")]
+            impl Lanes for $t {
+                type V = std::arch::x86_64::$v;
+                const N: usize = $n;
+                $(
+                    #[inline(always)]
+                    #[allow(clippy::unused_unit)]
+                    unsafe fn $f($($a: lanes!(@ty $a)),*) -> lanes!(@ret $f) {
+                        // SAFETY: the caller's features and pointers.
+                        unsafe { std::arch::x86_64::$i($($a),*) }
+                    }
+                )*
+            }
+        };
+        (@ty x) => { f32 };
+        (@ty p) => { *const f32 };
+        (@ty q) => { *mut f32 };
+        (@ty $a:ident) => { Self::V };
+        (@ret store) => { () };
+        (@ret $f:ident) => { Self::V };
+    }
+
+    lanes!(L8, __m256, 8,
+        splat: _mm256_set1_ps(x), load: _mm256_loadu_ps(p), store: _mm256_storeu_ps(q, v),
+        add: _mm256_add_ps(a, b), sub: _mm256_sub_ps(a, b), mul: _mm256_mul_ps(a, b),
+        max: _mm256_max_ps(a, b), fma: _mm256_fmadd_ps(a, b, c),
+        nfma: _mm256_fnmadd_ps(a, b, c));
+    lanes!(L16, __m512, 16,
+        splat: _mm512_set1_ps(x), load: _mm512_loadu_ps(p), store: _mm512_storeu_ps(q, v),
+        add: _mm512_add_ps(a, b), sub: _mm512_sub_ps(a, b), mul: _mm512_mul_ps(a, b),
+        max: _mm512_max_ps(a, b), fma: _mm512_fmadd_ps(a, b, c),
+        nfma: _mm512_fnmadd_ps(a, b, c));
+
+    /// One lane of plain `f32`: the portable kernels ([`Kernels::Portable`]), the definition
+    /// each vector width computes lane by lane.
+    pub(super) struct L1;
+
+    impl Lanes for L1 {
+        type V = f32;
+        const N: usize = 1;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> f32 {
+            x
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> f32 {
+            // SAFETY: the caller's pointer.
+            unsafe { *p }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: f32) {
+            // SAFETY: the caller's pointer.
+            unsafe { *p = v }
+        }
+        #[inline(always)]
+        unsafe fn add(a: f32, b: f32) -> f32 {
+            a + b
+        }
+        #[inline(always)]
+        unsafe fn sub(a: f32, b: f32) -> f32 {
+            a - b
+        }
+        #[inline(always)]
+        unsafe fn mul(a: f32, b: f32) -> f32 {
+            a * b
+        }
+        #[inline(always)]
+        unsafe fn max(a: f32, b: f32) -> f32 {
+            if a > b { a } else { b }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
+            a.mul_add(b, c)
+        }
+        #[inline(always)]
+        unsafe fn nfma(a: f32, b: f32, c: f32) -> f32 {
+            (-a).mul_add(b, c)
+        }
+    }
+
+    /// 4 lanes of `float32x4_t` (NEON, part of every 64-bit ARM core).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) struct L4;
+
+    #[cfg(target_arch = "aarch64")]
+    impl Lanes for L4 {
+        type V = std::arch::aarch64::float32x4_t;
+        const N: usize = 4;
+        // SAFETY (every method): NEON is always there on aarch64; the caller's pointers.
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self::V {
+            unsafe { std::arch::aarch64::vdupq_n_f32(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            unsafe { std::arch::aarch64::vld1q_f32(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            unsafe { std::arch::aarch64::vst1q_f32(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vaddq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vsubq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vmulq_f32(a, b) }
+        }
+        /// `fmax` treats NaN and ±0 otherwise than x86's `maxps`: compare and select instead.
+        #[inline(always)]
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
+            use std::arch::aarch64::{vbslq_f32, vcgtq_f32};
+            unsafe { vbslq_f32(vcgtq_f32(a, b), a, b) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vfmaq_f32(c, a, b) }
+        }
+        /// `c − a·b` with one rounding: the same value as `−(a·b) + c`.
+        #[inline(always)]
+        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::aarch64::vfmsq_f32(c, a, b) }
+        }
+    }
+}
+
+/// Direct 3x3 convolution with AVX2 + FMA, AVX-512 F or NEON (see the module documentation).
 pub mod direct {
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[cfg(target_arch = "aarch64")]
+    use super::lanes::L4;
+    use super::lanes::Lanes;
+    #[cfg(target_arch = "x86_64")]
+    use super::lanes::{L8, L16};
 
     static OFF: AtomicBool = AtomicBool::new(false);
 
@@ -496,15 +671,18 @@ pub mod direct {
 
     /// Outputs of padded-grid positions `pb..pb + out.len()/cout` (as [`super::conv3x3_rows`]
     /// lays them out), bias included, from weights laid out by [`pack`]. `cout` must be a
-    /// multiple of 16.
+    /// multiple of 16. Blocks of positions x 16 or 32 output channels, each output from its
+    /// bias by FMA over the taps and then the input channels in order — the same operations per
+    /// lane at every width, so the same bits: 6 positions x 16 channels in two 256-bit vectors
+    /// on AVX2 + FMA; where the CPU has AVX-512 F ([`set_avx512`]) 10 positions x 32 channels
+    /// in two 512-bit vectors (8 x 16 for an odd last block); 6 x 16 in four 128-bit vectors on
+    /// NEON.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; every input position `pb + r + dy*wp + dx - wp - 1`
-    /// (r < out.len()/cout, dy, dx < 3) must lie in `src` (`cin` values each), and `w` must hold
-    /// `9*cin*cout` values, `bias` `cout`.
+    /// [`available`]; every input position `pb + r + dy*wp + dx - wp - 1` (r < out.len()/cout,
+    /// dy, dx < 3) must lie in `src` (`cin` values each), and `w` must hold `9*cin*cout`
+    /// values, `bias` `cout`.
     #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn conv_rows(
         src: &[f32],
         wp: usize,
@@ -516,88 +694,163 @@ pub mod direct {
         out: &mut [f32],
     ) {
         debug_assert!(cout.is_multiple_of(16) && w.len() == 9 * cin * cout && bias.len() == cout);
-        // Output-channel blocks outside, position blocks inside: the block's weights
-        // (9·cin x 16) stay in L1/L2 while the positions stream.
-        for ob in (0..cout).step_by(16) {
-            for (r, n) in position_blocks(out.len() / cout, 6) {
+        let a = (src, wp, cin, w, bias, cout, pb);
+        // SAFETY (every arm): the caller's promises; each width only where its features are.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            if uses_avx512() {
+                rows_avx512(a, out)
+            } else {
+                rows_avx2(a, out)
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            rows::<4, 6, L4>(a, out, 0..a.5)
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (a, out);
+            unreachable!("direct::available() is false here")
+        }
+    }
+
+    /// [`conv_rows`]' arguments but the output.
+    type Args<'a> = (&'a [f32], usize, usize, &'a [f32], &'a [f32], usize, usize);
+
+    /// [`conv_rows`] on AVX2 + FMA.
+    ///
+    /// # Safety
+    /// As [`conv_rows`], on a CPU with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_avx2(a: Args, out: &mut [f32]) {
+        // SAFETY: the caller's promises; AVX2 and FMA enabled here.
+        unsafe { rows::<2, 6, L8>(a, out, 0..a.5) }
+    }
+
+    /// [`conv_rows`] on AVX-512 F.
+    ///
+    /// # Safety
+    /// As [`conv_rows`], on a CPU with AVX-512 F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn rows_avx512(a: Args, out: &mut [f32]) {
+        // Pairs of 16-channel blocks (20 accumulators: 2 weight loads and 10 broadcasts per
+        // 20 FMAs; 12 positions spilled), a last odd block alone.
+        let (cout, pairs) = (a.5, a.5 / 32 * 32);
+        // SAFETY: the caller's promises; AVX-512 F enabled here.
+        unsafe {
+            rows::<2, 10, L16>(a, out, 0..pairs);
+            rows::<1, 8, L16>(a, out, pairs..cout);
+        }
+    }
+
+    /// [`conv_rows`] for the output channels `chans` at one width: `K` vectors of `L` hold
+    /// `K · L::N` (16 or 32) channels, blocks of up to `MOST` (≤ 12) positions. Output-channel
+    /// blocks outside, position blocks inside: a block's weights (9·cin x 16 or 32) stay in
+    /// L1/L2 while the positions stream.
+    ///
+    /// # Safety
+    /// As [`conv_rows`], with `L`'s target features; `K · L::N` is 16 or 32 and divides
+    /// `chans.len()`, `chans.start` a multiple of 16.
+    #[inline(always)]
+    unsafe fn rows<const K: usize, const MOST: usize, L: Lanes>(
+        (src, wp, cin, w, bias, cout, pb): Args,
+        out: &mut [f32],
+        chans: std::ops::Range<usize>,
+    ) {
+        debug_assert!(matches!(K * L::N, 16 | 32) && MOST <= 12);
+        for ob in chans.step_by(K * L::N) {
+            for (r, n) in position_blocks(out.len() / cout, MOST) {
                 let q = pb + r - wp - 1;
                 debug_assert!((q + n + 1 + 2 * wp + 1) * cin <= src.len());
-                let x = unsafe { src.as_ptr().add(q * cin) };
-                let o = unsafe { out.as_mut_ptr().add(r * cout) };
-                // SAFETY: as the caller promised; n ≤ 6 positions from r.
+                // SAFETY: as the caller promised; n ≤ MOST positions from r.
                 unsafe {
+                    let x = src.as_ptr().add(q * cin);
+                    let w = w.as_ptr().add(ob * 9 * cin);
+                    let (b, o) = (bias.as_ptr().add(ob), out.as_mut_ptr().add(r * cout + ob));
                     match n {
-                        6 => block::<6>(x, wp, cin, w, bias, cout, ob, o),
-                        5 => block::<5>(x, wp, cin, w, bias, cout, ob, o),
-                        4 => block::<4>(x, wp, cin, w, bias, cout, ob, o),
-                        3 => block::<3>(x, wp, cin, w, bias, cout, ob, o),
-                        2 => block::<2>(x, wp, cin, w, bias, cout, ob, o),
-                        _ => block::<1>(x, wp, cin, w, bias, cout, ob, o),
+                        12 if MOST >= 12 => block::<12, K, L>(x, wp, cin, w, b, cout, o),
+                        11 if MOST >= 11 => block::<11, K, L>(x, wp, cin, w, b, cout, o),
+                        10 if MOST >= 10 => block::<10, K, L>(x, wp, cin, w, b, cout, o),
+                        9 if MOST >= 9 => block::<9, K, L>(x, wp, cin, w, b, cout, o),
+                        8 if MOST >= 8 => block::<8, K, L>(x, wp, cin, w, b, cout, o),
+                        7 if MOST >= 7 => block::<7, K, L>(x, wp, cin, w, b, cout, o),
+                        6 => block::<6, K, L>(x, wp, cin, w, b, cout, o),
+                        5 => block::<5, K, L>(x, wp, cin, w, b, cout, o),
+                        4 => block::<4, K, L>(x, wp, cin, w, b, cout, o),
+                        3 => block::<3, K, L>(x, wp, cin, w, b, cout, o),
+                        2 => block::<2, K, L>(x, wp, cin, w, b, cout, o),
+                        _ => block::<1, K, L>(x, wp, cin, w, b, cout, o),
                     }
                 }
             }
         }
     }
 
-    /// `acc[px] += Σ_ci x[px·cin + ci] · w[ci][0..16]` for `N` rows of `cin` inputs (stride
-    /// `cin`) and `cin` x 16 weights: the broadcast-FMA loop of [`conv_rows`]' taps and of the
-    /// Winograd GEMMs ([`super::winograd`]). Summed in `ci` order.
+    /// `acc[px] += Σ_ci x[px·cin + ci] · w[ci][0..K·L::N]` for `N` rows of `cin` inputs
+    /// (stride `cin`) and `cin` x `K·L::N` weights in blocks of `cin` x 16 (the second block,
+    /// if any, `wstride` values after the first), the channels as `K` vectors of `L`: the
+    /// broadcast-FMA loop of [`conv_rows`]' taps and of the AVX2 Winograd products
+    /// ([`super::winograd`]). Summed in `ci` order.
     ///
     /// # Safety
-    /// AVX2 and FMA; `x` readable for `N·cin` values, `w` for `16·cin`.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub(super) unsafe fn accumulate<const N: usize>(
-        acc: &mut [[std::arch::x86_64::__m256; 2]; N],
+    /// `L`'s target features; `x` readable for `N·cin` values, `w` for `16·cin` from each
+    /// block.
+    #[inline(always)]
+    pub(super) unsafe fn accumulate<const N: usize, const K: usize, L: Lanes>(
+        acc: &mut [[L::V; K]; N],
         x: *const f32,
         cin: usize,
         w: *const f32,
+        wstride: usize,
     ) {
-        use std::arch::x86_64::*;
         // SAFETY (whole body): the caller's bounds; unaligned loads only.
         unsafe {
             for ci in 0..cin {
-                let w0 = _mm256_loadu_ps(w.add(ci * 16));
-                let w1 = _mm256_loadu_ps(w.add(ci * 16 + 8));
+                let wv: [L::V; K] = std::array::from_fn(|i| {
+                    let c = i * L::N;
+                    L::load(w.add(c / 16 * wstride + ci * 16 + c % 16))
+                });
                 for (px, a) in acc.iter_mut().enumerate() {
-                    let v = _mm256_broadcast_ss(&*x.add(px * cin + ci));
-                    a[0] = _mm256_fmadd_ps(v, w0, a[0]);
-                    a[1] = _mm256_fmadd_ps(v, w1, a[1]);
+                    let v = L::splat(*x.add(px * cin + ci));
+                    for (a, &wv) in a.iter_mut().zip(&wv) {
+                        *a = L::fma(v, wv, *a);
+                    }
                 }
             }
         }
     }
 
-    /// `N` consecutive positions x 16 output channels from `ob`: 2N accumulators.
+    /// `N` consecutive positions x the `K·L::N` output channels of `w` (one or two blocks of
+    /// `9·cin` rows of 16) from their bias `bias[0..K·L::N]`.
+    ///
+    /// # Safety
+    /// `L`'s target features; the caller's bounds.
     #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn block<const N: usize>(
+    #[inline(always)]
+    unsafe fn block<const N: usize, const K: usize, L: Lanes>(
         x: *const f32,
         wp: usize,
         cin: usize,
-        w: &[f32],
-        bias: &[f32],
+        w: *const f32,
+        bias: *const f32,
         cout: usize,
-        ob: usize,
         out: *mut f32,
     ) {
-        use std::arch::x86_64::*;
         // SAFETY (whole body): the caller's bounds; unaligned loads and stores only.
         unsafe {
-            let b0 = _mm256_loadu_ps(bias.as_ptr().add(ob));
-            let b1 = _mm256_loadu_ps(bias.as_ptr().add(ob + 8));
-            let mut acc = [[b0, b1]; N];
+            let b: [L::V; K] = std::array::from_fn(|i| L::load(bias.add(i * L::N)));
+            let mut acc = [b; N];
             for tap in 0..9 {
                 let xt = x.add((tap / 3 * wp + tap % 3) * cin);
-                let wt = w.as_ptr().add(ob * 9 * cin + tap * cin * 16);
-                accumulate(&mut acc, xt, cin, wt);
+                accumulate::<N, K, L>(&mut acc, xt, cin, w.add(tap * cin * 16), 9 * cin * 16);
             }
             for (px, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.add(px * cout + ob), a[0]);
-                _mm256_storeu_ps(out.add(px * cout + ob + 8), a[1]);
+                for (i, &v) in a.iter().enumerate() {
+                    L::store(out.add(px * cout + i * L::N), v);
+                }
             }
         }
     }
@@ -616,16 +869,17 @@ pub mod direct {
             .collect()
     }
 
-    /// [`conv_rows`] for 3 output channels (the network's RGB tail): per block of 4
-    /// positions, 12 accumulators of 8 input channels each over the 9 taps, reduced at the
-    /// end; weights from [`pack_rgb`]. Each output is summed in one fixed order.
+    /// [`conv_rows`] for 3 output channels (the network's RGB tail), weights from
+    /// [`pack_rgb`]: each output is 8 partial sums (input channel `c` into sum `c % 8`) by FMA
+    /// over the taps and the channels, added (0+4, 1+5, 2+6, 3+7), then (0+2, 1+3), then the
+    /// two, and the bias last — at every width ([`conv_rows_rgb_portable`] one lane at a
+    /// time): on AVX2 a 256-bit vector of sums per channel, 4 positions a block; on AVX-512 F
+    /// ([`set_avx512`]) channels 0 and 1 in one 512-bit vector and channel 2 in a 256-bit one,
+    /// 8 positions a block; on NEON two 128-bit vectors per channel, 3 positions a block.
     ///
     /// # Safety
     /// As [`conv_rows`], with `cin` a multiple of 8, `w` from [`pack_rgb`] and `bias.len() ==
     /// 3`.
-    #[allow(clippy::too_many_arguments)]
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
     pub unsafe fn conv_rows_rgb(
         src: &[f32],
         wp: usize,
@@ -636,28 +890,199 @@ pub mod direct {
         out: &mut [f32],
     ) {
         debug_assert!(cin.is_multiple_of(8) && w.len() == 27 * cin && bias.len() == 3);
-        for (r, n) in position_blocks(out.len() / 3, 4) {
+        let a = (src, wp, cin, w, bias, 3, pb);
+        // SAFETY (every arm): the caller's promises; each width only where its features are.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            if uses_avx512() {
+                rgb_avx512(a, out)
+            } else {
+                rgb_avx2(a, out)
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            rgb::<2, 3, L4>(a, out)
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            let _ = (a, out);
+            unreachable!("direct::available() is false here")
+        }
+    }
+
+    /// [`conv_rows_rgb`] on AVX2 + FMA.
+    ///
+    /// # Safety
+    /// As [`conv_rows_rgb`], on a CPU with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rgb_avx2(a: Args, out: &mut [f32]) {
+        // SAFETY: the caller's promises; AVX2 and FMA enabled here.
+        unsafe { rgb::<1, 4, L8>(a, out) }
+    }
+
+    /// [`conv_rows_rgb`] with `K` vectors of `L` per channel's 8 sums, blocks of up to `MOST`
+    /// (≤ 4) positions.
+    ///
+    /// # Safety
+    /// As [`conv_rows_rgb`], with `L`'s target features; `K · L::N` = 8.
+    #[inline(always)]
+    unsafe fn rgb<const K: usize, const MOST: usize, L: Sum8>(
+        (src, wp, cin, w, bias, _, pb): Args,
+        out: &mut [f32],
+    ) {
+        debug_assert!(K * L::N == 8 && MOST <= 4);
+        for (r, n) in position_blocks(out.len() / 3, MOST) {
             let q = pb + r - wp - 1;
             debug_assert!((q + n + 1 + 2 * wp + 1) * cin <= src.len());
-            // SAFETY: as the caller promised; n ≤ 4 positions from r.
+            // SAFETY: as the caller promised; n ≤ MOST positions from r.
             unsafe {
                 let x = src.as_ptr().add(q * cin);
                 let o = out.as_mut_ptr().add(r * 3);
                 match n {
-                    4 => block_rgb::<4>(x, wp, cin, w, bias, o),
-                    3 => block_rgb::<3>(x, wp, cin, w, bias, o),
-                    2 => block_rgb::<2>(x, wp, cin, w, bias, o),
-                    _ => block_rgb::<1>(x, wp, cin, w, bias, o),
+                    4 if MOST >= 4 => block_rgb::<4, K, L>(x, wp, cin, w, bias, o),
+                    3 => block_rgb::<3, K, L>(x, wp, cin, w, bias, o),
+                    2 => block_rgb::<2, K, L>(x, wp, cin, w, bias, o),
+                    _ => block_rgb::<1, K, L>(x, wp, cin, w, bias, o),
                 }
             }
         }
     }
 
-    /// `N` consecutive positions x 3 output channels: 3N accumulators.
+    /// `N` consecutive positions x 3 output channels: 3N sets of 8 sums in `K` vectors.
+    ///
+    /// # Safety
+    /// `L`'s target features; the caller's bounds.
+    #[inline(always)]
+    unsafe fn block_rgb<const N: usize, const K: usize, L: Sum8>(
+        x: *const f32,
+        wp: usize,
+        cin: usize,
+        w: &[f32],
+        bias: &[f32],
+        out: *mut f32,
+    ) {
+        // SAFETY (whole body): the caller's bounds; unaligned loads only.
+        unsafe {
+            let z = L::splat(0.0);
+            let mut acc = [[[z; K]; 3]; N];
+            let k = 9 * cin;
+            for tap in 0..9 {
+                let xt = x.add((tap / 3 * wp + tap % 3) * cin);
+                let wt = w.as_ptr().add(tap * cin);
+                for c in (0..cin).step_by(8) {
+                    let wv: [[L::V; K]; 3] = std::array::from_fn(|ch| {
+                        std::array::from_fn(|h| L::load(wt.add(ch * k + c + h * L::N)))
+                    });
+                    for (px, a) in acc.iter_mut().enumerate() {
+                        let xp = xt.add(px * cin + c);
+                        let xv: [L::V; K] = std::array::from_fn(|h| L::load(xp.add(h * L::N)));
+                        for (ach, wch) in a.iter_mut().zip(&wv) {
+                            for h in 0..K {
+                                ach[h] = L::fma(xv[h], wch[h], ach[h]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (px, a) in acc.iter().enumerate() {
+                for (ch, v) in a.iter().enumerate() {
+                    *out.add(px * 3 + ch) = L::sum8(v) + bias[ch];
+                }
+            }
+        }
+    }
+
+    /// Widths whose vectors hold an RGB output's 8 partial sums whole (8 / N vectors).
+    trait Sum8: Lanes {
+        /// The 8 sums of `v` added (0+4, 1+5, 2+6, 3+7), then (0+2, 1+3), then the two.
+        ///
+        /// # Safety
+        /// The width's target features; `v` holds 8 / N vectors.
+        unsafe fn sum8(v: &[Self::V]) -> f32;
+    }
+
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn block_rgb<const N: usize>(
+    impl Sum8 for L8 {
+        #[inline(always)]
+        unsafe fn sum8(v: &[Self::V]) -> f32 {
+            use std::arch::x86_64::*;
+            // SAFETY: AVX2 (the caller's features).
+            unsafe {
+                let t = _mm_add_ps(_mm256_castps256_ps128(v[0]), _mm256_extractf128_ps(v[0], 1));
+                sum4(t)
+            }
+        }
+    }
+
+    /// `(t0 + t2) + (t1 + t3)` of a 128-bit vector.
+    ///
+    /// # Safety
+    /// SSE (always there on x86-64).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn sum4(t: std::arch::x86_64::__m128) -> f32 {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE is part of x86-64.
+        unsafe {
+            let s = _mm_add_ps(t, _mm_movehl_ps(t, t));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+        }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    impl Sum8 for L4 {
+        #[inline(always)]
+        unsafe fn sum8(v: &[Self::V]) -> f32 {
+            use std::arch::aarch64::*;
+            // SAFETY: NEON is always there on aarch64.
+            unsafe {
+                let t = vaddq_f32(v[0], v[1]);
+                let s = vadd_f32(vget_low_f32(t), vget_high_f32(t));
+                vget_lane_f32::<0>(s) + vget_lane_f32::<1>(s)
+            }
+        }
+    }
+
+    /// [`conv_rows_rgb`] on AVX-512 F: blocks of up to 8 positions, channels 0 and 1 in the
+    /// halves of a 512-bit vector (the position's 8 input channels loaded into both), channel
+    /// 2 in a 256-bit one — per lane the AVX2 kernel's operations, 2 FMA instructions per
+    /// position and 8 channels instead of 3.
+    ///
+    /// # Safety
+    /// As [`conv_rows_rgb`], on a CPU with AVX-512 F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn rgb_avx512((src, wp, cin, w, bias, _, pb): Args, out: &mut [f32]) {
+        for (r, n) in position_blocks(out.len() / 3, 8) {
+            let q = pb + r - wp - 1;
+            debug_assert!((q + n + 1 + 2 * wp + 1) * cin <= src.len());
+            // SAFETY: as the caller promised; n ≤ 8 positions from r.
+            unsafe {
+                let x = src.as_ptr().add(q * cin);
+                let o = out.as_mut_ptr().add(r * 3);
+                match n {
+                    8 => block_rgb512::<8>(x, wp, cin, w, bias, o),
+                    7 => block_rgb512::<7>(x, wp, cin, w, bias, o),
+                    6 => block_rgb512::<6>(x, wp, cin, w, bias, o),
+                    5 => block_rgb512::<5>(x, wp, cin, w, bias, o),
+                    4 => block_rgb512::<4>(x, wp, cin, w, bias, o),
+                    3 => block_rgb512::<3>(x, wp, cin, w, bias, o),
+                    2 => block_rgb512::<2>(x, wp, cin, w, bias, o),
+                    _ => block_rgb512::<1>(x, wp, cin, w, bias, o),
+                }
+            }
+        }
+    }
+
+    /// `N` consecutive positions x 3 output channels on AVX-512 F (see [`rgb_avx512`]).
+    ///
+    /// # Safety
+    /// AVX-512 F, AVX2 and FMA; the caller's bounds.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block_rgb512<const N: usize>(
         x: *const f32,
         wp: usize,
         cin: usize,
@@ -668,73 +1093,60 @@ pub mod direct {
         use std::arch::x86_64::*;
         // SAFETY (whole body): the caller's bounds; unaligned loads only.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 3]; N];
+            let mut a01 = [_mm512_setzero_ps(); N];
+            let mut a2 = [_mm256_setzero_ps(); N];
             let k = 9 * cin;
             for tap in 0..9 {
                 let xt = x.add((tap / 3 * wp + tap % 3) * cin);
                 let wt = w.as_ptr().add(tap * cin);
                 for c in (0..cin).step_by(8) {
-                    let w0 = _mm256_loadu_ps(wt.add(c));
-                    let w1 = _mm256_loadu_ps(wt.add(k + c));
+                    // [w0 | w1] (AVX-512 F has the 256-bit insert and broadcast as f64x4).
+                    let w01 = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                        _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(wt.add(c)))),
+                        _mm256_castps_pd(_mm256_loadu_ps(wt.add(k + c))),
+                    ));
                     let w2 = _mm256_loadu_ps(wt.add(2 * k + c));
-                    for (px, a) in acc.iter_mut().enumerate() {
-                        let v = _mm256_loadu_ps(xt.add(px * cin + c));
-                        a[0] = _mm256_fmadd_ps(v, w0, a[0]);
-                        a[1] = _mm256_fmadd_ps(v, w1, a[1]);
-                        a[2] = _mm256_fmadd_ps(v, w2, a[2]);
+                    for px in 0..N {
+                        // One load that fills both halves (`vbroadcastf64x4` from memory, no
+                        // shuffle); channel 2 takes the low half.
+                        let xp = xt.add(px * cin + c) as *const f64;
+                        let xx = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(xp)));
+                        a01[px] = _mm512_fmadd_ps(xx, w01, a01[px]);
+                        a2[px] = _mm256_fmadd_ps(_mm512_castps512_ps256(xx), w2, a2[px]);
                     }
                 }
             }
-            for (px, a) in acc.iter().enumerate() {
-                for (ch, v) in a.iter().enumerate() {
-                    // Lanes 0..8 summed pairwise: (0+4, 1+5, 2+6, 3+7), then halves, then two.
-                    let s = _mm_add_ps(_mm256_castps256_ps128(*v), _mm256_extractf128_ps(*v, 1));
-                    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-                    *out.add(px * 3 + ch) = _mm_cvtss_f32(s) + bias[ch];
-                }
+            for px in 0..N {
+                // (0+4, 1+5, 2+6, 3+7) of channels 0 and 1 at once: their 128-bit quarters
+                // [0..4 | 4..8] of each half added.
+                let a = a01[px];
+                let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, a);
+                let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, a);
+                let t = _mm512_add_ps(lo, hi);
+                let c2 = a2[px];
+                let t2 = _mm_add_ps(_mm256_castps256_ps128(c2), _mm256_extractf128_ps(c2, 1));
+                let o = out.add(px * 3);
+                *o = sum4(_mm512_castps512_ps128(t)) + bias[0];
+                *o.add(1) = sum4(_mm512_extractf32x4_ps::<1>(t)) + bias[1];
+                *o.add(2) = sum4(t2) + bias[2];
             }
         }
     }
 
-    #[cfg(target_arch = "aarch64")]
-    pub use neon::{conv_rows, conv_rows_rgb};
+    static AVX512: AtomicBool = AtomicBool::new(true);
 
-    /// Never called: [`available`] is false here.
-    ///
-    /// # Safety
-    /// None needed (it only panics); unsafe to match the vector kernel's signature.
-    #[allow(clippy::too_many_arguments)]
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    pub unsafe fn conv_rows_rgb(
-        _src: &[f32],
-        _wp: usize,
-        _cin: usize,
-        _w: &[f32],
-        _bias: &[f32],
-        _pb: usize,
-        _out: &mut [f32],
-    ) {
-        unreachable!("direct::available() is false here")
+    /// Sets for the whole process (for comparisons) whether the direct kernels use AVX-512 F
+    /// where the CPU has it (the default) or AVX2 everywhere: the same bits either way.
+    pub fn set_avx512(on: bool) {
+        AVX512.store(on, Ordering::Relaxed);
     }
 
-    /// Never called: [`available`] is false here.
-    ///
-    /// # Safety
-    /// None needed (it only panics); unsafe to match the vector kernel's signature.
-    #[allow(clippy::too_many_arguments)]
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    pub unsafe fn conv_rows(
-        _src: &[f32],
-        _wp: usize,
-        _cin: usize,
-        _w: &[f32],
-        _bias: &[f32],
-        _cout: usize,
-        _pb: usize,
-        _out: &mut [f32],
-    ) {
-        unreachable!("direct::available() is false here")
+    /// Whether the direct kernels take their AVX-512 forms on this CPU now.
+    #[cfg(target_arch = "x86_64")]
+    pub fn uses_avx512() -> bool {
+        static HAS: std::sync::LazyLock<bool> =
+            std::sync::LazyLock::new(|| std::is_x86_feature_detected!("avx512f"));
+        *HAS && AVX512.load(Ordering::Relaxed)
     }
 
     /// Blocks of up to `most` of `m` consecutive positions: (first, count).
@@ -797,171 +1209,6 @@ pub mod direct {
             }
         }
     }
-
-    /// The direct kernels on 64-bit ARM: per lane the operations of the x86-64 kernels, in
-    /// the same order (the same bits).
-    #[cfg(target_arch = "aarch64")]
-    mod neon {
-        use std::arch::aarch64::*;
-
-        /// The direct conv on NEON (as the x86-64 `conv_rows`): blocks of up to 6 positions x
-        /// 16 output channels (24 accumulators of 4 lanes), each from its bias, by FMA over the
-        /// taps and `ci`.
-        ///
-        /// # Safety
-        /// As the x86-64 `conv_rows` (NEON is always there).
-        #[allow(clippy::too_many_arguments)]
-        pub unsafe fn conv_rows(
-            src: &[f32],
-            wp: usize,
-            cin: usize,
-            w: &[f32],
-            bias: &[f32],
-            cout: usize,
-            pb: usize,
-            out: &mut [f32],
-        ) {
-            debug_assert!(cout.is_multiple_of(16) && w.len() == 9 * cin * cout);
-            for ob in (0..cout).step_by(16) {
-                for (r, n) in super::position_blocks(out.len() / cout, 6) {
-                    let q = pb + r - wp - 1;
-                    debug_assert!((q + n + 1 + 2 * wp + 1) * cin <= src.len());
-                    // SAFETY: as the caller promised; n ≤ 6 positions from r.
-                    unsafe {
-                        let x = src.as_ptr().add(q * cin);
-                        let w = w.as_ptr().add(ob * 9 * cin);
-                        let (b, o) = (bias.as_ptr().add(ob), out.as_mut_ptr().add(r * cout + ob));
-                        match n {
-                            6 => block::<6>(x, wp, cin, w, b, cout, o),
-                            5 => block::<5>(x, wp, cin, w, b, cout, o),
-                            4 => block::<4>(x, wp, cin, w, b, cout, o),
-                            3 => block::<3>(x, wp, cin, w, b, cout, o),
-                            2 => block::<2>(x, wp, cin, w, b, cout, o),
-                            _ => block::<1>(x, wp, cin, w, b, cout, o),
-                        }
-                    }
-                }
-            }
-        }
-
-        /// `N` consecutive positions x the 16 output channels of `w` (`9·cin` rows of 16).
-        ///
-        /// # Safety
-        /// The caller's bounds.
-        #[inline(always)]
-        unsafe fn block<const N: usize>(
-            x: *const f32,
-            wp: usize,
-            cin: usize,
-            w: *const f32,
-            bias: *const f32,
-            cout: usize,
-            out: *mut f32,
-        ) {
-            // SAFETY (whole body): the caller's bounds.
-            unsafe {
-                let b = [0, 4, 8, 12].map(|i| vld1q_f32(bias.add(i)));
-                let mut acc = [b; N];
-                for tap in 0..9 {
-                    let xt = x.add((tap / 3 * wp + tap % 3) * cin);
-                    let wt = w.add(tap * cin * 16);
-                    for ci in 0..cin {
-                        let wv = vld1q_f32_x4(wt.add(ci * 16));
-                        let wv = [wv.0, wv.1, wv.2, wv.3];
-                        for (px, a) in acc.iter_mut().enumerate() {
-                            let xv = vld1q_dup_f32(xt.add(px * cin + ci));
-                            for (ab, wb) in a.iter_mut().zip(wv) {
-                                *ab = vfmaq_f32(*ab, xv, wb);
-                            }
-                        }
-                    }
-                }
-                for (px, a) in acc.iter().enumerate() {
-                    for (i, ab) in a.iter().enumerate() {
-                        vst1q_f32(out.add(px * cout + 4 * i), *ab);
-                    }
-                }
-            }
-        }
-
-        /// The RGB tail on NEON (as the x86-64 `conv_rows_rgb`): blocks of up to 3 positions x 3
-        /// output channels, each channel's 8 partial sums in two vectors, reduced as on x86-64.
-        ///
-        /// # Safety
-        /// As the x86-64 `conv_rows_rgb` (NEON is always there).
-        pub unsafe fn conv_rows_rgb(
-            src: &[f32],
-            wp: usize,
-            cin: usize,
-            w: &[f32],
-            bias: &[f32],
-            pb: usize,
-            out: &mut [f32],
-        ) {
-            debug_assert!(cin.is_multiple_of(8) && w.len() == 27 * cin && bias.len() == 3);
-            for (r, n) in super::position_blocks(out.len() / 3, 3) {
-                let q = pb + r - wp - 1;
-                debug_assert!((q + n + 1 + 2 * wp + 1) * cin <= src.len());
-                // SAFETY: as the caller promised; n ≤ 3 positions from r.
-                unsafe {
-                    let x = src.as_ptr().add(q * cin);
-                    let o = out.as_mut_ptr().add(r * 3);
-                    match n {
-                        3 => block_rgb::<3>(x, wp, cin, w, bias, o),
-                        2 => block_rgb::<2>(x, wp, cin, w, bias, o),
-                        _ => block_rgb::<1>(x, wp, cin, w, bias, o),
-                    }
-                }
-            }
-        }
-
-        /// `N` consecutive positions x 3 output channels: 6N accumulators.
-        ///
-        /// # Safety
-        /// The caller's bounds.
-        #[inline(always)]
-        unsafe fn block_rgb<const N: usize>(
-            x: *const f32,
-            wp: usize,
-            cin: usize,
-            w: &[f32],
-            bias: &[f32],
-            out: *mut f32,
-        ) {
-            // SAFETY (whole body): the caller's bounds.
-            unsafe {
-                let z = vdupq_n_f32(0.0);
-                let mut acc = [[[z; 2]; 3]; N];
-                let k = 9 * cin;
-                for tap in 0..9 {
-                    let xt = x.add((tap / 3 * wp + tap % 3) * cin);
-                    let wt = w.as_ptr().add(tap * cin);
-                    for c in (0..cin).step_by(8) {
-                        let wv = [0, k, 2 * k]
-                            .map(|o| [vld1q_f32(wt.add(o + c)), vld1q_f32(wt.add(o + c + 4))]);
-                        for (px, a) in acc.iter_mut().enumerate() {
-                            let xp = xt.add(px * cin + c);
-                            let xv = [vld1q_f32(xp), vld1q_f32(xp.add(4))];
-                            for (ach, wch) in a.iter_mut().zip(wv) {
-                                for h in 0..2 {
-                                    ach[h] = vfmaq_f32(ach[h], xv[h], wch[h]);
-                                }
-                            }
-                        }
-                    }
-                }
-                for (px, a) in acc.iter().enumerate() {
-                    for (ch, v) in a.iter().enumerate() {
-                        // (0+4, 1+5, 2+6, 3+7), then (0+2, 1+3), then the two: as on x86-64.
-                        let s = vaddq_f32(v[0], v[1]);
-                        let s = vadd_f32(vget_low_f32(s), vget_high_f32(s));
-                        *out.add(px * 3 + ch) =
-                            (vget_lane_f32::<0>(s) + vget_lane_f32::<1>(s)) + bias[ch];
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// What a conv does with each output value before storing it (the Winograd path does it in
@@ -989,6 +1236,11 @@ pub enum Post {
 /// the portable one-lane kernels, so the outputs are the same bits on every CPU.
 pub mod winograd {
     use super::FeatureMap;
+    #[cfg(target_arch = "aarch64")]
+    use super::lanes::L4;
+    use super::lanes::{L1, Lanes};
+    #[cfg(target_arch = "x86_64")]
+    use super::lanes::{L8, L16};
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -1276,171 +1528,6 @@ pub mod winograd {
             (0..count).into_par_iter().for_each(item);
         } else {
             (0..count).for_each(item);
-        }
-    }
-
-    /// 8 (AVX2) or 16 (AVX-512 F) f32 lanes: the vector operations the transforms use, each
-    /// the same IEEE operation per lane at either width. The methods are inlined into the
-    /// kernels, whose entry points enable the width's features ([`input_transform`] and
-    /// [`output_transform`] for 8, their `_512` forms for 16).
-    trait Lanes {
-        type V: Copy;
-        const N: usize;
-        /// # Safety (all methods)
-        /// The width's target features; pointers valid for `N` values.
-        unsafe fn splat(x: f32) -> Self::V;
-        unsafe fn load(p: *const f32) -> Self::V;
-        unsafe fn store(p: *mut f32, v: Self::V);
-        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
-        /// `a` where `a > b`, else `b` (`b` where either is NaN): `v.max(0.0)` as `max(v, 0)`.
-        unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
-        /// `a·b + c`, one rounding.
-        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-        /// `−(a·b) + c`, one rounding.
-        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    }
-
-    /// 8 lanes of `__m256`.
-    #[cfg(target_arch = "x86_64")]
-    struct L8;
-
-    /// 16 lanes of `__m512`.
-    #[cfg(target_arch = "x86_64")]
-    struct L16;
-
-    /// `impl Lanes` for one width: the type, its vector and lane count, and its intrinsics in the
-    /// order of the trait's methods.
-    macro_rules! lanes {
-        ($t:ident, $v:ident, $n:literal, $($f:ident: $i:ident($($a:ident),*)),*) => {
-            #[cfg(target_arch = "x86_64")]
-            impl Lanes for $t {
-                type V = std::arch::x86_64::$v;
-                const N: usize = $n;
-                $(
-                    #[inline(always)]
-                    #[allow(clippy::unused_unit)]
-                    unsafe fn $f($($a: lanes!(@ty $a)),*) -> lanes!(@ret $f) {
-                        // SAFETY: the caller's features and pointers.
-                        unsafe { std::arch::x86_64::$i($($a),*) }
-                    }
-                )*
-            }
-        };
-        (@ty x) => { f32 };
-        (@ty p) => { *const f32 };
-        (@ty q) => { *mut f32 };
-        (@ty $a:ident) => { Self::V };
-        (@ret store) => { () };
-        (@ret $f:ident) => { Self::V };
-    }
-
-    lanes!(L8, __m256, 8,
-        splat: _mm256_set1_ps(x), load: _mm256_loadu_ps(p), store: _mm256_storeu_ps(q, v),
-        add: _mm256_add_ps(a, b), sub: _mm256_sub_ps(a, b), mul: _mm256_mul_ps(a, b),
-        max: _mm256_max_ps(a, b), fma: _mm256_fmadd_ps(a, b, c),
-        nfma: _mm256_fnmadd_ps(a, b, c));
-    lanes!(L16, __m512, 16,
-        splat: _mm512_set1_ps(x), load: _mm512_loadu_ps(p), store: _mm512_storeu_ps(q, v),
-        add: _mm512_add_ps(a, b), sub: _mm512_sub_ps(a, b), mul: _mm512_mul_ps(a, b),
-        max: _mm512_max_ps(a, b), fma: _mm512_fmadd_ps(a, b, c),
-        nfma: _mm512_fnmadd_ps(a, b, c));
-
-    /// One lane of plain `f32`: the portable kernels ([`Kernels::Portable`]), the definition
-    /// each vector width computes lane by lane.
-    struct L1;
-
-    impl Lanes for L1 {
-        type V = f32;
-        const N: usize = 1;
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> f32 {
-            x
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> f32 {
-            // SAFETY: the caller's pointer.
-            unsafe { *p }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: f32) {
-            // SAFETY: the caller's pointer.
-            unsafe { *p = v }
-        }
-        #[inline(always)]
-        unsafe fn add(a: f32, b: f32) -> f32 {
-            a + b
-        }
-        #[inline(always)]
-        unsafe fn sub(a: f32, b: f32) -> f32 {
-            a - b
-        }
-        #[inline(always)]
-        unsafe fn mul(a: f32, b: f32) -> f32 {
-            a * b
-        }
-        #[inline(always)]
-        unsafe fn max(a: f32, b: f32) -> f32 {
-            if a > b { a } else { b }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
-            a.mul_add(b, c)
-        }
-        #[inline(always)]
-        unsafe fn nfma(a: f32, b: f32, c: f32) -> f32 {
-            (-a).mul_add(b, c)
-        }
-    }
-
-    /// 4 lanes of `float32x4_t` (NEON, part of every 64-bit ARM core).
-    #[cfg(target_arch = "aarch64")]
-    struct L4;
-
-    #[cfg(target_arch = "aarch64")]
-    impl Lanes for L4 {
-        type V = std::arch::aarch64::float32x4_t;
-        const N: usize = 4;
-        // SAFETY (every method): NEON is always there on aarch64; the caller's pointers.
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self::V {
-            unsafe { std::arch::aarch64::vdupq_n_f32(x) }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self::V {
-            unsafe { std::arch::aarch64::vld1q_f32(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: Self::V) {
-            unsafe { std::arch::aarch64::vst1q_f32(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::aarch64::vaddq_f32(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::aarch64::vsubq_f32(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
-            unsafe { std::arch::aarch64::vmulq_f32(a, b) }
-        }
-        /// `fmax` treats NaN and ±0 otherwise than x86's `maxps`: compare and select instead.
-        #[inline(always)]
-        unsafe fn max(a: Self::V, b: Self::V) -> Self::V {
-            use std::arch::aarch64::{vbslq_f32, vcgtq_f32};
-            unsafe { vbslq_f32(vcgtq_f32(a, b), a, b) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            unsafe { std::arch::aarch64::vfmaq_f32(c, a, b) }
-        }
-        /// `c − a·b` with one rounding: the same value as `−(a·b) + c`.
-        #[inline(always)]
-        unsafe fn nfma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-            unsafe { std::arch::aarch64::vfmsq_f32(c, a, b) }
         }
     }
 
@@ -1963,7 +2050,7 @@ pub mod winograd {
         // SAFETY (whole body): the caller's bounds; unaligned loads and stores only.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; N];
-            super::direct::accumulate(&mut acc, x, cin, w);
+            super::direct::accumulate::<N, 2, L8>(&mut acc, x, cin, w, 0);
             for (px, a) in acc.iter().enumerate() {
                 _mm256_storeu_ps(out.add(px * cout), a[0]);
                 _mm256_storeu_ps(out.add(px * cout + 8), a[1]);
@@ -2536,10 +2623,11 @@ mod tests {
         }
     }
 
-    /// Each f32 path that can run here (im2col GEMM, direct AVX2 kernel, Winograd on AVX2,
+    /// Each f32 path that can run here (im2col GEMM; direct and Winograd kernels on AVX2,
     /// AVX-512 or NEON) gives the convolution on 1x1, odd and even sizes, several row blocks,
     /// position and tile tails; the same bits with and without threads, for rows computed in
-    /// separate calls, and (Winograd) as its portable one-lane kernels.
+    /// separate calls, on 256- and 512-bit vectors, and (direct and Winograd) as their
+    /// portable one-lane kernels.
     #[test]
     fn conv3x3_matches_a_plain_convolution() {
         let mut rng = Rng::new(3);
@@ -2617,7 +2705,8 @@ mod tests {
                     path == ConvPath::Gemm || got.data == run(Parallelism::None, &[1, 2, 5]).data,
                     "{tag}: rows computed apart differ"
                 );
-                // The Winograd products on 512-bit vectors sum as the 256-bit ones.
+                // The Winograd products and the direct kernels on 512-bit vectors sum as the
+                // 256-bit ones.
                 #[cfg(target_arch = "x86_64")]
                 if matches!(path, ConvPath::Winograd | ConvPath::Winograd2)
                     && winograd::uses_avx512()
@@ -2626,6 +2715,17 @@ mod tests {
                     let narrow = run(Parallelism::None, &[]);
                     winograd::set_avx512(true);
                     assert!(got.data == narrow.data, "{tag}: AVX-512 products differ");
+                    ran_512 += 1;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if path == ConvPath::Direct && direct::uses_avx512() {
+                    direct::set_avx512(false);
+                    let narrow = run(Parallelism::None, &[]);
+                    direct::set_avx512(true);
+                    assert!(
+                        got.data == narrow.data,
+                        "{tag}: AVX-512 direct kernel differs"
+                    );
                     ran_512 += 1;
                 }
                 // Every vector kernel computes its portable one-lane form bit for bit (so every
@@ -2667,7 +2767,9 @@ mod tests {
             eprintln!("no Winograd kernels here: only the im2col GEMM path was checked");
         }
         if ran_512 == 0 {
-            eprintln!("no AVX-512 F here: the 512-bit Winograd products were not checked");
+            eprintln!(
+                "no AVX-512 F here: the 512-bit Winograd and direct kernels were not checked"
+            );
         }
     }
 }
