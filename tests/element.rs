@@ -758,11 +758,12 @@ fn huge_frames_are_refused_at_negotiation() {
     );
 }
 
-#[test]
-fn gst_launch_exits_non_zero_on_a_bad_model() {
+/// A folder with the plugin for `GST_PLUGIN_PATH` when `gst-launch-1.0` and the plugin beside
+/// the test binary are there; else None, and why (a SKIPPED line).
+fn gst_launch_plugin_dir() -> Option<tempfile::TempDir> {
     let Some(dir) = common::plugin_dir() else {
         eprintln!("SKIPPED: no libgstadabm.so beside the test binary");
-        return;
+        return None;
     };
     if std::process::Command::new("gst-launch-1.0")
         .arg("--version")
@@ -770,8 +771,16 @@ fn gst_launch_exits_non_zero_on_a_bad_model() {
         .is_err()
     {
         eprintln!("SKIPPED: gst-launch-1.0 not found");
-        return;
+        return None;
     }
+    Some(dir)
+}
+
+#[test]
+fn gst_launch_exits_non_zero_on_a_bad_model() {
+    let Some(dir) = gst_launch_plugin_dir() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("truncated.safetensors");
     std::fs::write(&bad, &small_fp(2, 1).to_bytes().unwrap()[..1000]).unwrap();
@@ -803,18 +812,9 @@ fn gst_launch_exits_non_zero_on_a_bad_model() {
 /// on a CPU without their SIMD levels) is a bus warning naming the remedy; the fp32 model is not.
 #[test]
 fn gst_launch_warns_of_a_quantized_model_on_scalar_kernels() {
-    let Some(dir) = common::plugin_dir() else {
-        eprintln!("SKIPPED: no libgstadabm.so beside the test binary");
+    let Some(dir) = gst_launch_plugin_dir() else {
         return;
     };
-    if std::process::Command::new("gst-launch-1.0")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: gst-launch-1.0 not found");
-        return;
-    }
     for (precision, warned) in [("w4a4", true), ("fp32", false)] {
         let out = std::process::Command::new("gst-launch-1.0")
             .env("GST_PLUGIN_PATH", dir.path())

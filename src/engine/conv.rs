@@ -446,6 +446,28 @@ fn rows_with(
     }
 }
 
+/// A process-wide switch between a family of f32 kernels' AVX-512 F forms (on by default,
+/// used where the CPU has AVX-512 F) and their AVX2 forms, for comparisons: the same bits.
+struct Avx512Switch(std::sync::atomic::AtomicBool);
+
+impl Avx512Switch {
+    const fn new() -> Self {
+        Self(std::sync::atomic::AtomicBool::new(true))
+    }
+
+    fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the AVX-512 forms run now: the CPU has AVX-512 F and the switch is on.
+    #[cfg(target_arch = "x86_64")]
+    fn uses(&self) -> bool {
+        static HAS: std::sync::LazyLock<bool> =
+            std::sync::LazyLock::new(|| std::is_x86_feature_detected!("avx512f"));
+        *HAS && self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The f32 vector widths the direct and Winograd kernels are written over: 1 (portable), 4
 /// (NEON), 8 (AVX2) and 16 (AVX-512 F) lanes, each the same IEEE operation per lane.
 mod lanes {
@@ -1133,20 +1155,18 @@ pub mod direct {
         }
     }
 
-    static AVX512: AtomicBool = AtomicBool::new(true);
+    static AVX512: super::Avx512Switch = super::Avx512Switch::new();
 
     /// Sets for the whole process (for comparisons) whether the direct kernels use AVX-512 F
     /// where the CPU has it (the default) or AVX2 everywhere: the same bits either way.
     pub fn set_avx512(on: bool) {
-        AVX512.store(on, Ordering::Relaxed);
+        AVX512.set(on);
     }
 
     /// Whether the direct kernels take their AVX-512 forms on this CPU now.
     #[cfg(target_arch = "x86_64")]
     pub fn uses_avx512() -> bool {
-        static HAS: std::sync::LazyLock<bool> =
-            std::sync::LazyLock::new(|| std::is_x86_feature_detected!("avx512f"));
-        *HAS && AVX512.load(Ordering::Relaxed)
+        AVX512.uses()
     }
 
     /// Blocks of up to `most` of `m` consecutive positions: (first, count).
@@ -1703,21 +1723,19 @@ pub mod winograd {
     /// Whether the transforms and products run on 512-bit vectors where the CPU has AVX-512
     /// F ([`input_transform_512`], [`products512`], [`output_transform_512`]: the same
     /// operations per lane, so the same bits) or always on 256-bit ones.
-    static AVX512: AtomicBool = AtomicBool::new(true);
+    static AVX512: super::Avx512Switch = super::Avx512Switch::new();
 
     /// Sets for the whole process (for comparisons) whether the Winograd transforms and
     /// products use AVX-512 F where the CPU has it (the default) or AVX2 everywhere: the
     /// outputs are the same bits either way.
     pub fn set_avx512(on: bool) {
-        AVX512.store(on, Ordering::Relaxed);
+        AVX512.set(on);
     }
 
     /// Whether the Winograd convs take their AVX-512 forms on this CPU now.
     #[cfg(target_arch = "x86_64")]
     pub fn uses_avx512() -> bool {
-        static HAS: std::sync::LazyLock<bool> =
-            std::sync::LazyLock::new(|| std::is_x86_feature_detected!("avx512f"));
-        *HAS && AVX512.load(Ordering::Relaxed)
+        AVX512.uses()
     }
 
     /// [`products`] on 512-bit vectors: blocks of up to 12 tiles x 32 output channels (24
