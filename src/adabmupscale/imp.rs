@@ -792,9 +792,9 @@ impl AdabmUpscale {
         let engine = Engine::new(&model, s.n_threads as usize)
             .map_err(|e| LoadError::Init(e.to_string()))?;
         let cuda = self.start_cuda(s, &model)?;
+        let level = CpuLevel::detect();
         if cuda.is_none()
-            && let Some(text) =
-                scalar_integer_warning(engine.network().quant.is_some(), CpuLevel::detect())
+            && let Some(text) = scalar_integer_warning(engine.network().quant.is_some(), level)
         {
             gst::element_imp_warning!(
                 self,
@@ -809,7 +809,7 @@ impl AdabmUpscale {
             "model loaded: x{}, {:?}; integer CPU kernels: {:?}",
             engine.scale(),
             engine.network().quant.as_ref().map(|q| q.mode),
-            CpuLevel::detect()
+            level
         );
         Ok(Loaded {
             engine: Arc::new(engine),
@@ -1867,8 +1867,6 @@ mod tests {
     use super::Latency;
     use gst::ClockTime;
 
-    /// The estimate is the longest of the last 16 frames, reported again when it grows by
-    /// more than a quarter or falls below half.
     #[test]
     fn quantized_models_on_the_scalar_integer_level_are_a_warning() {
         use super::{CpuLevel, scalar_integer_warning};
@@ -1886,6 +1884,8 @@ mod tests {
         }
     }
 
+    /// The estimate is the longest of the last 16 frames, reported again when it grows by
+    /// more than a quarter or falls below half.
     #[test]
     fn latency_estimate_moves_with_the_recent_frames() {
         let ms = ClockTime::from_mseconds;

@@ -471,10 +471,10 @@ impl Avx512Switch {
 /// The f32 vector widths the direct and Winograd kernels are written over: 1 (portable), 4
 /// (NEON), 8 (AVX2) and 16 (AVX-512 F) lanes, each the same IEEE operation per lane.
 mod lanes {
-    /// 8 (AVX2) or 16 (AVX-512 F) f32 lanes: the vector operations the transforms use, each
-    /// the same IEEE operation per lane at either width. The methods are inlined into the
-    /// kernels, whose entry points enable the width's features ([`input_transform`] and
-    /// [`output_transform`] for 8, their `_512` forms for 16).
+    /// 1, 4 (NEON), 8 (AVX2) or 16 (AVX-512 F) f32 lanes: the vector operations the direct
+    /// and Winograd kernels use, each the same IEEE operation per lane at every width. The
+    /// methods are inlined into the kernels, whose entry points enable the width's features
+    /// (`winograd::input_transform` for 8, its `_512` form for 16, `direct::rows_avx2` …).
     pub(super) trait Lanes {
         type V: Copy;
         const N: usize;
@@ -769,7 +769,7 @@ pub mod direct {
     }
 
     /// [`conv_rows`] for the output channels `chans` at one width: `K` vectors of `L` hold
-    /// `K · L::N` (16 or 32) channels, blocks of up to `MOST` (≤ 12) positions. Output-channel
+    /// `K · L::N` (16 or 32) channels, blocks of up to `MOST` (≤ 10) positions. Output-channel
     /// blocks outside, position blocks inside: a block's weights (9·cin x 16 or 32) stay in
     /// L1/L2 while the positions stream.
     ///
@@ -782,7 +782,7 @@ pub mod direct {
         out: &mut [f32],
         chans: std::ops::Range<usize>,
     ) {
-        debug_assert!(matches!(K * L::N, 16 | 32) && MOST <= 12);
+        debug_assert!(matches!(K * L::N, 16 | 32) && MOST <= 10);
         for ob in chans.step_by(K * L::N) {
             for (r, n) in position_blocks(out.len() / cout, MOST) {
                 let q = pb + r - wp - 1;
@@ -793,8 +793,6 @@ pub mod direct {
                     let w = w.as_ptr().add(ob * 9 * cin);
                     let (b, o) = (bias.as_ptr().add(ob), out.as_mut_ptr().add(r * cout + ob));
                     match n {
-                        12 if MOST >= 12 => block::<12, K, L>(x, wp, cin, w, b, cout, o),
-                        11 if MOST >= 11 => block::<11, K, L>(x, wp, cin, w, b, cout, o),
                         10 if MOST >= 10 => block::<10, K, L>(x, wp, cin, w, b, cout, o),
                         9 if MOST >= 9 => block::<9, K, L>(x, wp, cin, w, b, cout, o),
                         8 if MOST >= 8 => block::<8, K, L>(x, wp, cin, w, b, cout, o),

@@ -1,11 +1,13 @@
-//! adabm-eval on a benchmark folder made here: table, JSON, bicubic baseline, patch mode.
+//! adabm-eval on a benchmark folder made here: table, JSON, bicubic baseline, patch mode; and
+//! adabm-metrics' `--json` against it.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use adabm_tools::write_png;
-use gstadabm::engine::QuantMode;
 use gstadabm::engine::model::EdsrConfig;
 use gstadabm::engine::random::{quantize_on_synthetic, random_model, test_image};
+use gstadabm::engine::{Model, QuantMode};
 
 fn run(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
@@ -20,14 +22,21 @@ fn run(args: &[&str]) -> (String, serde_json::Value) {
     (String::from_utf8(o.stdout).unwrap(), doc)
 }
 
-#[test]
-fn tables_json_patch_mode_and_bicubic() {
-    let tmp = tempfile::tempdir().unwrap();
-    let set = tmp.path().join("Syn");
+/// A benchmark folder `root/Syn` of HR images only (the tools make the LR), `(name, width,
+/// height)` each, the i-th from [`test_image`] seed i + 1.
+fn synthetic_set(root: &Path, images: &[(&str, usize, usize)]) -> PathBuf {
+    let set = root.join("Syn");
     std::fs::create_dir_all(set.join("HR")).unwrap();
-    // 65x47: not divisible by 2, so the HR is mod-cropped and the LR made here.
-    write_png(&set.join("HR/a.png"), &test_image(65, 47, 1)).unwrap();
-    write_png(&set.join("HR/b.png"), &test_image(40, 64, 2)).unwrap();
+    for (i, &(name, w, h)) in images.iter().enumerate() {
+        let img = test_image(w, h, i as u64 + 1);
+        write_png(&set.join(format!("HR/{name}.png")), &img).unwrap();
+    }
+    set
+}
+
+/// A tiny x2 network (2 blocks of 8 features, random weights) and its fq w4a4 quantization
+/// on synthetic data.
+fn tiny_models() -> (Model, Model) {
     let cfg = EdsrConfig {
         n_resblocks: 2,
         n_feats: 8,
@@ -35,6 +44,15 @@ fn tables_json_patch_mode_and_bicubic() {
     };
     let fp = random_model(cfg, 3).unwrap();
     let q = quantize_on_synthetic(&fp, QuantMode::Fq, 4, 4, 3).unwrap();
+    (fp, q)
+}
+
+#[test]
+fn tables_json_patch_mode_and_bicubic() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 65x47: not divisible by 2, so the HR is mod-cropped and the LR made here.
+    let set = synthetic_set(tmp.path(), &[("a", 65, 47), ("b", 40, 64)]);
+    let (_, q) = tiny_models();
     let mpath = tmp.path().join("q.safetensors");
     q.save(&mpath).unwrap();
     let sets = set.to_str().unwrap();
@@ -143,4 +161,75 @@ fn a_folder_of_training_images_is_a_validation_set() {
     assert_eq!(names, ["a", "b", "c"]);
     assert_eq!(imgs[0]["psnr"], imgs[1]["psnr"]);
     assert_ne!(imgs[0]["psnr"], imgs[2]["psnr"], "the JPEG is lossy");
+}
+
+/// adabm-metrics' `--json`: every image's metrics and its PSNR at b_I = −1, 0, +1 are those
+/// adabm-eval gives the same model with its base bits lowered, kept and raised.
+#[test]
+fn metrics_json_has_each_images_psnr_at_every_image_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = synthetic_set(tmp.path(), &[("0", 64, 48), ("1", 48, 64), ("2", 56, 40)]);
+    let (fp, q) = tiny_models();
+    let (fpath, qpath) = (
+        tmp.path().join("fp.safetensors"),
+        tmp.path().join("q.safetensors"),
+    );
+    fp.save(&fpath).unwrap();
+    q.save(&qpath).unwrap();
+    let json = tmp.path().join("m.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_adabm-metrics"))
+        .args([
+            "--fp",
+            fpath.to_str().unwrap(),
+            "--quant",
+            qpath.to_str().unwrap(),
+        ])
+        .args(["--data", tmp.path().to_str().unwrap(), "--sets", "Syn"])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["base_bits"], 4);
+    let images = doc["sets"][0]["images"].as_array().unwrap();
+    assert_eq!(doc["sets"][0]["set"], "Syn");
+    assert_eq!(images.len(), 3);
+    let (q, sets) = (qpath.to_str().unwrap(), set.to_str().unwrap());
+    for (k, bits) in [3u8, 4, 5].into_iter().enumerate() {
+        let bits_arg = bits.to_string();
+        let (_, eval) = run(&[
+            "--model",
+            q,
+            "--sets",
+            sets,
+            "--no-adaptive",
+            "--base-bits",
+            &bits_arg,
+        ]);
+        let scored = eval["sets"][0]["model"]["images"].as_array().unwrap();
+        assert_eq!(scored.len(), images.len());
+        for (img, e) in images.iter().zip(scored) {
+            let name = e["name"].as_str().unwrap();
+            assert_eq!(img["name"], name);
+            assert_eq!(
+                img["psnr"][k].as_f64().unwrap(),
+                e["psnr"].as_f64().unwrap(),
+                "{name} at {bits} bits"
+            );
+            // FAB: the base plus b_I, the layer bits summing to about zero.
+            let fab = img["fab"][k].as_f64().unwrap();
+            assert!(
+                (fab - bits as f64).abs() < 0.75,
+                "{name}: FAB {fab} at {bits}"
+            );
+        }
+    }
+    for img in images {
+        assert!(img["psnr_fp"].as_f64().unwrap() > 10.0);
+        for m in ["gradient", "frequency", "attention"] {
+            let v = img["metrics"][m].as_f64().unwrap();
+            assert!(v.is_finite() && v >= 0.0, "{m} = {v}");
+        }
+    }
 }
