@@ -555,7 +555,7 @@ fn raw_frames_from_a_file_and_a_truncated_last_one() {
     for m in bus.iter_timed(gst::ClockTime::ZERO) {
         match m.view() {
             gst::MessageView::Error(e) => panic!("{} ({:?})", e.error(), e.debug()),
-            gst::MessageView::Warning(w) => warnings.push(format!("{:?}", w.debug())),
+            gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
             _ => {}
         }
     }
@@ -588,7 +588,7 @@ fn raw_frames_from_a_file_and_a_truncated_last_one() {
     );
 }
 
-/// Runs `desc` to EOS or error; returns (error text, element messages).
+/// Runs `desc` to EOS or error; returns (the error's message, element messages).
 fn run_pipeline(desc: &str) -> (Option<String>, Vec<gst::Structure>) {
     init();
     let p = match gst::parse::launch(desc) {
@@ -603,11 +603,9 @@ fn run_pipeline(desc: &str) -> (Option<String>, Vec<gst::Structure>) {
         match msg.view() {
             gst::MessageView::Eos(_) => break,
             gst::MessageView::Error(e) => {
-                error = Some(format!(
-                    "{} ({})",
-                    e.error(),
-                    e.debug().map(|d| d.to_string()).unwrap_or_default()
-                ));
+                // The message slot alone: what an application shows its user (GError's
+                // message); the debug slot is for developers.
+                error = Some(e.error().to_string());
                 break;
             }
             gst::MessageView::Element(e) => {
@@ -1557,7 +1555,7 @@ fn odd_height_interlaced_and_alternate_fields_are_refused() {
     let err = bus
         .iter_timed(gst::ClockTime::ZERO)
         .find_map(|m| match m.view() {
-            gst::MessageView::Error(e) => Some(format!("{:?}", e.debug())),
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
             _ => None,
         })
         .expect("an error on the bus");

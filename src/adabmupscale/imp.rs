@@ -691,9 +691,9 @@ impl LoadError {
     /// As an error message (for `start`, which fails the state change with it).
     fn to_error_message(&self) -> gst::ErrorMessage {
         match self {
-            Self::Settings(t) => gst::error_msg!(gst::LibraryError::Settings, ["{}", t]),
-            Self::OpenRead(t) => gst::error_msg!(gst::ResourceError::OpenRead, ["{}", t]),
-            Self::Init(t) => gst::error_msg!(gst::LibraryError::Init, ["{}", t]),
+            Self::Settings(t) => gst::error_msg!(gst::LibraryError::Settings, ("{}", t)),
+            Self::OpenRead(t) => gst::error_msg!(gst::ResourceError::OpenRead, ("{}", t)),
+            Self::Init(t) => gst::error_msg!(gst::LibraryError::Init, ("{}", t)),
         }
     }
 }
@@ -852,7 +852,7 @@ impl AdabmUpscale {
             Err(e) => gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
-                ["{}; the running model stays", e.text()]
+                ("{}; the running model stays", e.text())
             ),
         }
     }
@@ -893,7 +893,7 @@ impl AdabmUpscale {
                 gst::element_imp_warning!(
                     self,
                     gst::LibraryError::Init,
-                    ["backend=auto: running on the CPU because {}", e]
+                    ("backend=auto: running on the CPU because {}", e)
                 );
                 Ok(None)
             }
@@ -1080,11 +1080,11 @@ impl BaseTransformImpl for AdabmUpscale {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
-                    [
+                    (
                         "The {} caps {} do not describe video frames GStreamer can map (`GST_DEBUG=video-info:1` says why); for interlace-mode=alternate, `deinterlace` first",
                         side,
                         caps
-                    ]
+                    )
                 );
                 gst::loggable_error!(CAT, "invalid {side} caps {caps}")
             })
@@ -1145,7 +1145,7 @@ impl BaseTransformImpl for AdabmUpscale {
             gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
-                [
+                (
                     "Interlaced ({}) {} video of {} {}: its two fields differ in {}, so they cannot be upscaled field by field; deinterlace first (`deinterlace ! adabmupscale`)",
                     in_info.interlace_mode().to_str(),
                     in_info.format().to_str(),
@@ -1160,7 +1160,7 @@ impl BaseTransformImpl for AdabmUpscale {
                     } else {
                         "height"
                     }
-                ]
+                )
             );
             return Err(gst::loggable_error!(
                 CAT,
@@ -1231,7 +1231,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
-                    ["No caps were negotiated before the first buffer"]
+                    ("No caps were negotiated before the first buffer")
                 );
                 return Err(gst::FlowError::NotNegotiated);
             };
@@ -1277,7 +1277,7 @@ impl BaseTransformImpl for AdabmUpscale {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
-                [
+                (
                     "complexity-metric={:?} differs from the model's metric; b_I compares it with the thresholds {} / {}{}",
                     opts.metric.expect("override"),
                     l,
@@ -1287,18 +1287,18 @@ impl BaseTransformImpl for AdabmUpscale {
                     } else {
                         ""
                     }
-                ]
+                )
             );
         }
         if warn {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
-                [
+                (
                     "image-lower ({}) is above image-upper ({}): frames between them get both -1 and +1 tests; b_I = -1 wins",
                     settings.image_lower,
                     settings.image_upper
-                ]
+                )
             );
         }
         let Ok(in_frame) =
@@ -1326,7 +1326,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 }
             );
             if first {
-                gst::element_imp_warning!(self, gst::StreamError::Format, ["{}", text]);
+                gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", text));
             } else {
                 gst::warning!(CAT, imp = self, "{text}");
             }
@@ -1337,7 +1337,7 @@ impl BaseTransformImpl for AdabmUpscale {
             gst::element_imp_error!(
                 self,
                 gst::CoreError::Failed,
-                ["Failed to map the output buffer"]
+                ("Failed to map the output buffer")
             );
             gst::FlowError::Error
         })?;
@@ -1469,7 +1469,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
-                    ["Upscaling failed: {}", e]
+                    ("Upscaling failed: {}", e)
                 );
                 gst::FlowError::Error
             })?;
