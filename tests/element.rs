@@ -1293,6 +1293,24 @@ fn complexity_metric_override_while_playing() {
         (grad, vec![]),
         "the model's own metric"
     );
+    // A floating-point model has no b_I, so no thresholds to warn about (it warned with
+    // "NaN / NaN"); the next quantized model is warned about.
+    let quant = el.property::<Option<String>>("model-location");
+    el.set_property_from_str("complexity-metric", "attention");
+    let fp = model_file(&dir, &small_fp(2, 6), "fp.safetensors");
+    el.set_property("model-location", fp.to_str());
+    assert!(
+        frame(&mut h, &bus).1.is_empty(),
+        "no warning for a float model"
+    );
+    el.set_property("model-location", quant);
+    let (_, w) = frame(&mut h, &bus);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("complexity-metric=Attention") && !w[0].contains("NaN"),
+        "{}",
+        w[0]
+    );
 }
 
 /// `image-hysteresis`: a stream whose complexity hovers at a threshold keeps its b_I instead of

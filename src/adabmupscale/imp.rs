@@ -1240,7 +1240,9 @@ impl BaseTransformImpl for AdabmUpscale {
                 && matches!(st.engine.thresholds(&opts), Some((l, u)) if l > u);
             st.warned_thresholds |= warn;
             let model_metric = st.engine.metric(&engine::Options::default());
-            let overridden = opts.metric.is_some_and(|m| m != model_metric);
+            // Only a quantized model compares the complexity with thresholds (b_I).
+            let overridden = opts.metric.is_some_and(|m| m != model_metric)
+                && st.engine.thresholds(&opts).is_some();
             let warn_metric = overridden && st.warned_metric != Some(settings.metric);
             if warn_metric {
                 st.warned_metric = Some(settings.metric);
@@ -1273,7 +1275,9 @@ impl BaseTransformImpl for AdabmUpscale {
             _ => opts,
         };
         if warn_metric {
-            let (l, u) = engine.thresholds(&opts).unwrap_or((f32::NAN, f32::NAN));
+            let (l, u) = engine
+                .thresholds(&opts)
+                .expect("warned for quantized models only");
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
