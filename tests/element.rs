@@ -666,6 +666,26 @@ fn thresholds_change_while_playing() {
     assert_eq!(bits(&mut h, &bus), 1);
     el.set_property("adaptive", false);
     assert_eq!(bits(&mut h, &bus), 0);
+    // Crossed thresholds are a warning naming the values in force (image-lower -1 is the
+    // model's, not -1).
+    let model_lower = small_quant(2, QuantMode::Fq, 6).quant.unwrap().image_lower;
+    assert!(model_lower > 0.5);
+    el.set_property("adaptive", true);
+    el.set_property("image-lower", -1.0f64);
+    el.set_property("image-upper", 0.5f64);
+    push_frame(&mut h, "RGB", 12, 10, 1);
+    let w = bus
+        .pop_filtered(&[gst::MessageType::Warning])
+        .expect("a warning");
+    let gst::MessageView::Warning(w) = w.view() else {
+        unreachable!()
+    };
+    assert_eq!(
+        w.error().to_string(),
+        format!(
+            "image-lower {model_lower} (the model's) is above image-upper 0.5: frames of complexity between them get b_I = -1"
+        )
+    );
 }
 
 fn expect_error(model_bytes: &[u8], needle: &str) {
@@ -2566,4 +2586,159 @@ fn yuv_agrees_with_videoconvert_around_rgb() {
             "{fmt}: mean |difference| Y {y:.2}, chroma {c:.2}"
         );
     }
+}
+
+/// What a streaming server does to its streams: three pipelines at once (RGB, I420, NV12), each
+/// retuned at random while frames flow — precision, model file (a bad one too), thresholds,
+/// hysteresis, base bits, metric, scale, tiles, threads, the input caps, flushing seeks and
+/// pauses. No error reaches the bus, every warning is one a user can act on (no NaN), and every
+/// stream keeps producing frames.
+#[test]
+fn retuning_at_random_while_playing_never_fails() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        model_file(&dir, &small_quant(2, QuantMode::Fq, 3), "q2.safetensors"),
+        model_file(&dir, &small_fp(3, 4), "fp3.safetensors"),
+        model_file(
+            &dir,
+            &small_quant(2, QuantMode::NonFq, 5),
+            "nonfq2.safetensors",
+        ),
+    ];
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let formats = ["RGB", "I420", "NV12"];
+    let pipes: Vec<gst::Pipeline> = formats
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let p = gst::parse::launch(&format!(
+                "videotestsrc pattern={} ! capsfilter name=cf caps=video/x-raw,format={f},width={},height={} ! \
+                 adabmupscale name=sr backend=cpu post-stats=true n-threads={} ! fakesink sync=false",
+                i * 7,
+                12 + 5 * i,
+                8 + 3 * i,
+                1 + i % 2
+            ))
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap();
+            p.set_state(gst::State::Playing).unwrap();
+            p
+        })
+        .collect();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut frames = vec![0u64; pipes.len()];
+    let mut warnings = Vec::new();
+    let drain = |frames: &mut Vec<u64>, warnings: &mut Vec<String>| {
+        for (k, p) in pipes.iter().enumerate() {
+            for m in p.bus().unwrap().iter_timed(gst::ClockTime::ZERO) {
+                match m.view() {
+                    gst::MessageView::Element(e)
+                        if e.structure().is_some_and(|s| s.name() == "adabm-stats") =>
+                    {
+                        frames[k] += 1
+                    }
+                    gst::MessageView::Error(e) => {
+                        panic!("stream {k}: {} {:?}", e.error(), e.debug())
+                    }
+                    gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+                    _ => {}
+                }
+            }
+        }
+    };
+    for round in 0..6 {
+        for _ in 0..40 {
+            for p in &pipes {
+                let sr = p.by_name("sr").unwrap();
+                let r = next();
+                let v = r >> 8;
+                match r % 15 {
+                    0 => sr.set_property_from_str(
+                        "precision",
+                        ["fp32", "w4a4", "w8a6"][(v % 3) as usize],
+                    ),
+                    1 => {
+                        let file = match v % 5 {
+                            0 => None,
+                            1 => Some(bad.to_str().unwrap()),
+                            k => Some(files[k as usize - 2].to_str().unwrap()),
+                        };
+                        sr.set_property("model-location", file)
+                    }
+                    2 => sr.set_property("image-lower", (v % 80) as f64 - 1.0),
+                    3 => sr.set_property("image-upper", (v % 80) as f64 - 1.0),
+                    4 => sr.set_property("adaptive", v % 2 == 0),
+                    5 => sr.set_property("base-bits", (v % 9) as u32),
+                    6 => sr.set_property_from_str(
+                        "complexity-metric",
+                        ["model", "gradient", "frequency", "attention"][(v % 4) as usize],
+                    ),
+                    7 => sr.set_property("image-hysteresis", (v % 4) as f64 * 0.1),
+                    8 => sr.set_property("tile-size", (v % 40) as u32),
+                    9 => sr.set_property("scale", (v % 5) as u32),
+                    10 => sr.set_property("n-threads", (v % 3) as u32),
+                    11 => {
+                        let f = formats[(v % 3) as usize];
+                        let caps = format!(
+                            "video/x-raw,format={f},width={},height={}",
+                            1 + (v >> 2) % 40,
+                            1 + (v >> 8) % 30
+                        );
+                        p.by_name("cf")
+                            .unwrap()
+                            .set_property("caps", caps.parse::<gst::Caps>().unwrap());
+                    }
+                    12 => {
+                        p.seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
+                            .unwrap();
+                    }
+                    13 => {
+                        p.set_state(gst::State::Paused).unwrap();
+                        p.set_state(gst::State::Playing).unwrap();
+                    }
+                    _ => sr.set_property("post-stats", true),
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            drain(&mut frames, &mut warnings);
+        }
+        // Each stream still runs: after this round's changes, every one makes another frame.
+        let before = frames.clone();
+        let t0 = std::time::Instant::now();
+        while frames.iter().zip(&before).any(|(a, b)| a == b) {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "round {round}: a stream stopped (frames {frames:?}, before {before:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            drain(&mut frames, &mut warnings);
+        }
+    }
+    for p in &pipes {
+        p.set_state(gst::State::Null).unwrap();
+    }
+    assert!(
+        warnings.iter().any(|w| w.contains("bad.safetensors")),
+        "{warnings:?}"
+    );
+    for w in &warnings {
+        assert!(!w.contains("NaN") && !w.is_empty(), "{w}");
+    }
+    eprintln!(
+        "frames per stream {frames:?}, {} warnings ({} distinct)",
+        warnings.len(),
+        warnings
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
 }

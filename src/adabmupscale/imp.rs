@@ -1295,13 +1295,20 @@ impl BaseTransformImpl for AdabmUpscale {
             );
         }
         if warn {
+            // The thresholds in force: a negative property stands for the model's value.
+            let (l, u) = engine
+                .thresholds(&opts)
+                .expect("warned for quantized models only");
+            let whose = |set: f64| if set < 0.0 { " (the model's)" } else { "" };
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
                 (
-                    "image-lower ({}) is above image-upper ({}): frames between them get both -1 and +1 tests; b_I = -1 wins",
-                    settings.image_lower,
-                    settings.image_upper
+                    "image-lower {}{} is above image-upper {}{}: frames of complexity between them get b_I = -1",
+                    l,
+                    whose(settings.image_lower),
+                    u,
+                    whose(settings.image_upper)
                 )
             );
         }
