@@ -2614,9 +2614,10 @@ fn retuning_at_random_while_playing_never_fails() {
         .enumerate()
         .map(|(i, f)| {
             let p = gst::parse::launch(&format!(
+                // smpte and snow: videotestsrc's zone plates divide by zero at some tiny sizes.
                 "videotestsrc pattern={} ! capsfilter name=cf caps=video/x-raw,format={f},width={},height={} ! \
                  adabmupscale name=sr backend=cpu post-stats=true n-threads={} ! fakesink sync=false",
-                i * 7,
+                i % 2,
                 12 + 5 * i,
                 8 + 3 * i,
                 1 + i % 2
@@ -2687,7 +2688,20 @@ fn retuning_at_random_while_playing_never_fails() {
                     9 => sr.set_property("scale", (v % 5) as u32),
                     10 => sr.set_property("n-threads", (v % 3) as u32),
                     11 => {
-                        let f = formats[(v % 3) as usize];
+                        let f = [
+                            "RGB",
+                            "I420",
+                            "NV12",
+                            "YUY2",
+                            "v210",
+                            "I420_10LE",
+                            "GRAY8",
+                            "A420",
+                            "Y410",
+                            "BGRA",
+                            "P010_10LE",
+                            "Y444_12LE",
+                        ][(v % 12) as usize];
                         let caps = format!(
                             "video/x-raw,format={f},width={},height={}",
                             1 + (v >> 2) % 40,
