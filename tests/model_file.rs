@@ -71,6 +71,57 @@ fn truncated_file() {
     }
 }
 
+/// A model file is read only as far as its header says, with the errors of its bytes: a device
+/// or stream given as the model is refused at once instead of read until memory runs out
+/// (`/dev/zero` took 24 GB and `/dev/urandom` never finished before).
+#[test]
+fn files_are_read_only_as_far_as_their_header_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let load = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        Model::load(&path)
+    };
+    let good = quant_bytes();
+    assert_eq!(load(&good).unwrap(), Model::from_bytes(&good).unwrap());
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"more");
+    let mut huge_header = good.clone();
+    huge_header[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    for bytes in [
+        &[][..],
+        &good[..4],
+        &good[..100],
+        &good[..good.len() - 1],
+        &trailing,
+        &huge_header,
+        b"this is not a model at all, just some text that goes on",
+    ] {
+        assert_eq!(load(bytes).err().map(|e| e.to_string()), Some(err(bytes)));
+    }
+    // A header that declares more tensor bytes than any model has: refused before reading them.
+    let header = br#"{"w":{"dtype":"F32","shape":[2000000000],"data_offsets":[0,8000000000]}}"#;
+    let mut declared = (header.len() as u64).to_le_bytes().to_vec();
+    declared.extend_from_slice(header);
+    let e = load(&declared)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("declares 8000000000 bytes of tensors") && e.contains("4 GiB"),
+        "{e}"
+    );
+    for device in ["/dev/zero", "/dev/urandom"] {
+        if std::path::Path::new(device).exists() {
+            let e = Model::load(device)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("not a valid safetensors"), "{device}: {e}");
+        }
+    }
+}
+
 #[test]
 fn garbage_file() {
     let e = err(b"this is not a model at all, just some text that goes on");
