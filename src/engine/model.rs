@@ -611,9 +611,9 @@ pub const MAX_TENSOR_BYTES: u64 = 4 << 30;
 
 /// The bytes of a model file, read only as far as its header says: the header's length, the
 /// header (bounded by the safetensors limit), then the tensors it declares (bounded by
-/// [`MAX_TENSOR_BYTES`]) and one byte more, so that trailing data is still seen. A device or
-/// stream given as the model (`/dev/zero`, `/dev/urandom`, a pipe) is refused after a few bytes
-/// instead of being read without end. What is wrong with a short or malformed file is left to
+/// [`MAX_TENSOR_BYTES`]) and one byte more, so that trailing data is still seen: a file whose
+/// header declares more is refused before its tensors are read. Devices, FIFOs, sockets and
+/// directories are refused by type. What is wrong with a short or malformed file is left to
 /// [`Model::from_bytes`], which names it.
 fn read_model_file(path: &std::path::Path) -> Result<Vec<u8>> {
     use std::io::Read;
@@ -621,6 +621,15 @@ fn read_model_file(path: &std::path::Path) -> Result<Vec<u8>> {
         path: path.display().to_string(),
         source,
     };
+    // Opening a FIFO blocks until someone writes to it, and a device never ends: only regular
+    // files (or links to them) are models.
+    let kind = std::fs::metadata(path).map_err(io)?.file_type();
+    if !kind.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", file_kind(kind)),
+        )));
+    }
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
     (&mut file).take(8).read_to_end(&mut bytes).map_err(io)?;
@@ -649,6 +658,24 @@ fn read_model_file(path: &std::path::Path) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(io)?;
     Ok(bytes)
+}
+
+/// What a file that is not a regular file is, for an error message.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() { "a directory" } else { "it" }
 }
 
 /// The end of the last tensor a safetensors header declares; None when the header is not a
