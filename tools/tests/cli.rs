@@ -275,3 +275,111 @@ fn every_tool_has_help_and_refuses_stray_arguments() {
         }
     }
 }
+
+/// Writes `px` (`channels` samples a pixel, 8 or 16 bits, 16-bit big-endian) as a PNG.
+fn write_png_raw(path: &Path, (w, h): (usize, usize), channels: usize, depth: usize, px: &[u8]) {
+    let f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut enc = png::Encoder::new(f, w as u32, h as u32);
+    enc.set_color(match channels {
+        3 => png::ColorType::Rgb,
+        _ => png::ColorType::Rgba,
+    });
+    enc.set_depth(match depth {
+        8 => png::BitDepth::Eight,
+        _ => png::BitDepth::Sixteen,
+    });
+    enc.write_header().unwrap().write_image_data(px).unwrap();
+}
+
+/// A PNG's (width, height, color type, bit depth, samples).
+fn read_png_raw(path: &Path) -> (usize, usize, png::ColorType, png::BitDepth, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let (w, h) = (info.width as usize, info.height as usize);
+    (w, h, info.color_type, info.bit_depth, buf)
+}
+
+/// `adabm-upscale` keeps an RGBA PNG's alpha (upscaled apart, its colour the same as the
+/// RGB image's) and a 16-bit PNG's depth (its samples the 8-bit output's, within rounding).
+#[test]
+fn upscale_cli_keeps_alpha_and_16_bit_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("q.safetensors");
+    let (ok, out) = run(
+        env!("CARGO_BIN_EXE_adabm-model"),
+        &[
+            "random",
+            "--scale",
+            "2",
+            "--quant",
+            "fq",
+            "--out",
+            p(&model),
+        ],
+    );
+    assert!(ok, "{out}");
+    let (w, h) = (13, 9);
+    let rgb = test_image(w, h, 3).to_rgb8();
+    let alpha = |x: usize| (x * 255 / (w - 1)) as u8;
+    let rgba: Vec<u8> = rgb
+        .chunks_exact(3)
+        .enumerate()
+        .flat_map(|(i, c)| [c[0], c[1], c[2], alpha(i % w)])
+        .collect();
+    let rgb16: Vec<u8> = rgb
+        .iter()
+        .flat_map(|&v| (v as u16 * 257).to_be_bytes())
+        .collect();
+    let upscale = |name: &str, channels: usize, depth: usize, px: &[u8]| {
+        let (i, o) = (
+            dir.path().join(name),
+            dir.path().join(format!("out-{name}")),
+        );
+        write_png_raw(&i, (w, h), channels, depth, px);
+        let (ok, out) = run(
+            env!("CARGO_BIN_EXE_adabm-upscale"),
+            &["--model", p(&model), p(&i), p(&o)],
+        );
+        assert!(ok, "{out}");
+        read_png_raw(&o)
+    };
+    let (ow, oh, ct, bd, base) = upscale("rgb.png", 3, 8, &rgb);
+    assert_eq!(
+        (ow, oh, ct, bd),
+        (2 * w, 2 * h, png::ColorType::Rgb, png::BitDepth::Eight)
+    );
+
+    let (_, _, ct, bd, out) = upscale("rgba.png", 4, 8, &rgba);
+    assert_eq!((ct, bd), (png::ColorType::Rgba, png::BitDepth::Eight));
+    let colour: Vec<u8> = out
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    assert_eq!(
+        colour, base,
+        "the colour of the RGBA image is the RGB image's"
+    );
+    // Alpha: a left-to-right ramp from 0 to 255, upscaled, still one, in every row.
+    for row in out.chunks_exact(4 * ow) {
+        let a: Vec<u8> = row.chunks_exact(4).map(|p| p[3]).collect();
+        assert!(a[0] == 0 && a[ow - 1] == 255, "{a:?}");
+        assert!(a.windows(2).all(|p| p[0] <= p[1]), "{a:?}");
+    }
+
+    let (_, _, ct, bd, out) = upscale("rgb16.png", 3, 16, &rgb16);
+    assert_eq!((ct, bd), (png::ColorType::Rgb, png::BitDepth::Sixteen));
+    let levels: Vec<u16> = out
+        .chunks_exact(2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .collect();
+    assert!(
+        levels.iter().any(|v| v % 257 != 0),
+        "16-bit samples, not 8-bit ones widened"
+    );
+    for (v, b) in levels.iter().zip(&base) {
+        assert!((*v as f64 / 257.0 - *b as f64).abs() <= 0.51, "{v} vs {b}");
+    }
+}
