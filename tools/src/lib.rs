@@ -130,11 +130,16 @@ pub fn read_image(path: &Path) -> Result<Image> {
     ))
 }
 
-/// Reads an 8-bit PNG (gray, gray+alpha, RGB or RGBA) as an RGB image.
-pub fn read_png(path: &Path) -> Result<Image> {
+/// A PNG's samples and frame info: palette, low-bit grey and transparency expanded; 16-bit
+/// samples (big-endian) kept, or cut to 8 bits with `strip_16`.
+pub fn decode_png(path: &Path, strip_16: bool) -> Result<(png::OutputInfo, Vec<u8>)> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
-    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    dec.set_transformations(if strip_16 {
+        png::Transformations::EXPAND | png::Transformations::STRIP_16
+    } else {
+        png::Transformations::EXPAND
+    });
     let mut reader = dec
         .read_info()
         .with_context(|| format!("decode {}", path.display()))?;
@@ -142,8 +147,15 @@ pub fn read_png(path: &Path) -> Result<Image> {
     let info = reader
         .next_frame(&mut buf)
         .with_context(|| format!("decode {}", path.display()))?;
+    buf.truncate(info.buffer_size());
+    Ok((info, buf))
+}
+
+/// Reads an 8-bit PNG (gray, gray+alpha, RGB or RGBA) as an RGB image.
+pub fn read_png(path: &Path) -> Result<Image> {
+    let (info, buf) = decode_png(path, true)?;
     let (w, h) = (info.width as usize, info.height as usize);
-    let px = &buf[..info.buffer_size()];
+    let px = &buf[..];
     let rgb: Vec<u8> = match info.color_type {
         png::ColorType::Grayscale => px.iter().flat_map(|&g| [g, g, g]).collect(),
         png::ColorType::GrayscaleAlpha => px

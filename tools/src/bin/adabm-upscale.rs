@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use adabm_tools::{Args, read_png, write_png_rgb8};
+use adabm_tools::{Args, decode_png, read_png, write_png_rgb8};
 use anyhow::{Context, Result};
 use gstadabm::engine::rgbfmt::{RgbFormat, RgbMut, RgbRef};
 use gstadabm::engine::{Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
@@ -126,17 +126,7 @@ struct PngPixels {
 }
 
 fn read_png_pixels(path: &Path) -> Result<PngPixels> {
-    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
-    dec.set_transformations(png::Transformations::EXPAND);
-    let mut reader = dec
-        .read_info()
-        .with_context(|| format!("decode {}", path.display()))?;
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader
-        .next_frame(&mut buf)
-        .with_context(|| format!("decode {}", path.display()))?;
-    let px = &buf[..info.buffer_size()];
+    let (info, px) = decode_png(path, false)?;
     let sixteen = info.bit_depth == png::BitDepth::Sixteen;
     let b = if sixteen { 2 } else { 1 };
     let opaque = if sixteen {
