@@ -383,3 +383,23 @@ fn upscale_cli_keeps_alpha_and_16_bit_depth() {
         assert!((*v as f64 / 257.0 - *b as f64).abs() <= 0.51, "{v} vs {b}");
     }
 }
+
+/// `adabm-convert import` refuses what is not a regular file at once (a device was read until
+/// memory ran out).
+#[test]
+fn convert_refuses_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    for input in ["/dev/zero", p(dir.path())] {
+        if Path::new(input).exists() {
+            let (ok, text) = run(
+                env!("CARGO_BIN_EXE_adabm-convert"),
+                &["import", input, p(&out)],
+            );
+            assert!(
+                !ok && text.contains("not a regular file"),
+                "{input}: {text}"
+            );
+        }
+    }
+}

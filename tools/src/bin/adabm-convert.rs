@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use adabm_tools::Args;
 use adabm_tools::convert::{self, ImportOptions, Naming};
 use adabm_tools::torch;
+use adabm_tools::{Args, read_regular_file};
 use anyhow::{Context, Result, bail};
 use gstadabm::engine::{EdsrConfig, Model, QuantMode, random};
 
@@ -58,7 +58,7 @@ fn main() -> Result<()> {
     match pos.as_slice() {
         ["import", input, output] => {
             a.reject_unknown(&["res-scale", "rgb-range", "w-bits", "a-bits"])?;
-            let bytes = std::fs::read(input).with_context(|| format!("read {input}"))?;
+            let bytes = read_regular_file(Path::new(input))?;
             let tensors = if bytes.starts_with(b"PK") || is_torch(input) {
                 torch::read_state_dict(&bytes)
             } else {
