@@ -1236,15 +1236,16 @@ impl BaseTransformImpl for AdabmUpscale {
                 return Err(gst::FlowError::NotNegotiated);
             };
             st.frames += 1;
-            let warn = !st.warned_thresholds
-                && matches!(st.engine.thresholds(&opts), Some((l, u)) if l > u);
-            st.warned_thresholds |= warn;
+            // The image thresholds in force (a negative property stands for the model's value);
+            // only a quantized model has them (b_I), and each warning below names them.
+            let thresholds = st.engine.thresholds(&opts);
+            let warn = thresholds.filter(|&(l, u)| !st.warned_thresholds && l > u);
+            st.warned_thresholds |= warn.is_some();
             let model_metric = st.engine.metric(&engine::Options::default());
-            // Only a quantized model compares the complexity with thresholds (b_I).
-            let overridden = opts.metric.is_some_and(|m| m != model_metric)
-                && st.engine.thresholds(&opts).is_some();
-            let warn_metric = overridden && st.warned_metric != Some(settings.metric);
-            if warn_metric {
+            let overridden = opts.metric.is_some_and(|m| m != model_metric);
+            let warn_metric =
+                thresholds.filter(|_| overridden && st.warned_metric != Some(settings.metric));
+            if warn_metric.is_some() {
                 st.warned_metric = Some(settings.metric);
             }
             (
@@ -1274,10 +1275,7 @@ impl BaseTransformImpl for AdabmUpscale {
             }
             _ => opts,
         };
-        if warn_metric {
-            let (l, u) = engine
-                .thresholds(&opts)
-                .expect("warned for quantized models only");
+        if let Some((l, u)) = warn_metric {
             gst::element_imp_warning!(
                 self,
                 gst::LibraryError::Settings,
@@ -1294,11 +1292,7 @@ impl BaseTransformImpl for AdabmUpscale {
                 )
             );
         }
-        if warn {
-            // The thresholds in force: a negative property stands for the model's value.
-            let (l, u) = engine
-                .thresholds(&opts)
-                .expect("warned for quantized models only");
+        if let Some((l, u)) = warn {
             let whose = |set: f64| if set < 0.0 { " (the model's)" } else { "" };
             gst::element_imp_warning!(
                 self,

@@ -621,15 +621,7 @@ fn read_model_file(path: &std::path::Path) -> Result<Vec<u8>> {
         path: path.display().to_string(),
         source,
     };
-    // Opening a FIFO blocks until someone writes to it, and a device never ends: only regular
-    // files (or links to them) are models.
-    let kind = std::fs::metadata(path).map_err(io)?.file_type();
-    if !kind.is_file() {
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", file_kind(kind)),
-        )));
-    }
+    regular_file(path).map_err(io)?;
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
     (&mut file).take(8).read_to_end(&mut bytes).map_err(io)?;
@@ -658,6 +650,20 @@ fn read_model_file(path: &std::path::Path) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(io)?;
     Ok(bytes)
+}
+
+/// Fails, naming what `path` is, unless it is a regular file (or a link to one): opening a FIFO
+/// blocks until someone writes to it, and a device such as `/dev/zero` never ends. For every
+/// file read whole (model files here, the tools' inputs).
+pub fn regular_file(path: &std::path::Path) -> std::io::Result<()> {
+    let kind = std::fs::metadata(path)?.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{} is not a regular file", file_kind(kind)),
+    ))
 }
 
 /// What a file that is not a regular file is, for an error message.

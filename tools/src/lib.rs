@@ -133,11 +133,9 @@ pub fn read_image(path: &Path) -> Result<Image> {
 /// The bytes of a file given on a command line; what is not a regular file (a device such as
 /// `/dev/zero` would be read until memory runs out, a FIFO blocks) is refused with the reason.
 pub fn read_regular_file(path: &Path) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("read {}: not a regular file", path.display());
-    }
-    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+    gstadabm::engine::model::regular_file(path)
+        .and_then(|()| std::fs::read(path))
+        .with_context(|| format!("read {}", path.display()))
 }
 
 /// A PNG's samples and frame info: palette, low-bit grey and transparency expanded; 16-bit

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use adabm_tools::{Args, decode_png, read_png, write_png_rgb8};
+use adabm_tools::{Args, decode_png, write_png_rgb8};
 use anyhow::{Context, Result};
 use gstadabm::engine::rgbfmt::{RgbFormat, RgbMut, RgbRef};
-use gstadabm::engine::{Engine, FrameMut, FrameRef, Model, Options, PixelLayout};
+use gstadabm::engine::{Engine, FrameMut, FrameRef, Image, Model, Options, PixelLayout};
 
 const USAGE: &str = "\
 adabm-upscale --model FILE [options] IN.png OUT.png
@@ -92,7 +92,12 @@ fn main() -> Result<()> {
         st
     } else {
         // Straight into 8-bit RGB, tile by tile: no f32 image of the output's size.
-        let img = read_png(Path::new(input))?;
+        let lr: Vec<u8> = png
+            .rgba
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect();
+        let img = Image::from_rgb8(png.width, png.height, &lr);
         let mut rgb = vec![0u8; w * h * 3];
         let st = engine.upscale_to_frame(
             &img,
